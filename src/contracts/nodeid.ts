@@ -1,0 +1,49 @@
+/**
+ * The node id is the node's Cinder "connector properties", carried through
+ * Kubernetes (CSINode) to the controller: `host;iqn;wwpn,wwpn`.
+ * Empty fields are allowed except host; the whole id is at most 256 bytes.
+ * Example: `worker-1;iqn.1993-08.org.debian:01:abc;` or `worker-2;;21000024ff3a1b2c`.
+ */
+export interface NodeIdentity {
+  host: string;
+  iqn?: string;
+  wwpns: string[];
+}
+
+export const MAX_NODE_ID_BYTES = 256;
+const HOST_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
+const IQN_RE = /^(?:iqn\.\d{4}-\d{2}\.[A-Za-z0-9][A-Za-z0-9.:_-]*|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16}(?:[0-9A-Fa-f]{16})?)$/;
+const WWPN_RE = /^[0-9a-f]{16}$/;
+
+export class NodeIdError extends Error {}
+
+export function isValidIqn(iqn: string): boolean {
+  return iqn.length <= 223 && IQN_RE.test(iqn);
+}
+
+export function normalizeWwpn(w: string): string {
+  return w.trim().toLowerCase().replace(/^0x/, '').replace(/:/g, '');
+}
+
+export function encodeNodeId(n: NodeIdentity): string {
+  if (!HOST_RE.test(n.host)) throw new NodeIdError(`node name "${n.host}" is not a valid host name`);
+  if (n.iqn !== undefined && n.iqn !== '' && !isValidIqn(n.iqn)) throw new NodeIdError(`initiator name "${n.iqn}" is not a valid iSCSI name`);
+  const wwpns = n.wwpns.map(normalizeWwpn);
+  for (const w of wwpns) if (!WWPN_RE.test(w)) throw new NodeIdError(`WWPN "${w}" is not 16 hex digits`);
+  const id = `${n.host};${n.iqn ?? ''};${wwpns.join(',')}`;
+  if (Buffer.byteLength(id) > MAX_NODE_ID_BYTES) throw new NodeIdError(`node id is ${Buffer.byteLength(id)} bytes; at most ${MAX_NODE_ID_BYTES} are allowed`);
+  return id;
+}
+
+/** Returns undefined for anything that is not a well-formed sinter node id. */
+export function parseNodeId(id: string): NodeIdentity | undefined {
+  if (typeof id !== 'string' || id.length === 0 || Buffer.byteLength(id) > MAX_NODE_ID_BYTES) return undefined;
+  const parts = id.split(';');
+  if (parts.length !== 3) return undefined;
+  const [host, iqn, wwpnList] = parts as [string, string, string];
+  if (!HOST_RE.test(host)) return undefined;
+  if (iqn !== '' && !isValidIqn(iqn)) return undefined;
+  const wwpns = wwpnList === '' ? [] : wwpnList.split(',');
+  if (!wwpns.every((w) => WWPN_RE.test(w))) return undefined;
+  return { host, iqn: iqn || undefined, wwpns };
+}

@@ -1,0 +1,104 @@
+import { execa } from 'execa';
+import type { Logger } from 'pino';
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+export interface ExecOptions {
+  /** Milliseconds before the command is killed (SIGKILL after SIGTERM grace). */
+  timeoutMs?: number;
+  /** Exit codes that are answers, not failures (e.g. blkid's 2 = "nothing found"). */
+  okExitCodes?: number[];
+  input?: string;
+  env?: Record<string, string>;
+  /** Strings to mask wherever the command line or output is logged or reported. */
+  secrets?: string[];
+}
+
+export class ExecError extends Error {
+  constructor(
+    readonly command: string,
+    readonly exitCode: number | undefined,
+    readonly stderr: string,
+    readonly timedOut: boolean,
+  ) {
+    super(
+      timedOut
+        ? `${command} timed out`
+        : `${command} failed (exit ${exitCode ?? 'signal'}): ${stderr.trim().split('\n').slice(-3).join(' | ') || 'no output'}`,
+    );
+    this.name = 'ExecError';
+  }
+}
+
+export interface Executor {
+  run(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult>;
+}
+
+export interface HostExecConfig {
+  /**
+   * How commands reach the host when the plugin runs in a container:
+   * `direct` runs them here; `nsenter` enters PID 1's mount (and net) namespaces;
+   * `chroot` runs them under a host root mounted into the container.
+   */
+  mode: 'direct' | 'nsenter' | 'chroot';
+  hostRoot?: string;
+  defaultTimeoutMs: number;
+}
+
+const mask = (s: string, secrets: string[] | undefined): string => {
+  let out = s;
+  for (const sec of secrets ?? []) if (sec) out = out.split(sec).join('***');
+  return out;
+};
+
+/** The only place in sinter that starts a host process. */
+export class HostExecutor implements Executor {
+  constructor(
+    private readonly cfg: HostExecConfig,
+    private readonly log?: Logger,
+  ) {}
+
+  private wrap(cmd: string, args: string[]): [string, string[]] {
+    switch (this.cfg.mode) {
+      case 'nsenter':
+        return ['nsenter', ['--target', '1', '--mount', '--uts', '--ipc', '--net', '--', cmd, ...args]];
+      case 'chroot':
+        return ['chroot', [this.cfg.hostRoot ?? '/host', cmd, ...args]];
+      default:
+        return [cmd, args];
+    }
+  }
+
+  async run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const [file, argv] = this.wrap(cmd, args);
+    const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const started = performance.now();
+    const res = await execa(file, argv, {
+      reject: false,
+      timeout: opts.timeoutMs ?? this.cfg.defaultTimeoutMs,
+      forceKillAfterDelay: 2000,
+      input: opts.input,
+      env: opts.env ? { ...process.env, ...opts.env } : undefined,
+      stripFinalNewline: false,
+      encoding: 'utf8',
+    });
+    const exitCode = res.exitCode ?? -1;
+    const stdout = String(res.stdout ?? '');
+    const stderr = String(res.stderr ?? '');
+    const ms = Math.round(performance.now() - started);
+    const ok = !res.timedOut && (exitCode === 0 || (opts.okExitCodes ?? []).includes(exitCode));
+    this.log?.debug({ cmd: shown, exitCode, ms }, 'exec');
+    if (!ok) {
+      if (res.failed && res.exitCode === undefined && !res.timedOut && res.cause) {
+        // The binary could not be started at all (ENOENT, EACCES).
+        throw new ExecError(shown, undefined, mask(String((res.cause as Error).message ?? res.cause), opts.secrets), false);
+      }
+      throw new ExecError(shown, res.exitCode, mask(stderr || stdout, opts.secrets), Boolean(res.timedOut));
+    }
+    return { stdout, stderr, exitCode };
+  }
+}
