@@ -1,0 +1,105 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Backend, RecoveryReport } from './backends/backend.js';
+import { FileBackend } from './backends/file/backend.js';
+import type { Config } from './config/types.js';
+import { encodeNodeId, isValidIqn } from './contracts/nodeid.js';
+import { StaticNodeRegistry } from './controller/node-registry.js';
+import { controllerService } from './controller/service.js';
+import { SnapshotManager } from './controller/snapshots.js';
+import { VolumeManager } from './controller/volumes.js';
+import { CsiServer, type CsiServices } from './csi/server.js';
+import { HostExecutor } from './exec/run.js';
+import { identityService } from './identity/service.js';
+import { NodeService } from './node/service.js';
+import { VERSION } from './version.js';
+
+/** Reads the host's iSCSI initiator name (`InitiatorName=iqn…`), if it has one. */
+export function readInitiatorName(file: string): string | undefined {
+  try {
+    const m = /^\s*InitiatorName\s*=\s*(\S+)\s*$/m.exec(readFileSync(file, 'utf8'));
+    return m && isValidIqn(m[1]!) ? m[1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function nodeIdFor(cfg: Config): string {
+  if (cfg.nodeId) return cfg.nodeId;
+  return encodeNodeId({ host: cfg.nodeName, iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile), wwpns: [] });
+}
+
+export interface App {
+  server: CsiServer;
+  backends: Map<string, Backend>;
+  volumes?: VolumeManager;
+  recovery: Record<string, RecoveryReport>;
+  nodeId?: string;
+  listen(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** Wires the roles' services from one validated Config; starts backends and node state. */
+export async function createApp(cfg: Config, log: Logger): Promise<App> {
+  const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 }, log.child({ part: 'exec' }));
+  const backends = new Map<string, Backend>();
+  for (const b of cfg.backends) backends.set(b.name, new FileBackend(b, exec, log.child({ backend: b.name })));
+
+  const services: CsiServices = {};
+  const recovery: Record<string, RecoveryReport> = {};
+  const hasController = cfg.role !== 'node';
+  const hasNode = cfg.role !== 'controller';
+  const nodeId = hasNode || cfg.role === 'all' ? nodeIdFor(cfg) : undefined;
+  let volumes: VolumeManager | undefined;
+
+  if (hasController) {
+    for (const [name, b] of backends) recovery[name] = await b.start();
+    const registry = new StaticNodeRegistry(cfg.role === 'all' && nodeId ? new Set([nodeId]) : undefined);
+    volumes = new VolumeManager(backends, registry, log.child({ part: 'controller' }));
+    volumes.index();
+    const snapshots = new SnapshotManager(backends, volumes);
+    snapshots.index();
+    services.controller = controllerService({ volumes, snapshots, backends });
+  }
+
+  let node: NodeService | undefined;
+  if (hasNode) {
+    node = new NodeService({
+      config: {
+        driverName: cfg.driverName,
+        nodeName: cfg.nodeName,
+        nodeId: nodeId!,
+        maxVolumesPerNode: cfg.node.maxVolumesPerNode,
+        topology: cfg.node.topology,
+        kubeletRoots: cfg.kubeletRoots,
+        localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
+        stateDir: cfg.node.stateDir,
+      },
+      exec,
+      log: log.child({ part: 'node' }),
+    });
+    await node.start();
+    services.node = node.handlers();
+  }
+
+  services.identity = identityService({
+    driverName: cfg.driverName,
+    version: VERSION,
+    hasController,
+    probe: async () => {
+      if (hasController) await Promise.all([...backends.values()].map((b) => b.probe()));
+    },
+  });
+
+  const server = new CsiServer(services, log);
+  return {
+    server,
+    backends,
+    volumes,
+    recovery,
+    nodeId,
+    listen: () => server.listen(cfg.endpoint),
+    stop: () => server.shutdown(cfg.shutdownGraceSeconds * 1000),
+  };
+}

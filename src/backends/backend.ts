@@ -1,0 +1,125 @@
+import type { NodeIdentity } from '../contracts/nodeid.js';
+import type { PublishContext } from '../contracts/publish-context.js';
+
+/** Cinder's volume states, kept on disk with each volume. */
+export type VolumeState = 'creating' | 'available' | 'in-use' | 'deleting' | 'error' | 'error_deleting';
+export type SnapshotState = 'creating' | 'available' | 'deleting' | 'error' | 'error_deleting';
+export type AccessType = 'mount' | 'block';
+
+/** What a volume was created to serve, kept to judge later requests. */
+export interface CapabilitySummary {
+  accessType: AccessType;
+  accessMode: string;
+  fsType?: string;
+}
+
+/** One node's publish of a volume: a row of Cinder's attachment table. */
+export interface Attachment {
+  nodeId: string;
+  readonly: boolean;
+  accessType: AccessType;
+  accessMode: string;
+  fsType?: string;
+  mountFlags?: string[];
+  at: string;
+}
+
+export interface ContentSource {
+  type: 'snapshot' | 'volume';
+  id: string;
+}
+
+export interface VolumeRecord {
+  id: string;
+  name: string;
+  backend: string;
+  sizeBytes: number;
+  state: VolumeState;
+  /** Why the volume is in an error state, for the operator. */
+  error?: string;
+  parameters: Record<string, string>;
+  capabilities: CapabilitySummary[];
+  source?: ContentSource;
+  attachments: Attachment[];
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface SnapshotRecord {
+  id: string;
+  name: string;
+  backend: string;
+  sourceVolumeId: string;
+  sizeBytes: number;
+  state: SnapshotState;
+  error?: string;
+  /** How the data was copied: a copy-on-write clone or a sparse byte copy. */
+  copyMethod?: 'reflink' | 'sparse-copy';
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface BackendCapacity {
+  totalBytes: number;
+  physicalFreeBytes: number;
+  provisionedBytes: number;
+  /** What the scheduler may still hand out, after over-subscription and reserve. */
+  availableBytes: number;
+}
+
+export interface RecoveryReport {
+  /** Operations a crash interrupted and start-up finished or rolled back. */
+  recovered: string[];
+  /** Things on disk no record explains; listed, not deleted. */
+  orphans: string[];
+  /** Records that could not be read. */
+  corrupt: string[];
+}
+
+export interface VolumeHealth {
+  abnormal: boolean;
+  message: string;
+}
+
+export interface CreateVolumeSpec {
+  id: string;
+  name: string;
+  sizeBytes: number;
+  parameters: Record<string, string>;
+  capabilities: CapabilitySummary[];
+  source?: ContentSource;
+}
+
+/**
+ * A Cinder "driver": owns its volumes' data and records. Knows nothing of gRPC;
+ * the controller has validated ids and arguments before calling, and holds the
+ * volume's lock around every call that changes it.
+ */
+export interface Backend {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly topology: Readonly<Record<string, string>>;
+
+  start(): Promise<RecoveryReport>;
+  /** Throws when the backend cannot serve (data directory gone, read-only, …). */
+  probe(): Promise<void>;
+  capacity(): Promise<BackendCapacity>;
+
+  volumes(): IterableIterator<VolumeRecord>;
+  volume(id: string): VolumeRecord | undefined;
+  snapshots(): IterableIterator<SnapshotRecord>;
+  snapshot(id: string): SnapshotRecord | undefined;
+
+  createVolume(spec: CreateVolumeSpec): Promise<VolumeRecord>;
+  deleteVolume(id: string): Promise<void>;
+  expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord>;
+  setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord>;
+  /** initialize_connection: make the volume reachable by one node. */
+  exportVolume(id: string, node: NodeIdentity, readonly: boolean): Promise<PublishContext>;
+  /** terminate_connection: revoke that node's access; idempotent. */
+  unexportVolume(id: string, node: NodeIdentity): Promise<void>;
+  volumeHealth(id: string): Promise<VolumeHealth>;
+
+  createSnapshot(spec: { id: string; name: string; sourceVolumeId: string }): Promise<SnapshotRecord>;
+  deleteSnapshot(id: string): Promise<void>;
+}

@@ -1,0 +1,160 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { parse as parseYaml } from 'yaml';
+import { parseEndpoint } from '../csi/endpoint.js';
+import type { BackendConfig, Config, FileBackendConfig, LogLevel, Role } from './types.js';
+import { absPath, ConfigError, int, isObj, num, type Obj, oneOf, onlyKeys, str, strMap } from './validate.js';
+
+export const DEFAULT_DRIVER_NAME = 'sinter.csi.io';
+export const NODE_TOPOLOGY_KEY = 'topology.sinter.csi.io/node';
+export const BACKEND_NAME_RE = /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
+const DRIVER_NAME_RE = /^[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?$/;
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export const FLAG_SPEC = {
+  endpoint: { type: 'string' },
+  config: { type: 'string' },
+  'data-dir': { type: 'string' },
+  'node-id': { type: 'string' },
+  'node-name': { type: 'string' },
+  'kubelet-root': { type: 'string', multiple: true },
+  'driver-name': { type: 'string' },
+  'log-level': { type: 'string' },
+  'state-dir': { type: 'string' },
+  'max-volumes-per-node': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'exec', 'shutdownGraceSeconds'] as const;
+const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes'] as const;
+const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile'] as const;
+const EXEC_KEYS = ['mode', 'hostRoot', 'timeoutSeconds'] as const;
+
+function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): BackendConfig {
+  if (!isObj(raw)) throw new ConfigError(key, 'must be a map');
+  onlyKeys(raw, BACKEND_KEYS, key);
+  const name = str(raw.name, `${key}.name`);
+  if (!BACKEND_NAME_RE.test(name)) throw new ConfigError(`${key}.name`, `"${name}" must be lower-case letters, digits and '-', at most 32 characters`);
+  oneOf(raw.driver ?? 'file', `${key}.driver`, ['file'] as const);
+  const topology = strMap(raw.topology, `${key}.topology`);
+  const b: FileBackendConfig = {
+    name,
+    driver: 'file',
+    dataDir: absPath(raw.dataDir, `${key}.dataDir`),
+    labels: strMap(raw.labels, `${key}.labels`),
+    // In single-machine mode the images live on this node, so only this node can reach them.
+    topology: Object.keys(topology).length === 0 && role === 'all' ? { [NODE_TOPOLOGY_KEY]: nodeName } : topology,
+    overSubscriptionRatio: raw.overSubscriptionRatio === undefined ? 1 : num(raw.overSubscriptionRatio, `${key}.overSubscriptionRatio`, 1, 1000),
+    reservedPercent: raw.reservedPercent === undefined ? 0 : num(raw.reservedPercent, `${key}.reservedPercent`, 0, 99),
+    capacityBytes: raw.capacityBytes === undefined ? 0 : int(raw.capacityBytes, `${key}.capacityBytes`, 0, Number.MAX_SAFE_INTEGER),
+  };
+  return b;
+}
+
+/** Flags over the YAML file over defaults; throws ConfigError naming the key. */
+export function loadConfig(role: Role, argv: string[]): Config {
+  let flags: ReturnType<typeof parseArgs<{ options: typeof FLAG_SPEC; args: string[]; strict: true; allowPositionals: false }>>['values'];
+  try {
+    flags = parseArgs({ args: argv, options: FLAG_SPEC, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    const msg = (e as Error).message;
+    const m = /'(--?[\w-]+)/.exec(msg);
+    throw new ConfigError(m?.[1] ?? 'flags', msg);
+  }
+
+  let file: Obj = {};
+  if (flags.config !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(flags.config, 'utf8');
+    } catch (e) {
+      throw new ConfigError('--config', `cannot read ${flags.config}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(text);
+    } catch (e) {
+      throw new ConfigError('--config', `${flags.config} is not valid YAML: ${(e as Error).message.split('\n')[0]}`);
+    }
+    if (parsed !== null && parsed !== undefined && !isObj(parsed)) throw new ConfigError('--config', `${flags.config} must hold a map at the top level`);
+    file = (parsed as Obj) ?? {};
+    onlyKeys(file, TOP_KEYS, '');
+  }
+
+  const endpoint = flags.endpoint ?? (file.endpoint === undefined ? 'unix:///csi/csi.sock' : str(file.endpoint, 'endpoint'));
+  try {
+    parseEndpoint(endpoint);
+  } catch (e) {
+    throw new ConfigError(flags.endpoint !== undefined ? '--endpoint' : 'endpoint', (e as Error).message);
+  }
+
+  const driverName = flags['driver-name'] ?? (file.driverName === undefined ? DEFAULT_DRIVER_NAME : str(file.driverName, 'driverName'));
+  if (!DRIVER_NAME_RE.test(driverName)) throw new ConfigError(flags['driver-name'] ? '--driver-name' : 'driverName', `"${driverName}" must be a DNS-style name of at most 63 characters`);
+
+  const logLevel = oneOf(flags['log-level'] ?? file.logLevel ?? 'info', flags['log-level'] ? '--log-level' : 'logLevel', LOG_LEVELS);
+  const nodeName = flags['node-name'] ?? (file.nodeName === undefined ? process.env.NODE_NAME || hostname() : str(file.nodeName, 'nodeName'));
+  const nodeId = flags['node-id'] ?? (file.nodeId === undefined ? undefined : str(file.nodeId, 'nodeId'));
+
+  const rootsRaw: unknown = flags['kubelet-root'] ?? file.kubeletRoots ?? ['/var/lib/kubelet'];
+  if (!Array.isArray(rootsRaw) || rootsRaw.length === 0) throw new ConfigError('kubeletRoots', 'must be a non-empty list of absolute paths');
+  const rootKey = flags['kubelet-root'] ? '--kubelet-root' : 'kubeletRoots';
+  const kubeletRoots = rootsRaw.map((r, i) => absPath(r, `${rootKey}[${i}]`));
+  if (kubeletRoots.includes('/')) throw new ConfigError(rootKey, '"/" cannot be a kubelet root: every path on the host would be fair game');
+
+  let backends: BackendConfig[] = [];
+  if (file.backends !== undefined) {
+    if (!Array.isArray(file.backends)) throw new ConfigError('backends', 'must be a list');
+    backends = file.backends.map((b, i) => backendFrom(b, `backends[${i}]`, role, nodeName));
+  }
+  if (flags['data-dir'] !== undefined) {
+    backends = [backendFrom({ name: 'default', driver: 'file', dataDir: flags['data-dir'] }, '--data-dir', role, nodeName)];
+  }
+  if (role !== 'node' && backends.length === 0) throw new ConfigError('backends', 'the controller needs at least one backend (--data-dir DIR or backends: in --config)');
+  const seen = new Set<string>();
+  for (const [i, b] of backends.entries()) {
+    if (seen.has(b.name)) throw new ConfigError(`backends[${i}].name`, `"${b.name}" is used twice`);
+    seen.add(b.name);
+    for (const other of backends.slice(0, i)) {
+      if (b.dataDir === other.dataDir || b.dataDir.startsWith(`${other.dataDir}/`) || other.dataDir.startsWith(`${b.dataDir}/`))
+        throw new ConfigError(`backends[${i}].dataDir`, `overlaps the data directory of backend "${other.name}"`);
+    }
+  }
+
+  const nodeRaw = file.node ?? {};
+  if (!isObj(nodeRaw)) throw new ConfigError('node', 'must be a map');
+  onlyKeys(nodeRaw, NODE_KEYS, 'node');
+  const maxVol = flags['max-volumes-per-node'] ?? nodeRaw.maxVolumesPerNode ?? 0;
+  const stateDirDefault = backends.length > 0 && role === 'all' ? `${backends[0]!.dataDir}/node-state` : '/var/lib/sinter/node';
+  const nodeTopology = strMap(nodeRaw.topology, 'node.topology');
+  const node = {
+    maxVolumesPerNode: int(maxVol, flags['max-volumes-per-node'] ? '--max-volumes-per-node' : 'node.maxVolumesPerNode', 0, 1_000_000),
+    topology: { [NODE_TOPOLOGY_KEY]: nodeName, ...nodeTopology },
+    stateDir: flags['state-dir'] !== undefined ? absPath(flags['state-dir'], '--state-dir') : nodeRaw.stateDir === undefined ? stateDirDefault : absPath(nodeRaw.stateDir, 'node.stateDir'),
+    iscsiInitiatorName: nodeRaw.iscsiInitiatorName === undefined ? undefined : str(nodeRaw.iscsiInitiatorName, 'node.iscsiInitiatorName'),
+    initiatorNameFile: nodeRaw.initiatorNameFile === undefined ? '/etc/iscsi/initiatorname.iscsi' : absPath(nodeRaw.initiatorNameFile, 'node.initiatorNameFile'),
+  };
+
+  const execRaw = file.exec ?? {};
+  if (!isObj(execRaw)) throw new ConfigError('exec', 'must be a map');
+  onlyKeys(execRaw, EXEC_KEYS, 'exec');
+  const exec = {
+    mode: oneOf(execRaw.mode ?? 'direct', 'exec.mode', ['direct', 'nsenter', 'chroot'] as const),
+    hostRoot: execRaw.hostRoot === undefined ? '/host' : absPath(execRaw.hostRoot, 'exec.hostRoot'),
+    timeoutSeconds: execRaw.timeoutSeconds === undefined ? 120 : num(execRaw.timeoutSeconds, 'exec.timeoutSeconds', 1, 3600),
+  };
+
+  return {
+    role,
+    endpoint,
+    driverName,
+    logLevel,
+    nodeName,
+    nodeId,
+    kubeletRoots,
+    backends,
+    node,
+    exec,
+    shutdownGraceSeconds: file.shutdownGraceSeconds === undefined ? 10 : num(file.shutdownGraceSeconds, 'shutdownGraceSeconds', 0, 600),
+  };
+}

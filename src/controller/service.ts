@@ -1,0 +1,210 @@
+import type { Backend, SnapshotRecord, VolumeRecord } from '../backends/backend.js';
+import { encodePublishContext } from '../contracts/publish-context.js';
+import { invalidArgument, notFound } from '../csi/errors.js';
+import type { ServiceImpl } from '../csi/server.js';
+import { parseCapabilities, parseCapability, type WireCapability } from './capabilities.js';
+import { parseParameters } from './parameters.js';
+import type { SnapshotManager } from './snapshots.js';
+import { reachesAny, type Topology, type TopologyRequirement } from './topology.js';
+import type { VolumeManager } from './volumes.js';
+
+const CONTROLLER_CAPABILITIES = [
+  'CREATE_DELETE_VOLUME',
+  'PUBLISH_UNPUBLISH_VOLUME',
+  'LIST_VOLUMES',
+  'GET_CAPACITY',
+  'CREATE_DELETE_SNAPSHOT',
+  'LIST_SNAPSHOTS',
+  'CLONE_VOLUME',
+  'PUBLISH_READONLY',
+  'EXPAND_VOLUME',
+  'LIST_VOLUMES_PUBLISHED_NODES',
+  'VOLUME_CONDITION',
+  'GET_VOLUME',
+  'SINGLE_NODE_MULTI_WRITER',
+  'GET_SNAPSHOT',
+];
+
+function required(v: string | undefined, field: string): string {
+  if (typeof v !== 'string' || v === '') throw invalidArgument(`${field} is required`);
+  return v;
+}
+
+function timestamp(iso: string): { seconds: number; nanos: number } {
+  const ms = Date.parse(iso);
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 };
+}
+
+export interface ControllerDeps {
+  volumes: VolumeManager;
+  snapshots: SnapshotManager;
+  backends: Map<string, Backend>;
+}
+
+/** Maps csi.v1.Controller messages to the volume and snapshot managers. */
+export function controllerService({ volumes, snapshots, backends }: ControllerDeps): ServiceImpl {
+  const volumeContext = (v: VolumeRecord): Record<string, string> => {
+    const ctx: Record<string, string> = { backend: v.backend };
+    if (v.parameters.fsType) ctx.fsType = v.parameters.fsType;
+    if (v.parameters.mkfsOptions) ctx.mkfsOptions = v.parameters.mkfsOptions;
+    return ctx;
+  };
+
+  const wireVolume = (v: VolumeRecord) => {
+    const b = backends.get(v.backend);
+    const topo = b && Object.keys(b.topology).length > 0 ? [{ segments: { ...b.topology } }] : [];
+    return {
+      volume_id: v.id,
+      capacity_bytes: v.sizeBytes,
+      volume_context: volumeContext(v),
+      content_source: v.source ? (v.source.type === 'snapshot' ? { snapshot: { snapshot_id: v.source.id } } : { volume: { volume_id: v.source.id } }) : undefined,
+      accessible_topology: topo,
+    };
+  };
+
+  const volumeStatus = async (v: VolumeRecord) => {
+    const health = await backends.get(v.backend)!.volumeHealth(v.id);
+    return { published_node_ids: v.attachments.map((a) => a.nodeId), volume_condition: { abnormal: health.abnormal, message: health.message } };
+  };
+
+  const wireSnapshot = (s: SnapshotRecord) => ({
+    size_bytes: s.sizeBytes,
+    snapshot_id: s.id,
+    source_volume_id: s.sourceVolumeId,
+    creation_time: timestamp(s.createdAt),
+    ready_to_use: s.state === 'available',
+  });
+
+  return {
+    async ControllerGetCapabilities() {
+      return { capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) };
+    },
+
+    async CreateVolume(req: {
+      name?: string;
+      capacity_range?: { required_bytes?: number; limit_bytes?: number };
+      volume_capabilities?: WireCapability[];
+      parameters?: Record<string, string>;
+      volume_content_source?: { type?: 'snapshot' | 'volume'; snapshot?: { snapshot_id?: string }; volume?: { volume_id?: string } };
+      accessibility_requirements?: TopologyRequirement;
+    }) {
+      const name = required(req.name, 'name');
+      if (name.length > 255) throw invalidArgument('name must be at most 255 characters');
+      const capabilities = parseCapabilities(req.volume_capabilities, 'volume_capabilities');
+      const parameters = parseParameters(req.parameters);
+      let source: { type: 'snapshot' | 'volume'; id: string } | undefined;
+      const cs = req.volume_content_source;
+      if (cs) {
+        if (cs.snapshot) source = { type: 'snapshot', id: required(cs.snapshot.snapshot_id, 'volume_content_source.snapshot.snapshot_id') };
+        else if (cs.volume) source = { type: 'volume', id: required(cs.volume.volume_id, 'volume_content_source.volume.volume_id') };
+        else throw invalidArgument('volume_content_source must name a snapshot or a volume');
+      }
+      const v = await volumes.create({
+        name,
+        capacity: req.capacity_range,
+        capabilities: capabilities.map(({ mountFlags: _m, ...c }) => c),
+        parameters,
+        source,
+        topology: req.accessibility_requirements,
+      });
+      return { volume: wireVolume(v) };
+    },
+
+    async DeleteVolume(req: { volume_id?: string }) {
+      await volumes.delete(required(req.volume_id, 'volume_id'));
+      return {};
+    },
+
+    async ControllerPublishVolume(req: { volume_id?: string; node_id?: string; volume_capability?: WireCapability; readonly?: boolean }) {
+      const volumeId = required(req.volume_id, 'volume_id');
+      const nodeId = required(req.node_id, 'node_id');
+      const cap = parseCapability(req.volume_capability, 'volume_capability');
+      const ctx = await volumes.publish(volumeId, nodeId, cap, req.readonly === true);
+      return { publish_context: encodePublishContext(ctx) };
+    },
+
+    async ControllerUnpublishVolume(req: { volume_id?: string; node_id?: string }) {
+      await volumes.unpublish(required(req.volume_id, 'volume_id'), req.node_id || undefined);
+      return {};
+    },
+
+    async ValidateVolumeCapabilities(req: { volume_id?: string; volume_capabilities?: WireCapability[]; volume_context?: Record<string, string>; parameters?: Record<string, string> }) {
+      const volumeId = required(req.volume_id, 'volume_id');
+      if (!req.volume_capabilities || req.volume_capabilities.length === 0) throw invalidArgument('volume_capabilities is required and must not be empty');
+      const v = volumes.mustGet(volumeId);
+      let caps;
+      try {
+        caps = parseCapabilities(req.volume_capabilities, 'volume_capabilities');
+        if (req.parameters) parseParameters(req.parameters);
+      } catch (e) {
+        return { message: (e as Error).message };
+      }
+      const fs = v.parameters.fsType;
+      const clash = caps.find((c) => c.accessType === 'mount' && c.fsType && fs && c.fsType !== fs);
+      if (clash) return { message: `volume ${volumeId} is made for ${fs}, not ${clash.fsType}` };
+      return { confirmed: { volume_context: req.volume_context ?? {}, volume_capabilities: req.volume_capabilities, parameters: req.parameters ?? {} } };
+    },
+
+    async ListVolumes(req: { max_entries?: number; starting_token?: string }) {
+      const page = volumes.list(req.max_entries, req.starting_token);
+      const entries = await Promise.all(page.items.map(async (v) => ({ volume: wireVolume(v), status: await volumeStatus(v) })));
+      return { entries, next_token: page.nextToken };
+    },
+
+    async ControllerGetVolume(req: { volume_id?: string }) {
+      const v = volumes.mustGet(required(req.volume_id, 'volume_id'));
+      return { volume: wireVolume(v), status: await volumeStatus(v) };
+    },
+
+    async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology }) {
+      if (req.volume_capabilities && req.volume_capabilities.length > 0) parseCapabilities(req.volume_capabilities, 'volume_capabilities');
+      const params = parseParameters(req.parameters);
+      let available = 0;
+      let largest = 0;
+      for (const b of backends.values()) {
+        if (params.backend && b.name !== params.backend) continue;
+        if (params.type && b.labels.type !== params.type) continue;
+        if (req.accessible_topology && !reachesAny(b.topology, [req.accessible_topology])) continue;
+        const c = await b.capacity();
+        available += c.availableBytes;
+        largest = Math.max(largest, c.availableBytes);
+      }
+      return { available_capacity: available, maximum_volume_size: { value: largest }, minimum_volume_size: { value: 1024 * 1024 } };
+    },
+
+    async ControllerExpandVolume(req: { volume_id?: string; capacity_range?: { required_bytes?: number; limit_bytes?: number }; volume_capability?: WireCapability }) {
+      const volumeId = required(req.volume_id, 'volume_id');
+      const cap = req.volume_capability ? parseCapability(req.volume_capability, 'volume_capability') : undefined;
+      const v = await volumes.expand(volumeId, req.capacity_range);
+      // The node must refresh the loop device or LUN size in every case, and grow
+      // the filesystem for mounts; only an unpublished block volume needs nothing.
+      const nodeExpansion = cap ? cap.accessType === 'mount' || v.attachments.length > 0 : true;
+      return { capacity_bytes: v.sizeBytes, node_expansion_required: nodeExpansion };
+    },
+
+    async CreateSnapshot(req: { name?: string; source_volume_id?: string; parameters?: Record<string, string> }) {
+      const name = required(req.name, 'name');
+      const source = required(req.source_volume_id, 'source_volume_id');
+      const s = await snapshots.create(name, source, req.parameters);
+      return { snapshot: wireSnapshot(s) };
+    },
+
+    async DeleteSnapshot(req: { snapshot_id?: string }) {
+      await snapshots.delete(required(req.snapshot_id, 'snapshot_id'));
+      return {};
+    },
+
+    async ListSnapshots(req: { max_entries?: number; starting_token?: string; source_volume_id?: string; snapshot_id?: string }) {
+      const page = snapshots.list({ snapshotId: req.snapshot_id || undefined, sourceVolumeId: req.source_volume_id || undefined }, req.max_entries, req.starting_token);
+      return { entries: page.items.map((s) => ({ snapshot: wireSnapshot(s) })), next_token: page.nextToken };
+    },
+
+    async GetSnapshot(req: { snapshot_id?: string }) {
+      const id = required(req.snapshot_id, 'snapshot_id');
+      const s = snapshots.get(id);
+      if (!s || s.state !== 'available') throw notFound(`snapshot_id: snapshot "${id.slice(0, 128)}" does not exist`);
+      return { snapshot: wireSnapshot(s) };
+    },
+  };
+}
+

@@ -1,0 +1,284 @@
+import type { Logger } from 'pino';
+import type { Attachment, Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
+import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
+import type { PublishContext } from '../contracts/publish-context.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
+import { KeyedLock } from '../csi/locks.js';
+import { isSingleNode, type FsType } from './capabilities.js';
+import type { NodeRegistry } from './node-registry.js';
+import { paginate, type Page } from './pagination.js';
+import { sameParameters, type VolumeParameters } from './parameters.js';
+import { schedule } from './scheduler.js';
+import type { TopologyRequirement } from './topology.js';
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+export const DEFAULT_VOLUME_SIZE = GiB;
+/** mkfs refuses smaller devices: xfs needs 300 MiB, btrfs about 114 MiB. */
+export const MIN_SIZE_FOR_FS: Record<FsType, number> = { ext4: MiB, xfs: 300 * MiB, btrfs: 128 * MiB };
+
+export interface CapacityRange {
+  required_bytes?: number;
+  limit_bytes?: number;
+}
+
+export interface CreateVolumeInput {
+  name: string;
+  capacity?: CapacityRange;
+  capabilities: CapabilitySummary[];
+  parameters: VolumeParameters;
+  source?: ContentSource;
+  topology?: TopologyRequirement;
+}
+
+const roundUp = (n: number, unit: number) => Math.ceil(n / unit) * unit;
+
+/**
+ * Picks the size for a create or expand: the request rounded up to whole MiB,
+ * never under `floor`, never above the limit; OUT_OF_RANGE when no size fits.
+ */
+export function sizeFor(range: CapacityRange | undefined, fallback: number, floor: number): number {
+  const req = range?.required_bytes ?? 0;
+  const lim = range?.limit_bytes ?? 0;
+  if (req < 0 || lim < 0) throw invalidArgument('capacity_range: required_bytes and limit_bytes must not be negative');
+  if (!Number.isSafeInteger(req) || !Number.isSafeInteger(lim)) throw outOfRange('capacity_range: sizes above 8 PiB are not supported');
+  if (lim > 0 && req > lim) throw invalidArgument(`capacity_range: required_bytes ${req} is above limit_bytes ${lim}`);
+  let size = Math.max(roundUp(req > 0 ? req : lim > 0 ? Math.min(fallback, lim) : fallback, MiB), floor);
+  if (lim > 0 && size > lim) {
+    size = Math.floor(lim / MiB) * MiB;
+    if (size < Math.max(req, floor) || size === 0) throw outOfRange(`capacity_range: no size in MiB steps between ${req} and ${lim} bytes is at least the ${floor}-byte minimum`);
+  }
+  return size;
+}
+
+/**
+ * The controller's volume lifecycle across all backends: name idempotency,
+ * scheduling, Cinder's attachment rules. Holds the per-name and per-volume
+ * locks; backends do the I/O.
+ */
+export class VolumeManager {
+  readonly locks = new KeyedLock();
+  private readonly byName = new Map<string, VolumeRecord>();
+  private sortedCache: VolumeRecord[] | undefined;
+
+  constructor(
+    private readonly backends: Map<string, Backend>,
+    private readonly nodes: NodeRegistry,
+    private readonly log: Logger,
+  ) {}
+
+  /** Rebuilds the name index from the backends' records (after their start()). */
+  index(): void {
+    this.byName.clear();
+    for (const b of this.backends.values()) for (const v of b.volumes()) this.byName.set(v.name, v);
+    this.sortedCache = undefined;
+  }
+
+  backendOf(volumeId: string): Backend | undefined {
+    const name = backendOfVolume(volumeId);
+    return name === undefined ? undefined : this.backends.get(name);
+  }
+
+  get(volumeId: string): VolumeRecord | undefined {
+    return this.backendOf(volumeId)?.volume(volumeId);
+  }
+
+  mustGet(volumeId: string, field = 'volume_id'): VolumeRecord {
+    const v = this.get(volumeId);
+    if (!v) throw notFound(`${field}: volume "${volumeId.slice(0, 128)}" does not exist`);
+    return v;
+  }
+
+  async create(input: CreateVolumeInput): Promise<VolumeRecord> {
+    const fsType = (input.parameters.fsType ?? input.capabilities.find((c) => c.fsType)?.fsType ?? 'ext4') as FsType;
+    const needsFs = input.capabilities.some((c) => c.accessType === 'mount');
+    const floor = needsFs ? MIN_SIZE_FOR_FS[fsType] : MiB;
+
+    return this.locks.run(`name:${input.name}`, async () => {
+      const existing = this.byName.get(input.name);
+      if (existing) {
+        if (existing.state === 'error') {
+          // A failed attempt the CO never heard succeed: clear it and try again.
+          this.log.warn({ volume_id: existing.id, name: input.name, err: existing.error }, 'retrying a create that failed before');
+          await this.locks.run(`vol:${existing.id}`, () => this.backends.get(existing.backend)!.deleteVolume(existing.id));
+          this.forget(existing);
+        } else {
+          this.checkCompatible(existing, input);
+          return existing;
+        }
+      }
+
+      let sourceBackend: Backend | undefined;
+      let sourceSize = 0;
+      if (input.source) {
+        const src = this.resolveSource(input.source);
+        sourceBackend = src.backend;
+        sourceSize = src.sizeBytes;
+      }
+      // A copy is never smaller than what it copies; without a size it takes the source's.
+      const sizeBytes = sizeFor(input.capacity, input.source ? sourceSize : DEFAULT_VOLUME_SIZE, Math.max(floor, sourceSize));
+
+      const candidates = sourceBackend ? [sourceBackend] : [...this.backends.values()];
+      const { backend } = await schedule(candidates, {
+        sizeBytes,
+        type: input.parameters.type,
+        backend: input.parameters.backend,
+        topology: input.topology,
+      });
+      const id = newVolumeId(backend.name);
+      const sourceLock = input.source ? [`${input.source.type === 'snapshot' ? 'snap' : 'vol'}:${input.source.id}`] : [];
+      const rec = await this.locks.runAll([`vol:${id}`, ...sourceLock], async () => {
+        if (input.source) this.resolveSource(input.source); // it may have gone while we waited
+        return backend.createVolume({
+          id,
+          name: input.name,
+          sizeBytes,
+          parameters: input.parameters.own,
+          capabilities: input.capabilities,
+          source: input.source,
+        });
+      }).catch((e: unknown) => {
+        const failed = backend.volume(id);
+        if (failed) this.remember(failed);
+        throw e;
+      });
+      this.remember(rec);
+      return rec;
+    });
+  }
+
+  private resolveSource(src: ContentSource): { backend: Backend; sizeBytes: number } {
+    if (src.type === 'snapshot') {
+      const b = this.backends.get(backendOfSnapshot(src.id) ?? '');
+      const snap = b?.snapshot(src.id);
+      if (!b || !snap || snap.state !== 'available') throw notFound(`volume_content_source.snapshot.snapshot_id: snapshot "${src.id.slice(0, 128)}" does not exist`);
+      return { backend: b, sizeBytes: snap.sizeBytes };
+    }
+    const b = this.backendOf(src.id);
+    const vol = b?.volume(src.id);
+    if (!b || !vol) throw notFound(`volume_content_source.volume.volume_id: volume "${src.id.slice(0, 128)}" does not exist`);
+    if (vol.state !== 'available' && vol.state !== 'in-use') throw failedPrecondition(`volume_content_source.volume.volume_id: volume ${src.id} is ${vol.state} and cannot be cloned`);
+    return { backend: b, sizeBytes: vol.sizeBytes };
+  }
+
+  private checkCompatible(v: VolumeRecord, input: CreateVolumeInput): void {
+    const req = input.capacity?.required_bytes ?? 0;
+    const lim = input.capacity?.limit_bytes ?? 0;
+    if ((req > 0 && v.sizeBytes < req) || (lim > 0 && v.sizeBytes > lim))
+      throw alreadyExists(`name: volume "${v.name}" exists with ${v.sizeBytes} bytes, outside the requested capacity_range`);
+    if (!sameParameters(v.parameters, input.parameters.own)) throw alreadyExists(`name: volume "${v.name}" exists with different parameters`);
+    const a = v.source;
+    const b = input.source;
+    if ((a?.type ?? '') !== (b?.type ?? '') || (a?.id ?? '') !== (b?.id ?? ''))
+      throw alreadyExists(`name: volume "${v.name}" exists with a different volume_content_source`);
+    if (v.state === 'deleting' || v.state === 'error_deleting') throw aborted(`name: volume "${v.name}" is being deleted; retry later`);
+  }
+
+  private remember(v: VolumeRecord): void {
+    this.byName.set(v.name, v);
+    this.sortedCache = undefined;
+  }
+
+  private forget(v: VolumeRecord): void {
+    if (this.byName.get(v.name)?.id === v.id) this.byName.delete(v.name);
+    this.sortedCache = undefined;
+  }
+
+  async delete(volumeId: string): Promise<void> {
+    const b = this.backendOf(volumeId);
+    if (!b) return; // not ours or malformed: nothing to delete, which is success
+    await this.locks.run(`vol:${volumeId}`, async () => {
+      const v = b.volume(volumeId);
+      if (!v) return;
+      if (v.attachments.length > 0)
+        throw failedPrecondition(`volume ${volumeId} is still published to ${v.attachments.map((a) => a.nodeId).join(', ')}; unpublish it first`);
+      await b.deleteVolume(volumeId);
+      this.forget(v);
+    });
+  }
+
+  async expand(volumeId: string, range: CapacityRange | undefined): Promise<VolumeRecord> {
+    if (!range || (!range.required_bytes && !range.limit_bytes)) throw invalidArgument('capacity_range is required');
+    const b = this.backendOf(volumeId);
+    if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
+    return this.locks.run(`vol:${volumeId}`, async () => {
+      const v = this.mustGet(volumeId);
+      if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state} and cannot be expanded`);
+      const target = sizeFor(range, v.sizeBytes, MiB);
+      if (target <= v.sizeBytes) return v;
+      const { availableBytes } = await b.capacity();
+      if (target - v.sizeBytes > availableBytes) throw outOfRange(`capacity_range: backend ${b.name} has ${availableBytes} bytes available, ${target - v.sizeBytes} more needed`);
+      return b.expandVolume(volumeId, target);
+    });
+  }
+
+  async publish(volumeId: string, nodeId: string, cap: CapabilitySummary & { mountFlags: string[] }, readonly: boolean): Promise<PublishContext> {
+    const b = this.backendOf(volumeId);
+    if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
+    const node = this.nodes.lookup(nodeId);
+    if (!node) throw notFound(`node_id: node "${nodeId.slice(0, 128)}" is not known to this controller`);
+    return this.locks.run(`vol:${volumeId}`, async () => {
+      const v = this.mustGet(volumeId);
+      if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);
+      const mine = v.attachments.find((a) => a.nodeId === nodeId);
+      if (mine) {
+        if (mine.readonly !== readonly || mine.accessType !== cap.accessType || mine.accessMode !== cap.accessMode || (mine.fsType ?? '') !== (cap.fsType ?? ''))
+          throw alreadyExists(`volume ${volumeId} is already published to this node with a different capability or readonly flag; unpublish it first`);
+        return b.exportVolume(volumeId, node, readonly);
+      }
+      const others = v.attachments.filter((a) => a.nodeId !== nodeId);
+      if (others.length > 0 && (isSingleNode(cap.accessMode) || others.some((a) => isSingleNode(a.accessMode))))
+        throw failedPrecondition(`volume ${volumeId} is published to node ${others[0]!.nodeId} and its access mode allows a single node; unpublish it there first`);
+      const att: Attachment = {
+        nodeId,
+        readonly,
+        accessType: cap.accessType,
+        accessMode: cap.accessMode,
+        fsType: cap.fsType,
+        mountFlags: cap.mountFlags.length ? cap.mountFlags : undefined,
+        at: new Date().toISOString(),
+      };
+      // Record first: a crash between the two leaves a publish the retry or the
+      // reconciler completes, never an export nobody knows about.
+      await b.setAttachments(volumeId, [...v.attachments, att]);
+      try {
+        return await b.exportVolume(volumeId, node, readonly);
+      } catch (e) {
+        await b.setAttachments(volumeId, v.attachments.filter((a) => a.nodeId !== nodeId)).catch(() => undefined);
+        throw e;
+      }
+    });
+  }
+
+  async unpublish(volumeId: string, nodeId: string | undefined): Promise<void> {
+    const b = this.backendOf(volumeId);
+    if (!b?.volume(volumeId)) return; // gone: nothing is published
+    await this.locks.run(`vol:${volumeId}`, async () => {
+      const v = b.volume(volumeId);
+      if (!v) return;
+      const leaving = v.attachments.filter((a) => !nodeId || a.nodeId === nodeId);
+      for (const a of leaving) {
+        const node = this.nodes.lookup(a.nodeId);
+        // Revoke access before forgetting the publish: fencing comes first.
+        if (node) await b.unexportVolume(volumeId, node);
+      }
+      if (leaving.length > 0) await b.setAttachments(volumeId, v.attachments.filter((a) => !leaving.includes(a)));
+    });
+  }
+
+  /** Every volume of every backend, sorted by id; cached until the next create or delete. */
+  sorted(): VolumeRecord[] {
+    if (!this.sortedCache) {
+      const all: VolumeRecord[] = [];
+      for (const b of this.backends.values()) for (const v of b.volumes()) all.push(v);
+      all.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      this.sortedCache = all;
+    }
+    return this.sortedCache;
+  }
+
+  list(maxEntries: number | undefined, token: string | undefined): Page<VolumeRecord> {
+    const visible = this.sorted().filter((v) => v.state !== 'creating' && v.state !== 'deleting');
+    return paginate(visible, (v) => v.id, maxEntries, token, (t) => VOLUME_ID_RE.test(t));
+  }
+}

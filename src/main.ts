@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+import { loadConfig } from './config/load.js';
+import type { Role } from './config/types.js';
+import { ConfigError } from './config/validate.js';
+import { createLogger } from './csi/logging.js';
+import { VERSION } from './version.js';
+import { createApp } from './app.js';
+
+const USAGE = `sinter ${VERSION} — Cinder's block-storage model as a CSI driver
+
+Usage:
+  sinter controller|node|all [flags]
+  sinter version
+
+Flags:
+  --endpoint URL            unix:///path.sock or tcp://host:port (default unix:///csi/csi.sock)
+  --config FILE             YAML configuration (see README)
+  --data-dir DIR            shorthand for one file backend named "default" in DIR
+  --node-id ID              node id to report (default: built from the node name and initiator IQN)
+  --node-name NAME          this node's name (default $NODE_NAME or the host name)
+  --kubelet-root DIR        allowed root for staging/target paths; repeatable (default /var/lib/kubelet)
+  --driver-name NAME        CSI driver name (default sinter.csi.io)
+  --state-dir DIR           where the node keeps its staging records
+  --max-volumes-per-node N  reported by NodeGetInfo (0 = no limit)
+  --log-level LEVEL         fatal|error|warn|info|debug|trace|silent (default info)
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === 'version' || cmd === '--version') {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
+    process.stdout.write(USAGE);
+    return cmd === undefined ? 2 : 0;
+  }
+  if (cmd !== 'controller' && cmd !== 'node' && cmd !== 'all') {
+    process.stderr.write(`sinter: unknown command "${cmd}"\n\n${USAGE}`);
+    return 2;
+  }
+  const role: Role = cmd;
+  let cfg;
+  try {
+    cfg = loadConfig(role, rest);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`sinter: configuration error: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+
+  const log = createLogger(cfg.logLevel);
+  const app = await createApp(cfg, log);
+  const address = await app.listen();
+  log.info({ role, address, version: VERSION, driver: cfg.driverName, nodeId: app.nodeId }, 'sinter started');
+
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ signal }, 'shutting down: finishing in-flight RPCs');
+      app.stop().then(resolve, resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  log.info('stopped');
+  log.flush();
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`sinter: ${(e as Error)?.message ?? String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

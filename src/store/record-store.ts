@@ -1,0 +1,58 @@
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import { isAtomicTemp, removeFileDurable, writeFileAtomic } from './atomic-file.js';
+
+export interface LoadReport<T> {
+  records: T[];
+  /** Files that could not be parsed: kept on disk for an operator, listed here. */
+  corrupt: string[];
+  /** Half-written temp files from a crash, removed. */
+  tempsRemoved: string[];
+}
+
+/**
+ * One JSON file per record in one directory. Each put is atomic and durable,
+ * so the directory is the crash-safe source of truth and memory is a cache.
+ */
+export class RecordStore<T extends { id: string }> {
+  constructor(
+    readonly dir: string,
+    private readonly suffix = '.json',
+  ) {}
+
+  pathOf(id: string): string {
+    return join(this.dir, `${id}${this.suffix}`);
+  }
+
+  async init(): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+  }
+
+  async load(valid: (v: unknown) => v is T): Promise<LoadReport<T>> {
+    const report: LoadReport<T> = { records: [], corrupt: [], tempsRemoved: [] };
+    for (const name of await fs.readdir(this.dir)) {
+      if (isAtomicTemp(name)) {
+        await fs.rm(join(this.dir, name), { force: true });
+        report.tempsRemoved.push(name);
+        continue;
+      }
+      if (!name.endsWith(this.suffix)) continue;
+      try {
+        const parsed: unknown = JSON.parse(await fs.readFile(join(this.dir, name), 'utf8'));
+        if (valid(parsed) && `${parsed.id}${this.suffix}` === name) report.records.push(parsed);
+        else report.corrupt.push(name);
+      } catch {
+        report.corrupt.push(name);
+      }
+    }
+    return report;
+  }
+
+  async put(rec: T): Promise<void> {
+    await writeFileAtomic(this.pathOf(rec.id), `${JSON.stringify(rec)}\n`);
+  }
+
+  async remove(id: string): Promise<void> {
+    await removeFileDurable(this.pathOf(id));
+  }
+}
