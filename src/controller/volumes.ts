@@ -34,8 +34,9 @@ export interface CreateVolumeInput {
 const roundUp = (n: number, unit: number) => Math.ceil(n / unit) * unit;
 
 /**
- * Picks the size for a create or expand: the request rounded up to whole MiB,
- * never under `floor`, never above the limit; OUT_OF_RANGE when no size fits.
+ * Picks the size for a create or expand: the request rounded up to whole MiB
+ * (4 KiB when a tight limit forces it), never under `floor`, never above the
+ * limit; OUT_OF_RANGE when no size fits.
  */
 export function sizeFor(range: CapacityRange | undefined, fallback: number, floor: number): number {
   const req = range?.required_bytes ?? 0;
@@ -45,8 +46,9 @@ export function sizeFor(range: CapacityRange | undefined, fallback: number, floo
   if (lim > 0 && req > lim) throw invalidArgument(`capacity_range: required_bytes ${req} is above limit_bytes ${lim}`);
   let size = Math.max(roundUp(req > 0 ? req : lim > 0 ? Math.min(fallback, lim) : fallback, MiB), floor);
   if (lim > 0 && size > lim) {
-    size = Math.floor(lim / MiB) * MiB;
-    if (size < Math.max(req, floor) || size === 0) throw outOfRange(`capacity_range: no size in MiB steps between ${req} and ${lim} bytes is at least the ${floor}-byte minimum`);
+    // Whole MiB overshoots the limit: settle for 4 KiB steps, which every block layer accepts.
+    size = roundUp(Math.max(req, floor), 4096);
+    if (size > lim) throw outOfRange(`capacity_range: no size in 4 KiB steps between ${Math.max(req, floor)} and ${lim} bytes`);
   }
   return size;
 }

@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { status } from '@grpc/grpc-js';
+import { parseCapability } from '../../src/controller/capabilities.js';
+import { paginate } from '../../src/controller/pagination.js';
+import { parseParameters } from '../../src/controller/parameters.js';
+import { MiB, sizeFor } from '../../src/controller/volumes.js';
+import { CsiError } from '../../src/csi/errors.js';
+
+const codeOf = (fn: () => unknown): number | undefined => {
+  try {
+    fn();
+  } catch (e) {
+    return (e as CsiError).code;
+  }
+  return undefined;
+};
+
+describe('capacity_range → size', () => {
+  it('uses the default when no range is given', () => expect(sizeFor(undefined, 1024 * MiB, MiB)).toBe(1024 * MiB));
+  it('rounds the request up to whole MiB', () => expect(sizeFor({ required_bytes: 5 * MiB + 1 }, 0, MiB)).toBe(6 * MiB));
+  it('never goes under the filesystem floor', () => expect(sizeFor({ required_bytes: MiB }, 0, 300 * MiB)).toBe(300 * MiB));
+  it('fits under a limit when only the limit is given', () => expect(sizeFor({ limit_bytes: 10 * MiB }, 1024 * MiB, MiB)).toBe(10 * MiB));
+  it('falls back to 4 KiB steps when whole MiB would pass the limit', () =>
+    expect(sizeFor({ required_bytes: 5 * MiB + 1, limit_bytes: 5 * MiB + 5000 }, 0, MiB)).toBe(5 * MiB + 4096));
+  it('is OUT_OF_RANGE when no 4 KiB step fits between required and limit', () =>
+    expect(codeOf(() => sizeFor({ required_bytes: 5 * MiB + 1, limit_bytes: 5 * MiB + 2 }, 0, MiB))).toBe(status.OUT_OF_RANGE));
+  it('is OUT_OF_RANGE when the limit is under the filesystem floor', () =>
+    expect(codeOf(() => sizeFor({ limit_bytes: 10 * MiB }, 0, 300 * MiB))).toBe(status.OUT_OF_RANGE));
+  it('rejects a limit below required', () => expect(codeOf(() => sizeFor({ required_bytes: 10, limit_bytes: 5 }, 0, MiB))).toBe(status.INVALID_ARGUMENT));
+  it('rejects negative sizes', () => expect(codeOf(() => sizeFor({ required_bytes: -1 }, 0, MiB))).toBe(status.INVALID_ARGUMENT));
+});
+
+describe('volume capabilities', () => {
+  it('accepts mount and block with every single-node mode', () => {
+    for (const mode of ['SINGLE_NODE_WRITER', 'SINGLE_NODE_READER_ONLY', 'SINGLE_NODE_SINGLE_WRITER', 'SINGLE_NODE_MULTI_WRITER', 'MULTI_NODE_READER_ONLY']) {
+      expect(parseCapability({ access_type: 'mount', mount: { fs_type: 'xfs' }, access_mode: { mode } }, 'c').fsType).toBe('xfs');
+      expect(parseCapability({ access_type: 'block', block: {}, access_mode: { mode } }, 'c').accessType).toBe('block');
+    }
+  });
+  it('offers multi-node writers only for block', () => {
+    expect(parseCapability({ access_type: 'block', block: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, 'c').accessMode).toBe('MULTI_NODE_MULTI_WRITER');
+    expect(codeOf(() => parseCapability({ access_type: 'mount', mount: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, 'c'))).toBe(status.INVALID_ARGUMENT);
+  });
+  it('names the missing part', () => {
+    expect(() => parseCapability({ access_type: 'mount', mount: {} }, 'volume_capability')).toThrow(/volume_capability.access_mode/);
+    expect(() => parseCapability({ access_mode: { mode: 'SINGLE_NODE_WRITER' } }, 'volume_capability')).toThrow(/access_type/);
+    expect(() => parseCapability({ access_type: 'mount', mount: { fs_type: 'ntfs' }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }, 'x')).toThrow(/ntfs/);
+    expect(() => parseCapability({ access_type: 'mount', mount: { mount_flags: ['ro;rm -rf /'] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }, 'x')).toThrow(/mount_flags/);
+  });
+});
+
+describe('StorageClass parameters', () => {
+  it('keeps known keys and passes the sidecars keys through', () => {
+    const p = parseParameters({ type: 'ssd', fsType: 'xfs', mkfsOptions: '-m 0', 'csi.storage.k8s.io/pvc/name': 'data' });
+    expect(p).toMatchObject({ type: 'ssd', fsType: 'xfs', mkfsOptions: '-m 0' });
+    expect(p.own).toEqual({ type: 'ssd', fsType: 'xfs', mkfsOptions: '-m 0' });
+  });
+  it('names an unknown key', () => expect(() => parseParameters({ tpye: 'ssd' })).toThrow(/unknown key "tpye"/));
+  it('refuses shell characters in mkfsOptions', () => expect(() => parseParameters({ mkfsOptions: '-E `id`' })).toThrow(/mkfsOptions/));
+});
+
+describe('pagination by last id', () => {
+  const ids = ['a', 'c', 'e', 'g'];
+  const page = (max: number, tok?: string, list = ids) => paginate(list, (x) => x, max, tok, (t) => /^[a-z]$/.test(t));
+  it('walks pages and ends with an empty token', () => {
+    const p1 = page(2);
+    expect(p1).toEqual({ items: ['a', 'c'], nextToken: 'c' });
+    expect(page(2, p1.nextToken)).toEqual({ items: ['e', 'g'], nextToken: '' });
+  });
+  it('survives the deletion of the token id and picks up new ids after it', () => {
+    expect(page(2, 'c', ['a', 'd', 'e', 'g'])).toEqual({ items: ['d', 'e'], nextToken: 'e' });
+  });
+  it('is ABORTED for a token it never issued', () => expect(codeOf(() => page(2, 'not-a-token'))).toBe(status.ABORTED));
+  it('is INVALID_ARGUMENT for negative max_entries', () => expect(codeOf(() => page(-1))).toBe(status.INVALID_ARGUMENT));
+});
