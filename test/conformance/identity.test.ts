@@ -1,0 +1,29 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+describe('Identity service (sinter all)', () => {
+  let s: SinterProcess;
+  beforeAll(async () => {
+    s = await startSinter();
+  });
+  afterAll(async () => s?.cleanup());
+
+  it('GetPluginInfo names the driver and the package version', async () => {
+    const r = await s.client.identity.GetPluginInfo({});
+    expect(r.name).toBe('sinter.csi.io');
+    expect(r.vendor_version).toBe(pkg.version);
+  });
+
+  it('GetPluginCapabilities offers the controller, topology and online expansion', async () => {
+    const r = await s.client.identity.GetPluginCapabilities({});
+    const kinds = r.capabilities.map((c: { service?: { type: string }; volume_expansion?: { type: string } }) => c.service?.type ?? `expansion:${c.volume_expansion?.type}`);
+    expect(kinds.sort()).toEqual(['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'expansion:ONLINE']);
+  });
+
+  it('Probe is ready while the backend answers', async () => {
+    expect((await s.client.identity.Probe({})).ready.value).toBe(true);
+  });
+});

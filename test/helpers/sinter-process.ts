@@ -1,0 +1,139 @@
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa, type ResultPromise } from 'execa';
+import { csiClient, type CsiClient } from '../../src/csi/client.js';
+
+export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
+
+export interface SinterProcess {
+  base: string;
+  socket: string;
+  dataDir: string;
+  kubeletRoot: string;
+  client: CsiClient;
+  proc: ResultPromise;
+  /** Everything the process wrote to stderr so far (its JSON log lines). */
+  logs(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  /** Stops the process and removes every mount and loop device left under base. */
+  cleanup(): Promise<void>;
+}
+
+export interface StartOptions {
+  role?: 'all' | 'controller' | 'node';
+  args?: string[];
+  base?: string;
+  nodeName?: string;
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < until) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v as T;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+}
+
+/** Unmounts anything under `dir` (deepest first) and detaches loop devices backed by files under it. */
+export async function scrub(dir: string): Promise<void> {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4]?.replace(/\\040/g, ' '))
+    .filter((m): m is string => !!m && (m === dir || m.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) await execa('umount', ['-l', m]).catch(() => undefined);
+  const loops = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).catch(() => ({ stdout: '' }));
+  for (const line of loops.stdout.split('\n')) {
+    const [dev, ...rest] = line.trim().split(/\s+/);
+    const back = rest.join(' ').replace(/ \(deleted\)$/, '');
+    if (dev && back.startsWith(`${dir}/`)) await execa('losetup', ['-d', dev]).catch(() => undefined);
+  }
+}
+
+export async function startSinter(opts: StartOptions = {}): Promise<SinterProcess> {
+  const base = opts.base ?? mkdtempSync(join(tmpdir(), 'sinter-it-'));
+  const socket = join(base, 'csi.sock');
+  const dataDir = join(base, 'data');
+  const kubeletRoot = join(base, 'kubelet');
+  mkdirSync(kubeletRoot, { recursive: true });
+  const role = opts.role ?? 'all';
+  const args = [
+    MAIN,
+    role,
+    '--endpoint',
+    `unix://${socket}`,
+    '--kubelet-root',
+    kubeletRoot,
+    '--node-name',
+    opts.nodeName ?? 'test-node',
+    '--log-level',
+    'info',
+    ...(role !== 'node' || !(opts.args ?? []).includes('--config') ? ['--data-dir', dataDir] : []),
+    ...(opts.args ?? []),
+  ];
+  let stderr = '';
+  const proc = execa('node', args, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false });
+  proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const client = csiClient(`unix://${socket}`);
+  try {
+    await waitFor('sinter to answer Probe', async () => {
+      if (proc.exitCode !== null) throw new Error(`sinter exited with ${proc.exitCode}: ${stderr.slice(-500)}`);
+      if (!existsSync(socket)) return undefined;
+      const r = await client.identity.Probe({}, { deadlineMs: 1000 });
+      return r.ready?.value === true ? true : undefined;
+    });
+  } catch (e) {
+    proc.kill('SIGKILL');
+    client.close();
+    throw e;
+  }
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill(signal);
+      await Promise.race([proc, new Promise((r) => setTimeout(r, 15_000))]);
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    }
+  };
+  return {
+    base,
+    socket,
+    dataDir,
+    kubeletRoot,
+    client,
+    proc,
+    logs: () => stderr,
+    stop,
+    async cleanup() {
+      client.close();
+      await stop();
+      await scrub(base);
+      if (!opts.base) rmSync(base, { recursive: true, force: true });
+    },
+  };
+}
+
+export const MiB = 1024 * 1024;
+
+export const mountCap = (mode = 'SINGLE_NODE_WRITER', fsType = '') => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
+export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ block: {}, access_mode: { mode } });
+
+/** The gRPC status code of a rejected call, or 'OK'. */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'OK';
+  } catch (e) {
+    const code = (e as { code?: number }).code;
+    const names = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+    return code === undefined ? `thrown: ${(e as Error).message}` : names[code] ?? String(code);
+  }
+}
