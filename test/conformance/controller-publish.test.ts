@@ -7,7 +7,7 @@ const NODE_B = 'node-b;iqn.2026-11.io.sinter:node-b;';
 describe('ControllerPublish/Unpublish (sinter controller: any well-formed node id)', () => {
   let s: SinterProcess;
   const ctl = () => s.client.controller;
-  const create = async (name: string, cap = mountCap()) =>
+  const create = async (name: string, cap: object = mountCap()) =>
     (await ctl().CreateVolume({ name, capacity_range: { required_bytes: 2 * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
   beforeAll(async () => {
     s = await startSinter({ role: 'controller' });
