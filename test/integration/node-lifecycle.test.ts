@@ -1,0 +1,117 @@
+import { existsSync } from 'node:fs';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
+
+let env: NodeEnv;
+beforeEach(async () => {
+  env = await NodeEnv.create();
+});
+afterEach(async () => {
+  await env.cleanup();
+});
+
+async function loopsOf(file: string): Promise<string[]> {
+  return (await env.sh('losetup', ['--list', '--noheadings', '--output', 'NAME', '--associated', file])).split('\n').filter(Boolean);
+}
+
+describe.each(['ext4', 'xfs', 'btrfs'])('%s volume: stage, publish, unpublish, unstage', (fs) => {
+  it('formats a blank volume, shares its files between staging and target, and leaves nothing behind', async () => {
+    const file = await env.image(`${fs}.img`, 512 * MiB);
+    const vol = `file-${fs}-0001`;
+    const stage = env.stageReq(vol, file, mountCap(fs));
+    const target = env.target(vol);
+    const pub = { volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap(fs), readonly: false };
+
+    await env.h.NodeStageVolume!(stage);
+    const loops = await loopsOf(file);
+    expect(loops).toHaveLength(1);
+    expect(await env.sh('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loops[0]!])).toBe(`${fs}\n`);
+    let mounts = await env.mountsUnder();
+    expect(mounts.filter((m) => m.mountPoint === stage.staging_target_path).map((m) => m.fsType)).toEqual([fs]);
+
+    // Idempotent: same request again changes nothing.
+    await env.h.NodeStageVolume!(stage);
+    expect(await loopsOf(file)).toEqual(loops);
+    expect((await env.mountsUnder()).filter((m) => m.mountPoint === stage.staging_target_path)).toHaveLength(1);
+
+    await env.h.NodePublishVolume!(pub);
+    await env.h.NodePublishVolume!(pub);
+    mounts = await env.mountsUnder();
+    expect(mounts.filter((m) => m.mountPoint === target)).toHaveLength(1);
+    await writeFile(join(target, 'hello.txt'), 'from the pod');
+    expect(await readFile(join(stage.staging_target_path, 'hello.txt'), 'utf8')).toBe('from the pod');
+
+    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    expect(existsSync(target)).toBe(false);
+    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+
+    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+    expect(await loopsOf(file)).toEqual([]);
+    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+
+    // Staging again finds the filesystem (no reformat): the file is still there.
+    await env.h.NodeStageVolume!(stage);
+    expect(await readFile(join(stage.staging_target_path, 'hello.txt'), 'utf8')).toBe('from the pod');
+    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    expect(await loopsOf(file)).toEqual([]);
+  });
+});
+
+describe('block volume', () => {
+  it('exposes the raw device at the target; writes reach the image; unpublish and unstage remove it all', async () => {
+    const file = await env.image('blk.img', 64 * MiB);
+    const vol = 'file-blk-0001';
+    const stage = env.stageReq(vol, file, blockCap());
+    const target = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1');
+    const pub = { volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap(), readonly: false };
+
+    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume!(stage);
+    await env.h.NodePublishVolume!(pub);
+    await env.h.NodePublishVolume!(pub);
+    expect((await stat(target)).isBlockDevice()).toBe(true);
+    expect(await env.sh('blockdev', ['--getsize64', target])).toBe(`${64 * MiB}\n`);
+    // No filesystem was made on a block volume.
+    await expect(env.exec.run('blkid', ['-p', file], { okExitCodes: [] })).rejects.toThrow();
+
+    await env.write(join(env.dir, 'payload'), 'raw bytes from the pod');
+    await env.sh('dd', [`if=${join(env.dir, 'payload')}`, `of=${target}`, 'conv=notrunc,fsync', 'status=none']);
+    const head = (await readFile(file)).subarray(0, 22).toString();
+    expect(head).toBe('raw bytes from the pod');
+
+    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    expect(existsSync(target)).toBe(false);
+    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+    expect(await loopsOf(file)).toEqual([]);
+    expect(existsSync(join(stage.staging_target_path, vol))).toBe(false);
+  });
+});
+
+describe('one volume, two pods', () => {
+  it('publishes to two targets and refuses to unstage until both are unpublished', async () => {
+    const file = await env.image('shared.img', 128 * MiB);
+    const vol = 'file-shared-0001';
+    const stage = env.stageReq(vol, file, mountCap('ext4'));
+    await env.h.NodeStageVolume!(stage);
+    const t1 = env.target(vol, 'pod1');
+    const t2 = env.target(vol, 'pod2');
+    for (const t of [t1, t2])
+      await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: t, volume_capability: mountCap('ext4') });
+
+    const busy = await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e) => e);
+    expect(busy.code).toBe(9); // FAILED_PRECONDITION
+    expect(busy.message).toContain(t1);
+    expect(busy.message).toContain('unpublish');
+    // The refusal changed nothing: both pods still see the volume.
+    expect((await env.mountsUnder()).map((m) => m.mountPoint).sort()).toEqual([stage.staging_target_path, t1, t2].sort());
+
+    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: t1 });
+    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: t2 });
+    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+  });
+});
