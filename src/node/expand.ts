@@ -1,9 +1,9 @@
 import { realpath } from 'node:fs/promises';
 import type { PublishContext } from '../contracts/publish-context.js';
 import { failedPrecondition, notFound } from '../csi/errors.js';
-import type { Executor } from '../exec/run.js';
+import { ExecError, type Executor } from '../exec/run.js';
 import type { NodeDeps } from './context.js';
-import { hostCommand } from './host-errors.js';
+import { hostCommand, toHostError } from './host-errors.js';
 import { blockDeviceSize } from './stats.js';
 
 /**
@@ -16,7 +16,16 @@ export async function growFilesystem(exec: Executor, fsType: string, device: str
     case 'ext4':
     case 'ext3':
     case 'ext2':
-      await hostCommand(`growing the ext4 filesystem on ${device}`, exec.run('resize2fs', [device], { timeoutMs: 30 * 60_000 }));
+      try {
+        await exec.run('resize2fs', [device], { timeoutMs: 30 * 60_000 });
+      } catch (e) {
+        // Online ext4 resize needs CAP_SYS_RESOURCE; without it the kernel says EPERM.
+        if (e instanceof ExecError && /Permission denied to resize/i.test(e.stderr))
+          throw failedPrecondition(
+            `growing the ext4 filesystem on ${device} failed: the kernel refused the online resize (resize2fs: Permission denied); the node plugin needs CAP_SYS_RESOURCE (run it privileged)`,
+          );
+        throw toHostError(`growing the ext4 filesystem on ${device}`, e);
+      }
       return;
     case 'xfs':
       await hostCommand(`growing the xfs filesystem at ${mountPoint}`, exec.run('xfs_growfs', [mountPoint], { timeoutMs: 30 * 60_000 }));
