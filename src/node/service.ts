@@ -211,12 +211,13 @@ export class NodeService {
 
       NodeExpandVolume: async (req) => {
         const volumeId = checkVolumeId(req.volume_id);
-        const where = await d.paths.lookup('volume_path', req.volume_path);
+        if (!req.volume_path) throw invalidArgument('volume_path is required');
         const capability = req.volume_capability ? parseCapability(req.volume_capability) : undefined;
         const requiredBytes = bytesOf(req.capacity_range?.required_bytes, 'capacity_range.required_bytes');
         const limitBytes = bytesOf(req.capacity_range?.limit_bytes, 'capacity_range.limit_bytes');
         if (requiredBytes && limitBytes && requiredBytes > limitBytes)
           throw invalidArgument('capacity_range.required_bytes is larger than capacity_range.limit_bytes');
+        const where = await d.paths.lookup('volume_path', req.volume_path);
         const capacity = await this.volumeLock(volumeId, [], () =>
           expandVolume(d, { volumeId, volumePath: where.path, requiredBytes, access: capability?.access }, recordedContext),
         );
