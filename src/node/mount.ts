@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
-import type { Executor } from '../exec/run.js';
-import { hostCommand } from './host-errors.js';
+import { failedPrecondition } from '../csi/errors.js';
+import { ExecError, type Executor } from '../exec/run.js';
+import { hostCommand, toHostError } from './host-errors.js';
 
 /** One line of /proc/<pid>/mountinfo. */
 export interface MountEntry {
@@ -110,7 +111,13 @@ export class Mounter {
   }
 
   async umount(target: string): Promise<void> {
-    await hostCommand(`unmounting ${target}`, this.exec.run('umount', [target]));
+    try {
+      await this.exec.run('umount', [target]);
+    } catch (e) {
+      if (e instanceof ExecError && /target is busy/i.test(e.stderr))
+        throw failedPrecondition(`unmounting ${target} failed: it is busy (a process still has files open there); stop it and retry`);
+      throw toHostError(`unmounting ${target}`, e);
+    }
   }
 
   /**

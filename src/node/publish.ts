@@ -1,9 +1,9 @@
 import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
-import { basename } from 'node:path';
 import { alreadyExists, failedPrecondition } from '../csi/errors.js';
-import type { Capability } from './capability.js';
 import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
+import { isReadOnlyMode, type Capability } from './capability.js';
 import { doing } from './host-errors.js';
+import { ReadOnlyBlock } from './readonly-block.js';
 import { isReadOnly, type MountEntry, type MountSnapshot } from './mount.js';
 import type { PublishRecord, StageRecord } from './stage-state.js';
 import { shown } from './volume-id.js';
@@ -23,7 +23,7 @@ function stagedMount(snap: MountSnapshot, rec: StageRecord, stagingResolved: str
 }
 
 async function isOurs(snap: MountSnapshot, rec: StageRecord, stagingResolved: string, m: MountEntry, entry?: PublishRecord): Promise<boolean> {
-  if (entry?.roDevice && m.root === `/${basename(entry.roDevice)}` && (m.fsType === 'devtmpfs' || m.fsType === 'tmpfs')) return true;
+  if (entry?.roDevice && ReadOnlyBlock.isViewMount(m, entry.roDevice)) return true;
   const staged = stagedMount(snap, rec, stagingResolved);
   if (!rec.device) return staged !== undefined && m.majMin === staged.majMin && m.root === staged.root;
   return mountsOfDevice(snap, rec.device, await deviceMajMin(rec.device), staged).includes(m);
@@ -49,20 +49,22 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
   if (cap.access === 'mount' && cap.fsType !== undefined && cap.fsType !== rec.fsType)
     throw failedPrecondition(`volume ${volumeId} is staged with a ${rec.fsType} filesystem, not ${cap.fsType}`);
 
+  // A reader-only access mode makes the publish read-only even if the CO did not say so.
+  const readonly = req.readonly || isReadOnlyMode(cap.mode) || isReadOnlyMode(rec.accessMode);
   const snap = await d.mounter.snapshot();
   const source = stagedAt(rec, req.stagingResolved);
   const staged = snap.at(source);
   if (!staged)
     throw failedPrecondition(`volume ${volumeId} is recorded as staged but nothing is mounted at ${source}; call NodeStageVolume again to repair it`);
 
-  const entry: PublishRecord = rec.publishes.find((p) => p.targetPath === req.targetPath) ?? { targetPath: req.targetPath, readonly: req.readonly, created: null };
+  const entry: PublishRecord = rec.publishes.find((p) => p.targetPath === req.targetPath) ?? { targetPath: req.targetPath, readonly, created: null };
   const existing = snap.at(req.targetResolved);
   if (existing) {
     if (!(await isOurs(snap, rec, req.stagingResolved, existing, entry)))
       throw alreadyExists(`target_path ${req.targetPath} already has another volume mounted (${describeMount(existing)})`);
-    if (isReadOnly(existing) !== req.readonly)
+    if (isReadOnly(existing) !== readonly)
       throw alreadyExists(
-        `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${req.readonly ? 'read-only' : 'read-write'}`,
+        `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
       );
     if (!rec.publishes.includes(entry)) {
       rec.publishes.push(entry);
@@ -90,20 +92,20 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
       } else if (st.isDirectory()) throw failedPrecondition(`target_path ${req.targetPath} is a directory; a block volume is published on a file`);
     }
   });
-  entry.readonly = req.readonly;
+  entry.readonly = readonly;
   if (!rec.publishes.includes(entry)) rec.publishes.push(entry);
   await d.state.put(rec);
   let from = source;
-  if (cap.access === 'block' && req.readonly && rec.device) {
+  if (cap.access === 'block' && readonly && rec.device) {
     // The record names the read-only view before anything is bound to it.
-    const ro = await d.roBlock.attach(rec.device, entry.roDevice);
+    const ro = await d.roBlock.attach(rec.device);
     if (entry.roDevice !== ro) {
       entry.roDevice = ro;
       await d.state.put(rec);
     }
     from = ro;
   }
-  await d.mounter.bind(from, req.targetResolved, req.readonly);
+  await d.mounter.bind(from, req.targetResolved, readonly);
 }
 
 export interface UnpublishRequest {
@@ -129,7 +131,7 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
     }
   };
   if (!req.targetExists) {
-    if (entry?.roDevice) await d.roBlock.detach(entry.roDevice, rec?.device);
+    if (rec?.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
     return forget();
   }
 
@@ -144,7 +146,7 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
       throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
     await d.mounter.umountAll(req.targetResolved);
   }
-  if (entry?.roDevice) await d.roBlock.detach(entry.roDevice, rec?.device);
+  if (rec?.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
   await doing(`removing target_path ${req.targetPath}`, async () => {
     const st = await lstat(req.targetResolved).catch(() => undefined);
     if (!st) return;

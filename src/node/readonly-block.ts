@@ -2,13 +2,16 @@ import { readFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Executor } from '../exec/run.js';
 import { hostCommand, toHostError } from './host-errors.js';
+import type { MountSnapshot } from './mount.js';
 
 const LOOP_DEV_RE = /^\/dev\/loop\d+$/;
 
 /**
  * A read-only bind mount does not stop writes through a device node, so a
  * block volume published read-only is exposed through a read-only loop device
- * layered on the staged device. The kernel then refuses every write.
+ * layered on the staged device; the kernel then refuses every write. One such
+ * view per device, shared by all its read-only publishes and found again by
+ * asking losetup, so a crash between attaching and recording leaks nothing.
  */
 export class ReadOnlyBlock {
   constructor(
@@ -16,41 +19,52 @@ export class ReadOnlyBlock {
     private readonly sysBlock = '/sys/block',
   ) {}
 
-  private async backing(dev: string): Promise<string | undefined> {
+  private async sys(dev: string, file: string): Promise<string | undefined> {
     try {
-      return (await readFile(`${this.sysBlock}/${basename(dev)}/loop/backing_file`, 'utf8')).trim();
+      return (await readFile(`${this.sysBlock}/${basename(dev)}/${file}`, 'utf8')).trim();
     } catch {
       return undefined;
     }
   }
 
-  private async readOnlyFlag(dev: string): Promise<boolean> {
-    try {
-      return (await readFile(`${this.sysBlock}/${basename(dev)}/ro`, 'utf8')).trim() === '1';
-    } catch {
-      return false;
-    }
+  /** Read-only loop devices currently layered on device. */
+  async views(device: string): Promise<string[]> {
+    const res = await hostCommand(
+      `listing read-only views of ${device}`,
+      this.exec.run('losetup', ['--list', '--noheadings', '--output', 'NAME,RO', '--associated', device]),
+    );
+    return res.stdout
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .filter(([name, ro]) => name !== undefined && LOOP_DEV_RE.test(name) && ro === '1')
+      .map(([name]) => name!);
   }
 
-  /** A read-only loop device over device: the recorded one if still right, else a new one. */
-  async attach(device: string, recorded?: string): Promise<string> {
-    if (recorded && LOOP_DEV_RE.test(recorded) && (await this.backing(recorded)) === device && (await this.readOnlyFlag(recorded))) return recorded;
+  async attach(device: string): Promise<string> {
+    const existing = await this.views(device);
+    if (existing[0]) return existing[0];
     const res = await hostCommand(`attaching a read-only view of ${device}`, this.exec.run('losetup', ['--find', '--show', '--read-only', device]));
     const dev = res.stdout.trim();
     if (!LOOP_DEV_RE.test(dev)) throw new Error(`losetup --find --show printed ${JSON.stringify(dev)}, not a loop device`);
     return dev;
   }
 
-  /** Detaches roDevice if it is still the read-only view of device; otherwise leaves it alone. */
-  async detach(roDevice: string, device: string | undefined): Promise<void> {
-    if (!LOOP_DEV_RE.test(roDevice)) return;
-    const back = await this.backing(roDevice);
-    if (back === undefined || (device !== undefined && back !== device)) return;
-    try {
-      await this.exec.run('losetup', ['--detach', roDevice]);
-    } catch (e) {
-      if ((await this.backing(roDevice)) === undefined) return;
-      throw toHostError(`detaching the read-only view ${roDevice}`, e);
+  /** Whether m is a bind of a read-only view (of any device): such mounts show /loopN of the /dev filesystem. */
+  static isViewMount(m: { root: string; fsType: string }, view: string): boolean {
+    return m.root === `/${basename(view)}` && (m.fsType === 'devtmpfs' || m.fsType === 'tmpfs');
+  }
+
+  /** Detaches the views of device that no mount uses any more. */
+  async release(device: string, snap: MountSnapshot): Promise<void> {
+    for (const view of await this.views(device)) {
+      if (snap.entries.some((m) => ReadOnlyBlock.isViewMount(m, view))) continue;
+      if ((await this.sys(view, 'loop/backing_file')) !== device) continue;
+      try {
+        await this.exec.run('losetup', ['--detach', view]);
+      } catch (e) {
+        if ((await this.sys(view, 'loop/backing_file')) === undefined) continue;
+        throw toHostError(`detaching the read-only view ${view}`, e);
+      }
     }
   }
 }

@@ -218,6 +218,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
         if (st && (st.isFile() || st.isBlockDevice())) await unlink(visibleAt);
       });
     }
+    if (rec.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
     await connector.disconnect(ctx, rec.device);
     if (rec.createdStagingDir) {
       await rmdir(req.stagingResolved).catch((e: NodeJS.ErrnoException) => {

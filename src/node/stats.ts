@@ -5,6 +5,7 @@ import type { Executor } from '../exec/run.js';
 import type { DeviceCondition } from './connectors/connector.js';
 import { describeMount, deviceMajMin, mountsOfDevice, type NodeDeps } from './context.js';
 import { doing, hostCommand } from './host-errors.js';
+import { ReadOnlyBlock } from './readonly-block.js';
 
 export interface Usage {
   unit: 'BYTES' | 'INODES';
@@ -61,7 +62,7 @@ export async function volumeStats(
   }
   const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
   const entry = rec.publishes.find((p) => p.targetPath === req.volumePath);
-  const ro = entry?.roDevice && m.root === `/${entry.roDevice.split('/').pop()}`;
+  const ro = entry?.roDevice !== undefined && ReadOnlyBlock.isViewMount(m, entry.roDevice);
   if (rec.device && !ro && !mountsOfDevice(snap, rec.device, majMin).includes(m))
     throw notFound(`volume_path ${req.volumePath} shows another volume (${describeMount(m)}), not ${req.volumeId}`);
   const usage =

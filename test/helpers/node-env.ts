@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import type { CsiError } from '../../src/csi/errors.js';
 import { HostExecutor } from '../../src/exec/run.js';
-import { parseMountInfo } from '../../src/node/mount.js';
+import { parseMountInfo, type MountEntry } from '../../src/node/mount.js';
 import { NodeService, type NodeServiceConfig } from '../../src/node/service.js';
 import type { ServiceImpl } from '../../src/csi/server.js';
 
@@ -86,7 +86,7 @@ export class NodeEnv {
     return join(this.kubelet, 'pods', pod, volumeId, 'mount');
   }
 
-  async mountsUnder(): Promise<{ mountPoint: string; source: string; fsType: string; options: string[]; root: string }[]> {
+  async mountsUnder(): Promise<MountEntry[]> {
     const all = parseMountInfo(await readFile('/proc/self/mountinfo', 'utf8'));
     return all.filter((m) => m.mountPoint === this.dir || m.mountPoint.startsWith(this.dir + '/'));
   }

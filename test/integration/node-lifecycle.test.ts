@@ -30,6 +30,8 @@ describe.each(['ext4', 'xfs', 'btrfs'])('%s volume: stage, publish, unpublish, u
     expect(await env.sh('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loops[0]!])).toBe(`${fs}\n`);
     let mounts = await env.mountsUnder();
     expect(mounts.filter((m) => m.mountPoint === stage.staging_target_path).map((m) => m.fsType)).toEqual([fs]);
+    // xfs clones share a UUID; sinter mounts xfs with nouuid so a clone can sit next to its source.
+    if (fs === 'xfs') expect(mounts.find((m) => m.mountPoint === stage.staging_target_path)?.superOptions).toContain('nouuid');
 
     // Idempotent: same request again changes nothing.
     await env.h.NodeStageVolume!(stage);
@@ -113,5 +115,31 @@ describe('one volume, two pods', () => {
     await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: t2 });
     await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
+  });
+});
+
+describe('concurrency', () => {
+  it('volumes staged at the same time each get their own loop device; repeated calls for one volume do not stack mounts', async () => {
+    const ids = [1, 2, 3, 4].map((i) => `file-par-${i}`);
+    const files = await Promise.all(ids.map((id) => env.image(`${id}.img`, 64 * MiB)));
+    await Promise.all(ids.map((id, i) => env.h.NodeStageVolume!(env.stageReq(id, files[i]!, mountCap('ext4')))));
+    const devs = (await Promise.all(files.map(loopsOf))).map((l) => {
+      expect(l).toHaveLength(1);
+      return l[0];
+    });
+    expect(new Set(devs).size).toBe(4);
+
+    const again = env.stageReq(ids[0]!, files[0]!, mountCap('ext4'));
+    await Promise.all([1, 2, 3].map(() => env.h.NodeStageVolume!(again)));
+    const t = env.target(ids[0]!);
+    const pub = { volume_id: ids[0], staging_target_path: again.staging_target_path, target_path: t, volume_capability: mountCap('ext4') };
+    await Promise.all([1, 2, 3].map(() => env.h.NodePublishVolume!(pub)));
+    const mounts = await env.mountsUnder();
+    expect(mounts.filter((m) => m.mountPoint === again.staging_target_path)).toHaveLength(1);
+    expect(mounts.filter((m) => m.mountPoint === t)).toHaveLength(1);
+    await Promise.all([1, 2, 3].map(() => env.h.NodeUnpublishVolume!({ volume_id: ids[0], target_path: t })));
+    await Promise.all(ids.map((id) => env.h.NodeUnstageVolume!({ volume_id: id, staging_target_path: join(env.kubelet, 'staging', id) })));
+    expect(await env.mountsUnder()).toEqual([]);
+    expect(await env.loopsUnder()).toEqual([]);
   });
 });

@@ -107,16 +107,44 @@ describe('read-only publish', () => {
     await env.h.NodeStageVolume!(stage);
     const target = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1');
     const pub = { volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap(), readonly: true };
+    // A read-only view left by a crash before it was recorded is picked up, not duplicated.
+    const dev = (await env.sh('losetup', ['--list', '--noheadings', '--output', 'NAME', '--associated', file])).trim();
+    const leaked = (await env.sh('losetup', ['--find', '--show', '--read-only', dev])).trim();
     await env.h.NodePublishVolume!(pub);
     await env.h.NodePublishVolume!(pub);
+    const target2 = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod2');
+    await env.h.NodePublishVolume!({ ...pub, target_path: target2 });
+    expect((await env.loopsUnder()).map((l) => l.name).sort()).toEqual([dev, leaked].sort());
     await writeFile(file, 'original', { flag: 'r+' });
     await expect(env.sh('dd', ['if=/dev/zero', `of=${target}`, 'bs=4096', 'count=1', 'conv=notrunc,fsync', 'status=none'])).rejects.toThrow();
     expect((await readFile(file)).subarray(0, 8).toString()).toBe('original');
     expect(await env.sh('dd', [`if=${target}`, 'bs=8', 'count=1', 'status=none'])).toBe('original');
+    await expect(env.sh('dd', ['if=/dev/zero', `of=${target2}`, 'bs=4096', 'count=1', 'conv=notrunc,fsync', 'status=none'])).rejects.toThrow();
     await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    // The view stays while another pod still uses it.
+    expect((await env.loopsUnder()).map((l) => l.name)).toContain(leaked);
+    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target2 });
+    expect((await env.loopsUnder()).map((l) => l.name)).toEqual([dev]);
     await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
     expect(await env.loopsUnder()).toEqual([]);
+  });
+
+  it('a reader-only access mode publishes read-only even when readonly is false', async () => {
+    const file = await env.image('rox.img', 128 * MiB);
+    const vol = 'file-rox-0001';
+    const rw = env.stageReq(vol, file, mountCap('ext4'));
+    await env.h.NodeStageVolume!(rw);
+    await writeFile(join(rw.staging_target_path, 'data.txt'), 'shared content');
+    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: rw.staging_target_path });
+
+    const ro = env.stageReq(vol, file, mountCap('ext4', 'MULTI_NODE_READER_ONLY'));
+    await env.h.NodeStageVolume!(ro);
+    const target = env.target(vol);
+    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: ro.staging_target_path, target_path: target, volume_capability: mountCap('ext4', 'MULTI_NODE_READER_ONLY'), readonly: false });
+    expect(await readFile(join(target, 'data.txt'), 'utf8')).toBe('shared content');
+    await expect(writeFile(join(target, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
+    await expect(writeFile(join(ro.staging_target_path, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
   });
 });
 
