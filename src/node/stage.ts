@@ -69,6 +69,19 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     if (other.volumeId !== volumeId && other.stagingPath === req.stagingPath)
       throw alreadyExists(`staging_target_path ${req.stagingPath} is already used by volume ${other.volumeId}`);
   }
+  // A mount already there is ours only if it shows the device we recorded
+  // (the device is recorded before anything is mounted). Refuse a foreign one
+  // before writing anything.
+  {
+    const snap = await d.mounter.snapshot();
+    const there = snap.at(visibleAt);
+    if (there) {
+      const known = prev?.device;
+      const ours = known !== undefined && mountsOfDevice(snap, known, await deviceMajMin(known)).includes(there);
+      if (!ours)
+        throw alreadyExists(`staging_target_path ${req.stagingPath} already has something mounted (${describeMount(there)}) that is not volume ${volumeId}; unstage that first`);
+    }
+  }
 
   // The staging directory: the CO normally creates it; create it if not.
   let createdStagingDir = prev?.stagingPath === req.stagingPath ? prev.createdStagingDir : false;
@@ -195,9 +208,14 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   // Refusing while published changes nothing, so the record keeps its phase.
   const visibleAt = stagedAt(rec, req.stagingResolved);
   const snap = await d.mounter.snapshot();
-  const staged = snap.at(visibleAt);
+  const there = snap.at(visibleAt);
   const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
-  const users = rec.device ? mountsOfDevice(snap, rec.device, majMin, staged) : staged ? snap.sameSource(staged) : [];
+  // Only a mount showing the recorded device is ours to unmount; anything
+  // else at the staging path is left alone.
+  const staged = there && rec.device && mountsOfDevice(snap, rec.device, majMin).includes(there) ? there : undefined;
+  if (there && !staged)
+    d.log.warn({ volume_id: volumeId, path: req.stagingPath, mount: describeMount(there) }, 'staging path holds a mount that is not this volume; leaving it');
+  const users = rec.device ? mountsOfDevice(snap, rec.device, majMin, staged) : [];
   const elsewhere = new Set(users.filter((m) => m.mountPoint !== visibleAt).map((m) => m.mountPoint));
   for (const p of rec.publishes) {
     // Read-only block publishes go through their own loop device, so look at the recorded targets too.
@@ -215,12 +233,13 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
     if (rec.access === 'block') {
       await doing(`removing the device file ${visibleAt}`, async () => {
         const st = await lstat(visibleAt).catch(() => undefined);
-        if (st && (st.isFile() || st.isBlockDevice())) await unlink(visibleAt);
+        const mounted = (await d.mounter.snapshot()).at(visibleAt);
+        if (st && !mounted && (st.isFile() || st.isBlockDevice())) await unlink(visibleAt);
       });
     }
     if (rec.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
     await connector.disconnect(ctx, rec.device);
-    if (rec.createdStagingDir) {
+    if (rec.createdStagingDir && !(there && !staged)) {
       await rmdir(req.stagingResolved).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== 'ENOENT') d.log.warn({ volume_id: volumeId, path: req.stagingPath, err: e.code }, 'left staging directory in place');
       });

@@ -185,6 +185,22 @@ describe('conflicts', () => {
     expect((await env.mountsUnder()).some((m) => m.mountPoint === target)).toBe(true);
   });
 
+  it('never stages over, or unmounts, a mount that is not the volume', async () => {
+    const file = await env.image('foreign.img', 64 * MiB);
+    const stage = env.stageReq('file-foreign', file, mountCap('ext4'));
+    await mkdir(stage.staging_target_path, { recursive: true });
+    await env.sh('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', stage.staging_target_path]);
+    await writeFile(join(stage.staging_target_path, 'theirs'), 'x');
+    const err = await csiError(env.h.NodeStageVolume!(stage));
+    expect(err.code).toBe(Code.ALREADY_EXISTS);
+    expect(err.message).toContain('tmpfs');
+    expect(await loopsOf(file)).toEqual([]);
+    expect(existsSync(join(env.stateDir, 'volumes', 'file-foreign.json'))).toBe(false);
+    const un = await csiError(env.h.NodeUnstageVolume!({ volume_id: 'file-foreign', staging_target_path: stage.staging_target_path }));
+    expect(un.code).toBe(Code.FAILED_PRECONDITION);
+    expect(await readFile(join(stage.staging_target_path, 'theirs'), 'utf8')).toBe('x');
+  });
+
   it('a read-only access mode refuses to format a blank volume', async () => {
     const file = await env.image('blank-ro.img', 128 * MiB);
     const err = await csiError(env.h.NodeStageVolume!(env.stageReq('file-blank-ro', file, mountCap('ext4', 'SINGLE_NODE_READER_ONLY'))));
