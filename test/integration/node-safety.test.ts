@@ -165,6 +165,19 @@ describe('conflicts', () => {
     expect((await csiError(env.h.NodeStageVolume!({ ...stage, volume_capability: mountCap('xfs') }))).code).toBe(Code.ALREADY_EXISTS);
     expect((await csiError(env.h.NodeStageVolume!({ ...stage, volume_capability: mountCap('ext4', 'SINGLE_NODE_WRITER', ['noatime']) }))).code).toBe(Code.ALREADY_EXISTS);
     expect((await csiError(env.h.NodeStageVolume!({ ...stage, volume_capability: blockCap() }))).code).toBe(Code.ALREADY_EXISTS);
+    // The same volume at a second staging path, or published from the wrong one.
+    const elsewhere = join(env.kubelet, 'staging', 'second-place');
+    const moved = await csiError(env.h.NodeStageVolume!({ ...stage, staging_target_path: elsewhere }));
+    expect(moved.code).toBe(Code.FAILED_PRECONDITION);
+    expect(moved.message).toContain(stage.staging_target_path);
+    expect(existsSync(elsewhere)).toBe(false);
+    const wrongStaging = await csiError(
+      env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: elsewhere, target_path: target, volume_capability: mountCap('ext4') }),
+    );
+    expect(wrongStaging.code).toBe(Code.FAILED_PRECONDITION);
+    const asBlock = await csiError(env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap() }));
+    expect(asBlock.code).toBe(Code.FAILED_PRECONDITION);
+    expect(existsSync(target)).toBe(false);
     // Another volume on the same staging path.
     const other = await env.image('other.img', 128 * MiB);
     const clash = await csiError(env.h.NodeStageVolume!({ ...env.stageReq('file-conflict-02', other, mountCap('ext4')), staging_target_path: stage.staging_target_path }));
