@@ -57,6 +57,7 @@ export async function expandVolume(d: NodeDeps, req: ExpandRequest, decode: (c: 
     throw failedPrecondition(`volume ${req.volumeId} is not fully staged on this node (${rec.lastError ?? rec.phase}); stage it again before expanding`);
   const ctx = decode(rec.publishContext);
   await d.connectors.for(ctx).rescan(ctx, rec.device);
+  if (rec.access === 'block') await d.roBlock.refresh(rec.device);
   const size = await blockDeviceSize(d.exec, rec.device);
   if (req.requiredBytes && size < req.requiredBytes)
     throw failedPrecondition(

@@ -54,6 +54,12 @@ export class ReadOnlyBlock {
     return m.root === `/${basename(view)}` && (m.fsType === 'devtmpfs' || m.fsType === 'tmpfs');
   }
 
+  /** Makes the read-only views of device see its new size (after the device itself was refreshed). */
+  async refresh(device: string): Promise<void> {
+    for (const view of await this.views(device))
+      await hostCommand(`refreshing the capacity of the read-only view ${view}`, this.exec.run('losetup', ['--set-capacity', view]));
+  }
+
   /** Detaches the views of device that no mount uses any more. */
   async release(device: string, snap: MountSnapshot): Promise<void> {
     for (const view of await this.views(device)) {

@@ -209,6 +209,8 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   const visibleAt = stagedAt(rec, req.stagingResolved);
   const snap = await d.mounter.snapshot();
   const there = snap.at(visibleAt);
+  // After a reboot the recorded device name may belong to something else now; then it is not ours.
+  if (rec.device && !(await connector.condition(ctx, rec.device)).attached) delete rec.device;
   const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
   // Only a mount showing the recorded device is ours to unmount; anything
   // else at the staging path is left alone.

@@ -52,7 +52,7 @@ export async function volumeStats(
   if (!rec) throw notFound(`volume ${req.volumeId} is not staged on this node`);
   const snap = await d.mounter.snapshot();
   const m = snap.at(req.resolved);
-  let device: DeviceCondition = { abnormal: true, message: 'the volume has no attached device on this node' };
+  let device: DeviceCondition = { abnormal: true, attached: false, message: 'the volume has no attached device on this node' };
   if (rec.device) {
     const ctx = decode(rec.publishContext);
     device = await d.connectors.for(ctx).condition(ctx, rec.device);

@@ -65,6 +65,18 @@ describe('NodeExpandVolume', () => {
     expect(await env.sh('blockdev', ['--getsize64', target])).toBe(`${96 * MiB}\n`);
   });
 
+  it('a read-only block publish sees the new size too', async () => {
+    const file = await env.image('roblk.img', 32 * MiB);
+    const vol = 'file-grow-roblk';
+    const stage = env.stageReq(vol, file, blockCap());
+    await env.h.NodeStageVolume!(stage);
+    const target = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1');
+    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap(), readonly: true });
+    await env.exec.run('truncate', ['-s', `${64 * MiB}`, file]);
+    await env.h.NodeExpandVolume!({ volume_id: vol, volume_path: target, capacity_range: { required_bytes: 64 * MiB } });
+    expect(await env.sh('blockdev', ['--getsize64', target])).toBe(`${64 * MiB}\n`);
+  });
+
   it('says what to do when the storage has not grown yet', async () => {
     const file = await env.image('small.img', 128 * MiB);
     const { target } = await stageAndPublish('file-grow-early', file, mountCap('ext4'));

@@ -115,6 +115,28 @@ describe('restart and crash recovery (safety rule 3)', () => {
     expect((await env.mountsUnder()).map((m) => m.mountPoint)).toEqual([stage.staging_target_path]);
   });
 
+  it('after a reboot re-used the recorded loop device for another file, unstage leaves that device alone', async () => {
+    const file = await env.image('before.img', 64 * MiB);
+    const stage = env.stageReq('file-reboot', file, mountCap('ext4'));
+    await env.h.NodeStageVolume!(stage);
+    // "Reboot": mounts and loop devices are gone; another file now sits on a loop device the record names.
+    await env.sh('umount', [stage.staging_target_path]);
+    await env.sh('losetup', ['-d', (await loopsOf(file))[0]!]);
+    const other = await env.image('someone-else.img', 64 * MiB);
+    const otherDev = (await env.sh('losetup', ['--find', '--show', other])).trim();
+    await env.sh('mkfs.ext4', ['-q', otherDev]);
+    const otherMount = join(env.kubelet, 'someone-else');
+    await env.sh('mkdir', ['-p', otherMount]);
+    await env.sh('mount', [otherDev, otherMount]);
+    await patchRecord('file-reboot', { device: otherDev });
+    env.restart();
+
+    await env.h.NodeUnstageVolume!({ volume_id: 'file-reboot', staging_target_path: stage.staging_target_path });
+    expect(await loopsOf(other)).toEqual([otherDev]);
+    expect((await env.mountsUnder()).map((m) => m.mountPoint)).toEqual([otherMount]);
+    expect(existsSync(recordFile('file-reboot'))).toBe(false);
+  });
+
   it('unstage and unpublish of things that are already gone succeed', async () => {
     await env.h.NodeUnstageVolume!({ volume_id: 'file-never', staging_target_path: join(env.kubelet, 'staging', 'file-never') });
     await env.h.NodeUnpublishVolume!({ volume_id: 'file-never', target_path: env.target('file-never') });

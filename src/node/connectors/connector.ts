@@ -4,6 +4,8 @@ import { failedPrecondition } from '../../csi/errors.js';
 export interface DeviceCondition {
   abnormal: boolean;
   message: string;
+  /** The device still belongs to this connection (it may be unhealthy, e.g. its backing file deleted). False after a reboot re-used the device name. */
+  attached: boolean;
 }
 
 /**

@@ -127,10 +127,12 @@ export class LocalConnector implements Connector {
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const local = asLocal(ctx);
     const back = await this.backingFile(device);
-    if (back === undefined) return { abnormal: true, message: `loop device ${device} is no longer attached` };
-    if (back.endsWith(' (deleted)')) return { abnormal: true, message: `the image file behind ${device} was deleted` };
+    if (back === undefined) return { abnormal: true, attached: false, message: `loop device ${device} is no longer attached` };
     const file = await this.imagePath(local).catch(() => undefined);
-    if (back !== local.path && back !== file) return { abnormal: true, message: `loop device ${device} is now attached to another file` };
-    return { abnormal: false, message: `attached as ${device}` };
+    const gone = back.endsWith(' (deleted)');
+    const name = gone ? back.slice(0, -' (deleted)'.length) : back;
+    if (name !== local.path && name !== file) return { abnormal: true, attached: false, message: `loop device ${device} is now attached to another file` };
+    if (gone) return { abnormal: true, attached: true, message: `the image file behind ${device} was deleted` };
+    return { abnormal: false, attached: true, message: `attached as ${device}` };
   }
 }
