@@ -143,3 +143,21 @@ describe('concurrency', () => {
     expect(await env.loopsUnder()).toEqual([]);
   });
 });
+
+describe('cloned volumes', () => {
+  it('an xfs volume and its byte-for-byte clone (same UUID) can be staged side by side', async () => {
+    const src = await env.image('src.img', 320 * MiB);
+    const a = env.stageReq('file-src', src, mountCap('xfs'));
+    await env.h.NodeStageVolume!(a);
+    await writeFile(join(a.staging_target_path, 'origin.txt'), 'source');
+    await env.h.NodeUnstageVolume!({ volume_id: 'file-src', staging_target_path: a.staging_target_path });
+    const clone = join(env.images, 'clone.img');
+    await env.sh('cp', ['--sparse=always', src, clone]);
+    await env.h.NodeStageVolume!(a);
+    const b = env.stageReq('file-clone', clone, mountCap('xfs'));
+    await env.h.NodeStageVolume!(b);
+    expect(await readFile(join(b.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');
+    await writeFile(join(b.staging_target_path, 'origin.txt'), 'changed in the clone');
+    expect(await readFile(join(a.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');
+  });
+});
