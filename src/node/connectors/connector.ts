@@ -1,0 +1,56 @@
+import type { PublishContext } from '../../contracts/publish-context.js';
+import { failedPrecondition } from '../../csi/errors.js';
+
+export interface DeviceCondition {
+  abnormal: boolean;
+  message: string;
+  /** The device still belongs to this connection (it may be unhealthy, e.g. its backing file deleted). False after a reboot re-used the device name. */
+  attached: boolean;
+}
+
+/**
+ * A node connector (Cinder's os-brick connector): turns connection info
+ * (publish_context) into a local block device and back. It knows nothing of
+ * volumes, staging or filesystems. Every method is idempotent.
+ *
+ * Adding a transport (iscsi, fc) means implementing this interface and
+ * registering it in Connectors; the node service does not change.
+ */
+export interface Connector {
+  readonly transport: PublishContext['transport'];
+  /** Checks that this node may use the connection; touches nothing. Throws CsiError. */
+  validate(ctx: PublishContext): Promise<void>;
+  /** Attaches, or finds the existing attachment; returns the block device path (/dev/…). */
+  connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string>;
+  /** The device of an existing attachment, without attaching. */
+  find(ctx: PublishContext): Promise<string | undefined>;
+  /** Detaches; success when already detached. `device` is the one recorded at connect, if known. */
+  disconnect(ctx: PublishContext, device?: string): Promise<void>;
+  /** Makes the kernel re-read the size of the backing storage (after a controller expand). */
+  rescan(ctx: PublishContext, device: string): Promise<void>;
+  /** Whether device is still attached to what ctx names. */
+  condition(ctx: PublishContext, device: string): Promise<DeviceCondition>;
+  /** Devices this connector's transport has attached on the node (for orphan reports), if it can tell. */
+  attached?(): Promise<{ device: string; source: string }[]>;
+}
+
+export class Connectors {
+  private readonly byTransport = new Map<string, Connector>();
+
+  constructor(list: Connector[]) {
+    for (const c of list) this.byTransport.set(c.transport, c);
+  }
+
+  all(): Connector[] {
+    return [...this.byTransport.values()];
+  }
+
+  for(ctx: PublishContext): Connector {
+    const c = this.byTransport.get(ctx.transport);
+    if (!c)
+      throw failedPrecondition(
+        `publish_context.transport "${ctx.transport}" is not supported by this node plugin (supported: ${[...this.byTransport.keys()].join(', ')})`,
+      );
+    return c;
+  }
+}

@@ -1,0 +1,66 @@
+import { stat } from 'node:fs/promises';
+import { basename, posix } from 'node:path';
+import type { Logger } from 'pino';
+import type { Executor } from '../exec/run.js';
+import type { Connectors } from './connectors/connector.js';
+import type { MountEntry, Mounter, MountSnapshot } from './mount.js';
+import type { KubeletPaths } from './paths.js';
+import type { ReadOnlyBlock } from './readonly-block.js';
+import type { StageRecord, StageState } from './stage-state.js';
+
+/** What the node's volume operations share. Built once by NodeService. */
+export interface NodeDeps {
+  exec: Executor;
+  log: Logger;
+  mounter: Mounter;
+  state: StageState;
+  connectors: Connectors;
+  paths: KubeletPaths;
+  roBlock: ReadOnlyBlock;
+}
+
+/** "major:minor" of a device node, as /proc/self/mountinfo writes it; undefined if path is not a block device. */
+export async function deviceMajMin(path: string): Promise<string | undefined> {
+  try {
+    const st = await stat(path, { bigint: true });
+    if (!st.isBlockDevice()) return undefined;
+    const r = st.rdev;
+    const major = ((r >> 8n) & 0xfffn) | ((r >> 32n) & ~0xfffn);
+    const minor = (r & 0xffn) | ((r >> 12n) & ~0xffn);
+    return `${major}:${minor}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Block access stages the device as a file inside the staging directory, named after the volume. */
+export function blockStagingFile(stagingPath: string, volumeId: string): string {
+  return posix.join(stagingPath, volumeId);
+}
+
+/** Where the staged volume is visible (resolved form of the staging path, plus the device file for block). */
+export function stagedAt(rec: Pick<StageRecord, 'access' | 'volumeId'>, resolvedStaging: string): string {
+  return rec.access === 'block' ? blockStagingFile(resolvedStaging, rec.volumeId) : resolvedStaging;
+}
+
+/**
+ * Every mount that shows the device: its filesystem mounted anywhere (same
+ * source or device number), bind mounts of those, and bind mounts of the
+ * device node itself (block access: root is /loopN on the /dev filesystem).
+ * For btrfs the device number in mountinfo is anonymous, so the staging
+ * mount's own number is matched too when given.
+ */
+export function mountsOfDevice(snap: MountSnapshot, device: string, majMin: string | undefined, staged?: MountEntry): MountEntry[] {
+  const node = `/${basename(device)}`;
+  return snap.entries.filter(
+    (e) =>
+      e.source === device ||
+      (majMin !== undefined && e.majMin === majMin) ||
+      (staged !== undefined && e.majMin === staged.majMin && e.root === staged.root) ||
+      (e.root === node && (e.fsType === 'devtmpfs' || e.fsType === 'tmpfs')),
+  );
+}
+
+export function describeMount(m: MountEntry): string {
+  return `${m.source} (${m.fsType}${m.root !== '/' ? `, ${m.root}` : ''})`;
+}

@@ -1,0 +1,171 @@
+import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
+import { alreadyExists, failedPrecondition } from '../csi/errors.js';
+import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
+import { isReadOnlyMode, type Capability } from './capability.js';
+import { doing } from './host-errors.js';
+import { ReadOnlyBlock } from './readonly-block.js';
+import { isReadOnly, type MountEntry, type MountSnapshot } from './mount.js';
+import type { PublishRecord, StageRecord } from './stage-state.js';
+import { shown } from './volume-id.js';
+
+export interface PublishRequest {
+  volumeId: string;
+  stagingPath: string;
+  stagingResolved: string;
+  targetPath: string;
+  targetResolved: string;
+  capability: Capability;
+  readonly: boolean;
+}
+
+function stagedMount(snap: MountSnapshot, rec: StageRecord, stagingResolved: string): MountEntry | undefined {
+  return snap.at(stagedAt(rec, stagingResolved));
+}
+
+async function isOurs(snap: MountSnapshot, rec: StageRecord, stagingResolved: string, m: MountEntry, entry?: PublishRecord): Promise<boolean> {
+  if (entry?.roDevice && ReadOnlyBlock.isViewMount(m, entry.roDevice)) return true;
+  const staged = stagedMount(snap, rec, stagingResolved);
+  if (!rec.device) return staged !== undefined && m.majMin === staged.majMin && m.root === staged.root;
+  return mountsOfDevice(snap, rec.device, await deviceMajMin(rec.device), staged).includes(m);
+}
+
+/**
+ * NodePublishVolume: bind the staged volume (the staging mount, or the
+ * staged device file for block access) onto target_path, read-only when
+ * asked. The target is recorded before it is mounted, so unpublish after a
+ * crash knows what sinter created.
+ */
+export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<void> {
+  const { volumeId, capability: cap } = req;
+  const rec = await d.state.get(volumeId);
+  if (!rec || rec.phase !== 'staged') {
+    const why = !rec ? 'is not staged on this node' : rec.phase === 'error' ? `failed to stage (${rec.lastError ?? 'unknown error'})` : `is still being ${rec.phase === 'staging' ? 'staged' : 'unstaged'}`;
+    throw failedPrecondition(`volume ${volumeId} ${why}; call NodeStageVolume with staging_target_path ${req.stagingPath} first`);
+  }
+  if (rec.stagingPath !== req.stagingPath)
+    throw failedPrecondition(`volume ${volumeId} is staged at ${rec.stagingPath}, not at ${shown(req.stagingPath, 200)}; publish it from there`);
+  if (rec.access !== cap.access)
+    throw failedPrecondition(`volume ${volumeId} was staged for ${rec.access} access and cannot be published for ${cap.access} access; unstage and stage it again to change that`);
+  if (cap.access === 'mount' && cap.fsType !== undefined && cap.fsType !== rec.fsType)
+    throw failedPrecondition(`volume ${volumeId} is staged with a ${rec.fsType} filesystem, not ${cap.fsType}`);
+
+  // A reader-only access mode makes the publish read-only even if the CO did not say so.
+  const readonly = req.readonly || isReadOnlyMode(cap.mode) || isReadOnlyMode(rec.accessMode);
+  const snap = await d.mounter.snapshot();
+  const source = stagedAt(rec, req.stagingResolved);
+  const staged = snap.at(source);
+  if (!staged)
+    throw failedPrecondition(`volume ${volumeId} is recorded as staged but nothing is mounted at ${source}; call NodeStageVolume again to repair it`);
+
+  const entry: PublishRecord = rec.publishes.find((p) => p.targetPath === req.targetPath) ?? { targetPath: req.targetPath, readonly, created: null };
+  const existing = snap.at(req.targetResolved);
+  if (existing) {
+    if (!(await isOurs(snap, rec, req.stagingResolved, existing, entry)))
+      throw alreadyExists(`target_path ${req.targetPath} already has another volume mounted (${describeMount(existing)})`);
+    if (isReadOnly(existing) !== readonly)
+      throw alreadyExists(
+        `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
+      );
+    if (!rec.publishes.includes(entry)) {
+      rec.publishes.push(entry);
+      await d.state.put(rec);
+    }
+    return;
+  }
+
+  await doing(`preparing target_path ${req.targetPath}`, async () => {
+    const st = await lstat(req.targetResolved).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    if (cap.access === 'mount') {
+      if (!st) {
+        await mkdir(req.targetResolved, { recursive: true, mode: 0o750 });
+        entry.created ??= 'dir';
+      } else if (!st.isDirectory()) throw failedPrecondition(`target_path ${req.targetPath} exists and is not a directory; a mount volume is published on a directory`);
+    } else {
+      if (!st) {
+        await mkdir(req.targetResolved.slice(0, req.targetResolved.lastIndexOf('/')) || '/', { recursive: true, mode: 0o750 });
+        const fh = await open(req.targetResolved, 'a', 0o600);
+        await fh.close();
+        entry.created ??= 'file';
+      } else if (st.isDirectory()) throw failedPrecondition(`target_path ${req.targetPath} is a directory; a block volume is published on a file`);
+    }
+  });
+  entry.readonly = readonly;
+  if (!rec.publishes.includes(entry)) rec.publishes.push(entry);
+  await d.state.put(rec);
+  let from = source;
+  if (cap.access === 'block' && readonly && rec.device) {
+    // The record names the read-only view before anything is bound to it.
+    const ro = await d.roBlock.attach(rec.device);
+    if (entry.roDevice !== ro) {
+      entry.roDevice = ro;
+      await d.state.put(rec);
+    }
+    from = ro;
+  }
+  await d.mounter.bind(from, req.targetResolved, readonly);
+}
+
+export interface UnpublishRequest {
+  volumeId: string;
+  targetPath: string;
+  targetResolved: string;
+  targetExists: boolean;
+}
+
+/**
+ * NodeUnpublishVolume: unmount target_path and delete it (the spec makes the
+ * plugin delete it). Gone already → success. A mount there that is not this
+ * volume is left alone.
+ */
+export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagingResolved: (rec: StageRecord) => Promise<string>): Promise<void> {
+  const { volumeId } = req;
+  const rec = await d.state.get(volumeId);
+  const entry = rec?.publishes.find((p) => p.targetPath === req.targetPath);
+  const forget = async () => {
+    if (rec && rec.publishes.some((p) => p.targetPath === req.targetPath)) {
+      rec.publishes = rec.publishes.filter((p) => p.targetPath !== req.targetPath);
+      await d.state.put(rec);
+    }
+  };
+  if (!req.targetExists) {
+    if (rec?.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
+    return forget();
+  }
+
+  const snap = await d.mounter.snapshot();
+  const m = snap.at(req.targetResolved);
+  if (m) {
+    if (!rec)
+      throw failedPrecondition(
+        `target_path ${req.targetPath} has a mount (${describeMount(m)}) but this node has no record of volume ${volumeId}; sinter will not unmount it: check it and unmount it by hand if it is stale`,
+      );
+    if (!(await isOurs(snap, rec, await stagingResolved(rec), m, entry)))
+      throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
+    await d.mounter.umountAll(req.targetResolved);
+  }
+  if (rec?.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
+  await doing(`removing target_path ${req.targetPath}`, async () => {
+    const st = await lstat(req.targetResolved).catch(() => undefined);
+    if (!st) return;
+    if (st.isDirectory()) {
+      try {
+        await rmdir(req.targetResolved);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOTEMPTY')
+          throw failedPrecondition(`target_path ${req.targetPath} is unmounted but still holds files (written while the volume was not mounted); sinter does not delete them: move them away and retry`);
+        throw e;
+      }
+    } else if (st.isFile() && st.size === 0) {
+      await unlink(req.targetResolved);
+    } else if (st.isBlockDevice()) {
+      await unlink(req.targetResolved);
+    } else {
+      throw failedPrecondition(`target_path ${req.targetPath} is unmounted but is a non-empty file; sinter does not delete it`);
+    }
+  });
+  await forget();
+}
+

@@ -1,0 +1,228 @@
+import { realpath } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { decodePublishContext, PublishContextError, type PublishContext } from '../contracts/publish-context.js';
+import { failedPrecondition, invalidArgument } from '../csi/errors.js';
+import { KeyedLock } from '../csi/locks.js';
+import type { ServiceImpl } from '../csi/server.js';
+import type { Executor } from '../exec/run.js';
+import { parseCapability } from './capability.js';
+import { Connectors } from './connectors/connector.js';
+import { LocalConnector } from './connectors/local.js';
+import type { NodeDeps } from './context.js';
+import { expandVolume } from './expand.js';
+import { Mounter } from './mount.js';
+import { findOrphans, type Orphan } from './orphans.js';
+import { KubeletPaths } from './paths.js';
+import { publishVolume, unpublishVolume } from './publish.js';
+import { ReadOnlyBlock } from './readonly-block.js';
+import { stageVolume, unstageVolume } from './stage.js';
+import { StageState } from './stage-state.js';
+import { volumeStats } from './stats.js';
+import { checkVolumeId } from './volume-id.js';
+
+export interface NodeServiceConfig {
+  driverName: string;
+  nodeName: string;
+  nodeId: string;
+  /** 0 = unlimited (left out of NodeGetInfo). */
+  maxVolumesPerNode: number;
+  topology: Record<string, string>;
+  /** Directories staging and target paths must be inside (kubelet's root dir). */
+  kubeletRoots: string[];
+  /** Directories whose image files the local connector may attach. */
+  localRoots: string[];
+  /** Where per-volume stage records live; must survive plugin restarts. */
+  stateDir: string;
+}
+
+export interface NodeServiceDeps {
+  config: NodeServiceConfig;
+  exec: Executor;
+  log: Logger;
+  /** Mount table to read; /proc/1/mountinfo when host commands run through nsenter. Default /proc/self/mountinfo. */
+  mountInfoPath?: string;
+}
+
+const CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'] as const;
+
+function publishContextOf(raw: unknown): PublishContext {
+  try {
+    return decodePublishContext((raw ?? {}) as Record<string, string>);
+  } catch (e) {
+    if (e instanceof PublishContextError) throw invalidArgument(`${e.message}; it comes from ControllerPublishVolume of this driver`);
+    throw e;
+  }
+}
+
+/** publish_context as recorded at stage time (already validated then). */
+function recordedContext(raw: Record<string, string>): PublishContext {
+  try {
+    return decodePublishContext(raw);
+  } catch (e) {
+    throw failedPrecondition(`the node's record of this volume has an unusable connection (${(e as Error).message}); unstage and stage it again`);
+  }
+}
+
+function mapOf(raw: unknown): Record<string, string> {
+  return raw && typeof raw === 'object' ? (raw as Record<string, string>) : {};
+}
+
+function bytesOf(raw: unknown, field: string): number | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const n = Number(raw);
+  if (!Number.isSafeInteger(n) || n < 0) throw invalidArgument(`${field} must be a non-negative number of bytes`);
+  return n === 0 ? undefined : n;
+}
+
+/**
+ * The CSI Node service. Each handler checks the request's fields, takes the
+ * volume's lock (and the path's), and hands the work to one module; it holds
+ * no storage logic of its own.
+ */
+export class NodeService {
+  private readonly cfg: NodeServiceConfig;
+  private readonly log: Logger;
+  private readonly deps: NodeDeps;
+  private readonly locks = new KeyedLock();
+
+  constructor(deps: NodeServiceDeps) {
+    const { config, exec, log } = deps;
+    if (!config.nodeId) throw new Error('node service: nodeId is empty');
+    if (!config.kubeletRoots.length) throw new Error('node service: no kubelet roots configured');
+    if (!config.stateDir.startsWith('/')) throw new Error(`node service: stateDir "${config.stateDir}" is not absolute`);
+    this.cfg = config;
+    this.log = log;
+    this.deps = {
+      exec,
+      log,
+      mounter: new Mounter(exec, deps.mountInfoPath),
+      state: new StageState(config.stateDir),
+      connectors: new Connectors([new LocalConnector(exec, config.localRoots)]),
+      paths: new KubeletPaths(config.kubeletRoots),
+      roBlock: new ReadOnlyBlock(exec),
+    };
+  }
+
+  /** Loads the node's records, drops temp files of interrupted writes, and logs anything out of step with the host. */
+  async start(): Promise<void> {
+    await this.deps.state.init();
+    const { records, strayTemps } = await this.deps.state.list();
+    await this.deps.state.removeStrayTemps(strayTemps);
+    const orphans = await this.orphans();
+    for (const o of orphans) this.log.warn({ orphan: o.kind, ...o }, 'node state out of step with the host');
+    this.log.info({ volumes: records.length, orphans: orphans.length, stateDir: this.cfg.stateDir }, 'node service started');
+  }
+
+  /** The current orphan report (see findOrphans); read-only. */
+  orphans(): Promise<Orphan[]> {
+    return findOrphans(this.deps, recordedContext);
+  }
+
+  private volumeLock<T>(volumeId: string, paths: string[], fn: () => Promise<T>): Promise<T> {
+    return this.locks.runAll([`volume:${volumeId}`, ...paths.map((p) => `path:${p}`)], fn);
+  }
+
+  handlers(): ServiceImpl {
+    const d = this.deps;
+    return {
+      NodeGetCapabilities: async () => ({ capabilities: CAPABILITIES.map((type) => ({ rpc: { type } })) }),
+
+      NodeGetInfo: async () => ({
+        node_id: this.cfg.nodeId,
+        ...(this.cfg.maxVolumesPerNode > 0 ? { max_volumes_per_node: this.cfg.maxVolumesPerNode } : {}),
+        ...(Object.keys(this.cfg.topology).length ? { accessible_topology: { segments: { ...this.cfg.topology } } } : {}),
+      }),
+
+      NodeStageVolume: async (req) => {
+        const volumeId = checkVolumeId(req.volume_id);
+        if (!req.staging_target_path) throw invalidArgument('staging_target_path is required');
+        const capability = parseCapability(req.volume_capability);
+        const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+        const publishContext = publishContextOf(req.publish_context);
+        await this.volumeLock(volumeId, [staging.resolved], () =>
+          stageVolume(d, {
+            volumeId,
+            stagingPath: staging.path,
+            stagingResolved: staging.resolved,
+            stagingExists: staging.exists,
+            capability,
+            publishContext,
+            volumeContext: mapOf(req.volume_context),
+            secrets: mapOf(req.secrets),
+          }),
+        );
+        return {};
+      },
+
+      NodeUnstageVolume: async (req) => {
+        const volumeId = checkVolumeId(req.volume_id);
+        const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+        await this.volumeLock(volumeId, [staging.resolved], () =>
+          unstageVolume(d, { volumeId, stagingPath: staging.path, stagingResolved: staging.resolved }, recordedContext),
+        );
+        return {};
+      },
+
+      NodePublishVolume: async (req) => {
+        const volumeId = checkVolumeId(req.volume_id);
+        if (!req.target_path) throw invalidArgument('target_path is required');
+        const capability = parseCapability(req.volume_capability);
+        const target = await d.paths.check('target_path', req.target_path);
+        if (!req.staging_target_path)
+          throw failedPrecondition('staging_target_path is required: this plugin stages volumes (STAGE_UNSTAGE_VOLUME); call NodeStageVolume first and pass its path');
+        const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+        if (target.resolved === staging.resolved || target.resolved.startsWith(`${staging.resolved}/`) || staging.resolved.startsWith(`${target.resolved}/`))
+          throw invalidArgument('target_path and staging_target_path must be separate paths, neither inside the other');
+        await this.volumeLock(volumeId, [target.resolved], () =>
+          publishVolume(d, {
+            volumeId,
+            stagingPath: staging.path,
+            stagingResolved: staging.resolved,
+            targetPath: target.path,
+            targetResolved: target.resolved,
+            capability,
+            readonly: req.readonly === true,
+          }),
+        );
+        return {};
+      },
+
+      NodeUnpublishVolume: async (req) => {
+        const volumeId = checkVolumeId(req.volume_id);
+        const target = await d.paths.check('target_path', req.target_path);
+        await this.volumeLock(volumeId, [target.resolved], () =>
+          unpublishVolume(
+            d,
+            { volumeId, targetPath: target.path, targetResolved: target.resolved, targetExists: target.exists },
+            (rec) => realpath(rec.stagingPath).catch(() => rec.stagingPath),
+          ),
+        );
+        return {};
+      },
+
+      NodeGetVolumeStats: async (req) => {
+        const volumeId = checkVolumeId(req.volume_id);
+        const where = await d.paths.lookup('volume_path', req.volume_path);
+        const s = await this.volumeLock(volumeId, [], () =>
+          volumeStats(d, { volumeId, volumePath: where.path, resolved: where.resolved }, recordedContext),
+        );
+        return { usage: s.usage, volume_condition: s.condition };
+      },
+
+      NodeExpandVolume: async (req) => {
+        const volumeId = checkVolumeId(req.volume_id);
+        if (!req.volume_path) throw invalidArgument('volume_path is required');
+        const capability = req.volume_capability ? parseCapability(req.volume_capability) : undefined;
+        const requiredBytes = bytesOf(req.capacity_range?.required_bytes, 'capacity_range.required_bytes');
+        const limitBytes = bytesOf(req.capacity_range?.limit_bytes, 'capacity_range.limit_bytes');
+        if (requiredBytes && limitBytes && requiredBytes > limitBytes)
+          throw invalidArgument('capacity_range.required_bytes is larger than capacity_range.limit_bytes');
+        const where = await d.paths.lookup('volume_path', req.volume_path);
+        const capacity = await this.volumeLock(volumeId, [], () =>
+          expandVolume(d, { volumeId, volumePath: where.path, requiredBytes, access: capability?.access }, recordedContext),
+        );
+        return { capacity_bytes: capacity };
+      },
+    };
+  }
+}

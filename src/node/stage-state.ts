@@ -1,0 +1,157 @@
+import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { VOLUME_ID_RE } from './volume-id.js';
+
+export interface PublishRecord {
+  targetPath: string;
+  readonly: boolean;
+  /** What sinter created at target_path, so unpublish removes only that. */
+  created: 'dir' | 'file' | null;
+  /** Block access published read-only: the read-only loop device bound at the target. */
+  roDevice?: string;
+}
+
+/**
+ * What the node knows about one staged (or half-staged) volume. Written before
+ * every step that changes the host, so a restarted plugin can finish or undo it.
+ */
+export interface StageRecord {
+  version: 1;
+  volumeId: string;
+  stagingPath: string;
+  createdStagingDir: boolean;
+  access: 'mount' | 'block';
+  fsType?: string;
+  mountFlags: string[];
+  accessMode: string;
+  /** The decoded connection (publish_context); never secrets. */
+  publishContext: Record<string, string>;
+  device?: string;
+  /** staging: in progress; staged: done; unstaging: being torn down; error: last attempt failed (see lastError). */
+  phase: 'staging' | 'staged' | 'unstaging' | 'error';
+  lastError?: string;
+  formatted?: boolean;
+  publishes: PublishRecord[];
+  updatedAt: string;
+}
+
+export interface CorruptRecord {
+  file: string;
+  why: string;
+}
+
+/**
+ * Per-volume JSON records in <stateDir>/volumes/<volume_id>.json, replaced
+ * atomically: write a temp file, fsync it, rename over, fsync the directory.
+ * A crash leaves either the old or the new record, never half of one.
+ */
+export class StageState {
+  readonly dir: string;
+
+  constructor(stateDir: string) {
+    this.dir = join(stateDir, 'volumes');
+  }
+
+  private file(volumeId: string): string {
+    if (!VOLUME_ID_RE.test(volumeId)) throw new Error(`refusing a state file for malformed volume id ${JSON.stringify(volumeId)}`);
+    return join(this.dir, `${volumeId}.json`);
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+  }
+
+  async get(volumeId: string): Promise<StageRecord | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.file(volumeId), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    return parseRecord(text, volumeId);
+  }
+
+  async put(rec: StageRecord): Promise<void> {
+    await this.init();
+    const final = this.file(rec.volumeId);
+    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const body = JSON.stringify({ ...rec, updatedAt: new Date().toISOString() }, null, 2) + '\n';
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(body, 'utf8');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    try {
+      await rename(tmp, final);
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw e;
+    }
+    await this.syncDir();
+  }
+
+  async remove(volumeId: string): Promise<void> {
+    try {
+      await unlink(this.file(volumeId));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
+    await this.syncDir();
+  }
+
+  /** All readable records, plus the files that could not be read (left in place for a person to look at). */
+  async list(): Promise<{ records: StageRecord[]; corrupt: CorruptRecord[]; strayTemps: string[] }> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { records: [], corrupt: [], strayTemps: [] };
+      throw e;
+    }
+    const records: StageRecord[] = [];
+    const corrupt: CorruptRecord[] = [];
+    const strayTemps: string[] = [];
+    for (const name of names.sort()) {
+      if (name.includes('.json.tmp-')) {
+        strayTemps.push(join(this.dir, name));
+        continue;
+      }
+      if (!name.endsWith('.json')) continue;
+      const id = name.slice(0, -'.json'.length);
+      try {
+        const rec = parseRecord(await readFile(join(this.dir, name), 'utf8'), id);
+        records.push(rec);
+      } catch (e) {
+        corrupt.push({ file: join(this.dir, name), why: (e as Error).message });
+      }
+    }
+    return { records, corrupt, strayTemps };
+  }
+
+  /** Temp files are leftovers of a write that crashed before its rename; the old record still stands. */
+  async removeStrayTemps(files: string[]): Promise<void> {
+    for (const f of files) await unlink(f).catch(() => undefined);
+  }
+
+  private async syncDir(): Promise<void> {
+    const dh = await open(this.dir, 'r');
+    try {
+      await dh.sync();
+    } finally {
+      await dh.close();
+    }
+  }
+}
+
+export function parseRecord(text: string, volumeId: string): StageRecord {
+  const r = JSON.parse(text) as Partial<StageRecord>;
+  if (!r || typeof r !== 'object' || r.version !== 1) throw new Error('not a version 1 stage record');
+  if (r.volumeId !== volumeId) throw new Error(`record names volume ${JSON.stringify(r.volumeId)}, file is for ${JSON.stringify(volumeId)}`);
+  if (typeof r.stagingPath !== 'string' || (r.access !== 'mount' && r.access !== 'block')) throw new Error('record lacks stagingPath or access');
+  return { ...r, mountFlags: r.mountFlags ?? [], publishes: r.publishes ?? [], publishContext: r.publishContext ?? {} } as StageRecord;
+}

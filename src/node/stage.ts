@@ -1,0 +1,257 @@
+import { lstat, mkdir, open, realpath, rmdir, unlink } from 'node:fs/promises';
+import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
+import { alreadyExists, CsiError, failedPrecondition } from '../csi/errors.js';
+import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from './capability.js';
+import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
+import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
+import { doing, toHostError } from './host-errors.js';
+import { isReadOnly } from './mount.js';
+import type { StageRecord } from './stage-state.js';
+import { shown } from './volume-id.js';
+
+export interface StageRequest {
+  volumeId: string;
+  /** As sent, and as the kernel shows it (symlinks resolved). */
+  stagingPath: string;
+  stagingResolved: string;
+  stagingExists: boolean;
+  capability: Capability;
+  publishContext: PublishContext;
+  volumeContext: Record<string, string>;
+  secrets: Record<string, string>;
+}
+
+function sameCapability(rec: StageRecord, cap: Capability, fsType: string | undefined): boolean {
+  if (rec.access !== cap.access) return false;
+  if (isReadOnlyMode(rec.accessMode) !== isReadOnlyMode(cap.mode)) return false;
+  if (cap.access === 'mount') return rec.fsType === fsType && sameFlags(rec.mountFlags, cap.mountFlags);
+  return true;
+}
+
+function describeStaged(rec: StageRecord): string {
+  const ro = isReadOnlyMode(rec.accessMode) ? ', read-only' : '';
+  return rec.access === 'block' ? `block access${ro}` : `${rec.fsType} with mount flags [${rec.mountFlags.join(',')}]${ro}`;
+}
+
+const errorText = (e: unknown) => (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+
+/**
+ * NodeStageVolume: attach the device, make sure it holds the requested
+ * filesystem (formatting only a blank device), mount it at the staging path;
+ * for block access, bind the device onto a file in the staging directory.
+ * Every step first looks whether it is already done, so a retry after a
+ * crash at any point finishes the job.
+ */
+export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void> {
+  const { volumeId, capability: cap } = req;
+  const connector = d.connectors.for(req.publishContext);
+  await connector.validate(req.publishContext);
+  const fsType: FsType | undefined = cap.access === 'mount' ? resolveFsType(cap, req.volumeContext) : undefined;
+  const mkfsArgs = fsType ? parseMkfsOptions(req.volumeContext.mkfsOptions, fsType) : [];
+  const readOnly = isReadOnlyMode(cap.mode);
+
+  const prev = await d.state.get(volumeId);
+  const visibleAt = stagedAt({ access: cap.access, volumeId }, req.stagingResolved);
+  if (prev) {
+    if (prev.stagingPath !== req.stagingPath && prev.phase !== 'error')
+      throw failedPrecondition(
+        `volume ${volumeId} is already staged on this node at ${prev.stagingPath}; a volume is staged once per node: unstage it there first`,
+      );
+    if (!sameCapability(prev, cap, fsType)) {
+      const snap = await d.mounter.snapshot();
+      if (prev.phase === 'staged' || snap.at(stagedAt(prev, req.stagingResolved)))
+        throw alreadyExists(
+          `volume ${volumeId} is already staged at ${prev.stagingPath} as ${describeStaged(prev)}, which does not match this request; unstage it first to change how it is staged`,
+        );
+    }
+  }
+  for (const other of (await d.state.list()).records) {
+    if (other.volumeId !== volumeId && other.stagingPath === req.stagingPath)
+      throw alreadyExists(`staging_target_path ${req.stagingPath} is already used by volume ${other.volumeId}`);
+  }
+  // A mount already there is ours only if it shows the device we recorded
+  // (the device is recorded before anything is mounted). Refuse a foreign one
+  // before writing anything.
+  {
+    const snap = await d.mounter.snapshot();
+    const there = snap.at(visibleAt);
+    if (there) {
+      const known = prev?.device;
+      const ours = known !== undefined && mountsOfDevice(snap, known, await deviceMajMin(known)).includes(there);
+      if (!ours)
+        throw alreadyExists(`staging_target_path ${req.stagingPath} already has something mounted (${describeMount(there)}) that is not volume ${volumeId}; unstage that first`);
+    }
+  }
+
+  // The staging directory: the CO normally creates it; create it if not.
+  let createdStagingDir = prev?.stagingPath === req.stagingPath ? prev.createdStagingDir : false;
+  await doing(`preparing staging_target_path ${req.stagingPath}`, async () => {
+    if (!req.stagingExists) {
+      await mkdir(req.stagingResolved, { recursive: true, mode: 0o750 });
+      createdStagingDir = true;
+    }
+    const st = await lstat(req.stagingResolved);
+    if (!st.isDirectory()) throw failedPrecondition(`staging_target_path ${req.stagingPath} exists but is not a directory`);
+  });
+
+  const rec: StageRecord = {
+    version: 1,
+    volumeId,
+    stagingPath: req.stagingPath,
+    createdStagingDir,
+    access: cap.access,
+    fsType,
+    mountFlags: cap.access === 'mount' ? cap.mountFlags : [],
+    accessMode: cap.mode,
+    publishContext: encodePublishContext(req.publishContext),
+    device: prev?.device,
+    phase: 'staging',
+    formatted: prev?.formatted,
+    publishes: prev?.publishes ?? [],
+    updatedAt: '',
+  };
+  await d.state.put(rec);
+
+  const attachedBefore = await connector.find(req.publishContext).catch(() => undefined);
+  let device: string | undefined;
+  try {
+    device = await connector.connect(req.publishContext, req.secrets);
+    const majMin = await deviceMajMin(device);
+    if (!majMin) throw new Error(`the connector returned ${device}, which is not a block device`);
+    if (rec.device !== device) {
+      rec.device = device;
+      await d.state.put(rec);
+    }
+
+    const snap = await d.mounter.snapshot();
+    const existing = snap.at(visibleAt);
+    if (existing) {
+      const ours = mountsOfDevice(snap, device, majMin).includes(existing);
+      if (!ours)
+        throw alreadyExists(`staging_target_path ${req.stagingPath} already has another volume mounted (${describeMount(existing)}); unstage that one first`);
+      if (cap.access === 'mount' && existing.fsType !== fsType)
+        throw alreadyExists(`volume ${volumeId} is mounted at ${req.stagingPath} as ${existing.fsType}, not ${fsType}`);
+      if (isReadOnly(existing) !== readOnly)
+        throw alreadyExists(`volume ${volumeId} is mounted at ${req.stagingPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}, which does not match access mode ${cap.mode}`);
+    } else if (cap.access === 'mount' && fsType) {
+      const found = await probe(d.exec, device);
+      if (decideFormat(found, device, fsType)) {
+        if (readOnly)
+          throw failedPrecondition(
+            `volume ${volumeId} has no filesystem yet and access mode ${cap.mode} is read-only; sinter only formats a volume staged writable: stage it once with a writable mode first`,
+          );
+        d.log.info({ volume_id: volumeId, device, fsType }, 'formatting blank volume');
+        await mkfs(d.exec, device, fsType, mkfsArgs);
+        rec.formatted = true;
+        await d.state.put(rec);
+      }
+      const options = [...cap.mountFlags];
+      if (readOnly && !options.includes('ro')) options.push('ro');
+      if (fsType === 'xfs' && !options.includes('nouuid')) options.push('nouuid');
+      await d.mounter.mount(device, req.stagingResolved, fsType, options);
+    } else {
+      const file = blockStagingFile(req.stagingResolved, volumeId);
+      await doing(`creating the device file ${file}`, async () => {
+        const fh = await open(file, 'a', 0o600);
+        await fh.close();
+      });
+      await d.mounter.bind(device, file, readOnly);
+    }
+    rec.phase = 'staged';
+    delete rec.lastError;
+    await d.state.put(rec);
+  } catch (e) {
+    const err = toHostError(`staging volume ${volumeId}`, e);
+    rec.phase = 'error';
+    rec.lastError = err.message;
+    await d.state.put(rec).catch((pe: unknown) => d.log.error({ volume_id: volumeId, err: errorText(pe) }, 'could not record failed stage'));
+    // Undo only what this call did: an attachment it made that nothing uses.
+    if (device && !attachedBefore) {
+      const snap = await d.mounter.snapshot().catch(() => undefined);
+      const used = snap ? mountsOfDevice(snap, device, await deviceMajMin(device)).length > 0 : true;
+      if (!used) await connector.disconnect(req.publishContext, device).catch((de: unknown) => d.log.warn({ volume_id: volumeId, device, err: errorText(de) }, 'could not detach after failed stage'));
+    }
+    throw err;
+  }
+}
+
+export interface UnstageRequest {
+  volumeId: string;
+  stagingPath: string;
+  stagingResolved: string;
+}
+
+/**
+ * NodeUnstageVolume: refuse while the volume is still published, unmount the
+ * staging mount, detach the device, remove what staging created, forget the
+ * volume. A volume this node has no record of is already unstaged.
+ */
+export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c: Record<string, string>) => PublishContext): Promise<void> {
+  const { volumeId } = req;
+  const rec = await d.state.get(volumeId);
+  if (!rec) {
+    const snap = await d.mounter.snapshot();
+    for (const where of [req.stagingResolved, blockStagingFile(req.stagingResolved, volumeId)]) {
+      const m = snap.at(where);
+      if (m)
+        throw failedPrecondition(
+          `staging_target_path ${req.stagingPath} has a mount (${describeMount(m)}) that this node has no record of staging for volume ${volumeId}; sinter will not unmount it: check it and unmount it by hand if it is stale`,
+        );
+    }
+    return;
+  }
+  if (rec.stagingPath !== req.stagingPath)
+    throw failedPrecondition(`volume ${volumeId} is staged at ${rec.stagingPath}, not at ${shown(req.stagingPath, 200)}; unstage it with that path`);
+
+  const ctx = decode(rec.publishContext);
+  const connector = d.connectors.for(ctx);
+  // Refusing while published changes nothing, so the record keeps its phase.
+  const visibleAt = stagedAt(rec, req.stagingResolved);
+  const snap = await d.mounter.snapshot();
+  const there = snap.at(visibleAt);
+  // After a reboot the recorded device name may belong to something else now; then it is not ours.
+  if (rec.device && !(await connector.condition(ctx, rec.device)).attached) delete rec.device;
+  const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
+  // Only a mount showing the recorded device is ours to unmount; anything
+  // else at the staging path is left alone.
+  const staged = there && rec.device && mountsOfDevice(snap, rec.device, majMin).includes(there) ? there : undefined;
+  if (there && !staged)
+    d.log.warn({ volume_id: volumeId, path: req.stagingPath, mount: describeMount(there) }, 'staging path holds a mount that is not this volume; leaving it');
+  const users = rec.device ? mountsOfDevice(snap, rec.device, majMin, staged) : [];
+  const elsewhere = new Set(users.filter((m) => m.mountPoint !== visibleAt).map((m) => m.mountPoint));
+  for (const p of rec.publishes) {
+    // Read-only block publishes go through their own loop device, so look at the recorded targets too.
+    const where = await realpath(p.targetPath).catch(() => undefined);
+    if (where && snap.at(where)) elsewhere.add(p.targetPath);
+  }
+  if (elsewhere.size)
+    throw failedPrecondition(
+      `volume ${volumeId} is still mounted at ${[...elsewhere].join(', ')}; unpublish it (NodeUnpublishVolume) before unstaging`,
+    );
+  rec.phase = 'unstaging';
+  await d.state.put(rec);
+  try {
+    if (staged) await d.mounter.umountAll(visibleAt);
+    if (rec.access === 'block') {
+      await doing(`removing the device file ${visibleAt}`, async () => {
+        const st = await lstat(visibleAt).catch(() => undefined);
+        const mounted = (await d.mounter.snapshot()).at(visibleAt);
+        if (st && !mounted && (st.isFile() || st.isBlockDevice())) await unlink(visibleAt);
+      });
+    }
+    if (rec.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
+    await connector.disconnect(ctx, rec.device);
+    if (rec.createdStagingDir && !(there && !staged)) {
+      await rmdir(req.stagingResolved).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') d.log.warn({ volume_id: volumeId, path: req.stagingPath, err: e.code }, 'left staging directory in place');
+      });
+    }
+    await d.state.remove(volumeId);
+  } catch (e) {
+    const err = e instanceof CsiError ? e : toHostError(`unstaging volume ${volumeId}`, e);
+    rec.phase = 'error';
+    rec.lastError = err.message;
+    await d.state.put(rec).catch(() => undefined);
+    throw err;
+  }
+}

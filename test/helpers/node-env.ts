@@ -1,0 +1,145 @@
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import type { CsiError } from '../../src/csi/errors.js';
+import { HostExecutor } from '../../src/exec/run.js';
+import { parseMountInfo, type MountEntry } from '../../src/node/mount.js';
+import { NodeService, type NodeServiceConfig } from '../../src/node/service.js';
+import type { ServiceImpl } from '../../src/csi/server.js';
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+/**
+ * One test's private world: a kubelet root, a directory of image files (the
+ * local root), a state dir, and a NodeService over them that runs real host
+ * commands. cleanup() unmounts and detaches everything under the temp dir,
+ * whatever the test left behind.
+ */
+export class NodeEnv {
+  readonly exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 120_000 });
+  svc!: NodeService;
+  h!: ServiceImpl;
+  config!: NodeServiceConfig;
+
+  private constructor(readonly dir: string) {}
+
+  get kubelet(): string {
+    return join(this.dir, 'kubelet');
+  }
+  get images(): string {
+    return join(this.dir, 'images');
+  }
+  get stateDir(): string {
+    return join(this.dir, 'state');
+  }
+
+  static async create(overrides: Partial<NodeServiceConfig> = {}): Promise<NodeEnv> {
+    const dir = await mkdtemp(join(tmpdir(), 'sinter-node-'));
+    const env = new NodeEnv(dir);
+    await mkdir(env.kubelet, { recursive: true });
+    await mkdir(env.images, { recursive: true });
+    env.config = {
+      driverName: 'sinter.csi.example.org',
+      nodeName: 'node-a',
+      nodeId: 'node-a;;',
+      maxVolumesPerNode: 0,
+      topology: {},
+      kubeletRoots: [env.kubelet],
+      localRoots: [env.images],
+      stateDir: env.stateDir,
+      ...overrides,
+    };
+    env.restart();
+    await env.svc.start();
+    return env;
+  }
+
+  /** A fresh NodeService over the same directories: what a plugin restart sees. */
+  restart(): NodeService {
+    this.svc = new NodeService({ config: this.config, exec: this.exec, log: pino({ level: 'silent' }) });
+    this.h = this.svc.handlers();
+    return this.svc;
+  }
+
+  async image(name: string, bytes: number): Promise<string> {
+    const p = join(this.images, name);
+    await this.exec.run('truncate', ['-s', String(bytes), p]);
+    return p;
+  }
+
+  /** A request skeleton for a volume backed by image `file`. */
+  stageReq(volumeId: string, file: string, cap: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+    return {
+      volume_id: volumeId,
+      publish_context: { transport: 'local', path: file },
+      staging_target_path: join(this.kubelet, 'staging', volumeId),
+      volume_capability: cap,
+      secrets: {},
+      volume_context: {},
+      ...extra,
+    };
+  }
+
+  target(volumeId: string, pod = 'pod1'): string {
+    return join(this.kubelet, 'pods', pod, volumeId, 'mount');
+  }
+
+  async mountsUnder(): Promise<MountEntry[]> {
+    const all = parseMountInfo(await readFile('/proc/self/mountinfo', 'utf8'));
+    return all.filter((m) => m.mountPoint === this.dir || m.mountPoint.startsWith(this.dir + '/'));
+  }
+
+  /** Loop devices whose backing file is under this env (or is a loop device of this env: read-only views). */
+  async loopsUnder(): Promise<{ name: string; back: string }[]> {
+    const res = await this.exec.run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE']);
+    if (!res.stdout.trim()) return [];
+    const all = (JSON.parse(res.stdout) as { loopdevices: { name: string; 'back-file': string | null }[] }).loopdevices.map((l) => ({
+      name: l.name,
+      back: (l['back-file'] ?? '').replace(/ \(deleted\)$/, ''),
+    }));
+    const ours = new Set(all.filter((l) => l.back.startsWith(this.dir + '/')).map((l) => l.name));
+    return all.filter((l) => ours.has(l.name) || ours.has(l.back));
+  }
+
+  async cleanup(): Promise<void> {
+    for (let i = 0; i < 10; i++) {
+      const mounts = await this.mountsUnder();
+      if (!mounts.length) break;
+      for (const m of mounts.reverse()) await this.exec.run('umount', ['-l', m.mountPoint]).catch(() => undefined);
+    }
+    // Read-only views sit on top of the volume's loop device: detach them first.
+    const loops = await this.loopsUnder();
+    const views = loops.filter((l) => l.back.startsWith('/dev/'));
+    for (const l of [...views, ...loops.filter((x) => !views.includes(x))]) await this.exec.run('losetup', ['-d', l.name]).catch(() => undefined);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  /** Run a host command, returning stdout. */
+  async sh(cmd: string, args: string[]): Promise<string> {
+    return (await this.exec.run(cmd, args)).stdout;
+  }
+
+  async write(path: string, text: string): Promise<void> {
+    await writeFile(path, text);
+  }
+}
+
+/** Awaits p and returns the CsiError it rejected with (fails if it resolved). */
+export async function csiError(p: Promise<unknown>): Promise<CsiError> {
+  try {
+    await p;
+  } catch (e) {
+    return e as CsiError;
+  }
+  throw new Error('expected the call to fail, but it succeeded');
+}
+
+export const mountCap = (fsType?: string, mode = 'SINGLE_NODE_WRITER', mountFlags: string[] = []) => ({
+  access_type: 'mount',
+  mount: { ...(fsType ? { fs_type: fsType } : {}), mount_flags: mountFlags },
+  access_mode: { mode },
+});
+
+export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ access_type: 'block', block: {}, access_mode: { mode } });
