@@ -104,7 +104,7 @@ describe('one volume, two pods', () => {
     for (const t of [t1, t2])
       await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: t, volume_capability: mountCap('ext4') });
 
-    const busy = await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e) => e);
+    const busy = (await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e: unknown) => e)) as { code: number; message: string };
     expect(busy.code).toBe(9); // FAILED_PRECONDITION
     expect(busy.message).toContain(t1);
     expect(busy.message).toContain('unpublish');
