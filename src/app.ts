@@ -56,7 +56,11 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   if (hasController) {
     for (const [name, b] of backends) recovery[name] = await b.start();
     const registry = new StaticNodeRegistry(cfg.role === 'all' && nodeId ? new Set([nodeId]) : undefined);
-    volumes = new VolumeManager(backends, registry, log.child({ part: 'controller' }));
+    // In single-machine mode the controller knows its one node's attach limit.
+    const localLimit = cfg.role === 'all' ? cfg.node.maxVolumesPerNode : 0;
+    volumes = new VolumeManager(backends, registry, log.child({ part: 'controller' }), {
+      maxVolumesPerNode: (id) => (id === nodeId ? localLimit : undefined),
+    });
     volumes.index();
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Attachment, Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange, resourceExhausted } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
 import { isSingleNode, type FsType } from './capabilities.js';
 import type { NodeRegistry } from './node-registry.js';
@@ -53,6 +53,11 @@ export function sizeFor(range: CapacityRange | undefined, fallback: number, floo
   return size;
 }
 
+export interface VolumeManagerOptions {
+  /** How many volumes a node may have published at once; undefined or 0 = no limit. */
+  maxVolumesPerNode?: (nodeId: string) => number | undefined;
+}
+
 /**
  * The controller's volume lifecycle across all backends: name idempotency,
  * scheduling, Cinder's attachment rules. Holds the per-name and per-volume
@@ -67,6 +72,7 @@ export class VolumeManager {
     private readonly backends: Map<string, Backend>,
     private readonly nodes: NodeRegistry,
     private readonly log: Logger,
+    private readonly opts: VolumeManagerOptions = {},
   ) {}
 
   /** Rebuilds the name index from the backends' records (after their start()). */
@@ -228,6 +234,9 @@ export class VolumeManager {
           throw alreadyExists(`volume ${volumeId} is already published to this node with a different capability or readonly flag; unpublish it first`);
         return b.exportVolume(volumeId, node, readonly);
       }
+      const limit = this.opts.maxVolumesPerNode?.(nodeId);
+      if (limit && this.publishedTo(nodeId) >= limit)
+        throw resourceExhausted(`node_id: node "${nodeId}" already has ${limit} volumes published, its limit (max_volumes_per_node)`);
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
       if (others.length > 0 && (isSingleNode(cap.accessMode) || others.some((a) => isSingleNode(a.accessMode))))
         throw failedPrecondition(`volume ${volumeId} is published to node ${others[0]!.nodeId} and its access mode allows a single node; unpublish it there first`);
@@ -266,6 +275,12 @@ export class VolumeManager {
       }
       if (leaving.length > 0) await b.setAttachments(volumeId, v.attachments.filter((a) => !leaving.includes(a)));
     });
+  }
+
+  private publishedTo(nodeId: string): number {
+    let n = 0;
+    for (const b of this.backends.values()) for (const v of b.volumes()) if (v.attachments.some((a) => a.nodeId === nodeId)) n++;
+    return n;
   }
 
   /** Every volume of every backend, sorted by id; cached until the next create or delete. */

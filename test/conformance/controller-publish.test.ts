@@ -85,3 +85,27 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect(await codeOf(ctl().DeleteVolume({ volume_id: id }))).toBe('FAILED_PRECONDITION');
   });
 });
+
+describe('per-node attach limit (sinter all --max-volumes-per-node 2)', () => {
+  let s: SinterProcess;
+  beforeAll(async () => {
+    s = await startSinter({ args: ['--max-volumes-per-node', '2'] });
+  });
+  afterAll(async () => s?.cleanup());
+
+  it('reports the limit and refuses a third publish with RESOURCE_EXHAUSTED until one is unpublished', async () => {
+    const info = await s.client.node.NodeGetInfo({});
+    expect(info.max_volumes_per_node).toBe(2);
+    const ids: string[] = [];
+    for (const n of ['l1', 'l2', 'l3'])
+      ids.push((await s.client.controller.CreateVolume({ name: n, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume.volume_id);
+    const pub = (id: string) => s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: info.node_id, volume_capability: blockCap() });
+    await pub(ids[0]!);
+    await pub(ids[1]!);
+    expect(await codeOf(pub(ids[2]!))).toBe('RESOURCE_EXHAUSTED');
+    // A repeat of an existing publish is not a new attachment.
+    expect(await codeOf(pub(ids[1]!))).toBe('OK');
+    await s.client.controller.ControllerUnpublishVolume({ volume_id: ids[0], node_id: info.node_id });
+    expect(await codeOf(pub(ids[2]!))).toBe('OK');
+  });
+});
