@@ -27,7 +27,7 @@ const sinter = spawn('node', [main, 'all', '--endpoint', `unix://${socket}`, '--
   stdio: ['ignore', 'inherit', 'inherit'],
 });
 const client = csiClient(`unix://${socket}`);
-const mountCap = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+const mountCap = { mount: { fs_type: 'xfs', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
 const staging = (id) => join(kubelet, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount');
 const target = (pod, id) => join(kubelet, 'pods', pod, 'volumes/kubernetes.io~csi', id, 'mount');
 const cleanups = [];
@@ -49,8 +49,8 @@ try {
   const { node_id: nodeId } = await client.node.NodeGetInfo({});
 
   let vol;
-  await step('CreateVolume "demo" (256 MiB, ext4)', async () => {
-    vol = (await client.controller.CreateVolume({ name: 'demo', capacity_range: { required_bytes: 256 * MiB }, volume_capabilities: [mountCap], parameters: { fsType: 'ext4' } })).volume;
+  await step('CreateVolume "demo" (320 MiB, xfs)', async () => {
+    vol = (await client.controller.CreateVolume({ name: 'demo', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [mountCap], parameters: { fsType: 'xfs' } })).volume;
     return vol.volume_id;
   });
   let ctx;
@@ -60,7 +60,7 @@ try {
   });
   const stg = staging(vol.volume_id);
   mkdirSync(stg, { recursive: true });
-  await step('NodeStageVolume: loop device, mkfs.ext4, mount', async () => {
+  await step('NodeStageVolume: loop device, mkfs.xfs, mount', async () => {
     await client.node.NodeStageVolume({ volume_id: vol.volume_id, staging_target_path: stg, volume_capability: mountCap, publish_context: ctx, volume_context: vol.volume_context });
     cleanups.push(() => client.node.NodeUnstageVolume({ volume_id: vol.volume_id, staging_target_path: stg }));
   });
@@ -72,7 +72,7 @@ try {
   });
   await step('the pod writes hello.txt', async () => {
     writeFileSync(join(tgt, 'hello.txt'), 'written through sinter\n');
-    // fsync commits ext4's journal to the loop device, so the snapshot sees it.
+    // fsync commits the journal to the loop device, so the snapshot sees it.
     const fd = openSync(join(tgt, 'hello.txt'), 'r');
     fsyncSync(fd);
     closeSync(fd);
@@ -85,7 +85,7 @@ try {
   });
   let clone;
   await step('CreateVolume "demo-clone" from the snapshot', async () => {
-    clone = (await client.controller.CreateVolume({ name: 'demo-clone', volume_capabilities: [mountCap], parameters: { fsType: 'ext4' }, volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })).volume;
+    clone = (await client.controller.CreateVolume({ name: 'demo-clone', volume_capabilities: [mountCap], parameters: { fsType: 'xfs' }, volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })).volume;
     return clone.volume_id;
   });
   await step('stage + publish the clone; hello.txt is there', async () => {
@@ -102,9 +102,9 @@ try {
     await client.controller.ControllerUnpublishVolume({ volume_id: clone.volume_id, node_id: nodeId });
     return `"${text}"`;
   });
-  await step('ControllerExpandVolume + NodeExpandVolume to 512 MiB, online', async () => {
-    await client.controller.ControllerExpandVolume({ volume_id: vol.volume_id, capacity_range: { required_bytes: 512 * MiB }, volume_capability: mountCap });
-    await client.node.NodeExpandVolume({ volume_id: vol.volume_id, volume_path: tgt, staging_target_path: stg, capacity_range: { required_bytes: 512 * MiB }, volume_capability: mountCap });
+  await step('ControllerExpandVolume + NodeExpandVolume to 640 MiB, online', async () => {
+    await client.controller.ControllerExpandVolume({ volume_id: vol.volume_id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: mountCap });
+    await client.node.NodeExpandVolume({ volume_id: vol.volume_id, volume_path: tgt, staging_target_path: stg, capacity_range: { required_bytes: 640 * MiB }, volume_capability: mountCap });
     const st = await client.node.NodeGetVolumeStats({ volume_id: vol.volume_id, volume_path: tgt });
     const bytes = st.usage.find((u) => u.unit === 'BYTES');
     return `filesystem now ${Math.round(bytes.total / MiB)} MiB, ${Math.round(bytes.used / MiB)} MiB used`;
