@@ -2,7 +2,10 @@ import type { Backend, SnapshotRecord, VolumeRecord } from '../backends/backend.
 import { encodePublishContext } from '../contracts/publish-context.js';
 import { invalidArgument, notFound } from '../csi/errors.js';
 import type { ServiceImpl } from '../csi/server.js';
-import { parseCapabilities, parseCapability, type WireCapability } from './capabilities.js';
+import { parseCapabilities, parseCapability } from './capabilities.js';
+
+/** csi.v1.VolumeCapability as the loader hands it over; validated by parseCapability. */
+type WireCapability = unknown;
 import { parseParameters } from './parameters.js';
 import type { SnapshotManager } from './snapshots.js';
 import { reachesAny, type Topology, type TopologyRequirement } from './topology.js';

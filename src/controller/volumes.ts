@@ -4,7 +4,7 @@ import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '.
 import type { PublishContext } from '../contracts/publish-context.js';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange, resourceExhausted } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
-import { isSingleNode, type FsType } from './capabilities.js';
+import { isSingleNode, type FsType, type ParsedCapability } from './capabilities.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate, type Page } from './pagination.js';
 import { sameParameters, type VolumeParameters } from './parameters.js';
@@ -220,7 +220,7 @@ export class VolumeManager {
     });
   }
 
-  async publish(volumeId: string, nodeId: string, cap: CapabilitySummary & { mountFlags: string[] }, readonly: boolean): Promise<PublishContext> {
+  async publish(volumeId: string, nodeId: string, cap: ParsedCapability, readonly: boolean): Promise<PublishContext> {
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);

@@ -42,3 +42,9 @@ export function toCsiError(e: unknown): CsiError {
 export function codeName(code: status): string {
   return status[code] ?? String(code);
 }
+
+/** A value shown in an error message: quoted, escaped, cut short. */
+export function shown(v: string, max = 80): string {
+  const cut = v.length > max ? `${v.slice(0, max)}…` : v;
+  return JSON.stringify(cut);
+}

@@ -1,15 +1,11 @@
 import { failedPrecondition, invalidArgument } from '../csi/errors.js';
 import type { Executor } from '../exec/run.js';
 import { hostCommand } from './host-errors.js';
-import { shown } from './volume-id.js';
+import { shown } from '../csi/errors.js';
 
-export const SUPPORTED_FS = ['ext4', 'xfs', 'btrfs'] as const;
-export type FsType = (typeof SUPPORTED_FS)[number];
-export const DEFAULT_FS: FsType = 'ext4';
+import { DEFAULT_FS, isSupportedFs, SUPPORTED_FS, type FsType } from '../csi/capability.js';
 
-export function isSupportedFs(s: string): s is FsType {
-  return (SUPPORTED_FS as readonly string[]).includes(s);
-}
+export { DEFAULT_FS, isSupportedFs, SUPPORTED_FS, type FsType };
 
 /** What `blkid -p` (low-level superblock and partition-table probing) found on a device. */
 export type Probe =

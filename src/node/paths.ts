@@ -1,7 +1,7 @@
 import { lstat, realpath } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { invalidArgument, notFound } from '../csi/errors.js';
-import { shown } from './volume-id.js';
+import { shown } from '../csi/errors.js';
 
 export const MAX_PATH_LENGTH = 4096;
 

@@ -5,7 +5,7 @@ import { failedPrecondition, invalidArgument } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import type { Executor } from '../exec/run.js';
-import { parseCapability } from './capability.js';
+import { parseCapability } from '../csi/capability.js';
 import { Connectors } from './connectors/connector.js';
 import { LocalConnector } from './connectors/local.js';
 import type { NodeDeps } from './context.js';

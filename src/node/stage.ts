@@ -1,13 +1,13 @@
 import { lstat, mkdir, open, realpath, rmdir, unlink } from 'node:fs/promises';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
 import { alreadyExists, CsiError, failedPrecondition } from '../csi/errors.js';
-import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from './capability.js';
+import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from '../csi/capability.js';
 import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
 import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
 import { doing, toHostError } from './host-errors.js';
 import { isReadOnly } from './mount.js';
 import type { StageRecord } from './stage-state.js';
-import { shown } from './volume-id.js';
+import { shown } from '../csi/errors.js';
 
 export interface StageRequest {
   volumeId: string;

@@ -1,4 +1,4 @@
-import { invalidArgument, notFound } from '../csi/errors.js';
+import { invalidArgument, notFound, shown } from '../csi/errors.js';
 
 /**
  * The node's view of a volume id: it never parses the backend part, it only
@@ -8,12 +8,6 @@ import { invalidArgument, notFound } from '../csi/errors.js';
  */
 export const VOLUME_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:+@=-]{0,127}$/;
 export const MAX_VOLUME_ID_LENGTH = 128;
-
-/** A value shown in an error message: quoted, escaped, cut short. */
-export function shown(v: string, max = 80): string {
-  const cut = v.length > max ? `${v.slice(0, max)}…` : v;
-  return JSON.stringify(cut);
-}
 
 /**
  * Missing → INVALID_ARGUMENT (a required field); malformed → NOT_FOUND (the

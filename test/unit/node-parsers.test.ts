@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Code } from '../../src/csi/errors.js';
-import { parseCapability, resolveFsType, checkMountFlags } from '../../src/node/capability.js';
+import { parseCapability, resolveFsType, checkMountFlags } from '../../src/csi/capability.js';
 import { decideFormat, parseBlkidExport, parseMkfsOptions } from '../../src/node/format.js';
 import { MountSnapshot, parseMountInfo } from '../../src/node/mount.js';
 import { checkVolumeId } from '../../src/node/volume-id.js';
@@ -96,7 +96,7 @@ describe('volume capability', () => {
       [{ access_mode: { mode: 'SINGLE_NODE_WRITER' } }, Code.INVALID_ARGUMENT, 'access_type'],
       [{ mount: { fs_type: 'ntfs' }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }, Code.INVALID_ARGUMENT, 'volume_capability.mount.fs_type'],
       [{ mount: { mount_flags: ['bind'] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }, Code.INVALID_ARGUMENT, 'mount_flags'],
-      [{ mount: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, Code.FAILED_PRECONDITION, 'MULTI_NODE_MULTI_WRITER'],
+      [{ mount: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, Code.INVALID_ARGUMENT, 'MULTI_NODE_MULTI_WRITER'],
     ];
     for (const [raw, code, msg] of cases) {
       expect(() => parseCapability(raw), JSON.stringify(raw)).toThrow(expect.objectContaining({ code, message: expect.stringContaining(msg) }));

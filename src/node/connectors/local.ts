@@ -6,7 +6,7 @@ import { KeyedLock } from '../../csi/locks.js';
 import type { Executor } from '../../exec/run.js';
 import { hostCommand, toHostError } from '../host-errors.js';
 import { confine } from '../paths.js';
-import { shown } from '../volume-id.js';
+import { shown } from '../../csi/errors.js';
 import type { Connector, DeviceCondition } from './connector.js';
 
 type LocalContext = Extract<PublishContext, { transport: 'local' }>;

@@ -1,6 +1,17 @@
-import { failedPrecondition, invalidArgument } from '../csi/errors.js';
-import { DEFAULT_FS, isSupportedFs, SUPPORTED_FS, type FsType } from './format.js';
-import { shown } from './volume-id.js';
+import { invalidArgument, shown } from './errors.js';
+
+/**
+ * csi.v1.VolumeCapability validation shared by the controller and the node,
+ * so both halves accept and refuse exactly the same capabilities.
+ */
+
+export const SUPPORTED_FS = ['ext4', 'xfs', 'btrfs'] as const;
+export type FsType = (typeof SUPPORTED_FS)[number];
+export const DEFAULT_FS: FsType = 'ext4';
+
+export function isSupportedFs(s: string): s is FsType {
+  return (SUPPORTED_FS as readonly string[]).includes(s);
+}
 
 export const ACCESS_MODES = [
   'SINGLE_NODE_WRITER',
@@ -19,6 +30,10 @@ export type Capability =
 
 export function isReadOnlyMode(mode: string): boolean {
   return mode === 'SINGLE_NODE_READER_ONLY' || mode === 'MULTI_NODE_READER_ONLY';
+}
+
+export function isSingleNode(mode: string): boolean {
+  return mode.startsWith('SINGLE_NODE_');
 }
 
 // Options that would turn the mount into something else than mounting this
@@ -60,7 +75,7 @@ export function parseCapability(raw: unknown, field = 'volume_capability'): Capa
   if (kind === 'block') return { access: 'block', mode };
   if (kind !== 'mount') throw invalidArgument(`${field} needs an access_type: mount or block`);
   if (mode === 'MULTI_NODE_MULTI_WRITER' || mode === 'MULTI_NODE_SINGLE_WRITER')
-    throw failedPrecondition(`${field}.access_mode ${mode} cannot be served with mount access: ${SUPPORTED_FS.join('/')} must not be mounted writable on several nodes; use block access or a single-node mode`);
+    throw invalidArgument(`${field}.access_mode ${mode} cannot be served with mount access: ${SUPPORTED_FS.join('/')} must not be mounted writable on several nodes; use block access or a single-node mode`);
   const m = c.mount ?? {};
   const fsType = typeof m.fs_type === 'string' && m.fs_type !== '' ? m.fs_type : undefined;
   if (fsType !== undefined && !isSupportedFs(fsType))
