@@ -1,5 +1,5 @@
-import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
+import { isAtomicTemp, removeFileDurable, writeFileAtomic } from '../store/atomic-file.js';
 import { join } from 'node:path';
 import { VOLUME_ID_RE } from './volume-id.js';
 
@@ -75,33 +75,11 @@ export class StageState {
 
   async put(rec: StageRecord): Promise<void> {
     await this.init();
-    const final = this.file(rec.volumeId);
-    const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    const body = JSON.stringify({ ...rec, updatedAt: new Date().toISOString() }, null, 2) + '\n';
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(body, 'utf8');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    try {
-      await rename(tmp, final);
-    } catch (e) {
-      await unlink(tmp).catch(() => undefined);
-      throw e;
-    }
-    await this.syncDir();
+    await writeFileAtomic(this.file(rec.volumeId), JSON.stringify({ ...rec, updatedAt: new Date().toISOString() }, null, 2) + '\n');
   }
 
   async remove(volumeId: string): Promise<void> {
-    try {
-      await unlink(this.file(volumeId));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw e;
-    }
-    await this.syncDir();
+    await removeFileDurable(this.file(volumeId));
   }
 
   /** All readable records, plus the files that could not be read (left in place for a person to look at). */
@@ -117,7 +95,7 @@ export class StageState {
     const corrupt: CorruptRecord[] = [];
     const strayTemps: string[] = [];
     for (const name of names.sort()) {
-      if (name.includes('.json.tmp-')) {
+      if (isAtomicTemp(name)) {
         strayTemps.push(join(this.dir, name));
         continue;
       }
@@ -136,15 +114,6 @@ export class StageState {
   /** Temp files are leftovers of a write that crashed before its rename; the old record still stands. */
   async removeStrayTemps(files: string[]): Promise<void> {
     for (const f of files) await unlink(f).catch(() => undefined);
-  }
-
-  private async syncDir(): Promise<void> {
-    const dh = await open(this.dir, 'r');
-    try {
-      await dh.sync();
-    } finally {
-      await dh.close();
-    }
   }
 }
 

@@ -100,12 +100,12 @@ describe('restart and crash recovery (safety rule 3)', () => {
     await env.sh('umount', [stage.staging_target_path]);
     const stray = await env.image('stray.img', 16 * MiB);
     const strayDev = (await env.sh('losetup', ['--find', '--show', stray])).trim();
-    await writeFile(join(env.stateDir, 'volumes', 'file-orphan.json.tmp-1-abcd'), '{"half":');
+    await writeFile(join(env.stateDir, 'volumes', '.file-orphan.json.abcd.tmp'), '{"half":');
     await writeFile(join(env.stateDir, 'volumes', 'file-broken.json'), 'not json');
 
     env.restart();
     await env.svc.start();
-    expect(await readdir(join(env.stateDir, 'volumes'))).not.toContain('file-orphan.json.tmp-1-abcd');
+    expect(await readdir(join(env.stateDir, 'volumes'))).not.toContain('.file-orphan.json.abcd.tmp');
     const kinds = (await env.svc.orphans()).map((o) => ('volumeId' in o ? `${o.kind}:${o.volumeId}` : o.kind === 'untracked-device' ? `${o.kind}:${o.device}` : o.kind));
     expect(kinds.sort()).toEqual(['staging-mount-missing:file-orphan', `untracked-device:${strayDev}`, 'unreadable-record'].sort());
     // Reporting changed nothing on the host.

@@ -47,7 +47,7 @@ describe('StageState', () => {
     await s.put(rec('file-b'));
     await writeFile(join(dir, 'volumes', 'file-c.json'), '{"version":1,');
     await writeFile(join(dir, 'volumes', 'file-d.json'), JSON.stringify(rec('file-OTHER')));
-    await writeFile(join(dir, 'volumes', 'file-a.json.tmp-9-ffff'), 'partial');
+    await writeFile(join(dir, 'volumes', '.file-a.json.ffff.tmp'), 'partial');
     const l = await s.list();
     expect(l.records.map((r) => r.volumeId)).toEqual(['file-a', 'file-b']);
     expect(l.corrupt.map((c) => c.file.split('/').pop())).toEqual(['file-c.json', 'file-d.json']);
