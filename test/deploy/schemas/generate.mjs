@@ -110,6 +110,7 @@ async function build() {
     const kind = gvk.slice(gvk.lastIndexOf('/') + 1);
     const apiVersion = gvk.slice(0, gvk.lastIndexOf('/'));
     kinds[gvk] = {
+      type: 'object',
       allOf: [{ $ref: `#/definitions/${cls}` }],
       properties: { apiVersion: { const: apiVersion }, kind: { const: kind } },
       required: ['apiVersion', 'kind', 'metadata'],
