@@ -1,0 +1,598 @@
+// deploy/kubernetes: rendered with the real `kubectl kustomize` (offline),
+// every object validated against strict Kubernetes JSON Schemas kept in
+// test/deploy/schemas/, and checked for the invariants issue 5 asks for:
+// pinned images, Bidirectional propagation and privilege only on the node
+// plugin, least-privilege RBAC, sinter flags and config that sinter accepts.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ajv, type ValidateFunction } from 'ajv';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { FLAG_SPEC, DEFAULT_DRIVER_NAME, loadConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/config/validate.js';
+import { parseParameters } from '../../src/controller/parameters.js';
+import {
+  allContainers,
+  container,
+  examples,
+  expandVars,
+  findKubectl,
+  flagsOf,
+  flagValue,
+  gvk,
+  idOf,
+  type K8sObject,
+  type Obj,
+  OVERLAYS,
+  type PodSpec,
+  render,
+  ROOT,
+  volumeOf,
+  workload,
+  workloads,
+} from './k8s.js';
+
+const PKG_VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+const SCHEMAS = join(ROOT, 'test', 'deploy', 'schemas');
+const CONTROLLER = 'Deployment/sinter-controller';
+const NODE = 'DaemonSet/sinter-node';
+const NAMESPACE = 'sinter-system';
+const DRIVER = 'sinter.csi.io';
+const RENDERS = ['base', ...OVERLAYS.map((o) => `overlays/${o}`)] as const;
+
+// ---- schemas ----------------------------------------------------------------
+
+const ajv = new Ajv({ allErrors: true, strict: true, strictRequired: false, allowUnionTypes: true });
+const k8sBundle = JSON.parse(readFileSync(join(SCHEMAS, 'kubernetes.json'), 'utf8')) as { kinds: Record<string, object>; definitions: object };
+const snapBundle = JSON.parse(readFileSync(join(SCHEMAS, 'snapshot.storage.k8s.io.json'), 'utf8')) as { kinds: Record<string, object> };
+ajv.addSchema({ $id: 'kubernetes.json', definitions: k8sBundle.definitions });
+const validators = new Map<string, ValidateFunction>();
+for (const [key, schema] of Object.entries(k8sBundle.kinds) as [string, { allOf: { $ref: string }[]; properties: object; required: string[] }][]) {
+  // The bundle's refs are local (#/definitions/X); here they point into the added bundle.
+  const allOf = schema.allOf.map((s) => ({ $ref: `kubernetes.json${s.$ref}` }));
+  validators.set(key, ajv.compile({ type: 'object', allOf, properties: schema.properties, required: schema.required }));
+}
+for (const [key, schema] of Object.entries(snapBundle.kinds)) validators.set(key, ajv.compile(schema));
+
+function schemaErrors(o: K8sObject): string[] {
+  const v = validators.get(gvk(o));
+  if (!v) return [`no schema for ${gvk(o)} (add it to test/deploy/schemas/generate.mjs KINDS and regenerate)`];
+  if (v(o)) return [];
+  return (v.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message}${e.params && 'additionalProperty' in e.params ? ` "${String(e.params.additionalProperty)}"` : ''}${e.params && 'allowedValues' in e.params ? ` ${JSON.stringify(e.params.allowedValues)}` : ''}`);
+}
+
+const DNS1123_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const DNS1123_LABEL = /^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const IANA_SVC_NAME = /^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*$/;
+
+describe('rendering: `kubectl kustomize` works offline', () => {
+  it('finds a kubectl with kustomize v5', () => {
+    const k = findKubectl();
+    console.info(`rendering with ${k.path}: kubectl ${k.clientVersion}, kustomize ${k.kustomizeVersion}`);
+    expect(k.kustomizeVersion).toMatch(/^v5\./);
+  });
+  it.each(RENDERS)('%s renders', (dir) => {
+    const docs = render(dir);
+    expect(docs.length).toBeGreaterThan(10);
+    const ids = docs.map((o) => `${gvk(o)}/${o.metadata.namespace ?? ''}/${o.metadata.name}`);
+    expect(new Set(ids).size, 'duplicate objects').toBe(ids.length);
+  });
+  it('the overlays differ only where they should: the iscsi overlay adds tgtd, the CHAP class and its Role', () => {
+    const names = (dir: string) => new Set(render(dir).map((o) => idOf(o).replace(/^ConfigMap\/sinter-config-.*$/, 'ConfigMap/sinter-config')));
+    const single = names('overlays/single-node');
+    const iscsi = names('overlays/iscsi');
+    expect([...iscsi].filter((n) => !single.has(n)).sort()).toEqual(['Role/sinter-chap-secret', 'RoleBinding/sinter-chap-secret', 'StorageClass/sinter-iscsi-chap']);
+    expect([...single].filter((n) => !iscsi.has(n))).toEqual([]);
+    expect(workload(render('overlays/iscsi'), CONTROLLER).pod.containers.map((c) => c.name)).toContain('tgtd');
+    expect(workload(render('overlays/single-node'), CONTROLLER).pod.containers.map((c) => c.name)).not.toContain('tgtd');
+  });
+});
+
+describe('every manifest validates against the Kubernetes API schemas (strict: unknown fields are errors)', () => {
+  it('the schemas reject what they should (a typo, a wrong type, a missing required field, a bad enum)', () => {
+    const good = render('overlays/single-node').find((o) => o.kind === 'DaemonSet')!;
+    expect(schemaErrors(good)).toEqual([]);
+    const bad = structuredClone(good) as K8sObject & { spec: Obj };
+    const pod = (bad.spec.template as Obj).spec as PodSpec & Obj;
+    pod.hostNetwrok = true;
+    pod.containers[0]!.volumeMounts![1]!.mountPropagation = 'bidirectional';
+    (pod.containers[0] as unknown as Obj).ports = [{ containerPort: '9840' }];
+    delete (bad.spec as Obj).selector;
+    const errors = schemaErrors(bad).join('\n');
+    expect(errors).toContain('"hostNetwrok"');
+    expect(errors).toContain('mountPropagation must be equal to one of the allowed values');
+    expect(errors).toContain('containerPort must be integer');
+    expect(errors).toContain("must have required property 'selector'");
+  });
+  it.each(RENDERS)('%s', (dir) => {
+    const problems = render(dir).flatMap((o) => schemaErrors(o).map((e) => `${gvk(o)} ${o.metadata.name}: ${e}`));
+    expect(problems).toEqual([]);
+  });
+  it('examples/*.yaml', () => {
+    const problems = [...examples()].flatMap(([f, docs]) => docs.flatMap((o) => schemaErrors(o).map((e) => `${f}: ${gvk(o)} ${o.metadata.name}: ${e}`)));
+    expect(problems).toEqual([]);
+  });
+  it.each(RENDERS)('%s: names, container names and port names are valid Kubernetes names', (dir) => {
+    const problems: string[] = [];
+    for (const o of render(dir)) {
+      if (!DNS1123_SUBDOMAIN.test(o.metadata.name)) problems.push(`${idOf(o)}: name`);
+      for (const [k, v] of Object.entries(o.metadata.labels ?? {})) if (v.length > 63) problems.push(`${idOf(o)}: label ${k} longer than 63`);
+    }
+    for (const w of workloads(render(dir))) {
+      for (const { c } of allContainers(w.pod)) {
+        if (!DNS1123_LABEL.test(c.name)) problems.push(`${w.id}/${c.name}: container name`);
+        for (const p of c.ports ?? []) if (p.name !== undefined && !IANA_SVC_NAME.test(p.name)) problems.push(`${w.id}/${c.name}: port name ${p.name}`);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+});
+
+// ---- images -----------------------------------------------------------------
+
+/** Released versions, each built against CSI spec >= 1.10 (they carry spec v1.11/1.12). */
+const SIDECARS: Record<string, string> = {
+  'csi-provisioner': 'registry.k8s.io/sig-storage/csi-provisioner:v6.3.0',
+  'csi-attacher': 'registry.k8s.io/sig-storage/csi-attacher:v4.12.0',
+  'csi-resizer': 'registry.k8s.io/sig-storage/csi-resizer:v2.2.1',
+  'csi-snapshotter': 'registry.k8s.io/sig-storage/csi-snapshotter:v8.6.0',
+  'node-driver-registrar': 'registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0',
+  'liveness-probe': 'registry.k8s.io/sig-storage/livenessprobe:v2.19.0',
+};
+
+describe('images are pinned', () => {
+  it.each(RENDERS)('%s: every image has a full version tag, none is :latest', (dir) => {
+    const problems: string[] = [];
+    for (const w of workloads(render(dir))) {
+      for (const { c } of allContainers(w.pod)) {
+        const m = /^(?<repo>[^@]+?)(?::(?<tag>[^:/@]+))?(?:@(?<digest>sha256:[0-9a-f]{64}))?$/.exec(c.image ?? '');
+        const tag = m?.groups?.tag;
+        if (!m || (!tag && !m.groups?.digest)) problems.push(`${w.id}/${c.name}: ${c.image} has no tag`);
+        else if (tag === 'latest' || (tag && !/^v?\d+\.\d+\.\d+$/.test(tag))) problems.push(`${w.id}/${c.name}: ${c.image} is not pinned to a release (vX.Y.Z)`);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+  it.each(RENDERS)('%s: sidecars are the pinned registry.k8s.io/sig-storage releases; sinter images carry the package version', (dir) => {
+    for (const w of workloads(render(dir))) {
+      for (const { c } of allContainers(w.pod)) {
+        if (SIDECARS[c.name]) expect(c.image, `${w.id}/${c.name}`).toBe(SIDECARS[c.name]);
+        else expect(c.image, `${w.id}/${c.name}`).toMatch(new RegExp(`^sinter-(controller|node):${PKG_VERSION.replace(/\./g, '\\.')}$`));
+      }
+    }
+    const c = workload(render(dir), CONTROLLER).pod;
+    expect(c.containers.map((x) => x.name)).toEqual(expect.arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'liveness-probe']));
+    const n = workload(render(dir), NODE).pod;
+    expect(n.containers.map((x) => x.name).sort()).toEqual(['liveness-probe', 'node-driver-registrar', 'sinter']);
+    expect(container(c, 'sinter').image).toMatch(/^sinter-controller:/);
+    expect(container(n, 'sinter').image).toMatch(/^sinter-node:/);
+  });
+});
+
+// ---- privilege and propagation ---------------------------------------------
+
+describe('privilege only where it is needed', () => {
+  it.each(RENDERS)('%s: Bidirectional propagation only on the node plugin, on the kubelet directory', (dir) => {
+    const found: string[] = [];
+    for (const w of workloads(render(dir))) {
+      for (const { c } of allContainers(w.pod)) {
+        for (const m of c.volumeMounts ?? []) {
+          if (m.mountPropagation !== 'Bidirectional') continue;
+          found.push(`${w.id}/${c.name}:${m.mountPath}<-${volumeOf(w.pod, m.name).hostPath?.path ?? '(not a hostPath)'}`);
+        }
+      }
+    }
+    expect(found).toEqual([`${NODE}/sinter:/var/lib/kubelet<-/var/lib/kubelet`]);
+  });
+  it.each(RENDERS)('%s: privileged only on the node plugin container', (dir) => {
+    const privileged = workloads(render(dir)).flatMap((w) => allContainers(w.pod).filter(({ c }) => c.securityContext?.privileged === true).map(({ c }) => `${w.id}/${c.name}`));
+    expect(privileged).toEqual([`${NODE}/sinter`]);
+  });
+  it.each(RENDERS)('%s: every other container drops all capabilities, cannot escalate, and adds only what it names', (dir) => {
+    const ALLOWED_ADDS: Record<string, string[]> = {
+      'data-dir-owner': ['CHOWN', 'FOWNER'], // hands the backend directories to uid 65532
+      tgtd: ['NET_BIND_SERVICE'], // the iSCSI portal, port 3260
+    };
+    for (const w of workloads(render(dir))) {
+      for (const { c } of allContainers(w.pod)) {
+        if (c.securityContext?.privileged) continue;
+        const s = c.securityContext;
+        expect(s?.allowPrivilegeEscalation, `${w.id}/${c.name}`).toBe(false);
+        expect(s?.capabilities?.drop, `${w.id}/${c.name}`).toEqual(['ALL']);
+        expect(s?.capabilities?.add ?? [], `${w.id}/${c.name}`).toEqual(ALLOWED_ADDS[c.name] ?? []);
+        expect(s?.readOnlyRootFilesystem, `${w.id}/${c.name}`).toBe(true);
+      }
+    }
+  });
+  it.each(RENDERS)('%s: host namespaces only for the node plugin (and the iSCSI portal network on the storage host)', (dir) => {
+    for (const w of workloads(render(dir))) {
+      const isNode = w.id === NODE;
+      expect(w.pod.hostPID ?? false, w.id).toBe(isNode);
+      expect(w.pod.hostIPC ?? false, w.id).toBe(false);
+      expect(w.pod.hostNetwork ?? false, w.id).toBe(isNode || (w.id === CONTROLLER && dir === 'overlays/iscsi'));
+    }
+  });
+  it.each(RENDERS)('%s: hostPath volumes only in the node plugin and the controller data volume', (dir) => {
+    const paths = workloads(render(dir)).flatMap((w) => (w.pod.volumes ?? []).filter((v) => v.hostPath).map((v) => `${w.id}:${v.hostPath!.path}`));
+    const node = ['/var/lib/kubelet/plugins/sinter.csi.io', '/var/lib/kubelet/plugins_registry', '/var/lib/kubelet', '/var/lib/sinter/node', '/dev', '/sys', '/etc/iscsi', '/run/udev'].map((p) => `${NODE}:${p}`);
+    const expected = dir === 'base' ? node : dir === 'overlays/single-node' ? [...node, `${NODE}:/var/lib/sinter/backends`, `${CONTROLLER}:/var/lib/sinter/backends`] : [...node, `${CONTROLLER}:/var/lib/sinter/backends`];
+    expect(paths.sort()).toEqual(expected.sort());
+  });
+  it('the controller runs as uid 65532 (base, single-node); in the iscsi overlay as root, unprivileged, because tgtd only obeys its own uid', () => {
+    for (const dir of ['base', 'overlays/single-node']) {
+      const pod = workload(render(dir), CONTROLLER).pod;
+      expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532 });
+      for (const c of pod.containers) expect(c.securityContext?.runAsUser ?? 65532, c.name).toBe(65532);
+    }
+    const iscsi = workload(render('overlays/iscsi'), CONTROLLER).pod;
+    expect(iscsi.securityContext).toMatchObject({ runAsNonRoot: false, runAsUser: 0, runAsGroup: 0 });
+  });
+  it('the node plugin mounts no ServiceAccount token (it writes nothing to the API)', () => {
+    for (const dir of RENDERS) {
+      const w = workload(render(dir), NODE);
+      expect(w.pod.automountServiceAccountToken).toBe(false);
+      const sa = render(dir).find((o) => o.kind === 'ServiceAccount' && o.metadata.name === w.pod.serviceAccountName);
+      expect(sa?.automountServiceAccountToken).toBe(false);
+    }
+  });
+});
+
+// ---- RBAC ------------------------------------------------------------------
+
+interface Rule {
+  apiGroups?: string[];
+  resources?: string[];
+  verbs: string[];
+  resourceNames?: string[];
+  nonResourceURLs?: string[];
+}
+
+/** What each role may do, one line per (group, resource): verbs. The sidecars' needs at the pinned versions. */
+const EXPECTED_CLUSTER_ROLES: Record<string, string[]> = {
+  'sinter-external-provisioner': [
+    '/persistentvolumes: get,list,watch,create,patch,delete',
+    '/persistentvolumeclaims: get,list,watch,update',
+    'storage.k8s.io/storageclasses: get,list,watch',
+    '/events: list,watch,create,update,patch',
+    'snapshot.storage.k8s.io/volumesnapshots: get,list,watch,update',
+    'snapshot.storage.k8s.io/volumesnapshotcontents: get,list',
+    'storage.k8s.io/csinodes: get,list,watch',
+    '/nodes: get,list,watch',
+    'storage.k8s.io/volumeattachments: get,list,watch',
+  ],
+  'sinter-external-attacher': [
+    '/persistentvolumes: get,list,watch,patch',
+    'storage.k8s.io/csinodes: get,list,watch',
+    'storage.k8s.io/volumeattachments: get,list,watch,patch',
+    'storage.k8s.io/volumeattachments/status: patch',
+  ],
+  'sinter-external-resizer': [
+    '/persistentvolumes: get,list,watch,patch',
+    '/persistentvolumeclaims: get,list,watch',
+    '/persistentvolumeclaims/status: patch',
+    '/pods: get,list,watch',
+    '/events: list,watch,create,update,patch',
+  ],
+  'sinter-external-snapshotter': [
+    '/events: list,watch,create,update,patch',
+    'snapshot.storage.k8s.io/volumesnapshotclasses: get,list,watch',
+    'snapshot.storage.k8s.io/volumesnapshotcontents: get,list,watch,update,patch',
+    'snapshot.storage.k8s.io/volumesnapshotcontents/status: update,patch',
+  ],
+  // sinter itself: reads the attachment record, CSINodes and Nodes; writes nothing.
+  'sinter-controller': ['storage.k8s.io/volumeattachments: get,list,watch', 'storage.k8s.io/csinodes: get,list,watch', '/nodes: get,list,watch'],
+};
+const EXPECTED_ROLES: Record<string, string[]> = {
+  'sinter-leader-election': ['coordination.k8s.io/leases: get,list,watch,create,update,delete'],
+  'sinter-chap-secret': ['/secrets[sinter-chap]: get'],
+};
+
+function ruleLines(rules: Rule[]): string[] {
+  return rules.flatMap((r) =>
+    (r.apiGroups ?? ['?']).flatMap((g) => (r.resources ?? ['?']).map((res) => `${g}/${res}${r.resourceNames ? `[${r.resourceNames.join(',')}]` : ''}: ${r.verbs.join(',')}`)),
+  );
+}
+
+describe('RBAC is least privilege', () => {
+  it.each(RENDERS)('%s: no wildcards, no escalation verbs, no non-resource URLs', (dir) => {
+    for (const o of render(dir).filter((x) => x.kind === 'ClusterRole' || x.kind === 'Role')) {
+      for (const r of (o.rules as Rule[]) ?? []) {
+        for (const list of [r.apiGroups ?? [], r.resources ?? [], r.verbs, r.resourceNames ?? []]) expect(list, idOf(o)).not.toContain('*');
+        expect(r.verbs.filter((v) => ['escalate', 'bind', 'impersonate', 'deletecollection'].includes(v)), idOf(o)).toEqual([]);
+        expect(r.nonResourceURLs, idOf(o)).toBeUndefined();
+      }
+      expect(o.aggregationRule, idOf(o)).toBeUndefined();
+    }
+  });
+  it.each(RENDERS)('%s: no ClusterRole reads secrets; the one Role that does names one Secret in sinter-system', (dir) => {
+    for (const o of render(dir).filter((x) => x.kind === 'ClusterRole')) {
+      for (const r of (o.rules as Rule[]) ?? []) expect(r.resources ?? [], idOf(o)).not.toContain('secrets');
+    }
+    for (const o of render(dir).filter((x) => x.kind === 'Role')) {
+      for (const r of ((o.rules as Rule[]) ?? []).filter((x) => x.resources?.includes('secrets'))) {
+        expect(o.metadata.namespace).toBe(NAMESPACE);
+        expect(r.resourceNames).toEqual(['sinter-chap']);
+        expect(r.verbs).toEqual(['get']);
+      }
+    }
+  });
+  it.each(RENDERS)('%s: each role grants exactly the rules its sidecar (or sinter) needs', (dir) => {
+    const docs = render(dir);
+    const got = (kind: string) => Object.fromEntries(docs.filter((o) => o.kind === kind).map((o) => [o.metadata.name, ruleLines((o.rules as Rule[]) ?? [])]));
+    expect(got('ClusterRole')).toEqual(EXPECTED_CLUSTER_ROLES);
+    const roles = got('Role');
+    expect(roles).toEqual(Object.fromEntries(Object.entries(EXPECTED_ROLES).filter(([n]) => dir === 'overlays/iscsi' || n !== 'sinter-chap-secret')));
+  });
+  it.each(RENDERS)('%s: bindings point at roles and ServiceAccounts that exist; only the controller is bound', (dir) => {
+    const docs = render(dir);
+    const has = (kind: string, name: string, ns?: string) => docs.some((o) => o.kind === kind && o.metadata.name === name && (ns === undefined || o.metadata.namespace === ns));
+    for (const b of docs.filter((o) => o.kind === 'ClusterRoleBinding' || o.kind === 'RoleBinding')) {
+      const ref = b.roleRef as { kind: string; name: string };
+      expect(has(ref.kind, ref.name, ref.kind === 'Role' ? b.metadata.namespace : undefined), `${idOf(b)} -> ${ref.kind}/${ref.name}`).toBe(true);
+      for (const s of b.subjects as { kind: string; name: string; namespace?: string }[]) {
+        expect(s.kind, idOf(b)).toBe('ServiceAccount');
+        expect(has('ServiceAccount', s.name, s.namespace), `${idOf(b)} -> ServiceAccount ${s.namespace}/${s.name}`).toBe(true);
+        expect(s.name, idOf(b)).toBe('sinter-controller');
+      }
+    }
+    for (const w of workloads(docs)) expect(has('ServiceAccount', w.pod.serviceAccountName ?? 'default', w.obj.metadata.namespace), w.id).toBe(true);
+  });
+});
+
+// ---- sinter's own flags and configuration ---------------------------------
+
+/** Config keys that the manifests use ahead of sinter (issue 4); the value sets they will take. */
+const PLANNED_KEYS: { key: RegExp; values: string[] }[] = [
+  { key: /^backends\[\d+\]\.export$/, values: ['local', 'iscsi'] },
+  { key: /^node\.initiator$/, values: ['kernel', 'userspace', 'auto'] },
+];
+const plannedSeen = new Set<string>();
+
+function dropKey(obj: Obj, key: string): unknown {
+  const parts = key.replace(/\[(\d+)\]/g, '.$1').split('.');
+  let cur: unknown = obj;
+  for (const p of parts.slice(0, -1)) cur = (cur as Obj)[p];
+  const last = parts.at(-1)!;
+  const v = (cur as Obj)[last];
+  delete (cur as Obj)[last];
+  return v;
+}
+
+const tmp = mkdtempSync(join(tmpdir(), 'sinter-deploy-'));
+afterAll(() => {
+  rmSync(tmp, { recursive: true, force: true });
+  if (plannedSeen.size) console.info(`config keys used ahead of sinter (issue 4), not yet accepted by src/config/load.ts: ${[...plannedSeen].join(', ')}`);
+});
+
+/** Runs sinter's own loadConfig on a container's args, with its mounted ConfigMap files. */
+function loadAsSinter(docs: K8sObject[], pod: PodSpec, name: string) {
+  const c = container(pod, name);
+  const [role, ...rest] = c.args ?? [];
+  const env: Record<string, string> = { NODE_NAME: 'node-a', HOST_IP: '192.0.2.10', NAMESPACE };
+  const args = rest.map((a) => expandVars(a, env));
+  let configText: string | undefined;
+  let configPath: string | undefined;
+  const configFlag = flagValue(args, 'config');
+  if (configFlag !== undefined) {
+    const mount = (c.volumeMounts ?? []).find((m) => configFlag.startsWith(`${m.mountPath}/`));
+    expect(mount, `${name}: --config ${configFlag} is not under a mounted volume`).toBeDefined();
+    const cmName = volumeOf(pod, mount!.name).configMap?.name;
+    const cm = docs.find((o) => o.kind === 'ConfigMap' && o.metadata.name === cmName);
+    expect(cm, `${name}: ConfigMap ${cmName} is not in the manifests`).toBeDefined();
+    configText = (cm!.data as Record<string, string>)[configFlag.slice(mount!.mountPath.length + 1)];
+    expect(configText, `${name}: ${configFlag} is not a key of ConfigMap ${cmName}`).toBeDefined();
+  }
+  let parsed = configText === undefined ? undefined : (parseYaml(configText) as Obj);
+  for (let attempt = 0; ; attempt++) {
+    if (parsed) {
+      configPath = join(tmp, `${role}-${attempt}-${Math.random().toString(36).slice(2)}.yaml`);
+      writeFileSync(configPath, JSON.stringify(parsed));
+    }
+    const withFile = args.map((a) => (configFlag !== undefined && a === `--config=${configFlag}` ? `--config=${configPath}` : a));
+    try {
+      return { role: role as 'controller' | 'node' | 'all', cfg: loadConfig(role as 'controller' | 'node', withFile) };
+    } catch (e) {
+      if (!(e instanceof ConfigError) || !parsed || attempt > 10) throw e;
+      const planned = PLANNED_KEYS.find((p) => p.key.test(e.key));
+      if (!planned || !/unknown key/.test(e.message)) throw e;
+      const value = dropKey(parsed, e.key);
+      expect(planned.values, `${e.key}: ${String(value)}`).toContain(value);
+      plannedSeen.add(e.key.replace(/\[\d+\]/, '[]'));
+    }
+  }
+}
+
+describe("sinter's containers use flags and configuration that sinter accepts", () => {
+  const known = new Set(Object.keys(FLAG_SPEC));
+  it.each(RENDERS)('%s: every flag in the sinter containers is in src/config/load.ts FLAG_SPEC, with a value', (dir) => {
+    for (const id of [CONTROLLER, NODE]) {
+      const c = container(workload(render(dir), id).pod, 'sinter');
+      const [role, ...rest] = c.args ?? [];
+      expect(role).toBe(id === CONTROLLER ? 'controller' : 'node');
+      for (const a of rest) expect(a, `${id}: "${a}" (use --flag=value)`).toMatch(/^--[a-z-]+=.+$/);
+      for (const f of flagsOf(rest)) expect(known.has(f.flag), `${id}: --${f.flag} is not a sinter flag`).toBe(true);
+      expect(c.command, `${id}: the image's entrypoint (tini -- node dist/main.js) runs sinter`).toBeUndefined();
+    }
+  });
+  it.each(OVERLAYS)('overlays/%s: loadConfig accepts the controller and node args with their mounted config files', (o) => {
+    const docs = render(`overlays/${o}`);
+    const ctl = loadAsSinter(docs, workload(docs, CONTROLLER).pod, 'sinter');
+    const node = loadAsSinter(docs, workload(docs, NODE).pod, 'sinter');
+    expect(ctl.cfg.driverName).toBe(DRIVER);
+    expect(node.cfg.driverName).toBe(DRIVER);
+    expect(ctl.cfg.backends.map((b) => [b.name, b.labels.type])).toEqual([
+      ['ssd', 'ssd'],
+      ['hdd', 'hdd'],
+    ]);
+    expect(node.cfg.nodeName).toBe('node-a');
+    expect(node.cfg.kubeletRoots).toEqual(['/var/lib/kubelet']);
+    // The node's state directory is the hostPath it keeps across restarts.
+    const nodePod = workload(docs, NODE).pod;
+    const stateMount = container(nodePod, 'sinter').volumeMounts!.find((m) => m.mountPath === node.cfg.node.stateDir);
+    expect(stateMount, `stateDir ${node.cfg.node.stateDir} is not a mounted volume`).toBeDefined();
+    expect(volumeOf(nodePod, stateMount!.name).hostPath?.path).toBe('/var/lib/sinter/node');
+    // Every backend's data directory is on the data volume in each container that needs it.
+    const dataUsers = o === 'single-node' ? [['controller', workload(docs, CONTROLLER).pod], ['node', nodePod]] : [['controller', workload(docs, CONTROLLER).pod]];
+    for (const [what, pod] of dataUsers as [string, PodSpec][]) {
+      for (const b of ctl.cfg.backends) {
+        for (const cname of what === 'controller' && o === 'iscsi' ? ['sinter', 'tgtd'] : ['sinter']) {
+          const m = container(pod, cname).volumeMounts!.find((x) => b.dataDir.startsWith(`${x.mountPath}/`));
+          expect(m && volumeOf(pod, m.name).hostPath?.path, `${what}/${cname}: ${b.dataDir}`).toBe('/var/lib/sinter/backends');
+        }
+      }
+    }
+  });
+  it.each(OVERLAYS)("overlays/%s: sinter's socket is where every sidecar and the kubelet look for it", (o) => {
+    const docs = render(`overlays/${o}`);
+    for (const id of [CONTROLLER, NODE]) {
+      const pod = workload(docs, id).pod;
+      const sinter = container(pod, 'sinter');
+      const endpoint = flagValue(sinter.args ?? [], 'endpoint')!;
+      expect(endpoint).toMatch(/^unix:\/\/\//);
+      const sock = endpoint.slice('unix://'.length);
+      const sockMount = sinter.volumeMounts!.find((m) => sock.startsWith(`${m.mountPath}/`))!;
+      for (const c of pod.containers.filter((x) => x.name !== 'sinter' && x.name !== 'tgtd')) {
+        expect(flagValue(c.args ?? [], 'csi-address'), `${id}/${c.name}`).toBe(sock);
+        expect(c.volumeMounts!.find((m) => m.name === sockMount.name)?.mountPath, `${id}/${c.name}`).toBe(sockMount.mountPath);
+      }
+      if (id === NODE) {
+        const hostDir = volumeOf(pod, sockMount.name).hostPath!.path;
+        expect(hostDir).toBe(`/var/lib/kubelet/plugins/${DRIVER}`);
+        expect(flagValue(container(pod, 'node-driver-registrar').args ?? [], 'kubelet-registration-path')).toBe(`${hostDir}${sock.slice(sockMount.mountPath.length)}`);
+      } else {
+        expect(volumeOf(pod, sockMount.name).emptyDir).toBeDefined();
+      }
+    }
+  });
+});
+
+// ---- the sidecars' arguments -------------------------------------------------
+
+describe('sidecar arguments', () => {
+  it.each(RENDERS)('%s: provisioner has topology and extra-create-metadata on; every controller sidecar elects a leader', (dir) => {
+    const pod = workload(render(dir), CONTROLLER).pod;
+    const prov = container(pod, 'csi-provisioner').args ?? [];
+    expect(prov).toContain('--feature-gates=Topology=true');
+    expect(prov).toContain('--extra-create-metadata');
+    for (const name of ['csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter']) {
+      const args = container(pod, name).args ?? [];
+      expect(args, name).toContain('--leader-election');
+      expect(flagValue(args, 'leader-election-namespace'), name).toBe('$(NAMESPACE)');
+      expect(container(pod, name).env?.find((e) => e.name === 'NAMESPACE')?.valueFrom, name).toEqual({ fieldRef: { fieldPath: 'metadata.namespace' } });
+    }
+  });
+  it.each(RENDERS)('%s: health ports: --http-endpoint matches a declared port and a liveness probe uses it', (dir) => {
+    for (const id of [CONTROLLER, NODE]) {
+      const pod = workload(render(dir), id).pod;
+      const ports = new Map<string, number>();
+      for (const c of pod.containers) for (const p of c.ports ?? []) if (p.name) ports.set(p.name, p.containerPort);
+      const declared = new Set(pod.containers.flatMap((c) => (c.ports ?? []).map((p) => p.containerPort)));
+      const listened: number[] = [];
+      for (const c of pod.containers) {
+        const ep = flagValue(c.args ?? [], 'http-endpoint');
+        if (ep === undefined) continue;
+        const port = Number(/^:(\d+)$/.exec(ep)?.[1]);
+        expect(declared.has(port), `${id}/${c.name}: --http-endpoint ${ep} has no containerPort`).toBe(true);
+        listened.push(port);
+      }
+      expect(new Set(listened).size, `${id}: two sidecars on one port`).toBe(listened.length);
+      for (const c of pod.containers) {
+        const p = c.livenessProbe?.httpGet?.port;
+        if (p === undefined) continue;
+        const num = typeof p === 'number' ? p : ports.get(p);
+        expect(num !== undefined && listened.includes(num), `${id}/${c.name}: liveness probe port ${p} is served by a --http-endpoint`).toBe(true);
+      }
+      // sinter's own liveness comes from the livenessprobe sidecar's Probe call over the socket.
+      const lp = container(pod, 'liveness-probe').args ?? [];
+      const sinterProbe = container(pod, 'sinter').livenessProbe?.httpGet;
+      expect(sinterProbe?.path).toBe('/healthz');
+      expect(`:${ports.get(String(sinterProbe?.port))}`).toBe(flagValue(lp, 'http-endpoint'));
+    }
+  });
+});
+
+// ---- StorageClasses, snapshot class, examples -------------------------------
+
+describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each other', () => {
+  it.each(RENDERS)('%s: the CSIDriver is as issue 5 specifies and matches sinter\'s driver name', (dir) => {
+    const d = render(dir).find((o) => o.kind === 'CSIDriver')!;
+    expect(d.metadata.name).toBe(DRIVER);
+    expect(DEFAULT_DRIVER_NAME).toBe(DRIVER);
+    expect(d.spec).toMatchObject({ attachRequired: true, podInfoOnMount: true, fsGroupPolicy: 'File', volumeLifecycleModes: ['Persistent'] });
+  });
+  it.each(RENDERS)('%s: every StorageClass is sinter\'s and its parameters pass sinter\'s own parser', (dir) => {
+    const classes = render(dir).filter((o) => o.kind === 'StorageClass');
+    expect(classes.map((c) => c.metadata.name)).toEqual(expect.arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', 'sinter-ssd', 'sinter-hdd']));
+    for (const sc of classes) {
+      expect(sc.provisioner, sc.metadata.name).toBe(DRIVER);
+      const params = (sc.parameters ?? {}) as Record<string, string>;
+      const p = parseParameters(params);
+      expect(params['csi.storage.k8s.io/fstype'], `${sc.metadata.name}: fsType and csi.storage.k8s.io/fstype agree`).toBe(p.fsType);
+      expect(sc.volumeBindingMode, sc.metadata.name).toBe('WaitForFirstConsumer');
+      expect(sc.allowVolumeExpansion, sc.metadata.name).toBe(true);
+      for (const [k, v] of Object.entries(params).filter(([k]) => k.endsWith('-secret-name'))) {
+        expect(params[k.replace(/-name$/, '-namespace')], `${sc.metadata.name}: ${k} without its namespace`).toBe(NAMESPACE);
+        expect(v).toBe('sinter-chap');
+      }
+    }
+    const types = classes.map((c) => (c.parameters as Record<string, string> | undefined)?.type).filter(Boolean);
+    expect(new Set(types)).toEqual(new Set(['ssd', 'hdd']));
+  });
+  it('the iscsi overlay has a CHAP class naming controller-publish and node-stage secrets, readable by the attacher', () => {
+    const docs = render('overlays/iscsi');
+    const sc = docs.find((o) => o.kind === 'StorageClass' && o.metadata.name === 'sinter-iscsi-chap')!;
+    expect(Object.keys(sc.parameters as Obj).filter((k) => k.endsWith('-secret-name')).sort()).toEqual([
+      'csi.storage.k8s.io/controller-publish-secret-name',
+      'csi.storage.k8s.io/node-stage-secret-name',
+    ]);
+    const chapSecret = examples().get('chap-secret.yaml')![0]!;
+    expect(chapSecret.metadata).toMatchObject({ name: 'sinter-chap', namespace: NAMESPACE });
+  });
+  it('the VolumeSnapshotClass is for sinter', () => {
+    const vsc = render('base').filter((o) => o.kind === 'VolumeSnapshotClass');
+    expect(vsc.map((o) => [o.metadata.name, o.driver])).toEqual([['sinter-snapshots', DRIVER]]);
+  });
+  it('examples use classes, claims and snapshots that exist, and the resize grows the claim', () => {
+    const base = render('base');
+    const classes = new Set(base.filter((o) => o.kind === 'StorageClass').map((o) => o.metadata.name));
+    const ex = examples();
+    expect([...ex.keys()]).toEqual(['block.yaml', 'chap-secret.yaml', 'clone.yaml', 'pvc-pod.yaml', 'resize.yaml', 'restore.yaml', 'snapshot.yaml']);
+    const all = [...ex.values()].flat();
+    const size = (o: K8sObject) => ((o.spec as Obj).resources as { requests: { storage: string } }).requests.storage;
+    const gi = (s: string) => Number(/^(\d+)Gi$/.exec(s)?.[1]);
+    for (const pvc of all.filter((o) => o.kind === 'PersistentVolumeClaim')) {
+      expect(classes.has((pvc.spec as Obj).storageClassName as string), pvc.metadata.name).toBe(true);
+      const ds = (pvc.spec as Obj).dataSource as { kind: string; name: string } | undefined;
+      if (ds) expect(all.some((o) => o.kind === ds.kind && o.metadata.name === ds.name), `${pvc.metadata.name} <- ${ds.kind}/${ds.name}`).toBe(true);
+    }
+    for (const snap of all.filter((o) => o.kind === 'VolumeSnapshot')) {
+      const spec = snap.spec as { volumeSnapshotClassName: string; source: { persistentVolumeClaimName: string } };
+      expect(base.some((o) => o.kind === 'VolumeSnapshotClass' && o.metadata.name === spec.volumeSnapshotClassName)).toBe(true);
+      expect(all.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === spec.source.persistentVolumeClaimName)).toBe(true);
+    }
+    for (const pod of all.filter((o) => o.kind === 'Pod')) {
+      for (const v of (pod.spec as PodSpec).volumes ?? []) if (v.persistentVolumeClaim) expect(all.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === v.persistentVolumeClaim!.claimName)).toBe(true);
+    }
+    const original = ex.get('pvc-pod.yaml')!.find((o) => o.kind === 'PersistentVolumeClaim')!;
+    const resized = ex.get('resize.yaml')![0]!;
+    expect(resized.metadata.name).toBe(original.metadata.name);
+    expect(gi(size(resized))).toBeGreaterThan(gi(size(original)));
+    expect({ ...(resized.spec as Obj), resources: undefined }).toEqual({ ...(original.spec as Obj), resources: undefined });
+    for (const f of ['clone.yaml', 'restore.yaml']) {
+      const pvc = ex.get(f)!.find((o) => o.kind === 'PersistentVolumeClaim')!;
+      expect(gi(size(pvc)), f).toBeGreaterThanOrEqual(gi(size(original)));
+    }
+  });
+  it('deploy/README.md names only files and objects that exist', () => {
+    const readme = readFileSync(join(ROOT, 'deploy', 'README.md'), 'utf8');
+    const paths = [...readme.matchAll(/deploy\/kubernetes\/[\w./-]+/g)].map((m) => m[0].replace(/[.)]+$/, ''));
+    expect(paths.length).toBeGreaterThan(5);
+    for (const p of paths) expect(() => readFileSync(join(ROOT, p.endsWith('.yaml') ? p : `${p}/kustomization.yaml`)), p).not.toThrow();
+    for (const overlay of OVERLAYS) expect(readme).toContain(`kubectl apply -k deploy/kubernetes/overlays/${overlay}`);
+    for (const f of ['pvc-pod.yaml', 'snapshot.yaml', 'restore.yaml', 'resize.yaml']) expect(readme).toContain(`kubectl apply -f deploy/kubernetes/examples/${f}`);
+    // The object names the README tells you to look at are the examples' and the overlays'.
+    const names = new Set([...render('overlays/iscsi'), ...[...examples().values()].flat()].map((o) => o.metadata.name));
+    for (const m of readme.matchAll(/kubectl (?:-n sinter-system )?(?:get|exec|logs|describe|wait)[^\n`]*?\b(?:pvc|pod|volumesnapshot|deployment|daemonset)\/([a-z0-9-]+)/g)) expect(names.has(m[1]!), m[0]).toBe(true);
+  });
+});

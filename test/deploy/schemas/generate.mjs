@@ -1,0 +1,134 @@
+#!/usr/bin/env node
+// Regenerates test/deploy/schemas/kubernetes.json: strict JSON Schemas for the
+// Kubernetes kinds sinter's manifests use, made from the OpenAPI models that
+// @kubernetes/client-node is generated from (field names and types from each
+// model's attributeTypeMap, required fields from its .d.ts), plus the enum
+// values in enums.json. "Strict" as in kubectl's field validation: a field the
+// API does not define is an error.
+//
+//   node test/deploy/schemas/generate.mjs
+//
+// The output is committed as data; the tests read only the JSON files.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+const pkgJson = require.resolve('@kubernetes/client-node/package.json');
+const pkgDir = dirname(pkgJson);
+const pkg = JSON.parse(readFileSync(pkgJson, 'utf8'));
+const modelsDir = join(pkgDir, 'dist', 'gen', 'models');
+
+/** apiVersion/kind -> model class. Add a row when a manifest uses a new kind. */
+export const KINDS = {
+  'v1/Namespace': 'V1Namespace',
+  'v1/ServiceAccount': 'V1ServiceAccount',
+  'v1/ConfigMap': 'V1ConfigMap',
+  'v1/Secret': 'V1Secret',
+  'v1/PersistentVolumeClaim': 'V1PersistentVolumeClaim',
+  'v1/Pod': 'V1Pod',
+  'apps/v1/Deployment': 'V1Deployment',
+  'apps/v1/DaemonSet': 'V1DaemonSet',
+  'rbac.authorization.k8s.io/v1/ClusterRole': 'V1ClusterRole',
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': 'V1ClusterRoleBinding',
+  'rbac.authorization.k8s.io/v1/Role': 'V1Role',
+  'rbac.authorization.k8s.io/v1/RoleBinding': 'V1RoleBinding',
+  'storage.k8s.io/v1/CSIDriver': 'V1CSIDriver',
+  'storage.k8s.io/v1/StorageClass': 'V1StorageClass',
+};
+
+const enums = JSON.parse(readFileSync(join(here, 'enums.json'), 'utf8')).enums;
+
+async function model(name) {
+  const mod = await import(pathToFileURL(join(modelsDir, `${name}.js`)).href);
+  const cls = mod[name];
+  if (!cls?.attributeTypeMap) throw new Error(`${name}: no attributeTypeMap in ${modelsDir}`);
+  const dts = readFileSync(join(modelsDir, `${name}.d.ts`), 'utf8');
+  const required = [...dts.matchAll(/^\s+'([^']+)':\s/gm)].map((m) => m[1]);
+  return { attrs: cls.attributeTypeMap, required };
+}
+
+function typeSchema(type, format, refs) {
+  const arr = /^Array<(.+)>$/.exec(type);
+  if (arr) return { type: 'array', items: typeSchema(arr[1], '', refs) };
+  const map = /^\{ \[key: string\]: (.+); \}$/.exec(type);
+  if (map) return { type: 'object', additionalProperties: typeSchema(map[1], '', refs) };
+  switch (type) {
+    case 'string':
+      return format === 'int-or-string' ? { type: ['string', 'integer'] } : { type: 'string' };
+    case 'number':
+      return { type: format === 'double' ? 'number' : 'integer' };
+    case 'boolean':
+      return { type: 'boolean' };
+    case 'Date':
+      return { type: 'string' };
+    case 'IntOrString':
+      return { type: ['string', 'integer'] };
+    case 'any':
+    case 'object':
+      return {};
+  }
+  if (/^[A-Z]\w+$/.test(type)) {
+    refs.push(type);
+    return { $ref: `#/definitions/${type}` };
+  }
+  throw new Error(`unmapped type ${type}`);
+}
+
+async function build() {
+  const definitions = {};
+  const queue = [...new Set(Object.values(KINDS))];
+  while (queue.length) {
+    const name = queue.shift();
+    if (definitions[name]) continue;
+    const { attrs, required } = await model(name);
+    const properties = {};
+    const refs = [];
+    for (const a of attrs) {
+      let s = typeSchema(a.type, a.format, refs);
+      const allowed = enums[`${name}.${a.baseName}`];
+      if (allowed) s = s.type === 'array' ? { ...s, items: { ...s.items, enum: allowed } } : { ...s, enum: allowed };
+      properties[a.baseName] = s;
+    }
+    const byName = new Map(attrs.map((a) => [a.name, a.baseName]));
+    definitions[name] = {
+      type: 'object',
+      properties,
+      ...(required.length ? { required: required.map((r) => byName.get(r) ?? r) } : {}),
+      additionalProperties: false,
+    };
+    queue.push(...refs.filter((r) => !definitions[r]));
+  }
+  for (const key of Object.keys(enums)) {
+    const [def, prop] = key.split('.');
+    if (!definitions[def]?.properties[prop]) throw new Error(`enums.json: ${key} is not a field of a generated definition`);
+  }
+  const kinds = {};
+  for (const [gvk, cls] of Object.entries(KINDS)) {
+    const kind = gvk.slice(gvk.lastIndexOf('/') + 1);
+    const apiVersion = gvk.slice(0, gvk.lastIndexOf('/'));
+    kinds[gvk] = {
+      type: 'object',
+      allOf: [{ $ref: `#/definitions/${cls}` }],
+      properties: { apiVersion: { const: apiVersion }, kind: { const: kind } },
+      required: ['apiVersion', 'kind', 'metadata'],
+    };
+  }
+  const sorted = Object.fromEntries(Object.entries(definitions).sort(([a], [b]) => a.localeCompare(b)));
+  return {
+    $comment: `Generated by test/deploy/schemas/generate.mjs from @kubernetes/client-node ${pkg.version} models (Kubernetes OpenAPI ${openapiVersion()}) and enums.json. Do not edit by hand.`,
+    kinds,
+    definitions: sorted,
+  };
+}
+
+function openapiVersion() {
+  const text = readFileSync(join(modelsDir, 'V1Pod.js'), 'utf8');
+  return /OpenAPI spec version: (\S+)/.exec(text)?.[1] ?? 'unknown';
+}
+
+const out = await build();
+writeFileSync(join(here, 'kubernetes.json'), `${JSON.stringify(out, null, 1)}\n`);
+console.log(`wrote ${Object.keys(out.definitions).length} definitions for ${Object.keys(out.kinds).length} kinds to ${join(here, 'kubernetes.json')}`);
