@@ -9,12 +9,19 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+export DEBIAN_FRONTEND=noninteractive
+# Package lists are needed to install and by the tests that check the image's package list.
+if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' -e '^auxfiles$')" ]; then
+  apt-get update -q >/dev/null
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || {
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  }
 fi
+command -v kubectl >/dev/null || echo "setup: kubectl is missing; the deploy tests need \`kubectl kustomize\`" >&2
 
 # Loop devices are the local transport; make sure the kernel side is there.
 [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true

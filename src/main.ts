@@ -40,6 +40,10 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const role: Role = cmd;
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
   let cfg;
   try {
     cfg = loadConfig(role, rest);
@@ -50,11 +54,6 @@ async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-
   const log = createLogger(cfg.logLevel);
   const app = await createApp(cfg, log);
   const address = await app.listen();
