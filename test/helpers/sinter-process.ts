@@ -77,7 +77,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
     opts.nodeName ?? 'test-node',
     '--log-level',
     'info',
-    ...(role !== 'node' || !(opts.args ?? []).includes('--config') ? ['--data-dir', dataDir] : []),
+    ...((opts.args ?? []).includes('--config') ? [] : ['--data-dir', dataDir]),
     ...(opts.args ?? []),
   ];
   let stderr = '';

@@ -289,7 +289,8 @@ export class FileBackend implements Backend {
     const st = await fs.stat(this.imagePath(id)).catch(() => undefined);
     if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}"` };
     if (st.size < rec.sizeBytes) return { abnormal: true, message: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}` };
-    return { abnormal: false, message: 'volume is healthy' };
+    // The Cinder state rides along so ControllerGetVolume shows it.
+    return { abnormal: false, message: `${rec.state}: volume is healthy` };
   }
 
   async createSnapshot(spec: { id: string; name: string; sourceVolumeId: string }): Promise<SnapshotRecord> {
