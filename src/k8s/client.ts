@@ -1,4 +1,4 @@
-import { CoreV1Api, KubeConfig, StorageV1Api, type ConfigurationOptions, type Middleware, type RequestContext, type ResponseContext } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, Observable, StorageV1Api, type ConfigurationOptions, type ObservableMiddleware, type RequestContext, type ResponseContext } from '@kubernetes/client-node';
 import type { KubernetesConfig } from '../config/types.js';
 
 /** The pod's service account, or the kubeconfig file the configuration names. */
@@ -12,19 +12,18 @@ export function loadKubeConfig(k: Pick<KubernetesConfig, 'kubeconfig'>): KubeCon
 
 /**
  * Request options that make a typed client call abortable: the generated
- * client takes an AbortSignal only through a middleware. (The generated
- * ObjectParam API is typed with the observable middleware but wraps what it is
- * given as promise middleware, hence the cast.)
+ * client (1.x: the object-parameter API over the observable API) takes an
+ * AbortSignal only through a middleware.
  */
 export function abortable(signal: AbortSignal): ConfigurationOptions {
-  const mw: Middleware = {
-    pre: async (ctx: RequestContext) => {
+  const mw: ObservableMiddleware = {
+    pre: (ctx: RequestContext) => {
       ctx.setSignal(signal);
-      return ctx;
+      return new Observable(Promise.resolve(ctx));
     },
-    post: async (res: ResponseContext) => res,
+    post: (res: ResponseContext) => new Observable(Promise.resolve(res)),
   };
-  return { middleware: [mw], middlewareMergeStrategy: 'append' } as unknown as ConfigurationOptions;
+  return { middleware: [mw], middlewareMergeStrategy: 'append' };
 }
 
 export interface KubeApis {

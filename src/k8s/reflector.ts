@@ -106,8 +106,12 @@ interface WatchEnd {
  * - any other failure (refused, 5xx, 403, timeout): retry with exponential
  *   backoff, keeping the last known objects and reporting `live: false`.
  *
- * client-node's own ListWatch stops for good on the first error and cannot
- * abort a watch that is still connecting, hence this loop.
+ * - a watch the server should have ended (its timeoutSeconds) but did not, a
+ *   connection that died silently: ended by a watchdog and reopened.
+ *
+ * client-node's own ListWatch stops for good on the first error, cannot abort
+ * a watch that is still connecting, and (in 1.x) its Watch has no inactivity
+ * timeout; hence this loop.
  */
 export class Reflector<V> {
   private store = new Map<string, V>();
@@ -302,13 +306,21 @@ export class Reflector<V> {
       let finished = false;
       let ctrl: AbortController | undefined;
       let abortWhenReady = false;
+      let watchdogFired = false;
+      const timeoutSeconds = this.watchTimeoutSeconds();
+      const watchdog = setTimeout(() => {
+        watchdogFired = true;
+        endStream();
+      }, (timeoutSeconds + 30) * 1000);
+      watchdog.unref();
 
       const finish = (err: unknown) => {
         if (finished) return;
         finished = true;
+        clearTimeout(watchdog);
         this.stopper.signal.removeEventListener('abort', onStop);
         if (this.currentWatch === ctrl) this.currentWatch = undefined;
-        if (this.stopped || gone) return resolve({ events, gone });
+        if (this.stopped || gone || watchdogFired) return resolve({ events, gone });
         if (failure) return reject(failure);
         // The client's inactivity timeout: a quiet watch, not a broken server.
         if (err && (err as { name?: unknown }).name === 'TimeoutError') return resolve({ events, gone: false });
@@ -371,7 +383,7 @@ export class Reflector<V> {
 
       this.counters.watches++;
       this.watcher
-        .watch(this.kind.path, { resourceVersion: this.rv, allowWatchBookmarks: true, timeoutSeconds: this.watchTimeoutSeconds() }, onEvent, finish)
+        .watch(this.kind.path, { resourceVersion: this.rv, allowWatchBookmarks: true, timeoutSeconds }, onEvent, finish)
         .then(
           (c) => {
             ctrl = c;
