@@ -50,6 +50,7 @@ export class KubeCache {
   private readonly reflectors: Reflector<unknown>[];
   private readonly listeners = new Set<() => void>();
   private health: Health = 'starting';
+  private everUp = false;
   private nodeIdIndex: Set<string> | undefined;
 
   constructor(private readonly opts: KubeCacheOptions) {
@@ -99,11 +100,14 @@ export class KubeCache {
   private stateChanged(): void {
     const next: Health = this.live ? 'up' : this.reflectors.some((r) => !r.state.live && r.state.error !== undefined && r.state.error !== 'stopped') ? 'down' : this.health;
     if (next !== this.health) {
-      const prev = this.health;
       this.health = next;
-      if (next === 'up')
-        this.opts.log.info({ volumeAttachments: this.volumeAttachments.size, csiNodes: this.csiNodes.size, persistentVolumes: this.persistentVolumes.size }, prev === 'starting' ? 'Kubernetes caches synced' : 'Kubernetes API reachable again; caches current');
-      else {
+      if (next === 'up') {
+        this.opts.log.info(
+          { volumeAttachments: this.volumeAttachments.size, csiNodes: this.csiNodes.size, persistentVolumes: this.persistentVolumes.size },
+          this.everUp ? 'Kubernetes API reachable again; caches current' : 'Kubernetes caches synced',
+        );
+        this.everUp = true;
+      } else {
         const err = this.reflectors.map((r) => r.state.error).find((e) => e !== undefined);
         this.opts.log.warn(
           { err, synced: this.synced },

@@ -41,6 +41,8 @@ export class KubeApiStandIn {
   goneAs: 'event' | 'http' = 'event';
   /** When set, every request is answered with this HTTP status (an overloaded or broken server). */
   failWith: number | undefined;
+  /** Called before a list request is answered (fault injection between pages). */
+  beforeList: ((resource: Resource, continueToken: string | null) => void) | undefined;
   /** Every request seen: method, path and query. */
   readonly requests: { resource?: Resource; watch: boolean; query: URLSearchParams }[] = [];
 
@@ -51,8 +53,9 @@ export class KubeApiStandIn {
   private readonly objects: Record<Resource, Map<string, Obj>> = { volumeattachments: new Map(), csinodes: new Map(), persistentvolumes: new Map() };
   private readonly log: Record<Resource, { rv: number; type: string; object: Obj }[]> = { volumeattachments: [], csinodes: [], persistentvolumes: [] };
   private readonly watches = new Set<OpenWatch>();
+  private compactions = 0;
   private continueSeq = 0;
-  private readonly continues = new Map<string, { resource: Resource; offset: number; rv: number }>();
+  private readonly continues = new Map<string, { resource: Resource; offset: number; epoch: number }>();
 
   /** A free port on 127.0.0.1 for a server that is not up yet ("API server down at start"). */
   static async freePort(): Promise<number> {
@@ -163,7 +166,9 @@ export class KubeApiStandIn {
 
   /** Forgets history: watches from older resourceVersions (and older continue tokens) get 410 Gone. */
   compact(): void {
-    this.compactedBelow = this.rv + 1;
+    // Events up to now are forgotten: a watch from the current resourceVersion needs none of them.
+    this.compactedBelow = this.rv;
+    this.compactions++;
     for (const r of Object.keys(this.log) as Resource[]) this.log[r] = [];
   }
 
@@ -219,10 +224,11 @@ export class KubeApiStandIn {
   private serveList(resource: Resource, q: URLSearchParams, json: (code: number, body: unknown) => void): void {
     let offset = 0;
     const token = q.get('continue');
+    this.beforeList?.(resource, token);
     if (token) {
       const c = this.continues.get(token);
       if (!c || c.resource !== resource) return json(400, status(400, 'BadRequest', 'invalid continue token'));
-      if (c.rv < this.compactedBelow) return json(410, status(410, 'Expired', 'The provided continue parameter is too old to display a consistent list result.'));
+      if (c.epoch < this.compactions) return json(410, status(410, 'Expired', 'The provided continue parameter is too old to display a consistent list result.'));
       offset = c.offset;
     }
     const all = [...this.objects[resource].values()].sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : 1));
@@ -231,7 +237,7 @@ export class KubeApiStandIn {
     const metadata: Record<string, unknown> = { resourceVersion: String(this.rv) };
     if (limit > 0 && offset + limit < all.length) {
       const next = `c${++this.continueSeq}`;
-      this.continues.set(next, { resource, offset: offset + limit, rv: this.rv });
+      this.continues.set(next, { resource, offset: offset + limit, epoch: this.compactions });
       metadata.continue = next;
     }
     json(200, { kind: `${KINDS[resource].kind}List`, apiVersion: KINDS[resource].apiVersion, metadata, items });
