@@ -70,14 +70,20 @@ function safeJson(s: string): unknown {
   }
 }
 
-/** A short, secret-free description of an API error for logs and state. */
+/** A short, secret-free description of an API error for logs and state: `HTTP 403: <Status message>`, `… ECONNREFUSED …`. */
 export function describeError(e: unknown): string {
-  const o = e as { code?: unknown; statusCode?: unknown; message?: unknown; cause?: { code?: unknown; message?: unknown } } | null;
+  const o = e as { code?: unknown; statusCode?: unknown; message?: unknown; body?: unknown; cause?: { code?: unknown } } | null;
   const status = typeof o?.code === 'number' ? o.code : typeof o?.statusCode === 'number' ? o.statusCode : undefined;
-  const cause = o?.cause && typeof o.cause === 'object' ? (typeof o.cause.code === 'string' ? o.cause.code : String(o.cause.message ?? '')) : '';
-  const msg = typeof o?.message === 'string' ? o.message.split('\n')[0]!.slice(0, 200) : String(e);
-  if (status !== undefined) return `HTTP ${status}${msg && !msg.startsWith('HTTP-Code') ? `: ${msg}` : ''}`.slice(0, 240);
-  return cause && !msg.includes(cause) ? `${msg} (${cause})` : msg;
+  const firstLine = typeof o?.message === 'string' ? o.message.split('\n')[0]!.slice(0, 200) : String(e).slice(0, 200);
+  if (status !== undefined) {
+    // ApiException: the API server's Status object is in the body; its message says what is wrong (RBAC, …).
+    const body = typeof o?.body === 'string' ? safeJson(o.body) : o?.body;
+    const statusMsg = (body as { message?: unknown } | undefined)?.message;
+    const detail = typeof statusMsg === 'string' ? statusMsg : firstLine.startsWith('HTTP-Code') ? '' : firstLine;
+    return `HTTP ${status}${detail ? `: ${detail.slice(0, 200)}` : ''}`;
+  }
+  const cause = typeof o?.cause?.code === 'string' ? o.cause.code : '';
+  return cause && !firstLine.includes(cause) ? `${firstLine} (${cause})` : firstLine;
 }
 
 class StatusError extends Error {
