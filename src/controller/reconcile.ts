@@ -173,6 +173,24 @@ export class Reconciler {
     return vas.some((va) => holds(va, volumeId, nodeId));
   }
 
+  /** The VolumeAttachments that may hold a publish of each volume: its own, plus those whose PV is unknown. */
+  private candidates(vas: AttachmentView[]): (volumeId: string) => AttachmentView[] {
+    const byVolume = new Map<string, AttachmentView[]>();
+    const unresolved: AttachmentView[] = [];
+    for (const va of vas) {
+      if (va.volumeId === undefined) unresolved.push(va);
+      else {
+        const list = byVolume.get(va.volumeId);
+        if (list) list.push(va);
+        else byVolume.set(va.volumeId, [va]);
+      }
+    }
+    return (volumeId) => {
+      const own = byVolume.get(volumeId) ?? [];
+      return unresolved.length > 0 ? [...own, ...unresolved] : own;
+    };
+  }
+
   private async runOnce(): Promise<void> {
     const { source, log, graceMs, volumes, backends } = this.opts;
     if (!source.live) {
@@ -192,6 +210,7 @@ export class Reconciler {
     this.stats.lastPassAt = new Date().toISOString();
 
     const vas = source.attachments();
+    const candidatesOf = this.candidates(vas);
     const now = this.now();
     const seen = new Set<string>();
     const due: { volumeId: string; nodeId: string; since: number }[] = [];
@@ -202,7 +221,7 @@ export class Reconciler {
         for (const a of v.attachments) {
           const key = keyOf(v.id, a.nodeId);
           seen.add(key);
-          if (this.isHeld(v.id, a.nodeId, vas)) {
+          if (this.isHeld(v.id, a.nodeId, candidatesOf(v.id))) {
             this.unheldSince.delete(key);
             continue;
           }
