@@ -5,13 +5,17 @@ import type { Backend, RecoveryReport } from './backends/backend.js';
 import { FileBackend } from './backends/file/backend.js';
 import type { Config } from './config/types.js';
 import { encodeNodeId, isValidIqn } from './contracts/nodeid.js';
-import { StaticNodeRegistry } from './controller/node-registry.js';
+import { KubeNodeRegistry } from './controller/kube-node-registry.js';
+import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
+import { Reconciler } from './controller/reconcile.js';
 import { controllerService } from './controller/service.js';
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
 import { HostExecutor } from './exec/run.js';
 import { identityService } from './identity/service.js';
+import { KubeCache } from './k8s/cache.js';
+import { loadKubeConfig } from './k8s/client.js';
 import { NodeService } from './node/service.js';
 import { VERSION } from './version.js';
 
@@ -36,6 +40,9 @@ export interface App {
   volumes?: VolumeManager;
   recovery: Record<string, RecoveryReport>;
   nodeId?: string;
+  /** With Kubernetes access (config `kubernetes.enabled`): the API mirrors and the reconciler. */
+  kube?: KubeCache;
+  reconciler?: Reconciler;
   listen(): Promise<string>;
   stop(): Promise<void>;
 }
@@ -52,16 +59,31 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   const hasNode = cfg.role !== 'controller';
   const nodeId = hasNode || cfg.role === 'all' ? nodeIdFor(cfg) : undefined;
   let volumes: VolumeManager | undefined;
+  let kube: KubeCache | undefined;
+  let reconciler: Reconciler | undefined;
 
   if (hasController) {
     for (const [name, b] of backends) recovery[name] = await b.start();
-    const registry = new StaticNodeRegistry(cfg.role === 'all' && nodeId ? new Set([nodeId]) : undefined);
+    // With Kubernetes access, CSINode decides the known nodes and VolumeAttachments guard DeleteVolume.
+    if (cfg.kubernetes.enabled) kube = new KubeCache({ driverName: cfg.driverName, kubeConfig: loadKubeConfig(cfg.kubernetes), log: log.child({ part: 'k8s' }) });
+    const registry: NodeRegistry = kube ? new KubeNodeRegistry(kube.nodeDirectory()) : new StaticNodeRegistry(cfg.role === 'all' && nodeId ? new Set([nodeId]) : undefined);
     // In single-machine mode the controller knows its one node's attach limit.
     const localLimit = cfg.role === 'all' ? cfg.node.maxVolumesPerNode : 0;
     volumes = new VolumeManager(backends, registry, log.child({ part: 'controller' }), {
+      externalAttachments: kube && ((id) => kube!.volumeAttachmentNodes(id)),
       maxVolumesPerNode: (id) => (id === nodeId ? localLimit : undefined),
     });
     volumes.index();
+    if (kube) {
+      reconciler = new Reconciler({
+        volumes,
+        backends,
+        source: kube,
+        log: log.child({ part: 'reconcile' }),
+        graceMs: cfg.kubernetes.graceSeconds * 1000,
+        intervalMs: cfg.kubernetes.resyncSeconds * 1000,
+      });
+    }
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();
     services.controller = controllerService({ volumes, snapshots, backends });
@@ -97,13 +119,26 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   });
 
   const server = new CsiServer(services, log);
+  // Last, so that nothing runs in the background if the set-up above failed.
+  kube?.start();
+  reconciler?.start();
   return {
     server,
     backends,
     volumes,
     recovery,
     nodeId,
+    kube,
+    reconciler,
     listen: () => server.listen(cfg.endpoint),
-    stop: () => server.shutdown(cfg.shutdownGraceSeconds * 1000),
+    stop: async () => {
+      // No revocation once shutdown begins; the caches serve in-flight RPCs to the end.
+      await reconciler?.stop();
+      try {
+        await server.shutdown(cfg.shutdownGraceSeconds * 1000);
+      } finally {
+        await kube?.stop();
+      }
+    },
   };
 }

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { parseEndpoint } from '../csi/endpoint.js';
+import { kubernetesFrom } from './kubernetes.js';
 import type { BackendConfig, Config, FileBackendConfig, LogLevel, Role } from './types.js';
 import { absPath, ConfigError, int, isObj, num, type Obj, oneOf, onlyKeys, str, strMap } from './validate.js';
 
@@ -26,7 +27,7 @@ export const FLAG_SPEC = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'exec', 'shutdownGraceSeconds'] as const;
+const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
 const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes'] as const;
 const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile'] as const;
 const EXEC_KEYS = ['mode', 'hostRoot', 'timeoutSeconds'] as const;
@@ -156,5 +157,6 @@ export function loadConfig(role: Role, argv: string[]): Config {
     node,
     exec,
     shutdownGraceSeconds: file.shutdownGraceSeconds === undefined ? 10 : num(file.shutdownGraceSeconds, 'shutdownGraceSeconds', 0, 600),
+    kubernetes: kubernetesFrom(file.kubernetes, role),
   };
 }

@@ -33,6 +33,18 @@ export interface ExecConfig {
   timeoutSeconds: number;
 }
 
+/** The controller's Kubernetes API access (VolumeAttachment / CSINode / PersistentVolume reads). */
+export interface KubernetesConfig {
+  /** Resolved from `enabled: auto|true|false`, the role and the environment. */
+  enabled: boolean;
+  /** A kubeconfig file; absent = the pod's service account (in-cluster). */
+  kubeconfig?: string;
+  /** How often the reconciler compares backend publishes with VolumeAttachments. */
+  resyncSeconds: number;
+  /** How long a publish may lack a VolumeAttachment before it is revoked. */
+  graceSeconds: number;
+}
+
 export interface Config {
   role: Role;
   endpoint: string;
@@ -46,4 +58,5 @@ export interface Config {
   node: NodeConfig;
   exec: ExecConfig;
   shutdownGraceSeconds: number;
+  kubernetes: KubernetesConfig;
 }

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Attachment, Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
+import { parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange, resourceExhausted } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
@@ -56,6 +57,18 @@ export function sizeFor(range: CapacityRange | undefined, fallback: number, floo
 export interface VolumeManagerOptions {
   /** How many volumes a node may have published at once; undefined or 0 = no limit. */
   maxVolumesPerNode?: (nodeId: string) => number | undefined;
+  /**
+   * Attachments the CO records outside the backends (Kubernetes VolumeAttachment
+   * objects): the nodes (names or ids) a volume is attached to there. DeleteVolume
+   * refuses while this is non-empty, even when no backend publish is recorded. It
+   * may throw a CsiError (UNAVAILABLE) when it cannot tell.
+   */
+  externalAttachments?: (volumeId: string) => string[];
+}
+
+export interface UnpublishOptions {
+  /** Checked under the volume's lock: unpublish only if it still returns true (the reconciler's re-check). */
+  onlyIf?: () => boolean;
 }
 
 /**
@@ -200,6 +213,9 @@ export class VolumeManager {
       if (!v) return;
       if (v.attachments.length > 0)
         throw failedPrecondition(`volume ${volumeId} is still published to ${v.attachments.map((a) => a.nodeId).join(', ')}; unpublish it first`);
+      const external = this.opts.externalAttachments?.(volumeId) ?? [];
+      if (external.length > 0)
+        throw failedPrecondition(`volume ${volumeId} still has a VolumeAttachment on node ${external.join(', ')}; wait for the detach to finish`);
       await b.deleteVolume(volumeId);
       this.forget(v);
     });
@@ -261,15 +277,18 @@ export class VolumeManager {
     });
   }
 
-  async unpublish(volumeId: string, nodeId: string | undefined): Promise<void> {
+  async unpublish(volumeId: string, nodeId: string | undefined, opts: UnpublishOptions = {}): Promise<void> {
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) return; // gone: nothing is published
     await this.locks.run(`vol:${volumeId}`, async () => {
       const v = b.volume(volumeId);
       if (!v) return;
+      if (opts.onlyIf && !opts.onlyIf()) return;
       const leaving = v.attachments.filter((a) => !nodeId || a.nodeId === nodeId);
       for (const a of leaving) {
-        const node = this.nodes.lookup(a.nodeId);
+        // The id itself carries the connector properties: revoking must not
+        // depend on the node still being registered (a node gone from the cluster).
+        const node = this.nodes.lookup(a.nodeId) ?? parseNodeId(a.nodeId);
         // Revoke access before forgetting the publish: fencing comes first.
         if (node) await b.unexportVolume(volumeId, node);
       }
