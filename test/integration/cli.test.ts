@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,6 +61,24 @@ describe('sinter CLI', () => {
     await s.stop('SIGTERM');
     expect(s.proc.exitCode).toBe(0);
     expect(existsSync(s.socket)).toBe(false);
+  });
+
+  it('on SIGTERM finishes an RPC already in flight, then exits 0', async () => {
+    const s = await startSinter();
+    procs.push(s);
+    const info = await s.client.node.NodeGetInfo({});
+    const cap = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+    const v = (await s.client.controller.CreateVolume({ name: 'inflight', capacity_range: { required_bytes: 256 * 1024 * 1024 }, volume_capabilities: [cap] })).volume;
+    const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: v.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
+    const staging = join(s.kubeletRoot, 'staging');
+    // mkfs makes NodeStageVolume take long enough for the signal to land mid-call.
+    const stage = s.client.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
+    await new Promise((r) => setTimeout(r, 30));
+    s.proc.kill('SIGTERM');
+    await expect(stage).resolves.toBeDefined();
+    await s.proc;
+    expect(s.proc.exitCode).toBe(0);
+    expect(readFileSync('/proc/self/mountinfo', 'utf8')).toContain(` ${staging} `);
   });
 
   it('logs one JSON line per RPC with method, ids, duration and code', async () => {
