@@ -4,7 +4,6 @@ import type { Role } from './config/types.js';
 import { ConfigError } from './config/validate.js';
 import { createLogger } from './csi/logging.js';
 import { VERSION } from './version.js';
-import { createApp } from './app.js';
 
 const USAGE = `sinter ${VERSION} — Cinder's block-storage model as a CSI driver
 
@@ -55,6 +54,8 @@ async function main(argv: string[]): Promise<number> {
     throw e;
   }
   const log = createLogger(cfg.logLevel);
+  // Imported here so `sinter version` and config errors answer without loading the whole driver.
+  const { createApp } = await import('./app.js');
   const app = await createApp(cfg, log);
   const address = await app.listen();
   log.info({ role, address, version: VERSION, driver: cfg.driverName, nodeId: app.nodeId }, 'sinter started');
