@@ -10,7 +10,7 @@ import type { EnsureTargetOptions, TargetHelper, TargetInfo, TargetRef } from '.
 import { classifyTgtError, parseTgtAccounts, parseTgtTargets, type TgtErrorKind } from './tgt-parse.js';
 
 export interface TgtConfig {
-  /** tgtd's management port (`tgtd -C N`, `tgtadm -C N`); 0 is the daemon's default. */
+  /** tgtd's management port (`tgtd -C N`, `tgtadm -C N`; names the unix socket /var/run/tgtd/socket.N), 0..32767; 0 is the daemon's default. */
   controlPort: number;
   /** Target names are this prefix + the IQN-safe volume id, e.g. `iqn.2025-01.io.sinter:`. */
   iqnPrefix: string;
@@ -99,7 +99,7 @@ export class TgtTargetHelper implements TargetHelper {
     private readonly log?: Logger,
   ) {
     validateIqnPrefix(cfg.iqnPrefix);
-    if (!Number.isInteger(cfg.controlPort) || cfg.controlPort < 0 || cfg.controlPort > 65535) throw new Error(`tgt control port ${cfg.controlPort} is not a port number`);
+    if (!Number.isInteger(cfg.controlPort) || cfg.controlPort < 0 || cfg.controlPort > 32767) throw new Error(`tgt control port ${cfg.controlPort} is not in 0..32767 (tgtd's range)`);
     this.cfg = {
       writeCache: true,
       blockSize: 512,
