@@ -461,14 +461,17 @@ async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
 export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): CsiError {
   const detail = (text.trim().split('\n').filter(Boolean).pop() ?? '').replace(/^qemu-nbd:\s*/, '').slice(0, 300);
   const where = `iSCSI login to ${target.iqn} at ${p.text} as ${initiator}`;
-  if (/Authentication failure|CHAP/i.test(text)) {
+  // libiscsi's login status, e.g. "Failed to log in to target. Status: Authentication failure(513)".
+  const status = /Status:\s*([A-Za-z ]+?)\s*\((\d+)\)/.exec(text);
+  const code = status ? Number(status[2]) : undefined;
+  if (code === 0x0201 || /Authentication failure/i.test(status?.[1] ?? '')) {
     return new CsiError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
   }
-  if (/Authorization failure|Target not found|Not found\(|not allowed/i.test(text)) {
-    return failedPrecondition(`${where} was refused: the target does not exist or does not allow this initiator (is the volume published to this node?)`);
+  if (code === 0x0202 || code === 0x0203 || code === 0x0204) {
+    return failedPrecondition(`${where} was refused (${status![1]!.trim()}): the target does not exist or does not allow this initiator (is the volume published to this node?)`);
   }
   if (timedOut) return unavailable(`${where} did not complete in time`);
-  if (/Connection refused|No route|timed out|Network is unreachable|Failed to connect to LUN|connect/i.test(text)) {
+  if (/Connection refused|No route|timed out|Network is unreachable|Failed to connect|connect/i.test(text)) {
     return unavailable(`${where} failed: ${detail || 'the portal is not reachable'}`);
   }
   return internal(`${where} failed: ${detail || 'qemu-nbd exited'}`);
