@@ -124,6 +124,20 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     expect(accounts.stdout).not.toContain('sinter-chap');
   });
 
+  it('applies the documented LUN settings: write cache off (caching mode page WCE=0) and 4096-byte blocks', async () => {
+    const rec = new RecordingExecutor();
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', writeCache: false, blockSize: 4096, bsoflags: 'direct' }, rec);
+    const id = newVolumeId('default');
+    await h.ensureTarget(id, img('v2'));
+    const t = (await h.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.luns.find((l) => l.lun === 1)).toMatchObject({ blockSize: 4096, backingPath: img('v2') });
+    expect(rec.lines.some((l) => l.includes('--blocksize 4096') && l.includes('--bsoflags direct'))).toBe(true);
+    expect(rec.lines.some((l) => l.includes('mode_page=8:0:18:0x10:'))).toBe(true);
+    await h.removeTarget(id);
+    // The default keeps tgt's write-back cache (WCE=1).
+    expect(exec.lines.some((l) => l.includes('mode_page=8:0:18:0x14:'))).toBe(true);
+  });
+
   it('re-points LUN 1 when nothing is logged in and the image path changed', async () => {
     const id = newVolumeId('default');
     await helper.ensureTarget(id, img('v1'));
