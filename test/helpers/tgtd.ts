@@ -112,10 +112,11 @@ export class TestTgtd {
     this.removeSockets();
   }
 
+  /** Graceful stop (`tgtadm --op delete --mode system`; tgtd does not exit on SIGTERM), SIGKILL as the fallback. */
   async stop(): Promise<void> {
     const p = this.proc;
     if (p && this.running) {
-      p.kill('SIGTERM');
+      await execa('tgtadm', ['-C', String(this.controlPort), '--op', 'delete', '--mode', 'system'], { reject: false, timeout: 5000 });
       const done = await Promise.race([p.then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
       if (!done) {
         p.kill('SIGKILL');
