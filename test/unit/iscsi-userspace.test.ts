@@ -38,3 +38,23 @@ describe('portals', () => {
     for (const bad of ['', 'a b', '1.2.3.4:0', '1.2.3.4:99999', '::1', 'x:y']) expect(() => parsePortal(bad), bad).toThrow();
   });
 });
+
+describe('initiator choice (auto)', () => {
+  it('picks the kernel initiator only when sysfs shows the iscsi_tcp transport', async () => {
+    const { mkdtempSync, mkdirSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { createIscsiInitiator, kernelIscsiAvailable } = await import('../../src/node/connectors/iscsi/index.js');
+    const { HostExecutor } = await import('../../src/exec/run.js');
+    const sys = mkdtempSync(join(tmpdir(), 'sinter-sys-'));
+    try {
+      const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 1000 });
+      expect(await kernelIscsiAvailable(sys)).toBe(false);
+      expect((await createIscsiInitiator('auto', { kernel: { sysfsRoot: sys }, userspace: { stateDir: join(sys, 'us') } }, exec)).kind).toBe('userspace');
+      mkdirSync(join(sys, 'class', 'iscsi_transport', 'tcp'), { recursive: true });
+      expect((await createIscsiInitiator('auto', { kernel: { sysfsRoot: sys }, userspace: { stateDir: join(sys, 'us') } }, exec)).kind).toBe('kernel');
+      expect((await createIscsiInitiator('userspace', { kernel: { sysfsRoot: sys }, userspace: { stateDir: join(sys, 'us') } }, exec)).kind).toBe('userspace');
+    } finally {
+      rmSync(sys, { recursive: true, force: true });
+    }
+  });
+});

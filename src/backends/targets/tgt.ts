@@ -21,13 +21,13 @@ export interface TgtConfig {
    * (which filesystems send on fsync and journal commits) — fast and safe for
    * anything that flushes. `false`: the initiator is told there is no write
    * cache and tgt fdatasyncs after every write — slow, for users who do not
-   * trust their guests to flush.
+   * trust their guests to flush. Applied when the LUN is created.
    */
   writeCache?: boolean;
   /**
    * Logical block size the LUN reports (`--blocksize`). 512 (default) works
    * with every initiator and filesystem; 4096 matches 4Kn disks and saves
-   * read-modify-write in initiators that honour it.
+   * read-modify-write in initiators that honour it. Applied when the LUN is created.
    */
   blockSize?: 512 | 1024 | 2048 | 4096;
   /** tgt backing store: `rdwr` (pread/pwrite, default) or `aio` (Linux native AIO). */
