@@ -129,6 +129,25 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect((await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions).toHaveLength(1);
   });
 
+  it('repairs a half-dead attachment (nbdfuse killed) on the next connect', async () => {
+    const before = await us.connect(target, { initiatorName: NODE, chap: CHAP });
+    const [info] = await us.list();
+    expect(info!.nbdfusePid).toBeGreaterThan(1);
+    process.kill(info!.nbdfusePid!, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    const after = await us.connect(target, { initiatorName: NODE, chap: CHAP });
+    expect(after.devicePath).toMatch(/^\/dev\/loop\d+$/);
+    const [again] = await us.list();
+    expect(again!.nbdfusePid).not.toBe(info!.nbdfusePid);
+    expect(again!.mounted).toBe(true);
+    // Still one session on the target, and the data path works.
+    expect((await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions).toHaveLength(1);
+    const data = Buffer.from('repaired'.padEnd(512, '.'));
+    await writeDev(after.devicePath, 7 * MiB, data);
+    expect((await readAt(image, 7 * MiB, data.length)).equals(data)).toBe(true);
+    void before;
+  });
+
   it('disconnect tears everything down in reverse and is idempotent', async () => {
     await us.disconnect(target);
     await us.disconnect(target);
