@@ -8,6 +8,7 @@ import { encodeNodeId, isValidIqn } from './contracts/nodeid.js';
 import { KubeNodeRegistry } from './controller/kube-node-registry.js';
 import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
 import { Reconciler } from './controller/reconcile.js';
+import { ExportLoop } from './controller/export-loop.js';
 import { controllerService } from './controller/service.js';
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
@@ -15,7 +16,9 @@ import { CsiServer, type CsiServices } from './csi/server.js';
 import { HostExecutor } from './exec/run.js';
 import { identityService } from './identity/service.js';
 import type { KubeCache } from './k8s/cache.js';
+import { IscsiConnector } from './node/connectors/iscsi-connector.js';
 import { NodeService } from './node/service.js';
+import { parseNodeId } from './contracts/nodeid.js';
 import { VERSION } from './version.js';
 
 /** Reads the host's iSCSI initiator name (`InitiatorName=iqn…`), if it has one. */
@@ -58,6 +61,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   const hasNode = cfg.role !== 'controller';
   const nodeId = hasNode || cfg.role === 'all' ? nodeIdFor(cfg) : undefined;
   let volumes: VolumeManager | undefined;
+  let exportLoop: ExportLoop | undefined;
   let kube: KubeCache | undefined;
   let reconciler: Reconciler | undefined;
 
@@ -87,6 +91,9 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
         intervalMs: cfg.kubernetes.resyncSeconds * 1000,
       });
     }
+    exportLoop = new ExportLoop([...backends.values()], volumes, log.child({ part: 'exports' }));
+    // Restore the exports before serving: a node may be waiting to log in again.
+    await exportLoop.pass();
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();
     services.controller = controllerService({ volumes, snapshots, backends });
@@ -107,6 +114,13 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
       },
       exec,
       log: log.child({ part: 'node' }),
+      connectors: [
+        new IscsiConnector(
+          { mode: cfg.node.initiator, initiatorName: parseNodeId(nodeId!)?.iqn, stateDir: join(cfg.node.stateDir, 'iscsi-userspace') },
+          exec,
+          log.child({ part: 'iscsi' }),
+        ),
+      ],
     });
     await node.start();
     services.node = node.handlers();
@@ -125,6 +139,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   // Last, so that nothing runs in the background if the set-up above failed.
   kube?.start();
   reconciler?.start();
+  exportLoop?.start();
   return {
     server,
     backends,
@@ -137,6 +152,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     stop: async () => {
       // No revocation once shutdown begins; the caches serve in-flight RPCs to the end.
       await reconciler?.stop();
+      await exportLoop?.stop();
       try {
         await server.shutdown(cfg.shutdownGraceSeconds * 1000);
       } finally {

@@ -15,6 +15,24 @@ export interface FileBackendConfig {
   reservedPercent: number;
   /** Caps the backend below its filesystem's size; 0 = the filesystem's size. */
   capacityBytes: number;
+  /** How nodes reach the images: `local` (loop-attach the file, same host) or `iscsi` (tgtd exports). */
+  export: 'local' | 'iscsi';
+  iscsi?: IscsiExportConfig;
+}
+
+/** Cinder's iscsi_helper settings for a backend with `export: iscsi`. */
+export interface IscsiExportConfig {
+  helper: 'tgt';
+  /** Portals handed to nodes in publish_context (`host:port`); `${VAR}` is read from the environment. */
+  portals: string[];
+  /** Target names: this prefix + volume id. */
+  iqnPrefix: string;
+  /** tgtd's management port (`tgtd -C N`); 0 = its default. */
+  controlPort: number;
+  writeCache: boolean;
+  blockSize: 512 | 4096;
+  /** How often the exports are checked against the records (tgtd forgets everything when it restarts). */
+  reconcileSeconds: number;
 }
 
 export type BackendConfig = FileBackendConfig;
@@ -25,6 +43,8 @@ export interface NodeConfig {
   stateDir: string;
   iscsiInitiatorName?: string;
   initiatorNameFile: string;
+  /** `kernel` (iscsiadm + iscsid), `userspace` (libiscsi: qemu-nbd, nbdfuse, loop), `auto` (kernel when iscsi_tcp is there). */
+  initiator: 'kernel' | 'userspace' | 'auto';
 }
 
 export interface ExecConfig {

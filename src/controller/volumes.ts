@@ -236,7 +236,7 @@ export class VolumeManager {
     });
   }
 
-  async publish(volumeId: string, nodeId: string, cap: ParsedCapability, readonly: boolean): Promise<PublishContext> {
+  async publish(volumeId: string, nodeId: string, cap: ParsedCapability, readonly: boolean, secrets: Record<string, string> = {}): Promise<PublishContext> {
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);
@@ -248,7 +248,7 @@ export class VolumeManager {
       if (mine) {
         if (mine.readonly !== readonly || mine.accessType !== cap.accessType || mine.accessMode !== cap.accessMode || (mine.fsType ?? '') !== (cap.fsType ?? ''))
           throw alreadyExists(`volume ${volumeId} is already published to this node with a different capability or readonly flag; unpublish it first`);
-        return b.exportVolume(volumeId, node, readonly);
+        return b.exportVolume(volumeId, node, readonly, secrets);
       }
       const limit = this.opts.maxVolumesPerNode?.(nodeId);
       if (limit && this.publishedTo(nodeId) >= limit)
@@ -269,7 +269,7 @@ export class VolumeManager {
       // reconciler completes, never an export nobody knows about.
       await b.setAttachments(volumeId, [...v.attachments, att]);
       try {
-        return await b.exportVolume(volumeId, node, readonly);
+        return await b.exportVolume(volumeId, node, readonly, secrets);
       } catch (e) {
         await b.setAttachments(volumeId, v.attachments.filter((a) => a.nodeId !== nodeId)).catch(() => undefined);
         throw e;
@@ -294,6 +294,11 @@ export class VolumeManager {
       }
       if (leaving.length > 0) await b.setAttachments(volumeId, v.attachments.filter((a) => !leaving.includes(a)));
     });
+  }
+
+  /** Makes one backend's exports match its records, volume by volume under each volume's lock. */
+  async reconcileExports(b: Backend): Promise<void> {
+    await b.reconcileExports?.((volumeId, fn) => this.locks.run(`vol:${volumeId}`, fn));
   }
 
   private publishedTo(nodeId: string): number {

@@ -6,7 +6,7 @@ import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import type { Executor } from '../exec/run.js';
 import { parseCapability } from '../csi/capability.js';
-import { Connectors } from './connectors/connector.js';
+import { Connectors, type Connector } from './connectors/connector.js';
 import { LocalConnector } from './connectors/local.js';
 import type { NodeDeps } from './context.js';
 import { expandVolume } from './expand.js';
@@ -39,6 +39,8 @@ export interface NodeServiceDeps {
   config: NodeServiceConfig;
   exec: Executor;
   log: Logger;
+  /** Transports beyond `local` (iscsi, fc), built by the caller from the node config. */
+  connectors?: Connector[];
   /** Mount table to read; /proc/1/mountinfo when host commands run through nsenter. Default /proc/self/mountinfo. */
   mountInfoPath?: string;
 }
@@ -97,7 +99,7 @@ export class NodeService {
       log,
       mounter: new Mounter(exec, deps.mountInfoPath),
       state: new StageState(config.stateDir),
-      connectors: new Connectors([new LocalConnector(exec, config.localRoots)]),
+      connectors: new Connectors([new LocalConnector(exec, config.localRoots), ...(deps.connectors ?? [])]),
       paths: new KubeletPaths(config.kubeletRoots),
       roBlock: new ReadOnlyBlock(exec),
     };

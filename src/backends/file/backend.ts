@@ -19,6 +19,11 @@ import type {
 } from '../backend.js';
 import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 import { copyImage } from './copy.js';
+import { chapFromSecrets, ChapError } from '../../contracts/chap.js';
+import { invalidArgument } from '../../csi/errors.js';
+import { backendOfVolume } from '../ids.js';
+import { IscsiExport } from '../targets/iscsi-export.js';
+import { TgtTargetHelper } from '../targets/tgt.js';
 
 const now = () => new Date().toISOString();
 
@@ -53,12 +58,24 @@ export class FileBackend implements Backend {
   private readonly vols = new Map<string, VolumeRecord>();
   private readonly snaps = new Map<string, SnapshotRecord>();
   private provisioned = 0;
+  /** Set with `export: iscsi`: volumes reach nodes through tgtd instead of the local loop connector. */
+  private readonly iscsi?: IscsiExport;
+  readonly reconcileIntervalMs?: number;
 
   constructor(
     private readonly cfg: FileBackendConfig,
     private readonly exec: Executor,
     private readonly log: Logger,
   ) {
+    if (cfg.export === 'iscsi' && cfg.iscsi) {
+      const helper = new TgtTargetHelper(
+        { controlPort: cfg.iscsi.controlPort, iqnPrefix: cfg.iscsi.iqnPrefix, writeCache: cfg.iscsi.writeCache, blockSize: cfg.iscsi.blockSize },
+        exec,
+        log,
+      );
+      this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
+      this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
+    }
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;
@@ -85,6 +102,7 @@ export class FileBackend implements Backend {
     await fs.mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
     await this.volStore.init();
     await this.snapStore.init();
+    await this.iscsi?.init();
 
     const vl = await this.volStore.load(isVolumeRecord);
     report.corrupt.push(...vl.corrupt.map((f) => join(this.volDir, f)));
@@ -146,6 +164,8 @@ export class FileBackend implements Backend {
   async probe(): Promise<void> {
     await fs.access(this.volDir, constants.R_OK | constants.W_OK);
     await fs.access(this.snapDir, constants.R_OK | constants.W_OK);
+    // Without its target daemon an iSCSI backend cannot publish anything.
+    await this.iscsi?.targets();
   }
 
   async capacity(): Promise<BackendCapacity> {
@@ -233,6 +253,7 @@ export class FileBackend implements Backend {
     rec.updatedAt = now();
     await this.volStore.put(rec);
     try {
+      await this.iscsi?.remove(id);
       await removeFileDurable(this.imagePath(id));
       await this.volStore.remove(id);
     } catch (e) {
@@ -272,14 +293,32 @@ export class FileBackend implements Backend {
     return rec;
   }
 
-  async exportVolume(id: string, _node: NodeIdentity, _readonly: boolean): Promise<PublishContext> {
+  async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string>): Promise<PublishContext> {
     this.mustVolume(id);
+    if (this.iscsi) {
+      let chap;
+      try {
+        chap = chapFromSecrets(secrets);
+      } catch (e) {
+        if (e instanceof ChapError) throw invalidArgument(`secrets: ${e.message}`);
+        throw e;
+      }
+      // Read-only is enforced by the node's mount; the LUN stays writable so
+      // a later read-write publish of the same volume elsewhere is possible.
+      return this.iscsi.export(id, this.imagePath(id), node, chap);
+    }
     // The local transport hands the node the image itself; the node loop-attaches it.
     return { transport: 'local', path: this.imagePath(id) };
   }
 
-  async unexportVolume(_id: string, _node: NodeIdentity): Promise<void> {
-    // Nothing is exported for the local transport, so nothing to revoke.
+  async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
+    // The local transport exports nothing, so there is nothing to revoke.
+    await this.iscsi?.unexport(id, node);
+  }
+
+  async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {
+    if (!this.iscsi) return;
+    await this.iscsi.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {
@@ -289,6 +328,8 @@ export class FileBackend implements Backend {
     const st = await fs.stat(this.imagePath(id)).catch(() => undefined);
     if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}"` };
     if (st.size < rec.sizeBytes) return { abnormal: true, message: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}` };
+    const exportHealth = await this.iscsi?.health(rec, this.imagePath(id));
+    if (exportHealth) return exportHealth;
     // The Cinder state rides along so ControllerGetVolume shows it.
     return { abnormal: false, message: `${rec.state}: volume is healthy` };
   }

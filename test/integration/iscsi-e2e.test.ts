@@ -1,0 +1,134 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HostExecutor } from '../../src/exec/run.js';
+import { UserspaceIscsiInitiator } from '../../src/node/connectors/iscsi/userspace.js';
+import { tempDir } from '../helpers/scratch-fs.js';
+import { codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
+import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+
+const NODE_IQN = 'iqn.2026-11.io.sinter.test:node-1';
+const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.password': 'Right-chap-secret-1' };
+
+describe('iSCSI across processes: sinter controller (tgtd export) + sinter node (user-space initiator), real sessions on 127.0.0.1', () => {
+  const t = tempDir('sinter-iscsi-e2e-');
+  let tgtd: TestTgtd;
+  let ctl: SinterProcess;
+  let node: SinterProcess;
+  let nodeId: string;
+  const nodeStateDir = join(t.dir, 'node', 'state');
+
+  beforeAll(async () => {
+    requireIscsiTools();
+    tgtd = await TestTgtd.start();
+    const dataDir = join(t.dir, 'data');
+    writeFileSync(
+      join(t.dir, 'controller.yaml'),
+      [
+        'backends:',
+        '  - name: san',
+        '    driver: file',
+        `    dataDir: ${dataDir}`,
+        '    export: iscsi',
+        '    iscsi:',
+        `      portals: ["${tgtd.portal}"]`,
+        `      controlPort: ${tgtd.controlPort}`,
+        '      iqnPrefix: "iqn.2026-11.io.sinter.test:"',
+        '      reconcileSeconds: 1',
+      ].join('\n'),
+    );
+    writeFileSync(join(t.dir, 'node.yaml'), ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${nodeStateDir}`].join('\n'));
+    mkdirSync(join(t.dir, 'ctl'));
+    mkdirSync(join(t.dir, 'node'));
+    ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
+    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+  });
+
+  afterAll(async () => {
+    await node?.cleanup();
+    await forceCleanupUserspace(join(nodeStateDir, 'iscsi-userspace'));
+    await ctl?.cleanup();
+    await tgtd?.stop();
+    t.cleanup();
+  });
+
+  const provision = async (name: string) => {
+    const v = (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume;
+    return v.volume_id as string;
+  };
+  const paths = (id: string) => {
+    const staging = join(node.kubeletRoot, 'staging', id);
+    const target = join(node.kubeletRoot, 'pods', id, 'mount');
+    mkdirSync(staging, { recursive: true });
+    mkdirSync(join(target, '..'), { recursive: true });
+    return { staging, target };
+  };
+
+  it('carries the initiator name in the node id', () => {
+    expect(nodeId).toBe(`node-1;${NODE_IQN};`);
+  });
+
+  it('create → publish (ACL + CHAP) → stage over iSCSI → format → publish → write → teardown: the bytes are in the image', async () => {
+    const id = await provision('e2e-1');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
+    expect(pub.publish_context).toEqual({ transport: 'iscsi', portals: tgtd.portal, iqn: `iqn.2026-11.io.sinter.test:${id}`, lun: '1' });
+    expect(JSON.stringify(pub.publish_context)).not.toContain(CHAP['node.session.auth.password']);
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: pub.publish_context });
+    writeFileSync(join(target, 'over-iscsi.txt'), 'bytes that crossed an iSCSI session');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    const image = readFileSync(join(t.dir, 'data', 'volumes', `${id}.img`));
+    expect(image.includes(Buffer.from('bytes that crossed an iSCSI session'))).toBe(true);
+    for (const p of [ctl, node]) expect(p.logs()).not.toContain(CHAP['node.session.auth.password']);
+  });
+
+  it('a wrong CHAP secret fails NodeStage with an error naming CHAP', async () => {
+    const id = await provision('e2e-chap');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
+    const { staging } = paths(id);
+    const wrong = { ...CHAP, 'node.session.auth.password': 'Wrong-chap-secret-2' };
+    const r = node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: wrong });
+    await expect(r).rejects.toMatchObject({ details: expect.stringMatching(/CHAP/) });
+    expect(node.logs()).not.toContain('Wrong-chap-secret-2');
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+  });
+
+  it('after ControllerUnpublishVolume the fence holds: a login with that initiator name is refused', async () => {
+    const id = await provision('e2e-fence');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap() });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' }));
+    const probeDir = join(t.dir, 'fence-probe');
+    const ini = new UserspaceIscsiInitiator({ stateDir: probeDir, loginTimeoutMs: 15_000 }, exec);
+    try {
+      const login = ini.connect({ portals: [tgtd.portal], iqn: pub.publish_context.iqn, lun: 1 }, { initiatorName: NODE_IQN });
+      await expect(login).rejects.toThrow();
+    } finally {
+      await forceCleanupUserspace(probeDir);
+    }
+  });
+
+  it('tgtd killed and restarted: the controller reconciles the exports and a new stage works', async () => {
+    const id = await provision('e2e-restart');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
+    await tgtd.kill();
+    await tgtd.startAgain();
+    // The reconcile loop (every second here) puts the target, LUN, ACL and CHAP back.
+    await waitFor('the export to be restored', async () => {
+      const v = await ctl.client.controller.ControllerGetVolume({ volume_id: id });
+      return v.status.volume_condition.abnormal ? undefined : true;
+    }, 20_000);
+    const { staging } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: CHAP });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    expect(await codeOf(ctl.client.controller.DeleteVolume({ volume_id: id }))).toBe('OK');
+  });
+});
