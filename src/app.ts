@@ -16,6 +16,7 @@ import { HostExecutor } from './exec/run.js';
 import { identityService } from './identity/service.js';
 import { KubeCache } from './k8s/cache.js';
 import { loadKubeConfig } from './k8s/client.js';
+import { onlineInitiatorWwpns } from './node/connectors/fc.js';
 import { NodeService } from './node/service.js';
 import { VERSION } from './version.js';
 
@@ -31,7 +32,11 @@ export function readInitiatorName(file: string): string | undefined {
 
 export function nodeIdFor(cfg: Config): string {
   if (cfg.nodeId) return cfg.nodeId;
-  return encodeNodeId({ host: cfg.nodeName, iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile), wwpns: [] });
+  return encodeNodeId({
+    host: cfg.nodeName,
+    iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
+    wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
+  });
 }
 
 export interface App {
@@ -101,6 +106,9 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
         kubeletRoots: cfg.kubeletRoots,
         localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
         stateDir: cfg.node.stateDir,
+        sysfsRoot: cfg.node.sysfsRoot,
+        devRoot: cfg.node.devRoot,
+        fc: cfg.node.fc,
       },
       exec,
       log: log.child({ part: 'node' }),

@@ -19,12 +19,29 @@ export interface FileBackendConfig {
 
 export type BackendConfig = FileBackendConfig;
 
+export interface FcConfig {
+  /** How long connecting an FC LUN keeps scanning and waiting for it (and its multipath map). */
+  scanTimeoutSeconds: number;
+  /** How long disconnecting waits for deleted paths to disappear. */
+  removeTimeoutSeconds: number;
+}
+
 export interface NodeConfig {
   maxVolumesPerNode: number;
   topology: Record<string, string>;
   stateDir: string;
   iscsiInitiatorName?: string;
   initiatorNameFile: string;
+  /** Where sysfs is mounted (FC HBAs, SCSI disks, multipath maps); /sys on a node. */
+  sysfsRoot: string;
+  /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
+  devRoot: string;
+  fc: FcConfig;
+}
+
+/** The controller's own state (not a backend's): records of static volumes' publishes. */
+export interface ControllerConfig {
+  stateDir: string;
 }
 
 export interface ExecConfig {
@@ -56,6 +73,7 @@ export interface Config {
   kubeletRoots: string[];
   backends: BackendConfig[];
   node: NodeConfig;
+  controller: ControllerConfig;
   exec: ExecConfig;
   shutdownGraceSeconds: number;
   kubernetes: KubernetesConfig;
