@@ -9,6 +9,7 @@ import { KubeNodeRegistry } from './controller/kube-node-registry.js';
 import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
 import { Reconciler } from './controller/reconcile.js';
 import { controllerService } from './controller/service.js';
+import { StaticVolumes, withStaticVolumes } from './controller/static-volumes.js';
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
@@ -43,6 +44,7 @@ export interface App {
   server: CsiServer;
   backends: Map<string, Backend>;
   volumes?: VolumeManager;
+  statics?: StaticVolumes;
   recovery: Record<string, RecoveryReport>;
   nodeId?: string;
   /** With Kubernetes access (config `kubernetes.enabled`): the API mirrors and the reconciler. */
@@ -64,6 +66,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   const hasNode = cfg.role !== 'controller';
   const nodeId = hasNode || cfg.role === 'all' ? nodeIdFor(cfg) : undefined;
   let volumes: VolumeManager | undefined;
+  let statics: StaticVolumes | undefined;
   let kube: KubeCache | undefined;
   let reconciler: Reconciler | undefined;
 
@@ -74,15 +77,27 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     const registry: NodeRegistry = kube ? new KubeNodeRegistry(kube.nodeDirectory()) : new StaticNodeRegistry(cfg.role === 'all' && nodeId ? new Set([nodeId]) : undefined);
     // In single-machine mode the controller knows its one node's attach limit.
     const localLimit = cfg.role === 'all' ? cfg.node.maxVolumesPerNode : 0;
+    const maxVolumesPerNode = (id: string) => (id === nodeId ? localLimit : undefined);
     volumes = new VolumeManager(backends, registry, log.child({ part: 'controller' }), {
       externalAttachments: kube && ((id) => kube!.volumeAttachmentNodes(id)),
-      maxVolumesPerNode: (id) => (id === nodeId ? localLimit : undefined),
+      maxVolumesPerNode,
+      extraPublishedTo: (id) => statics?.publishedTo(id) ?? 0,
     });
     volumes.index();
+    const backendVolumes = volumes;
+    statics = new StaticVolumes({
+      stateDir: cfg.controller.stateDir,
+      nodes: registry,
+      log: log.child({ part: 'static-volumes' }),
+      maxVolumesPerNode,
+      otherPublishedTo: (id) => backendVolumes.publishedTo(id),
+    });
+    await statics.start();
     if (kube) {
       reconciler = new Reconciler({
         volumes,
         backends,
+        statics,
         source: kube,
         log: log.child({ part: 'reconcile' }),
         graceMs: cfg.kubernetes.graceSeconds * 1000,
@@ -91,7 +106,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     }
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();
-    services.controller = controllerService({ volumes, snapshots, backends });
+    services.controller = withStaticVolumes(controllerService({ volumes, snapshots, backends }), { statics, volumes });
   }
 
   let node: NodeService | undefined;
@@ -134,6 +149,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     server,
     backends,
     volumes,
+    statics,
     recovery,
     nodeId,
     kube,
