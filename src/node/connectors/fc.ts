@@ -219,7 +219,7 @@ export class FcConnector implements Connector {
     return { device: single, waiting: '' };
   }
 
-  async connect(ctx: PublishContext): Promise<string> {
+  async connect(ctx: PublishContext, _secrets?: Record<string, string>): Promise<string> {
     const fc = asFc(ctx);
     await this.validate(fc);
     return this.locks.run(this.lockKey(fc), async () => {
