@@ -1,5 +1,4 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { posix } from 'node:path';
 import type { Logger } from 'pino';
 import { normalizeWwpn } from '../../contracts/nodeid.js';
@@ -8,7 +7,6 @@ import { Code, CsiError, failedPrecondition, invalidArgument, shown } from '../.
 import { KeyedLock } from '../../csi/locks.js';
 import type { Executor } from '../../exec/run.js';
 import { doing } from '../host-errors.js';
-import { parseMountInfo } from '../mount.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import { Multipath, type MultipathMap } from './multipath.js';
 import { byPathLun, hctlString, ScsiDisks, type Hctl } from './scsi.js';
@@ -108,12 +106,12 @@ export class FcConnector implements Connector {
   private readonly backoffMaxMs: number;
 
   constructor(
-    private readonly exec: Executor,
+    exec: Executor,
     private readonly opts: FcConnectorOptions,
   ) {
     this.sysfs = opts.sysfs;
     this.disks = new ScsiDisks(this.sysfs);
-    this.multipath = new Multipath(exec, this.sysfs, this.disks, opts.log);
+    this.multipath = new Multipath(exec, this.sysfs, this.disks, opts.log, { mountInfoPath: opts.mountInfoPath });
     this.backoffInitialMs = opts.backoffInitialMs ?? 250;
     this.backoffMaxMs = opts.backoffMaxMs ?? 4000;
   }
@@ -268,21 +266,6 @@ export class FcConnector implements Connector {
     return r?.device;
   }
 
-  /** Why a device must not be removed (mounted, or held by something above it), if it must not. */
-  private async inUse(kernel: string, ignoreHolder?: string): Promise<string | undefined> {
-    const holders = (await this.disks.holders(kernel)).filter((h) => h !== ignoreHolder);
-    if (holders.length) return `${kernel} is held by ${holders.join(', ')}`;
-    const majMin = await this.sysfs.read(`block/${kernel}/dev`);
-    let table: string;
-    try {
-      table = await readFile(this.opts.mountInfoPath ?? '/proc/self/mountinfo', 'utf8');
-    } catch {
-      return undefined;
-    }
-    const m = parseMountInfo(table).find((e) => (majMin !== undefined && e.majMin === majMin) || (e.root === `/${kernel}` && (e.fsType === 'devtmpfs' || e.fsType === 'tmpfs')));
-    return m ? `${kernel} is mounted at ${m.mountPoint}` : undefined;
-  }
-
   async disconnect(ctx: PublishContext, device?: string): Promise<void> {
     const fc = asFc(ctx);
     this.check(fc);
@@ -319,23 +302,8 @@ export class FcConnector implements Connector {
             throw failedPrecondition(`${what}: multipath map ${m.name} also holds ${s}, which is not this LUN; sinter will not remove it`);
           paths.set(s, h);
         }
-        const busy = await this.inUse(m.dm);
-        if (busy) throw failedPrecondition(`${what} is still in use (${busy}); unmount it first`);
       }
-      for (const disk of paths.keys()) {
-        const holder = [...maps.values()].find((m) => m.slaves.includes(disk))?.dm;
-        const busy = await this.inUse(disk, holder);
-        if (busy) throw failedPrecondition(`${what} is still in use (${busy}); unmount it first`);
-      }
-
-      for (const m of maps.values()) await this.multipath.flush(m);
-      for (const disk of paths.keys()) {
-        if (await this.sysfs.devExists(disk)) await this.multipath.flushBuffers(this.sysfs.dev(disk));
-        await doing(`deleting path ${disk} of ${what}`, () => this.disks.delete(disk));
-      }
-      const left = await this.disks.waitGone([...paths.keys()], this.opts.removeTimeoutMs);
-      if (left.length)
-        throw new CsiError(Code.DEADLINE_EXCEEDED, `${what}: path${left.length > 1 ? 's' : ''} ${left.join(', ')} still present ${this.opts.removeTimeoutMs / 1000}s after being deleted; retry`);
+      await this.multipath.removeLun([...maps.values()], [...paths.keys()], what, this.opts.removeTimeoutMs);
     });
   }
 
@@ -349,8 +317,7 @@ export class FcConnector implements Connector {
       const disks = new Set(paths.map((p) => p.disk));
       if (map) for (const s of map.slaves) if (await this.isOurs(fc, s, ports)) disks.add(s);
       if (disks.size === 0) throw failedPrecondition(`${what} has no path on this node to rescan; stage it again`);
-      for (const d of [...disks].sort()) await doing(`rescanning the capacity of ${d} (${what})`, () => this.disks.rescan(d));
-      if (map) await this.multipath.resize(map);
+      await this.multipath.growLun(map, [...disks], what);
     });
   }
 

@@ -1,7 +1,9 @@
+import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { failedPrecondition } from '../../csi/errors.js';
+import { Code, CsiError, failedPrecondition } from '../../csi/errors.js';
 import { ExecError, type Executor } from '../../exec/run.js';
-import { toHostError } from '../host-errors.js';
+import { doing, toHostError } from '../host-errors.js';
+import { parseMountInfo } from '../mount.js';
 import type { ScsiDisks } from './scsi.js';
 import { KERNEL_NAME_RE, sleep, type SysfsTree } from './sysfs.js';
 
@@ -37,6 +39,8 @@ export interface MultipathOptions {
   /** `multipath -f` tries (a map just unmounted can be busy for a moment). */
   flushTries?: number;
   flushRetryMs?: number;
+  /** Mount table for the in-use check before anything is removed; default /proc/self/mountinfo. */
+  mountInfoPath?: string;
 }
 
 /**
@@ -48,6 +52,7 @@ export interface MultipathOptions {
 export class Multipath {
   private readonly flushTries: number;
   private readonly flushRetryMs: number;
+  private readonly mountInfoPath: string;
 
   constructor(
     private readonly exec: Executor,
@@ -58,6 +63,7 @@ export class Multipath {
   ) {
     this.flushTries = opts.flushTries ?? 5;
     this.flushRetryMs = opts.flushRetryMs ?? 1000;
+    this.mountInfoPath = opts.mountInfoPath ?? '/proc/self/mountinfo';
   }
 
   /** The multipath map with this kernel name, or undefined when dm is not one (an LVM volume, a crypt device …) or is gone. */
@@ -158,6 +164,55 @@ export class Multipath {
     } catch (e) {
       throw toHostError(`resizing multipath map ${map.name}`, e);
     }
+  }
+
+  /** Why a block device must not be removed (mounted, or held by something above it), if it must not. */
+  async inUse(kernel: string, ignoreHolder?: string): Promise<string | undefined> {
+    const holders = (await this.disks.holders(kernel)).filter((h) => h !== ignoreHolder);
+    if (holders.length) return `${kernel} is held by ${holders.join(', ')}`;
+    const majMin = await this.sysfs.read(`block/${kernel}/dev`);
+    let table: string;
+    try {
+      table = await readFile(this.mountInfoPath, 'utf8');
+    } catch {
+      return undefined;
+    }
+    const m = parseMountInfo(table).find(
+      (e) => (majMin !== undefined && e.majMin === majMin) || (e.root === `/${kernel}` && (e.fsType === 'devtmpfs' || e.fsType === 'tmpfs')),
+    );
+    return m ? `${kernel} is mounted at ${m.mountPoint}` : undefined;
+  }
+
+  /**
+   * Takes a LUN off the node: refuses (touching nothing) while the maps or
+   * paths are mounted or held by anything else; then flushes and removes each
+   * map, flushes each path's buffers, deletes each path and waits until the
+   * kernel has let go of them. The caller has made sure every path is the LUN's.
+   */
+  async removeLun(maps: MultipathMap[], paths: string[], what: string, timeoutMs: number): Promise<void> {
+    for (const m of maps) {
+      const busy = await this.inUse(m.dm);
+      if (busy) throw failedPrecondition(`${what} is still in use (${busy}); unmount it first`);
+    }
+    for (const disk of paths) {
+      const holder = maps.find((m) => m.slaves.includes(disk))?.dm;
+      const busy = await this.inUse(disk, holder);
+      if (busy) throw failedPrecondition(`${what} is still in use (${busy}); unmount it first`);
+    }
+    for (const m of maps) await this.flush(m);
+    for (const disk of paths) {
+      if (await this.sysfs.devExists(disk)) await this.flushBuffers(this.sysfs.dev(disk));
+      await doing(`deleting path ${disk} of ${what}`, () => this.disks.delete(disk));
+    }
+    const left = await this.disks.waitGone(paths, timeoutMs);
+    if (left.length)
+      throw new CsiError(Code.DEADLINE_EXCEEDED, `${what}: path${left.length > 1 ? 's' : ''} ${left.join(', ')} still present ${timeoutMs / 1000}s after being deleted; retry`);
+  }
+
+  /** Makes the kernel see a grown LUN: rescan every path's capacity, then resize the map over them. */
+  async growLun(map: MultipathMap | undefined, paths: string[], what: string): Promise<void> {
+    for (const d of [...paths].sort()) await doing(`rescanning the capacity of ${d} (${what})`, () => this.disks.rescan(d));
+    if (map) await this.resize(map);
   }
 
   /** Whether the same map (same dm name and WWID) still exists. */
