@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, readdir, readFile, readlink, realpath, stat } from 'node:fs/promises';
+import { open, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, posix } from 'node:path';
 
 /**
@@ -105,14 +105,6 @@ export class SysfsTree {
       const target = await realpath(this.dev(rel));
       const devReal = await realpath(this.devRoot);
       return posix.dirname(target) === devReal ? basename(target) : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-
-  async devLink(rel: string): Promise<string | undefined> {
-    try {
-      return await readlink(this.dev(rel));
     } catch {
       return undefined;
     }
