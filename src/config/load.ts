@@ -27,10 +27,12 @@ export const FLAG_SPEC = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
+const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'controller', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
 const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes', 'export', 'iscsi'] as const;
 const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache', 'blockSize', 'reconcileSeconds'] as const;
-const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator'] as const;
+const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc'] as const;
+const FC_KEYS = ['scanTimeoutSeconds', 'removeTimeoutSeconds'] as const;
+const CONTROLLER_KEYS = ['stateDir'] as const;
 const PORTAL_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
 const IQN_PREFIX_RE = /^(?:iqn\.\d{4}-\d{2}\.[A-Za-z0-9.:-]+[:.]|eui\.|naa\.)$/;
 
@@ -74,6 +76,8 @@ function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): B
   onlyKeys(raw, BACKEND_KEYS, key);
   const name = str(raw.name, `${key}.name`);
   if (!BACKEND_NAME_RE.test(name)) throw new ConfigError(`${key}.name`, `"${name}" must be lower-case letters, digits and '-', at most 32 characters`);
+  // Volume ids are `<backend>-<uuid>`; `static-<name>` is the static volumes' handle (src/controller/static-volumes.ts).
+  if (name === 'static' || name.startsWith('static-')) throw new ConfigError(`${key}.name`, `"${name}" is reserved: volume handles starting with "static-" name static (pre-provisioned) volumes`);
   oneOf(raw.driver ?? 'file', `${key}.driver`, ['file'] as const);
   const topology = strMap(raw.topology, `${key}.topology`);
   const b: FileBackendConfig = {
@@ -91,6 +95,16 @@ function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): B
   if (b.export === 'iscsi') b.iscsi = iscsiFrom(raw.iscsi, `${key}.iscsi`);
   else if (raw.iscsi !== undefined) throw new ConfigError(`${key}.iscsi`, 'only applies with export: iscsi');
   return b;
+}
+
+function fcFrom(raw: unknown): Config['node']['fc'] {
+  const f = raw ?? {};
+  if (!isObj(f)) throw new ConfigError('node.fc', 'must be a map');
+  onlyKeys(f, FC_KEYS, 'node.fc');
+  return {
+    scanTimeoutSeconds: f.scanTimeoutSeconds === undefined ? 30 : num(f.scanTimeoutSeconds, 'node.fc.scanTimeoutSeconds', 1, 600),
+    removeTimeoutSeconds: f.removeTimeoutSeconds === undefined ? 30 : num(f.removeTimeoutSeconds, 'node.fc.removeTimeoutSeconds', 1, 600),
+  };
 }
 
 /** Flags over the YAML file over defaults; throws ConfigError naming the key. */
@@ -175,6 +189,22 @@ export function loadConfig(role: Role, argv: string[]): Config {
     iscsiInitiatorName: nodeRaw.iscsiInitiatorName === undefined ? undefined : str(nodeRaw.iscsiInitiatorName, 'node.iscsiInitiatorName'),
     initiatorNameFile: nodeRaw.initiatorNameFile === undefined ? '/etc/iscsi/initiatorname.iscsi' : absPath(nodeRaw.initiatorNameFile, 'node.initiatorNameFile'),
     initiator: oneOf(nodeRaw.initiator ?? 'auto', 'node.initiator', ['kernel', 'userspace', 'auto'] as const),
+    sysfsRoot: nodeRaw.sysfsRoot === undefined ? '/sys' : absPath(nodeRaw.sysfsRoot, 'node.sysfsRoot'),
+    devRoot: nodeRaw.devRoot === undefined ? '/dev' : absPath(nodeRaw.devRoot, 'node.devRoot'),
+    fc: fcFrom(nodeRaw.fc),
+  };
+  if (node.sysfsRoot === '/' || node.devRoot === '/') throw new ConfigError(node.sysfsRoot === '/' ? 'node.sysfsRoot' : 'node.devRoot', 'must not be "/"');
+
+  const ctlRaw = file.controller ?? {};
+  if (!isObj(ctlRaw)) throw new ConfigError('controller', 'must be a map');
+  onlyKeys(ctlRaw, CONTROLLER_KEYS, 'controller');
+  const controller = {
+    stateDir:
+      ctlRaw.stateDir !== undefined
+        ? absPath(ctlRaw.stateDir, 'controller.stateDir')
+        : backends.length > 0
+          ? `${backends[0]!.dataDir}/controller-state`
+          : '/var/lib/sinter/controller',
   };
 
   const execRaw = file.exec ?? {};
@@ -196,6 +226,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
     kubeletRoots,
     backends,
     node,
+    controller,
     exec,
     shutdownGraceSeconds: file.shutdownGraceSeconds === undefined ? 10 : num(file.shutdownGraceSeconds, 'shutdownGraceSeconds', 0, 600),
     kubernetes: kubernetesFrom(file.kubernetes, role),

@@ -37,6 +37,13 @@ export interface IscsiExportConfig {
 
 export type BackendConfig = FileBackendConfig;
 
+export interface FcConfig {
+  /** How long connecting an FC LUN keeps scanning and waiting for it (and its multipath map). */
+  scanTimeoutSeconds: number;
+  /** How long disconnecting waits for deleted paths to disappear. */
+  removeTimeoutSeconds: number;
+}
+
 export interface NodeConfig {
   maxVolumesPerNode: number;
   topology: Record<string, string>;
@@ -45,6 +52,16 @@ export interface NodeConfig {
   initiatorNameFile: string;
   /** `kernel` (iscsiadm + iscsid), `userspace` (libiscsi: qemu-nbd, nbdfuse, loop), `auto` (kernel when iscsi_tcp is there). */
   initiator: 'kernel' | 'userspace' | 'auto';
+  /** Where sysfs is mounted (FC HBAs, SCSI disks, multipath maps); /sys on a node. */
+  sysfsRoot: string;
+  /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
+  devRoot: string;
+  fc: FcConfig;
+}
+
+/** The controller's own state (not a backend's): records of static volumes' publishes. */
+export interface ControllerConfig {
+  stateDir: string;
 }
 
 export interface ExecConfig {
@@ -76,6 +93,7 @@ export interface Config {
   kubeletRoots: string[];
   backends: BackendConfig[];
   node: NodeConfig;
+  controller: ControllerConfig;
   exec: ExecConfig;
   shutdownGraceSeconds: number;
   kubernetes: KubernetesConfig;

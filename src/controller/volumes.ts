@@ -64,6 +64,8 @@ export interface VolumeManagerOptions {
    * may throw a CsiError (UNAVAILABLE) when it cannot tell.
    */
   externalAttachments?: (volumeId: string) => string[];
+  /** Publishes on a node that no backend records (static volumes), counted against maxVolumesPerNode. */
+  extraPublishedTo?: (nodeId: string) => number;
 }
 
 export interface UnpublishOptions {
@@ -251,7 +253,7 @@ export class VolumeManager {
         return b.exportVolume(volumeId, node, readonly, secrets);
       }
       const limit = this.opts.maxVolumesPerNode?.(nodeId);
-      if (limit && this.publishedTo(nodeId) >= limit)
+      if (limit && this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0) >= limit)
         throw resourceExhausted(`node_id: node "${nodeId}" already has ${limit} volumes published, its limit (max_volumes_per_node)`);
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
       if (others.length > 0 && (isSingleNode(cap.accessMode) || others.some((a) => isSingleNode(a.accessMode))))
@@ -301,7 +303,8 @@ export class VolumeManager {
     await b.reconcileExports?.((volumeId, fn) => this.locks.run(`vol:${volumeId}`, fn));
   }
 
-  private publishedTo(nodeId: string): number {
+  /** How many backend volumes are published to the node. */
+  publishedTo(nodeId: string): number {
     let n = 0;
     for (const b of this.backends.values()) for (const v of b.volumes()) if (v.attachments.some((a) => a.nodeId === nodeId)) n++;
     return n;
