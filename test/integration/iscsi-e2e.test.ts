@@ -1,7 +1,8 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { UserspaceIscsiInitiator } from '../../src/node/connectors/iscsi/userspace.js';
 import { tempDir } from '../helpers/scratch-fs.js';
@@ -113,6 +114,33 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     } finally {
       await forceCleanupUserspace(probeDir);
     }
+  });
+
+  it('a static (pre-provisioned) iSCSI LUN: publish from its attributes, stage, write; DeleteVolume leaves the LUN alone', async () => {
+    // The array team's LUN: a target sinter did not create, outside any backend.
+    const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' }));
+    const lunFile = join(t.dir, 'array-lun.img');
+    writeFileSync(lunFile, '');
+    truncateSync(lunFile, 64 * MiB);
+    const array = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2026-11.com.example.array:' }, exec);
+    const ref = await array.ensureTarget('lun-42', lunFile);
+    await array.allowInitiator('lun-42', NODE_IQN, { user: CHAP['node.session.auth.username'], password: CHAP['node.session.auth.password'] });
+    const id = 'static-array-lun-42';
+    const attrs = { transport: 'iscsi', portals: tgtd.portal, iqn: ref.iqn, lun: String(ref.lun) };
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), volume_context: attrs });
+    expect(pub.publish_context).toMatchObject({ transport: 'iscsi', iqn: ref.iqn, lun: '1' });
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, volume_context: attrs, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: pub.publish_context });
+    writeFileSync(join(target, 'static.txt'), 'written to a LUN sinter did not create');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    expect(await codeOf(ctl.client.controller.DeleteVolume({ volume_id: id }))).toBe('OK');
+    // The controller's reconcile never touches a target outside its prefix, and delete left the LUN.
+    expect((await array.listTargets()).some((x) => x.iqn === ref.iqn)).toBe(true);
+    expect(readFileSync(lunFile).includes(Buffer.from('written to a LUN sinter did not create'))).toBe(true);
+    await array.removeTarget('lun-42');
   });
 
   it('tgtd killed and restarted: the controller reconciles the exports and a new stage works', async () => {
