@@ -143,6 +143,33 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     await array.removeTarget('lun-42');
   });
 
+  it('grows a volume offline: expand while unpublished, publish and stage again, NodeExpandVolume grows the filesystem', async () => {
+    const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
+    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume.volume_id;
+    const { staging, target } = paths(id);
+    const cycle = async (fn: (ctx: Record<string, string>) => Promise<void>) => {
+      const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: xfs })).publish_context;
+      await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: xfs, publish_context: ctx });
+      await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: xfs, publish_context: ctx });
+      await fn(ctx);
+      await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+      await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    };
+    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u: { unit: string }) => u.unit === 'BYTES').total as number;
+    let before = 0;
+    await cycle(async () => {
+      before = await total();
+    });
+    const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+    expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });
+    await cycle(async () => {
+      await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+      expect(await total()).toBeGreaterThan(before + 250 * MiB);
+    });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
   it('tgtd killed and restarted: the controller reconciles the exports and a new stage works', async () => {
     const id = await provision('e2e-restart');
     const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });

@@ -2,7 +2,7 @@ import { constants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
-import type { NodeIdentity } from '../../contracts/nodeid.js';
+import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
 import { fsyncDir, removeFileDurable } from '../../store/atomic-file.js';
@@ -313,7 +313,13 @@ export class FileBackend implements Backend {
 
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
     // The local transport exports nothing, so there is nothing to revoke.
-    await this.iscsi?.unexport(id, node);
+    if (!this.iscsi) return;
+    const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
+    // The last node leaving takes the target with it: nothing stays exported
+    // that no publish explains, and the next publish builds the LUN afresh at
+    // the image's current size (tgt reads a LUN's size only when it is added).
+    if (others.length === 0) await this.iscsi.remove(id);
+    else await this.iscsi.unexport(id, node);
   }
 
   async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {

@@ -90,10 +90,9 @@ export class IscsiConnector implements Connector {
   async rescan(ctx: PublishContext, device: string): Promise<void> {
     asIscsi(ctx);
     const ini = await this.get();
-    if (ini instanceof UserspaceIscsiInitiator)
-      throw failedPrecondition(
-        'the user-space iSCSI initiator sees a LUN at the size it had at login; unstage and stage the volume again to use the new size (the kernel initiator grows online)',
-      );
+    // The user-space initiator sees a LUN at the size it had at login; the
+    // caller's size check then says to stage again (the kernel initiator grows online).
+    if (ini instanceof UserspaceIscsiInitiator) return;
     // SCSI disks re-read their capacity when 1 is written to device/rescan; a
     // multipath map's slaves each need it.
     const name = basename(device);
