@@ -170,6 +170,29 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 
+  it('a node plugin killed and restarted leaves staged volumes working; unstage afterwards cleans up', async () => {
+    const id = await provision('e2e-node-restart');
+    const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP })).publish_context;
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: ctx });
+    await node.stop('SIGKILL');
+    node.client.close();
+    // The session lives in its own processes: the pod's files stay readable and writable meanwhile.
+    writeFileSync(join(target, 'during-restart.txt'), 'still here');
+    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
+    const stats = await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target });
+    expect(stats.volume_condition?.abnormal ?? false).toBe(false);
+    // A repeated stage after the restart is recognised, not redone.
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, secrets: CHAP });
+    expect(readFileSync(join(target, 'during-restart.txt'), 'utf8')).toBe('still here');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    const image = readFileSync(join(t.dir, 'data', 'volumes', `${id}.img`));
+    expect(image.includes(Buffer.from('still here'))).toBe(true);
+  });
+
   it('tgtd killed and restarted: the controller reconciles the exports and a new stage works', async () => {
     const id = await provision('e2e-restart');
     const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });

@@ -105,6 +105,19 @@ export class IscsiConnector implements Connector {
     }
   }
 
+  /** Every iSCSI attachment on this node, so start-up can report those no staged volume explains. */
+  async attached(): Promise<{ device: string; source: string }[]> {
+    const ini = await this.get();
+    if (ini instanceof UserspaceIscsiInitiator)
+      return (await ini.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: `${a.iqn} lun ${a.lun} via ${a.portal}` }));
+    if (ini instanceof KernelIscsiInitiator) {
+      const out: { device: string; source: string }[] = [];
+      for (const s of await ini.sessions()) for (const d of s.devices) if (d.disk) out.push({ device: `/dev/${d.disk}`, source: `${s.target} lun ${d.lun}` });
+      return out;
+    }
+    return [];
+  }
+
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const found = await this.find(ctx).catch(() => undefined);
     if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${asIscsi(ctx).iqn} LUN ${asIscsi(ctx).lun} any more` };
