@@ -160,6 +160,9 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     let before = 0;
     await cycle(async () => {
       before = await total();
+      // Online growth would leave the node's LUN at its old size (tgt cannot resize a LUN in use).
+      const online = ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+      await expect(online).rejects.toMatchObject({ code: 9, details: expect.stringMatching(/unpublish it/) });
     });
     const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
     expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });

@@ -20,7 +20,7 @@ import type {
 import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 import { copyImage } from './copy.js';
 import { chapFromSecrets, ChapError } from '../../contracts/chap.js';
-import { invalidArgument } from '../../csi/errors.js';
+import { failedPrecondition, invalidArgument } from '../../csi/errors.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { TgtTargetHelper } from '../targets/tgt.js';
@@ -270,6 +270,12 @@ export class FileBackend implements Backend {
   async expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord> {
     const rec = this.mustVolume(id);
     if (sizeBytes <= rec.sizeBytes) return rec;
+    // tgt learns a LUN's size only when the LUN is added, and re-adding it under
+    // a live session would fail the node's I/O: grow iSCSI volumes while unpublished.
+    if (this.iscsi && rec.attachments.length > 0)
+      throw failedPrecondition(
+        `volume ${id} is exported over iSCSI by tgt, which cannot resize a LUN in use; unpublish it (stop its pods), expand, and publish it again`,
+      );
     const fh = await fs.open(this.imagePath(id), 'r+');
     try {
       await fh.truncate(sizeBytes);
