@@ -11,7 +11,7 @@ import { LocalConnector } from './connectors/local.js';
 import type { NodeDeps } from './context.js';
 import { expandVolume } from './expand.js';
 import { Mounter } from './mount.js';
-import { findOrphans, type Orphan } from './orphans.js';
+import { cleanOrphans, findOrphans, type Orphan } from './orphans.js';
 import { KubeletPaths } from './paths.js';
 import { publishVolume, unpublishVolume } from './publish.js';
 import { ReadOnlyBlock } from './readonly-block.js';
@@ -108,12 +108,18 @@ export class NodeService {
     await this.deps.state.init();
     const { records, strayTemps } = await this.deps.state.list();
     await this.deps.state.removeStrayTemps(strayTemps);
-    const orphans = await this.orphans();
+    let orphans = await this.orphans();
+    // Devices from sinter's roots that no record explains and nothing uses are leftovers: detach them.
+    const detached = await cleanOrphans(this.deps, orphans);
+    if (detached.length) {
+      this.log.warn({ devices: detached }, 'detached devices no record of this node explains and nothing used');
+      orphans = await this.orphans();
+    }
     for (const o of orphans) this.log.warn({ orphan: o.kind, ...o }, 'node state out of step with the host');
-    this.log.info({ volumes: records.length, orphans: orphans.length, stateDir: this.cfg.stateDir }, 'node service started');
+    this.log.info({ volumes: records.length, orphans: orphans.length, detached: detached.length, stateDir: this.cfg.stateDir }, 'node service started');
   }
 
-  /** The current orphan report (see findOrphans); read-only. */
+  /** The current orphan report (see findOrphans); read-only. `sinter fsck` uses it on a service that was never started. */
   orphans(): Promise<Orphan[]> {
     return findOrphans(this.deps, recordedContext);
   }

@@ -12,27 +12,17 @@ import type {
   Backend,
   BackendCapacity,
   CreateVolumeSpec,
+  Inspection,
   RecoveryReport,
   SnapshotRecord,
   VolumeHealth,
   VolumeRecord,
 } from '../backend.js';
-import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 import { copyImage } from './copy.js';
+import { inspectFileBackend } from './inspect.js';
+import { isSnapshotRecord, isVolumeRecord } from './records.js';
 
 const now = () => new Date().toISOString();
-
-function isVolumeRecord(v: unknown): v is VolumeRecord {
-  const r = v as VolumeRecord;
-  return typeof r === 'object' && r !== null && typeof r.id === 'string' && VOLUME_ID_RE.test(r.id) && typeof r.name === 'string' &&
-    typeof r.sizeBytes === 'number' && typeof r.state === 'string' && Array.isArray(r.attachments);
-}
-
-function isSnapshotRecord(v: unknown): v is SnapshotRecord {
-  const r = v as SnapshotRecord;
-  return typeof r === 'object' && r !== null && typeof r.id === 'string' && SNAPSHOT_ID_RE.test(r.id) && typeof r.name === 'string' &&
-    typeof r.sourceVolumeId === 'string' && typeof r.state === 'string';
-}
 
 /**
  * The embedded backend: each volume is a sparse image file with its record
@@ -141,6 +131,11 @@ export class FileBackend implements Backend {
     if (report.orphans.length) this.log.warn({ backend: this.name, orphans: report.orphans }, 'image files that no record explains (left in place; see sinter fsck)');
     if (report.corrupt.length) this.log.error({ backend: this.name, corrupt: report.corrupt }, 'unreadable records (left in place)');
     return report;
+  }
+
+  /** What start() would repair and what it would leave for a person, touching nothing (`sinter fsck`). */
+  inspect(): Promise<Inspection> {
+    return inspectFileBackend({ name: this.name, dataDir: this.cfg.dataDir, volumes: this.volStore, snapshots: this.snapStore });
   }
 
   async probe(): Promise<void> {
