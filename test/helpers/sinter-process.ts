@@ -17,6 +17,8 @@ export interface SinterProcess {
   /** Everything the process wrote to stderr so far (its JSON log lines). */
   logs(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
+  /** SIGKILL, without warning; with `detached`, the whole process group (sinter and the host commands it runs), as a container's death would. */
+  kill(): Promise<void>;
   /** Stops the process and removes every mount and loop device left under base. */
   cleanup(): Promise<void>;
 }
@@ -26,6 +28,27 @@ export interface StartOptions {
   args?: string[];
   base?: string;
   nodeName?: string;
+  /** Own process group, so kill() takes its children (losetup, mkfs, cp …) with it. */
+  detached?: boolean;
+  logLevel?: string;
+}
+
+/** The command line startSinter runs (after `node`). */
+export function sinterArgs(base: string, opts: StartOptions = {}): string[] {
+  return [
+    MAIN,
+    opts.role ?? 'all',
+    '--endpoint',
+    `unix://${join(base, 'csi.sock')}`,
+    '--kubelet-root',
+    join(base, 'kubelet'),
+    '--node-name',
+    opts.nodeName ?? 'test-node',
+    '--log-level',
+    opts.logLevel ?? 'info',
+    ...((opts.args ?? []).includes('--config') ? [] : ['--data-dir', join(base, 'data')]),
+    ...(opts.args ?? []),
+  ];
 }
 
 export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
@@ -59,29 +82,24 @@ export async function scrub(dir: string): Promise<void> {
   }
 }
 
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+}
+
 export async function startSinter(opts: StartOptions = {}): Promise<SinterProcess> {
   const base = opts.base ?? mkdtempSync(join(tmpdir(), 'sinter-it-'));
   const socket = join(base, 'csi.sock');
   const dataDir = join(base, 'data');
   const kubeletRoot = join(base, 'kubelet');
   mkdirSync(kubeletRoot, { recursive: true });
-  const role = opts.role ?? 'all';
-  const args = [
-    MAIN,
-    role,
-    '--endpoint',
-    `unix://${socket}`,
-    '--kubelet-root',
-    kubeletRoot,
-    '--node-name',
-    opts.nodeName ?? 'test-node',
-    '--log-level',
-    'info',
-    ...((opts.args ?? []).includes('--config') ? [] : ['--data-dir', dataDir]),
-    ...(opts.args ?? []),
-  ];
+  const args = sinterArgs(base, opts);
   let stderr = '';
-  const proc = execa('node', args, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false });
+  const proc = execa('node', args, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const client = csiClient(`unix://${socket}`);
   try {
@@ -92,6 +110,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
       return r.ready?.value === true ? true : undefined;
     });
   } catch (e) {
+    if (opts.detached) killGroup(proc.pid);
     proc.kill('SIGKILL');
     client.close();
     throw e;
@@ -103,6 +122,13 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
     }
   };
+  const kill = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      if (opts.detached) killGroup(proc.pid);
+      else proc.kill('SIGKILL');
+      await proc;
+    }
+  };
   return {
     base,
     socket,
@@ -112,6 +138,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
     proc,
     logs: () => stderr,
     stop,
+    kill,
     async cleanup() {
       client.close();
       await stop();
