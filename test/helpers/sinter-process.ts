@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
@@ -51,7 +52,19 @@ export function sinterArgs(base: string, opts: StartOptions = {}): string[] {
   ];
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
+/** Whether a unix socket accepts a connection now. */
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect(path);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000, intervalMs = 50): Promise<T> {
   const until = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < until) {
@@ -61,7 +74,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
     } catch (e) {
       last = e;
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
 }
@@ -101,18 +114,29 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   let stderr = '';
   const proc = execa('node', args, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  const client = csiClient(`unix://${socket}`);
+  // The client is made once the socket accepts connections: a channel that met a
+  // refused connection first (a stale socket of a killed run) waits out gRPC's
+  // reconnect back-off, about a second.
+  let client: CsiClient | undefined;
   try {
-    await waitFor('sinter to answer Probe', async () => {
-      if (proc.exitCode !== null) throw new Error(`sinter exited with ${proc.exitCode}: ${stderr.slice(-500)}`);
-      if (!existsSync(socket)) return undefined;
-      const r = await client.identity.Probe({}, { deadlineMs: 1000 });
-      return r.ready?.value === true ? true : undefined;
-    });
+    await waitFor(
+      'sinter to answer Probe',
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`sinter exited with ${proc.exitCode}: ${stderr.slice(-500)}`);
+        if (!client) {
+          if (!existsSync(socket) || !(await accepts(socket))) return undefined;
+          client = csiClient(`unix://${socket}`);
+        }
+        const r = await client.identity.Probe({}, { deadlineMs: 1000 });
+        return r.ready?.value === true ? true : undefined;
+      },
+      15_000,
+      10,
+    );
   } catch (e) {
     if (opts.detached) killGroup(proc.pid);
     proc.kill('SIGKILL');
-    client.close();
+    client?.close();
     throw e;
   }
   const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
@@ -134,13 +158,13 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
     socket,
     dataDir,
     kubeletRoot,
-    client,
+    client: client!,
     proc,
     logs: () => stderr,
     stop,
     kill,
     async cleanup() {
-      client.close();
+      client!.close();
       await stop();
       await scrub(base);
       if (!opts.base) rmSync(base, { recursive: true, force: true });

@@ -97,6 +97,17 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
     let kills = 0;
     let startupKills = 0;
     let lostAnswers = 0;
+    const seen = new Map<string, number>();
+    const lostByKind = new Map<string, number>();
+    const timing = { restart: 0, fsck: 0, traffic: 0, settle: 0, check: 0 };
+    const timed = async <T>(k: keyof typeof timing, fn: () => Promise<T>): Promise<T> => {
+      const t0 = performance.now();
+      try {
+        return await fn();
+      } finally {
+        timing[k] += performance.now() - t0;
+      }
+    };
     const dataDir = join(base, 'data');
     const kubelet = join(base, 'kubelet');
     const cfg = loadConfig('all', ['--data-dir', dataDir, '--kubelet-root', kubelet, '--node-name', 'test-node']);
@@ -484,7 +495,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
       for (let i = 0; i < KILLS; i++) {
         note(`round ${i}`);
         // A little normal traffic first, so the state grows.
-        for (let b = rng.int(0, 2); b > 0; b--) await runBatch(batch(rng.int(1, 4)));
+        for (let b = rng.int(0, 2); b > 0; b--) await timed('traffic', () => runBatch(batch(rng.int(1, 4))));
 
         // The batch the kill interrupts.
         const ops = batch(rng.int(1, 5));
@@ -503,6 +514,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
           else throw new Error(`${o.op.desc} failed with code ${o.code}: ${o.msg}`);
         }
         lostAnswers += inDoubt.length;
+        for (const op of inDoubt) lostByKind.set(op.desc.split(' ')[0]!, (lostByKind.get(op.desc.split(' ')[0]!) ?? 0) + 1);
         pendingVols.clear();
         pendingSnaps.clear();
         pendingCtrl.clear();
@@ -511,8 +523,9 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
         const nodeDoubt = new Set(inDoubt.map((op) => op.nodeVolume).filter((x): x is string => !!x));
 
         // 1. On the dead system: only what a restart or the CO's retry repairs.
-        const dead = i % 5 === 0 ? (await fsckCli({ dataDir, kubeletRoot: kubelet, socket: join(base, 'csi.sock') })).report : await fsckInProcess();
+        const dead = await timed('fsck', async () => (i % 5 === 0 ? (await fsckCli({ dataDir, kubeletRoot: kubelet, socket: join(base, 'csi.sock') })).report : await fsckInProcess()));
         onlyRemedies(dead, ['restart', 'retry'], nodeDoubt, 'fsck on the killed system');
+        for (const f of dead.findings) seen.set(f.kind, (seen.get(f.kind) ?? 0) + 1);
 
         // Sometimes the start-up recovery itself is killed.
         if (rng.chance(0.12)) {
@@ -530,14 +543,14 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
         }
 
         // 2. Restarted: nothing left a restart repairs; what the CO was told holds.
-        await start();
+        await timed('restart', start);
         onlyRemedies(await fsckInProcess(), ['retry'], nodeDoubt, 'fsck after the restart');
-        await checkAcknowledged();
+        await timed('check', checkAcknowledged);
 
         // 3. The CO settles what it never heard back about; then everything is exact.
         for (const op of rng.shuffle(inDoubt)) {
           note(`  settle ${op.desc}`);
-          await op.settle();
+          await timed('settle', () => op.settle());
         }
         pendingVols.clear();
         pendingSnaps.clear();
@@ -551,7 +564,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
           if (!(again instanceof Error)) expect(again.volume.volume_id).toBe(v.id);
           else expect((again as { code?: number }).code).toBe(6);
         }
-        await checkExact();
+        await timed('check', checkExact);
       }
 
       // Tear everything down the way a CO would; nothing may be left.
@@ -567,7 +580,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
       await checkExact();
       expect(readdirSync(join(dataDir, 'volumes'))).toEqual([]);
       expect(readdirSync(join(dataDir, 'snapshots'))).toEqual([]);
-      console.log(`crash test: seed ${seed}: ${kills} SIGKILLs (+${startupKills} during start-up recovery), ${lostAnswers} answers lost and settled by the CO`);
+      console.log(`crash test: seed ${seed}: ${kills} SIGKILLs (+${startupKills} during start-up recovery), ${lostAnswers} answers lost and settled by the CO ${JSON.stringify(Object.fromEntries(lostByKind))}; fsck on the killed system found ${JSON.stringify(Object.fromEntries(seen))}; ms ${JSON.stringify(Object.fromEntries(Object.entries(timing).map(([k, v]) => [k, Math.round(v)])))}`);
       expect(kills).toBe(KILLS);
     } catch (e) {
       const err = e as Error;
