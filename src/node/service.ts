@@ -195,14 +195,16 @@ export class NodeService {
 
       NodeUnpublishVolume: async (req) => {
         const volumeId = checkVolumeId(req.volume_id);
-        const target = await d.paths.check('target_path', req.target_path);
-        await this.volumeLock(volumeId, [target.resolved], () =>
-          unpublishVolume(
+        const checked = await d.paths.check('target_path', req.target_path);
+        await this.volumeLock(volumeId, [checked.resolved], async () => {
+          // Looked at again under the lock: a publish that held it may have created the target meanwhile.
+          const target = await d.paths.check('target_path', req.target_path);
+          return unpublishVolume(
             d,
             { volumeId, targetPath: target.path, targetResolved: target.resolved, targetExists: target.exists },
             (rec) => realpath(rec.stagingPath).catch(() => rec.stagingPath),
-          ),
-        );
+          );
+        });
         return {};
       },
 
