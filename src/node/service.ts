@@ -143,10 +143,12 @@ export class NodeService {
         const volumeId = checkVolumeId(req.volume_id);
         if (!req.staging_target_path) throw invalidArgument('staging_target_path is required');
         const capability = parseCapability(req.volume_capability);
-        const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+        const checked = await d.paths.check('staging_target_path', req.staging_target_path);
         const publishContext = publishContextOf(req.publish_context);
-        await this.volumeLock(volumeId, [staging.resolved], () =>
-          stageVolume(d, {
+        await this.volumeLock(volumeId, [checked.resolved], async () => {
+          // Looked at again under the lock: an unstage that held it may have removed the directory meanwhile.
+          const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+          return stageVolume(d, {
             volumeId,
             stagingPath: staging.path,
             stagingResolved: staging.resolved,
@@ -155,8 +157,8 @@ export class NodeService {
             publishContext,
             volumeContext: mapOf(req.volume_context),
             secrets: mapOf(req.secrets),
-          }),
-        );
+          });
+        });
         return {};
       },
 
