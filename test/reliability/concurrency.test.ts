@@ -172,17 +172,21 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
         const results = await Promise.all(
           calls.map(async (n) => {
             await new Promise((r) => setTimeout(r, rng.int(0, 15)));
-            return [n, await codeOf(rpcs[n]!())] as const;
+            const e = await rpcs[n]!().then(() => undefined, (x: { details?: string }) => x);
+            return [n, await codeOf(e ? Promise.reject(e) : Promise.resolve()), e?.details ?? ''] as const;
           }),
         );
-        for (const [n, code] of results) {
+        for (const [n, code, msg] of results) {
           codes.set(code, (codes.get(code) ?? 0) + 1);
-          expect(REFUSALS, `${n} in round ${round}`).toContain(code);
+          expect(REFUSALS, `${n} in round ${round}: ${msg}`).toContain(code);
         }
         // The node's record, its mounts and its loop device agree; fsck sees nothing out of step.
         const report = await fsck();
-        expect(report.findings, `round ${round}: ${calls.join(',')}\n${describeReport(report)}`).toEqual([]);
         const recFile = join(s.dataDir, 'node-state', 'volumes', `${vol}.json`);
+        expect(
+          report.findings,
+          `round ${round}: ${results.map((r) => r.join(' ')).join('; ')}\n${describeReport(report)}\nrecord: ${existsSync(recFile) ? readFileSync(recFile, 'utf8') : 'none'}`,
+        ).toEqual([]);
         const rec = existsSync(recFile) ? (JSON.parse(readFileSync(recFile, 'utf8')) as { phase: string; publishes: { targetPath: string }[] }) : undefined;
         const mounts = mountsUnder(join(s.kubeletRoot, 'storm', vol));
         const stagedAt = access === 'mount' ? staging : join(staging, vol);
