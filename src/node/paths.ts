@@ -59,8 +59,17 @@ export async function confine(p: string, roots: readonly string[]): Promise<Conf
   } catch {
     return { ok: false, why: `is under ${root}, which does not exist on this node` };
   }
-  const { prefix, rest } = await longestExisting(p);
-  const realPrefix = await realpath(prefix);
+  let prefix: string;
+  let rest: string[];
+  let realPrefix: string;
+  try {
+    ({ prefix, rest } = await longestExisting(p));
+    realPrefix = await realpath(prefix);
+  } catch (e) {
+    // A symlink that points nowhere (ENOENT from realpath), a loop (ELOOP), a name too long, no permission: not a usable path.
+    const code = (e as NodeJS.ErrnoException).code ?? 'error';
+    return { ok: false, why: `cannot be resolved (${code}${code === 'ENOENT' ? ': a symbolic link on the way points nowhere' : ''})` };
+  }
   if (realPrefix !== realRoot && !isUnder(realPrefix, realRoot))
     return { ok: false, why: `leads outside ${root} through a symbolic link (${prefix} resolves to ${realPrefix})` };
   const resolved = rest.length ? posix.join(realPrefix, ...rest) : realPrefix;
