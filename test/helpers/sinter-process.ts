@@ -32,6 +32,8 @@ export interface StartOptions {
   /** Own process group, so kill() takes its children (losetup, mkfs, cp …) with it. */
   detached?: boolean;
   logLevel?: string;
+  /** Options for node itself, before the script (e.g. --expose-gc). */
+  nodeArgs?: string[];
 }
 
 /** The command line startSinter runs (after `node`). */
@@ -112,7 +114,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   mkdirSync(kubeletRoot, { recursive: true });
   const args = sinterArgs(base, opts);
   let stderr = '';
-  const proc = execa('node', args, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
+  const proc = execa('node', [...(opts.nodeArgs ?? []), ...args], { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   // The client is made once the socket accepts connections: a channel that met a
   // refused connection first (a stale socket of a killed run) waits out gRPC's
