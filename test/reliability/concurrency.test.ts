@@ -84,7 +84,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     expect((await fsck()).findings).toEqual([]);
   });
 
-  it('deletes racing publishes never delete a published volume', async () => {
+  it('deletes racing publishes never delete a published volume', { timeout: 300_000 }, async () => {
     const n = SOAK ? 200 : 40;
     const ids: string[] = [];
     for (let i = 0; i < n; i++) ids.push((await ctl().CreateVolume({ name: `race-${i}`, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume.volume_id);
@@ -127,7 +127,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     console.log(`delete/publish races: ${published} publishes won, ${deleted} deletes won`);
   });
 
-  it('a clone racing an expand of its source gets a record that matches its image', async () => {
+  it('a clone racing an expand of its source gets a record that matches its image', { timeout: 300_000 }, async () => {
     for (let i = 0; i < (SOAK ? 50 : 10); i++) {
       const src = (await ctl().CreateVolume({ name: `grow-src-${i}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [blockCap()] })).volume.volume_id;
       const [clone, grown] = await Promise.all([
@@ -146,7 +146,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     }
   });
 
-  it(`storms of publish/unpublish/stage/unstage on one volume leave a consistent state, and the CO's ordinary sequence then converges (${ROUNDS} rounds)`, async () => {
+  it(`storms of publish/unpublish/stage/unstage on one volume leave a consistent state, and the CO's ordinary sequence then converges (${ROUNDS} rounds)`, { timeout: ROUNDS * 4_000 + 60_000 }, async () => {
     for (const access of ['mount', 'block'] as const) {
       const cap = access === 'mount' ? mountCap() : blockCap();
       const vol = (await ctl().CreateVolume({ name: `storm-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
