@@ -9,6 +9,8 @@ const USAGE = `sinter ${VERSION} — Cinder's block-storage model as a CSI drive
 
 Usage:
   sinter controller|node|all [flags]
+  sinter fsck [all|controller|node] [flags] [--json] [--repair]
+                            check records, images, mounts and loop devices (sinter fsck --help)
   sinter version
 
 Flags:
@@ -33,6 +35,11 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
     process.stdout.write(USAGE);
     return cmd === undefined ? 2 : 0;
+  }
+  if (cmd === 'fsck') {
+    // Loaded only for this command: the checker does not need the gRPC server.
+    const { fsckMain } = await import('./fsck/cli.js');
+    return fsckMain(rest);
   }
   if (cmd !== 'controller' && cmd !== 'node' && cmd !== 'all') {
     process.stderr.write(`sinter: unknown command "${cmd}"\n\n${USAGE}`);

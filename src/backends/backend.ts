@@ -1,3 +1,4 @@
+import type { Finding } from '../contracts/finding.js';
 import type { NodeIdentity } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
 
@@ -76,6 +77,24 @@ export interface RecoveryReport {
   corrupt: string[];
 }
 
+export interface Inspection {
+  /** One line: what was looked at (`12 volumes, 3 snapshots in /data`). */
+  summary: string;
+  findings: Finding[];
+  /** The volume records as stored (for cross-checks such as exports against publishes). */
+  volumes: VolumeRecord[];
+}
+
+/** One export as the target really has it now (read from the target daemon, not remembered). */
+export interface ExportEntry {
+  /** The volume it serves, when the export's name says so. */
+  volumeId?: string;
+  /** The target's own name (iSCSI target IQN …). */
+  target: string;
+  /** Initiators allowed in: iSCSI IQNs or FC WWPNs, as in the node id. */
+  initiators: string[];
+}
+
 export interface VolumeHealth {
   abnormal: boolean;
   message: string;
@@ -101,6 +120,18 @@ export interface Backend {
   readonly topology: Readonly<Record<string, string>>;
 
   start(): Promise<RecoveryReport>;
+  /**
+   * Read-only consistency check for `sinter fsck`: what start() would repair
+   * (remedy `restart`) and what it would leave (`retry`, `operator`). Works on
+   * a backend that was constructed but not started.
+   */
+  inspect(): Promise<Inspection>;
+  /**
+   * The exports that exist now, for fencing checks (an export must exist
+   * exactly while a publish for that node is recorded). Left out by backends
+   * whose transport exports nothing (the file backend's `local`).
+   */
+  listExports?(): Promise<ExportEntry[]>;
   /** Throws when the backend cannot serve (data directory gone, read-only, …). */
   probe(): Promise<void>;
   capacity(): Promise<BackendCapacity>;

@@ -151,7 +151,12 @@ export class VolumeManager {
       const id = newVolumeId(backend.name);
       const sourceLock = input.source ? [`${input.source.type === 'snapshot' ? 'snap' : 'vol'}:${input.source.id}`] : [];
       const rec = await this.locks.runAll([`vol:${id}`, ...sourceLock], async () => {
-        if (input.source) this.resolveSource(input.source); // it may have gone while we waited
+        if (input.source) {
+          // It may have gone, or grown (an expand that held its lock), while we waited.
+          const now = this.resolveSource(input.source);
+          if (now.sizeBytes > sizeBytes)
+            throw aborted(`volume_content_source: the source grew to ${now.sizeBytes} bytes while this copy waited for it; retry`);
+        }
         return backend.createVolume({
           id,
           name: input.name,

@@ -59,8 +59,22 @@ export async function confine(p: string, roots: readonly string[]): Promise<Conf
   } catch {
     return { ok: false, why: `is under ${root}, which does not exist on this node` };
   }
-  const { prefix, rest } = await longestExisting(p);
-  const realPrefix = await realpath(prefix);
+  let prefix = '';
+  let rest: string[] = [];
+  let realPrefix = '';
+  for (let attempt = 1; ; attempt++) {
+    try {
+      ({ prefix, rest } = await longestExisting(p));
+      realPrefix = await realpath(prefix);
+      break;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? 'error';
+      // The prefix vanished between lstat and realpath (a concurrent unpublish removed the target): walk again.
+      if (code === 'ENOENT' && attempt < 5 && !(await lstat(prefix).then((st) => st.isSymbolicLink(), () => false))) continue;
+      // A symlink that points nowhere, a loop (ELOOP), a name too long, no permission: not a usable path.
+      return { ok: false, why: `cannot be resolved (${code}${code === 'ENOENT' ? ': a symbolic link on the way points nowhere' : ''})` };
+    }
+  }
   if (realPrefix !== realRoot && !isUnder(realPrefix, realRoot))
     return { ok: false, why: `leads outside ${root} through a symbolic link (${prefix} resolves to ${realPrefix})` };
   const resolved = rest.length ? posix.join(realPrefix, ...rest) : realPrefix;

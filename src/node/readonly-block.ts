@@ -60,6 +60,32 @@ export class ReadOnlyBlock {
       await hostCommand(`refreshing the capacity of the read-only view ${view}`, this.exec.run('losetup', ['--set-capacity', view]));
   }
 
+  /** Every loop device layered on another loop device, whoever made it: for the orphan report. */
+  async layered(): Promise<{ view: string; device: string }[]> {
+    const res = await hostCommand('listing loop devices', this.exec.run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE']));
+    if (!res.stdout.trim()) return [];
+    const parsed = JSON.parse(res.stdout) as { loopdevices?: { name: string; 'back-file'?: string | null }[] };
+    const out: { view: string; device: string }[] = [];
+    for (const l of parsed.loopdevices ?? []) {
+      const back = (l['back-file'] ?? '').replace(/ \(deleted\)$/, '');
+      if (LOOP_DEV_RE.test(l.name) && LOOP_DEV_RE.test(back)) out.push({ view: l.name, device: back });
+    }
+    return out;
+  }
+
+  /** Detaches one view of device if it is still that and no mount uses it; true if it did. */
+  async detachUnused(view: string, device: string, snap: MountSnapshot): Promise<boolean> {
+    if (!LOOP_DEV_RE.test(view) || (await this.sys(view, 'loop/backing_file')) !== device) return false;
+    if (snap.entries.some((m) => ReadOnlyBlock.isViewMount(m, view))) return false;
+    try {
+      await this.exec.run('losetup', ['--detach', view]);
+    } catch (e) {
+      if ((await this.sys(view, 'loop/backing_file')) === undefined) return false;
+      throw toHostError(`detaching the read-only view ${view}`, e);
+    }
+    return true;
+  }
+
   /** Detaches the views of device that no mount uses any more. */
   async release(device: string, snap: MountSnapshot): Promise<void> {
     for (const view of await this.views(device)) {

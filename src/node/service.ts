@@ -13,7 +13,7 @@ import { SysfsTree } from './connectors/sysfs.js';
 import type { NodeDeps } from './context.js';
 import { expandVolume } from './expand.js';
 import { Mounter } from './mount.js';
-import { findOrphans, type Orphan } from './orphans.js';
+import { cleanOrphans, findOrphans, type Orphan } from './orphans.js';
 import { KubeletPaths } from './paths.js';
 import { publishVolume, unpublishVolume } from './publish.js';
 import { ReadOnlyBlock } from './readonly-block.js';
@@ -126,12 +126,18 @@ export class NodeService {
     await this.deps.state.init();
     const { records, strayTemps } = await this.deps.state.list();
     await this.deps.state.removeStrayTemps(strayTemps);
-    const orphans = await this.orphans();
+    let orphans = await this.orphans();
+    // Devices from sinter's roots that no record explains and nothing uses are leftovers: detach them.
+    const detached = await cleanOrphans(this.deps, orphans);
+    if (detached.length) {
+      this.log.warn({ devices: detached }, 'detached devices no record of this node explains and nothing used');
+      orphans = await this.orphans();
+    }
     for (const o of orphans) this.log.warn({ orphan: o.kind, ...o }, 'node state out of step with the host');
-    this.log.info({ volumes: records.length, orphans: orphans.length, stateDir: this.cfg.stateDir }, 'node service started');
+    this.log.info({ volumes: records.length, orphans: orphans.length, detached: detached.length, stateDir: this.cfg.stateDir }, 'node service started');
   }
 
-  /** The current orphan report (see findOrphans); read-only. */
+  /** The current orphan report (see findOrphans); read-only. `sinter fsck` uses it on a service that was never started. */
   orphans(): Promise<Orphan[]> {
     return findOrphans(this.deps, recordedContext);
   }
@@ -155,10 +161,12 @@ export class NodeService {
         const volumeId = checkVolumeId(req.volume_id);
         if (!req.staging_target_path) throw invalidArgument('staging_target_path is required');
         const capability = parseCapability(req.volume_capability);
-        const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+        const checked = await d.paths.check('staging_target_path', req.staging_target_path);
         const publishContext = publishContextOf(req.publish_context);
-        await this.volumeLock(volumeId, [staging.resolved], () =>
-          stageVolume(d, {
+        await this.volumeLock(volumeId, [checked.resolved], async () => {
+          // Looked at again under the lock: an unstage that held it may have removed the directory meanwhile.
+          const staging = await d.paths.check('staging_target_path', req.staging_target_path);
+          return stageVolume(d, {
             volumeId,
             stagingPath: staging.path,
             stagingResolved: staging.resolved,
@@ -167,8 +175,8 @@ export class NodeService {
             publishContext,
             volumeContext: mapOf(req.volume_context),
             secrets: mapOf(req.secrets),
-          }),
-        );
+          });
+        });
         return {};
       },
 
@@ -207,14 +215,16 @@ export class NodeService {
 
       NodeUnpublishVolume: async (req) => {
         const volumeId = checkVolumeId(req.volume_id);
-        const target = await d.paths.check('target_path', req.target_path);
-        await this.volumeLock(volumeId, [target.resolved], () =>
-          unpublishVolume(
+        const checked = await d.paths.check('target_path', req.target_path);
+        await this.volumeLock(volumeId, [checked.resolved], async () => {
+          // Looked at again under the lock: a publish that held it may have created the target meanwhile.
+          const target = await d.paths.check('target_path', req.target_path);
+          return unpublishVolume(
             d,
             { volumeId, targetPath: target.path, targetResolved: target.resolved, targetExists: target.exists },
             (rec) => realpath(rec.stagingPath).catch(() => rec.stagingPath),
-          ),
-        );
+          );
+        });
         return {};
       },
 

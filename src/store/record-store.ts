@@ -10,6 +10,15 @@ export interface LoadReport<T> {
   tempsRemoved: string[];
 }
 
+export interface ScanReport<T> {
+  records: T[];
+  corrupt: string[];
+  /** Half-written temp files (load() removes them). */
+  temps: string[];
+  /** Every other file name in the directory (image files, strays). */
+  others: string[];
+}
+
 /**
  * One JSON file per record in one directory. Each put is atomic and durable,
  * so the directory is the crash-safe source of truth and memory is a cache.
@@ -29,14 +38,23 @@ export class RecordStore<T extends { id: string }> {
   }
 
   async load(valid: (v: unknown) => v is T): Promise<LoadReport<T>> {
-    const report: LoadReport<T> = { records: [], corrupt: [], tempsRemoved: [] };
-    for (const name of await fs.readdir(this.dir)) {
+    const scan = await this.scan(valid);
+    for (const name of scan.temps) await fs.rm(join(this.dir, name), { force: true });
+    return { records: scan.records, corrupt: scan.corrupt, tempsRemoved: scan.temps };
+  }
+
+  /** What load() would find, touching nothing: for `sinter fsck`. */
+  async scan(valid: (v: unknown) => v is T): Promise<ScanReport<T>> {
+    const report: ScanReport<T> = { records: [], corrupt: [], temps: [], others: [] };
+    for (const name of (await fs.readdir(this.dir)).sort()) {
       if (isAtomicTemp(name)) {
-        await fs.rm(join(this.dir, name), { force: true });
-        report.tempsRemoved.push(name);
+        report.temps.push(name);
         continue;
       }
-      if (!name.endsWith(this.suffix)) continue;
+      if (!name.endsWith(this.suffix)) {
+        report.others.push(name);
+        continue;
+      }
       try {
         const parsed: unknown = JSON.parse(await fs.readFile(join(this.dir, name), 'utf8'));
         if (valid(parsed) && `${parsed.id}${this.suffix}` === name) report.records.push(parsed);

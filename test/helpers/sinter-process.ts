@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
@@ -17,6 +18,8 @@ export interface SinterProcess {
   /** Everything the process wrote to stderr so far (its JSON log lines). */
   logs(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
+  /** SIGKILL, without warning; with `detached`, the whole process group (sinter and the host commands it runs), as a container's death would. */
+  kill(): Promise<void>;
   /** Stops the process and removes every mount and loop device left under base. */
   cleanup(): Promise<void>;
 }
@@ -26,9 +29,44 @@ export interface StartOptions {
   args?: string[];
   base?: string;
   nodeName?: string;
+  /** Own process group, so kill() takes its children (losetup, mkfs, cp …) with it. */
+  detached?: boolean;
+  logLevel?: string;
+  /** Options for node itself, before the script (e.g. --expose-gc). */
+  nodeArgs?: string[];
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
+/** The command line startSinter runs (after `node`). */
+export function sinterArgs(base: string, opts: StartOptions = {}): string[] {
+  return [
+    MAIN,
+    opts.role ?? 'all',
+    '--endpoint',
+    `unix://${join(base, 'csi.sock')}`,
+    '--kubelet-root',
+    join(base, 'kubelet'),
+    '--node-name',
+    opts.nodeName ?? 'test-node',
+    '--log-level',
+    opts.logLevel ?? 'info',
+    ...((opts.args ?? []).includes('--config') ? [] : ['--data-dir', join(base, 'data')]),
+    ...(opts.args ?? []),
+  ];
+}
+
+/** Whether a unix socket accepts a connection now. */
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect(path);
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000, intervalMs = 50): Promise<T> {
   const until = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < until) {
@@ -38,7 +76,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
     } catch (e) {
       last = e;
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
 }
@@ -59,41 +97,48 @@ export async function scrub(dir: string): Promise<void> {
   }
 }
 
+function killGroup(pid: number | undefined): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    /* already gone */
+  }
+}
+
 export async function startSinter(opts: StartOptions = {}): Promise<SinterProcess> {
   const base = opts.base ?? mkdtempSync(join(tmpdir(), 'sinter-it-'));
   const socket = join(base, 'csi.sock');
   const dataDir = join(base, 'data');
   const kubeletRoot = join(base, 'kubelet');
   mkdirSync(kubeletRoot, { recursive: true });
-  const role = opts.role ?? 'all';
-  const args = [
-    MAIN,
-    role,
-    '--endpoint',
-    `unix://${socket}`,
-    '--kubelet-root',
-    kubeletRoot,
-    '--node-name',
-    opts.nodeName ?? 'test-node',
-    '--log-level',
-    'info',
-    ...((opts.args ?? []).includes('--config') ? [] : ['--data-dir', dataDir]),
-    ...(opts.args ?? []),
-  ];
+  const args = sinterArgs(base, opts);
   let stderr = '';
-  const proc = execa('node', args, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false });
+  const proc = execa('node', [...(opts.nodeArgs ?? []), ...args], { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  const client = csiClient(`unix://${socket}`);
+  // The client is made once the socket accepts connections: a channel that met a
+  // refused connection first (a stale socket of a killed run) waits out gRPC's
+  // reconnect back-off, about a second.
+  let client: CsiClient | undefined;
   try {
-    await waitFor('sinter to answer Probe', async () => {
-      if (proc.exitCode !== null) throw new Error(`sinter exited with ${proc.exitCode}: ${stderr.slice(-500)}`);
-      if (!existsSync(socket)) return undefined;
-      const r = await client.identity.Probe({}, { deadlineMs: 1000 });
-      return r.ready?.value === true ? true : undefined;
-    });
+    await waitFor(
+      'sinter to answer Probe',
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`sinter exited with ${proc.exitCode}: ${stderr.slice(-500)}`);
+        if (!client) {
+          if (!existsSync(socket) || !(await accepts(socket))) return undefined;
+          client = csiClient(`unix://${socket}`);
+        }
+        const r = await client.identity.Probe({}, { deadlineMs: 1000 });
+        return r.ready?.value === true ? true : undefined;
+      },
+      15_000,
+      10,
+    );
   } catch (e) {
+    if (opts.detached) killGroup(proc.pid);
     proc.kill('SIGKILL');
-    client.close();
+    client?.close();
     throw e;
   }
   const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
@@ -103,17 +148,25 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
     }
   };
+  const kill = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      if (opts.detached) killGroup(proc.pid);
+      else proc.kill('SIGKILL');
+      await proc;
+    }
+  };
   return {
     base,
     socket,
     dataDir,
     kubeletRoot,
-    client,
+    client: client!,
     proc,
     logs: () => stderr,
     stop,
+    kill,
     async cleanup() {
-      client.close();
+      client!.close();
       await stop();
       await scrub(base);
       if (!opts.base) rmSync(base, { recursive: true, force: true });

@@ -93,23 +93,39 @@ describe('restart and crash recovery (safety rule 3)', () => {
     expect(await loopsOf(file)).toEqual([]);
   });
 
-  it('start() drops temp files of interrupted writes and reports what is out of step, touching nothing', async () => {
+  it('start() drops temp files of interrupted writes, detaches unused devices no record explains, reports the rest and unmounts nothing', async () => {
     const file = await env.image('o.img', 128 * MiB);
     const stage = env.stageReq('file-orphan', file, mountCap('ext4'));
     await env.h.NodeStageVolume!(stage);
     await env.sh('umount', [stage.staging_target_path]);
     const stray = await env.image('stray.img', 16 * MiB);
     const strayDev = (await env.sh('losetup', ['--find', '--show', stray])).trim();
+    // A device from our roots that no record explains but someone mounted: left alone, reported.
+    const mounted = await env.image('mounted.img', 16 * MiB);
+    const mountedDev = (await env.sh('losetup', ['--find', '--show', mounted])).trim();
+    await env.sh('mkfs.ext4', ['-q', mountedDev]);
+    const byHand = join(env.kubelet, 'by-hand');
+    await env.sh('mkdir', ['-p', byHand]);
+    await env.sh('mount', [mountedDev, byHand]);
     await writeFile(join(env.stateDir, 'volumes', '.file-orphan.json.abcd.tmp'), '{"half":');
     await writeFile(join(env.stateDir, 'volumes', 'file-broken.json'), 'not json');
 
     env.restart();
+    const before = (await env.svc.orphans()).map((o) => `${o.kind}:${o.remedy}`);
+    expect(before.sort()).toEqual(
+      ['stray-temp:restart', 'staging-mount-missing:retry', 'untracked-device:restart', 'untracked-device:operator', 'untracked-mount:operator', 'unreadable-record:operator'].sort(),
+    );
     await env.svc.start();
     expect(await readdir(join(env.stateDir, 'volumes'))).not.toContain('.file-orphan.json.abcd.tmp');
-    const kinds = (await env.svc.orphans()).map((o) => ('volumeId' in o ? `${o.kind}:${o.volumeId}` : o.kind === 'untracked-device' ? `${o.kind}:${o.device}` : o.kind));
-    expect(kinds.sort()).toEqual(['staging-mount-missing:file-orphan', `untracked-device:${strayDev}`, 'unreadable-record'].sort());
-    // Reporting changed nothing on the host.
-    expect(await loopsOf(stray)).toEqual([strayDev]);
+    const kinds = (await env.svc.orphans()).map((o) =>
+      'volumeId' in o ? `${o.kind}:${o.volumeId}` : o.kind === 'untracked-device' ? `${o.kind}:${o.device}` : o.kind === 'untracked-mount' ? `${o.kind}:${o.mountPoint}` : o.kind,
+    );
+    expect(kinds.sort()).toEqual(['staging-mount-missing:file-orphan', `untracked-device:${mountedDev}`, `untracked-mount:${byHand}`, 'unreadable-record'].sort());
+    // The unused stray device is gone; the mounted one and its mount stay.
+    expect(await loopsOf(stray)).toEqual([]);
+    expect(await loopsOf(mounted)).toEqual([mountedDev]);
+    expect((await env.mountsUnder()).map((m) => m.mountPoint)).toEqual([byHand]);
+    await env.sh('umount', [byHand]);
     // And kubelet's retried stage repairs the missing mount.
     await env.h.NodeStageVolume!(stage);
     expect((await env.mountsUnder()).map((m) => m.mountPoint)).toEqual([stage.staging_target_path]);

@@ -28,6 +28,16 @@ describe('confine', () => {
     expect(e).toMatchObject({ ok: true, exists: true });
   });
 
+  it('refuses, never throws, on a dangling symlink, a symlink loop or a name too long (found by fuzzing: INTERNAL before)', async () => {
+    await symlink('/nonexistent-sinter-target', join(root, 'dangling'));
+    await symlink(join(root, 'loop-b'), join(root, 'loop-a'));
+    await symlink(join(root, 'loop-a'), join(root, 'loop-b'));
+    expect(await confine(join(root, 'dangling', 'x'), [root])).toMatchObject({ ok: false, why: expect.stringContaining('points nowhere') });
+    expect(await confine(join(root, 'dangling'), [root])).toMatchObject({ ok: false });
+    expect(await confine(join(root, 'loop-a', 'x'), [root])).toMatchObject({ ok: false, why: expect.stringContaining('ELOOP') });
+    expect(await confine(join(root, 'x'.repeat(300), 'y'), [root])).toMatchObject({ ok: false, why: expect.stringContaining('ENAMETOOLONG') });
+  });
+
   it('follows symlinks that stay inside and reports the resolved path', async () => {
     const c = await confine(join(root, 'in-link', 'p1', 'x'), [root]);
     expect(c).toMatchObject({ ok: true, resolved: join(root, 'pods', 'p1', 'x') });

@@ -11,33 +11,24 @@ import type {
   Attachment,
   Backend,
   BackendCapacity,
+  ExportEntry,
   CreateVolumeSpec,
+  Inspection,
   RecoveryReport,
   SnapshotRecord,
   VolumeHealth,
   VolumeRecord,
 } from '../backend.js';
-import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 import { copyImage } from './copy.js';
 import { chapFromSecrets, ChapError } from '../../contracts/chap.js';
 import { failedPrecondition, invalidArgument } from '../../csi/errors.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { TgtTargetHelper } from '../targets/tgt.js';
+import { inspectFileBackend } from './inspect.js';
+import { isSnapshotRecord, isVolumeRecord } from './records.js';
 
 const now = () => new Date().toISOString();
-
-function isVolumeRecord(v: unknown): v is VolumeRecord {
-  const r = v as VolumeRecord;
-  return typeof r === 'object' && r !== null && typeof r.id === 'string' && VOLUME_ID_RE.test(r.id) && typeof r.name === 'string' &&
-    typeof r.sizeBytes === 'number' && typeof r.state === 'string' && Array.isArray(r.attachments);
-}
-
-function isSnapshotRecord(v: unknown): v is SnapshotRecord {
-  const r = v as SnapshotRecord;
-  return typeof r === 'object' && r !== null && typeof r.id === 'string' && SNAPSHOT_ID_RE.test(r.id) && typeof r.name === 'string' &&
-    typeof r.sourceVolumeId === 'string' && typeof r.state === 'string';
-}
 
 /**
  * The embedded backend: each volume is a sparse image file with its record
@@ -159,6 +150,11 @@ export class FileBackend implements Backend {
     if (report.orphans.length) this.log.warn({ backend: this.name, orphans: report.orphans }, 'image files that no record explains (left in place; see sinter fsck)');
     if (report.corrupt.length) this.log.error({ backend: this.name, corrupt: report.corrupt }, 'unreadable records (left in place)');
     return report;
+  }
+
+  /** What start() would repair and what it would leave for a person, touching nothing (`sinter fsck`). */
+  inspect(): Promise<Inspection> {
+    return inspectFileBackend({ name: this.name, dataDir: this.cfg.dataDir, volumes: this.volStore, snapshots: this.snapStore });
   }
 
   async probe(): Promise<void> {
@@ -326,6 +322,16 @@ export class FileBackend implements Backend {
     // the image's current size (tgt reads a LUN's size only when it is added).
     if (others.length === 0) await this.iscsi.remove(id);
     else await this.iscsi.unexport(id, node);
+  }
+
+  /** What the target daemon exports for this backend (fsck compares it with the publishes). */
+  get listExports(): (() => Promise<ExportEntry[]>) | undefined {
+    const iscsi = this.iscsi;
+    if (!iscsi) return undefined;
+    return async () =>
+      (await iscsi.targets())
+        .filter((t) => t.volumeId && backendOfVolume(t.volumeId) === this.name)
+        .map((t) => ({ volumeId: t.volumeId, target: t.iqn, initiators: t.acls }));
   }
 
   async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {

@@ -32,6 +32,12 @@ export interface Connector {
   condition(ctx: PublishContext, device: string): Promise<DeviceCondition>;
   /** Devices this connector's transport has attached on the node (for orphan reports), if it can tell. */
   attached?(): Promise<{ device: string; source: string }[]>;
+  /**
+   * Detaches a device attached() listed, that no volume record claims and
+   * nothing uses (the caller checked): start-up clean-up of a lost record.
+   * Checks again that device is still attached to source; true if it detached it.
+   */
+  release?(device: string, source: string): Promise<boolean>;
 }
 
 export class Connectors {

@@ -124,6 +124,21 @@ export class LocalConnector implements Connector {
     return out;
   }
 
+  async release(device: string, source: string): Promise<boolean> {
+    if (!LOOP_DEV_RE.test(device) || !this.localRoots.some((r) => source.startsWith(r.endsWith('/') ? r : `${r}/`))) return false;
+    return this.losetupLock.run('losetup', async () => {
+      const back = await this.backingFile(device);
+      if (back !== source && back !== `${source} (deleted)`) return false;
+      try {
+        await this.exec.run('losetup', ['--detach', device]);
+      } catch (e) {
+        if ((await this.backingFile(device)) === undefined) return false;
+        throw toHostError(`detaching loop device ${device}`, e);
+      }
+      return true;
+    });
+  }
+
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const local = asLocal(ctx);
     const back = await this.backingFile(device);

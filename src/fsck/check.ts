@@ -1,0 +1,131 @@
+import { join } from 'node:path';
+import { pino, type Logger } from 'pino';
+import type { Backend } from '../backends/backend.js';
+import { FileBackend } from '../backends/file/backend.js';
+import type { Config } from '../config/types.js';
+import type { Finding, Remedy } from '../contracts/finding.js';
+import { HostExecutor, type Executor } from '../exec/run.js';
+import { NodeService } from '../node/service.js';
+import type { Orphan } from '../node/orphans.js';
+import { StageState } from '../node/stage-state.js';
+import { checkExports } from './exports.js';
+
+export type FsckScope = 'controller' | 'node' | 'all';
+
+export interface FsckFinding extends Finding {
+  /** `backend <name>`, `node` or `exports <backend>`. */
+  area: string;
+}
+
+export interface FsckSection {
+  area: string;
+  /** What was looked at, one line. */
+  checked: string;
+  findings: FsckFinding[];
+}
+
+export interface FsckReport {
+  clean: boolean;
+  sections: FsckSection[];
+  findings: FsckFinding[];
+  counts: Record<Remedy, number>;
+}
+
+export interface FsckOptions {
+  scope: FsckScope;
+  exec?: Executor;
+  log?: Logger;
+}
+
+export function backendsOf(cfg: Config, exec: Executor, log: Logger): Backend[] {
+  return cfg.backends.map((b) => new FileBackend(b, exec, log.child({ backend: b.name })));
+}
+
+/** A node service over the configured directories, never started: only its read-only orphan report is used. */
+export function nodeServiceOf(cfg: Config, exec: Executor, log: Logger): NodeService {
+  return new NodeService({
+    config: {
+      driverName: cfg.driverName,
+      nodeName: cfg.nodeName,
+      nodeId: cfg.nodeId ?? cfg.nodeName,
+      maxVolumesPerNode: cfg.node.maxVolumesPerNode,
+      topology: cfg.node.topology,
+      kubeletRoots: cfg.kubeletRoots,
+      localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
+      stateDir: cfg.node.stateDir,
+    },
+    exec,
+    log,
+    // Host commands run in PID 1's mount namespace in nsenter mode: read its mount table too.
+    mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
+  });
+}
+
+function orphanSubject(o: Orphan): string {
+  switch (o.kind) {
+    case 'unreadable-record':
+    case 'stray-temp':
+      return o.file;
+    case 'untracked-device':
+      return o.device;
+    case 'untracked-mount':
+      return o.mountPoint;
+    default:
+      return `volume ${o.volumeId}`;
+  }
+}
+
+function failed(area: string, what: string, e: unknown): FsckFinding {
+  return { area, kind: 'check-failed', subject: what, detail: `could not check: ${(e as Error)?.message ?? String(e)}`, remedy: 'operator' };
+}
+
+/**
+ * `sinter fsck`: checks every backend's records and images, the node's stage
+ * records against the host's mounts and loop devices, and exports against
+ * publishes. Read-only: it changes nothing, so it is safe on a live system
+ * (an operation in flight may then show as interrupted).
+ */
+export async function runFsck(cfg: Config, opts: FsckOptions): Promise<FsckReport> {
+  const log = opts.log ?? pino({ level: 'silent' });
+  const exec = opts.exec ?? new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 });
+  const sections: FsckSection[] = [];
+
+  if (opts.scope !== 'node') {
+    for (const b of backendsOf(cfg, exec, log)) {
+      const area = `backend ${b.name}`;
+      try {
+        const ins = await b.inspect();
+        sections.push({ area, checked: ins.summary, findings: ins.findings.map((f) => ({ area, ...f })) });
+        const exArea = `exports ${b.name}`;
+        if (!b.listExports) {
+          sections.push({ area: exArea, checked: 'nothing to check: this backend exports nothing (local transport)', findings: [] });
+        } else {
+          const exports = await b.listExports();
+          sections.push({ area: exArea, checked: `${exports.length} exports`, findings: checkExports(b.name, exports, ins.volumes).map((f) => ({ area: exArea, ...f })) });
+        }
+      } catch (e) {
+        sections.push({ area, checked: 'check failed', findings: [failed(area, b.name, e)] });
+      }
+    }
+  }
+
+  if (opts.scope !== 'controller') {
+    const area = 'node';
+    try {
+      const { records } = await new StageState(cfg.node.stateDir).list();
+      const orphans = await nodeServiceOf(cfg, exec, log).orphans();
+      sections.push({
+        area,
+        checked: `${records.length} stage records in ${cfg.node.stateDir}, against the mount table and the loop devices`,
+        findings: orphans.map((o) => ({ area, kind: o.kind, subject: orphanSubject(o), detail: o.detail, remedy: o.remedy })),
+      });
+    } catch (e) {
+      sections.push({ area, checked: 'check failed', findings: [failed(area, cfg.node.stateDir, e)] });
+    }
+  }
+
+  const findings = sections.flatMap((s) => s.findings);
+  const counts: Record<Remedy, number> = { restart: 0, retry: 0, operator: 0 };
+  for (const f of findings) counts[f.remedy]++;
+  return { clean: findings.length === 0, sections, findings, counts };
+}

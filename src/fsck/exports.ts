@@ -1,0 +1,52 @@
+import type { ExportEntry, VolumeRecord } from '../backends/backend.js';
+import type { Finding } from '../contracts/finding.js';
+import { normalizeWwpn, parseNodeId } from '../contracts/nodeid.js';
+
+/** The initiator names a publish to this node id admits (its IQN and WWPNs). */
+function initiatorsOf(nodeId: string): string[] {
+  const n = parseNodeId(nodeId);
+  if (!n) return [];
+  return [...(n.iqn ? [n.iqn] : []), ...n.wwpns.map(normalizeWwpn)];
+}
+
+const norm = (i: string) => (/^(0x)?[0-9a-f:]{16,23}$/i.test(i) ? normalizeWwpn(i) : i);
+
+/**
+ * Fencing check (ARCHITECTURE.md: an export exists exactly while a publish
+ * for that node exists), for backends that export (`listExports`):
+ * - an initiator admitted with no publish recorded for it: sinter never makes
+ *   an export before recording the publish, so this is a fencing breach for a
+ *   person to look at;
+ * - a publish with no export: a publish or unpublish was interrupted between
+ *   its two steps; the CO's retry finishes it.
+ */
+export function checkExports(backend: string, exports: ExportEntry[], volumes: VolumeRecord[]): Finding[] {
+  const out: Finding[] = [];
+  const byId = new Map(volumes.map((v) => [v.id, v]));
+  const exported = new Map<string, Set<string>>();
+  for (const e of exports) {
+    const v = e.volumeId ? byId.get(e.volumeId) : undefined;
+    if (!v) {
+      out.push({ kind: 'orphan-export', subject: e.target, detail: `backend ${backend} exports ${e.target}${e.volumeId ? ` for volume ${e.volumeId}, which has no record` : ''}; remove it by hand`, remedy: 'operator' });
+      continue;
+    }
+    const allowed = new Set(v.attachments.flatMap((a) => initiatorsOf(a.nodeId)));
+    const seen = exported.get(v.id) ?? new Set<string>();
+    exported.set(v.id, seen);
+    for (const i of e.initiators.map(norm)) {
+      seen.add(i);
+      if (!allowed.has(i))
+        out.push({ kind: 'unfenced-initiator', subject: `volume ${v.id}`, detail: `export ${e.target} admits ${i}, to which the volume is not published; revoke it by hand`, remedy: 'operator' });
+    }
+  }
+  for (const v of volumes) {
+    for (const a of v.attachments) {
+      const want = initiatorsOf(a.nodeId);
+      if (want.length === 0) continue;
+      const have = exported.get(v.id) ?? new Set<string>();
+      if (!want.some((i) => have.has(i)))
+        out.push({ kind: 'missing-export', subject: `volume ${v.id}`, detail: `published to ${a.nodeId} but not exported to it; the CO's ControllerPublishVolume (or Unpublish) retry settles it`, remedy: 'retry' });
+    }
+  }
+  return out;
+}
