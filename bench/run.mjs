@@ -3,7 +3,7 @@
 // in the same run (the floor), so a noisy machine moves both sides together.
 // Prints a table and writes bench/results.json.
 //
-//   node bench/run.mjs [--only rpc,provision,attach,snapshot,scale] [--quick]
+//   node bench/run.mjs [--only rpc,provision,attach,snapshot,scale] [--quick] [--volumes N (0: skip the 10,000-volume part)]
 //
 // Needs root (loop devices, mkfs, mount) and a built dist/ (npm run bench builds).
 import { cpus, loadavg } from 'node:os';
@@ -21,6 +21,8 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const onlyArg = args.find((a) => a.startsWith('--only'));
 const only = onlyArg ? (onlyArg.includes('=') ? onlyArg.split('=')[1] : args[args.indexOf(onlyArg) + 1]).split(',') : undefined;
+const volArg = args.find((a) => a.startsWith('--volumes'));
+const volumes = volArg ? Number(volArg.includes('=') ? volArg.split('=')[1] : args[args.indexOf(volArg) + 1]) : 10_000;
 
 const plan = {
   rpc: { fn: rpcBench, opts: quick ? { rounds: 3, calls: 500 } : { rounds: 7, calls: 2000 } },
@@ -32,7 +34,7 @@ const plan = {
   },
   attach: { fn: attachBench, opts: quick ? { reps: 3 } : { reps: 7 } },
   snapshot: { fn: snapshotBench, opts: quick ? { reps: 2 } : { reps: 5 } },
-  scale: { fn: scaleBench, opts: quick ? { reps: 3, volumes: 10_000 } : { reps: 5, volumes: 10_000 } },
+  scale: { fn: scaleBench, opts: quick ? { reps: 3, volumes } : { reps: 5, volumes } },
 };
 
 const started = performance.now();

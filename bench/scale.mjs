@@ -48,6 +48,7 @@ export async function scaleBench({ reps, volumes, log }) {
   rows.push({ id: 'scale.rss.idle', section, label: 'Controller RSS idle', unit: 'MiB', value: median(st.rssController), floor: median(st.rssFloor), ratio: median(ratios(st.rssController, st.rssFloor)), ratios: ratios(st.rssController, st.rssFloor), target: { valueMax: 80 }, floorIs: 'idle floor server (node + grpc-js + csi.proto)' });
   rows.push({ id: 'scale.rss.idle.all', section, label: '`sinter all` RSS idle', unit: 'MiB', value: median(st.rssAll), floor: median(st.rssFloor), ratio: median(ratios(st.rssAll, st.rssFloor)), ratios: ratios(st.rssAll, st.rssFloor), floorIs: 'idle floor server' });
 
+  if (!volumes) return rows;
   // 10,000 volumes through the real CreateVolume path.
   const s = await startSinter({ role: 'controller' });
   const floor = await startFloorServer();
