@@ -1,5 +1,9 @@
-import { execa } from 'execa';
 import type { Logger } from 'pino';
+
+// execa is a large module graph (~130 ms of start-up); a controller may never
+// start a host command, so it is loaded on the first run().
+let execaModule: Promise<typeof import('execa')> | undefined;
+const loadExeca = () => (execaModule ??= import('execa'));
 
 export interface ExecResult {
   stdout: string;
@@ -76,6 +80,7 @@ export class HostExecutor implements Executor {
   async run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const [file, argv] = this.wrap(cmd, args);
     const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const { execa } = await loadExeca();
     const started = performance.now();
     const res = await execa(file, argv, {
       reject: false,
