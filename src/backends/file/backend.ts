@@ -144,8 +144,8 @@ export class FileBackend implements Backend {
   }
 
   async probe(): Promise<void> {
-    await fs.access(this.volDir, constants.R_OK | constants.W_OK);
-    await fs.access(this.snapDir, constants.R_OK | constants.W_OK);
+    // Both at once: each is a thread-pool round trip, and Probe is polled.
+    await Promise.all([fs.access(this.volDir, constants.R_OK | constants.W_OK), fs.access(this.snapDir, constants.R_OK | constants.W_OK)]);
   }
 
   async capacity(): Promise<BackendCapacity> {
