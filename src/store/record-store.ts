@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { isAtomicTemp, removeFileDurable, writeFileAtomic } from './atomic-file.js';
+import { isAtomicTemp, removeFileDurable, SyncDir, writeFileAtomic } from './atomic-file.js';
 
 export interface LoadReport<T> {
   records: T[];
@@ -15,10 +15,15 @@ export interface LoadReport<T> {
  * so the directory is the crash-safe source of truth and memory is a cache.
  */
 export class RecordStore<T extends { id: string }> {
+  /** The store's directory, held open for fsync (see SyncDir); files beside the records may use it too. */
+  readonly syncDir: SyncDir;
+
   constructor(
     readonly dir: string,
     private readonly suffix = '.json',
-  ) {}
+  ) {
+    this.syncDir = new SyncDir(dir);
+  }
 
   pathOf(id: string): string {
     return join(this.dir, `${id}${this.suffix}`);
@@ -49,10 +54,15 @@ export class RecordStore<T extends { id: string }> {
   }
 
   async put(rec: T): Promise<void> {
-    await writeFileAtomic(this.pathOf(rec.id), `${JSON.stringify(rec)}\n`);
+    await writeFileAtomic(this.pathOf(rec.id), `${JSON.stringify(rec)}\n`, this.syncDir);
+  }
+
+  /** Lets go of the directory descriptor; a later put or remove reopens it. */
+  async close(): Promise<void> {
+    await this.syncDir.close();
   }
 
   async remove(id: string): Promise<void> {
-    await removeFileDurable(this.pathOf(id));
+    await removeFileDurable(this.pathOf(id), this.syncDir);
   }
 }

@@ -5,7 +5,7 @@ import type { FileBackendConfig } from '../../config/types.js';
 import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
-import { fsyncDir, removeFileDurable } from '../../store/atomic-file.js';
+import { removeFileDurable } from '../../store/atomic-file.js';
 import { RecordStore } from '../../store/record-store.js';
 import type {
   Attachment,
@@ -100,7 +100,7 @@ export class FileBackend implements Backend {
         continue;
       }
       if (rec.state === 'deleting') {
-        await removeFileDurable(this.imagePath(rec.id));
+        await removeFileDurable(this.imagePath(rec.id), this.volStore.syncDir);
         await this.volStore.remove(rec.id);
         report.recovered.push(`volume ${rec.id} (${rec.name}): finished an interrupted delete`);
         continue;
@@ -121,7 +121,7 @@ export class FileBackend implements Backend {
     report.corrupt.push(...sl.corrupt.map((f) => join(this.snapDir, f)));
     for (const rec of sl.records) {
       if (rec.state === 'creating' || rec.state === 'deleting') {
-        await removeFileDurable(this.snapshotPath(rec.id));
+        await removeFileDurable(this.snapshotPath(rec.id), this.snapStore.syncDir);
         await this.snapStore.remove(rec.id);
         report.recovered.push(`snapshot ${rec.id} (${rec.name}): ${rec.state === 'creating' ? 'rolled back an interrupted create' : 'finished an interrupted delete'}`);
         continue;
@@ -206,7 +206,8 @@ export class FileBackend implements Backend {
       if (src) await copyImage(src, img, this.exec);
       const fh = await fs.open(img, src ? 'r+' : 'wx', 0o600);
       try {
-        const { size } = await fh.stat();
+        // A new image is empty (opened O_EXCL); only a copy has a size to look at.
+        const size = src ? (await fh.stat()).size : 0;
         if (size < spec.sizeBytes) await fh.truncate(spec.sizeBytes);
         await fh.sync();
       } finally {
@@ -233,7 +234,7 @@ export class FileBackend implements Backend {
     rec.updatedAt = now();
     await this.volStore.put(rec);
     try {
-      await removeFileDurable(this.imagePath(id));
+      await removeFileDurable(this.imagePath(id), this.volStore.syncDir);
       await this.volStore.remove(id);
     } catch (e) {
       rec.state = 'error_deleting';
@@ -336,7 +337,7 @@ export class FileBackend implements Backend {
     rec.updatedAt = now();
     await this.snapStore.put(rec);
     try {
-      await removeFileDurable(this.snapshotPath(id));
+      await removeFileDurable(this.snapshotPath(id), this.snapStore.syncDir);
       await this.snapStore.remove(id);
     } catch (e) {
       rec.state = 'error_deleting';
@@ -345,7 +346,6 @@ export class FileBackend implements Backend {
       throw e;
     }
     this.snaps.delete(id);
-    await fsyncDir(this.snapDir).catch(() => undefined);
   }
 
   private mustVolume(id: string): VolumeRecord {
