@@ -205,8 +205,14 @@ export async function fsyncDir(dir) {
   }
 }
 
+/** A directory opened once, for fsyncs after renames and unlinks in it (what sinter's record stores do). */
+export async function openDir(path) {
+  const fh = await fs.open(path, 'r');
+  return { path, sync: () => fh.sync(), close: () => fh.close() };
+}
+
 /** temp file + write + fsync + rename + directory fsync: the discipline sinter's records follow. */
-export async function writeFileAtomic(path, data) {
+export async function writeFileAtomic(path, data, dirHandle) {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
   const fh = await fs.open(tmp, 'w', 0o600);
@@ -217,12 +223,12 @@ export async function writeFileAtomic(path, data) {
     await fh.close();
   }
   await fs.rename(tmp, path);
-  await fsyncDir(dir);
+  await (dirHandle ? dirHandle.sync() : fsyncDir(dir));
 }
 
-export async function removeFileDurable(path) {
+export async function removeFileDurable(path, dirHandle) {
   await fs.unlink(path);
-  await fsyncDir(dirname(path));
+  await (dirHandle ? dirHandle.sync() : fsyncDir(dirname(path)));
 }
 
 /** A sparse image of `size` bytes, created exclusively and fsynced. */
