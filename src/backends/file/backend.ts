@@ -1,4 +1,4 @@
-import { constants, promises as fs } from 'node:fs';
+import { constants, promises as fs, statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
@@ -105,7 +105,13 @@ export class FileBackend implements Backend {
         report.recovered.push(`volume ${rec.id} (${rec.name}): finished an interrupted delete`);
         continue;
       }
-      const st = await fs.stat(this.imagePath(rec.id)).catch(() => undefined);
+      // Synchronous like the record reads: start() runs before the plugin serves.
+      let st: Stats | undefined;
+      try {
+        st = statSync(this.imagePath(rec.id));
+      } catch {
+        st = undefined;
+      }
       if (st && st.size > rec.sizeBytes) {
         // The image is grown before the record, so a larger image is a finished expand.
         report.recovered.push(`volume ${rec.id}: recorded size ${rec.sizeBytes} → ${st.size} after an interrupted expand`);
