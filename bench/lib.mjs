@@ -13,7 +13,7 @@ import { HostExecutor } from '../dist/exec/run.js';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
-export const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+export const MAIN = process.env.BENCH_MAIN ?? fileURLToPath(new URL('../dist/main.js', import.meta.url));
 export const FLOOR_SERVER = fileURLToPath(new URL('./floor-server.mjs', import.meta.url));
 
 /** The same door sinter uses to start host commands (execa, same options), for the raw sequences. */
@@ -57,6 +57,21 @@ export async function pool(concurrency, total, job) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** CPU time (user + system, ms) a process has used so far. */
+export function cpuOf(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) * (1000 / 100); // USER_HZ is 100 on Linux
+}
+
+/** The kernel's CPU pressure (share of time some task waited for a CPU, last 60 s), if available. */
+export function cpuPressure() {
+  try {
+    return Number(/some avg10=[\d.]+ avg60=([\d.]+)/.exec(readFileSync('/proc/pressure/cpu', 'utf8'))?.[1]);
+  } catch {
+    return undefined;
+  }
+}
 
 export function rssOf(pid) {
   const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -104,6 +119,12 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     cleanupAll().finally(() => process.exit(130));
   });
 }
+for (const ev of ['uncaughtException', 'unhandledRejection']) {
+  process.once(ev, (e) => {
+    process.stderr.write(`\nbench: ${ev}: ${e?.stack ?? e}; cleaning up ${base}\n`);
+    cleanupAll().finally(() => process.exit(1));
+  });
+}
 
 // ---------------------------------------------------------------- processes
 
@@ -116,13 +137,14 @@ export function track(child) {
 let seq = 0;
 
 /** Polls until a Probe on `client` answers ready; returns ms since t0. */
+/** Polls until a Probe on `client` answers ready; returns ms since t0 and the process's CPU time by then. */
 async function untilReady(child, socket, client, t0, what, timeoutMs = 60_000) {
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${what} exited (${child.exitCode ?? child.signalCode}) before answering Probe`);
     if (performance.now() - t0 > timeoutMs) throw new Error(`${what} did not answer Probe within ${timeoutMs} ms`);
     if (existsSync(socket)) {
       const r = await client.identity.Probe({}, { deadlineMs: 1000 }).catch(() => undefined);
-      if (r?.ready?.value === true) return performance.now() - t0;
+      if (r?.ready?.value === true) return { ms: performance.now() - t0, cpuMs: cpuOf(child.pid) };
     }
     await sleep(2);
   }
@@ -163,15 +185,15 @@ export async function startSinter({ role = 'all', dataDir, dir = join(base, `sin
   );
   closeSync(logFd);
   const client = csiClient(`unix://${socket}`);
-  let startupMs;
+  let ready;
   try {
-    startupMs = await untilReady(child, socket, client, t0, `sinter ${role}`);
+    ready = await untilReady(child, socket, client, t0, `sinter ${role}`);
   } catch (e) {
     child.kill('SIGKILL');
     client.close();
     throw new Error(`${e.message}; log tail: ${readFileSync(logFile, 'utf8').slice(-600)}`);
   }
-  return { dir, socket, kubeletRoot, dataDir: dataDir ?? join(dir, 'data'), logFile, child, pid: child.pid, client, startupMs, rss: () => rssOf(child.pid), stop: stopper(child, client) };
+  return { dir, socket, kubeletRoot, dataDir: dataDir ?? join(dir, 'data'), logFile, child, pid: child.pid, client, startupMs: ready.ms, startupCpuMs: ready.cpuMs, rss: () => rssOf(child.pid), cpu: () => cpuOf(child.pid), stop: stopper(child, client) };
 }
 
 /** Starts the floor: a bare @grpc/grpc-js server with the same proto and loader, answering canned replies. */
@@ -182,8 +204,8 @@ export async function startFloorServer() {
   const t0 = performance.now();
   const child = track(spawn('node', [FLOOR_SERVER, `unix://${socket}`], { stdio: ['ignore', 'ignore', 'inherit'] }));
   const client = csiClient(`unix://${socket}`);
-  const startupMs = await untilReady(child, socket, client, t0, 'floor server');
-  return { socket, child, pid: child.pid, client, startupMs, rss: () => rssOf(child.pid), stop: stopper(child, client) };
+  const ready = await untilReady(child, socket, client, t0, 'floor server');
+  return { socket, child, pid: child.pid, client, startupMs: ready.ms, startupCpuMs: ready.cpuMs, rss: () => rssOf(child.pid), cpu: () => cpuOf(child.pid), stop: stopper(child, client) };
 }
 
 /** Runs a node one-liner to completion; ms from spawn to exit. */

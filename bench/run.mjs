@@ -10,7 +10,7 @@ import { cpus, loadavg } from 'node:os';
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
-import { base, cleanupAll, spread } from './lib.mjs';
+import { base, cleanupAll, cpuPressure, spread } from './lib.mjs';
 import { rpcBench } from './rpc.mjs';
 import { FLOOR as PROVISION_FLOOR, provisionBench } from './provision.mjs';
 import { attachBench, RAW as ATTACH_RAW } from './attach.mjs';
@@ -32,7 +32,7 @@ const plan = {
       ? { rounds: 1, pairsAt: [[1, 30], [16, 160], [64, 320]], bulkCount: 1000 }
       : { rounds: 3, pairsAt: [[1, 60], [16, 320], [64, 640]], bulkCount: 1000 },
   },
-  attach: { fn: attachBench, opts: quick ? { reps: 3 } : { reps: 7 } },
+  attach: { fn: attachBench, opts: quick ? { reps: 5 } : { reps: 20 } },
   snapshot: { fn: snapshotBench, opts: quick ? { reps: 2 } : { reps: 5 } },
   scale: { fn: scaleBench, opts: quick ? { reps: 3, volumes } : { reps: 5, volumes } },
 };
@@ -54,7 +54,8 @@ const rows = [];
 const sectionsRun = [];
 const errors = [];
 const loadBefore = loadavg();
-log(`sinter bench: ${cpus().length} CPUs, load ${loadBefore.map((l) => l.toFixed(2)).join(' ')}, scratch ${base}${quick ? ' (quick)' : ''}`);
+const pressureBefore = cpuPressure();
+log(`sinter bench: ${cpus().length} CPUs, load ${loadBefore.map((l) => l.toFixed(2)).join(' ')}, CPU pressure ${pressureBefore ?? '?'}%, scratch ${base}${quick ? ' (quick)' : ''}`);
 try {
   for (const [name, { fn, opts }] of Object.entries(plan)) {
     if (only && !only.includes(name)) continue;
@@ -75,6 +76,7 @@ try {
 
 const elapsed = (performance.now() - started) / 1000;
 const loadAfter = loadavg();
+const pressureAfter = cpuPressure();
 
 // ---------------------------------------------------------------- table
 const head = ['figure', 'sinter', 'floor', 'ratio', 'ratio range', 'target', 'met'];
@@ -114,7 +116,8 @@ Floors:
   4. cp --reflink=always (xfs) / cp --sparse=always --reflink=never (ext4) of the same image, then fsync of the copy.
   5. start-up: node -e "" (spawn to exit); RSS: the idle floor server; ListVolumes: the floor server's canned page of 100.
 sinter runs as a separate process with its default log level (info: one JSON line per RPC) written to a file.
-Load average ${loadBefore[0].toFixed(2)} at start, ${loadAfter[0].toFixed(2)} at end on ${cpus().length} CPUs (other work on the machine moves single figures; the ratios hold better).
+Load average ${loadBefore[0].toFixed(2)} at start, ${loadAfter[0].toFixed(2)} at end on ${cpus().length} CPUs; CPU pressure (some, avg60) ${pressureBefore ?? '?'}% → ${pressureAfter ?? '?'}%.
+Other work on the machine moves single figures between runs; the ratios (both sides measured together) and the CPU-time rows move much less.
 bench finished in ${elapsed.toFixed(0)} s (${sectionsRun.map((s) => `${s.name} ${s.seconds.toFixed(0)} s`).join(', ')})${errors.length ? `; ${errors.length} section(s) FAILED: ${errors.map((e) => e.section).join(', ')}` : ''}`);
 
 let commit = '';
@@ -133,6 +136,7 @@ writeFileSync(
       cpus: cpus().length,
       quick,
       loadAverage: { start: loadBefore, end: loadAfter },
+      cpuPressureAvg60: { start: pressureBefore, end: pressureAfter },
       seconds: elapsed,
       sections: sectionsRun,
       errors,

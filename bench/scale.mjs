@@ -23,12 +23,13 @@ async function listPages(client, pages) {
 
 export async function scaleBench({ reps, volumes, log }) {
   const section = '5. Scale';
-  const st = { empty: [], controller: [], all: [], floor: [], rssController: [], rssAll: [], rssFloor: [] };
+  const st = { empty: [], controller: [], all: [], floor: [], cpuController: [], cpuAll: [], cpuFloor: [], rssController: [], rssAll: [], rssFloor: [] };
   for (let r = 0; r < reps; r++) {
     st.empty.push(await nodeStartup());
     for (const role of ['controller', 'all']) {
       const s = await startSinter({ role });
       st[role].push(s.startupMs);
+      st[role === 'controller' ? 'cpuController' : 'cpuAll'].push(s.startupCpuMs);
       await sleep(SETTLE_MS);
       st[role === 'controller' ? 'rssController' : 'rssAll'].push(s.rss());
       await s.stop();
@@ -36,6 +37,7 @@ export async function scaleBench({ reps, volumes, log }) {
     }
     const f = await startFloorServer();
     st.floor.push(f.startupMs);
+    st.cpuFloor.push(f.startupCpuMs);
     await sleep(SETTLE_MS);
     st.rssFloor.push(f.rss());
     await f.stop();
@@ -45,6 +47,9 @@ export async function scaleBench({ reps, volumes, log }) {
   const ratios = (xs, ys) => xs.map((x, i) => x / ys[i]);
   rows.push({ id: 'scale.startup.controller', section, label: 'Start-up to first Probe, `sinter controller`', unit: 'ms', value: median(st.controller), floor: median(st.empty), ratio: median(ratios(st.controller, st.empty)), ratios: ratios(st.controller, st.empty), target: { valueMax: 400 }, floorIs: 'node -e "" (spawn to exit)' });
   rows.push({ id: 'scale.startup.all', section, label: 'Start-up to first Probe, `sinter all`', unit: 'ms', value: median(st.all), floor: median(st.empty), ratio: median(ratios(st.all, st.empty)), ratios: ratios(st.all, st.empty), target: { valueMax: 400 }, floorIs: 'node -e "" (spawn to exit)' });
+  rows.push({ id: 'scale.startup.floorserver', section, label: 'Start-up to first Probe, bare grpc-js floor server (reference)', unit: 'ms', value: median(st.floor), floor: median(st.empty), ratio: median(ratios(st.floor, st.empty)), ratios: ratios(st.floor, st.empty), floorIs: 'node -e ""' });
+  rows.push({ id: 'scale.startup.cpu.controller', section, label: 'Start-up CPU time to first Probe, `sinter controller`', unit: 'ms', value: median(st.cpuController), floor: median(st.cpuFloor), ratio: median(ratios(st.cpuController, st.cpuFloor)), ratios: ratios(st.cpuController, st.cpuFloor), floorIs: 'floor server CPU to first Probe' });
+  rows.push({ id: 'scale.startup.cpu.all', section, label: 'Start-up CPU time to first Probe, `sinter all`', unit: 'ms', value: median(st.cpuAll), floor: median(st.cpuFloor), ratio: median(ratios(st.cpuAll, st.cpuFloor)), ratios: ratios(st.cpuAll, st.cpuFloor), floorIs: 'floor server CPU to first Probe' });
   rows.push({ id: 'scale.rss.idle', section, label: 'Controller RSS idle', unit: 'MiB', value: median(st.rssController), floor: median(st.rssFloor), ratio: median(ratios(st.rssController, st.rssFloor)), ratios: ratios(st.rssController, st.rssFloor), target: { valueMax: 80 }, floorIs: 'idle floor server (node + grpc-js + csi.proto)' });
   rows.push({ id: 'scale.rss.idle.all', section, label: '`sinter all` RSS idle', unit: 'MiB', value: median(st.rssAll), floor: median(st.rssFloor), ratio: median(ratios(st.rssAll, st.rssFloor)), ratios: ratios(st.rssAll, st.rssFloor), floorIs: 'idle floor server' });
 
