@@ -8,6 +8,16 @@ import { GiB, median, mountCap, nodeStartup, pool, sleep, startFloorServer, star
 
 const SETTLE_MS = 1000;
 
+/** Median of five RSS readings 100 ms apart. */
+async function rssSamples(proc) {
+  const v = [];
+  for (let i = 0; i < 5; i++) {
+    v.push(proc.rss());
+    await sleep(100);
+  }
+  return median(v);
+}
+
 async function listPages(client, pages) {
   const lat = [];
   let token = '';
@@ -31,7 +41,7 @@ export async function scaleBench({ reps, volumes, log }) {
       st[role].push(s.startupMs);
       st[role === 'controller' ? 'cpuController' : 'cpuAll'].push(s.startupCpuMs);
       await sleep(SETTLE_MS);
-      st[role === 'controller' ? 'rssController' : 'rssAll'].push(s.rss());
+      st[role === 'controller' ? 'rssController' : 'rssAll'].push(await rssSamples(s));
       await s.stop();
       rmSync(s.dir, { recursive: true, force: true });
     }
@@ -39,7 +49,7 @@ export async function scaleBench({ reps, volumes, log }) {
     st.floor.push(f.startupMs);
     st.cpuFloor.push(f.startupCpuMs);
     await sleep(SETTLE_MS);
-    st.rssFloor.push(f.rss());
+    st.rssFloor.push(await rssSamples(f));
     await f.stop();
     log(`  start-up rep ${r + 1}/${reps}: node -e "" ${st.empty.at(-1).toFixed(0)} ms, controller ${st.controller.at(-1).toFixed(0)} ms, all ${st.all.at(-1).toFixed(0)} ms; idle RSS controller ${st.rssController.at(-1).toFixed(1)} MiB`);
   }
@@ -64,8 +74,8 @@ export async function scaleBench({ reps, volumes, log }) {
     const made = await pool(64, volumes, (i) => s.client.controller.CreateVolume({ name: `scale-${i}`, capacity_range: { required_bytes: GiB }, volume_capabilities: [cap] }));
     log(`  created ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(1)} s (${((volumes / made.wallMs) * 1000).toFixed(0)}/s)`);
     await sleep(SETTLE_MS);
-    const rssFull = s.rss();
-    const floorRss = floor.rss();
+    const rssFull = await rssSamples(s);
+    const floorRss = await rssSamples(floor);
     // Warm-up walk, then three full walks of 100 pages.
     await listPages(s.client, 20);
     await listPages(floor.client, 20);
@@ -77,16 +87,24 @@ export async function scaleBench({ reps, volumes, log }) {
       list.sinter.push(median(b));
       list.ratio.push(median(b) / median(a));
     }
-    rows.push({ id: 'scale.rss.10k', section, label: `Controller RSS with ${volumes} volumes (after creating them)`, unit: 'MiB', value: rssFull, floor: floorRss, ratio: rssFull / floorRss, ratios: [rssFull / floorRss], target: { valueMax: 150 }, floorIs: 'idle floor server' });
+    rows.push({ id: 'scale.rss.10k', section, label: `Controller RSS with ${volumes} volumes (after creating them)`, unit: 'MiB', value: rssFull, floor: floorRss, ratio: rssFull / floorRss, target: { valueMax: 150 }, floorIs: 'idle floor server' });
     rows.push({ id: 'scale.list.p50', section, label: `ListVolumes page of 100 at ${volumes} volumes, p50`, unit: 'ms', value: median(list.sinter), floor: median(list.floor), ratio: median(list.ratio), ratios: list.ratio, target: { valueMax: 10 }, floorIs: 'floor server, canned page of 100' });
     await s.stop();
-    // A restart that loads the 10,000 records from disk.
-    restart = await startSinter({ role: 'controller', dir: s.dir });
-    await sleep(SETTLE_MS);
-    const rssRestart = restart.rss();
-    rows.push({ id: 'scale.rss.10k.restart', section, label: `Controller RSS with ${volumes} volumes (restarted, loaded from disk)`, unit: 'MiB', value: rssRestart, floor: floorRss, ratio: rssRestart / floorRss, ratios: [rssRestart / floorRss], target: { valueMax: 150 }, floorIs: 'idle floor server' });
-    rows.push({ id: 'scale.startup.10k', section, label: `Start-up to first Probe with ${volumes} volumes on disk`, unit: 'ms', value: restart.startupMs, floor: median(st.empty), ratio: restart.startupMs / median(st.empty), ratios: [restart.startupMs / median(st.empty)], floorIs: 'node -e ""' });
-    log(`  10k: RSS ${rssFull.toFixed(1)} MiB, list p50 ${median(list.sinter).toFixed(2)} ms; restart ${restart.startupMs.toFixed(0)} ms, RSS ${rssRestart.toFixed(1)} MiB`);
+    // Restarts that load the 10,000 records from disk, each against a fresh node -e "".
+    const re = { startup: [], rss: [], empty: [] };
+    for (let r = 0; r < 3; r++) {
+      re.empty.push(await nodeStartup());
+      restart = await startSinter({ role: 'controller', dir: s.dir });
+      re.startup.push(restart.startupMs);
+      await sleep(SETTLE_MS);
+      re.rss.push(await rssSamples(restart));
+      await restart.stop();
+      restart = undefined;
+    }
+    const reRatios = re.startup.map((x, i) => x / re.empty[i]);
+    rows.push({ id: 'scale.rss.10k.restart', section, label: `Controller RSS with ${volumes} volumes (restarted, loaded from disk)`, unit: 'MiB', value: median(re.rss), floor: floorRss, ratio: median(re.rss) / floorRss, ratios: re.rss.map((x) => x / floorRss), target: { valueMax: 150 }, floorIs: 'idle floor server' });
+    rows.push({ id: 'scale.startup.10k', section, label: `Start-up to first Probe with ${volumes} volumes on disk`, unit: 'ms', value: median(re.startup), floor: median(re.empty), ratio: median(reRatios), ratios: reRatios, floorIs: 'node -e ""' });
+    log(`  10k: RSS ${rssFull.toFixed(1)} MiB, list p50 ${median(list.sinter).toFixed(2)} ms; restarts ${re.startup.map((x) => x.toFixed(0)).join('/')} ms, RSS ${median(re.rss).toFixed(1)} MiB`);
   } finally {
     await restart?.stop();
     await s.stop();
