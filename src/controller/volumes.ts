@@ -327,7 +327,6 @@ export class VolumeManager {
   }
 
   list(maxEntries: number | undefined, token: string | undefined): Page<VolumeRecord> {
-    const visible = this.sorted().filter((v) => v.state !== 'creating' && v.state !== 'deleting');
-    return paginate(visible, (v) => v.id, maxEntries, token, (t) => VOLUME_ID_RE.test(t));
+    return paginate(this.sorted(), (v) => v.id, maxEntries, token, (t) => VOLUME_ID_RE.test(t), (v) => v.state !== 'creating' && v.state !== 'deleting');
   }
 }

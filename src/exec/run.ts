@@ -1,6 +1,10 @@
 import { openSync, closeSync } from 'node:fs';
-import { execa } from 'execa';
 import type { Logger } from 'pino';
+
+// execa is a large module graph (~130 ms of start-up); a controller may never
+// start a host command, so it is loaded on the first run().
+let execaModule: Promise<typeof import('execa')> | undefined;
+const loadExeca = () => (execaModule ??= import('execa'));
 
 export interface ExecResult {
   stdout: string;
@@ -108,6 +112,7 @@ export class HostExecutor implements Executor {
   async run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const [file, argv] = this.wrap(cmd, args);
     const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const { execa } = await loadExeca();
     const started = performance.now();
     const res = await execa(file, argv, {
       reject: false,
@@ -146,6 +151,7 @@ export class HostExecutor implements Executor {
     // A real file descriptor, not a pipe through this process: the daemon must
     // keep writing its log after the plugin that started it exits.
     // (execa's types accept a descriptor only as a small literal; any open fd works at run time.)
+    const { execa } = await loadExeca();
     const fd = openSync(opts.logFile ?? '/dev/null', 'a', 0o600) as 3;
     let child;
     try {

@@ -70,6 +70,16 @@ describe('pagination by last id', () => {
   it('survives the deletion of the token id and picks up new ids after it', () => {
     expect(page(2, 'c', ['a', 'd', 'e', 'g'])).toEqual({ items: ['d', 'e'], nextToken: 'e' });
   });
+  it('skips hidden items without counting them, and ends when only hidden ones follow', () => {
+    const list = ['a', 'B', 'c', 'D', 'e', 'F', 'G'];
+    const shown = (x: string) => x === x.toLowerCase();
+    const p = (max: number, tok?: string) => paginate(list, (x) => x.toLowerCase(), max, tok, (t) => /^[a-z]$/.test(t), shown);
+    expect(p(2)).toEqual({ items: ['a', 'c'], nextToken: 'c' });
+    expect(p(2, 'c')).toEqual({ items: ['e'], nextToken: '' });
+    expect(p(1, 'c')).toEqual({ items: ['e'], nextToken: '' });
+    expect(p(0)).toEqual({ items: ['a', 'c', 'e'], nextToken: '' });
+    expect(p(2, 'e')).toEqual({ items: [], nextToken: '' });
+  });
   it('is ABORTED for a token it never issued', () => expect(codeOf(() => page(2, 'not-a-token'))).toBe(status.ABORTED));
   it('is INVALID_ARGUMENT for negative max_entries', () => expect(codeOf(() => page(-1))).toBe(status.INVALID_ARGUMENT));
 });

@@ -1,11 +1,11 @@
-import { constants, promises as fs } from 'node:fs';
+import { constants, promises as fs, statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
 import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
-import { fsyncDir, removeFileDurable } from '../../store/atomic-file.js';
+import { removeFileDurable } from '../../store/atomic-file.js';
 import { RecordStore } from '../../store/record-store.js';
 import type {
   Attachment,
@@ -109,12 +109,18 @@ export class FileBackend implements Backend {
         continue;
       }
       if (rec.state === 'deleting') {
-        await removeFileDurable(this.imagePath(rec.id));
+        await removeFileDurable(this.imagePath(rec.id), this.volStore.syncDir);
         await this.volStore.remove(rec.id);
         report.recovered.push(`volume ${rec.id} (${rec.name}): finished an interrupted delete`);
         continue;
       }
-      const st = await fs.stat(this.imagePath(rec.id)).catch(() => undefined);
+      // Synchronous like the record reads: start() runs before the plugin serves.
+      let st: Stats | undefined;
+      try {
+        st = statSync(this.imagePath(rec.id));
+      } catch {
+        st = undefined;
+      }
       if (st && st.size > rec.sizeBytes) {
         // The image is grown before the record, so a larger image is a finished expand.
         report.recovered.push(`volume ${rec.id}: recorded size ${rec.sizeBytes} → ${st.size} after an interrupted expand`);
@@ -130,7 +136,7 @@ export class FileBackend implements Backend {
     report.corrupt.push(...sl.corrupt.map((f) => join(this.snapDir, f)));
     for (const rec of sl.records) {
       if (rec.state === 'creating' || rec.state === 'deleting') {
-        await removeFileDurable(this.snapshotPath(rec.id));
+        await removeFileDurable(this.snapshotPath(rec.id), this.snapStore.syncDir);
         await this.snapStore.remove(rec.id);
         report.recovered.push(`snapshot ${rec.id} (${rec.name}): ${rec.state === 'creating' ? 'rolled back an interrupted create' : 'finished an interrupted delete'}`);
         continue;
@@ -158,8 +164,8 @@ export class FileBackend implements Backend {
   }
 
   async probe(): Promise<void> {
-    await fs.access(this.volDir, constants.R_OK | constants.W_OK);
-    await fs.access(this.snapDir, constants.R_OK | constants.W_OK);
+    // Both at once: each is a thread-pool round trip, and Probe is polled.
+    await Promise.all([fs.access(this.volDir, constants.R_OK | constants.W_OK), fs.access(this.snapDir, constants.R_OK | constants.W_OK)]);
     // Without its target daemon an iSCSI backend cannot publish anything.
     await this.iscsi?.targets();
   }
@@ -222,7 +228,8 @@ export class FileBackend implements Backend {
       if (src) await copyImage(src, img, this.exec);
       const fh = await fs.open(img, src ? 'r+' : 'wx', 0o600);
       try {
-        const { size } = await fh.stat();
+        // A new image is empty (opened O_EXCL); only a copy has a size to look at.
+        const size = src ? (await fh.stat()).size : 0;
         if (size < spec.sizeBytes) await fh.truncate(spec.sizeBytes);
         await fh.sync();
       } finally {
@@ -250,7 +257,7 @@ export class FileBackend implements Backend {
     await this.volStore.put(rec);
     try {
       await this.iscsi?.remove(id);
-      await removeFileDurable(this.imagePath(id));
+      await removeFileDurable(this.imagePath(id), this.volStore.syncDir);
       await this.volStore.remove(id);
     } catch (e) {
       rec.state = 'error_deleting';
@@ -395,7 +402,7 @@ export class FileBackend implements Backend {
     rec.updatedAt = now();
     await this.snapStore.put(rec);
     try {
-      await removeFileDurable(this.snapshotPath(id));
+      await removeFileDurable(this.snapshotPath(id), this.snapStore.syncDir);
       await this.snapStore.remove(id);
     } catch (e) {
       rec.state = 'error_deleting';
@@ -404,7 +411,6 @@ export class FileBackend implements Backend {
       throw e;
     }
     this.snaps.delete(id);
-    await fsyncDir(this.snapDir).catch(() => undefined);
   }
 
   private mustVolume(id: string): VolumeRecord {

@@ -1,0 +1,110 @@
+// 3. Attach: NodeStage (loop attach + ext4 format + mount) + NodePublish
+// (bind) + NodeUnpublish + NodeUnstage through the local connector of
+// `sinter all`, against the raw losetup / mkfs.ext4 / mount / bind / umount /
+// losetup -d sequence started by this process through the same executor
+// (execa, same options) sinter uses. Each repetition uses a fresh blank 1 GiB
+// sparse image on the same filesystem, so both sides format every time.
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { freshDir, GiB, hostExec, median, mountCap, sparseImage, startSinter } from './lib.mjs';
+
+export const RAW = 'losetup --find --show IMG; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING; mount --bind STAGING TARGET; umount TARGET; umount STAGING; losetup --detach DEV';
+
+const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
+
+async function driverOnce(s, nodeId, i) {
+  const cap = mountCap('ext4');
+  const { volume } = await s.client.controller.CreateVolume({ name: `attach-${i}`, capacity_range: { required_bytes: GiB }, volume_capabilities: [cap] });
+  const id = volume.volume_id;
+  const { publish_context: ctx } = await s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
+  const staging = join(s.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount');
+  const target = join(s.kubeletRoot, 'pods', `pod-${i}`, 'volumes/kubernetes.io~csi', id, 'mount');
+  mkdirSync(staging, { recursive: true });
+  mkdirSync(join(target, '..'), { recursive: true });
+  const ms = {};
+  const step = async (name, fn) => {
+    const t = performance.now();
+    await fn();
+    ms[name] = performance.now() - t;
+  };
+  const n = s.client.node;
+  await step('NodeStageVolume', () => n.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: cap, publish_context: ctx, volume_context: volume.volume_context }));
+  await step('NodePublishVolume', () => n.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: cap, publish_context: ctx }));
+  await step('NodeUnpublishVolume', () => n.NodeUnpublishVolume({ volume_id: id, target_path: target }));
+  await step('NodeUnstageVolume', () => n.NodeUnstageVolume({ volume_id: id, staging_target_path: staging }));
+  await s.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+  await s.client.controller.DeleteVolume({ volume_id: id });
+  return ms;
+}
+
+async function rawOnce(dir, i) {
+  const img = join(dir, `raw-${i}.img`);
+  const staging = join(dir, `raw-${i}`, 'globalmount');
+  const target = join(dir, `raw-${i}`, 'mount');
+  mkdirSync(staging, { recursive: true });
+  mkdirSync(target, { recursive: true });
+  await sparseImage(img, GiB);
+  const ms = {};
+  let t = performance.now();
+  const dev = (await hostExec.run('losetup', ['--find', '--show', img])).stdout.trim();
+  await hostExec.run('mkfs.ext4', ['-q', dev]);
+  await hostExec.run('mount', ['-t', 'ext4', dev, staging]);
+  ms.NodeStageVolume = performance.now() - t;
+  t = performance.now();
+  await hostExec.run('mount', ['--bind', staging, target]);
+  ms.NodePublishVolume = performance.now() - t;
+  t = performance.now();
+  await hostExec.run('umount', [target]);
+  ms.NodeUnpublishVolume = performance.now() - t;
+  t = performance.now();
+  await hostExec.run('umount', [staging]);
+  await hostExec.run('losetup', ['--detach', dev]);
+  ms.NodeUnstageVolume = performance.now() - t;
+  rmSync(join(dir, `raw-${i}`), { recursive: true, force: true });
+  rmSync(img, { force: true });
+  return ms;
+}
+
+const total = (ms) => STEPS.reduce((a, k) => a + ms[k], 0);
+
+export async function attachBench({ reps, log }) {
+  const s = await startSinter({ role: 'all' });
+  const rawDir = freshDir('attach-raw');
+  const got = { sinter: [], raw: [], ratio: [] };
+  try {
+    const { node_id: nodeId } = await s.client.node.NodeGetInfo({});
+    // Warm-up: the page cache for the tools, and JIT on both sides.
+    await driverOnce(s, nodeId, 'warm');
+    await rawOnce(rawDir, 'warm');
+    for (let r = 0; r < reps; r++) {
+      const order = r % 2 === 0 ? ['raw', 'sinter'] : ['sinter', 'raw'];
+      const one = {};
+      for (const who of order) one[who] = who === 'sinter' ? await driverOnce(s, nodeId, r) : await rawOnce(rawDir, r);
+      got.sinter.push(one.sinter);
+      got.raw.push(one.raw);
+      got.ratio.push(total(one.sinter) / total(one.raw));
+      log(`  attach rep ${r + 1}/${reps}: sinter ${total(one.sinter).toFixed(0)} ms, raw ${total(one.raw).toFixed(0)} ms, ${got.ratio.at(-1).toFixed(2)}×`);
+    }
+  } finally {
+    await s.stop();
+  }
+  const section = '3. Attach (local connector, ext4, 1 GiB)';
+  const rows = [
+    {
+      id: 'attach.total',
+      section,
+      label: 'Stage+Publish+Unpublish+Unstage',
+      unit: 'ms',
+      value: median(got.sinter.map(total)),
+      floor: median(got.raw.map(total)),
+      ratio: median(got.ratio),
+      ratios: got.ratio,
+      target: { ratioMax: 1.1 },
+    },
+  ];
+  for (const k of STEPS) {
+    const ratios = got.sinter.map((m, i) => m[k] / got.raw[i][k]);
+    rows.push({ id: `attach.${k}`, section, label: `  ${k}`, unit: 'ms', value: median(got.sinter.map((m) => m[k])), floor: median(got.raw.map((m) => m[k])), ratio: median(ratios), ratios });
+  }
+  return rows;
+}

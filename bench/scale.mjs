@@ -1,0 +1,115 @@
+// 5. Scale: start-up to the first successful Probe (against `node -e ""`),
+// controller RSS idle and with 10,000 volumes (against the idle floor server:
+// node + grpc-js + the CSI proto), and a ListVolumes page of 100 at 10,000
+// volumes (against the floor server answering a canned page of 100 of the
+// same shape).
+import { rmSync } from 'node:fs';
+import { GiB, median, mountCap, nodeStartup, pool, sleep, startFloorServer, startSinter } from './lib.mjs';
+
+const SETTLE_MS = 1000;
+
+/** Median of five RSS readings 100 ms apart. */
+async function rssSamples(proc) {
+  const v = [];
+  for (let i = 0; i < 5; i++) {
+    v.push(proc.rss());
+    await sleep(100);
+  }
+  return median(v);
+}
+
+async function listPages(client, pages) {
+  const lat = [];
+  let token = '';
+  for (let i = 0; i < pages; i++) {
+    const t = performance.now();
+    const r = await client.controller.ListVolumes({ max_entries: 100, starting_token: token });
+    lat.push(performance.now() - t);
+    token = r.next_token;
+    if (r.entries.length !== 100 && token) throw new Error(`ListVolumes returned ${r.entries.length} entries, not 100`);
+  }
+  return lat;
+}
+
+export async function scaleBench({ reps, volumes, log }) {
+  const section = '5. Scale';
+  const st = { empty: [], controller: [], all: [], floor: [], cpuController: [], cpuAll: [], cpuFloor: [], rssController: [], rssAll: [], rssFloor: [] };
+  for (let r = 0; r < reps; r++) {
+    st.empty.push(await nodeStartup());
+    for (const role of ['controller', 'all']) {
+      const s = await startSinter({ role });
+      st[role].push(s.startupMs);
+      st[role === 'controller' ? 'cpuController' : 'cpuAll'].push(s.startupCpuMs);
+      await sleep(SETTLE_MS);
+      st[role === 'controller' ? 'rssController' : 'rssAll'].push(await rssSamples(s));
+      await s.stop();
+      rmSync(s.dir, { recursive: true, force: true });
+    }
+    const f = await startFloorServer();
+    st.floor.push(f.startupMs);
+    st.cpuFloor.push(f.startupCpuMs);
+    await sleep(SETTLE_MS);
+    st.rssFloor.push(await rssSamples(f));
+    await f.stop();
+    log(`  start-up rep ${r + 1}/${reps}: node -e "" ${st.empty.at(-1).toFixed(0)} ms, controller ${st.controller.at(-1).toFixed(0)} ms, all ${st.all.at(-1).toFixed(0)} ms; idle RSS controller ${st.rssController.at(-1).toFixed(1)} MiB`);
+  }
+  const rows = [];
+  const ratios = (xs, ys) => xs.map((x, i) => x / ys[i]);
+  rows.push({ id: 'scale.startup.controller', section, label: 'Start-up to first Probe, `sinter controller`', unit: 'ms', value: median(st.controller), floor: median(st.empty), ratio: median(ratios(st.controller, st.empty)), ratios: ratios(st.controller, st.empty), target: { valueMax: 400 }, floorIs: 'node -e "" (spawn to exit)' });
+  rows.push({ id: 'scale.startup.all', section, label: 'Start-up to first Probe, `sinter all`', unit: 'ms', value: median(st.all), floor: median(st.empty), ratio: median(ratios(st.all, st.empty)), ratios: ratios(st.all, st.empty), target: { valueMax: 400 }, floorIs: 'node -e "" (spawn to exit)' });
+  rows.push({ id: 'scale.startup.floorserver', section, label: 'Start-up to first Probe, bare grpc-js floor server (reference)', unit: 'ms', value: median(st.floor), floor: median(st.empty), ratio: median(ratios(st.floor, st.empty)), ratios: ratios(st.floor, st.empty), floorIs: 'node -e ""' });
+  rows.push({ id: 'scale.startup.cpu.controller', section, label: 'Start-up CPU time to first Probe, `sinter controller`', unit: 'ms', value: median(st.cpuController), floor: median(st.cpuFloor), ratio: median(ratios(st.cpuController, st.cpuFloor)), ratios: ratios(st.cpuController, st.cpuFloor), floorIs: 'floor server CPU to first Probe' });
+  rows.push({ id: 'scale.startup.cpu.all', section, label: 'Start-up CPU time to first Probe, `sinter all`', unit: 'ms', value: median(st.cpuAll), floor: median(st.cpuFloor), ratio: median(ratios(st.cpuAll, st.cpuFloor)), ratios: ratios(st.cpuAll, st.cpuFloor), floorIs: 'floor server CPU to first Probe' });
+  rows.push({ id: 'scale.rss.idle', section, label: 'Controller RSS idle', unit: 'MiB', value: median(st.rssController), floor: median(st.rssFloor), ratio: median(ratios(st.rssController, st.rssFloor)), ratios: ratios(st.rssController, st.rssFloor), target: { valueMax: 80 }, floorIs: 'idle floor server (node + grpc-js + csi.proto)' });
+  rows.push({ id: 'scale.rss.idle.all', section, label: '`sinter all` RSS idle', unit: 'MiB', value: median(st.rssAll), floor: median(st.rssFloor), ratio: median(ratios(st.rssAll, st.rssFloor)), ratios: ratios(st.rssAll, st.rssFloor), floorIs: 'idle floor server' });
+
+  if (!volumes) return rows;
+  // 10,000 volumes through the real CreateVolume path.
+  const s = await startSinter({ role: 'controller' });
+  const floor = await startFloorServer();
+  let restart;
+  try {
+    const cap = mountCap('ext4');
+    const t0 = performance.now();
+    const made = await pool(64, volumes, (i) => s.client.controller.CreateVolume({ name: `scale-${i}`, capacity_range: { required_bytes: GiB }, volume_capabilities: [cap] }));
+    log(`  created ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(1)} s (${((volumes / made.wallMs) * 1000).toFixed(0)}/s)`);
+    await sleep(SETTLE_MS);
+    const rssFull = await rssSamples(s);
+    const floorRss = await rssSamples(floor);
+    // Warm-up walk, then three full walks of 100 pages.
+    await listPages(s.client, 20);
+    await listPages(floor.client, 20);
+    const list = { sinter: [], floor: [], ratio: [] };
+    for (let r = 0; r < 3; r++) {
+      const a = await listPages(floor.client, volumes / 100);
+      const b = await listPages(s.client, volumes / 100);
+      list.floor.push(median(a));
+      list.sinter.push(median(b));
+      list.ratio.push(median(b) / median(a));
+    }
+    rows.push({ id: 'scale.rss.10k', section, label: `Controller RSS with ${volumes} volumes (after creating them)`, unit: 'MiB', value: rssFull, floor: floorRss, ratio: rssFull / floorRss, target: { valueMax: 150 }, floorIs: 'idle floor server' });
+    rows.push({ id: 'scale.list.p50', section, label: `ListVolumes page of 100 at ${volumes} volumes, p50`, unit: 'ms', value: median(list.sinter), floor: median(list.floor), ratio: median(list.ratio), ratios: list.ratio, target: { valueMax: 10 }, floorIs: 'floor server, canned page of 100' });
+    await s.stop();
+    // Restarts that load the 10,000 records from disk, each against a fresh node -e "".
+    const re = { startup: [], rss: [], empty: [] };
+    for (let r = 0; r < 3; r++) {
+      re.empty.push(await nodeStartup());
+      restart = await startSinter({ role: 'controller', dir: s.dir });
+      re.startup.push(restart.startupMs);
+      await sleep(SETTLE_MS);
+      re.rss.push(await rssSamples(restart));
+      await restart.stop();
+      restart = undefined;
+    }
+    const reRatios = re.startup.map((x, i) => x / re.empty[i]);
+    rows.push({ id: 'scale.rss.10k.restart', section, label: `Controller RSS with ${volumes} volumes (restarted, loaded from disk)`, unit: 'MiB', value: median(re.rss), floor: floorRss, ratio: median(re.rss) / floorRss, ratios: re.rss.map((x) => x / floorRss), target: { valueMax: 150 }, floorIs: 'idle floor server' });
+    rows.push({ id: 'scale.startup.10k', section, label: `Start-up to first Probe with ${volumes} volumes on disk`, unit: 'ms', value: median(re.startup), floor: median(re.empty), ratio: median(reRatios), ratios: reRatios, floorIs: 'node -e ""' });
+    log(`  10k: RSS ${rssFull.toFixed(1)} MiB, list p50 ${median(list.sinter).toFixed(2)} ms; restarts ${re.startup.map((x) => x.toFixed(0)).join('/')} ms, RSS ${median(re.rss).toFixed(1)} MiB`);
+  } finally {
+    await restart?.stop();
+    await s.stop();
+    await floor.stop();
+    rmSync(s.dir, { recursive: true, force: true });
+  }
+  return rows;
+}
