@@ -162,7 +162,9 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
  * Start-up clean-up of what findOrphans marks `restart` among devices: detaches
  * unexplained, unused devices (views first). It runs before the plugin serves,
  * so no RPC races it; each device is checked again right before. Never
- * unmounts anything. Returns what it detached.
+ * unmounts anything. A device still open elsewhere (a mount in another mount
+ * namespace, a process reading it) is not torn away: the kernel then only
+ * marks it to detach on last close. Returns what it detached.
  */
 export async function cleanOrphans(d: NodeDeps, orphans: Orphan[]): Promise<string[]> {
   const done: string[] = [];
