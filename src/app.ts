@@ -8,14 +8,19 @@ import { encodeNodeId, isValidIqn } from './contracts/nodeid.js';
 import { KubeNodeRegistry } from './controller/kube-node-registry.js';
 import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
 import { Reconciler } from './controller/reconcile.js';
+import { ExportLoop } from './controller/export-loop.js';
 import { controllerService } from './controller/service.js';
+import { StaticVolumes, withStaticVolumes } from './controller/static-volumes.js';
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
 import { HostExecutor } from './exec/run.js';
 import { identityService } from './identity/service.js';
 import type { KubeCache } from './k8s/cache.js';
+import { IscsiConnector } from './node/connectors/iscsi-connector.js';
+import { onlineInitiatorWwpns } from './node/connectors/fc.js';
 import { NodeService } from './node/service.js';
+import { parseNodeId } from './contracts/nodeid.js';
 import { VERSION } from './version.js';
 
 /** Reads the host's iSCSI initiator name (`InitiatorName=iqn…`), if it has one. */
@@ -30,13 +35,18 @@ export function readInitiatorName(file: string): string | undefined {
 
 export function nodeIdFor(cfg: Config): string {
   if (cfg.nodeId) return cfg.nodeId;
-  return encodeNodeId({ host: cfg.nodeName, iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile), wwpns: [] });
+  return encodeNodeId({
+    host: cfg.nodeName,
+    iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
+    wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
+  });
 }
 
 export interface App {
   server: CsiServer;
   backends: Map<string, Backend>;
   volumes?: VolumeManager;
+  statics?: StaticVolumes;
   recovery: Record<string, RecoveryReport>;
   nodeId?: string;
   /** With Kubernetes access (config `kubernetes.enabled`): the API mirrors and the reconciler. */
@@ -58,6 +68,8 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   const hasNode = cfg.role !== 'controller';
   const nodeId = hasNode || cfg.role === 'all' ? nodeIdFor(cfg) : undefined;
   let volumes: VolumeManager | undefined;
+  let exportLoop: ExportLoop | undefined;
+  let statics: StaticVolumes | undefined;
   let kube: KubeCache | undefined;
   let reconciler: Reconciler | undefined;
 
@@ -72,24 +84,39 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     const registry: NodeRegistry = kube ? new KubeNodeRegistry(kube.nodeDirectory()) : new StaticNodeRegistry(cfg.role === 'all' && nodeId ? new Set([nodeId]) : undefined);
     // In single-machine mode the controller knows its one node's attach limit.
     const localLimit = cfg.role === 'all' ? cfg.node.maxVolumesPerNode : 0;
+    const maxVolumesPerNode = (id: string) => (id === nodeId ? localLimit : undefined);
     volumes = new VolumeManager(backends, registry, log.child({ part: 'controller' }), {
       externalAttachments: kube && ((id) => kube!.volumeAttachmentNodes(id)),
-      maxVolumesPerNode: (id) => (id === nodeId ? localLimit : undefined),
+      maxVolumesPerNode,
+      extraPublishedTo: (id) => statics?.publishedTo(id) ?? 0,
     });
     volumes.index();
+    const backendVolumes = volumes;
+    statics = new StaticVolumes({
+      stateDir: cfg.controller.stateDir,
+      nodes: registry,
+      log: log.child({ part: 'static-volumes' }),
+      maxVolumesPerNode,
+      otherPublishedTo: (id) => backendVolumes.publishedTo(id),
+    });
+    await statics.start();
     if (kube) {
       reconciler = new Reconciler({
         volumes,
         backends,
+        statics,
         source: kube,
         log: log.child({ part: 'reconcile' }),
         graceMs: cfg.kubernetes.graceSeconds * 1000,
         intervalMs: cfg.kubernetes.resyncSeconds * 1000,
       });
     }
+    exportLoop = new ExportLoop([...backends.values()], volumes, log.child({ part: 'exports' }));
+    // Restore the exports before serving: a node may be waiting to log in again.
+    await exportLoop.pass();
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();
-    services.controller = controllerService({ volumes, snapshots, backends });
+    services.controller = withStaticVolumes(controllerService({ volumes, snapshots, backends }), { statics, volumes });
   }
 
   let node: NodeService | undefined;
@@ -104,9 +131,19 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
         kubeletRoots: cfg.kubeletRoots,
         localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
         stateDir: cfg.node.stateDir,
+        sysfsRoot: cfg.node.sysfsRoot,
+        devRoot: cfg.node.devRoot,
+        fc: cfg.node.fc,
       },
       exec,
       log: log.child({ part: 'node' }),
+      connectors: [
+        new IscsiConnector(
+          { mode: cfg.node.initiator, initiatorName: parseNodeId(nodeId!)?.iqn, stateDir: join(cfg.node.stateDir, 'iscsi-userspace'), sysfsRoot: cfg.node.sysfsRoot },
+          exec,
+          log.child({ part: 'iscsi' }),
+        ),
+      ],
     });
     await node.start();
     services.node = node.handlers();
@@ -125,10 +162,12 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   // Last, so that nothing runs in the background if the set-up above failed.
   kube?.start();
   reconciler?.start();
+  exportLoop?.start();
   return {
     server,
     backends,
     volumes,
+    statics,
     recovery,
     nodeId,
     kube,
@@ -137,6 +176,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     stop: async () => {
       // No revocation once shutdown begins; the caches serve in-flight RPCs to the end.
       await reconciler?.stop();
+      await exportLoop?.stop();
       try {
         await server.shutdown(cfg.shutdownGraceSeconds * 1000);
       } finally {

@@ -75,8 +75,10 @@ async function main(argv: string[]): Promise<number> {
       log.info({ signal }, 'shutting down: finishing in-flight RPCs');
       app.stop().then(resolve, resolve);
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    // `on`, not `once`: execa's exit hook re-raises a signal that has no
+    // listener left besides its own, which would kill us mid-shutdown.
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
   log.info('stopped');
   log.flush();

@@ -145,11 +145,19 @@ export interface Backend {
   deleteVolume(id: string): Promise<void>;
   expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord>;
   setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord>;
-  /** initialize_connection: make the volume reachable by one node. */
-  exportVolume(id: string, node: NodeIdentity, readonly: boolean): Promise<PublishContext>;
+  /** initialize_connection: make the volume reachable by one node. `secrets` are ControllerPublishVolume's (CHAP). */
+  exportVolume(id: string, node: NodeIdentity, readonly: boolean, secrets: Record<string, string>): Promise<PublishContext>;
   /** terminate_connection: revoke that node's access; idempotent. */
   unexportVolume(id: string, node: NodeIdentity): Promise<void>;
   volumeHealth(id: string): Promise<VolumeHealth>;
+  /**
+   * Makes the exports match the records (a target daemon may have restarted
+   * empty), taking each volume's lock through `withVolumeLock`. Absent when
+   * the backend exports nothing.
+   */
+  reconcileExports?(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void>;
+  /** How often reconcileExports should run, in ms. */
+  readonly reconcileIntervalMs?: number;
 
   createSnapshot(spec: { id: string; name: string; sourceVolumeId: string }): Promise<SnapshotRecord>;
   deleteSnapshot(id: string): Promise<void>;

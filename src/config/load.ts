@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { parseEndpoint } from '../csi/endpoint.js';
 import { kubernetesFrom } from './kubernetes.js';
-import type { BackendConfig, Config, FileBackendConfig, LogLevel, Role } from './types.js';
+import type { BackendConfig, Config, FileBackendConfig, IscsiExportConfig, LogLevel, Role } from './types.js';
 import { absPath, ConfigError, int, isObj, num, type Obj, oneOf, onlyKeys, str, strMap } from './validate.js';
 
 export const DEFAULT_DRIVER_NAME = 'sinter.csi.io';
@@ -27,9 +27,48 @@ export const FLAG_SPEC = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
-const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes'] as const;
-const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile'] as const;
+const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'controller', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
+const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes', 'export', 'iscsi'] as const;
+const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache', 'blockSize', 'reconcileSeconds'] as const;
+const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc'] as const;
+const FC_KEYS = ['scanTimeoutSeconds', 'removeTimeoutSeconds'] as const;
+const CONTROLLER_KEYS = ['stateDir'] as const;
+const PORTAL_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
+const IQN_PREFIX_RE = /^(?:iqn\.\d{4}-\d{2}\.[A-Za-z0-9.:-]+[:.]|eui\.|naa\.)$/;
+
+/** `${VAR}` in a portal comes from the environment, as Kubernetes hands a pod its host IP. */
+function expandEnv(v: string, key: string): string {
+  return v.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, name: string) => {
+    const val = process.env[name];
+    if (!val) throw new ConfigError(key, `environment variable ${name} is not set`);
+    return val;
+  });
+}
+
+function iscsiFrom(raw: unknown, key: string): IscsiExportConfig {
+  if (!isObj(raw)) throw new ConfigError(key, 'is required with export: iscsi (at least portals)');
+  onlyKeys(raw, ISCSI_KEYS, key);
+  if (!Array.isArray(raw.portals) || raw.portals.length === 0) throw new ConfigError(`${key}.portals`, 'must list at least one portal (host:port)');
+  const portals = raw.portals.map((p, i) => {
+    const v = expandEnv(str(p, `${key}.portals[${i}]`), `${key}.portals[${i}]`);
+    if (!PORTAL_RE.test(v)) throw new ConfigError(`${key}.portals[${i}]`, `"${v}" is not host:port`);
+    return v;
+  });
+  const iqnPrefix = raw.iqnPrefix === undefined ? 'iqn.2026-11.io.sinter:' : str(raw.iqnPrefix, `${key}.iqnPrefix`);
+  if (!IQN_PREFIX_RE.test(iqnPrefix)) throw new ConfigError(`${key}.iqnPrefix`, `"${iqnPrefix}" must look like iqn.YYYY-MM.reversed.domain: (ending in : or .)`);
+  const blockSize = raw.blockSize === undefined ? 512 : int(raw.blockSize, `${key}.blockSize`, 512, 4096);
+  if (blockSize !== 512 && blockSize !== 4096) throw new ConfigError(`${key}.blockSize`, 'must be 512 or 4096');
+  if (raw.writeCache !== undefined && typeof raw.writeCache !== 'boolean') throw new ConfigError(`${key}.writeCache`, 'must be true or false');
+  return {
+    helper: oneOf(raw.helper ?? 'tgt', `${key}.helper`, ['tgt'] as const),
+    portals,
+    iqnPrefix,
+    controlPort: raw.controlPort === undefined ? 0 : int(raw.controlPort, `${key}.controlPort`, 0, 32767),
+    writeCache: raw.writeCache === undefined ? true : (raw.writeCache as boolean),
+    blockSize,
+    reconcileSeconds: raw.reconcileSeconds === undefined ? 30 : num(raw.reconcileSeconds, `${key}.reconcileSeconds`, 1, 86400),
+  };
+}
 const EXEC_KEYS = ['mode', 'hostRoot', 'timeoutSeconds'] as const;
 
 function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): BackendConfig {
@@ -37,6 +76,8 @@ function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): B
   onlyKeys(raw, BACKEND_KEYS, key);
   const name = str(raw.name, `${key}.name`);
   if (!BACKEND_NAME_RE.test(name)) throw new ConfigError(`${key}.name`, `"${name}" must be lower-case letters, digits and '-', at most 32 characters`);
+  // Volume ids are `<backend>-<uuid>`; `static-<name>` is the static volumes' handle (src/controller/static-volumes.ts).
+  if (name === 'static' || name.startsWith('static-')) throw new ConfigError(`${key}.name`, `"${name}" is reserved: volume handles starting with "static-" name static (pre-provisioned) volumes`);
   oneOf(raw.driver ?? 'file', `${key}.driver`, ['file'] as const);
   const topology = strMap(raw.topology, `${key}.topology`);
   const b: FileBackendConfig = {
@@ -49,8 +90,21 @@ function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): B
     overSubscriptionRatio: raw.overSubscriptionRatio === undefined ? 1 : num(raw.overSubscriptionRatio, `${key}.overSubscriptionRatio`, 1, 1000),
     reservedPercent: raw.reservedPercent === undefined ? 0 : num(raw.reservedPercent, `${key}.reservedPercent`, 0, 99),
     capacityBytes: raw.capacityBytes === undefined ? 0 : int(raw.capacityBytes, `${key}.capacityBytes`, 0, Number.MAX_SAFE_INTEGER),
+    export: oneOf(raw.export ?? 'local', `${key}.export`, ['local', 'iscsi'] as const),
   };
+  if (b.export === 'iscsi') b.iscsi = iscsiFrom(raw.iscsi, `${key}.iscsi`);
+  else if (raw.iscsi !== undefined) throw new ConfigError(`${key}.iscsi`, 'only applies with export: iscsi');
   return b;
+}
+
+function fcFrom(raw: unknown): Config['node']['fc'] {
+  const f = raw ?? {};
+  if (!isObj(f)) throw new ConfigError('node.fc', 'must be a map');
+  onlyKeys(f, FC_KEYS, 'node.fc');
+  return {
+    scanTimeoutSeconds: f.scanTimeoutSeconds === undefined ? 30 : num(f.scanTimeoutSeconds, 'node.fc.scanTimeoutSeconds', 1, 600),
+    removeTimeoutSeconds: f.removeTimeoutSeconds === undefined ? 30 : num(f.removeTimeoutSeconds, 'node.fc.removeTimeoutSeconds', 1, 600),
+  };
 }
 
 /** Flags over the YAML file over defaults; throws ConfigError naming the key. */
@@ -134,6 +188,23 @@ export function loadConfig(role: Role, argv: string[]): Config {
     stateDir: flags['state-dir'] !== undefined ? absPath(flags['state-dir'], '--state-dir') : nodeRaw.stateDir === undefined ? stateDirDefault : absPath(nodeRaw.stateDir, 'node.stateDir'),
     iscsiInitiatorName: nodeRaw.iscsiInitiatorName === undefined ? undefined : str(nodeRaw.iscsiInitiatorName, 'node.iscsiInitiatorName'),
     initiatorNameFile: nodeRaw.initiatorNameFile === undefined ? '/etc/iscsi/initiatorname.iscsi' : absPath(nodeRaw.initiatorNameFile, 'node.initiatorNameFile'),
+    initiator: oneOf(nodeRaw.initiator ?? 'auto', 'node.initiator', ['kernel', 'userspace', 'auto'] as const),
+    sysfsRoot: nodeRaw.sysfsRoot === undefined ? '/sys' : absPath(nodeRaw.sysfsRoot, 'node.sysfsRoot'),
+    devRoot: nodeRaw.devRoot === undefined ? '/dev' : absPath(nodeRaw.devRoot, 'node.devRoot'),
+    fc: fcFrom(nodeRaw.fc),
+  };
+  if (node.sysfsRoot === '/' || node.devRoot === '/') throw new ConfigError(node.sysfsRoot === '/' ? 'node.sysfsRoot' : 'node.devRoot', 'must not be "/"');
+
+  const ctlRaw = file.controller ?? {};
+  if (!isObj(ctlRaw)) throw new ConfigError('controller', 'must be a map');
+  onlyKeys(ctlRaw, CONTROLLER_KEYS, 'controller');
+  const controller = {
+    stateDir:
+      ctlRaw.stateDir !== undefined
+        ? absPath(ctlRaw.stateDir, 'controller.stateDir')
+        : backends.length > 0
+          ? `${backends[0]!.dataDir}/controller-state`
+          : '/var/lib/sinter/controller',
   };
 
   const execRaw = file.exec ?? {};
@@ -155,6 +226,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
     kubeletRoots,
     backends,
     node,
+    controller,
     exec,
     shutdownGraceSeconds: file.shutdownGraceSeconds === undefined ? 10 : num(file.shutdownGraceSeconds, 'shutdownGraceSeconds', 0, 600),
     kubernetes: kubernetesFrom(file.kubernetes, role),

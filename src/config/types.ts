@@ -15,9 +15,34 @@ export interface FileBackendConfig {
   reservedPercent: number;
   /** Caps the backend below its filesystem's size; 0 = the filesystem's size. */
   capacityBytes: number;
+  /** How nodes reach the images: `local` (loop-attach the file, same host) or `iscsi` (tgtd exports). */
+  export: 'local' | 'iscsi';
+  iscsi?: IscsiExportConfig;
+}
+
+/** Cinder's iscsi_helper settings for a backend with `export: iscsi`. */
+export interface IscsiExportConfig {
+  helper: 'tgt';
+  /** Portals handed to nodes in publish_context (`host:port`); `${VAR}` is read from the environment. */
+  portals: string[];
+  /** Target names: this prefix + volume id. */
+  iqnPrefix: string;
+  /** tgtd's management port (`tgtd -C N`); 0 = its default. */
+  controlPort: number;
+  writeCache: boolean;
+  blockSize: 512 | 4096;
+  /** How often the exports are checked against the records (tgtd forgets everything when it restarts). */
+  reconcileSeconds: number;
 }
 
 export type BackendConfig = FileBackendConfig;
+
+export interface FcConfig {
+  /** How long connecting an FC LUN keeps scanning and waiting for it (and its multipath map). */
+  scanTimeoutSeconds: number;
+  /** How long disconnecting waits for deleted paths to disappear. */
+  removeTimeoutSeconds: number;
+}
 
 export interface NodeConfig {
   maxVolumesPerNode: number;
@@ -25,6 +50,18 @@ export interface NodeConfig {
   stateDir: string;
   iscsiInitiatorName?: string;
   initiatorNameFile: string;
+  /** `kernel` (iscsiadm + iscsid), `userspace` (libiscsi: qemu-nbd, nbdfuse, loop), `auto` (kernel when iscsi_tcp is there). */
+  initiator: 'kernel' | 'userspace' | 'auto';
+  /** Where sysfs is mounted (FC HBAs, SCSI disks, multipath maps); /sys on a node. */
+  sysfsRoot: string;
+  /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
+  devRoot: string;
+  fc: FcConfig;
+}
+
+/** The controller's own state (not a backend's): records of static volumes' publishes. */
+export interface ControllerConfig {
+  stateDir: string;
 }
 
 export interface ExecConfig {
@@ -56,6 +93,7 @@ export interface Config {
   kubeletRoots: string[];
   backends: BackendConfig[];
   node: NodeConfig;
+  controller: ControllerConfig;
   exec: ExecConfig;
   shutdownGraceSeconds: number;
   kubernetes: KubernetesConfig;

@@ -3,6 +3,7 @@ import type { Backend } from '../backends/backend.js';
 import { backendOfVolume } from '../backends/ids.js';
 import { parseNodeId } from '../contracts/nodeid.js';
 import type { AttachmentView } from '../k8s/cache.js';
+import { isStaticHandle, type StaticVolumes } from './static-volumes.js';
 import type { VolumeManager } from './volumes.js';
 
 export type { AttachmentView };
@@ -47,6 +48,8 @@ export function holds(va: AttachmentView, volumeId: string, nodeId: string): boo
 export interface ReconcilerOptions {
   volumes: VolumeManager;
   backends: Map<string, Backend>;
+  /** Static volumes' publish records: reconciled like the backends' (dropping one revokes nothing on the array). */
+  statics?: StaticVolumes;
   source: AttachmentSource;
   log: Logger;
   /** How long a publish may lack a holding VolumeAttachment before it is revoked. */
@@ -216,24 +219,22 @@ export class Reconciler {
     const due: { volumeId: string; nodeId: string; since: number }[] = [];
     let nextDeadline = Infinity;
 
-    for (const b of backends.values()) {
-      for (const v of b.volumes()) {
-        for (const a of v.attachments) {
-          const key = keyOf(v.id, a.nodeId);
-          seen.add(key);
-          if (this.isHeld(v.id, a.nodeId, candidatesOf(v.id))) {
-            this.unheldSince.delete(key);
-            continue;
-          }
-          let since = this.unheldSince.get(key);
-          if (since === undefined) {
-            since = now;
-            this.unheldSince.set(key, now);
-            log.info({ volume_id: v.id, node_id: a.nodeId, graceMs }, 'publish has no VolumeAttachment; it is revoked when none appears within the grace period');
-          }
-          if (now - since >= graceMs) due.push({ volumeId: v.id, nodeId: a.nodeId, since });
-          else nextDeadline = Math.min(nextDeadline, since + graceMs);
+    for (const v of this.publishedVolumes(backends)) {
+      for (const a of v.attachments) {
+        const key = keyOf(v.id, a.nodeId);
+        seen.add(key);
+        if (this.isHeld(v.id, a.nodeId, candidatesOf(v.id))) {
+          this.unheldSince.delete(key);
+          continue;
         }
+        let since = this.unheldSince.get(key);
+        if (since === undefined) {
+          since = now;
+          this.unheldSince.set(key, now);
+          log.info({ volume_id: v.id, node_id: a.nodeId, graceMs }, 'publish has no VolumeAttachment; it is revoked when none appears within the grace period');
+        }
+        if (now - since >= graceMs) due.push({ volumeId: v.id, nodeId: a.nodeId, since });
+        else nextDeadline = Math.min(nextDeadline, since + graceMs);
       }
     }
     for (const key of this.unheldSince.keys()) if (!seen.has(key)) this.unheldSince.delete(key);
@@ -256,19 +257,30 @@ export class Reconciler {
     }
   }
 
+  /** Every volume with publishes: the backends' and the static ones. */
+  private *publishedVolumes(backends: Map<string, Backend>): Generator<{ id: string; attachments: { nodeId: string }[] }> {
+    for (const b of backends.values()) yield* b.volumes();
+    if (this.opts.statics) yield* this.opts.statics.sorted();
+  }
+
+  private attachmentsOf(volumeId: string): { nodeId: string }[] | undefined {
+    if (isStaticHandle(volumeId)) return this.opts.statics?.get(volumeId)?.attachments;
+    return this.opts.volumes.get(volumeId)?.attachments;
+  }
+
   private async revoke(volumeId: string, nodeId: string, unheldMs: number): Promise<void> {
-    const { source, volumes, log } = this.opts;
+    const { source, volumes, statics, log } = this.opts;
     let decided = false;
     try {
       // Re-checked under the volume's lock: a ControllerPublish for a new
       // VolumeAttachment may have come in since the pass looked.
-      await volumes.unpublish(volumeId, nodeId, {
-        onlyIf: () =>
-          (decided =
-            source.live &&
-            (volumes.get(volumeId)?.attachments.some((a) => a.nodeId === nodeId) ?? false) &&
-            !this.isHeld(volumeId, nodeId, source.attachments())),
-      });
+      const onlyIf = () =>
+        (decided =
+          source.live &&
+          (this.attachmentsOf(volumeId)?.some((a) => a.nodeId === nodeId) ?? false) &&
+          !this.isHeld(volumeId, nodeId, source.attachments()));
+      if (isStaticHandle(volumeId)) await statics?.unpublish(volumeId, nodeId, { onlyIf });
+      else await volumes.unpublish(volumeId, nodeId, { onlyIf });
     } catch (e) {
       this.stats.revokeFailures++;
       log.error({ volume_id: volumeId, node_id: nodeId, err: (e as Error).message }, 'revoking a publish that no VolumeAttachment holds failed; retrying on the next pass');
@@ -282,12 +294,13 @@ export class Reconciler {
   }
 
   private reportMissing(vas: AttachmentView[]): void {
-    const { volumes, log } = this.opts;
+    const { volumes, statics, log } = this.opts;
     const now = new Set<string>();
     for (const va of vas) {
       if (!va.attached || va.deleting || va.volumeId === undefined) continue;
-      if (backendOfVolume(va.volumeId) === undefined) continue; // not a sinter volume id
-      const v = volumes.get(va.volumeId);
+      const isStatic = statics !== undefined && isStaticHandle(va.volumeId);
+      if (backendOfVolume(va.volumeId) === undefined && !isStatic) continue; // not a sinter volume id
+      const v = isStatic ? statics.get(va.volumeId) : volumes.get(va.volumeId);
       const published = v?.attachments.some((a) => (va.nodeId !== undefined ? a.nodeId === va.nodeId : parseNodeId(a.nodeId)?.host === va.nodeName)) ?? false;
       if (published) continue;
       now.add(va.name);

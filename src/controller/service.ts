@@ -120,11 +120,11 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return {};
     },
 
-    async ControllerPublishVolume(req: { volume_id?: string; node_id?: string; volume_capability?: WireCapability; readonly?: boolean }) {
+    async ControllerPublishVolume(req: { volume_id?: string; node_id?: string; volume_capability?: WireCapability; readonly?: boolean; secrets?: Record<string, string> }) {
       const volumeId = required(req.volume_id, 'volume_id');
       const nodeId = required(req.node_id, 'node_id');
       const cap = parseCapability(req.volume_capability, 'volume_capability');
-      const ctx = await volumes.publish(volumeId, nodeId, cap, req.readonly === true);
+      const ctx = await volumes.publish(volumeId, nodeId, cap, req.readonly === true, req.secrets ?? {});
       return { publish_context: encodePublishContext(ctx) };
     },
 

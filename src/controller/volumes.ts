@@ -64,6 +64,8 @@ export interface VolumeManagerOptions {
    * may throw a CsiError (UNAVAILABLE) when it cannot tell.
    */
   externalAttachments?: (volumeId: string) => string[];
+  /** Publishes on a node that no backend records (static volumes), counted against maxVolumesPerNode. */
+  extraPublishedTo?: (nodeId: string) => number;
 }
 
 export interface UnpublishOptions {
@@ -241,7 +243,7 @@ export class VolumeManager {
     });
   }
 
-  async publish(volumeId: string, nodeId: string, cap: ParsedCapability, readonly: boolean): Promise<PublishContext> {
+  async publish(volumeId: string, nodeId: string, cap: ParsedCapability, readonly: boolean, secrets: Record<string, string> = {}): Promise<PublishContext> {
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);
@@ -253,10 +255,10 @@ export class VolumeManager {
       if (mine) {
         if (mine.readonly !== readonly || mine.accessType !== cap.accessType || mine.accessMode !== cap.accessMode || (mine.fsType ?? '') !== (cap.fsType ?? ''))
           throw alreadyExists(`volume ${volumeId} is already published to this node with a different capability or readonly flag; unpublish it first`);
-        return b.exportVolume(volumeId, node, readonly);
+        return b.exportVolume(volumeId, node, readonly, secrets);
       }
       const limit = this.opts.maxVolumesPerNode?.(nodeId);
-      if (limit && this.publishedTo(nodeId) >= limit)
+      if (limit && this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0) >= limit)
         throw resourceExhausted(`node_id: node "${nodeId}" already has ${limit} volumes published, its limit (max_volumes_per_node)`);
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
       if (others.length > 0 && (isSingleNode(cap.accessMode) || others.some((a) => isSingleNode(a.accessMode))))
@@ -274,7 +276,7 @@ export class VolumeManager {
       // reconciler completes, never an export nobody knows about.
       await b.setAttachments(volumeId, [...v.attachments, att]);
       try {
-        return await b.exportVolume(volumeId, node, readonly);
+        return await b.exportVolume(volumeId, node, readonly, secrets);
       } catch (e) {
         await b.setAttachments(volumeId, v.attachments.filter((a) => a.nodeId !== nodeId)).catch(() => undefined);
         throw e;
@@ -301,7 +303,13 @@ export class VolumeManager {
     });
   }
 
-  private publishedTo(nodeId: string): number {
+  /** Makes one backend's exports match its records, volume by volume under each volume's lock. */
+  async reconcileExports(b: Backend): Promise<void> {
+    await b.reconcileExports?.((volumeId, fn) => this.locks.run(`vol:${volumeId}`, fn));
+  }
+
+  /** How many backend volumes are published to the node. */
+  publishedTo(nodeId: string): number {
     let n = 0;
     for (const b of this.backends.values()) for (const v of b.volumes()) if (v.attachments.some((a) => a.nodeId === nodeId)) n++;
     return n;

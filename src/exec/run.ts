@@ -1,3 +1,4 @@
+import { openSync, closeSync } from 'node:fs';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 
@@ -36,6 +37,37 @@ export class ExecError extends Error {
 
 export interface Executor {
   run(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult>;
+}
+
+/** Options for a long-running process (qemu-nbd, nbdfuse, …). */
+export interface DaemonOptions {
+  /** File that receives the daemon's stdout and stderr (created 0600, appended to). */
+  logFile?: string;
+  env?: Record<string, string>;
+  /** Strings to mask wherever the command line is logged. */
+  secrets?: string[];
+}
+
+export interface DaemonExit {
+  exitCode: number | undefined;
+  signal: string | undefined;
+}
+
+/** A process started by spawnDaemon. It runs in its own session and outlives its parent. */
+export interface DaemonHandle {
+  readonly pid: number;
+  /** The command line as it may be logged (secrets masked). */
+  readonly shown: string;
+  /** Settles when the process exits, while the parent that spawned it lives. */
+  readonly exited: Promise<DaemonExit>;
+}
+
+/**
+ * Starts long-running helpers. Kept apart from Executor so existing Executor
+ * implementations (and test fakes) need not change.
+ */
+export interface DaemonSpawner {
+  spawnDaemon(cmd: string, args: string[], opts?: DaemonOptions): Promise<DaemonHandle>;
 }
 
 export interface HostExecConfig {
@@ -100,5 +132,44 @@ export class HostExecutor implements Executor {
       throw new ExecError(shown, res.exitCode, mask(stderr || stdout, opts.secrets), Boolean(res.timedOut));
     }
     return { stdout, stderr, exitCode };
+  }
+
+  /**
+   * Starts a process that keeps running after this call (and after the node
+   * plugin itself restarts): detached into its own session, stdin closed,
+   * output to `logFile` (or discarded). Resolves once the process is spawned;
+   * whether it became ready is for the caller to check.
+   */
+  async spawnDaemon(cmd: string, args: string[], opts: DaemonOptions = {}): Promise<DaemonHandle> {
+    const [file, argv] = this.wrap(cmd, args);
+    const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    // A real file descriptor, not a pipe through this process: the daemon must
+    // keep writing its log after the plugin that started it exits.
+    // (execa's types accept a descriptor only as a small literal; any open fd works at run time.)
+    const fd = openSync(opts.logFile ?? '/dev/null', 'a', 0o600) as 3;
+    let child;
+    try {
+      child = execa(file, argv, {
+        reject: false,
+        detached: true,
+        cleanup: false,
+        stdio: ['ignore', fd, fd],
+        env: opts.env ? { ...process.env, ...opts.env } : undefined,
+      });
+    } finally {
+      closeSync(fd);
+    }
+    const pid = child.pid;
+    if (pid === undefined) {
+      const res = await child;
+      throw new ExecError(shown, undefined, mask(String((res.cause as Error | undefined)?.message ?? 'could not start'), opts.secrets), false);
+    }
+    child.unref();
+    const exited: Promise<DaemonExit> = child.then(
+      (r) => ({ exitCode: r.exitCode, signal: r.signal ?? undefined }),
+      () => ({ exitCode: undefined, signal: undefined }),
+    );
+    this.log?.debug({ cmd: shown, pid }, 'daemon started');
+    return { pid, shown, exited };
   }
 }

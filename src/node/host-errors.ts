@@ -14,6 +14,8 @@ const PACKAGES: Record<string, string> = {
   blockdev: 'util-linux',
   mount: 'util-linux (mount)',
   umount: 'util-linux (mount)',
+  multipath: 'multipath-tools',
+  multipathd: 'multipath-tools',
 };
 
 function firstLine(s: string): string {

@@ -6,8 +6,10 @@ import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import type { Executor } from '../exec/run.js';
 import { parseCapability } from '../csi/capability.js';
-import { Connectors } from './connectors/connector.js';
+import { Connectors, type Connector } from './connectors/connector.js';
+import { FcConnector, type FcConnectorOptions } from './connectors/fc.js';
 import { LocalConnector } from './connectors/local.js';
+import { SysfsTree } from './connectors/sysfs.js';
 import type { NodeDeps } from './context.js';
 import { expandVolume } from './expand.js';
 import { Mounter } from './mount.js';
@@ -33,14 +35,22 @@ export interface NodeServiceConfig {
   localRoots: string[];
   /** Where per-volume stage records live; must survive plugin restarts. */
   stateDir: string;
+  /** sysfs and /dev as the SAN connectors see them; default /sys and /dev. */
+  sysfsRoot?: string;
+  devRoot?: string;
+  fc?: { scanTimeoutSeconds: number; removeTimeoutSeconds: number };
 }
 
 export interface NodeServiceDeps {
   config: NodeServiceConfig;
   exec: Executor;
   log: Logger;
+  /** Transports beyond `local` (iscsi, fc), built by the caller from the node config. */
+  connectors?: Connector[];
   /** Mount table to read; /proc/1/mountinfo when host commands run through nsenter. Default /proc/self/mountinfo. */
   mountInfoPath?: string;
+  /** Overrides for the fc connector (a simulated sysfs tree, shorter backoff in tests). */
+  fc?: Partial<FcConnectorOptions>;
 }
 
 const CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'] as const;
@@ -92,12 +102,20 @@ export class NodeService {
     if (!config.stateDir.startsWith('/')) throw new Error(`node service: stateDir "${config.stateDir}" is not absolute`);
     this.cfg = config;
     this.log = log;
+    const fc = new FcConnector(exec, {
+      sysfs: new SysfsTree(config.sysfsRoot ?? '/sys', config.devRoot ?? '/dev'),
+      scanTimeoutMs: (config.fc?.scanTimeoutSeconds ?? 30) * 1000,
+      removeTimeoutMs: (config.fc?.removeTimeoutSeconds ?? 30) * 1000,
+      mountInfoPath: deps.mountInfoPath,
+      log: log.child({ connector: 'fc' }),
+      ...deps.fc,
+    });
     this.deps = {
       exec,
       log,
       mounter: new Mounter(exec, deps.mountInfoPath),
       state: new StageState(config.stateDir),
-      connectors: new Connectors([new LocalConnector(exec, config.localRoots)]),
+      connectors: new Connectors([new LocalConnector(exec, config.localRoots), fc, ...(deps.connectors ?? [])]),
       paths: new KubeletPaths(config.kubeletRoots),
       roBlock: new ReadOnlyBlock(exec),
     };

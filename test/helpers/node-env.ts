@@ -5,7 +5,7 @@ import { pino } from 'pino';
 import type { CsiError } from '../../src/csi/errors.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { parseMountInfo, type MountEntry } from '../../src/node/mount.js';
-import { NodeService, type NodeServiceConfig } from '../../src/node/service.js';
+import { NodeService, type NodeServiceConfig, type NodeServiceDeps } from '../../src/node/service.js';
 import type { ServiceImpl } from '../../src/csi/server.js';
 
 export const MiB = 1024 * 1024;
@@ -22,6 +22,8 @@ export class NodeEnv {
   svc!: NodeService;
   h!: ServiceImpl;
   config!: NodeServiceConfig;
+  /** Replaces parts of what the NodeService gets (an executor, fc connector options). */
+  deps: Partial<Pick<NodeServiceDeps, 'exec' | 'fc'>> = {};
 
   private constructor(readonly dir: string) {}
 
@@ -58,7 +60,7 @@ export class NodeEnv {
 
   /** A fresh NodeService over the same directories: what a plugin restart sees. */
   restart(): NodeService {
-    this.svc = new NodeService({ config: this.config, exec: this.exec, log: pino({ level: 'silent' }) });
+    this.svc = new NodeService({ config: this.config, exec: this.deps.exec ?? this.exec, fc: this.deps.fc, log: pino({ level: 'silent' }) });
     this.h = this.svc.handlers();
     return this.svc;
   }

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MAIN, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { MAIN, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 
 const run = (args: string[]) => execa('node', [MAIN, ...args], { reject: false, timeout: 20_000 });
 
@@ -73,7 +73,8 @@ describe('sinter CLI', () => {
     const staging = join(s.kubeletRoot, 'staging');
     // mkfs makes NodeStageVolume take long enough for the signal to land mid-call.
     const stage = s.client.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
-    await new Promise((r) => setTimeout(r, 30));
+    // The node writes its stage record first thing: once it exists, the call is in flight.
+    await waitFor('the stage to begin', () => existsSync(join(s.dataDir, 'node-state', 'volumes', `${v.volume_id}.json`)) || undefined);
     s.proc.kill('SIGTERM');
     await expect(stage).resolves.toBeDefined();
     await s.proc;

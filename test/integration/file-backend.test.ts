@@ -21,6 +21,7 @@ const cfg = (dataDir: string, extra: Partial<FileBackendConfig> = {}): FileBacke
   overSubscriptionRatio: 1,
   reservedPercent: 0,
   capacityBytes: 0,
+  export: 'local',
   ...extra,
 });
 

@@ -38,7 +38,7 @@ describe('VolumeAttachment reconciliation against an HTTP stand-in for the API s
     const log = fx.logs.log;
     const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 30_000 });
     const b = new FileBackend(
-      { name: 'b1', driver: 'file', dataDir: join(fx.dir, 'data'), labels: {}, topology: {}, overSubscriptionRatio: 1, reservedPercent: 0, capacityBytes: 0 },
+      { name: 'b1', driver: 'file', dataDir: join(fx.dir, 'data'), labels: {}, topology: {}, overSubscriptionRatio: 1, reservedPercent: 0, capacityBytes: 0, export: 'local' },
       exec,
       log,
     );

@@ -2,7 +2,7 @@ import { constants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
-import type { NodeIdentity } from '../../contracts/nodeid.js';
+import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
 import { fsyncDir, removeFileDurable } from '../../store/atomic-file.js';
@@ -11,6 +11,7 @@ import type {
   Attachment,
   Backend,
   BackendCapacity,
+  ExportEntry,
   CreateVolumeSpec,
   Inspection,
   RecoveryReport,
@@ -19,6 +20,11 @@ import type {
   VolumeRecord,
 } from '../backend.js';
 import { copyImage } from './copy.js';
+import { chapFromSecrets, ChapError } from '../../contracts/chap.js';
+import { failedPrecondition, invalidArgument } from '../../csi/errors.js';
+import { backendOfVolume } from '../ids.js';
+import { IscsiExport } from '../targets/iscsi-export.js';
+import { TgtTargetHelper } from '../targets/tgt.js';
 import { inspectFileBackend } from './inspect.js';
 import { isSnapshotRecord, isVolumeRecord } from './records.js';
 
@@ -43,12 +49,24 @@ export class FileBackend implements Backend {
   private readonly vols = new Map<string, VolumeRecord>();
   private readonly snaps = new Map<string, SnapshotRecord>();
   private provisioned = 0;
+  /** Set with `export: iscsi`: volumes reach nodes through tgtd instead of the local loop connector. */
+  private readonly iscsi?: IscsiExport;
+  readonly reconcileIntervalMs?: number;
 
   constructor(
     private readonly cfg: FileBackendConfig,
     private readonly exec: Executor,
     private readonly log: Logger,
   ) {
+    if (cfg.export === 'iscsi' && cfg.iscsi) {
+      const helper = new TgtTargetHelper(
+        { controlPort: cfg.iscsi.controlPort, iqnPrefix: cfg.iscsi.iqnPrefix, writeCache: cfg.iscsi.writeCache, blockSize: cfg.iscsi.blockSize },
+        exec,
+        log,
+      );
+      this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
+      this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
+    }
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;
@@ -75,6 +93,7 @@ export class FileBackend implements Backend {
     await fs.mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
     await this.volStore.init();
     await this.snapStore.init();
+    await this.iscsi?.init();
 
     const vl = await this.volStore.load(isVolumeRecord);
     report.corrupt.push(...vl.corrupt.map((f) => join(this.volDir, f)));
@@ -141,6 +160,8 @@ export class FileBackend implements Backend {
   async probe(): Promise<void> {
     await fs.access(this.volDir, constants.R_OK | constants.W_OK);
     await fs.access(this.snapDir, constants.R_OK | constants.W_OK);
+    // Without its target daemon an iSCSI backend cannot publish anything.
+    await this.iscsi?.targets();
   }
 
   async capacity(): Promise<BackendCapacity> {
@@ -228,6 +249,7 @@ export class FileBackend implements Backend {
     rec.updatedAt = now();
     await this.volStore.put(rec);
     try {
+      await this.iscsi?.remove(id);
       await removeFileDurable(this.imagePath(id));
       await this.volStore.remove(id);
     } catch (e) {
@@ -244,6 +266,12 @@ export class FileBackend implements Backend {
   async expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord> {
     const rec = this.mustVolume(id);
     if (sizeBytes <= rec.sizeBytes) return rec;
+    // tgt learns a LUN's size only when the LUN is added, and re-adding it under
+    // a live session would fail the node's I/O: grow iSCSI volumes while unpublished.
+    if (this.iscsi && rec.attachments.length > 0)
+      throw failedPrecondition(
+        `volume ${id} is exported over iSCSI by tgt, which cannot resize a LUN in use; unpublish it (stop its pods), expand, and publish it again`,
+      );
     const fh = await fs.open(this.imagePath(id), 'r+');
     try {
       await fh.truncate(sizeBytes);
@@ -267,14 +295,48 @@ export class FileBackend implements Backend {
     return rec;
   }
 
-  async exportVolume(id: string, _node: NodeIdentity, _readonly: boolean): Promise<PublishContext> {
+  async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string>): Promise<PublishContext> {
     this.mustVolume(id);
+    if (this.iscsi) {
+      let chap;
+      try {
+        chap = chapFromSecrets(secrets);
+      } catch (e) {
+        if (e instanceof ChapError) throw invalidArgument(`secrets: ${e.message}`);
+        throw e;
+      }
+      // Read-only is enforced by the node's mount; the LUN stays writable so
+      // a later read-write publish of the same volume elsewhere is possible.
+      return this.iscsi.export(id, this.imagePath(id), node, chap);
+    }
     // The local transport hands the node the image itself; the node loop-attaches it.
     return { transport: 'local', path: this.imagePath(id) };
   }
 
-  async unexportVolume(_id: string, _node: NodeIdentity): Promise<void> {
-    // Nothing is exported for the local transport, so nothing to revoke.
+  async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
+    // The local transport exports nothing, so there is nothing to revoke.
+    if (!this.iscsi) return;
+    const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
+    // The last node leaving takes the target with it: nothing stays exported
+    // that no publish explains, and the next publish builds the LUN afresh at
+    // the image's current size (tgt reads a LUN's size only when it is added).
+    if (others.length === 0) await this.iscsi.remove(id);
+    else await this.iscsi.unexport(id, node);
+  }
+
+  /** What the target daemon exports for this backend (fsck compares it with the publishes). */
+  get listExports(): (() => Promise<ExportEntry[]>) | undefined {
+    const iscsi = this.iscsi;
+    if (!iscsi) return undefined;
+    return async () =>
+      (await iscsi.targets())
+        .filter((t) => t.volumeId && backendOfVolume(t.volumeId) === this.name)
+        .map((t) => ({ volumeId: t.volumeId, target: t.iqn, initiators: t.acls }));
+  }
+
+  async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {
+    if (!this.iscsi) return;
+    await this.iscsi.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {
@@ -284,6 +346,8 @@ export class FileBackend implements Backend {
     const st = await fs.stat(this.imagePath(id)).catch(() => undefined);
     if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}"` };
     if (st.size < rec.sizeBytes) return { abnormal: true, message: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}` };
+    const exportHealth = await this.iscsi?.health(rec, this.imagePath(id));
+    if (exportHealth) return exportHealth;
     // The Cinder state rides along so ControllerGetVolume shows it.
     return { abnormal: false, message: `${rec.state}: volume is healthy` };
   }

@@ -27,6 +27,7 @@ export const KINDS = {
   'v1/ServiceAccount': 'V1ServiceAccount',
   'v1/ConfigMap': 'V1ConfigMap',
   'v1/Secret': 'V1Secret',
+  'v1/PersistentVolume': 'V1PersistentVolume',
   'v1/PersistentVolumeClaim': 'V1PersistentVolumeClaim',
   'v1/Pod': 'V1Pod',
   'apps/v1/Deployment': 'V1Deployment',

@@ -1,0 +1,179 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { ChapCredentials } from '../../contracts/chap.js';
+import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
+import type { PublishContext } from '../../contracts/publish-context.js';
+import { failedPrecondition } from '../../csi/errors.js';
+import { RecordStore } from '../../store/record-store.js';
+import type { VolumeHealth, VolumeRecord } from '../backend.js';
+import type { TargetHelper, TargetInfo } from './target-helper.js';
+
+interface ChapRecord {
+  id: string;
+  chap: ChapCredentials;
+}
+
+const isChapRecord = (v: unknown): v is ChapRecord =>
+  typeof v === 'object' && v !== null && typeof (v as ChapRecord).id === 'string' && typeof (v as ChapRecord).chap?.user === 'string';
+
+export interface ReconcileReport {
+  targetsCreated: string[];
+  aclsRestored: string[];
+  aclsRevoked: string[];
+  targetsRemoved: string[];
+  errors: string[];
+}
+
+/**
+ * Cinder's iSCSI export for one backend: a target per published volume, an
+ * ACL (and CHAP) per publishing node, nothing else. tgtd keeps no state across
+ * its own restart, so the records are the truth and reconcile() makes the
+ * daemon match them — including removing what no record explains (the fence).
+ *
+ * CHAP credentials are the only secret sinter keeps: reconcile needs them to
+ * restore a CHAP-protected export after tgtd restarts, and the CO sends them
+ * only with ControllerPublishVolume. They live in 0600 files in a 0700
+ * directory beside the records, never in a record, a log line or an error.
+ */
+export class IscsiExport {
+  private readonly chapStore: RecordStore<ChapRecord>;
+  private readonly chaps = new Map<string, ChapCredentials>();
+
+  constructor(
+    private readonly helper: TargetHelper,
+    private readonly portals: string[],
+    secretsDir: string,
+    private readonly log: Logger,
+    /** Whether a target's volume belongs to this backend: several backends may share one tgtd. */
+    private readonly owns: (volumeId: string) => boolean,
+  ) {
+    this.chapStore = new RecordStore<ChapRecord>(secretsDir, '.chap');
+  }
+
+  async init(): Promise<void> {
+    await this.chapStore.init();
+    for (const r of (await this.chapStore.load(isChapRecord)).records) this.chaps.set(r.id, r.chap);
+  }
+
+  private chapKey(volumeId: string, iqn: string): string {
+    return `${volumeId}.${createHash('sha256').update(iqn).digest('hex').slice(0, 16)}`;
+  }
+
+  static initiatorOf(node: NodeIdentity): string {
+    if (!node.iqn)
+      throw failedPrecondition(
+        `node_id: node "${node.host}" reported no iSCSI initiator name; install open-iscsi there (/etc/iscsi/initiatorname.iscsi) or set node.iscsiInitiatorName`,
+      );
+    return node.iqn;
+  }
+
+  async export(volumeId: string, imagePath: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<PublishContext> {
+    const iqn = IscsiExport.initiatorOf(node);
+    const key = this.chapKey(volumeId, iqn);
+    if (chap) {
+      await this.chapStore.put({ id: key, chap });
+      this.chaps.set(key, chap);
+    }
+    const ref = await this.helper.ensureTarget(volumeId, imagePath);
+    await this.helper.allowInitiator(volumeId, iqn, chap ?? this.chaps.get(key));
+    return { transport: 'iscsi', portals: this.portals, iqn: ref.iqn, lun: ref.lun };
+  }
+
+  /** Fences one node: its ACL goes, its sessions end. The target stays for other nodes. */
+  async unexport(volumeId: string, node: NodeIdentity): Promise<void> {
+    if (!node.iqn) return;
+    await this.helper.revokeInitiator(volumeId, node.iqn);
+    const key = this.chapKey(volumeId, node.iqn);
+    this.chaps.delete(key);
+    await this.chapStore.remove(key);
+  }
+
+  async remove(volumeId: string): Promise<void> {
+    await this.helper.removeTarget(volumeId);
+    for (const key of [...this.chaps.keys()].filter((k) => k.startsWith(`${volumeId}.`))) {
+      this.chaps.delete(key);
+      await this.chapStore.remove(key);
+    }
+  }
+
+  /** The daemon's view; throws when tgtd does not answer (Probe uses it). */
+  async targets(): Promise<TargetInfo[]> {
+    return this.helper.listTargets();
+  }
+
+  async health(v: VolumeRecord, imagePath: string): Promise<VolumeHealth | undefined> {
+    if (v.attachments.length === 0) return undefined;
+    let t: TargetInfo | undefined;
+    try {
+      t = (await this.helper.listTargets()).find((x) => x.volumeId === v.id);
+    } catch (e) {
+      return { abnormal: true, message: `cannot read the iSCSI target daemon: ${(e as Error).message}` };
+    }
+    if (!t) return { abnormal: true, message: `published, but its iSCSI target ${this.helper.iqnFor(v.id)} is missing (reconcile restores it)` };
+    if (!t.luns.some((l) => l.lun === 1 && l.backingPath === imagePath)) return { abnormal: true, message: `iSCSI target ${t.iqn} does not serve this volume's image as LUN 1` };
+    for (const a of v.attachments) {
+      const iqn = parseNodeId(a.nodeId)?.iqn;
+      if (iqn && !t.acls.includes(iqn)) return { abnormal: true, message: `published to ${a.nodeId}, but its initiator ${iqn} is not in the target's ACL (reconcile restores it)` };
+    }
+    return undefined;
+  }
+
+  /**
+   * Makes the daemon match the records: every published volume has its
+   * target, LUN and one ACL per publishing node (with its CHAP); targets of
+   * volumes that are not published or no longer exist are removed, and ACLs
+   * no publish explains are revoked.
+   */
+  async reconcile(
+    volumes: () => Iterable<VolumeRecord>,
+    imagePathOf: (id: string) => string,
+    withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>,
+  ): Promise<ReconcileReport> {
+    const report: ReconcileReport = { targetsCreated: [], aclsRestored: [], aclsRevoked: [], targetsRemoved: [], errors: [] };
+    const daemon = new Map((await this.helper.listTargets()).filter((t) => t.volumeId && this.owns(t.volumeId)).map((t) => [t.volumeId!, t]));
+    const published = (v: VolumeRecord | undefined) => !!v && v.attachments.length > 0 && (v.state === 'in-use' || v.state === 'available');
+    const ids = new Set<string>(daemon.keys());
+    for (const v of volumes()) if (published(v)) ids.add(v.id);
+
+    // Each volume is settled under its lock, re-reading its record there, so a
+    // publish or unpublish running meanwhile is never undone.
+    for (const id of ids) {
+      await withVolumeLock(id, async () => {
+        const v = [...volumes()].find((x) => x.id === id);
+        try {
+          if (published(v)) await this.settle(v!, daemon.get(id), imagePathOf(id), report);
+          else if (daemon.has(id)) {
+            await this.helper.removeTarget(id);
+            report.targetsRemoved.push(id);
+          }
+        } catch (e) {
+          report.errors.push(`${id}: ${(e as Error).message}`);
+        }
+      });
+    }
+    const changed = report.targetsCreated.length + report.aclsRestored.length + report.aclsRevoked.length + report.targetsRemoved.length;
+    if (changed > 0 || report.errors.length > 0) this.log.warn({ ...report }, 'iSCSI exports reconciled with the records');
+    return report;
+  }
+
+  private async settle(v: VolumeRecord, have: TargetInfo | undefined, imagePath: string, report: ReconcileReport): Promise<void> {
+    const id = v.id;
+    if (!have) report.targetsCreated.push(id);
+    await this.helper.ensureTarget(id, imagePath);
+    const iqns = new Set<string>();
+    for (const a of v.attachments) {
+      const node = parseNodeId(a.nodeId);
+      if (!node?.iqn) continue;
+      iqns.add(node.iqn);
+      if (!have?.acls.includes(node.iqn)) {
+        await this.helper.allowInitiator(id, node.iqn, this.chaps.get(this.chapKey(id, node.iqn)));
+        report.aclsRestored.push(`${id} → ${node.iqn}`);
+      }
+    }
+    for (const acl of have?.acls ?? []) {
+      if (iqns.has(acl)) continue;
+      await this.helper.revokeInitiator(id, acl);
+      report.aclsRevoked.push(`${id} → ${acl}`);
+    }
+  }
+}

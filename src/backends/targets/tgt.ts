@@ -1,0 +1,363 @@
+import { createHash } from 'node:crypto';
+import { isAbsolute } from 'node:path';
+import type { Logger } from 'pino';
+import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
+import { isValidIqn } from '../../contracts/nodeid.js';
+import { CsiError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
+import { KeyedLock } from '../../csi/locks.js';
+import { ExecError, type Executor } from '../../exec/run.js';
+import type { EnsureTargetOptions, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
+import { classifyTgtError, parseTgtAccounts, parseTgtTargets, type TgtErrorKind } from './tgt-parse.js';
+
+export interface TgtConfig {
+  /** tgtd's management port (`tgtd -C N`, `tgtadm -C N`; names the unix socket /var/run/tgtd/socket.N), 0..32767; 0 is the daemon's default. */
+  controlPort: number;
+  /** Target names are this prefix + the IQN-safe volume id, e.g. `iqn.2025-01.io.sinter:`. */
+  iqnPrefix: string;
+  /**
+   * The LUN's write cache as the initiator sees it (SCSI caching mode page,
+   * WCE bit). `true` (tgt's default, and ours): writes land in the storage
+   * host's page cache and reach the disk on the initiator's SYNCHRONIZE CACHE
+   * (which filesystems send on fsync and journal commits) — fast and safe for
+   * anything that flushes. `false`: the initiator is told there is no write
+   * cache and tgt fdatasyncs after every write — slow, for users who do not
+   * trust their guests to flush. Applied when the LUN is created.
+   */
+  writeCache?: boolean;
+  /**
+   * Logical block size the LUN reports (`--blocksize`). 512 (default) works
+   * with every initiator and filesystem; 4096 matches 4Kn disks and saves
+   * read-modify-write in initiators that honour it. Applied when the LUN is created.
+   */
+  blockSize?: 512 | 1024 | 2048 | 4096;
+  /** tgt backing store: `rdwr` (pread/pwrite, default) or `aio` (Linux native AIO). */
+  backingStoreType?: 'rdwr' | 'aio';
+  /** Open flags for the image: `direct` bypasses the storage host's page cache, `sync` writes through. */
+  bsoflags?: 'sync' | 'direct' | 'sync:direct';
+  /** Timeout for one tgtadm call. */
+  timeoutMs?: number;
+  /** How long revokeInitiator waits for the fenced sessions to disappear. */
+  fenceTimeoutMs?: number;
+}
+
+/** tgt's caching mode page (page 8) with WCE set (0x14, tgt's default) or cleared (0x10); as tgt-admin writes it. */
+const CACHING_PAGE_ON = '8:0:18:0x14:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0';
+const CACHING_PAGE_OFF = '8:0:18:0x10:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0';
+
+const VOLUME_CHARS = /^[a-z0-9][a-z0-9.@-]*$/;
+const UUID_RE = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const MAX_IQN = 223;
+
+/**
+ * IQN-safe form of a sinter id. iSCSI names allow a-z 0-9 `.` `-` `:` and are
+ * compared case-insensitively; volume ids are already lower-case
+ * `<backend>-<uuid>`, snapshot ids `<backend>@<uuid>` get `@` → `:` (a
+ * character no sinter id contains), so the mapping is one-to-one and reversible.
+ */
+export function iqnSuffixForId(id: string): string {
+  if (!VOLUME_CHARS.test(id)) throw invalidArgument(`volume id "${id}" cannot be an iSCSI name (lower-case letters, digits, '.', '-', '@' only)`);
+  return id.replace(/@/g, ':');
+}
+
+export function idFromIqnSuffix(suffix: string): string | undefined {
+  if (!/^[a-z0-9][a-z0-9.:-]*$/.test(suffix)) return undefined;
+  return suffix.replace(/:/g, '@');
+}
+
+export function validateIqnPrefix(prefix: string): void {
+  if (prefix !== prefix.toLowerCase() || !isValidIqn(`${prefix}x`) || !/[:.]$/.test(prefix)) {
+    throw new Error(`iSCSI target prefix "${prefix}" must be a lower-case IQN ending in ':' or '.', e.g. iqn.2025-01.io.sinter:`);
+  }
+}
+
+const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+const hash = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/**
+ * TargetHelper for the Linux SCSI target framework (tgt): every change is a
+ * `tgtadm` call against a running tgtd, every read parses `tgtadm --op show`.
+ * tgtd keeps nothing across its own restart, so every method re-reads the
+ * daemon and converges; the controller's reconcile calls ensureTarget and
+ * allowInitiator again to restore a restarted daemon.
+ *
+ * CHAP secrets reach tgtadm only as argv (tgtadm has no other way in); they
+ * are passed in Executor's `secrets` so every logged or reported command line
+ * and error shows `***` instead. tgtd's accounts are daemon-wide, keyed by
+ * user name, so volumes whose StorageClass shares a CHAP user share one
+ * account; an account is deleted only when no target uses it any more.
+ */
+export class TgtTargetHelper implements TargetHelper {
+  readonly kind = 'tgt';
+  private readonly locks = new KeyedLock();
+  /** sha256 of the password this process last gave each account (tgtd cannot be asked). */
+  private readonly accountPasswords = new Map<string, string>();
+  private readonly cfg: Required<Omit<TgtConfig, 'bsoflags'>> & Pick<TgtConfig, 'bsoflags'>;
+
+  constructor(
+    cfg: TgtConfig,
+    private readonly exec: Executor,
+    private readonly log?: Logger,
+  ) {
+    validateIqnPrefix(cfg.iqnPrefix);
+    if (!Number.isInteger(cfg.controlPort) || cfg.controlPort < 0 || cfg.controlPort > 32767) throw new Error(`tgt control port ${cfg.controlPort} is not in 0..32767 (tgtd's range)`);
+    this.cfg = {
+      writeCache: true,
+      blockSize: 512,
+      backingStoreType: 'rdwr',
+      timeoutMs: 30_000,
+      fenceTimeoutMs: 10_000,
+      ...cfg,
+    };
+  }
+
+  iqnFor(volumeId: string): string {
+    const iqn = this.cfg.iqnPrefix + iqnSuffixForId(volumeId);
+    if (iqn.length > MAX_IQN) throw invalidArgument(`target name for "${volumeId}" would be ${iqn.length} bytes; iSCSI allows ${MAX_IQN}`);
+    return iqn;
+  }
+
+  /** The volume id a target name stands for, or undefined when the name is not one of ours. */
+  volumeIdOf(iqn: string): string | undefined {
+    const lower = iqn.toLowerCase();
+    if (!lower.startsWith(this.cfg.iqnPrefix)) return undefined;
+    return idFromIqnSuffix(lower.slice(this.cfg.iqnPrefix.length));
+  }
+
+  // ---------------------------------------------------------------- tgtadm
+
+  private async tgtadm(args: string[], opts: { secrets?: string[]; tolerate?: TgtErrorKind[] } = {}): Promise<{ stdout: string; tolerated?: TgtErrorKind }> {
+    const argv = ['-C', String(this.cfg.controlPort), '--lld', 'iscsi', ...args];
+    try {
+      const r = await this.exec.run('tgtadm', argv, { timeoutMs: this.cfg.timeoutMs, secrets: opts.secrets });
+      return { stdout: r.stdout };
+    } catch (e) {
+      if (!(e instanceof ExecError)) throw e;
+      const kind = e.timedOut ? 'other' : classifyTgtError(e.stderr, e.exitCode);
+      if (opts.tolerate?.includes(kind)) return { stdout: '', tolerated: kind };
+      if (kind === 'daemon-unreachable') throw unavailable(`tgtd is not reachable on control port ${this.cfg.controlPort}: ${e.stderr.trim().split('\n').pop() ?? ''}`);
+      // e.message is already masked by the Executor.
+      throw new TgtError(kind, e.message);
+    }
+  }
+
+  async listTargets(): Promise<TargetInfo[]> {
+    const { stdout } = await this.tgtadm(['--op', 'show', '--mode', 'target']);
+    return parseTgtTargets(stdout).map((t) => {
+      const volumeId = this.volumeIdOf(t.iqn);
+      return volumeId === undefined ? t : { ...t, volumeId };
+    });
+  }
+
+  private async findTarget(iqn: string): Promise<TargetInfo | undefined> {
+    return (await this.listTargets()).find((t) => sameIqn(t.iqn, iqn));
+  }
+
+  private async listAccounts(): Promise<string[]> {
+    return parseTgtAccounts((await this.tgtadm(['--op', 'show', '--mode', 'account'])).stdout);
+  }
+
+  // ---------------------------------------------------------------- targets
+
+  async ensureTarget(volumeId: string, imagePath: string, opts: EnsureTargetOptions = {}): Promise<TargetRef> {
+    const iqn = this.iqnFor(volumeId);
+    if (!isAbsolute(imagePath)) throw invalidArgument(`image path for ${volumeId} must be absolute`);
+    const readonly = opts.readonly ?? false;
+    return this.locks.run(volumeId, async () => {
+      let t = await this.findTarget(iqn);
+      if (!t) {
+        await this.createTarget(iqn);
+        t = await this.findTarget(iqn);
+        if (!t) throw internal(`target ${iqn} vanished right after it was created`);
+      }
+      const tid = t.tid;
+      const lun1 = t.luns.find((l) => l.lun === 1);
+      if (lun1 && lun1.backingPath !== imagePath) {
+        if (t.sessions.length > 0) {
+          throw failedPrecondition(`target ${iqn} serves ${lun1.backingPath ?? 'nothing'} as LUN 1 with ${t.sessions.length} session(s) logged in; not replacing it with ${imagePath}`);
+        }
+        this.log?.warn({ iqn, had: lun1.backingPath, want: imagePath }, 'replacing LUN 1 backing store');
+        await this.tgtadm(['--op', 'delete', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1'], { tolerate: ['lun-not-found'] });
+      }
+      if (!lun1 || lun1.backingPath !== imagePath) {
+        await this.createLun(tid, volumeId, imagePath, readonly);
+      } else if ((lun1.readonly ?? false) !== readonly) {
+        await this.updateLun(tid, [`readonly=${readonly ? 1 : 0}`]);
+      }
+      return { iqn, lun: 1, tid };
+    });
+  }
+
+  private async createTarget(iqn: string): Promise<void> {
+    // Target ids are daemon-wide: pick the next free one under one lock, and
+    // retry if another client took it between the read and the create.
+    await this.locks.run('\0tid', async () => {
+      for (let attempt = 0; attempt < 8; attempt++) {
+        const all = await this.listTargets();
+        if (all.some((t) => sameIqn(t.iqn, iqn))) return;
+        const tid = all.reduce((m, t) => Math.max(m, t.tid), 0) + 1;
+        const r = await this.tgtadm(['--op', 'new', '--mode', 'target', '--tid', String(tid), '--targetname', iqn], { tolerate: ['target-exists'] });
+        if (!r.tolerated) {
+          this.log?.info({ iqn, tid }, 'target created');
+          return;
+        }
+      }
+      throw unavailable(`could not find a free target id for ${iqn} after 8 attempts`);
+    });
+  }
+
+  private async createLun(tid: number, volumeId: string, imagePath: string, readonly: boolean): Promise<void> {
+    const args = ['--op', 'new', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '--backing-store', imagePath, '--bstype', this.cfg.backingStoreType, '--blocksize', String(this.cfg.blockSize)];
+    if (this.cfg.bsoflags) args.push('--bsoflags', this.cfg.bsoflags);
+    const r = await this.tgtadm(args, { tolerate: ['lun-exists'] });
+    if (r.tolerated) return;
+    const serial = UUID_RE.exec(volumeId)?.[0] ?? hash(volumeId).slice(0, 32);
+    await this.updateLun(tid, ['vendor_id=SINTER', 'product_id=volume', `scsi_sn=${serial}`]);
+    await this.updateLun(tid, [`mode_page=${this.cfg.writeCache ? CACHING_PAGE_ON : CACHING_PAGE_OFF}`]);
+    if (readonly) await this.updateLun(tid, ['readonly=1']);
+  }
+
+  private async updateLun(tid: number, params: string[]): Promise<void> {
+    await this.tgtadm(['--op', 'update', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '--params', params.join(',')]);
+  }
+
+  async removeTarget(volumeId: string): Promise<void> {
+    const iqn = this.iqnFor(volumeId);
+    await this.locks.run(volumeId, async () => {
+      const t = await this.findTarget(iqn);
+      if (!t) return;
+      // --force ends the target's sessions instead of refusing while they exist.
+      await this.tgtadm(['--op', 'delete', '--mode', 'target', '--tid', String(t.tid), '--force'], { tolerate: ['target-not-found'] });
+      this.log?.info({ iqn, tid: t.tid }, 'target removed');
+      if (t.accounts.length > 0) {
+        await this.locks.run('\0accounts', async () => {
+          const still = new Set((await this.listTargets()).flatMap((x) => x.accounts.map((a) => a.user)));
+          for (const a of t.accounts) {
+            if (still.has(a.user)) continue;
+            await this.tgtadm(['--op', 'delete', '--mode', 'account', '--user', a.user], { tolerate: ['account-not-found'] });
+            this.accountPasswords.delete(a.user);
+          }
+        });
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- access
+
+  async allowInitiator(volumeId: string, initiatorIqn: string, chap?: ChapCredentials): Promise<void> {
+    const iqn = this.iqnFor(volumeId);
+    if (!isValidIqn(initiatorIqn)) throw invalidArgument(`initiator name "${initiatorIqn}" is not a valid iSCSI name`);
+    if (chap) {
+      try {
+        validateChap(chap);
+      } catch (e) {
+        if (e instanceof ChapError) throw invalidArgument(e.message);
+        throw e;
+      }
+      if (chap.mutualUser !== undefined && chap.mutualUser === chap.user) throw invalidArgument('the mutual CHAP user must differ from the CHAP user (tgt keeps one password per account name)');
+    }
+    await this.locks.run(volumeId, async () => {
+      const t = await this.findTarget(iqn);
+      if (!t) throw notFound(`iSCSI target for volume ${volumeId} does not exist`);
+      if (!t.acls.some((a) => sameIqn(a, initiatorIqn))) {
+        await this.tgtadm(['--op', 'bind', '--mode', 'target', '--tid', String(t.tid), '--initiator-name', initiatorIqn], { tolerate: ['acl-exists'] });
+        this.log?.info({ iqn, initiator: initiatorIqn }, 'initiator allowed');
+      }
+      if (chap) await this.locks.run('\0accounts', () => this.applyChap(t, chap));
+    });
+  }
+
+  /** Makes the target's incoming (and outgoing) account exactly the given credentials. */
+  private async applyChap(t: TargetInfo, chap: ChapCredentials): Promise<void> {
+    const tid = String(t.tid);
+    await this.ensureAccount(chap.user, chap.password);
+    for (const a of t.accounts.filter((a) => !a.outgoing && a.user !== chap.user)) {
+      await this.tgtadm(['--op', 'unbind', '--mode', 'account', '--tid', tid, '--user', a.user], { tolerate: ['account-not-found'] });
+    }
+    // ensureAccount may have re-created the account, which unbinds it everywhere: re-read.
+    const now = (await this.findTarget(t.iqn)) ?? t;
+    if (!now.accounts.some((a) => !a.outgoing && a.user === chap.user)) {
+      await this.tgtadm(['--op', 'bind', '--mode', 'account', '--tid', tid, '--user', chap.user], { tolerate: ['account-exists'] });
+    }
+    const out = now.accounts.find((a) => a.outgoing);
+    const mutualUser = chap.mutualUser;
+    if (mutualUser !== undefined && chap.mutualPassword !== undefined) {
+      await this.ensureAccount(mutualUser, chap.mutualPassword);
+      const again = (await this.findTarget(t.iqn)) ?? now;
+      const cur = again.accounts.find((a) => a.outgoing);
+      if (cur && cur.user !== mutualUser) {
+        await this.tgtadm(['--op', 'unbind', '--mode', 'account', '--tid', tid, '--user', cur.user, '--outgoing'], { tolerate: ['account-not-found'] });
+      }
+      if (!cur || cur.user !== mutualUser) {
+        await this.tgtadm(['--op', 'bind', '--mode', 'account', '--tid', tid, '--user', mutualUser, '--outgoing']);
+      }
+    } else if (out) {
+      // One-way CHAP asked for: the target must not keep authenticating itself with an old account.
+      await this.tgtadm(['--op', 'unbind', '--mode', 'account', '--tid', tid, '--user', out.user, '--outgoing'], { tolerate: ['account-not-found'] });
+    }
+  }
+
+  /**
+   * An account with exactly this password. tgtd cannot report an account's
+   * password, so an account this process did not create (or created with
+   * another password) is deleted and re-created, then bound again to every
+   * target that had it.
+   */
+  private async ensureAccount(user: string, password: string): Promise<void> {
+    const want = hash(password);
+    const exists = (await this.listAccounts()).includes(user);
+    if (exists && this.accountPasswords.get(user) === want) return;
+    let rebind: { tid: number; outgoing: boolean }[] = [];
+    if (exists) {
+      rebind = (await this.listTargets()).flatMap((t) => t.accounts.filter((a) => a.user === user).map((a) => ({ tid: t.tid, outgoing: a.outgoing })));
+      await this.tgtadm(['--op', 'delete', '--mode', 'account', '--user', user], { tolerate: ['account-not-found'] });
+    }
+    await this.tgtadm(['--op', 'new', '--mode', 'account', '--user', user, '--password', password], { secrets: [password] });
+    this.accountPasswords.set(user, want);
+    for (const b of rebind) {
+      const args = ['--op', 'bind', '--mode', 'account', '--tid', String(b.tid), '--user', user];
+      if (b.outgoing) args.push('--outgoing');
+      await this.tgtadm(args, { tolerate: ['account-exists', 'target-not-found', 'outgoing-account-exists'] });
+    }
+  }
+
+  async revokeInitiator(volumeId: string, initiatorIqn: string): Promise<void> {
+    const iqn = this.iqnFor(volumeId);
+    await this.locks.run(volumeId, async () => {
+      let t = await this.findTarget(iqn);
+      if (!t) return;
+      // ACL first, so the initiator cannot log straight back in; then its sessions.
+      for (const a of t.acls.filter((a) => sameIqn(a, initiatorIqn))) {
+        await this.tgtadm(['--op', 'unbind', '--mode', 'target', '--tid', String(t.tid), '--initiator-name', a], { tolerate: ['acl-not-found'] });
+        this.log?.info({ iqn, initiator: initiatorIqn }, 'initiator ACL removed');
+      }
+      const deadline = Date.now() + this.cfg.fenceTimeoutMs;
+      for (;;) {
+        const mine = t.sessions.filter((s) => sameIqn(s.initiator, initiatorIqn));
+        if (mine.length === 0) return;
+        if (Date.now() > deadline) throw unavailable(`initiator ${initiatorIqn} still has ${mine.length} session(s) on ${iqn} after ${this.cfg.fenceTimeoutMs} ms`);
+        for (const s of mine) {
+          const cids = s.connections.length > 0 ? s.connections.map((c) => c.cid) : [0];
+          for (const cid of cids) {
+            await this.tgtadm(['--op', 'delete', '--mode', 'conn', '--tid', String(t.tid), '--sid', String(s.sid), '--cid', String(cid)], { tolerate: ['session-not-found'] });
+          }
+          this.log?.info({ iqn, initiator: initiatorIqn, sid: s.sid }, 'session ended (fence)');
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        const again = await this.findTarget(iqn);
+        if (!again) return;
+        t = again;
+      }
+    });
+  }
+}
+
+/** A tgtadm failure that is not one of the idempotent "already done" answers. */
+export class TgtError extends CsiError {
+  constructor(
+    readonly kind: TgtErrorKind,
+    message: string,
+  ) {
+    super(kind === 'target-not-found' ? Code.NOT_FOUND : Code.INTERNAL, message);
+    this.name = 'TgtError';
+  }
+}

@@ -1,0 +1,65 @@
+import type { Logger } from 'pino';
+import type { Backend } from '../backends/backend.js';
+import type { VolumeManager } from './volumes.js';
+
+/**
+ * Keeps every exporting backend's target daemon in step with the records:
+ * once at start-up (tgtd forgets everything when it restarts) and then every
+ * backend's reconcile interval. Passes never overlap; a failing pass is logged
+ * once per change of error and retried on the next tick.
+ */
+export class ExportLoop {
+  private timers: NodeJS.Timeout[] = [];
+  private running = new Set<Promise<void>>();
+  private stopped = false;
+  private lastError = new Map<string, string>();
+
+  constructor(
+    private readonly backends: Backend[],
+    private readonly volumes: VolumeManager,
+    private readonly log: Logger,
+  ) {}
+
+  /** One pass over every backend now; resolves when done. */
+  async pass(): Promise<void> {
+    await Promise.all(this.backends.filter((b) => b.reconcileExports).map((b) => this.passOne(b)));
+  }
+
+  private async passOne(b: Backend): Promise<void> {
+    const p = this.volumes.reconcileExports(b).then(
+      () => {
+        if (this.lastError.delete(b.name)) this.log.info({ backend: b.name }, 'exports reconciled again');
+      },
+      (e: unknown) => {
+        const msg = (e as Error).message;
+        if (this.lastError.get(b.name) !== msg) this.log.error({ backend: b.name, err: msg }, 'cannot reconcile exports; will retry');
+        this.lastError.set(b.name, msg);
+      },
+    );
+    this.running.add(p);
+    try {
+      await p;
+    } finally {
+      this.running.delete(p);
+    }
+  }
+
+  start(): void {
+    for (const b of this.backends) {
+      if (!b.reconcileExports || !b.reconcileIntervalMs) continue;
+      const tick = () => {
+        if (this.stopped) return;
+        void this.passOne(b).finally(() => {
+          if (!this.stopped) this.timers.push(setTimeout(tick, b.reconcileIntervalMs).unref());
+        });
+      };
+      this.timers.push(setTimeout(tick, b.reconcileIntervalMs).unref());
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    await Promise.all([...this.running]);
+  }
+}

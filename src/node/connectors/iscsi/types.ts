@@ -1,0 +1,80 @@
+import type { ChapCredentials } from '../../../contracts/chap.js';
+
+export type { ChapCredentials } from '../../../contracts/chap.js';
+
+/** Where a volume is: publish_context's iSCSI part (Cinder's connection_info). */
+export interface IscsiTarget {
+  /** `host:port`, `[v6]:port`, or a host alone (port 3260). */
+  portals: string[];
+  iqn: string;
+  lun: number;
+}
+
+export interface IscsiConnectOptions {
+  /** This node's initiator name (the one the controller put in the target's ACL). */
+  initiatorName: string;
+  /** From the node-stage secrets; never logged, never in an error message. */
+  chap?: ChapCredentials;
+}
+
+/** One path to the LUN. */
+export interface IscsiPath {
+  portal: string;
+  /** Kernel: block device of this path (`/dev/sdX`). User space: the loop device. */
+  device: string;
+  /** Kernel: iSCSI session id. */
+  sid?: number;
+  /** Kernel: host:channel:target:lun. */
+  hctl?: string;
+}
+
+export interface IscsiAttachment {
+  initiator: 'kernel' | 'userspace';
+  /** The block device to format and mount: `/dev/sdX`, `/dev/dm-N` (multipath) or `/dev/loopN`. */
+  devicePath: string;
+  paths: IscsiPath[];
+  /** The multipath device's name when several paths were merged (`/dev/mapper/<name>`). */
+  multipathName?: string;
+}
+
+/**
+ * A node-side iSCSI initiator (os-brick's ISCSIConnector). connect and
+ * disconnect are idempotent: connect returns the existing attachment when the
+ * LUN is already attached, disconnect succeeds when nothing is attached.
+ */
+export interface IscsiInitiator {
+  readonly kind: 'kernel' | 'userspace';
+  connect(target: IscsiTarget, opts: IscsiConnectOptions): Promise<IscsiAttachment>;
+  disconnect(target: IscsiTarget): Promise<void>;
+}
+
+export interface Portal {
+  host: string;
+  port: number;
+  /** Canonical `host:port` / `[v6]:port`, as iscsiadm and libiscsi take it. */
+  text: string;
+}
+
+/** Parses `host`, `host:port`, `[v6]` or `[v6]:port`; throws on anything else. */
+export function parsePortal(raw: string): Portal {
+  const s = raw.trim();
+  let host: string;
+  let port = 3260;
+  let m: RegExpExecArray | null;
+  if ((m = /^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?$/.exec(s))) {
+    host = m[1]!;
+    if (m[2] !== undefined) port = Number(m[2]);
+    return checkPort({ host, port, text: `[${host}]:${port}` }, raw);
+  }
+  if ((m = /^([A-Za-z0-9][A-Za-z0-9.-]*)(?::(\d{1,5}))?$/.exec(s))) {
+    host = m[1]!;
+    if (m[2] !== undefined) port = Number(m[2]);
+    return checkPort({ host, port, text: `${host}:${port}` }, raw);
+  }
+  throw new Error(`portal "${raw}" is not host[:port] or [ipv6][:port]`);
+}
+
+function checkPort(p: Portal, raw: string): Portal {
+  if (p.port < 1 || p.port > 65535) throw new Error(`portal "${raw}" has an invalid port`);
+  return p;
+}

@@ -1,0 +1,478 @@
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { chapSecrets } from '../../../contracts/chap.js';
+import { isValidIqn } from '../../../contracts/nodeid.js';
+import { CsiError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../csi/errors.js';
+import { KeyedLock } from '../../../csi/locks.js';
+import { ExecError, type DaemonSpawner, type Executor } from '../../../exec/run.js';
+import { writeFileAtomic } from '../../../store/atomic-file.js';
+import { parsePortal, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
+
+/**
+ * User-space iSCSI initiator, for hosts without the iscsi_tcp kernel module:
+ *
+ *   qemu-nbd (libiscsi, one iSCSI session)  ──unix socket──►  nbdfuse (FUSE file)
+ *       ──►  losetup (a real /dev/loopN)
+ *
+ * Why this chain: the kernel NBD client (nbd.ko) is what `qemu-nbd -c` needs
+ * and is not available on every host (it is not here); FUSE and loop are.
+ * nbdfuse (libnbd-bin) turns the NBD export into one regular file that the
+ * loop driver can back a block device with. Secrets: the initiator name and
+ * CHAP user go in `--image-opts`, the CHAP secret in a `--object secret,file=`
+ * file (0600, in a 0700 directory, removed as soon as qemu-nbd has logged in),
+ * so nothing secret appears in `ps`.
+ *
+ * Limits: libiscsi as used by qemu's iSCSI driver does one-way CHAP only (it
+ * never checks the target), so mutual CHAP is refused rather than silently
+ * downgraded; one portal is used (the first that accepts the login), no
+ * multipath.
+ *
+ * Each attachment lives in `<stateDir>/<key>/`, key = hash(portal, iqn, lun):
+ * qemu-nbd.pid, nbdfuse.pid, nbd.sock, mnt/disk, logs and attachment.json.
+ * connect and disconnect re-inspect what really runs (pids, mount, the loop
+ * device whose backing file is mnt/disk), so both are idempotent and survive
+ * a restart of the node plugin: the daemons are detached and outlive it.
+ */
+export interface UserspaceInitiatorConfig {
+  /** Private state directory (created 0700), e.g. /run/sinter/iscsi-userspace. */
+  stateDir: string;
+  /** How long qemu-nbd may take to log in, and nbdfuse to mount. */
+  loginTimeoutMs?: number;
+  /** Grace before SIGKILL when stopping a daemon. */
+  stopTimeoutMs?: number;
+  /** Where /proc and /sys are (tests, or a host root). */
+  procRoot?: string;
+  sysfsRoot?: string;
+  /** Open the FUSE file with O_DIRECT in the loop driver (no second page cache). Default true. */
+  directIo?: boolean;
+}
+
+export interface UserspaceAttachmentInfo {
+  portal: string;
+  iqn: string;
+  lun: number;
+  initiatorName: string;
+  dir: string;
+  devicePath?: string;
+  qemuNbdPid?: number;
+  nbdfusePid?: number;
+  mounted: boolean;
+}
+
+interface AttachmentRecord {
+  portal: string;
+  iqn: string;
+  lun: number;
+  initiatorName: string;
+  createdAt: string;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class UserspaceIscsiInitiator implements IscsiInitiator {
+  readonly kind = 'userspace' as const;
+  private readonly locks = new KeyedLock();
+  private readonly loginTimeoutMs: number;
+  private readonly stopTimeoutMs: number;
+  private readonly procRoot: string;
+  private readonly sysfsRoot: string;
+  private readonly directIo: boolean;
+
+  constructor(
+    private readonly cfg: UserspaceInitiatorConfig,
+    private readonly exec: Executor & DaemonSpawner,
+    private readonly log?: Logger,
+  ) {
+    this.loginTimeoutMs = cfg.loginTimeoutMs ?? 30_000;
+    this.stopTimeoutMs = cfg.stopTimeoutMs ?? 10_000;
+    this.procRoot = cfg.procRoot ?? '/proc';
+    this.sysfsRoot = cfg.sysfsRoot ?? '/sys';
+    this.directIo = cfg.directIo ?? true;
+  }
+
+  /** The attachment directory for (portal, iqn, lun). */
+  dirFor(portal: Portal, iqn: string, lun: number): string {
+    const key = createHash('sha256').update(`${portal.text}\n${iqn.toLowerCase()}\n${lun}`).digest('hex').slice(0, 20);
+    return join(this.cfg.stateDir, key);
+  }
+
+  async connect(target: IscsiTarget, opts: IscsiConnectOptions): Promise<IscsiAttachment> {
+    const portals = this.validate(target);
+    if (!isValidIqn(opts.initiatorName)) throw invalidArgument(`initiator name "${opts.initiatorName}" is not a valid iSCSI name`);
+    if (opts.chap && (opts.chap.mutualUser !== undefined || opts.chap.mutualPassword !== undefined)) {
+      throw failedPrecondition('mutual CHAP is not supported by the user-space iSCSI initiator (qemu\'s libiscsi driver authenticates the initiator only); use the kernel initiator or remove the *_in secrets');
+    }
+    return this.locks.run(lockKey(target), async () => {
+      await fs.mkdir(this.cfg.stateDir, { recursive: true, mode: 0o700 });
+      // Already attached through any of the portals?
+      for (const p of portals) {
+        const dir = this.dirFor(p, target.iqn, target.lun);
+        const st = await this.inspect(dir);
+        if (!st) continue;
+        if (st.qemuNbdPid && st.nbdfusePid && st.mounted && st.devicePath) {
+          this.log?.debug({ iqn: target.iqn, lun: target.lun, device: st.devicePath }, 'user-space iSCSI attachment reused');
+          return { initiator: 'userspace', devicePath: st.devicePath, paths: [{ portal: p.text, device: st.devicePath }] };
+        }
+        this.log?.warn({ dir, st }, 'incomplete user-space iSCSI attachment found; tearing it down before attaching again');
+        await this.teardown(dir);
+      }
+      let last: unknown;
+      for (const p of portals) {
+        try {
+          return await this.attach(p, target, opts);
+        } catch (e) {
+          last = e;
+          // A CHAP or ACL refusal will not get better on another portal of the same target.
+          if (e instanceof CsiError && (e.code === Code.PERMISSION_DENIED || e.code === Code.FAILED_PRECONDITION)) throw e;
+          this.log?.warn({ portal: p.text, iqn: target.iqn, err: (e as Error).message }, 'user-space iSCSI login through this portal failed');
+        }
+      }
+      throw last instanceof Error ? last : internal('user-space iSCSI attach failed');
+    });
+  }
+
+  async disconnect(target: IscsiTarget): Promise<void> {
+    const portals = this.validate(target);
+    await this.locks.run(lockKey(target), async () => {
+      for (const p of portals) await this.teardown(this.dirFor(p, target.iqn, target.lun));
+    });
+  }
+
+  /** Every attachment this initiator has state for, healthy or not (orphan reporting). */
+  async list(): Promise<UserspaceAttachmentInfo[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.cfg.stateDir);
+    } catch {
+      return [];
+    }
+    const out: UserspaceAttachmentInfo[] = [];
+    for (const n of names) {
+      const dir = join(this.cfg.stateDir, n);
+      const st = await this.inspect(dir);
+      const rec = await readRecord(dir);
+      if (!st || !rec) continue;
+      out.push({ ...rec, dir, ...st });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ attach
+
+  private validate(target: IscsiTarget): Portal[] {
+    if (!isValidIqn(target.iqn)) throw invalidArgument(`target name "${target.iqn}" is not a valid iSCSI name`);
+    if (!Number.isInteger(target.lun) || target.lun < 0 || target.lun > 16383) throw invalidArgument(`LUN ${target.lun} is out of range`);
+    if (target.portals.length === 0) throw invalidArgument('no iSCSI portal given');
+    try {
+      return target.portals.map(parsePortal);
+    } catch (e) {
+      throw invalidArgument((e as Error).message);
+    }
+  }
+
+  private async attach(p: Portal, target: IscsiTarget, opts: IscsiConnectOptions): Promise<IscsiAttachment> {
+    const dir = this.dirFor(p, target.iqn, target.lun);
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+    await fs.chmod(dir, 0o700);
+    await fs.mkdir(join(dir, 'mnt'), { recursive: true, mode: 0o700 });
+    const rec: AttachmentRecord = { portal: p.text, iqn: target.iqn, lun: target.lun, initiatorName: opts.initiatorName, createdAt: new Date().toISOString() };
+    await writeFileAtomic(join(dir, 'attachment.json'), JSON.stringify(rec, null, 2));
+    const secrets = chapSecrets(opts.chap);
+    try {
+      await this.startQemuNbd(dir, p, target, opts, secrets);
+      await this.startNbdfuse(dir, target);
+      const dev = await this.attachLoop(dir);
+      this.log?.info({ iqn: target.iqn, lun: target.lun, portal: p.text, device: dev }, 'user-space iSCSI attached');
+      return { initiator: 'userspace', devicePath: dev, paths: [{ portal: p.text, device: dev }] };
+    } catch (e) {
+      await this.teardown(dir).catch((te) => this.log?.error({ dir, err: (te as Error).message }, 'cleanup after a failed attach failed'));
+      throw e;
+    } finally {
+      await fs.rm(join(dir, 'chap.secret'), { force: true });
+    }
+  }
+
+  private async startQemuNbd(dir: string, p: Portal, target: IscsiTarget, opts: IscsiConnectOptions, secrets: string[]): Promise<void> {
+    const pidFile = join(dir, 'qemu-nbd.pid');
+    const sock = join(dir, 'nbd.sock');
+    await fs.rm(pidFile, { force: true });
+    await fs.rm(sock, { force: true });
+    const image = [
+      'driver=iscsi',
+      'transport=tcp',
+      `portal=${qemuOpt(p.text)}`,
+      `target=${qemuOpt(target.iqn)}`,
+      `lun=${target.lun}`,
+      `initiator-name=${qemuOpt(opts.initiatorName)}`,
+    ];
+    const args: string[] = [];
+    if (opts.chap) {
+      const secretFile = join(dir, 'chap.secret');
+      await fs.rm(secretFile, { force: true });
+      const fh = await fs.open(secretFile, 'wx', 0o600);
+      try {
+        await fh.writeFile(opts.chap.password);
+      } finally {
+        await fh.close();
+      }
+      args.push('--object', `secret,id=sinter-chap,format=raw,file=${qemuOpt(secretFile)}`);
+      image.push(`user=${qemuOpt(opts.chap.user)}`, 'password-secret=sinter-chap');
+    }
+    // --persistent: keep serving when nbdfuse reconnects; --pid-file: written once the image is open (logged in) and the socket listens.
+    args.push('--image-opts', image.join(','), '--socket', sock, '--persistent', '--pid-file', pidFile);
+    const log = join(dir, 'qemu-nbd.log');
+    await fs.rm(log, { force: true });
+    const d = await this.exec.spawnDaemon('qemu-nbd', args, { logFile: log, secrets });
+    const ok = await this.waitReady(pidFile, d.exited, this.loginTimeoutMs);
+    if (ok !== 'ready') {
+      const text = mask(await readTail(log), secrets);
+      if (ok === 'timeout') await this.stopPid(d.pid, dir);
+      throw classifyLoginFailure(text, target, p, opts.initiatorName, ok === 'timeout');
+    }
+  }
+
+  private async startNbdfuse(dir: string, target: IscsiTarget): Promise<void> {
+    const pidFile = join(dir, 'nbdfuse.pid');
+    await fs.rm(pidFile, { force: true });
+    const log = join(dir, 'nbdfuse.log');
+    await fs.rm(log, { force: true });
+    const d = await this.exec.spawnDaemon('nbdfuse', ['-P', pidFile, join(dir, 'mnt', 'disk'), '--unix', join(dir, 'nbd.sock')], { logFile: log });
+    const ok = await this.waitReady(pidFile, d.exited, this.loginTimeoutMs);
+    if (ok !== 'ready') {
+      if (ok === 'timeout') await this.stopPid(d.pid, dir);
+      throw internal(`nbdfuse did not expose ${target.iqn} LUN ${target.lun} as a file${ok === 'timeout' ? ' in time' : ''}: ${(await readTail(log)).trim().split('\n').slice(-2).join(' | ') || 'no output'}`);
+    }
+  }
+
+  private async attachLoop(dir: string): Promise<string> {
+    const file = join(dir, 'mnt', 'disk');
+    const existing = await this.loopFor(file);
+    if (existing) return existing;
+    const args = ['--find', '--show'];
+    if (this.directIo) args.push('--direct-io=on');
+    args.push(file);
+    const r = await this.exec.run('losetup', args);
+    const dev = r.stdout.trim().split('\n').pop() ?? '';
+    if (!/^\/dev\/loop\d+$/.test(dev)) throw internal(`losetup printed "${dev}" instead of a loop device`);
+    return dev;
+  }
+
+  /** Waits for a pid file (ready), the daemon's exit, or the timeout. */
+  private async waitReady(pidFile: string, exited: Promise<unknown>, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
+    let gone = false;
+    void exited.then(() => (gone = true));
+    const deadline = Date.now() + timeoutMs;
+    let delay = 20;
+    while (Date.now() < deadline) {
+      if (await readPid(pidFile)) return 'ready';
+      if (gone) return (await readPid(pidFile)) ? 'ready' : 'exited';
+      await sleep(delay);
+      delay = Math.min(delay * 2, 250);
+    }
+    return 'timeout';
+  }
+
+  // ---------------------------------------------------------------- inspect
+
+  /** What of an attachment really exists; undefined when its directory does not. */
+  private async inspect(dir: string): Promise<Omit<UserspaceAttachmentInfo, 'portal' | 'iqn' | 'lun' | 'initiatorName' | 'dir'> | undefined> {
+    try {
+      await fs.access(dir);
+    } catch {
+      return undefined;
+    }
+    const qemuNbdPid = await this.livePid(join(dir, 'qemu-nbd.pid'), dir);
+    const nbdfusePid = await this.livePid(join(dir, 'nbdfuse.pid'), dir);
+    const mounted = await this.isMounted(join(dir, 'mnt'));
+    const devicePath = await this.loopFor(join(dir, 'mnt', 'disk'));
+    return { qemuNbdPid, nbdfusePid, mounted, devicePath };
+  }
+
+  /** The pid in a pid file when that process is alive and is ours (its command line names our directory). */
+  private async livePid(pidFile: string, dir: string): Promise<number | undefined> {
+    const pid = await readPid(pidFile);
+    if (!pid) return undefined;
+    try {
+      const cmdline = await fs.readFile(join(this.procRoot, String(pid), 'cmdline'), 'utf8');
+      const stat = await fs.readFile(join(this.procRoot, String(pid), 'stat'), 'utf8');
+      if (/\)\s+Z\s/.test(stat)) return undefined; // a zombie is gone for our purposes
+      return cmdline.includes(dir) ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async isMounted(path: string): Promise<boolean> {
+    const r = await this.exec.run('mountpoint', ['-q', path], { okExitCodes: [1, 32] });
+    return r.exitCode === 0;
+  }
+
+  /** The loop device backed by `file`, from sysfs. */
+  private async loopFor(file: string): Promise<string | undefined> {
+    const block = join(this.sysfsRoot, 'block');
+    let names: string[];
+    try {
+      names = (await fs.readdir(block)).filter((n) => /^loop\d+$/.test(n));
+    } catch {
+      return undefined;
+    }
+    for (const n of names) {
+      try {
+        const back = (await fs.readFile(join(block, n, 'loop', 'backing_file'), 'utf8')).trim();
+        if (back === file) return `/dev/${n}`;
+      } catch {
+        // not bound
+      }
+    }
+    return undefined;
+  }
+
+  // --------------------------------------------------------------- teardown
+
+  /** loop → FUSE → nbdfuse → qemu-nbd → directory; each step skipped when already gone. */
+  private async teardown(dir: string): Promise<void> {
+    try {
+      await fs.access(dir);
+    } catch {
+      return;
+    }
+    const file = join(dir, 'mnt', 'disk');
+    const loop = await this.loopFor(file);
+    if (loop) {
+      await this.exec.run('blockdev', ['--flushbufs', loop]).catch((e) => this.log?.warn({ loop, err: (e as Error).message }, 'flush before detach failed'));
+      await this.exec.run('losetup', ['--detach', loop]).catch((e) => {
+        if (!(e instanceof ExecError) || !/No such device|not a block device|No such device or address/i.test(e.stderr)) throw e;
+      });
+      // A device still open (mounted) is only marked for auto-clear; do not pull the file from under it.
+      const deadline = Date.now() + this.stopTimeoutMs;
+      while ((await this.loopFor(file)) && Date.now() < deadline) await sleep(100);
+      if (await this.loopFor(file)) throw failedPrecondition(`${loop} is still in use (mounted or open); unmount it before detaching the iSCSI volume`);
+    }
+    const mnt = join(dir, 'mnt');
+    if (await this.isMounted(mnt)) {
+      let done = false;
+      for (let i = 0; i < 20 && !done; i++) {
+        try {
+          await this.exec.run('fusermount3', ['-u', mnt]);
+          done = true;
+        } catch (e) {
+          if (!(await this.isMounted(mnt))) done = true;
+          else await sleep(100);
+          if (i === 19 && !done) throw e;
+        }
+      }
+    }
+    const fusePid = await this.livePid(join(dir, 'nbdfuse.pid'), dir);
+    if (fusePid) await this.stopPid(fusePid, dir, 2000);
+    const qemuPid = await this.livePid(join(dir, 'qemu-nbd.pid'), dir);
+    if (qemuPid) await this.stopPid(qemuPid, dir);
+    await fs.rm(dir, { recursive: true, force: true });
+    this.log?.info({ dir }, 'user-space iSCSI detached');
+  }
+
+  /**
+   * SIGTERM, wait, SIGKILL. qemu-nbd ignores SIGTERM while libiscsi is
+   * reconnecting (e.g. after the target fenced it), hence the hard stop.
+   * `waitFirstMs`: time to exit on its own before SIGTERM (nbdfuse exits after unmount).
+   */
+  private async stopPid(pid: number, dir: string, waitFirstMs = 0): Promise<void> {
+    const alive = async () => {
+      try {
+        const stat = await fs.readFile(join(this.procRoot, String(pid), 'stat'), 'utf8');
+        if (/\)\s+Z\s/.test(stat)) return false;
+        const cmdline = await fs.readFile(join(this.procRoot, String(pid), 'cmdline'), 'utf8');
+        return cmdline.includes(dir);
+      } catch {
+        return false;
+      }
+    };
+    const waitGone = async (ms: number) => {
+      const deadline = Date.now() + ms;
+      while (Date.now() < deadline) {
+        if (!(await alive())) return true;
+        await sleep(50);
+      }
+      return !(await alive());
+    };
+    if (waitFirstMs > 0 && (await waitGone(waitFirstMs))) return;
+    if (!(await alive())) return;
+    signal(pid, 'SIGTERM');
+    if (await waitGone(this.stopTimeoutMs / 2)) return;
+    signal(pid, 'SIGKILL');
+    if (!(await waitGone(this.stopTimeoutMs / 2))) throw unavailable(`process ${pid} did not exit after SIGKILL`);
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+  }
+}
+
+const lockKey = (t: IscsiTarget) => `${t.iqn.toLowerCase()}\n${t.lun}`;
+
+/** qemu option values: a comma is written as two. */
+function qemuOpt(v: string): string {
+  return v.replace(/,/g, ',,');
+}
+
+function mask(s: string, secrets: string[]): string {
+  let out = s;
+  for (const x of secrets) if (x) out = out.split(x).join('***');
+  return out;
+}
+
+async function readPid(file: string): Promise<number | undefined> {
+  try {
+    const n = Number((await fs.readFile(file, 'utf8')).trim());
+    return Number.isInteger(n) && n > 1 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function readTail(file: string): Promise<string> {
+  try {
+    const s = await fs.readFile(file, 'utf8');
+    return s.slice(-4000);
+  } catch {
+    return '';
+  }
+}
+
+async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(join(dir, 'attachment.json'), 'utf8')) as AttachmentRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Turns qemu-nbd's libiscsi login error into an error a CO can act on.
+ * libiscsi reports the target's login status: "Authentication failure(513)",
+ * "Authorization failure(514)", "Target not found(515)" (tgt's answer to an
+ * initiator that is not in the ACL), …
+ */
+export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): CsiError {
+  const detail = (text.trim().split('\n').filter(Boolean).pop() ?? '').replace(/^qemu-nbd:\s*/, '').slice(0, 300);
+  const where = `iSCSI login to ${target.iqn} at ${p.text} as ${initiator}`;
+  // libiscsi's login status, e.g. "Failed to log in to target. Status: Authentication failure(513)".
+  const status = /Status:\s*([A-Za-z ]+?)\s*\((\d+)\)/.exec(text);
+  const code = status ? Number(status[2]) : undefined;
+  if (code === 0x0201 || /Authentication failure/i.test(status?.[1] ?? '')) {
+    return new CsiError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
+  }
+  if (code === 0x0202 || code === 0x0203 || code === 0x0204) {
+    return failedPrecondition(`${where} was refused (${status![1]!.trim()}): the target does not exist or does not allow this initiator (is the volume published to this node?)`);
+  }
+  if (timedOut) return unavailable(`${where} did not complete in time`);
+  if (/Connection refused|No route|timed out|Network is unreachable|Failed to connect|connect/i.test(text)) {
+    return unavailable(`${where} failed: ${detail || 'the portal is not reachable'}`);
+  }
+  return internal(`${where} failed: ${detail || 'qemu-nbd exited'}`);
+}

@@ -1,0 +1,152 @@
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { ExecError, type ExecOptions, type ExecResult, type Executor } from '../../src/exec/run.js';
+import { nodeHostFs, type HostFs } from '../../src/node/connectors/iscsi/kernel.js';
+
+const FIX = join(import.meta.dirname, '..', 'fixtures', 'iscsiadm');
+
+/** A recorded (or reconstructed) iscsiadm answer from test/fixtures/iscsiadm. */
+export function fixture(name: string): ExecResult {
+  const code = readFileSync(join(FIX, 'exit-codes.txt'), 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .find((p) => p[0] === name);
+  if (!code) throw new Error(`no fixture ${name}`);
+  return { stdout: readFileSync(join(FIX, `${name}.out`), 'utf8'), stderr: readFileSync(join(FIX, `${name}.err`), 'utf8'), exitCode: Number(code[1]) };
+}
+
+export interface Call {
+  cmd: string;
+  args: string[];
+  opts?: ExecOptions;
+  /** The command line as the real Executor would log it (secrets masked). */
+  shown: string;
+}
+
+/**
+ * A fake Executor: records every command and answers with the result the
+ * test's handler returns, applying Executor's rule that an exit code other
+ * than 0 and not in okExitCodes is thrown as ExecError.
+ */
+export class FakeExecutor implements Executor {
+  readonly calls: Call[] = [];
+  constructor(private readonly handler: (cmd: string, args: string[]) => ExecResult | Promise<ExecResult>) {}
+
+  async run(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult> {
+    let shown = [cmd, ...args].join(' ');
+    for (const s of opts?.secrets ?? []) if (s) shown = shown.split(s).join('***');
+    this.calls.push({ cmd, args, opts, shown });
+    const r = await this.handler(cmd, args);
+    if (r.exitCode !== 0 && !(opts?.okExitCodes ?? []).includes(r.exitCode)) throw new ExecError(shown, r.exitCode, r.stderr || r.stdout, false);
+    return r;
+  }
+
+  /** Command lines, iscsiadm's shortened to what follows `iscsiadm`. */
+  get lines(): string[] {
+    return this.calls.map((c) => c.shown);
+  }
+}
+
+/**
+ * A fake sysfs + /dev laid out like the real one (class entries are symlinks
+ * into devices/platform), with hooks so writes to `scan` and `delete` act as
+ * the kernel would.
+ */
+export class FakeSysfs {
+  readonly root = mkdtempSync(join(tmpdir(), 'sinter-fake-sysfs-'));
+  readonly sys = join(this.root, 'sys');
+  readonly dev = join(this.root, 'dev');
+  readonly writes: { path: string; data: string }[] = [];
+  /** What a scan of (host, lun) makes appear: disk name, or nothing. */
+  readonly onScan = new Map<string, { sid: number; disk: string; channel?: number; id?: number }>();
+
+  constructor() {
+    mkdirSync(this.sys, { recursive: true });
+    mkdirSync(this.dev, { recursive: true });
+  }
+
+  cleanup(): void {
+    rmSync(this.root, { recursive: true, force: true });
+  }
+
+  private link(from: string, to: string): void {
+    mkdirSync(dirname(from), { recursive: true });
+    if (!existsSync(from)) symlinkSync(relative(dirname(from), to), from);
+  }
+
+  /** An iSCSI host with one session (as after login, before any scan). */
+  addSession(host: number, sid: number): void {
+    const hostDir = join(this.sys, 'devices', 'platform', `host${host}`);
+    mkdirSync(join(hostDir, `session${sid}`, 'iscsi_session', `session${sid}`), { recursive: true });
+    mkdirSync(join(hostDir, 'iscsi_host', `host${host}`), { recursive: true });
+    mkdirSync(join(hostDir, 'scsi_host', `host${host}`), { recursive: true });
+    writeFileSync(join(hostDir, 'scsi_host', `host${host}`, 'scan'), '');
+    this.link(join(this.sys, 'class', 'iscsi_host', `host${host}`), join(hostDir, 'iscsi_host', `host${host}`));
+    this.link(join(hostDir, 'iscsi_host', `host${host}`, 'device'), hostDir);
+    this.link(join(this.sys, 'class', 'scsi_host', `host${host}`), join(hostDir, 'scsi_host', `host${host}`));
+    this.link(join(hostDir, 'scsi_host', `host${host}`, 'device'), hostDir);
+  }
+
+  /** A LUN of a session with a disk, as the kernel makes it after a scan. */
+  addDisk(host: number, sid: number, lun: number, disk: string, channel = 0, id = 0): void {
+    this.addSession(host, sid);
+    const sdev = join(this.sys, 'devices', 'platform', `host${host}`, `session${sid}`, `target${host}:${channel}:${id}`, `${host}:${channel}:${id}:${lun}`);
+    mkdirSync(join(sdev, 'block', disk, 'holders'), { recursive: true });
+    writeFileSync(join(sdev, 'delete'), '');
+    writeFileSync(join(sdev, 'state'), 'running\n');
+    this.link(join(sdev, 'block', disk, 'device'), sdev);
+    this.link(join(this.sys, 'block', disk), join(sdev, 'block', disk));
+    writeFileSync(join(this.dev, disk), '');
+  }
+
+  /** A LUN the kernel knows without a disk (tgt's controller LUN 0). */
+  addNonDisk(host: number, sid: number, lun: number, channel = 0, id = 0): void {
+    this.addSession(host, sid);
+    mkdirSync(join(this.sys, 'devices', 'platform', `host${host}`, `session${sid}`, `target${host}:${channel}:${id}`, `${host}:${channel}:${id}:${lun}`), { recursive: true });
+  }
+
+  /** A device-mapper (multipath) device over `slaves`. */
+  addMultipath(dm: string, name: string, slaves: string[]): void {
+    const d = join(this.sys, 'devices', 'virtual', 'block', dm);
+    mkdirSync(join(d, 'dm'), { recursive: true });
+    writeFileSync(join(d, 'dm', 'name'), `${name}\n`);
+    this.link(join(this.sys, 'block', dm), d);
+    for (const s of slaves) this.link(join(this.sys, 'block', s, 'holders', dm), d);
+    writeFileSync(join(this.dev, dm), '');
+  }
+
+  removeDisk(disk: string): void {
+    const link = join(this.sys, 'block', disk);
+    if (!existsSync(link)) return;
+    rmSync(realpathSync(link), { recursive: true, force: true });
+    rmSync(link, { force: true });
+    rmSync(join(this.dev, disk), { force: true });
+  }
+
+  /** HostFs over the tree, acting on writes as the kernel would. */
+  get fs(): HostFs {
+    return {
+      readdir: nodeHostFs.readdir,
+      readFile: nodeHostFs.readFile,
+      exists: nodeHostFs.exists,
+      writeFile: async (path, data) => {
+        this.writes.push({ path: relative(this.sys, path), data });
+        const scan = /class\/scsi_host\/host(\d+)\/scan$/.exec(path);
+        if (scan) {
+          const host = Number(scan[1]);
+          const lun = Number(data.trim().split(/\s+/)[2]);
+          const what = this.onScan.get(`${host}:${lun}`);
+          if (what) this.addDisk(host, what.sid, lun, what.disk, what.channel, what.id);
+          return;
+        }
+        const del = /block\/([a-z0-9]+)\/device\/delete$/.exec(path);
+        if (del && data.trim() === '1') {
+          this.removeDisk(del[1]!);
+          return;
+        }
+        await nodeHostFs.writeFile(path, data);
+      },
+    };
+  }
+}

@@ -1,0 +1,136 @@
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+
+/** The host tools the iSCSI integration tests need, by Debian package. */
+export const ISCSI_TEST_TOOLS: Record<string, string> = {
+  tgtd: 'tgt',
+  tgtadm: 'tgt',
+  'qemu-nbd': 'qemu-utils (+ qemu-block-extra for the iscsi driver)',
+  nbdfuse: 'libnbd-bin',
+  fusermount3: 'fuse3',
+  losetup: 'util-linux',
+};
+
+/** Throws a message naming the packages to install when a tool is missing. */
+export function requireIscsiTools(): void {
+  const path = (process.env.PATH ?? '').split(':');
+  const missing = Object.keys(ISCSI_TEST_TOOLS).filter((t) => !path.some((d) => existsSync(join(d, t))));
+  if (missing.length) throw new Error(`iSCSI integration tests need ${missing.map((m) => `${m} (${ISCSI_TEST_TOOLS[m]})`).join(', ')}: apt-get install tgt qemu-utils qemu-block-extra libnbd-bin fuse3`);
+  const archDirs = readdirSync('/usr/lib').filter((d) => d.endsWith('-linux-gnu'));
+  if (!archDirs.some((d) => existsSync(join('/usr/lib', d, 'qemu', 'block-iscsi.so')))) {
+    throw new Error('qemu-nbd has no iSCSI driver: apt-get install qemu-block-extra');
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (listen on 0, read, close). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect({ host: '127.0.0.1', port });
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * A tgtd owned by the test: foreground (-f), private control port and a
+ * private iSCSI portal on 127.0.0.1. stop() always ends it (SIGTERM, then
+ * SIGKILL) and removes its control socket files.
+ */
+export class TestTgtd {
+  proc?: ResultPromise;
+  readonly logDir = mkdtempSync(join(tmpdir(), 'sinter-tgtd-'));
+  private starts = 0;
+
+  private constructor(
+    readonly controlPort: number,
+    readonly iscsiPort: number,
+  ) {}
+
+  static async start(): Promise<TestTgtd> {
+    // The control port only names a unix socket (/var/run/tgtd/socket.N); tgtd takes 0..32767.
+    let cp = 0;
+    do cp = 20000 + Math.floor(Math.random() * 12000);
+    while (existsSync(`/var/run/tgtd/socket.${cp}`));
+    const t = new TestTgtd(cp, await freePort());
+    await t.startAgain();
+    return t;
+  }
+
+  get running(): boolean {
+    const p = this.proc;
+    return Boolean(p && p.pid !== undefined && p.exitCode === null && p.signalCode === null);
+  }
+
+  get portal(): string {
+    return `127.0.0.1:${this.iscsiPort}`;
+  }
+
+  async startAgain(): Promise<void> {
+    if (this.running) throw new Error('tgtd is still running');
+    this.removeSockets();
+    const log = join(this.logDir, `tgtd.${++this.starts}.log`);
+    this.proc = execa('tgtd', ['-f', '-C', String(this.controlPort), '--iscsi', `portal=127.0.0.1:${this.iscsiPort}`], {
+      reject: false,
+      cleanup: true,
+      stdin: 'ignore',
+      stdout: { file: log },
+      stderr: { file: log },
+    });
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      if (!this.running) throw new Error(`tgtd exited at start: ${readFileSync(log, 'utf8')}`);
+      const r = await execa('tgtadm', ['-C', String(this.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'], { reject: false });
+      if (r.exitCode === 0 && (await canConnect(this.iscsiPort))) return;
+      if (Date.now() > deadline) throw new Error(`tgtd did not come up: ${readFileSync(log, 'utf8')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Kills tgtd the hard way (a crash: it keeps no configuration). */
+  async kill(): Promise<void> {
+    const p = this.proc;
+    if (!p || !this.running) return;
+    p.kill('SIGKILL');
+    await p;
+    this.removeSockets();
+  }
+
+  /** Graceful stop (`tgtadm --op delete --mode system`; tgtd does not exit on SIGTERM), SIGKILL as the fallback. */
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (p && this.running) {
+      await execa('tgtadm', ['-C', String(this.controlPort), '--op', 'delete', '--mode', 'system'], { reject: false, timeout: 5000 });
+      const done = await Promise.race([p.then(() => true), new Promise((r) => setTimeout(() => r(false), 3000))]);
+      if (!done) {
+        p.kill('SIGKILL');
+        await p;
+      }
+    }
+    this.removeSockets();
+  }
+
+  cleanupLogs(): void {
+    rmSync(this.logDir, { recursive: true, force: true });
+  }
+
+  private removeSockets(): void {
+    for (const f of [`socket.${this.controlPort}`, `socket.${this.controlPort}.lock`]) rmSync(join('/var/run/tgtd', f), { force: true });
+  }
+}

@@ -1,0 +1,215 @@
+import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
+import { HostExecutor } from '../../src/exec/run.js';
+import { UserspaceIscsiInitiator } from '../../src/node/connectors/iscsi/userspace.js';
+import { tempDir } from '../helpers/scratch-fs.js';
+import { codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
+import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+
+const NODE_IQN = 'iqn.2026-11.io.sinter.test:node-1';
+const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.password': 'Right-chap-secret-1' };
+
+describe('iSCSI across processes: sinter controller (tgtd export) + sinter node (user-space initiator), real sessions on 127.0.0.1', () => {
+  const t = tempDir('sinter-iscsi-e2e-');
+  let tgtd: TestTgtd;
+  let ctl: SinterProcess;
+  let node: SinterProcess;
+  let nodeId: string;
+  const nodeStateDir = join(t.dir, 'node', 'state');
+
+  beforeAll(async () => {
+    requireIscsiTools();
+    tgtd = await TestTgtd.start();
+    const dataDir = join(t.dir, 'data');
+    writeFileSync(
+      join(t.dir, 'controller.yaml'),
+      [
+        'backends:',
+        '  - name: san',
+        '    driver: file',
+        `    dataDir: ${dataDir}`,
+        '    export: iscsi',
+        '    iscsi:',
+        `      portals: ["${tgtd.portal}"]`,
+        `      controlPort: ${tgtd.controlPort}`,
+        '      iqnPrefix: "iqn.2026-11.io.sinter.test:"',
+        '      reconcileSeconds: 1',
+      ].join('\n'),
+    );
+    writeFileSync(join(t.dir, 'node.yaml'), ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${nodeStateDir}`].join('\n'));
+    mkdirSync(join(t.dir, 'ctl'));
+    mkdirSync(join(t.dir, 'node'));
+    ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
+    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+  });
+
+  afterAll(async () => {
+    await node?.cleanup();
+    await forceCleanupUserspace(join(nodeStateDir, 'iscsi-userspace'));
+    await ctl?.cleanup();
+    await tgtd?.stop();
+    t.cleanup();
+  });
+
+  const provision = async (name: string) => {
+    const v = (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume;
+    return v.volume_id as string;
+  };
+  const paths = (id: string) => {
+    const staging = join(node.kubeletRoot, 'staging', id);
+    const target = join(node.kubeletRoot, 'pods', id, 'mount');
+    mkdirSync(staging, { recursive: true });
+    mkdirSync(join(target, '..'), { recursive: true });
+    return { staging, target };
+  };
+
+  it('carries the initiator name in the node id', () => {
+    expect(nodeId).toBe(`node-1;${NODE_IQN};`);
+  });
+
+  it('create → publish (ACL + CHAP) → stage over iSCSI → format → publish → write → teardown: the bytes are in the image', async () => {
+    const id = await provision('e2e-1');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
+    expect(pub.publish_context).toEqual({ transport: 'iscsi', portals: tgtd.portal, iqn: `iqn.2026-11.io.sinter.test:${id}`, lun: '1' });
+    expect(JSON.stringify(pub.publish_context)).not.toContain(CHAP['node.session.auth.password']);
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: pub.publish_context });
+    writeFileSync(join(target, 'over-iscsi.txt'), 'bytes that crossed an iSCSI session');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    const image = readFileSync(join(t.dir, 'data', 'volumes', `${id}.img`));
+    expect(image.includes(Buffer.from('bytes that crossed an iSCSI session'))).toBe(true);
+    for (const p of [ctl, node]) expect(p.logs()).not.toContain(CHAP['node.session.auth.password']);
+  });
+
+  it('a wrong CHAP secret fails NodeStage with an error naming CHAP', async () => {
+    const id = await provision('e2e-chap');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
+    const { staging } = paths(id);
+    const wrong = { ...CHAP, 'node.session.auth.password': 'Wrong-chap-secret-2' };
+    const r = node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: wrong });
+    await expect(r).rejects.toMatchObject({ details: expect.stringMatching(/CHAP/) });
+    expect(node.logs()).not.toContain('Wrong-chap-secret-2');
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+  });
+
+  it('after ControllerUnpublishVolume the fence holds: a login with that initiator name is refused', async () => {
+    const id = await provision('e2e-fence');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap() });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' }));
+    const probeDir = join(t.dir, 'fence-probe');
+    const ini = new UserspaceIscsiInitiator({ stateDir: probeDir, loginTimeoutMs: 15_000 }, exec);
+    try {
+      const login = ini.connect({ portals: [tgtd.portal], iqn: pub.publish_context.iqn, lun: 1 }, { initiatorName: NODE_IQN });
+      await expect(login).rejects.toThrow();
+    } finally {
+      await forceCleanupUserspace(probeDir);
+    }
+  });
+
+  it('a static (pre-provisioned) iSCSI LUN: publish from its attributes, stage, write; DeleteVolume leaves the LUN alone', async () => {
+    // The array team's LUN: a target sinter did not create, outside any backend.
+    const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' }));
+    const lunFile = join(t.dir, 'array-lun.img');
+    writeFileSync(lunFile, '');
+    truncateSync(lunFile, 64 * MiB);
+    const array = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2026-11.com.example.array:' }, exec);
+    const ref = await array.ensureTarget('lun-42', lunFile);
+    await array.allowInitiator('lun-42', NODE_IQN, { user: CHAP['node.session.auth.username'], password: CHAP['node.session.auth.password'] });
+    const id = 'static-array-lun-42';
+    const attrs = { transport: 'iscsi', portals: tgtd.portal, iqn: ref.iqn, lun: String(ref.lun) };
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), volume_context: attrs });
+    expect(pub.publish_context).toMatchObject({ transport: 'iscsi', iqn: ref.iqn, lun: '1' });
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, volume_context: attrs, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: pub.publish_context });
+    writeFileSync(join(target, 'static.txt'), 'written to a LUN sinter did not create');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    expect(await codeOf(ctl.client.controller.DeleteVolume({ volume_id: id }))).toBe('OK');
+    // The controller's reconcile never touches a target outside its prefix, and delete left the LUN.
+    expect((await array.listTargets()).some((x) => x.iqn === ref.iqn)).toBe(true);
+    expect(readFileSync(lunFile).includes(Buffer.from('written to a LUN sinter did not create'))).toBe(true);
+    await array.removeTarget('lun-42');
+  });
+
+  it('grows a volume offline: expand while unpublished, publish and stage again, NodeExpandVolume grows the filesystem', async () => {
+    const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
+    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume.volume_id;
+    const { staging, target } = paths(id);
+    const cycle = async (fn: (ctx: Record<string, string>) => Promise<void>) => {
+      const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: xfs })).publish_context;
+      await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: xfs, publish_context: ctx });
+      await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: xfs, publish_context: ctx });
+      await fn(ctx);
+      await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+      await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    };
+    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u: { unit: string }) => u.unit === 'BYTES').total as number;
+    let before = 0;
+    await cycle(async () => {
+      before = await total();
+      // Online growth would leave the node's LUN at its old size (tgt cannot resize a LUN in use).
+      const online = ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+      await expect(online).rejects.toMatchObject({ code: 9, details: expect.stringMatching(/unpublish it/) });
+    });
+    const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+    expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });
+    await cycle(async () => {
+      await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+      expect(await total()).toBeGreaterThan(before + 250 * MiB);
+    });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('a node plugin killed and restarted leaves staged volumes working; unstage afterwards cleans up', async () => {
+    const id = await provision('e2e-node-restart');
+    const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP })).publish_context;
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: ctx });
+    await node.stop('SIGKILL');
+    node.client.close();
+    // The session lives in its own processes: the pod's files stay readable and writable meanwhile.
+    writeFileSync(join(target, 'during-restart.txt'), 'still here');
+    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
+    const stats = await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target });
+    expect(stats.volume_condition?.abnormal ?? false).toBe(false);
+    // A repeated stage after the restart is recognised, not redone.
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, secrets: CHAP });
+    expect(readFileSync(join(target, 'during-restart.txt'), 'utf8')).toBe('still here');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    const image = readFileSync(join(t.dir, 'data', 'volumes', `${id}.img`));
+    expect(image.includes(Buffer.from('still here'))).toBe(true);
+  });
+
+  it('tgtd killed and restarted: the controller reconciles the exports and a new stage works', async () => {
+    const id = await provision('e2e-restart');
+    const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
+    await tgtd.kill();
+    await tgtd.startAgain();
+    // The reconcile loop (every second here) puts the target, LUN, ACL and CHAP back.
+    await waitFor('the export to be restored', async () => {
+      const v = await ctl.client.controller.ControllerGetVolume({ volume_id: id });
+      return v.status.volume_condition.abnormal ? undefined : true;
+    }, 20_000);
+    const { staging } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: CHAP });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    expect(await codeOf(ctl.client.controller.DeleteVolume({ volume_id: id }))).toBe('OK');
+  });
+});

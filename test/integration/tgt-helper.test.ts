@@ -1,0 +1,176 @@
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
+import { newSnapshotId, newVolumeId } from '../../src/backends/ids.js';
+import { HostExecutor, type ExecOptions, type ExecResult, type Executor } from '../../src/exec/run.js';
+import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
+import { tempDir } from '../helpers/scratch-fs.js';
+
+const MiB = 1024 * 1024;
+const host = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' }));
+
+/** The host executor, recording every command line as the Executor would log it. */
+class RecordingExecutor implements Executor {
+  readonly lines: string[] = [];
+  async run(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult> {
+    let shown = [cmd, ...args].join(' ');
+    for (const s of opts?.secrets ?? []) shown = shown.split(s).join('***');
+    this.lines.push(shown);
+    return host.run(cmd, args, opts);
+  }
+}
+
+describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () => {
+  let tgtd: TestTgtd;
+  let tmp: { dir: string; cleanup(): void };
+  let exec: RecordingExecutor;
+  let helper: TgtTargetHelper;
+  const img = (n: string) => join(tmp.dir, `${n}.img`);
+  const A = 'iqn.2025-01.io.test:node-a';
+  const B = 'iqn.2025-01.io.test:node-b';
+
+  beforeAll(async () => {
+    requireIscsiTools();
+    tmp = tempDir('sinter-tgt-');
+    tgtd = await TestTgtd.start();
+    exec = new RecordingExecutor();
+    helper = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:' }, exec);
+    for (const n of ['v1', 'v2', 'v3', 'other']) await fs.writeFile(img(n), Buffer.alloc(0)).then(() => fs.truncate(img(n), 32 * MiB));
+  });
+  afterAll(async () => {
+    await tgtd?.stop();
+    tgtd?.cleanupLogs();
+    tmp?.cleanup();
+  });
+
+  it('creates one target per volume with the image as LUN 1, idempotently', async () => {
+    const id = newVolumeId('default');
+    const r1 = await helper.ensureTarget(id, img('v1'));
+    const r2 = await helper.ensureTarget(id, img('v1'));
+    expect(r1).toEqual(r2);
+    expect(r1).toEqual({ iqn: `iqn.2025-01.io.sinter:${id}`, lun: 1, tid: expect.any(Number) });
+    const t = (await helper.listTargets()).filter((x) => x.volumeId === id);
+    expect(t).toHaveLength(1);
+    expect(t[0]!.luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), type: 'disk', blockSize: 512, readonly: false, scsiSerial: id.slice('default-'.length) });
+    await helper.removeTarget(id);
+  });
+
+  it('gives snapshot ids an IQN and maps them back', async () => {
+    const id = newSnapshotId('default');
+    const r = await helper.ensureTarget(id, img('v2'), { readonly: true });
+    expect(r.iqn).toBe(`iqn.2025-01.io.sinter:${id.replace('@', ':')}`);
+    const t = (await helper.listTargets()).find((x) => x.iqn === r.iqn)!;
+    expect(t.volumeId).toBe(id);
+    expect(t.luns.find((l) => l.lun === 1)!.readonly).toBe(true);
+    await helper.ensureTarget(id, img('v2'), { readonly: false });
+    expect((await helper.listTargets()).find((x) => x.iqn === r.iqn)!.luns.find((l) => l.lun === 1)!.readonly).toBe(false);
+    await helper.removeTarget(id);
+  });
+
+  it('binds ACLs by initiator name, revokes them, and all of it is idempotent', async () => {
+    const id = newVolumeId('default');
+    await helper.ensureTarget(id, img('v1'));
+    await helper.allowInitiator(id, A);
+    await helper.allowInitiator(id, A);
+    await helper.allowInitiator(id, B);
+    let t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.acls.sort()).toEqual([A, B]);
+    expect(exec.lines.filter((l) => l.includes(`--initiator-name ${A}`) && l.includes('--op bind'))).toHaveLength(1);
+    await helper.revokeInitiator(id, A);
+    await helper.revokeInitiator(id, A);
+    t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.acls).toEqual([B]);
+    await helper.removeTarget(id);
+    await helper.removeTarget(id);
+    await helper.revokeInitiator(id, B);
+    expect((await helper.listTargets()).find((x) => x.volumeId === id)).toBeUndefined();
+  });
+
+  it('refuses allowInitiator on a missing target and malformed names', async () => {
+    await expect(helper.allowInitiator(newVolumeId('default'), A)).rejects.toMatchObject({ code: 5 /* NOT_FOUND */ });
+    const id = newVolumeId('default');
+    await helper.ensureTarget(id, img('v1'));
+    await expect(helper.allowInitiator(id, '10.0.0.1')).rejects.toMatchObject({ code: 3 /* INVALID_ARGUMENT */ });
+    await helper.removeTarget(id);
+  });
+
+  it('sets one-way and mutual CHAP through accounts, never showing a secret on a logged command line', async () => {
+    const id = newVolumeId('default');
+    await helper.ensureTarget(id, img('v3'));
+    const chap = { user: 'sinter-chap', password: 'S3cret-one-way-pass' };
+    await helper.allowInitiator(id, A, chap);
+    let t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.accounts).toEqual([{ user: 'sinter-chap', outgoing: false }]);
+    const mutual = { ...chap, mutualUser: 'sinter-target', mutualPassword: 'S3cret-mutual-pass' };
+    await helper.allowInitiator(id, A, mutual);
+    await helper.allowInitiator(id, A, mutual);
+    t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.accounts.sort((a, b) => a.user.localeCompare(b.user))).toEqual([
+      { user: 'sinter-chap', outgoing: false },
+      { user: 'sinter-target', outgoing: true },
+    ]);
+    // Back to one-way: the outgoing account is unbound from this target.
+    await helper.allowInitiator(id, A, chap);
+    t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.accounts).toEqual([{ user: 'sinter-chap', outgoing: false }]);
+    const all = exec.lines.join('\n');
+    expect(all).not.toContain('S3cret');
+    expect(all).toContain('--password ***');
+    await helper.removeTarget(id);
+    // Accounts no target uses any more are gone with the target.
+    const accounts = await host.run('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'account']);
+    expect(accounts.stdout).not.toContain('sinter-chap');
+  });
+
+  it('applies the documented LUN settings: write cache off (caching mode page WCE=0) and 4096-byte blocks', async () => {
+    const rec = new RecordingExecutor();
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', writeCache: false, blockSize: 4096, bsoflags: 'direct' }, rec);
+    const id = newVolumeId('default');
+    await h.ensureTarget(id, img('v2'));
+    const t = (await h.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.luns.find((l) => l.lun === 1)).toMatchObject({ blockSize: 4096, backingPath: img('v2') });
+    expect(rec.lines.some((l) => l.includes('--blocksize 4096') && l.includes('--bsoflags direct'))).toBe(true);
+    expect(rec.lines.some((l) => l.includes('mode_page=8:0:18:0x10:'))).toBe(true);
+    await h.removeTarget(id);
+    // The default keeps tgt's write-back cache (WCE=1).
+    expect(exec.lines.some((l) => l.includes('mode_page=8:0:18:0x14:'))).toBe(true);
+  });
+
+  it('re-points LUN 1 when nothing is logged in and the image path changed', async () => {
+    const id = newVolumeId('default');
+    await helper.ensureTarget(id, img('v1'));
+    await helper.ensureTarget(id, img('other'));
+    const t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.luns.find((l) => l.lun === 1)!.backingPath).toBe(img('other'));
+    await helper.removeTarget(id);
+  });
+
+  it('restores targets after tgtd is killed and started again (what reconcile does)', async () => {
+    const id = newVolumeId('default');
+    await helper.ensureTarget(id, img('v1'));
+    await helper.allowInitiator(id, A, { user: 'sinter-chap2', password: 'S3cret-restart-pass' });
+    await tgtd.kill();
+    await expect(helper.listTargets()).rejects.toMatchObject({ code: 14 /* UNAVAILABLE */ });
+    await tgtd.startAgain();
+    expect(await helper.listTargets()).toEqual([]);
+    await helper.ensureTarget(id, img('v1'));
+    await helper.allowInitiator(id, A, { user: 'sinter-chap2', password: 'S3cret-restart-pass' });
+    const t = (await helper.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t.acls).toEqual([A]);
+    expect(t.accounts).toEqual([{ user: 'sinter-chap2', outgoing: false }]);
+    expect(t.luns.find((l) => l.lun === 1)!.backingPath).toBe(img('v1'));
+    await helper.removeTarget(id);
+  });
+
+  it('serializes concurrent ensureTarget calls for many volumes without target id clashes', async () => {
+    const ids = Array.from({ length: 6 }, () => newVolumeId('default'));
+    const refs = await Promise.all(ids.flatMap((id) => [helper.ensureTarget(id, img('v1')), helper.ensureTarget(id, img('v1'))]));
+    expect(new Set(refs.map((r) => r.tid)).size).toBe(6);
+    const ts = await helper.listTargets();
+    for (const id of ids) expect(ts.filter((t) => t.volumeId === id)).toHaveLength(1);
+    await Promise.all(ids.map((id) => helper.removeTarget(id)));
+    expect((await helper.listTargets()).filter((t) => ids.includes(t.volumeId ?? ''))).toEqual([]);
+  });
+});

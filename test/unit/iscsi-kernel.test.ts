@@ -1,0 +1,335 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { KernelIscsiInitiator } from '../../src/node/connectors/iscsi/kernel.js';
+import { parseSessionFlat, parseSessionTree } from '../../src/node/connectors/iscsi/iscsiadm-parse.js';
+import type { ExecResult } from '../../src/exec/run.js';
+import { FakeExecutor, FakeSysfs, fixture } from '../helpers/fake-iscsi-host.js';
+
+const T1 = 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
+const P1 = '127.0.0.1:3260';
+const P2 = '127.0.0.2:3260';
+const NODE = 'iqn.1993-08.org.debian:01:573a5b2d8368';
+const CHAP = { user: 'sinter-node', password: 'Chap-secret-123' };
+const ok: ExecResult = { stdout: '', stderr: '', exitCode: 0 };
+
+describe('iscsiadm output parsing (recorded and reconstructed iscsiadm outputs)', () => {
+  it('reads a -P 3 listing: target, portals, sid, host, LUNs and their disks', () => {
+    const [s] = parseSessionTree(fixture('session-p3-one').stdout);
+    expect(s).toMatchObject({ target: T1, currentPortal: P1, persistentPortal: P1, tpgt: 1, iface: 'default', initiatorName: NODE, sid: 1, connectionState: 'LOGGED IN', sessionState: 'LOGGED_IN', hostNumber: 2 });
+    expect(s!.devices).toEqual([
+      { channel: 0, id: 0, lun: 0 },
+      { channel: 0, id: 0, lun: 1, disk: 'sdb', state: 'running' },
+    ]);
+  });
+
+  it('inherits the target for the second portal of a multipath listing (open-iscsi prints Target once)', () => {
+    const ss = parseSessionTree(fixture('session-p3-multipath').stdout);
+    expect(ss.map((s) => [s.target, s.persistentPortal, s.sid, s.hostNumber, s.devices.find((d) => d.lun === 1)?.disk])).toEqual([
+      [T1, P1, 1, 2, 'sdb'],
+      [T1, P2, 2, 3, 'sdc'],
+    ]);
+  });
+
+  it('reads two targets, two LUNs, an unscanned session, and no sessions', () => {
+    expect(parseSessionTree(fixture('session-p3-two-targets').stdout).map((s) => s.sid)).toEqual([1, 3]);
+    expect(parseSessionTree(fixture('session-p3-two-luns').stdout)[0]!.devices.map((d) => d.disk ?? '-')).toEqual(['-', 'sdb', 'sdc']);
+    expect(parseSessionTree(fixture('session-p3-unscanned').stdout)[0]!.devices).toEqual([]);
+    const none = fixture('session-none');
+    expect(none.exitCode).toBe(21);
+    expect(parseSessionTree(none.stdout)).toEqual([]);
+  });
+
+  it('reads the flat listing', () => {
+    expect(parseSessionFlat(`tcp: [1] 127.0.0.1:3260,1 ${T1} (non-flash)\ntcp: [2] [fd00::1]:3260,1 ${T1} (non-flash)\n`)).toEqual([
+      { transport: 'tcp', sid: 1, portal: P1, tpgt: 1, target: T1 },
+      { transport: 'tcp', sid: 2, portal: '[fd00::1]:3260', tpgt: 1, target: T1 },
+    ]);
+  });
+});
+
+describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs', () => {
+  let sysfs: FakeSysfs;
+  let sleeps: number[];
+  let clock: number;
+  const make = (exec: FakeExecutor, extra: Record<string, unknown> = {}) =>
+    new KernelIscsiInitiator(
+      {
+        sysfsRoot: sysfs.sys,
+        devRoot: sysfs.dev,
+        fs: sysfs.fs,
+        deviceTimeoutMs: 3000,
+        initialBackoffMs: 100,
+        maxBackoffMs: 800,
+        rescanEvery: 3,
+        multipathWaitMs: 1000,
+        deviceRemovalTimeoutMs: 1000,
+        sleep: async (ms) => {
+          sleeps.push(ms);
+          clock += ms;
+        },
+        now: () => clock,
+        ...extra,
+      },
+      exec,
+    );
+
+  beforeEach(() => {
+    sysfs = new FakeSysfs();
+    sleeps = [];
+    clock = 0;
+  });
+  afterEach(() => sysfs.cleanup());
+
+  /** A fake host: sessions appear on login, per the handler's state. */
+  function host(opts: { sessionsBefore?: string; sessionsAfter?: string; login?: string; nodeExists?: boolean; onLogin?: () => void; onLogout?: () => void; sessionsAfterLogout?: string }) {
+    let loggedIn = false;
+    let loggedOut = false;
+    return new FakeExecutor((cmd, args) => {
+      if (cmd === 'blockdev' || cmd === 'multipath') return ok;
+      const a = args.join(' ');
+      if (a === '-m session -P 3') {
+        const name = loggedOut ? (opts.sessionsAfterLogout ?? 'session-none') : loggedIn ? (opts.sessionsAfter ?? 'session-none') : (opts.sessionsBefore ?? 'session-none');
+        return fixture(name);
+      }
+      if (a.endsWith('--login')) {
+        const r = fixture(opts.login ?? 'login-ok');
+        if (r.exitCode === 0 || r.exitCode === 15) {
+          loggedIn = true;
+          opts.onLogin?.();
+        }
+        return r;
+      }
+      if (a.endsWith('--logout')) {
+        loggedOut = true;
+        opts.onLogout?.();
+        return fixture('logout-ok');
+      }
+      if (a.includes('--op new')) return fixture('node-new');
+      if (a.includes('--op update')) return fixture('node-update');
+      if (a.includes('--op delete')) return fixture(loggedOut || opts.nodeExists !== false ? 'node-delete' : 'node-delete-missing');
+      if (/^-m node -T \S+ -p \S+ --interface default$/.test(a)) return opts.nodeExists ? { stdout: `# BEGIN RECORD 2.1.8\nnode.name = ${T1}\n# END RECORD\n`, stderr: '', exitCode: 0 } : fixture('node-show-missing');
+      throw new Error(`unexpected command: ${cmd} ${a}`);
+    });
+  }
+
+  const N = (p: string) => `iscsiadm -m node -T ${T1} -p ${p} --interface default`;
+
+  it('connects: node record (manual startup and scan, CHAP), login, targeted LUN scan, waits for /dev/sdb', async () => {
+    const exec = host({ sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(2, 1) });
+    sysfs.onScan.set('2:1', { sid: 1, disk: 'sdb' });
+    const a = await make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: CHAP });
+    expect(a).toEqual({ initiator: 'kernel', devicePath: `${sysfs.dev}/sdb`, paths: [{ portal: P1, device: `${sysfs.dev}/sdb`, sid: 1, hctl: '2:0:0:1' }] });
+    expect(exec.lines).toEqual([
+      'iscsiadm -m session -P 3',
+      N(P1),
+      `${N(P1)} --op new`,
+      `${N(P1)} --op update -n node.startup -v manual`,
+      `${N(P1)} --op update -n node.session.scan -v manual`,
+      `${N(P1)} --op update -n node.session.auth.authmethod -v CHAP`,
+      `${N(P1)} --op update -n node.session.auth.username -v sinter-node`,
+      `${N(P1)} --op update -n node.session.auth.password -v ***`,
+      `${N(P1)} --login`,
+      'iscsiadm -m session -P 3',
+    ]);
+    // The secret reached iscsiadm, and only ever with Executor's masking asked for.
+    const withSecret = exec.calls.filter((c) => c.args.includes(CHAP.password));
+    expect(withSecret).toHaveLength(1);
+    expect(withSecret[0]!.opts?.secrets).toContain(CHAP.password);
+    expect(exec.calls.find((c) => c.args.includes('--login'))!.opts?.secrets).toContain(CHAP.password);
+    // Channel and target were unknown before the scan: "- - LUN", like os-brick.
+    expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host2/scan', data: '- - 1' }]);
+  });
+
+  it('sets mutual CHAP into node.session.auth.*_in, and authmethod None without CHAP', async () => {
+    const exec = host({ sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(2, 1) });
+    sysfs.onScan.set('2:1', { sid: 1, disk: 'sdb' });
+    await make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: { ...CHAP, mutualUser: 'tgt', mutualPassword: 'Mutual-secret-12' } });
+    expect(exec.lines).toContain(`${N(P1)} --op update -n node.session.auth.username_in -v tgt`);
+    expect(exec.lines).toContain(`${N(P1)} --op update -n node.session.auth.password_in -v ***`);
+    expect(exec.lines.join('\n')).not.toMatch(/Mutual-secret|Chap-secret/);
+
+    const sysfs2 = sysfs;
+    sysfs = new FakeSysfs();
+    sysfs2.cleanup();
+    const exec2 = host({ sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(2, 1) });
+    sysfs.onScan.set('2:1', { sid: 1, disk: 'sdb' });
+    await make(exec2).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+    expect(exec2.lines).toContain(`${N(P1)} --op update -n node.session.auth.authmethod -v None`);
+  });
+
+  it('reuses a listed session: no login, the LUN is scanned and found', async () => {
+    sysfs.addNonDisk(2, 1, 0);
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+    const a = await make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+    expect(a.devicePath).toBe(`${sysfs.dev}/sdb`);
+    expect(exec.lines.some((l) => l.endsWith('--login'))).toBe(false);
+    expect(exec.lines.some((l) => l.includes('--op new'))).toBe(false);
+    expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host2/scan', data: '0 0 1' }]);
+  });
+
+  it('treats exit 15 (session exists, a racing login) as success', async () => {
+    const exec = host({ login: 'login-session-exists', sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(2, 1) });
+    sysfs.onScan.set('2:1', { sid: 1, disk: 'sdb' });
+    await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).resolves.toMatchObject({ devicePath: `${sysfs.dev}/sdb` });
+  });
+
+  it('maps exit 24 to a CHAP error, 19 to a refused login, 6 to a node database error; the secret never in a message', async () => {
+    const e24 = await make(host({ login: 'login-auth-failed' }))
+      .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: CHAP })
+      .catch((e: unknown) => e);
+    expect(e24).toMatchObject({ code: 7, message: expect.stringMatching(/CHAP authentication failed/) });
+    expect(String((e24 as Error).message)).not.toContain(CHAP.password);
+
+    const e19 = await make(host({ login: 'login-fatal' }))
+      .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
+      .catch((e: unknown) => e);
+    expect(e19).toMatchObject({ code: 9, message: expect.stringMatching(/refused/) });
+
+    const db = new FakeExecutor((_c, args) => {
+      const a = args.join(' ');
+      if (a === '-m session -P 3') return fixture('session-none');
+      if (a.includes('--op new')) return fixture('node-new-db-failure');
+      return fixture('node-show-missing');
+    });
+    const e6 = await make(db)
+      .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
+      .catch((e: unknown) => e);
+    expect(e6).toMatchObject({ code: 13, message: expect.stringMatching(/node database error.*Error while adding record/) });
+  });
+
+  it('waits for the device with doubling backoff, rescans every few looks, and gives up at the timeout', async () => {
+    const exec = host({ sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(2, 1) });
+    const err = await make(exec)
+      .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 14, message: expect.stringMatching(/did not appear.*3000 ms/) });
+    expect(sleeps.slice(0, 5)).toEqual([100, 200, 400, 800, 800]);
+    expect(sleeps.reduce((a, b) => a + b, 0)).toBe(3000);
+    // First scan plus one every third look.
+    expect(sysfs.writes.filter((w) => w.path.endsWith('scan')).length).toBeGreaterThanOrEqual(3);
+  });
+
+  it('finds a device that appears late (between looks)', async () => {
+    const exec = host({ sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(2, 1) });
+    const init = make(exec, {
+      sleep: async (ms: number) => {
+        sleeps.push(ms);
+        clock += ms;
+        if (sleeps.length === 3) sysfs.addDisk(2, 1, 1, 'sdb');
+      },
+    });
+    await expect(init.connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).resolves.toMatchObject({ devicePath: `${sysfs.dev}/sdb` });
+    expect(sleeps).toEqual([100, 200, 400]);
+  });
+
+  it('logs in to every portal and returns the multipath (dm) device over both paths', async () => {
+    let logins = 0;
+    const exec = host({
+      sessionsAfter: 'session-p3-multipath',
+      onLogin: () => {
+        logins++;
+        sysfs.addSession(2, 1);
+        sysfs.addSession(3, 2);
+      },
+    });
+    sysfs.onScan.set('2:1', { sid: 1, disk: 'sdb' });
+    sysfs.onScan.set('3:1', { sid: 2, disk: 'sdc' });
+    const init = make(exec, {
+      sleep: async (ms: number) => {
+        sleeps.push(ms);
+        clock += ms;
+        sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc']);
+      },
+    });
+    const a = await init.connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE });
+    expect(a.devicePath).toBe(`${sysfs.dev}/dm-0`);
+    expect(a.multipathName).toBe('mpatha');
+    expect(a.paths.map((p) => [p.portal, p.device, p.sid])).toEqual([
+      [P1, `${sysfs.dev}/sdb`, 1],
+      [P2, `${sysfs.dev}/sdc`, 2],
+    ]);
+    // The second portal's session was listed after the first login: one login each.
+    expect(exec.lines.filter((l) => l.endsWith('--login'))).toEqual([`${N(P1)} --login`]);
+    expect(logins).toBe(1);
+  });
+
+  it('returns the first path when several paths have no multipath device', async () => {
+    const exec = host({ sessionsAfter: 'session-p3-multipath', onLogin: () => (sysfs.addSession(2, 1), sysfs.addSession(3, 2)) });
+    sysfs.onScan.set('2:1', { sid: 1, disk: 'sdb' });
+    sysfs.onScan.set('3:1', { sid: 2, disk: 'sdc' });
+    const a = await make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE });
+    expect(a.devicePath).toBe(`${sysfs.dev}/sdb`);
+    expect(a.multipathName).toBeUndefined();
+  });
+
+  it('disconnects: flush, delete the SCSI device, log out (no other LUN), delete the node record', async () => {
+    sysfs.addNonDisk(2, 1, 0);
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+    await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `blockdev --flushbufs ${sysfs.dev}/sdb`, `${N(P1)} --logout`, `${N(P1)} --op delete`]);
+    expect(sysfs.writes).toEqual([{ path: 'block/sdb/device/delete', data: '1' }]);
+  });
+
+  it('keeps a session that still serves another LUN (ref-counted logout), and logs out with the last LUN', async () => {
+    sysfs.addNonDisk(2, 1, 0);
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addDisk(2, 1, 2, 'sdc');
+    const exec = host({ sessionsBefore: 'session-p3-two-luns', nodeExists: true });
+    const init = make(exec);
+    await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `blockdev --flushbufs ${sysfs.dev}/sdb`]);
+    expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sdb/device/delete']);
+
+    exec.calls.length = 0;
+    await init.disconnect({ portals: [P1], iqn: T1, lun: 2 });
+    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `blockdev --flushbufs ${sysfs.dev}/sdc`, `${N(P1)} --logout`, `${N(P1)} --op delete`]);
+  });
+
+  it('is idempotent: disconnecting with no session and no record succeeds (exit 21 is "already gone")', async () => {
+    const exec = host({ sessionsBefore: 'session-none', nodeExists: false });
+    const init = make(exec);
+    await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `${N(P1)} --op delete`, 'iscsiadm -m session -P 3', `${N(P1)} --op delete`]);
+    expect(sysfs.writes).toEqual([]);
+  });
+
+  it('a session whose device is already gone is still logged out', async () => {
+    sysfs.addSession(2, 1);
+    const exec = host({ sessionsBefore: 'session-p3-unscanned', nodeExists: true });
+    await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `${N(P1)} --logout`, `${N(P1)} --op delete`]);
+  });
+
+  it('disconnects a multipath LUN: flush and remove the map, then both paths, then both sessions', async () => {
+    sysfs.addNonDisk(2, 1, 0);
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addNonDisk(3, 2, 0);
+    sysfs.addDisk(3, 2, 1, 'sdc');
+    sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc']);
+    const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
+    await make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 });
+    expect(exec.lines).toEqual([
+      'iscsiadm -m session -P 3',
+      `blockdev --flushbufs ${sysfs.dev}/dm-0`,
+      'multipath -f mpatha',
+      `blockdev --flushbufs ${sysfs.dev}/sdb`,
+      `blockdev --flushbufs ${sysfs.dev}/sdc`,
+      `${N(P1)} --logout`,
+      `${N(P1)} --op delete`,
+      `${N(P2)} --logout`,
+      `${N(P2)} --op delete`,
+    ]);
+    expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sdb/device/delete', 'block/sdc/device/delete']);
+  });
+
+  it('does not touch sessions of other targets', async () => {
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addDisk(4, 3, 1, 'sdd');
+    const exec = host({ sessionsBefore: 'session-p3-two-targets', nodeExists: true });
+    await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sdb/device/delete']);
+    expect(exec.lines.filter((l) => l.includes('6fa459ea'))).toEqual([]);
+  });
+});
