@@ -63,6 +63,8 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
     },
     exec,
     log,
+    // Host commands run in PID 1's mount namespace in nsenter mode: the mount table to read is PID 1's too.
+    mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
     connectors: [
       new IscsiConnector(
         { mode: cfg.node.initiator, initiatorName: parseNodeId(nodeId)?.iqn, stateDir: join(cfg.node.stateDir, 'iscsi-userspace'), sysfsRoot: cfg.node.sysfsRoot },
