@@ -14,7 +14,7 @@ import { StaticVolumes, withStaticVolumes } from './controller/static-volumes.js
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
-import { HostExecutor } from './exec/run.js';
+import { HostExecutor, type Executor } from './exec/run.js';
 import { identityService } from './identity/service.js';
 import type { KubeCache } from './k8s/cache.js';
 import { IscsiConnector } from './node/connectors/iscsi-connector.js';
@@ -39,6 +39,39 @@ export function nodeIdFor(cfg: Config): string {
     host: cfg.nodeName,
     iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
     wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
+  });
+}
+
+/**
+ * The node service as this configuration builds it (connectors included);
+ * `sinter fsck` builds the same one, never started, for its read-only report.
+ */
+export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, log: Logger): NodeService {
+  return new NodeService({
+    config: {
+      driverName: cfg.driverName,
+      nodeName: cfg.nodeName,
+      nodeId,
+      maxVolumesPerNode: cfg.node.maxVolumesPerNode,
+      topology: cfg.node.topology,
+      kubeletRoots: cfg.kubeletRoots,
+      localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
+      stateDir: cfg.node.stateDir,
+      sysfsRoot: cfg.node.sysfsRoot,
+      devRoot: cfg.node.devRoot,
+      fc: cfg.node.fc,
+    },
+    exec,
+    log,
+    // Host commands run in PID 1's mount namespace in nsenter mode: the mount table to read is PID 1's too.
+    mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
+    connectors: [
+      new IscsiConnector(
+        { mode: cfg.node.initiator, initiatorName: parseNodeId(nodeId)?.iqn, stateDir: join(cfg.node.stateDir, 'iscsi-userspace'), sysfsRoot: cfg.node.sysfsRoot },
+        exec,
+        log.child({ part: 'iscsi' }),
+      ),
+    ],
   });
 }
 
@@ -122,30 +155,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
 
   let node: NodeService | undefined;
   if (hasNode) {
-    node = new NodeService({
-      config: {
-        driverName: cfg.driverName,
-        nodeName: cfg.nodeName,
-        nodeId: nodeId!,
-        maxVolumesPerNode: cfg.node.maxVolumesPerNode,
-        topology: cfg.node.topology,
-        kubeletRoots: cfg.kubeletRoots,
-        localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
-        stateDir: cfg.node.stateDir,
-        sysfsRoot: cfg.node.sysfsRoot,
-        devRoot: cfg.node.devRoot,
-        fc: cfg.node.fc,
-      },
-      exec,
-      log: log.child({ part: 'node' }),
-      connectors: [
-        new IscsiConnector(
-          { mode: cfg.node.initiator, initiatorName: parseNodeId(nodeId!)?.iqn, stateDir: join(cfg.node.stateDir, 'iscsi-userspace'), sysfsRoot: cfg.node.sysfsRoot },
-          exec,
-          log.child({ part: 'iscsi' }),
-        ),
-      ],
-    });
+    node = nodeServiceFor(cfg, nodeId!, exec, log.child({ part: 'node' }));
     await node.start();
     services.node = node.handlers();
   }

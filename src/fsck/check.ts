@@ -1,11 +1,11 @@
-import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import type { Backend } from '../backends/backend.js';
 import { FileBackend } from '../backends/file/backend.js';
 import type { Config } from '../config/types.js';
 import type { Finding, Remedy } from '../contracts/finding.js';
 import { HostExecutor, type Executor } from '../exec/run.js';
-import { NodeService } from '../node/service.js';
+import { nodeIdFor, nodeServiceFor } from '../app.js';
+import type { NodeService } from '../node/service.js';
 import type { Orphan } from '../node/orphans.js';
 import { StageState } from '../node/stage-state.js';
 import { checkExports } from './exports.js';
@@ -33,7 +33,7 @@ export interface FsckReport {
 
 export interface FsckOptions {
   scope: FsckScope;
-  exec?: Executor;
+  exec?: HostExecutor;
   log?: Logger;
 }
 
@@ -41,24 +41,9 @@ export function backendsOf(cfg: Config, exec: Executor, log: Logger): Backend[] 
   return cfg.backends.map((b) => new FileBackend(b, exec, log.child({ backend: b.name })));
 }
 
-/** A node service over the configured directories, never started: only its read-only orphan report is used. */
-export function nodeServiceOf(cfg: Config, exec: Executor, log: Logger): NodeService {
-  return new NodeService({
-    config: {
-      driverName: cfg.driverName,
-      nodeName: cfg.nodeName,
-      nodeId: cfg.nodeId ?? cfg.nodeName,
-      maxVolumesPerNode: cfg.node.maxVolumesPerNode,
-      topology: cfg.node.topology,
-      kubeletRoots: cfg.kubeletRoots,
-      localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
-      stateDir: cfg.node.stateDir,
-    },
-    exec,
-    log,
-    // Host commands run in PID 1's mount namespace in nsenter mode: read its mount table too.
-    mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
-  });
+/** The node service `sinter node|all` would build from cfg, never started: only its read-only orphan report is used. */
+export function nodeServiceOf(cfg: Config, exec: HostExecutor, log: Logger): NodeService {
+  return nodeServiceFor(cfg, nodeIdFor(cfg), exec, log);
 }
 
 function orphanSubject(o: Orphan): string {

@@ -73,6 +73,9 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
       try {
         const ctx = decode(rec.publishContext);
         if (ctx.transport === 'local') pendingSources.add(await resolved(ctx.path));
+        // Any transport: the attachment a retry would adopt (or an unstage detach).
+        const found = await d.connectors.for(ctx).find(ctx).catch(() => undefined);
+        if (found) claimed.set(found, rec);
       } catch {
         /* an unusable context is reported by the retry itself */
       }
@@ -102,9 +105,9 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
     }
   }
 
-  // Devices from sinter's roots, and read-only views layered on them.
-  const attached: { device: string; source: string }[] = [];
-  for (const c of d.connectors.all()) if (c.attached) attached.push(...(await c.attached()));
+  // Devices from sinter's roots (and each transport's attachments), and read-only views layered on them.
+  const attached: { device: string; source: string; releasable: boolean }[] = [];
+  for (const c of d.connectors.all()) if (c.attached) for (const a of await c.attached()) attached.push({ ...a, releasable: c.release !== undefined });
   const ours = new Set(attached.map((a) => a.device));
   const views = (await d.roBlock.layered()).filter((v) => ours.has(v.device));
 
@@ -147,12 +150,14 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
     if (explained) continue;
     const busyViews = (viewsOf.get(a.device) ?? []).filter((v) => !cleanableViews.has(v));
     const unused = mounts.length === 0 && busyViews.length === 0 && (await holders(a.device)).length === 0;
+    // Only a transport that can tell its own leftovers (local: images in sinter's roots) detaches at start.
+    const cleanable = unused && a.releasable;
     out.push({
       kind: 'untracked-device',
       device: a.device,
       source: a.source,
-      detail: `${a.device} is attached to ${a.source} but no record of this node claims it; ${unused ? 'nothing uses it: a start detaches it' : 'it is in use, so sinter leaves it'}`,
-      remedy: unused ? 'restart' : 'operator',
+      detail: `${a.device} is attached to ${a.source} but no record of this node claims it; ${cleanable ? 'nothing uses it: a start detaches it' : unused ? 'sinter does not detach this transport on its own' : 'it is in use, so sinter leaves it'}`,
+      remedy: cleanable ? 'restart' : 'operator',
     });
   }
   return out;
@@ -162,7 +167,9 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
  * Start-up clean-up of what findOrphans marks `restart` among devices: detaches
  * unexplained, unused devices (views first). It runs before the plugin serves,
  * so no RPC races it; each device is checked again right before. Never
- * unmounts anything. Returns what it detached.
+ * unmounts anything. A device still open elsewhere (a mount in another mount
+ * namespace, a process reading it) is not torn away: the kernel then only
+ * marks it to detach on last close. Returns what it detached.
  */
 export async function cleanOrphans(d: NodeDeps, orphans: Orphan[]): Promise<string[]> {
   const done: string[] = [];
