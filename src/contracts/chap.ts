@@ -1,3 +1,5 @@
+import { invalidArgument } from '../csi/errors.js';
+
 /**
  * iSCSI CHAP credentials, shared by the controller (target side: who may log
  * in) and the node (initiator side: how to log in). They travel only in CSI
@@ -70,4 +72,14 @@ export function chapFromSecrets(secrets: Record<string, string> | undefined): Ch
 export function chapSecrets(c: ChapCredentials | undefined): string[] {
   if (!c) return [];
   return [c.password, c.mutualPassword].filter((x): x is string => typeof x === 'string' && x.length > 0);
+}
+
+/** chapFromSecrets for a CSI request: incomplete credentials are the caller's INVALID_ARGUMENT, naming `secrets`. */
+export function chapFromRequestSecrets(secrets: Record<string, string> | undefined): ChapCredentials | undefined {
+  try {
+    return chapFromSecrets(secrets);
+  } catch (e) {
+    if (e instanceof ChapError) throw invalidArgument(`secrets: ${e.message}`);
+    throw e;
+  }
 }

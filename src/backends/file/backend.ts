@@ -20,8 +20,8 @@ import type {
   VolumeRecord,
 } from '../backend.js';
 import { copyImage } from './copy.js';
-import { chapFromSecrets, ChapError } from '../../contracts/chap.js';
-import { failedPrecondition, invalidArgument } from '../../csi/errors.js';
+import { chapFromRequestSecrets } from '../../contracts/chap.js';
+import { failedPrecondition } from '../../csi/errors.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { TgtTargetHelper } from '../targets/tgt.js';
@@ -305,13 +305,7 @@ export class FileBackend implements Backend {
   async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string>): Promise<PublishContext> {
     this.mustVolume(id);
     if (this.iscsi) {
-      let chap;
-      try {
-        chap = chapFromSecrets(secrets);
-      } catch (e) {
-        if (e instanceof ChapError) throw invalidArgument(`secrets: ${e.message}`);
-        throw e;
-      }
+        const chap = chapFromRequestSecrets(secrets);
       // Read-only is enforced by the node's mount; the LUN stays writable so
       // a later read-write publish of the same volume elsewhere is possible.
       return this.iscsi.export(id, this.imagePath(id), node, chap);

@@ -1,9 +1,9 @@
 import { readdir, readlink, writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Logger } from 'pino';
-import { chapFromSecrets, ChapError } from '../../contracts/chap.js';
+import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { failedPrecondition, invalidArgument } from '../../csi/errors.js';
+import { failedPrecondition } from '../../csi/errors.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import { createIscsiInitiator, KernelIscsiInitiator, UserspaceIscsiInitiator, type IscsiInitiator, type IscsiTarget, type InitiatorMode } from './iscsi/index.js';
@@ -55,13 +55,7 @@ export class IscsiConnector implements Connector {
   async connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string> {
     const c = asIscsi(ctx);
     await this.validate(c);
-    let chap;
-    try {
-      chap = chapFromSecrets(secrets);
-    } catch (e) {
-      if (e instanceof ChapError) throw invalidArgument(`secrets: ${e.message}`);
-      throw e;
-    }
+    const chap = chapFromRequestSecrets(secrets);
     const att = await (await this.get()).connect(targetOf(c), { initiatorName: this.cfg.initiatorName!, chap });
     return att.devicePath;
   }
