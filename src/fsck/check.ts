@@ -86,7 +86,7 @@ export async function runFsck(cfg: Config, opts: FsckOptions): Promise<FsckRepor
           sections.push({ area: exArea, checked: 'nothing to check: this backend exports nothing (local transport)', findings: [] });
         } else {
           const exports = await b.listExports();
-          sections.push({ area: exArea, checked: `${exports.length} exports`, findings: checkExports(b.name, exports, ins.volumes).map((f) => ({ area: exArea, ...f })) });
+          sections.push({ area: exArea, checked: `${exports.length} exports`, findings: checkExports(b.name, exports, ins.volumes, b.reconcileExports !== undefined).map((f) => ({ area: exArea, ...f })) });
         }
       } catch (e) {
         sections.push({ area, checked: 'check failed', findings: [failed(area, b.name, e)] });

@@ -104,7 +104,12 @@ export async function fsckMain(argv: string[]): Promise<number> {
     }
     repaired = await runFsck(cfg, { scope, exec, log });
     // Exactly what a start does, without serving.
-    if (scope !== 'node') for (const b of backendsOf(cfg, exec, log)) await b.start();
+    if (scope !== 'node')
+      for (const b of backendsOf(cfg, exec, log)) {
+        await b.start();
+        // Nothing else runs (checked above), so no lock is needed around each volume.
+        await b.reconcileExports?.((_id, fn) => fn());
+      }
     if (scope !== 'controller') await nodeServiceOf(cfg, exec, log).start();
   }
 

@@ -1,4 +1,4 @@
-import { statfs } from 'node:fs/promises';
+import { stat, statfs } from 'node:fs/promises';
 import type { PublishContext } from '../contracts/publish-context.js';
 import { notFound } from '../csi/errors.js';
 import type { Executor } from '../exec/run.js';
@@ -65,6 +65,9 @@ export async function volumeStats(
   const ro = entry?.roDevice !== undefined && ReadOnlyBlock.isViewMount(m, entry.roDevice);
   if (rec.device && !ro && !mountsOfDevice(snap, rec.device, majMin).includes(m))
     throw notFound(`volume_path ${req.volumePath} shows another volume (${describeMount(m)}), not ${req.volumeId}`);
+  // A block volume is published as a device node; a directory there is some filesystem's mount, whatever device it shows.
+  if (rec.access === 'block' && !(await stat(req.resolved).then((st) => st.isBlockDevice(), () => false)))
+    throw notFound(`volume_path ${req.volumePath} is not a block device, and volume ${req.volumeId} is staged for block access`);
   const usage =
     rec.access === 'block'
       ? [{ unit: 'BYTES' as const, total: await blockDeviceSize(d.exec, req.resolved), used: 0, available: 0 }]
