@@ -65,6 +65,15 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
         );
     }
   }
+  if (prev && prev.phase !== 'error') {
+    // A volume staged from one connection is never re-attached from another:
+    // that would leave the first device mounted with no record of it.
+    const a = prev.publishContext;
+    const b = encodePublishContext(req.publishContext);
+    const same = Object.keys(a).length === Object.keys(b).length && Object.entries(b).every(([k, v]) => a[k] === v);
+    if (!same)
+      throw alreadyExists(`volume ${volumeId} is already staged on this node from another publish_context (${a.transport ?? 'unknown'} transport); unstage it first`);
+  }
   for (const other of (await d.state.list()).records) {
     if (other.volumeId !== volumeId && other.stagingPath === req.stagingPath)
       throw alreadyExists(`staging_target_path ${req.stagingPath} is already used by volume ${other.volumeId}`);
