@@ -1,5 +1,5 @@
 import { failedPrecondition, invalidArgument } from '../csi/errors.js';
-import type { Executor } from '../exec/run.js';
+import { ExecError, type Executor } from '../exec/run.js';
 import { hostCommand } from './host-errors.js';
 import { shown } from '../csi/errors.js';
 
@@ -76,7 +76,20 @@ export function parseMkfsOptions(raw: string | undefined, fsType: FsType): strin
  */
 export async function mkfs(exec: Executor, device: string, fsType: FsType, extra: string[]): Promise<void> {
   const quiet: Record<FsType, string[]> = { ext4: ['-q'], xfs: ['-q'], btrfs: ['-q'] };
-  await hostCommand(`formatting ${device} as ${fsType}`, exec.run(`mkfs.${fsType}`, [...quiet[fsType], ...extra, device], { timeoutMs: 10 * 60_000 }));
+  const run = () => exec.run(`mkfs.${fsType}`, [...quiet[fsType], ...extra, device], { timeoutMs: 10 * 60_000 });
+  // A device just attached can be held open for a moment by another prober
+  // (blkid, udev, a detach still finishing); mkfs then refuses it as busy.
+  // It formats nothing in that case, so waiting and asking again is safe.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await run();
+      return;
+    } catch (e) {
+      const busy = e instanceof ExecError && /in use|busy/i.test(e.stderr);
+      if (!busy || attempt >= 4) return hostCommand(`formatting ${device} as ${fsType}`, Promise.reject(e));
+      await new Promise((r) => setTimeout(r, 250 * attempt));
+    }
+  }
 }
 
 /** Fails unless the device is blank or already holds fsType. Returns true when it must be formatted. */
