@@ -64,6 +64,14 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
           `volume ${volumeId} is already staged at ${prev.stagingPath} as ${describeStaged(prev)}, which does not match this request; unstage it first to change how it is staged`,
         );
     }
+    // A device in use stays the record's: a request leading elsewhere must not take its place (the mounts would then be nobody's).
+    if (prev.device && JSON.stringify(encodePublishContext(req.publishContext)) !== JSON.stringify(prev.publishContext)) {
+      const snap = await d.mounter.snapshot();
+      if (mountsOfDevice(snap, prev.device, await deviceMajMin(prev.device)).length > 0)
+        throw alreadyExists(
+          `volume ${volumeId} is staged on this node from another connection (publish_context ${shown(JSON.stringify(prev.publishContext), 200)}); unstage it first to stage it from a different one`,
+        );
+    }
   }
   if (prev && prev.phase !== 'error') {
     // A volume staged from one connection is never re-attached from another:
