@@ -67,7 +67,14 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
     mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
     connectors: [
       new IscsiConnector(
-        { mode: cfg.node.initiator, initiatorName: parseNodeId(nodeId)?.iqn, stateDir: join(cfg.node.stateDir, 'iscsi-userspace'), sysfsRoot: cfg.node.sysfsRoot },
+        {
+          mode: cfg.node.initiator,
+          initiatorName: parseNodeId(nodeId)?.iqn,
+          stateDir: join(cfg.node.stateDir, 'iscsi-userspace'),
+          sysfsRoot: cfg.node.sysfsRoot,
+          devRoot: cfg.node.devRoot,
+          mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
+        },
         exec,
         log.child({ part: 'iscsi' }),
       ),

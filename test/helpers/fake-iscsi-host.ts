@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync,
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { ExecError, type ExecOptions, type ExecResult, type Executor } from '../../src/exec/run.js';
-import { nodeHostFs, type HostFs } from '../../src/node/connectors/iscsi/kernel.js';
+import { SysfsTree } from '../../src/node/connectors/sysfs.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures', 'iscsiadm');
 
@@ -58,12 +58,15 @@ export class FakeSysfs {
   readonly sys = join(this.root, 'sys');
   readonly dev = join(this.root, 'dev');
   readonly writes: { path: string; data: string }[] = [];
+  /** An empty mount table: nothing of the fake tree is mounted. */
+  readonly mountInfo = join(this.root, 'mountinfo');
   /** What a scan of (host, lun) makes appear: disk name, or nothing. */
   readonly onScan = new Map<string, { sid: number; disk: string; channel?: number; id?: number }>();
 
   constructor() {
     mkdirSync(this.sys, { recursive: true });
     mkdirSync(this.dev, { recursive: true });
+    writeFileSync(this.mountInfo, '');
   }
 
   cleanup(): void {
@@ -89,11 +92,13 @@ export class FakeSysfs {
   }
 
   /** A LUN of a session with a disk, as the kernel makes it after a scan. */
-  addDisk(host: number, sid: number, lun: number, disk: string, channel = 0, id = 0): void {
+  addDisk(host: number, sid: number, lun: number, disk: string, channel = 0, id = 0, wwid = `naa.60014050000000000000000000000${lun.toString(16).padStart(3, '0')}`): void {
     this.addSession(host, sid);
     const sdev = join(this.sys, 'devices', 'platform', `host${host}`, `session${sid}`, `target${host}:${channel}:${id}`, `${host}:${channel}:${id}:${lun}`);
     mkdirSync(join(sdev, 'block', disk, 'holders'), { recursive: true });
     writeFileSync(join(sdev, 'delete'), '');
+    writeFileSync(join(sdev, 'rescan'), '');
+    writeFileSync(join(sdev, 'wwid'), `${wwid}\n`);
     writeFileSync(join(sdev, 'state'), 'running\n');
     this.link(join(sdev, 'block', disk, 'device'), sdev);
     this.link(join(this.sys, 'block', disk), join(sdev, 'block', disk));
@@ -106,13 +111,19 @@ export class FakeSysfs {
     mkdirSync(join(this.sys, 'devices', 'platform', `host${host}`, `session${sid}`, `target${host}:${channel}:${id}`, `${host}:${channel}:${id}:${lun}`), { recursive: true });
   }
 
-  /** A device-mapper (multipath) device over `slaves`. */
+  /** A device-mapper multipath map over `slaves` (dm/uuid mpath-<WWID of the first slave>, as multipathd names it). */
   addMultipath(dm: string, name: string, slaves: string[]): void {
     const d = join(this.sys, 'devices', 'virtual', 'block', dm);
     mkdirSync(join(d, 'dm'), { recursive: true });
+    mkdirSync(join(d, 'slaves'), { recursive: true });
     writeFileSync(join(d, 'dm', 'name'), `${name}\n`);
+    const wwid = readFileSync(join(this.sys, 'block', slaves[0]!, 'device', 'wwid'), 'utf8').trim().replace(/^naa\./, '3');
+    writeFileSync(join(d, 'dm', 'uuid'), `mpath-${wwid}\n`);
     this.link(join(this.sys, 'block', dm), d);
-    for (const s of slaves) this.link(join(this.sys, 'block', s, 'holders', dm), d);
+    for (const s of slaves) {
+      this.link(join(this.sys, 'block', s, 'holders', dm), d);
+      this.link(join(d, 'slaves', s), realpathSync(join(this.sys, 'block', s)));
+    }
     writeFileSync(join(this.dev, dm), '');
   }
 
@@ -124,29 +135,18 @@ export class FakeSysfs {
     rmSync(join(this.dev, disk), { force: true });
   }
 
-  /** HostFs over the tree, acting on writes as the kernel would. */
-  get fs(): HostFs {
-    return {
-      readdir: nodeHostFs.readdir,
-      readFile: nodeHostFs.readFile,
-      exists: nodeHostFs.exists,
-      writeFile: async (path, data) => {
-        this.writes.push({ path: relative(this.sys, path), data });
-        const scan = /class\/scsi_host\/host(\d+)\/scan$/.exec(path);
-        if (scan) {
-          const host = Number(scan[1]);
-          const lun = Number(data.trim().split(/\s+/)[2]);
-          const what = this.onScan.get(`${host}:${lun}`);
-          if (what) this.addDisk(host, what.sid, lun, what.disk, what.channel, what.id);
-          return;
-        }
-        const del = /block\/([a-z0-9]+)\/device\/delete$/.exec(path);
-        if (del && data.trim() === '1') {
-          this.removeDisk(del[1]!);
-          return;
-        }
-        await nodeHostFs.writeFile(path, data);
-      },
-    };
-  }
+  /** The tree as the connectors see it, acting on writes as the kernel would. */
+  readonly tree = new SysfsTree(this.sys, this.dev, (path, data) => {
+    this.writes.push({ path: relative(this.sys, path), data });
+    const scan = /class\/scsi_host\/host(\d+)\/scan$/.exec(path);
+    if (scan) {
+      const host = Number(scan[1]);
+      const lun = Number(data.trim().split(/\s+/)[2]);
+      const what = this.onScan.get(`${host}:${lun}`);
+      if (what) this.addDisk(host, what.sid, lun, what.disk, what.channel, what.id);
+      return;
+    }
+    const del = /block\/([a-z0-9]+)\/device\/delete$/.exec(path);
+    if (del && data.trim() === '1') this.removeDisk(del[1]!);
+  });
 }

@@ -3,6 +3,10 @@ import { KernelIscsiInitiator } from '../../src/node/connectors/iscsi/kernel.js'
 import { parseSessionFlat, parseSessionTree } from '../../src/node/connectors/iscsi/iscsiadm-parse.js';
 import type { ExecResult } from '../../src/exec/run.js';
 import { FakeExecutor, FakeSysfs, fixture } from '../helpers/fake-iscsi-host.js';
+import { IscsiConnector } from '../../src/node/connectors/iscsi-connector.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pino from 'pino';
 
 const T1 = 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const P1 = '127.0.0.1:3260';
@@ -55,7 +59,8 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       {
         sysfsRoot: sysfs.sys,
         devRoot: sysfs.dev,
-        fs: sysfs.fs,
+        sysfs: sysfs.tree,
+        mountInfoPath: sysfs.mountInfo,
         deviceTimeoutMs: 3000,
         initialBackoffMs: 100,
         maxBackoffMs: 800,
@@ -84,7 +89,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     let loggedIn = false;
     let loggedOut = false;
     return new FakeExecutor((cmd, args) => {
-      if (cmd === 'blockdev' || cmd === 'multipath') return ok;
+      if (cmd === 'blockdev' || cmd === 'multipath' || cmd === 'multipathd') return ok;
       const a = args.join(' ');
       if (a === '-m session -P 3') {
         const name = loggedOut ? (opts.sessionsAfterLogout ?? 'session-none') : loggedIn ? (opts.sessionsAfter ?? 'session-none') : (opts.sessionsBefore ?? 'session-none');
@@ -331,5 +336,100 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
     expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sdb/device/delete']);
     expect(exec.lines.filter((l) => l.includes('6fa459ea'))).toEqual([]);
+  });
+  describe('shares the SAN multipath code with the FC connector (src/node/connectors/multipath.ts)', () => {
+    const multipathLun = () => {
+      sysfs.addNonDisk(2, 1, 0);
+      sysfs.addDisk(2, 1, 1, 'sdb');
+      sysfs.addNonDisk(3, 2, 0);
+      sysfs.addDisk(3, 2, 1, 'sdc');
+      sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc']);
+    };
+
+    it('NodeExpandVolume\'s rescan: every path re-reads its capacity, then multipathd resizes the map', async () => {
+      multipathLun();
+      const exec = host({ sessionsBefore: 'session-p3-multipath' });
+      await make(exec).rescan({ portals: [P1, P2], iqn: T1, lun: 1 });
+      expect(sysfs.writes).toEqual([
+        { path: 'block/sdb/device/rescan', data: '1' },
+        { path: 'block/sdc/device/rescan', data: '1' },
+      ]);
+      expect(exec.lines).toEqual(['iscsiadm -m session -P 3', 'multipathd resize map mpatha']);
+    });
+
+    it('rescans a single path with no map, and through the iscsi connector (kernel mode) too', async () => {
+      sysfs.addNonDisk(2, 1, 0);
+      sysfs.addDisk(2, 1, 1, 'sdb');
+      const exec = host({ sessionsBefore: 'session-p3-one' });
+      const connector = new IscsiConnector(
+        { mode: 'kernel', initiatorName: NODE, stateDir: sysfs.root, sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo },
+        exec as never,
+        pino({ level: 'silent' }),
+      );
+      await connector.rescan({ transport: 'iscsi', portals: [P1], iqn: T1, lun: 1 }, `${sysfs.dev}/sdb`);
+      expect(sysfs.writes).toEqual([{ path: 'block/sdb/device/rescan', data: '1' }]);
+      expect(exec.lines.filter((l) => l.startsWith('multipath'))).toEqual([]);
+    });
+
+    it('a rescan with no device of the LUN on this node is FAILED_PRECONDITION, writing nothing', async () => {
+      const exec = host({ sessionsBefore: 'session-none' });
+      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: 9, message: expect.stringContaining('stage it again') });
+      expect(sysfs.writes).toEqual([]);
+    });
+
+    it('finds and lists the multipath map, never one of its paths', async () => {
+      multipathLun();
+      const exec = host({ sessionsBefore: 'session-p3-multipath' });
+      const init = make(exec);
+      expect(await init.find({ portals: [P1, P2], iqn: T1, lun: 1 })).toBe(`${sysfs.dev}/dm-0`);
+      expect(await init.attachments()).toEqual([{ device: `${sysfs.dev}/dm-0`, source: `${T1} lun 1` }]);
+    });
+
+    it('refuses to disconnect while the map is mounted: nothing flushed, deleted or logged out', async () => {
+      multipathLun();
+      writeFileSync(join(sysfs.sys, 'block', 'dm-0', 'dev'), '253:0\n');
+      writeFileSync(sysfs.mountInfo, '36 25 253:0 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:1 - ext4 /dev/dm-0 rw\n');
+      const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: 9, message: expect.stringContaining('unmount it first') });
+      expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
+      expect(sysfs.writes).toEqual([]);
+    });
+
+    it('never removes a map that also holds another LUN\'s disk (another staged volume\'s path)', async () => {
+      sysfs.addNonDisk(2, 1, 0);
+      sysfs.addDisk(2, 1, 1, 'sdb');
+      sysfs.addNonDisk(3, 2, 0);
+      sysfs.addDisk(3, 2, 1, 'sdc');
+      sysfs.addDisk(2, 1, 2, 'sdd');
+      sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc', 'sdd']);
+      const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: 9, message: expect.stringContaining('also holds sdd') });
+      expect(sysfs.writes).toEqual([]);
+      expect(exec.lines.filter((l) => !l.startsWith('iscsiadm -m session'))).toEqual([]);
+    });
+
+    it('refuses a path held by a device-mapper user that is not multipath (LVM): connect fails, naming it', async () => {
+      sysfs.addNonDisk(2, 1, 0);
+      sysfs.addDisk(2, 1, 1, 'sdb');
+      sysfs.addMultipath('dm-1', 'vg0-lv0', ['sdb']);
+      writeFileSync(join(sysfs.sys, 'block', 'dm-1', 'dm', 'uuid'), 'LVM-abcdef\n');
+      const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+      await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
+        code: 9,
+        message: expect.stringContaining('held by dm-1, which is not a multipath map'),
+      });
+    });
+
+    it('refuses paths that report different WWIDs (two LUNs, not two paths)', async () => {
+      sysfs.addNonDisk(2, 1, 0);
+      sysfs.addDisk(2, 1, 1, 'sdb');
+      sysfs.addNonDisk(3, 2, 0);
+      sysfs.addDisk(3, 2, 1, 'sdc', 0, 0, 'naa.6001405ffffffffffffffffffffffff1');
+      const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
+      await expect(make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
+        code: 9,
+        message: expect.stringContaining('different WWIDs'),
+      });
+    });
   });
 });

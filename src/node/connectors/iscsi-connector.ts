@@ -1,11 +1,11 @@
-import { readdir, readlink, writeFile } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { failedPrecondition } from '../../csi/errors.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import type { Connector, DeviceCondition } from './connector.js';
+import type { SysfsTree } from './sysfs.js';
 import { createIscsiInitiator, KernelIscsiInitiator, UserspaceIscsiInitiator, type IscsiInitiator, type IscsiTarget, type InitiatorMode } from './iscsi/index.js';
 
 type IscsiContext = Extract<PublishContext, { transport: 'iscsi' }>;
@@ -17,6 +17,11 @@ export interface IscsiConnectorConfig {
   /** Private state of the user-space initiator. */
   stateDir: string;
   sysfsRoot?: string;
+  devRoot?: string;
+  /** The rooted sysfs and /dev for the kernel initiator (a simulated tree in tests); otherwise built from the roots. */
+  sysfs?: SysfsTree;
+  /** Mount table the kernel initiator checks before removing a LUN's devices. */
+  mountInfoPath?: string;
 }
 
 function asIscsi(ctx: PublishContext): IscsiContext {
@@ -42,7 +47,7 @@ export class IscsiConnector implements Connector {
   ) {}
 
   private get(): Promise<IscsiInitiator> {
-    this.initiator ??= createIscsiInitiator(this.cfg.mode, { userspace: { stateDir: this.cfg.stateDir }, kernel: { sysfsRoot: this.cfg.sysfsRoot } }, this.exec, this.log);
+    this.initiator ??= createIscsiInitiator(this.cfg.mode, { userspace: { stateDir: this.cfg.stateDir }, kernel: { sysfsRoot: this.cfg.sysfsRoot, devRoot: this.cfg.devRoot, sysfs: this.cfg.sysfs, mountInfoPath: this.cfg.mountInfoPath } }, this.exec, this.log);
     return this.initiator;
   }
 
@@ -67,13 +72,7 @@ export class IscsiConnector implements Connector {
       const hit = (await ini.list()).find((a) => a.iqn === c.iqn && a.lun === c.lun && a.mounted && a.devicePath);
       return hit?.devicePath;
     }
-    if (ini instanceof KernelIscsiInitiator) {
-      for (const s of await ini.sessions()) {
-        if (s.target !== c.iqn) continue;
-        const d = s.devices.find((x) => x.lun === c.lun && x.disk);
-        if (d) return `/dev/${d.disk}`;
-      }
-    }
+    if (ini instanceof KernelIscsiInitiator) return ini.find(targetOf(c));
     return undefined;
   }
 
@@ -81,22 +80,13 @@ export class IscsiConnector implements Connector {
     await (await this.get()).disconnect(targetOf(asIscsi(ctx)));
   }
 
-  async rescan(ctx: PublishContext, device: string): Promise<void> {
+  async rescan(ctx: PublishContext, _device: string): Promise<void> {
     asIscsi(ctx);
     const ini = await this.get();
     // The user-space initiator sees a LUN at the size it had at login; the
     // caller's size check then says to stage again (the kernel initiator grows online).
     if (ini instanceof UserspaceIscsiInitiator) return;
-    // SCSI disks re-read their capacity when 1 is written to device/rescan; a
-    // multipath map's slaves each need it.
-    const name = basename(device);
-    const sys = this.cfg.sysfsRoot ?? '/sys';
-    const slaves = name.startsWith('dm-') ? await readdir(`${sys}/block/${name}/slaves`).catch(() => []) : [name];
-    for (const s of slaves) {
-      await writeFile(`${sys}/block/${s}/device/rescan`, '1').catch((e: Error) => {
-        throw failedPrecondition(`cannot make ${s} re-read its capacity: ${e.message}`);
-      });
-    }
+    if (ini instanceof KernelIscsiInitiator) await ini.rescan(targetOf(asIscsi(ctx)));
   }
 
   /** Every iSCSI attachment on this node, so start-up can report those no staged volume explains. */
@@ -104,18 +94,15 @@ export class IscsiConnector implements Connector {
     const ini = await this.get();
     if (ini instanceof UserspaceIscsiInitiator)
       return (await ini.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: `${a.iqn} lun ${a.lun} via ${a.portal}` }));
-    if (ini instanceof KernelIscsiInitiator) {
-      const out: { device: string; source: string }[] = [];
-      for (const s of await ini.sessions()) for (const d of s.devices) if (d.disk) out.push({ device: `/dev/${d.disk}`, source: `${s.target} lun ${d.lun}` });
-      return out;
-    }
+    if (ini instanceof KernelIscsiInitiator) return ini.attachments();
     return [];
   }
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const found = await this.find(ctx).catch(() => undefined);
     if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${asIscsi(ctx).iqn} LUN ${asIscsi(ctx).lun} any more` };
-    const same = found === device || (await readlink(device).catch(() => device)) === found;
+    // /dev/mapper/<name> and /dev/dm-N are one device.
+    const same = found === device || (await realpath(device).catch(() => device)) === (await realpath(found).catch(() => found));
     if (!same) return { abnormal: true, attached: false, message: `${device} no longer belongs to ${asIscsi(ctx).iqn}` };
     return { abnormal: false, attached: true, message: `attached as ${device}` };
   }

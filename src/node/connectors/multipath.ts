@@ -201,7 +201,9 @@ export class Multipath {
     }
     for (const m of maps) await this.flush(m);
     for (const disk of paths) {
-      if (await this.sysfs.devExists(disk)) await this.flushBuffers(this.sysfs.dev(disk));
+      // A path that already failed cannot be flushed; deleting it is still right (os-brick does the same).
+      if (await this.sysfs.devExists(disk))
+        await this.flushBuffers(this.sysfs.dev(disk)).catch((e: Error) => this.log?.warn({ device: disk, err: e.message }, 'flush before removing a SCSI path failed; removing it anyway'));
       await doing(`deleting path ${disk} of ${what}`, () => this.disks.delete(disk));
     }
     const left = await this.disks.waitGone(paths, timeoutMs);

@@ -1,32 +1,14 @@
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { chapSecrets, type ChapCredentials } from '../../../contracts/chap.js';
 import { isValidIqn } from '../../../contracts/nodeid.js';
 import { CsiError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../csi/errors.js';
 import { KeyedLock } from '../../../csi/locks.js';
 import { ExecError, type Executor } from '../../../exec/run.js';
+import { Multipath, type MultipathMap } from '../multipath.js';
+import { ScsiDisks } from '../scsi.js';
+import { KERNEL_NAME_RE, SysfsTree } from '../sysfs.js';
 import { ISCSI_ERR, parseSessionTree, type IscsiSessionInfo } from './iscsiadm-parse.js';
 import { parsePortal, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
-
-/** The few file operations the connector does on sysfs and /dev; replaceable in tests. */
-export interface HostFs {
-  readdir(path: string): Promise<string[]>;
-  readFile(path: string): Promise<string>;
-  writeFile(path: string, data: string): Promise<void>;
-  exists(path: string): Promise<boolean>;
-}
-
-export const nodeHostFs: HostFs = {
-  readdir: (p) => fs.readdir(p),
-  readFile: (p) => fs.readFile(p, 'utf8'),
-  writeFile: (p, d) => fs.writeFile(p, d),
-  exists: (p) =>
-    fs.access(p).then(
-      () => true,
-      () => false,
-    ),
-};
 
 export interface KernelInitiatorConfig {
   /** Where sysfs is (`/sys`; a fake tree in tests). */
@@ -48,7 +30,10 @@ export interface KernelInitiatorConfig {
   deviceRemovalTimeoutMs?: number;
   /** Timeout of one iscsiadm call (a login retries for a while inside iscsid). */
   iscsiadmTimeoutMs?: number;
-  fs?: HostFs;
+  /** The rooted sysfs and /dev to use (tests pass a simulated tree); otherwise built from sysfsRoot and devRoot. */
+  sysfs?: SysfsTree;
+  /** Mount table for the in-use check before a LUN's devices are removed; default /proc/self/mountinfo. */
+  mountInfoPath?: string;
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
 }
@@ -72,10 +57,12 @@ interface LoggedInPath {
  * listed one, or exit 15 from a racing login), login; then a targeted LUN
  * scan (`echo "C T L" > /sys/class/scsi_host/hostH/scan`) and a wait with
  * backoff for the LUN's block device in sysfs and /dev. Several paths with a
- * common device-mapper holder are returned as that multipath device.
+ * common multipath map are returned as that map, never one of its paths.
+ * Multipath, the in-use checks, path removal and capacity rescans are the
+ * SAN code the FC connector uses (multipath.ts, scsi.ts).
  *
- * disconnect: flush and delete this LUN's SCSI devices (after flushing the
- * multipath map over them, if any); log out of a session only when no other
+ * disconnect: refuse while the LUN is mounted or held; flush and remove the
+ * multipath map, then flush and delete this LUN's SCSI devices; log out of a session only when no other
  * LUN of it still has a block device (tgt targets carry LUN 0, the
  * controller, which never has one), then delete that portal's node record.
  * Idempotent when devices, sessions or records are already gone.
@@ -86,10 +73,10 @@ interface LoggedInPath {
 export class KernelIscsiInitiator implements IscsiInitiator {
   readonly kind = 'kernel' as const;
   private readonly locks = new KeyedLock();
-  private readonly sys: string;
-  private readonly dev: string;
+  private readonly sysfs: SysfsTree;
+  private readonly disks: ScsiDisks;
+  private readonly multipath: Multipath;
   private readonly iface: string;
-  private readonly fs: HostFs;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly now: () => number;
   private readonly c: Required<Pick<KernelInitiatorConfig, 'deviceTimeoutMs' | 'initialBackoffMs' | 'maxBackoffMs' | 'rescanEvery' | 'multipathWaitMs' | 'deviceRemovalTimeoutMs' | 'iscsiadmTimeoutMs'>>;
@@ -99,10 +86,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     private readonly exec: Executor,
     private readonly log?: Logger,
   ) {
-    this.sys = cfg.sysfsRoot ?? '/sys';
-    this.dev = cfg.devRoot ?? '/dev';
+    this.sysfs = cfg.sysfs ?? new SysfsTree(cfg.sysfsRoot ?? '/sys', cfg.devRoot ?? '/dev');
+    this.disks = new ScsiDisks(this.sysfs);
+    this.multipath = new Multipath(exec, this.sysfs, this.disks, log, { mountInfoPath: cfg.mountInfoPath });
     this.iface = cfg.iface ?? 'default';
-    this.fs = cfg.fs ?? nodeHostFs;
     this.sleep = cfg.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
     this.now = cfg.now ?? Date.now;
     this.c = {
@@ -157,18 +144,38 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       }
       const ipaths: IscsiPath[] = found.map((p) => ({
         portal: p.portal.text,
-        device: join(this.dev, p.device!),
+        device: this.sysfs.dev(p.device!),
         sid: p.session.sid,
         hctl: `${p.host}:${p.channel ?? 0}:${p.id ?? 0}:${target.lun}`,
       }));
-      const dm = await this.multipathHolder(found.map((p) => p.device!), found.length > 1);
-      if (dm) {
-        const name = (await this.readOr(join(this.sys, 'block', dm, 'dm', 'name'))).trim();
-        return { initiator: 'kernel', devicePath: join(this.dev, dm), paths: ipaths, ...(name ? { multipathName: name } : {}) };
+      const what = describe(target);
+      const choice = await this.waitForMap(
+        found.map((p) => p.device!),
+        what,
+      );
+      if (choice.kind === 'map') {
+        if (!choice.device) throw unavailable(`${what}: multipath map ${choice.map.name} (${choice.map.dm}) has no device node in ${this.sysfs.devRoot} yet; retry`);
+        return { initiator: 'kernel', devicePath: choice.device, paths: ipaths, multipathName: choice.map.name };
       }
       if (found.length > 1) this.log?.warn({ iqn: target.iqn, devices: ipaths.map((p) => p.device) }, 'several iSCSI paths but no multipath device over them; using the first path');
       return { initiator: 'kernel', devicePath: ipaths[0]!.device, paths: ipaths };
     });
+  }
+
+  /**
+   * The shared multipath rules decide how the paths are used (their map, never
+   * one of its paths; nothing else may hold them). With several paths,
+   * multipathd gets up to multipathWaitMs to build the map.
+   */
+  private async waitForMap(devices: string[], what: string) {
+    const deadline = this.now() + (devices.length > 1 ? this.c.multipathWaitMs : 0);
+    let delay = this.c.initialBackoffMs;
+    for (;;) {
+      const choice = await this.multipath.choose(devices, what);
+      if ((choice.kind === 'map' && choice.device) || this.now() >= deadline) return choice;
+      await this.sleep(Math.min(delay, Math.max(0, deadline - this.now())));
+      delay = Math.min(delay * 2, this.c.maxBackoffMs);
+    }
   }
 
   private async iscsiadm(args: string[], okExitCodes: number[] = [], secrets: string[] = []) {
@@ -254,18 +261,17 @@ export class KernelIscsiInitiator implements IscsiInitiator {
 
   /** os-brick's get_hctl: host from the session's sysfs path, channel:target from its target dir (unknown before a scan). */
   private async hctl(sid: number, listedHost: number | undefined): Promise<{ host: number; channel?: number; id?: number } | undefined> {
-    const hostsDir = join(this.sys, 'class', 'iscsi_host');
     let host: number | undefined;
-    for (const h of await this.readdirOr(hostsDir)) {
+    for (const h of await this.sysfs.list('class/iscsi_host')) {
       const m = /^host(\d+)$/.exec(h);
-      if (m && (await this.fs.exists(join(hostsDir, h, 'device', `session${sid}`)))) {
+      if (m && (await this.sysfs.exists(`class/iscsi_host/${h}/device/session${sid}`))) {
         host = Number(m[1]);
         break;
       }
     }
     host ??= listedHost;
     if (host === undefined) return undefined;
-    for (const t of await this.readdirOr(join(hostsDir, `host${host}`, 'device', `session${sid}`))) {
+    for (const t of await this.sysfs.list(`class/iscsi_host/host${host}/device/session${sid}`)) {
       const m = /^target(\d+):(\d+):(\d+)$/.exec(t);
       if (m) return { host, channel: Number(m[2]), id: Number(m[3]) };
     }
@@ -275,19 +281,18 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   /** Targeted scan of one LUN; `-` for a channel/target the kernel has not shown yet. */
   private async scan(p: LoggedInPath, lun: number): Promise<void> {
     const line = `${p.channel ?? '-'} ${p.id ?? '-'} ${lun}`;
-    await this.fs.writeFile(join(this.sys, 'class', 'scsi_host', `host${p.host}`, 'scan'), line);
+    await this.sysfs.write(`class/scsi_host/host${p.host}/scan`, line);
   }
 
   /** The block device of (session, LUN) in sysfs, learning channel:target on the way. */
   private async findDevice(p: LoggedInPath, lun: number): Promise<string | undefined> {
-    const sessDir = join(this.sys, 'class', 'scsi_host', `host${p.host}`, 'device', `session${p.session.sid}`);
-    for (const t of await this.readdirOr(sessDir)) {
+    const sessDir = `class/scsi_host/host${p.host}/device/session${p.session.sid}`;
+    for (const t of await this.sysfs.list(sessDir)) {
       const m = /^target(\d+):(\d+):(\d+)$/.exec(t);
       if (!m || Number(m[1]) !== p.host) continue;
       if (p.channel !== undefined && Number(m[2]) !== p.channel) continue;
       if (p.id !== undefined && Number(m[3]) !== p.id) continue;
-      const lunDir = join(sessDir, t, `${m[1]}:${m[2]}:${m[3]}:${lun}`, 'block');
-      const names = (await this.readdirOr(lunDir)).filter((n) => /^[a-z][a-z0-9]*$/.test(n));
+      const names = (await this.sysfs.list(`${sessDir}/${t}/${m[1]}:${m[2]}:${m[3]}:${lun}/block`)).filter((n) => KERNEL_NAME_RE.test(n));
       if (names.length > 0) {
         p.channel = Number(m[2]);
         p.id = Number(m[3]);
@@ -304,28 +309,11 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       for (const p of paths) {
         if (p.device) continue;
         const name = await this.findDevice(p, lun);
-        if (name && (await this.fs.exists(join(this.dev, name)))) p.device = name;
+        if (name && (await this.sysfs.devExists(name))) p.device = name;
       }
       if (paths.every((p) => p.device)) return;
       if (this.now() >= deadline) return;
       if (look % this.c.rescanEvery === 0) for (const p of paths) if (!p.device) await this.scan(p, lun);
-      await this.sleep(Math.min(delay, Math.max(0, deadline - this.now())));
-      delay = Math.min(delay * 2, this.c.maxBackoffMs);
-    }
-  }
-
-  /** A device-mapper device holding every path device (multipath), waited for when `wait`. */
-  private async multipathHolder(devices: string[], wait: boolean): Promise<string | undefined> {
-    const deadline = this.now() + (wait ? this.c.multipathWaitMs : 0);
-    let delay = this.c.initialBackoffMs;
-    for (;;) {
-      let common: string[] | undefined;
-      for (const d of devices) {
-        const hs = (await this.readdirOr(join(this.sys, 'block', d, 'holders'))).filter((h) => /^dm-\d+$/.test(h));
-        common = common === undefined ? hs : common.filter((h) => hs.includes(h));
-      }
-      if (common && common.length > 0) return common[0];
-      if (this.now() >= deadline) return undefined;
       await this.sleep(Math.min(delay, Math.max(0, deadline - this.now())));
       delay = Math.min(delay * 2, this.c.maxBackoffMs);
     }
@@ -337,33 +325,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     const portals = validate(target);
     await this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
       const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
-      // This LUN's devices on every session of the target.
-      const mine: { s: IscsiSessionInfo; host: number; device: string }[] = [];
-      for (const s of sessions) {
-        const hctl = await this.hctl(s.sid, s.hostNumber);
-        if (!hctl) continue;
-        const p: LoggedInPath = { portal: portals[0]!, session: s, ...hctl };
-        const dev = await this.findDevice(p, target.lun);
-        if (dev) mine.push({ s, host: hctl.host, device: dev });
-      }
-      // A multipath map over them goes first: flush it and remove it.
-      const dm = mine.length > 0 ? await this.multipathHolder(mine.map((m) => m.device), false) : undefined;
-      if (dm) {
-        const name = (await this.readOr(join(this.sys, 'block', dm, 'dm', 'name'))).trim() || dm;
-        await this.exec.run('blockdev', ['--flushbufs', join(this.dev, dm)]);
-        await this.exec.run('multipath', ['-f', name]).catch((e) => {
-          throw failedPrecondition(`multipath device ${name} over LUN ${target.lun} of ${target.iqn} could not be removed (in use?): ${(e as Error).message}`);
-        });
-      }
-      for (const m of mine) {
-        await this.exec.run('blockdev', ['--flushbufs', join(this.dev, m.device)]).catch((e) => {
-          // A device whose path already failed cannot be flushed; deleting it is still right.
-          this.log?.warn({ device: m.device, err: (e as Error).message }, 'flush before SCSI device removal failed');
-        });
-        const del = join(this.sys, 'block', m.device, 'device', 'delete');
-        if (await this.fs.exists(del)) await this.fs.writeFile(del, '1');
-      }
-      await this.waitGone(mine.map((m) => m.device));
+      const what = describe(target);
+      const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, what);
+      // The shared SAN rules: refuse while mounted or held, flush and remove the map, then flush and delete each path.
+      await this.multipath.removeLun(maps, paths, what, this.c.deviceRemovalTimeoutMs);
 
       // Log out of sessions no other LUN uses, then forget their node records.
       for (const p of portals) {
@@ -388,52 +353,98 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     });
   }
 
-  private async waitGone(devices: string[]): Promise<void> {
-    const deadline = this.now() + this.c.deviceRemovalTimeoutMs;
-    let delay = this.c.initialBackoffMs;
-    for (;;) {
-      const left: string[] = [];
-      for (const d of devices) if (await this.fs.exists(join(this.sys, 'block', d))) left.push(d);
-      if (left.length === 0) return;
-      if (this.now() >= deadline) throw unavailable(`SCSI device(s) ${left.join(', ')} still present ${this.c.deviceRemovalTimeoutMs} ms after removal`);
-      await this.sleep(Math.min(delay, Math.max(0, deadline - this.now())));
-      delay = Math.min(delay * 2, this.c.maxBackoffMs);
+  /**
+   * This LUN's disks on the given sessions and the multipath maps over them.
+   * A map that also holds a disk of another LUN (or of a session not given) is
+   * refused: removing it would take that other disk's I/O down with it.
+   */
+  private async lunDevices(sessions: IscsiSessionInfo[], portals: Portal[], lun: number, what: string): Promise<{ maps: MultipathMap[]; paths: string[] }> {
+    const paths: string[] = [];
+    for (const s of sessions) {
+      const hctl = await this.hctl(s.sid, s.hostNumber);
+      if (!hctl) continue;
+      const dev = await this.findDevice({ portal: portals[0]!, session: s, ...hctl }, lun);
+      if (dev) paths.push(dev);
     }
+    const maps = new Map<string, MultipathMap>();
+    for (const disk of paths) {
+      for (const h of await this.disks.holders(disk)) {
+        const m = await this.multipath.map(h);
+        if (!m) throw failedPrecondition(`${what}: path ${disk} is held by ${h}, which is not a multipath map; sinter will not remove it`);
+        maps.set(m.dm, m);
+      }
+    }
+    for (const m of maps.values())
+      for (const s of m.slaves)
+        if (!paths.includes(s)) throw failedPrecondition(`${what}: multipath map ${m.name} also holds ${s}, which is not a path of this LUN on these portals; sinter will not remove it`);
+    return { maps: [...maps.values()], paths };
+  }
+
+  /**
+   * The attached LUN's block device, as connect returns it (the multipath map
+   * when one holds its paths), without logging in or scanning; undefined when
+   * no session has it.
+   */
+  async find(target: IscsiTarget): Promise<string | undefined> {
+    const portals = validate(target);
+    const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
+    const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, describe(target)).catch(() => ({ maps: [], paths: [] as string[] }));
+    if (maps[0]) return this.multipath.devicePath(maps[0]);
+    return paths[0] ? this.sysfs.dev(paths[0]) : undefined;
+  }
+
+  /**
+   * Makes the kernel see the LUN's new size before the filesystem grows: each
+   * path re-reads its capacity, then multipathd resizes the map over them (the
+   * code the FC connector uses).
+   */
+  async rescan(target: IscsiTarget): Promise<void> {
+    const portals = validate(target);
+    await this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
+      const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
+      const what = describe(target);
+      const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, what);
+      if (paths.length === 0) throw failedPrecondition(`${what} has no device on this node to rescan; stage it again`);
+      await this.multipath.growLun(maps[0], paths, what);
+    });
+  }
+
+  /** Every LUN attached through the kernel initiator, as its usable device (the map, not its paths). */
+  async attachments(): Promise<{ device: string; source: string }[]> {
+    const out = new Map<string, string>();
+    for (const s of await this.sessions()) {
+      for (const d of s.devices) {
+        if (!d.disk || !KERNEL_NAME_RE.test(d.disk)) continue;
+        let device = this.sysfs.dev(d.disk);
+        for (const h of await this.disks.holders(d.disk)) {
+          const m = await this.multipath.map(h);
+          if (m) device = (await this.multipath.devicePath(m)) ?? this.sysfs.dev(m.dm);
+        }
+        if (!out.has(device)) out.set(device, `${s.target} lun ${d.lun}`);
+      }
+    }
+    return [...out].map(([device, source]) => ({ device, source }));
   }
 
   /** LUNs of a session, other than `lun`, that still have a block device (in sysfs). */
   private async otherLuns(s: IscsiSessionInfo, lun: number): Promise<number[]> {
     const hctl = await this.hctl(s.sid, s.hostNumber);
     if (!hctl) return [];
-    const sessDir = join(this.sys, 'class', 'iscsi_host', `host${hctl.host}`, 'device', `session${s.sid}`);
+    const sessDir = `class/iscsi_host/host${hctl.host}/device/session${s.sid}`;
     const out: number[] = [];
-    for (const t of await this.readdirOr(sessDir)) {
+    for (const t of await this.sysfs.list(sessDir)) {
       if (!/^target\d+:\d+:\d+$/.test(t)) continue;
-      for (const l of await this.readdirOr(join(sessDir, t))) {
+      for (const l of await this.sysfs.list(`${sessDir}/${t}`)) {
         const m = /^\d+:\d+:\d+:(\d+)$/.exec(l);
         if (!m || Number(m[1]) === lun) continue;
-        if ((await this.readdirOr(join(sessDir, t, l, 'block'))).length > 0) out.push(Number(m[1]));
+        if ((await this.sysfs.list(`${sessDir}/${t}/${l}/block`)).length > 0) out.push(Number(m[1]));
       }
     }
     return out.sort((a, b) => a - b);
   }
-
-  private async readdirOr(p: string): Promise<string[]> {
-    try {
-      return await this.fs.readdir(p);
-    } catch {
-      return [];
-    }
-  }
-
-  private async readOr(p: string): Promise<string> {
-    try {
-      return await this.fs.readFile(p);
-    } catch {
-      return '';
-    }
-  }
 }
+
+const describe = (t: IscsiTarget) => `LUN ${t.lun} of ${t.iqn}`;
 
 function validate(target: IscsiTarget): Portal[] {
   if (!isValidIqn(target.iqn)) throw invalidArgument(`target name "${target.iqn}" is not a valid iSCSI name`);
