@@ -14,7 +14,7 @@ import { StaticVolumes, withStaticVolumes } from './controller/static-volumes.js
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
-import { HostExecutor, type Executor } from './exec/run.js';
+import { HostExecutor } from './exec/run.js';
 import { identityService } from './identity/service.js';
 import type { KubeCache } from './k8s/cache.js';
 import { IscsiConnector } from './node/connectors/iscsi-connector.js';

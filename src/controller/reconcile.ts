@@ -195,7 +195,7 @@ export class Reconciler {
   }
 
   private async runOnce(): Promise<void> {
-    const { source, log, graceMs, volumes, backends } = this.opts;
+    const { source, log, graceMs, backends } = this.opts;
     if (!source.live) {
       this.stats.waits++;
       if (!this.stats.waiting) {

@@ -4,11 +4,12 @@ import type { Attachment } from '../backends/backend.js';
 import { VOLUME_ID_RE } from '../backends/ids.js';
 import { isValidIqn, normalizeWwpn, type NodeIdentity } from '../contracts/nodeid.js';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, resourceExhausted, shown } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, shown } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import { RecordStore } from '../store/record-store.js';
-import { isSingleNode, parseCapabilities, parseCapability, SUPPORTED_FS, type ParsedCapability } from './capabilities.js';
+import { checkNewPublish, checkRepublish, newAttachment } from './attachment-rules.js';
+import { parseCapabilities, parseCapability, SUPPORTED_FS, type ParsedCapability } from './capabilities.js';
 import type { NodeRegistry } from './node-registry.js';
 import { K8S_PREFIX } from './parameters.js';
 import type { UnpublishOptions, VolumeManager } from './volumes.js';
@@ -260,26 +261,13 @@ export class StaticVolumes {
         throw failedPrecondition(`static volume ${id} is published to ${where} with other volumeAttributes (${describeContext(rec.context)}); one handle must always name the same LUN`);
       }
       if (mine) {
-        if (mine.readonly !== readonly || mine.accessType !== cap.accessType || mine.accessMode !== cap.accessMode || (mine.fsType ?? '') !== (cap.fsType ?? ''))
-          throw alreadyExists(`static volume ${id} is already published to this node with a different capability or readonly flag; unpublish it first`);
+        checkRepublish(`static volume ${id}`, mine, cap, readonly);
         return attrs.context;
       }
-      const limit = this.opts.maxVolumesPerNode?.(nodeId);
-      if (limit && this.publishedTo(nodeId) + (this.opts.otherPublishedTo?.(nodeId) ?? 0) >= limit)
-        throw resourceExhausted(`node_id: node "${nodeId}" already has ${limit} volumes published, its limit (max_volumes_per_node)`);
       const others = rec?.attachments.filter((a) => a.nodeId !== nodeId) ?? [];
-      if (others.length > 0 && (isSingleNode(cap.accessMode) || others.some((a) => isSingleNode(a.accessMode))))
-        throw failedPrecondition(`static volume ${id} is published to node ${others[0]!.nodeId} and its access mode allows a single node; unpublish it there first`);
+      checkNewPublish(`static volume ${id}`, others, nodeId, cap, this.publishedTo(nodeId) + (this.opts.otherPublishedTo?.(nodeId) ?? 0), this.opts.maxVolumesPerNode?.(nodeId));
       const now = new Date().toISOString();
-      const att: Attachment = {
-        nodeId,
-        readonly,
-        accessType: cap.accessType,
-        accessMode: cap.accessMode,
-        fsType: cap.fsType,
-        mountFlags: cap.mountFlags.length ? cap.mountFlags : undefined,
-        at: now,
-      };
+      const att = newAttachment(nodeId, cap, readonly, now);
       await this.save({ id, context, extra: rec?.extra ?? extra, attachments: [...(rec?.attachments ?? []), att], createdAt: rec?.createdAt ?? now, updatedAt: now });
       this.opts.log.info({ volume_id: id, node_id: nodeId, transport: attrs.context.transport }, 'static volume published');
       return attrs.context;

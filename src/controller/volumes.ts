@@ -1,11 +1,12 @@
 import type { Logger } from 'pino';
-import type { Attachment, Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
+import type { Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
 import { parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange, resourceExhausted } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
-import { isSingleNode, type FsType, type ParsedCapability } from './capabilities.js';
+import { checkNewPublish, checkRepublish, newAttachment } from './attachment-rules.js';
+import { type FsType, type ParsedCapability } from './capabilities.js';
 import type { NodeRegistry } from './node-registry.js';
 import { paginate, type Page } from './pagination.js';
 import { sameParameters, type VolumeParameters } from './parameters.js';
@@ -253,25 +254,12 @@ export class VolumeManager {
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);
       const mine = v.attachments.find((a) => a.nodeId === nodeId);
       if (mine) {
-        if (mine.readonly !== readonly || mine.accessType !== cap.accessType || mine.accessMode !== cap.accessMode || (mine.fsType ?? '') !== (cap.fsType ?? ''))
-          throw alreadyExists(`volume ${volumeId} is already published to this node with a different capability or readonly flag; unpublish it first`);
+        checkRepublish(`volume ${volumeId}`, mine, cap, readonly);
         return b.exportVolume(volumeId, node, readonly, secrets);
       }
-      const limit = this.opts.maxVolumesPerNode?.(nodeId);
-      if (limit && this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0) >= limit)
-        throw resourceExhausted(`node_id: node "${nodeId}" already has ${limit} volumes published, its limit (max_volumes_per_node)`);
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
-      if (others.length > 0 && (isSingleNode(cap.accessMode) || others.some((a) => isSingleNode(a.accessMode))))
-        throw failedPrecondition(`volume ${volumeId} is published to node ${others[0]!.nodeId} and its access mode allows a single node; unpublish it there first`);
-      const att: Attachment = {
-        nodeId,
-        readonly,
-        accessType: cap.accessType,
-        accessMode: cap.accessMode,
-        fsType: cap.fsType,
-        mountFlags: cap.mountFlags.length ? cap.mountFlags : undefined,
-        at: new Date().toISOString(),
-      };
+      checkNewPublish(`volume ${volumeId}`, others, nodeId, cap, this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0), this.opts.maxVolumesPerNode?.(nodeId));
+      const att = newAttachment(nodeId, cap, readonly);
       // Record first: a crash between the two leaves a publish the retry or the
       // reconciler completes, never an export nobody knows about.
       await b.setAttachments(volumeId, [...v.attachments, att]);
