@@ -37,6 +37,11 @@ export class NodeEnv {
     return join(this.dir, 'state');
   }
 
+  /** Loop devices attached to an image file. */
+  async loopsOf(file: string): Promise<string[]> {
+    return (await this.sh('losetup', ['--list', '--noheadings', '--output', 'NAME', '--associated', file])).split('\n').filter(Boolean);
+  }
+
   static async create(overrides: Partial<NodeServiceConfig> = {}): Promise<NodeEnv> {
     const dir = await mkdtemp(join(tmpdir(), 'sinter-node-'));
     const env = new NodeEnv(dir);

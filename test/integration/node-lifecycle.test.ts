@@ -1,20 +1,16 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
 
 let env: NodeEnv;
+// A fresh node world per test, cleaned up (unmounted, detached) however the test ends.
 beforeEach(async () => {
   env = await NodeEnv.create();
+  return () => env.cleanup();
 });
-afterEach(async () => {
-  await env.cleanup();
-});
-
-async function loopsOf(file: string): Promise<string[]> {
-  return (await env.sh('losetup', ['--list', '--noheadings', '--output', 'NAME', '--associated', file])).split('\n').filter(Boolean);
-}
+const loopsOf = (file: string) => env.loopsOf(file);
 
 describe.each(['ext4', 'xfs', 'btrfs'])('%s volume: stage, publish, unpublish, unstage', (fs) => {
   it('formats a blank volume, shares its files between staging and target, and leaves nothing behind', async () => {

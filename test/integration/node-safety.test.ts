@@ -1,21 +1,17 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/csi/errors.js';
 import { csiError, NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
 
 let env: NodeEnv;
+// A fresh node world per test, cleaned up (unmounted, detached) however the test ends.
 beforeEach(async () => {
   env = await NodeEnv.create();
+  return () => env.cleanup();
 });
-afterEach(async () => {
-  await env.cleanup();
-});
-
-async function loopsOf(file: string): Promise<string[]> {
-  return (await env.sh('losetup', ['--list', '--noheadings', '--output', 'NAME', '--associated', file])).split('\n').filter(Boolean);
-}
+const loopsOf = (file: string) => env.loopsOf(file);
 async function blkidOf(file: string): Promise<string> {
   return (await env.exec.run('blkid', ['-p', '-o', 'export', file], { okExitCodes: [2] })).stdout;
 }
