@@ -233,7 +233,10 @@ export async function openDir(path) {
   return { path, sync: () => fh.sync(), close: () => fh.close() };
 }
 
-/** temp file + write + fsync + rename + directory fsync: the discipline sinter's records follow. */
+/**
+ * temp file + write + fsync + rename + directory fsync: the discipline sinter's records follow.
+ * Written here again on purpose: this is the raw floor sinter is measured against, so it must not be sinter's own code.
+ */
 export async function writeFileAtomic(path, data, dirHandle) {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);

@@ -1,3 +1,4 @@
+import { keyOf } from '../helpers/config-key.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -5,7 +6,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { newVolumeId } from '../../src/backends/ids.js';
 import { loadConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/validate.js';
 import { isStaticHandle, parseStaticAttributes, STATIC_HANDLE_RE } from '../../src/controller/static-volumes.js';
 import { Code, CsiError } from '../../src/csi/errors.js';
 import { normalizeWwid } from '../../src/node/connectors/multipath.js';
@@ -21,15 +21,6 @@ function load(role: 'all' | 'node' | 'controller', cfg: object) {
   return loadConfig(role, ['--config', file]);
 }
 
-const keyOf = (fn: () => unknown): string | undefined => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ConfigError) return e.key;
-    throw e;
-  }
-  return undefined;
-};
 
 const backend = (name = 'b1') => ({ name, dataDir: join(dir, name) });
 

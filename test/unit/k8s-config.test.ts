@@ -1,10 +1,10 @@
+import { keyOf } from '../helpers/config-key.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { kubernetesFrom } from '../../src/config/kubernetes.js';
 import { loadConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/validate.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'sinter-k8s-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -13,15 +13,6 @@ writeFileSync(kubeconfig, 'apiVersion: v1\nkind: Config\n');
 const pod = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
 const none = {};
 
-const keyOf = (fn: () => unknown): string | undefined => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ConfigError) return e.key;
-    throw e;
-  }
-  return undefined;
-};
 
 describe('kubernetes: configuration', () => {
   it('defaults: auto, 60 s resync, 120 s grace; on for a controller in a pod, off outside one', () => {
