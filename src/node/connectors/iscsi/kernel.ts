@@ -1,14 +1,13 @@
 import type { Logger } from 'pino';
 import { chapSecrets, type ChapCredentials } from '../../../contracts/chap.js';
-import { isValidIqn } from '../../../contracts/nodeid.js';
-import { CsiError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../csi/errors.js';
+import { CsiError, Code, failedPrecondition, internal, unavailable } from '../../../csi/errors.js';
 import { KeyedLock } from '../../../csi/locks.js';
 import { ExecError, type Executor } from '../../../exec/run.js';
 import { Multipath, type MultipathMap } from '../multipath.js';
 import { ScsiDisks } from '../scsi.js';
 import { KERNEL_NAME_RE, SysfsTree } from '../sysfs.js';
 import { ISCSI_ERR, parseSessionTree, type IscsiSessionInfo } from './iscsiadm-parse.js';
-import { parsePortal, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
+import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
 
 export interface KernelInitiatorConfig {
   /** Where sysfs is (`/sys`; a fake tree in tests). */
@@ -446,16 +445,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
 
 const describe = (t: IscsiTarget) => `LUN ${t.lun} of ${t.iqn}`;
 
-function validate(target: IscsiTarget): Portal[] {
-  if (!isValidIqn(target.iqn)) throw invalidArgument(`target name "${target.iqn}" is not a valid iSCSI name`);
-  if (!Number.isInteger(target.lun) || target.lun < 0 || target.lun > 16383) throw invalidArgument(`LUN ${target.lun} is out of range`);
-  if (target.portals.length === 0) throw invalidArgument('no iSCSI portal given');
-  try {
-    return target.portals.map(parsePortal);
-  } catch (e) {
-    throw invalidArgument((e as Error).message);
-  }
-}
+const validate = validateTarget;
 
 const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 

@@ -1,4 +1,6 @@
 import type { ChapCredentials } from '../../../contracts/chap.js';
+import { isValidIqn } from '../../../contracts/nodeid.js';
+import { invalidArgument } from '../../../csi/errors.js';
 
 export type { ChapCredentials } from '../../../contracts/chap.js';
 
@@ -77,4 +79,16 @@ export function parsePortal(raw: string): Portal {
 function checkPort(p: Portal, raw: string): Portal {
   if (p.port < 1 || p.port > 65535) throw new Error(`portal "${raw}" has an invalid port`);
   return p;
+}
+
+/** Checks a target from publish_context before any host command sees it; INVALID_ARGUMENT naming what is wrong. */
+export function validateTarget(target: IscsiTarget): Portal[] {
+  if (!isValidIqn(target.iqn)) throw invalidArgument(`target name "${target.iqn}" is not a valid iSCSI name`);
+  if (!Number.isInteger(target.lun) || target.lun < 0 || target.lun > 16383) throw invalidArgument(`LUN ${target.lun} is out of range`);
+  if (target.portals.length === 0) throw invalidArgument('no iSCSI portal given');
+  try {
+    return target.portals.map(parsePortal);
+  } catch (e) {
+    throw invalidArgument((e as Error).message);
+  }
 }

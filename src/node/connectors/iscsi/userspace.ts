@@ -8,7 +8,7 @@ import { CsiError, Code, failedPrecondition, internal, invalidArgument, unavaila
 import { KeyedLock } from '../../../csi/locks.js';
 import { ExecError, type DaemonSpawner, type Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
-import { parsePortal, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
+import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
 
 /**
  * User-space iSCSI initiator, for hosts without the iscsi_tcp kernel module:
@@ -162,14 +162,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
   // ------------------------------------------------------------------ attach
 
   private validate(target: IscsiTarget): Portal[] {
-    if (!isValidIqn(target.iqn)) throw invalidArgument(`target name "${target.iqn}" is not a valid iSCSI name`);
-    if (!Number.isInteger(target.lun) || target.lun < 0 || target.lun > 16383) throw invalidArgument(`LUN ${target.lun} is out of range`);
-    if (target.portals.length === 0) throw invalidArgument('no iSCSI portal given');
-    try {
-      return target.portals.map(parsePortal);
-    } catch (e) {
-      throw invalidArgument((e as Error).message);
-    }
+    return validateTarget(target);
   }
 
   private async attach(p: Portal, target: IscsiTarget, opts: IscsiConnectOptions): Promise<IscsiAttachment> {
