@@ -69,7 +69,7 @@ function iscsiFrom(raw: unknown, key: string): IscsiExportConfig {
     reconcileSeconds: raw.reconcileSeconds === undefined ? 30 : num(raw.reconcileSeconds, `${key}.reconcileSeconds`, 1, 86400),
   };
 }
-const EXEC_KEYS = ['mode', 'hostRoot', 'timeoutSeconds'] as const;
+const EXEC_KEYS = ['mode', 'hostRoot', 'timeoutSeconds', 'nsenterTarget'] as const;
 
 function backendFrom(raw: unknown, key: string, role: Role, nodeName: string): BackendConfig {
   if (!isObj(raw)) throw new ConfigError(key, 'must be a map');
@@ -214,6 +214,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
     mode: oneOf(execRaw.mode ?? 'direct', 'exec.mode', ['direct', 'nsenter', 'chroot'] as const),
     hostRoot: execRaw.hostRoot === undefined ? '/host' : absPath(execRaw.hostRoot, 'exec.hostRoot'),
     timeoutSeconds: execRaw.timeoutSeconds === undefined ? 120 : num(execRaw.timeoutSeconds, 'exec.timeoutSeconds', 1, 3600),
+    nsenterTarget: oneOf(execRaw.nsenterTarget ?? 'host', 'exec.nsenterTarget', ['host', 'iscsid'] as const),
   };
 
   return {

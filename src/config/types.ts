@@ -68,6 +68,8 @@ export interface ExecConfig {
   mode: 'direct' | 'nsenter' | 'chroot';
   hostRoot: string;
   timeoutSeconds: number;
+  /** With mode nsenter: whose namespaces to enter, the host's (PID 1) or iscsid's (where it runs in a container of its own). */
+  nsenterTarget: 'host' | 'iscsid';
 }
 
 /** The controller's Kubernetes API access (VolumeAttachment / CSINode / PersistentVolume reads). */

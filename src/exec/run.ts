@@ -1,4 +1,5 @@
 import { openSync, closeSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 
 // execa is a large module graph (~130 ms of start-up); a controller may never
@@ -82,6 +83,14 @@ export interface HostExecConfig {
    */
   mode: 'direct' | 'nsenter' | 'chroot';
   hostRoot?: string;
+  /**
+   * With `nsenter`: whose namespaces, the host's (PID 1, the default) or
+   * iscsid's, for hosts that run iscsid in a container of its own (the node
+   * database and the sessions then live in its mount and net namespaces).
+   */
+  nsenterTarget?: 'host' | 'iscsid';
+  /** Where /proc is (to find iscsid); tests may point elsewhere. */
+  procRoot?: string;
   defaultTimeoutMs: number;
 }
 
@@ -98,10 +107,13 @@ export class HostExecutor implements Executor {
     private readonly log?: Logger,
   ) {}
 
-  private wrap(cmd: string, args: string[]): [string, string[]] {
+  /** The last iscsid found, checked again before each use (iscsid may have restarted). */
+  private iscsidPid?: string;
+
+  private async wrap(cmd: string, args: string[], shown: string): Promise<[string, string[]]> {
     switch (this.cfg.mode) {
       case 'nsenter':
-        return ['nsenter', ['--target', '1', '--mount', '--uts', '--ipc', '--net', '--', cmd, ...args]];
+        return ['nsenter', ['--target', await this.nsenterPid(shown), '--mount', '--uts', '--ipc', '--net', '--', cmd, ...args]];
       case 'chroot':
         return ['chroot', [this.cfg.hostRoot ?? '/host', cmd, ...args]];
       default:
@@ -109,9 +121,29 @@ export class HostExecutor implements Executor {
     }
   }
 
+  private async nsenterPid(shown: string): Promise<string> {
+    if ((this.cfg.nsenterTarget ?? 'host') === 'host') return '1';
+    const proc = this.cfg.procRoot ?? '/proc';
+    const isIscsid = async (pid: string) => (await readFile(`${proc}/${pid}/comm`, 'utf8').catch(() => '')).trim() === 'iscsid';
+    if (this.iscsidPid && (await isIscsid(this.iscsidPid))) return this.iscsidPid;
+    const pids = (await readdir(proc).catch(() => [] as string[])).filter((e) => /^\d+$/.test(e)).sort((a, b) => Number(a) - Number(b));
+    for (const pid of pids) {
+      if (await isIscsid(pid)) {
+        this.iscsidPid = pid;
+        return pid;
+      }
+    }
+    throw new ExecError(
+      shown,
+      undefined,
+      `iscsid is not running, and exec.nsenterTarget is iscsid (host commands run in its namespaces): start iscsid, or set exec.nsenterTarget to host`,
+      false,
+    );
+  }
+
   async run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    const [file, argv] = this.wrap(cmd, args);
     const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const [file, argv] = await this.wrap(cmd, args, shown);
     const { execa } = await loadExeca();
     const started = performance.now();
     const res = await execa(file, argv, {
@@ -146,8 +178,8 @@ export class HostExecutor implements Executor {
    * whether it became ready is for the caller to check.
    */
   async spawnDaemon(cmd: string, args: string[], opts: DaemonOptions = {}): Promise<DaemonHandle> {
-    const [file, argv] = this.wrap(cmd, args);
     const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const [file, argv] = await this.wrap(cmd, args, shown);
     // A real file descriptor, not a pipe through this process: the daemon must
     // keep writing its log after the plugin that started it exits.
     // (execa's types accept a descriptor only as a small literal; any open fd works at run time.)
