@@ -34,6 +34,12 @@ export interface StartOptions {
   logLevel?: string;
   /** Options for node itself, before the script (e.g. --expose-gc). */
   nodeArgs?: string[];
+  /**
+   * A command prefix sinter runs under, e.g. `['nsenter', '--net=/run/netns/x', '--']`
+   * (see netnsWrapper in netns.ts). It must exec its command, not fork it, so
+   * that stop() and kill() signal sinter itself.
+   */
+  wrapper?: string[];
 }
 
 /** The command line startSinter runs (after `node`). */
@@ -114,7 +120,9 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   mkdirSync(kubeletRoot, { recursive: true });
   const args = sinterArgs(base, opts);
   let stderr = '';
-  const proc = execa('node', [...(opts.nodeArgs ?? []), ...args], { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
+  const argv = ['node', ...(opts.nodeArgs ?? []), ...args];
+  const [cmd, ...cmdArgs] = opts.wrapper?.length ? [...opts.wrapper, ...argv] : argv;
+  const proc = execa(cmd!, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   // The client is made once the socket accepts connections: a channel that met a
   // refused connection first (a stale socket of a killed run) waits out gRPC's

@@ -37,9 +37,9 @@ export async function freePort(): Promise<number> {
   });
 }
 
-function canConnect(port: number): Promise<boolean> {
+function canConnect(host: string, port: number): Promise<boolean> {
   return new Promise((resolve) => {
-    const c = connect({ host: '127.0.0.1', port });
+    const c = connect({ host, port });
     c.once('connect', () => {
       c.destroy();
       resolve(true);
@@ -48,10 +48,24 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
+export interface TestTgtdOptions {
+  /** Address the iSCSI portal listens on; default 127.0.0.1. */
+  address?: string;
+  /** Portal port; default a free port on 127.0.0.1 (give one when `address` is in another network namespace). */
+  port?: number;
+  /**
+   * A command prefix tgtd runs under, e.g. `['nsenter', '--net=/run/netns/x', '--']`
+   * (netnsWrapper in netns.ts); it must exec tgtd, not fork it. The portal's
+   * readiness is probed under it too. tgtadm needs no prefix: the control
+   * socket is a path (/var/run/tgtd/socket.N), reachable from any network namespace.
+   */
+  wrapper?: string[];
+}
+
 /**
  * A tgtd owned by the test: foreground (-f), private control port and a
- * private iSCSI portal on 127.0.0.1. stop() always ends it (SIGTERM, then
- * SIGKILL) and removes its control socket files.
+ * private iSCSI portal (on 127.0.0.1 unless told otherwise). stop() always
+ * ends it (SIGTERM, then SIGKILL) and removes its control socket files.
  */
 export class TestTgtd {
   proc?: ResultPromise;
@@ -61,15 +75,23 @@ export class TestTgtd {
   private constructor(
     readonly controlPort: number,
     readonly iscsiPort: number,
+    readonly address: string = '127.0.0.1',
+    private readonly wrapper: string[] = [],
   ) {}
 
-  static async start(): Promise<TestTgtd> {
+  static async start(opts: TestTgtdOptions = {}): Promise<TestTgtd> {
     // The control port only names a unix socket (/var/run/tgtd/socket.N); tgtd takes 0..32767.
     let cp = 0;
     do cp = 20000 + Math.floor(Math.random() * 12000);
     while (existsSync(`/var/run/tgtd/socket.${cp}`));
-    const t = new TestTgtd(cp, await freePort());
-    await t.startAgain();
+    const t = new TestTgtd(cp, opts.port ?? (await freePort()), opts.address, opts.wrapper);
+    try {
+      await t.startAgain();
+    } catch (e) {
+      // A tgtd that started but never answered would otherwise outlive the test.
+      await t.stop();
+      throw e;
+    }
     return t;
   }
 
@@ -79,14 +101,16 @@ export class TestTgtd {
   }
 
   get portal(): string {
-    return `127.0.0.1:${this.iscsiPort}`;
+    return `${this.address}:${this.iscsiPort}`;
   }
 
   async startAgain(): Promise<void> {
     if (this.running) throw new Error('tgtd is still running');
     this.removeSockets();
     const log = join(this.logDir, `tgtd.${++this.starts}.log`);
-    this.proc = execa('tgtd', ['-f', '-C', String(this.controlPort), '--iscsi', `portal=127.0.0.1:${this.iscsiPort}`], {
+    const argv = ['tgtd', '-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`];
+    const [cmd, ...args] = [...this.wrapper, ...argv];
+    this.proc = execa(cmd!, args, {
       reject: false,
       cleanup: true,
       stdin: 'ignore',
@@ -97,10 +121,17 @@ export class TestTgtd {
     for (;;) {
       if (!this.running) throw new Error(`tgtd exited at start: ${readFileSync(log, 'utf8')}`);
       const r = await execa('tgtadm', ['-C', String(this.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'], { reject: false });
-      if (r.exitCode === 0 && (await canConnect(this.iscsiPort))) return;
+      if (r.exitCode === 0 && (await this.portalAccepts())) return;
       if (Date.now() > deadline) throw new Error(`tgtd did not come up: ${readFileSync(log, 'utf8')}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  private async portalAccepts(): Promise<boolean> {
+    if (this.wrapper.length === 0) return canConnect(this.address, this.iscsiPort);
+    // The portal is in another network namespace: connect from there (bash's /dev/tcp).
+    const [cmd, ...args] = [...this.wrapper, 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', this.address, String(this.iscsiPort)];
+    return (await execa(cmd!, args, { reject: false, timeout: 5000 })).exitCode === 0;
   }
 
   /** Kills tgtd the hard way (a crash: it keeps no configuration). */
