@@ -154,6 +154,16 @@ async function scrubUserspace(dir, rawPids) {
     }
   };
   walk(dir, 0);
+  // A daemon killed before it wrote its pid file: qemu-nbd / nbdfuse whose command line names our directory.
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const argv = readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
+      if (/(^|\/)(qemu-nbd|nbdfuse)$/.test(argv[0]) && argv.some((a) => a.includes(dir))) pids.add(Number(e));
+    } catch {
+      /* gone */
+    }
+  }
   for (const pid of pids) {
     try {
       // Only a process whose command line names our directory is ours.
@@ -211,6 +221,7 @@ async function untilPidFile(file, daemon, what, timeoutMs = 30_000) {
 function rawUserspace(portal, iqn, rawPids) {
   return {
     async stage(dir) {
+      if (rawPids.aborted) throw new Error('interrupted');
       await fs.mkdir(join(dir, 'mnt'), { recursive: true, mode: 0o700 });
       const sock = join(dir, 'nbd.sock');
       const qPid = join(dir, 'qemu-nbd.pid');
@@ -219,6 +230,7 @@ function rawUserspace(portal, iqn, rawPids) {
       const q = await hostExec.spawnDaemon('qemu-nbd', ['--image-opts', image, '--socket', sock, '--persistent', '--pid-file', qPid], { logFile: join(dir, 'qemu-nbd.log') });
       rawPids.add(q.pid);
       await untilPidFile(qPid, q, 'qemu-nbd');
+      if (rawPids.aborted) throw new Error('interrupted');
       const f = await hostExec.spawnDaemon('nbdfuse', ['-P', fPid, join(dir, 'mnt', 'disk'), '--unix', sock], { logFile: join(dir, 'nbdfuse.log') });
       rawPids.add(f.pid);
       await untilPidFile(fPid, f, 'nbdfuse');
@@ -298,13 +310,19 @@ export async function iscsiBench({ publishReps, stageReps, log }) {
   mkdirSync(dir, { recursive: true });
   const rawPids = new Set();
   let tgtd;
+  let ctl;
+  let node;
   const cleanup = async () => {
     await scrubUserspace(dir, rawPids);
     await tgtd?.stop();
   };
-  const unregister = onCleanup(cleanup);
-  let ctl;
-  let node;
+  // On SIGINT/SIGTERM the measuring loop is still running: stop both sides from starting daemons first.
+  const unregister = onCleanup(async () => {
+    rawPids.aborted = true;
+    for (const p of [node, ctl]) p?.child.kill('SIGKILL');
+    await sleep(200);
+    await cleanup();
+  });
   const rows = [];
   try {
     tgtd = await startTgtd(dir);

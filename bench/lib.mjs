@@ -130,8 +130,10 @@ export async function cleanupAll() {
   rmSync(base, { recursive: true, force: true });
 }
 
+// `on`, not `once`: execa's signal-exit re-raises a signal when no listener but
+// its own is left, which killed the process before the cleanup had run.
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.once(sig, () => {
+  process.on(sig, () => {
     process.stderr.write(`\nbench: ${sig}, cleaning up ${base}\n`);
     cleanupAll().finally(() => process.exit(130));
   });
