@@ -84,7 +84,17 @@ export const load = () => loadavg()[0];
 
 export const base = mkdtempSync(join(tmpdir(), 'sinter-bench-'));
 const children = new Set();
+const hooks = [];
 let cleaned = false;
+
+/** Registers a cleanup step that cleanupAll runs (newest first) before it kills children and scrubs base; returns an unregister function. */
+export function onCleanup(fn) {
+  hooks.push(fn);
+  return () => {
+    const i = hooks.indexOf(fn);
+    if (i >= 0) hooks.splice(i, 1);
+  };
+}
 
 /** Unmounts everything under dir (deepest first) and detaches loop devices backed by files under it. */
 export async function scrub(dir) {
@@ -106,6 +116,13 @@ export async function scrub(dir) {
 export async function cleanupAll() {
   if (cleaned) return;
   cleaned = true;
+  for (const fn of hooks.splice(0).reverse()) {
+    try {
+      await fn();
+    } catch (e) {
+      process.stderr.write(`bench: cleanup step failed: ${e?.stack ?? e}\n`);
+    }
+  }
   for (const c of children) {
     if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   }
@@ -113,8 +130,10 @@ export async function cleanupAll() {
   rmSync(base, { recursive: true, force: true });
 }
 
+// `on`, not `once`: execa's signal-exit re-raises a signal when no listener but
+// its own is left, which killed the process before the cleanup had run.
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.once(sig, () => {
+  process.on(sig, () => {
     process.stderr.write(`\nbench: ${sig}, cleaning up ${base}\n`);
     cleanupAll().finally(() => process.exit(130));
   });
@@ -167,14 +186,15 @@ function stopper(child, client) {
  * Starts `sinter <role>` with a file backend in dataDir (thin-provisioned,
  * over-subscription 1000, so 10,000 × 1 GiB fits), its log at the default
  * level (info) going to a file, as a container runtime would keep it.
+ * `config` (YAML text) replaces that default configuration.
  */
-export async function startSinter({ role = 'all', dataDir, dir = join(base, `sinter-${++seq}`), args = [] } = {}) {
+export async function startSinter({ role = 'all', dataDir, dir = join(base, `sinter-${++seq}`), args = [], config: configText } = {}) {
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, 'csi.sock');
   const kubeletRoot = join(dir, 'kubelet');
   mkdirSync(kubeletRoot, { recursive: true });
   const config = join(dir, 'config.yaml');
-  writeFileSync(config, `backends:\n  - name: default\n    dataDir: ${dataDir ?? join(dir, 'data')}\n    overSubscriptionRatio: 1000\n`);
+  writeFileSync(config, configText ?? `backends:\n  - name: default\n    dataDir: ${dataDir ?? join(dir, 'data')}\n    overSubscriptionRatio: 1000\n`);
   const logFile = join(dir, 'sinter.log');
   const logFd = openSync(logFile, 'a');
   const t0 = performance.now();

@@ -3,7 +3,7 @@ import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
 import { isValidIqn } from '../../contracts/nodeid.js';
-import { CsiError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
+import { CsiError, Code, failedPrecondition, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import type { EnsureTargetOptions, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
@@ -163,12 +163,9 @@ export class TgtTargetHelper implements TargetHelper {
     if (!isAbsolute(imagePath)) throw invalidArgument(`image path for ${volumeId} must be absolute`);
     const readonly = opts.readonly ?? false;
     return this.locks.run(volumeId, async () => {
-      let t = await this.findTarget(iqn);
-      if (!t) {
-        await this.createTarget(iqn);
-        t = await this.findTarget(iqn);
-        if (!t) throw internal(`target ${iqn} vanished right after it was created`);
-      }
+      const all = await this.listTargets();
+      // A target this call creates is known without reading it back: no LUN, ACL, account or session yet.
+      const t = all.find((x) => sameIqn(x.iqn, iqn)) ?? (await this.createTarget(iqn, all));
       const tid = t.tid;
       const lun1 = t.luns.find((l) => l.lun === 1);
       if (lun1 && lun1.backingPath !== imagePath) {
@@ -187,18 +184,27 @@ export class TgtTargetHelper implements TargetHelper {
     });
   }
 
-  private async createTarget(iqn: string): Promise<void> {
+  /**
+   * Creates the target, or returns it when it turns out to exist. `seen` is
+   * the caller's fresh listing, used for the first attempt; a target id taken
+   * meanwhile (by another volume's create here, or another client) makes
+   * tgtadm refuse, and the next attempt reads the daemon again.
+   */
+  private async createTarget(iqn: string, seen: TargetInfo[]): Promise<TargetInfo> {
     // Target ids are daemon-wide: pick the next free one under one lock, and
     // retry if another client took it between the read and the create.
-    await this.locks.run('\0tid', async () => {
+    return this.locks.run('\0tid', async () => {
+      let all = seen;
       for (let attempt = 0; attempt < 8; attempt++) {
-        const all = await this.listTargets();
-        if (all.some((t) => sameIqn(t.iqn, iqn))) return;
+        if (attempt > 0) all = await this.listTargets();
+        const there = all.find((t) => sameIqn(t.iqn, iqn));
+        if (there) return there;
         const tid = all.reduce((m, t) => Math.max(m, t.tid), 0) + 1;
         const r = await this.tgtadm(['--op', 'new', '--mode', 'target', '--tid', String(tid), '--targetname', iqn], { tolerate: ['target-exists'] });
         if (!r.tolerated) {
           this.log?.info({ iqn, tid }, 'target created');
-          return;
+          const volumeId = this.volumeIdOf(iqn);
+          return { tid, iqn, ...(volumeId === undefined ? {} : { volumeId }), luns: [], acls: [], accounts: [], sessions: [] };
         }
       }
       throw unavailable(`could not find a free target id for ${iqn} after 8 attempts`);
@@ -269,12 +275,13 @@ export class TgtTargetHelper implements TargetHelper {
   /** Makes the target's incoming (and outgoing) account exactly the given credentials. */
   private async applyChap(t: TargetInfo, chap: ChapCredentials): Promise<void> {
     const tid = String(t.tid);
-    await this.ensureAccount(chap.user, chap.password);
+    const recreated = await this.ensureAccount(chap.user, chap.password);
     for (const a of t.accounts.filter((a) => !a.outgoing && a.user !== chap.user)) {
       await this.tgtadm(['--op', 'unbind', '--mode', 'account', '--tid', tid, '--user', a.user], { tolerate: ['account-not-found'] });
     }
-    // ensureAccount may have re-created the account, which unbinds it everywhere: re-read.
-    const now = (await this.findTarget(t.iqn)) ?? t;
+    // Re-creating an account unbinds it everywhere (ensureAccount binds it back): then re-read.
+    // An account that was new or unchanged leaves t's bindings as read.
+    const now = recreated ? ((await this.findTarget(t.iqn)) ?? t) : t;
     if (!now.accounts.some((a) => !a.outgoing && a.user === chap.user)) {
       await this.tgtadm(['--op', 'bind', '--mode', 'account', '--tid', tid, '--user', chap.user], { tolerate: ['account-exists'] });
     }
@@ -300,12 +307,12 @@ export class TgtTargetHelper implements TargetHelper {
    * An account with exactly this password. tgtd cannot report an account's
    * password, so an account this process did not create (or created with
    * another password) is deleted and re-created, then bound again to every
-   * target that had it.
+   * target that had it. Returns whether an existing account was re-created.
    */
-  private async ensureAccount(user: string, password: string): Promise<void> {
+  private async ensureAccount(user: string, password: string): Promise<boolean> {
     const want = hash(password);
     const exists = (await this.listAccounts()).includes(user);
-    if (exists && this.accountPasswords.get(user) === want) return;
+    if (exists && this.accountPasswords.get(user) === want) return false;
     let rebind: { tid: number; outgoing: boolean }[] = [];
     if (exists) {
       rebind = (await this.listTargets()).flatMap((t) => t.accounts.filter((a) => a.user === user).map((a) => ({ tid: t.tid, outgoing: a.outgoing })));
@@ -318,6 +325,7 @@ export class TgtTargetHelper implements TargetHelper {
       if (b.outgoing) args.push('--outgoing');
       await this.tgtadm(args, { tolerate: ['account-exists', 'target-not-found', 'outgoing-account-exists'] });
     }
+    return exists;
   }
 
   async revokeInitiator(volumeId: string, initiatorIqn: string): Promise<void> {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Logger } from 'pino';
 import { chapSecrets } from '../../../contracts/chap.js';
 import { isValidIqn } from '../../../contracts/nodeid.js';
@@ -257,12 +257,13 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     let gone = false;
     void exited.then(() => (gone = true));
     const deadline = Date.now() + timeoutMs;
-    let delay = 20;
+    // A local login takes tens of milliseconds: look often at first (a pid file is one small read), back off to 100 ms.
+    let delay = 5;
     while (Date.now() < deadline) {
       if (await readPid(pidFile)) return 'ready';
       if (gone) return (await readPid(pidFile)) ? 'ready' : 'exited';
       await sleep(delay);
-      delay = Math.min(delay * 2, 250);
+      delay = Math.min(delay * 1.5, 100);
     }
     return 'timeout';
   }
@@ -302,6 +303,15 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     return r.exitCode === 0;
   }
 
+  /** The file backing one loop device (`/dev/loopN`), from sysfs; undefined when it is not bound. */
+  private async backingFileOf(loop: string): Promise<string | undefined> {
+    try {
+      return (await fs.readFile(join(this.sysfsRoot, 'block', basename(loop), 'loop', 'backing_file'), 'utf8')).trim();
+    } catch {
+      return undefined;
+    }
+  }
+
   /** The loop device backed by `file`, from sysfs. */
   private async loopFor(file: string): Promise<string | undefined> {
     const block = join(this.sysfsRoot, 'block');
@@ -338,23 +348,27 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
       await this.exec.run('losetup', ['--detach', loop]).catch((e) => {
         if (!(e instanceof ExecError) || !/No such device|not a block device|No such device or address/i.test(e.stderr)) throw e;
       });
-      // A device still open (mounted) is only marked for auto-clear; do not pull the file from under it.
+      // A device still open (mounted, or briefly by udev's probe) is only marked for auto-clear; do not pull the file from under it.
+      // Watch that one device (a udev probe ends within milliseconds), then check no other device took the file.
       const deadline = Date.now() + this.stopTimeoutMs;
-      while ((await this.loopFor(file)) && Date.now() < deadline) await sleep(100);
+      let delay = 5;
+      while ((await this.backingFileOf(loop)) === file && Date.now() < deadline) {
+        await sleep(delay);
+        delay = Math.min(delay * 1.5, 100);
+      }
       if (await this.loopFor(file)) throw failedPrecondition(`${loop} is still in use (mounted or open); unmount it before detaching the iSCSI volume`);
     }
+    // Unmount straight away; only a refusal is worth asking whether anything is mounted there.
     const mnt = join(dir, 'mnt');
-    if (await this.isMounted(mnt)) {
-      let done = false;
-      for (let i = 0; i < 20 && !done; i++) {
-        try {
-          await this.exec.run('fusermount3', ['-u', mnt]);
-          done = true;
-        } catch (e) {
-          if (!(await this.isMounted(mnt))) done = true;
-          else await sleep(100);
-          if (i === 19 && !done) throw e;
-        }
+    let done = false;
+    for (let i = 0; i < 20 && !done; i++) {
+      try {
+        await this.exec.run('fusermount3', ['-u', mnt]);
+        done = true;
+      } catch (e) {
+        if (!(await this.isMounted(mnt))) done = true;
+        else await sleep(100);
+        if (i === 19 && !done) throw e;
       }
     }
     const fusePid = await this.livePid(join(dir, 'nbdfuse.pid'), dir);
@@ -381,11 +395,14 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
         return false;
       }
     };
+    // These exit within milliseconds when they exit at all: poll often at first, back off to 50 ms.
     const waitGone = async (ms: number) => {
       const deadline = Date.now() + ms;
+      let delay = 2;
       while (Date.now() < deadline) {
         if (!(await alive())) return true;
-        await sleep(50);
+        await sleep(delay);
+        delay = Math.min(delay * 1.5, 50);
       }
       return !(await alive());
     };
