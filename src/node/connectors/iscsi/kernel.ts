@@ -333,7 +333,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
 
   // ------------------------------------------------------------- disconnect
 
-  async disconnect(target: IscsiTarget): Promise<void> {
+  async disconnect(target: IscsiTarget, opts: { keepSessions?: boolean } = {}): Promise<void> {
     const portals = validate(target);
     await this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
       const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
@@ -370,8 +370,8 @@ export class KernelIscsiInitiator implements IscsiInitiator {
         const s = sessions.find((x) => sessionAt(x, p));
         if (s) {
           const others = await this.otherLuns(s, target.lun);
-          if (others.length > 0) {
-            this.log?.info({ iqn: target.iqn, portal: p.text, sid: s.sid, luns: others }, 'iSCSI session still serves other LUNs; keeping it');
+          if (others.length > 0 || opts.keepSessions) {
+            this.log?.info({ iqn: target.iqn, portal: p.text, sid: s.sid, luns: others }, others.length > 0 ? 'iSCSI session still serves other LUNs; keeping it' : 'iSCSI session kept: a staged volume uses the target');
             continue;
           }
           await this.iscsiadm([...this.nodeArgs(target.iqn, p), '--logout'], [ISCSI_ERR.NO_OBJS_FOUND]).catch((e) => {
@@ -386,6 +386,22 @@ export class KernelIscsiInitiator implements IscsiInitiator {
         );
       }
     });
+  }
+
+  /**
+   * Start-up clean-up of one LUN no stage record explains (node.orphanSessions:
+   * clean), named by its block device (`sdc`): disconnect() of that LUN through
+   * the one session that carries the device. With keepSession the session is
+   * never logged out (nor its node record deleted), whatever LUNs it has left:
+   * a staged volume uses the target. False when no session of iqn has disk as
+   * that LUN (any more).
+   */
+  async releaseLun(disk: string, iqn: string, lun: number, opts: { keepSession: boolean }): Promise<boolean> {
+    const s = (await this.sessions()).find((x) => sameIqn(x.target, iqn) && x.devices.some((d) => d.lun === lun && d.disk === disk));
+    const portal = s?.persistentPortal ?? s?.currentPortal;
+    if (!s || !portal) return false;
+    await this.disconnect({ portals: [portal], iqn: s.target, lun }, { keepSessions: opts.keepSession });
+    return true;
   }
 
   private async waitGone(devices: string[]): Promise<void> {
