@@ -130,6 +130,16 @@ export async function findOrphans(
         out.push({ kind: 'device-missing', volumeId: rec.volumeId, detail: (e as Error).message, remedy: 'retry' });
       }
     }
+    // A transport whose unexplained attachments start-up may tear down: the attachment this record's
+    // connection leads to is the volume's, whatever device the record names (a stage retry adopts it).
+    try {
+      const ctx = decode(rec.publishContext);
+      const c = d.connectors.for(ctx);
+      const found = c.releaseOptIn ? await c.find(ctx).catch(() => undefined) : undefined;
+      if (found) claimed.set(found, rec);
+    } catch {
+      /* counted in unexplainable above */
+    }
     for (const p of rec.publishes) {
       const t = await realpath(p.targetPath).catch(() => undefined);
       if (!t || !snap.at(t))

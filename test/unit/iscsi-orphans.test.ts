@@ -249,6 +249,19 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
     expect(left.map((o) => o.kind)).toContain('untracked-mount');
   });
 
+  it('with clean, the LUN a stage record\'s connection leads to is that volume\'s even when the record names another device', async () => {
+    // The record says sdx (a re-login gave the LUN another name): sdb is what a stage retry adopts, not an orphan.
+    sysfs.addNonDisk(2, 1, 0);
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    stagedVolume('san-renamed', 1, 'sdx');
+    const exec = host('session-p3-one');
+    const svc = service(exec, 'clean');
+    await svc.start();
+    expect(sysfs.writes).toEqual([]);
+    expect(iscsiLines(exec).every((l) => l === 'iscsiadm -m session -P 3')).toBe(true);
+    expect((await svc.orphans()).map((o) => `${o.kind} ${o.remedy}`)).toEqual(['device-missing retry']);
+  });
+
   it('with report (the default), an unused orphan LUN is left and reported with the setting that would clean it', async () => {
     sysfs.addNonDisk(2, 1, 0);
     sysfs.addDisk(2, 1, 1, 'sdb');
