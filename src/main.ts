@@ -23,6 +23,8 @@ Flags:
   --driver-name NAME        CSI driver name (default sinter.csi.io)
   --state-dir DIR           where the node keeps its staging records
   --max-volumes-per-node N  reported by NodeGetInfo (0 = no limit)
+  --orphan-sessions MODE    report|clean: iSCSI attachments no stage record explains and
+                            nothing uses are only reported, or torn down at start (default report)
   --log-level LEVEL         fatal|error|warn|info|debug|trace|silent (default info)
 `;
 

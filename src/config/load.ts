@@ -24,13 +24,14 @@ export const FLAG_SPEC = {
   'log-level': { type: 'string' },
   'state-dir': { type: 'string' },
   'max-volumes-per-node': { type: 'string' },
+  'orphan-sessions': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
 const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'controller', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
 const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes', 'export', 'iscsi'] as const;
 const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache', 'blockSize', 'reconcileSeconds'] as const;
-const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc'] as const;
+const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc', 'orphanSessions'] as const;
 const FC_KEYS = ['scanTimeoutSeconds', 'removeTimeoutSeconds'] as const;
 const CONTROLLER_KEYS = ['stateDir'] as const;
 const PORTAL_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
@@ -192,6 +193,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
     sysfsRoot: nodeRaw.sysfsRoot === undefined ? '/sys' : absPath(nodeRaw.sysfsRoot, 'node.sysfsRoot'),
     devRoot: nodeRaw.devRoot === undefined ? '/dev' : absPath(nodeRaw.devRoot, 'node.devRoot'),
     fc: fcFrom(nodeRaw.fc),
+    orphanSessions: oneOf(flags['orphan-sessions'] ?? nodeRaw.orphanSessions ?? 'report', flags['orphan-sessions'] !== undefined ? '--orphan-sessions' : 'node.orphanSessions', ['report', 'clean'] as const),
   };
   if (node.sysfsRoot === '/' || node.devRoot === '/') throw new ConfigError(node.sysfsRoot === '/' ? 'node.sysfsRoot' : 'node.devRoot', 'must not be "/"');
 

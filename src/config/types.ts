@@ -57,6 +57,13 @@ export interface NodeConfig {
   /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
   devRoot: string;
   fc: FcConfig;
+  /**
+   * What start-up does with an iSCSI attachment (session + LUN device) that no
+   * stage record explains and nothing uses: `report` it only (the default: it
+   * may be an administrator's), or `clean` it up (tear it down through the
+   * connector). One that is in use is only ever reported.
+   */
+  orphanSessions: 'report' | 'clean';
 }
 
 /** The controller's own state (not a backend's): records of static volumes' publishes. */

@@ -15,8 +15,10 @@ Checks sinter's state against the disk and the host, read-only:
             interrupted creates/deletes/expands, orphan images, stray temp files,
             unreadable records; exports against publishes (transports that export)
   node      stage records against the mount table and the loop devices: records whose
-            mount or device is gone, devices from sinter's roots or mounts of them
-            that no record explains, interrupted stages/unstages
+            mount or device is gone, devices from sinter's roots or iSCSI attachments
+            or mounts of them that no record explains, interrupted stages/unstages
+            (an unused iSCSI attachment is "restart" only with --orphan-sessions clean
+            or node.orphanSessions: clean, as the node runs with; else "operator")
 The role (default all) and the flags give the same defaults as the command that
 serves, so pass what that one was given (--config, --data-dir, --state-dir, …).
 

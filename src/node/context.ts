@@ -17,6 +17,9 @@ export interface NodeDeps {
   connectors: Connectors;
   paths: KubeletPaths;
   roBlock: ReadOnlyBlock;
+  /** sysfs and /dev as the SAN connectors see them (node config sysfsRoot, devRoot); default /sys and /dev. */
+  sysfsRoot?: string;
+  devRoot?: string;
 }
 
 /** "major:minor" of a device node, as /proc/self/mountinfo writes it; undefined if path is not a block device. */

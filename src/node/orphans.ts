@@ -14,16 +14,29 @@ export type Orphan = { remedy: Remedy; detail: string } & (
   | { kind: 'staging-mount-missing'; volumeId: string }
   | { kind: 'device-missing'; volumeId: string }
   | { kind: 'publish-mount-missing'; volumeId: string }
-  /** A device attached from sinter's roots (or a read-only view of one) that no record explains. */
-  | { kind: 'untracked-device'; device: string; source: string }
+  /** A device attached from sinter's roots or by a transport (or a read-only view of one) that no record explains. */
+  | { kind: 'untracked-device'; device: string; source: string; transport: PublishContext['transport'] }
   /** A mount of one of sinter's devices that no record explains: possibly someone's, never unmounted by sinter. */
   | { kind: 'untracked-mount'; device: string; mountPoint: string }
 );
 
+/** What start-up does with an iSCSI attachment no record explains and nothing uses (node config `orphanSessions`). */
+export type OrphanSessions = 'report' | 'clean';
+
+/** A device start-up tore down (cleanOrphans). */
+export interface Released {
+  device: string;
+  source: string;
+  transport: PublishContext['transport'];
+}
+
 const resolved = (p: string) => realpath(p).catch(() => p);
 
-async function holders(device: string, sysBlock = '/sys/block'): Promise<string[]> {
-  return readdir(`${sysBlock}/${basename(device)}/holders`).catch(() => []);
+/** Devices holding device (device-mapper maps, md …); read from the configured sysfs for device nodes under the configured /dev. */
+async function holders(d: NodeDeps, device: string): Promise<string[]> {
+  const devRoot = d.devRoot ?? '/dev';
+  const sys = device.startsWith(`${devRoot}/`) ? (d.sysfsRoot ?? '/sys') : '/sys';
+  return readdir(`${sys}/block/${basename(device)}/holders`).catch(() => []);
 }
 
 function mountsOfView(snap: MountSnapshot, view: string, majMin: string | undefined): MountEntry[] {
@@ -41,8 +54,17 @@ function mountsOfView(snap: MountSnapshot, view: string, majMin: string | undefi
  * leftover (a lost record): start-up detaches it (remedy `restart`). An
  * unexplained mount may be a person's (a volume mounted by hand to rescue
  * data): sinter only reports it.
+ *
+ * A transport whose leftovers look like an administrator's (iSCSI: a session
+ * someone logged in by hand) is torn down only with `orphanSessions: clean`,
+ * and then only while every record of this node reads (an unreadable one may
+ * be what explains it); otherwise its unused leftovers are `operator`.
  */
-export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string>) => PublishContext): Promise<Orphan[]> {
+export async function findOrphans(
+  d: NodeDeps,
+  decode: (c: Record<string, string>) => PublishContext,
+  orphanSessions: OrphanSessions = 'report',
+): Promise<Orphan[]> {
   const out: Orphan[] = [];
   const { records, corrupt, strayTemps } = await d.state.list();
   for (const c of corrupt) out.push({ kind: 'unreadable-record', file: c.file, detail: c.why, remedy: 'operator' });
@@ -59,6 +81,16 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
   const viewsClaimed = new Set<string>();
   /** Where records say their volume is mounted (resolved). */
   const explainedAt = new Set<string>();
+
+  /** Records that do not say which connection they use (unreadable, or an unusable publish_context): they may explain any attachment. */
+  let unexplainable = corrupt.length;
+  for (const rec of records) {
+    try {
+      decode(rec.publishContext);
+    } catch {
+      unexplainable++;
+    }
+  }
 
   for (const rec of records) {
     if (rec.device) claimed.set(rec.device, rec);
@@ -98,6 +130,16 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
         out.push({ kind: 'device-missing', volumeId: rec.volumeId, detail: (e as Error).message, remedy: 'retry' });
       }
     }
+    // A transport whose unexplained attachments start-up may tear down: the attachment this record's
+    // connection leads to is the volume's, whatever device the record names (a stage retry adopts it).
+    try {
+      const ctx = decode(rec.publishContext);
+      const c = d.connectors.for(ctx);
+      const found = c.releaseOptIn ? await c.find(ctx).catch(() => undefined) : undefined;
+      if (found) claimed.set(found, rec);
+    } catch {
+      /* counted in unexplainable above */
+    }
     for (const p of rec.publishes) {
       const t = await realpath(p.targetPath).catch(() => undefined);
       if (!t || !snap.at(t))
@@ -106,9 +148,11 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
   }
 
   // Devices from sinter's roots (and each transport's attachments), and read-only views layered on them.
-  const attached: { device: string; source: string; releasable: boolean }[] = [];
-  for (const c of d.connectors.all()) if (c.attached) for (const a of await c.attached()) attached.push({ ...a, releasable: c.release !== undefined });
+  const attached: { device: string; source: string; transport: PublishContext['transport']; releasable: boolean; optIn: boolean }[] = [];
+  for (const c of d.connectors.all())
+    if (c.attached) for (const a of await c.attached()) attached.push({ ...a, transport: c.transport, releasable: c.release !== undefined, optIn: c.releaseOptIn === true });
   const ours = new Set(attached.map((a) => a.device));
+  const transportOf = new Map(attached.map((a) => [a.device, a.transport]));
   const views = (await d.roBlock.layered()).filter((v) => ours.has(v.device));
 
   const untrackedMounts = (device: string, mounts: MountEntry[], explained: boolean) => {
@@ -132,12 +176,13 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
     const mounts = mountsOfView(snap, v.view, await deviceMajMin(v.view));
     untrackedMounts(v.view, mounts, explained);
     if (explained) continue;
-    const unused = mounts.length === 0 && (await holders(v.view)).length === 0;
+    const unused = mounts.length === 0 && (await holders(d, v.view)).length === 0;
     if (unused) cleanableViews.add(v.view);
     out.push({
       kind: 'untracked-device',
       device: v.view,
       source: v.device,
+      transport: transportOf.get(v.device) ?? 'local',
       detail: `${v.view} is a read-only view of ${v.device} that no publish records; ${unused ? 'nothing uses it: a start detaches it' : 'it is in use, so sinter leaves it'}`,
       remedy: unused ? 'restart' : 'operator',
     });
@@ -149,14 +194,25 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
     untrackedMounts(a.device, mounts, explained);
     if (explained) continue;
     const busyViews = (viewsOf.get(a.device) ?? []).filter((v) => !cleanableViews.has(v));
-    const unused = mounts.length === 0 && busyViews.length === 0 && (await holders(a.device)).length === 0;
-    // Only a transport that can tell its own leftovers (local: images in sinter's roots) detaches at start.
-    const cleanable = unused && a.releasable;
+    const unused = mounts.length === 0 && busyViews.length === 0 && (await holders(d, a.device)).length === 0;
+    // A transport that can tell its own leftovers (local: images in sinter's roots) detaches them at start;
+    // one whose leftovers may be an administrator's (iSCSI sessions) only when the node config says so.
+    const consented = !a.optIn || (orphanSessions === 'clean' && unexplainable === 0);
+    const cleanable = unused && a.releasable && consented;
+    let why: string;
+    if (!unused) why = 'it is in use, so sinter leaves it';
+    else if (!a.releasable) why = 'sinter does not detach this transport on its own';
+    else if (cleanable) why = a.optIn ? `nothing uses it: a start tears it down (node.orphanSessions: clean)` : 'nothing uses it: a start detaches it';
+    else if (orphanSessions === 'clean')
+      why = 'nothing uses it, but a stage record of this node cannot be read (or names no usable connection) and may be what explains it, so sinter leaves it: repair or remove that record';
+    else
+      why = `nothing uses it, but sinter only reports ${a.transport} attachments no record explains (node.orphanSessions: report), since one may be an administrator's: tear it down by hand (log out), or set node.orphanSessions: clean and restart the node plugin`;
     out.push({
       kind: 'untracked-device',
       device: a.device,
       source: a.source,
-      detail: `${a.device} is attached to ${a.source} but no record of this node claims it; ${cleanable ? 'nothing uses it: a start detaches it' : unused ? 'sinter does not detach this transport on its own' : 'it is in use, so sinter leaves it'}`,
+      transport: a.transport,
+      detail: `${a.device} is attached to ${a.source} but no record of this node claims it; ${why}`,
       remedy: cleanable ? 'restart' : 'operator',
     });
   }
@@ -165,29 +221,48 @@ export async function findOrphans(d: NodeDeps, decode: (c: Record<string, string
 
 /**
  * Start-up clean-up of what findOrphans marks `restart` among devices: detaches
- * unexplained, unused devices (views first). It runs before the plugin serves,
- * so no RPC races it; each device is checked again right before. Never
- * unmounts anything. A device still open elsewhere (a mount in another mount
- * namespace, a process reading it) is not torn away: the kernel then only
- * marks it to detach on last close. Returns what it detached.
+ * unexplained, unused devices (views first), each through the connector of its
+ * transport (an iSCSI one: the whole attachment, its session kept while a
+ * volume with a stage record uses the target). It runs before the plugin
+ * serves, so no RPC races it; each device is checked again right before.
+ * Never unmounts anything. A device still open elsewhere (a mount in another
+ * mount namespace, a process reading it) is not torn away: the kernel then
+ * only marks it to detach on last close. One that cannot be torn down is
+ * logged and left (the report shows it again). Returns what it tore down.
  */
-export async function cleanOrphans(d: NodeDeps, orphans: Orphan[]): Promise<string[]> {
-  const done: string[] = [];
+export async function cleanOrphans(d: NodeDeps, orphans: Orphan[], decode: (c: Record<string, string>) => PublishContext): Promise<Released[]> {
+  const done: Released[] = [];
   const devices = orphans.filter((o): o is Extract<Orphan, { kind: 'untracked-device' }> => o.kind === 'untracked-device' && o.remedy === 'restart');
   const views = devices.filter((o) => o.source.startsWith('/dev/'));
   const images = devices.filter((o) => !o.source.startsWith('/dev/'));
+  const failed = (o: Released, e: unknown) =>
+    d.log.warn({ device: o.device, source: o.source, transport: o.transport, err: (e as Error).message }, 'could not tear down a device no record of this node explains; it stays');
   for (const o of views) {
-    if (await d.roBlock.detachUnused(o.device, o.source, await d.mounter.snapshot())) done.push(o.device);
+    try {
+      if (await d.roBlock.detachUnused(o.device, o.source, await d.mounter.snapshot())) done.push({ device: o.device, source: o.source, transport: o.transport });
+    } catch (e) {
+      failed(o, e);
+    }
+  }
+  /** What volumes with a record are connected through: a release never takes what they share. */
+  const inUse: PublishContext[] = [];
+  for (const rec of (await d.state.list()).records) {
+    try {
+      inUse.push(decode(rec.publishContext));
+    } catch {
+      /* findOrphans marks nothing of an opt-in transport `restart` while such a record exists */
+    }
   }
   for (const o of images) {
     const snap = await d.mounter.snapshot();
-    if (mountsOfDevice(snap, o.device, await deviceMajMin(o.device)).length > 0 || (await holders(o.device)).length > 0) continue;
+    if (mountsOfDevice(snap, o.device, await deviceMajMin(o.device)).length > 0 || (await holders(d, o.device)).length > 0) continue;
     if ((await d.roBlock.views(o.device)).length > 0) continue;
-    for (const c of d.connectors.all()) {
-      if (c.release && (await c.release(o.device, o.source))) {
-        done.push(o.device);
-        break;
-      }
+    const c = d.connectors.all().find((x) => x.transport === o.transport);
+    if (!c?.release) continue;
+    try {
+      if (await c.release(o.device, o.source, inUse)) done.push({ device: o.device, source: o.source, transport: o.transport });
+    } catch (e) {
+      failed(o, e);
     }
   }
   return done;

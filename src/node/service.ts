@@ -13,7 +13,7 @@ import { SysfsTree } from './connectors/sysfs.js';
 import type { NodeDeps } from './context.js';
 import { expandVolume } from './expand.js';
 import { Mounter } from './mount.js';
-import { cleanOrphans, findOrphans, type Orphan } from './orphans.js';
+import { cleanOrphans, findOrphans, type Orphan, type OrphanSessions } from './orphans.js';
 import { KubeletPaths } from './paths.js';
 import { publishVolume, unpublishVolume } from './publish.js';
 import { ReadOnlyBlock } from './readonly-block.js';
@@ -39,6 +39,8 @@ export interface NodeServiceConfig {
   sysfsRoot?: string;
   devRoot?: string;
   fc?: { scanTimeoutSeconds: number; removeTimeoutSeconds: number };
+  /** iSCSI attachments no record explains and nothing uses: only reported (default), or torn down at start. */
+  orphanSessions?: OrphanSessions;
 }
 
 export interface NodeServiceDeps {
@@ -118,6 +120,8 @@ export class NodeService {
       connectors: new Connectors([new LocalConnector(exec, config.localRoots), fc, ...(deps.connectors ?? [])]),
       paths: new KubeletPaths(config.kubeletRoots),
       roBlock: new ReadOnlyBlock(exec),
+      sysfsRoot: config.sysfsRoot,
+      devRoot: config.devRoot,
     };
   }
 
@@ -127,19 +131,19 @@ export class NodeService {
     const { records, strayTemps } = await this.deps.state.list();
     await this.deps.state.removeStrayTemps(strayTemps);
     let orphans = await this.orphans();
-    // Devices from sinter's roots that no record explains and nothing uses are leftovers: detach them.
-    const detached = await cleanOrphans(this.deps, orphans);
-    if (detached.length) {
-      this.log.warn({ devices: detached }, 'detached devices no record of this node explains and nothing used');
-      orphans = await this.orphans();
-    }
+    // Devices from sinter's roots (and, with orphanSessions: clean, iSCSI attachments) that no record
+    // explains and nothing uses are leftovers: tear them down.
+    const detached = await cleanOrphans(this.deps, orphans, recordedContext);
+    for (const r of detached)
+      this.log.warn({ device: r.device, source: r.source, transport: r.transport }, 'tore down a device no record of this node explains and nothing used');
+    if (detached.length) orphans = await this.orphans();
     for (const o of orphans) this.log.warn({ orphan: o.kind, ...o }, 'node state out of step with the host');
     this.log.info({ volumes: records.length, orphans: orphans.length, detached: detached.length, stateDir: this.cfg.stateDir }, 'node service started');
   }
 
   /** The current orphan report (see findOrphans); read-only. `sinter fsck` uses it on a service that was never started. */
   orphans(): Promise<Orphan[]> {
-    return findOrphans(this.deps, recordedContext);
+    return findOrphans(this.deps, recordedContext, this.cfg.orphanSessions ?? 'report');
   }
 
   private volumeLock<T>(volumeId: string, paths: string[], fn: () => Promise<T>): Promise<T> {

@@ -362,7 +362,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       sysfs.addDisk(2, 1, 1, 'sdb');
       const exec = host({ sessionsBefore: 'session-p3-one' });
       const connector = new IscsiConnector(
-        { mode: 'kernel', initiatorName: NODE, stateDir: sysfs.root, sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo },
+        { mode: 'kernel', initiatorName: NODE, stateDir: sysfs.root, kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo } },
         exec as never,
         pino({ level: 'silent' }),
       );
@@ -382,7 +382,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       const exec = host({ sessionsBefore: 'session-p3-multipath' });
       const init = make(exec);
       expect(await init.find({ portals: [P1, P2], iqn: T1, lun: 1 })).toBe(`${sysfs.dev}/dm-0`);
-      expect(await init.attachments()).toEqual([{ device: `${sysfs.dev}/dm-0`, source: `${T1} lun 1` }]);
+      expect(await init.attachments()).toEqual([{ device: `${sysfs.dev}/dm-0`, iqn: T1, lun: 1 }]);
     });
 
     it('refuses to disconnect while the map is mounted: nothing flushed, deleted or logged out', async () => {

@@ -36,8 +36,16 @@ export interface Connector {
    * Detaches a device attached() listed, that no volume record claims and
    * nothing uses (the caller checked): start-up clean-up of a lost record.
    * Checks again that device is still attached to source; true if it detached it.
+   * `inUse`: the connections of every volume this node has a stage record
+   * for; what they share (an iSCSI session) is never torn down.
    */
-  release?(device: string, source: string): Promise<boolean>;
+  release?(device: string, source: string, inUse: PublishContext[]): Promise<boolean>;
+  /**
+   * This transport's leftovers cannot be told from an administrator's (an
+   * iSCSI session no record explains may be someone's): start-up releases
+   * them only when the node config asks for it (`node.orphanSessions: clean`).
+   */
+  readonly releaseOptIn?: boolean;
 }
 
 export class Connectors {

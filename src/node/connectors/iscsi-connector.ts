@@ -5,8 +5,17 @@ import type { PublishContext } from '../../contracts/publish-context.js';
 import { failedPrecondition } from '../../csi/errors.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import type { Connector, DeviceCondition } from './connector.js';
-import type { SysfsTree } from './sysfs.js';
-import { createIscsiInitiator, KernelIscsiInitiator, UserspaceIscsiInitiator, type IscsiInitiator, type IscsiTarget, type InitiatorMode } from './iscsi/index.js';
+import {
+  createIscsiInitiator,
+  KernelIscsiInitiator,
+  parsePortal,
+  UserspaceIscsiInitiator,
+  type IscsiInitiator,
+  type IscsiTarget,
+  type InitiatorMode,
+  type KernelInitiatorConfig,
+  type UserspaceAttachmentInfo,
+} from './iscsi/index.js';
 
 type IscsiContext = Extract<PublishContext, { transport: 'iscsi' }>;
 
@@ -17,11 +26,10 @@ export interface IscsiConnectorConfig {
   /** Private state of the user-space initiator. */
   stateDir: string;
   sysfsRoot?: string;
+  /** Where the kernel initiator's device nodes are (node.devRoot); default /dev. */
   devRoot?: string;
-  /** The rooted sysfs and /dev for the kernel initiator (a simulated tree in tests); otherwise built from the roots. */
-  sysfs?: SysfsTree;
-  /** Mount table the kernel initiator checks before removing a LUN's devices. */
-  mountInfoPath?: string;
+  /** Further kernel initiator settings (timeouts, the mount table to check; a simulated sysfs and clock in tests). */
+  kernel?: Omit<KernelInitiatorConfig, 'sysfsRoot' | 'devRoot'>;
 }
 
 function asIscsi(ctx: PublishContext): IscsiContext {
@@ -30,6 +38,11 @@ function asIscsi(ctx: PublishContext): IscsiContext {
 }
 
 const targetOf = (ctx: IscsiContext): IscsiTarget => ({ portals: ctx.portals, iqn: ctx.iqn, lun: ctx.lun });
+const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+/** attached()'s `source` of a kernel LUN, and its inverse. */
+const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
+const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
+const userspaceSource = (a: Pick<UserspaceAttachmentInfo, 'iqn' | 'lun' | 'portal'>) => `${a.iqn} lun ${a.lun} via ${a.portal}`;
 
 /**
  * The `iscsi` transport (os-brick's ISCSIConnector) over the initiator the
@@ -38,6 +51,8 @@ const targetOf = (ctx: IscsiContext): IscsiTarget => ({ portals: ctx.portals, iq
  */
 export class IscsiConnector implements Connector {
   readonly transport = 'iscsi' as const;
+  /** A session no record explains may be an administrator's: released only with node.orphanSessions: clean. */
+  readonly releaseOptIn = true;
   private initiator?: Promise<IscsiInitiator>;
 
   constructor(
@@ -47,7 +62,12 @@ export class IscsiConnector implements Connector {
   ) {}
 
   private get(): Promise<IscsiInitiator> {
-    this.initiator ??= createIscsiInitiator(this.cfg.mode, { userspace: { stateDir: this.cfg.stateDir }, kernel: { sysfsRoot: this.cfg.sysfsRoot, devRoot: this.cfg.devRoot, sysfs: this.cfg.sysfs, mountInfoPath: this.cfg.mountInfoPath } }, this.exec, this.log);
+    this.initiator ??= createIscsiInitiator(
+      this.cfg.mode,
+      { userspace: { stateDir: this.cfg.stateDir }, kernel: { ...this.cfg.kernel, sysfsRoot: this.cfg.sysfsRoot, devRoot: this.cfg.devRoot } },
+      this.exec,
+      this.log,
+    );
     return this.initiator;
   }
 
@@ -93,9 +113,41 @@ export class IscsiConnector implements Connector {
   async attached(): Promise<{ device: string; source: string }[]> {
     const ini = await this.get();
     if (ini instanceof UserspaceIscsiInitiator)
-      return (await ini.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: `${a.iqn} lun ${a.lun} via ${a.portal}` }));
-    if (ini instanceof KernelIscsiInitiator) return ini.attachments();
+      return (await ini.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: userspaceSource(a) }));
+    if (ini instanceof KernelIscsiInitiator) return (await ini.attachments()).map((a) => ({ device: a.device, source: kernelSource(a.iqn, a.lun) }));
     return [];
+  }
+
+  /**
+   * Start-up clean-up (node.orphanSessions: clean) of an attachment attached()
+   * listed that no record explains and nothing uses, with the disconnect
+   * logic an unstage uses. User space: the whole chain (loop device, FUSE
+   * mount, nbdfuse, qemu-nbd: its own session), unless a volume with a record
+   * uses that target and LUN (then it is that volume's, whatever its record
+   * says). Kernel: flush and delete this LUN's SCSI device on its session, log
+   * out only when no other LUN of the session has a block device and no
+   * volume with a record uses the target, then forget the node record.
+   * False when device is no longer attached to source.
+   */
+  async release(device: string, source: string, inUse: PublishContext[]): Promise<boolean> {
+    const ini = await this.get();
+    const used = inUse.filter((c): c is IscsiContext => c.transport === 'iscsi');
+    if (ini instanceof UserspaceIscsiInitiator) {
+      const a = (await ini.list()).find((x) => x.devicePath === device && userspaceSource(x) === source);
+      if (!a) return false;
+      if (used.some((c) => sameIqn(c.iqn, a.iqn) && c.lun === a.lun)) return false;
+      // disconnect() finds the attachment again by (portal, iqn, lun): make sure that is this directory.
+      if (ini.dirFor(parsePortal(a.portal), a.iqn, a.lun) !== a.dir) return false;
+      await ini.disconnect({ portals: [a.portal], iqn: a.iqn, lun: a.lun });
+      return true;
+    }
+    if (ini instanceof KernelIscsiInitiator) {
+      const m = KERNEL_SOURCE_RE.exec(source);
+      if (!m) return false;
+      const iqn = m[1]!;
+      return ini.releaseLun(device, iqn, Number(m[2]), { keepSession: used.some((c) => sameIqn(c.iqn, iqn)) });
+    }
+    return false;
   }
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {

@@ -320,7 +320,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
 
   // ------------------------------------------------------------- disconnect
 
-  async disconnect(target: IscsiTarget): Promise<void> {
+  async disconnect(target: IscsiTarget, opts: { keepSessions?: boolean } = {}): Promise<void> {
     const portals = validate(target);
     await this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
       const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
@@ -334,8 +334,8 @@ export class KernelIscsiInitiator implements IscsiInitiator {
         const s = sessions.find((x) => sessionAt(x, p));
         if (s) {
           const others = await this.otherLuns(s, target.lun);
-          if (others.length > 0) {
-            this.log?.info({ iqn: target.iqn, portal: p.text, sid: s.sid, luns: others }, 'iSCSI session still serves other LUNs; keeping it');
+          if (others.length > 0 || opts.keepSessions) {
+            this.log?.info({ iqn: target.iqn, portal: p.text, sid: s.sid, luns: others }, others.length > 0 ? 'iSCSI session still serves other LUNs; keeping it' : 'iSCSI session kept: a staged volume uses the target');
             continue;
           }
           await this.iscsiadm([...this.nodeArgs(target.iqn, p), '--logout'], [ISCSI_ERR.NO_OBJS_FOUND]).catch((e) => {
@@ -350,6 +350,27 @@ export class KernelIscsiInitiator implements IscsiInitiator {
         );
       }
     });
+  }
+
+  /**
+   * Start-up clean-up of one LUN no stage record explains (node.orphanSessions:
+   * clean), named by the device attachments() listed (a path such as /dev/sdc,
+   * or the multipath map over the LUN's paths): disconnect() of that LUN
+   * through the sessions that carry it. With keepSession no session is logged
+   * out (nor its node record deleted), whatever LUNs it has left: a staged
+   * volume uses the target. False when the device is no longer that LUN.
+   */
+  async releaseLun(device: string, iqn: string, lun: number, opts: { keepSession: boolean }): Promise<boolean> {
+    const kernel = await this.sysfs.kernelName(device);
+    if (!kernel) return false;
+    const carrying = (await this.sessions()).filter((x) => sameIqn(x.target, iqn) && x.devices.some((d) => d.lun === lun && d.disk));
+    const disks = new Set(carrying.flatMap((x) => x.devices.filter((d) => d.lun === lun && d.disk).map((d) => d.disk!)));
+    const map = await this.multipath.map(kernel);
+    const ours = map ? map.slaves.length > 0 && map.slaves.every((s) => disks.has(s)) : disks.has(kernel);
+    const portals = [...new Set(carrying.map((x) => x.persistentPortal ?? x.currentPortal).filter((p): p is string => Boolean(p)))];
+    if (!ours || portals.length === 0) return false;
+    await this.disconnect({ portals, iqn: carrying[0]!.target, lun }, { keepSessions: opts.keepSession });
+    return true;
   }
 
   /**
@@ -409,8 +430,8 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   }
 
   /** Every LUN attached through the kernel initiator, as its usable device (the map, not its paths). */
-  async attachments(): Promise<{ device: string; source: string }[]> {
-    const out = new Map<string, string>();
+  async attachments(): Promise<{ device: string; iqn: string; lun: number }[]> {
+    const out = new Map<string, { iqn: string; lun: number }>();
     for (const s of await this.sessions()) {
       for (const d of s.devices) {
         if (!d.disk || !KERNEL_NAME_RE.test(d.disk)) continue;
@@ -419,10 +440,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
           const m = await this.multipath.map(h);
           if (m) device = (await this.multipath.devicePath(m)) ?? this.sysfs.dev(m.dm);
         }
-        if (!out.has(device)) out.set(device, `${s.target} lun ${d.lun}`);
+        if (!out.has(device)) out.set(device, { iqn: s.target, lun: d.lun });
       }
     }
-    return [...out].map(([device, source]) => ({ device, source }));
+    return [...out].map(([device, at]) => ({ device, ...at }));
   }
 
   /** LUNs of a session, other than `lun`, that still have a block device (in sysfs). */
