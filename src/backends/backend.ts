@@ -143,6 +143,12 @@ export interface Backend {
 
   createVolume(spec: CreateVolumeSpec): Promise<VolumeRecord>;
   deleteVolume(id: string): Promise<void>;
+  /**
+   * Grows the volume to sizeBytes, published or not, and makes its export
+   * show the new size. Also called with sizeBytes ≤ the current size (a
+   * retry): then it grows nothing but finishes what an interrupted expand
+   * left (e.g. an iSCSI LUN still showing the old size).
+   */
   expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord>;
   setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord>;
   /** initialize_connection: make the volume reachable by one node. `secrets` are ControllerPublishVolume's (CHAP). */

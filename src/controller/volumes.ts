@@ -237,10 +237,13 @@ export class VolumeManager {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state} and cannot be expanded`);
       const target = sizeFor(range, v.sizeBytes, MiB);
-      if (target <= v.sizeBytes) return v;
-      const { availableBytes } = await b.capacity();
-      if (target - v.sizeBytes > availableBytes) throw outOfRange(`capacity_range: backend ${b.name} has ${availableBytes} bytes available, ${target - v.sizeBytes} more needed`);
-      return b.expandVolume(volumeId, target);
+      if (target > v.sizeBytes) {
+        const { availableBytes } = await b.capacity();
+        if (target - v.sizeBytes > availableBytes) throw outOfRange(`capacity_range: backend ${b.name} has ${availableBytes} bytes available, ${target - v.sizeBytes} more needed`);
+      }
+      // Called even when the volume is already this large: the retry of an
+      // expand that crashed half-way lets the backend finish (an iSCSI LUN's size).
+      return b.expandVolume(volumeId, Math.max(target, v.sizeBytes));
     });
   }
 

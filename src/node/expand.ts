@@ -56,13 +56,18 @@ export async function expandVolume(d: NodeDeps, req: ExpandRequest, decode: (c: 
   if (rec.phase !== 'staged' || !rec.device)
     throw failedPrecondition(`volume ${req.volumeId} is not fully staged on this node (${rec.lastError ?? rec.phase}); stage it again before expanding`);
   const ctx = decode(rec.publishContext);
-  await d.connectors.for(ctx).rescan(ctx, rec.device);
+  const connector = d.connectors.for(ctx);
+  await connector.rescan(ctx, rec.device);
   if (rec.access === 'block') await d.roBlock.refresh(rec.device);
   const size = await blockDeviceSize(d.exec, rec.device);
-  if (req.requiredBytes && size < req.requiredBytes)
+  if (req.requiredBytes && size < req.requiredBytes) {
+    // Never grow the filesystem to the old size and call that success.
+    const stale = await connector.staleSizeReason?.(ctx);
     throw failedPrecondition(
-      `volume ${req.volumeId}'s device ${rec.device} is ${size} bytes, less than the requested ${req.requiredBytes}; expand the volume on the controller (ControllerExpandVolume) first`,
+      `volume ${req.volumeId}'s device ${rec.device} is ${size} bytes, less than the requested ${req.requiredBytes}; ` +
+        (stale ?? 'expand the volume on the controller (ControllerExpandVolume) first'),
     );
+  }
   if ((req.access ?? rec.access) === 'block' || rec.access === 'block') return size;
   const staging = await realpath(rec.stagingPath).catch(() => rec.stagingPath);
   const snap = await d.mounter.snapshot();

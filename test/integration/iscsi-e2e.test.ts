@@ -2,7 +2,9 @@ import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execa, execaSync } from 'execa';
 import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
+import { tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { UserspaceIscsiInitiator } from '../../src/node/connectors/iscsi/userspace.js';
 import { tempDir } from '../helpers/scratch-fs.js';
@@ -19,11 +21,13 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
   let ctl: SinterProcess;
   let node: SinterProcess;
   let nodeId: string;
+  let tgt: TgtTargetHelper;
   const nodeStateDir = join(t.dir, 'node', 'state');
 
   beforeAll(async () => {
     requireIscsiTools();
     tgtd = await TestTgtd.start();
+    tgt = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2026-11.io.sinter.test:' }, new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' })));
     const dataDir = join(t.dir, 'data');
     writeFileSync(
       join(t.dir, 'controller.yaml'),
@@ -143,33 +147,90 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     await array.removeTarget('lun-42');
   });
 
-  it('grows a volume offline: expand while unpublished, publish and stage again, NodeExpandVolume grows the filesystem', async () => {
+  it('grows a published, staged volume online: the controller grows image and LUN under the live session; the user-space node says to stage again, then grows the filesystem', async () => {
     const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
-    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume.volume_id;
+    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume.volume_id as string;
     const { staging, target } = paths(id);
-    const cycle = async (fn: (ctx: Record<string, string>) => Promise<void>) => {
-      const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: xfs })).publish_context;
-      await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: xfs, publish_context: ctx });
-      await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: xfs, publish_context: ctx });
-      await fn(ctx);
-      await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
-      await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
-      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
-    };
+    const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: xfs, secrets: CHAP })).publish_context;
+    const stage = () => node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: xfs, publish_context: ctx, secrets: CHAP });
+    const publish = () => node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: xfs, publish_context: ctx });
+    const expandNode = () =>
+      node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
     const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u: { unit: string }) => u.unit === 'BYTES').total as number;
-    let before = 0;
-    await cycle(async () => {
-      before = await total();
-      // Online growth would leave the node's LUN at its old size (tgt cannot resize a LUN in use).
-      const online = ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
-      await expect(online).rejects.toMatchObject({ code: 9, details: expect.stringMatching(/unpublish it/) });
-    });
+    // A new session's READ CAPACITY, as the allowed initiator with the volume's CHAP (libiscsi).
+    const readCapacity = async () => {
+      const user = CHAP['node.session.auth.username'];
+      const pass = CHAP['node.session.auth.password'];
+      const r = await execa('iscsi-readcapacity16', ['-i', NODE_IQN, `iscsi://${user}%${pass}@${tgtd.portal}/${ctx.iqn}/1`]);
+      return Number(/Total size:(\d+)/.exec(r.stdout)?.[1]);
+    };
+    await stage();
+    await publish();
+    writeFileSync(join(target, 'before.txt'), 'written before the online expand');
+    const before = await total();
+    const sessions = async () => (await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)!.sessions.map((s) => s.sid);
+    const sids = await sessions();
+    expect(sids).toHaveLength(1);
+
     const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
     expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });
-    await cycle(async () => {
-      await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
-      expect(await total()).toBeGreaterThan(before + 250 * MiB);
-    });
+    expect(await readCapacity()).toBe(640 * MiB);
+    // The live session goes on: same session, the file reads back, new writes work.
+    expect(await sessions()).toEqual(sids);
+    expect(readFileSync(join(target, 'before.txt'), 'utf8')).toBe('written before the online expand');
+    writeFileSync(join(target, 'after.txt'), 'written after the online expand');
+    execaSync('sync', ['-f', join(target, 'after.txt')]);
+    expect((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status.volume_condition.abnormal).toBe(false);
+
+    // The user-space chain cannot see the LUN grow: a clear refusal, and the filesystem is not claimed grown.
+    const refused = await expandNode().then(
+      () => undefined,
+      (e: { code: number; details: string }) => e,
+    );
+    expect(refused).toMatchObject({ code: 9, details: expect.stringMatching(/user-space iSCSI initiator cannot see an attached LUN grow.*unstage and stage the volume again/) });
+    expect(await total()).toBe(before);
+
+    // The next stage logs in afresh and sees 640 MiB; NodeExpandVolume grows the filesystem.
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await stage();
+    await publish();
+    const grown = await expandNode();
+    expect(Number(grown.capacity_bytes)).toBe(640 * MiB);
+    expect(await total()).toBeGreaterThan(before + 250 * MiB);
+    expect(readFileSync(join(target, 'before.txt'), 'utf8')).toBe('written before the online expand');
+    expect(readFileSync(join(target, 'after.txt'), 'utf8')).toBe('written after the online expand');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+    for (const p of [ctl, node]) expect(p.logs()).not.toContain(CHAP['node.session.auth.password']);
+  });
+
+  it('a controller killed between growing the image and reopening the LUN: after its restart, reconcile reopens the LUN under the live session', async () => {
+    const id = await provision('e2e-grow-crash');
+    const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP })).publish_context;
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, secrets: CHAP });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: mountCap(), publish_context: ctx });
+    writeFileSync(join(target, 'crash.txt'), 'across a controller crash');
+    await ctl.stop('SIGKILL');
+    ctl.client.close();
+    // What the crash left: the image grown (the first step of the expand), the LUN not reopened.
+    truncateSync(join(t.dir, 'data', 'volumes', `${id}.img`), 96 * MiB);
+    ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
+    await waitFor('reconcile to reopen the LUN', async () => {
+      const lun = (await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)?.luns.find((l) => l.lun === 1);
+      return lun?.sizeMB === tgtShownMB(96 * MiB) ? true : undefined;
+    }, 20_000);
+    expect(Number((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).volume.capacity_bytes)).toBe(96 * MiB);
+    expect((await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)!.sessions).toHaveLength(1);
+    expect(readFileSync(join(target, 'crash.txt'), 'utf8')).toBe('across a controller crash');
+    writeFileSync(join(target, 'crash-after.txt'), 'still writable');
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    expect(readFileSync(join(t.dir, 'data', 'volumes', `${id}.img`)).includes(Buffer.from('still writable'))).toBe(true);
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 

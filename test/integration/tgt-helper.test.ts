@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
+import { tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
 import { newSnapshotId, newVolumeId } from '../../src/backends/ids.js';
 import { HostExecutor, type ExecOptions, type ExecResult, type Executor } from '../../src/exec/run.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
@@ -162,6 +163,91 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     expect(t.accounts).toEqual([{ user: 'sinter-chap2', outgoing: false }]);
     expect(t.luns.find((l) => l.lun === 1)!.backingPath).toBe(img('v1'));
     await helper.removeTarget(id);
+  });
+
+  it('refreshLunSize: absent without a target, current while the image is unchanged, refreshed after it grew; identity and settings kept', async () => {
+    const id = newVolumeId('default');
+    const file = img('grow1');
+    await fs.writeFile(file, '');
+    await fs.truncate(file, 32 * MiB);
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', blockSize: 4096 }, exec);
+    expect(await h.refreshLunSize(id, file)).toBe('absent');
+    await h.ensureTarget(id, file, { readonly: true });
+    const lun = async () => (await h.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
+    const before = await lun();
+    expect(await h.refreshLunSize(id, file)).toBe('current');
+    const calls = exec.lines.length;
+    expect(await h.refreshLunSize(id, file)).toBe('current');
+    expect(exec.lines.slice(calls).every((l) => l.includes('--op show'))).toBe(true);
+    await fs.truncate(file, 96 * MiB);
+    expect(h.lunShowsSize(await lun(), 96 * MiB)).toBe(false);
+    expect(await h.refreshLunSize(id, file)).toBe('refreshed');
+    const after = await lun();
+    expect(after.sizeMB).toBe(tgtShownMB(96 * MiB));
+    expect(h.lunShowsSize(after, 96 * MiB)).toBe(true);
+    // One update reopened the store in place: the LUN object, its serial, device id and settings are the ones it had.
+    expect(after).toEqual({ ...before, sizeMB: after.sizeMB });
+    expect(after).toMatchObject({ readonly: true, blockSize: 4096, online: true, scsiSerial: id.slice('default-'.length), scsiId: before.scsiId });
+    expect(exec.lines.slice(calls).filter((l) => l.includes('--op delete') || l.includes('--op new'))).toEqual([]);
+    expect(exec.lines.some((l) => l.includes(`--params online=0,path=${file}`))).toBe(true);
+    // force reopens even when the shown size already matches.
+    expect(await h.refreshLunSize(id, file, { force: true })).toBe('refreshed');
+    await expect(h.refreshLunSize(id, img('other'))).rejects.toMatchObject({ code: 9 /* FAILED_PRECONDITION */ });
+    await h.removeTarget(id);
+  });
+
+  it("tgtShownMB is what tgtd shows, for sizes from 4 KiB to 2 TiB", async () => {
+    const id = newVolumeId('default');
+    const file = img('sizes');
+    await fs.writeFile(file, '');
+    await fs.truncate(file, 4096);
+    await helper.ensureTarget(id, file);
+    for (const bytes of [4096, MiB, 3 * MiB + 4096, 64 * MiB, 100_000_000, 1024 * MiB, 10 * 1024 * MiB + 512, 2 * 1024 * 1024 * MiB]) {
+      await fs.truncate(file, bytes);
+      await helper.refreshLunSize(id, file, { force: true });
+      const l = (await helper.listTargets()).find((x) => x.volumeId === id)!.luns.find((x) => x.lun === 1)!;
+      expect(l.sizeMB, String(bytes)).toBe(tgtShownMB(bytes));
+    }
+    await helper.removeTarget(id);
+    await fs.rm(file);
+  });
+
+  it('a reopen tgt cannot complete leaves LUN 1 offline without its store; the next ensureTarget (reconcile) gives it back', async () => {
+    const id = newVolumeId('default');
+    const file = img('reopen');
+    await fs.writeFile(file, '');
+    await fs.truncate(file, 32 * MiB);
+    await helper.ensureTarget(id, file);
+    const serial = (await helper.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!.scsiSerial;
+    // A directory where the image was: stat works, tgt's open(O_RDWR) fails after it closed the old file.
+    await fs.rename(file, `${file}.away`);
+    await fs.mkdir(file);
+    await expect(helper.refreshLunSize(id, file, { force: true })).rejects.toThrow();
+    let lun = (await helper.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
+    expect(lun).toMatchObject({ online: false, scsiSerial: serial });
+    expect(lun.backingPath).toBeUndefined();
+    await fs.rmdir(file);
+    await fs.rename(`${file}.away`, file);
+    await helper.ensureTarget(id, file);
+    lun = (await helper.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
+    expect(lun).toMatchObject({ online: true, backingPath: file, scsiSerial: serial, sizeMB: tgtShownMB(32 * MiB) });
+    await helper.removeTarget(id);
+  });
+
+  it("the aio backing store is refreshed by re-adding the LUN while no session is logged in", async () => {
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', backingStoreType: 'aio' }, exec);
+    const id = newVolumeId('default');
+    const file = img('aio');
+    await fs.writeFile(file, '');
+    await fs.truncate(file, 32 * MiB);
+    await h.ensureTarget(id, file);
+    const before = (await h.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
+    expect(before.backingStoreType).toBe('aio');
+    await fs.truncate(file, 48 * MiB);
+    expect(await h.refreshLunSize(id, file)).toBe('refreshed');
+    const after = (await h.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
+    expect(after).toMatchObject({ sizeMB: tgtShownMB(48 * MiB), backingStoreType: 'aio', scsiSerial: before.scsiSerial, scsiId: before.scsiId, online: true });
+    await h.removeTarget(id);
   });
 
   it('serializes concurrent ensureTarget calls for many volumes without target id clashes', async () => {

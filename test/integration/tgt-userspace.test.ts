@@ -148,6 +148,67 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     void before;
   });
 
+  it('grows LUN 1 under the live session: the session, its data path and the LUN identity stay; a new session reads the new capacity', async () => {
+    const a = await us.connect(target, { initiatorName: NODE, chap: CHAP });
+    const sessionsBefore = (await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions;
+    expect(sessionsBefore).toHaveLength(1);
+    const url = `iscsi://${CHAP.user}%${CHAP.password}@${tgtd.portal}/${target.iqn}/1`;
+    const libiscsi = async (cmd: string, ...args: string[]) => (await execa(cmd, ['-i', NODE, ...args, url])).stdout;
+    const identity = async () => [await libiscsi('iscsi-inq'), await libiscsi('iscsi-inq', '-e', '1', '-c', '128'), await libiscsi('iscsi-inq', '-e', '1', '-c', '131')].join('\n');
+    const idBefore = await identity();
+    expect(idBefore).toContain('SINTER');
+    expect(await libiscsi('iscsi-readcapacity16')).toContain(`Total size:${64 * MiB}`);
+
+    const early = Buffer.from(`written before the growth ${volumeId}`.padEnd(4096, '<'));
+    await writeDev(a.devicePath, 11 * MiB, early);
+
+    // I/O keeps running on the old session while the image grows and tgt reopens it, again and again.
+    let stop = false;
+    let rounds = 0;
+    const failures: string[] = [];
+    const io = (async () => {
+      while (!stop) {
+        const off = (rounds % 32) * MiB + 16 * MiB;
+        const data = Buffer.alloc(64 * 1024, rounds % 251);
+        try {
+          await writeDev(a.devicePath, off, data);
+          if (!(await readAt(a.devicePath, off, data.length)).equals(data)) failures.push(`round ${rounds}: read back differs`);
+        } catch (e) {
+          failures.push(`round ${rounds}: ${(e as Error).message}`);
+        }
+        rounds++;
+      }
+    })();
+    await fs.truncate(image, 128 * MiB);
+    expect(await helper.refreshLunSize(volumeId, image)).toBe('refreshed');
+    for (let i = 0; i < 15; i++) await helper.refreshLunSize(volumeId, image, { force: true });
+    await new Promise((r) => setTimeout(r, 300));
+    stop = true;
+    await io;
+    expect(failures).toEqual([]);
+    expect(rounds).toBeGreaterThan(5);
+
+    const t = (await helper.listTargets()).find((x) => x.volumeId === volumeId)!;
+    expect(t.sessions).toEqual(sessionsBefore);
+    expect(t.luns.find((l) => l.lun === 1)!.online).toBe(true);
+    // The old session reads what was written before and writes on; the bytes land in the image.
+    expect((await readAt(a.devicePath, 11 * MiB, early.length)).equals(early)).toBe(true);
+    const late = Buffer.from('written after the growth'.padEnd(4096, '>'));
+    await writeDev(a.devicePath, 13 * MiB, late);
+    expect((await readAt(image, 13 * MiB, late.length)).equals(late)).toBe(true);
+    // A new session sees the new capacity, and the same disk (inquiry, serial, device id).
+    expect(await libiscsi('iscsi-readcapacity16')).toContain(`Total size:${128 * MiB}`);
+    expect(await identity()).toBe(idBefore);
+    // The user-space chain keeps the size it had at login (qemu-nbd and nbdfuse read it once) …
+    expect(Number((await execa('blockdev', ['--getsize64', a.devicePath])).stdout.trim())).toBe(64 * MiB);
+    // … until it logs in again.
+    await us.disconnect(target);
+    const b = await us.connect(target, { initiatorName: NODE, chap: CHAP });
+    expect(Number((await execa('blockdev', ['--getsize64', b.devicePath])).stdout.trim())).toBe(128 * MiB);
+    expect((await readAt(b.devicePath, 11 * MiB, early.length)).equals(early)).toBe(true);
+    expect((await readAt(b.devicePath, 13 * MiB, late.length)).equals(late)).toBe(true);
+  });
+
   it('disconnect tears everything down in reverse and is idempotent', async () => {
     await us.disconnect(target);
     await us.disconnect(target);

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { idFromIqnSuffix, iqnSuffixForId, validateIqnPrefix } from '../../src/backends/targets/tgt.js';
-import { classifyTgtError, parseTgtAccounts, parseTgtTargets } from '../../src/backends/targets/tgt-parse.js';
+import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
 
 const dir = join(import.meta.dirname, '..', 'fixtures', 'tgt');
 const fx = (name: string) => readFileSync(join(dir, `${name}.txt`), 'utf8');
@@ -89,6 +89,50 @@ describe('tgtadm output parsing (recorded from a real tgtd 1.0.85)', () => {
     }
     expect(exitCodes.get('err-daemon-down')).toBe(107);
     expect(classifyTgtError('tgtadm: out of memory', 22)).toBe('other');
+  });
+});
+
+describe('growing LUN 1 under a live session (recorded from a real tgtd 1.0.85)', () => {
+  it('tgt refuses a new path while the LUN is online, and reopens it with online=0 first in the same request', () => {
+    expect(exitCodes.get('err-update-path-online')).toBe(22);
+    expect(fx('err-update-path-online').trim()).toBe('tgtadm: invalid request');
+    expect(exitCodes.get('reopen-lun')).toBe(0);
+    const [t] = parseTgtTargets(fx('show-after-reopen'));
+    // The session stayed; the LUN is online at the new size with the same identity.
+    expect(t!.sessions.map((s) => s.initiator)).toEqual(['iqn.2025-01.io.test:node2']);
+    expect(t!.luns.find((l) => l.lun === 1)).toMatchObject({
+      sizeMB: tgtShownMB(128 * 1024 * 1024),
+      online: true,
+      preventRemoval: false,
+      backingPath: '/var/lib/sinter/test/img1',
+      scsiSerial: '1b4e28ba-2fa1-11d2-883f-0016d3cca427',
+      scsiId: 'IET     00010001',
+    });
+  });
+
+  it('reads the LUN a failed reopen leaves behind: offline, no backing store, identity kept', () => {
+    expect(exitCodes.get('err-reopen-missing')).toBe(22);
+    const lun = parseTgtTargets(fx('show-lun-without-store'))[0]!.luns.find((l) => l.lun === 1)!;
+    expect(lun).toMatchObject({ type: 'disk', online: false, sizeMB: 0, backingStoreType: 'rdwr', scsiId: 'IET     00010001' });
+    expect(lun.backingPath).toBeUndefined();
+    expect(exitCodes.get('reattach-store')).toBe(0);
+  });
+
+  it("computes tgt's shown size like usr/target.c print_disksize", () => {
+    const MiB = 1024 * 1024;
+    expect(tgtShownMB(64 * MiB)).toBe(67);
+    expect(tgtShownMB(128 * MiB)).toBe(134);
+    expect(tgtShownMB(10 * MiB)).toBe(10);
+    expect(tgtShownMB(0)).toBe(0);
+    // Every whole-MiB step changes what tgt shows, so a grown LUN is always told apart.
+    const same: number[] = [];
+    for (let m = 1; m < 100_000; m++) if (tgtShownMB((m + 1) * MiB) <= tgtShownMB(m * MiB)) same.push(m);
+    expect(same).toEqual([]);
+  });
+
+  it("classifies tgt's busy-LUN and prevent-removal refusals (usr/tgtadm.c)", () => {
+    expect(classifyTgtError('tgtadm: this logical unit is still active\n', 22)).toBe('lun-active');
+    expect(classifyTgtError('tgtadm: this device has Prevent Removal set\n', 22)).toBe('prevent-removal');
   });
 });
 

@@ -21,7 +21,7 @@ import type {
 } from '../backend.js';
 import { copyImage } from './copy.js';
 import { chapFromRequestSecrets } from '../../contracts/chap.js';
-import { failedPrecondition } from '../../csi/errors.js';
+import { Code, CsiError } from '../../csi/errors.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { TgtTargetHelper } from '../targets/tgt.js';
@@ -272,24 +272,34 @@ export class FileBackend implements Backend {
 
   async expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord> {
     const rec = this.mustVolume(id);
-    if (sizeBytes <= rec.sizeBytes) return rec;
-    // tgt learns a LUN's size only when the LUN is added, and re-adding it under
-    // a live session would fail the node's I/O: grow iSCSI volumes while unpublished.
-    if (this.iscsi && rec.attachments.length > 0)
-      throw failedPrecondition(
-        `volume ${id} is exported over iSCSI by tgt, which cannot resize a LUN in use; unpublish it (stop its pods), expand, and publish it again`,
-      );
-    const fh = await fs.open(this.imagePath(id), 'r+');
-    try {
-      await fh.truncate(sizeBytes);
-      await fh.sync();
-    } finally {
-      await fh.close();
+    const grow = sizeBytes > rec.sizeBytes;
+    if (grow) {
+      const fh = await fs.open(this.imagePath(id), 'r+');
+      try {
+        await fh.truncate(sizeBytes);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      this.provisioned += sizeBytes - rec.sizeBytes;
+      rec.sizeBytes = sizeBytes;
+      rec.updatedAt = now();
+      await this.volStore.put(rec);
     }
-    this.provisioned += sizeBytes - rec.sizeBytes;
-    rec.sizeBytes = sizeBytes;
-    rec.updatedAt = now();
-    await this.volStore.put(rec);
+    // An exported LUN shows the new size only once tgt reopens the image (its
+    // sessions stay). Done on every call, so a retry after a crash between the
+    // two steps finishes it (reconcile would too); an unexported volume has no LUN.
+    if (this.iscsi) {
+      try {
+        await this.iscsi.refreshSize(id, this.imagePath(id), grow);
+      } catch (e) {
+        const code = e instanceof CsiError ? e.code : Code.INTERNAL;
+        throw new CsiError(
+          code,
+          `volume ${id} grew to ${rec.sizeBytes} bytes, but its iSCSI LUN still shows the old size: ${(e as Error).message}; retrying the expand (or the next reconcile) finishes it`,
+        );
+      }
+    }
     return rec;
   }
 
@@ -319,8 +329,7 @@ export class FileBackend implements Backend {
     if (!this.iscsi) return;
     const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
     // The last node leaving takes the target with it: nothing stays exported
-    // that no publish explains, and the next publish builds the LUN afresh at
-    // the image's current size (tgt reads a LUN's size only when it is added).
+    // that no publish explains.
     if (others.length === 0) await this.iscsi.remove(id);
     else await this.iscsi.unexport(id, node);
   }

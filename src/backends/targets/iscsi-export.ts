@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ChapCredentials } from '../../contracts/chap.js';
 import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
@@ -6,7 +7,7 @@ import type { PublishContext } from '../../contracts/publish-context.js';
 import { failedPrecondition } from '../../csi/errors.js';
 import { RecordStore } from '../../store/record-store.js';
 import type { VolumeHealth, VolumeRecord } from '../backend.js';
-import type { TargetHelper, TargetInfo } from './target-helper.js';
+import type { LunRefresh, TargetHelper, TargetInfo } from './target-helper.js';
 
 interface ChapRecord {
   id: string;
@@ -21,6 +22,8 @@ export interface ReconcileReport {
   aclsRestored: string[];
   aclsRevoked: string[];
   targetsRemoved: string[];
+  /** LUNs that showed less than their image (an expand interrupted before its refresh) and were reopened. */
+  lunsRefreshed: string[];
   errors: string[];
 }
 
@@ -96,6 +99,17 @@ export class IscsiExport {
     }
   }
 
+  /**
+   * After the image grew: makes the exported LUN (if any) show the new size
+   * to the logged-in initiators. `force` reopens it even when the daemon's
+   * coarse size report (whole MB) already matches.
+   */
+  async refreshSize(volumeId: string, imagePath: string, force: boolean): Promise<LunRefresh> {
+    const r = await this.helper.refreshLunSize(volumeId, imagePath, { force });
+    if (r === 'refreshed') this.log.info({ volume_id: volumeId }, 'iSCSI LUN refreshed to the grown image');
+    return r;
+  }
+
   /** The daemon's view; throws when tgtd does not answer (Probe uses it). */
   async targets(): Promise<TargetInfo[]> {
     return this.helper.listTargets();
@@ -110,7 +124,11 @@ export class IscsiExport {
       return { abnormal: true, message: `cannot read the iSCSI target daemon: ${(e as Error).message}` };
     }
     if (!t) return { abnormal: true, message: `published, but its iSCSI target ${this.helper.iqnFor(v.id)} is missing (reconcile restores it)` };
-    if (!t.luns.some((l) => l.lun === 1 && l.backingPath === imagePath)) return { abnormal: true, message: `iSCSI target ${t.iqn} does not serve this volume's image as LUN 1` };
+    const lun = t.luns.find((l) => l.lun === 1 && l.backingPath === imagePath);
+    if (!lun) return { abnormal: true, message: `iSCSI target ${t.iqn} does not serve this volume's image as LUN 1` };
+    const bytes = (await fs.stat(imagePath).catch(() => undefined))?.size;
+    if (bytes !== undefined && !this.helper.lunShowsSize(lun, bytes))
+      return { abnormal: true, message: `iSCSI LUN 1 of ${t.iqn} shows ${lun.sizeMB ?? '?'} MB, not the image's ${bytes} bytes (an interrupted expand; reconcile refreshes it)` };
     for (const a of v.attachments) {
       const iqn = parseNodeId(a.nodeId)?.iqn;
       if (iqn && !t.acls.includes(iqn)) return { abnormal: true, message: `published to ${a.nodeId}, but its initiator ${iqn} is not in the target's ACL (reconcile restores it)` };
@@ -129,7 +147,7 @@ export class IscsiExport {
     imagePathOf: (id: string) => string,
     withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>,
   ): Promise<ReconcileReport> {
-    const report: ReconcileReport = { targetsCreated: [], aclsRestored: [], aclsRevoked: [], targetsRemoved: [], errors: [] };
+    const report: ReconcileReport = { targetsCreated: [], aclsRestored: [], aclsRevoked: [], targetsRemoved: [], lunsRefreshed: [], errors: [] };
     const daemon = new Map((await this.helper.listTargets()).filter((t) => t.volumeId && this.owns(t.volumeId)).map((t) => [t.volumeId!, t]));
     const published = (v: VolumeRecord | undefined) => !!v && v.attachments.length > 0 && (v.state === 'in-use' || v.state === 'available');
     const ids = new Set<string>(daemon.keys());
@@ -151,7 +169,7 @@ export class IscsiExport {
         }
       });
     }
-    const changed = report.targetsCreated.length + report.aclsRestored.length + report.aclsRevoked.length + report.targetsRemoved.length;
+    const changed = report.targetsCreated.length + report.aclsRestored.length + report.aclsRevoked.length + report.targetsRemoved.length + report.lunsRefreshed.length;
     if (changed > 0 || report.errors.length > 0) this.log.warn({ ...report }, 'iSCSI exports reconciled with the records');
     return report;
   }
@@ -160,6 +178,12 @@ export class IscsiExport {
     const id = v.id;
     if (!have) report.targetsCreated.push(id);
     await this.helper.ensureTarget(id, imagePath);
+    // A LUN that shows less than its image (an expand that crashed between
+    // growing the image and reopening the LUN) is reopened; the helper checks again under its lock.
+    const lun = have?.luns.find((l) => l.lun === 1 && l.backingPath === imagePath);
+    const bytes = lun && (await fs.stat(imagePath).catch(() => undefined))?.size;
+    if (lun && bytes !== undefined && !this.helper.lunShowsSize(lun, bytes) && (await this.helper.refreshLunSize(id, imagePath)) === 'refreshed')
+      report.lunsRefreshed.push(id);
     const iqns = new Set<string>();
     for (const a of v.attachments) {
       const node = parseNodeId(a.nodeId);

@@ -48,7 +48,22 @@ export interface TargetHelper {
 
   /** What the target daemon really has now, read from the daemon, not remembered. */
   listTargets(): Promise<TargetInfo[]>;
+
+  /**
+   * Makes LUN 1 report its image's current size after the image grew, while
+   * initiators stay logged in: their sessions, the LUN's identity (vendor,
+   * product, serial, device id, so multipath and udev see the same disk), its
+   * settings and in-flight I/O are kept. Without `force` it touches nothing
+   * when the daemon already shows the image's size. `absent`: no target or no
+   * LUN 1 (the next ensureTarget adds it at the current size). Idempotent.
+   */
+  refreshLunSize(volumeId: string, imagePath: string, opts?: { force?: boolean }): Promise<LunRefresh>;
+
+  /** Whether the daemon's report of a LUN (`LunInfo.sizeMB`) matches an image of `bytes` bytes. Pure. */
+  lunShowsSize(lun: LunInfo, bytes: number): boolean;
 }
+
+export type LunRefresh = 'refreshed' | 'current' | 'absent';
 
 export interface EnsureTargetOptions {
   /** Export the LUN read-only (all initiators). Default false. */
@@ -75,7 +90,11 @@ export interface LunInfo {
   blockSize?: number;
   readonly?: boolean;
   online?: boolean;
+  /** An initiator sent PREVENT MEDIUM REMOVAL: tgt will not take the LUN offline. */
+  preventRemoval?: boolean;
   scsiSerial?: string;
+  /** T10 vendor id designator (`IET     00010001`); with the serial, the LUN's identity. */
+  scsiId?: string;
 }
 
 export interface TargetConnection {

@@ -102,6 +102,12 @@ export function parseTgtTargets(text: string): TargetInfo[] {
           case 'SCSI SN':
             lun.scsiSerial = val;
             break;
+          case 'SCSI ID':
+            lun.scsiId = val;
+            break;
+          case 'Prevent removal':
+            lun.preventRemoval = yes(val);
+            break;
           case 'Size': {
             // "67 MB, Block size: 4096": tgt prints decimal megabytes.
             const sz = /^(\d+)\s*MB(?:,\s*Block size:\s*(\d+))?/.exec(val);
@@ -158,6 +164,17 @@ export function parseTgtAccounts(text: string): string[] {
 }
 
 /**
+ * The "Size: N MB" tgtadm shows for a LUN of `bytes` bytes: tgt's
+ * print_disksize (usr/target.c), about decimal megabytes rounded to nearest.
+ * Integer arithmetic as in C; the unsigned wrap-around there gives the same
+ * result as signed arithmetic here for every size.
+ */
+export function tgtShownMB(bytes: number): number {
+  const sectors = Math.floor(bytes / 512);
+  return Math.floor((sectors - (Math.floor(sectors / 625) - 974)) / 1950);
+}
+
+/**
  * tgtadm's failures are one exit code (22, or 107 when the daemon cannot be
  * reached) with a sentence on stderr; this names the sentences that idempotent
  * callers treat as "already done".
@@ -173,6 +190,8 @@ export type TgtErrorKind =
   | 'account-not-found'
   | 'outgoing-account-exists'
   | 'session-not-found'
+  | 'lun-active'
+  | 'prevent-removal'
   | 'daemon-unreachable'
   | 'other';
 
@@ -188,6 +207,8 @@ export function classifyTgtError(stderr: string, exitCode?: number): TgtErrorKin
   if (s.includes('this account already exists')) return 'account-exists';
   if (s.includes("can't find the account")) return 'account-not-found';
   if (s.includes('already has an outgoing account')) return 'outgoing-account-exists';
+  if (s.includes('this logical unit is still active')) return 'lun-active';
+  if (s.includes('prevent removal set')) return 'prevent-removal';
   if (s.includes("can't find the session") || s.includes("can't find the connection")) return 'session-not-found';
   return 'other';
 }

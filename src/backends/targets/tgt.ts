@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
@@ -6,8 +7,8 @@ import { isValidIqn } from '../../contracts/nodeid.js';
 import { CsiError, Code, failedPrecondition, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
-import type { EnsureTargetOptions, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
-import { classifyTgtError, parseTgtAccounts, parseTgtTargets, type TgtErrorKind } from './tgt-parse.js';
+import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
+import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
 
 export interface TgtConfig {
   /** tgtd's management port (`tgtd -C N`, `tgtadm -C N`; names the unix socket /var/run/tgtd/socket.N), 0..32767; 0 is the daemon's default. */
@@ -68,6 +69,12 @@ export function validateIqnPrefix(prefix: string): void {
   if (prefix !== prefix.toLowerCase() || !isValidIqn(`${prefix}x`) || !/[:.]$/.test(prefix)) {
     throw new Error(`iSCSI target prefix "${prefix}" must be a lower-case IQN ending in ':' or '.', e.g. iqn.2025-01.io.sinter:`);
   }
+}
+
+/** A value inside tgtadm's comma-separated `--params`: tgt has no quoting, so a comma cannot be passed. */
+function paramValue(v: string): string {
+  if (v.includes(',')) throw failedPrecondition(`"${v}" contains a comma, which tgtadm --params cannot carry; choose a data directory without one`);
+  return v;
 }
 
 const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
@@ -167,13 +174,20 @@ export class TgtTargetHelper implements TargetHelper {
       // A target this call creates is known without reading it back: no LUN, ACL, account or session yet.
       const t = all.find((x) => sameIqn(x.iqn, iqn)) ?? (await this.createTarget(iqn, all));
       const tid = t.tid;
-      const lun1 = t.luns.find((l) => l.lun === 1);
+      let lun1 = t.luns.find((l) => l.lun === 1);
+      if (lun1 && lun1.type === 'disk' && lun1.backingPath === undefined && lun1.backingStoreType === 'rdwr') {
+        // A refresh that could not reopen the image left LUN 1 offline without
+        // its file (see reopenLun): give it the file back, sessions and identity intact.
+        this.log?.warn({ iqn, want: imagePath }, 'LUN 1 has no backing store; attaching the image again');
+        await this.updateLun(tid, [`path=${paramValue(imagePath)}`]);
+        lun1 = { ...lun1, backingPath: imagePath };
+      }
       if (lun1 && lun1.backingPath !== imagePath) {
         if (t.sessions.length > 0) {
           throw failedPrecondition(`target ${iqn} serves ${lun1.backingPath ?? 'nothing'} as LUN 1 with ${t.sessions.length} session(s) logged in; not replacing it with ${imagePath}`);
         }
         this.log?.warn({ iqn, had: lun1.backingPath, want: imagePath }, 'replacing LUN 1 backing store');
-        await this.tgtadm(['--op', 'delete', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1'], { tolerate: ['lun-not-found'] });
+        await this.deleteLun(tid);
       }
       if (!lun1 || lun1.backingPath !== imagePath) {
         await this.createLun(tid, volumeId, imagePath, readonly);
@@ -220,6 +234,83 @@ export class TgtTargetHelper implements TargetHelper {
     await this.updateLun(tid, ['vendor_id=SINTER', 'product_id=volume', `scsi_sn=${serial}`]);
     await this.updateLun(tid, [`mode_page=${this.cfg.writeCache ? CACHING_PAGE_ON : CACHING_PAGE_OFF}`]);
     if (readonly) await this.updateLun(tid, ['readonly=1']);
+  }
+
+  lunShowsSize(lun: LunInfo, bytes: number): boolean {
+    return lun.sizeMB === tgtShownMB(bytes);
+  }
+
+  /**
+   * tgt reads a LUN's size only when it opens the backing store. Re-adding the
+   * LUN (delete + new) under a live session fails the initiator's I/O in
+   * between (LOGICAL UNIT NOT SUPPORTED: a mounted ext4 aborts its journal)
+   * and raises a REPORTED LUNS DATA HAS CHANGED unit attention; so the rdwr
+   * store is reopened in place instead: `--op update --params
+   * online=0,path=<image>` (usr/spc.c lu_config → tgt_device_path_update:
+   * close, open, fstat the size, online again), one request that tgtd's
+   * single event loop finishes before it reads the next SCSI command. The LUN
+   * object stays, so serial, device id, mode pages, read-only flag and
+   * reservations stay too.
+   */
+  async refreshLunSize(volumeId: string, imagePath: string, opts: { force?: boolean } = {}): Promise<LunRefresh> {
+    const iqn = this.iqnFor(volumeId);
+    if (!isAbsolute(imagePath)) throw invalidArgument(`image path for ${volumeId} must be absolute`);
+    return this.locks.run(volumeId, async () => {
+      const t = await this.findTarget(iqn);
+      const lun = t?.luns.find((l) => l.lun === 1);
+      if (!t || !lun) return 'absent';
+      if (lun.backingPath !== undefined && lun.backingPath !== imagePath)
+        throw failedPrecondition(`target ${iqn} serves ${lun.backingPath} as LUN 1, not ${imagePath}; not refreshing its size`);
+      const bytes = (await fs.stat(imagePath)).size;
+      if (!opts.force && lun.backingPath === imagePath && lun.online !== false && this.lunShowsSize(lun, bytes)) return 'current';
+      if ((lun.backingStoreType ?? this.cfg.backingStoreType) === 'rdwr') {
+        await this.reopenLun(t, imagePath);
+      } else {
+        // tgt's aio store opens a new AIO context on reopen without closing the
+        // old one, stranding commands in flight on it: only re-add the LUN, and
+        // only while no initiator is logged in.
+        if (t.sessions.length > 0)
+          throw failedPrecondition(
+            `target ${iqn} uses tgt's ${lun.backingStoreType ?? this.cfg.backingStoreType} backing store, which cannot reopen a LUN with ${t.sessions.length} session(s) logged in; use backingStoreType rdwr, or unpublish the volume so the next publish adds the LUN at its new size`,
+          );
+        await this.deleteLun(t.tid);
+        await this.createLun(t.tid, volumeId, imagePath, lun.readonly ?? false);
+      }
+      const after = (await this.findTarget(iqn))?.luns.find((l) => l.lun === 1);
+      if (!after || after.backingPath !== imagePath || after.online === false || (after.sizeMB ?? 0) < tgtShownMB(bytes))
+        throw internal(`tgt's LUN 1 of ${iqn} shows ${after?.sizeMB ?? 'no'} MB${after?.online === false ? ' (offline)' : ''} after reopening ${imagePath} (${bytes} bytes)`);
+      this.log?.info({ iqn, bytes, sessions: t.sessions.length }, 'LUN 1 reopened at the image size');
+      return 'refreshed';
+    });
+  }
+
+  private async reopenLun(t: TargetInfo, imagePath: string): Promise<void> {
+    try {
+      await this.updateLun(t.tid, ['online=0', `path=${paramValue(imagePath)}`]);
+    } catch (e) {
+      // tgt stops at nothing: when the open failed after the close, the LUN is
+      // offline without a file. Offline, `path=` alone is allowed: put it back.
+      const now = (await this.findTarget(t.iqn).catch(() => undefined))?.luns.find((l) => l.lun === 1);
+      if (now && (now.online === false || now.backingPath === undefined)) {
+        await this.updateLun(t.tid, [`path=${paramValue(imagePath)}`]).catch((re: Error) =>
+          this.log?.error({ iqn: t.iqn, err: re.message }, 'LUN 1 is left offline: reattaching its image failed'),
+        );
+      }
+      if (now?.preventRemoval)
+        throw failedPrecondition(`tgt will not take LUN 1 of ${t.iqn} offline to reopen it: an initiator set PREVENT MEDIUM REMOVAL`);
+      throw e;
+    }
+  }
+
+  /** Deletes LUN 1; tgt refuses while commands are in flight on it (TGTADM_LUN_ACTIVE), so that is retried briefly. */
+  private async deleteLun(tid: number): Promise<void> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const r = await this.tgtadm(['--op', 'delete', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1'], { tolerate: ['lun-not-found', 'lun-active'] });
+      if (r.tolerated !== 'lun-active') return;
+      if (Date.now() > deadline) throw unavailable(`tgt kept LUN 1 of target ${tid} busy (commands in flight) for 5 s; retry`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
   }
 
   private async updateLun(tid: number, params: string[]): Promise<void> {

@@ -28,6 +28,12 @@ export interface Connector {
   disconnect(ctx: PublishContext, device?: string): Promise<void>;
   /** Makes the kernel re-read the size of the backing storage (after a controller expand). */
   rescan(ctx: PublishContext, device: string): Promise<void>;
+  /**
+   * Why an attached device cannot show its volume's new size, with what to do
+   * about it; undefined when rescan is enough. Asked only when the device is
+   * smaller than the size the CO expects.
+   */
+  staleSizeReason?(ctx: PublishContext): Promise<string | undefined>;
   /** Whether device is still attached to what ctx names. */
   condition(ctx: PublishContext, device: string): Promise<DeviceCondition>;
   /** Devices this connector's transport has attached on the node (for orphan reports), if it can tell. */

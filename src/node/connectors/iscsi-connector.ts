@@ -103,10 +103,21 @@ export class IscsiConnector implements Connector {
   async rescan(ctx: PublishContext, _device: string): Promise<void> {
     asIscsi(ctx);
     const ini = await this.get();
-    // The user-space initiator sees a LUN at the size it had at login; the
-    // caller's size check then says to stage again (the kernel initiator grows online).
+    // The user-space initiator sees a LUN at the size it had at login (see
+    // staleSizeReason); the kernel initiator grows online.
     if (ini instanceof UserspaceIscsiInitiator) return;
     if (ini instanceof KernelIscsiInitiator) await ini.rescan(targetOf(asIscsi(ctx)));
+  }
+
+  async staleSizeReason(ctx: PublishContext): Promise<string | undefined> {
+    asIscsi(ctx);
+    if (!((await this.get()) instanceof UserspaceIscsiInitiator)) return undefined;
+    // qemu-nbd reads the LUN's capacity once, at login, and NBD has no way to
+    // announce a new size; nbdfuse's file and the loop device over it keep theirs.
+    return (
+      'the user-space iSCSI initiator cannot see an attached LUN grow (qemu-nbd and nbdfuse fix its size at login); ' +
+      'the filesystem grows at the next stage: unstage and stage the volume again (e.g. restart the pod), then expand; or use the kernel initiator (node.initiator: kernel)'
+    );
   }
 
   /** Every iSCSI attachment on this node, so start-up can report those no staged volume explains. */
