@@ -4,7 +4,7 @@ import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
 import { isValidIqn } from '../../contracts/nodeid.js';
-import { CsiError, Code, failedPrecondition, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
+import { CsiError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
