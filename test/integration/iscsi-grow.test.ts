@@ -15,6 +15,7 @@ import type { IscsiTarget } from '../../src/node/connectors/iscsi/types.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { readAt } from '../helpers/file-io.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -35,16 +36,6 @@ async function writeDev(dev: string, offset: number, data: Buffer): Promise<void
   }
 }
 
-async function readAt(path: string, offset: number, len: number): Promise<Buffer> {
-  const fh = await fs.open(path, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    await fh.read(b, 0, len, offset);
-    return b;
-  } finally {
-    await fh.close();
-  }
-}
 
 /**
  * Crash safety of an online iSCSI expand (image grown, then LUN reopened) at

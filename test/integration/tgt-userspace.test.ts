@@ -11,6 +11,7 @@ import type { IscsiTarget } from '../../src/node/connectors/iscsi/types.js';
 import { freePort, requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { readAt } from '../helpers/file-io.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -20,16 +21,6 @@ const NODE = 'iqn.2025-01.io.test:node-1';
 const OTHER = 'iqn.2025-01.io.test:intruder';
 const CHAP = { user: 'sinter-node', password: 'Right-chap-secret-1' };
 
-async function readAt(path: string, offset: number, len: number): Promise<Buffer> {
-  const fh = await fs.open(path, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    await fh.read(b, 0, len, offset);
-    return b;
-  } finally {
-    await fh.close();
-  }
-}
 
 async function writeDev(dev: string, offset: number, data: Buffer): Promise<void> {
   const fh = await fs.open(dev, 'r+');

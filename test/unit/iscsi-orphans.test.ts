@@ -4,12 +4,12 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/validate.js';
 import type { DaemonSpawner, ExecResult } from '../../src/exec/run.js';
 import { IscsiConnector } from '../../src/node/connectors/iscsi-connector.js';
 import type { Orphan, OrphanSessions } from '../../src/node/orphans.js';
 import { NodeService } from '../../src/node/service.js';
 import { FakeExecutor, FakeSysfs, fixture } from '../helpers/fake-iscsi-host.js';
+import { keyOf } from '../helpers/config-key.js';
 
 const T1 = 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const P1 = '127.0.0.1:3260';
@@ -27,15 +27,6 @@ describe('configuration: node.orphanSessions and --orphan-sessions', () => {
   const load = (yaml: string, flags: string[] = []) => {
     writeFileSync(join(dir, 'node.yaml'), yaml);
     return loadConfig('node', ['--config', join(dir, 'node.yaml'), ...flags]);
-  };
-  const keyOf = (fn: () => unknown) => {
-    try {
-      fn();
-    } catch (e) {
-      if (e instanceof ConfigError) return e.key;
-      throw e;
-    }
-    return undefined;
   };
 
   it('defaults to report; the YAML key and the flag (which wins) set it', () => {
