@@ -31,7 +31,7 @@ export const FLAG_SPEC = {
 const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'controller', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
 const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes', 'export', 'iscsi'] as const;
 const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache', 'blockSize', 'reconcileSeconds'] as const;
-const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc', 'orphanSessions'] as const;
+const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc', 'orphanSessions', 'orphanTargetPrefixes'] as const;
 const FC_KEYS = ['scanTimeoutSeconds', 'removeTimeoutSeconds'] as const;
 const CONTROLLER_KEYS = ['stateDir'] as const;
 const PORTAL_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
@@ -194,6 +194,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
     devRoot: nodeRaw.devRoot === undefined ? '/dev' : absPath(nodeRaw.devRoot, 'node.devRoot'),
     fc: fcFrom(nodeRaw.fc),
     orphanSessions: oneOf(flags['orphan-sessions'] ?? nodeRaw.orphanSessions ?? 'report', flags['orphan-sessions'] !== undefined ? '--orphan-sessions' : 'node.orphanSessions', ['report', 'clean'] as const),
+    orphanTargetPrefixes: orphanTargetPrefixes(nodeRaw.orphanTargetPrefixes, backends),
   };
   if (node.sysfsRoot === '/' || node.devRoot === '/') throw new ConfigError(node.sysfsRoot === '/' ? 'node.sysfsRoot' : 'node.devRoot', 'must not be "/"');
 
@@ -234,4 +235,24 @@ export function loadConfig(role: Role, argv: string[]): Config {
     shutdownGraceSeconds: file.shutdownGraceSeconds === undefined ? 10 : num(file.shutdownGraceSeconds, 'shutdownGraceSeconds', 0, 600),
     kubernetes: kubernetesFrom(file.kubernetes, role),
   };
+}
+
+/**
+ * Target names whose orphan sessions `orphanSessions: clean` may tear down:
+ * the ones sinter's controllers make (by default the default iqnPrefix and
+ * the iqnPrefix of every iSCSI backend in this configuration). Sessions to
+ * any other target (an array's LUNs, static volumes, an administrator's) are
+ * only ever reported.
+ */
+function orphanTargetPrefixes(raw: unknown, backends: BackendConfig[]): string[] {
+  const key = 'node.orphanTargetPrefixes';
+  if (raw === undefined) {
+    const fromBackends = backends.flatMap((b) => (b.driver === 'file' && b.export === 'iscsi' && b.iscsi ? [b.iscsi.iqnPrefix] : []));
+    return [...new Set(['iqn.2026-11.io.sinter:', ...fromBackends])];
+  }
+  if (!Array.isArray(raw) || raw.length === 0) throw new ConfigError(key, 'must be a non-empty list of target name prefixes such as "iqn.2026-11.io.sinter:"');
+  return raw.map((p, i) => {
+    if (typeof p !== 'string' || !IQN_PREFIX_RE.test(p)) throw new ConfigError(`${key}[${i}]`, `${JSON.stringify(p)} must look like iqn.YYYY-MM.reversed.domain: (ending in : or .)`);
+    return p;
+  });
 }

@@ -64,6 +64,8 @@ export interface NodeConfig {
    * connector). One that is in use is only ever reported.
    */
   orphanSessions: 'report' | 'clean';
+  /** Targets whose orphan sessions `clean` may tear down (sinter's own); others are only reported. */
+  orphanTargetPrefixes: string[];
 }
 
 /** The controller's own state (not a backend's): records of static volumes' publishes. */

@@ -148,9 +148,10 @@ export async function findOrphans(
   }
 
   // Devices from sinter's roots (and each transport's attachments), and read-only views layered on them.
-  const attached: { device: string; source: string; transport: PublishContext['transport']; releasable: boolean; optIn: boolean }[] = [];
+  const attached: { device: string; source: string; transport: PublishContext['transport']; releasable: boolean; optIn: boolean; notReleasable?: string }[] = [];
   for (const c of d.connectors.all())
-    if (c.attached) for (const a of await c.attached()) attached.push({ ...a, transport: c.transport, releasable: c.release !== undefined, optIn: c.releaseOptIn === true });
+    if (c.attached)
+      for (const a of await c.attached()) attached.push({ ...a, transport: c.transport, releasable: c.release !== undefined && a.notReleasable === undefined, optIn: c.releaseOptIn === true });
   const ours = new Set(attached.map((a) => a.device));
   const transportOf = new Map(attached.map((a) => [a.device, a.transport]));
   const views = (await d.roBlock.layered()).filter((v) => ours.has(v.device));
@@ -201,7 +202,7 @@ export async function findOrphans(
     const cleanable = unused && a.releasable && consented;
     let why: string;
     if (!unused) why = 'it is in use, so sinter leaves it';
-    else if (!a.releasable) why = 'sinter does not detach this transport on its own';
+    else if (!a.releasable) why = a.notReleasable ?? 'sinter does not detach this transport on its own';
     else if (cleanable) why = a.optIn ? `nothing uses it: a start tears it down (node.orphanSessions: clean)` : 'nothing uses it: a start detaches it';
     else if (orphanSessions === 'clean')
       why = 'nothing uses it, but a stage record of this node cannot be read (or names no usable connection) and may be what explains it, so sinter leaves it: repair or remove that record';

@@ -38,7 +38,10 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
   beforeAll(async () => {
     requireIscsiTools();
     mkdirSync(base, { recursive: true });
-    writeFileSync(yaml, ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${stateDir}`].join('\n'));
+    writeFileSync(
+      yaml,
+      ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${stateDir}`, '  orphanTargetPrefixes: ["iqn.2026-11.io.sinter.test:"]'].join('\n'),
+    );
     tgtd = await TestTgtd.start();
     helper = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2026-11.io.sinter.test:' }, exec, log);
   });

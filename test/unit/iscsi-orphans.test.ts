@@ -29,6 +29,15 @@ describe('configuration: node.orphanSessions and --orphan-sessions', () => {
     return loadConfig('node', ['--config', join(dir, 'node.yaml'), ...flags]);
   };
 
+  it('node.orphanTargetPrefixes: by default the default iqnPrefix and every iSCSI backend\'s; a bad prefix names its key', () => {
+    expect(load('node: {}\n').node.orphanTargetPrefixes).toEqual(['iqn.2026-11.io.sinter:']);
+    const withBackend = `backends:\n  - name: san\n    driver: file\n    dataDir: ${join(dir, 'san')}\n    export: iscsi\n    iscsi:\n      portals: ["127.0.0.1:3260"]\n      iqnPrefix: "iqn.2030-01.com.example.san:"\nnode: {}\n`;
+    expect(load(withBackend).node.orphanTargetPrefixes).toEqual(['iqn.2026-11.io.sinter:', 'iqn.2030-01.com.example.san:']);
+    expect(load('node:\n  orphanTargetPrefixes: ["iqn.2030-01.com.example:"]\n').node.orphanTargetPrefixes).toEqual(['iqn.2030-01.com.example:']);
+    expect(keyOf(() => load('node:\n  orphanTargetPrefixes: ["iqn.2030-01.com.example:", "anything"]\n'))).toBe('node.orphanTargetPrefixes[1]');
+    expect(keyOf(() => load('node:\n  orphanTargetPrefixes: []\n'))).toBe('node.orphanTargetPrefixes');
+  });
+
   it('defaults to report; the YAML key and the flag (which wins) set it', () => {
     expect(load('node: {}\n').node.orphanSessions).toBe('report');
     expect(load('node:\n  orphanSessions: clean\n').node.orphanSessions).toBe('clean');
@@ -93,7 +102,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
     });
   }
 
-  function service(exec: FakeExecutor, orphanSessions?: OrphanSessions): NodeService {
+  function service(exec: FakeExecutor, orphanSessions?: OrphanSessions, orphanTargetPrefixes = ['iqn.2025-01.io.sinter:']): NodeService {
     const log = pino({ level: 'info' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
     const spawner: DaemonSpawner = {
       spawnDaemon: () => {
@@ -125,6 +134,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
             stateDir: join(dir, 'state', 'iscsi-userspace'),
             sysfsRoot: sysfs.sys,
             devRoot: sysfs.dev,
+            orphanTargetPrefixes,
             kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo, sleep: async () => undefined, deviceRemovalTimeoutMs: 1000 },
           },
           Object.assign(exec, spawner),
@@ -258,6 +268,19 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
     expect(sysfs.writes).toEqual([]);
     expect(iscsiLines(exec).every((l) => l === 'iscsiadm -m session -P 3')).toBe(true);
     expect((await svc.orphans()).map((o) => `${o.kind} ${o.remedy}`)).toEqual(['device-missing retry']);
+  });
+
+  it('with clean, an unused orphan LUN of a target that is not sinter\'s (node.orphanTargetPrefixes) is only reported, naming the setting', async () => {
+    sysfs.addNonDisk(2, 1, 0);
+    sysfs.addDisk(2, 1, 1, 'sdb');
+    const exec = host('session-p3-one');
+    const svc = service(exec, 'clean', ['iqn.2026-11.io.sinter:']);
+    await svc.start();
+    expect(iscsiLines(exec).every((l) => l === 'iscsiadm -m session -P 3')).toBe(true);
+    expect(sysfs.writes).toEqual([]);
+    expect(teardownWarnings()).toEqual([]);
+    const [o] = await svc.orphans();
+    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sdb`, remedy: 'operator', detail: expect.stringContaining(`its target ${T1} is not one of sinter's (node.orphanTargetPrefixes: iqn.2026-11.io.sinter:)`) });
   });
 
   it('with report (the default), an unused orphan LUN is left and reported with the setting that would clean it', async () => {

@@ -37,7 +37,7 @@ export interface Connector {
   /** Whether device is still attached to what ctx names. */
   condition(ctx: PublishContext, device: string): Promise<DeviceCondition>;
   /** Devices this connector's transport has attached on the node (for orphan reports), if it can tell. */
-  attached?(): Promise<{ device: string; source: string }[]>;
+  attached?(): Promise<{ device: string; source: string; /** Why release() will not take this one, when it will not (e.g. not sinter's target). */ notReleasable?: string }[]>;
   /**
    * Detaches a device attached() listed, that no volume record claims and
    * nothing uses (the caller checked): start-up clean-up of a lost record.

@@ -28,6 +28,11 @@ export interface IscsiConnectorConfig {
   sysfsRoot?: string;
   /** Where the kernel initiator's device nodes are (node.devRoot); default /dev. */
   devRoot?: string;
+  /**
+   * Target name prefixes of sinter's own targets: only their orphan sessions
+   * are ever torn down (node.orphanTargetPrefixes). Default: the default iqnPrefix.
+   */
+  orphanTargetPrefixes?: string[];
   /** Further kernel initiator settings (timeouts, the mount table to check; a simulated sysfs and clock in tests). */
   kernel?: Omit<KernelInitiatorConfig, 'sysfsRoot' | 'devRoot'>;
 }
@@ -39,6 +44,8 @@ function asIscsi(ctx: PublishContext): IscsiContext {
 
 const targetOf = (ctx: IscsiContext): IscsiTarget => ({ portals: ctx.portals, iqn: ctx.iqn, lun: ctx.lun });
 const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+/** The controller's default iqnPrefix. */
+const DEFAULT_TARGET_PREFIX = 'iqn.2026-11.io.sinter:';
 /** attached()'s `source` of a kernel LUN, and its inverse. */
 const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
 const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
@@ -121,12 +128,22 @@ export class IscsiConnector implements Connector {
   }
 
   /** Every iSCSI attachment on this node, so start-up can report those no staged volume explains. */
-  async attached(): Promise<{ device: string; source: string }[]> {
+  async attached(): Promise<{ device: string; source: string; notReleasable?: string }[]> {
     const ini = await this.get();
+    const mark = (a: { device: string; source: string }, iqn: string) => (this.ours(iqn) ? a : { ...a, notReleasable: this.notOurs(iqn) });
     if (ini instanceof UserspaceIscsiInitiator)
-      return (await ini.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: userspaceSource(a) }));
-    if (ini instanceof KernelIscsiInitiator) return (await ini.attachments()).map((a) => ({ device: a.device, source: kernelSource(a.iqn, a.lun) }));
+      return (await ini.list()).filter((a) => a.devicePath).map((a) => mark({ device: a.devicePath!, source: userspaceSource(a) }, a.iqn));
+    if (ini instanceof KernelIscsiInitiator) return (await ini.attachments()).map((a) => mark({ device: a.device, source: kernelSource(a.iqn, a.lun) }, a.iqn));
     return [];
+  }
+
+  private ours(iqn: string): boolean {
+    const prefixes = this.cfg.orphanTargetPrefixes ?? [DEFAULT_TARGET_PREFIX];
+    return prefixes.some((p) => iqn.toLowerCase().startsWith(p.toLowerCase()));
+  }
+
+  private notOurs(iqn: string): string {
+    return `its target ${iqn} is not one of sinter's (node.orphanTargetPrefixes: ${(this.cfg.orphanTargetPrefixes ?? [DEFAULT_TARGET_PREFIX]).join(', ')}), so sinter never tears it down`;
   }
 
   /**
@@ -143,6 +160,8 @@ export class IscsiConnector implements Connector {
   async release(device: string, source: string, inUse: PublishContext[]): Promise<boolean> {
     const ini = await this.get();
     const used = inUse.filter((c): c is IscsiContext => c.transport === 'iscsi');
+    const iqnOfSource = /^(\S+) lun \d+/.exec(source)?.[1];
+    if (!iqnOfSource || !this.ours(iqnOfSource)) return false;
     if (ini instanceof UserspaceIscsiInitiator) {
       const a = (await ini.list()).find((x) => x.devicePath === device && userspaceSource(x) === source);
       if (!a) return false;
