@@ -4,7 +4,7 @@
 // losetup -d sequence started by this process through the same executor
 // (execa, same options) sinter uses. Each repetition uses a fresh blank 1 GiB
 // sparse image on the same filesystem, so both sides format every time.
-import { mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { freshDir, GiB, hostExec, median, mountCap, sparseImage, startSinter } from './lib.mjs';
 
@@ -87,6 +87,11 @@ export async function attachBench({ reps, log }) {
     }
   } finally {
     await s.stop();
+    // BENCH_LOGS_TO=DIR keeps sinter's log (with BENCH_LOG_LEVEL=debug: every host command and its duration).
+    if (process.env.BENCH_LOGS_TO) {
+      mkdirSync(process.env.BENCH_LOGS_TO, { recursive: true });
+      copyFileSync(s.logFile, join(process.env.BENCH_LOGS_TO, 'attach.log'));
+    }
   }
   const section = '3. Attach (local connector, ext4, 1 GiB)';
   const rows = [
