@@ -129,10 +129,17 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
   };
   await d.state.put(rec);
 
-  const attachedBefore = await connector.find(req.publishContext).catch(() => undefined);
+  // Whether this call made the attachment: only then does a failure below undo it.
+  let attachedHere = false;
   let device: string | undefined;
   try {
-    device = await connector.connect(req.publishContext, req.secrets);
+    if (connector.attach) {
+      ({ device, attached: attachedHere } = await connector.attach(req.publishContext, req.secrets));
+    } else {
+      const before = await connector.find(req.publishContext).catch(() => undefined);
+      device = await connector.connect(req.publishContext, req.secrets);
+      attachedHere = !before;
+    }
     const majMin = await deviceMajMin(device);
     if (!majMin) throw new Error(`the connector returned ${device}, which is not a block device`);
     if (rec.device !== device) {
@@ -183,7 +190,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     rec.lastError = err.message;
     await d.state.put(rec).catch((pe: unknown) => d.log.error({ volume_id: volumeId, err: errorText(pe) }, 'could not record failed stage'));
     // Undo only what this call did: an attachment it made that nothing uses.
-    if (device && !attachedBefore) {
+    if (device && attachedHere) {
       const snap = await d.mounter.snapshot().catch(() => undefined);
       const used = snap ? mountsOfDevice(snap, device, await deviceMajMin(device)).length > 0 : true;
       if (!used) await connector.disconnect(req.publishContext, device).catch((de: unknown) => d.log.warn({ volume_id: volumeId, device, err: errorText(de) }, 'could not detach after failed stage'));

@@ -22,6 +22,12 @@ export interface Connector {
   validate(ctx: PublishContext): Promise<void>;
   /** Attaches, or finds the existing attachment; returns the block device path (/dev/…). */
   connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string>;
+  /**
+   * connect(), also telling whether this call made the attachment (false: it
+   * found one). Saves the caller a find() before connect() to learn that;
+   * connectors without it are asked find() first.
+   */
+  attach?(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }>;
   /** The device of an existing attachment, without attaching. */
   find(ctx: PublishContext): Promise<string | undefined>;
   /** Detaches; success when already detached. `device` is the one recorded at connect, if known. */

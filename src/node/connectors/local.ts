@@ -67,14 +67,19 @@ export class LocalConnector implements Connector {
   }
 
   async connect(ctx: PublishContext): Promise<string> {
+    return (await this.attach(ctx)).device;
+  }
+
+  /** The loop device of the image: the one already attached (attached: false), else a new one. */
+  async attach(ctx: PublishContext): Promise<{ device: string; attached: boolean }> {
     const file = await this.imagePath(asLocal(ctx));
     return this.losetupLock.run('losetup', async () => {
       const existing = await this.loopsFor(file);
-      if (existing[0]) return existing[0];
+      if (existing[0]) return { device: existing[0], attached: false };
       const res = await hostCommand(`attaching ${file} as a loop device`, this.exec.run('losetup', ['--find', '--show', file]));
       const dev = res.stdout.trim();
       if (!LOOP_DEV_RE.test(dev)) throw new Error(`losetup --find --show printed ${JSON.stringify(dev)}, not a loop device`);
-      return dev;
+      return { device: dev, attached: true };
     });
   }
 
