@@ -123,7 +123,6 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     publishContext: encodePublishContext(req.publishContext),
     device: prev?.device,
     phase: 'staging',
-    formatted: prev?.formatted,
     publishes: prev?.publishes ?? [],
     updatedAt: '',
   };
@@ -166,8 +165,6 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
           );
         d.log.info({ volume_id: volumeId, device, fsType }, 'formatting blank volume');
         await mkfs(d.exec, device, fsType, mkfsArgs);
-        rec.formatted = true;
-        await d.state.put(rec);
       }
       const options = [...cap.mountFlags];
       if (readOnly && !options.includes('ro')) options.push('ro');
