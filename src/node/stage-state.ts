@@ -1,5 +1,5 @@
 import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
-import { isAtomicTemp, removeFileDurable, writeFileAtomic } from '../store/atomic-file.js';
+import { isAtomicTemp, removeFileDurable, SyncDir, writeFileAtomic } from '../store/atomic-file.js';
 import { join } from 'node:path';
 import { VOLUME_ID_RE } from './volume-id.js';
 
@@ -49,9 +49,12 @@ export interface CorruptRecord {
  */
 export class StageState {
   readonly dir: string;
+  /** The records' directory, held open for the fsync after each rename/unlink (see SyncDir). */
+  private readonly syncDir: SyncDir;
 
   constructor(stateDir: string) {
     this.dir = join(stateDir, 'volumes');
+    this.syncDir = new SyncDir(this.dir);
   }
 
   private file(volumeId: string): string {
@@ -76,11 +79,11 @@ export class StageState {
 
   async put(rec: StageRecord): Promise<void> {
     await this.init();
-    await writeFileAtomic(this.file(rec.volumeId), JSON.stringify({ ...rec, updatedAt: new Date().toISOString() }, null, 2) + '\n');
+    await writeFileAtomic(this.file(rec.volumeId), JSON.stringify({ ...rec, updatedAt: new Date().toISOString() }, null, 2) + '\n', this.syncDir);
   }
 
   async remove(volumeId: string): Promise<void> {
-    await removeFileDurable(this.file(volumeId));
+    await removeFileDurable(this.file(volumeId), this.syncDir);
   }
 
   /** All readable records, plus the files that could not be read (left in place for a person to look at). */
