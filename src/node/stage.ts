@@ -231,6 +231,8 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   const snap = await d.mounter.snapshot();
   const there = snap.at(visibleAt);
   // After a reboot the recorded device name may belong to something else now; then it is not ours.
+  const wasStaged = rec.phase === 'staged';
+  const recordedDevice = rec.device;
   if (rec.device && !(await connector.condition(ctx, rec.device)).attached) delete rec.device;
   const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
   // Only a mount showing the recorded device is ours to unmount; anything
@@ -249,8 +251,16 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
     throw failedPrecondition(
       `volume ${volumeId} is still mounted at ${[...elsewhere].join(', ')}; unpublish it (NodeUnpublishVolume) before unstaging`,
     );
+  // The 'unstaging' mark is written only when it changes more than the phase.
+  // A record that still reads 'staged' with its (attached) device recovers
+  // from a crash at every later point just as well: before or after the
+  // unmount, the device stays claimed (orphan clean-up leaves it alone) and
+  // an unstage retry unmounts what is still there, detaches and forgets; a
+  // stage retry re-adopts the device and mounts it; a publish meanwhile is
+  // refused (nothing mounted at the staging path); after the detach the
+  // retry finds the device gone and records that before going on.
   rec.phase = 'unstaging';
-  await d.state.put(rec);
+  if (!wasStaged || rec.device !== recordedDevice) await d.state.put(rec);
   try {
     if (staged) await d.mounter.umountAll(visibleAt);
     if (rec.access === 'block') {
