@@ -94,11 +94,13 @@ export class LocalConnector implements Connector {
     await this.losetupLock.run('losetup', async () => {
       const devices = new Set<string>();
       const file = await this.imagePath(local).catch(() => undefined);
-      if (file) for (const d of await this.loopsFor(file)) devices.add(d);
+      // The recorded device still backed by the image is its attachment: connect() never makes a
+      // second one (it looks for an existing one first, under this lock), so no listing is needed.
+      const back = device && LOOP_DEV_RE.test(device) ? await this.backingFile(device) : undefined;
+      if (file && !(back !== undefined && back === file)) for (const d of await this.loopsFor(file)) devices.add(d);
       // The image may be gone (deleted volume); the recorded device still
       // shows which file it was attached to.
-      if (device && LOOP_DEV_RE.test(device)) {
-        const back = await this.backingFile(device);
+      if (device && back !== undefined) {
         const want = file ?? local.path;
         if (back !== undefined && (back === want || back === `${want} (deleted)` || back === local.path || back === `${local.path} (deleted)`)) devices.add(device);
       }
