@@ -5,10 +5,13 @@
 //   node bench/floor-server.mjs unix:///path.sock
 import * as grpc from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
-import { loadCsi } from '../dist/csi/proto.js';
+import * as protoLoader from '@grpc/proto-loader';
+import { CSI_PROTO_PATH, LOADER_OPTIONS } from '../dist/csi/proto.js';
 
 const address = process.argv[2];
-const csi = loadCsi();
+// Parses csi.proto itself, as any grpc-js plugin does (sinter's loadCsi reads
+// its precompiled proto/csi.json instead; the floor stays the plain way).
+const csi = grpc.loadPackageDefinition(protoLoader.loadSync(CSI_PROTO_PATH, LOADER_OPTIONS)).csi.v1;
 
 const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'].map((type) => ({ rpc: { type } }));
 

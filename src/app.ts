@@ -1,10 +1,7 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Backend, RecoveryReport } from './backends/backend.js';
 import { FileBackend } from './backends/file/backend.js';
 import type { Config } from './config/types.js';
-import { encodeNodeId, isValidIqn } from './contracts/nodeid.js';
 import { KubeNodeRegistry } from './controller/kube-node-registry.js';
 import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
 import { Reconciler } from './controller/reconcile.js';
@@ -15,74 +12,10 @@ import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
 import { HostExecutor } from './exec/run.js';
+import type { NodeService } from './node/service.js';
 import { identityService } from './identity/service.js';
 import type { KubeCache } from './k8s/cache.js';
-import { IscsiConnector } from './node/connectors/iscsi-connector.js';
-import { onlineInitiatorWwpns } from './node/connectors/fc.js';
-import { NodeService } from './node/service.js';
-import { parseNodeId } from './contracts/nodeid.js';
 import { VERSION } from './version.js';
-
-/** Reads the host's iSCSI initiator name (`InitiatorName=iqn…`), if it has one. */
-export function readInitiatorName(file: string): string | undefined {
-  try {
-    const m = /^\s*InitiatorName\s*=\s*(\S+)\s*$/m.exec(readFileSync(file, 'utf8'));
-    return m && isValidIqn(m[1]!) ? m[1] : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-export function nodeIdFor(cfg: Config): string {
-  if (cfg.nodeId) return cfg.nodeId;
-  return encodeNodeId({
-    host: cfg.nodeName,
-    iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
-    wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
-  });
-}
-
-/**
- * The node service as this configuration builds it (connectors included);
- * `sinter fsck` builds the same one, never started, for its read-only report.
- */
-export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, log: Logger): NodeService {
-  return new NodeService({
-    config: {
-      driverName: cfg.driverName,
-      nodeName: cfg.nodeName,
-      nodeId,
-      maxVolumesPerNode: cfg.node.maxVolumesPerNode,
-      topology: cfg.node.topology,
-      kubeletRoots: cfg.kubeletRoots,
-      localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
-      stateDir: cfg.node.stateDir,
-      sysfsRoot: cfg.node.sysfsRoot,
-      devRoot: cfg.node.devRoot,
-      fc: cfg.node.fc,
-      orphanSessions: cfg.node.orphanSessions,
-    },
-    exec,
-    log,
-    // Host commands run in PID 1's mount namespace in nsenter mode: the mount table to read is PID 1's too.
-    mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
-    connectors: [
-      new IscsiConnector(
-        {
-          mode: cfg.node.initiator,
-          initiatorName: parseNodeId(nodeId)?.iqn,
-          stateDir: join(cfg.node.stateDir, 'iscsi-userspace'),
-          sysfsRoot: cfg.node.sysfsRoot,
-          devRoot: cfg.node.devRoot,
-          orphanTargetPrefixes: cfg.node.orphanTargetPrefixes,
-          kernel: { mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined },
-        },
-        exec,
-        log.child({ part: 'iscsi' }),
-      ),
-    ],
-  });
-}
 
 export interface App {
   server: CsiServer;
@@ -108,7 +41,9 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   const recovery: Record<string, RecoveryReport> = {};
   const hasController = cfg.role !== 'node';
   const hasNode = cfg.role !== 'controller';
-  const nodeId = hasNode || cfg.role === 'all' ? nodeIdFor(cfg) : undefined;
+  // Loaded only for a role with a node: a controller never builds the node service or its connectors.
+  const nodeWiring = hasNode ? await import('./node/wiring.js') : undefined;
+  const nodeId = nodeWiring ? nodeWiring.nodeIdFor(cfg) : undefined;
   let volumes: VolumeManager | undefined;
   let exportLoop: ExportLoop | undefined;
   let statics: StaticVolumes | undefined;
@@ -164,7 +99,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
 
   let node: NodeService | undefined;
   if (hasNode) {
-    node = nodeServiceFor(cfg, nodeId!, exec, log.child({ part: 'node' }));
+    node = nodeWiring!.nodeServiceFor(cfg, nodeId!, exec, log.child({ part: 'node' }));
     await node.start();
     services.node = node.handlers();
   }

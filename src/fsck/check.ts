@@ -4,7 +4,7 @@ import { FileBackend } from '../backends/file/backend.js';
 import type { Config } from '../config/types.js';
 import type { Finding, Remedy } from '../contracts/finding.js';
 import { HostExecutor, type Executor } from '../exec/run.js';
-import { nodeIdFor, nodeServiceFor } from '../app.js';
+import { nodeIdFor, nodeServiceFor } from '../node/wiring.js';
 import type { NodeService } from '../node/service.js';
 import type { Orphan } from '../node/orphans.js';
 import { StageState } from '../node/stage-state.js';

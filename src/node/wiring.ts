@@ -1,0 +1,74 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config/types.js';
+import { encodeNodeId, isValidIqn, parseNodeId } from '../contracts/nodeid.js';
+import type { HostExecutor } from '../exec/run.js';
+import { IscsiConnector } from './connectors/iscsi-connector.js';
+import { onlineInitiatorWwpns } from './connectors/fc.js';
+import { NodeService } from './service.js';
+
+// The node role's wiring, apart from src/app.ts so that a controller-only
+// process never loads the node service and its connectors (~25 modules of
+// start-up); app.ts imports this module only when the role has a node.
+
+/** Reads the host's iSCSI initiator name (`InitiatorName=iqn…`), if it has one. */
+export function readInitiatorName(file: string): string | undefined {
+  try {
+    const m = /^\s*InitiatorName\s*=\s*(\S+)\s*$/m.exec(readFileSync(file, 'utf8'));
+    return m && isValidIqn(m[1]!) ? m[1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function nodeIdFor(cfg: Config): string {
+  if (cfg.nodeId) return cfg.nodeId;
+  return encodeNodeId({
+    host: cfg.nodeName,
+    iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
+    wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
+  });
+}
+
+/**
+ * The node service as this configuration builds it (connectors included);
+ * `sinter fsck` builds the same one, never started, for its read-only report.
+ */
+export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, log: Logger): NodeService {
+  return new NodeService({
+    config: {
+      driverName: cfg.driverName,
+      nodeName: cfg.nodeName,
+      nodeId,
+      maxVolumesPerNode: cfg.node.maxVolumesPerNode,
+      topology: cfg.node.topology,
+      kubeletRoots: cfg.kubeletRoots,
+      localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
+      stateDir: cfg.node.stateDir,
+      sysfsRoot: cfg.node.sysfsRoot,
+      devRoot: cfg.node.devRoot,
+      fc: cfg.node.fc,
+      orphanSessions: cfg.node.orphanSessions,
+    },
+    exec,
+    log,
+    // Host commands run in PID 1's mount namespace in nsenter mode: the mount table to read is PID 1's too.
+    mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
+    connectors: [
+      new IscsiConnector(
+        {
+          mode: cfg.node.initiator,
+          initiatorName: parseNodeId(nodeId)?.iqn,
+          stateDir: join(cfg.node.stateDir, 'iscsi-userspace'),
+          sysfsRoot: cfg.node.sysfsRoot,
+          devRoot: cfg.node.devRoot,
+          orphanTargetPrefixes: cfg.node.orphanTargetPrefixes,
+          kernel: { mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined },
+        },
+        exec,
+        log.child({ part: 'iscsi' }),
+      ),
+    ],
+  });
+}
