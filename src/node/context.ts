@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { basename, posix } from 'node:path';
 import type { Logger } from 'pino';
+import type { KeyedLock } from '../csi/locks.js';
 import type { Executor } from '../exec/run.js';
 import type { Connectors } from './connectors/connector.js';
 import type { MountEntry, Mounter, MountSnapshot } from './mount.js';
@@ -17,6 +18,12 @@ export interface NodeDeps {
   connectors: Connectors;
   paths: KubeletPaths;
   roBlock: ReadOnlyBlock;
+  /**
+   * One device, one filesystem decision at a time: volumes whose publish_contexts
+   * lead to the same device (a CO's mistake, or a retry under another id) must
+   * not probe it blank together and then both format it. Keyed by major:minor.
+   */
+  devices: KeyedLock;
   /** sysfs and /dev as the SAN connectors see them (node config sysfsRoot, devRoot); default /sys and /dev. */
   sysfsRoot?: string;
   devRoot?: string;

@@ -79,7 +79,10 @@ export async function mkfs(exec: Executor, device: string, fsType: FsType, extra
   const run = () => exec.run(`mkfs.${fsType}`, [...quiet[fsType], ...extra, device], { timeoutMs: 10 * 60_000 });
   // A device just attached can be held open for a moment by another prober
   // (blkid, udev, a detach still finishing); mkfs then refuses it as busy.
-  // It formats nothing in that case, so waiting and asking again is safe.
+  // It formats nothing in that case, so waiting and asking again is safe —
+  // but only after probing again: whoever held the device may have written a
+  // filesystem on it meanwhile, and a device that holds one is never
+  // formatted (safety rule 1). One that now holds fsType needs nothing more.
   for (let attempt = 1; ; attempt++) {
     try {
       await run();
@@ -88,6 +91,7 @@ export async function mkfs(exec: Executor, device: string, fsType: FsType, extra
       const busy = e instanceof ExecError && /in use|busy/i.test(e.stderr);
       if (!busy || attempt >= 4) return hostCommand(`formatting ${device} as ${fsType}`, Promise.reject(e));
       await new Promise((r) => setTimeout(r, 250 * attempt));
+      if (!decideFormat(await probe(exec, device), device, fsType)) return;
     }
   }
 }

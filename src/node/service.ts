@@ -120,6 +120,7 @@ export class NodeService {
       connectors: new Connectors([new LocalConnector(exec, config.localRoots), fc, ...(deps.connectors ?? [])]),
       paths: new KubeletPaths(config.kubeletRoots),
       roBlock: new ReadOnlyBlock(exec),
+      devices: new KeyedLock(),
       sysfsRoot: config.sysfsRoot,
       devRoot: config.devRoot,
     };

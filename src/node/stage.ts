@@ -146,38 +146,42 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
       await d.state.put(rec);
     }
 
-    const snap = await d.mounter.snapshot();
-    const existing = snap.at(visibleAt);
-    if (existing) {
-      const ours = mountsOfDevice(snap, device, majMin).includes(existing);
-      if (!ours)
-        throw alreadyExists(`staging_target_path ${req.stagingPath} already has another volume mounted (${describeMount(existing)}); unstage that one first`);
-      if (cap.access === 'mount' && existing.fsType !== fsType)
-        throw alreadyExists(`volume ${volumeId} is mounted at ${req.stagingPath} as ${existing.fsType}, not ${fsType}`);
-      if (isReadOnly(existing) !== readOnly)
-        throw alreadyExists(`volume ${volumeId} is mounted at ${req.stagingPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}, which does not match access mode ${cap.mode}`);
-    } else if (cap.access === 'mount' && fsType) {
-      const found = await probe(d.exec, device);
-      if (decideFormat(found, device, fsType)) {
-        if (readOnly)
-          throw failedPrecondition(
-            `volume ${volumeId} has no filesystem yet and access mode ${cap.mode} is read-only; sinter only formats a volume staged writable: stage it once with a writable mode first`,
-          );
-        d.log.info({ volume_id: volumeId, device, fsType }, 'formatting blank volume');
-        await mkfs(d.exec, device, fsType, mkfsArgs);
+    // From here to the mount, this device's filesystem is decided by this call alone (see NodeDeps.devices).
+    const dev = device;
+    await d.devices.run(`device:${majMin}`, async () => {
+      const snap = await d.mounter.snapshot();
+      const existing = snap.at(visibleAt);
+      if (existing) {
+        const ours = mountsOfDevice(snap, dev, majMin).includes(existing);
+        if (!ours)
+          throw alreadyExists(`staging_target_path ${req.stagingPath} already has another volume mounted (${describeMount(existing)}); unstage that one first`);
+        if (cap.access === 'mount' && existing.fsType !== fsType)
+          throw alreadyExists(`volume ${volumeId} is mounted at ${req.stagingPath} as ${existing.fsType}, not ${fsType}`);
+        if (isReadOnly(existing) !== readOnly)
+          throw alreadyExists(`volume ${volumeId} is mounted at ${req.stagingPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}, which does not match access mode ${cap.mode}`);
+      } else if (cap.access === 'mount' && fsType) {
+        const found = await probe(d.exec, dev);
+        if (decideFormat(found, dev, fsType)) {
+          if (readOnly)
+            throw failedPrecondition(
+              `volume ${volumeId} has no filesystem yet and access mode ${cap.mode} is read-only; sinter only formats a volume staged writable: stage it once with a writable mode first`,
+            );
+          d.log.info({ volume_id: volumeId, device: dev, fsType }, 'formatting blank volume');
+          await mkfs(d.exec, dev, fsType, mkfsArgs);
+        }
+        const options = [...cap.mountFlags];
+        if (readOnly && !options.includes('ro')) options.push('ro');
+        if (fsType === 'xfs' && !options.includes('nouuid')) options.push('nouuid');
+        await d.mounter.mount(dev, req.stagingResolved, fsType, options);
+      } else {
+        const file = blockStagingFile(req.stagingResolved, volumeId);
+        await doing(`creating the device file ${file}`, async () => {
+          const fh = await open(file, 'a', 0o600);
+          await fh.close();
+        });
+        await d.mounter.bind(dev, file, readOnly);
       }
-      const options = [...cap.mountFlags];
-      if (readOnly && !options.includes('ro')) options.push('ro');
-      if (fsType === 'xfs' && !options.includes('nouuid')) options.push('nouuid');
-      await d.mounter.mount(device, req.stagingResolved, fsType, options);
-    } else {
-      const file = blockStagingFile(req.stagingResolved, volumeId);
-      await doing(`creating the device file ${file}`, async () => {
-        const fh = await open(file, 'a', 0o600);
-        await fh.close();
-      });
-      await d.mounter.bind(device, file, readOnly);
-    }
+    });
     rec.phase = 'staged';
     delete rec.lastError;
     await d.state.put(rec);

@@ -42,6 +42,8 @@ export class Rng {
 /** The seed CI runs with (CI=true), so that a submission's CI run does not depend on the draw. */
 export const CI_SEED = 20261125;
 
+let freshSeed: number | undefined;
+
 /**
  * The seed for this run: SINTER_SEED if set; CI_SEED under CI; else a fresh
  * one, so local runs and `npm run soak` keep exploring.
@@ -50,7 +52,9 @@ export function seedFromEnv(): number {
   const env = process.env.SINTER_SEED;
   if (env && /^\d+$/.test(env)) return Number(env) >>> 0;
   if (process.env.CI === 'true' && process.env.SINTER_SOAK !== '1') return CI_SEED;
-  return (Date.now() ^ (process.pid << 16)) >>> 0;
+  // Drawn once per process: a test that names its seed in a title and draws it
+  // again in the body (a few milliseconds later) must print the seed it ran with.
+  return (freshSeed ??= (Date.now() ^ (process.pid << 16)) >>> 0);
 }
 
 /** Whether the long forms run (`npm run soak`). */

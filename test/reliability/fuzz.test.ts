@@ -308,8 +308,10 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
     // Nothing outside the data dir and the kubelet root changed; nothing mounted or attached outside them.
     expect(tree(s.base, [data, kubelet, join(s.base, 'csi.sock')])).toEqual(outsideBefore);
     expect(tree(canary)).toEqual(canaryBefore);
-    // (Other test runs' directories, which a concurrent run may mount in, are not ours to judge.)
-    const othersRun = (m: string) => m.startsWith(join(tmpdir(), 'sinter-')) && !m.startsWith(`${s.base}/`) && !m.startsWith(canary);
+    // (Other test runs' directories, which a concurrent run may mount in, are not ours to judge; nor are
+    // the network namespaces the two-host tests pin under /run/netns (test/helpers/netns.ts), which sinter never makes.)
+    const othersRun = (m: string) =>
+      (m.startsWith(join(tmpdir(), 'sinter-')) && !m.startsWith(`${s.base}/`) && !m.startsWith(canary)) || m.startsWith('/run/netns/sinter-');
     const newMounts = mountPoints().filter((m) => !mountsBefore.has(m) && !othersRun(m));
     for (const m of newMounts) expect(m.startsWith(`${kubelet}/`), `new mount ${m}`).toBe(true);
     const ours = new Set((await loops()).filter((l) => l.back.startsWith(`${data}/`)).map((l) => l.name));

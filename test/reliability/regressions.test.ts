@@ -1,5 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code, type CsiError } from '../../src/csi/errors.js';
+import { ExecError, type Executor } from '../../src/exec/run.js';
+import { mkfs } from '../../src/node/format.js';
 import { blockCap, csiError, MiB, mountCap, NodeEnv } from '../helpers/node-env.js';
 
 /** Deterministic replays of what the randomized reliability tests found, so each stays fixed whatever the seed. */
@@ -43,5 +45,44 @@ describe('regressions found by the reliability tests (stage)', () => {
     await env.h.NodeUnpublishVolume!({ volume_id: 'vol-x', target_path: target });
     await env.h.NodeUnstageVolume!({ volume_id: 'vol-x', staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
+  });
+});
+
+describe('regressions found by the reliability tests (one device, two volumes)', () => {
+  it('two NodeStageVolume calls at once whose publish_contexts lead to one blank image both succeed, and it is formatted once (fuzzing)', async () => {
+    // Before: both probed the device blank; one mkfs then met the other's ("is mounted" or "in use") → INTERNAL,
+    // or, retrying after the busy one, formatted a device that by then held a filesystem.
+    for (let round = 0; round < 3; round++) {
+      const file = await env.image(`shared-${round}.img`, 32 * MiB);
+      const a = env.stageReq(`vol-a${round}`, file, mountCap('ext4'));
+      const b = env.stageReq(`vol-b${round}`, file, mountCap('ext4'));
+      const res = await Promise.allSettled([env.h.NodeStageVolume!(a), env.h.NodeStageVolume!(b)]);
+      expect(res.map((r) => (r.status === 'fulfilled' ? 'OK' : `${(r.reason as CsiError).code}: ${(r.reason as Error).message}`))).toEqual(['OK', 'OK']);
+      // One filesystem, mounted at both staging paths.
+      const mounts = (await env.mountsUnder()).filter((m) => m.mountPoint === a.staging_target_path || m.mountPoint === b.staging_target_path);
+      expect(mounts.length).toBe(2);
+      expect(new Set(mounts.map((m) => m.majMin)).size).toBe(1);
+      expect((await env.loopsUnder()).filter((l) => l.back === file).length).toBe(1);
+      // (Neither unstages while the other mounts the device; env.cleanup() takes them down.)
+    }
+  });
+
+  it('mkfs that found the device busy probes it again before retrying, and leaves a filesystem written meanwhile alone (safety rule 1)', async () => {
+    const calls: string[] = [];
+    const exec: Executor = {
+      async run(cmd, args) {
+        calls.push(cmd);
+        if (cmd === 'mkfs.ext4') throw new ExecError(`mkfs.ext4 ${args.join(' ')}`, 1, '/dev/loop9 is apparently in use by the system; will not make a filesystem here!', false);
+        if (cmd === 'blkid') return { stdout: 'DEVNAME=/dev/loop9\nTYPE=ext4\n', stderr: '', exitCode: 0 };
+        throw new Error(`unexpected ${cmd}`);
+      },
+    };
+    await mkfs(exec, '/dev/loop9', 'ext4', []);
+    expect(calls).toEqual(['mkfs.ext4', 'blkid']);
+    // And a filesystem of another type written meanwhile is refused, not formatted over.
+    calls.length = 0;
+    const other: Executor = { run: async (cmd, args) => (cmd === 'blkid' ? { stdout: 'TYPE=xfs\n', stderr: '', exitCode: 0 } : exec.run(cmd, args)) };
+    const err = await csiError(mkfs(other, '/dev/loop9', 'ext4', []));
+    expect(err.code).toBe(Code.FAILED_PRECONDITION);
   });
 });
