@@ -7,23 +7,13 @@ import { newSnapshotId, newVolumeId } from '../../src/backends/ids.js';
 import type { FileBackendConfig } from '../../src/config/types.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { scratchFs, tempDir, type ScratchFs } from '../helpers/scratch-fs.js';
+import { fileBackendConfig } from '../helpers/backend-config.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
 const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 60_000 });
 
-const cfg = (dataDir: string, extra: Partial<FileBackendConfig> = {}): FileBackendConfig => ({
-  name: 'b1',
-  driver: 'file',
-  dataDir,
-  labels: {},
-  topology: {},
-  overSubscriptionRatio: 1,
-  reservedPercent: 0,
-  capacityBytes: 0,
-  export: 'local',
-  ...extra,
-});
+const cfg = (dataDir: string, extra: Partial<FileBackendConfig> = {}): FileBackendConfig => fileBackendConfig('b1', dataDir, extra);
 
 const mount = { accessType: 'mount' as const, accessMode: 'SINGLE_NODE_WRITER', fsType: 'ext4' };
 

@@ -5,11 +5,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBackend } from '../../src/backends/file/backend.js';
 import { newVolumeId } from '../../src/backends/ids.js';
 import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
-import type { FileBackendConfig } from '../../src/config/types.js';
 import { encodeNodeId } from '../../src/contracts/nodeid.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
+import { fileBackendConfig, iscsiExport } from '../helpers/backend-config.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -37,18 +37,7 @@ describe('the volume condition of an iSCSI-exported volume reflects the real tgt
   beforeAll(async () => {
     requireIscsiTools();
     tgtd = await TestTgtd.start();
-    const cfg: FileBackendConfig = {
-      name: 'health',
-      driver: 'file',
-      dataDir: join(t.dir, 'data'),
-      labels: {},
-      topology: {},
-      overSubscriptionRatio: 1,
-      reservedPercent: 0,
-      capacityBytes: 0,
-      export: 'iscsi',
-      iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix: PREFIX, controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 60 },
-    };
+    const cfg = fileBackendConfig('health', join(t.dir, 'data'), iscsiExport(tgtd, PREFIX));
     helper = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: PREFIX }, exec, log);
     b = new FileBackend(cfg, exec, log);
     await b.start();

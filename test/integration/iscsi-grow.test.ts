@@ -15,7 +15,8 @@ import type { IscsiTarget } from '../../src/node/connectors/iscsi/types.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
-import { readAt } from '../helpers/file-io.js';
+import { readAt, writeAt } from '../helpers/file-io.js';
+import { fileBackendConfig, iscsiExport } from '../helpers/backend-config.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -26,15 +27,6 @@ const node = { host: 'grow-node', iqn: NODE_IQN, wwpns: [] };
 const mount = { accessType: 'mount' as const, accessMode: 'SINGLE_NODE_WRITER', fsType: 'ext4' };
 const noLock = <T>(_id: string, fn: () => Promise<T>) => fn();
 
-async function writeDev(dev: string, offset: number, data: Buffer): Promise<void> {
-  const fh = await fs.open(dev, 'r+');
-  try {
-    await fh.write(data, 0, data.length, offset);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 
 /**
@@ -68,18 +60,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
   beforeAll(async () => {
     requireIscsiTools();
     tgtd = await TestTgtd.start();
-    cfg = {
-      name: 'grow',
-      driver: 'file',
-      dataDir,
-      labels: {},
-      topology: {},
-      overSubscriptionRatio: 1,
-      reservedPercent: 0,
-      capacityBytes: 0,
-      export: 'iscsi',
-      iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix: PREFIX, controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 60 },
-    };
+    cfg = fileBackendConfig('grow', dataDir, iscsiExport(tgtd, PREFIX));
     helper = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: PREFIX }, exec, log);
     us = new UserspaceIscsiInitiator({ stateDir, loginTimeoutMs: 20_000, stopTimeoutMs: 6_000 }, exec, log);
     const b = await backend();
@@ -105,7 +86,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
   it('an expand of a published volume grows the image and the LUN; the logged-in session keeps its data path', async () => {
     const a = await us.connect(target, { initiatorName: NODE_IQN });
     const data = Buffer.from('before the online expand'.padEnd(4096, '.'));
-    await writeDev(a.devicePath, 3 * MiB, data);
+    await writeAt(a.devicePath, 3 * MiB, data);
     const sessions = (await helper.listTargets()).find((x) => x.volumeId === id)!.sessions;
     const b = await backend();
     const rec = await b.expandVolume(id, 96 * MiB);
@@ -116,7 +97,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
     expect((await helper.listTargets()).find((x) => x.volumeId === id)!.sessions).toEqual(sessions);
     expect((await readAt(a.devicePath, 3 * MiB, data.length)).equals(data)).toBe(true);
     const after = Buffer.from('after the online expand'.padEnd(4096, ','));
-    await writeDev(a.devicePath, 5 * MiB, after);
+    await writeAt(a.devicePath, 5 * MiB, after);
     expect((await readAt(b.imagePath(id), 5 * MiB, after.length)).equals(after)).toBe(true);
     expect(await b.volumeHealth(id)).toMatchObject({ abnormal: false });
   });

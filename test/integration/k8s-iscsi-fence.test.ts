@@ -12,6 +12,7 @@ import { csiNode, eventually, persistentVolume } from '../helpers/kube-api-stand
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { fileBackendConfig, iscsiExport } from '../helpers/backend-config.js';
 
 const MiB = 1024 * 1024;
 const IQN = 'iqn.2026-11.io.sinter.test:node-1';
@@ -37,18 +38,7 @@ describe('the fence after a lost detach: HTTP stand-in for the API server, real 
     const log = fx.logs.log;
     const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 30_000 });
     const b = new FileBackend(
-      {
-        name: 'san',
-        driver: 'file',
-        dataDir: join(fx.dir, 'data'),
-        labels: {},
-        topology: {},
-        overSubscriptionRatio: 1,
-        reservedPercent: 0,
-        capacityBytes: 0,
-        export: 'iscsi',
-        iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix: 'iqn.2026-11.io.sinter.test:', controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 60 },
-      },
+      fileBackendConfig('san', join(fx.dir, 'data'), iscsiExport(tgtd, 'iqn.2026-11.io.sinter.test:')),
       exec,
       log,
     );

@@ -11,7 +11,7 @@ import type { IscsiTarget } from '../../src/node/connectors/iscsi/types.js';
 import { freePort, requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
-import { readAt } from '../helpers/file-io.js';
+import { readAt, writeAt } from '../helpers/file-io.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -22,15 +22,6 @@ const OTHER = 'iqn.2025-01.io.test:intruder';
 const CHAP = { user: 'sinter-node', password: 'Right-chap-secret-1' };
 
 
-async function writeDev(dev: string, offset: number, data: Buffer): Promise<void> {
-  const fh = await fs.open(dev, 'r+');
-  try {
-    await fh.write(data, 0, data.length, offset);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
 
 /** Loop devices, FUSE mounts and qemu-nbd/nbdfuse processes under `dir`, as the host sees them. */
 async function leftovers(dir: string): Promise<string[]> {
@@ -100,7 +91,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect((await fs.stat(join(stateDir, dirs[0]!))).mode & 0o777).toBe(0o700);
 
     const data = Buffer.from(`sinter-userspace-${volumeId}`.padEnd(4096, '#'));
-    await writeDev(a.devicePath, 5 * MiB, data);
+    await writeAt(a.devicePath, 5 * MiB, data);
     expect((await readAt(image, 5 * MiB, data.length)).equals(data)).toBe(true);
     // And the other way round: bytes in the image read back through the device.
     const back = await readAt(a.devicePath, 5 * MiB, data.length);
@@ -134,7 +125,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     // Still one session on the target, and the data path works.
     expect((await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions).toHaveLength(1);
     const data = Buffer.from('repaired'.padEnd(512, '.'));
-    await writeDev(after.devicePath, 7 * MiB, data);
+    await writeAt(after.devicePath, 7 * MiB, data);
     expect((await readAt(image, 7 * MiB, data.length)).equals(data)).toBe(true);
     void before;
   });
@@ -151,7 +142,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect(await libiscsi('iscsi-readcapacity16')).toContain(`Total size:${64 * MiB}`);
 
     const early = Buffer.from(`written before the growth ${volumeId}`.padEnd(4096, '<'));
-    await writeDev(a.devicePath, 11 * MiB, early);
+    await writeAt(a.devicePath, 11 * MiB, early);
 
     // I/O keeps running on the old session while the image grows and tgt reopens it, again and again.
     let stop = false;
@@ -162,7 +153,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
         const off = (rounds % 32) * MiB + 16 * MiB;
         const data = Buffer.alloc(64 * 1024, rounds % 251);
         try {
-          await writeDev(a.devicePath, off, data);
+          await writeAt(a.devicePath, off, data);
           if (!(await readAt(a.devicePath, off, data.length)).equals(data)) failures.push(`round ${rounds}: read back differs`);
         } catch (e) {
           failures.push(`round ${rounds}: ${(e as Error).message}`);
@@ -185,7 +176,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     // The old session reads what was written before and writes on; the bytes land in the image.
     expect((await readAt(a.devicePath, 11 * MiB, early.length)).equals(early)).toBe(true);
     const late = Buffer.from('written after the growth'.padEnd(4096, '>'));
-    await writeDev(a.devicePath, 13 * MiB, late);
+    await writeAt(a.devicePath, 13 * MiB, late);
     expect((await readAt(image, 13 * MiB, late.length)).equals(late)).toBe(true);
     // A new session sees the new capacity, and the same disk (inquiry, serial, device id).
     expect(await libiscsi('iscsi-readcapacity16')).toContain(`Total size:${128 * MiB}`);
@@ -280,7 +271,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     await helper.allowInitiator(volumeId, NODE, CHAP);
     const a = await us.connect(target, { initiatorName: NODE, chap: CHAP });
     const data = Buffer.from('after-restart'.padEnd(512, '!'));
-    await writeDev(a.devicePath, 9 * MiB, data);
+    await writeAt(a.devicePath, 9 * MiB, data);
     expect((await readAt(image, 9 * MiB, data.length)).equals(data)).toBe(true);
     await us.disconnect(target);
     expect(await leftovers(stateDir)).toEqual([]);
