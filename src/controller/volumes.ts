@@ -33,6 +33,26 @@ export interface CreateVolumeInput {
   topology?: TopologyRequirement;
 }
 
+/**
+ * The filesystem a CreateVolume asks for: its mount capabilities' fs_type
+ * (csi-provisioner sets every one from csi.storage.k8s.io/fstype). Two
+ * different ones cannot both be made.
+ */
+export function requestedFsType(caps: CapabilitySummary[]): string | undefined {
+  const kinds = [...new Set(caps.filter((c) => c.accessType === 'mount' && c.fsType).map((c) => c.fsType!))];
+  if (kinds.length > 1) throw invalidArgument(`volume_capabilities ask for different filesystems (${kinds.join(', ')}); a volume holds one`);
+  return kinds[0];
+}
+
+/**
+ * The filesystem a volume was made for: its mount capability's fs_type, or,
+ * for records written before sinter dropped its own `fsType` parameter, that
+ * parameter.
+ */
+export function recordedFsType(v: VolumeRecord): string | undefined {
+  return v.parameters.fsType ?? v.capabilities.find((c) => c.accessType === 'mount' && c.fsType)?.fsType;
+}
+
 const roundUp = (n: number, unit: number) => Math.ceil(n / unit) * unit;
 
 /**
@@ -114,7 +134,7 @@ export class VolumeManager {
   }
 
   async create(input: CreateVolumeInput): Promise<VolumeRecord> {
-    const fsType = (input.parameters.fsType ?? input.capabilities.find((c) => c.fsType)?.fsType ?? 'ext4') as FsType;
+    const fsType = (requestedFsType(input.capabilities) ?? 'ext4') as FsType;
     const needsFs = input.capabilities.some((c) => c.accessType === 'mount');
     const floor = needsFs ? MIN_SIZE_FOR_FS[fsType] : MiB;
 
@@ -195,7 +215,11 @@ export class VolumeManager {
     const lim = input.capacity?.limit_bytes ?? 0;
     if ((req > 0 && v.sizeBytes < req) || (lim > 0 && v.sizeBytes > lim))
       throw alreadyExists(`name: volume "${v.name}" exists with ${v.sizeBytes} bytes, outside the requested capacity_range`);
-    if (!sameParameters(v.parameters, input.parameters.own)) throw alreadyExists(`name: volume "${v.name}" exists with different parameters`);
+    const { fsType: _legacy, ...params } = v.parameters;
+    if (!sameParameters(params, input.parameters.own)) throw alreadyExists(`name: volume "${v.name}" exists with different parameters`);
+    const had = recordedFsType(v);
+    const wants = requestedFsType(input.capabilities);
+    if (had && wants && had !== wants) throw alreadyExists(`name: volume "${v.name}" exists, made for ${had}, not ${wants}`);
     const a = v.source;
     const b = input.source;
     if ((a?.type ?? '') !== (b?.type ?? '') || (a?.id ?? '') !== (b?.id ?? ''))
