@@ -1,13 +1,14 @@
 import type { Logger } from 'pino';
 import type { Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
-import { parseNodeId } from '../contracts/nodeid.js';
+import { NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
 import { checkNewPublish, checkRepublish, newAttachment } from './attachment-rules.js';
 import { type FsType, type ParsedCapability } from './capabilities.js';
 import type { NodeRegistry } from './node-registry.js';
+import { checkNodeInTopology, type NodeSegments } from './node-topology.js';
 import { paginate, type Page } from './pagination.js';
 import { sameParameters, type VolumeParameters } from './parameters.js';
 import { schedule } from './scheduler.js';
@@ -87,6 +88,8 @@ export interface VolumeManagerOptions {
   externalAttachments?: (volumeId: string) => string[];
   /** Publishes on a node that no backend records (static volumes), counted against maxVolumesPerNode. */
   extraPublishedTo?: (nodeId: string) => number;
+  /** The nodes' topology segments beyond the node one (which the node id carries); none known when absent. */
+  nodeSegments?: NodeSegments;
 }
 
 export interface UnpublishOptions {
@@ -276,6 +279,11 @@ export class VolumeManager {
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);
     if (!node) throw notFound(`node_id: node "${nodeId.slice(0, 128)}" is not known to this controller`);
+    // The backend's topology is the volume's accessible topology (CreateVolume returned it); a
+    // repeated publish is checked too, so a publish recorded before this rule cannot be renewed.
+    const needsLookup = Object.keys(b.topology).some((k) => k !== NODE_TOPOLOGY_KEY);
+    const known = needsLookup ? ((await this.opts.nodeSegments?.segments(nodeId, node)) ?? {}) : {};
+    checkNodeInTopology(`volume ${volumeId}`, b.topology, node, known);
     return this.locks.run(`vol:${volumeId}`, async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);
