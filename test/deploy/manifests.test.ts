@@ -283,7 +283,7 @@ const EXPECTED_CLUSTER_ROLES: Record<string, string[]> = {
     'snapshot.storage.k8s.io/volumesnapshotcontents/status: update,patch',
   ],
   // sinter itself: reads the attachment record, CSINodes and Nodes; writes nothing.
-  'sinter-controller': ['storage.k8s.io/volumeattachments: get,list,watch', 'storage.k8s.io/csinodes: get,list,watch', '/persistentvolumes: get,list,watch'],
+  'sinter-controller': ['storage.k8s.io/volumeattachments: get,list,watch', 'storage.k8s.io/csinodes: get,list,watch', '/persistentvolumes: get,list,watch', '/nodes: get'],
 };
 const EXPECTED_ROLES: Record<string, string[]> = {
   'sinter-leader-election': ['coordination.k8s.io/leases: get,list,watch,create,update,delete'],
