@@ -50,7 +50,7 @@ try {
 
   let vol;
   await step('CreateVolume "demo" (320 MiB, xfs)', async () => {
-    vol = (await client.controller.CreateVolume({ name: 'demo', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [mountCap], parameters: { fsType: 'xfs' } })).volume;
+    vol = (await client.controller.CreateVolume({ name: 'demo', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [mountCap] })).volume;
     return vol.volume_id;
   });
   let ctx;
@@ -85,7 +85,7 @@ try {
   });
   let clone;
   await step('CreateVolume "demo-clone" from the snapshot', async () => {
-    clone = (await client.controller.CreateVolume({ name: 'demo-clone', volume_capabilities: [mountCap], parameters: { fsType: 'xfs' }, volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })).volume;
+    clone = (await client.controller.CreateVolume({ name: 'demo-clone', volume_capabilities: [mountCap], volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })).volume;
     return clone.volume_id;
   });
   await step('stage + publish the clone; hello.txt is there', async () => {

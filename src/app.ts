@@ -3,6 +3,7 @@ import type { Backend, RecoveryReport } from './backends/backend.js';
 import { FileBackend } from './backends/file/backend.js';
 import type { Config } from './config/types.js';
 import { KubeNodeRegistry } from './controller/kube-node-registry.js';
+import { KubeNodeSegments, LocalNodeSegments } from './controller/node-topology.js';
 import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
 import { Reconciler } from './controller/reconcile.js';
 import { ExportLoop } from './controller/export-loop.js';
@@ -67,6 +68,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
       externalAttachments: kube && ((id) => kube!.volumeAttachmentNodes(id)),
       maxVolumesPerNode,
       extraPublishedTo: (id) => statics?.publishedTo(id) ?? 0,
+      nodeSegments: kube ? new KubeNodeSegments(kube) : new LocalNodeSegments(cfg.role === 'all' ? nodeId : undefined, cfg.node.topology),
     });
     volumes.index();
     const backendVolumes = volumes;

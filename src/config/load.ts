@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
+import { NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
 import { parseEndpoint } from '../csi/endpoint.js';
 import { kubernetesFrom } from './kubernetes.js';
 import type { BackendConfig, Config, FileBackendConfig, IscsiExportConfig, LogLevel, Role } from './types.js';
@@ -14,7 +15,7 @@ const require = createRequire(import.meta.url);
 const parseYaml = (text: string): unknown => (require('yaml') as typeof import('yaml')).parse(text);
 
 export const DEFAULT_DRIVER_NAME = 'sinter.csi.io';
-export const NODE_TOPOLOGY_KEY = 'topology.sinter.csi.io/node';
+export { NODE_TOPOLOGY_KEY };
 export const BACKEND_NAME_RE = /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
 const DRIVER_NAME_RE = /^[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?$/;
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -189,6 +190,9 @@ export function loadConfig(role: Role, argv: string[]): Config {
   const maxVol = flags['max-volumes-per-node'] ?? nodeRaw.maxVolumesPerNode ?? 0;
   const stateDirDefault = backends.length > 0 && role === 'all' ? `${backends[0]!.dataDir}/node-state` : '/var/lib/sinter/node';
   const nodeTopology = strMap(nodeRaw.topology, 'node.topology');
+  // The controller reads this segment from the node id (its host): a different value here would make the two disagree.
+  if (NODE_TOPOLOGY_KEY in nodeTopology)
+    throw new ConfigError(`node.topology.${NODE_TOPOLOGY_KEY}`, 'is always the node name (the host part of the node id); remove it');
   const node = {
     maxVolumesPerNode: int(maxVol, flags['max-volumes-per-node'] ? '--max-volumes-per-node' : 'node.maxVolumesPerNode', 0, 1_000_000),
     topology: { [NODE_TOPOLOGY_KEY]: nodeName, ...nodeTopology },

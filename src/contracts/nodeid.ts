@@ -11,6 +11,15 @@ export interface NodeIdentity {
 }
 
 export const MAX_NODE_ID_BYTES = 256;
+
+/**
+ * The topology segment every node plugin reports in NodeGetInfo's
+ * accessible_topology, valued with the node id's host. Because the value is
+ * in the id itself, the controller knows this segment of any node without
+ * asking Kubernetes; other segments (a zone) it learns from the node's
+ * registration (see src/controller/node-topology.ts).
+ */
+export const NODE_TOPOLOGY_KEY = 'topology.sinter.csi.io/node';
 const HOST_RE = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 const IQN_RE = /^(?:iqn\.\d{4}-\d{2}\.[A-Za-z0-9][A-Za-z0-9.:_-]*|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16}(?:[0-9A-Fa-f]{16})?)$/;
 const WWPN_RE = /^[0-9a-f]{16}$/;

@@ -1,22 +1,25 @@
 import { invalidArgument } from '../csi/errors.js';
-import { SUPPORTED_FS, type FsType } from './capabilities.js';
 
 /**
  * StorageClass parameters sinter understands. Keys under `csi.storage.k8s.io/`
- * belong to the Kubernetes sidecars (secret references, PVC metadata) and pass
- * through unvalidated; any other unknown key is a typo we refuse loudly.
+ * belong to the Kubernetes sidecars (secret references, the filesystem, PVC
+ * metadata) and pass through unvalidated; any other unknown key is a typo we
+ * refuse loudly.
+ *
+ * The filesystem is not among them: csi-provisioner reads it from
+ * `csi.storage.k8s.io/fstype` (and from any key that lower-cases to `fstype`,
+ * refusing a class that has both) and hands it over as the capability's
+ * `mount.fs_type`. A sinter key of that name would collide with the sidecar's.
  */
 export const PARAMETER_DOCS: Record<string, string> = {
   type: 'volume type; only backends whose `type` label equals it are considered (Cinder volume type)',
   backend: 'pin the volume to one named backend',
-  fsType: 'filesystem made on first stage: ext4 (default), xfs or btrfs',
   mkfsOptions: 'extra mkfs arguments, space-separated, letters/digits/=,.:_- only',
 };
 
 export interface VolumeParameters {
   type?: string;
   backend?: string;
-  fsType?: FsType;
   mkfsOptions?: string;
   /** Everything the CO sent, minus the sidecars' keys: compared for name idempotency. */
   own: Record<string, string>;
@@ -24,6 +27,34 @@ export interface VolumeParameters {
 
 const MKFS_OPTIONS_RE = /^[A-Za-z0-9=,.:_ -]{0,256}$/;
 export const K8S_PREFIX = 'csi.storage.k8s.io/';
+export const K8S_FSTYPE_KEY = `${K8S_PREFIX}fstype`;
+
+/**
+ * csi-provisioner's deprecated secret keys (before the csi.storage.k8s.io/
+ * prefix): it still honours them and, unlike the prefixed ones, sends them
+ * on to CreateVolume.
+ */
+const DEPRECATED_SECRET_KEYS: Record<string, string> = {
+  csiProvisionerSecretName: 'provisioner-secret-name',
+  csiProvisionerSecretNamespace: 'provisioner-secret-namespace',
+  csiControllerPublishSecretName: 'controller-publish-secret-name',
+  csiControllerPublishSecretNamespace: 'controller-publish-secret-namespace',
+  csiNodeStageSecretName: 'node-stage-secret-name',
+  csiNodeStageSecretNamespace: 'node-stage-secret-namespace',
+  csiNodePublishSecretName: 'node-publish-secret-name',
+  csiNodePublishSecretNamespace: 'node-publish-secret-namespace',
+};
+
+function unknownKey(field: string, k: string): Error {
+  const shownKey = k.slice(0, 64);
+  if (k.toLowerCase() === 'fstype')
+    return invalidArgument(
+      `${field}.${shownKey} is not a sinter parameter: set the filesystem with ${K8S_FSTYPE_KEY} (csi-provisioner passes it as the capability's fs_type; a class with both keys is refused by the provisioner)`,
+    );
+  const prefixed = DEPRECATED_SECRET_KEYS[k];
+  if (prefixed) return invalidArgument(`${field}.${shownKey} is a deprecated csi-provisioner key that reaches the driver unstripped: use ${K8S_PREFIX}${prefixed} instead`);
+  return invalidArgument(`${field}: unknown key "${shownKey}" (known: ${Object.keys(PARAMETER_DOCS).join(', ')}; the filesystem is ${K8S_FSTYPE_KEY})`);
+}
 
 export function parseParameters(params: Record<string, string> | undefined, field = 'parameters'): VolumeParameters {
   const own: Record<string, string> = {};
@@ -36,16 +67,12 @@ export function parseParameters(params: Record<string, string> | undefined, fiel
         if (!v) throw invalidArgument(`${field}.${k} must not be empty`);
         out[k] = v;
         break;
-      case 'fsType':
-        if (!(SUPPORTED_FS as readonly string[]).includes(v)) throw invalidArgument(`${field}.fsType "${v}" is not supported (use ${SUPPORTED_FS.join(', ')})`);
-        out.fsType = v as FsType;
-        break;
       case 'mkfsOptions':
         if (!MKFS_OPTIONS_RE.test(v)) throw invalidArgument(`${field}.mkfsOptions may hold only letters, digits, spaces and =,.:_- (at most 256 characters)`);
         out.mkfsOptions = v;
         break;
       default:
-        throw invalidArgument(`${field}: unknown key "${k.slice(0, 64)}" (known: ${Object.keys(PARAMETER_DOCS).join(', ')})`);
+        throw unknownKey(field, k);
     }
     own[k] = v;
   }

@@ -9,7 +9,7 @@ type WireCapability = unknown;
 import { parseParameters } from './parameters.js';
 import type { SnapshotManager } from './snapshots.js';
 import { reachesAny, type Topology, type TopologyRequirement } from './topology.js';
-import type { VolumeManager } from './volumes.js';
+import { recordedFsType, type VolumeManager } from './volumes.js';
 
 const CONTROLLER_CAPABILITIES = [
   'CREATE_DELETE_VOLUME',
@@ -50,7 +50,9 @@ export interface ControllerDeps {
 export function controllerService({ volumes, snapshots, backends }: ControllerDeps): ServiceImpl {
   const volumeContext = (v: VolumeRecord): Record<string, string> => {
     const ctx: Record<string, string> = { backend: v.backend };
-    if (v.parameters.fsType) ctx.fsType = v.parameters.fsType;
+    const fs = recordedFsType(v);
+    // For COs that stage without fs_type (the demo, csi-sanity): the node falls back to it.
+    if (fs) ctx.fsType = fs;
     if (v.parameters.mkfsOptions) ctx.mkfsOptions = v.parameters.mkfsOptions;
     return ctx;
   };
@@ -144,7 +146,7 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       } catch (e) {
         return { message: (e as Error).message };
       }
-      const fs = v.parameters.fsType;
+      const fs = recordedFsType(v);
       const clash = caps.find((c) => c.accessType === 'mount' && c.fsType && fs && c.fsType !== fs);
       if (clash) return { message: `volume ${volumeId} is made for ${fs}, not ${clash.fsType}` };
       return { confirmed: { volume_context: req.volume_context ?? {}, volume_capabilities: req.volume_capabilities, parameters: req.parameters ?? {} } };

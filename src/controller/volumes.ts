@@ -1,13 +1,14 @@
 import type { Logger } from 'pino';
 import type { Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
-import { parseNodeId } from '../contracts/nodeid.js';
+import { NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
 import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
 import { KeyedLock } from '../csi/locks.js';
 import { checkNewPublish, checkRepublish, newAttachment } from './attachment-rules.js';
 import { type FsType, type ParsedCapability } from './capabilities.js';
 import type { NodeRegistry } from './node-registry.js';
+import { checkNodeInTopology, type NodeSegments } from './node-topology.js';
 import { paginate, type Page } from './pagination.js';
 import { sameParameters, type VolumeParameters } from './parameters.js';
 import { schedule } from './scheduler.js';
@@ -31,6 +32,26 @@ export interface CreateVolumeInput {
   parameters: VolumeParameters;
   source?: ContentSource;
   topology?: TopologyRequirement;
+}
+
+/**
+ * The filesystem a CreateVolume asks for: its mount capabilities' fs_type
+ * (csi-provisioner sets every one from csi.storage.k8s.io/fstype). Two
+ * different ones cannot both be made.
+ */
+export function requestedFsType(caps: CapabilitySummary[]): string | undefined {
+  const kinds = [...new Set(caps.filter((c) => c.accessType === 'mount' && c.fsType).map((c) => c.fsType!))];
+  if (kinds.length > 1) throw invalidArgument(`volume_capabilities ask for different filesystems (${kinds.join(', ')}); a volume holds one`);
+  return kinds[0];
+}
+
+/**
+ * The filesystem a volume was made for: its mount capability's fs_type, or,
+ * for records written before sinter dropped its own `fsType` parameter, that
+ * parameter.
+ */
+export function recordedFsType(v: VolumeRecord): string | undefined {
+  return v.parameters.fsType ?? v.capabilities.find((c) => c.accessType === 'mount' && c.fsType)?.fsType;
 }
 
 const roundUp = (n: number, unit: number) => Math.ceil(n / unit) * unit;
@@ -67,6 +88,8 @@ export interface VolumeManagerOptions {
   externalAttachments?: (volumeId: string) => string[];
   /** Publishes on a node that no backend records (static volumes), counted against maxVolumesPerNode. */
   extraPublishedTo?: (nodeId: string) => number;
+  /** The nodes' topology segments beyond the node one (which the node id carries); none known when absent. */
+  nodeSegments?: NodeSegments;
 }
 
 export interface UnpublishOptions {
@@ -114,7 +137,7 @@ export class VolumeManager {
   }
 
   async create(input: CreateVolumeInput): Promise<VolumeRecord> {
-    const fsType = (input.parameters.fsType ?? input.capabilities.find((c) => c.fsType)?.fsType ?? 'ext4') as FsType;
+    const fsType = (requestedFsType(input.capabilities) ?? 'ext4') as FsType;
     const needsFs = input.capabilities.some((c) => c.accessType === 'mount');
     const floor = needsFs ? MIN_SIZE_FOR_FS[fsType] : MiB;
 
@@ -195,7 +218,11 @@ export class VolumeManager {
     const lim = input.capacity?.limit_bytes ?? 0;
     if ((req > 0 && v.sizeBytes < req) || (lim > 0 && v.sizeBytes > lim))
       throw alreadyExists(`name: volume "${v.name}" exists with ${v.sizeBytes} bytes, outside the requested capacity_range`);
-    if (!sameParameters(v.parameters, input.parameters.own)) throw alreadyExists(`name: volume "${v.name}" exists with different parameters`);
+    const { fsType: _legacy, ...params } = v.parameters;
+    if (!sameParameters(params, input.parameters.own)) throw alreadyExists(`name: volume "${v.name}" exists with different parameters`);
+    const had = recordedFsType(v);
+    const wants = requestedFsType(input.capabilities);
+    if (had && wants && had !== wants) throw alreadyExists(`name: volume "${v.name}" exists, made for ${had}, not ${wants}`);
     const a = v.source;
     const b = input.source;
     if ((a?.type ?? '') !== (b?.type ?? '') || (a?.id ?? '') !== (b?.id ?? ''))
@@ -252,6 +279,11 @@ export class VolumeManager {
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);
     if (!node) throw notFound(`node_id: node "${nodeId.slice(0, 128)}" is not known to this controller`);
+    // The backend's topology is the volume's accessible topology (CreateVolume returned it); a
+    // repeated publish is checked too, so a publish recorded before this rule cannot be renewed.
+    const needsLookup = Object.keys(b.topology).some((k) => k !== NODE_TOPOLOGY_KEY);
+    const known = needsLookup ? ((await this.opts.nodeSegments?.segments(nodeId, node)) ?? {}) : {};
+    checkNodeInTopology(`volume ${volumeId}`, b.topology, node, known);
     return this.locks.run(`vol:${volumeId}`, async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);

@@ -1,7 +1,7 @@
 import { Watch, type KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { unavailable } from '../csi/errors.js';
-import { makeApis } from './client.js';
+import { abortable, makeApis, type KubeApis } from './client.js';
 import { Reflector, type ReflectorOptions } from './reflector.js';
 import {
   csiNodeKind,
@@ -53,8 +53,11 @@ export class KubeCache {
   private everUp = false;
   private nodeIdIndex: Set<string> | undefined;
 
+  private readonly apis: KubeApis;
+
   constructor(private readonly opts: KubeCacheOptions) {
     const apis = makeApis(opts.kubeConfig);
+    this.apis = apis;
     const watch = new Watch(opts.kubeConfig);
     const ropts = (kind: string): ReflectorOptions => ({ ...opts.reflector, log: opts.log.child({ resource: kind }) });
     this.volumeAttachments = new Reflector(volumeAttachmentKind(apis, opts.driverName), watch, ropts('volumeattachments'));
@@ -127,6 +130,21 @@ export class KubeCache {
       },
       hasNodeId: (nodeId) => this.hasNodeId(nodeId),
     };
+  }
+
+  /** The CSINode entry that carries this node id for our driver. */
+  csiNodeOfId(nodeId: string): CsiNodeInfo | undefined {
+    for (const n of this.csiNodes.values()) if (n.nodeId === nodeId) return n;
+    return undefined;
+  }
+
+  /**
+   * A Node's labels, read fresh from the API server (one GET; Node objects are
+   * too large to mirror for the few publishes that need a zone).
+   */
+  async nodeLabels(nodeName: string, timeoutMs = 10_000): Promise<Record<string, string>> {
+    const node = await this.apis.core.readNode({ name: nodeName }, abortable(AbortSignal.timeout(timeoutMs)));
+    return { ...(node.metadata?.labels ?? {}) };
   }
 
   /** Our driver's node id on a node, from its CSINode. */

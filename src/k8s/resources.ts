@@ -27,6 +27,8 @@ export interface VolumeAttachmentInfo {
 export interface CsiNodeInfo {
   nodeName: string;
   nodeId: string;
+  /** The topology keys the kubelet recorded from our NodeGetInfo (their values are the Node's labels). */
+  topologyKeys: string[];
 }
 
 /** A PersistentVolume of our driver: its name → spec.csi.volumeHandle. */
@@ -63,7 +65,8 @@ export function projectCsiNode(driverName: string, o: unknown): CsiNodeInfo | un
   if (!name || !Array.isArray(drivers)) return undefined;
   const mine = drivers.map(obj).find((d) => d?.name === driverName);
   const nodeId = str(mine?.nodeID);
-  return nodeId ? { nodeName: name, nodeId } : undefined;
+  const keys = Array.isArray(mine?.topologyKeys) ? (mine.topologyKeys as unknown[]).filter((k): k is string => typeof k === 'string' && k !== '') : [];
+  return nodeId ? { nodeName: name, nodeId, topologyKeys: keys } : undefined;
 }
 
 export function projectPersistentVolume(driverName: string, o: unknown): PersistentVolumeInfo | undefined {

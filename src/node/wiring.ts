@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { encodeNodeId, isValidIqn, parseNodeId } from '../contracts/nodeid.js';
+import { encodeNodeId, isValidIqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { HostExecutor } from '../exec/run.js';
 import { IscsiConnector } from './connectors/iscsi-connector.js';
 import { onlineInitiatorWwpns } from './connectors/fc.js';
@@ -42,7 +42,8 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
       nodeName: cfg.nodeName,
       nodeId,
       maxVolumesPerNode: cfg.node.maxVolumesPerNode,
-      topology: cfg.node.topology,
+      // The node segment is the node id's host, which the controller reads back from the id (src/contracts/nodeid.ts).
+      topology: { ...cfg.node.topology, [NODE_TOPOLOGY_KEY]: parseNodeId(nodeId)?.host ?? cfg.nodeName },
       kubeletRoots: cfg.kubeletRoots,
       localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
       stateDir: cfg.node.stateDir,

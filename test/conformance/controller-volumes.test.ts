@@ -41,12 +41,13 @@ describe('Controller volumes (sinter all, file backend)', () => {
     });
 
     it('is idempotent by name, and ALREADY_EXISTS for an incompatible repeat', async () => {
-      const req = { name: 'cv-idem', capacity_range: { required_bytes: 20 * MiB }, volume_capabilities: [mountCap()], parameters: { fsType: 'ext4' } };
+      const req = { name: 'cv-idem', capacity_range: { required_bytes: 20 * MiB }, volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'ext4')], parameters: { mkfsOptions: '-m 0' } };
       const a = await ctl().CreateVolume(req);
       const b = await ctl().CreateVolume(req);
       expect(b.volume.volume_id).toBe(a.volume.volume_id);
       expect(await codeOf(ctl().CreateVolume({ ...req, capacity_range: { required_bytes: 40 * MiB } }))).toBe('ALREADY_EXISTS');
-      expect(await codeOf(ctl().CreateVolume({ ...req, parameters: { fsType: 'xfs' } }))).toBe('ALREADY_EXISTS');
+      expect(await codeOf(ctl().CreateVolume({ ...req, parameters: {} }))).toBe('ALREADY_EXISTS');
+      expect(await codeOf(ctl().CreateVolume({ ...req, volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'xfs')] }))).toBe('ALREADY_EXISTS');
     });
 
     it('returns one volume to 20 concurrent creates of one name', async () => {
@@ -58,8 +59,13 @@ describe('Controller volumes (sinter all, file backend)', () => {
     });
 
     it('names an unknown parameter, and refuses mount with a multi-node writer', async () => {
-      const bad = ctl().CreateVolume({ name: 'cv-param', volume_capabilities: [mountCap()], parameters: { fstype: 'ext4' } });
-      await expect(bad).rejects.toMatchObject({ details: expect.stringMatching(/unknown key "fstype"/) });
+      const bad = ctl().CreateVolume({ name: 'cv-param', volume_capabilities: [mountCap()], parameters: { tpye: 'ssd' } });
+      await expect(bad).rejects.toMatchObject({ details: expect.stringMatching(/unknown key "tpye"/) });
+      // The filesystem is the sidecar's csi.storage.k8s.io/fstype, never a key of sinter's own.
+      const legacy = { name: 'cv-fstype', volume_capabilities: [mountCap()], parameters: { fsType: 'ext4' } };
+      expect(await codeOf(ctl().CreateVolume(legacy))).toBe('INVALID_ARGUMENT');
+      await expect(ctl().CreateVolume(legacy)).rejects.toMatchObject({ details: expect.stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
+      expect(await codeOf(ctl().CreateVolume({ name: 'cv-2fs', volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'ext4'), mountCap('SINGLE_NODE_READER_ONLY', 'xfs')] }))).toBe('INVALID_ARGUMENT');
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-mnmw', volume_capabilities: [mountCap('MULTI_NODE_MULTI_WRITER')] }))).toBe('INVALID_ARGUMENT');
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-mnmw-block', capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap('MULTI_NODE_MULTI_WRITER')] }))).toBe('OK');
     });
@@ -104,7 +110,7 @@ describe('Controller volumes (sinter all, file backend)', () => {
 
   describe('ValidateVolumeCapabilities', () => {
     it('confirms what the volume supports and says why it does not', async () => {
-      const v = (await ctl().CreateVolume({ name: 'vvc', volume_capabilities: [mountCap()], parameters: { fsType: 'ext4' } })).volume;
+      const v = (await ctl().CreateVolume({ name: 'vvc', volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'ext4')] })).volume;
       const ok = await ctl().ValidateVolumeCapabilities({ volume_id: v.volume_id, volume_capabilities: [mountCap()] });
       expect(ok.confirmed.volume_capabilities).toHaveLength(1);
       const no = await ctl().ValidateVolumeCapabilities({ volume_id: v.volume_id, volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'xfs')] });

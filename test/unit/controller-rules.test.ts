@@ -51,10 +51,17 @@ describe('volume capabilities', () => {
 
 describe('StorageClass parameters', () => {
   it('keeps known keys and passes the sidecars keys through', () => {
-    const p = parseParameters({ type: 'ssd', fsType: 'xfs', mkfsOptions: '-m 0', 'csi.storage.k8s.io/pvc/name': 'data' });
-    expect(p).toMatchObject({ type: 'ssd', fsType: 'xfs', mkfsOptions: '-m 0' });
-    expect(p.own).toEqual({ type: 'ssd', fsType: 'xfs', mkfsOptions: '-m 0' });
+    const p = parseParameters({ type: 'ssd', mkfsOptions: '-m 0', 'csi.storage.k8s.io/pvc/name': 'data', 'csi.storage.k8s.io/fstype': 'xfs' });
+    expect(p).toMatchObject({ type: 'ssd', mkfsOptions: '-m 0' });
+    expect(p.own).toEqual({ type: 'ssd', mkfsOptions: '-m 0' });
   });
+  it.each(['fsType', 'fstype', 'FSType', 'FSTYPE'])('refuses %s, whatever its case, and points at csi.storage.k8s.io/fstype', (k) => {
+    // csi-provisioner v6.3.0 (pkg/controller/controller.go) treats every key that lower-cases to "fstype" as its legacy key.
+    expect(codeOf(() => parseParameters({ [k]: 'xfs' }))).toBe(status.INVALID_ARGUMENT);
+    expect(() => parseParameters({ [k]: 'xfs' })).toThrow(new RegExp(`parameters\\.${k} is not a sinter parameter: set the filesystem with csi\\.storage\\.k8s\\.io/fstype`));
+  });
+  it('points a deprecated unprefixed secret key at its csi.storage.k8s.io/ name', () =>
+    expect(() => parseParameters({ csiNodeStageSecretName: 'chap' })).toThrow(/csiNodeStageSecretName .*use csi\.storage\.k8s\.io\/node-stage-secret-name/));
   it('names an unknown key', () => expect(() => parseParameters({ tpye: 'ssd' })).toThrow(/unknown key "tpye"/));
   it('refuses shell characters in mkfsOptions', () => expect(() => parseParameters({ mkfsOptions: '-E `id`' })).toThrow(/mkfsOptions/));
 });

@@ -53,7 +53,7 @@ describe('projections of API objects (list results carry Dates, watch events str
     expect(projectVolumeAttachment(D, inline)?.inlineVolumeHandle).toBe(VOL);
   });
   it('takes our driver entry of a CSINode and our PersistentVolumes', () => {
-    expect(projectCsiNode(D, { metadata: { name: 'n' }, spec: { drivers: [{ name: 'x', nodeID: 'x' }, { name: D, nodeID: 'n;;' }] } })).toEqual({ nodeName: 'n', nodeId: 'n;;' });
+    expect(projectCsiNode(D, { metadata: { name: 'n' }, spec: { drivers: [{ name: 'x', nodeID: 'x' }, { name: D, nodeID: 'n;;' }] } })).toEqual({ nodeName: 'n', nodeId: 'n;;', topologyKeys: [] });
     expect(projectCsiNode(D, { metadata: { name: 'n' }, spec: { drivers: [{ name: 'x', nodeID: 'x' }] } })).toBeUndefined();
     expect(projectCsiNode(D, { metadata: { name: 'n' }, spec: {} })).toBeUndefined();
     expect(projectPersistentVolume(D, { metadata: { name: 'pv' }, spec: { csi: { driver: D, volumeHandle: VOL } } })).toEqual({ name: 'pv', volumeHandle: VOL });
