@@ -8,7 +8,7 @@ import { parseCapabilities, parseCapability } from './capabilities.js';
 type WireCapability = unknown;
 import { parseParameters } from './parameters.js';
 import type { SnapshotManager } from './snapshots.js';
-import { reachesAny, type Topology, type TopologyRequirement } from './topology.js';
+import type { Topology, TopologyRequirement } from './topology.js';
 import type { VolumeManager } from './volumes.js';
 
 const CONTROLLER_CAPABILITIES = [
@@ -161,20 +161,12 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { volume: wireVolume(v), status: await volumeStatus(v) };
     },
 
-    async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology }) {
-      if (req.volume_capabilities && req.volume_capabilities.length > 0) parseCapabilities(req.volume_capabilities, 'volume_capabilities');
-      const params = parseParameters(req.parameters);
-      let available = 0;
-      let largest = 0;
-      for (const b of backends.values()) {
-        if (params.backend && b.name !== params.backend) continue;
-        if (params.type && b.labels.type !== params.type) continue;
-        if (req.accessible_topology && !reachesAny(b.topology, [req.accessible_topology])) continue;
-        const c = await b.capacity();
-        available += c.availableBytes;
-        largest = Math.max(largest, c.availableBytes);
-      }
-      return { available_capacity: available, maximum_volume_size: { value: largest }, minimum_volume_size: { value: 1024 * 1024 } };
+    async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology | null }) {
+      // Capabilities are optional here (csi-provisioner sends none); parameters are
+      // the StorageClass's as they stand, refused exactly as CreateVolume refuses them.
+      const capabilities = req.volume_capabilities && req.volume_capabilities.length > 0 ? parseCapabilities(req.volume_capabilities, 'volume_capabilities') : [];
+      const c = await volumes.capacity({ parameters: parseParameters(req.parameters), capabilities, topology: req.accessible_topology ?? undefined });
+      return { available_capacity: c.availableBytes, maximum_volume_size: { value: c.maximumBytes }, minimum_volume_size: { value: c.minimumBytes } };
     },
 
     async ControllerExpandVolume(req: { volume_id?: string; capacity_range?: { required_bytes?: number; limit_bytes?: number }; volume_capability?: WireCapability }) {
