@@ -11,6 +11,9 @@ import type { SnapshotManager } from './snapshots.js';
 import type { Topology, TopologyRequirement } from './topology.js';
 import type { VolumeManager } from './volumes.js';
 
+/** The StorageClass key csi-provisioner reads the filesystem from (and passes on, raw, in GetCapacity's parameters). */
+const FSTYPE_KEY = 'csi.storage.k8s.io/fstype';
+
 const CONTROLLER_CAPABILITIES = [
   'CREATE_DELETE_VOLUME',
   'PUBLISH_UNPUBLISH_VOLUME',
@@ -164,7 +167,11 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
     async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology | null }) {
       // Capabilities are optional here (csi-provisioner sends none); parameters are
       // the StorageClass's as they stand, refused exactly as CreateVolume refuses them.
-      const capabilities = req.volume_capabilities && req.volume_capabilities.length > 0 ? parseCapabilities(req.volume_capabilities, 'volume_capabilities') : [];
+      let capabilities = req.volume_capabilities && req.volume_capabilities.length > 0 ? parseCapabilities(req.volume_capabilities, 'volume_capabilities') : [];
+      // Without capabilities, the class's filesystem (which csi-provisioner turns into the
+      // capability's fs_type) still sets the smallest volume: an xfs volume is never under 300 MiB.
+      const fs = req.parameters?.[FSTYPE_KEY];
+      if (capabilities.length === 0 && fs) capabilities = [parseCapability({ mount: { fs_type: fs }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }, `parameters["${FSTYPE_KEY}"]`)];
       const c = await volumes.capacity({ parameters: parseParameters(req.parameters), capabilities, topology: req.accessible_topology ?? undefined });
       return { available_capacity: c.availableBytes, maximum_volume_size: { value: c.maximumBytes }, minimum_volume_size: { value: c.minimumBytes } };
     },

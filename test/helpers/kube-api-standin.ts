@@ -117,6 +117,8 @@ const status = (code: number, reason: string, message: string) => ({ kind: 'Stat
 
 export class KubeApiStandIn {
   readonly token = 'standin-token';
+  /** Further bearer tokens accepted, one per modelled component, so a test can tell whose requests were whose. */
+  readonly extraTokens = new Set<string>();
   port = 0;
   /** How a watch from a compacted resourceVersion is refused. */
   goneAs: 'event' | 'http' = 'event';
@@ -125,7 +127,7 @@ export class KubeApiStandIn {
   /** Called before a list request is answered (fault injection between pages). */
   beforeList: ((resource: Resource, continueToken: string | null) => void) | undefined;
   /** Every request seen: method, path and query. */
-  readonly requests: { resource?: Resource; watch: boolean; query: URLSearchParams; method?: string; path?: string }[] = [];
+  readonly requests: { resource?: Resource; watch: boolean; query: URLSearchParams; method?: string; path?: string; namespace?: string; name?: string; token?: string }[] = [];
 
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
@@ -184,8 +186,8 @@ export class KubeApiStandIn {
   }
 
   /** A kubeconfig for this server (plain HTTP, bearer token), written into dir. */
-  writeKubeconfig(dir: string, port = this.port): string {
-    const path = join(dir, 'kubeconfig');
+  writeKubeconfig(dir: string, port = this.port, token = this.token): string {
+    const path = join(dir, token === this.token ? 'kubeconfig' : `kubeconfig-${token}`);
     writeFileSync(
       path,
       [
@@ -199,7 +201,7 @@ export class KubeApiStandIn {
         'users:',
         '- name: sinter',
         '  user:',
-        `    token: ${this.token}`,
+        `    token: ${token}`,
         'contexts:',
         '- name: standin',
         '  context:',
@@ -303,12 +305,13 @@ export class KubeApiStandIn {
     const route = routeOf(url.pathname);
     const resource = route?.resource;
     const watch = url.searchParams.get('watch') === 'true' || url.searchParams.get('watch') === '1';
-    this.requests.push({ resource, watch, query: url.searchParams, method: req.method, path: url.pathname });
+    const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+    this.requests.push({ resource, watch, query: url.searchParams, method: req.method, path: url.pathname, namespace: route?.namespace, name: route?.name, token });
     const json = (code: number, body: unknown) => {
       res.writeHead(code, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));
     };
-    if (req.headers.authorization !== `Bearer ${this.token}`) return json(401, status(401, 'Unauthorized', 'Unauthorized'));
+    if (token !== this.token && !this.extraTokens.has(token ?? '')) return json(401, status(401, 'Unauthorized', 'Unauthorized'));
     if (this.failWith !== undefined) return json(this.failWith, status(this.failWith, 'InternalError', `stand-in fails with ${this.failWith}`));
     if (!route) return json(404, status(404, 'NotFound', `the server could not find the requested resource (${url.pathname})`));
     const method = req.method ?? 'GET';
