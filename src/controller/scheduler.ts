@@ -48,10 +48,10 @@ async function judge(b: Backend, f: PlacementFilter): Promise<Candidate | string
 export async function schedule(backends: Backend[], req: PlacementRequest): Promise<Candidate> {
   const reasons: string[] = [];
   const fits: Candidate[] = [];
-  for (const b of backends) {
-    const j = await judge(b, req);
+  // Every backend's capacity is read at once (a statfs or a pool query each); the order of reasons stays the configuration's.
+  for (const j of await Promise.all(backends.map((b) => judge(b, req)))) {
     if (typeof j === 'string') reasons.push(j);
-    else if (j.capacity.availableBytes < req.sizeBytes) reasons.push(`${b.name}: ${j.capacity.availableBytes} bytes available, ${req.sizeBytes} needed`);
+    else if (j.capacity.availableBytes < req.sizeBytes) reasons.push(`${j.backend.name}: ${j.capacity.availableBytes} bytes available, ${req.sizeBytes} needed`);
     else fits.push(j);
   }
   if (fits.length === 0) {
@@ -82,12 +82,11 @@ export interface CapacityReport {
 /** GetCapacity's answer: the same filters as schedule(), without a size. */
 export async function capacityFor(backends: Backend[], filter: PlacementFilter): Promise<CapacityReport> {
   const report: CapacityReport = { availableBytes: 0, largestBytes: 0, backends: [] };
-  for (const b of backends) {
-    const j = await judge(b, filter);
+  for (const j of await Promise.all(backends.map((b) => judge(b, filter)))) {
     if (typeof j === 'string') continue;
     report.availableBytes += j.capacity.availableBytes;
     report.largestBytes = Math.max(report.largestBytes, j.capacity.availableBytes);
-    report.backends.push(b.name);
+    report.backends.push(j.backend.name);
   }
   return report;
 }
