@@ -142,7 +142,11 @@ export class ProvisionerCapacityModel {
       this.owner = await this.lookupOwner('v1', 'Pod', this.o.podName, this.o.ownerrefLevel);
     }
     try {
-      await this.storage.createNamespacedCSIStorageCapacity({ namespace: this.o.namespace, body: { metadata: { name: '#%123-invalid-name' }, storageClassName: 'x' } });
+      await this.storage.createNamespacedCSIStorageCapacity({
+        namespace: this.o.namespace,
+        // As the Go client sends it: only the (invalid) name.
+        body: { metadata: { name: '#%123-invalid-name' } } as V1CSIStorageCapacity,
+      });
       throw new Error("creating an invalid v1.CSIStorageCapacity didn't fail as expected");
     } catch (e) {
       const code = (e as { code?: number }).code;
