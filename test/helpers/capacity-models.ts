@@ -13,7 +13,9 @@
 //  - kube-scheduler v1.26 VolumeBinding filter for an unbound
 //    WaitForFirstConsumer claim: pkg/scheduler/framework/plugins/volumebinding/
 //    binder.go checkVolumeProvisions -> hasEnoughCapacity, capacitySufficient,
-//    nodeHasAccess.
+//    nodeHasAccess. Read at kubernetes commit 01aa0f3f: no capacity feature
+//    gate left (GA in v1.24) and the CSIMigration gate still checked (removed
+//    in v1.27), so v1.24-v1.26, the versions whose capacity check this is.
 //
 // Both talk to the API (the HTTP stand-in) with the real client library, and
 // the provisioner model calls the real gRPC GetCapacity/CreateVolume of a
