@@ -8,8 +8,11 @@ import { parseCapabilities, parseCapability } from './capabilities.js';
 type WireCapability = unknown;
 import { parseParameters } from './parameters.js';
 import type { SnapshotManager } from './snapshots.js';
-import { reachesAny, type Topology, type TopologyRequirement } from './topology.js';
+import type { Topology, TopologyRequirement } from './topology.js';
 import { recordedFsType, type VolumeManager } from './volumes.js';
+
+/** The StorageClass key csi-provisioner reads the filesystem from (and passes on, raw, in GetCapacity's parameters). */
+const FSTYPE_KEY = 'csi.storage.k8s.io/fstype';
 
 const CONTROLLER_CAPABILITIES = [
   'CREATE_DELETE_VOLUME',
@@ -163,20 +166,16 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { volume: wireVolume(v), status: await volumeStatus(v) };
     },
 
-    async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology }) {
-      if (req.volume_capabilities && req.volume_capabilities.length > 0) parseCapabilities(req.volume_capabilities, 'volume_capabilities');
-      const params = parseParameters(req.parameters);
-      let available = 0;
-      let largest = 0;
-      for (const b of backends.values()) {
-        if (params.backend && b.name !== params.backend) continue;
-        if (params.type && b.labels.type !== params.type) continue;
-        if (req.accessible_topology && !reachesAny(b.topology, [req.accessible_topology])) continue;
-        const c = await b.capacity();
-        available += c.availableBytes;
-        largest = Math.max(largest, c.availableBytes);
-      }
-      return { available_capacity: available, maximum_volume_size: { value: largest }, minimum_volume_size: { value: 1024 * 1024 } };
+    async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology | null }) {
+      // Capabilities are optional here (csi-provisioner sends none); parameters are
+      // the StorageClass's as they stand, refused exactly as CreateVolume refuses them.
+      let capabilities = req.volume_capabilities && req.volume_capabilities.length > 0 ? parseCapabilities(req.volume_capabilities, 'volume_capabilities') : [];
+      // Without capabilities, the class's filesystem (which csi-provisioner turns into the
+      // capability's fs_type) still sets the smallest volume: an xfs volume is never under 300 MiB.
+      const fs = req.parameters?.[FSTYPE_KEY];
+      if (capabilities.length === 0 && fs) capabilities = [parseCapability({ mount: { fs_type: fs }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }, `parameters["${FSTYPE_KEY}"]`)];
+      const c = await volumes.capacity({ parameters: parseParameters(req.parameters), capabilities, topology: req.accessible_topology ?? undefined });
+      return { available_capacity: c.availableBytes, maximum_volume_size: { value: c.maximumBytes }, minimum_volume_size: { value: c.minimumBytes } };
     },
 
     async ControllerExpandVolume(req: { volume_id?: string; capacity_range?: { required_bytes?: number; limit_bytes?: number }; volume_capability?: WireCapability }) {

@@ -11,8 +11,8 @@ import type { NodeRegistry } from './node-registry.js';
 import { checkNodeInTopology, type NodeSegments } from './node-topology.js';
 import { paginate, type Page } from './pagination.js';
 import { sameParameters, type VolumeParameters } from './parameters.js';
-import { schedule } from './scheduler.js';
-import type { TopologyRequirement } from './topology.js';
+import { capacityFor, schedule, type PlacementFilter } from './scheduler.js';
+import type { Topology, TopologyRequirement } from './topology.js';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -39,7 +39,7 @@ export interface CreateVolumeInput {
  * (csi-provisioner sets every one from csi.storage.k8s.io/fstype). Two
  * different ones cannot both be made.
  */
-export function requestedFsType(caps: CapabilitySummary[]): string | undefined {
+export function requestedFsType(caps: Pick<CapabilitySummary, 'accessType' | 'fsType'>[]): string | undefined {
   const kinds = [...new Set(caps.filter((c) => c.accessType === 'mount' && c.fsType).map((c) => c.fsType!))];
   if (kinds.length > 1) throw invalidArgument(`volume_capabilities ask for different filesystems (${kinds.join(', ')}); a volume holds one`);
   return kinds[0];
@@ -74,6 +74,29 @@ export function sizeFor(range: CapacityRange | undefined, fallback: number, floo
     if (size > lim) throw outOfRange(`capacity_range: no size in 4 KiB steps between ${Math.max(req, floor)} and ${lim} bytes`);
   }
   return size;
+}
+
+/** The smallest volume CreateVolume makes for these parameters and capabilities: mkfs's floor when a filesystem is made, else 1 MiB. */
+export function sizeFloor(capabilities: Pick<CapabilitySummary, 'accessType' | 'fsType'>[]): number {
+  const fsType = (requestedFsType(capabilities) ?? 'ext4') as FsType;
+  return capabilities.some((c) => c.accessType === 'mount') ? MIN_SIZE_FOR_FS[fsType] : MiB;
+}
+
+/** The largest required_bytes (without a limit) that sizeFor turns into a size of at most `bytes`: it rounds up to whole MiB. */
+export function largestSizeWithin(bytes: number): number {
+  return Math.floor(bytes / MiB) * MiB;
+}
+
+/** What a StorageClass's parameters and a topology ask of a backend: one filter for CreateVolume and GetCapacity. */
+function placementFilter(p: VolumeParameters, topology: TopologyRequirement | undefined): PlacementFilter {
+  return { type: p.type, backend: p.backend, topology };
+}
+
+export interface CapacityInput {
+  parameters: VolumeParameters;
+  capabilities: Pick<CapabilitySummary, 'accessType' | 'fsType'>[];
+  /** The one segment GetCapacity asks about (accessible_topology); undefined = anywhere. */
+  topology?: Topology;
 }
 
 export interface VolumeManagerOptions {
@@ -137,9 +160,7 @@ export class VolumeManager {
   }
 
   async create(input: CreateVolumeInput): Promise<VolumeRecord> {
-    const fsType = (requestedFsType(input.capabilities) ?? 'ext4') as FsType;
-    const needsFs = input.capabilities.some((c) => c.accessType === 'mount');
-    const floor = needsFs ? MIN_SIZE_FOR_FS[fsType] : MiB;
+    const floor = sizeFloor(input.capabilities);
 
     return this.locks.run(`name:${input.name}`, async () => {
       const existing = this.byName.get(input.name);
@@ -166,12 +187,7 @@ export class VolumeManager {
       const sizeBytes = sizeFor(input.capacity, input.source ? sourceSize : DEFAULT_VOLUME_SIZE, Math.max(floor, sourceSize));
 
       const candidates = sourceBackend ? [sourceBackend] : [...this.backends.values()];
-      const { backend } = await schedule(candidates, {
-        sizeBytes,
-        type: input.parameters.type,
-        backend: input.parameters.backend,
-        topology: input.topology,
-      });
+      const { backend } = await schedule(candidates, { sizeBytes, ...placementFilter(input.parameters, input.topology) });
       const id = newVolumeId(backend.name);
       const sourceLock = input.source ? [`${input.source.type === 'snapshot' ? 'snap' : 'vol'}:${input.source.id}`] : [];
       const rec = await this.locks.runAll([`vol:${id}`, ...sourceLock], async () => {
@@ -197,6 +213,20 @@ export class VolumeManager {
       this.remember(rec);
       return rec;
     });
+  }
+
+  /**
+   * GetCapacity: the room CreateVolume would find for these parameters in one
+   * topology segment, judged by the scheduler's own filters (capacityFor).
+   * maximumBytes is the largest request CreateVolume would accept there (sizes
+   * are whole MiB), 0 when not even the smallest volume fits.
+   */
+  async capacity(input: CapacityInput): Promise<{ availableBytes: number; maximumBytes: number; minimumBytes: number }> {
+    const topology = input.topology ? { requisite: [input.topology] } : undefined;
+    const r = await capacityFor([...this.backends.values()], placementFilter(input.parameters, topology));
+    const minimumBytes = sizeFloor(input.capabilities);
+    const largest = largestSizeWithin(r.largestBytes);
+    return { availableBytes: r.availableBytes, maximumBytes: largest >= minimumBytes ? largest : 0, minimumBytes };
   }
 
   private resolveSource(src: ContentSource): { backend: Backend; sizeBytes: number } {

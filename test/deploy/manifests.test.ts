@@ -287,6 +287,9 @@ const EXPECTED_CLUSTER_ROLES: Record<string, string[]> = {
 };
 const EXPECTED_ROLES: Record<string, string[]> = {
   'sinter-leader-election': ['coordination.k8s.io/leases: get,list,watch,create,update,delete'],
+  // external-provisioner v6.3.0 --enable-capacity: deploy/kubernetes/rbac.yaml (Role external-provisioner-cfg);
+  // pkg/owner/owner.go GETs the pod and, for --capacity-ownerref-level=2, its ReplicaSet (not the Deployment).
+  'sinter-storage-capacity': ['storage.k8s.io/csistoragecapacities: get,list,watch,create,update,patch,delete', '/pods: get', 'apps/replicasets: get'],
   'sinter-chap-secret': ['/secrets[sinter-chap]: get'],
 };
 
@@ -455,12 +458,32 @@ describe('sidecar arguments', () => {
     const prov = container(pod, 'csi-provisioner').args ?? [];
     expect(prov).toContain('--feature-gates=Topology=true');
     expect(prov).toContain('--extra-create-metadata');
+    // CreateVolume's requisite is the selected node's segment only: the segment GetCapacity answered for.
+    expect(prov).toContain('--strict-topology');
     for (const name of ['csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter']) {
       const args = container(pod, name).args ?? [];
       expect(args, name).toContain('--leader-election');
       expect(flagValue(args, 'leader-election-namespace'), name).toBe('$(NAMESPACE)');
       expect(container(pod, name).env?.find((e) => e.name === 'NAMESPACE')?.valueFrom, name).toEqual({ fieldRef: { fieldPath: 'metadata.namespace' } });
     }
+  });
+  it.each(RENDERS)('%s: provisioner publishes capacity, owned by the controller Deployment (cmd/csi-provisioner v6.3.0: NAMESPACE, POD_NAME, ownerref level)', (dir) => {
+    const docs = render(dir);
+    const w = workload(docs, CONTROLLER);
+    const prov = container(w.pod, 'csi-provisioner');
+    const args = prov.args ?? [];
+    expect(args).toContain('--enable-capacity');
+    // pod -> ReplicaSet -> Deployment: two levels up from the pod.
+    expect(flagValue(args, 'capacity-ownerref-level')).toBe('2');
+    expect(w.obj.kind).toBe('Deployment');
+    expect(flagValue(args, 'capacity-poll-interval')).toMatch(/^\d+s$/);
+    const env = Object.fromEntries((prov.env ?? []).map((e) => [e.name, e.valueFrom]));
+    expect(env.NAMESPACE).toEqual({ fieldRef: { fieldPath: 'metadata.namespace' } });
+    expect(env.POD_NAME).toEqual({ fieldRef: { fieldPath: 'metadata.name' } });
+    // The Role that lets it write them is in the namespace the objects go to, bound to the pod's ServiceAccount.
+    const binding = docs.find((o) => o.kind === 'RoleBinding' && (o.roleRef as { name: string }).name === 'sinter-storage-capacity');
+    expect(binding?.metadata.namespace).toBe(w.obj.metadata.namespace);
+    expect((binding?.subjects as { name: string }[])[0]?.name).toBe(w.pod.serviceAccountName);
   });
   it.each(RENDERS)('%s: health ports: --http-endpoint matches a declared port and a liveness probe uses it', (dir) => {
     for (const id of [CONTROLLER, NODE]) {
@@ -500,6 +523,8 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
     expect(d.metadata.name).toBe(DRIVER);
     expect(DEFAULT_DRIVER_NAME).toBe(DRIVER);
     expect(d.spec).toMatchObject({ attachRequired: true, podInfoOnMount: true, fsGroupPolicy: 'File', volumeLifecycleModes: ['Persistent'] });
+    // kube-scheduler reads CSIStorageCapacity only for drivers that opt in (binder.go hasEnoughCapacity).
+    expect(d.spec).toMatchObject({ storageCapacity: true });
   });
   it.each(RENDERS)('%s: every StorageClass is sinter\'s and its parameters pass sinter\'s own parser', (dir) => {
     const classes = render(dir).filter((o) => o.kind === 'StorageClass');

@@ -63,6 +63,41 @@ describe('several backends (Cinder enabled_backends) behind one controller', () 
     expect(backendOf(await create('any', 1, { type: 'hdd' }, { accessibility_requirements: { requisite: [{ segments: { 'topology.sinter.csi.io/zone': 'z2' } }] } }))).toBe('hdd');
   });
 
+  it("without strict topology (requisite: every node's segment, the selected node's first in preferred) a backend the selected node reaches wins, even one without topology", async () => {
+    // csi-provisioner's default for a WaitForFirstConsumer claim: requisite = every node's segment, preferred starts with the selected node's.
+    const z1 = { segments: { 'topology.sinter.csi.io/zone': 'z1' } };
+    const z9 = { segments: { 'topology.sinter.csi.io/zone': 'z9' } };
+    // The pod is on a node in z9: only the backends without topology reach it, though zoned (z1) has the most room.
+    const r = await create('pref', 1, {}, { accessibility_requirements: { requisite: [z1, z9], preferred: [z9, z1] } });
+    expect(backendOf(r)).not.toBe('zoned');
+    expect(r.volume.accessible_topology).toEqual([]);
+    // On a node in z1 the zoned backend is reachable, and has the most room.
+    expect(backendOf(await create('pref2', 1, {}, { accessibility_requirements: { requisite: [z1, z9], preferred: [z1, z9] } }))).toBe('zoned');
+  });
+
+  it('GetCapacity: the filters of CreateVolume, per segment and parameters; the largest creatable size and the smallest', async () => {
+    const z1 = { segments: { 'topology.sinter.csi.io/zone': 'z1' } };
+    const cap = (parameters: Record<string, string>, accessible_topology?: object, extra: object = {}) => s.client.controller.GetCapacity({ parameters, accessible_topology, ...extra });
+    const zoned = await cap({ type: 'zoned' }, z1);
+    expect(zoned.available_capacity).toBeGreaterThan(0);
+    expect((await cap({ type: 'zoned' }, { segments: { 'topology.sinter.csi.io/zone': 'z2' } })).available_capacity ?? 0).toBe(0);
+    expect((await cap({ type: 'zoned' })).available_capacity).toBe(zoned.available_capacity);
+    // The largest size is whole MiB: exactly that is created, one byte more is not.
+    const max = Number(zoned.maximum_volume_size.value);
+    expect(max % MiB).toBe(0);
+    expect(await codeOf(create('gc-over', 0, { type: 'zoned' }, { capacity_range: { required_bytes: max + 1 }, accessibility_requirements: { requisite: [z1] } }))).toBe('RESOURCE_EXHAUSTED');
+    const made = await create('gc-max', 0, { type: 'zoned' }, { capacity_range: { required_bytes: max }, accessibility_requirements: { requisite: [z1] } });
+    expect((await cap({ type: 'zoned' }, z1)).available_capacity).toBe(zoned.available_capacity - max);
+    await s.client.controller.DeleteVolume({ volume_id: made.volume.volume_id });
+    // Smallest: 1 MiB, or mkfs's floor when a filesystem is made (from a capability or the class's csi.storage.k8s.io/fstype).
+    expect(Number((await cap({})).minimum_volume_size.value)).toBe(MiB);
+    expect(Number((await cap({ 'csi.storage.k8s.io/fstype': 'xfs' })).minimum_volume_size.value)).toBe(300 * MiB);
+    expect(Number((await cap({}, undefined, { volume_capabilities: [{ mount: { fs_type: 'btrfs' }, access_mode: { mode: 'SINGLE_NODE_WRITER' } }] })).minimum_volume_size.value)).toBe(128 * MiB);
+    // Parameters are refused as CreateVolume refuses them.
+    expect(await codeOf(cap({ tpye: 'ssd' }))).toBe('INVALID_ARGUMENT');
+    expect(await codeOf(cap({ 'csi.storage.k8s.io/fstype': 'ntfs' }))).toBe('INVALID_ARGUMENT');
+  });
+
   it('clones stay on their source backend', async () => {
     const src = await create('src', 5, { type: 'ssd' });
     const clone = await create('clone', 5, { type: 'ssd' }, { volume_content_source: { volume: { volume_id: src.volume.volume_id } } });
