@@ -145,10 +145,11 @@ export interface Backend {
   capacity(): Promise<BackendCapacity>;
   /**
    * Bytes the volumes and snapshots really occupy (allocated blocks of thin
-   * images), for the metrics endpoint; may be up to `maxAgeMs` old. Absent
+   * images), for the metrics endpoint. Cheap to call: a backend whose count is
+   * costly answers from its last count (refreshed in the background). Absent
    * when the backend cannot tell.
    */
-  usedBytes?(maxAgeMs: number): Promise<number>;
+  usedBytes?(): Promise<number>;
 
   volumes(): IterableIterator<VolumeRecord>;
   volume(id: string): VolumeRecord | undefined;

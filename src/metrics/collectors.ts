@@ -21,8 +21,6 @@ export interface MetricsSources {
   reconciler?: { readonly stats: ReconcilerStats };
   exportLoop?: { readonly stats: ExportLoopStats };
   node?: { readonly stats: NodeStats; attachObserver?: AttachObserver };
-  /** How old the backends' used-bytes figure may be before a scrape has it refreshed (in the background). Default 60 s. */
-  usedMaxAgeMs?: number;
   log: Logger;
 }
 
@@ -64,13 +62,13 @@ export function buildRegistry(src: MetricsSources): Registry {
     rpcSeconds.observe({ method, code }, seconds);
   });
 
-  if (src.backends) addBackendMetrics(register, src.backends, src.usedMaxAgeMs ?? 60_000, src.log);
+  if (src.backends) addBackendMetrics(register, src.backends, src.log);
   if (src.exportLoop || src.reconciler) addReconcileMetrics(register, src);
   if (src.node) addNodeMetrics(register, src.node);
   return register;
 }
 
-function addBackendMetrics(register: Registry, backends: Map<string, Backend>, usedMaxAgeMs: number, log: Logger): void {
+function addBackendMetrics(register: Registry, backends: Map<string, Backend>, log: Logger): void {
   const registers = [register];
   // capacity() is one statfs and in-memory sums: each gauge asks for itself.
   const capacities = async () => {
@@ -107,7 +105,7 @@ function addBackendMetrics(register: Registry, backends: Map<string, Backend>, u
   );
   new Gauge({
     name: 'sinter_backend_used_bytes',
-    help: 'Bytes the backend\'s volumes and snapshots really occupy (allocated blocks); refreshed in the background, at most a minute old.',
+    help: 'Bytes the backend\'s volumes and snapshots really occupy (allocated blocks); counted in the background, from every second (few volumes) to every minute (10,000).',
     labelNames: ['backend'],
     registers,
     async collect() {
@@ -116,7 +114,7 @@ function addBackendMetrics(register: Registry, backends: Map<string, Backend>, u
         [...backends].map(async ([backend, b]) => {
           if (!b.usedBytes) return;
           try {
-            this.set({ backend }, await b.usedBytes(usedMaxAgeMs));
+            this.set({ backend }, await b.usedBytes());
           } catch (e) {
             log.warn({ backend, err: (e as Error).message }, 'metrics: cannot read the backend\'s used bytes');
           }

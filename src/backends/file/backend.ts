@@ -50,6 +50,8 @@ export class FileBackend implements Backend {
   private readonly vols = new Map<string, VolumeRecord>();
   private readonly snaps = new Map<string, SnapshotRecord>();
   private provisioned = 0;
+  /** The last count of the images' allocated bytes (usedBytes). */
+  private readonly used: { bytes: number; tookMs: number; at?: number; refreshing?: Promise<void> } = { bytes: 0, tookMs: 0 };
   /** Set with `export: iscsi`: volumes reach nodes through tgtd instead of the local loop connector. */
   private readonly iscsi?: IscsiExport;
   readonly reconcileIntervalMs?: number;
@@ -187,26 +189,29 @@ export class FileBackend implements Backend {
   /**
    * Allocated blocks of every image (what thin provisioning really uses).
    * Stat-ing 10,000 images takes about a second of thread-pool time here, so
-   * a scrape never waits for it once a figure exists: a figure older than
-   * maxAgeMs is returned as it is and refreshed in the background.
+   * a scrape never waits for it once a figure exists: it gets the last figure
+   * and, when that is older than 50× what the last count took (1 s to 60 s),
+   * starts a new count in the background. A few volumes are thus counted
+   * again every second or so, 10,000 about once a minute.
    */
-  async usedBytes(maxAgeMs: number): Promise<number> {
+  async usedBytes(): Promise<number> {
     const u = this.used;
-    if (u.refreshing === undefined && (u.at === undefined || performance.now() - u.at > maxAgeMs)) {
+    const maxAge = Math.min(60_000, Math.max(1_000, 50 * u.tookMs));
+    if (u.refreshing === undefined && (u.at === undefined || performance.now() - u.at > maxAge)) {
+      const started = performance.now();
       u.refreshing = this.countAllocated().then(
         (bytes) => {
           u.bytes = bytes;
           u.at = performance.now();
+          u.tookMs = u.at - started;
         },
-        (e: unknown) => this.log.warn({ backend: this.name, err: (e as Error).message }, 'cannot sum the images\' allocated blocks'),
+        (e: unknown) => this.log.warn({ backend: this.name, err: (e as Error).message }, "cannot sum the images' allocated blocks"),
       );
       void u.refreshing.finally(() => (u.refreshing = undefined));
     }
     if (u.at === undefined) await u.refreshing;
     return u.bytes;
   }
-
-  private readonly used: { bytes: number; at?: number; refreshing?: Promise<void> } = { bytes: 0 };
 
   private async countAllocated(): Promise<number> {
     const paths = [...[...this.vols.keys()].map((id) => this.imagePath(id)), ...[...this.snaps.keys()].map((id) => this.snapshotPath(id))];
