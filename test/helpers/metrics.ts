@@ -45,10 +45,12 @@ const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 const TYPES = new Set(['counter', 'gauge', 'histogram', 'summary', 'untyped']);
 
+/** A float as expfmt reads it: Go's strconv.ParseFloat, whose Inf and NaN spellings ignore case (prom-client writes "Nan"). */
 function parseValue(s: string, where: string): number {
-  if (s === '+Inf' || s === 'Inf') return Infinity;
-  if (s === '-Inf') return -Infinity;
-  if (s === 'NaN') return NaN;
+  const l = s.toLowerCase();
+  if (l === '+inf' || l === 'inf' || l === '+infinity' || l === 'infinity') return Infinity;
+  if (l === '-inf' || l === '-infinity') return -Infinity;
+  if (l === 'nan') return NaN;
   if (!/^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$/.test(s)) throw new Error(`${where}: "${s}" is not a float`);
   return Number(s);
 }
