@@ -12,15 +12,18 @@ const SETTLE_MS = 1000;
 /** The default bench config plus a metrics endpoint on a free loopback port. */
 const metricsConfig = (dataDir) => `backends:\n  - name: default\n    dataDir: ${dataDir}\n    overSubscriptionRatio: 1000\nmetricsAddress: "127.0.0.1:0"\n`;
 
-/** The metrics endpoint's address from a bench sinter's log file. */
+/** The metrics endpoint's address from a bench sinter's log file (appended to by every run in its directory: the last one). */
 function metricsAddressOf(s) {
-  for (const l of readFileSync(s.logFile, 'utf8').split('\n')) if (l.includes('metrics endpoint listening')) return JSON.parse(l).address;
-  throw new Error('no metrics endpoint in the log');
+  const line = readFileSync(s.logFile, 'utf8').split('\n').findLast((l) => l.includes('metrics endpoint listening'));
+  if (!line) throw new Error('no metrics endpoint in the log');
+  return JSON.parse(line).address;
 }
 
 async function getMs(url) {
   const t = performance.now();
-  const res = await fetch(url);
+  const res = await fetch(url).catch((e) => {
+    throw new Error(`GET ${url}: ${e.message} (${e.cause?.message ?? ''})`);
+  });
   await res.text();
   return performance.now() - t;
 }

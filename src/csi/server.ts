@@ -38,7 +38,12 @@ function unary(service: string, method: string, fn: Handler | undefined, log: Lo
       const elapsed = performance.now() - started;
       const ms = Math.round(elapsed * 100) / 100;
       const code = err ? codeName(err.code) : 'OK';
-      hooks.observe?.(method, code, elapsed / 1000);
+      try {
+        hooks.observe?.(method, code, elapsed / 1000);
+      } catch (e) {
+        // Counting must never cost the caller its answer.
+        log.warn({ rpc: `${service}.${method}`, err: (e as Error).message }, 'metrics: cannot count the RPC');
+      }
       const line = { rpc: `${service}.${method}`, ...ids, ms, code };
       if (!err) log.info(line, 'rpc');
       else if (err.code === grpc.status.INTERNAL || err.code === grpc.status.UNKNOWN) log.error({ ...line, err: err.message }, 'rpc');
