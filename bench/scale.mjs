@@ -3,10 +3,30 @@
 // node + grpc-js + the CSI proto), and a ListVolumes page of 100 at 10,000
 // volumes (against the floor server answering a canned page of 100 of the
 // same shape).
-import { rmSync } from 'node:fs';
-import { GiB, median, mountCap, nodeStartup, pool, sleep, startFloorServer, startSinter } from './lib.mjs';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { base, GiB, median, mountCap, nodeStartup, pool, sleep, startFloorServer, startSinter } from './lib.mjs';
 
 const SETTLE_MS = 1000;
+
+/** The default bench config plus a metrics endpoint on a free loopback port. */
+const metricsConfig = (dataDir) => `backends:\n  - name: default\n    dataDir: ${dataDir}\n    overSubscriptionRatio: 1000\nmetricsAddress: "127.0.0.1:0"\n`;
+
+/** The metrics endpoint's address from a bench sinter's log file (appended to by every run in its directory: the last one). */
+function metricsAddressOf(s) {
+  const line = readFileSync(s.logFile, 'utf8').split('\n').findLast((l) => l.includes('metrics endpoint listening'));
+  if (!line) throw new Error('no metrics endpoint in the log');
+  return JSON.parse(line).address;
+}
+
+async function getMs(url) {
+  const t = performance.now();
+  const res = await fetch(url).catch((e) => {
+    throw new Error(`GET ${url}: ${e.message} (${e.cause?.message ?? ''})`);
+  });
+  await res.text();
+  return performance.now() - t;
+}
 
 /** Median of five RSS readings 100 ms apart. */
 async function rssSamples(proc) {
@@ -33,7 +53,7 @@ async function listPages(client, pages) {
 
 export async function scaleBench({ reps, volumes, log }) {
   const section = '5. Scale';
-  const st = { empty: [], controller: [], all: [], floor: [], cpuController: [], cpuAll: [], cpuFloor: [], rssController: [], rssAll: [], rssFloor: [] };
+  const st = { empty: [], controller: [], controllerMetrics: [], all: [], floor: [], cpuController: [], cpuAll: [], cpuFloor: [], rssController: [], rssAll: [], rssFloor: [] };
   for (let r = 0; r < reps; r++) {
     st.empty.push(await nodeStartup());
     for (const role of ['controller', 'all']) {
@@ -45,6 +65,12 @@ export async function scaleBench({ reps, volumes, log }) {
       await s.stop();
       rmSync(s.dir, { recursive: true, force: true });
     }
+    // The same controller with --metrics-address: prom-client is loaded only then.
+    const m = await startSinter({ role: 'controller', config: metricsConfig(join(base, `metrics-startup-${r}`)) });
+    st.controllerMetrics.push(m.startupMs);
+    await m.stop();
+    rmSync(m.dir, { recursive: true, force: true });
+    rmSync(join(base, `metrics-startup-${r}`), { recursive: true, force: true });
     const f = await startFloorServer();
     st.floor.push(f.startupMs);
     st.cpuFloor.push(f.startupCpuMs);
@@ -56,6 +82,7 @@ export async function scaleBench({ reps, volumes, log }) {
   const rows = [];
   const ratios = (xs, ys) => xs.map((x, i) => x / ys[i]);
   rows.push({ id: 'scale.startup.controller', section, label: 'Start-up to first Probe, `sinter controller`', unit: 'ms', value: median(st.controller), floor: median(st.empty), ratio: median(ratios(st.controller, st.empty)), ratios: ratios(st.controller, st.empty), target: { valueMax: 400 }, floorIs: 'node -e "" (spawn to exit)' });
+  rows.push({ id: 'scale.startup.controller.metrics', section, label: 'Start-up to first Probe, `sinter controller` with metricsAddress', unit: 'ms', value: median(st.controllerMetrics), floor: median(st.empty), ratio: median(ratios(st.controllerMetrics, st.empty)), ratios: ratios(st.controllerMetrics, st.empty), floorIs: 'node -e "" (spawn to exit)' });
   rows.push({ id: 'scale.startup.all', section, label: 'Start-up to first Probe, `sinter all`', unit: 'ms', value: median(st.all), floor: median(st.empty), ratio: median(ratios(st.all, st.empty)), ratios: ratios(st.all, st.empty), target: { valueMax: 400 }, floorIs: 'node -e "" (spawn to exit)' });
   rows.push({ id: 'scale.startup.floorserver', section, label: 'Start-up to first Probe, bare grpc-js floor server (reference)', unit: 'ms', value: median(st.floor), floor: median(st.empty), ratio: median(ratios(st.floor, st.empty)), ratios: ratios(st.floor, st.empty), floorIs: 'node -e ""' });
   rows.push({ id: 'scale.startup.cpu.controller', section, label: 'Start-up CPU time to first Probe, `sinter controller`', unit: 'ms', value: median(st.cpuController), floor: median(st.cpuFloor), ratio: median(ratios(st.cpuController, st.cpuFloor)), ratios: ratios(st.cpuController, st.cpuFloor), floorIs: 'floor server CPU to first Probe' });
@@ -92,6 +119,7 @@ export async function scaleBench({ reps, volumes, log }) {
     await s.stop();
     // Restarts that load the 10,000 records from disk, each against a fresh node -e "".
     const re = { startup: [], rss: [], empty: [] };
+    const scrape = { first: [], steady: [], floor: [] };
     for (let r = 0; r < 3; r++) {
       re.empty.push(await nodeStartup());
       restart = await startSinter({ role: 'controller', dir: s.dir });
@@ -100,7 +128,26 @@ export async function scaleBench({ reps, volumes, log }) {
       re.rss.push(await rssSamples(restart));
       await restart.stop();
       restart = undefined;
+      // /metrics at 10,000 volumes: the first scrape waits for the images' allocated blocks to be
+      // counted; later ones read memory only (the count is redone in the background).
+      restart = await startSinter({ role: 'controller', dir: s.dir, config: metricsConfig(s.dataDir) });
+      const addr = metricsAddressOf(restart);
+      scrape.first.push(await getMs(`http://${addr}/metrics`));
+      const steady = [];
+      const floorGets = [];
+      for (let i = 0; i < 20; i++) {
+        floorGets.push(await getMs(`http://${addr}/nothing-here`));
+        steady.push(await getMs(`http://${addr}/metrics`));
+      }
+      scrape.steady.push(median(steady));
+      scrape.floor.push(median(floorGets));
+      await restart.stop();
+      restart = undefined;
     }
+    const scrapeRatios = scrape.steady.map((x, i) => x / scrape.floor[i]);
+    rows.push({ id: 'scale.metrics.scrape.10k', section, label: `GET /metrics at ${volumes} volumes, median`, unit: 'ms', value: median(scrape.steady), floor: median(scrape.floor), ratio: median(scrapeRatios), ratios: scrapeRatios, floorIs: 'GET of a 404 on the same endpoint' });
+    rows.push({ id: 'scale.metrics.scrape.10k.first', section, label: `First GET /metrics at ${volumes} volumes (counts the images' blocks)`, unit: 'ms', value: median(scrape.first), floor: median(scrape.floor), ratio: median(scrape.first) / median(scrape.floor), floorIs: 'GET of a 404 on the same endpoint' });
+    log(`  10k /metrics: first ${scrape.first.map((x) => x.toFixed(0)).join('/')} ms, then median ${scrape.steady.map((x) => x.toFixed(1)).join('/')} ms (404: ${scrape.floor.map((x) => x.toFixed(1)).join('/')} ms)`);
     const reRatios = re.startup.map((x, i) => x / re.empty[i]);
     rows.push({ id: 'scale.rss.10k.restart', section, label: `Controller RSS with ${volumes} volumes (restarted, loaded from disk)`, unit: 'MiB', value: median(re.rss), floor: floorRss, ratio: median(re.rss) / floorRss, ratios: re.rss.map((x) => x / floorRss), target: { valueMax: 150 }, floorIs: 'idle floor server' });
     rows.push({ id: 'scale.startup.10k', section, label: `Start-up to first Probe with ${volumes} volumes on disk`, unit: 'ms', value: median(re.startup), floor: median(re.empty), ratio: median(reRatios), ratios: reRatios, floorIs: 'node -e ""' });

@@ -24,6 +24,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   }
 fi
+# promtool (Prometheus' own exposition parser and linter) checks /metrics in the
+# tests. Only that binary is taken from Debian's prometheus package: installing
+# the package would also start a Prometheus server.
+if ! command -v promtool >/dev/null; then
+  echo "setup: installing promtool (from Debian's prometheus package)"
+  pt=$(mktemp -d)
+  chmod 0755 "$pt"
+  (cd "$pt" && apt-get download -q prometheus >/dev/null 2>&1) || { apt-get update -q >/dev/null; (cd "$pt" && apt-get download -q prometheus >/dev/null 2>&1); }
+  dpkg-deb --fsys-tarfile "$pt"/prometheus_*.deb | tar -x -C "$pt" ./usr/bin/promtool
+  install -m 0755 "$pt/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$pt"
+fi
 command -v kubectl >/dev/null || echo "setup: kubectl is missing; the deploy tests need \`kubectl kustomize\`" >&2
 
 # Loop devices are the local transport; make sure the kernel side is there.

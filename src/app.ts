@@ -16,6 +16,7 @@ import { HostExecutor } from './exec/run.js';
 import type { NodeService } from './node/service.js';
 import { identityService } from './identity/service.js';
 import type { KubeCache } from './k8s/cache.js';
+import type { MetricsEndpoint } from './metrics/endpoint.js';
 import { VERSION } from './version.js';
 
 export interface App {
@@ -28,6 +29,10 @@ export interface App {
   /** With Kubernetes access (config `kubernetes.enabled`): the API mirrors and the reconciler. */
   kube?: KubeCache;
   reconciler?: Reconciler;
+  exportLoop?: ExportLoop;
+  node?: NodeService;
+  /** With --metrics-address: the /metrics endpoint. */
+  metrics?: MetricsEndpoint;
   listen(): Promise<string>;
   stop(): Promise<void>;
 }
@@ -116,6 +121,19 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   });
 
   const server = new CsiServer(services, log);
+  let metrics: MetricsEndpoint | undefined;
+  if (cfg.metricsAddress) {
+    // Loaded only when asked for: prom-client and its collectors cost start-up time nobody else should pay.
+    const { startMetrics } = await import('./metrics/endpoint.js');
+    metrics = await startMetrics(cfg.metricsAddress, {
+      setRpcObserver: (fn) => (server.rpcObserver = fn),
+      backends: hasController ? backends : undefined,
+      reconciler,
+      exportLoop,
+      node,
+      log: log.child({ part: 'metrics' }),
+    });
+  }
   // Last, so that nothing runs in the background if the set-up above failed.
   kube?.start();
   reconciler?.start();
@@ -129,6 +147,9 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     nodeId,
     kube,
     reconciler,
+    exportLoop,
+    node,
+    metrics,
     listen: () => server.listen(cfg.endpoint),
     stop: async () => {
       // No revocation once shutdown begins; the caches serve in-flight RPCs to the end.
@@ -138,6 +159,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
         await server.shutdown(cfg.shutdownGraceSeconds * 1000);
       } finally {
         await kube?.stop();
+        await metrics?.close();
       }
     },
   };

@@ -25,6 +25,8 @@ Flags:
   --max-volumes-per-node N  reported by NodeGetInfo (0 = no limit)
   --orphan-sessions MODE    report|clean: iSCSI attachments no stage record explains and
                             nothing uses are only reported, or torn down at start (default report)
+  --metrics-address ADDR    serve Prometheus metrics at http://ADDR/metrics; host:port, [ipv6]:port
+                            or :port (every interface); default off (no port opened)
   --log-level LEVEL         fatal|error|warn|info|debug|trace|silent (default info)
 `;
 

@@ -95,6 +95,14 @@ export interface ExportEntry {
   initiators: string[];
 }
 
+/** What one reconcileExports pass changed; an export is one initiator's access to one volume. */
+export interface ExportsReconciled {
+  /** Exports a publish record names that the target had lost (a restarted tgtd), put back. */
+  restored: number;
+  /** Exports no publish record explains, taken away (the fence). */
+  revoked: number;
+}
+
 export interface VolumeHealth {
   abnormal: boolean;
   message: string;
@@ -135,6 +143,13 @@ export interface Backend {
   /** Throws when the backend cannot serve (data directory gone, read-only, …). */
   probe(): Promise<void>;
   capacity(): Promise<BackendCapacity>;
+  /**
+   * Bytes the volumes and snapshots really occupy (allocated blocks of thin
+   * images), for the metrics endpoint. Cheap to call: a backend whose count is
+   * costly answers from its last count (refreshed in the background). Absent
+   * when the backend cannot tell.
+   */
+  usedBytes?(): Promise<number>;
 
   volumes(): IterableIterator<VolumeRecord>;
   volume(id: string): VolumeRecord | undefined;
@@ -161,7 +176,7 @@ export interface Backend {
    * empty), taking each volume's lock through `withVolumeLock`. Absent when
    * the backend exports nothing.
    */
-  reconcileExports?(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void>;
+  reconcileExports?(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled | void>;
   /** How often reconcileExports should run, in ms. */
   readonly reconcileIntervalMs?: number;
 

@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
 import { parseEndpoint } from '../csi/endpoint.js';
 import { kubernetesFrom } from './kubernetes.js';
-import type { BackendConfig, Config, FileBackendConfig, IscsiExportConfig, LogLevel, Role } from './types.js';
+import type { BackendConfig, Config, FileBackendConfig, IscsiExportConfig, LogLevel, MetricsAddress, Role } from './types.js';
 import { absPath, ConfigError, int, isObj, num, type Obj, oneOf, onlyKeys, str, strMap } from './validate.js';
 
 // The YAML parser is loaded only when a --config file is given (it is ~30 ms
@@ -32,10 +32,11 @@ export const FLAG_SPEC = {
   'state-dir': { type: 'string' },
   'max-volumes-per-node': { type: 'string' },
   'orphan-sessions': { type: 'string' },
+  'metrics-address': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'controller', 'exec', 'shutdownGraceSeconds', 'kubernetes'] as const;
+const TOP_KEYS = ['driverName', 'endpoint', 'logLevel', 'nodeName', 'nodeId', 'kubeletRoots', 'backends', 'node', 'controller', 'exec', 'shutdownGraceSeconds', 'kubernetes', 'metricsAddress'] as const;
 const BACKEND_KEYS = ['name', 'driver', 'dataDir', 'labels', 'topology', 'overSubscriptionRatio', 'reservedPercent', 'capacityBytes', 'export', 'iscsi'] as const;
 const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache', 'blockSize', 'reconcileSeconds'] as const;
 const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc', 'orphanSessions', 'orphanTargetPrefixes'] as const;
@@ -244,7 +245,25 @@ export function loadConfig(role: Role, argv: string[]): Config {
     exec,
     shutdownGraceSeconds: file.shutdownGraceSeconds === undefined ? 10 : num(file.shutdownGraceSeconds, 'shutdownGraceSeconds', 0, 600),
     kubernetes: kubernetesFrom(file.kubernetes, role),
+    metricsAddress:
+      flags['metrics-address'] !== undefined
+        ? metricsAddressFrom(flags['metrics-address'], '--metrics-address')
+        : file.metricsAddress === undefined || file.metricsAddress === null
+          ? undefined
+          : metricsAddressFrom(file.metricsAddress, 'metricsAddress'),
   };
+}
+
+const METRICS_ADDRESS_RE = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]*)):(\d{1,5})$/;
+
+/** `host:port`, `[v6]:port` or `:port` (every interface); an empty string turns metrics off. */
+function metricsAddressFrom(raw: unknown, key: string): MetricsAddress | undefined {
+  if (raw === '') return undefined;
+  const s = str(raw, key);
+  const m = METRICS_ADDRESS_RE.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(key, `"${s}" must be host:port, [ipv6]:port or :port (every interface), port 0-65535`);
+  return { host: m[1] ?? m[2] ?? '', port, raw: s };
 }
 
 /**

@@ -108,4 +108,15 @@ export interface Config {
   exec: ExecConfig;
   shutdownGraceSeconds: number;
   kubernetes: KubernetesConfig;
+  /** Where /metrics (Prometheus text format) is served over HTTP; absent = no metrics endpoint, no port opened. */
+  metricsAddress?: MetricsAddress;
+}
+
+/** `host:port` as given (`:port` = every interface); port 0 picks a free one. */
+export interface MetricsAddress {
+  /** Empty = every interface. */
+  host: string;
+  port: number;
+  /** As written, for logs and errors. */
+  raw: string;
 }

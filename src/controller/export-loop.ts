@@ -8,7 +8,18 @@ import type { VolumeManager } from './volumes.js';
  * backend's reconcile interval. Passes never overlap; a failing pass is logged
  * once per change of error and retried on the next tick.
  */
+/** What the export passes did, per backend name (the metrics endpoint's sinter_reconcile_exports_*). */
+export interface ExportLoopStats {
+  /** Exports put back after the target lost them. */
+  restored: Record<string, number>;
+  /** Exports no publish record explained, taken away. */
+  revoked: Record<string, number>;
+  /** Passes that failed (the target daemon did not answer …); retried on the next tick. */
+  failures: Record<string, number>;
+}
+
 export class ExportLoop {
+  readonly stats: ExportLoopStats = { restored: {}, revoked: {}, failures: {} };
   private timers: NodeJS.Timeout[] = [];
   private running = new Set<Promise<void>>();
   private stopped = false;
@@ -27,10 +38,15 @@ export class ExportLoop {
 
   private async passOne(b: Backend): Promise<void> {
     const p = this.volumes.reconcileExports(b).then(
-      () => {
+      (r) => {
+        if (r) {
+          this.stats.restored[b.name] = (this.stats.restored[b.name] ?? 0) + r.restored;
+          this.stats.revoked[b.name] = (this.stats.revoked[b.name] ?? 0) + r.revoked;
+        }
         if (this.lastError.delete(b.name)) this.log.info({ backend: b.name }, 'exports reconciled again');
       },
       (e: unknown) => {
+        this.stats.failures[b.name] = (this.stats.failures[b.name] ?? 0) + 1;
         const msg = (e as Error).message;
         if (this.lastError.get(b.name) !== msg) this.log.error({ backend: b.name, err: msg }, 'cannot reconcile exports; will retry');
         this.lastError.set(b.name, msg);

@@ -62,7 +62,7 @@ export interface ReconcilerOptions {
   now?: () => number;
 }
 
-/** Counters and gauges of the reconciler, for logs, tests and a future metrics endpoint. */
+/** Counters and gauges of the reconciler, for logs, tests and the metrics endpoint (src/metrics, sinter_reconcile_*). */
 export interface ReconcilerStats {
   /** Passes that compared the backends with the cluster. */
   passes: number;
@@ -70,8 +70,10 @@ export interface ReconcilerStats {
   waits: number;
   /** Whether the reconciler is waiting for the Kubernetes API right now. */
   waiting: boolean;
-  /** Publishes revoked because no VolumeAttachment held them for longer than the grace period. */
-  revoked: number;
+  /** Publishes revoked because no VolumeAttachment held them for longer than the grace period (all backends; read-only sum). */
+  readonly revoked: number;
+  /** The same by backend name (`static` for static volumes). */
+  revokedByBackend: Record<string, number>;
   /** Revocations that failed (retried on the next pass). */
   revokeFailures: number;
   /** Gauge: publishes without a holding VolumeAttachment, still within the grace period. */
@@ -102,7 +104,19 @@ const keyOf = (volumeId: string, nodeId: string) => `${volumeId}\n${nodeId}`;
  * the strength of a stale cache.
  */
 export class Reconciler {
-  readonly stats: ReconcilerStats = { passes: 0, waits: 0, waiting: false, revoked: 0, revokeFailures: 0, pendingRevocations: 0, missingPublishes: 0, missingReported: 0 };
+  readonly stats: ReconcilerStats = {
+    passes: 0,
+    waits: 0,
+    waiting: false,
+    revokedByBackend: {},
+    get revoked() {
+      return Object.values(this.revokedByBackend).reduce((a, b) => a + b, 0);
+    },
+    revokeFailures: 0,
+    pendingRevocations: 0,
+    missingPublishes: 0,
+    missingReported: 0,
+  };
   /** publish key → when it was first seen without a holder. */
   private readonly unheldSince = new Map<string, number>();
   private missing = new Set<string>();
@@ -288,7 +302,8 @@ export class Reconciler {
     }
     this.unheldSince.delete(keyOf(volumeId, nodeId));
     if (decided) {
-      this.stats.revoked++;
+      const backend = isStaticHandle(volumeId) ? 'static' : (backendOfVolume(volumeId) ?? 'unknown');
+      this.stats.revokedByBackend[backend] = (this.stats.revokedByBackend[backend] ?? 0) + 1;
       log.warn({ volume_id: volumeId, node_id: nodeId, unheldSeconds: Math.round(unheldMs / 100) / 10 }, 'revoked a publish that no VolumeAttachment held for longer than the grace period (lost detach): the node no longer has access');
     }
   }

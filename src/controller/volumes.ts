@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { Backend, CapabilitySummary, ContentSource, VolumeRecord } from '../backends/backend.js';
+import type { Backend, CapabilitySummary, ContentSource, ExportsReconciled, VolumeRecord } from '../backends/backend.js';
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
 import { NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
@@ -357,8 +357,8 @@ export class VolumeManager {
   }
 
   /** Makes one backend's exports match its records, volume by volume under each volume's lock. */
-  async reconcileExports(b: Backend): Promise<void> {
-    await b.reconcileExports?.((volumeId, fn) => this.locks.run(`vol:${volumeId}`, fn));
+  async reconcileExports(b: Backend): Promise<ExportsReconciled | void> {
+    return b.reconcileExports?.((volumeId, fn) => this.locks.run(`vol:${volumeId}`, fn));
   }
 
   /** How many backend volumes are published to the node. */

@@ -11,6 +11,14 @@ import { loadCsi } from './proto.js';
 export type Handler = (req: any) => Promise<unknown>;
 export type ServiceImpl = Record<string, Handler>;
 
+/** Told of every finished RPC (the metrics endpoint counts and times them); must not throw. */
+export type RpcObserver = (method: string, code: string, seconds: number) => void;
+
+/** Set after construction: the metrics module is loaded only when it is configured. */
+interface RpcHooks {
+  observe?: RpcObserver;
+}
+
 export interface CsiServices {
   identity?: ServiceImpl;
   controller?: ServiceImpl;
@@ -22,13 +30,20 @@ export interface CsiServices {
  * typed errors become gRPC statuses, anything else becomes INTERNAL with a
  * one-line message (the stack stays in our log).
  */
-function unary(service: string, method: string, fn: Handler | undefined, log: Logger): grpc.UntypedHandleCall {
+function unary(service: string, method: string, fn: Handler | undefined, log: Logger, hooks: RpcHooks): grpc.UntypedHandleCall {
   return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
     const started = performance.now();
     const ids = requestIds(call.request);
     const done = (err: CsiError | null, res?: unknown) => {
-      const ms = Math.round((performance.now() - started) * 100) / 100;
+      const elapsed = performance.now() - started;
+      const ms = Math.round(elapsed * 100) / 100;
       const code = err ? codeName(err.code) : 'OK';
+      try {
+        hooks.observe?.(method, code, elapsed / 1000);
+      } catch (e) {
+        // Counting must never cost the caller its answer.
+        log.warn({ rpc: `${service}.${method}`, err: (e as Error).message }, 'metrics: cannot count the RPC');
+      }
       const line = { rpc: `${service}.${method}`, ...ids, ms, code };
       if (!err) log.info(line, 'rpc');
       else if (err.code === grpc.status.INTERNAL || err.code === grpc.status.UNKNOWN) log.error({ ...line, err: err.message }, 'rpc');
@@ -61,6 +76,7 @@ function implement(
   name: string,
   impl: ServiceImpl,
   log: Logger,
+  hooks: RpcHooks,
 ): grpc.UntypedServiceImplementation {
   const out: grpc.UntypedServiceImplementation = {};
   for (const [key, def] of Object.entries(ctor.service)) {
@@ -70,7 +86,7 @@ function implement(
         call.destroy(Object.assign(new Error(`${key} is not implemented`), { code: grpc.status.UNIMPLEMENTED }))) as grpc.UntypedHandleCall;
       continue;
     }
-    out[key] = unary(name, key, impl[key], log);
+    out[key] = unary(name, key, impl[key], log, hooks);
   }
   return out;
 }
@@ -78,6 +94,7 @@ function implement(
 export class CsiServer {
   private readonly server: grpc.Server;
   private endpoint?: Endpoint;
+  private readonly hooks: RpcHooks = {};
 
   constructor(
     services: CsiServices,
@@ -85,9 +102,14 @@ export class CsiServer {
   ) {
     const csi = loadCsi();
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-    if (services.identity) this.server.addService(csi.Identity.service, implement(csi.Identity, 'Identity', services.identity, log));
-    if (services.controller) this.server.addService(csi.Controller.service, implement(csi.Controller, 'Controller', services.controller, log));
-    if (services.node) this.server.addService(csi.Node.service, implement(csi.Node, 'Node', services.node, log));
+    if (services.identity) this.server.addService(csi.Identity.service, implement(csi.Identity, 'Identity', services.identity, log, this.hooks));
+    if (services.controller) this.server.addService(csi.Controller.service, implement(csi.Controller, 'Controller', services.controller, log, this.hooks));
+    if (services.node) this.server.addService(csi.Node.service, implement(csi.Node, 'Node', services.node, log, this.hooks));
+  }
+
+  /** Every unary RPC (served or UNIMPLEMENTED) is reported here once, where its log line is written. */
+  set rpcObserver(fn: RpcObserver | undefined) {
+    this.hooks.observe = fn;
   }
 
   async listen(rawEndpoint: string): Promise<string> {

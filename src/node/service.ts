@@ -55,6 +55,21 @@ export interface NodeServiceDeps {
   fc?: Partial<FcConnectorOptions>;
 }
 
+export type AttachOperation = 'stage' | 'unstage' | 'publish' | 'unpublish';
+
+/** What the metrics endpoint (src/metrics) reads of this node; kept here because the service sees every stage and unstage. */
+export interface NodeStats {
+  /** Transports this node's connectors serve (local, fc, iscsi …). */
+  readonly transports: string[];
+  /** volume id → transport, for every volume whose stage record says `staged`. */
+  readonly staged: Map<string, string>;
+  /** Attachments the last orphan scan (at start) found that no stage record explains, by transport. */
+  orphanSessions: Record<string, number>;
+}
+
+/** Told how long each successful stage, unstage, publish and unpublish took; must not throw. */
+export type AttachObserver = (transport: string, operation: AttachOperation, seconds: number) => void;
+
 const CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION'] as const;
 
 function publishContextOf(raw: unknown): PublishContext {
@@ -96,6 +111,9 @@ export class NodeService {
   private readonly log: Logger;
   private readonly deps: NodeDeps;
   private readonly locks = new KeyedLock();
+  readonly stats: NodeStats;
+  /** Set by the metrics endpoint when it is configured. */
+  attachObserver?: AttachObserver;
 
   constructor(deps: NodeServiceDeps) {
     const { config, exec, log } = deps;
@@ -124,6 +142,23 @@ export class NodeService {
       sysfsRoot: config.sysfsRoot,
       devRoot: config.devRoot,
     };
+    this.stats = { transports: this.deps.connectors.all().map((c) => c.transport), staged: new Map(), orphanSessions: {} };
+  }
+
+  /** Follows the volume's stage record after a stage or unstage (whatever its outcome) for the staged-volumes gauge. */
+  private async track(volumeId: string): Promise<void> {
+    const rec = await this.deps.state.get(volumeId).catch(() => undefined);
+    if (rec?.phase === 'staged') this.stats.staged.set(volumeId, rec.publishContext.transport ?? 'unknown');
+    else this.stats.staged.delete(volumeId);
+  }
+
+  /** Runs one attach operation, timing it for attachObserver when it succeeds. */
+  private async timed<T>(operation: AttachOperation, transport: () => string | undefined, fn: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    const out = await fn();
+    const t = this.attachObserver && transport();
+    if (t) this.attachObserver!(t, operation, (performance.now() - started) / 1000);
+    return out;
   }
 
   /** Loads the node's records, drops temp files of interrupted writes, and logs anything out of step with the host. */
@@ -138,6 +173,9 @@ export class NodeService {
     for (const r of detached)
       this.log.warn({ device: r.device, source: r.source, transport: r.transport }, 'tore down a device no record of this node explains and nothing used');
     if (detached.length) orphans = await this.orphans();
+    this.stats.orphanSessions = {};
+    for (const o of orphans) if (o.kind === 'untracked-device') this.stats.orphanSessions[o.transport] = (this.stats.orphanSessions[o.transport] ?? 0) + 1;
+    for (const r of records) if (r.phase === 'staged') this.stats.staged.set(r.volumeId, r.publishContext.transport ?? 'unknown');
     for (const o of orphans) this.log.warn({ orphan: o.kind, ...o }, 'node state out of step with the host');
     this.log.info({ volumes: records.length, orphans: orphans.length, detached: detached.length, stateDir: this.cfg.stateDir }, 'node service started');
   }
@@ -171,16 +209,22 @@ export class NodeService {
         await this.volumeLock(volumeId, [checked.resolved], async () => {
           // Looked at again under the lock: an unstage that held it may have removed the directory meanwhile.
           const staging = await d.paths.check('staging_target_path', req.staging_target_path);
-          return stageVolume(d, {
-            volumeId,
-            stagingPath: staging.path,
-            stagingResolved: staging.resolved,
-            stagingExists: staging.exists,
-            capability,
-            publishContext,
-            volumeContext: mapOf(req.volume_context),
-            secrets: mapOf(req.secrets),
-          });
+          try {
+            return await this.timed('stage', () => publishContext.transport, () =>
+              stageVolume(d, {
+                volumeId,
+                stagingPath: staging.path,
+                stagingResolved: staging.resolved,
+                stagingExists: staging.exists,
+                capability,
+                publishContext,
+                volumeContext: mapOf(req.volume_context),
+                secrets: mapOf(req.secrets),
+              }),
+            );
+          } finally {
+            await this.track(volumeId);
+          }
         });
         return {};
       },
@@ -188,9 +232,17 @@ export class NodeService {
       NodeUnstageVolume: async (req) => {
         const volumeId = checkVolumeId(req.volume_id);
         const staging = await d.paths.check('staging_target_path', req.staging_target_path);
-        await this.volumeLock(volumeId, [staging.resolved], () =>
-          unstageVolume(d, { volumeId, stagingPath: staging.path, stagingResolved: staging.resolved }, recordedContext),
-        );
+        await this.volumeLock(volumeId, [staging.resolved], async () => {
+          // Read before: the record (and with it the transport) is gone once unstaged.
+          const transport = (await d.state.get(volumeId).catch(() => undefined))?.publishContext.transport;
+          try {
+            return await this.timed('unstage', () => transport, () =>
+              unstageVolume(d, { volumeId, stagingPath: staging.path, stagingResolved: staging.resolved }, recordedContext),
+            );
+          } finally {
+            await this.track(volumeId);
+          }
+        });
         return {};
       },
 
@@ -205,7 +257,7 @@ export class NodeService {
         if (target.resolved === staging.resolved || target.resolved.startsWith(`${staging.resolved}/`) || staging.resolved.startsWith(`${target.resolved}/`))
           throw invalidArgument('target_path and staging_target_path must be separate paths, neither inside the other');
         await this.volumeLock(volumeId, [target.resolved], () =>
-          publishVolume(d, {
+          this.timed('publish', () => this.stats.staged.get(volumeId), () => publishVolume(d, {
             volumeId,
             stagingPath: staging.path,
             stagingResolved: staging.resolved,
@@ -213,7 +265,7 @@ export class NodeService {
             targetResolved: target.resolved,
             capability,
             readonly: req.readonly === true,
-          }),
+          })),
         );
         return {};
       },
@@ -224,10 +276,12 @@ export class NodeService {
         await this.volumeLock(volumeId, [checked.resolved], async () => {
           // Looked at again under the lock: a publish that held it may have created the target meanwhile.
           const target = await d.paths.check('target_path', req.target_path);
-          return unpublishVolume(
-            d,
-            { volumeId, targetPath: target.path, targetResolved: target.resolved, targetExists: target.exists },
-            (rec) => realpath(rec.stagingPath).catch(() => rec.stagingPath),
+          return this.timed('unpublish', () => this.stats.staged.get(volumeId), () =>
+            unpublishVolume(
+              d,
+              { volumeId, targetPath: target.path, targetResolved: target.resolved, targetExists: target.exists },
+              (rec) => realpath(rec.stagingPath).catch(() => rec.stagingPath),
+            ),
           );
         });
         return {};

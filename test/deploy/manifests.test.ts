@@ -515,6 +515,32 @@ describe('sidecar arguments', () => {
   });
 });
 
+describe('metrics', () => {
+  it.each(RENDERS)("%s: sinter's --metrics-address port is a declared containerPort named metrics, used by nothing else in the pod", (dir) => {
+    const docs = render(dir);
+    const seen = new Map<number, string>();
+    for (const id of [CONTROLLER, NODE]) {
+      const pod = workload(docs, id).pod;
+      const sinter = container(pod, 'sinter');
+      const addr = flagValue(sinter.args ?? [], 'metrics-address');
+      expect(addr, `${id}: metrics are on in the manifests`).toMatch(/^:\d+$/);
+      const port = Number(addr!.slice(1));
+      // sinter's own parser accepts it (every interface).
+      expect(loadConfig(id === CONTROLLER ? 'controller' : 'node', ['--data-dir', '/var/lib/sinter/x', `--metrics-address=${addr}`]).metricsAddress).toMatchObject({ host: '', port });
+      expect((sinter.ports ?? []).find((p) => p.name === 'metrics')?.containerPort, id).toBe(port);
+      for (const c of pod.containers) {
+        if (c.name === 'sinter') continue;
+        expect((c.ports ?? []).map((p) => p.containerPort), `${id}/${c.name} declares sinter's metrics port`).not.toContain(port);
+        const ep = flagValue(c.args ?? [], 'http-endpoint');
+        expect(ep, `${id}/${c.name} listens on sinter's metrics port`).not.toBe(`:${port}`);
+      }
+      // The node plugin uses the host's network (and so may the controller, on the storage host): one port each.
+      expect(seen.has(port), `${id} and ${seen.get(port)} both use port ${port}`).toBe(false);
+      seen.set(port, id);
+    }
+  });
+});
+
 // ---- StorageClasses, snapshot class, examples -------------------------------
 
 describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each other', () => {

@@ -11,6 +11,7 @@ import { UserspaceIscsiInitiator, type UserspaceAttachmentInfo } from '../../src
 import { tempDir } from '../helpers/scratch-fs.js';
 import { MAIN, MiB, mountCap, scrub, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
+import { metricsAddressIn, parseExposition, scrape } from '../helpers/metrics.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:orphan-node';
@@ -68,9 +69,17 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
   });
 
   const start = async (orphanSessions?: 'report' | 'clean') => {
-    node = await startSinter({ role: 'node', base, nodeName: 'orphan-node', args: ['--config', yaml, ...(orphanSessions ? ['--orphan-sessions', orphanSessions] : [])] });
+    node = await startSinter({
+      role: 'node',
+      base,
+      nodeName: 'orphan-node',
+      args: ['--config', yaml, '--metrics-address', '127.0.0.1:0', ...(orphanSessions ? ['--orphan-sessions', orphanSessions] : [])],
+    });
     return node;
   };
+
+  /** The node's /metrics, parsed. */
+  const metricsOf = async (s: SinterProcess) => parseExposition((await scrape((await waitFor('the metrics endpoint', () => metricsAddressIn(s.logs())))!)).text);
 
   /** A tgt target for a new volume, its ACL allowing this node, and the publish_context the controller would hand out. */
   const exported = async () => {
@@ -141,6 +150,9 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
     expect(before.filter((x) => x.startsWith('mount')).length).toBe(1);
     expect(before.filter((x) => x.startsWith('process')).length).toBe(2);
     expect(await sessionsOf(orphan.id)).toEqual([NODE_IQN]);
+    const first = await metricsOf(node!);
+    expect(first.value('sinter_node_staged_volumes', { transport: 'iscsi' })).toBe(2);
+    expect(first.value('sinter_node_attach_duration_seconds_count', { transport: 'iscsi', operation: 'stage' })).toBe(2);
 
     // SIGKILL, the record lost, the staging mount gone (as after an unstage that got no further than its unmount).
     await crashAndLoseRecord(orphan.id);
@@ -151,6 +163,10 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
     expect(await chain(a.dir)).toEqual(before);
     expect(await sessionsOf(orphan.id)).toEqual([NODE_IQN]);
     expect(teardownLines(reporting)).toEqual([]);
+    // The operator sees the orphan session on the node's /metrics, and the one volume still staged.
+    const reportingMetrics = await metricsOf(reporting);
+    expect(reportingMetrics.value('sinter_node_orphan_sessions', { transport: 'iscsi' })).toBe(1);
+    expect(reportingMetrics.value('sinter_node_staged_volumes', { transport: 'iscsi' })).toBe(1);
     const reported = (await fsck()).findings.filter((f) => f.kind === 'untracked-device');
     expect(reported).toEqual([
       expect.objectContaining({ subject: a.devicePath, remedy: 'operator', detail: expect.stringMatching(/node\.orphanSessions: report.*set node\.orphanSessions: clean/) }),
@@ -169,6 +185,7 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
     await waitFor('tgtd to drop the orphan session', async () => ((await sessionsOf(orphan.id)).length === 0 ? true : undefined), 10_000);
     expect(teardownLines(cleaning)).toEqual([expect.objectContaining({ level: 40, device: a.devicePath, transport: 'iscsi', source: `${orphan.ctx.iqn} lun 1 via ${tgtd!.portal}` })]);
     expect((await fsck(['--orphan-sessions', 'clean'])).findings).toEqual([]);
+    expect((await metricsOf(cleaning)).value('sinter_node_orphan_sessions', { transport: 'iscsi' })).toBe(0);
 
     // The volume whose record survived is untouched and still serves.
     const k = (await attachmentOf(kept.ctx.iqn))!;
@@ -179,6 +196,9 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
     expect(stats.volume_condition?.abnormal ?? false).toBe(false);
     await cleaning.client.node.NodeUnstageVolume({ volume_id: kept.id, staging_target_path: staging(kept.id) });
     expect(await chain(k.dir)).toEqual([]);
+    const unstaged = await metricsOf(cleaning);
+    expect(unstaged.value('sinter_node_staged_volumes', { transport: 'iscsi' })).toBe(0);
+    expect(unstaged.value('sinter_node_attach_duration_seconds_count', { transport: 'iscsi', operation: 'unstage' })).toBe(1);
   });
 
   it('with clean, an orphan chain that is mounted is left alone and reported', async () => {

@@ -163,6 +163,8 @@ export class IscsiExport {
           else if (daemon.has(id)) {
             await this.helper.removeTarget(id);
             report.targetsRemoved.push(id);
+            // Its ACLs went with it: each was an export no publish explained.
+            for (const acl of daemon.get(id)!.acls) report.aclsRevoked.push(`${id} → ${acl}`);
           }
         } catch (e) {
           report.errors.push(`${id}: ${(e as Error).message}`);
