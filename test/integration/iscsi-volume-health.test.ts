@@ -91,6 +91,18 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
     throw new Error(`no user-space attachment for ${id}`);
   };
 
+  it('the controller passes the start-up checks of csi-external-health-monitor-controller v0.18.0, and the node offers kubelet its volume condition (modelled from main.go at v0.18.0 and kubelet\'s csi_client.go)', async () => {
+    // cmd/csi-external-health-monitor-controller/main.go (v0.18.0) exits unless the plugin has the
+    // CONTROLLER_SERVICE, (LIST_VOLUMES or GET_VOLUME) and VOLUME_CONDITION.
+    const plugin = (await ctl.client.identity.GetPluginCapabilities({})).capabilities.map((c: { service?: { type: string } }) => c.service?.type);
+    expect(plugin).toContain('CONTROLLER_SERVICE');
+    const rpcs = (await ctl.client.controller.ControllerGetCapabilities({})).capabilities.map((c: { rpc: { type: string } }) => c.rpc.type);
+    expect(rpcs).toEqual(expect.arrayContaining(['LIST_VOLUMES', 'GET_VOLUME', 'VOLUME_CONDITION', 'LIST_VOLUMES_PUBLISHED_NODES']));
+    // kubelet (pkg/volume/csi/csi_client.go, NodeSupportsVolumeStats / NodeSupportsVolumeCondition) asks the node.
+    const node_ = (await node.client.node.NodeGetCapabilities({})).capabilities.map((c: { rpc: { type: string } }) => c.rpc.type);
+    expect(node_).toEqual(expect.arrayContaining(['GET_VOLUME_STATS', 'VOLUME_CONDITION']));
+  });
+
   it('healthy everywhere while all is well', async () => {
     const v = await inUse('health-ok');
     expect(await controllerSays(v.id)).toEqual({ abnormal: false, message: 'in-use: volume is healthy' });
