@@ -136,6 +136,11 @@ export class KubeApiStandIn {
     return this.rv;
   }
 
+  /** Names of the objects of a resource, as a controller's lister would see them. */
+  names(resource: Resource): string[] {
+    return [...this.objects[resource].keys()];
+  }
+
   get(resource: Resource, name: string): Obj | undefined {
     return this.objects[resource].get(name);
   }
