@@ -115,7 +115,9 @@ class AttacherModel {
       for (const name of this.fx.standin.names('volumeattachments')) {
         const va = this.fx.standin.get('volumeattachments', name) as unknown as VA | undefined;
         if (!va || va.spec.attacher !== DRIVER) continue;
-        const pv = this.fx.standin.get('persistentvolumes', va.spec.source.persistentVolumeName ?? '') as unknown as { spec: { csi: { volumeHandle: string; fsType?: string }; accessModes: string[] } } | undefined;
+        const pv = this.fx.standin.get('persistentvolumes', va.spec.source.persistentVolumeName ?? '') as unknown as
+          | { spec: { csi: { volumeHandle: string; fsType?: string }; accessModes: string[]; volumeMode?: string } }
+          | undefined;
         if (!pv) continue;
         const handle = pv.spec.csi.volumeHandle;
         const finalizer = `external-attacher/${DRIVER.replace(/\//g, '-')}`;
@@ -141,8 +143,9 @@ class AttacherModel {
             m.finalizers = [...(m.finalizers ?? []), finalizer];
             m.annotations = { ...m.annotations, 'csi.alpha.kubernetes.io/node-id': nodeId };
           });
-        // GetVolumeCapabilities: ReadWriteOnce → SINGLE_NODE_WRITER, the PV's fsType.
-        const cap = parseCapability({ mount: { fs_type: pv.spec.csi.fsType ?? '' }, access_mode: { mode: pv.spec.accessModes.includes('ReadWriteOnce') ? 'SINGLE_NODE_WRITER' : 'MULTI_NODE_MULTI_WRITER' } }, 'volume_capability');
+        // GetVolumeCapabilities: ReadWriteOnce → SINGLE_NODE_WRITER, ReadWriteMany → MULTI_NODE_MULTI_WRITER; volumeMode Block → block, else the PV's fsType.
+        const mode = pv.spec.accessModes.includes('ReadWriteOnce') ? 'SINGLE_NODE_WRITER' : 'MULTI_NODE_MULTI_WRITER';
+        const cap = parseCapability(pv.spec.volumeMode === 'Block' ? { block: {}, access_mode: { mode } } : { mount: { fs_type: pv.spec.csi.fsType ?? '' }, access_mode: { mode } }, 'volume_capability');
         try {
           this.calls.push(`ControllerPublishVolume ${va.spec.nodeName}`);
           const ctx = await this.volumes.publish(handle, nodeId, cap, false);
@@ -189,7 +192,12 @@ class AttachDetachModel {
   private pending = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly fx: KubeFixture) {}
+  constructor(
+    private readonly fx: KubeFixture,
+    private readonly pv: string,
+    /** isMultiAttachAllowed: false for ReadWriteOnce. */
+    private readonly multiAttachAllowed: boolean,
+  ) {}
 
   static vaName(pv: string, node: string): string {
     return `csi-${createHash('sha256').update(`${pv}${DRIVER}${node}`).digest('hex')}`;
@@ -225,8 +233,8 @@ class AttachDetachModel {
     for (const node of this.desired) {
       if (this.attached.has(node) || this.pending.has(`attach:${node}`)) continue;
       const others = [...this.attached.keys()].filter((n) => n !== node);
-      if (others.length > 0) {
-        const ev = `Multi-Attach error for volume "${PV}" Volume is already exclusively attached to one node and can't be attached to another`;
+      if (!this.multiAttachAllowed && others.length > 0) {
+        const ev = `Multi-Attach error for volume "${this.pv}" Volume is already exclusively attached to one node and can't be attached to another`;
         if (!this.events.includes(ev)) this.events.push(ev);
         continue;
       }
@@ -236,15 +244,15 @@ class AttachDetachModel {
   }
 
   private async attach(node: string): Promise<void> {
-    const name = AttachDetachModel.vaName(PV, node);
+    const name = AttachDetachModel.vaName(this.pv, node);
     if (!this.fx.standin.get('volumeattachments', name))
-      this.fx.standin.create('volumeattachments', { metadata: { name }, spec: { attacher: DRIVER, nodeName: node, source: { persistentVolumeName: PV } }, status: { attached: false } });
+      this.fx.standin.create('volumeattachments', { metadata: { name }, spec: { attacher: DRIVER, nodeName: node, source: { persistentVolumeName: this.pv } }, status: { attached: false } });
     await eventually(() => (this.fx.standin.get('volumeattachments', name) as unknown as VA | undefined)?.status?.attached === true, `${name} to be attached`, 60_000, 50);
     this.attached.set(node, { mountedByNode: false });
   }
 
   private async detach(node: string): Promise<void> {
-    const name = AttachDetachModel.vaName(PV, node);
+    const name = AttachDetachModel.vaName(this.pv, node);
     // The Delete: with the attacher's finalizer on it, the API server only sets the deletionTimestamp.
     if (this.fx.standin.get('volumeattachments', name))
       this.fx.standin.update('volumeattachments', name, (o) => ((o as unknown as VA).metadata.deletionTimestamp ??= new Date().toISOString()));
@@ -315,7 +323,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     cache.start();
     reconciler.start();
     attacher = new AttacherModel(fx, volumes, (node) => nodeIds.get(node)!);
-    adc = new AttachDetachModel(fx);
+    adc = new AttachDetachModel(fx, PV, false);
     attacher.start();
     adc.start();
     fx.onCleanup(() => {
@@ -352,7 +360,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
   }, 120_000);
 
   /** The pids of one daemon of every user-space attachment under a node's state dir. */
-  function chainPids(stateDir: string, daemon: 'qemu-nbd' | 'nbdfuse'): number[] {
+  function chainPids(stateDir: string, daemon: 'qemu-nbd' | 'nbdfuse', iqn?: string): number[] {
     const dir = join(stateDir, 'iscsi-userspace');
     let names: string[] = [];
     try {
@@ -362,6 +370,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     }
     return names.flatMap((d) => {
       try {
+        if (iqn && (JSON.parse(readFileSync(join(dir, d, 'attachment.json'), 'utf8')) as { iqn: string }).iqn !== iqn) return [];
         return [Number(readFileSync(join(dir, d, `${daemon}.pid`), 'utf8').trim())];
       } catch {
         return [];
@@ -386,6 +395,82 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     return { staging, target };
   };
 
+  it('a multi-node volume (ReadWriteMany block): node-a lost with its session frozen mid-flight; the taint detaches it from node-a alone: its ACL and session are revoked while node-b keeps its session and its I/O', async () => {
+    const pv = 'pv-shared-block';
+    const shared = new AttachDetachModel(fx, pv, true);
+    shared.start();
+    fx.onCleanup(() => shared.stop());
+    const v = await volumes.create({ name: 'lost-node-shared', capacity: { required_bytes: 16 * MiB }, capabilities: [{ accessType: 'block', accessMode: 'MULTI_NODE_MULTI_WRITER' }], parameters: parseParameters({}) });
+    fx.standin.create('persistentvolumes', {
+      metadata: { name: pv },
+      spec: { capacity: { storage: '16Mi' }, accessModes: ['ReadWriteMany'], volumeMode: 'Block', persistentVolumeReclaimPolicy: 'Delete', csi: { driver: DRIVER, volumeHandle: v.id } },
+      status: { phase: 'Bound' },
+    });
+    await eventually(() => cache.live && cache.persistentVolumes.size === fx.standin.names('persistentvolumes').length && nodeIds.size === 2, 'the cache to sync');
+    for (const n of ['node-a', 'node-b']) shared.ready.set(n, true);
+    shared.desired.add('node-a');
+    shared.desired.add('node-b');
+    await eventually(() => shared.attached.has('node-a') && shared.attached.has('node-b'), 'the volume to attach to both nodes', 30_000, 50);
+    const blockCap = { block: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } };
+    const stage = async (p: SinterProcess, node: string) => {
+      const staging = join(p.kubeletRoot, 'plugins', 'kubernetes.io', 'csi', DRIVER, 'staging', `${v.id}-blk`);
+      mkdirSync(staging, { recursive: true });
+      const ctx = (fx.standin.get('volumeattachments', AttachDetachModel.vaName(pv, node)) as unknown as VA).status!.attachmentMetadata!;
+      await p.client.node.NodeStageVolume({ volume_id: v.id, staging_target_path: staging, volume_capability: blockCap, publish_context: ctx });
+      shared.attached.get(node)!.mountedByNode = true;
+      return staging;
+    };
+    const stagingA = await stage(nodeA!, 'node-a');
+    const stagingB = await stage(nodeB!, 'node-b');
+    const iqn = `${IQN_PREFIX}${v.id}`;
+    expect((await targetOf(v.id))?.sessions.map((s) => s.initiator).sort()).toEqual([IQN_A, IQN_B]);
+
+    // node-a's initiator freezes with its session open (a hung host: TCP connection up, nobody answering).
+    const aChain = [...chainPids(stateOf('a'), 'qemu-nbd', iqn), ...chainPids(stateOf('a'), 'nbdfuse', iqn)];
+    expect(aChain).toHaveLength(2);
+    for (const pid of aChain) process.kill(pid, 'SIGSTOP');
+    try {
+      shared.ready.set('node-a', false);
+      const tTaint = performance.now();
+      shared.taints.set('node-a', [OUT_OF_SERVICE]);
+      await eventually(() => !shared.attached.has('node-a'), 'node-a to be detached', 60_000, 50);
+      const detach = performance.now() - tTaint;
+      expect(detach).toBeLessThan(20_000);
+      expect(attacher.errors).toEqual([]);
+      expect(reconciler.stats.revoked).toBe(0);
+      const t = await targetOf(v.id);
+      expect(t?.acls).toEqual([IQN_B]);
+      expect(t?.sessions.map((s) => s.initiator)).toEqual([IQN_B]);
+      // Same network path, node-a's name: the ACL no longer lets it in (tgt answers as if the target did not exist).
+      const loginA = await inNetns(net!.node.ns, 'iscsi-inq', ['-i', IQN_A, `iscsi://${net!.storage.address}:${ISCSI_PORT}/${iqn}/1`], { timeoutMs: 20_000 }).then(
+        () => 'let in',
+        (e: { stderr?: string; message: string }) => e.stderr || e.message,
+      );
+      expect(loginA).toMatch(/Target not found/);
+      // node-b's I/O goes on over its own session: a direct write and read back through its device.
+      const devB = join(stagingB, v.id);
+      const block = Buffer.alloc(4096, 0x5b);
+      writeFileSync(join(fx.dir, 'blk'), block);
+      await execa('dd', [`if=${join(fx.dir, 'blk')}`, `of=${devB}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc']);
+      const back = await execa('dd', [`if=${devB}`, 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer' });
+      expect(Buffer.compare(back.stdout as unknown as Buffer, block)).toBe(0);
+      console.log(`node loss (multi-node volume): taint → node-a fenced in ${detach.toFixed(0)} ms`);
+    } finally {
+      for (const pid of aChain) {
+        process.kill(pid, 'SIGCONT');
+      }
+      for (const pid of chainPids(stateOf('a'), 'qemu-nbd', iqn)) process.kill(pid, 'SIGKILL');
+    }
+    // node-a's leftovers go with its unstage (its plugin still runs here); node-b lets go; the target goes with the last detach.
+    await nodeA!.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: stagingA });
+    await nodeB!.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: stagingB });
+    shared.attached.get('node-b')!.mountedByNode = false; // node-b's kubelet drops it from volumesInUse
+    shared.desired.delete('node-b');
+    await eventually(() => !shared.attached.has('node-b'), 'node-b to be detached', 30_000, 50);
+    expect(await targetOf(v.id)).toBeUndefined();
+    shared.stop();
+  }, 120_000);
+
   it('node-a is lost with the volume mounted; the out-of-service taint has it detached (ControllerUnpublishVolume fences node-a: session ended, login refused) and attached to node-b at once, where the data is', async () => {
     const v = await volumes.create({ name: 'lost-node', capacity: { required_bytes: 64 * MiB }, capabilities: [{ accessType: 'mount', accessMode: 'SINGLE_NODE_WRITER', fsType: 'ext4' }], parameters: parseParameters({}) });
     fx.standin.create('persistentvolumes', {
@@ -393,9 +478,10 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
       spec: { capacity: { storage: '64Mi' }, accessModes: ['ReadWriteOnce'], persistentVolumeReclaimPolicy: 'Delete', csi: { driver: DRIVER, volumeHandle: v.id, fsType: 'ext4' } },
       status: { phase: 'Bound' },
     });
-    await eventually(() => cache.live && cache.persistentVolumes.size === 1 && nodeIds.size === 2, 'the cache to sync');
+    await eventually(() => cache.live && cache.persistentVolumes.size === fx.standin.names('persistentvolumes').length && nodeIds.size === 2, 'the cache to sync');
     for (const n of ['node-a', 'node-b']) adc.ready.set(n, true);
 
+    const callsBefore = attacher.calls.length;
     // The pod is scheduled on node-a: attach (VolumeAttachment → ControllerPublishVolume), stage, publish, write.
     adc.desired.add('node-a');
     await eventually(() => adc.attached.has('node-a'), 'the volume to attach to node-a', 30_000, 50);
@@ -423,7 +509,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     expect(adc.events).toEqual([`Multi-Attach error for volume "${PV}" Volume is already exclusively attached to one node and can't be attached to another`]);
     expect(va('node-a')?.status?.attached).toBe(true);
     expect(va('node-b')).toBeUndefined();
-    expect(attacher.calls).toEqual(['ControllerPublishVolume node-a']);
+    expect(attacher.calls.slice(callsBefore)).toEqual(['ControllerPublishVolume node-a']);
     await expect(volumes.publish(v.id, nodeIds.get('node-b')!, parseCapability(mountCap, 'volume_capability'), false)).rejects.toMatchObject({
       code: Code.FAILED_PRECONDITION,
       message: expect.stringContaining(`is published to node ${nodeIds.get('node-a')} and its access mode allows a single node; unpublish it there first`),
@@ -436,7 +522,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     await eventually(() => va('node-b')?.status?.attached === true, 'the volume to attach to node-b', 60_000, 50);
     const failover = performance.now() - tTaint;
     // The single-node-writer volume: the publish to node-b is the first call after node-a's unpublish, and succeeds first time.
-    expect(attacher.calls).toEqual(['ControllerPublishVolume node-a', 'ControllerUnpublishVolume node-a', 'ControllerPublishVolume node-b']);
+    expect(attacher.calls.slice(callsBefore)).toEqual(['ControllerPublishVolume node-a', 'ControllerUnpublishVolume node-a', 'ControllerPublishVolume node-b']);
     expect(attacher.errors).toEqual([]);
     expect(va('node-a')).toBeUndefined();
     expect(va('node-b')?.status?.attachError).toBeUndefined();
