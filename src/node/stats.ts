@@ -116,7 +116,9 @@ async function filesystemCondition(
   const stagingResolved = await realpath(rec.stagingPath).catch(() => rec.stagingPath);
   const stagedPath = stagedAt(rec, stagingResolved);
   const staged = snap.at(stagedPath);
-  const stagedOk = staged !== undefined && rec.device !== undefined && mountsOfDevice(snap, rec.device, majMin).includes(staged);
+  // The staging mount shows the recorded device, or at least what the pod's mount shows (a layer between, e.g. a mapper device).
+  const stagedOk =
+    staged !== undefined && ((rec.device !== undefined && mountsOfDevice(snap, rec.device, majMin).includes(staged)) || (staged.majMin === published.majMin && staged.root === published.root));
   if (!stagedOk) {
     const now = staged ? `it now shows ${describeMount(staged)}` : 'nothing is mounted there';
     return `the volume's staging mount at ${rec.stagingPath} is gone (${now}; unmounted outside sinter): the pod still reaches the volume through its own mount, but no other pod on this node can mount it. Delete the pods using it on this node so kubelet unstages the volume and stages it again`;
