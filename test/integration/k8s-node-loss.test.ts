@@ -39,6 +39,15 @@ type VA = {
   status?: { attached?: boolean; attachmentMetadata?: Record<string, string>; attachError?: { message: string }; detachError?: { message: string } };
 };
 
+/** Signals a process that may have exited already. */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* gone */
+  }
+}
+
 /**
  * A third "host" for node-b: its own network namespace joined to the storage
  * namespace by a second veth pair, with a host route to the storage portal
@@ -343,9 +352,9 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     };
     // Node-a comes back from the dead only to be cleaned up: its daemons are thawed and killed first, so
     // no unmount waits on a session that can never log in again.
-    for (const pid of frozen) await step(`thaw ${pid}`, async () => process.kill(pid, 'SIGCONT'));
+    for (const pid of frozen) signal(pid, 'SIGCONT');
     await step('kill node-a qemu-nbd', async () => {
-      for (const pid of chainPids(stateOf('a'), 'qemu-nbd')) process.kill(pid, 'SIGKILL');
+      for (const pid of chainPids(stateOf('a'), 'qemu-nbd')) signal(pid, 'SIGKILL');
     });
     for (const p of [nodeB, nodeA]) await step('stop a node plugin', async () => p?.cleanup());
     for (const n of ['a', 'b'] as const) await step(`user-space leftovers of node-${n}`, () => forceCleanupUserspace(join(stateOf(n), 'iscsi-userspace')));
@@ -456,10 +465,8 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
       expect(Buffer.compare(back.stdout as unknown as Buffer, block)).toBe(0);
       console.log(`node loss (multi-node volume): taint → node-a fenced in ${detach.toFixed(0)} ms`);
     } finally {
-      for (const pid of aChain) {
-        process.kill(pid, 'SIGCONT');
-      }
-      for (const pid of chainPids(stateOf('a'), 'qemu-nbd', iqn)) process.kill(pid, 'SIGKILL');
+      for (const pid of aChain) signal(pid, 'SIGCONT');
+      for (const pid of chainPids(stateOf('a'), 'qemu-nbd', iqn)) signal(pid, 'SIGKILL');
     }
     // node-a's leftovers go with its unstage (its plugin still runs here); node-b lets go; the target goes with the last detach.
     await nodeA!.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: stagingA });
@@ -549,6 +556,21 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     expect(t2?.sessions.map((s) => s.initiator)).toEqual([IQN_B]);
     expect(t2?.sessions[0]?.connections.map((c) => c.address)).toEqual([hostB!.address]);
     console.log(`node loss: taint → attached on node-b in ${failover.toFixed(0)} ms`);
+
+    // node-a comes back (its initiator thaws; its kubelet would still think the pod runs) and writes
+    // through its stale mount: the write cannot reach the volume. Its session is gone and a new
+    // login is refused, so the fsync fails (or blocks until the initiator dies).
+    const LATE = 'written by node-a after it was fenced';
+    const chainA = [...chainPids(stateOf('a'), 'qemu-nbd'), ...chainPids(stateOf('a'), 'nbdfuse')];
+    for (const pid of chainA) process.kill(pid, 'SIGCONT');
+    writeFileSync(join(fx.dir, 'late.txt'), LATE);
+    const late = execa('dd', [`if=${join(fx.dir, 'late.txt')}`, `of=${join(a.target, 'late.txt')}`, 'conv=fsync', 'status=none'], { reject: false, timeout: 60_000 });
+    const settled = await Promise.race([late.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 10_000))]);
+    if (!settled) for (const pid of chainPids(stateOf('a'), 'qemu-nbd')) signal(pid, 'SIGKILL'); // a hung write ends with its initiator
+    const lateResult = await late;
+    expect(lateResult.exitCode, `node-a's late write: ${lateResult.stderr}`).not.toBe(0);
+    expect(readFileSync(join(fx.dir, 'data', 'volumes', `${v.id}.img`)).includes(Buffer.from(LATE))).toBe(false);
+    expect(readFileSync(join(bMounts.target, 'marker.txt'), 'utf8')).toBe(MARKER);
 
     await nodeB!.client.node.NodeUnpublishVolume({ volume_id: v.id, target_path: bMounts.target });
     await nodeB!.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: bMounts.staging });
