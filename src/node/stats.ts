@@ -128,7 +128,8 @@ async function filesystemCondition(
   const superRo = ref.superOptions.includes('ro') || ref.superOptions.includes('emergency_ro');
   // Mounted read-only on purpose (a reader-only access mode) is not a fault.
   const meantRo = ref.options.includes('ro') || (ref === published && publishedReadOnly);
-  const name = majMin && ref.fsType === 'ext4' ? await kernelName(majMin) : undefined;
+  // The device the filesystem itself sits on (mountinfo's number), whatever layer the record names.
+  const name = ref.fsType === 'ext4' ? await kernelName(ref.majMin) : undefined;
   const errors = name ? await ext4Errors(name) : undefined;
   const where = `${ref.fsType} filesystem on ${rec.device ?? ref.source}`;
   const recorded = errors && errors.count > 0 ? `; the filesystem recorded ${errors.count} error${errors.count > 1 ? 's' : ''}${errors.last ? `, the last in ${errors.last}` : ''}` : '';
