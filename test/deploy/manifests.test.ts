@@ -141,6 +141,9 @@ const SIDECARS: Record<string, string> = {
   'csi-snapshotter': 'registry.k8s.io/sig-storage/csi-snapshotter:v8.6.0',
   'node-driver-registrar': 'registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0',
   'liveness-probe': 'registry.k8s.io/sig-storage/livenessprobe:v2.19.0',
+  // v0.18.0 reports through PVC events using LIST_VOLUMES/GET_VOLUME + VOLUME_CONDITION
+  // (cmd/csi-external-health-monitor-controller/main.go at v0.18.0); v0.19 needs CSI 1.13's health RPCs.
+  'csi-external-health-monitor-controller': 'registry.k8s.io/sig-storage/csi-external-health-monitor-controller:v0.18.0',
 };
 
 describe('images are pinned', () => {
@@ -164,7 +167,7 @@ describe('images are pinned', () => {
       }
     }
     const c = workload(render(dir), CONTROLLER).pod;
-    expect(c.containers.map((x) => x.name)).toEqual(expect.arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'liveness-probe']));
+    expect(c.containers.map((x) => x.name)).toEqual(expect.arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'csi-external-health-monitor-controller', 'liveness-probe']));
     const n = workload(render(dir), NODE).pod;
     expect(n.containers.map((x) => x.name).sort()).toEqual(['liveness-probe', 'node-driver-registrar', 'sinter']);
     expect(container(c, 'sinter').image).toMatch(/^sinter-controller:/);
@@ -275,6 +278,14 @@ const EXPECTED_CLUSTER_ROLES: Record<string, string[]> = {
     '/persistentvolumeclaims/status: patch',
     '/pods: get,list,watch',
     '/events: list,watch,create,update,patch',
+  ],
+  // deploy/kubernetes/external-health-monitor-controller/rbac.yaml at v0.18.0.
+  'sinter-external-health-monitor': [
+    '/persistentvolumes: get,list,watch',
+    '/persistentvolumeclaims: get,list,watch',
+    '/nodes: get,list,watch',
+    '/pods: get,list,watch',
+    '/events: get,list,watch,create,patch',
   ],
   'sinter-external-snapshotter': [
     '/events: list,watch,create,update,patch',
@@ -460,7 +471,7 @@ describe('sidecar arguments', () => {
     expect(prov).toContain('--extra-create-metadata');
     // CreateVolume's requisite is the selected node's segment only: the segment GetCapacity answered for.
     expect(prov).toContain('--strict-topology');
-    for (const name of ['csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter']) {
+    for (const name of ['csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'csi-external-health-monitor-controller']) {
       const args = container(pod, name).args ?? [];
       expect(args, name).toContain('--leader-election');
       expect(flagValue(args, 'leader-election-namespace'), name).toBe('$(NAMESPACE)');

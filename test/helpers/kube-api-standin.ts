@@ -220,6 +220,11 @@ export class KubeApiStandIn {
     return this.rv;
   }
 
+  /** Names of the objects of a resource (namespace/name keys for namespaced ones), as a controller's lister would see them. */
+  names(resource: Resource): string[] {
+    return [...this.objects[resource].keys()];
+  }
+
   /** One object; a namespaced one by `namespace` (or a `namespace/name` key). */
   get(resource: Resource, name: string, namespace?: string): Obj | undefined {
     return this.objects[resource].get(namespace === undefined ? name : keyOf(resource, name, namespace));

@@ -400,7 +400,7 @@ export class FileBackend implements Backend {
     if (!rec) return { abnormal: true, message: 'no record of this volume' };
     if (rec.state === 'error' || rec.state === 'error_deleting') return { abnormal: true, message: `volume is in state ${rec.state}: ${rec.error ?? 'unknown error'}` };
     const st = await fs.stat(this.imagePath(id)).catch(() => undefined);
-    if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}"` };
+    if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}": the volume's data is gone from the storage host; restore the file from a backup, or create a new volume from a snapshot` };
     if (st.size < rec.sizeBytes) return { abnormal: true, message: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}` };
     const exportHealth = await this.iscsi?.health(rec, this.imagePath(id));
     if (exportHealth) return exportHealth;

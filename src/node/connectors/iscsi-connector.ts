@@ -181,11 +181,40 @@ export class IscsiConnector implements Connector {
   }
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
-    const found = await this.find(ctx).catch(() => undefined);
-    if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${asIscsi(ctx).iqn} LUN ${asIscsi(ctx).lun} any more` };
+    const c = asIscsi(ctx);
+    const ini = await this.get();
+    if (ini instanceof UserspaceIscsiInitiator) {
+      // A dead daemon leaves the loop device and the FUSE mount in place, so find() still sees the device; the pids tell.
+      const chain = await ini.chainHealth(targetOf(c)).catch(() => undefined);
+      const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
+      if (chain && !chain.qemuNbd)
+        return { abnormal: true, attached: true, message: `the user-space iSCSI session to ${c.iqn} LUN ${c.lun} at ${chain.portal} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's iSCSI state directory); ${restage}` };
+      if (chain && !chain.nbdfuse)
+        return { abnormal: true, attached: true, message: `the user-space iSCSI attachment of ${c.iqn} LUN ${c.lun} is broken (its nbdfuse process exited, the FUSE file behind the loop device is gone); ${restage}` };
+    }
+    let found: string | undefined;
+    let down: string[] = [];
+    let sessionCount = 0;
+    if (ini instanceof KernelIscsiInitiator) {
+      const seen = await ini.inspect(targetOf(c)).catch(() => ({ device: undefined, sessions: [] }));
+      found = seen.device;
+      sessionCount = seen.sessions.length;
+      down = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN').map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}`);
+    } else {
+      found = await this.find(ctx).catch(() => undefined);
+    }
+    if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${c.iqn} LUN ${c.lun} any more` };
+    if (sessionCount > 0 && down.length === sessionCount)
+      return {
+        abnormal: true,
+        attached: true,
+        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
+      };
+    if (down.length > 0)
+      return { abnormal: true, attached: true, message: `${down.length} of ${sessionCount} iSCSI sessions to ${c.iqn} are down (${down.join('; ')}); running degraded on the others` };
     // /dev/mapper/<name> and /dev/dm-N are one device.
     const same = found === device || (await realpath(device).catch(() => device)) === (await realpath(found).catch(() => found));
-    if (!same) return { abnormal: true, attached: false, message: `${device} no longer belongs to ${asIscsi(ctx).iqn}` };
+    if (!same) return { abnormal: true, attached: false, message: `${device} no longer belongs to ${c.iqn}` };
     return { abnormal: false, attached: true, message: `attached as ${device}` };
   }
 }

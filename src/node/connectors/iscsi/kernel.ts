@@ -406,11 +406,16 @@ export class KernelIscsiInitiator implements IscsiInitiator {
    * no session has it.
    */
   async find(target: IscsiTarget): Promise<string | undefined> {
+    return (await this.inspect(target)).device;
+  }
+
+  /** find(), with the sessions to target it read on the way (their states: a volume's condition), from one iscsiadm call. */
+  async inspect(target: IscsiTarget): Promise<{ device?: string; sessions: IscsiSessionInfo[] }> {
     const portals = validate(target);
     const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
     const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, describe(target)).catch(() => ({ maps: [], paths: [] as string[] }));
-    if (maps[0]) return this.multipath.devicePath(maps[0]);
-    return paths[0] ? this.sysfs.dev(paths[0]) : undefined;
+    if (maps[0]) return { device: await this.multipath.devicePath(maps[0]), sessions };
+    return { device: paths[0] ? this.sysfs.dev(paths[0]) : undefined, sessions };
   }
 
   /**

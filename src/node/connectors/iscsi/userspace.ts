@@ -140,6 +140,21 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     });
   }
 
+  /**
+   * Whether the daemons of target's chain still run, read from pid files and
+   * /proc only (no command): NodeGetVolumeStats asks every minute per volume.
+   * Undefined when this initiator has no state for target on any portal.
+   */
+  async chainHealth(target: IscsiTarget): Promise<{ portal: string; qemuNbd: boolean; nbdfuse: boolean } | undefined> {
+    for (const p of this.validate(target)) {
+      const dir = this.dirFor(p, target.iqn, target.lun);
+      if (!(await fs.access(join(dir, 'attachment.json')).then(() => true, () => false))) continue;
+      const [qemuNbd, nbdfuse] = await Promise.all([this.livePid(join(dir, 'qemu-nbd.pid'), dir), this.livePid(join(dir, 'nbdfuse.pid'), dir)]);
+      return { portal: p.text, qemuNbd: qemuNbd !== undefined, nbdfuse: nbdfuse !== undefined };
+    }
+    return undefined;
+  }
+
   /** Every attachment this initiator has state for, healthy or not (orphan reporting). */
   async list(): Promise<UserspaceAttachmentInfo[]> {
     let names: string[];
