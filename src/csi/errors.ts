@@ -1,6 +1,5 @@
 import { status } from '@grpc/grpc-js';
 
-export type GrpcCode = status;
 export { status as Code };
 
 /**
@@ -24,13 +23,8 @@ export const failedPrecondition = (m: string) => new CsiError(status.FAILED_PREC
 export const outOfRange = (m: string) => new CsiError(status.OUT_OF_RANGE, m);
 export const resourceExhausted = (m: string) => new CsiError(status.RESOURCE_EXHAUSTED, m);
 export const aborted = (m: string) => new CsiError(status.ABORTED, m);
-export const unimplemented = (m: string) => new CsiError(status.UNIMPLEMENTED, m);
 export const unavailable = (m: string) => new CsiError(status.UNAVAILABLE, m);
 export const internal = (m: string) => new CsiError(status.INTERNAL, m);
-
-export function isCsiError(e: unknown): e is CsiError {
-  return e instanceof CsiError;
-}
 
 /** Turns anything thrown into a CsiError without leaking a stack to the caller. */
 export function toCsiError(e: unknown): CsiError {
