@@ -252,7 +252,7 @@ export class StaticVolumes {
     const extra: Record<string, string> = {};
     if (attrs.fsType) extra.fsType = attrs.fsType;
     if (attrs.mkfsOptions) extra.mkfsOptions = attrs.mkfsOptions;
-    return this.locks.run(id, async () => {
+    return this.lock(id, false, async () => {
       const rec = this.recs.get(id);
       const mine = rec?.attachments.find((a) => a.nodeId === nodeId);
       if (rec && !sameMap(rec.context, context)) {
@@ -274,10 +274,15 @@ export class StaticVolumes {
     });
   }
 
+  /** An RPC answers ABORTED while another holds the handle; sinter's reconciler waits its turn. */
+  private lock<T>(id: string, wait: boolean, fn: () => Promise<T>): Promise<T> {
+    return wait ? this.locks.run(id, fn) : this.locks.exclusive(id, fn, (k) => `static volume ${k}`);
+  }
+
   /** Forgets publishes (all nodes when nodeId is undefined); there is nothing to revoke on an array sinter does not manage. */
   async unpublish(id: string, nodeId: string | undefined, opts: UnpublishOptions = {}): Promise<void> {
     if (!STATIC_HANDLE_RE.test(id)) return;
-    await this.locks.run(id, async () => {
+    await this.lock(id, opts.wait === true, async () => {
       const rec = this.recs.get(id);
       if (!rec) return;
       if (opts.onlyIf && !opts.onlyIf()) return;

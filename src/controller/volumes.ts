@@ -72,6 +72,8 @@ export interface VolumeManagerOptions {
 export interface UnpublishOptions {
   /** Checked under the volume's lock: unpublish only if it still returns true (the reconciler's re-check). */
   onlyIf?: () => boolean;
+  /** Wait for the volume's lock (sinter's own reconcilers) instead of answering ABORTED while it is held (an RPC). */
+  wait?: boolean;
 }
 
 /**
@@ -118,7 +120,7 @@ export class VolumeManager {
     const needsFs = input.capabilities.some((c) => c.accessType === 'mount');
     const floor = needsFs ? MIN_SIZE_FOR_FS[fsType] : MiB;
 
-    return this.locks.run(`name:${input.name}`, async () => {
+    return this.lockFor(`name:${input.name}`, false)(async () => {
       const existing = this.byName.get(input.name);
       if (existing) {
         if (existing.state === 'error') {
@@ -216,7 +218,7 @@ export class VolumeManager {
   async delete(volumeId: string): Promise<void> {
     const b = this.backendOf(volumeId);
     if (!b) return; // not ours or malformed: nothing to delete, which is success
-    await this.locks.run(`vol:${volumeId}`, async () => {
+    await this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = b.volume(volumeId);
       if (!v) return;
       if (v.attachments.length > 0)
@@ -233,7 +235,7 @@ export class VolumeManager {
     if (!range || (!range.required_bytes && !range.limit_bytes)) throw invalidArgument('capacity_range is required');
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
-    return this.locks.run(`vol:${volumeId}`, async () => {
+    return this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state} and cannot be expanded`);
       const target = sizeFor(range, v.sizeBytes, MiB);
@@ -252,7 +254,7 @@ export class VolumeManager {
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);
     if (!node) throw notFound(`node_id: node "${nodeId.slice(0, 128)}" is not known to this controller`);
-    return this.locks.run(`vol:${volumeId}`, async () => {
+    return this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);
       const mine = v.attachments.find((a) => a.nodeId === nodeId);
@@ -278,7 +280,7 @@ export class VolumeManager {
   async unpublish(volumeId: string, nodeId: string | undefined, opts: UnpublishOptions = {}): Promise<void> {
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) return; // gone: nothing is published
-    await this.locks.run(`vol:${volumeId}`, async () => {
+    await this.lockFor(`vol:${volumeId}`, opts.wait === true)(async () => {
       const v = b.volume(volumeId);
       if (!v) return;
       if (opts.onlyIf && !opts.onlyIf()) return;
@@ -292,6 +294,11 @@ export class VolumeManager {
       }
       if (leaving.length > 0) await b.setAttachments(volumeId, v.attachments.filter((a) => !leaving.includes(a)));
     });
+  }
+
+  /** The lock an operation takes on `key`: waiting its turn, or ABORTED while another call holds it. */
+  lockFor(key: string, wait: boolean): <T>(fn: () => Promise<T>) => Promise<T> {
+    return wait ? (fn) => this.locks.run(key, fn) : (fn) => this.locks.exclusive(key, fn, describeControllerKey);
   }
 
   /** Makes one backend's exports match its records, volume by volume under each volume's lock. */
@@ -319,5 +326,18 @@ export class VolumeManager {
 
   list(maxEntries: number | undefined, token: string | undefined): Page<VolumeRecord> {
     return paginate(this.sorted(), (v) => v.id, maxEntries, token, (t) => VOLUME_ID_RE.test(t), (v) => v.state !== 'creating' && v.state !== 'deleting');
+  }
+}
+
+/** A lock key in words for an ABORTED message. */
+export function describeControllerKey(key: string): string {
+  const [kind, ...rest] = key.split(':');
+  const what = rest.join(':');
+  switch (kind) {
+    case 'name': return `volume name ${JSON.stringify(what)}`;
+    case 'vol': return `volume ${what}`;
+    case 'snapname': return `snapshot name ${JSON.stringify(what)}`;
+    case 'snap': return `snapshot ${what}`;
+    default: return key;
   }
 }

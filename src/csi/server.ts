@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { codeName, CsiError, toCsiError } from './errors.js';
 import { parseEndpoint, type Endpoint } from './endpoint.js';
 import { requestIds } from './logging.js';
+import { callStopped, runInCall, type CallContext } from './call-context.js';
 import { loadCsi } from './proto.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -40,9 +41,16 @@ function unary(service: string, method: string, fn: Handler | undefined, log: Lo
       done(new CsiError(grpc.status.UNIMPLEMENTED, `${method} is not implemented by this plugin`));
       return;
     }
+    const ctx = callContextOf(call);
+    const why = callStopped(ctx);
+    if (why) {
+      // A call that arrives already expired starts no work.
+      done(new CsiError(why === 'deadline' ? grpc.status.DEADLINE_EXCEEDED : grpc.status.CANCELLED, `the call's ${why === 'deadline' ? 'deadline had passed' : 'caller had cancelled'} before it started; nothing was changed`));
+      return;
+    }
     let p: Promise<unknown>;
     try {
-      p = fn(call.request);
+      p = runInCall(ctx, () => fn(call.request));
     } catch (e) {
       p = Promise.reject(e);
     }
@@ -54,6 +62,14 @@ function unary(service: string, method: string, fn: Handler | undefined, log: Lo
       },
     );
   };
+}
+
+function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContext {
+  const ac = new AbortController();
+  call.once('cancelled', () => ac.abort());
+  const d = call.getDeadline();
+  const deadline = d instanceof Date ? d.getTime() : Number(d);
+  return { deadline: Number.isFinite(deadline) ? deadline : Infinity, signal: ac.signal };
 }
 
 function implement(
