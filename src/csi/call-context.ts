@@ -26,7 +26,7 @@ export function currentCall(): CallContext | undefined {
 /** Why the current call must not start more work, or undefined while it may. */
 export function callStopped(ctx = currentCall()): 'deadline' | 'cancelled' | undefined {
   if (!ctx) return undefined;
-  if (ctx.signal.aborted) return 'cancelled';
   if (Date.now() >= ctx.deadline) return 'deadline';
+  if (ctx.signal.aborted) return 'cancelled';
   return undefined;
 }

@@ -1,4 +1,4 @@
-import { aborted, CsiError, Code } from './errors.js';
+import { aborted, DomainError } from '../errors/domain-error.js';
 import { callStopped, currentCall } from './call-context.js';
 
 /**
@@ -82,10 +82,10 @@ export class KeyedLock {
   }
 }
 
-function stoppedError(why: 'deadline' | 'cancelled'): CsiError {
+function stoppedError(why: 'deadline' | 'cancelled'): DomainError {
   return why === 'deadline'
-    ? new CsiError(Code.DEADLINE_EXCEEDED, 'the call\'s deadline passed before the work could start; nothing was changed')
-    : new CsiError(Code.CANCELLED, 'the caller cancelled the call before the work could start; nothing was changed');
+    ? new DomainError('deadline-exceeded', 'the call\'s deadline passed before the work could start; nothing was changed')
+    : new DomainError('cancelled', 'the caller cancelled the call before the work could start; nothing was changed');
 }
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -105,7 +105,8 @@ function waitFor(p: Promise<void>): Promise<void> {
       cleanup();
       reject(stoppedError(why));
     };
-    const onAbort = () => stop('cancelled');
+    // grpc-js cancels a call whose deadline passed: name the deadline then.
+    const onAbort = () => stop(Date.now() >= ctx.deadline ? 'deadline' : 'cancelled');
     const cleanup = () => {
       if (timer) clearTimeout(timer);
       ctx.signal.removeEventListener('abort', onAbort);

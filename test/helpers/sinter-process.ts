@@ -202,7 +202,8 @@ export async function asSidecar<T>(fn: () => Promise<T>, firstCodes?: string[]):
     } catch (e) {
       const code = (e as { code?: number }).code;
       if (attempt === 0) firstCodes?.push(await codeOf(Promise.reject(e)));
-      if (code !== 10 || attempt >= 200) throw e;
+      // 10 over gRPC; 'aborted' from a module called directly.
+      if ((code !== 10 && (code as unknown) !== 'aborted') || attempt >= 200) throw e;
       await new Promise((r) => setTimeout(r, wait));
     }
   }
@@ -215,6 +216,7 @@ export async function codeOf(p: Promise<unknown>): Promise<string> {
   } catch (e) {
     const code = (e as { code?: number }).code;
     const names = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+    if (typeof code === 'string') return (code as string).toUpperCase().replace(/-/g, '_'); // a domain error, called directly
     return code === undefined ? `thrown: ${(e as Error).message}` : names[code] ?? String(code);
   }
 }

@@ -257,7 +257,7 @@ describe('paths (safety rule 2)', () => {
     const elsewhere = join(env.dir, 'elsewhere.img');
     await env.exec.run('truncate', ['-s', `${16 * MiB}`, elsewhere]);
     await symlink(elsewhere, join(env.images, 'sneaky.img'));
-    const cases: [string, number][] = [
+    const cases: [string, string][] = [
       [elsewhere, Code.INVALID_ARGUMENT],
       [join(env.images, 'sneaky.img'), Code.INVALID_ARGUMENT],
       [join(env.images, 'missing.img'), Code.NOT_FOUND],

@@ -53,10 +53,10 @@ describe('KeyedLock.exclusive (busy volumes answer ABORTED) and the call deadlin
     let release!: () => void;
     const holder = lock.exclusive(['volume:v1', 'path:/a'], () => new Promise<void>((r) => (release = r)));
     await expect(lock.exclusive(['volume:v1'], async () => 'ran', (k) => `volume ${k.slice(7)}`)).rejects.toMatchObject({
-      code: 10,
+      code: 'aborted',
       message: 'an operation on volume v1 is already in progress; retry later',
     });
-    await expect(lock.exclusive(['volume:v2', 'path:/a'], async () => 'ran')).rejects.toMatchObject({ code: 10 });
+    await expect(lock.exclusive(['volume:v2', 'path:/a'], async () => 'ran')).rejects.toMatchObject({ code: 'aborted' });
     expect(await lock.exclusive(['volume:v2', 'path:/b'], async () => 'ran')).toBe('ran');
     release();
     await holder;
@@ -85,7 +85,7 @@ describe('KeyedLock.exclusive (busy volumes answer ABORTED) and the call deadlin
     });
     const late = runInCall(call(Date.now() + 15), () => lock.run('k', async () => void ran.push('late')));
     const next = lock.run('k', async () => void ran.push('next'));
-    await expect(late).rejects.toMatchObject({ code: 4 });
+    await expect(late).rejects.toMatchObject({ code: 'deadline-exceeded' });
     await Promise.all([holder, next]);
     expect(ran).toEqual(['holder', 'next']);
     expect(lock.size).toBe(0);
@@ -98,10 +98,10 @@ describe('KeyedLock.exclusive (busy volumes answer ABORTED) and the call deadlin
     const holder = lock.run('k', () => new Promise<void>((r) => (release = r)));
     const waiting = runInCall(call(Infinity, ac), () => lock.run('k', async () => 'ran'));
     ac.abort();
-    await expect(waiting).rejects.toMatchObject({ code: 1 });
+    await expect(waiting).rejects.toMatchObject({ code: 'cancelled' });
     let started = false;
-    await expect(runInCall(call(Date.now() - 1), () => lock.run('free', async () => void (started = true)))).rejects.toMatchObject({ code: 4 });
-    await expect(runInCall(call(Date.now() - 1), () => lock.exclusive('free', async () => void (started = true)))).rejects.toMatchObject({ code: 4 });
+    await expect(runInCall(call(Date.now() - 1), () => lock.run('free', async () => void (started = true)))).rejects.toMatchObject({ code: 'deadline-exceeded' });
+    await expect(runInCall(call(Date.now() - 1), () => lock.exclusive('free', async () => void (started = true)))).rejects.toMatchObject({ code: 'deadline-exceeded' });
     expect(started).toBe(false);
     release();
     await holder;
