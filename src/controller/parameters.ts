@@ -1,4 +1,4 @@
-import { invalidArgument } from '../csi/errors.js';
+import { invalidArgument } from '../errors/domain-error.js';
 import { SUPPORTED_FS, type FsType } from './capabilities.js';
 
 /**

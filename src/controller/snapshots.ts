@@ -1,6 +1,6 @@
 import type { Backend, SnapshotRecord } from '../backends/backend.js';
 import { backendOfSnapshot, newSnapshotId, SNAPSHOT_ID_RE } from '../backends/ids.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors/domain-error.js';
 import { K8S_PREFIX } from './parameters.js';
 import { paginate, type Page } from './pagination.js';
 import type { VolumeManager } from './volumes.js';

@@ -4,7 +4,7 @@ import type { Attachment } from '../backends/backend.js';
 import { VOLUME_ID_RE } from '../backends/ids.js';
 import { isValidIqn, normalizeWwpn, type NodeIdentity } from '../contracts/nodeid.js';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, shown } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, shown } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import { RecordStore } from '../store/record-store.js';

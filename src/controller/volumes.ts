@@ -3,7 +3,7 @@ import type { Backend, CapabilitySummary, ContentSource, VolumeRecord } from '..
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
 import { parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import { checkNewPublish, checkRepublish, newAttachment } from './attachment-rules.js';
 import { type FsType, type ParsedCapability } from './capabilities.js';
@@ -62,7 +62,7 @@ export interface VolumeManagerOptions {
    * Attachments the CO records outside the backends (Kubernetes VolumeAttachment
    * objects): the nodes (names or ids) a volume is attached to there. DeleteVolume
    * refuses while this is non-empty, even when no backend publish is recorded. It
-   * may throw a CsiError (UNAVAILABLE) when it cannot tell.
+   * may throw a DomainError (UNAVAILABLE) when it cannot tell.
    */
   externalAttachments?: (volumeId: string) => string[];
   /** Publishes on a node that no backend records (static volumes), counted against maxVolumesPerNode. */

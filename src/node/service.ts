@@ -1,7 +1,7 @@
 import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { decodePublishContext, PublishContextError, type PublishContext } from '../contracts/publish-context.js';
-import { failedPrecondition, invalidArgument } from '../csi/errors.js';
+import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import type { Executor } from '../exec/run.js';

@@ -1,13 +1,13 @@
 import { lstat, mkdir, open, realpath, rmdir, unlink } from 'node:fs/promises';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
-import { alreadyExists, CsiError, failedPrecondition } from '../csi/errors.js';
+import { alreadyExists, DomainError, failedPrecondition } from '../errors/domain-error.js';
 import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from '../csi/capability.js';
 import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
 import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
 import { doing, toHostError } from './host-errors.js';
 import { isReadOnly } from './mount.js';
 import type { StageRecord } from './stage-state.js';
-import { shown } from '../csi/errors.js';
+import { shown } from '../errors/domain-error.js';
 
 export interface StageRequest {
   volumeId: string;
@@ -283,7 +283,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
     }
     await d.state.remove(volumeId);
   } catch (e) {
-    const err = e instanceof CsiError ? e : toHostError(`unstaging volume ${volumeId}`, e);
+    const err = e instanceof DomainError ? e : toHostError(`unstaging volume ${volumeId}`, e);
     rec.phase = 'error';
     rec.lastError = err.message;
     await d.state.put(rec).catch(() => undefined);

@@ -1,6 +1,6 @@
 import { stat, statfs } from 'node:fs/promises';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { notFound } from '../csi/errors.js';
+import { notFound } from '../errors/domain-error.js';
 import type { Executor } from '../exec/run.js';
 import type { DeviceCondition } from './connectors/connector.js';
 import { describeMount, deviceMajMin, mountsOfDevice, type NodeDeps } from './context.js';

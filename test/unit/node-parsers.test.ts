@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { parseCapability, resolveFsType, checkMountFlags } from '../../src/csi/capability.js';
 import { decideFormat, parseBlkidExport, parseMkfsOptions } from '../../src/node/format.js';
 import { MountSnapshot, parseMountInfo } from '../../src/node/mount.js';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import type { ServiceImpl } from '../../src/csi/server.js';
 import { ExecError, type Executor } from '../../src/exec/run.js';
 import { toHostError } from '../../src/node/host-errors.js';

@@ -3,7 +3,7 @@ import { posix } from 'node:path';
 import type { Logger } from 'pino';
 import { normalizeWwpn } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { Code, CsiError, failedPrecondition, invalidArgument, shown } from '../../csi/errors.js';
+import { Code, DomainError, failedPrecondition, invalidArgument, shown } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import type { Executor } from '../../exec/run.js';
 import { doing } from '../host-errors.js';
@@ -238,7 +238,7 @@ export class FcConnector implements Connector {
           const why = usable.length === 0 ? `no online remote port with ${fc.wwns.length > 1 ? 'these WWNs' : 'this WWN'} is logged in on any HBA (check zoning)` : r.waiting;
           const initiators = onlineInitiatorWwpns(this.sysfs.sysRoot);
           const scanned = scans > 0 ? `, ${scans} scan${scans > 1 ? 's' : ''} through ${[...scannedHosts].sort((a, b) => a - b).map((h) => `host${h}`).join(', ')}` : '';
-          throw new CsiError(
+          throw new DomainError(
             Code.DEADLINE_EXCEEDED,
             `${what} did not appear on this node within ${Math.round(this.opts.scanTimeoutMs / 100) / 10}s${scanned}: ${why}; check the zoning and the LUN masking for this node's WWPNs (${initiators.join(', ') || 'none online'})`,
           );

@@ -2,7 +2,7 @@ import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { failedPrecondition } from '../../csi/errors.js';
+import { failedPrecondition } from '../../errors/domain-error.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import {

@@ -1,12 +1,12 @@
 import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { invalidArgument, notFound } from '../../csi/errors.js';
+import { invalidArgument, notFound } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import type { Executor } from '../../exec/run.js';
 import { hostCommand, toHostError } from '../host-errors.js';
 import { confine } from '../paths.js';
-import { shown } from '../../csi/errors.js';
+import { shown } from '../../errors/domain-error.js';
 import type { Connector, DeviceCondition } from './connector.js';
 
 type LocalContext = Extract<PublishContext, { transport: 'local' }>;

@@ -1,6 +1,6 @@
 import type { ChapCredentials } from '../../../contracts/chap.js';
 import { isValidIqn } from '../../../contracts/nodeid.js';
-import { invalidArgument } from '../../../csi/errors.js';
+import { invalidArgument } from '../../../errors/domain-error.js';
 
 export type { ChapCredentials } from '../../../contracts/chap.js';
 

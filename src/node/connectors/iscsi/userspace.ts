@@ -4,7 +4,7 @@ import { basename, join } from 'node:path';
 import type { Logger } from 'pino';
 import { chapSecrets } from '../../../contracts/chap.js';
 import { isValidIqn } from '../../../contracts/nodeid.js';
-import { CsiError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../csi/errors.js';
+import { DomainError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../errors/domain-error.js';
 import { KeyedLock } from '../../../csi/locks.js';
 import { ExecError, type DaemonSpawner, type Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
@@ -125,7 +125,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
         } catch (e) {
           last = e;
           // A CHAP or ACL refusal will not get better on another portal of the same target.
-          if (e instanceof CsiError && (e.code === Code.PERMISSION_DENIED || e.code === Code.FAILED_PRECONDITION)) throw e;
+          if (e instanceof DomainError && (e.code === Code.PERMISSION_DENIED || e.code === Code.FAILED_PRECONDITION)) throw e;
           this.log?.warn({ portal: p.text, iqn: target.iqn, err: (e as Error).message }, 'user-space iSCSI login through this portal failed');
         }
       }
@@ -468,14 +468,14 @@ async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
  * "Authorization failure(514)", "Target not found(515)" (tgt's answer to an
  * initiator that is not in the ACL), …
  */
-export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): CsiError {
+export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): DomainError {
   const detail = (text.trim().split('\n').filter(Boolean).pop() ?? '').replace(/^qemu-nbd:\s*/, '').slice(0, 300);
   const where = `iSCSI login to ${target.iqn} at ${p.text} as ${initiator}`;
   // libiscsi's login status, e.g. "Failed to log in to target. Status: Authentication failure(513)".
   const status = /Status:\s*([A-Za-z ]+?)\s*\((\d+)\)/.exec(text);
   const code = status ? Number(status[2]) : undefined;
   if (code === 0x0201 || /Authentication failure/i.test(status?.[1] ?? '')) {
-    return new CsiError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
+    return new DomainError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
   }
   if (code === 0x0202 || code === 0x0203 || code === 0x0204) {
     return failedPrecondition(`${where} was refused (${status![1]!.trim()}): the target does not exist or does not allow this initiator (is the volume published to this node?)`);
