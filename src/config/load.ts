@@ -1,3 +1,4 @@
+import { parsePortal } from '../contracts/publish-context.js';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -40,7 +41,6 @@ const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache
 const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc', 'orphanSessions', 'orphanTargetPrefixes'] as const;
 const FC_KEYS = ['scanTimeoutSeconds', 'removeTimeoutSeconds'] as const;
 const CONTROLLER_KEYS = ['stateDir'] as const;
-const PORTAL_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
 const IQN_PREFIX_RE = /^(?:iqn\.\d{4}-\d{2}\.[A-Za-z0-9.:-]+[:.]|eui\.|naa\.)$/;
 
 /** `${VAR}` in a portal comes from the environment, as Kubernetes hands a pod its host IP. */
@@ -58,7 +58,11 @@ function iscsiFrom(raw: unknown, key: string): IscsiExportConfig {
   if (!Array.isArray(raw.portals) || raw.portals.length === 0) throw new ConfigError(`${key}.portals`, 'must list at least one portal (host:port)');
   const portals = raw.portals.map((p, i) => {
     const v = expandEnv(str(p, `${key}.portals[${i}]`), `${key}.portals[${i}]`);
-    if (!PORTAL_RE.test(v)) throw new ConfigError(`${key}.portals[${i}]`, `"${v}" is not host:port`);
+    try {
+      parsePortal(v);
+    } catch (e) {
+      throw new ConfigError(`${key}.portals[${i}]`, (e as Error).message);
+    }
     return v;
   });
   const iqnPrefix = raw.iqnPrefix === undefined ? 'iqn.2026-11.io.sinter:' : str(raw.iqnPrefix, `${key}.iqnPrefix`);

@@ -52,8 +52,4 @@ export function parseParameters(params: Record<string, string> | undefined, fiel
   return out;
 }
 
-export function sameParameters(a: Record<string, string>, b: Record<string, string>): boolean {
-  const ka = Object.keys(a).sort();
-  const kb = Object.keys(b).sort();
-  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
-}
+export { sameStringMap as sameParameters } from '../contracts/string-map.js';

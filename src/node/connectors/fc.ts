@@ -2,7 +2,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Logger } from 'pino';
 import { normalizeWwpn } from '../../contracts/nodeid.js';
-import type { PublishContext } from '../../contracts/publish-context.js';
+import { isLun, MAX_LUN, type PublishContext } from '../../contracts/publish-context.js';
 import { Code, DomainError, failedPrecondition, invalidArgument, shown } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import type { Executor } from '../../exec/run.js';
@@ -16,7 +16,6 @@ type FcContext = Extract<PublishContext, { transport: 'fc' }>;
 
 const WWN_RE = /^[0-9a-f]{16}$/;
 /** SAM flat-space LUNs; what arrays hand out and Linux scans by number. */
-export const MAX_FC_LUN = 16383;
 
 export interface FcConnectorOptions {
   sysfs: SysfsTree;
@@ -123,7 +122,7 @@ export class FcConnector implements Connector {
   private check(ctx: FcContext): void {
     for (const w of ctx.wwns)
       if (!WWN_RE.test(w)) throw invalidArgument(`publish_context.wwns entry ${shown(w)} is not a WWN (16 hex digits, optionally 0x-prefixed)`);
-    if (ctx.lun > MAX_FC_LUN) throw invalidArgument(`publish_context.lun ${ctx.lun} is above ${MAX_FC_LUN}`);
+    if (!isLun(ctx.lun)) throw invalidArgument(`publish_context.lun ${ctx.lun} is above ${MAX_LUN}`);
   }
 
   /** Host numbers of the online FC HBA ports. */

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { maskSecrets } from '../../../exec/mask.js';
 import { promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Logger } from 'pino';
@@ -430,11 +431,7 @@ function qemuOpt(v: string): string {
   return v.replace(/,/g, ',,');
 }
 
-function mask(s: string, secrets: string[]): string {
-  let out = s;
-  for (const x of secrets) if (x) out = out.split(x).join('***');
-  return out;
-}
+const mask = maskSecrets;
 
 async function readPid(file: string): Promise<number | undefined> {
   try {
