@@ -1,4 +1,5 @@
 import { parsePortal } from '../contracts/publish-context.js';
+import { DEFAULT_IQN_PREFIX } from '../contracts/nodeid.js';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -65,7 +66,7 @@ function iscsiFrom(raw: unknown, key: string): IscsiExportConfig {
     }
     return v;
   });
-  const iqnPrefix = raw.iqnPrefix === undefined ? 'iqn.2026-11.io.sinter:' : str(raw.iqnPrefix, `${key}.iqnPrefix`);
+  const iqnPrefix = raw.iqnPrefix === undefined ? DEFAULT_IQN_PREFIX : str(raw.iqnPrefix, `${key}.iqnPrefix`);
   if (!IQN_PREFIX_RE.test(iqnPrefix)) throw new ConfigError(`${key}.iqnPrefix`, `"${iqnPrefix}" must look like iqn.YYYY-MM.reversed.domain: (ending in : or .)`);
   const blockSize = raw.blockSize === undefined ? 512 : int(raw.blockSize, `${key}.blockSize`, 512, 4096);
   if (blockSize !== 512 && blockSize !== 4096) throw new ConfigError(`${key}.blockSize`, 'must be 512 or 4096');
@@ -258,7 +259,7 @@ function orphanTargetPrefixes(raw: unknown, backends: BackendConfig[]): string[]
   const key = 'node.orphanTargetPrefixes';
   if (raw === undefined) {
     const fromBackends = backends.flatMap((b) => (b.driver === 'file' && b.export === 'iscsi' && b.iscsi ? [b.iscsi.iqnPrefix] : []));
-    return [...new Set(['iqn.2026-11.io.sinter:', ...fromBackends])];
+    return [...new Set([DEFAULT_IQN_PREFIX, ...fromBackends])];
   }
   if (!Array.isArray(raw) || raw.length === 0) throw new ConfigError(key, 'must be a non-empty list of target name prefixes such as "iqn.2026-11.io.sinter:"');
   return raw.map((p, i) => {

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
-import { isValidIqn } from '../../contracts/nodeid.js';
+import { isValidIqn, sameIqn } from '../../contracts/nodeid.js';
 import { DomainError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
@@ -77,7 +77,6 @@ function paramValue(v: string): string {
   return v;
 }
 
-const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 const hash = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /**

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { sameIqn } from '../../../contracts/nodeid.js';
 import { chapSecrets, type ChapCredentials } from '../../../contracts/chap.js';
 import { DomainError, Code, failedPrecondition, internal, unavailable } from '../../../errors/domain-error.js';
 import { KeyedLock } from '../../../csi/locks.js';
@@ -468,7 +469,6 @@ const describe = (t: IscsiTarget) => `LUN ${t.lun} of ${t.iqn}`;
 
 const validate = validateTarget;
 
-const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 
 function sessionAt(s: IscsiSessionInfo, p: Portal): boolean {
   return s.persistentPortal === p.text || s.currentPortal === p.text;
