@@ -1,3 +1,4 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { asSidecar } from '../helpers/sinter-process.js';
 import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
@@ -102,7 +103,7 @@ describe('one volume, two pods', () => {
       await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: t, volume_capability: mountCap('ext4') });
 
     const busy = (await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e: unknown) => e)) as { code: number; message: string };
-    expect(busy.code).toBe(9); // FAILED_PRECONDITION
+    expect(busy.code).toBe(Code.FAILED_PRECONDITION);
     expect(busy.message).toContain(t1);
     expect(busy.message).toContain('unpublish');
     // The refusal changed nothing: both pods still see the volume.
