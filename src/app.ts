@@ -115,6 +115,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     driverName: cfg.driverName,
     version: VERSION,
     hasController,
+    log: log.child({ part: 'identity' }),
     probe: async () => {
       if (hasController) await Promise.all([...backends.values()].map((b) => b.probe()));
     },

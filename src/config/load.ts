@@ -1,3 +1,5 @@
+import { parsePortal } from '../contracts/publish-context.js';
+import { DEFAULT_IQN_PREFIX } from '../contracts/nodeid.js';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -42,7 +44,6 @@ const ISCSI_KEYS = ['helper', 'portals', 'iqnPrefix', 'controlPort', 'writeCache
 const NODE_KEYS = ['maxVolumesPerNode', 'topology', 'stateDir', 'iscsiInitiatorName', 'initiatorNameFile', 'initiator', 'sysfsRoot', 'devRoot', 'fc', 'orphanSessions', 'orphanTargetPrefixes'] as const;
 const FC_KEYS = ['scanTimeoutSeconds', 'removeTimeoutSeconds'] as const;
 const CONTROLLER_KEYS = ['stateDir'] as const;
-const PORTAL_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
 const IQN_PREFIX_RE = /^(?:iqn\.\d{4}-\d{2}\.[A-Za-z0-9.:-]+[:.]|eui\.|naa\.)$/;
 
 /** `${VAR}` in a portal comes from the environment, as Kubernetes hands a pod its host IP. */
@@ -60,10 +61,14 @@ function iscsiFrom(raw: unknown, key: string): IscsiExportConfig {
   if (!Array.isArray(raw.portals) || raw.portals.length === 0) throw new ConfigError(`${key}.portals`, 'must list at least one portal (host:port)');
   const portals = raw.portals.map((p, i) => {
     const v = expandEnv(str(p, `${key}.portals[${i}]`), `${key}.portals[${i}]`);
-    if (!PORTAL_RE.test(v)) throw new ConfigError(`${key}.portals[${i}]`, `"${v}" is not host:port`);
+    try {
+      parsePortal(v);
+    } catch (e) {
+      throw new ConfigError(`${key}.portals[${i}]`, (e as Error).message);
+    }
     return v;
   });
-  const iqnPrefix = raw.iqnPrefix === undefined ? 'iqn.2026-11.io.sinter:' : str(raw.iqnPrefix, `${key}.iqnPrefix`);
+  const iqnPrefix = raw.iqnPrefix === undefined ? DEFAULT_IQN_PREFIX : str(raw.iqnPrefix, `${key}.iqnPrefix`);
   if (!IQN_PREFIX_RE.test(iqnPrefix)) throw new ConfigError(`${key}.iqnPrefix`, `"${iqnPrefix}" must look like iqn.YYYY-MM.reversed.domain: (ending in : or .)`);
   const blockSize = raw.blockSize === undefined ? 512 : int(raw.blockSize, `${key}.blockSize`, 512, 4096);
   if (blockSize !== 512 && blockSize !== 4096) throw new ConfigError(`${key}.blockSize`, 'must be 512 or 4096');
@@ -277,7 +282,7 @@ function orphanTargetPrefixes(raw: unknown, backends: BackendConfig[]): string[]
   const key = 'node.orphanTargetPrefixes';
   if (raw === undefined) {
     const fromBackends = backends.flatMap((b) => (b.driver === 'file' && b.export === 'iscsi' && b.iscsi ? [b.iscsi.iqnPrefix] : []));
-    return [...new Set(['iqn.2026-11.io.sinter:', ...fromBackends])];
+    return [...new Set([DEFAULT_IQN_PREFIX, ...fromBackends])];
   }
   if (!Array.isArray(raw) || raw.length === 0) throw new ConfigError(key, 'must be a non-empty list of target name prefixes such as "iqn.2026-11.io.sinter:"');
   return raw.map((p, i) => {

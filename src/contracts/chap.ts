@@ -1,4 +1,4 @@
-import { invalidArgument } from '../csi/errors.js';
+import { invalidArgument } from '../errors/domain-error.js';
 
 /**
  * iSCSI CHAP credentials, shared by the controller (target side: who may log

@@ -26,6 +26,12 @@ const WWPN_RE = /^[0-9a-f]{16}$/;
 
 export class NodeIdError extends Error {}
 
+/** The target name prefix sinter's own exports use unless a backend names another. */
+export const DEFAULT_IQN_PREFIX = 'iqn.2026-11.io.sinter:';
+
+/** iSCSI names compare case-insensitively (RFC 3720 3.2.6.1: they are normalized to lower case). */
+export const sameIqn = (a: string, b: string): boolean => a.toLowerCase() === b.toLowerCase();
+
 export function isValidIqn(iqn: string): boolean {
   return iqn.length <= 223 && IQN_RE.test(iqn);
 }

@@ -9,6 +9,43 @@ export type PublishContext =
 
 export class PublishContextError extends Error {}
 
+/** The highest LUN sinter addresses (SAM flat space, what udev's path_id and the kernel's scan take). */
+export const MAX_LUN = 16383;
+
+/** One iSCSI/NVMe-oF portal: host (name, IPv4 or IPv6) and TCP port. */
+export interface Portal {
+  host: string;
+  port: number;
+  /** Canonical `host:port` / `[v6]:port`, as iscsiadm and libiscsi take it. */
+  text: string;
+}
+
+const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const IPV4_RE = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+const IPV6_RE = /^[0-9A-Fa-f:.]{2,45}$/;
+
+/**
+ * Parses `host`, `host:port`, `[v6]` or `[v6]:port` (port 1-65535, default
+ * `defaultPort`); throws PublishContextError naming the portal otherwise. The
+ * one portal rule: configuration, static volumes' attributes and the node's
+ * publish_context all call it, so what one side accepts the other can use.
+ */
+export function parsePortal(raw: string, defaultPort = 3260): Portal {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(raw.trim());
+  const v6 = m?.[1];
+  const host = v6 ?? m?.[2];
+  const okHost = host !== undefined && (v6 !== undefined ? IPV6_RE.test(host) && host.includes(':') : IPV4_RE.test(host) || HOSTNAME_RE.test(host));
+  const port = m?.[3] === undefined ? defaultPort : Number(m[3]);
+  if (!okHost || port < 1 || port > 65535)
+    throw new PublishContextError(`portal "${raw}" is not a portal (host, host:port, [IPv6] or [IPv6]:port; port 1-65535)`);
+  return { host, port, text: v6 !== undefined ? `[${host}]:${port}` : `${host}:${port}` };
+}
+
+/** Whether `n` is a LUN sinter can address: an integer from 0 to MAX_LUN. */
+export function isLun(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= MAX_LUN;
+}
+
 export function encodePublishContext(c: PublishContext): Record<string, string> {
   switch (c.transport) {
     case 'local':
@@ -21,7 +58,8 @@ export function encodePublishContext(c: PublishContext): Record<string, string> 
 }
 
 function lunOf(raw: string | undefined): number {
-  if (raw === undefined || !/^\d{1,5}$/.test(raw)) throw new PublishContextError(`publish_context.lun "${raw ?? ''}" is not a LUN number`);
+  if (raw === undefined || !/^\d{1,5}$/.test(raw) || !isLun(Number(raw)))
+    throw new PublishContextError(`publish_context.lun "${raw ?? ''}" is not a LUN number from 0 to ${MAX_LUN}`);
   return Number(raw);
 }
 

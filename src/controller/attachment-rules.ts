@@ -1,5 +1,5 @@
 import type { Attachment } from '../backends/backend.js';
-import { alreadyExists, failedPrecondition, resourceExhausted } from '../csi/errors.js';
+import { alreadyExists, failedPrecondition, resourceExhausted } from '../errors/domain-error.js';
 import { isSingleNode, type ParsedCapability } from './capabilities.js';
 
 /**

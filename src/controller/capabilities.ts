@@ -1,5 +1,5 @@
 import type { CapabilitySummary } from '../backends/backend.js';
-import { invalidArgument } from '../csi/errors.js';
+import { invalidArgument } from '../errors/domain-error.js';
 import { parseCapability as parseWire } from '../csi/capability.js';
 
 export { isSingleNode, SUPPORTED_FS, type FsType } from '../csi/capability.js';

@@ -20,7 +20,8 @@ export interface ExportLoopStats {
 
 export class ExportLoop {
   readonly stats: ExportLoopStats = { restored: {}, revoked: {}, failures: {} };
-  private timers: NodeJS.Timeout[] = [];
+  /** The one pending timer per backend; each tick replaces its own. */
+  private timers = new Map<string, NodeJS.Timeout>();
   private running = new Set<Promise<void>>();
   private stopped = false;
   private lastError = new Map<string, string>();
@@ -63,19 +64,26 @@ export class ExportLoop {
   start(): void {
     for (const b of this.backends) {
       if (!b.reconcileExports || !b.reconcileIntervalMs) continue;
+      const schedule = () => this.timers.set(b.name, setTimeout(tick, b.reconcileIntervalMs).unref());
       const tick = () => {
         if (this.stopped) return;
         void this.passOne(b).finally(() => {
-          if (!this.stopped) this.timers.push(setTimeout(tick, b.reconcileIntervalMs).unref());
+          if (!this.stopped) schedule();
         });
       };
-      this.timers.push(setTimeout(tick, b.reconcileIntervalMs).unref());
+      schedule();
     }
+  }
+
+  /** How many timers are pending (one per reconciling backend while running). */
+  pendingTimers(): number {
+    return this.timers.size;
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const t of this.timers) clearTimeout(t);
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
     await Promise.all([...this.running]);
   }
 }

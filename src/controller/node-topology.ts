@@ -1,5 +1,5 @@
 import { NODE_TOPOLOGY_KEY, type NodeIdentity } from '../contracts/nodeid.js';
-import { failedPrecondition } from '../csi/errors.js';
+import { failedPrecondition } from '../errors/domain-error.js';
 
 /**
  * Where a volume may be published: every segment of its accessible topology

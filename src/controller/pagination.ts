@@ -1,4 +1,4 @@
-import { aborted, invalidArgument } from '../csi/errors.js';
+import { aborted, invalidArgument } from '../errors/domain-error.js';
 
 export interface Page<T> {
   items: T[];

@@ -1,4 +1,4 @@
-import { invalidArgument } from '../csi/errors.js';
+import { invalidArgument } from '../errors/domain-error.js';
 
 /**
  * StorageClass parameters sinter understands. Keys under `csi.storage.k8s.io/`
@@ -79,8 +79,4 @@ export function parseParameters(params: Record<string, string> | undefined, fiel
   return out;
 }
 
-export function sameParameters(a: Record<string, string>, b: Record<string, string>): boolean {
-  const ka = Object.keys(a).sort();
-  const kb = Object.keys(b).sort();
-  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
-}
+export { sameStringMap as sameParameters } from '../contracts/string-map.js';

@@ -293,8 +293,8 @@ export class Reconciler {
           source.live &&
           (this.attachmentsOf(volumeId)?.some((a) => a.nodeId === nodeId) ?? false) &&
           !this.isHeld(volumeId, nodeId, source.attachments()));
-      if (isStaticHandle(volumeId)) await statics?.unpublish(volumeId, nodeId, { onlyIf });
-      else await volumes.unpublish(volumeId, nodeId, { onlyIf });
+      if (isStaticHandle(volumeId)) await statics?.unpublish(volumeId, nodeId, { onlyIf, wait: true });
+      else await volumes.unpublish(volumeId, nodeId, { onlyIf, wait: true });
     } catch (e) {
       this.stats.revokeFailures++;
       log.error({ volume_id: volumeId, node_id: nodeId, err: (e as Error).message }, 'revoking a publish that no VolumeAttachment holds failed; retrying on the next pass');

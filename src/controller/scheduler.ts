@@ -1,5 +1,5 @@
 import type { Backend, BackendCapacity } from '../backends/backend.js';
-import { resourceExhausted } from '../csi/errors.js';
+import { resourceExhausted } from '../errors/domain-error.js';
 import { reaches, reachesAny, type TopologyRequirement } from './topology.js';
 
 /** What a volume asks of its backend, size aside: the StorageClass's choices and where it must be reachable from. */

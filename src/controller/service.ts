@@ -1,6 +1,6 @@
 import type { Backend, SnapshotRecord, VolumeRecord } from '../backends/backend.js';
 import { encodePublishContext } from '../contracts/publish-context.js';
-import { invalidArgument, notFound } from '../csi/errors.js';
+import { invalidArgument, notFound } from '../errors/domain-error.js';
 import type { ServiceImpl } from '../csi/server.js';
 import { parseCapabilities, parseCapability } from './capabilities.js';
 

@@ -1,6 +1,6 @@
 import type { Backend, SnapshotRecord } from '../backends/backend.js';
 import { backendOfSnapshot, newSnapshotId, SNAPSHOT_ID_RE } from '../backends/ids.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound } from '../errors/domain-error.js';
 import { K8S_PREFIX } from './parameters.js';
 import { paginate, type Page } from './pagination.js';
 import type { VolumeManager } from './volumes.js';
@@ -32,7 +32,7 @@ export class SnapshotManager {
     for (const k of Object.keys(parameters ?? {}))
       if (!k.startsWith(K8S_PREFIX)) throw invalidArgument(`parameters: unknown key "${k.slice(0, 64)}" (snapshots take no parameters)`);
     const locks = this.volumes.locks;
-    return locks.run(`snapname:${name}`, async () => {
+    return this.volumes.lockFor(`snapname:${name}`, false)(async () => {
       const existing = this.byName.get(name);
       if (existing) {
         if (existing.sourceVolumeId !== sourceVolumeId)
@@ -57,7 +57,7 @@ export class SnapshotManager {
   async delete(id: string): Promise<void> {
     const backend = this.backends.get(backendOfSnapshot(id) ?? '');
     if (!backend) return;
-    await this.volumes.locks.run(`snap:${id}`, async () => {
+    await this.volumes.lockFor(`snap:${id}`, false)(async () => {
       const s = backend.snapshot(id);
       if (!s) return;
       await backend.deleteSnapshot(id);

@@ -1,10 +1,11 @@
 import { join } from 'node:path';
+import { sameStringMap } from '../contracts/string-map.js';
 import type { Logger } from 'pino';
 import type { Attachment } from '../backends/backend.js';
 import { VOLUME_ID_RE } from '../backends/ids.js';
 import { isValidIqn, normalizeWwpn, type NodeIdentity } from '../contracts/nodeid.js';
-import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, shown } from '../csi/errors.js';
+import { encodePublishContext, isLun, MAX_LUN, parsePortal, type PublishContext } from '../contracts/publish-context.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, shown } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import { RecordStore } from '../store/record-store.js';
@@ -40,7 +41,6 @@ import type { UnpublishOptions, VolumeManager } from './volumes.js';
  */
 export const STATIC_PREFIX = 'static-';
 export const STATIC_HANDLE_RE = /^static-([a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?)$/;
-export const MAX_STATIC_LUN = 16383;
 const MAX_LIST = 16;
 
 /** Any id in the static namespace, well-formed or not: backend volume ids never start with "static-". */
@@ -59,9 +59,6 @@ const TRANSPORT_KEYS: Record<'fc' | 'iscsi', string[]> = { fc: ['wwns'], iscsi: 
 /** Keys Kubernetes itself may add to volume attributes; they pass through. */
 const PASS_PREFIXES = [K8S_PREFIX, 'storage.kubernetes.io/'];
 const MKFS_OPTIONS_RE = /^[A-Za-z0-9=,.:_ -]{0,256}$/;
-const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
-const IPV4_RE = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
-const IPV6_RE = /^[0-9A-Fa-f:.]{2,45}$/;
 
 const field = (k: string) => `volume_context.${k}`;
 
@@ -75,18 +72,17 @@ function listOf(raw: string | undefined, key: string, what: string): string[] {
 
 function lunOf(raw: string | undefined): number {
   if (raw === undefined || raw === '') throw invalidArgument(`${field('lun')} is required: the LUN number the array maps the volume at`);
-  if (!/^\d{1,5}$/.test(raw) || Number(raw) > MAX_STATIC_LUN) throw invalidArgument(`${field('lun')} ${shown(raw)} is not a LUN number from 0 to ${MAX_STATIC_LUN}`);
+  if (!/^\d{1,5}$/.test(raw) || !isLun(Number(raw))) throw invalidArgument(`${field('lun')} ${shown(raw)} is not a LUN number from 0 to ${MAX_LUN}`);
   return Number(raw);
 }
 
-/** host, host:port, [v6] or [v6]:port; port 1-65535. */
+/** host, host:port, [v6] or [v6]:port; port 1-65535: the portal rule of the publish_context contract. */
 function checkPortal(p: string): void {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(p);
-  const host = m?.[1] ?? m?.[2];
-  const port = m?.[3];
-  const okHost = host !== undefined && (m?.[1] !== undefined ? IPV6_RE.test(host) && host.includes(':') : IPV4_RE.test(host) || HOSTNAME_RE.test(host));
-  if (!okHost || (port !== undefined && (Number(port) < 1 || Number(port) > 65535)))
+  try {
+    parsePortal(p);
+  } catch {
     throw invalidArgument(`${field('portals')} entry ${shown(p)} is not a portal (host, host:port, or [IPv6]:port; port 1-65535)`);
+  }
 }
 
 /**
@@ -158,11 +154,6 @@ function isRecord(v: unknown): v is StaticVolumeRecord {
   );
 }
 
-const sameMap = (a: Record<string, string>, b: Record<string, string>) => {
-  const ka = Object.keys(a).sort();
-  const kb = Object.keys(b).sort();
-  return ka.length === kb.length && ka.every((k, i) => k === kb[i] && a[k] === b[k]);
-};
 
 function mustBeWellFormed(id: string): string {
   if (!STATIC_HANDLE_RE.test(id))
@@ -252,10 +243,10 @@ export class StaticVolumes {
     const extra: Record<string, string> = {};
     if (attrs.fsType) extra.fsType = attrs.fsType;
     if (attrs.mkfsOptions) extra.mkfsOptions = attrs.mkfsOptions;
-    return this.locks.run(id, async () => {
+    return this.lock(id, false, async () => {
       const rec = this.recs.get(id);
       const mine = rec?.attachments.find((a) => a.nodeId === nodeId);
-      if (rec && !sameMap(rec.context, context)) {
+      if (rec && !sameStringMap(rec.context, context)) {
         const where = rec.attachments.map((a) => a.nodeId).join(', ');
         if (mine) throw alreadyExists(`static volume ${id} is already published to this node with other volumeAttributes (${describeContext(rec.context)}); unpublish it first`);
         throw failedPrecondition(`static volume ${id} is published to ${where} with other volumeAttributes (${describeContext(rec.context)}); one handle must always name the same LUN`);
@@ -274,10 +265,15 @@ export class StaticVolumes {
     });
   }
 
+  /** An RPC answers ABORTED while another holds the handle; sinter's reconciler waits its turn. */
+  private lock<T>(id: string, wait: boolean, fn: () => Promise<T>): Promise<T> {
+    return wait ? this.locks.run(id, fn) : this.locks.exclusive(id, fn, (k) => `static volume ${k}`);
+  }
+
   /** Forgets publishes (all nodes when nodeId is undefined); there is nothing to revoke on an array sinter does not manage. */
   async unpublish(id: string, nodeId: string | undefined, opts: UnpublishOptions = {}): Promise<void> {
     if (!STATIC_HANDLE_RE.test(id)) return;
-    await this.locks.run(id, async () => {
+    await this.lock(id, opts.wait === true, async () => {
       const rec = this.recs.get(id);
       if (!rec) return;
       if (opts.onlyIf && !opts.onlyIf()) return;

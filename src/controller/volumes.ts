@@ -3,7 +3,7 @@ import type { Backend, CapabilitySummary, ContentSource, ExportsReconciled, Volu
 import { backendOfSnapshot, backendOfVolume, newVolumeId, VOLUME_ID_RE } from '../backends/ids.js';
 import { NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../csi/errors.js';
+import { aborted, alreadyExists, failedPrecondition, invalidArgument, notFound, outOfRange } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import { checkNewPublish, checkRepublish, newAttachment } from './attachment-rules.js';
 import { type FsType, type ParsedCapability } from './capabilities.js';
@@ -106,7 +106,7 @@ export interface VolumeManagerOptions {
    * Attachments the CO records outside the backends (Kubernetes VolumeAttachment
    * objects): the nodes (names or ids) a volume is attached to there. DeleteVolume
    * refuses while this is non-empty, even when no backend publish is recorded. It
-   * may throw a CsiError (UNAVAILABLE) when it cannot tell.
+   * may throw a DomainError (UNAVAILABLE) when it cannot tell.
    */
   externalAttachments?: (volumeId: string) => string[];
   /** Publishes on a node that no backend records (static volumes), counted against maxVolumesPerNode. */
@@ -118,6 +118,8 @@ export interface VolumeManagerOptions {
 export interface UnpublishOptions {
   /** Checked under the volume's lock: unpublish only if it still returns true (the reconciler's re-check). */
   onlyIf?: () => boolean;
+  /** Wait for the volume's lock (sinter's own reconcilers) instead of answering ABORTED while it is held (an RPC). */
+  wait?: boolean;
 }
 
 /**
@@ -162,7 +164,7 @@ export class VolumeManager {
   async create(input: CreateVolumeInput): Promise<VolumeRecord> {
     const floor = sizeFloor(input.capabilities);
 
-    return this.locks.run(`name:${input.name}`, async () => {
+    return this.lockFor(`name:${input.name}`, false)(async () => {
       const existing = this.byName.get(input.name);
       if (existing) {
         if (existing.state === 'error') {
@@ -273,7 +275,7 @@ export class VolumeManager {
   async delete(volumeId: string): Promise<void> {
     const b = this.backendOf(volumeId);
     if (!b) return; // not ours or malformed: nothing to delete, which is success
-    await this.locks.run(`vol:${volumeId}`, async () => {
+    await this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = b.volume(volumeId);
       if (!v) return;
       if (v.attachments.length > 0)
@@ -290,7 +292,7 @@ export class VolumeManager {
     if (!range || (!range.required_bytes && !range.limit_bytes)) throw invalidArgument('capacity_range is required');
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
-    return this.locks.run(`vol:${volumeId}`, async () => {
+    return this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state} and cannot be expanded`);
       const target = sizeFor(range, v.sizeBytes, MiB);
@@ -314,7 +316,7 @@ export class VolumeManager {
     const needsLookup = Object.keys(b.topology).some((k) => k !== NODE_TOPOLOGY_KEY);
     const known = needsLookup ? ((await this.opts.nodeSegments?.segments(nodeId, node)) ?? {}) : {};
     checkNodeInTopology(`volume ${volumeId}`, b.topology, node, known);
-    return this.locks.run(`vol:${volumeId}`, async () => {
+    return this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);
       const mine = v.attachments.find((a) => a.nodeId === nodeId);
@@ -340,7 +342,7 @@ export class VolumeManager {
   async unpublish(volumeId: string, nodeId: string | undefined, opts: UnpublishOptions = {}): Promise<void> {
     const b = this.backendOf(volumeId);
     if (!b?.volume(volumeId)) return; // gone: nothing is published
-    await this.locks.run(`vol:${volumeId}`, async () => {
+    await this.lockFor(`vol:${volumeId}`, opts.wait === true)(async () => {
       const v = b.volume(volumeId);
       if (!v) return;
       if (opts.onlyIf && !opts.onlyIf()) return;
@@ -354,6 +356,11 @@ export class VolumeManager {
       }
       if (leaving.length > 0) await b.setAttachments(volumeId, v.attachments.filter((a) => !leaving.includes(a)));
     });
+  }
+
+  /** The lock an operation takes on `key`: waiting its turn, or ABORTED while another call holds it. */
+  lockFor(key: string, wait: boolean): <T>(fn: () => Promise<T>) => Promise<T> {
+    return wait ? (fn) => this.locks.run(key, fn) : (fn) => this.locks.exclusive(key, fn, describeControllerKey);
   }
 
   /** Makes one backend's exports match its records, volume by volume under each volume's lock. */
@@ -381,5 +388,18 @@ export class VolumeManager {
 
   list(maxEntries: number | undefined, token: string | undefined): Page<VolumeRecord> {
     return paginate(this.sorted(), (v) => v.id, maxEntries, token, (t) => VOLUME_ID_RE.test(t), (v) => v.state !== 'creating' && v.state !== 'deleting');
+  }
+}
+
+/** A lock key in words for an ABORTED message. */
+export function describeControllerKey(key: string): string {
+  const [kind, ...rest] = key.split(':');
+  const what = rest.join(':');
+  switch (kind) {
+    case 'name': return `volume name ${JSON.stringify(what)}`;
+    case 'vol': return `volume ${what}`;
+    case 'snapname': return `snapshot name ${JSON.stringify(what)}`;
+    case 'snap': return `snapshot ${what}`;
+    default: return key;
   }
 }

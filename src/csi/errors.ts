@@ -1,50 +1,60 @@
+import { randomBytes } from 'node:crypto';
 import { status } from '@grpc/grpc-js';
+import { DomainError, type ErrorCode } from '../errors/domain-error.js';
 
-export type GrpcCode = status;
-export { status as Code };
+// Until every module imports the domain error from src/errors, the old names stay reachable here.
+export {
+  DomainError as CsiError,
+  Code,
+  invalidArgument,
+  notFound,
+  alreadyExists,
+  failedPrecondition,
+  outOfRange,
+  resourceExhausted,
+  aborted,
+  unavailable,
+  internal,
+  shown,
+} from '../errors/domain-error.js';
+
+/** The only place that knows gRPC status codes. */
+const GRPC: Record<ErrorCode, status> = {
+  'invalid-argument': status.INVALID_ARGUMENT,
+  'not-found': status.NOT_FOUND,
+  'already-exists': status.ALREADY_EXISTS,
+  'failed-precondition': status.FAILED_PRECONDITION,
+  'out-of-range': status.OUT_OF_RANGE,
+  'resource-exhausted': status.RESOURCE_EXHAUSTED,
+  aborted: status.ABORTED,
+  unavailable: status.UNAVAILABLE,
+  'permission-denied': status.PERMISSION_DENIED,
+  'deadline-exceeded': status.DEADLINE_EXCEEDED,
+  cancelled: status.CANCELLED,
+  unimplemented: status.UNIMPLEMENTED,
+  internal: status.INTERNAL,
+};
+
+export interface GrpcFailure {
+  code: status;
+  /** The status name, for the log line (NOT_FOUND …). */
+  name: string;
+  message: string;
+  /** Set for an error nobody meant to send: the id the caller sees and the log line carries. */
+  ref?: string;
+}
 
 /**
- * The one error type that crosses a service boundary. Its message goes to the
- * caller verbatim, so it must name the field or object at fault and never carry
- * a secret, a stack or a host path the caller did not send.
+ * What the caller gets for anything thrown. A domain error keeps its code and
+ * message; anything else (a bug, an fs error whose text can carry host paths)
+ * becomes INTERNAL with a short reference that finds the full error in the log.
  */
-export class CsiError extends Error {
-  readonly code: status;
-  constructor(code: status, message: string) {
-    super(message);
-    this.code = code;
-    this.name = 'CsiError';
-  }
+export function grpcFailureOf(e: unknown): GrpcFailure {
+  if (e instanceof DomainError) return { code: GRPC[e.code], name: status[GRPC[e.code]] ?? e.code, message: e.message };
+  const ref = randomBytes(4).toString('hex');
+  return { code: status.INTERNAL, name: 'INTERNAL', message: `internal error (ref ${ref}); the plugin's log has the details under that ref`, ref };
 }
 
-export const invalidArgument = (m: string) => new CsiError(status.INVALID_ARGUMENT, m);
-export const notFound = (m: string) => new CsiError(status.NOT_FOUND, m);
-export const alreadyExists = (m: string) => new CsiError(status.ALREADY_EXISTS, m);
-export const failedPrecondition = (m: string) => new CsiError(status.FAILED_PRECONDITION, m);
-export const outOfRange = (m: string) => new CsiError(status.OUT_OF_RANGE, m);
-export const resourceExhausted = (m: string) => new CsiError(status.RESOURCE_EXHAUSTED, m);
-export const aborted = (m: string) => new CsiError(status.ABORTED, m);
-export const unimplemented = (m: string) => new CsiError(status.UNIMPLEMENTED, m);
-export const unavailable = (m: string) => new CsiError(status.UNAVAILABLE, m);
-export const internal = (m: string) => new CsiError(status.INTERNAL, m);
-
-export function isCsiError(e: unknown): e is CsiError {
-  return e instanceof CsiError;
-}
-
-/** Turns anything thrown into a CsiError without leaking a stack to the caller. */
-export function toCsiError(e: unknown): CsiError {
-  if (e instanceof CsiError) return e;
-  const msg = e instanceof Error ? e.message : String(e);
-  return new CsiError(status.INTERNAL, `internal error: ${msg.split('\n')[0]}`);
-}
-
-export function codeName(code: status): string {
-  return status[code] ?? String(code);
-}
-
-/** A value shown in an error message: quoted, escaped, cut short. */
-export function shown(v: string, max = 80): string {
-  const cut = v.length > max ? `${v.slice(0, max)}…` : v;
-  return JSON.stringify(cut);
+export function grpcStatusOf(code: ErrorCode): status {
+  return GRPC[code];
 }

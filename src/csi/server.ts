@@ -2,9 +2,11 @@ import * as grpc from '@grpc/grpc-js';
 import { existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { codeName, CsiError, toCsiError } from './errors.js';
+import { DomainError } from '../errors/domain-error.js';
+import { grpcFailureOf } from './errors.js';
 import { parseEndpoint, type Endpoint } from './endpoint.js';
 import { requestIds } from './logging.js';
+import { callStopped, runInCall, type CallContext } from './call-context.js';
 import { loadCsi } from './proto.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -34,41 +36,59 @@ function unary(service: string, method: string, fn: Handler | undefined, log: Lo
   return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
     const started = performance.now();
     const ids = requestIds(call.request);
-    const done = (err: CsiError | null, res?: unknown) => {
+    const rpc = `${service}.${method}`;
+    const done = (err: unknown, res?: unknown) => {
       const elapsed = performance.now() - started;
       const ms = Math.round(elapsed * 100) / 100;
-      const code = err ? codeName(err.code) : 'OK';
+      const f = err === undefined ? undefined : grpcFailureOf(err);
+      const code = f?.name ?? 'OK';
       try {
         hooks.observe?.(method, code, elapsed / 1000);
       } catch (e) {
         // Counting must never cost the caller its answer.
-        log.warn({ rpc: `${service}.${method}`, err: (e as Error).message }, 'metrics: cannot count the RPC');
+        log.warn({ rpc, err: (e as Error).message }, 'metrics: cannot count the RPC');
       }
-      const line = { rpc: `${service}.${method}`, ...ids, ms, code };
-      if (!err) log.info(line, 'rpc');
-      else if (err.code === grpc.status.INTERNAL || err.code === grpc.status.UNKNOWN) log.error({ ...line, err: err.message }, 'rpc');
-      else log.info({ ...line, err: err.message }, 'rpc');
-      if (err) callback({ code: err.code, details: err.message, metadata: new grpc.Metadata() } as grpc.ServiceError);
-      else callback(null, res);
+      if (f === undefined) {
+        log.info({ rpc, ...ids, ms, code }, 'rpc');
+        callback(null, res);
+        return;
+      }
+      const line = { rpc, ...ids, ms, code };
+      if (f.ref !== undefined) log.error({ ...line, ref: f.ref, err: (err as Error)?.message, stack: (err as Error)?.stack }, 'rpc');
+      else if (f.code === grpc.status.INTERNAL) log.error({ ...line, err: f.message }, 'rpc');
+      else log.info({ ...line, err: f.message }, 'rpc');
+      callback({ code: f.code, details: f.message, metadata: new grpc.Metadata() } as grpc.ServiceError);
     };
     if (!fn) {
-      done(new CsiError(grpc.status.UNIMPLEMENTED, `${method} is not implemented by this plugin`));
+      done(new DomainError('unimplemented', `${method} is not implemented by this plugin`));
+      return;
+    }
+    const ctx = callContextOf(call);
+    const why = callStopped(ctx);
+    if (why) {
+      // A call that arrives already expired starts no work.
+      done(new DomainError(why === 'deadline' ? 'deadline-exceeded' : 'cancelled', `the call's ${why === 'deadline' ? 'deadline had passed' : 'caller had cancelled'} before it started; nothing was changed`));
       return;
     }
     let p: Promise<unknown>;
     try {
-      p = fn(call.request);
+      p = runInCall(ctx, () => fn(call.request));
     } catch (e) {
       p = Promise.reject(e);
     }
     p.then(
-      (res) => done(null, res ?? {}),
-      (e: unknown) => {
-        if (!(e instanceof CsiError)) log.error({ rpc: `${service}.${method}`, ...ids, stack: (e as Error)?.stack }, 'unexpected error');
-        done(toCsiError(e));
-      },
+      (res) => done(undefined, res ?? {}),
+      (e: unknown) => done(e),
     );
   };
+}
+
+function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContext {
+  const ac = new AbortController();
+  call.once('cancelled', () => ac.abort());
+  const d = call.getDeadline();
+  const deadline = d instanceof Date ? d.getTime() : Number(d);
+  return { deadline: Number.isFinite(deadline) ? deadline : Infinity, signal: ac.signal };
 }
 
 function implement(

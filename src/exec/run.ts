@@ -1,4 +1,5 @@
 import { openSync, closeSync } from 'node:fs';
+import { maskSecrets } from './mask.js';
 import { readdir, readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 
@@ -94,11 +95,7 @@ export interface HostExecConfig {
   defaultTimeoutMs: number;
 }
 
-const mask = (s: string, secrets: string[] | undefined): string => {
-  let out = s;
-  for (const sec of secrets ?? []) if (sec) out = out.split(sec).join('***');
-  return out;
-};
+const mask = maskSecrets;
 
 /** The only place in sinter that starts a host process. */
 export class HostExecutor implements Executor {

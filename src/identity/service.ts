@@ -1,3 +1,4 @@
+import type { Logger } from 'pino';
 import type { ServiceImpl } from '../csi/server.js';
 
 export interface IdentityDeps {
@@ -6,9 +7,12 @@ export interface IdentityDeps {
   hasController: boolean;
   /** Resolves when every part the plugin needs answers; rejects naming the part that does not. */
   probe: () => Promise<void>;
+  log: Logger;
 }
 
 export function identityService(d: IdentityDeps): ServiceImpl {
+  // Kubelet and the sidecars probe every few seconds: say why once per change, not on every call.
+  let lastWhy: string | undefined;
   return {
     async GetPluginInfo() {
       return { name: d.driverName, vendor_version: d.version, manifest: {} };
@@ -23,8 +27,13 @@ export function identityService(d: IdentityDeps): ServiceImpl {
     async Probe() {
       try {
         await d.probe();
+        if (lastWhy !== undefined) d.log.info('ready again');
+        lastWhy = undefined;
         return { ready: { value: true } };
-      } catch {
+      } catch (e) {
+        const why = e instanceof Error ? e.message : String(e);
+        if (why !== lastWhy) d.log.warn({ why }, 'not ready');
+        lastWhy = why;
         return { ready: { value: false } };
       }
     },

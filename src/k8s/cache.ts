@@ -1,6 +1,6 @@
 import { Watch, type KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { unavailable } from '../csi/errors.js';
+import { unavailable } from '../errors/domain-error.js';
 import { abortable, makeApis, type KubeApis } from './client.js';
 import { Reflector, type ReflectorOptions } from './reflector.js';
 import {

@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { failedPrecondition, notFound } from '../csi/errors.js';
+import { failedPrecondition, notFound } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
 import type { NodeDeps } from './context.js';
 import { hostCommand, toHostError } from './host-errors.js';

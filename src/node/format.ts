@@ -1,7 +1,7 @@
-import { failedPrecondition, invalidArgument } from '../csi/errors.js';
+import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
 import { hostCommand } from './host-errors.js';
-import { shown } from '../csi/errors.js';
+import { shown } from '../errors/domain-error.js';
 
 import { DEFAULT_FS, isSupportedFs, SUPPORTED_FS, type FsType } from '../csi/capability.js';
 

@@ -1,4 +1,4 @@
-import { Code, CsiError, failedPrecondition, internal } from '../csi/errors.js';
+import { Code, DomainError, failedPrecondition, internal } from '../errors/domain-error.js';
 import { ExecError } from '../exec/run.js';
 
 /** Known packages for the commands the node runs, for "not installed" messages. */
@@ -23,18 +23,18 @@ function firstLine(s: string): string {
 }
 
 /**
- * Turns a failed host command into a one-line CsiError that says what the
+ * Turns a failed host command into a one-line DomainError that says what the
  * node was doing, which command failed and why. CsiErrors pass through.
  */
-export function toHostError(what: string, e: unknown): CsiError {
-  if (e instanceof CsiError) return e;
+export function toHostError(what: string, e: unknown): DomainError {
+  if (e instanceof DomainError) return e;
   if (e instanceof ExecError) {
     const cmd = e.command.split(' ')[0] ?? e.command;
     if (e.exitCode === undefined && /ENOENT|not found/i.test(e.stderr)) {
       const pkg = PACKAGES[cmd];
       return failedPrecondition(`${what} failed: ${cmd} is not installed on this node${pkg ? ` (install ${pkg})` : ''}`);
     }
-    if (e.timedOut) return new CsiError(Code.DEADLINE_EXCEEDED, `${what} failed: ${e.command} timed out; retry, and check the node's kernel log if it keeps happening`);
+    if (e.timedOut) return new DomainError(Code.DEADLINE_EXCEEDED, `${what} failed: ${e.command} timed out; retry, and check the node's kernel log if it keeps happening`);
     return internal(`${what} failed: ${e.message}`);
   }
   const err = e as NodeJS.ErrnoException;

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { failedPrecondition } from '../csi/errors.js';
+import { failedPrecondition } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
 import { hostCommand, toHostError } from './host-errors.js';
 

@@ -1,7 +1,7 @@
 import { lstat, realpath } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { invalidArgument, notFound } from '../csi/errors.js';
-import { shown } from '../csi/errors.js';
+import { invalidArgument, notFound } from '../errors/domain-error.js';
+import { shown } from '../errors/domain-error.js';
 
 export const MAX_PATH_LENGTH = 4096;
 

@@ -1,12 +1,12 @@
 import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
-import { alreadyExists, failedPrecondition } from '../csi/errors.js';
+import { alreadyExists, failedPrecondition } from '../errors/domain-error.js';
 import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
 import { isReadOnlyMode, type Capability } from '../csi/capability.js';
 import { doing } from './host-errors.js';
 import { ReadOnlyBlock } from './readonly-block.js';
 import { isReadOnly, type MountEntry, type MountSnapshot } from './mount.js';
 import type { PublishRecord, StageRecord } from './stage-state.js';
-import { shown } from '../csi/errors.js';
+import { shown } from '../errors/domain-error.js';
 
 export interface PublishRequest {
   volumeId: string;

@@ -1,7 +1,7 @@
 import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { decodePublishContext, PublishContextError, type PublishContext } from '../contracts/publish-context.js';
-import { failedPrecondition, invalidArgument } from '../csi/errors.js';
+import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { ServiceImpl } from '../csi/server.js';
 import type { Executor } from '../exec/run.js';
@@ -185,8 +185,9 @@ export class NodeService {
     return findOrphans(this.deps, recordedContext, this.cfg.orphanSessions ?? 'report');
   }
 
+  /** The RPC's own locks: ABORTED at once while another call holds the volume or the path. */
   private volumeLock<T>(volumeId: string, paths: string[], fn: () => Promise<T>): Promise<T> {
-    return this.locks.runAll([`volume:${volumeId}`, ...paths.map((p) => `path:${p}`)], fn);
+    return this.locks.exclusive([`volume:${volumeId}`, ...paths.map((p) => `path:${p}`)], fn, describeNodeKey);
   }
 
   handlers(): ServiceImpl {
@@ -290,7 +291,8 @@ export class NodeService {
       NodeGetVolumeStats: async (req) => {
         const volumeId = checkVolumeId(req.volume_id);
         const where = await d.paths.lookup('volume_path', req.volume_path);
-        const s = await this.volumeLock(volumeId, [], () =>
+        // Read-only and short: waits for a stage or publish in progress rather than failing kubelet's poll.
+        const s = await this.locks.run(`volume:${volumeId}`, () =>
           volumeStats(d, { volumeId, volumePath: where.path, resolved: where.resolved }, recordedContext),
         );
         return { usage: s.usage, volume_condition: s.condition };
@@ -313,3 +315,6 @@ export class NodeService {
     };
   }
 }
+
+const describeNodeKey = (key: string) =>
+  key.startsWith('volume:') ? `volume ${key.slice('volume:'.length)}` : `path ${JSON.stringify(key.slice('path:'.length))}`;

@@ -31,8 +31,6 @@ export interface StageRecord {
   /** staging: in progress; staged: done; unstaging: being torn down; error: last attempt failed (see lastError). */
   phase: 'staging' | 'staged' | 'unstaging' | 'error';
   lastError?: string;
-  /** Written by older versions after mkfs; never read (the blkid probe before mkfs decides). Left out of new records. */
-  formatted?: boolean;
   publishes: PublishRecord[];
   updatedAt: string;
 }

@@ -1,13 +1,14 @@
 import { lstat, mkdir, open, realpath, rmdir, unlink } from 'node:fs/promises';
+import { sameStringMap } from '../contracts/string-map.js';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
-import { alreadyExists, CsiError, failedPrecondition } from '../csi/errors.js';
+import { alreadyExists, DomainError, failedPrecondition } from '../errors/domain-error.js';
 import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from '../csi/capability.js';
 import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
 import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
 import { doing, toHostError } from './host-errors.js';
 import { isReadOnly } from './mount.js';
 import type { StageRecord } from './stage-state.js';
-import { shown } from '../csi/errors.js';
+import { shown } from '../errors/domain-error.js';
 
 export interface StageRequest {
   volumeId: string;
@@ -65,7 +66,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
         );
     }
     // A device in use stays the record's: a request leading elsewhere must not take its place (the mounts would then be nobody's).
-    if (prev.device && JSON.stringify(encodePublishContext(req.publishContext)) !== JSON.stringify(prev.publishContext)) {
+    if (prev.device && !sameStringMap(encodePublishContext(req.publishContext), prev.publishContext)) {
       const snap = await d.mounter.snapshot();
       if (mountsOfDevice(snap, prev.device, await deviceMajMin(prev.device)).length > 0)
         throw alreadyExists(
@@ -76,11 +77,8 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
   if (prev && prev.phase !== 'error') {
     // A volume staged from one connection is never re-attached from another:
     // that would leave the first device mounted with no record of it.
-    const a = prev.publishContext;
-    const b = encodePublishContext(req.publishContext);
-    const same = Object.keys(a).length === Object.keys(b).length && Object.entries(b).every(([k, v]) => a[k] === v);
-    if (!same)
-      throw alreadyExists(`volume ${volumeId} is already staged on this node from another publish_context (${a.transport ?? 'unknown'} transport); unstage it first`);
+    if (!sameStringMap(prev.publishContext, encodePublishContext(req.publishContext)))
+      throw alreadyExists(`volume ${volumeId} is already staged on this node from another publish_context (${prev.publishContext.transport ?? 'unknown'} transport); unstage it first`);
   }
   for (const other of (await d.state.list()).records) {
     if (other.volumeId !== volumeId && other.stagingPath === req.stagingPath)
@@ -283,7 +281,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
     }
     await d.state.remove(volumeId);
   } catch (e) {
-    const err = e instanceof CsiError ? e : toHostError(`unstaging volume ${volumeId}`, e);
+    const err = e instanceof DomainError ? e : toHostError(`unstaging volume ${volumeId}`, e);
     rec.phase = 'error';
     rec.lastError = err.message;
     await d.state.put(rec).catch(() => undefined);

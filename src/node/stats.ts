@@ -1,7 +1,7 @@
 import { readFile, readlink, realpath, stat, statfs } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { PublishContext } from '../contracts/publish-context.js';
-import { notFound } from '../csi/errors.js';
+import { notFound } from '../errors/domain-error.js';
 import type { Executor } from '../exec/run.js';
 import type { DeviceCondition } from './connectors/connector.js';
 import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';

@@ -1,4 +1,4 @@
-import { invalidArgument, notFound, shown } from '../csi/errors.js';
+import { invalidArgument, notFound, shown } from '../errors/domain-error.js';
 
 /**
  * The node's view of a volume id: it never parses the backend part, it only

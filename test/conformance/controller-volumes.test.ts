@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { asSidecar, blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 
 describe('Controller volumes (sinter all, file backend)', () => {
   let s: SinterProcess;
@@ -50,10 +50,15 @@ describe('Controller volumes (sinter all, file backend)', () => {
       expect(await codeOf(ctl().CreateVolume({ ...req, volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'xfs')] }))).toBe('ALREADY_EXISTS');
     });
 
-    it('returns one volume to 20 concurrent creates of one name', async () => {
+    it('returns one volume to 20 concurrent creates of one name; a create still in progress answers ABORTED', async () => {
       const req = { name: 'cv-race', capacity_range: { required_bytes: 5 * MiB }, volume_capabilities: [blockCap()] };
-      const rs = await Promise.all(Array.from({ length: 20 }, () => ctl().CreateVolume(req)));
+      const first: string[] = [];
+      const rs = await Promise.all(Array.from({ length: 20 }, () => asSidecar(() => ctl().CreateVolume(req), first)));
       expect(new Set(rs.map((r) => r.volume.volume_id)).size).toBe(1);
+      expect(first).toContain('ABORTED');
+      expect(new Set(first)).toEqual(new Set(['OK', 'ABORTED']));
+      const refusal = await Promise.allSettled([ctl().CreateVolume({ ...req, name: 'cv-race-2' }), ctl().CreateVolume({ ...req, name: 'cv-race-2' })]);
+      expect(refusal[1]).toMatchObject({ status: 'rejected', reason: { code: 10, details: expect.stringMatching(/volume name "cv-race-2" is already in progress; retry/) } });
       const listed = (await ctl().ListVolumes({})).entries.filter((e: { volume: { volume_id: string } }) => e.volume.volume_id === rs[0].volume.volume_id);
       expect(listed).toHaveLength(1);
     });

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import type { CsiError } from '../../src/csi/errors.js';
+import type { DomainError } from '../../src/errors/domain-error.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { parseMountInfo, type MountEntry } from '../../src/node/mount.js';
 import { NodeService, type NodeServiceConfig, type NodeServiceDeps } from '../../src/node/service.js';
@@ -133,12 +133,12 @@ export class NodeEnv {
   }
 }
 
-/** Awaits p and returns the CsiError it rejected with (fails if it resolved). */
-export async function csiError(p: Promise<unknown>): Promise<CsiError> {
+/** Awaits p and returns the DomainError it rejected with (fails if it resolved). */
+export async function csiError(p: Promise<unknown>): Promise<DomainError> {
   try {
     await p;
   } catch (e) {
-    return e as CsiError;
+    return e as DomainError;
   }
   throw new Error('expected the call to fail, but it succeeded');
 }

@@ -188,6 +188,27 @@ export const mountCap = (mode = 'SINGLE_NODE_WRITER', fsType = '') => ({ mount: 
 export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ block: {}, access_mode: { mode } });
 
 /** The gRPC status code of a rejected call, or 'OK'. */
+/**
+ * Calls `fn` the way the sidecars do: an ABORTED answer (another operation on
+ * the same volume is in progress) is retried after a backoff. `firstCodes`
+ * collects the code of every first attempt, so a test can see the refusals.
+ */
+export async function asSidecar<T>(fn: () => Promise<T>, firstCodes?: string[]): Promise<T> {
+  for (let attempt = 0, wait = 5; ; attempt++, wait = Math.min(wait * 2, 200)) {
+    try {
+      const r = await fn();
+      if (attempt === 0) firstCodes?.push('OK');
+      return r;
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      if (attempt === 0) firstCodes?.push(await codeOf(Promise.reject(e)));
+      // 10 over gRPC; 'aborted' from a module called directly.
+      if ((code !== 10 && (code as unknown) !== 'aborted') || attempt >= 200) throw e;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+}
+
 export async function codeOf(p: Promise<unknown>): Promise<string> {
   try {
     await p;
@@ -195,6 +216,7 @@ export async function codeOf(p: Promise<unknown>): Promise<string> {
   } catch (e) {
     const code = (e as { code?: number }).code;
     const names = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+    if (typeof code === 'string') return (code as string).toUpperCase().replace(/-/g, '_'); // a domain error, called directly
     return code === undefined ? `thrown: ${(e as Error).message}` : names[code] ?? String(code);
   }
 }

@@ -6,7 +6,7 @@
 import { readFile, realpath, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { FcConnector, onlineInitiatorWwpns } from '../../src/node/connectors/fc.js';
 import { parseMountInfo } from '../../src/node/mount.js';
 import { csiError, MiB, mountCap, NodeEnv } from '../helpers/node-env.js';

@@ -1,3 +1,4 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -142,7 +143,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: 14 /* UNAVAILABLE */, message: expect.stringMatching(/grew to 201326592 bytes, but its iSCSI LUN still shows the old size: tgtd is not reachable.*retrying the expand/) });
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/grew to 201326592 bytes, but its iSCSI LUN still shows the old size: tgtd is not reachable.*retrying the expand/) });
     expect(b.volume(id)!.sizeBytes).toBe(192 * MiB);
     await tgtd.startAgain();
     await b.reconcileExports(noLock);

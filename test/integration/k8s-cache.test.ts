@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { csiNode, eventually, persistentVolume, volumeAttachment } from '../helpers/kube-api-standin.js';
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
 

@@ -11,7 +11,7 @@ import { KubeNodeRegistry } from '../../src/controller/kube-node-registry.js';
 import { parseParameters } from '../../src/controller/parameters.js';
 import { Reconciler } from '../../src/controller/reconcile.js';
 import { VolumeManager } from '../../src/controller/volumes.js';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { encodePublishContext } from '../../src/contracts/publish-context.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import type { KubeCache } from '../../src/k8s/cache.js';

@@ -9,7 +9,7 @@ import { KubeNodeRegistry } from '../../src/controller/kube-node-registry.js';
 import { KubeNodeSegments } from '../../src/controller/node-topology.js';
 import { parseParameters } from '../../src/controller/parameters.js';
 import { VolumeManager } from '../../src/controller/volumes.js';
-import { CsiError } from '../../src/csi/errors.js';
+import { DomainError } from '../../src/errors/domain-error.js';
 import { loadKubeConfig } from '../../src/k8s/client.js';
 import { KubeCache } from '../../src/k8s/cache.js';
 import { HostExecutor } from '../../src/exec/run.js';
@@ -98,22 +98,22 @@ describe('publish topology with Kubernetes: CSINode topologyKeys and Node labels
     cache.start();
     await eventually(() => cache.live && cache.csiNodes.size === 3, 'the cache to sync');
 
-    const code = async (p: Promise<unknown>) => p.then(() => 'OK', (e: unknown) => (e instanceof CsiError ? `${e.code}:${e.message}` : String(e)));
+    const code = async (p: Promise<unknown>) => p.then(() => 'OK', (e: unknown) => (e instanceof DomainError ? `${e.code}:${e.message}` : String(e)));
     const v = await volumes.create({ name: 'in-zone-a', capacity: { required_bytes: 4 * MiB }, capabilities: [block], parameters: parseParameters({ backend: 'zoned' }) });
-    expect(await code(volumes.publish(v.id, W(2), block, false))).toMatch(/^9:.*node worker-2 is in topology\.sinter\.csi\.io\/zone=b/);
-    expect(await code(volumes.publish(v.id, W(3), block, false))).toMatch(/^9:.*node worker-3 reports no topology\.sinter\.csi\.io\/zone segment/);
+    expect(await code(volumes.publish(v.id, W(2), block, false))).toMatch(/^failed-precondition:.*node worker-2 is in topology\.sinter\.csi\.io\/zone=b/);
+    expect(await code(volumes.publish(v.id, W(3), block, false))).toMatch(/^failed-precondition:.*node worker-3 reports no topology\.sinter\.csi\.io\/zone segment/);
     expect(await code(volumes.publish(v.id, W(1), block, false))).toBe('OK');
     await volumes.unpublish(v.id, W(1));
 
     // The API cannot be asked: unproven, so refused (the attacher retries).
     nodesDown = true;
-    expect(await code(volumes.publish(v.id, W(1), block, false))).toMatch(/^9:.*node worker-1 reports no topology\.sinter\.csi\.io\/zone segment/);
+    expect(await code(volumes.publish(v.id, W(1), block, false))).toMatch(/^failed-precondition:.*node worker-1 reports no topology\.sinter\.csi\.io\/zone segment/);
     nodesDown = false;
 
     // A volume pinned by the node segment alone needs no Node read: the node id carries it.
     const gets = nodeGets;
     const p = await volumes.create({ name: 'on-worker-1', capacity: { required_bytes: 4 * MiB }, capabilities: [block], parameters: parseParameters({ backend: 'pinned' }) });
-    expect(await code(volumes.publish(p.id, W(2), block, false))).toMatch(/^9:.*reachable only from topology topology\.sinter\.csi\.io\/node=worker-1, and node worker-2 is in topology\.sinter\.csi\.io\/node=worker-2/);
+    expect(await code(volumes.publish(p.id, W(2), block, false))).toMatch(/^failed-precondition:.*reachable only from topology topology\.sinter\.csi\.io\/node=worker-1, and node worker-2 is in topology\.sinter\.csi\.io\/node=worker-2/);
     expect(await code(volumes.publish(p.id, W(1), block, false))).toBe('OK');
     expect(nodeGets).toBe(gets);
     expect(volumes.get(p.id)?.attachments.map((a) => a.nodeId)).toEqual([W(1)]);

@@ -1,3 +1,4 @@
+import { asSidecar } from '../helpers/sinter-process.js';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileBackend } from '../../src/backends/file/backend.js';
@@ -6,7 +7,7 @@ import { KubeNodeRegistry } from '../../src/controller/kube-node-registry.js';
 import { parseParameters } from '../../src/controller/parameters.js';
 import { Reconciler } from '../../src/controller/reconcile.js';
 import { VolumeManager } from '../../src/controller/volumes.js';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import type { KubeCache } from '../../src/k8s/cache.js';
 import { csiNode, eventually, persistentVolume, volumeAttachment } from '../helpers/kube-api-standin.js';
@@ -131,7 +132,8 @@ describe('VolumeAttachment reconciliation against an HTTP stand-in for the API s
     });
     await eventually(() => !c.published(vol), 'the revocation', grace + 2000);
     expect(performance.now() - t0).toBeGreaterThanOrEqual(grace);
-    await expect(c.volumes.delete(vol)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION });
+    // The revocation may still hold the volume's lock: the sidecar retries an ABORTED delete.
+    await expect(asSidecar(() => c.volumes.delete(vol))).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION });
 
     fx.standin.remove('volumeattachments', 'va-d');
     await eventually(() => c.cache.attachmentsOfVolume(vol).length === 0, 'the VolumeAttachment to go');

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { statfs, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { csiError, NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
 
 // Bit 24 of the effective capability set; some sandboxes drop it even for root.

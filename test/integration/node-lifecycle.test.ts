@@ -1,3 +1,5 @@
+import { Code } from '../../src/errors/domain-error.js';
+import { asSidecar } from '../helpers/sinter-process.js';
 import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -101,7 +103,7 @@ describe('one volume, two pods', () => {
       await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: t, volume_capability: mountCap('ext4') });
 
     const busy = (await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e: unknown) => e)) as { code: number; message: string };
-    expect(busy.code).toBe(9); // FAILED_PRECONDITION
+    expect(busy.code).toBe(Code.FAILED_PRECONDITION);
     expect(busy.message).toContain(t1);
     expect(busy.message).toContain('unpublish');
     // The refusal changed nothing: both pods still see the volume.
@@ -115,7 +117,7 @@ describe('one volume, two pods', () => {
 });
 
 describe('concurrency', () => {
-  it('volumes staged at the same time each get their own loop device; repeated calls for one volume do not stack mounts', async () => {
+  it('volumes staged at the same time each get their own loop device; repeated calls for one volume answer ABORTED while one runs and never stack mounts', async () => {
     const ids = [1, 2, 3, 4].map((i) => `file-par-${i}`);
     const files = await Promise.all(ids.map((id) => env.image(`${id}.img`, 64 * MiB)));
     await Promise.all(ids.map((id, i) => env.h.NodeStageVolume!(env.stageReq(id, files[i]!, mountCap('ext4')))));
@@ -126,14 +128,16 @@ describe('concurrency', () => {
     expect(new Set(devs).size).toBe(4);
 
     const again = env.stageReq(ids[0]!, files[0]!, mountCap('ext4'));
-    await Promise.all([1, 2, 3].map(() => env.h.NodeStageVolume!(again)));
+    const first: string[] = [];
+    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodeStageVolume!(again), first)));
     const t = env.target(ids[0]!);
     const pub = { volume_id: ids[0], staging_target_path: again.staging_target_path, target_path: t, volume_capability: mountCap('ext4') };
-    await Promise.all([1, 2, 3].map(() => env.h.NodePublishVolume!(pub)));
+    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodePublishVolume!(pub), first)));
+    expect(first).toContain('ABORTED');
     const mounts = await env.mountsUnder();
     expect(mounts.filter((m) => m.mountPoint === again.staging_target_path)).toHaveLength(1);
     expect(mounts.filter((m) => m.mountPoint === t)).toHaveLength(1);
-    await Promise.all([1, 2, 3].map(() => env.h.NodeUnpublishVolume!({ volume_id: ids[0], target_path: t })));
+    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodeUnpublishVolume!({ volume_id: ids[0], target_path: t }))));
     await Promise.all(ids.map((id) => env.h.NodeUnstageVolume!({ volume_id: id, staging_target_path: join(env.kubelet, 'staging', id) })));
     expect(await env.mountsUnder()).toEqual([]);
     expect(await env.loopsUnder()).toEqual([]);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { csiError, NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
 
 let env: NodeEnv;
@@ -257,7 +257,7 @@ describe('paths (safety rule 2)', () => {
     const elsewhere = join(env.dir, 'elsewhere.img');
     await env.exec.run('truncate', ['-s', `${16 * MiB}`, elsewhere]);
     await symlink(elsewhere, join(env.images, 'sneaky.img'));
-    const cases: [string, number][] = [
+    const cases: [string, string][] = [
       [elsewhere, Code.INVALID_ARGUMENT],
       [join(env.images, 'sneaky.img'), Code.INVALID_ARGUMENT],
       [join(env.images, 'missing.img'), Code.NOT_FOUND],

@@ -9,7 +9,7 @@ import { KubeNodeRegistry } from '../../src/controller/kube-node-registry.js';
 import { Reconciler } from '../../src/controller/reconcile.js';
 import { StaticVolumes } from '../../src/controller/static-volumes.js';
 import { VolumeManager } from '../../src/controller/volumes.js';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { csiNode, eventually, persistentVolume, volumeAttachment } from '../helpers/kube-api-standin.js';
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
 

@@ -1,3 +1,4 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,10 +91,10 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
   });
 
   it('refuses allowInitiator on a missing target and malformed names', async () => {
-    await expect(helper.allowInitiator(newVolumeId('default'), A)).rejects.toMatchObject({ code: 5 /* NOT_FOUND */ });
+    await expect(helper.allowInitiator(newVolumeId('default'), A)).rejects.toMatchObject({ code: Code.NOT_FOUND });
     const id = newVolumeId('default');
     await helper.ensureTarget(id, img('v1'));
-    await expect(helper.allowInitiator(id, '10.0.0.1')).rejects.toMatchObject({ code: 3 /* INVALID_ARGUMENT */ });
+    await expect(helper.allowInitiator(id, '10.0.0.1')).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT });
     await helper.removeTarget(id);
   });
 
@@ -153,7 +154,7 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     await helper.ensureTarget(id, img('v1'));
     await helper.allowInitiator(id, A, { user: 'sinter-chap2', password: 'S3cret-restart-pass' });
     await tgtd.kill();
-    await expect(helper.listTargets()).rejects.toMatchObject({ code: 14 /* UNAVAILABLE */ });
+    await expect(helper.listTargets()).rejects.toMatchObject({ code: Code.UNAVAILABLE });
     await tgtd.startAgain();
     expect(await helper.listTargets()).toEqual([]);
     await helper.ensureTarget(id, img('v1'));
@@ -192,7 +193,7 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     expect(exec.lines.some((l) => l.includes(`--params online=0,path=${file}`))).toBe(true);
     // force reopens even when the shown size already matches.
     expect(await h.refreshLunSize(id, file, { force: true })).toBe('refreshed');
-    await expect(h.refreshLunSize(id, img('other'))).rejects.toMatchObject({ code: 9 /* FAILED_PRECONDITION */ });
+    await expect(h.refreshLunSize(id, img('other'))).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION });
     await h.removeTarget(id);
   });
 

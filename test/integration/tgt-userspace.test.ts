@@ -1,3 +1,4 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -205,7 +206,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: 9 /* FAILED_PRECONDITION */ });
+    expect(err).toMatchObject({ code: Code.FAILED_PRECONDITION });
     expect((err as Error).message).toContain(OTHER);
     expect((err as Error).message).toMatch(/does not allow this initiator/);
     expect(await leftovers(stateDir)).toEqual([]);
@@ -217,14 +218,14 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: 7 /* PERMISSION_DENIED */ });
+    expect(err).toMatchObject({ code: Code.PERMISSION_DENIED });
     expect((err as Error).message).toMatch(/CHAP/);
     expect((err as Error).message).not.toContain(wrong.password);
     expect(await leftovers(stateDir)).toEqual([]);
   });
 
   it('refuses mutual CHAP instead of silently not checking the target', async () => {
-    await expect(us.connect(target, { initiatorName: NODE, chap: { ...CHAP, mutualUser: 'tgt', mutualPassword: 'Mutual-secret-12' } })).rejects.toMatchObject({ code: 9, message: expect.stringMatching(/mutual CHAP/) });
+    await expect(us.connect(target, { initiatorName: NODE, chap: { ...CHAP, mutualUser: 'tgt', mutualPassword: 'Mutual-secret-12' } })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/mutual CHAP/) });
   });
 
   it('skips an unreachable portal and logs in through the next; with none reachable it is UNAVAILABLE', async () => {
@@ -236,7 +237,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect(again.devicePath).toBe(a.devicePath);
     await us.disconnect({ ...target, portals: [dead, tgtd.portal] });
     expect(await leftovers(stateDir)).toEqual([]);
-    await expect(us.connect({ ...target, portals: [dead] }, { initiatorName: NODE, chap: CHAP })).rejects.toMatchObject({ code: 14 /* UNAVAILABLE */ });
+    await expect(us.connect({ ...target, portals: [dead] }, { initiatorName: NODE, chap: CHAP })).rejects.toMatchObject({ code: Code.UNAVAILABLE });
     expect(await leftovers(stateDir)).toEqual([]);
   });
 
@@ -258,7 +259,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: 9 });
+    expect(err).toMatchObject({ code: Code.FAILED_PRECONDITION });
     expect(await leftovers(stateDir)).toEqual([]);
   });
 

@@ -6,7 +6,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { runFsck } from '../../src/fsck/check.js';
 import { describe as describeReport } from '../helpers/fsck.js';
 import { Rng, seedFromEnv, SOAK } from '../helpers/rng.js';
-import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { asSidecar, blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 
 /**
  * Concurrency (Cinder's coordination.synchronized): many RPCs at once on one
@@ -49,7 +49,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
 
   it('100 concurrent CreateVolume calls with one name make exactly one volume; incompatible ones get ALREADY_EXISTS', async () => {
     const req = { name: 'same-name', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [mountCap()] };
-    const replies = await Promise.all(Array.from({ length: 100 }, () => ctl().CreateVolume(req)));
+    const replies = await Promise.all(Array.from({ length: 100 }, () => asSidecar(() => ctl().CreateVolume(req))));
     const ids = new Set(replies.map((r) => r.volume.volume_id));
     expect(ids.size).toBe(1);
     expect(records().filter((r) => r.name === 'same-name')).toHaveLength(1);
@@ -58,7 +58,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     const a = { name: 'contested', capacity_range: { required_bytes: 16 * MiB, limit_bytes: 16 * MiB }, volume_capabilities: [mountCap()] };
     const b = { ...a, capacity_range: { required_bytes: 32 * MiB, limit_bytes: 32 * MiB } };
     const reqs = rng.shuffle(Array.from({ length: 100 }, (_, i) => (i % 2 ? a : b)));
-    const out = await Promise.all(reqs.map((r) => ctl().CreateVolume(r).then((x: { volume: { volume_id: string; capacity_bytes: number } }) => ({ ok: x.volume, r }), (e: { code: number }) => ({ code: e.code, r }))));
+    const out = await Promise.all(reqs.map((r) => asSidecar(() => ctl().CreateVolume(r)).then((x: { volume: { volume_id: string; capacity_bytes: number } }) => ({ ok: x.volume, r }), (e: { code: number }) => ({ code: e.code, r }))));
     const won = out.filter((o) => 'ok' in o);
     expect(new Set(won.map((o) => (o as { ok: { volume_id: string } }).ok.volume_id)).size).toBe(1);
     const winner = won[0]!.r;
@@ -70,15 +70,15 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
 
     // And 100 concurrent CreateSnapshot with one name: one snapshot.
     const vol = [...ids][0]!;
-    const snaps = await Promise.all(Array.from({ length: 100 }, () => ctl().CreateSnapshot({ name: 'same-snap', source_volume_id: vol })));
+    const snaps = await Promise.all(Array.from({ length: 100 }, () => asSidecar(() => ctl().CreateSnapshot({ name: 'same-snap', source_volume_id: vol }))));
     expect(new Set(snaps.map((x) => x.snapshot.snapshot_id)).size).toBe(1);
     expect(readdirSync(join(s.dataDir, 'snapshots')).filter((f) => f.endsWith('.json'))).toHaveLength(1);
 
     // 50 concurrent deletes of one volume all succeed, and it is gone.
-    const del = await Promise.all(Array.from({ length: 50 }, () => codeOf(ctl().DeleteSnapshot({ snapshot_id: snaps[0].snapshot.snapshot_id }))));
+    const del = await Promise.all(Array.from({ length: 50 }, () => codeOf(asSidecar(() => ctl().DeleteSnapshot({ snapshot_id: snaps[0].snapshot.snapshot_id })))));
     expect(new Set(del)).toEqual(new Set(['OK']));
     expect(readdirSync(join(s.dataDir, 'snapshots'))).toEqual([]);
-    const delv = await Promise.all(Array.from({ length: 50 }, () => codeOf(ctl().DeleteVolume({ volume_id: vol }))));
+    const delv = await Promise.all(Array.from({ length: 50 }, () => codeOf(asSidecar(() => ctl().DeleteVolume({ volume_id: vol })))));
     expect(new Set(delv)).toEqual(new Set(['OK']));
     expect(records().some((r) => r.id === vol)).toBe(false);
     expect((await fsck()).findings).toEqual([]);
@@ -95,11 +95,11 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
         const d = rng.int(0, 3);
         const pub = (async () => {
           await new Promise((r) => setTimeout(r, rng.int(0, 3) - d + 3));
-          return codeOf(ctl().ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: blockCap() }));
+          return codeOf(asSidecar(() => ctl().ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: blockCap() })));
         })();
         const del = (async () => {
           await new Promise((r) => setTimeout(r, d));
-          return codeOf(ctl().DeleteVolume({ volume_id: id }));
+          return codeOf(asSidecar(() => ctl().DeleteVolume({ volume_id: id })));
         })();
         const [p, x] = await Promise.all([pub, del]);
         const rec = records().find((r) => r.id === id);

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { Code, type CsiError } from '../../src/csi/errors.js';
+import { Code, type DomainError } from '../../src/errors/domain-error.js';
 import { ExecError, type Executor } from '../../src/exec/run.js';
 import { mkfs } from '../../src/node/format.js';
 import { blockCap, csiError, MiB, mountCap, NodeEnv } from '../helpers/node-env.js';
@@ -57,7 +57,7 @@ describe('regressions found by the reliability tests (one device, two volumes)',
       const a = env.stageReq(`vol-a${round}`, file, mountCap('ext4'));
       const b = env.stageReq(`vol-b${round}`, file, mountCap('ext4'));
       const res = await Promise.allSettled([env.h.NodeStageVolume!(a), env.h.NodeStageVolume!(b)]);
-      expect(res.map((r) => (r.status === 'fulfilled' ? 'OK' : `${(r.reason as CsiError).code}: ${(r.reason as Error).message}`))).toEqual(['OK', 'OK']);
+      expect(res.map((r) => (r.status === 'fulfilled' ? 'OK' : `${(r.reason as DomainError).code}: ${(r.reason as Error).message}`))).toEqual(['OK', 'OK']);
       // One filesystem, mounted at both staging paths.
       const mounts = (await env.mountsUnder()).filter((m) => m.mountPoint === a.staging_target_path || m.mountPoint === b.staging_target_path);
       expect(mounts.length).toBe(2);

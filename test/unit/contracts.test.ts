@@ -1,6 +1,14 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import { parseStaticAttributes } from '../../src/controller/static-volumes.js';
+import { validateTarget } from '../../src/node/connectors/iscsi/types.js';
+import { keyOf } from '../helpers/config-key.js';
 import { encodeNodeId, parseNodeId } from '../../src/contracts/nodeid.js';
-import { decodePublishContext, encodePublishContext } from '../../src/contracts/publish-context.js';
+import { decodePublishContext, encodePublishContext, isLun, MAX_LUN } from '../../src/contracts/publish-context.js';
 
 describe('node id (host;iqn;wwpns)', () => {
   it('round-trips the connector properties', () => {
@@ -46,5 +54,35 @@ describe('publish_context', () => {
     [{ transport: 'fc', lun: '0' }, /wwns/],
   ])('names the bad key in %j', (ctx, re) => {
     expect(() => decodePublishContext(ctx as Record<string, string>)).toThrow(re);
+  });
+});
+
+describe('one portal and LUN rule for configuration, static volumes and the node', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sinter-portal-config-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const configWithPortal = (portal: string) => {
+    const file = join(dir, `${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(file, stringify({ backends: [{ name: 'b1', dataDir: join(dir, 'b1'), export: 'iscsi', iscsi: { portals: [portal] } }] }));
+    return () => loadConfig('controller', ['--config', file]);
+  };
+
+  it('what the configuration accepts the node can log in to, and what the node refuses the configuration refuses', () => {
+    for (const p of ['10.0.0.1:3260', 'storage-1.example:3261', '[fd00::2]:3260', '[::1]', 'host']) {
+      expect(keyOf(configWithPortal(p)), p).toBeUndefined();
+      expect(() => validateTarget({ portals: [p], iqn: 'iqn.2026-11.io.sinter:v', lun: 1 }), p).not.toThrow();
+    }
+    for (const p of ['-x:99999', 'host:0', 'host:65536', '1.2.3.4:99999', 'a b', '::1', '[host]:3260', 'x:y']) {
+      expect(keyOf(configWithPortal(p)), p).toBe('backends[0].iscsi.portals[0]');
+      expect(() => parseStaticAttributes({ transport: 'iscsi', portals: p, iqn: 'iqn.2026-11.io.x:y', lun: '0' }), p).toThrow(/volume_context.portals/);
+      expect(() => validateTarget({ portals: [p], iqn: 'iqn.2026-11.io.sinter:v', lun: 1 }), p).toThrow();
+    }
+  });
+
+  it('LUN 0 to 16383 everywhere', () => {
+    expect(isLun(MAX_LUN)).toBe(true);
+    expect(isLun(MAX_LUN + 1)).toBe(false);
+    expect(() => decodePublishContext({ transport: 'iscsi', portals: 'h:3260', iqn: 'iqn.2026-11.io.x:y', lun: String(MAX_LUN + 1) })).toThrow(/0 to 16383/);
+    expect(() => parseStaticAttributes({ transport: 'fc', wwns: '500a0981891b8dc5', lun: String(MAX_LUN + 1) })).toThrow(/0 to 16383/);
+    expect(() => validateTarget({ portals: ['h'], iqn: 'iqn.2026-11.io.sinter:v', lun: MAX_LUN + 1 })).toThrow(/0 to 16383/);
   });
 });

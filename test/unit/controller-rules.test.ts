@@ -1,16 +1,16 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { describe, expect, it } from 'vitest';
-import { status } from '@grpc/grpc-js';
 import { parseCapability } from '../../src/controller/capabilities.js';
 import { paginate } from '../../src/controller/pagination.js';
 import { parseParameters } from '../../src/controller/parameters.js';
 import { MiB, sizeFor } from '../../src/controller/volumes.js';
-import { CsiError } from '../../src/csi/errors.js';
+import type { DomainError } from '../../src/errors/domain-error.js';
 
-const codeOf = (fn: () => unknown): number | undefined => {
+const codeOf = (fn: () => unknown): string | undefined => {
   try {
     fn();
   } catch (e) {
-    return (e as CsiError).code;
+    return (e as DomainError).code;
   }
   return undefined;
 };
@@ -23,11 +23,11 @@ describe('capacity_range → size', () => {
   it('falls back to 4 KiB steps when whole MiB would pass the limit', () =>
     expect(sizeFor({ required_bytes: 5 * MiB + 1, limit_bytes: 5 * MiB + 5000 }, 0, MiB)).toBe(5 * MiB + 4096));
   it('is OUT_OF_RANGE when no 4 KiB step fits between required and limit', () =>
-    expect(codeOf(() => sizeFor({ required_bytes: 5 * MiB + 1, limit_bytes: 5 * MiB + 2 }, 0, MiB))).toBe(status.OUT_OF_RANGE));
+    expect(codeOf(() => sizeFor({ required_bytes: 5 * MiB + 1, limit_bytes: 5 * MiB + 2 }, 0, MiB))).toBe(Code.OUT_OF_RANGE));
   it('is OUT_OF_RANGE when the limit is under the filesystem floor', () =>
-    expect(codeOf(() => sizeFor({ limit_bytes: 10 * MiB }, 0, 300 * MiB))).toBe(status.OUT_OF_RANGE));
-  it('rejects a limit below required', () => expect(codeOf(() => sizeFor({ required_bytes: 10, limit_bytes: 5 }, 0, MiB))).toBe(status.INVALID_ARGUMENT));
-  it('rejects negative sizes', () => expect(codeOf(() => sizeFor({ required_bytes: -1 }, 0, MiB))).toBe(status.INVALID_ARGUMENT));
+    expect(codeOf(() => sizeFor({ limit_bytes: 10 * MiB }, 0, 300 * MiB))).toBe(Code.OUT_OF_RANGE));
+  it('rejects a limit below required', () => expect(codeOf(() => sizeFor({ required_bytes: 10, limit_bytes: 5 }, 0, MiB))).toBe(Code.INVALID_ARGUMENT));
+  it('rejects negative sizes', () => expect(codeOf(() => sizeFor({ required_bytes: -1 }, 0, MiB))).toBe(Code.INVALID_ARGUMENT));
 });
 
 describe('volume capabilities', () => {
@@ -39,7 +39,7 @@ describe('volume capabilities', () => {
   });
   it('offers multi-node writers only for block', () => {
     expect(parseCapability({ access_type: 'block', block: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, 'c').accessMode).toBe('MULTI_NODE_MULTI_WRITER');
-    expect(codeOf(() => parseCapability({ access_type: 'mount', mount: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, 'c'))).toBe(status.INVALID_ARGUMENT);
+    expect(codeOf(() => parseCapability({ access_type: 'mount', mount: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, 'c'))).toBe(Code.INVALID_ARGUMENT);
   });
   it('names the missing part', () => {
     expect(() => parseCapability({ access_type: 'mount', mount: {} }, 'volume_capability')).toThrow(/volume_capability.access_mode/);
@@ -57,7 +57,7 @@ describe('StorageClass parameters', () => {
   });
   it.each(['fsType', 'fstype', 'FSType', 'FSTYPE'])('refuses %s, whatever its case, and points at csi.storage.k8s.io/fstype', (k) => {
     // csi-provisioner v6.3.0 (pkg/controller/controller.go) treats every key that lower-cases to "fstype" as its legacy key.
-    expect(codeOf(() => parseParameters({ [k]: 'xfs' }))).toBe(status.INVALID_ARGUMENT);
+    expect(codeOf(() => parseParameters({ [k]: 'xfs' }))).toBe(Code.INVALID_ARGUMENT);
     expect(() => parseParameters({ [k]: 'xfs' })).toThrow(new RegExp(`parameters\\.${k} is not a sinter parameter: set the filesystem with csi\\.storage\\.k8s\\.io/fstype`));
   });
   it('points a deprecated unprefixed secret key at its csi.storage.k8s.io/ name', () =>
@@ -87,6 +87,6 @@ describe('pagination by last id', () => {
     expect(p(0)).toEqual({ items: ['a', 'c', 'e'], nextToken: '' });
     expect(p(2, 'e')).toEqual({ items: [], nextToken: '' });
   });
-  it('is ABORTED for a token it never issued', () => expect(codeOf(() => page(2, 'not-a-token'))).toBe(status.ABORTED));
-  it('is INVALID_ARGUMENT for negative max_entries', () => expect(codeOf(() => page(-1))).toBe(status.INVALID_ARGUMENT));
+  it('is ABORTED for a token it never issued', () => expect(codeOf(() => page(2, 'not-a-token'))).toBe(Code.ABORTED));
+  it('is INVALID_ARGUMENT for negative max_entries', () => expect(codeOf(() => page(-1))).toBe(Code.INVALID_ARGUMENT));
 });

@@ -7,7 +7,7 @@ import { stringify } from 'yaml';
 import { newVolumeId } from '../../src/backends/ids.js';
 import { loadConfig } from '../../src/config/load.js';
 import { isStaticHandle, parseStaticAttributes, STATIC_HANDLE_RE } from '../../src/controller/static-volumes.js';
-import { Code, CsiError } from '../../src/csi/errors.js';
+import { Code, DomainError } from '../../src/errors/domain-error.js';
 import { normalizeWwid } from '../../src/node/connectors/multipath.js';
 import { byPathLun, parseHctl } from '../../src/node/connectors/scsi.js';
 
@@ -85,8 +85,8 @@ describe('static volume handles and attributes', () => {
       parseStaticAttributes({ transport: 'fc', wwns: 'x', lun: '1' });
       expect.unreachable();
     } catch (e) {
-      expect(e).toBeInstanceOf(CsiError);
-      expect((e as CsiError).code).toBe(Code.INVALID_ARGUMENT);
+      expect(e).toBeInstanceOf(DomainError);
+      expect((e as DomainError).code).toBe(Code.INVALID_ARGUMENT);
     }
   });
 });

@@ -1,3 +1,4 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KernelIscsiInitiator } from '../../src/node/connectors/iscsi/kernel.js';
 import { parseSessionFlat, parseSessionTree } from '../../src/node/connectors/iscsi/iscsiadm-parse.js';
@@ -182,13 +183,13 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e24 = await make(host({ login: 'login-auth-failed' }))
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: CHAP })
       .catch((e: unknown) => e);
-    expect(e24).toMatchObject({ code: 7, message: expect.stringMatching(/CHAP authentication failed/) });
+    expect(e24).toMatchObject({ code: Code.PERMISSION_DENIED, message: expect.stringMatching(/CHAP authentication failed/) });
     expect(String((e24 as Error).message)).not.toContain(CHAP.password);
 
     const e19 = await make(host({ login: 'login-fatal' }))
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e19).toMatchObject({ code: 9, message: expect.stringMatching(/refused/) });
+    expect(e19).toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/refused/) });
 
     const db = new FakeExecutor((_c, args) => {
       const a = args.join(' ');
@@ -199,7 +200,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e6 = await make(db)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e6).toMatchObject({ code: 13, message: expect.stringMatching(/node database error.*Error while adding record/) });
+    expect(e6).toMatchObject({ code: Code.INTERNAL, message: expect.stringMatching(/node database error.*Error while adding record/) });
   });
 
   it('waits for the device with doubling backoff, rescans every few looks, and gives up at the timeout', async () => {
@@ -207,7 +208,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const err = await make(exec)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 14, message: expect.stringMatching(/did not appear.*3000 ms/) });
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/did not appear.*3000 ms/) });
     expect(sleeps.slice(0, 5)).toEqual([100, 200, 400, 800, 800]);
     expect(sleeps.reduce((a, b) => a + b, 0)).toBe(3000);
     // First scan plus one every third look.
@@ -373,7 +374,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
 
     it('a rescan with no device of the LUN on this node is FAILED_PRECONDITION, writing nothing', async () => {
       const exec = host({ sessionsBefore: 'session-none' });
-      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: 9, message: expect.stringContaining('stage it again') });
+      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('stage it again') });
       expect(sysfs.writes).toEqual([]);
     });
 
@@ -390,7 +391,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       writeFileSync(join(sysfs.sys, 'block', 'dm-0', 'dev'), '253:0\n');
       writeFileSync(sysfs.mountInfo, '36 25 253:0 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:1 - ext4 /dev/dm-0 rw\n');
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
-      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: 9, message: expect.stringContaining('unmount it first') });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('unmount it first') });
       expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
       expect(sysfs.writes).toEqual([]);
     });
@@ -403,7 +404,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       sysfs.addDisk(2, 1, 2, 'sdd');
       sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc', 'sdd']);
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
-      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: 9, message: expect.stringContaining('also holds sdd') });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('also holds sdd') });
       expect(sysfs.writes).toEqual([]);
       expect(exec.lines.filter((l) => !l.startsWith('iscsiadm -m session'))).toEqual([]);
     });
@@ -415,7 +416,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       writeFileSync(join(sysfs.sys, 'block', 'dm-1', 'dm', 'uuid'), 'LVM-abcdef\n');
       const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
-        code: 9,
+        code: Code.FAILED_PRECONDITION,
         message: expect.stringContaining('held by dm-1, which is not a multipath map'),
       });
     });
@@ -427,7 +428,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       sysfs.addDisk(3, 2, 1, 'sdc', 0, 0, 'naa.6001405ffffffffffffffffffffffff1');
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
-        code: 9,
+        code: Code.FAILED_PRECONDITION,
         message: expect.stringContaining('different WWIDs'),
       });
     });

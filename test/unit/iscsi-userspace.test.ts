@@ -1,3 +1,4 @@
+import { Code } from '../../src/errors/domain-error.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -11,21 +12,21 @@ const portal = parsePortal('127.0.0.1:13260');
 describe('user-space login failures (recorded qemu-nbd/libiscsi output)', () => {
   it('names CHAP for an authentication failure, even though the object id contains no hint', () => {
     const e = classifyLoginFailure(fx('login-chap-failure'), target, portal, 'iqn.2024-01.io.test:node1', false);
-    expect(e.code).toBe(7);
+    expect(e.code).toBe(Code.PERMISSION_DENIED);
     expect(e.message).toMatch(/CHAP authentication failed/);
   });
 
   it('reads tgt\'s "Target not found" as an ACL refusal, not as CHAP', () => {
     const text = fx('login-acl-refused').replace("'driver", "--object secret,id=sinter-chap 'driver");
     const e = classifyLoginFailure(text, target, portal, 'iqn.2024-01.io.test:other', false);
-    expect(e.code).toBe(9);
+    expect(e.code).toBe(Code.FAILED_PRECONDITION);
     expect(e.message).toMatch(/does not allow this initiator/);
     expect(e.message).not.toMatch(/CHAP/);
   });
 
   it('reports an unreachable portal as UNAVAILABLE, and a timeout too', () => {
-    expect(classifyLoginFailure(fx('login-unreachable'), target, portal, 'iqn.2024-01.io.test:n', false).code).toBe(14);
-    expect(classifyLoginFailure('', target, portal, 'iqn.2024-01.io.test:n', true).code).toBe(14);
+    expect(classifyLoginFailure(fx('login-unreachable'), target, portal, 'iqn.2024-01.io.test:n', false).code).toBe(Code.UNAVAILABLE);
+    expect(classifyLoginFailure('', target, portal, 'iqn.2024-01.io.test:n', true).code).toBe(Code.UNAVAILABLE);
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import { parseCapability, resolveFsType, checkMountFlags } from '../../src/csi/capability.js';
 import { decideFormat, parseBlkidExport, parseMkfsOptions } from '../../src/node/format.js';
 import { MountSnapshot, parseMountInfo } from '../../src/node/mount.js';
@@ -89,7 +89,7 @@ describe('volume capability', () => {
   });
 
   it('names the field at fault', () => {
-    const cases: [unknown, number, string][] = [
+    const cases: [unknown, string, string][] = [
       [undefined, Code.INVALID_ARGUMENT, 'volume_capability is required'],
       [{ mount: {} }, Code.INVALID_ARGUMENT, 'volume_capability.access_mode.mode is required'],
       [{ mount: {}, access_mode: { mode: 'UNKNOWN' } }, Code.INVALID_ARGUMENT, 'access_mode.mode is required'],

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../../src/csi/errors.js';
+import { Code } from '../../src/errors/domain-error.js';
 import type { ServiceImpl } from '../../src/csi/server.js';
 import { ExecError, type Executor } from '../../src/exec/run.js';
 import { toHostError } from '../../src/node/host-errors.js';
@@ -42,12 +42,12 @@ afterAll(async () => {
 });
 
 const cap = { access_type: 'mount', mount: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
-async function codeOf(p: Promise<unknown>): Promise<[number, string]> {
+async function codeOf(p: Promise<unknown>): Promise<[string, string]> {
   try {
     await p;
-    return [Code.OK, ''];
+    return ['ok', ''];
   } catch (e) {
-    const err = e as { code: number; message: string };
+    const err = e as { code: string; message: string };
     return [err.code, err.message];
   }
 }
@@ -68,7 +68,7 @@ describe('NodeGetInfo / NodeGetCapabilities', () => {
 describe('request validation happens before any host command', () => {
   const S = () => join(dir, 'staging', 'v');
   const T = () => join(dir, 'pods', 'p', 'mount');
-  const cases: [string, string, () => Record<string, unknown>, number, string][] = [
+  const cases: [string, string, () => Record<string, unknown>, string, string][] = [
     ['stage: no volume_id', 'NodeStageVolume', () => ({ staging_target_path: S(), volume_capability: cap, publish_context: { device: '/dev/mock' } }), Code.INVALID_ARGUMENT, 'volume_id'],
     ['stage: no staging path', 'NodeStageVolume', () => ({ volume_id: 'file-v', volume_capability: cap }), Code.INVALID_ARGUMENT, 'staging_target_path'],
     ['stage: no capability', 'NodeStageVolume', () => ({ volume_id: 'file-v', staging_target_path: S(), publish_context: { device: '/dev/mock' } }), Code.INVALID_ARGUMENT, 'volume_capability'],

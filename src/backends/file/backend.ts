@@ -22,7 +22,7 @@ import type {
 } from '../backend.js';
 import { copyImage } from './copy.js';
 import { chapFromRequestSecrets } from '../../contracts/chap.js';
-import { Code, CsiError } from '../../csi/errors.js';
+import { Code, DomainError } from '../../errors/domain-error.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { TgtTargetHelper } from '../targets/tgt.js';
@@ -338,8 +338,8 @@ export class FileBackend implements Backend {
       try {
         await this.iscsi.refreshSize(id, this.imagePath(id), grow);
       } catch (e) {
-        const code = e instanceof CsiError ? e.code : Code.INTERNAL;
-        throw new CsiError(
+        const code = e instanceof DomainError ? e.code : Code.INTERNAL;
+        throw new DomainError(
           code,
           `volume ${id} grew to ${rec.sizeBytes} bytes, but its iSCSI LUN still shows the old size: ${(e as Error).message}; retrying the expand (or the next reconcile) finishes it`,
         );

@@ -21,19 +21,3 @@ export async function copyImage(src: string, dst: string, exec: Executor): Promi
   await exec.run('cp', ['--sparse=always', '--reflink=never', '--no-preserve=all', '--', src, dst]);
   return 'sparse-copy';
 }
-
-/** Whether reflink copies work in `dir`, found by trying one on a scratch file. */
-export async function probeReflink(dir: string): Promise<boolean> {
-  const a = `${dir}/.reflink-probe-a`;
-  const b = `${dir}/.reflink-probe-b`;
-  try {
-    await fs.writeFile(a, 'x');
-    await fs.copyFile(a, b, constants.COPYFILE_FICLONE_FORCE);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await fs.rm(a, { force: true });
-    await fs.rm(b, { force: true });
-  }
-}

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { ChapCredentials } from '../../contracts/chap.js';
 import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { failedPrecondition } from '../../csi/errors.js';
+import { failedPrecondition } from '../../errors/domain-error.js';
 import { RecordStore } from '../../store/record-store.js';
 import type { VolumeHealth, VolumeRecord } from '../backend.js';
 import type { LunRefresh, TargetHelper, TargetInfo } from './target-helper.js';

@@ -3,8 +3,8 @@ import { promises as fs } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
-import { isValidIqn } from '../../contracts/nodeid.js';
-import { CsiError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../csi/errors.js';
+import { isValidIqn, sameIqn } from '../../contracts/nodeid.js';
+import { DomainError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
@@ -77,7 +77,6 @@ function paramValue(v: string): string {
   return v;
 }
 
-const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 const hash = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /**
@@ -451,7 +450,7 @@ export class TgtTargetHelper implements TargetHelper {
 }
 
 /** A tgtadm failure that is not one of the idempotent "already done" answers. */
-export class TgtError extends CsiError {
+export class TgtError extends DomainError {
   constructor(
     readonly kind: TgtErrorKind,
     message: string,

@@ -1,5 +1,5 @@
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { failedPrecondition } from '../../csi/errors.js';
+import { failedPrecondition } from '../../errors/domain-error.js';
 
 export interface DeviceCondition {
   abnormal: boolean;
@@ -18,7 +18,7 @@ export interface DeviceCondition {
  */
 export interface Connector {
   readonly transport: PublishContext['transport'];
-  /** Checks that this node may use the connection; touches nothing. Throws CsiError. */
+  /** Checks that this node may use the connection; touches nothing. Throws DomainError. */
   validate(ctx: PublishContext): Promise<void>;
   /** Attaches, or finds the existing attachment; returns the block device path (/dev/…). */
   connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string>;

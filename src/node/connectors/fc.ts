@@ -2,8 +2,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { posix } from 'node:path';
 import type { Logger } from 'pino';
 import { normalizeWwpn } from '../../contracts/nodeid.js';
-import type { PublishContext } from '../../contracts/publish-context.js';
-import { Code, CsiError, failedPrecondition, invalidArgument, shown } from '../../csi/errors.js';
+import { isLun, MAX_LUN, type PublishContext } from '../../contracts/publish-context.js';
+import { Code, DomainError, failedPrecondition, invalidArgument, shown } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import type { Executor } from '../../exec/run.js';
 import { doing } from '../host-errors.js';
@@ -16,7 +16,6 @@ type FcContext = Extract<PublishContext, { transport: 'fc' }>;
 
 const WWN_RE = /^[0-9a-f]{16}$/;
 /** SAM flat-space LUNs; what arrays hand out and Linux scans by number. */
-export const MAX_FC_LUN = 16383;
 
 export interface FcConnectorOptions {
   sysfs: SysfsTree;
@@ -123,7 +122,7 @@ export class FcConnector implements Connector {
   private check(ctx: FcContext): void {
     for (const w of ctx.wwns)
       if (!WWN_RE.test(w)) throw invalidArgument(`publish_context.wwns entry ${shown(w)} is not a WWN (16 hex digits, optionally 0x-prefixed)`);
-    if (ctx.lun > MAX_FC_LUN) throw invalidArgument(`publish_context.lun ${ctx.lun} is above ${MAX_FC_LUN}`);
+    if (!isLun(ctx.lun)) throw invalidArgument(`publish_context.lun ${ctx.lun} is above ${MAX_LUN}`);
   }
 
   /** Host numbers of the online FC HBA ports. */
@@ -238,7 +237,7 @@ export class FcConnector implements Connector {
           const why = usable.length === 0 ? `no online remote port with ${fc.wwns.length > 1 ? 'these WWNs' : 'this WWN'} is logged in on any HBA (check zoning)` : r.waiting;
           const initiators = onlineInitiatorWwpns(this.sysfs.sysRoot);
           const scanned = scans > 0 ? `, ${scans} scan${scans > 1 ? 's' : ''} through ${[...scannedHosts].sort((a, b) => a - b).map((h) => `host${h}`).join(', ')}` : '';
-          throw new CsiError(
+          throw new DomainError(
             Code.DEADLINE_EXCEEDED,
             `${what} did not appear on this node within ${Math.round(this.opts.scanTimeoutMs / 100) / 10}s${scanned}: ${why}; check the zoning and the LUN masking for this node's WWPNs (${initiators.join(', ') || 'none online'})`,
           );

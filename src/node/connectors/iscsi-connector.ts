@@ -1,8 +1,9 @@
 import { realpath } from 'node:fs/promises';
+import { DEFAULT_IQN_PREFIX, sameIqn } from '../../contracts/nodeid.js';
 import type { Logger } from 'pino';
 import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { failedPrecondition } from '../../csi/errors.js';
+import { failedPrecondition } from '../../errors/domain-error.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import {
@@ -43,9 +44,7 @@ function asIscsi(ctx: PublishContext): IscsiContext {
 }
 
 const targetOf = (ctx: IscsiContext): IscsiTarget => ({ portals: ctx.portals, iqn: ctx.iqn, lun: ctx.lun });
-const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 /** The controller's default iqnPrefix. */
-const DEFAULT_TARGET_PREFIX = 'iqn.2026-11.io.sinter:';
 /** attached()'s `source` of a kernel LUN, and its inverse. */
 const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
 const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
@@ -138,12 +137,12 @@ export class IscsiConnector implements Connector {
   }
 
   private ours(iqn: string): boolean {
-    const prefixes = this.cfg.orphanTargetPrefixes ?? [DEFAULT_TARGET_PREFIX];
+    const prefixes = this.cfg.orphanTargetPrefixes ?? [DEFAULT_IQN_PREFIX];
     return prefixes.some((p) => iqn.toLowerCase().startsWith(p.toLowerCase()));
   }
 
   private notOurs(iqn: string): string {
-    return `its target ${iqn} is not one of sinter's (node.orphanTargetPrefixes: ${(this.cfg.orphanTargetPrefixes ?? [DEFAULT_TARGET_PREFIX]).join(', ')}), so sinter never tears it down`;
+    return `its target ${iqn} is not one of sinter's (node.orphanTargetPrefixes: ${(this.cfg.orphanTargetPrefixes ?? [DEFAULT_IQN_PREFIX]).join(', ')}), so sinter never tears it down`;
   }
 
   /**

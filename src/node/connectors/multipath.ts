@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { Code, CsiError, failedPrecondition } from '../../csi/errors.js';
+import { Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import { doing, toHostError } from '../host-errors.js';
 import { parseMountInfo } from '../mount.js';
@@ -208,7 +208,7 @@ export class Multipath {
     }
     const left = await this.disks.waitGone(paths, timeoutMs);
     if (left.length)
-      throw new CsiError(Code.DEADLINE_EXCEEDED, `${what}: path${left.length > 1 ? 's' : ''} ${left.join(', ')} still present ${timeoutMs / 1000}s after being deleted; retry`);
+      throw new DomainError(Code.DEADLINE_EXCEEDED, `${what}: path${left.length > 1 ? 's' : ''} ${left.join(', ')} still present ${timeoutMs / 1000}s after being deleted; retry`);
   }
 
   /** Makes the kernel see a grown LUN: rescan every path's capacity, then resize the map over them. */

@@ -32,12 +32,6 @@ export function byPathLun(lun: number): string {
   return `lun-0x${lo}${hi}00000000`;
 }
 
-/** State of one path, from block/<disk>/device/state ("running", "offline", "blocked" …). */
-export interface PathState {
-  disk: string;
-  state: string;
-}
-
 /**
  * SCSI disks through sysfs: which disk sits at an address, its WWID and
  * state, and the three writes the kernel offers: scan a host for one

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
+import { sameIqn } from '../../../contracts/nodeid.js';
 import { chapSecrets, type ChapCredentials } from '../../../contracts/chap.js';
-import { CsiError, Code, failedPrecondition, internal, unavailable } from '../../../csi/errors.js';
+import { DomainError, Code, failedPrecondition, internal, unavailable } from '../../../errors/domain-error.js';
 import { KeyedLock } from '../../../csi/locks.js';
 import { ExecError, type Executor } from '../../../exec/run.js';
 import { Multipath, type MultipathMap } from '../multipath.js';
@@ -110,7 +111,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     return this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
       let sessions = await this.sessions();
       const paths: LoggedInPath[] = [];
-      const failures: CsiError[] = [];
+      const failures: DomainError[] = [];
       for (const p of portals) {
         try {
           await this.ensureNodeRecord(target.iqn, p, chap);
@@ -129,7 +130,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
           await this.scan(path, target.lun);
           paths.push(path);
         } catch (e) {
-          const ce = e instanceof CsiError ? e : internal((e as Error).message);
+          const ce = e instanceof DomainError ? e : internal((e as Error).message);
           failures.push(ce);
           this.log?.warn({ iqn: target.iqn, portal: p.text, err: ce.message }, 'iSCSI portal failed');
         }
@@ -222,7 +223,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     });
   }
 
-  private dbError(e: unknown, iqn: string, p: Portal, param?: string): CsiError {
+  private dbError(e: unknown, iqn: string, p: Portal, param?: string): DomainError {
     if (e instanceof ExecError) {
       const what = param ? `setting ${param} on` : 'writing';
       if (e.exitCode === ISCSI_ERR.IDBM) return internal(`iSCSI node database error ${what} the record for ${iqn} at ${p.text}: ${lastLine(e.stderr)}`);
@@ -241,7 +242,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       const where = `iSCSI login to ${iqn} at ${p.text}`;
       switch (e.exitCode) {
         case ISCSI_ERR.LOGIN_AUTH_FAILED:
-          throw new CsiError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
+          throw new DomainError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
         case ISCSI_ERR.FATAL_LOGIN:
           throw failedPrecondition(`${where} was refused (non-retryable): the target does not exist or does not allow this node's initiator name (is the volume published to this node?)`);
         case ISCSI_ERR.TRANS:
@@ -473,7 +474,6 @@ const describe = (t: IscsiTarget) => `LUN ${t.lun} of ${t.iqn}`;
 
 const validate = validateTarget;
 
-const sameIqn = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
 
 function sessionAt(s: IscsiSessionInfo, p: Portal): boolean {
   return s.persistentPortal === p.text || s.currentPortal === p.text;
@@ -494,7 +494,7 @@ function lastLine(s: string): string {
 }
 
 /** The error to report when every portal failed: the one the user can act on first. */
-function worst(errors: CsiError[]): CsiError | undefined {
-  const rank = (e: CsiError) => (e.code === Code.PERMISSION_DENIED ? 0 : e.code === Code.FAILED_PRECONDITION ? 1 : e.code === Code.INTERNAL ? 2 : 3);
+function worst(errors: DomainError[]): DomainError | undefined {
+  const rank = (e: DomainError) => (e.code === Code.PERMISSION_DENIED ? 0 : e.code === Code.FAILED_PRECONDITION ? 1 : e.code === Code.INTERNAL ? 2 : 3);
   return [...errors].sort((a, b) => rank(a) - rank(b))[0];
 }

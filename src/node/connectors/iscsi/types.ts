@@ -1,8 +1,10 @@
 import type { ChapCredentials } from '../../../contracts/chap.js';
 import { isValidIqn } from '../../../contracts/nodeid.js';
-import { invalidArgument } from '../../../csi/errors.js';
+import { isLun, MAX_LUN, parsePortal, type Portal } from '../../../contracts/publish-context.js';
+import { invalidArgument } from '../../../errors/domain-error.js';
 
 export type { ChapCredentials } from '../../../contracts/chap.js';
+export { parsePortal, type Portal } from '../../../contracts/publish-context.js';
 
 /** Where a volume is: publish_context's iSCSI part (Cinder's connection_info). */
 export interface IscsiTarget {
@@ -50,44 +52,13 @@ export interface IscsiInitiator {
   disconnect(target: IscsiTarget): Promise<void>;
 }
 
-export interface Portal {
-  host: string;
-  port: number;
-  /** Canonical `host:port` / `[v6]:port`, as iscsiadm and libiscsi take it. */
-  text: string;
-}
-
-/** Parses `host`, `host:port`, `[v6]` or `[v6]:port`; throws on anything else. */
-export function parsePortal(raw: string): Portal {
-  const s = raw.trim();
-  let host: string;
-  let port = 3260;
-  let m: RegExpExecArray | null;
-  if ((m = /^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?$/.exec(s))) {
-    host = m[1]!;
-    if (m[2] !== undefined) port = Number(m[2]);
-    return checkPort({ host, port, text: `[${host}]:${port}` }, raw);
-  }
-  if ((m = /^([A-Za-z0-9][A-Za-z0-9.-]*)(?::(\d{1,5}))?$/.exec(s))) {
-    host = m[1]!;
-    if (m[2] !== undefined) port = Number(m[2]);
-    return checkPort({ host, port, text: `${host}:${port}` }, raw);
-  }
-  throw new Error(`portal "${raw}" is not host[:port] or [ipv6][:port]`);
-}
-
-function checkPort(p: Portal, raw: string): Portal {
-  if (p.port < 1 || p.port > 65535) throw new Error(`portal "${raw}" has an invalid port`);
-  return p;
-}
-
 /** Checks a target from publish_context before any host command sees it; INVALID_ARGUMENT naming what is wrong. */
 export function validateTarget(target: IscsiTarget): Portal[] {
   if (!isValidIqn(target.iqn)) throw invalidArgument(`target name "${target.iqn}" is not a valid iSCSI name`);
-  if (!Number.isInteger(target.lun) || target.lun < 0 || target.lun > 16383) throw invalidArgument(`LUN ${target.lun} is out of range`);
+  if (!isLun(target.lun)) throw invalidArgument(`LUN ${target.lun} is out of range (0 to ${MAX_LUN})`);
   if (target.portals.length === 0) throw invalidArgument('no iSCSI portal given');
   try {
-    return target.portals.map(parsePortal);
+    return target.portals.map((p) => parsePortal(p));
   } catch (e) {
     throw invalidArgument((e as Error).message);
   }

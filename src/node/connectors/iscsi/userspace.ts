@@ -1,12 +1,14 @@
 import { createHash } from 'node:crypto';
+import { LoopDevices } from '../../loop-device.js';
+import { maskSecrets } from '../../../exec/mask.js';
 import { promises as fs } from 'node:fs';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { chapSecrets } from '../../../contracts/chap.js';
 import { isValidIqn } from '../../../contracts/nodeid.js';
-import { CsiError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../csi/errors.js';
+import { DomainError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../errors/domain-error.js';
 import { KeyedLock } from '../../../csi/locks.js';
-import { ExecError, type DaemonSpawner, type Executor } from '../../../exec/run.js';
+import type { DaemonSpawner, Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
 import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
 
@@ -78,6 +80,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
   private readonly stopTimeoutMs: number;
   private readonly procRoot: string;
   private readonly sysfsRoot: string;
+  private readonly loops: LoopDevices;
   private readonly directIo: boolean;
 
   constructor(
@@ -89,6 +92,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     this.stopTimeoutMs = cfg.stopTimeoutMs ?? 10_000;
     this.procRoot = cfg.procRoot ?? '/proc';
     this.sysfsRoot = cfg.sysfsRoot ?? '/sys';
+    this.loops = new LoopDevices(exec, join(this.sysfsRoot, 'block'));
     this.directIo = cfg.directIo ?? true;
   }
 
@@ -125,7 +129,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
         } catch (e) {
           last = e;
           // A CHAP or ACL refusal will not get better on another portal of the same target.
-          if (e instanceof CsiError && (e.code === Code.PERMISSION_DENIED || e.code === Code.FAILED_PRECONDITION)) throw e;
+          if (e instanceof DomainError && (e.code === Code.PERMISSION_DENIED || e.code === Code.FAILED_PRECONDITION)) throw e;
           this.log?.warn({ portal: p.text, iqn: target.iqn, err: (e as Error).message }, 'user-space iSCSI login through this portal failed');
         }
       }
@@ -254,17 +258,14 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     }
   }
 
+  /** The loop device over the FUSE file: looked for and made under the host's one losetup lock. */
   private async attachLoop(dir: string): Promise<string> {
     const file = join(dir, 'mnt', 'disk');
-    const existing = await this.loopFor(file);
-    if (existing) return existing;
-    const args = ['--find', '--show'];
-    if (this.directIo) args.push('--direct-io=on');
-    args.push(file);
-    const r = await this.exec.run('losetup', args);
-    const dev = r.stdout.trim().split('\n').pop() ?? '';
-    if (!/^\/dev\/loop\d+$/.test(dev)) throw internal(`losetup printed "${dev}" instead of a loop device`);
-    return dev;
+    return this.loops.exclusive(async () => {
+      const existing = await this.loops.backedBy(file);
+      if (existing) return existing;
+      return this.loops.attachLocked(file, `attaching the iSCSI LUN's file as a loop device`, { directIo: this.directIo });
+    });
   }
 
   /** Waits for a pid file (ready), the daemon's exit, or the timeout. */
@@ -318,33 +319,12 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     return r.exitCode === 0;
   }
 
-  /** The file backing one loop device (`/dev/loopN`), from sysfs; undefined when it is not bound. */
-  private async backingFileOf(loop: string): Promise<string | undefined> {
-    try {
-      return (await fs.readFile(join(this.sysfsRoot, 'block', basename(loop), 'loop', 'backing_file'), 'utf8')).trim();
-    } catch {
-      return undefined;
-    }
+  private backingFileOf(loop: string): Promise<string | undefined> {
+    return this.loops.backingFile(loop);
   }
 
-  /** The loop device backed by `file`, from sysfs. */
-  private async loopFor(file: string): Promise<string | undefined> {
-    const block = join(this.sysfsRoot, 'block');
-    let names: string[];
-    try {
-      names = (await fs.readdir(block)).filter((n) => /^loop\d+$/.test(n));
-    } catch {
-      return undefined;
-    }
-    for (const n of names) {
-      try {
-        const back = (await fs.readFile(join(block, n, 'loop', 'backing_file'), 'utf8')).trim();
-        if (back === file) return `/dev/${n}`;
-      } catch {
-        // not bound
-      }
-    }
-    return undefined;
+  private loopFor(file: string): Promise<string | undefined> {
+    return this.loops.backedBy(file);
   }
 
   // --------------------------------------------------------------- teardown
@@ -360,9 +340,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     const loop = await this.loopFor(file);
     if (loop) {
       await this.exec.run('blockdev', ['--flushbufs', loop]).catch((e) => this.log?.warn({ loop, err: (e as Error).message }, 'flush before detach failed'));
-      await this.exec.run('losetup', ['--detach', loop]).catch((e) => {
-        if (!(e instanceof ExecError) || !/No such device|not a block device|No such device or address/i.test(e.stderr)) throw e;
-      });
+      await this.loops.detach(loop, `detaching ${loop}`);
       // A device still open (mounted, or briefly by udev's probe) is only marked for auto-clear; do not pull the file from under it.
       // Watch that one device (a udev probe ends within milliseconds), then check no other device took the file.
       const deadline = Date.now() + this.stopTimeoutMs;
@@ -445,11 +423,7 @@ function qemuOpt(v: string): string {
   return v.replace(/,/g, ',,');
 }
 
-function mask(s: string, secrets: string[]): string {
-  let out = s;
-  for (const x of secrets) if (x) out = out.split(x).join('***');
-  return out;
-}
+const mask = maskSecrets;
 
 async function readPid(file: string): Promise<number | undefined> {
   try {
@@ -483,14 +457,14 @@ async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
  * "Authorization failure(514)", "Target not found(515)" (tgt's answer to an
  * initiator that is not in the ACL), …
  */
-export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): CsiError {
+export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): DomainError {
   const detail = (text.trim().split('\n').filter(Boolean).pop() ?? '').replace(/^qemu-nbd:\s*/, '').slice(0, 300);
   const where = `iSCSI login to ${target.iqn} at ${p.text} as ${initiator}`;
   // libiscsi's login status, e.g. "Failed to log in to target. Status: Authentication failure(513)".
   const status = /Status:\s*([A-Za-z ]+?)\s*\((\d+)\)/.exec(text);
   const code = status ? Number(status[2]) : undefined;
   if (code === 0x0201 || /Authentication failure/i.test(status?.[1] ?? '')) {
-    return new CsiError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
+    return new DomainError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
   }
   if (code === 0x0202 || code === 0x0203 || code === 0x0204) {
     return failedPrecondition(`${where} was refused (${status![1]!.trim()}): the target does not exist or does not allow this initiator (is the volume published to this node?)`);

@@ -1,0 +1,32 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+/**
+ * What the caller of the RPC in progress allows: its deadline and whether it
+ * gave up. Carried implicitly so a lock wait deep in a backend can honour it
+ * without every layer passing it along. Host commands already running are
+ * never killed on it (a half-made filesystem is worse than a late answer);
+ * it only stops work that has not started.
+ */
+export interface CallContext {
+  /** Epoch ms; Infinity when the caller set none. */
+  deadline: number;
+  signal: AbortSignal;
+}
+
+const storage = new AsyncLocalStorage<CallContext>();
+
+export function runInCall<T>(ctx: CallContext, fn: () => T): T {
+  return storage.run(ctx, fn);
+}
+
+export function currentCall(): CallContext | undefined {
+  return storage.getStore();
+}
+
+/** Why the current call must not start more work, or undefined while it may. */
+export function callStopped(ctx = currentCall()): 'deadline' | 'cancelled' | undefined {
+  if (!ctx) return undefined;
+  if (Date.now() >= ctx.deadline) return 'deadline';
+  if (ctx.signal.aborted) return 'cancelled';
+  return undefined;
+}

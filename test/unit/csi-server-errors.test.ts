@@ -1,0 +1,86 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { csiClient, type CsiClient } from '../../src/csi/client.js';
+import { KeyedLock } from '../../src/csi/locks.js';
+import { CsiServer } from '../../src/csi/server.js';
+import { DomainError, notFound } from '../../src/errors/domain-error.js';
+
+/** The one place domain errors become gRPC statuses, seen from a real gRPC client. */
+describe('domain errors over gRPC', () => {
+  let dir: string;
+  let server: CsiServer;
+  let client: CsiClient;
+  const lines: Record<string, unknown>[] = [];
+  const lock = new KeyedLock();
+  let release!: () => void;
+  let ran = 0;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'sinter-errors-'));
+    const sink = new Writable({
+      write(chunk: Buffer, _e, cb) {
+        for (const l of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(l) as Record<string, unknown>);
+        cb();
+      },
+    });
+    server = new CsiServer(
+      {
+        identity: {
+          GetPluginInfo: async () => {
+            throw new Error("ENOENT: no such file or directory, open '/var/lib/sinter/secret-dir/volumes/x.json'");
+          },
+          Probe: async () => {
+            throw notFound('volume_id: volume "v1" does not exist');
+          },
+          GetPluginCapabilities: () => lock.run('busy', async () => {
+            ran++;
+            return { capabilities: [] };
+          }),
+        },
+      },
+      pino({ level: 'info' }, sink),
+    );
+    const addr = await server.listen(`unix://${join(dir, 'csi.sock')}`);
+    client = csiClient(addr);
+  });
+  afterAll(async () => {
+    client?.close();
+    await server?.shutdown(100);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a domain error keeps its code and message', async () => {
+    await expect(client.identity.Probe!({})).rejects.toMatchObject({ code: 5, details: 'volume_id: volume "v1" does not exist' });
+  });
+
+  it('an unexpected error is INTERNAL with a short ref and no host path; the log has the whole error under that ref', async () => {
+    const err = (await client.identity.GetPluginInfo!({}).catch((e: unknown) => e)) as { code: number; details: string };
+    expect(err.code).toBe(13);
+    expect(err.details).not.toMatch(/\/var\/lib|ENOENT/);
+    const ref = /\(ref ([0-9a-f]{8})\)/.exec(err.details)?.[1];
+    expect(ref).toBeDefined();
+    const line = lines.find((l) => l.ref === ref);
+    expect(line).toMatchObject({ rpc: 'Identity.GetPluginInfo', code: 'INTERNAL', err: expect.stringContaining('/var/lib/sinter/secret-dir') });
+  });
+
+  it("a call whose deadline passes while it waits for a lock is DEADLINE_EXCEEDED and does no work", async () => {
+    const holder = lock.run('busy', () => new Promise<void>((r) => (release = r)));
+    await expect(client.identity.GetPluginCapabilities!({}, { deadlineMs: 200 })).rejects.toMatchObject({ code: 4 });
+    await new Promise((r) => setTimeout(r, 100)); // the server's own deadline timer fires too
+    release();
+    await holder;
+    await new Promise((r) => setTimeout(r, 20));
+    expect(ran).toBe(0);
+    expect(lines.some((l) => l.rpc === 'Identity.GetPluginCapabilities' && l.code === 'DEADLINE_EXCEEDED')).toBe(true);
+    expect(await client.identity.GetPluginCapabilities!({})).toMatchObject({ capabilities: [] });
+    expect(ran).toBe(1);
+  });
+
+  it('DomainError carries a transport-free code', () => {
+    expect(new DomainError('aborted', 'x').code).toBe('aborted');
+  });
+});
