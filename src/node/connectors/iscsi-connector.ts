@@ -182,15 +182,6 @@ export class IscsiConnector implements Connector {
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const c = asIscsi(ctx);
     const ini = await this.get();
-    if (ini instanceof UserspaceIscsiInitiator) {
-      // A dead daemon leaves the loop device and the FUSE mount in place, so find() still sees the device; the pids tell.
-      const chain = await ini.chainHealth(targetOf(c)).catch(() => undefined);
-      const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
-      if (chain && !chain.qemuNbd)
-        return { abnormal: true, attached: true, message: `the user-space iSCSI session to ${c.iqn} LUN ${c.lun} at ${chain.portal} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's iSCSI state directory); ${restage}` };
-      if (chain && !chain.nbdfuse)
-        return { abnormal: true, attached: true, message: `the user-space iSCSI attachment of ${c.iqn} LUN ${c.lun} is broken (its nbdfuse process exited, the FUSE file behind the loop device is gone); ${restage}` };
-    }
     let found: string | undefined;
     let down: string[] = [];
     let sessionCount = 0;
@@ -201,6 +192,21 @@ export class IscsiConnector implements Connector {
       down = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN').map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}`);
     } else {
       found = await this.find(ctx).catch(() => undefined);
+    }
+    if (ini instanceof UserspaceIscsiInitiator) {
+      // A dead daemon leaves the loop device and the FUSE mount in place, so find() may still see the device; the pids tell.
+      // Read after find(): a daemon caught mid-exit by find() is seen dead here, and its death named, not a vanished session.
+      let chain = await ini.chainHealth(targetOf(c)).catch(() => undefined);
+      // The device gone while both daemons still look alive: one is exiting (its /proc entry outlives its FUSE mount briefly). Look once more.
+      if (!found && chain?.qemuNbd && chain.nbdfuse) {
+        await new Promise((r) => setTimeout(r, 200));
+        chain = await ini.chainHealth(targetOf(c)).catch(() => undefined);
+      }
+      const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
+      if (chain && !chain.qemuNbd)
+        return { abnormal: true, attached: true, message: `the user-space iSCSI session to ${c.iqn} LUN ${c.lun} at ${chain.portal} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's iSCSI state directory); ${restage}` };
+      if (chain && !chain.nbdfuse)
+        return { abnormal: true, attached: true, message: `the user-space iSCSI attachment of ${c.iqn} LUN ${c.lun} is broken (its nbdfuse process exited, the FUSE file behind the loop device is gone); ${restage}` };
     }
     if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${c.iqn} LUN ${c.lun} any more` };
     if (sessionCount > 0 && down.length === sessionCount)
