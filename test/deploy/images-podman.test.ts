@@ -183,6 +183,8 @@ describe('container images built with podman (--isolation chroot) from a local d
     }
     expect(configs.controller.Cmd).toEqual(['controller']);
     expect(configs.node.Cmd).toEqual(['node']);
+    // /app holds what the runtime stage copies and nothing else of the checkout (.dockerignore as podman reads it).
+    for (const role of ['controller', 'node'] as const) expect(readdirSync(join(roots[role], 'app')).sort(), role).toEqual(['dist', 'healthcheck.mjs', 'node_modules', 'package-lock.json', 'package.json', 'proto']);
     // Production dependencies only, and the Node.js the project runs on.
     expect(existsSync(join(roots.controller, 'app/node_modules/@grpc/grpc-js'))).toBe(true);
     expect(existsSync(join(roots.controller, 'app/node_modules/typescript'))).toBe(false);
