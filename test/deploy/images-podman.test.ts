@@ -109,6 +109,18 @@ async function resolveIn(root: string, c: ImageConfig, commands: string[]): Prom
   return new Map(out.trim().split('\n').map((l) => [l.split(' ')[0]!, l.split(' ').slice(1).join(' ')] as [string, string]));
 }
 
+/** A process and all its descendants, parents first (from /proc/PID/task/TID/children). */
+function processTree(pid: number): number[] {
+  const kids = (() => {
+    try {
+      return readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+    } catch {
+      return [];
+    }
+  })();
+  return [pid, ...kids.flatMap(processTree)];
+}
+
 function mountsUnder(dir: string): string[] {
   return readFileSync('/proc/self/mounts', 'utf8')
     .split('\n')
@@ -137,7 +149,7 @@ describe('container images built with podman (--isolation chroot) from a local d
     // own work, and removing the storage took 40-80 s; a tmpfs is gone with one umount.
     tmpfs = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${TMPFS_SIZE},mode=0700`, 'sinter-images', work]).status === 0;
     for (const d of ['storage', 'run', 'tmp']) mkdirSync(join(work, d));
-    // podman's own storage for this run only (default driver: overlay where the kernel has it).
+    // podman's own storage and state for this run only; overlay storage (SINTER_PODMAN_DRIVER=vfs where the kernel lacks overlayfs).
     writeFileSync(join(work, 'storage.conf'), `[storage]\ndriver = "${process.env.SINTER_PODMAN_DRIVER ?? 'overlay'}"\ngraphroot = "${work}/storage"\nrunroot = "${work}/run"\n`);
     writeFileSync(join(work, 'containers.conf'), `[engine]\ntmp_dir = "${work}/tmp"\nevents_logger = "none"\ncgroup_manager = "cgroupfs"\n`);
     env = { ...process.env, CONTAINERS_STORAGE_CONF: join(work, 'storage.conf'), CONTAINERS_CONF: join(work, 'containers.conf'), TMPDIR: join(work, 'tmp') };
@@ -162,12 +174,12 @@ describe('container images built with podman (--isolation chroot) from a local d
   afterAll(async () => {
     if (!work) return;
     await podman(['image', 'unmount', '--all']).catch(() => undefined);
-    // The storage is this run's alone: removing its directory removes every image and layer
-    // (`podman rmi --all` does the same file by file, and took 40 s more). Nothing of this run
-    // may stay mounted; what podman did not release is ours to unmount first.
+    // The storage is this run's alone, on its own tmpfs: unmounting it removes every image and
+    // layer at once. Nothing of this run may stay mounted; what podman did not release (image
+    // mounts, its overlay bookkeeping) is ours to unmount first.
     if (tmpfs) timings.push(`storage peak ${spawnSync('df', ['--output=used', '-h', work], { encoding: 'utf8' }).stdout.split('\n')[1]?.trim()}`);
     for (const m of mountsUnder(work).reverse()) if (m !== work) spawnSync('umount', ['-l', m]);
-    if (tmpfs) spawnSync('umount', [work]);
+    if (tmpfs && spawnSync('umount', [work]).status !== 0) spawnSync('umount', ['-l', work]);
     await timed('cleanup', () => run('rm', ['-rf', '--one-file-system', work], { timeoutMs: 300_000 }));
     console.log(`images-podman: ${timings.join(', ')}${tmpfs ? '' : ' (storage on disk: no tmpfs)'}`);
     expect(mountsUnder(work)).toEqual([]);
@@ -213,7 +225,7 @@ describe('container images built with podman (--isolation chroot) from a local d
       expect(probe?.ready?.value, `no Probe answer; sinter: ${logs}`).toBe(true);
       expect((await client.identity.GetPluginInfo({})).name).toBe('sinter.csi.io');
       // tini (PID of the chroot'ed entrypoint) runs node as its child: both as 65532, nothing else.
-      const pids = [child.pid!, ...readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)];
+      const pids = processTree(child.pid!);
       expect(pids).toHaveLength(2);
       for (const pid of pids) {
         const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -231,7 +243,8 @@ describe('container images built with podman (--isolation chroot) from a local d
       expect(await exited, logs).toBe(0);
     } finally {
       client.close();
-      if (child.exitCode === null) child.kill('SIGKILL');
+      // tini cannot pass on a SIGKILL: take its child with it, or the tmpfs stays busy.
+      if (child.exitCode === null) for (const pid of processTree(child.pid!)) process.kill(pid, 'SIGKILL');
     }
   }, 120_000);
 
