@@ -11,6 +11,7 @@ export const PARAMETER_DOCS: Record<string, string> = {
   backend: 'pin the volume to one named backend',
   fsType: 'filesystem made on first stage: ext4 (default), xfs or btrfs',
   mkfsOptions: 'extra mkfs arguments, space-separated, letters/digits/=,.:_- only',
+  encrypted: '"true": LUKS2 on the node, passphrase from the node-stage secret key encryptionPassphrase (default "false")',
 };
 
 export interface VolumeParameters {
@@ -18,6 +19,7 @@ export interface VolumeParameters {
   backend?: string;
   fsType?: FsType;
   mkfsOptions?: string;
+  encrypted?: boolean;
   /** Everything the CO sent, minus the sidecars' keys: compared for name idempotency. */
   own: Record<string, string>;
 }
@@ -43,6 +45,10 @@ export function parseParameters(params: Record<string, string> | undefined, fiel
       case 'mkfsOptions':
         if (!MKFS_OPTIONS_RE.test(v)) throw invalidArgument(`${field}.mkfsOptions may hold only letters, digits, spaces and =,.:_- (at most 256 characters)`);
         out.mkfsOptions = v;
+        break;
+      case 'encrypted':
+        if (v !== 'true' && v !== 'false') throw invalidArgument(`${field}.encrypted must be "true" or "false", not "${v.slice(0, 16)}"`);
+        out.encrypted = v === 'true';
         break;
       default:
         throw invalidArgument(`${field}: unknown key "${k.slice(0, 64)}" (known: ${Object.keys(PARAMETER_DOCS).join(', ')})`);

@@ -52,6 +52,7 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
     const ctx: Record<string, string> = { backend: v.backend };
     if (v.parameters.fsType) ctx.fsType = v.parameters.fsType;
     if (v.parameters.mkfsOptions) ctx.mkfsOptions = v.parameters.mkfsOptions;
+    if (v.parameters.encrypted === 'true') ctx.encrypted = 'true';
     return ctx;
   };
 

@@ -43,6 +43,16 @@ export async function deviceMajMin(path: string): Promise<string | undefined> {
   }
 }
 
+/**
+ * The device the volume's data is seen through: the dm-crypt mapping of an
+ * encrypted volume, else the connector's device. Mounts and binds show this
+ * one; the connector's device is only attached, detached and rescanned.
+ */
+export function volumeDevice(rec: Pick<StageRecord, 'device' | 'mapper'>): string | undefined {
+  if (!rec.device) return undefined;
+  return rec.mapper ? `/dev/mapper/${rec.mapper}` : rec.device;
+}
+
 /** Block access stages the device as a file inside the staging directory, named after the volume. */
 export function blockStagingFile(stagingPath: string, volumeId: string): string {
   return posix.join(stagingPath, volumeId);
