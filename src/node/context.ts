@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { KeyedLock } from '../csi/locks.js';
 import type { Executor } from '../exec/run.js';
 import type { Connectors } from './connectors/connector.js';
+import type { LuksPbkdf } from './encryption.js';
 import type { MountEntry, Mounter, MountSnapshot } from './mount.js';
 import type { KubeletPaths } from './paths.js';
 import type { ReadOnlyBlock } from './readonly-block.js';
@@ -27,6 +28,8 @@ export interface NodeDeps {
   /** sysfs and /dev as the SAN connectors see them (node config sysfsRoot, devRoot); default /sys and /dev. */
   sysfsRoot?: string;
   devRoot?: string;
+  /** Key-derivation cost of new LUKS headers; unset: cryptsetup's defaults. */
+  luksPbkdf?: LuksPbkdf;
 }
 
 /** "major:minor" of a device node, as /proc/self/mountinfo writes it; undefined if path is not a block device. */

@@ -60,9 +60,22 @@ export function mapperName(volumeId: string): string {
 
 export const mapperPath = (name: string) => `/dev/mapper/${name}`;
 
+/**
+ * Key-derivation cost of new LUKS headers (cryptsetup --iter-time,
+ * --pbkdf-memory). Unset: cryptsetup's defaults (argon2id, ~2 s and up to
+ * 1 GiB per unlock on the node that formats). Lower only where unlocking time
+ * matters more than resistance to guessing: a slow test kernel, a node
+ * plugin with a small memory limit.
+ */
+export interface LuksPbkdf {
+  iterTimeMs?: number;
+  memoryKiB?: number;
+}
+
 export interface EncryptionDeps {
   exec: Executor;
   log: Logger;
+  luksPbkdf?: LuksPbkdf;
 }
 
 // cryptsetup's exit codes (cryptsetup(8) RETURN CODES).
@@ -131,7 +144,11 @@ export async function openEncrypted(
         `encrypted volume ${volumeId} has no LUKS header yet and is staged read-only; sinter only formats a volume staged writable: stage it once with a writable mode first`,
       );
     d.log.info({ volume_id: volumeId, device }, 'writing a LUKS header on blank volume');
-    await cryptsetup(volumeId, `writing a LUKS header on ${device}`, d.exec, ['luksFormat', '--batch-mode', '--type', 'luks2', '--key-file=-', device], req.encryption, 10 * 60_000);
+    const cost = [
+      ...(d.luksPbkdf?.iterTimeMs ? ['--iter-time', String(d.luksPbkdf.iterTimeMs)] : []),
+      ...(d.luksPbkdf?.memoryKiB ? ['--pbkdf-memory', String(d.luksPbkdf.memoryKiB)] : []),
+    ];
+    await cryptsetup(volumeId, `writing a LUKS header on ${device}`, d.exec, ['luksFormat', '--batch-mode', '--type', 'luks2', ...cost, '--key-file=-', device], req.encryption, 10 * 60_000);
   }
 
   // --disable-keyring keeps the volume key in the dm table rather than the

@@ -136,6 +136,12 @@ describe('opening an encrypted volume', () => {
     for (const c of exec.calls) expect(c.line).not.toContain(PASS);
   });
 
+  it('the key-derivation cost, when configured, goes to luksFormat (cryptsetup\'s defaults otherwise)', async () => {
+    const exec = host(exit(2));
+    await openEncrypted({ exec, log, luksPbkdf: { iterTimeMs: 50, memoryKiB: 32768 } }, req(devA));
+    expect(exec.calls[2]!.args).toEqual(['luksFormat', '--batch-mode', '--type', 'luks2', '--iter-time', '50', '--pbkdf-memory', '32768', '--key-file=-', devA]);
+  });
+
   it('a device with a LUKS header is opened, never formatted', async () => {
     const exec = host(ok('TYPE=crypto_LUKS\nVERSION=2\nUUID=0b3c\n'));
     await openEncrypted({ exec, log }, req(devA));
