@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the VM test guest: Debian bookworm (minbase) with the kernel and the
 # storage tools sinter drives, as a sparse ext4 root image, plus the kernel and
-# a small busybox initrd that boots it straight into test/vm/guest-init.sh.
+# a small busybox initrd that boots it straight into test/vm/guest-init.sh
+# (which the harness passes in at every boot: it is not part of the image).
 #
 #   build-guest.sh OUTDIR
 #
@@ -81,10 +82,10 @@ printf '127.0.0.1 localhost\n127.0.1.1 sinter-vm\n' >"$root/etc/hosts"
 mkdir -p "$root/etc/iscsi"
 echo "InitiatorName=iqn.2005-03.org.open-iscsi:sinter-vm" >"$root/etc/iscsi/initiatorname.iscsi"
 rm -f "$root/usr/sbin/policy-rc.d"
-install -m 0755 "$here/guest-init.sh" "$root/sbin/sinter-guest-init"
 
 # The initrd: busybox, the modules to reach the root disk and the 9p shares,
-# and an /init that mounts the root and switches to sinter-guest-init.
+# and an /init that mounts the root and the control share and runs the
+# guest-init.sh the host put there.
 initrd=$work/initrd
 mkdir -p "$initrd"/{bin,dev,proc,sys,newroot,modules}
 cp "$root/bin/busybox" "$initrd/bin/busybox"

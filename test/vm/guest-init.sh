@@ -1,7 +1,8 @@
 #!/bin/sh
-# PID 1 of the VM test guest (installed as /sbin/sinter-guest-init). The host
-# (test/vm/harness.mjs) put the run's settings in /run/sinter-ctl/env and the
-# command in /run/sinter-ctl/cmd.sh: mount the shares, start udev (and D-Bus),
+# PID 1 of the VM test guest, run by the initrd from the control share (the
+# host copies this file there at every boot). The host (test/vm/harness.mjs)
+# put the run's settings in /run/sinter-ctl/env and the command in
+# /run/sinter-ctl/cmd.sh: mount the shares, start udev (and D-Bus),
 # run the command with its output on the second serial port, write its exit
 # status to /run/sinter-ctl/status and power off. Never returns.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -12,7 +13,7 @@ out=/dev/ttyS1
 halt() {
   sync
   # qemu runs with -no-reboot: a reboot ends it at once.
-  reboot -f
+  busybox reboot -f
   echo b >/proc/sysrq-trigger
   sleep 600
 }
@@ -62,8 +63,12 @@ udevadm settle --timeout=30 >/dev/null 2>&1
 read -r up _ </proc/uptime
 echo "sinter-vm: ready after ${up}s" >"$out"
 cd "${SINTER_VM_CWD:-/}" || cd /
-sh "$ctl/cmd.sh" >"$out" 2>&1 </dev/null
-echo $? >"$ctl/status"
+# Through a pipe, not straight to the serial tty: programs see what they would
+# in CI (no terminal), and the status comes from the command, not from cat.
+{
+  sh "$ctl/cmd.sh" </dev/null 2>&1
+  echo $? >"$ctl/status"
+} | cat >"$out"
 sync
 for m in $(awk '$3 == "9p" && $2 != "/run/sinter-ctl" {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
 halt

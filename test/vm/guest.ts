@@ -29,7 +29,9 @@ export class Iscsid {
 
   static async start(): Promise<Iscsid> {
     await execa('modprobe', ['iscsi_tcp']);
-    const proc = execa('iscsid', ['-f'], { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', cleanup: true });
+    // Its own process group: iscsid's shutdown sends SIGTERM to its whole group
+    // (kill(0, SIGTERM) in open-iscsi's iscsid), which would otherwise be vitest's.
+    const proc = execa('iscsid', ['-f'], { reject: false, stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', cleanup: true, detached: true });
     const d = new Iscsid(proc);
     const until = Date.now() + 20_000;
     // iscsiadm answers 21 (no sessions) once iscsid listens; 20 while it does not.

@@ -8,14 +8,15 @@
 // it without a TypeScript step: `node test/vm/run.mjs -- uname -a`.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const VM_DIR = dirname(fileURLToPath(import.meta.url));
 export const CHECKOUT = join(VM_DIR, '..', '..');
-const RECIPE_FILES = ['build-guest.sh', 'initrd-init.sh', 'guest-init.sh'];
+// guest-init.sh is not among them: it is copied into each run's control share.
+const RECIPE_FILES = ['build-guest.sh', 'initrd-init.sh'];
 
 /** Where guests are cached: one directory per recipe hash. */
 export function cacheRoot() {
@@ -121,6 +122,7 @@ export async function runInGuest(opts) {
     );
     writeFileSync(join(ctl, 'shares'), shares.map((s) => `${s.tag} ${s.guestPath} cache=${s.cache}${s.readonly ? ',ro' : ''}\n`).join(''));
     writeFileSync(join(ctl, 'cmd.sh'), opts.command + '\n');
+    copyFileSync(join(VM_DIR, 'guest-init.sh'), join(ctl, 'guest-init.sh'));
 
     const disks = (opts.scratchDisks ?? []).map((sizeMb, i) => {
       const f = join(tmp, `scratch${i}.img`);
