@@ -93,6 +93,7 @@ CMD ["controller"]
 #   libiscsi-bin, qemu-utils, qemu-block-extra, libnbd-bin, fuse3
 #                         the user-space initiator: qemu-nbd on iscsi://, nbdfuse, fusermount3
 #   multipath-tools       multipath -f, multipathd resize map (multipathed iSCSI / FC)
+#   cryptsetup-bin        LUKS2 for encrypted volumes (luksFormat, open, close, resize)
 #   kmod                  modprobe loop / iscsi_tcp
 # test/deploy/images-podman.test.ts finds every command src/node runs through
 # src/exec and checks that each one resolves in this image's PATH.
@@ -100,7 +101,7 @@ FROM runtime AS node
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       util-linux mount e2fsprogs xfsprogs btrfs-progs \
-      open-iscsi multipath-tools \
+      open-iscsi multipath-tools cryptsetup-bin \
       libiscsi-bin qemu-utils qemu-block-extra libnbd-bin fuse3 \
       kmod \
  && rm -rf /var/lib/apt/lists/*

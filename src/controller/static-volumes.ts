@@ -25,7 +25,7 @@ import type { UnpublishOptions, VolumeManager } from './volumes.js';
  *   volumeAttributes:
  *     transport: fc                    wwns: target port WWNs (comma list), lun
  *     transport: iscsi                 portals (comma list of host[:port]), iqn, lun
- *     fsType, mkfsOptions              optional, as in a StorageClass
+ *     fsType, mkfsOptions, encrypted   optional, as in a StorageClass
  *
  * No backend holds them. ControllerPublishVolume validates the attributes
  * (the CO sends them as volume_context), records the publish and returns them
@@ -54,7 +54,7 @@ export interface StaticAttributes {
   mkfsOptions?: string;
 }
 
-const COMMON_KEYS = ['transport', 'lun', 'fsType', 'mkfsOptions'];
+const COMMON_KEYS = ['transport', 'lun', 'fsType', 'mkfsOptions', 'encrypted'];
 const TRANSPORT_KEYS: Record<'fc' | 'iscsi', string[]> = { fc: ['wwns'], iscsi: ['portals', 'iqn'] };
 /** Keys Kubernetes itself may add to volume attributes; they pass through. */
 const PASS_PREFIXES = [K8S_PREFIX, 'storage.kubernetes.io/'];
@@ -131,6 +131,8 @@ export function parseStaticAttributes(raw: Record<string, string> | undefined): 
     if (!MKFS_OPTIONS_RE.test(a.mkfsOptions)) throw invalidArgument(`${field('mkfsOptions')} may hold only letters, digits, spaces and =,.:_- (at most 256 characters)`);
     out.mkfsOptions = a.mkfsOptions;
   }
+  if (a.encrypted !== undefined && a.encrypted !== '' && a.encrypted !== 'true' && a.encrypted !== 'false')
+    throw invalidArgument(`${field('encrypted')} must be "true" or "false", not ${shown(a.encrypted, 16)}`);
   return out;
 }
 

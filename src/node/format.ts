@@ -103,6 +103,10 @@ export function decideFormat(p: Probe, device: string, fsType: FsType): boolean 
       return true;
     case 'filesystem':
       if (p.type === fsType) return false;
+      if (p.type === 'crypto_LUKS')
+        throw failedPrecondition(
+          `the volume's device ${device} holds a LUKS header (an encrypted volume); sinter never formats over one: stage it with volume_context encrypted "true" (StorageClass parameter encrypted) and its passphrase`,
+        );
       throw failedPrecondition(
         `the volume's device ${device} already holds a ${p.type} filesystem, not the requested ${fsType}; sinter never reformats a device: ask for fs_type ${p.type}, or wipe the volume yourself`,
       );

@@ -28,6 +28,12 @@ export interface StageRecord {
   /** The decoded connection (publish_context); never secrets. */
   publishContext: Record<string, string>;
   device?: string;
+  /**
+   * Encrypted volumes (volume_context encrypted: "true"): the dm-crypt
+   * mapping's name, recorded before it is opened; the filesystem or block
+   * volume is /dev/mapper/<mapper>, over `device`.
+   */
+  mapper?: string;
   /** staging: in progress; staged: done; unstaging: being torn down; error: last attempt failed (see lastError). */
   phase: 'staging' | 'staged' | 'unstaging' | 'error';
   lastError?: string;
