@@ -63,15 +63,22 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
   if (existing) {
     if (!(await isOurs(snap, rec, req.stagingResolved, existing, entry)))
       throw alreadyExists(`target_path ${req.targetPath} already has another volume mounted (${describeMount(existing)})`);
-    if (isReadOnly(existing) !== readonly)
-      throw alreadyExists(
-        `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
-      );
-    if (!rec.publishes.includes(entry)) {
-      rec.publishes.push(entry);
-      await d.state.put(rec);
+    // A read-only publish cut short between its bind and its read-only remount (a crash) left a
+    // read-write bind that the record already calls read-only: the kubelet never heard it succeed,
+    // so no pod uses it. Take the bind down and publish again; anything else keeps its mode.
+    const unfinished = readonly && !isReadOnly(existing) && rec.publishes.includes(entry) && entry.readonly;
+    if (unfinished) await d.mounter.umount(req.targetResolved);
+    else {
+      if (isReadOnly(existing) !== readonly)
+        throw alreadyExists(
+          `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
+        );
+      if (!rec.publishes.includes(entry)) {
+        rec.publishes.push(entry);
+        await d.state.put(rec);
+      }
+      return;
     }
-    return;
   }
 
   await doing(`preparing target_path ${req.targetPath}`, async () => {
