@@ -10,6 +10,7 @@ import { DomainError, Code, failedPrecondition, internal, invalidArgument, unava
 import { KeyedLock } from '../../../csi/locks.js';
 import type { DaemonSpawner, Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
+import { poll } from '../../../util/poll.js';
 import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
 
 /**
@@ -70,8 +71,6 @@ interface AttachmentRecord {
   initiatorName: string;
   createdAt: string;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class UserspaceIscsiInitiator implements IscsiInitiator {
   readonly kind = 'userspace' as const;
@@ -272,16 +271,16 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
   private async waitReady(pidFile: string, exited: Promise<unknown>, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
     let gone = false;
     void exited.then(() => (gone = true));
-    const deadline = Date.now() + timeoutMs;
     // A local login takes tens of milliseconds: look often at first (a pid file is one small read), back off to 100 ms.
-    let delay = 5;
-    while (Date.now() < deadline) {
-      if (await readPid(pidFile)) return 'ready';
-      if (gone) return (await readPid(pidFile)) ? 'ready' : 'exited';
-      await sleep(delay);
-      delay = Math.min(delay * 1.5, 100);
-    }
-    return 'timeout';
+    const r = await poll<'ready' | 'exited'>(
+      async () => {
+        if (await readPid(pidFile)) return 'ready';
+        if (gone) return (await readPid(pidFile)) ? 'ready' : 'exited';
+        return undefined;
+      },
+      { initialMs: 5, maxMs: 100, factor: 1.5, timeoutMs },
+    );
+    return r ?? 'timeout';
   }
 
   // ---------------------------------------------------------------- inspect
@@ -343,27 +342,23 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
       await this.loops.detach(loop, `detaching ${loop}`);
       // A device still open (mounted, or briefly by udev's probe) is only marked for auto-clear; do not pull the file from under it.
       // Watch that one device (a udev probe ends within milliseconds), then check no other device took the file.
-      const deadline = Date.now() + this.stopTimeoutMs;
-      let delay = 5;
-      while ((await this.backingFileOf(loop)) === file && Date.now() < deadline) {
-        await sleep(delay);
-        delay = Math.min(delay * 1.5, 100);
-      }
+      await poll(async () => ((await this.backingFileOf(loop)) === file ? undefined : true), { initialMs: 5, maxMs: 100, factor: 1.5, timeoutMs: this.stopTimeoutMs });
       if (await this.loopFor(file)) throw failedPrecondition(`${loop} is still in use (mounted or open); unmount it before detaching the iSCSI volume`);
     }
     // Unmount straight away; only a refusal is worth asking whether anything is mounted there.
     const mnt = join(dir, 'mnt');
-    let done = false;
-    for (let i = 0; i < 20 && !done; i++) {
-      try {
-        await this.exec.run('fusermount3', ['-u', mnt]);
-        done = true;
-      } catch (e) {
-        if (!(await this.isMounted(mnt))) done = true;
-        else await sleep(100);
-        if (i === 19 && !done) throw e;
-      }
-    }
+    let refused: unknown;
+    await poll(
+      async () => {
+        try {
+          await this.exec.run('fusermount3', ['-u', mnt]);
+        } catch (e) {
+          if (await this.isMounted(mnt)) throw (refused = e);
+        }
+        return true;
+      },
+      { initialMs: 100, maxMs: 100, factor: 1, maxAttempts: 20, retryOn: (e) => e === refused },
+    );
     const fusePid = await this.livePid(join(dir, 'nbdfuse.pid'), dir);
     if (fusePid) await this.stopPid(fusePid, dir, 2000);
     const qemuPid = await this.livePid(join(dir, 'qemu-nbd.pid'), dir);
@@ -389,16 +384,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
       }
     };
     // These exit within milliseconds when they exit at all: poll often at first, back off to 50 ms.
-    const waitGone = async (ms: number) => {
-      const deadline = Date.now() + ms;
-      let delay = 2;
-      while (Date.now() < deadline) {
-        if (!(await alive())) return true;
-        await sleep(delay);
-        delay = Math.min(delay * 1.5, 50);
-      }
-      return !(await alive());
-    };
+    const waitGone = async (ms: number) => (await poll(async () => ((await alive()) ? undefined : true), { initialMs: 2, maxMs: 50, factor: 1.5, timeoutMs: ms })) ?? false;
     if (waitFirstMs > 0 && (await waitGone(waitFirstMs))) return;
     if (!(await alive())) return;
     signal(pid, 'SIGTERM');
