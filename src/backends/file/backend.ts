@@ -25,7 +25,7 @@ import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import { Code, DomainError } from '../../errors/domain-error.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
-import { TgtTargetHelper } from '../targets/tgt.js';
+import { createTargetHelper } from '../targets/create.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
 import { isSnapshotRecord, isVolumeRecord } from './records.js';
 
@@ -62,11 +62,7 @@ export class FileBackend implements Backend {
     private readonly log: Logger,
   ) {
     if (cfg.export === 'iscsi' && cfg.iscsi) {
-      const helper = new TgtTargetHelper(
-        { controlPort: cfg.iscsi.controlPort, iqnPrefix: cfg.iscsi.iqnPrefix, writeCache: cfg.iscsi.writeCache, blockSize: cfg.iscsi.blockSize },
-        exec,
-        log,
-      );
+      const helper = createTargetHelper(cfg.iscsi, exec, log);
       this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
       this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
     }

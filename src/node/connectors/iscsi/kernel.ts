@@ -9,7 +9,11 @@ import { ScsiDisks } from '../scsi.js';
 import { KERNEL_NAME_RE, SysfsTree } from '../sysfs.js';
 import { poll, realClock, type Clock } from '../../../util/poll.js';
 import { ISCSI_ERR, parseSessionTree, type IscsiSessionInfo } from './iscsiadm-parse.js';
-import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
+import { validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiConnectOptions, type IscsiHealth, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
+
+/** attached()'s `source` of a kernel LUN, and its inverse. */
+const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
+const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
 
 export interface KernelInitiatorConfig {
   /** Where sysfs is (`/sys`; a fake tree in tests). */
@@ -439,6 +443,34 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       if (paths.length === 0) throw failedPrecondition(`${what} has no device on this node to rescan; stage it again`);
       await this.multipath.growLun(maps[0], paths, what);
     });
+  }
+
+  /** The kernel initiator grows online (rescan). */
+  staleSizeReason(): undefined {
+    return undefined;
+  }
+
+  async attached(): Promise<IscsiAttached[]> {
+    return (await this.attachments()).map((a) => ({ device: a.device, source: kernelSource(a.iqn, a.lun), iqn: a.iqn }));
+  }
+
+  /**
+   * releaseLun() of an attachment attached() listed: no session is logged out
+   * while a volume with a record uses the target.
+   */
+  async release(device: string, source: string, inUse: IscsiTarget[]): Promise<boolean> {
+    const m = KERNEL_SOURCE_RE.exec(source);
+    if (!m) return false;
+    const iqn = m[1]!;
+    return this.releaseLun(device, iqn, Number(m[2]), { keepSession: inUse.some((t) => sameIqn(t.iqn, iqn)) });
+  }
+
+  async health(target: IscsiTarget): Promise<IscsiHealth> {
+    const seen = await this.inspect(target).catch(() => ({ device: undefined, sessions: [] as IscsiSessionInfo[] }));
+    const down = seen.sessions
+      .filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN')
+      .map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}`);
+    return { device: seen.device, sessions: seen.sessions.length, down };
   }
 
   /** Every LUN attached through the kernel initiator, as its usable device (the map, not its paths). */

@@ -5,13 +5,16 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { chapSecrets } from '../../../contracts/chap.js';
-import { isValidIqn } from '../../../contracts/nodeid.js';
+import { isValidIqn, sameIqn } from '../../../contracts/nodeid.js';
 import { DomainError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../errors/domain-error.js';
 import { KeyedLock } from '../../../csi/locks.js';
 import type { DaemonSpawner, Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
 import { poll } from '../../../util/poll.js';
-import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
+import { parsePortal, validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiConnectOptions, type IscsiHealth, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
+
+/** attached()'s `source` of a user-space attachment. */
+const userspaceSource = (a: Pick<UserspaceAttachmentInfo, 'iqn' | 'lun' | 'portal'>) => `${a.iqn} lun ${a.lun} via ${a.portal}`;
 
 /**
  * User-space iSCSI initiator, for hosts without the iscsi_tcp kernel module:
@@ -141,6 +144,55 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     await this.locks.run(lockKey(target), async () => {
       for (const p of portals) await this.teardown(this.dirFor(p, target.iqn, target.lun));
     });
+  }
+
+  /** The attachment's loop device when its FUSE file is mounted. */
+  async find(target: IscsiTarget): Promise<string | undefined> {
+    const hit = (await this.list()).find((a) => a.iqn === target.iqn && a.lun === target.lun && a.mounted && a.devicePath);
+    return hit?.devicePath;
+  }
+
+  /** Nothing to do: see staleSizeReason. */
+  async rescan(_target: IscsiTarget): Promise<void> {}
+
+  staleSizeReason(): string {
+    // qemu-nbd reads the LUN's capacity once, at login, and NBD has no way to
+    // announce a new size; nbdfuse's file and the loop device over it keep theirs.
+    return (
+      'the user-space iSCSI initiator cannot see an attached LUN grow (qemu-nbd and nbdfuse fix its size at login); ' +
+      'the filesystem grows at the next stage: unstage and stage the volume again (e.g. restart the pod), then expand; or use the kernel initiator (node.initiator: kernel)'
+    );
+  }
+
+  async attached(): Promise<IscsiAttached[]> {
+    return (await this.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: userspaceSource(a), iqn: a.iqn }));
+  }
+
+  /**
+   * The whole chain (loop device, FUSE mount, nbdfuse, qemu-nbd: its own
+   * session) of an attachment attached() listed, unless a volume with a record
+   * uses that target and LUN (then it is that volume's, whatever its record says).
+   */
+  async release(device: string, source: string, inUse: IscsiTarget[]): Promise<boolean> {
+    const a = (await this.list()).find((x) => x.devicePath === device && userspaceSource(x) === source);
+    if (!a) return false;
+    if (inUse.some((c) => sameIqn(c.iqn, a.iqn) && c.lun === a.lun)) return false;
+    // disconnect() finds the attachment again by (portal, iqn, lun): make sure that is this directory.
+    if (this.dirFor(parsePortal(a.portal), a.iqn, a.lun) !== a.dir) return false;
+    await this.disconnect({ portals: [a.portal], iqn: a.iqn, lun: a.lun });
+    return true;
+  }
+
+  /** A dead daemon leaves the loop device and the FUSE mount in place, so find() still sees the device; the pids tell. */
+  async health(target: IscsiTarget): Promise<IscsiHealth> {
+    const chain = await this.chainHealth(target).catch(() => undefined);
+    const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
+    const at = `${target.iqn} LUN ${target.lun}`;
+    if (chain && !chain.qemuNbd)
+      return { broken: `the user-space iSCSI session to ${at} at ${chain.portal} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's iSCSI state directory); ${restage}`, sessions: 0, down: [] };
+    if (chain && !chain.nbdfuse)
+      return { broken: `the user-space iSCSI attachment of ${at} is broken (its nbdfuse process exited, the FUSE file behind the loop device is gone); ${restage}`, sessions: 0, down: [] };
+    return { device: await this.find(target).catch(() => undefined), sessions: 0, down: [] };
   }
 
   /**
