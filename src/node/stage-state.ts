@@ -1,6 +1,6 @@
-import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
-import { isAtomicTemp, removeFileDurable, SyncDir, writeFileAtomic } from '../store/atomic-file.js';
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { RecordStore } from '../store/record-store.js';
 import { VOLUME_ID_RE } from './volume-id.js';
 
 export interface PublishRecord {
@@ -47,82 +47,56 @@ export interface CorruptRecord {
 }
 
 /**
- * Per-volume JSON records in <stateDir>/volumes/<volume_id>.json, replaced
- * atomically: write a temp file, fsync it, rename over, fsync the directory.
- * A crash leaves either the old or the new record, never half of one.
+ * Per-volume JSON records in <stateDir>/volumes/<volume_id>.json, kept in a
+ * RecordStore: a crash leaves either the old or the new record, never half of one.
  */
 export class StageState {
   readonly dir: string;
-  /** The records' directory, held open for the fsync after each rename/unlink (see SyncDir). */
-  private readonly syncDir: SyncDir;
+  private readonly store: RecordStore<StageRecord>;
 
   constructor(stateDir: string) {
     this.dir = join(stateDir, 'volumes');
-    this.syncDir = new SyncDir(this.dir);
-  }
-
-  private file(volumeId: string): string {
-    if (!VOLUME_ID_RE.test(volumeId)) throw new Error(`refusing a state file for malformed volume id ${JSON.stringify(volumeId)}`);
-    return join(this.dir, `${volumeId}.json`);
+    this.store = new RecordStore<StageRecord>(this.dir, { keyOf: (r) => checked(r.volumeId), format: (r) => JSON.stringify(r, null, 2) + '\n' });
   }
 
   async init(): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await this.store.init();
   }
 
   async get(volumeId: string): Promise<StageRecord | undefined> {
-    let text: string;
-    try {
-      text = await readFile(this.file(volumeId), 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw e;
-    }
-    return parseRecord(text, volumeId);
+    return this.store.get(checked(volumeId), parseRecord);
   }
 
   async put(rec: StageRecord): Promise<void> {
+    checked(rec.volumeId);
     await this.init();
-    await writeFileAtomic(this.file(rec.volumeId), JSON.stringify({ ...rec, updatedAt: new Date().toISOString() }, null, 2) + '\n', this.syncDir);
+    await this.store.put({ ...rec, updatedAt: new Date().toISOString() });
   }
 
   async remove(volumeId: string): Promise<void> {
-    await removeFileDurable(this.file(volumeId), this.syncDir);
+    await this.store.remove(checked(volumeId));
   }
 
   /** All readable records, plus the files that could not be read (left in place for a person to look at). */
   async list(): Promise<{ records: StageRecord[]; corrupt: CorruptRecord[]; strayTemps: string[] }> {
-    let names: string[];
-    try {
-      names = await readdir(this.dir);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { records: [], corrupt: [], strayTemps: [] };
-      throw e;
-    }
-    const records: StageRecord[] = [];
-    const corrupt: CorruptRecord[] = [];
-    const strayTemps: string[] = [];
-    for (const name of names.sort()) {
-      if (isAtomicTemp(name)) {
-        strayTemps.push(join(this.dir, name));
-        continue;
-      }
-      if (!name.endsWith('.json')) continue;
-      const id = name.slice(0, -'.json'.length);
-      try {
-        const rec = parseRecord(await readFile(join(this.dir, name), 'utf8'), id);
-        records.push(rec);
-      } catch (e) {
-        corrupt.push({ file: join(this.dir, name), why: (e as Error).message });
-      }
-    }
-    return { records, corrupt, strayTemps };
+    const l = await this.store.list(parseRecord);
+    return {
+      records: l.records,
+      corrupt: l.corrupt.map((c) => ({ file: join(this.dir, c.name), why: c.why })),
+      strayTemps: l.temps.map((t) => join(this.dir, t)),
+    };
   }
 
   /** Temp files are leftovers of a write that crashed before its rename; the old record still stands. */
   async removeStrayTemps(files: string[]): Promise<void> {
     for (const f of files) await unlink(f).catch(() => undefined);
   }
+}
+
+/** A file name is never built from a malformed id. */
+function checked(volumeId: string): string {
+  if (!VOLUME_ID_RE.test(volumeId)) throw new Error(`refusing a state file for malformed volume id ${JSON.stringify(volumeId)}`);
+  return volumeId;
 }
 
 export function parseRecord(text: string, volumeId: string): StageRecord {

@@ -70,12 +70,16 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
         rescanEvery: 3,
         multipathWaitMs: 1000,
         deviceRemovalTimeoutMs: 1000,
-        sleep: async (ms) => {
-          sleeps.push(ms);
-          clock += ms;
-        },
-        now: () => clock,
         ...extra,
+        clock: {
+          sleep:
+            (extra.sleep as ((ms: number) => Promise<void>) | undefined) ??
+            (async (ms) => {
+              sleeps.push(ms);
+              clock += ms;
+            }),
+          now: () => clock,
+        },
       },
       exec,
     );

@@ -135,7 +135,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
             sysfsRoot: sysfs.sys,
             devRoot: sysfs.dev,
             orphanTargetPrefixes,
-            kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo, sleep: async () => undefined, deviceRemovalTimeoutMs: 1000 },
+            kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo, clock: { now: Date.now, sleep: async () => undefined }, deviceRemovalTimeoutMs: 1000 },
           },
           Object.assign(exec, spawner),
           log,
