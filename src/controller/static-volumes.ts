@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import * as v from 'valibot';
 import { sameStringMap } from '../contracts/string-map.js';
 import type { Logger } from 'pino';
 import type { Attachment } from '../backends/backend.js';
@@ -146,14 +147,14 @@ export interface StaticVolumeRecord {
   updatedAt: string;
 }
 
-function isRecord(v: unknown): v is StaticVolumeRecord {
-  const r = v as StaticVolumeRecord;
-  return (
-    typeof r === 'object' && r !== null && typeof r.id === 'string' && STATIC_HANDLE_RE.test(r.id) && typeof r.context === 'object' && r.context !== null &&
-    Array.isArray(r.attachments) && r.attachments.every((a) => typeof a?.nodeId === 'string')
-  );
-}
+/** What a static volume record must hold to be loaded (loose: a field another version wrote does not hide it). */
+const staticRecordSchema = v.looseObject({
+  id: v.pipe(v.string(), v.regex(STATIC_HANDLE_RE)),
+  context: v.looseObject({}),
+  attachments: v.array(v.looseObject({ nodeId: v.string() })),
+});
 
+const isRecord = (x: unknown): x is StaticVolumeRecord => v.is(staticRecordSchema, x);
 
 function mustBeWellFormed(id: string): string {
   if (!STATIC_HANDLE_RE.test(id))
