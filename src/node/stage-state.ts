@@ -130,7 +130,7 @@ const stageRecordSchema = v.looseObject({
   mountFlags: v.optional(v.array(v.string()), []),
   publishes: v.optional(v.array(v.looseObject({ targetPath: v.string() })), []),
   publishContext: v.optional(v.record(v.string(), v.string()), {}),
-});
+}, (issue) => (issue.expected === '"version"' ? 'not a version 1 stage record' : issue.expected === '"stagingPath"' || issue.expected === '"access"' ? 'record lacks stagingPath or access' : 'is missing'));
 
 /** A stage record file's text → the record, or an Error saying why it is corrupt (list() reports it, get() throws it). */
 export function parseRecord(text: string, volumeId: string): StageRecord {
