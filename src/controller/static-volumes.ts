@@ -147,11 +147,11 @@ export interface StaticVolumeRecord {
   updatedAt: string;
 }
 
-/** What a static volume record must hold to be loaded (loose: a field another version wrote does not hide it). */
-const staticRecordSchema = v.looseObject({
+/** What a static volume record must hold to be loaded (not strict: a field another version wrote does not hide it). */
+const staticRecordSchema = v.object({
   id: v.pipe(v.string(), v.regex(STATIC_HANDLE_RE)),
-  context: v.looseObject({}),
-  attachments: v.array(v.looseObject({ nodeId: v.string() })),
+  context: v.custom<object>((c) => typeof c === 'object' && c !== null),
+  attachments: v.array(v.object({ nodeId: v.string() })),
 });
 
 const isRecord = (x: unknown): x is StaticVolumeRecord => v.is(staticRecordSchema, x);

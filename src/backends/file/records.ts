@@ -3,19 +3,20 @@ import type { SnapshotRecord, VolumeRecord } from '../backend.js';
 import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 
 // What a record file must hold to be loaded; anything else is reported as
-// unreadable (fsck, start-up) and left in place. Loose, not strict: a record
-// written by another version may carry a field this one does not know, and
-// that must not make a volume invisible. The checked fields are the ones the
+// unreadable (fsck, start-up) and left in place. Not strict: a record written
+// by another version may carry a field this one does not know, and that must
+// not make a volume invisible (v.is only checks; the record loaded is the
+// parsed JSON, unknown fields included). The checked fields are the ones the
 // start-up and fsck logic reads before anything else.
-export const volumeRecordSchema = v.looseObject({
+export const volumeRecordSchema = v.object({
   id: v.pipe(v.string(), v.regex(VOLUME_ID_RE)),
   name: v.string(),
   sizeBytes: v.number(),
   state: v.string(),
-  attachments: v.array(v.unknown()),
+  attachments: v.custom<unknown[]>(Array.isArray),
 });
 
-export const snapshotRecordSchema = v.looseObject({
+export const snapshotRecordSchema = v.object({
   id: v.pipe(v.string(), v.regex(SNAPSHOT_ID_RE)),
   name: v.string(),
   sourceVolumeId: v.string(),
