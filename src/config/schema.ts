@@ -3,8 +3,8 @@
 // is strict (an unknown key is refused, named). Rules that belong to a contract
 // (portals, IQNs, the node topology key, endpoints) are called, not restated.
 //
-// valibot, not zod: zod 4 (core + classic, ~70 ESM files) costs 60–150 ms to
-// import on this machine, a third of `sinter controller`'s start-up; valibot is
+// valibot, not zod: zod 4 (core + classic, dozens of ESM files) costs 60–150 ms to
+// import on this (loaded) machine, zod/mini as much, against a ~400 ms start-up; valibot is
 // one tree-shakeable file that imports in ~5 ms with the same API shape.
 import { isAbsolute, normalize } from 'node:path';
 import { hostname } from 'node:os';
@@ -12,6 +12,7 @@ import * as v from 'valibot';
 import { DEFAULT_IQN_PREFIX, isValidIqn, NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
 import { parsePortal } from '../contracts/publish-context.js';
 import { parseEndpoint } from '../csi/endpoint.js';
+import { issueKey } from '../store/check.js';
 import { ConfigError } from './error.js';
 
 export const DEFAULT_DRIVER_NAME = 'sinter.csi.io';
@@ -272,21 +273,11 @@ export const fileSchema = strict({
 
 // ---- parsing ------------------------------------------------------------------
 
-/** `backends[0].iscsi.portals[0]`: the key a person finds in their file. */
-export function keyOfIssue(issue: v.BaseIssue<unknown>, prefix = ''): string {
-  let key = prefix;
-  for (const p of issue.path ?? []) {
-    const k = p.key as string | number;
-    key += typeof k === 'number' ? `[${k}]` : key === '' ? k : `.${k}`;
-  }
-  return key;
-}
-
 /** Parses `raw` with `schema`; the first problem is thrown as a ConfigError naming its key (under `prefix`). */
 export function parseConfig<S extends v.GenericSchema>(schema: S, raw: unknown, prefix = '', rename?: (key: string) => string): v.InferOutput<S> {
   const r = v.safeParse(schema, raw, { abortEarly: true });
   if (r.success) return r.output;
   const issue = r.issues[0];
-  const key = keyOfIssue(issue, prefix);
+  const key = issueKey(issue, prefix);
   throw new ConfigError(rename ? rename(key) : key || 'config', issue.message);
 }

@@ -1,9 +1,9 @@
 import type { BaseIssue, GenericSchema } from 'valibot';
 import { safeParse } from 'valibot';
 
-/** `attachments[2].nodeId`: where in a record the first problem is. */
-function where(issue: BaseIssue<unknown>): string {
-  let key = '';
+/** `attachments[2].nodeId`, `backends[0].iscsi.portals[0]`: where in a record (or the configuration) a problem is. */
+export function issueKey(issue: BaseIssue<unknown>, prefix = ''): string {
+  let key = prefix;
   for (const p of issue.path ?? []) {
     const k = p.key as string | number;
     key += typeof k === 'number' ? `[${k}]` : key === '' ? k : `.${k}`;
@@ -19,6 +19,6 @@ export function checkRecord<S extends GenericSchema>(schema: S, value: unknown):
   const r = safeParse(schema, value, { abortEarly: true });
   if (r.success) return { ok: true, value: r.output };
   const issue = r.issues[0];
-  const key = where(issue);
+  const key = issueKey(issue);
   return { ok: false, why: key ? `${key}: ${issue.message}` : issue.message };
 }
