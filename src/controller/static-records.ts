@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import * as v from 'valibot';
 import type { Logger } from 'pino';
 import type { Attachment } from '../backends/backend.js';
 import { sameStringMap } from '../contracts/string-map.js';
@@ -27,13 +28,13 @@ export interface StaticVolumeRecord {
   updatedAt: string;
 }
 
-function isRecord(v: unknown): v is StaticVolumeRecord {
-  const r = v as StaticVolumeRecord;
-  return (
-    typeof r === 'object' && r !== null && typeof r.id === 'string' && STATIC_HANDLE_RE.test(r.id) && typeof r.context === 'object' && r.context !== null &&
-    Array.isArray(r.attachments) && r.attachments.every((a) => typeof a?.nodeId === 'string')
-  );
-}
+const staticRecordSchema = v.object({
+  id: v.pipe(v.string(), v.regex(STATIC_HANDLE_RE)),
+  context: v.custom<object>((c) => typeof c === 'object' && c !== null),
+  attachments: v.array(v.object({ nodeId: v.string() })),
+});
+
+const isRecord = (x: unknown): x is StaticVolumeRecord => v.is(staticRecordSchema, x);
 
 export interface StaticVolumesOptions {
   /** The controller's state directory; records go to <stateDir>/static-volumes. */

@@ -1,6 +1,8 @@
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RecordStore } from '../store/record-store.js';
+import * as v from 'valibot';
+import { checkRecord } from '../store/check.js';
 import { VOLUME_ID_RE } from './volume-id.js';
 
 export interface PublishRecord {
@@ -99,10 +101,24 @@ function checked(volumeId: string): string {
   return volumeId;
 }
 
+// Loose: a field another version wrote (or one since dropped) does not make a record corrupt.
+const stageRecordSchema = v.looseObject({
+  version: v.literal(1, 'not a version 1 stage record'),
+  volumeId: v.string(),
+  stagingPath: v.string('record lacks stagingPath or access'),
+  access: v.picklist(['mount', 'block'], 'record lacks stagingPath or access'),
+  mountFlags: v.optional(v.array(v.string()), []),
+  publishes: v.optional(v.array(v.looseObject({ targetPath: v.string() })), []),
+  publishContext: v.optional(v.record(v.string(), v.string()), {}),
+}, (issue) => (issue.expected === '"version"' ? 'not a version 1 stage record' : issue.expected === '"stagingPath"' || issue.expected === '"access"' ? 'record lacks stagingPath or access' : 'is missing'));
+
+/** A stage record file's text → the record, or an Error saying why it is corrupt (list() reports it, get() throws it). */
 export function parseRecord(text: string, volumeId: string): StageRecord {
-  const r = JSON.parse(text) as Partial<StageRecord>;
-  if (!r || typeof r !== 'object' || r.version !== 1) throw new Error('not a version 1 stage record');
-  if (r.volumeId !== volumeId) throw new Error(`record names volume ${JSON.stringify(r.volumeId)}, file is for ${JSON.stringify(volumeId)}`);
-  if (typeof r.stagingPath !== 'string' || (r.access !== 'mount' && r.access !== 'block')) throw new Error('record lacks stagingPath or access');
-  return { ...r, mountFlags: r.mountFlags ?? [], publishes: r.publishes ?? [], publishContext: r.publishContext ?? {} } as StageRecord;
+  const raw: unknown = JSON.parse(text);
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('not a version 1 stage record');
+  const r = checkRecord(stageRecordSchema, raw);
+  if (!r.ok) throw new Error(r.why);
+  if (r.value.volumeId !== volumeId) throw new Error(`record names volume ${JSON.stringify(r.value.volumeId)}, file is for ${JSON.stringify(volumeId)}`);
+  // The fields start-up and unstage read are checked above; the rest are only ever written by put().
+  return r.value as unknown as StageRecord;
 }

@@ -10,7 +10,7 @@ import { Ajv, type ValidateFunction } from 'ajv';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { FLAG_SPEC, DEFAULT_DRIVER_NAME, loadConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/validate.js';
+import { ConfigError } from '../../src/config/error.js';
 import { parseParameters } from '../../src/controller/parameters.js';
 import { SUPPORTED_FS } from '../../src/csi/capability.js';
 import { parseStaticAttributes, STATIC_HANDLE_RE } from '../../src/controller/static-volumes.js';
