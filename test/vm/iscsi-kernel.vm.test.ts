@@ -343,6 +343,10 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await node.stop('SIGKILL');
     node.client.close();
     rmSync(join(nodeStateDir, 'volumes', `${orphan}.json`));
+    // The staging mount gone too (an unstage that got no further than its unmount):
+    // a device that something still mounts is never torn down, only reported.
+    for (const m of readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(paths(orphan).staging)).reverse())
+      await execa('umount', [m]);
 
     node = await startNode();
     expect(await kernelSessions()).toHaveLength(2);
