@@ -15,6 +15,7 @@ const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.p
 const MUTUAL = { ...CHAP, 'node.session.auth.username_in': 'sinter-target', 'node.session.auth.password_in': 'Target-chap-secret-2' };
 // iscsiadm 2.1.8's exit codes as the guest's kernel produces them (open-iscsi include/iscsi_err.h).
 const ISCSI_ERR_LOGIN_AUTH_FAILED = 24;
+const ISCSI_ERR_TRANS_TIMEOUT = 8;
 const ISCSI_ERR_PDU_TIMEOUT = 11;
 
 /**
@@ -203,7 +204,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 
-  it('the fence: ControllerUnpublishVolume ends the node\'s session at the target; unstage still tears the attachment down; tgt never answers a new login (iscsiadm exit 11, PDU timeout), NodeStage says UNAVAILABLE', async () => {
+  it('the fence: ControllerUnpublishVolume ends the node\'s session at the target; unstage still tears the attachment down; tgt never answers a new login (iscsiadm exit 11 or 8, a timeout), NodeStage says UNAVAILABLE', async () => {
     const id = await provision('k-fence');
     const ctx = await publish(id, blockCap());
     await node.client.node.NodeStageVolume(stageReq(id, ctx, blockCap()));
@@ -218,18 +219,18 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     expect(await kernelSessions()).toEqual([]);
     expect(scsiDisks()).toEqual([]);
     // A fresh login as this initiator fails the way the real kernel path reports
-    // it against tgt: not 19 (a login reject) but 11, a PDU timeout: tgt does
-    // not answer a login from an initiator outside the target's ACL.
+    // it against tgt: not 19 (a login reject) but a timeout, because tgt does not
+    // answer a login from an initiator outside the target's ACL: 11 (PDU timed
+    // out) or 8 (connection timed out), depending on where the wait ran out.
     await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'new']);
     const login = await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '--login'], { reject: false });
     await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'delete']);
-    expect(login.exitCode).toBe(ISCSI_ERR_PDU_TIMEOUT);
-    expect(login.stderr).toMatch(/\(11 - /);
+    expect([ISCSI_ERR_TRANS_TIMEOUT, ISCSI_ERR_PDU_TIMEOUT]).toContain(login.exitCode);
     const again = await node.client.node.NodeStageVolume(stageReq(id, ctx, blockCap())).then(
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
-    expect(again).toMatchObject({ code: 14, details: expect.stringMatching(/exit 11/) });
+    expect(again).toMatchObject({ code: 14, details: expect.stringMatching(/exit (8|11)/) });
     await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
