@@ -244,7 +244,8 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', nobody.portals, '-o', 'delete']);
     expect(login.exitCode).toBe(8);
     expect(login.stderr).toMatch(/initiator reported error \(8 - connection timed out\)/);
-    const r = await node.client.node.NodeStageVolume(stageReq(id, nobody, blockCap())).then(
+    // iscsid retries the connection for a while (longer still under TCG): a deadline to match.
+    const r = await node.client.node.NodeStageVolume(stageReq(id, nobody, blockCap()), { deadlineMs: 280_000 }).then(
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
