@@ -197,6 +197,22 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       .catch((e: unknown) => e);
     expect(e19).toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/refused/) });
 
+    // Seen in the VM (test/vm/iscsi-kernel.vm.test.ts): tgt never answers a login from an initiator
+    // outside the ACL (a fenced node), and iscsiadm 2.1.8 gives up with 11, not 19. Retryable, not INTERNAL.
+    const pdu = new FakeExecutor((_c, args) => {
+      const a = args.join(' ');
+      if (a.endsWith('--login'))
+        return { stdout: '', exitCode: 11, stderr: `iscsiadm: Could not login to [iface: default, target: ${T1}, portal: 127.0.0.1,3260].\niscsiadm: initiator reported error (11 - iSCSI PDU timed out)\niscsiadm: Could not log into all portals\n` };
+      if (a === '-m session -P 3') return fixture('session-none');
+      if (a.includes('--op new')) return fixture('node-new');
+      if (a.includes('--op update')) return fixture('node-update');
+      return fixture('node-show-missing');
+    });
+    const e11 = await make(pdu)
+      .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
+      .catch((e: unknown) => e);
+    expect(e11).toMatchObject({ code: 14, message: expect.stringMatching(/exit 11/) });
+
     const db = new FakeExecutor((_c, args) => {
       const a = args.join(' ');
       if (a === '-m session -P 3') return fixture('session-none');

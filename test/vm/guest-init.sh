@@ -23,7 +23,8 @@ mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# Sparse volume images live here; the file backend checks free space against the limit.
+mount -t tmpfs -o mode=1777,size=16g tmpfs /tmp
 mount -t configfs configfs /sys/kernel/config 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p /run/lock /run/dbus /run/lvm /run/multipathd

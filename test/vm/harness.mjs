@@ -64,23 +64,27 @@ export function ensureGuest({ log = (/** @type {string} */ _m) => {} } = {}) {
   return { ...paths(), built: true, buildMs };
 }
 
-/** Live qemu processes of this process, killed if it exits first. */
+/** Live qemu processes and their temp dirs, killed and removed if this process exits first. */
 const live = new Set();
+const liveDirs = new Set();
 let exitHook = false;
-function trackChild(child) {
-  live.add(child);
-  if (!exitHook) {
-    exitHook = true;
-    process.on('exit', () => {
-      for (const c of live) {
-        try {
-          c.kill('SIGKILL');
-        } catch {
-          /* already gone */
-        }
+function installExitHook() {
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const c of live) {
+      try {
+        c.kill('SIGKILL');
+      } catch {
+        /* already gone */
       }
-    });
-  }
+    }
+    for (const d of liveDirs) rmSync(d, { recursive: true, force: true });
+  });
+}
+function trackChild(child) {
+  installExitHook();
+  live.add(child);
 }
 
 const shq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
@@ -95,6 +99,8 @@ export async function runInGuest(opts) {
   const guest = ensureGuest({ log: opts.log });
   const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
   const tmp = mkdtempSync(join(opts.tmpDir ?? tmpdir(), 'sinter-vm-'));
+  installExitHook();
+  liveDirs.add(tmp);
   const ctl = join(tmp, 'ctl');
   mkdirSync(join(ctl, 'out'), { recursive: true });
   let child;
@@ -206,6 +212,7 @@ export async function runInGuest(opts) {
     }
     if (child) live.delete(child);
     rmSync(tmp, { recursive: true, force: true });
+    liveDirs.delete(tmp);
   }
 }
 

@@ -54,7 +54,7 @@ try {
       if (b.status !== 0) throw new Error('npm run build failed');
     }
     const files = rest.map((f) => `'${f.replace(/'/g, `'\\''`)}'`).join(' ');
-    command = `exec node node_modules/vitest/vitest.mjs run --project vm --reporter=default --reporter=json --outputFile.json="$SINTER_VM_OUT/vitest.json" ${files}`;
+    command = `exec node node_modules/vitest/vitest.mjs run --project vm --reporter=verbose --reporter=json --outputFile.json="$SINTER_VM_OUT/vitest.json" ${files}`;
   } else {
     if (rest.length === 0) throw new Error('nothing to run: give a command after --, or --vitest');
     command = rest.join(' ');

@@ -254,6 +254,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
           throw failedPrecondition(`${where} was refused (non-retryable): the target does not exist or does not allow this node's initiator name (is the volume published to this node?)`);
         case ISCSI_ERR.TRANS:
         case ISCSI_ERR.TRANS_TIMEOUT:
+        case ISCSI_ERR.PDU_TIMEOUT:
         case ISCSI_ERR.LOGIN:
           throw unavailable(`${where} failed (exit ${e.exitCode}): ${lastLine(e.stderr)}`);
         case ISCSI_ERR.TRANS_NOT_FOUND:
