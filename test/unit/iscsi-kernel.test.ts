@@ -211,7 +211,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e11 = await make(pdu)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e11).toMatchObject({ code: 14, message: expect.stringMatching(/exit 11/) });
+    expect(e11).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/exit 11/) });
 
     const db = new FakeExecutor((_c, args) => {
       const a = args.join(' ');
