@@ -323,8 +323,16 @@ export class TgtTargetHelper implements TargetHelper {
     await this.locks.run(volumeId, async () => {
       const t = await this.findTarget(iqn);
       if (!t) return;
-      // --force ends the target's sessions instead of refusing while they exist.
-      await this.tgtadm(['--op', 'delete', '--mode', 'target', '--tid', String(t.tid), '--force'], { tolerate: ['target-not-found'] });
+      // --force ends the target's sessions instead of refusing while they exist. A session just
+      // ended (the fence) can still hold its LUN for a moment: tgt then answers "still active".
+      const deleted = await poll(
+        async () => {
+          const r = await this.tgtadm(['--op', 'delete', '--mode', 'target', '--tid', String(t.tid), '--force'], { tolerate: ['target-not-found', 'lun-active'] });
+          return r.tolerated !== 'lun-active' ? true : undefined;
+        },
+        { initialMs: 50, maxMs: 500, factor: 2, timeoutMs: 10_000 },
+      );
+      if (!deleted) throw unavailable(`tgt kept the LUN of target ${iqn} active for 10 s after its sessions were ended; retry`);
       this.log?.info({ iqn, tid: t.tid }, 'target removed');
       if (t.accounts.length > 0) {
         await this.locks.run('\0accounts', async () => {
