@@ -259,7 +259,7 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
   it('the install holds production dependencies only (every package the lock marks dev-only is absent)', () => {
     const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean; optional?: boolean; devOptional?: boolean }> };
     const entries = Object.entries(lock.packages).filter(([p]) => p.startsWith('node_modules/'));
-    // devOptional: a dev dependency that is also an optional peer of a production one (typescript, for valibot); --omit=dev leaves it out too.
+    // devOptional: a dev dependency that is also an optional peer of a production one (typescript, for valibot); --omit=optional leaves it out.
     const dev = entries.filter(([, e]) => e.dev === true || e.devOptional === true);
     const prod = entries.filter(([, e]) => !e.dev && !e.optional && !e.devOptional);
     expect(dev.map(([p]) => p)).toEqual(expect.arrayContaining(['node_modules/typescript', 'node_modules/vitest']));
