@@ -184,12 +184,17 @@ export class IscsiConnector implements Connector {
     const ini = await this.get();
     let found: string | undefined;
     let down: string[] = [];
+    let expired = false;
     let sessionCount = 0;
     if (ini instanceof KernelIscsiInitiator) {
       const seen = await ini.inspect(targetOf(c)).catch(() => ({ device: undefined, sessions: [] }));
       found = seen.device;
       sessionCount = seen.sessions.length;
-      down = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN').map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}`);
+      const failed = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN');
+      // The kernel turns a FAILED session FREE once its replacement_timeout passes (Linux 6.1, recorded): its disks
+      // go transport-offline and I/O fails at once instead of waiting.
+      expired = failed.some((s) => s.sessionState === 'FREE');
+      down = failed.map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}${s.sessionState === 'FREE' ? ', past its replacement_timeout' : ''}`);
     } else {
       found = await this.find(ctx).catch(() => undefined);
     }
@@ -213,7 +218,9 @@ export class IscsiConnector implements Connector {
       return {
         abnormal: true,
         attached: true,
-        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
+        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): ${
+          expired ? 'I/O to the volume fails until iscsid\'s retried login succeeds' : 'I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout'
+        }; check the network path to the portal and the target`,
       };
     if (down.length > 0)
       return { abnormal: true, attached: true, message: `${down.length} of ${sessionCount} iSCSI sessions to ${c.iqn} are down (${down.join('; ')}); running degraded on the others` };
