@@ -42,7 +42,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN --mount=type=secret,id=ca-certificates \
     if [ -s /run/secrets/ca-certificates ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca-certificates; fi; \
-    npm ci --omit=dev --omit=peer --no-audit --no-fund && npm cache clean --force
+    npm ci --omit=dev --omit=optional --no-audit --no-fund && npm cache clean --force
 
 # ---- runtime: what every role shares -------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
