@@ -456,37 +456,40 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     });
   });
 
-  describe('volume condition (NodeGetVolumeStats) from the session states iscsiadm reports (reconstructed outputs: a session whose connection dropped)', () => {
+  describe('volume condition (NodeGetVolumeStats) from the session states iscsiadm reports (outputs recorded on Linux 6.1: tgt dropped the connection and stopped listening at the portal)', () => {
     const connector = (exec: FakeExecutor) =>
       new IscsiConnector({ mode: 'kernel', initiatorName: NODE, stateDir: sysfs.root, kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo } }, exec as never, pino({ level: 'silent' }));
     const ctx = (portals: string[]) => ({ transport: 'iscsi' as const, portals, iqn: T1, lun: 1 });
 
     it('healthy while LOGGED_IN; abnormal naming the failed session and what to check when its only session is FAILED; one call to iscsiadm each', async () => {
-      sysfs.addNonDisk(2, 1, 0);
-      sysfs.addDisk(2, 1, 1, 'sdb');
+      sysfs.addDisk(0, 1, 1, 'sda');
       const up = host({ sessionsBefore: 'session-p3-one' });
-      expect(await connector(up).condition(ctx([P1]), `${sysfs.dev}/sdb`)).toEqual({ abnormal: false, attached: true, message: `attached as ${sysfs.dev}/sdb` });
+      expect(await connector(up).condition(ctx([P1]), `${sysfs.dev}/sda`)).toEqual({ abnormal: false, attached: true, message: `attached as ${sysfs.dev}/sda` });
       expect(up.lines).toEqual(['iscsiadm -m session -P 3']);
+      // Recorded within the replacement_timeout (120 s, no multipathd): session FAILED, its disk blocked.
+      sysfs.cleanup();
+      sysfs = new FakeSysfs();
+      sysfs.addDisk(0, 7, 1, 'sda');
       const down = host({ sessionsBefore: 'session-p3-failed' });
-      expect(await connector(down).condition(ctx([P1]), `${sysfs.dev}/sdb`)).toEqual({
+      expect(await connector(down).condition(ctx([P1]), `${sysfs.dev}/sda`)).toEqual({
         abnormal: true,
         attached: true,
-        message: `the iSCSI session to ${T1} is down (session 1 at ${P1} is FAILED): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
+        message: `the iSCSI session to ${T1} is down (session 7 at ${P1} is FAILED): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
       });
       expect(down.lines).toEqual(['iscsiadm -m session -P 3']);
     });
 
-    it('one of two multipath sessions FAILED: abnormal, running degraded', async () => {
-      sysfs.addNonDisk(2, 1, 0);
-      sysfs.addDisk(2, 1, 1, 'sdb');
-      sysfs.addNonDisk(3, 2, 0);
-      sysfs.addDisk(3, 2, 1, 'sdc');
-      sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc']);
+    it('one of two multipath sessions down past its replacement_timeout (the kernel shows it FREE, its disk transport-offline): abnormal, running degraded', async () => {
+      const [ok, failed] = parseSessionTree(fixture('session-p3-multipath-one-failed').stdout);
+      expect([ok!.sessionState, ok!.devices[0]!.state, failed!.sessionState, failed!.connectionState, failed!.devices[0]!.state]).toEqual(['LOGGED_IN', 'running', 'FREE', 'TRANSPORT WAIT', 'transport-offline']);
+      sysfs.addDisk(0, 8, 1, 'sda');
+      sysfs.addDisk(1, 9, 1, 'sdb');
+      sysfs.addMultipath('dm-0', '360000000000000000e00000000010001', ['sda', 'sdb']);
       const exec = host({ sessionsBefore: 'session-p3-multipath-one-failed' });
       expect(await connector(exec).condition(ctx([P1, P2]), `${sysfs.dev}/dm-0`)).toEqual({
         abnormal: true,
         attached: true,
-        message: `1 of 2 iSCSI sessions to ${T1} are down (session 2 at ${P2} is FAILED); running degraded on the others`,
+        message: `1 of 2 iSCSI sessions to ${T1} are down (session 9 at ${P2} is FREE, past its replacement_timeout); running degraded on the others`,
       });
     });
   });

@@ -130,14 +130,16 @@ export class IscsiConnector implements Connector {
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const c = asIscsi(ctx);
-    const { broken, device: found, sessions: sessionCount, down } = await (await this.get()).health(targetOf(c));
+    const { broken, device: found, sessions: sessionCount, down, expired } = await (await this.get()).health(targetOf(c));
     if (broken) return { abnormal: true, attached: true, message: broken };
     if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${c.iqn} LUN ${c.lun} any more` };
     if (sessionCount > 0 && down.length === sessionCount)
       return {
         abnormal: true,
         attached: true,
-        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
+        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): ${
+          expired ? 'I/O to the volume fails until iscsid\'s retried login succeeds' : 'I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout'
+        }; check the network path to the portal and the target`,
       };
     if (down.length > 0)
       return { abnormal: true, attached: true, message: `${down.length} of ${sessionCount} iSCSI sessions to ${c.iqn} are down (${down.join('; ')}); running degraded on the others` };

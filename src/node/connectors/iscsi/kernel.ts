@@ -468,10 +468,12 @@ export class KernelIscsiInitiator implements IscsiInitiator {
 
   async health(target: IscsiTarget): Promise<IscsiHealth> {
     const seen = await this.inspect(target).catch(() => ({ device: undefined, sessions: [] as IscsiSessionInfo[] }));
-    const down = seen.sessions
-      .filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN')
-      .map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}`);
-    return { device: seen.device, sessions: seen.sessions.length, down };
+    const failed = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN');
+    // The kernel turns a FAILED session FREE once its replacement_timeout passes (Linux 6.1, recorded): its disks
+    // go transport-offline and I/O fails at once instead of waiting.
+    const expired = failed.some((s) => s.sessionState === 'FREE');
+    const down = failed.map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}${s.sessionState === 'FREE' ? ', past its replacement_timeout' : ''}`);
+    return { device: seen.device, sessions: seen.sessions.length, down, expired };
   }
 
   /** Every LUN attached through the kernel initiator, as its usable device (the map, not its paths). */

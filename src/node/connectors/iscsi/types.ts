@@ -83,6 +83,8 @@ export interface IscsiHealth {
   sessions: number;
   /** One line per session not logged in. */
   down: string[];
+  /** A failed session is past its replacement_timeout (the kernel shows it FREE): I/O fails at once instead of waiting. */
+  expired?: boolean;
 }
 
 /** Checks a target from publish_context before any host command sees it; INVALID_ARGUMENT naming what is wrong. */
