@@ -136,6 +136,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       `${N(P1)} --op new`,
       `${N(P1)} --op update -n node.startup -v manual`,
       `${N(P1)} --op update -n node.session.scan -v manual`,
+      `${N(P1)} --op update -n node.session.initial_login_retry_max -v 2`,
       `${N(P1)} --op update -n node.session.auth.authmethod -v CHAP`,
       `${N(P1)} --op update -n node.session.auth.username -v sinter-node`,
       `${N(P1)} --op update -n node.session.auth.password -v ***`,

@@ -75,6 +75,9 @@ interface LoggedInPath {
  * The node's initiator name is the host's (/etc/iscsi/initiatorname.iscsi,
  * which the node id carries); `opts.initiatorName` is not applied here.
  */
+/** How often iscsid retries a first login before failing it (open-iscsi's default is 8). */
+export const INITIAL_LOGIN_RETRY_MAX = 2;
+
 export class KernelIscsiInitiator implements IscsiInitiator {
   readonly kind = 'kernel' as const;
   private readonly locks = new KeyedLock();
@@ -216,6 +219,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       };
       await set('node.startup', 'manual');
       await set('node.session.scan', 'manual');
+      // iscsid retries a first login 8 times by default (about 2 minutes against a target that never
+      // answers, as tgt does for an initiator outside its ACL): past the CO's call deadline, with a
+      // session left in recovery. Two retries fail the stage in about 45 s; kubelet retries it.
+      await set('node.session.initial_login_retry_max', String(INITIAL_LOGIN_RETRY_MAX));
       if (chap) {
         await set('node.session.auth.authmethod', 'CHAP');
         await set('node.session.auth.username', chap.user);
