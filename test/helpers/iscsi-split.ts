@@ -28,6 +28,22 @@ export interface IscsiSplit {
   cleanup(): Promise<void>;
 }
 
+/** A controller configuration with one file backend, `san`, exported through tgt at `portal`. */
+export function sanBackendYaml(o: { dataDir: string; portal: string; controlPort: number; iqnPrefix: string; reconcileSeconds: number }): string {
+  return [
+    'backends:',
+    '  - name: san',
+    '    driver: file',
+    `    dataDir: ${o.dataDir}`,
+    '    export: iscsi',
+    '    iscsi:',
+    `      portals: ["${o.portal}"]`,
+    `      controlPort: ${o.controlPort}`,
+    `      iqnPrefix: "${o.iqnPrefix}"`,
+    `      reconcileSeconds: ${o.reconcileSeconds}`,
+  ].join('\n');
+}
+
 /**
  * The split a cluster runs: `sinter controller` exporting one file backend
  * (`san`) through the given tgtd, and `sinter node` with the user-space
@@ -37,21 +53,7 @@ export async function startIscsiSplit(dir: string, o: IscsiSplitOptions): Promis
   const dataDir = join(dir, 'data');
   const nodeStateDir = join(dir, 'node', 'state');
   const controllerConfig = join(dir, 'controller.yaml');
-  writeFileSync(
-    controllerConfig,
-    [
-      'backends:',
-      '  - name: san',
-      '    driver: file',
-      `    dataDir: ${dataDir}`,
-      '    export: iscsi',
-      '    iscsi:',
-      `      portals: ["${o.tgtd.portal}"]`,
-      `      controlPort: ${o.tgtd.controlPort}`,
-      `      iqnPrefix: "${o.iqnPrefix}"`,
-      `      reconcileSeconds: ${o.reconcileSeconds}`,
-    ].join('\n'),
-  );
+  writeFileSync(controllerConfig, sanBackendYaml({ dataDir, portal: o.tgtd.portal, controlPort: o.tgtd.controlPort, iqnPrefix: o.iqnPrefix, reconcileSeconds: o.reconcileSeconds }));
   writeFileSync(join(dir, 'node.yaml'), ['node:', `  iscsiInitiatorName: ${o.nodeIqn}`, '  initiator: userspace', `  stateDir: ${nodeStateDir}`].join('\n'));
   mkdirSync(join(dir, 'ctl'), { recursive: true });
   mkdirSync(join(dir, 'node'), { recursive: true });
