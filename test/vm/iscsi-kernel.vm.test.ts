@@ -334,46 +334,6 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 
-  it('orphan sessions: a staged LUN whose record was lost is reported (report), then logged out (clean); a LUN with a record is left alone', async () => {
-    const orphan = await provision('k-orphan', 16, blockCap());
-    const kept = await provision('k-kept', 16, blockCap());
-    const co = await publish(orphan, blockCap());
-    const ck = await publish(kept, blockCap());
-    await node.client.node.NodeStageVolume(stageReq(orphan, co, blockCap()));
-    await node.client.node.NodeStageVolume(stageReq(kept, ck, blockCap()));
-    expect(await kernelSessions()).toHaveLength(2);
-    await node.stop('SIGKILL');
-    node.client.close();
-    rmSync(join(nodeStateDir, 'volumes', `${orphan}.json`));
-    // The staging mount gone too (an unstage that got no further than its unmount):
-    // a device that something still mounts is never torn down, only reported.
-    for (const m of readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(paths(orphan).staging)).reverse())
-      await execa('umount', [m]);
-
-    node = await startNode();
-    expect(await kernelSessions()).toHaveLength(2);
-    expect(node.logs()).toMatch(/"orphan":"untracked-device".*node state out of step with the host/);
-    expect(node.logs()).not.toContain('tore down a device');
-    await node.stop('SIGKILL');
-    node.client.close();
-
-    node = await startNode(['--orphan-sessions', 'clean']);
-    await waitFor('the orphan session to be logged out', async () => ((await kernelSessions()).length === 1 ? true : undefined), 60_000);
-    expect(await kernelSessions()).toEqual([`${tgtd.portal},1 ${ck.iqn}`]);
-    expect(node.logs()).toContain('tore down a device no record of this node explains and nothing used');
-    expect(await nodeRecords()).toEqual([`${tgtd.portal},1 ${ck.iqn}`]);
-    await node.client.node.NodeUnstageVolume({ volume_id: kept, staging_target_path: paths(kept).staging });
-    rmSync(paths(orphan).staging, { recursive: true, force: true });
-    for (const id of [orphan, kept]) {
-      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
-      await ctl.client.controller.DeleteVolume({ volume_id: id });
-    }
-    // Later tests run against a node started the usual way.
-    await node.stop();
-    node.client.close();
-    node = await startNode();
-  });
-
   it('never reformats a real disk that holds a filesystem or a partition table; the data stays', async () => {
     for (const [name, prep] of [
       ['k-has-fs', (dev: string) => execa('mkfs.ext4', ['-q', '-L', 'precious', dev])],
