@@ -100,24 +100,38 @@ export class NodeEnv {
 
   /** Loop devices whose backing file is under this env (or is a loop device of this env: read-only views). */
   async loopsUnder(): Promise<{ name: string; back: string }[]> {
-    const res = await this.exec.run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE']);
-    if (!res.stdout.trim()) return [];
-    const all = (JSON.parse(res.stdout) as { loopdevices: { name: string; 'back-file': string | null }[] }).loopdevices.map((l) => ({
-      name: l.name,
-      back: (l['back-file'] ?? '').replace(/ \(deleted\)$/, ''),
-    }));
+    const all = await this.allLoops();
     const ours = new Set(all.filter((l) => l.back.startsWith(this.dir + '/')).map((l) => l.name));
     return all.filter((l) => ours.has(l.name) || ours.has(l.back));
   }
 
+  private async allLoops(): Promise<{ name: string; back: string }[]> {
+    const res = await this.exec.run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE']);
+    if (!res.stdout.trim()) return [];
+    return (JSON.parse(res.stdout) as { loopdevices: { name: string; 'back-file': string | null }[] }).loopdevices.map((l) => ({
+      name: l.name,
+      back: (l['back-file'] ?? '').replace(/ \(deleted\)$/, ''),
+    }));
+  }
+
   async cleanup(): Promise<void> {
+    // Listed before the unmounts: once a store the images live on (a tmpfs
+    // under the env) is lazily unmounted, the backing paths no longer start
+    // with this.dir and the loop devices would be left bound for good.
+    const before = await this.loopsUnder();
     for (let i = 0; i < 10; i++) {
       const mounts = await this.mountsUnder();
       if (!mounts.length) break;
       for (const m of mounts.reverse()) await this.exec.run('umount', ['-l', m.mountPoint]).catch(() => undefined);
     }
     // Read-only views sit on top of the volume's loop device: detach them first.
-    const loops = await this.loopsUnder();
+    const after = await this.loopsUnder();
+    // A device listed before counts only while it is still backed by the same
+    // file seen from outside its unmounted store (its path a suffix of the old
+    // one): a device freed meanwhile may already be another test's.
+    const current = new Map((await this.allLoops()).map((l) => [l.name, l.back]));
+    const stale = before.filter((b) => !after.some((a) => a.name === b.name) && !!current.get(b.name) && b.back.endsWith(current.get(b.name)!));
+    const loops = [...after, ...stale];
     const views = loops.filter((l) => l.back.startsWith('/dev/'));
     for (const l of [...views, ...loops.filter((x) => !views.includes(x))]) await this.exec.run('losetup', ['-d', l.name]).catch(() => undefined);
     await rm(this.dir, { recursive: true, force: true });
