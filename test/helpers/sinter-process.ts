@@ -95,18 +95,33 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
 
 /** Unmounts anything under `dir` (deepest first) and detaches loop devices backed by files under it. */
 export async function scrub(dir: string): Promise<void> {
+  // Loop devices are listed before the unmounts: once a FUSE or tmpfs mount
+  // under dir is lazily unmounted, a device backed by a file on it shows a
+  // path outside dir ("/disk") and would stay bound for good.
+  const before = (await loopsBacked()).filter((l) => l.back.startsWith(`${dir}/`));
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((l) => l.split(' ')[4]?.replace(/\\040/g, ' '))
     .filter((m): m is string => !!m && (m === dir || m.startsWith(`${dir}/`)))
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) await execa('umount', ['-l', m]).catch(() => undefined);
-  const loops = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).catch(() => ({ stdout: '' }));
-  for (const line of loops.stdout.split('\n')) {
-    const [dev, ...rest] = line.trim().split(/\s+/);
-    const back = rest.join(' ').replace(/ \(deleted\)$/, '');
-    if (dev && back.startsWith(`${dir}/`)) await execa('losetup', ['-d', dev]).catch(() => undefined);
+  for (const l of await loopsBacked()) {
+    // Still ours: under dir, or the same file seen from outside its unmounted
+    // store (a device freed meanwhile may already be another test's).
+    const was = before.find((b) => b.dev === l.dev);
+    if (l.back.startsWith(`${dir}/`) || (was && l.back && was.back.endsWith(l.back))) await execa('losetup', ['-d', l.dev]).catch(() => undefined);
   }
+}
+
+async function loopsBacked(): Promise<{ dev: string; back: string }[]> {
+  const loops = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).catch(() => ({ stdout: '' }));
+  return loops.stdout
+    .split('\n')
+    .map((line) => {
+      const [dev, ...rest] = line.trim().split(/\s+/);
+      return { dev: dev ?? '', back: rest.join(' ').replace(/ \(deleted\)$/, '') };
+    })
+    .filter((l) => l.dev);
 }
 
 function killGroup(pid: number | undefined): void {
