@@ -27,19 +27,19 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
   };
   const provision = async (name: string, cap: object, mib = 64) => {
     const v = (await ctl().CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume;
-    const ctx = (await ctl().ControllerPublishVolume({ volume_id: v.volume_id, node_id: nodeId, volume_capability: cap })).publish_context;
-    return { id: v.volume_id as string, ctx, vctx: v.volume_context };
+    const ctx = (await ctl().ControllerPublishVolume({ volume_id: v!.volume_id, node_id: nodeId, volume_capability: cap })).publish_context;
+    return { id: v!.volume_id as string, ctx, vctx: v!.volume_context };
   };
   beforeAll(async () => {
     s = await startSinter();
-    nodeId = (await node().NodeGetInfo({})).node_id;
+    nodeId = (await node().NodeGetInfo({})).node_id!;
   });
   afterAll(async () => s?.cleanup());
 
   it('NodeGetInfo reports a parseable node id with the node topology', async () => {
     const info = await node().NodeGetInfo({});
     expect(info.node_id).toMatch(/^test-node;/);
-    expect(info.accessible_topology.segments).toEqual({ 'topology.sinter.csi.io/node': 'test-node' });
+    expect(info.accessible_topology!.segments).toEqual({ 'topology.sinter.csi.io/node': 'test-node' });
   });
 
   it('walks a mount volume through stage, publish, write, unpublish, unstage; the bytes land in the image', async () => {
@@ -53,7 +53,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     await node().NodePublishVolume(pub);
     writeFileSync(join(target, 'proof.txt'), 'sinter-conformance-marker');
     const stats = await node().NodeGetVolumeStats({ volume_id: id, volume_path: target });
-    expect(stats.usage.find((u: { unit: string }) => u.unit === 'BYTES').total).toBeGreaterThan(40 * MiB);
+    expect(stats.usage.find((u) => u.unit === 'BYTES')!.total).toBeGreaterThan(40 * MiB);
     await node().NodeUnpublishVolume({ volume_id: id, target_path: target });
     await node().NodeUnpublishVolume({ volume_id: id, target_path: target });
     expect(existsSync(target)).toBe(false);

@@ -232,8 +232,8 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
             throw new Error(`${dir} ${sc.metadata.name} (${c.name}): sinter refused what csi-provisioner sends: ${e.details}`);
           });
         const want = (paramsOf(sc)[FSTYPE_KEY] ?? flags.defaultFsType) || 'ext4';
-        if (c.volumeMode !== 'Block') expect(res.volume.volume_context.fsType, `${sc.metadata.name}: the filesystem`).toBe(want);
-        await ctl().DeleteVolume({ volume_id: res.volume.volume_id });
+        if (c.volumeMode !== 'Block') expect(res.volume!.volume_context.fsType, `${sc.metadata.name}: the filesystem`).toBe(want);
+        await ctl().DeleteVolume({ volume_id: res.volume!.volume_id });
         n++;
       }
       const caps = provision(paramsOf(sc), [], shapes[0]!, 'pvc-cap', flags).volume_capabilities;
@@ -265,7 +265,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
       if (c.dataSource?.kind === 'VolumeSnapshot') volume_content_source = { snapshot: { snapshot_id: snapshots.get(c.dataSource.name) } };
       if (c.dataSource?.kind === 'PersistentVolumeClaim') volume_content_source = { volume: { volume_id: made.get(c.dataSource.name) } };
       const res = await ctl().CreateVolume({ name: `pvc-${c.name}`, capacity_range: { required_bytes: c.storage }, volume_capabilities: r.volume_capabilities, parameters: r.parameters, volume_content_source });
-      made.set(c.name, res.volume.volume_id);
+      made.set(c.name, res.volume!.volume_id!);
     };
     // Sources first: plain claims, then the snapshots of them, then the claims made from snapshots and clones.
     for (const c of claims.filter((c) => !c.dataSource)) await createClaim(c);
@@ -277,7 +277,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
       expect(source, `snapshot ${vs.metadata.name}: its claim ${spec.source.persistentVolumeClaimName} is an example`).toBeDefined();
       const r = snapshot(paramsOf(vsc!), { name: vs.metadata.name, namespace: vs.metadata.namespace ?? 'default' }, `snapcontent-${vs.metadata.name}`, snapshotterFlags(docs()));
       const res = await ctl().CreateSnapshot({ name: `snapshot-${vs.metadata.name}`, source_volume_id: source, parameters: r.parameters, secrets: {} });
-      snapshots.set(vs.metadata.name, res.snapshot.snapshot_id);
+      snapshots.set(vs.metadata.name, res.snapshot!.snapshot_id!);
     }
     for (const c of claims.filter((c) => c.dataSource)) await createClaim(c);
     expect(made.size).toBe(new Set(claims.map((c) => c.name)).size);

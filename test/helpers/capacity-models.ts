@@ -412,7 +412,7 @@ export async function provisionClaim(kc: KubeConfig, controller: CsiClient['cont
     parameters,
     accessibility_requirements: { requisite: [{ segments: segment }], preferred: [{ segments: segment }] },
   });
-  const topo = (r.volume.accessible_topology ?? []) as { segments: Record<string, string> }[];
+  const topo = (r.volume!.accessible_topology ?? []) as { segments: Record<string, string> }[];
   const terms: Segment[] | undefined = topo.length ? topo.map((t) => Object.entries(t.segments)) : undefined;
   return { volume: r.volume as { volume_id: string; capacity_bytes: number; accessible_topology: { segments: Record<string, string> }[] }, pvNodeAffinityTerms: terms };
 }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { csiClient, type CsiClient } from '../../src/csi/client.js';
+import type { AccessMode, VolumeCapability } from '../../src/csi/messages.js';
 
 export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
@@ -184,8 +185,8 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
 
 export const MiB = 1024 * 1024;
 
-export const mountCap = (mode = 'SINGLE_NODE_WRITER', fsType = '') => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
-export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ block: {}, access_mode: { mode } });
+export const mountCap = (mode: AccessMode = 'SINGLE_NODE_WRITER', fsType = ''): VolumeCapability => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
+export const blockCap = (mode: AccessMode = 'SINGLE_NODE_WRITER'): VolumeCapability => ({ block: {}, access_mode: { mode } });
 
 /** The gRPC status code of a rejected call, or 'OK'. */
 /**

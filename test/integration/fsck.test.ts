@@ -21,9 +21,9 @@ describe('sinter fsck', () => {
 
   beforeAll(async () => {
     s = await startSinter();
-    nodeId = (await s.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await s.client.node.NodeGetInfo({})).node_id!;
     for (const n of ['a', 'b', 'c']) {
-      ids[n] = (await s.client.controller.CreateVolume({ name: `fsck-${n}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id;
+      ids[n] = (await s.client.controller.CreateVolume({ name: `fsck-${n}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id!;
     }
     await s.client.controller.CreateSnapshot({ name: 'fsck-snap', source_volume_id: ids.a });
     const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: ids.a, node_id: nodeId, volume_capability: mountCap() })).publish_context;
@@ -99,7 +99,7 @@ describe('sinter fsck', () => {
     const after = await fsckCli(s);
     expect(kinds(after.report), describeReport(after.report)).toEqual(['orphan-image operator', 'staging-mount-missing retry', 'unreadable-record operator']);
     expect(await loopsOf(cImage)).toEqual([]);
-    const listed = (await s.client.controller.ListVolumes({})).entries.map((e: { volume: { volume_id: string; capacity_bytes: number } }) => [e.volume.volume_id, Number(e.volume.capacity_bytes)]);
+    const listed = (await s.client.controller.ListVolumes({})).entries.map((e) => [e.volume!.volume_id, Number(e.volume!.capacity_bytes)]);
     expect(listed.sort()).toEqual([[ids.a, 16 * MiB], [ids.c, 32 * MiB]].sort());
     expect(existsSync(join(vols(), `${ids.b}.img`))).toBe(false);
     expect(existsSync(join(vols(), `${creating}.img`))).toBe(false);

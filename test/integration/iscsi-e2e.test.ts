@@ -49,7 +49,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     mkdirSync(join(t.dir, 'node'));
     ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
     node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
   });
 
   afterAll(async () => {
@@ -62,7 +62,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
 
   const provision = async (name: string) => {
     const v = (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume;
-    return v.volume_id as string;
+    return v!.volume_id as string;
   };
   const paths = (id: string) => {
     const staging = join(node.kubeletRoot, 'staging', id);
@@ -149,14 +149,14 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
 
   it('grows a published, staged volume online: the controller grows image and LUN under the live session; the user-space node says to stage again, then grows the filesystem', async () => {
     const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
-    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume.volume_id as string;
+    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume!.volume_id as string;
     const { staging, target } = paths(id);
     const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: xfs, secrets: CHAP })).publish_context;
     const stage = () => node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: xfs, publish_context: ctx, secrets: CHAP });
     const publish = () => node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: xfs, publish_context: ctx });
     const expandNode = () =>
       node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
-    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u: { unit: string }) => u.unit === 'BYTES').total as number;
+    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u) => u.unit === 'BYTES')!.total as number;
     // A new session's READ CAPACITY, as the allowed initiator with the volume's CHAP (libiscsi).
     const readCapacity = async () => {
       const user = CHAP['node.session.auth.username'];
@@ -180,7 +180,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     expect(readFileSync(join(target, 'before.txt'), 'utf8')).toBe('written before the online expand');
     writeFileSync(join(target, 'after.txt'), 'written after the online expand');
     execaSync('sync', ['-f', join(target, 'after.txt')]);
-    expect((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status.volume_condition.abnormal).toBe(false);
+    expect((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status!.volume_condition!.abnormal).toBe(false);
 
     // The user-space chain cannot see the LUN grow: a clear refusal, and the filesystem is not claimed grown.
     const refused = await expandNode().then(
@@ -223,7 +223,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
       const lun = (await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)?.luns.find((l) => l.lun === 1);
       return lun?.sizeMB === tgtShownMB(96 * MiB) ? true : undefined;
     }, 20_000);
-    expect(Number((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).volume.capacity_bytes)).toBe(96 * MiB);
+    expect(Number((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).volume!.capacity_bytes)).toBe(96 * MiB);
     expect((await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)!.sessions).toHaveLength(1);
     expect(readFileSync(join(target, 'crash.txt'), 'utf8')).toBe('across a controller crash');
     writeFileSync(join(target, 'crash-after.txt'), 'still writable');
@@ -265,7 +265,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     // The reconcile loop (every second here) puts the target, LUN, ACL and CHAP back.
     await waitFor('the export to be restored', async () => {
       const v = await ctl.client.controller.ControllerGetVolume({ volume_id: id });
-      return v.status.volume_condition.abnormal ? undefined : true;
+      return v.status!.volume_condition!.abnormal ? undefined : true;
     }, 20_000);
     const { staging } = paths(id);
     await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: CHAP });

@@ -108,7 +108,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
       mkdirSync(join(t.dir, 'node'));
       ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), wrapper: storage.wrapper, args: ['--config', join(t.dir, 'controller.yaml')] });
       node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-b', wrapper: nodeHost.wrapper, args: ['--config', join(t.dir, 'node.yaml')] });
-      nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+      nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
     } catch (e) {
       const left = await teardown();
       if (left.length) console.error(`cleanup after the failed setup: ${left.join('; ')}`);
@@ -162,7 +162,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
     const { storage, node: nodeHost } = net!;
     const c = ctl!.client.controller;
     const n = node!.client.node;
-    const id = (await c.CreateVolume({ name: 'two-hosts-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id as string;
+    const id = (await c.CreateVolume({ name: 'two-hosts-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id as string;
     const pub = await c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
     expect(pub.publish_context).toEqual({ transport: 'iscsi', portals: `${storage.address}:${ISCSI_PORT}`, iqn: `${IQN_PREFIX}${id}`, lun: '1' });
     const iqn = pub.publish_context.iqn as string;
@@ -220,7 +220,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
     const otherIqn = 'iqn.2026-11.io.sinter.test:node-c';
     const otherNodeId = `node-c;${otherIqn};`;
     const c = ctl!.client.controller;
-    const id = (await c.CreateVolume({ name: 'two-hosts-shared', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [shared] })).volume.volume_id as string;
+    const id = (await c.CreateVolume({ name: 'two-hosts-shared', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [shared] })).volume!.volume_id as string;
     const iqn = (await c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: shared, secrets: CHAP })).publish_context.iqn as string;
     await c.ControllerPublishVolume({ volume_id: id, node_id: otherNodeId, volume_capability: shared, secrets: CHAP });
     expect((await inquiryFromNode(iqn, NODE_IQN)).stdout).toMatch(/Vendor:SINTER/);

@@ -238,7 +238,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
 
     // Deleting gives the room back.
     await s.client.controller.DeleteVolume({ volume_id: bulk.volume.volume_id });
-    const ssd = (await s.client.controller.ListVolumes({})).entries.map((e: { volume: { volume_id: string } }) => e.volume.volume_id);
+    const ssd = (await s.client.controller.ListVolumes({})).entries.map((e) => e.volume!.volume_id);
     for (const id of ssd) await s.client.controller.DeleteVolume({ volume_id: id });
     await provisioner.sync();
     expect(await table()).toEqual(INITIAL);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { csiError, NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 
 // Bit 24 of the effective capability set; some sandboxes drop it even for root.
 const HAS_CAP_SYS_RESOURCE = ((BigInt('0x' + (/CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0')) >> 24n) & 1n) === 1n;
@@ -16,7 +17,7 @@ afterEach(async () => {
   await env.cleanup();
 });
 
-async function stageAndPublish(vol: string, file: string, cap: Record<string, unknown>, block = false) {
+async function stageAndPublish(vol: string, file: string, cap: VolumeCapability, block = false) {
   const stage = env.stageReq(vol, file, cap);
   await env.h.NodeStageVolume!(stage);
   const target = block ? join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1') : env.target(vol);

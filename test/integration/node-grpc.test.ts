@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadCsi } from '../../src/csi/proto.js';
 import { CsiServer } from '../../src/csi/server.js';
 import { NodeEnv, MiB } from '../helpers/node-env.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 
 // The same handlers over the real wire: proves the responses survive proto
 // encoding (enum names, int64, oneofs) and errors arrive as gRPC statuses.
@@ -38,7 +39,7 @@ describe('Node service over gRPC', () => {
 
   it('stages, publishes, reports stats and tears down a volume', async () => {
     const file = await env.image('wire.img', 128 * MiB);
-    const cap = { mount: { fs_type: 'ext4', mount_flags: ['noatime'] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+    const cap: VolumeCapability = { mount: { fs_type: 'ext4', mount_flags: ['noatime'] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
     const stage = { ...env.stageReq('file-wire', file, cap) };
     await call('NodeStageVolume', stage);
     const target = env.target('file-wire');

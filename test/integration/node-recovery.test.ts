@@ -66,7 +66,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     const file = await env.image('u.img', 128 * MiB);
     const stage = env.stageReq('file-midunstage', file, mountCap('ext4'));
     await env.h.NodeStageVolume!(stage);
-    await env.sh('umount', [stage.staging_target_path]);
+    await env.sh('umount', [stage.staging_target_path!]);
     await patchRecord('file-midunstage', { phase: 'unstaging' });
     env.restart();
     await env.h.NodeUnstageVolume!({ volume_id: 'file-midunstage', staging_target_path: stage.staging_target_path });
@@ -93,7 +93,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     const file = await env.image('o.img', 128 * MiB);
     const stage = env.stageReq('file-orphan', file, mountCap('ext4'));
     await env.h.NodeStageVolume!(stage);
-    await env.sh('umount', [stage.staging_target_path]);
+    await env.sh('umount', [stage.staging_target_path!]);
     const stray = await env.image('stray.img', 16 * MiB);
     const strayDev = (await env.sh('losetup', ['--find', '--show', stray])).trim();
     // A device from our roots that no record explains but someone mounted: left alone, reported.
@@ -132,7 +132,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     const stage = env.stageReq('file-reboot', file, mountCap('ext4'));
     await env.h.NodeStageVolume!(stage);
     // "Reboot": mounts and loop devices are gone; another file now sits on a loop device the record names.
-    await env.sh('umount', [stage.staging_target_path]);
+    await env.sh('umount', [stage.staging_target_path!]);
     await env.sh('losetup', ['-d', (await loopsOf(file))[0]!]);
     const other = await env.image('someone-else.img', 64 * MiB);
     const otherDev = (await env.sh('losetup', ['--find', '--show', other])).trim();

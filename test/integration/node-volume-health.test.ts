@@ -3,6 +3,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeEnv, mountCap, MiB } from '../helpers/node-env.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 
 type Stats = { usage: { unit: string; total: number }[]; volume_condition: { abnormal: boolean; message: string } };
 
@@ -14,7 +15,7 @@ afterEach(async () => {
   await env.cleanup();
 });
 
-async function stageAndPublish(vol: string, file: string, cap: Record<string, unknown>, readonly = false) {
+async function stageAndPublish(vol: string, file: string, cap: VolumeCapability, readonly = false) {
   const stage = env.stageReq(vol, file, cap);
   await env.h.NodeStageVolume!(stage);
   const target = env.target(vol);
@@ -111,7 +112,7 @@ describe('NodeGetVolumeStats volume_condition: real failures under a staged ext4
     const file = await env.image('staging.img', 64 * MiB);
     const vol = 'file-staging-gone';
     const { staging, target } = await stageAndPublish(vol, file, mountCap('ext4'));
-    await env.sh('umount', [staging]);
+    await env.sh('umount', [staging!]);
     expect(podWrite(join(target, 'through-bind'), Buffer.from('ok'))).toBeUndefined();
     const s = await stats(vol, target);
     expect(s.volume_condition.abnormal).toBe(true);

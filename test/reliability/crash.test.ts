@@ -118,7 +118,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
 
     const start = async () => {
       s = await startSinter({ base, detached: true });
-      nodeId = (await c().node.NodeGetInfo({})).node_id;
+      nodeId = (await c().node.NodeGetInfo({})).node_id!;
     };
 
     // ---- the operations: each knows its request, its effect on the model, and how the CO settles it after a crash.
@@ -561,7 +561,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
           const v = rng.pick([...vols.values()]);
           const again = await c().controller.CreateVolume({ name: v.name, capacity_range: { required_bytes: v.size }, volume_capabilities: [capOf(v.access)], parameters: {} }).catch((e: Error) => e);
           // A clone's retry must name its source; without one the answer is ALREADY_EXISTS, which converges too.
-          if (!(again instanceof Error)) expect(again.volume.volume_id).toBe(v.id);
+          if (!(again instanceof Error)) expect(again.volume!.volume_id).toBe(v.id);
           else expect((again as { code?: number }).code).toBe(6);
         }
         await timed('check', checkExact);

@@ -10,6 +10,7 @@ import { runFsck } from '../../src/fsck/check.js';
 import { describe as describeReport } from '../helpers/fsck.js';
 import { seedFromEnv, SOAK } from '../helpers/rng.js';
 import { blockCap, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { rpcByName } from '../../src/csi/client.js';
 
 /**
  * Bad input (safety rules 2 and 3): property-based fuzzing of every RPC's
@@ -87,11 +88,11 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
     symlinkSync('/nonexistent-sinter', join(kubelet, 'dangling'));
     symlinkSync(kubelet, join(kubelet, 'loop'));
     mkdirSync(join(kubelet, 'staging'), { recursive: true });
-    nodeId = (await s.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await s.client.node.NodeGetInfo({})).node_id!;
     const ctl = s.client.controller;
-    v.mount = (await ctl.CreateVolume({ name: 'fz-mount', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id;
-    v.block = (await ctl.CreateVolume({ name: 'fz-block', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()] })).volume.volume_id;
-    snapId = (await ctl.CreateSnapshot({ name: 'fz-snap', source_volume_id: v.mount })).snapshot.snapshot_id;
+    v.mount = (await ctl.CreateVolume({ name: 'fz-mount', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id!;
+    v.block = (await ctl.CreateVolume({ name: 'fz-block', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!;
+    snapId = (await ctl.CreateSnapshot({ name: 'fz-snap', source_volume_id: v.mount })).snapshot!.snapshot_id!;
     const ctx = (await ctl.ControllerPublishVolume({ volume_id: v.mount, node_id: nodeId, volume_capability: mountCap() })).publish_context;
     await s.client.node.NodeStageVolume({ volume_id: v.mount, staging_target_path: join(kubelet, 'staging', v.mount), volume_capability: mountCap(), publish_context: ctx });
     await s.client.node.NodePublishVolume({
@@ -276,7 +277,7 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
       fc.asyncProperty(fc.array(anyCall, { minLength: BATCH, maxLength: BATCH }), async (calls) => {
         const answers = await Promise.all(
           calls.map((c) =>
-            s.client[c.svc][c.rpc]!(c.req, { deadlineMs: 60_000 }).then(
+            rpcByName(s.client[c.svc], c.rpc)(c.req, { deadlineMs: 60_000 }).then(
               () => 0,
               (e: { code?: number; details?: string }) => {
                 if (BAD.has(e.code ?? -1)) throw Object.assign(new Error(`${c.svc}.${c.rpc} → ${BAD.get(e.code!)}: ${e.details}`), { call: c });

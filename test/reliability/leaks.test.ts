@@ -97,7 +97,7 @@ describe('resource leaks', () => {
     const nodeId = (await s.client.node.NodeGetInfo({})).node_id;
     const vols = [];
     for (const [access, cap] of [['mount', mountCap()], ['block', blockCap()]] as const) {
-      const id = (await s.client.controller.CreateVolume({ name: `leak-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
+      const id = (await s.client.controller.CreateVolume({ name: `leak-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume!.volume_id as string;
       const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap })).publish_context;
       vols.push({ id, cap, ctx, staging: join(s.kubeletRoot, 'staging', id) });
     }
