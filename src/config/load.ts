@@ -78,7 +78,7 @@ function iscsiFrom(raw: unknown, key: string): IscsiExportConfig {
     portals,
     iqnPrefix,
     controlPort: raw.controlPort === undefined ? 0 : int(raw.controlPort, `${key}.controlPort`, 0, 32767),
-    writeCache: raw.writeCache === undefined ? true : (raw.writeCache as boolean),
+    writeCache: raw.writeCache === undefined ? true : (raw.writeCache),
     blockSize,
     reconcileSeconds: raw.reconcileSeconds === undefined ? 30 : num(raw.reconcileSeconds, `${key}.reconcileSeconds`, 1, 86400),
   };

@@ -62,7 +62,7 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
       if (f.ref !== undefined) log.error({ ...line, ref: f.ref, err: (err as Error)?.message, stack: (err as Error)?.stack }, 'rpc');
       else if (f.code === grpc.status.INTERNAL) log.error({ ...line, err: f.message }, 'rpc');
       else log.info({ ...line, err: f.message }, 'rpc');
-      callback({ code: f.code, details: f.message, metadata: new grpc.Metadata() } as grpc.ServiceError);
+      callback({ code: f.code, details: f.message, metadata: new grpc.Metadata() });
     };
     if (!fn) {
       done(new DomainError('unimplemented', `${method} is not implemented by this plugin`));

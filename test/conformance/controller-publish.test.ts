@@ -100,12 +100,12 @@ describe('per-node attach limit (sinter all --max-volumes-per-node 2)', () => {
     for (const n of ['l1', 'l2', 'l3'])
       ids.push((await s.client.controller.CreateVolume({ name: n, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!);
     const pub = (id: string) => s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: info.node_id, volume_capability: blockCap() });
-    await pub(ids[0]!);
-    await pub(ids[1]!);
-    expect(await codeOf(pub(ids[2]!))).toBe('RESOURCE_EXHAUSTED');
+    await pub(ids[0]);
+    await pub(ids[1]);
+    expect(await codeOf(pub(ids[2]))).toBe('RESOURCE_EXHAUSTED');
     // A repeat of an existing publish is not a new attachment.
-    expect(await codeOf(pub(ids[1]!))).toBe('OK');
+    expect(await codeOf(pub(ids[1]))).toBe('OK');
     await s.client.controller.ControllerUnpublishVolume({ volume_id: ids[0], node_id: info.node_id });
-    expect(await codeOf(pub(ids[2]!))).toBe('OK');
+    expect(await codeOf(pub(ids[2]))).toBe('OK');
   });
 });

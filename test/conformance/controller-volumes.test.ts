@@ -145,8 +145,8 @@ describe('Controller volumes (sinter all, file backend)', () => {
       while (token) {
         const p = await ctl().ListVolumes({ max_entries: 3, starting_token: token });
         for (const e of p.entries) {
-          expect(seen.has(e.volume!.volume_id!)).toBe(false);
-          seen.add(e.volume!.volume_id!);
+          expect(seen.has(e.volume!.volume_id)).toBe(false);
+          seen.add(e.volume!.volume_id);
         }
         token = p.next_token;
       }

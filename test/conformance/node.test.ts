@@ -7,7 +7,7 @@ import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from
 /** Loop devices whose backing file lies under dir. */
 async function loopsUnder(dir: string): Promise<string[]> {
   const { stdout } = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
-  return stdout.split('\n').filter((l) => l.includes(`${dir}/`)).map((l) => l.trim().split(/\s+/)[0]!);
+  return stdout.split('\n').filter((l) => l.includes(`${dir}/`)).map((l) => l.trim().split(/\s+/)[0]);
 }
 
 const mountsUnder = (dir: string) =>

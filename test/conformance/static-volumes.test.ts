@@ -75,7 +75,7 @@ describe('static volumes (sinter controller)', () => {
     ['an iqn that is not one', { ...ISCSI, iqn: 'target7' }, 'volume_context.iqn'],
     ['an FC key on an iSCSI volume', { ...ISCSI, wwns: '500601603ba02c1f' }, 'volume_context.wwns'],
   ])('INVALID_ARGUMENT naming the key for %s', async (_what, ctx, key) => {
-    const f = await failure(publish('static-bad', NODE_A, ctx as Record<string, string>));
+    const f = await failure(publish('static-bad', NODE_A, ctx));
     expect(f.code).toBe('INVALID_ARGUMENT');
     expect(f.message).toContain(key);
     expect(await published('static-bad')).toEqual([]);

@@ -29,24 +29,24 @@ function parseDockerfile(text: string): { args: Map<string, string>; stages: Sta
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const start = i;
-    let l = lines[i]!;
+    let l = lines[i];
     if (/^\s*(#|$)/.test(l)) continue;
     while (/\\\s*$/.test(l) && i + 1 < lines.length) {
       i++;
-      const next = lines[i]!;
+      const next = lines[i];
       if (/^\s*#/.test(next)) continue;
       l = l.replace(/\\\s*$/, ' ') + next;
     }
     const m = /^\s*([A-Za-z]+)\s+(.*)$/.exec(l);
     if (!m) throw new Error(`Dockerfile line ${start + 1}: cannot parse ${l}`);
-    const op = m[1]!.toUpperCase();
-    const rest = m[2]!.trim().replace(/\s+/g, ' ');
+    const op = m[1].toUpperCase();
+    const rest = m[2].trim().replace(/\s+/g, ' ');
     if (op === 'FROM') {
       const f = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(rest)!;
-      stages.push({ name: f[2] ?? String(stages.length), from: f[1]!, body: [] });
+      stages.push({ name: f[2] ?? String(stages.length), from: f[1], body: [] });
     } else if (stages.length === 0 && op === 'ARG') {
       const [k, v] = rest.split('=');
-      args.set(k!, v ?? '');
+      args.set(k, v ?? '');
     } else {
       stages.at(-1)!.body.push({ op, args: rest, line: start + 1 });
     }
@@ -76,7 +76,7 @@ function aptPackages(s: Stage): string[] {
   const out: string[] = [];
   for (const ins of s.body.filter((x) => x.op === 'RUN')) {
     for (const m of ins.args.matchAll(/apt-get install((?:\s+[^&|;]+?)+)\s*(?:&&|;|$)/g)) {
-      out.push(...m[1]!.trim().split(/\s+/).filter((w) => !w.startsWith('-')));
+      out.push(...m[1].trim().split(/\s+/).filter((w) => !w.startsWith('-')));
     }
   }
   return out;
@@ -282,7 +282,7 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
     const endpoint = `unix://${run}/csi.sock`;
     const argv = [process.execPath, join(app, 'dist/main.js'), 'controller', `--data-dir=${data}`, `--endpoint=${endpoint}`, '--log-level=info'];
     const cmd = canDropToControllerUser ? ['setpriv', '--reuid=65532', '--regid=65532', '--clear-groups', '--', ...argv] : argv;
-    const child = spawn(cmd[0]!, cmd.slice(1), { cwd: app, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'production' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd[0], cmd.slice(1), { cwd: app, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'production' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let logs = '';
     child.stdout.on('data', (b: Buffer) => (logs += b.toString()));
     child.stderr.on('data', (b: Buffer) => (logs += b.toString()));

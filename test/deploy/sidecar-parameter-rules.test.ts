@@ -38,7 +38,7 @@ const RENDERS = ['base', ...OVERLAY_DIRS] as const;
 const Gi = 1024 ** 3;
 
 type Params = Record<string, string>;
-const paramsOf = (o: K8sObject) => ((o as { parameters?: Params }).parameters ?? {}) as Params;
+const paramsOf = (o: K8sObject) => ((o as { parameters?: Params }).parameters ?? {});
 const classes = (docs: K8sObject[]) => docs.filter((o) => o.kind === 'StorageClass');
 const snapshotClasses = (docs: K8sObject[]) => docs.filter((o) => o.kind === 'VolumeSnapshotClass');
 const allExamples = () => [...examples().values()].flat();
@@ -200,7 +200,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
     // The overlay's own controller configuration, with its backends' data under the test's directory.
     // Exports are local: what is checked here is parameters and scheduling, not how nodes reach the images.
     const cm = docs().find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('sinter-config'))!;
-    const cfg = parseYaml((cm as unknown as { data: Record<string, string> }).data['controller.yaml']!) as { backends: Record<string, unknown>[] };
+    const cfg = parseYaml((cm as unknown as { data: Record<string, string> }).data['controller.yaml']) as { backends: Record<string, unknown>[] };
     for (const b of cfg.backends) {
       b.dataDir = join(base, String(b.name));
       delete b.iscsi;
@@ -236,7 +236,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
         await ctl().DeleteVolume({ volume_id: res.volume!.volume_id });
         n++;
       }
-      const caps = provision(paramsOf(sc), [], shapes[0]!, 'pvc-cap', flags).volume_capabilities;
+      const caps = provision(paramsOf(sc), [], shapes[0], 'pvc-cap', flags).volume_capabilities;
       expect(await codeOf(ctl().GetCapacity({ volume_capabilities: caps, parameters: capacityParameters(paramsOf(sc)) })), `${sc.metadata.name}: GetCapacity`).toBe('OK');
     }
     expect(n).toBeGreaterThanOrEqual(15);

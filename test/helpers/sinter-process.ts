@@ -79,7 +79,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
   while (Date.now() < until) {
     try {
       const v = await fn();
-      if (v !== undefined && v !== false) return v as T;
+      if (v !== undefined && v !== false) return v;
     } catch (e) {
       last = e;
     }
@@ -123,7 +123,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   let stderr = '';
   const argv = ['node', ...(opts.nodeArgs ?? []), ...args];
   const [cmd, ...cmdArgs] = opts.wrapper?.length ? [...opts.wrapper, ...argv] : argv;
-  const proc = execa(cmd!, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
+  const proc = execa(cmd, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   // The client is made once the socket accepts connections: a channel that met a
   // refused connection first (a stale socket of a killed run) waits out gRPC's

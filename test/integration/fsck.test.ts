@@ -27,7 +27,7 @@ describe('sinter fsck', () => {
     }
     await s.client.controller.CreateSnapshot({ name: 'fsck-snap', source_volume_id: ids.a });
     const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: ids.a, node_id: nodeId, volume_capability: mountCap() })).publish_context;
-    const staging = join(s.kubeletRoot, 'staging', ids.a!);
+    const staging = join(s.kubeletRoot, 'staging', ids.a);
     mkdirSync(staging, { recursive: true });
     stageA = { volume_id: ids.a, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx };
     await s.client.node.NodeStageVolume(stageA);
@@ -58,9 +58,9 @@ describe('sinter fsck', () => {
   it('names every kind of damage with its remedy, and a restart repairs exactly those marked restart', async () => {
     await s.stop();
     // Controller side.
-    put(ids.b!, { state: 'deleting' });
+    put(ids.b, { state: 'deleting' });
     const creating = `default-${randomUUID()}`;
-    writeFileSync(join(vols(), `${creating}.json`), JSON.stringify({ ...rec(ids.c!), id: creating, name: 'fsck-half', state: 'creating' }));
+    writeFileSync(join(vols(), `${creating}.json`), JSON.stringify({ ...rec(ids.c), id: creating, name: 'fsck-half', state: 'creating' }));
     writeFileSync(join(vols(), `${creating}.img`), 'partial');
     truncateSync(join(vols(), `${ids.c}.img`), 32 * MiB);
     writeFileSync(join(vols(), `.${ids.c}.json.0badf00d.tmp`), '{"half');
@@ -114,7 +114,7 @@ describe('sinter fsck', () => {
     await s.stop();
     const temp = join(vols(), `.${ids.a}.json.12345678.tmp`);
     writeFileSync(temp, '{');
-    put(ids.c!, { state: 'deleting' });
+    put(ids.c, { state: 'deleting' });
     const r = await fsckCli(s, ['--repair']);
     expect(r.code).toBe(1);
     expect(kinds(r.report)).toEqual(['orphan-image operator', 'unreadable-record operator']);

@@ -132,7 +132,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
     // The session survived that too.
     const [att] = await us.list();
     expect((await helper.listTargets()).find((x) => x.volumeId === id)!.sessions.map((s) => s.initiator)).toEqual([NODE_IQN]);
-    expect((await readAt(att!.devicePath!, 3 * MiB, 24)).toString()).toBe('before the online expand');
+    expect((await readAt(att.devicePath!, 3 * MiB, 24)).toString()).toBe('before the online expand');
     await us.disconnect(target);
   });
 

@@ -79,7 +79,7 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
   };
 
   /** The node's /metrics, parsed. */
-  const metricsOf = async (s: SinterProcess) => parseExposition((await scrape((await waitFor('the metrics endpoint', () => metricsAddressIn(s.logs())))!)).text);
+  const metricsOf = async (s: SinterProcess) => parseExposition((await scrape((await waitFor('the metrics endpoint', () => metricsAddressIn(s.logs()))))).text);
 
   /** A tgt target for a new volume, its ACL allowing this node, and the publish_context the controller would hand out. */
   const exported = async () => {

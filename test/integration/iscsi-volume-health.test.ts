@@ -94,7 +94,7 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
   it('the controller passes the start-up checks of csi-external-health-monitor-controller v0.18.0, and the node offers kubelet its volume condition (modelled from main.go at v0.18.0 and kubelet\'s csi_client.go)', async () => {
     // cmd/csi-external-health-monitor-controller/main.go (v0.18.0) exits unless the plugin has the
     // CONTROLLER_SERVICE, (LIST_VOLUMES or GET_VOLUME) and VOLUME_CONDITION.
-    const plugin = (await ctl.client.identity.GetPluginCapabilities({})).capabilities.map(((c) => c.service?.type)!);
+    const plugin = (await ctl.client.identity.GetPluginCapabilities({})).capabilities.map(((c) => c.service?.type));
     expect(plugin).toContain('CONTROLLER_SERVICE');
     const rpcs = (await ctl.client.controller.ControllerGetCapabilities({})).capabilities.map((c) => c.rpc!.type);
     expect(rpcs).toEqual(expect.arrayContaining(['LIST_VOLUMES', 'GET_VOLUME', 'VOLUME_CONDITION', 'LIST_VOLUMES_PUBLISHED_NODES']));

@@ -33,13 +33,13 @@ function listeningPorts(pid: number): number[] {
         return '';
       }
     })());
-    if (m) inodes.add(m[1]!);
+    if (m) inodes.add(m[1]);
   }
   const ports: number[] = [];
   for (const table of ['tcp', 'tcp6']) {
     for (const line of readFileSync(`/proc/${pid}/net/${table}`, 'utf8').split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[3] === '0A' && inodes.has(f[9]!)) ports.push(parseInt(f[1]!.split(':')[1]!, 16));
+      if (f[3] === '0A' && inodes.has(f[9])) ports.push(parseInt(f[1].split(':')[1], 16));
     }
   }
   return ports;

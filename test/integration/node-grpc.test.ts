@@ -14,7 +14,7 @@ let server: CsiServer;
 let client: grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: unknown) => void) => void>;
 
 const call = <T>(method: string, req: unknown) =>
-  new Promise<T>((resolve, reject) => client[method]!(req, (e, r) => (e ? reject(e) : resolve(r as T))));
+  new Promise<T>((resolve, reject) => client[method](req, (e, r) => (e ? reject(e) : resolve(r as T))));
 
 beforeAll(async () => {
   env = await NodeEnv.create({ maxVolumesPerNode: 16, topology: { 'topology.sinter.io/node': 'node-a' } });
@@ -49,7 +49,7 @@ describe('Node service over gRPC', () => {
       volume_path: target,
     });
     expect(stats.usage.map((u) => u.unit)).toEqual(['BYTES', 'INODES']);
-    expect(typeof stats.usage[0]!.total).toBe('number');
+    expect(typeof stats.usage[0].total).toBe('number');
     expect(stats.volume_condition.abnormal ?? false).toBe(false);
     const m = (await env.mountsUnder()).find((x) => x.mountPoint === stage.staging_target_path);
     expect(m?.options).toContain('noatime');

@@ -17,13 +17,13 @@ afterEach(async () => {
 
 async function stageAndPublish(vol: string, file: string, cap: VolumeCapability, readonly = false) {
   const stage = env.stageReq(vol, file, cap);
-  await env.h.NodeStageVolume!(stage);
+  await env.h.NodeStageVolume(stage);
   const target = env.target(vol);
-  await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: cap, readonly });
+  await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: cap, readonly });
   return { staging: stage.staging_target_path, target };
 }
 
-const stats = async (vol: string, path: string) => (await env.h.NodeGetVolumeStats!({ volume_id: vol, volume_path: path })) as Stats;
+const stats = async (vol: string, path: string) => (await env.h.NodeGetVolumeStats({ volume_id: vol, volume_path: path })) as Stats;
 
 /** The loop device the node attached for an image (the local connector's device). */
 async function loopOf(file: string): Promise<string> {
@@ -120,8 +120,8 @@ describe('NodeGetVolumeStats volume_condition: real failures under a staged ext4
       `the volume's staging mount at ${staging} is gone (nothing is mounted there; unmounted outside sinter): the pod still reaches the volume through its own mount, but no other pod on this node can mount it. Delete the pods using it on this node so kubelet unstages the volume and stages it again`,
     );
     // Unstage still cleans up what is left.
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: staging });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: staging });
     expect(await env.loopsOf(file)).toEqual([]);
   });
 

@@ -55,7 +55,7 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     expect(r1).toEqual({ iqn: `iqn.2025-01.io.sinter:${id}`, lun: 1, tid: expect.any(Number) });
     const t = (await helper.listTargets()).filter((x) => x.volumeId === id);
     expect(t).toHaveLength(1);
-    expect(t[0]!.luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), type: 'disk', blockSize: 512, readonly: false, scsiSerial: id.slice('default-'.length) });
+    expect(t[0].luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), type: 'disk', blockSize: 512, readonly: false, scsiSerial: id.slice('default-'.length) });
     await helper.removeTarget(id);
   });
 

@@ -89,7 +89,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect(ps).toContain(`initiator-name=${NODE}`);
     const dirs = await fs.readdir(stateDir);
     for (const d of dirs) expect(await fs.readdir(join(stateDir, d))).not.toContain('chap.secret');
-    expect((await fs.stat(join(stateDir, dirs[0]!))).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(join(stateDir, dirs[0]))).mode & 0o777).toBe(0o700);
 
     const data = Buffer.from(`sinter-userspace-${volumeId}`.padEnd(4096, '#'));
     await writeAt(a.devicePath, 5 * MiB, data);
@@ -115,14 +115,14 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
   it('repairs a half-dead attachment (nbdfuse killed) on the next connect', async () => {
     const before = await us.connect(target, { initiatorName: NODE, chap: CHAP });
     const [info] = await us.list();
-    expect(info!.nbdfusePid).toBeGreaterThan(1);
-    process.kill(info!.nbdfusePid!, 'SIGKILL');
+    expect(info.nbdfusePid).toBeGreaterThan(1);
+    process.kill(info.nbdfusePid!, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
     const after = await us.connect(target, { initiatorName: NODE, chap: CHAP });
     expect(after.devicePath).toMatch(/^\/dev\/loop\d+$/);
     const [again] = await us.list();
-    expect(again!.nbdfusePid).not.toBe(info!.nbdfusePid);
-    expect(again!.mounted).toBe(true);
+    expect(again.nbdfusePid).not.toBe(info.nbdfusePid);
+    expect(again.mounted).toBe(true);
     // Still one session on the target, and the data path works.
     expect((await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions).toHaveLength(1);
     const data = Buffer.from('repaired'.padEnd(512, '.'));

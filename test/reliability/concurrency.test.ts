@@ -61,7 +61,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     const out = await Promise.all(reqs.map((r) => asSidecar(() => ctl().CreateVolume(r)).then((x) => ({ ok: x.volume, r }), (e: { code: number }) => ({ code: e.code, r }))));
     const won = out.filter((o) => 'ok' in o);
     expect(new Set(won.map((o) => (o as { ok: { volume_id: string } }).ok.volume_id)).size).toBe(1);
-    const winner = won[0]!.r;
+    const winner = won[0].r;
     for (const o of out) {
       if (o.r === winner) expect('ok' in o).toBe(true);
       else expect((o as { code: number }).code).toBe(6); // ALREADY_EXISTS
@@ -172,7 +172,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
         const results = await Promise.all(
           calls.map(async (n) => {
             await new Promise((r) => setTimeout(r, rng.int(0, 15)));
-            const e = await rpcs[n]!().then(() => undefined, (x: { details?: string }) => x);
+            const e = await rpcs[n]().then(() => undefined, (x: { details?: string }) => x);
             return [n, await codeOf(e ? Promise.reject(e) : Promise.resolve()), e?.details ?? ''] as const;
           }),
         );
@@ -207,7 +207,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
       await ctl().ControllerUnpublishVolume({ volume_id: vol, node_id: nodeId });
       if (final !== 'detached') await ctl().ControllerPublishVolume({ volume_id: vol, node_id: nodeId, volume_capability: cap });
       if (final === 'staged' || final === 'published') await node().NodeStageVolume({ volume_id: vol, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
-      if (final === 'published') await rpcs.publish0!();
+      if (final === 'published') await rpcs.publish0();
       const published = (await ctl().ControllerGetVolume({ volume_id: vol })).status!.published_node_ids ?? [];
       expect(published).toEqual(final === 'detached' ? [] : [nodeId]);
       const want = final === 'staged' ? 1 : final === 'published' ? 2 : 0;

@@ -514,7 +514,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
           else throw new Error(`${o.op.desc} failed with code ${o.code}: ${o.msg}`);
         }
         lostAnswers += inDoubt.length;
-        for (const op of inDoubt) lostByKind.set(op.desc.split(' ')[0]!, (lostByKind.get(op.desc.split(' ')[0]!) ?? 0) + 1);
+        for (const op of inDoubt) lostByKind.set(op.desc.split(' ')[0], (lostByKind.get(op.desc.split(' ')[0]) ?? 0) + 1);
         pendingVols.clear();
         pendingSnaps.clear();
         pendingCtrl.clear();

@@ -68,7 +68,7 @@ function listenersOn(path: string): number {
     .filter((l) => l.trim().endsWith(` ${path}`) && (parseInt(l.trim().split(/\s+/)[3] ?? '0', 16) & 0x10000) !== 0).length;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const MiBs = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
 describe('resource leaks', () => {
@@ -116,7 +116,7 @@ describe('resource leaks', () => {
     const endRss: number[] = [];
     const started = performance.now();
     for (let i = 0; i < CYCLES; i++) {
-      const v = vols[i % 2]!;
+      const v = vols[i % 2];
       await s.client.node.NodeStageVolume({ volume_id: v.id, staging_target_path: v.staging, volume_capability: v.cap, publish_context: v.ctx });
       await s.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging });
       if (i + 1 === WARMUP) {

@@ -34,12 +34,12 @@ describe('proto/csi.json (start-up cache of proto/csi.proto)', () => {
       volume_content_source: { snapshot: { snapshot_id: 'default-snap' } },
       accessibility_requirements: { requisite: [{ segments: { 'topology.sinter.csi.io/node': 'n1' } }] },
     };
-    const cached = csi.Controller.service.CreateVolume!;
-    const parsed = (fromProto['csi.v1.Controller'] as protoLoader.ServiceDefinition).CreateVolume!;
+    const cached = csi.Controller.service.CreateVolume;
+    const parsed = (fromProto['csi.v1.Controller'] as protoLoader.ServiceDefinition).CreateVolume;
     const bytes = cached.requestSerialize(req);
     expect(bytes.equals(parsed.requestSerialize(req))).toBe(true);
     expect(cached.requestDeserialize(bytes)).toEqual(parsed.requestDeserialize(bytes));
     const probe = { ready: { value: false } };
-    expect(csi.Identity.service.Probe!.responseSerialize(probe).equals((fromProto['csi.v1.Identity'] as protoLoader.ServiceDefinition).Probe!.responseSerialize(probe))).toBe(true);
+    expect(csi.Identity.service.Probe.responseSerialize(probe).equals((fromProto['csi.v1.Identity'] as protoLoader.ServiceDefinition).Probe.responseSerialize(probe))).toBe(true);
   });
 });

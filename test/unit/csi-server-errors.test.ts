@@ -54,11 +54,11 @@ describe('domain errors over gRPC', () => {
   });
 
   it('a domain error keeps its code and message', async () => {
-    await expect(client.identity.Probe!({})).rejects.toMatchObject({ code: 5, details: 'volume_id: volume "v1" does not exist' });
+    await expect(client.identity.Probe({})).rejects.toMatchObject({ code: 5, details: 'volume_id: volume "v1" does not exist' });
   });
 
   it('an unexpected error is INTERNAL with a short ref and no host path; the log has the whole error under that ref', async () => {
-    const err = (await client.identity.GetPluginInfo!({}).catch((e: unknown) => e)) as { code: number; details: string };
+    const err = (await client.identity.GetPluginInfo({}).catch((e: unknown) => e)) as { code: number; details: string };
     expect(err.code).toBe(13);
     expect(err.details).not.toMatch(/\/var\/lib|ENOENT/);
     const ref = /\(ref ([0-9a-f]{8})\)/.exec(err.details)?.[1];
@@ -69,14 +69,14 @@ describe('domain errors over gRPC', () => {
 
   it("a call whose deadline passes while it waits for a lock is DEADLINE_EXCEEDED and does no work", async () => {
     const holder = lock.run('busy', () => new Promise<void>((r) => (release = r)));
-    await expect(client.identity.GetPluginCapabilities!({}, { deadlineMs: 200 })).rejects.toMatchObject({ code: 4 });
+    await expect(client.identity.GetPluginCapabilities({}, { deadlineMs: 200 })).rejects.toMatchObject({ code: 4 });
     await new Promise((r) => setTimeout(r, 100)); // the server's own deadline timer fires too
     release();
     await holder;
     await new Promise((r) => setTimeout(r, 20));
     expect(ran).toBe(0);
     expect(lines.some((l) => l.rpc === 'Identity.GetPluginCapabilities' && l.code === 'DEADLINE_EXCEEDED')).toBe(true);
-    expect(await client.identity.GetPluginCapabilities!({})).toMatchObject({ capabilities: [] });
+    expect(await client.identity.GetPluginCapabilities({})).toMatchObject({ capabilities: [] });
     expect(ran).toBe(1);
   });
 

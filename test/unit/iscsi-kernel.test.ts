@@ -20,7 +20,7 @@ describe('iscsiadm output parsing (recorded and reconstructed iscsiadm outputs)'
   it('reads a -P 3 listing: target, portals, sid, host, LUNs and their disks', () => {
     const [s] = parseSessionTree(fixture('session-p3-one').stdout);
     expect(s).toMatchObject({ target: T1, currentPortal: P1, persistentPortal: P1, tpgt: 1, iface: 'default', initiatorName: NODE, sid: 1, connectionState: 'LOGGED IN', sessionState: 'LOGGED_IN', hostNumber: 2 });
-    expect(s!.devices).toEqual([
+    expect(s.devices).toEqual([
       { channel: 0, id: 0, lun: 0 },
       { channel: 0, id: 0, lun: 1, disk: 'sdb', state: 'running' },
     ]);
@@ -36,8 +36,8 @@ describe('iscsiadm output parsing (recorded and reconstructed iscsiadm outputs)'
 
   it('reads two targets, two LUNs, an unscanned session, and no sessions', () => {
     expect(parseSessionTree(fixture('session-p3-two-targets').stdout).map((s) => s.sid)).toEqual([1, 3]);
-    expect(parseSessionTree(fixture('session-p3-two-luns').stdout)[0]!.devices.map((d) => d.disk ?? '-')).toEqual(['-', 'sdb', 'sdc']);
-    expect(parseSessionTree(fixture('session-p3-unscanned').stdout)[0]!.devices).toEqual([]);
+    expect(parseSessionTree(fixture('session-p3-two-luns').stdout)[0].devices.map((d) => d.disk ?? '-')).toEqual(['-', 'sdb', 'sdc']);
+    expect(parseSessionTree(fixture('session-p3-unscanned').stdout)[0].devices).toEqual([]);
     const none = fixture('session-none');
     expect(none.exitCode).toBe(21);
     expect(parseSessionTree(none.stdout)).toEqual([]);
@@ -139,7 +139,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     // The secret reached iscsiadm, and only ever with Executor's masking asked for.
     const withSecret = exec.calls.filter((c) => c.args.includes(CHAP.password));
     expect(withSecret).toHaveLength(1);
-    expect(withSecret[0]!.opts?.secrets).toContain(CHAP.password);
+    expect(withSecret[0].opts?.secrets).toContain(CHAP.password);
     expect(exec.calls.find((c) => c.args.includes('--login'))!.opts?.secrets).toContain(CHAP.password);
     // Channel and target were unknown before the scan: "- - LUN", like os-brick.
     expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host2/scan', data: '- - 1' }]);

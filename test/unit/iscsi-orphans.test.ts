@@ -187,7 +187,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
     const exec = host('session-p3-one');
     const svc = service(exec, 'clean');
     expect(devices(await svc.orphans())).toEqual([`${sysfs.dev}/sdb restart`]);
-    expect((await svc.orphans())[0]!.detail).toMatch(/a start tears it down \(node\.orphanSessions: clean\)/);
+    expect((await svc.orphans())[0].detail).toMatch(/a start tears it down \(node\.orphanSessions: clean\)/);
     exec.calls.length = 0;
 
     await svc.start();
@@ -293,7 +293,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
     expect(sysfs.writes).toEqual([]);
     const [o] = await svc.orphans();
     expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sdb`, source: `${T1} lun 1`, transport: 'iscsi', remedy: 'operator' });
-    expect(o!.detail).toMatch(/node\.orphanSessions: report.*set node\.orphanSessions: clean/);
+    expect(o.detail).toMatch(/node\.orphanSessions: report.*set node\.orphanSessions: clean/);
   });
 
   it('with clean, nothing is torn down while a stage record cannot be read (it may be the one that explains the LUN)', async () => {

@@ -18,7 +18,7 @@ describe('mountinfo', () => {
     const m = parseMountInfo(text);
     expect(m).toHaveLength(5);
     expect(m[1]).toMatchObject({ majMin: '7:0', root: '/', mountPoint: '/var/lib/kubelet/staging/a b', fsType: 'ext4', source: '/dev/loop0' });
-    expect(m[2]!.options).toContain('ro');
+    expect(m[2].options).toContain('ro');
     expect(m[3]).toMatchObject({ root: '/loop1', fsType: 'devtmpfs' });
   });
 

@@ -55,13 +55,13 @@ async function codeOf(p: Promise<unknown>): Promise<[string, string]> {
 
 describe('NodeGetInfo / NodeGetCapabilities', () => {
   it('omits max_volumes_per_node when unlimited and topology when empty', async () => {
-    expect(await h.NodeGetInfo!({})).toEqual({ node_id: 'n1;;' });
+    expect(await h.NodeGetInfo({})).toEqual({ node_id: 'n1;;' });
     const h2 = new NodeService({ config: { ...config, maxVolumesPerNode: 8, topology: { zone: 'a' } }, exec, log: pino({ level: 'silent' }) }).handlers() as NodeHandlers;
-    expect(await h2.NodeGetInfo!({})).toEqual({ node_id: 'n1;;', max_volumes_per_node: 8, accessible_topology: { segments: { zone: 'a' } } });
+    expect(await h2.NodeGetInfo({})).toEqual({ node_id: 'n1;;', max_volumes_per_node: 8, accessible_topology: { segments: { zone: 'a' } } });
   });
 
   it('lists the four node capabilities', async () => {
-    const res = (await h.NodeGetCapabilities!({})) as { capabilities: { rpc: { type: string } }[] };
+    const res = (await h.NodeGetCapabilities({})) as { capabilities: { rpc: { type: string } }[] };
     expect(res.capabilities.map((c) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION']);
   });
 });
