@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asSidecar, blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 describe('Controller volumes (sinter all, file backend)', () => {
   let s: SinterProcess;
@@ -58,18 +59,18 @@ describe('Controller volumes (sinter all, file backend)', () => {
       expect(first).toContain('ABORTED');
       expect(new Set(first)).toEqual(new Set(['OK', 'ABORTED']));
       const refusal = await Promise.allSettled([ctl().CreateVolume({ ...req, name: 'cv-race-2' }), ctl().CreateVolume({ ...req, name: 'cv-race-2' })]);
-      expect(refusal[1]).toMatchObject({ status: 'rejected', reason: { code: 10, details: expect.stringMatching(/volume name "cv-race-2" is already in progress; retry/) } });
+      expect(refusal[1]).toMatchObject({ status: 'rejected', reason: { code: 10, details: stringMatching(/volume name "cv-race-2" is already in progress; retry/) } });
       const listed = (await ctl().ListVolumes({})).entries.filter((e) => e.volume!.volume_id === rs[0].volume!.volume_id);
       expect(listed).toHaveLength(1);
     });
 
     it('names an unknown parameter, and refuses mount with a multi-node writer', async () => {
       const bad = ctl().CreateVolume({ name: 'cv-param', volume_capabilities: [mountCap()], parameters: { tpye: 'ssd' } });
-      await expect(bad).rejects.toMatchObject({ details: expect.stringMatching(/unknown key "tpye"/) });
+      await expect(bad).rejects.toMatchObject({ details: stringMatching(/unknown key "tpye"/) });
       // The filesystem is the sidecar's csi.storage.k8s.io/fstype, never a key of sinter's own.
       const legacy = { name: 'cv-fstype', volume_capabilities: [mountCap()], parameters: { fsType: 'ext4' } };
       expect(await codeOf(ctl().CreateVolume(legacy))).toBe('INVALID_ARGUMENT');
-      await expect(ctl().CreateVolume(legacy)).rejects.toMatchObject({ details: expect.stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
+      await expect(ctl().CreateVolume(legacy)).rejects.toMatchObject({ details: stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-2fs', volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'ext4'), mountCap('SINGLE_NODE_READER_ONLY', 'xfs')] }))).toBe('INVALID_ARGUMENT');
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-mnmw', volume_capabilities: [mountCap('MULTI_NODE_MULTI_WRITER')] }))).toBe('INVALID_ARGUMENT');
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-mnmw-block', capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap('MULTI_NODE_MULTI_WRITER')] }))).toBe('OK');
@@ -79,7 +80,7 @@ describe('Controller volumes (sinter all, file backend)', () => {
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-oor', capacity_range: { required_bytes: 5 * MiB + 1, limit_bytes: 5 * MiB + 2 }, volume_capabilities: [blockCap()] }))).toBe('OUT_OF_RANGE');
       expect(await codeOf(ctl().CreateVolume({ name: 'cv-xfs-small', capacity_range: { limit_bytes: 10 * MiB }, volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'xfs')] }))).toBe('OUT_OF_RANGE');
       const huge = ctl().CreateVolume({ name: 'cv-huge', capacity_range: { required_bytes: 2 ** 50 }, volume_capabilities: [blockCap()] });
-      await expect(huge).rejects.toMatchObject({ code: 8, details: expect.stringMatching(/default: \d+ bytes available/) });
+      await expect(huge).rejects.toMatchObject({ code: 8, details: stringMatching(/default: \d+ bytes available/) });
     });
 
     it('honours requisite topology: a topology no backend reaches is RESOURCE_EXHAUSTED', async () => {
@@ -174,7 +175,7 @@ describe('Controller volumes (sinter all, file backend)', () => {
       expect((await ctl().ControllerGetVolume({ volume_id: v!.volume_id })).status!.volume_condition!.abnormal).toBe(false);
       await fs.rename(`${s.dataDir}/volumes/${v!.volume_id}.img`, `${s.dataDir}/volumes/${v!.volume_id}.img.away`);
       const r = await ctl().ControllerGetVolume({ volume_id: v!.volume_id });
-      expect(r.status!.volume_condition).toMatchObject({ abnormal: true, message: expect.stringMatching(/missing/) });
+      expect(r.status!.volume_condition).toMatchObject({ abnormal: true, message: stringMatching(/missing/) });
       await fs.rename(`${s.dataDir}/volumes/${v!.volume_id}.img.away`, `${s.dataDir}/volumes/${v!.volume_id}.img`);
     });
   });

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const WWPN_A = '21000024ff3a1b2c';
 const NODE_A = `node-a;iqn.2026-11.io.sinter:node-a;${WWPN_A}`;
@@ -188,7 +189,7 @@ describe('static volumes (sinter controller)', () => {
     const all = await ctl().ListVolumes({});
     const ids = all.entries.map((e) => e.volume!.volume_id);
     expect(ids).toEqual([...ids].sort());
-    expect(ids).toEqual(expect.arrayContaining([...made, 'static-list-a', 'static-list-b']));
+    expect(ids).toEqual(arrayContaining([...made, 'static-list-a', 'static-list-b']));
     const a = all.entries.find((e) => e.volume!.volume_id === 'static-list-a');
     expect(a!.status!.published_node_ids).toEqual([NODE_A]);
     expect(a!.volume!.volume_context).toEqual(FC_CTX);

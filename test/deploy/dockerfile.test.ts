@@ -10,6 +10,7 @@ import { dirname, join, posix } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { ROOT } from './k8s.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 interface Instruction {
   op: string;
@@ -155,11 +156,11 @@ describe('Dockerfile structure (static; no Docker engine runs here)', () => {
   });
   it('installs the host tools per role: the node tools in node, tgt in controller, both in all', () => {
     const pk = (t: string) => lineage(t).flatMap(aptPackages);
-    expect(pk('node')).toEqual(expect.arrayContaining(NODE_TOOLS));
+    expect(pk('node')).toEqual(arrayContaining(NODE_TOOLS));
     expect(pk('node')).not.toContain('tgt');
     expect(pk('controller')).toContain('tgt');
     expect(pk('controller').filter((p) => NODE_TOOLS.includes(p))).toEqual([]);
-    expect(pk('all')).toEqual(expect.arrayContaining([...NODE_TOOLS, 'tgt']));
+    expect(pk('all')).toEqual(arrayContaining([...NODE_TOOLS, 'tgt']));
     for (const s of df.stages) {
       for (const ins of s.body.filter((x) => x.op === 'RUN' && x.args.includes('apt-get install'))) {
         expect(ins.args, `line ${ins.line}`).toMatch(/^apt-get update && apt-get install -y --no-install-recommends .* && rm -rf \/var\/lib\/apt\/lists\/\*$/);
@@ -209,7 +210,7 @@ describe(`Dockerfile apt packages, resolved by apt-get on this machine's Debian 
   });
   it('`apt-get install -s --no-install-recommends` resolves the whole list of the `all` image (a superset of the controller and node lists, so they resolve too)', () => {
     const pkgs = [...new Set(lineage('all').flatMap(aptPackages))];
-    for (const t of ['controller', 'node']) expect(pkgs).toEqual(expect.arrayContaining(lineage(t).flatMap(aptPackages)));
+    for (const t of ['controller', 'node']) expect(pkgs).toEqual(arrayContaining(lineage(t).flatMap(aptPackages)));
     const r = spawnSync('apt-get', ['install', '-s', '-q', '--no-install-recommends', ...pkgs], { encoding: 'utf8', timeout: 60_000 });
     expect(r.stderr.split('\n').filter((l) => /^E:/.test(l))).toEqual([]);
     expect(r.status).toBe(0);
@@ -260,7 +261,7 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
     const entries = Object.entries(lock.packages).filter(([p]) => p.startsWith('node_modules/'));
     const dev = entries.filter(([, e]) => e.dev === true);
     const prod = entries.filter(([, e]) => !e.dev && !e.optional && !e.devOptional);
-    expect(dev.map(([p]) => p)).toEqual(expect.arrayContaining(['node_modules/typescript', 'node_modules/vitest']));
+    expect(dev.map(([p]) => p)).toEqual(arrayContaining(['node_modules/typescript', 'node_modules/vitest']));
     expect(dev.filter(([p]) => existsSync(join(app, p))).map(([p]) => p)).toEqual([]);
     expect(prod.filter(([p]) => !existsSync(join(app, p))).map(([p]) => p)).toEqual([]);
   });

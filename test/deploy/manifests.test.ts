@@ -34,6 +34,7 @@ import {
   workload,
   workloads,
 } from './k8s.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const PKG_VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 const SCHEMAS = join(ROOT, 'test', 'deploy', 'schemas');
@@ -167,7 +168,7 @@ describe('images are pinned', () => {
       }
     }
     const c = workload(render(dir), CONTROLLER).pod;
-    expect(c.containers.map((x) => x.name)).toEqual(expect.arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'csi-external-health-monitor-controller', 'liveness-probe']));
+    expect(c.containers.map((x) => x.name)).toEqual(arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'csi-external-health-monitor-controller', 'liveness-probe']));
     const n = workload(render(dir), NODE).pod;
     expect(n.containers.map((x) => x.name).sort()).toEqual(['liveness-probe', 'node-driver-registrar', 'sinter']);
     expect(container(c, 'sinter').image).toMatch(/^sinter-controller:/);
@@ -565,7 +566,7 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
   });
   it.each(RENDERS)('%s: every StorageClass is sinter\'s and its parameters pass sinter\'s own parser', (dir) => {
     const classes = render(dir).filter((o) => o.kind === 'StorageClass');
-    expect(classes.map((c) => c.metadata.name)).toEqual(expect.arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', 'sinter-ssd', 'sinter-hdd']));
+    expect(classes.map((c) => c.metadata.name)).toEqual(arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', 'sinter-ssd', 'sinter-hdd']));
     for (const sc of classes) {
       expect(sc.provisioner, sc.metadata.name).toBe(DRIVER);
       const params = (sc.parameters ?? {}) as Record<string, string>;

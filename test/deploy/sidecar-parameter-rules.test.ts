@@ -32,6 +32,7 @@ import {
   type ProvisionerFlags,
   type SnapshotterFlags,
 } from './sidecar-model.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const OVERLAY_DIRS = ['overlays/single-node', 'overlays/iscsi'] as const;
 const RENDERS = ['base', ...OVERLAY_DIRS] as const;
@@ -288,7 +289,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
     const r = provision({ fsType: 'xfs' }, [], { name: 'legacy', namespace: 'default', accessModes: ['ReadWriteOnce'], storage: Gi }, 'pvc-legacy', provisionerFlags(docs()));
     const call = () => ctl().CreateVolume({ name: 'pvc-legacy', capacity_range: { required_bytes: Gi }, volume_capabilities: r.volume_capabilities, parameters: r.parameters });
     expect(await codeOf(call())).toBe('INVALID_ARGUMENT');
-    await expect(call()).rejects.toMatchObject({ details: expect.stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
+    await expect(call()).rejects.toMatchObject({ details: stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
     expect(() => parseParameters({ MkfsOptions: '-m 0' })).toThrow(/unknown key "MkfsOptions"/);
   });
 });

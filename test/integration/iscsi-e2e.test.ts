@@ -11,6 +11,7 @@ import { tempDir } from '../helpers/scratch-fs.js';
 import { codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:node-1';
 const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.password': 'Right-chap-secret-1' };
@@ -99,7 +100,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     const { staging } = paths(id);
     const wrong = { ...CHAP, 'node.session.auth.password': 'Wrong-chap-secret-2' };
     const r = node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: wrong });
-    await expect(r).rejects.toMatchObject({ details: expect.stringMatching(/CHAP/) });
+    await expect(r).rejects.toMatchObject({ details: stringMatching(/CHAP/) });
     expect(node.logs()).not.toContain('Wrong-chap-secret-2');
     await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
     await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
@@ -187,7 +188,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
-    expect(refused).toMatchObject({ code: 9, details: expect.stringMatching(/user-space iSCSI initiator cannot see an attached LUN grow.*unstage and stage the volume again/) });
+    expect(refused).toMatchObject({ code: 9, details: stringMatching(/user-space iSCSI initiator cannot see an attached LUN grow.*unstage and stage the volume again/) });
     expect(await total()).toBe(before);
 
     // The next stage logs in afresh and sees 640 MiB; NodeExpandVolume grows the filesystem.

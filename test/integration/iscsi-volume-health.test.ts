@@ -7,6 +7,7 @@ import { tempDir } from '../helpers/scratch-fs.js';
 import { MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:health-node';
 const PREFIX = 'iqn.2026-11.io.sinter.test:';
@@ -97,10 +98,10 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
     const plugin = (await ctl.client.identity.GetPluginCapabilities({})).capabilities.map(((c) => c.service?.type));
     expect(plugin).toContain('CONTROLLER_SERVICE');
     const rpcs = (await ctl.client.controller.ControllerGetCapabilities({})).capabilities.map((c) => c.rpc!.type);
-    expect(rpcs).toEqual(expect.arrayContaining(['LIST_VOLUMES', 'GET_VOLUME', 'VOLUME_CONDITION', 'LIST_VOLUMES_PUBLISHED_NODES']));
+    expect(rpcs).toEqual(arrayContaining(['LIST_VOLUMES', 'GET_VOLUME', 'VOLUME_CONDITION', 'LIST_VOLUMES_PUBLISHED_NODES']));
     // kubelet (pkg/volume/csi/csi_client.go, NodeSupportsVolumeStats / NodeSupportsVolumeCondition) asks the node.
     const node_ = (await node.client.node.NodeGetCapabilities({})).capabilities.map((c) => c.rpc!.type);
-    expect(node_).toEqual(expect.arrayContaining(['GET_VOLUME_STATS', 'VOLUME_CONDITION']));
+    expect(node_).toEqual(arrayContaining(['GET_VOLUME_STATS', 'VOLUME_CONDITION']));
   });
 
   it('healthy everywhere while all is well', async () => {

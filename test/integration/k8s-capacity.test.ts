@@ -25,6 +25,7 @@ import {
 } from '../helpers/capacity-models.js';
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
 import { codeOf, MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const BASE = join(import.meta.dirname, '..', '..', 'deploy', 'kubernetes', 'base');
 const NS = 'sinter-system';
@@ -288,7 +289,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
       seen.add(`${verb} ${r.resource}`);
     }
     // The owner walk read the pod and the ReplicaSet, never the Deployment.
-    expect([...seen]).toEqual(expect.arrayContaining(['get pods', 'get replicasets', 'create csistoragecapacities', 'update csistoragecapacities', 'list csistoragecapacities']));
+    expect([...seen]).toEqual(arrayContaining(['get pods', 'get replicasets', 'create csistoragecapacities', 'update csistoragecapacities', 'list csistoragecapacities']));
     expect(reqs.some((r) => r.path?.includes('deployments'))).toBe(false);
   });
 

@@ -23,6 +23,7 @@ import { MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 import type { VolumeCapability } from '../../src/csi/messages.js';
+import { stringContaining } from '../helpers/matchers.js';
 
 const IQN_PREFIX = 'iqn.2026-11.io.sinter.test:';
 const IQN_A = 'iqn.2026-11.io.sinter.test:node-a';
@@ -520,7 +521,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     expect(attacher.calls.slice(callsBefore)).toEqual(['ControllerPublishVolume node-a']);
     await expect(volumes.publish(v.id, nodeIds.get('node-b')!, parseCapability(mountCap, 'volume_capability'), false)).rejects.toMatchObject({
       code: Code.FAILED_PRECONDITION,
-      message: expect.stringContaining(`is published to node ${nodeIds.get('node-a')} and its access mode allows a single node; unpublish it there first`),
+      message: stringContaining(`is published to node ${nodeIds.get('node-a')} and its access mode allows a single node; unpublish it there first`),
     });
     expect((await targetOf(v.id))?.sessions.filter((s) => s.initiator === IQN_A)).toHaveLength(1);
 

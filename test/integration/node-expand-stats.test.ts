@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { csiError, NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
 import type { VolumeCapability } from '../../src/csi/messages.js';
+import { objectContaining } from '../helpers/matchers.js';
 
 // Bit 24 of the effective capability set; some sandboxes drop it even for root.
 const HAS_CAP_SYS_RESOURCE = ((BigInt('0x' + (/CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0')) >> 24n) & 1n) === 1n;
@@ -122,7 +123,7 @@ describe('NodeGetVolumeStats', () => {
     const file = await env.image('sb.img', 48 * MiB);
     const { target } = await stageAndPublish('file-stats-blk', file, blockCap(), true);
     const res = (await env.h.NodeGetVolumeStats({ volume_id: 'file-stats-blk', volume_path: target })) as { usage: { unit: string; total: number }[] };
-    expect(res.usage).toEqual([expect.objectContaining({ unit: 'BYTES', total: 48 * MiB })]);
+    expect(res.usage).toEqual([objectContaining({ unit: 'BYTES', total: 48 * MiB })]);
   });
 
   it('flags the volume abnormal when its mount disappears or its image is deleted', async () => {

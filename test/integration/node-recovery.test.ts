@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { csiError, NodeEnv, mountCap, MiB } from '../helpers/node-env.js';
+import { objectContaining, stringContaining } from '../helpers/matchers.js';
 
 let env: NodeEnv;
 // A fresh node world per test, cleaned up (unmounted, detached) however the test ends.
@@ -51,7 +52,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     await env.h.NodeStageVolume(stage);
     await patchRecord('file-midstage', { phase: 'staging' });
     env.restart();
-    expect(await env.svc.orphans()).toEqual([expect.objectContaining({ kind: 'unfinished', volumeId: 'file-midstage' })]);
+    expect(await env.svc.orphans()).toEqual([objectContaining({ kind: 'unfinished', volumeId: 'file-midstage' })]);
     // Not fully staged: publish waits for the stage to be finished.
     const err = await csiError(
       env.h.NodePublishVolume({ volume_id: 'file-midstage', staging_target_path: stage.staging_target_path, target_path: env.target('file-midstage'), volume_capability: mountCap('ext4') }),
@@ -83,7 +84,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     expect(rec.phase).toBe('error');
     expect(String(rec.lastError)).toContain('partition table');
     const orphans = await env.svc.orphans();
-    expect(orphans).toEqual([expect.objectContaining({ kind: 'unfinished', volumeId: 'file-failed', detail: expect.stringContaining('partition table') })]);
+    expect(orphans).toEqual([objectContaining({ kind: 'unfinished', volumeId: 'file-failed', detail: stringContaining('partition table') })]);
     await env.h.NodeUnstageVolume({ volume_id: 'file-failed', staging_target_path: stage.staging_target_path });
     expect(existsSync(recordFile('file-failed'))).toBe(false);
     expect(await loopsOf(file)).toEqual([]);

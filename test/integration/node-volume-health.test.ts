@@ -4,6 +4,7 @@ import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeEnv, mountCap, MiB } from '../helpers/node-env.js';
 import type { VolumeCapability } from '../../src/csi/messages.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 type Stats = { usage: { unit: string; total: number }[]; volume_condition: { abnormal: boolean; message: string } };
 
@@ -104,7 +105,7 @@ describe('NodeGetVolumeStats volume_condition: real failures under a staged ext4
     const s = await stats(vol, target);
     expect(s.volume_condition).toEqual({
       abnormal: true,
-      message: expect.stringMatching(/^the ext4 filesystem on \/dev\/loop\d+ is writable but recorded 1 error since it was last checked \(the last in trigger_test_error\): data may be damaged\. Stop the pods using the volume and run fsck\.ext4 on it$/),
+      message: stringMatching(/^the ext4 filesystem on \/dev\/loop\d+ is writable but recorded 1 error since it was last checked \(the last in trigger_test_error\): data may be damaged\. Stop the pods using the volume and run fsck\.ext4 on it$/),
     });
   });
 

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, codeOf, MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import type { CreateVolumeResponse__Output } from '../../src/csi/generated/csi/v1/CreateVolumeResponse.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 describe('several backends (Cinder enabled_backends) behind one controller', () => {
   let s: SinterProcess;
@@ -46,13 +47,13 @@ describe('several backends (Cinder enabled_backends) behind one controller', () 
     expect(cap.available_capacity).toBe(200 * MiB - 5 * MiB - 10 * MiB);
     expect(backendOf(await create('h2', 150, { type: 'hdd' }))).toBe('hdd');
     const full = create('h3', 50, { type: 'hdd' });
-    await expect(full).rejects.toMatchObject({ code: 8, details: expect.stringMatching(/hdd: \d+ bytes available, 52428800 needed/) });
+    await expect(full).rejects.toMatchObject({ code: 8, details: stringMatching(/hdd: \d+ bytes available, 52428800 needed/) });
   });
 
   it('pins a backend by name, and explains every rejection when nothing fits', async () => {
     expect(backendOf(await create('pin', 1, { backend: 'ssd-b' }))).toBe('ssd-b');
     const r = create('nothing', 500, { type: 'ssd' });
-    await expect(r).rejects.toMatchObject({ code: 8, details: expect.stringMatching(/ssd-a: .*needed.*ssd-b: .*needed.*hdd: type is hdd, not ssd/) });
+    await expect(r).rejects.toMatchObject({ code: 8, details: stringMatching(/ssd-a: .*needed.*ssd-b: .*needed.*hdd: type is hdd, not ssd/) });
   });
 
   it('places by topology and reports it', async () => {

@@ -8,6 +8,7 @@ import { csiClient, type CsiClient } from '../../src/csi/client.js';
 import { KeyedLock } from '../../src/csi/locks.js';
 import { CsiServer } from '../../src/csi/server.js';
 import { DomainError, notFound } from '../../src/errors/domain-error.js';
+import { stringContaining } from '../helpers/matchers.js';
 
 /** The one place domain errors become gRPC statuses, seen from a real gRPC client. */
 describe('domain errors over gRPC', () => {
@@ -64,7 +65,7 @@ describe('domain errors over gRPC', () => {
     const ref = /\(ref ([0-9a-f]{8})\)/.exec(err.details)?.[1];
     expect(ref).toBeDefined();
     const line = lines.find((l) => l.ref === ref);
-    expect(line).toMatchObject({ rpc: 'Identity.GetPluginInfo', code: 'INTERNAL', err: expect.stringContaining('/var/lib/sinter/secret-dir') });
+    expect(line).toMatchObject({ rpc: 'Identity.GetPluginInfo', code: 'INTERNAL', err: stringContaining('/var/lib/sinter/secret-dir') });
   });
 
   it("a call whose deadline passes while it waits for a lock is DEADLINE_EXCEEDED and does no work", async () => {

@@ -8,6 +8,7 @@ import { IscsiConnector } from '../../src/node/connectors/iscsi-connector.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
+import { stringContaining, stringMatching } from '../helpers/matchers.js';
 
 const T1 = 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const P1 = '127.0.0.1:3260';
@@ -183,13 +184,13 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e24 = await make(host({ login: 'login-auth-failed' }))
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: CHAP })
       .catch((e: unknown) => e);
-    expect(e24).toMatchObject({ code: Code.PERMISSION_DENIED, message: expect.stringMatching(/CHAP authentication failed/) });
+    expect(e24).toMatchObject({ code: Code.PERMISSION_DENIED, message: stringMatching(/CHAP authentication failed/) });
     expect(String((e24 as Error).message)).not.toContain(CHAP.password);
 
     const e19 = await make(host({ login: 'login-fatal' }))
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e19).toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/refused/) });
+    expect(e19).toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringMatching(/refused/) });
 
     const db = new FakeExecutor((_c, args) => {
       const a = args.join(' ');
@@ -200,7 +201,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e6 = await make(db)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e6).toMatchObject({ code: Code.INTERNAL, message: expect.stringMatching(/node database error.*Error while adding record/) });
+    expect(e6).toMatchObject({ code: Code.INTERNAL, message: stringMatching(/node database error.*Error while adding record/) });
   });
 
   it('waits for the device with doubling backoff, rescans every few looks, and gives up at the timeout', async () => {
@@ -208,7 +209,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const err = await make(exec)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/did not appear.*3000 ms/) });
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: stringMatching(/did not appear.*3000 ms/) });
     expect(sleeps.slice(0, 5)).toEqual([100, 200, 400, 800, 800]);
     expect(sleeps.reduce((a, b) => a + b, 0)).toBe(3000);
     // First scan plus one every third look.
@@ -374,7 +375,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
 
     it('a rescan with no device of the LUN on this node is FAILED_PRECONDITION, writing nothing', async () => {
       const exec = host({ sessionsBefore: 'session-none' });
-      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('stage it again') });
+      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('stage it again') });
       expect(sysfs.writes).toEqual([]);
     });
 
@@ -391,7 +392,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       writeFileSync(join(sysfs.sys, 'block', 'dm-0', 'dev'), '253:0\n');
       writeFileSync(sysfs.mountInfo, '36 25 253:0 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:1 - ext4 /dev/dm-0 rw\n');
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
-      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('unmount it first') });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('unmount it first') });
       expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
       expect(sysfs.writes).toEqual([]);
     });
@@ -404,7 +405,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       sysfs.addDisk(2, 1, 2, 'sdd');
       sysfs.addMultipath('dm-0', 'mpatha', ['sdb', 'sdc', 'sdd']);
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
-      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('also holds sdd') });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('also holds sdd') });
       expect(sysfs.writes).toEqual([]);
       expect(exec.lines.filter((l) => !l.startsWith('iscsiadm -m session'))).toEqual([]);
     });
@@ -417,7 +418,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
         code: Code.FAILED_PRECONDITION,
-        message: expect.stringContaining('held by dm-1, which is not a multipath map'),
+        message: stringContaining('held by dm-1, which is not a multipath map'),
       });
     });
 
@@ -429,7 +430,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
         code: Code.FAILED_PRECONDITION,
-        message: expect.stringContaining('different WWIDs'),
+        message: stringContaining('different WWIDs'),
       });
     });
   });

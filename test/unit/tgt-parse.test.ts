@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { idFromIqnSuffix, iqnSuffixForId, validateIqnPrefix } from '../../src/backends/targets/tgt.js';
 import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
+import { objectContaining } from '../helpers/matchers.js';
 
 const dir = join(import.meta.dirname, '..', 'fixtures', 'tgt');
 const fx = (name: string) => readFileSync(join(dir, `${name}.txt`), 'utf8');
@@ -23,7 +24,7 @@ describe('tgtadm output parsing (recorded from a real tgtd 1.0.85)', () => {
   it('reads a target without a disk LUN: only the controller LUN 0', () => {
     const [t] = parseTgtTargets(fx('show-target-no-lun'));
     expect(t).toMatchObject({ tid: 1, iqn: 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427', state: 'ready', acls: [], accounts: [], sessions: [] });
-    expect(t.luns).toEqual([expect.objectContaining({ lun: 0, type: 'controller' })]);
+    expect(t.luns).toEqual([objectContaining({ lun: 0, type: 'controller' })]);
     expect(t.luns[0].backingPath).toBeUndefined();
   });
 
