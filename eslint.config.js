@@ -18,6 +18,10 @@ export default tseslint.config(
     rules: {
       // Promise-returning handlers and interface methods are `async` so that a validation throw is a rejection, which callers' `.catch()` and `.rejects` rely on.
       '@typescript-eslint/require-await': 'off',
+      // A leading underscore marks a parameter or destructured rest-sibling kept for its position or to drop a key.
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true }],
+      // Re-rejecting a caught error (typed unknown) passes on exactly what was thrown; new rejections still need an Error.
+      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingUnknown: true }],
     },
   },
   {

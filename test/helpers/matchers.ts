@@ -9,3 +9,4 @@ export const stringMatching = (re: string | RegExp): unknown => expect.stringMat
 export const objectContaining = (o: object): unknown => expect.objectContaining(o);
 export const arrayContaining = (a: unknown[]): unknown => expect.arrayContaining(a);
 export const anything = (): unknown => expect.anything();
+export const any = (ctor: unknown): unknown => expect.any(ctor);

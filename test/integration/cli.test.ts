@@ -89,10 +89,10 @@ describe('sinter CLI', () => {
     await s.client.controller.DeleteVolume({ volume_id: 'default-00000000-0000-4000-8000-000000000000' });
     await s.client.controller.CreateVolume({ name: 'x' }).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 200));
-    const lines = s.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const lines = s.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { rpc?: string; ms?: unknown });
     const del = lines.find((l) => l.rpc === 'Controller.DeleteVolume');
     expect(del).toMatchObject({ volume_id: 'default-00000000-0000-4000-8000-000000000000', code: 'OK' });
-    expect(typeof del.ms).toBe('number');
+    expect(typeof del!.ms).toBe('number');
     expect(lines.find((l) => l.rpc === 'Controller.CreateVolume')).toMatchObject({ name: 'x', code: 'INVALID_ARGUMENT' });
   });
 });

@@ -15,7 +15,7 @@ describe('sinter fsck', () => {
   const ids: Record<string, string> = {};
   const vols = () => join(s.dataDir, 'volumes');
   const snaps = () => join(s.dataDir, 'snapshots');
-  const rec = (id: string) => JSON.parse(readFileSync(join(vols(), `${id}.json`), 'utf8'));
+  const rec = (id: string) => JSON.parse(readFileSync(join(vols(), `${id}.json`), 'utf8')) as Record<string, unknown>;
   const put = (id: string, patch: object) => writeFileSync(join(vols(), `${id}.json`), JSON.stringify({ ...rec(id), ...patch }));
   let stageA: Record<string, unknown>;
 

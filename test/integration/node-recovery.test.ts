@@ -15,7 +15,7 @@ beforeEach(async () => {
 const loopsOf = (file: string) => env.loopsOf(file);
 const recordFile = (vol: string) => join(env.stateDir, 'volumes', `${vol}.json`);
 async function record(vol: string): Promise<Record<string, unknown>> {
-  return JSON.parse(await readFile(recordFile(vol), 'utf8'));
+  return JSON.parse(await readFile(recordFile(vol), 'utf8')) as Record<string, unknown>;
 }
 async function patchRecord(vol: string, patch: Record<string, unknown>) {
   await writeFile(recordFile(vol), JSON.stringify({ ...(await record(vol)), ...patch }));
@@ -96,7 +96,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     await env.h.NodeStageVolume(stage);
     await env.sh('umount', [stage.staging_target_path!]);
     const stray = await env.image('stray.img', 16 * MiB);
-    const strayDev = (await env.sh('losetup', ['--find', '--show', stray])).trim();
+    await env.sh('losetup', ['--find', '--show', stray]);
     // A device from our roots that no record explains but someone mounted: left alone, reported.
     const mounted = await env.image('mounted.img', 16 * MiB);
     const mountedDev = (await env.sh('losetup', ['--find', '--show', mounted])).trim();

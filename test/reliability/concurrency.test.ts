@@ -172,7 +172,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
         const results = await Promise.all(
           calls.map(async (n) => {
             await new Promise((r) => setTimeout(r, rng.int(0, 15)));
-            const e = await rpcs[n]().then(() => undefined, (x: { details?: string }) => x);
+            const e = await rpcs[n]().then(() => undefined, (x: Error & { details?: string }) => x);
             return [n, await codeOf(e ? Promise.reject(e) : Promise.resolve()), e?.details ?? ''] as const;
           }),
         );

@@ -61,7 +61,7 @@ function tree(dir: string, exclude: string[] = [], out = new Map<string, string>
 const mountPoints = () => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4].replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
 async function loops(): Promise<{ name: string; back: string }[]> {
   const out = (await execa('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'])).stdout;
-  return out.trim() ? (JSON.parse(out).loopdevices as { name: string; 'back-file': string | null }[]).map((l) => ({ name: l.name, back: l['back-file'] ?? '' })) : [];
+  return out.trim() ? (JSON.parse(out) as { loopdevices: { name: string; 'back-file': string | null }[] }).loopdevices.map((l) => ({ name: l.name, back: l['back-file'] ?? '' })) : [];
 }
 
 describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, () => {

@@ -84,7 +84,7 @@ describe('resource leaks', () => {
     process.kill(s.proc.pid!, 'SIGUSR2');
     // Complete lines only: the last piece after the split may be a line still arriving.
     const line = await waitFor('the gc probe', () => s.logs().slice(before).split('\n').slice(0, -1).find((l) => l.includes('"gcProbe"')), 5000);
-    return JSON.parse(line).gcProbe;
+    return (JSON.parse(line) as { gcProbe: { rss: number; heapUsed: number } }).gcProbe;
   };
   const probes = async (n: number) => {
     const out = [];

@@ -17,7 +17,7 @@ describe('proto/csi.json (start-up cache of proto/csi.proto)', () => {
 
   it('gives the same package definition as loading proto/csi.proto', () => {
     const fromProto = protoLoader.loadSync(CSI_PROTO_PATH, LOADER_OPTIONS);
-    const fromCache = protoLoader.fromJSON(JSON.parse(readFileSync(CSI_JSON_PATH, 'utf8')), LOADER_OPTIONS);
+    const fromCache = protoLoader.fromJSON(JSON.parse(readFileSync(CSI_JSON_PATH, 'utf8')) as Parameters<typeof protoLoader.fromJSON>[0], LOADER_OPTIONS);
     expect(Object.keys(fromCache).sort()).toEqual(Object.keys(fromProto).sort());
     expect(shape(fromCache)).toEqual(shape(fromProto));
   });
