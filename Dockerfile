@@ -6,6 +6,12 @@
 #   docker build --target node       -t sinter-node:0.1.0 .         # root; mkfs, mount, loop, iSCSI initiators
 #   docker build                     -t sinter:0.1.0 .              # `all`: both tool sets, for `sinter all`
 #
+# podman builds it too (`podman build --format docker ...`: the docker format
+# keeps the HEALTHCHECK, which the OCI format drops). Where no registry is
+# reachable, NODE_IMAGE names a local base instead; scripts/image-base.sh makes
+# one (debootstrap bookworm + Node.js 20), and test/deploy/images-podman.test.ts
+# builds both roles that way and checks them.
+#
 # Build with dev dependencies (TypeScript), run with production dependencies
 # only, on Debian bookworm's slim Node 20 image. tini is PID 1: it reaps the
 # host tools sinter spawns and forwards SIGTERM so in-flight RPCs can finish.
@@ -18,7 +24,13 @@ ARG NODE_IMAGE=node:20-bookworm-slim
 FROM ${NODE_IMAGE} AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# Behind a TLS-inspecting proxy, pass its CA bundle as a build secret:
+#   --secret id=ca-certificates,src=/etc/ssl/certs/ca-certificates.crt
+# npm trusts it for this step only; a secret never lands in a layer. Without
+# the secret the step runs exactly as before.
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s /run/secrets/ca-certificates ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca-certificates; fi; \
+    npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY proto ./proto
 COPY src ./src
@@ -28,10 +40,13 @@ RUN npm run build
 FROM ${NODE_IMAGE} AS prod-deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+RUN --mount=type=secret,id=ca-certificates \
+    if [ -s /run/secrets/ca-certificates ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/ca-certificates; fi; \
+    npm ci --omit=dev --omit=optional --no-audit --no-fund && npm cache clean --force
 
 # ---- runtime: what every role shares -------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
+ARG NODE_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sinter" \
@@ -39,7 +54,7 @@ LABEL org.opencontainers.image.title="sinter" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="node:20-bookworm-slim"
+      org.opencontainers.image.base.name="${NODE_IMAGE}"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       tini \
@@ -77,12 +92,16 @@ CMD ["controller"]
 #   open-iscsi            the kernel initiator (iscsiadm)
 #   libiscsi-bin, qemu-utils, qemu-block-extra, libnbd-bin, fuse3
 #                         the user-space initiator: qemu-nbd on iscsi://, nbdfuse, fusermount3
+#   multipath-tools       multipath -f, multipathd resize map (multipathed iSCSI / FC)
+#   cryptsetup-bin        LUKS2 for encrypted volumes (luksFormat, open, close, resize)
 #   kmod                  modprobe loop / iscsi_tcp
+# test/deploy/images-podman.test.ts finds every command src/node runs through
+# src/exec and checks that each one resolves in this image's PATH.
 FROM runtime AS node
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       util-linux mount e2fsprogs xfsprogs btrfs-progs \
-      open-iscsi \
+      open-iscsi multipath-tools cryptsetup-bin \
       libiscsi-bin qemu-utils qemu-block-extra libnbd-bin fuse3 \
       kmod \
  && rm -rf /var/lib/apt/lists/*

@@ -1,4 +1,4 @@
-// ESLint for sinter's TypeScript (source and tests), run by scripts/lint.sh
+// ESLint for sinter's TypeScript (source and tests), run by scripts/static-checks.sh
 // before the tests: typescript-eslint's type-checked recommended rules. Types come
 // from the tsconfig each file is compiled with: src/ from tsconfig.json (its
 // noUncheckedIndexedAccess makes some `!` necessary there), tests from

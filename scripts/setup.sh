@@ -6,8 +6,14 @@ cd "$(dirname "$0")/.."
 
 # Loop devices, filesystems, and the iSCSI target (tgt) and user-space initiator
 # (qemu-nbd with its iscsi driver, nbdfuse, FUSE) the iSCSI tests use; iproute2
-# for the two-host test's network namespaces and veth pair.
-PACKAGES=(util-linux mount e2fsprogs xfsprogs btrfs-progs fdisk kmod tgt qemu-utils qemu-block-extra libnbd-bin fuse3 libiscsi-bin open-iscsi iproute2)
+# for the two-host test's network namespaces and veth pair. podman and
+# debootstrap build the container images for real (test/deploy/images-podman.test.ts:
+# chroot isolation as root, kernel overlay storage, so no uidmap/fuse-overlayfs;
+# the base image comes from scripts/image-base.sh); cryptsetup-bin for
+# encrypted volumes (LUKS); qemu-system-x86 (and debootstrap) build and boot the
+# VM stage's guest (test/vm/, built on first use).
+PACKAGES=(util-linux mount e2fsprogs xfsprogs btrfs-progs fdisk kmod tgt qemu-utils qemu-block-extra libnbd-bin fuse3 libiscsi-bin open-iscsi iproute2
+  podman debootstrap cryptsetup-bin qemu-system-x86)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Backend, RecoveryReport } from './backends/backend.js';
-import { FileBackend } from './backends/file/backend.js';
+import { createBackend } from './backends/create.js';
 import type { Config } from './config/types.js';
 import { KubeNodeRegistry } from './controller/kube-node-registry.js';
 import { KubeNodeSegments, LocalNodeSegments } from './controller/node-topology.js';
@@ -41,7 +41,7 @@ export interface App {
 export async function createApp(cfg: Config, log: Logger): Promise<App> {
   const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 }, log.child({ part: 'exec' }));
   const backends = new Map<string, Backend>();
-  for (const b of cfg.backends) backends.set(b.name, new FileBackend(b, exec, log.child({ backend: b.name })));
+  for (const b of cfg.backends) backends.set(b.name, createBackend(b, exec, log));
 
   const services: CsiServices = {};
   const recovery: Record<string, RecoveryReport> = {};

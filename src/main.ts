@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { loadConfig } from './config/load.js';
 import type { Role } from './config/types.js';
-import { ConfigError } from './config/validate.js';
+import { ConfigError } from './config/error.js';
 import { createLogger } from './csi/logging.js';
 import { VERSION } from './version.js';
 

@@ -1,10 +1,9 @@
 import { accessSync, constants } from 'node:fs';
+import { ConfigError } from './error.js';
+import { DEFAULT_GRACE_SECONDS, DEFAULT_RESYNC_SECONDS, kubernetesSchema, parseConfig } from './schema.js';
 import type { KubernetesConfig, Role } from './types.js';
-import { absPath, ConfigError, isObj, num, onlyKeys } from './validate.js';
 
-export const KUBERNETES_KEYS = ['enabled', 'kubeconfig', 'resyncSeconds', 'graceSeconds'] as const;
-export const DEFAULT_RESYNC_SECONDS = 60;
-export const DEFAULT_GRACE_SECONDS = 120;
+export { DEFAULT_GRACE_SECONDS, DEFAULT_RESYNC_SECONDS };
 
 /** The environment a pod gets from the kubelet; both are needed for in-cluster config. */
 export function inCluster(env: NodeJS.ProcessEnv): boolean {
@@ -19,19 +18,7 @@ export function inCluster(env: NodeJS.ProcessEnv): boolean {
  * (the node plugin only reports its node id).
  */
 export function kubernetesFrom(raw: unknown, role: Role, env: NodeJS.ProcessEnv = process.env): KubernetesConfig {
-  const k = raw ?? {};
-  if (!isObj(k)) throw new ConfigError('kubernetes', 'must be a map');
-  onlyKeys(k, KUBERNETES_KEYS, 'kubernetes');
-
-  const e = k.enabled ?? 'auto';
-  let setting: 'auto' | boolean;
-  if (e === 'auto' || e === true || e === false) setting = e;
-  else if (e === 'true' || e === 'false') setting = e === 'true';
-  else throw new ConfigError('kubernetes.enabled', 'must be auto, true or false');
-
-  const kubeconfig = k.kubeconfig === undefined ? undefined : absPath(k.kubeconfig, 'kubernetes.kubeconfig');
-  const resyncSeconds = k.resyncSeconds === undefined ? DEFAULT_RESYNC_SECONDS : num(k.resyncSeconds, 'kubernetes.resyncSeconds', 0.1, 86_400);
-  const graceSeconds = k.graceSeconds === undefined ? DEFAULT_GRACE_SECONDS : num(k.graceSeconds, 'kubernetes.graceSeconds', 0.1, 86_400);
+  const { enabled: setting, kubeconfig, resyncSeconds, graceSeconds } = parseConfig(kubernetesSchema, raw, 'kubernetes');
 
   const reachable = kubeconfig !== undefined || inCluster(env);
   let enabled: boolean;

@@ -15,12 +15,14 @@ export const PARAMETER_DOCS: Record<string, string> = {
   type: 'volume type; only backends whose `type` label equals it are considered (Cinder volume type)',
   backend: 'pin the volume to one named backend',
   mkfsOptions: 'extra mkfs arguments, space-separated, letters/digits/=,.:_- only',
+  encrypted: '"true": LUKS2 on the node, passphrase from the node-stage secret key encryptionPassphrase (default "false")',
 };
 
 export interface VolumeParameters {
   type?: string;
   backend?: string;
   mkfsOptions?: string;
+  encrypted?: boolean;
   /** Everything the CO sent, minus the sidecars' keys: compared for name idempotency. */
   own: Record<string, string>;
 }
@@ -70,6 +72,10 @@ export function parseParameters(params: Record<string, string> | undefined, fiel
       case 'mkfsOptions':
         if (!MKFS_OPTIONS_RE.test(v)) throw invalidArgument(`${field}.mkfsOptions may hold only letters, digits, spaces and =,.:_- (at most 256 characters)`);
         out.mkfsOptions = v;
+        break;
+      case 'encrypted':
+        if (v !== 'true' && v !== 'false') throw invalidArgument(`${field}.encrypted must be "true" or "false", not "${v.slice(0, 16)}"`);
+        out.encrypted = v === 'true';
         break;
       default:
         throw unknownKey(field, k);

@@ -53,6 +53,7 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
     // For COs that stage without fs_type (the demo, csi-sanity): the node falls back to it.
     if (fs) ctx.fsType = fs;
     if (v.parameters.mkfsOptions) ctx.mkfsOptions = v.parameters.mkfsOptions;
+    if (v.parameters.encrypted === 'true') ctx.encrypted = 'true';
     return ctx;
   };
 

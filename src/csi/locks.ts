@@ -16,6 +16,8 @@ import { callStopped, currentCall } from './call-context.js';
  */
 export class KeyedLock {
   private readonly tails = new Map<string, Promise<void>>();
+  /** Keys an RPC holds or waits for through exclusive(). */
+  private readonly rpcHeld = new Set<string>();
 
   async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
     checkCall();
@@ -53,27 +55,22 @@ export class KeyedLock {
   }
 
   /**
-   * Takes every key now or none: when any is held, ABORTED naming what is
-   * busy (`describe` turns a key into words for the caller).
+   * The RPC's own locks: ABORTED at once, naming what is busy, while another
+   * RPC holds (or waits for) any of the keys (`describe` turns a key into
+   * words for the caller). Work sinter does by itself (reconciliation), which
+   * holds its locks briefly, is waited for instead: a retry would find it
+   * again, and the sidecars would log a failure nobody caused.
    */
   async exclusive<T>(keys: string | string[], fn: () => Promise<T>, describe: (key: string) => string = (k) => k): Promise<T> {
     checkCall();
     const all = [...new Set(typeof keys === 'string' ? [keys] : keys)];
-    const busy = all.find((k) => this.tails.has(k));
+    const busy = all.find((k) => this.rpcHeld.has(k));
     if (busy !== undefined) throw aborted(`an operation on ${describe(busy)} is already in progress; retry later`);
-    const releases = all.map((k) => {
-      let release!: () => void;
-      const mine = new Promise<void>((r) => (release = r));
-      this.tails.set(k, mine);
-      return () => {
-        release();
-        if (this.tails.get(k) === mine) this.tails.delete(k);
-      };
-    });
+    for (const k of all) this.rpcHeld.add(k);
     try {
-      return await fn();
+      return await this.runAll(all, fn);
     } finally {
-      for (const r of releases) r();
+      for (const k of all) this.rpcHeld.delete(k);
     }
   }
 

@@ -1,6 +1,6 @@
 import { pino, type Logger } from 'pino';
 import type { Backend } from '../backends/backend.js';
-import { FileBackend } from '../backends/file/backend.js';
+import { createBackend } from '../backends/create.js';
 import type { Config } from '../config/types.js';
 import type { Finding, Remedy } from '../contracts/finding.js';
 import { HostExecutor, type Executor } from '../exec/run.js';
@@ -38,7 +38,7 @@ export interface FsckOptions {
 }
 
 export function backendsOf(cfg: Config, exec: Executor, log: Logger): Backend[] {
-  return cfg.backends.map((b) => new FileBackend(b, exec, log.child({ backend: b.name })));
+  return cfg.backends.map((b) => createBackend(b, exec, log));
 }
 
 /** The node service `sinter node|all` would build from cfg, never started: only its read-only orphan report is used. */

@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfig } from '../config/load.js';
 import type { Config, Role } from '../config/types.js';
-import { ConfigError } from '../config/validate.js';
+import { ConfigError } from '../config/error.js';
 import { parseEndpoint } from '../csi/endpoint.js';
 import { HostExecutor } from '../exec/run.js';
 import { backendsOf, nodeServiceOf, runFsck, type FsckReport, type FsckScope } from './check.js';

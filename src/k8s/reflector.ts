@@ -1,5 +1,6 @@
 import type { Watch } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { Backoff } from '../util/poll.js';
 
 /** One page of a list call, as the typed client returns it (V1…List). */
 export interface ListPage {
@@ -130,7 +131,7 @@ export class Reflector<V> {
   private readonly listeners = new Set<(ev: ReflectorEvent, name: string, view: V | undefined) => void>();
   private readonly stateListeners = new Set<(s: ReflectorState) => void>();
   private readonly initialBackoffMs: number;
-  private readonly maxBackoffMs: number;
+  private readonly backoff: Backoff;
   private readonly listTimeoutMs: number;
   private readonly pageSize: number;
   private readonly watchTimeoutSeconds: () => number;
@@ -143,7 +144,7 @@ export class Reflector<V> {
     private readonly opts: ReflectorOptions,
   ) {
     this.initialBackoffMs = opts.initialBackoffMs ?? 500;
-    this.maxBackoffMs = opts.maxBackoffMs ?? 30_000;
+    this.backoff = new Backoff({ initialMs: this.initialBackoffMs, maxMs: opts.maxBackoffMs ?? 30_000 });
     this.listTimeoutMs = opts.listTimeoutMs ?? 60_000;
     this.pageSize = opts.pageSize ?? 500;
     // Like client-go: spread watch renewals between 5 and 10 minutes.
@@ -235,13 +236,14 @@ export class Reflector<V> {
   }
 
   private async loop(): Promise<void> {
-    let backoff = this.initialBackoffMs;
+    const backoff = this.backoff;
+    backoff.reset();
     let gones = 0;
     const relistAfterGone = async () => {
       this.counters.gone++;
       this.rv = '';
       // One 410 is routine; a server answering 410 to fresh lists must not make us spin.
-      if (++gones > 2) await this.sleep(backoff);
+      if (++gones > 2) await this.sleep(backoff.peek());
     };
     while (!this.stopped) {
       try {
@@ -250,7 +252,7 @@ export class Reflector<V> {
         const started = Date.now();
         const end = await this.watchOnce();
         if (this.stopped) break;
-        backoff = this.initialBackoffMs;
+        backoff.reset();
         if (end.gone) {
           this.opts.log.debug({ kind: this.kind.kind }, 'watch: resourceVersion too old (410); listing again');
           await relistAfterGone();
@@ -267,10 +269,10 @@ export class Reflector<V> {
         }
         this.counters.failures++;
         const error = describeError(e);
-        this.opts.log.debug({ kind: this.kind.kind, err: error, retryInMs: backoff }, 'Kubernetes API request failed; retrying');
+        const retryInMs = backoff.next();
+        this.opts.log.debug({ kind: this.kind.kind, err: error, retryInMs }, 'Kubernetes API request failed; retrying');
         this.setState({ synced: this._state.synced, live: false, error });
-        await this.sleep(backoff);
-        backoff = Math.min(backoff * 2, this.maxBackoffMs);
+        await this.sleep(retryInMs);
       }
     }
     this.setState({ synced: this._state.synced, live: false, error: 'stopped' });

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { KeyedLock } from '../csi/locks.js';
 import type { Executor } from '../exec/run.js';
 import type { Connectors } from './connectors/connector.js';
+import type { LuksPbkdf } from './encryption.js';
 import type { MountEntry, Mounter, MountSnapshot } from './mount.js';
 import type { KubeletPaths } from './paths.js';
 import type { ReadOnlyBlock } from './readonly-block.js';
@@ -27,6 +28,8 @@ export interface NodeDeps {
   /** sysfs and /dev as the SAN connectors see them (node config sysfsRoot, devRoot); default /sys and /dev. */
   sysfsRoot?: string;
   devRoot?: string;
+  /** Key-derivation cost of new LUKS headers; unset: cryptsetup's defaults. */
+  luksPbkdf?: LuksPbkdf;
 }
 
 /** "major:minor" of a device node, as /proc/self/mountinfo writes it; undefined if path is not a block device. */
@@ -41,6 +44,16 @@ export async function deviceMajMin(path: string): Promise<string | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The device the volume's data is seen through: the dm-crypt mapping of an
+ * encrypted volume, else the connector's device. Mounts and binds show this
+ * one; the connector's device is only attached, detached and rescanned.
+ */
+export function volumeDevice(rec: Pick<StageRecord, 'device' | 'mapper'>): string | undefined {
+  if (!rec.device) return undefined;
+  return rec.mapper ? `/dev/mapper/${rec.mapper}` : rec.device;
 }
 
 /** Block access stages the device as a file inside the staging directory, named after the volume. */

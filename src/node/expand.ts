@@ -2,7 +2,8 @@ import { realpath } from 'node:fs/promises';
 import type { PublishContext } from '../contracts/publish-context.js';
 import { failedPrecondition, notFound } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
-import type { NodeDeps } from './context.js';
+import { volumeDevice, type NodeDeps } from './context.js';
+import { resizeEncrypted } from './encryption.js';
 import { hostCommand, toHostError } from './host-errors.js';
 import { blockDeviceSize } from './stats.js';
 
@@ -58,7 +59,8 @@ export async function expandVolume(d: NodeDeps, req: ExpandRequest, decode: (c: 
   const ctx = decode(rec.publishContext);
   const connector = d.connectors.for(ctx);
   await connector.rescan(ctx, rec.device);
-  if (rec.access === 'block') await d.roBlock.refresh(rec.device);
+  // The requested size is the volume's (the connector's device); an encrypted
+  // volume's mapping is that less its LUKS header, grown after the device.
   const size = await blockDeviceSize(d.exec, rec.device);
   if (req.requiredBytes && size < req.requiredBytes) {
     // Never grow the filesystem to the old size and call that success.
@@ -68,11 +70,14 @@ export async function expandVolume(d: NodeDeps, req: ExpandRequest, decode: (c: 
         (stale ?? 'expand the volume on the controller (ControllerExpandVolume) first'),
     );
   }
+  if (rec.mapper) await resizeEncrypted(d, rec.mapper);
+  const dev = volumeDevice(rec)!;
+  if (rec.access === 'block') await d.roBlock.refresh(dev);
   if ((req.access ?? rec.access) === 'block' || rec.access === 'block') return size;
   const staging = await realpath(rec.stagingPath).catch(() => rec.stagingPath);
   const snap = await d.mounter.snapshot();
   if (!snap.at(staging)) throw failedPrecondition(`volume ${req.volumeId} is not mounted at its staging path ${rec.stagingPath}; stage it again before expanding`);
-  d.log.info({ volume_id: req.volumeId, device: rec.device, fsType: rec.fsType, bytes: size }, 'growing filesystem');
-  await growFilesystem(d.exec, rec.fsType ?? 'ext4', rec.device, staging);
+  d.log.info({ volume_id: req.volumeId, device: dev, fsType: rec.fsType, bytes: size }, 'growing filesystem');
+  await growFilesystem(d.exec, rec.fsType ?? 'ext4', dev, staging);
   return size;
 }

@@ -1,6 +1,7 @@
 import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
 import { hostCommand } from './host-errors.js';
+import { poll } from '../util/poll.js';
 import { shown } from '../errors/domain-error.js';
 
 import { DEFAULT_FS, isSupportedFs, SUPPORTED_FS, type FsType } from '../csi/capability.js';
@@ -83,16 +84,26 @@ export async function mkfs(exec: Executor, device: string, fsType: FsType, extra
   // but only after probing again: whoever held the device may have written a
   // filesystem on it meanwhile, and a device that holds one is never
   // formatted (safety rule 1). One that now holds fsType needs nothing more.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await run();
-      return;
-    } catch (e) {
-      const busy = e instanceof ExecError && /in use|busy/i.test(e.stderr);
-      if (!busy || attempt >= 4) return hostCommand(`formatting ${device} as ${fsType}`, Promise.reject(e));
-      await new Promise((r) => setTimeout(r, 250 * attempt));
-      if (!decideFormat(await probe(exec, device), device, fsType)) return;
-    }
+  // Pauses of 250, 500 and 750 ms: four attempts in all.
+  try {
+    await poll(
+      async ({ attempt }) => {
+        if (attempt > 1 && !decideFormat(await probe(exec, device), device, fsType)) return true;
+        await run().catch((e: unknown) => Promise.reject(new MkfsFailed(e)));
+        return true;
+      },
+      { initialMs: 250, maxMs: 750, maxAttempts: 4, retryOn: (e) => e instanceof MkfsFailed && e.cause instanceof ExecError && /in use|busy/i.test(e.cause.stderr) },
+    );
+  } catch (e) {
+    if (e instanceof MkfsFailed) return hostCommand(`formatting ${device} as ${fsType}`, Promise.reject(e.cause));
+    throw e;
+  }
+}
+
+/** Marks mkfs's own failure (wrapped as a host error) apart from the probe's (thrown as it is). */
+class MkfsFailed extends Error {
+  constructor(cause: unknown) {
+    super('mkfs failed', { cause });
   }
 }
 
@@ -103,6 +114,10 @@ export function decideFormat(p: Probe, device: string, fsType: FsType): boolean 
       return true;
     case 'filesystem':
       if (p.type === fsType) return false;
+      if (p.type === 'crypto_LUKS')
+        throw failedPrecondition(
+          `the volume's device ${device} holds a LUKS header (an encrypted volume); sinter never formats over one: stage it with volume_context encrypted "true" (StorageClass parameter encrypted) and its passphrase`,
+        );
       throw failedPrecondition(
         `the volume's device ${device} already holds a ${p.type} filesystem, not the requested ${fsType}; sinter never reformats a device: ask for fs_type ${p.type}, or wipe the volume yourself`,
       );

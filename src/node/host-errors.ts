@@ -15,6 +15,7 @@ const PACKAGES: Record<string, string> = {
   mount: 'util-linux (mount)',
   umount: 'util-linux (mount)',
   multipath: 'multipath-tools',
+  cryptsetup: 'cryptsetup-bin',
   multipathd: 'multipath-tools',
 };
 

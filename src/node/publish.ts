@@ -1,6 +1,6 @@
 import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
 import { alreadyExists, failedPrecondition } from '../errors/domain-error.js';
-import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
+import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import { isReadOnlyMode, type Capability } from '../csi/capability.js';
 import { doing } from './host-errors.js';
 import { ReadOnlyBlock } from './readonly-block.js';
@@ -25,8 +25,9 @@ function stagedMount(snap: MountSnapshot, rec: StageRecord, stagingResolved: str
 async function isOurs(snap: MountSnapshot, rec: StageRecord, stagingResolved: string, m: MountEntry, entry?: PublishRecord): Promise<boolean> {
   if (entry?.roDevice && ReadOnlyBlock.isViewMount(m, entry.roDevice)) return true;
   const staged = stagedMount(snap, rec, stagingResolved);
-  if (!rec.device) return staged !== undefined && m.majMin === staged.majMin && m.root === staged.root;
-  return mountsOfDevice(snap, rec.device, await deviceMajMin(rec.device), staged).includes(m);
+  const dev = volumeDevice(rec);
+  if (!dev) return staged !== undefined && m.majMin === staged.majMin && m.root === staged.root;
+  return mountsOfDevice(snap, dev, await deviceMajMin(dev), staged).includes(m);
 }
 
 /**
@@ -62,15 +63,22 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
   if (existing) {
     if (!(await isOurs(snap, rec, req.stagingResolved, existing, entry)))
       throw alreadyExists(`target_path ${req.targetPath} already has another volume mounted (${describeMount(existing)})`);
-    if (isReadOnly(existing) !== readonly)
-      throw alreadyExists(
-        `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
-      );
-    if (!rec.publishes.includes(entry)) {
-      rec.publishes.push(entry);
-      await d.state.put(rec);
+    // A read-only publish cut short between its bind and its read-only remount (a crash) left a
+    // read-write bind that the record already calls read-only: the kubelet never heard it succeed,
+    // so no pod uses it. Take the bind down and publish again; anything else keeps its mode.
+    const unfinished = readonly && !isReadOnly(existing) && rec.publishes.includes(entry) && entry.readonly;
+    if (unfinished) await d.mounter.umount(req.targetResolved);
+    else {
+      if (isReadOnly(existing) !== readonly)
+        throw alreadyExists(
+          `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
+        );
+      if (!rec.publishes.includes(entry)) {
+        rec.publishes.push(entry);
+        await d.state.put(rec);
+      }
+      return;
     }
-    return;
   }
 
   await doing(`preparing target_path ${req.targetPath}`, async () => {
@@ -96,9 +104,10 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
   if (!rec.publishes.includes(entry)) rec.publishes.push(entry);
   await d.state.put(rec);
   let from = source;
-  if (cap.access === 'block' && readonly && rec.device) {
+  const dev = volumeDevice(rec);
+  if (cap.access === 'block' && readonly && dev) {
     // The record names the read-only view before anything is bound to it.
-    const ro = await d.roBlock.attach(rec.device);
+    const ro = await d.roBlock.attach(dev);
     if (entry.roDevice !== ro) {
       entry.roDevice = ro;
       await d.state.put(rec);
@@ -131,7 +140,7 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
     }
   };
   if (!req.targetExists) {
-    if (rec?.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
+    if (rec?.access === 'block' && rec.device) await d.roBlock.release(volumeDevice(rec)!, await d.mounter.snapshot());
     return forget();
   }
 
@@ -146,7 +155,7 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
       throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
     await d.mounter.umountAll(req.targetResolved);
   }
-  if (rec?.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
+  if (rec?.access === 'block' && rec.device) await d.roBlock.release(volumeDevice(rec)!, await d.mounter.snapshot());
   await doing(`removing target_path ${req.targetPath}`, async () => {
     const st = await lstat(req.targetResolved).catch(() => undefined);
     if (!st) return;

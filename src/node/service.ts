@@ -12,6 +12,7 @@ import { LocalConnector } from './connectors/local.js';
 import { SysfsTree } from './connectors/sysfs.js';
 import type { NodeDeps } from './context.js';
 import { expandVolume } from './expand.js';
+import type { LuksPbkdf } from './encryption.js';
 import { Mounter } from './mount.js';
 import { cleanOrphans, findOrphans, type Orphan, type OrphanSessions } from './orphans.js';
 import { KubeletPaths } from './paths.js';
@@ -41,6 +42,8 @@ export interface NodeServiceConfig {
   fc?: { scanTimeoutSeconds: number; removeTimeoutSeconds: number };
   /** iSCSI attachments no record explains and nothing uses: only reported (default), or torn down at start. */
   orphanSessions?: OrphanSessions;
+  /** Key-derivation cost of new LUKS headers (encrypted volumes); unset: cryptsetup's defaults. */
+  luksPbkdf?: LuksPbkdf;
 }
 
 export interface NodeServiceDeps {
@@ -141,6 +144,7 @@ export class NodeService {
       devices: new KeyedLock(),
       sysfsRoot: config.sysfsRoot,
       devRoot: config.devRoot,
+      luksPbkdf: config.luksPbkdf,
     };
     this.stats = { transports: this.deps.connectors.all().map((c) => c.transport), staged: new Map(), orphanSessions: {} };
   }

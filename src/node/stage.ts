@@ -3,7 +3,8 @@ import { sameStringMap } from '../contracts/string-map.js';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
 import { alreadyExists, DomainError, failedPrecondition } from '../errors/domain-error.js';
 import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from '../csi/capability.js';
-import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
+import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
+import { closeEncrypted, encryptionOf, mapperName, openEncrypted } from './encryption.js';
 import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
 import { doing, toHostError } from './host-errors.js';
 import { isReadOnly } from './mount.js';
@@ -50,6 +51,8 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
   const fsType: FsType | undefined = cap.access === 'mount' ? resolveFsType(cap, req.volumeContext) : undefined;
   const mkfsArgs = fsType ? parseMkfsOptions(req.volumeContext.mkfsOptions, fsType) : [];
   const readOnly = isReadOnlyMode(cap.mode);
+  // Checked before anything changes: an encrypted volume without its passphrase stages nothing.
+  const encryption = encryptionOf(volumeId, req.volumeContext, req.secrets);
 
   const prev = await d.state.get(volumeId);
   const visibleAt = stagedAt({ access: cap.access, volumeId }, req.stagingResolved);
@@ -65,10 +68,15 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
           `volume ${volumeId} is already staged at ${prev.stagingPath} as ${describeStaged(prev)}, which does not match this request; unstage it first to change how it is staged`,
         );
     }
+    if (prev.phase === 'staged' && Boolean(prev.mapper) !== Boolean(encryption))
+      throw alreadyExists(
+        `volume ${volumeId} is already staged ${prev.mapper ? 'encrypted' : 'unencrypted'} at ${prev.stagingPath}, and this request's volume_context says ${prev.mapper ? 'unencrypted' : 'encrypted'}; unstage it first`,
+      );
     // A device in use stays the record's: a request leading elsewhere must not take its place (the mounts would then be nobody's).
-    if (prev.device && !sameStringMap(encodePublishContext(req.publishContext), prev.publishContext)) {
+    const prevDevice = volumeDevice(prev);
+    if (prevDevice && !sameStringMap(encodePublishContext(req.publishContext), prev.publishContext)) {
       const snap = await d.mounter.snapshot();
-      if (mountsOfDevice(snap, prev.device, await deviceMajMin(prev.device)).length > 0)
+      if (mountsOfDevice(snap, prevDevice, await deviceMajMin(prevDevice)).length > 0)
         throw alreadyExists(
           `volume ${volumeId} is staged on this node from another connection (publish_context ${shown(JSON.stringify(prev.publishContext), 200)}); unstage it first to stage it from a different one`,
         );
@@ -91,7 +99,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     const snap = await d.mounter.snapshot();
     const there = snap.at(visibleAt);
     if (there) {
-      const known = prev?.device;
+      const known = prev ? volumeDevice(prev) : undefined;
       const ours = known !== undefined && mountsOfDevice(snap, known, await deviceMajMin(known)).includes(there);
       if (!ours)
         throw alreadyExists(`staging_target_path ${req.stagingPath} already has something mounted (${describeMount(there)}) that is not volume ${volumeId}; unstage that first`);
@@ -120,6 +128,8 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     accessMode: cap.mode,
     publishContext: encodePublishContext(req.publishContext),
     device: prev?.device,
+    // Named before it is opened, so an unstage after a crash at any point closes it.
+    ...(encryption ? { mapper: prev?.mapper ?? mapperName(volumeId) } : {}),
     phase: 'staging',
     publishes: prev?.publishes ?? [],
     updatedAt: '',
@@ -128,6 +138,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
 
   // Whether this call made the attachment: only then does a failure below undo it.
   let attachedHere = false;
+  let openedHere = false;
   let device: string | undefined;
   try {
     if (connector.attach) {
@@ -145,12 +156,22 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     }
 
     // From here to the mount, this device's filesystem is decided by this call alone (see NodeDeps.devices).
-    const dev = device;
+    const raw = device;
     await d.devices.run(`device:${majMin}`, async () => {
+      // An encrypted volume's filesystem (or block volume) is its dm-crypt mapping, opened (and first formatted, if blank) here.
+      let dev = raw;
+      let devMajMin: string | undefined = majMin;
+      if (encryption && rec.mapper) {
+        const opened = await openEncrypted(d, { volumeId, device: raw, name: rec.mapper, readOnly, encryption });
+        openedHere = opened.opened;
+        dev = opened.path;
+        devMajMin = await deviceMajMin(dev);
+        if (!devMajMin) throw new Error(`the dm-crypt mapping ${dev} is not a block device`);
+      }
       const snap = await d.mounter.snapshot();
       const existing = snap.at(visibleAt);
       if (existing) {
-        const ours = mountsOfDevice(snap, dev, majMin).includes(existing);
+        const ours = mountsOfDevice(snap, dev, devMajMin).includes(existing);
         if (!ours)
           throw alreadyExists(`staging_target_path ${req.stagingPath} already has another volume mounted (${describeMount(existing)}); unstage that one first`);
         if (cap.access === 'mount' && existing.fsType !== fsType)
@@ -188,11 +209,19 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     rec.phase = 'error';
     rec.lastError = err.message;
     await d.state.put(rec).catch((pe: unknown) => d.log.error({ volume_id: volumeId, err: errorText(pe) }, 'could not record failed stage'));
-    // Undo only what this call did: an attachment it made that nothing uses.
-    if (device && attachedHere) {
+    // Undo only what this call did: a mapping it opened and an attachment it made, that nothing uses.
+    const shownAs = device && (openedHere ? volumeDevice(rec) : device);
+    if (device && shownAs && (attachedHere || openedHere)) {
       const snap = await d.mounter.snapshot().catch(() => undefined);
-      const used = snap ? mountsOfDevice(snap, device, await deviceMajMin(device)).length > 0 : true;
-      if (!used) await connector.disconnect(req.publishContext, device).catch((de: unknown) => d.log.warn({ volume_id: volumeId, device, err: errorText(de) }, 'could not detach after failed stage'));
+      const used = snap ? mountsOfDevice(snap, shownAs, await deviceMajMin(shownAs)).length > 0 : true;
+      let closed = !openedHere;
+      if (!used && openedHere && rec.mapper)
+        closed = await closeEncrypted(d, volumeId, rec.mapper).then(
+          () => true,
+          (ce: unknown) => (d.log.warn({ volume_id: volumeId, mapper: rec.mapper, err: errorText(ce) }, 'could not close the mapping after failed stage'), false),
+        );
+      if (!used && closed && attachedHere)
+        await connector.disconnect(req.publishContext, device).catch((de: unknown) => d.log.warn({ volume_id: volumeId, device, err: errorText(de) }, 'could not detach after failed stage'));
     }
     throw err;
   }
@@ -236,13 +265,14 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   const wasStaged = rec.phase === 'staged';
   const recordedDevice = rec.device;
   if (rec.device && !(await connector.condition(ctx, rec.device)).attached) delete rec.device;
-  const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
+  const vdev = volumeDevice(rec);
+  const majMin = vdev ? await deviceMajMin(vdev) : undefined;
   // Only a mount showing the recorded device is ours to unmount; anything
   // else at the staging path is left alone.
-  const staged = there && rec.device && mountsOfDevice(snap, rec.device, majMin).includes(there) ? there : undefined;
+  const staged = there && vdev && mountsOfDevice(snap, vdev, majMin).includes(there) ? there : undefined;
   if (there && !staged)
     d.log.warn({ volume_id: volumeId, path: req.stagingPath, mount: describeMount(there) }, 'staging path holds a mount that is not this volume; leaving it');
-  const users = rec.device ? mountsOfDevice(snap, rec.device, majMin, staged) : [];
+  const users = vdev ? mountsOfDevice(snap, vdev, majMin, staged) : [];
   const elsewhere = new Set(users.filter((m) => m.mountPoint !== visibleAt).map((m) => m.mountPoint));
   for (const p of rec.publishes) {
     // Read-only block publishes go through their own loop device, so look at the recorded targets too.
@@ -272,7 +302,9 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
         if (st && !mounted && (st.isFile() || st.isBlockDevice())) await unlink(visibleAt);
       });
     }
-    if (rec.access === 'block' && rec.device) await d.roBlock.release(rec.device, await d.mounter.snapshot());
+    if (rec.access === 'block' && vdev) await d.roBlock.release(vdev, await d.mounter.snapshot());
+    // The mapping goes before its device (it holds the device open), even when the device itself is gone.
+    if (rec.mapper) await closeEncrypted(d, volumeId, rec.mapper);
     await connector.disconnect(ctx, rec.device);
     if (rec.createdStagingDir && !(there && !staged)) {
       await rmdir(req.stagingResolved).catch((e: NodeJS.ErrnoException) => {

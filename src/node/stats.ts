@@ -4,7 +4,7 @@ import type { PublishContext } from '../contracts/publish-context.js';
 import { notFound } from '../errors/domain-error.js';
 import type { Executor } from '../exec/run.js';
 import type { DeviceCondition } from './connectors/connector.js';
-import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, type NodeDeps } from './context.js';
+import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import type { MountEntry, MountSnapshot } from './mount.js';
 import type { StageRecord } from './stage-state.js';
 import { doing, hostCommand } from './host-errors.js';
@@ -63,10 +63,11 @@ export async function volumeStats(
   if (!m) {
     return { usage: [], condition: { abnormal: true, message: `nothing is mounted at ${req.volumePath}; ${device.abnormal ? device.message : 'the volume is not published there'}` } };
   }
-  const majMin = rec.device ? await deviceMajMin(rec.device) : undefined;
+  const vdev = volumeDevice(rec);
+  const majMin = vdev ? await deviceMajMin(vdev) : undefined;
   const entry = rec.publishes.find((p) => p.targetPath === req.volumePath);
   const ro = entry?.roDevice !== undefined && ReadOnlyBlock.isViewMount(m, entry.roDevice);
-  if (rec.device && !ro && !mountsOfDevice(snap, rec.device, majMin).includes(m))
+  if (vdev && !ro && !mountsOfDevice(snap, vdev, majMin).includes(m))
     throw notFound(`volume_path ${req.volumePath} shows another volume (${describeMount(m)}), not ${req.volumeId}`);
   // A block volume is published as a device node; a directory there is some filesystem's mount, whatever device it shows.
   if (rec.access === 'block' && !(await stat(req.resolved).then((st) => st.isBlockDevice(), () => false)))

@@ -19,18 +19,45 @@ export interface ScanReport<T> {
   others: string[];
 }
 
+export interface ListReport<T> {
+  records: T[];
+  /** Files that could not be parsed, with the parser's reason; left in place. */
+  corrupt: { name: string; why: string }[];
+  /** Half-written temp files (not removed). */
+  temps: string[];
+}
+
+export interface RecordStoreOptions<T> {
+  /** File name extension of the records (default `.json`). */
+  suffix?: string;
+  /** The key a record is filed under (default its `id`). */
+  keyOf?: (rec: T) => string;
+  /** The file's content (default compact JSON and a newline). */
+  format?: (rec: T) => string;
+}
+
 /**
- * One JSON file per record in one directory. Each put is atomic and durable,
- * so the directory is the crash-safe source of truth and memory is a cache.
+ * One JSON file per record in one directory. Each put is atomic and durable
+ * (temp file, fsync, rename, directory fsync: atomic-file.ts), so the
+ * directory is the crash-safe source of truth and memory is a cache. The
+ * controller's file backend, CHAP and static-volume records and the node's
+ * stage records all live in one.
  */
-export class RecordStore<T extends { id: string }> {
+export class RecordStore<T> {
   /** The store's directory, held open for fsync (see SyncDir); files beside the records may use it too. */
   readonly syncDir: SyncDir;
+  private readonly suffix: string;
+  private readonly keyOf: (rec: T) => string;
+  private readonly format: (rec: T) => string;
 
   constructor(
     readonly dir: string,
-    private readonly suffix = '.json',
+    opts: string | RecordStoreOptions<T> = {},
   ) {
+    const o = typeof opts === 'string' ? { suffix: opts } : opts;
+    this.suffix = o.suffix ?? '.json';
+    this.keyOf = o.keyOf ?? ((r) => (r as { id: string }).id);
+    this.format = o.format ?? ((r) => `${JSON.stringify(r)}\n`);
     this.syncDir = new SyncDir(dir);
   }
 
@@ -68,7 +95,7 @@ export class RecordStore<T extends { id: string }> {
       }
       try {
         const parsed: unknown = JSON.parse(readFileSync(join(this.dir, name), 'utf8'));
-        if (valid(parsed) && `${parsed.id}${this.suffix}` === name) report.records.push(parsed);
+        if (valid(parsed) && `${this.keyOf(parsed)}${this.suffix}` === name) report.records.push(parsed);
         else report.corrupt.push(name);
       } catch {
         report.corrupt.push(name);
@@ -77,8 +104,50 @@ export class RecordStore<T extends { id: string }> {
     return report;
   }
 
+  /**
+   * Reads every record asynchronously, for callers that run while the plugin
+   * serves. `parse` gets the file's text and the key its name carries, and
+   * throws (with a reason) on a record it cannot accept. A missing directory
+   * holds no records.
+   */
+  async list(parse: (text: string, key: string) => T): Promise<ListReport<T>> {
+    const report: ListReport<T> = { records: [], corrupt: [], temps: [] };
+    let names: string[];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return report;
+      throw e;
+    }
+    for (const name of names.sort()) {
+      if (isAtomicTemp(name)) {
+        report.temps.push(name);
+        continue;
+      }
+      if (!name.endsWith(this.suffix)) continue;
+      try {
+        report.records.push(parse(await fs.readFile(join(this.dir, name), 'utf8'), name.slice(0, -this.suffix.length)));
+      } catch (e) {
+        report.corrupt.push({ name, why: (e as Error).message });
+      }
+    }
+    return report;
+  }
+
+  /** One record, or undefined when there is none; `parse` as for list(). */
+  async get(key: string, parse: (text: string, key: string) => T): Promise<T | undefined> {
+    let text: string;
+    try {
+      text = await fs.readFile(this.pathOf(key), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    return parse(text, key);
+  }
+
   async put(rec: T): Promise<void> {
-    await writeFileAtomic(this.pathOf(rec.id), `${JSON.stringify(rec)}\n`, this.syncDir);
+    await writeFileAtomic(this.pathOf(this.keyOf(rec)), this.format(rec), this.syncDir);
   }
 
   /** Lets go of the directory descriptor; a later put or remove reopens it. */

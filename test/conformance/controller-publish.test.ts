@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
+import { expectedPublishContext, startConformanceSinter as startSinter } from '../helpers/conformance.js';
 
 const NODE_A = 'node-a;iqn.2026-11.io.sinter:node-a;';
 const NODE_B = 'node-b;iqn.2026-11.io.sinter:node-b;';
@@ -28,10 +29,10 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect(await codeOf(ctl().ControllerPublishVolume({ volume_id: id, node_id: 'some-fake-node-id', volume_capability: mountCap() }))).toBe('NOT_FOUND');
   });
 
-  it('returns the local transport context, idempotently, and records the volume in-use', async () => {
+  it('returns the transport context (local: the image path; iSCSI: portal, IQN, LUN), idempotently, and records the volume in-use', async () => {
     const id = await create('p-ok');
     const a = await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
-    expect(a.publish_context).toEqual({ transport: 'local', path: `${s.dataDir}/volumes/${id}.img` });
+    expect(a.publish_context).toEqual(expectedPublishContext(s, id));
     const b = await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     expect(b.publish_context).toEqual(a.publish_context);
     const got = await ctl().ControllerGetVolume({ volume_id: id });

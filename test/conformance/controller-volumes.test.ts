@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { asSidecar, blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { asSidecar, blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
+import { startConformanceSinter as startSinter } from '../helpers/conformance.js';
 import { stringMatching } from '../helpers/matchers.js';
 
 describe('Controller volumes (sinter all, file backend)', () => {

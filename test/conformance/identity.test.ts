@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { type SinterProcess } from '../helpers/sinter-process.js';
+import { startConformanceSinter as startSinter } from '../helpers/conformance.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 

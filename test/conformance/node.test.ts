@@ -2,7 +2,8 @@ import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
+import { kernelSessionsTo, startConformanceSinter as startSinter } from '../helpers/conformance.js';
 import { stringMatching } from '../helpers/matchers.js';
 
 /** Loop devices whose backing file lies under dir. */
@@ -62,6 +63,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     await node().NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
     expect(mountsUnder(s.base)).toEqual([]);
     expect(await loopsUnder(s.base)).toEqual([]);
+    expect(await kernelSessionsTo()).toEqual([]);
     const img = readFileSync(join(s.dataDir, 'volumes', `${id}.img`));
     expect(img.includes(Buffer.from('sinter-conformance-marker'))).toBe(true);
     await ctl().ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
@@ -80,6 +82,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     await node().NodeUnpublishVolume({ volume_id: id, target_path: target });
     await node().NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
     expect(await loopsUnder(s.base)).toEqual([]);
+    expect(await kernelSessionsTo()).toEqual([]);
   });
 
   it('answers bad requests with the spec codes, naming the field', async () => {
@@ -110,6 +113,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     expect(existsSync(join(outside, 'x'))).toBe(false);
     expect(mountsUnder(s.base)).toEqual([]);
     expect(await loopsUnder(s.base)).toEqual([]);
+    expect(await kernelSessionsTo()).toEqual([]);
   });
 
   it('refuses to attach a file the controller did not hand out', async () => {
@@ -120,5 +124,6 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     const r = node().NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: { transport: 'local', path: foreign } });
     expect(['INVALID_ARGUMENT', 'FAILED_PRECONDITION']).toContain(await codeOf(r));
     expect(await loopsUnder(s.base)).toEqual([]);
+    expect(await kernelSessionsTo()).toEqual([]);
   });
 });

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blockCap, codeOf, MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, codeOf, MiB, type SinterProcess } from '../helpers/sinter-process.js';
+import { startConformanceSinter as startSinter } from '../helpers/conformance.js';
 
 describe('Snapshots and clones (sinter all)', () => {
   let s: SinterProcess;

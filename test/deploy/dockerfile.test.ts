@@ -127,7 +127,8 @@ describe('Dockerfile structure (static; no Docker engine runs here)', () => {
     const runs = (s: string) => stage(s).body.filter((x) => x.op === 'RUN').map((x) => x.args);
     expect(runs('build').join('\n')).toMatch(/npm ci(?![^\n]*--omit=dev)/);
     expect(runs('build')).toContain('npm run build');
-    expect(runs('prod-deps').join('\n')).toMatch(/npm ci --omit=dev/);
+    // --omit=optional too: typescript is an optional peer of valibot (devOptional in the lock), which --omit=dev alone installs.
+    expect(runs('prod-deps').join('\n')).toMatch(/npm ci --omit=dev --omit=optional/);
     const fromBuild = stage('runtime').body.filter((x) => x.op === 'COPY' && x.args.startsWith('--from=')).map((x) => x.args);
     expect(fromBuild).toEqual(['--from=prod-deps /app/node_modules ./node_modules', '--from=build /src/dist ./dist']);
     expect(DOCKERFILE).not.toMatch(/:latest\b/);
@@ -244,7 +245,7 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
     }
     const tsc = spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', join(ROOT, 'tsconfig.json'), '--outDir', join(app, 'dist')], { encoding: 'utf8', timeout: 120_000 });
     build = { status: tsc.status, output: `${tsc.stdout}${tsc.stderr}` };
-    execFileSync('npm', ['ci', '--omit=dev', '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error'], { cwd: app, stdio: 'pipe', timeout: 180_000 });
+    execFileSync('npm', ['ci', '--omit=dev', '--omit=optional', '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error'], { cwd: app, stdio: 'pipe', timeout: 180_000 });
   }, 300_000);
 
   afterAll(() => {
@@ -259,7 +260,8 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
   it('the install holds production dependencies only (every package the lock marks dev-only is absent)', () => {
     const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean; optional?: boolean; devOptional?: boolean }> };
     const entries = Object.entries(lock.packages).filter(([p]) => p.startsWith('node_modules/'));
-    const dev = entries.filter(([, e]) => e.dev === true);
+    // devOptional: a dev dependency that is also an optional peer of a production one (typescript, for valibot); --omit=optional leaves it out.
+    const dev = entries.filter(([, e]) => e.dev === true || e.devOptional === true);
     const prod = entries.filter(([, e]) => !e.dev && !e.optional && !e.devOptional);
     expect(dev.map(([p]) => p)).toEqual(arrayContaining(['node_modules/typescript', 'node_modules/vitest']));
     expect(dev.filter(([p]) => existsSync(join(app, p))).map(([p]) => p)).toEqual([]);

@@ -1,4 +1,4 @@
-import { ConfigError } from '../../src/config/validate.js';
+import { ConfigError } from '../../src/config/error.js';
 
 /** The configuration key a ConfigError names, or undefined when fn does not throw one. */
 export const keyOf = (fn: () => unknown): string | undefined => {

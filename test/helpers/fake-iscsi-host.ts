@@ -6,7 +6,7 @@ import { SysfsTree } from '../../src/node/connectors/sysfs.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures', 'iscsiadm');
 
-/** A recorded (or reconstructed) iscsiadm answer from test/fixtures/iscsiadm. */
+/** A recorded iscsiadm answer from test/fixtures/iscsiadm (see its README). */
 export function fixture(name: string): ExecResult {
   const code = readFileSync(join(FIX, 'exit-codes.txt'), 'utf8')
     .split('\n')

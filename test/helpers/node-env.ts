@@ -21,6 +21,9 @@ export const GiB = 1024 * MiB;
  * commands. cleanup() unmounts and detaches everything under the temp dir,
  * whatever the test left behind.
  */
+/** A stage request whose volume and staging path are set (the skeleton always sets them). */
+export type StageReq = NodeStageVolumeRequest & { volume_id: string; staging_target_path: string };
+
 export class NodeEnv {
   readonly exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 120_000 });
   svc!: NodeService;
@@ -69,9 +72,14 @@ export class NodeEnv {
 
   /** A fresh NodeService over the same directories: what a plugin restart sees. */
   restart(): NodeService {
-    this.svc = new NodeService({ config: this.config, exec: this.deps.exec ?? this.exec, fc: this.deps.fc, log: pino({ level: 'silent' }) });
-    this.h = this.svc.handlers() as NodeHandlers;
-    return this.svc;
+    return this.use(new NodeService({ config: this.config, exec: this.deps.exec ?? this.exec, fc: this.deps.fc, log: pino({ level: 'silent' }) }));
+  }
+
+  /** Serves the tests from svc (one built with other connectors); h calls its handlers in-process. */
+  use(svc: NodeService): NodeService {
+    this.svc = svc;
+    this.h = svc.handlers() as NodeHandlers;
+    return svc;
   }
 
   async image(name: string, bytes: number): Promise<string> {
@@ -81,7 +89,7 @@ export class NodeEnv {
   }
 
   /** A request skeleton for a volume backed by image `file`. */
-  stageReq(volumeId: string, file: string, cap: VolumeCapability, extra: Partial<NodeStageVolumeRequest> = {}): NodeStageVolumeRequest {
+  stageReq(volumeId: string, file: string, cap: VolumeCapability, extra: Partial<NodeStageVolumeRequest> = {}): StageReq {
     return {
       volume_id: volumeId,
       publish_context: { transport: 'local', path: file },

@@ -9,6 +9,12 @@ import type { AccessMode, VolumeCapability } from '../../src/csi/messages.js';
 
 export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
+/**
+ * How long a process may take to start or stop. Node in the VM guest (qemu TCG)
+ * runs ~7x slower than here: the vm vitest project sets SINTER_TEST_SLOW=8.
+ */
+export const SLOW = Math.max(1, Number(process.env.SINTER_TEST_SLOW ?? 1) || 1);
+
 export interface SinterProcess {
   base: string;
   socket: string;
@@ -141,7 +147,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
         const r = await client.identity.Probe({}, { deadlineMs: 1000 });
         return r.ready?.value === true ? true : undefined;
       },
-      15_000,
+      15_000 * SLOW,
       10,
     );
   } catch (e) {
@@ -153,7 +159,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill(signal);
-      await Promise.race([proc, new Promise((r) => setTimeout(r, 15_000))]);
+      await Promise.race([proc, new Promise((r) => setTimeout(r, 15_000 * SLOW))]);
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
     }
   };

@@ -117,7 +117,7 @@ export class TestTgtd {
       stdout: { file: log },
       stderr: { file: log },
     });
-    const deadline = Date.now() + 15_000;
+    const deadline = Date.now() + 15_000 * Math.max(1, Number(process.env.SINTER_TEST_SLOW ?? 1) || 1);
     for (;;) {
       if (!this.running) throw new Error(`tgtd exited at start: ${readFileSync(log, 'utf8')}`);
       const r = await execa('tgtadm', ['-C', String(this.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'], { reject: false });

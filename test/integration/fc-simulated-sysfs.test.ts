@@ -25,7 +25,7 @@ let san: SimulatedSan;
 beforeEach(async () => {
   env = await NodeEnv.create();
   san = await SimulatedSan.create(join(env.dir, 'san'));
-  env.deps = { exec: new SimExecutor(san), fc: { sysfs: san.sysfs, scanTimeoutMs: 5000, removeTimeoutMs: 5000, backoffInitialMs: 20, backoffMaxMs: 200 } };
+  env.deps = { exec: new SimExecutor(san), fc: { sysfs: san.sysfs, scanTimeoutMs: 5000, removeTimeoutMs: 5000, initialBackoffMs: 20, maxBackoffMs: 200 } };
   env.restart();
   await env.svc.start();
 });
@@ -306,7 +306,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     san.multipathd = true;
     const lun = await san.lun('l3', 32 * MiB, WWID3);
     for (const p of twoPaths(lun, 3)) san.presentOnScan(p);
-    const fc = new FcConnector(new SimExecutor(san), { sysfs: san.sysfs, scanTimeoutMs: 2000, removeTimeoutMs: 1000, backoffInitialMs: 20 });
+    const fc = new FcConnector(new SimExecutor(san), { sysfs: san.sysfs, scanTimeoutMs: 2000, removeTimeoutMs: 1000, initialBackoffMs: 20 });
     const ctx = { transport: 'fc' as const, wwns: [TGT_A, TGT_B], lun: 3 };
     const dev = await fc.connect(ctx, {});
     expect(await fc.condition(ctx, dev)).toMatchObject({ abnormal: false, attached: true });

@@ -8,9 +8,10 @@ import { tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { UserspaceIscsiInitiator } from '../../src/node/connectors/iscsi/userspace.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { codeOf, MiB, mountCap, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { startIscsiSplit, type IscsiSplit } from '../helpers/iscsi-split.js';
 import { stringMatching } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:node-1';
@@ -23,40 +24,18 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
   let node: SinterProcess;
   let nodeId: string;
   let tgt: TgtTargetHelper;
-  const nodeStateDir = join(t.dir, 'node', 'state');
+  let split: IscsiSplit | undefined;
 
   beforeAll(async () => {
     requireIscsiTools();
     tgtd = await TestTgtd.start();
     tgt = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2026-11.io.sinter.test:' }, new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' })));
-    const dataDir = join(t.dir, 'data');
-    writeFileSync(
-      join(t.dir, 'controller.yaml'),
-      [
-        'backends:',
-        '  - name: san',
-        '    driver: file',
-        `    dataDir: ${dataDir}`,
-        '    export: iscsi',
-        '    iscsi:',
-        `      portals: ["${tgtd.portal}"]`,
-        `      controlPort: ${tgtd.controlPort}`,
-        '      iqnPrefix: "iqn.2026-11.io.sinter.test:"',
-        '      reconcileSeconds: 1',
-      ].join('\n'),
-    );
-    writeFileSync(join(t.dir, 'node.yaml'), ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${nodeStateDir}`].join('\n'));
-    mkdirSync(join(t.dir, 'ctl'));
-    mkdirSync(join(t.dir, 'node'));
-    ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
-    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
+    split = await startIscsiSplit(t.dir, { tgtd, iqnPrefix: 'iqn.2026-11.io.sinter.test:', nodeIqn: NODE_IQN, nodeName: 'node-1', reconcileSeconds: 1 });
+    ({ ctl, node, nodeId } = split);
   });
 
   afterAll(async () => {
-    await node?.cleanup();
-    await forceCleanupUserspace(join(nodeStateDir, 'iscsi-userspace'));
-    await ctl?.cleanup();
+    await split?.cleanup();
     await tgtd?.stop();
     t.cleanup();
   });
@@ -219,7 +198,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     ctl.client.close();
     // What the crash left: the image grown (the first step of the expand), the LUN not reopened.
     truncateSync(join(t.dir, 'data', 'volumes', `${id}.img`), 96 * MiB);
-    ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
+    ctl = await split!.restartController();
     await waitFor('reconcile to reopen the LUN', async () => {
       const lun = (await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)?.luns.find((l) => l.lun === 1);
       return lun?.sizeMB === tgtShownMB(96 * MiB) ? true : undefined;
@@ -245,7 +224,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     node.client.close();
     // The session lives in its own processes: the pod's files stay readable and writable meanwhile.
     writeFileSync(join(target, 'during-restart.txt'), 'still here');
-    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-1', args: ['--config', join(t.dir, 'node.yaml')] });
+    node = await split!.restartNode();
     const stats = await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target });
     expect(stats.volume_condition?.abnormal ?? false).toBe(false);
     // A repeated stage after the restart is recognised, not redone.

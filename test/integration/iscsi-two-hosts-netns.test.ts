@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { sanBackendYaml } from '../helpers/iscsi-split.js';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -89,19 +90,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
       tgtd = await TestTgtd.start({ address: storage.address, port: ISCSI_PORT, wrapper: storage.wrapper });
       writeFileSync(
         join(t.dir, 'controller.yaml'),
-        [
-          'backends:',
-          '  - name: san',
-          '    driver: file',
-          `    dataDir: ${dataDir}`,
-          '    export: iscsi',
-          '    iscsi:',
-          '      helper: tgt',
-          `      portals: ["${storage.address}:${ISCSI_PORT}"]`,
-          `      controlPort: ${tgtd.controlPort}`,
-          `      iqnPrefix: "${IQN_PREFIX}"`,
-          '      reconcileSeconds: 30',
-        ].join('\n'),
+        sanBackendYaml({ dataDir, portal: `${storage.address}:${ISCSI_PORT}`, controlPort: tgtd.controlPort, iqnPrefix: IQN_PREFIX, reconcileSeconds: 30 }),
       );
       writeFileSync(join(t.dir, 'node.yaml'), ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${nodeStateDir}`].join('\n'));
       mkdirSync(join(t.dir, 'ctl'));

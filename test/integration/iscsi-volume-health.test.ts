@@ -1,12 +1,12 @@
-import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTgtTargets } from '../../src/backends/targets/tgt-parse.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { MiB, mountCap, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
-import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { startIscsiSplit, type IscsiSplit } from '../helpers/iscsi-split.js';
 import { arrayContaining } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:health-node';
@@ -29,26 +29,17 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
   let ctl: SinterProcess;
   let node: SinterProcess;
   let nodeId: string;
+  let split: IscsiSplit | undefined;
 
   beforeAll(async () => {
     requireIscsiTools();
     tgtd = await TestTgtd.start();
-    writeFileSync(
-      join(t.dir, 'controller.yaml'),
-      ['backends:', '  - name: san', '    driver: file', `    dataDir: ${dataDir}`, '    export: iscsi', '    iscsi:', `      portals: ["${tgtd.portal}"]`, `      controlPort: ${tgtd.controlPort}`, `      iqnPrefix: "${PREFIX}"`, '      reconcileSeconds: 3600'].join('\n'),
-    );
-    writeFileSync(join(t.dir, 'node.yaml'), ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${nodeStateDir}`].join('\n'));
-    mkdirSync(join(t.dir, 'ctl'));
-    mkdirSync(join(t.dir, 'node'));
-    ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', join(t.dir, 'controller.yaml')] });
-    node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'health-node', args: ['--config', join(t.dir, 'node.yaml')] });
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
+    split = await startIscsiSplit(t.dir, { tgtd, iqnPrefix: PREFIX, nodeIqn: NODE_IQN, nodeName: 'health-node', reconcileSeconds: 3600 });
+    ({ ctl, node, nodeId } = split);
   });
 
   afterAll(async () => {
-    await node?.cleanup();
-    await forceCleanupUserspace(join(nodeStateDir, 'iscsi-userspace'));
-    await ctl?.cleanup();
+    await split?.cleanup();
     await tgtd?.stop();
     t.cleanup();
   });

@@ -41,7 +41,7 @@ describe.each(['ext4', 'xfs', 'btrfs'])('%s volume: stage, publish, unpublish, u
     mounts = await env.mountsUnder();
     expect(mounts.filter((m) => m.mountPoint === target)).toHaveLength(1);
     await writeFile(join(target, 'hello.txt'), 'from the pod');
-    expect(await readFile(join(stage.staging_target_path!, 'hello.txt'), 'utf8')).toBe('from the pod');
+    expect(await readFile(join(stage.staging_target_path, 'hello.txt'), 'utf8')).toBe('from the pod');
 
     await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
     expect(existsSync(target)).toBe(false);
@@ -54,7 +54,7 @@ describe.each(['ext4', 'xfs', 'btrfs'])('%s volume: stage, publish, unpublish, u
 
     // Staging again finds the filesystem (no reformat): the file is still there.
     await env.h.NodeStageVolume(stage);
-    expect(await readFile(join(stage.staging_target_path!, 'hello.txt'), 'utf8')).toBe('from the pod');
+    expect(await readFile(join(stage.staging_target_path, 'hello.txt'), 'utf8')).toBe('from the pod');
     await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await loopsOf(file)).toEqual([]);
   });
@@ -87,7 +87,7 @@ describe('block volume', () => {
     await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
     expect(await loopsOf(file)).toEqual([]);
-    expect(existsSync(join(stage.staging_target_path!, vol))).toBe(false);
+    expect(existsSync(join(stage.staging_target_path, vol))).toBe(false);
   });
 });
 
@@ -149,15 +149,15 @@ describe('cloned volumes', () => {
     const src = await env.image('src.img', 320 * MiB);
     const a = env.stageReq('file-src', src, mountCap('xfs'));
     await env.h.NodeStageVolume(a);
-    await writeFile(join(a.staging_target_path!, 'origin.txt'), 'source');
+    await writeFile(join(a.staging_target_path, 'origin.txt'), 'source');
     await env.h.NodeUnstageVolume({ volume_id: 'file-src', staging_target_path: a.staging_target_path });
     const clone = join(env.images, 'clone.img');
     await env.sh('cp', ['--sparse=always', src, clone]);
     await env.h.NodeStageVolume(a);
     const b = env.stageReq('file-clone', clone, mountCap('xfs'));
     await env.h.NodeStageVolume(b);
-    expect(await readFile(join(b.staging_target_path!, 'origin.txt'), 'utf8')).toBe('source');
-    await writeFile(join(b.staging_target_path!, 'origin.txt'), 'changed in the clone');
-    expect(await readFile(join(a.staging_target_path!, 'origin.txt'), 'utf8')).toBe('source');
+    expect(await readFile(join(b.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');
+    await writeFile(join(b.staging_target_path, 'origin.txt'), 'changed in the clone');
+    expect(await readFile(join(a.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');
   });
 });

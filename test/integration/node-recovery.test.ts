@@ -38,6 +38,29 @@ describe('restart and crash recovery (safety rule 3)', () => {
     expect(await loopsOf(file)).toEqual([]);
   });
 
+  it('a read-only publish cut short between its bind and its read-only remount is finished by the retry, read-only', async () => {
+    const file = await env.image('ro.img', 128 * MiB);
+    const stage = env.stageReq('file-ro-crash', file, mountCap('ext4'));
+    await env.h.NodeStageVolume(stage);
+    const target = env.target('file-ro-crash');
+    const pub = { volume_id: 'file-ro-crash', staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4'), readonly: true };
+    await env.h.NodePublishVolume(pub);
+    // What a SIGKILL between `mount --bind` and `mount -o remount,bind,ro` leaves: the record says read-only, the bind is read-write.
+    await env.sh('mount', ['-o', 'remount,bind,rw', target]);
+    expect((await env.mountsUnder()).find((m) => m.mountPoint === target)?.options).not.toContain('ro');
+    env.restart();
+    await env.h.NodePublishVolume(pub);
+    const mounts = (await env.mountsUnder()).filter((m) => m.mountPoint === target);
+    expect(mounts).toHaveLength(1);
+    expect(mounts[0].options).toContain('ro');
+    // A read-write publish over it is still refused: only the unfinished read-only one is redone.
+    const err = await csiError(env.h.NodePublishVolume({ ...pub, readonly: false }));
+    expect(err.code).toBe(Code.ALREADY_EXISTS);
+    await env.h.NodeUnpublishVolume({ volume_id: 'file-ro-crash', target_path: target });
+    await env.h.NodeUnstageVolume({ volume_id: 'file-ro-crash', staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+  });
+
   it('a stage retried after a crash reuses the loop device attached before the crash', async () => {
     const file = await env.image('a.img', 128 * MiB);
     const dev = (await env.sh('losetup', ['--find', '--show', file])).trim();
@@ -67,7 +90,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     const file = await env.image('u.img', 128 * MiB);
     const stage = env.stageReq('file-midunstage', file, mountCap('ext4'));
     await env.h.NodeStageVolume(stage);
-    await env.sh('umount', [stage.staging_target_path!]);
+    await env.sh('umount', [stage.staging_target_path]);
     await patchRecord('file-midunstage', { phase: 'unstaging' });
     env.restart();
     await env.h.NodeUnstageVolume({ volume_id: 'file-midunstage', staging_target_path: stage.staging_target_path });
@@ -94,7 +117,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     const file = await env.image('o.img', 128 * MiB);
     const stage = env.stageReq('file-orphan', file, mountCap('ext4'));
     await env.h.NodeStageVolume(stage);
-    await env.sh('umount', [stage.staging_target_path!]);
+    await env.sh('umount', [stage.staging_target_path]);
     const stray = await env.image('stray.img', 16 * MiB);
     await env.sh('losetup', ['--find', '--show', stray]);
     // A device from our roots that no record explains but someone mounted: left alone, reported.
@@ -133,7 +156,7 @@ describe('restart and crash recovery (safety rule 3)', () => {
     const stage = env.stageReq('file-reboot', file, mountCap('ext4'));
     await env.h.NodeStageVolume(stage);
     // "Reboot": mounts and loop devices are gone; another file now sits on a loop device the record names.
-    await env.sh('umount', [stage.staging_target_path!]);
+    await env.sh('umount', [stage.staging_target_path]);
     await env.sh('losetup', ['-d', (await loopsOf(file))[0]]);
     const other = await env.image('someone-else.img', 64 * MiB);
     const otherDev = (await env.sh('losetup', ['--find', '--show', other])).trim();

@@ -83,7 +83,7 @@ describe('read-only publish', () => {
     await env.h.NodeStageVolume(stage);
     const target = env.target(vol);
     await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4'), readonly: true });
-    await writeFile(join(stage.staging_target_path!, 'seen.txt'), 'visible');
+    await writeFile(join(stage.staging_target_path, 'seen.txt'), 'visible');
     expect(await readFile(join(target, 'seen.txt'), 'utf8')).toBe('visible');
     await expect(writeFile(join(target, 'nope.txt'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
     // Asking for the same target read-write is a conflict, not a silent change.
@@ -131,7 +131,7 @@ describe('read-only publish', () => {
     const vol = 'file-rox-0001';
     const rw = env.stageReq(vol, file, mountCap('ext4'));
     await env.h.NodeStageVolume(rw);
-    await writeFile(join(rw.staging_target_path!, 'data.txt'), 'shared content');
+    await writeFile(join(rw.staging_target_path, 'data.txt'), 'shared content');
     await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: rw.staging_target_path });
 
     const ro = env.stageReq(vol, file, mountCap('ext4', 'MULTI_NODE_READER_ONLY'));
@@ -140,7 +140,7 @@ describe('read-only publish', () => {
     await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: ro.staging_target_path, target_path: target, volume_capability: mountCap('ext4', 'MULTI_NODE_READER_ONLY'), readonly: false });
     expect(await readFile(join(target, 'data.txt'), 'utf8')).toBe('shared content');
     await expect(writeFile(join(target, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
-    await expect(writeFile(join(ro.staging_target_path!, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
+    await expect(writeFile(join(ro.staging_target_path, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
   });
 });
 
@@ -197,9 +197,9 @@ describe('conflicts', () => {
   it('never stages over, or unmounts, a mount that is not the volume', async () => {
     const file = await env.image('foreign.img', 64 * MiB);
     const stage = env.stageReq('file-foreign', file, mountCap('ext4'));
-    await mkdir(stage.staging_target_path!, { recursive: true });
-    await env.sh('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', stage.staging_target_path!]);
-    await writeFile(join(stage.staging_target_path!, 'theirs'), 'x');
+    await mkdir(stage.staging_target_path, { recursive: true });
+    await env.sh('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', stage.staging_target_path]);
+    await writeFile(join(stage.staging_target_path, 'theirs'), 'x');
     const err = await csiError(env.h.NodeStageVolume(stage));
     expect(err.code).toBe(Code.ALREADY_EXISTS);
     expect(err.message).toContain('tmpfs');
@@ -207,7 +207,7 @@ describe('conflicts', () => {
     expect(existsSync(join(env.stateDir, 'volumes', 'file-foreign.json'))).toBe(false);
     const un = await csiError(env.h.NodeUnstageVolume({ volume_id: 'file-foreign', staging_target_path: stage.staging_target_path }));
     expect(un.code).toBe(Code.FAILED_PRECONDITION);
-    expect(await readFile(join(stage.staging_target_path!, 'theirs'), 'utf8')).toBe('x');
+    expect(await readFile(join(stage.staging_target_path, 'theirs'), 'utf8')).toBe('x');
   });
 
   it('a read-only access mode refuses to format a blank volume', async () => {

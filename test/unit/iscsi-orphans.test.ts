@@ -56,11 +56,11 @@ describe('configuration: node.orphanSessions and --orphan-sessions', () => {
 
 /**
  * NodeService.start() with the kernel initiator, where every host command
- * answers from test/fixtures/iscsiadm (session listings reconstructed, node
- * record answers recorded) and sysfs / /dev are a fake tree whose `delete`
+ * answers from test/fixtures/iscsiadm (session listings recorded on Linux 6.1
+ * in the VM guest, node record answers recorded on the host) and sysfs / /dev are a fake tree whose `delete`
  * writes remove the disk as the kernel would. The mount table is a file.
  */
-describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstructed iscsiadm outputs, fake sysfs)', () => {
+describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs recorded on a real kernel, fake sysfs)', () => {
   let sysfs: FakeSysfs;
   let dir: string;
   let logs: Record<string, unknown>[];
@@ -136,7 +136,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
             sysfsRoot: sysfs.sys,
             devRoot: sysfs.dev,
             orphanTargetPrefixes,
-            kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo, sleep: async () => undefined, deviceRemovalTimeoutMs: 1000 },
+            kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo, clock: { now: Date.now, sleep: async () => undefined }, deviceRemovalTimeoutMs: 1000 },
           },
           Object.assign(exec, spawner),
           log,
@@ -183,85 +183,85 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
   const devices = (orphans: Orphan[]) => orphans.filter((o) => o.kind === 'untracked-device').map((o) => `${o.kind === 'untracked-device' ? o.device : ''} ${o.remedy}`);
 
   it('with clean, an orphan session with one unused LUN: flush, device delete, logout, node record delete, in that order', async () => {
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
     const exec = host('session-p3-one');
     const svc = service(exec, 'clean');
-    expect(devices(await svc.orphans())).toEqual([`${sysfs.dev}/sdb restart`]);
+    expect(devices(await svc.orphans())).toEqual([`${sysfs.dev}/sda restart`]);
     expect((await svc.orphans())[0].detail).toMatch(/a start tears it down \(node\.orphanSessions: clean\)/);
     exec.calls.length = 0;
 
     await svc.start();
     expect(iscsiLines(exec)).toEqual([
-      // The report: attachments, then the release of sdb (found again, then disconnect's own listing).
+      // The report: attachments, then the release of sda (found again, then disconnect's own listing).
       'iscsiadm -m session -P 3',
       'iscsiadm -m session -P 3',
       'iscsiadm -m session -P 3',
-      `blockdev --flushbufs ${sysfs.dev}/sdb`,
+      `blockdev --flushbufs ${sysfs.dev}/sda`,
       `${N} --logout`,
       `${N} --op delete`,
       // The report again, after the clean-up.
       'iscsiadm -m session -P 3',
     ]);
-    expect(sysfs.writes).toEqual([{ path: 'block/sdb/device/delete', data: '1' }]);
-    expect(teardownWarnings()).toEqual([objectContaining({ level: 40, device: `${sysfs.dev}/sdb`, source: `${T1} lun 1`, transport: 'iscsi' })]);
+    expect(sysfs.writes).toEqual([{ path: 'block/sda/device/delete', data: '1' }]);
+    expect(teardownWarnings()).toEqual([objectContaining({ level: 40, device: `${sysfs.dev}/sda`, source: `${T1} lun 1`, transport: 'iscsi' })]);
     expect(await svc.orphans()).toEqual([]);
   });
 
   it('with clean, a session shared with a staged volume: only the orphan LUN\'s device is removed, no logout, the node record stays', async () => {
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
-    sysfs.addDisk(2, 1, 2, 'sdc');
-    stagedVolume('san-staged', 1, 'sdb');
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
+    sysfs.addDisk(0, 1, 2, 'sdb');
+    stagedVolume('san-staged', 1, 'sda');
     const exec = host('session-p3-two-luns');
     const svc = service(exec, 'clean');
-    expect(devices(await svc.orphans())).toEqual([`${sysfs.dev}/sdc restart`]);
+    expect(devices(await svc.orphans())).toEqual([`${sysfs.dev}/sdb restart`]);
     exec.calls.length = 0;
 
     await svc.start();
-    expect(iscsiLines(exec).filter((l) => l !== 'iscsiadm -m session -P 3')).toEqual([`blockdev --flushbufs ${sysfs.dev}/sdc`]);
-    expect(sysfs.writes).toEqual([{ path: 'block/sdc/device/delete', data: '1' }]);
-    expect(teardownWarnings().map((l) => l.device)).toEqual([`${sysfs.dev}/sdc`]);
+    expect(iscsiLines(exec).filter((l) => l !== 'iscsiadm -m session -P 3')).toEqual([`blockdev --flushbufs ${sysfs.dev}/sdb`]);
+    expect(sysfs.writes).toEqual([{ path: 'block/sdb/device/delete', data: '1' }]);
+    expect(teardownWarnings().map((l) => l.device)).toEqual([`${sysfs.dev}/sdb`]);
     expect(logs.some((l) => l.msg === 'iSCSI session still serves other LUNs; keeping it')).toBe(true);
   });
 
   it('with clean, the session of a target a staged volume uses is kept even when that volume\'s LUN lost its device', async () => {
     // The staged volume's LUN 1 has no block device any more (a path failure took it); LUN 2 is an orphan.
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addNonDisk(2, 1, 1);
-    sysfs.addDisk(2, 1, 2, 'sdc');
-    stagedVolume('san-staged', 1, 'sdb');
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addNonDisk(0, 1, 1);
+    sysfs.addDisk(0, 1, 2, 'sdb');
+    stagedVolume('san-staged', 1, 'sda');
     const exec = host('session-p3-two-luns');
     const svc = service(exec, 'clean');
     await svc.start();
-    expect(iscsiLines(exec).filter((l) => l !== 'iscsiadm -m session -P 3')).toEqual([`blockdev --flushbufs ${sysfs.dev}/sdc`]);
-    expect(sysfs.writes).toEqual([{ path: 'block/sdc/device/delete', data: '1' }]);
+    expect(iscsiLines(exec).filter((l) => l !== 'iscsiadm -m session -P 3')).toEqual([`blockdev --flushbufs ${sysfs.dev}/sdb`]);
+    expect(sysfs.writes).toEqual([{ path: 'block/sdb/device/delete', data: '1' }]);
     expect(logs.some((l) => l.msg === 'iSCSI session kept: a staged volume uses the target')).toBe(true);
   });
 
   it('with clean, an orphan LUN that is mounted is only reported; an unused multipath map over another orphan LUN is torn down (map, then its path), keeping the session', async () => {
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
-    sysfs.addDisk(2, 1, 2, 'sdc');
-    mount(join(sysfs.dev, 'sdb'), join(dir, 'kubelet', 'by-hand'));
-    sysfs.addMultipath('dm-0', 'mpatha', ['sdc']);
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
+    sysfs.addDisk(0, 1, 2, 'sdb');
+    mount(join(sysfs.dev, 'sda'), join(dir, 'kubelet', 'by-hand'));
+    sysfs.addMultipath('dm-0', 'mpatha', ['sdb']);
     const exec = host('session-p3-two-luns', 'session-p3-one');
     const svc = service(exec, 'clean');
     await svc.start();
-    // The map is the LUN's device (never one of its paths): flushed and removed, then its path deleted; sdb's LUN keeps the session.
-    expect(iscsiLines(exec).filter((l) => !l.startsWith('iscsiadm -m session'))).toEqual([`blockdev --flushbufs ${sysfs.dev}/dm-0`, 'multipath -f mpatha', `blockdev --flushbufs ${sysfs.dev}/sdc`]);
-    expect(sysfs.writes).toEqual([{ path: 'block/sdc/device/delete', data: '1' }]);
+    // The map is the LUN's device (never one of its paths): flushed and removed, then its path deleted; sda's LUN keeps the session.
+    expect(iscsiLines(exec).filter((l) => !l.startsWith('iscsiadm -m session'))).toEqual([`blockdev --flushbufs ${sysfs.dev}/dm-0`, 'multipath -f mpatha', `blockdev --flushbufs ${sysfs.dev}/sdb`]);
+    expect(sysfs.writes).toEqual([{ path: 'block/sdb/device/delete', data: '1' }]);
     expect(teardownWarnings()).toHaveLength(1);
     const left = await svc.orphans();
-    expect(devices(left)).toEqual([`${sysfs.dev}/sdb operator`]);
+    expect(devices(left)).toEqual([`${sysfs.dev}/sda operator`]);
     expect(left.find((o) => o.kind === 'untracked-device')!.detail).toContain('it is in use, so sinter leaves it');
     expect(left.map((o) => o.kind)).toContain('untracked-mount');
   });
 
   it('with clean, the LUN a stage record\'s connection leads to is that volume\'s even when the record names another device', async () => {
-    // The record says sdx (a re-login gave the LUN another name): sdb is what a stage retry adopts, not an orphan.
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
+    // The record says sdx (a re-login gave the LUN another name): sda is what a stage retry adopts, not an orphan.
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
     stagedVolume('san-renamed', 1, 'sdx');
     const exec = host('session-p3-one');
     const svc = service(exec, 'clean');
@@ -272,8 +272,8 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
   });
 
   it('with clean, an unused orphan LUN of a target that is not sinter\'s (node.orphanTargetPrefixes) is only reported, naming the setting', async () => {
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
     const exec = host('session-p3-one');
     const svc = service(exec, 'clean', ['iqn.2026-11.io.sinter:']);
     await svc.start();
@@ -281,25 +281,25 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (recorded and reconstruc
     expect(sysfs.writes).toEqual([]);
     expect(teardownWarnings()).toEqual([]);
     const [o] = await svc.orphans();
-    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sdb`, remedy: 'operator', detail: stringContaining(`its target ${T1} is not one of sinter's (node.orphanTargetPrefixes: iqn.2026-11.io.sinter:)`) });
+    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sda`, remedy: 'operator', detail: stringContaining(`its target ${T1} is not one of sinter's (node.orphanTargetPrefixes: iqn.2026-11.io.sinter:)`) });
   });
 
   it('with report (the default), an unused orphan LUN is left and reported with the setting that would clean it', async () => {
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
     const exec = host('session-p3-one');
     const svc = service(exec);
     await svc.start();
     expect(iscsiLines(exec).every((l) => l === 'iscsiadm -m session -P 3')).toBe(true);
     expect(sysfs.writes).toEqual([]);
     const [o] = await svc.orphans();
-    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sdb`, source: `${T1} lun 1`, transport: 'iscsi', remedy: 'operator' });
+    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sda`, source: `${T1} lun 1`, transport: 'iscsi', remedy: 'operator' });
     expect(o.detail).toMatch(/node\.orphanSessions: report.*set node\.orphanSessions: clean/);
   });
 
   it('with clean, nothing is torn down while a stage record cannot be read (it may be the one that explains the LUN)', async () => {
-    sysfs.addNonDisk(2, 1, 0);
-    sysfs.addDisk(2, 1, 1, 'sdb');
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
     mkdirSync(join(dir, 'state', 'volumes'), { recursive: true });
     writeFileSync(join(dir, 'state', 'volumes', 'san-broken.json'), 'not json');
     const exec = host('session-p3-one');

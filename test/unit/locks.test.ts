@@ -76,6 +76,21 @@ describe('KeyedLock.exclusive (busy volumes answer ABORTED) and the call deadlin
     expect(order).toEqual(['exclusive', 'waiter']);
   });
 
+  it("an RPC waits for sinter's own work on the key (reconciliation) instead of answering ABORTED", async () => {
+    const lock = new KeyedLock();
+    const order: string[] = [];
+    const background = lock.run('vol:x', async () => {
+      await sleep(20);
+      order.push('reconcile');
+    });
+    const rpc = lock.exclusive('vol:x', async () => void order.push('rpc'));
+    // While that RPC waits, a second RPC on the key is refused.
+    await expect(lock.exclusive('vol:x', async () => 'ran')).rejects.toMatchObject({ code: 'aborted' });
+    await Promise.all([background, rpc]);
+    expect(order).toEqual(['reconcile', 'rpc']);
+    expect(lock.size).toBe(0);
+  });
+
   it('a call whose deadline passes while it waits gives up with DEADLINE_EXCEEDED, runs nothing, and the queue moves on', async () => {
     const lock = new KeyedLock();
     const ran: string[] = [];

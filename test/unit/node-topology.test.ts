@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NODE_TOPOLOGY_KEY, parseNodeId } from '../../src/contracts/nodeid.js';
 import { checkNodeInTopology, KubeNodeSegments, LocalNodeSegments } from '../../src/controller/node-topology.js';
-import { ConfigError } from '../../src/config/validate.js';
+import { ConfigError } from '../../src/config/error.js';
 import { loadConfig } from '../../src/config/load.js';
 import { projectCsiNode } from '../../src/k8s/resources.js';
 

@@ -1,4 +1,4 @@
-import { constants, promises as fs, statSync, type Stats } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
@@ -14,7 +14,6 @@ import type {
   ExportEntry,
   ExportsReconciled,
   CreateVolumeSpec,
-  Inspection,
   RecoveryReport,
   SnapshotRecord,
   VolumeHealth,
@@ -25,9 +24,8 @@ import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import { Code, DomainError } from '../../errors/domain-error.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
-import { TgtTargetHelper } from '../targets/tgt.js';
-import { inspectFileBackend } from './inspect.js';
-import { isSnapshotRecord, isVolumeRecord } from './records.js';
+import { createTargetHelper } from '../targets/create.js';
+import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
 
 const now = () => new Date().toISOString();
 
@@ -62,11 +60,7 @@ export class FileBackend implements Backend {
     private readonly log: Logger,
   ) {
     if (cfg.export === 'iscsi' && cfg.iscsi) {
-      const helper = new TgtTargetHelper(
-        { controlPort: cfg.iscsi.controlPort, iqnPrefix: cfg.iscsi.iqnPrefix, writeCache: cfg.iscsi.writeCache, blockSize: cfg.iscsi.blockSize },
-        exec,
-        log,
-      );
+      const helper = createTargetHelper(cfg.iscsi, exec, log);
       this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
       this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
     }
@@ -91,78 +85,68 @@ export class FileBackend implements Backend {
     return this.cfg.dataDir;
   }
 
+  /**
+   * The crash rules exist once: inspect (what `sinter fsck` shows) names each
+   * interrupted operation and its repair; start-up applies that plan, then
+   * serves the records inspect found sound.
+   */
   async start(): Promise<RecoveryReport> {
-    const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
     await fs.mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
     await this.volStore.init();
     await this.snapStore.init();
     await this.iscsi?.init();
 
-    const vl = await this.volStore.load(isVolumeRecord);
-    report.corrupt.push(...vl.corrupt.map((f) => join(this.volDir, f)));
-    for (const rec of vl.records) {
-      if (rec.backend !== this.name) {
-        report.corrupt.push(`${this.volStore.pathOf(rec.id)} (belongs to backend "${rec.backend}")`);
-        continue;
-      }
-      if (rec.state === 'creating') {
-        await fs.rm(this.imagePath(rec.id), { force: true });
-        await this.volStore.remove(rec.id);
-        report.recovered.push(`volume ${rec.id} (${rec.name}): rolled back an interrupted create`);
-        continue;
-      }
-      if (rec.state === 'deleting') {
-        await removeFileDurable(this.imagePath(rec.id), this.volStore.syncDir);
-        await this.volStore.remove(rec.id);
-        report.recovered.push(`volume ${rec.id} (${rec.name}): finished an interrupted delete`);
-        continue;
-      }
-      // Synchronous like the record reads: start() runs before the plugin serves.
-      let st: Stats | undefined;
-      try {
-        st = statSync(this.imagePath(rec.id));
-      } catch {
-        st = undefined;
-      }
-      if (st && st.size > rec.sizeBytes) {
-        // The image is grown before the record, so a larger image is a finished expand.
-        report.recovered.push(`volume ${rec.id}: recorded size ${rec.sizeBytes} → ${st.size} after an interrupted expand`);
-        rec.sizeBytes = st.size;
-        rec.updatedAt = now();
-        await this.volStore.put(rec);
-      }
+    const ins = await this.inspect();
+    const serve = new Map(ins.serve.volumes.map((r) => [r.id, r]));
+    const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
+    for (const step of ins.plan) {
+      const line = await this.repair(step, serve);
+      if (line) report.recovered.push(line);
+    }
+    for (const rec of ins.serve.volumes) {
       this.vols.set(rec.id, rec);
       this.provisioned += rec.sizeBytes;
     }
+    for (const rec of ins.serve.snapshots) this.snaps.set(rec.id, rec);
+    report.corrupt.push(...ins.findings.filter((f) => f.kind === 'unreadable-record').map((f) => f.subject), ...ins.foreign);
+    report.orphans.push(...ins.findings.filter((f) => f.kind === 'orphan-image' || f.kind === 'orphan-snapshot').map((f) => f.subject));
 
-    const sl = await this.snapStore.load(isSnapshotRecord);
-    report.corrupt.push(...sl.corrupt.map((f) => join(this.snapDir, f)));
-    for (const rec of sl.records) {
-      if (rec.state === 'creating' || rec.state === 'deleting') {
-        await removeFileDurable(this.snapshotPath(rec.id), this.snapStore.syncDir);
-        await this.snapStore.remove(rec.id);
-        report.recovered.push(`snapshot ${rec.id} (${rec.name}): ${rec.state === 'creating' ? 'rolled back an interrupted create' : 'finished an interrupted delete'}`);
-        continue;
-      }
-      this.snaps.set(rec.id, rec);
-    }
-
-    for (const [dir, known] of [
-      [this.volDir, this.vols],
-      [this.snapDir, this.snaps],
-    ] as const) {
-      for (const f of await fs.readdir(dir)) {
-        if (f.endsWith('.img') && !known.has(f.slice(0, -4))) report.orphans.push(join(dir, f));
-      }
-    }
     for (const line of report.recovered) this.log.warn({ backend: this.name }, line);
     if (report.orphans.length) this.log.warn({ backend: this.name, orphans: report.orphans }, 'image files that no record explains (left in place; see sinter fsck)');
     if (report.corrupt.length) this.log.error({ backend: this.name, corrupt: report.corrupt }, 'unreadable records (left in place)');
     return report;
   }
 
+  /** Carries out one step of inspect's plan; returns the line for the recovery report. */
+  private async repair(step: Repair, serve: Map<string, VolumeRecord>): Promise<string | undefined> {
+    switch (step.do) {
+      case 'remove-temp':
+        // The record the temp file was replacing still stands.
+        await fs.rm(step.path, { force: true });
+        return undefined;
+      case 'roll-back-create':
+      case 'finish-delete': {
+        const [store, image] = step.what === 'volume' ? [this.volStore, this.imagePath(step.id)] : [this.snapStore, this.snapshotPath(step.id)];
+        if (step.what === 'volume' && step.do === 'roll-back-create') await fs.rm(image, { force: true });
+        else await removeFileDurable(image, store.syncDir);
+        await store.remove(step.id);
+        return `${step.what} ${step.id} (${step.name}): ${step.do === 'roll-back-create' ? 'rolled back an interrupted create' : 'finished an interrupted delete'}`;
+      }
+      case 'record-size': {
+        // The image is grown before the record, so a larger image is a finished expand.
+        const rec = serve.get(step.id);
+        if (!rec) return undefined;
+        const line = `volume ${rec.id}: recorded size ${rec.sizeBytes} → ${step.sizeBytes} after an interrupted expand`;
+        rec.sizeBytes = step.sizeBytes;
+        rec.updatedAt = now();
+        await this.volStore.put(rec);
+        return line;
+      }
+    }
+  }
+
   /** What start() would repair and what it would leave for a person, touching nothing (`sinter fsck`). */
-  inspect(): Promise<Inspection> {
+  inspect(): Promise<FileInspection> {
     return inspectFileBackend({ name: this.name, dataDir: this.cfg.dataDir, volumes: this.volStore, snapshots: this.snapStore });
   }
 

@@ -1,15 +1,29 @@
+import * as v from 'valibot';
 import type { SnapshotRecord, VolumeRecord } from '../backend.js';
 import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 
-/** The shape a volume record file must have to be loaded (anything else is reported as unreadable). */
-export function isVolumeRecord(v: unknown): v is VolumeRecord {
-  const r = v as VolumeRecord;
-  return typeof r === 'object' && r !== null && typeof r.id === 'string' && VOLUME_ID_RE.test(r.id) && typeof r.name === 'string' &&
-    typeof r.sizeBytes === 'number' && typeof r.state === 'string' && Array.isArray(r.attachments);
-}
+// What a record file must hold to be loaded; anything else is reported as
+// unreadable (fsck, start-up) and left in place. Not strict: a record written
+// by another version may carry a field this one does not know, and that must
+// not make a volume invisible (v.is only checks; the record loaded is the
+// parsed JSON, unknown fields included). The checked fields are the ones the
+// start-up and fsck logic reads before anything else.
+export const volumeRecordSchema = v.object({
+  id: v.pipe(v.string(), v.regex(VOLUME_ID_RE)),
+  name: v.string(),
+  sizeBytes: v.number(),
+  state: v.string(),
+  attachments: v.custom<unknown[]>(Array.isArray),
+});
 
-export function isSnapshotRecord(v: unknown): v is SnapshotRecord {
-  const r = v as SnapshotRecord;
-  return typeof r === 'object' && r !== null && typeof r.id === 'string' && SNAPSHOT_ID_RE.test(r.id) && typeof r.name === 'string' &&
-    typeof r.sourceVolumeId === 'string' && typeof r.state === 'string';
-}
+export const snapshotRecordSchema = v.object({
+  id: v.pipe(v.string(), v.regex(SNAPSHOT_ID_RE)),
+  name: v.string(),
+  sourceVolumeId: v.string(),
+  state: v.string(),
+});
+
+/** The shape a volume record file must have to be loaded (anything else is reported as unreadable). */
+export const isVolumeRecord = (x: unknown): x is VolumeRecord => v.is(volumeRecordSchema, x);
+
+export const isSnapshotRecord = (x: unknown): x is SnapshotRecord => v.is(snapshotRecordSchema, x);

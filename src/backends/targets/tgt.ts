@@ -7,6 +7,7 @@ import { isValidIqn, sameIqn } from '../../contracts/nodeid.js';
 import { DomainError, Code, failedPrecondition, internal, invalidArgument, notFound, unavailable } from '../../errors/domain-error.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
+import { poll } from '../../util/poll.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
 import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
 
@@ -303,13 +304,14 @@ export class TgtTargetHelper implements TargetHelper {
 
   /** Deletes LUN 1; tgt refuses while commands are in flight on it (TGTADM_LUN_ACTIVE), so that is retried briefly. */
   private async deleteLun(tid: number): Promise<void> {
-    const deadline = Date.now() + 5_000;
-    for (;;) {
-      const r = await this.tgtadm(['--op', 'delete', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1'], { tolerate: ['lun-not-found', 'lun-active'] });
-      if (r.tolerated !== 'lun-active') return;
-      if (Date.now() > deadline) throw unavailable(`tgt kept LUN 1 of target ${tid} busy (commands in flight) for 5 s; retry`);
-      await new Promise((res) => setTimeout(res, 50));
-    }
+    const deleted = await poll(
+      async () => {
+        const r = await this.tgtadm(['--op', 'delete', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1'], { tolerate: ['lun-not-found', 'lun-active'] });
+        return r.tolerated !== 'lun-active' ? true : undefined;
+      },
+      { initialMs: 50, maxMs: 50, factor: 1, timeoutMs: 5_000 },
+    );
+    if (!deleted) throw unavailable(`tgt kept LUN 1 of target ${tid} busy (commands in flight) for 5 s; retry`);
   }
 
   private async updateLun(tid: number, params: string[]): Promise<void> {
@@ -321,8 +323,16 @@ export class TgtTargetHelper implements TargetHelper {
     await this.locks.run(volumeId, async () => {
       const t = await this.findTarget(iqn);
       if (!t) return;
-      // --force ends the target's sessions instead of refusing while they exist.
-      await this.tgtadm(['--op', 'delete', '--mode', 'target', '--tid', String(t.tid), '--force'], { tolerate: ['target-not-found'] });
+      // --force ends the target's sessions instead of refusing while they exist. A session just
+      // ended (the fence) can still hold its LUN for a moment: tgt then answers "still active".
+      const deleted = await poll(
+        async () => {
+          const r = await this.tgtadm(['--op', 'delete', '--mode', 'target', '--tid', String(t.tid), '--force'], { tolerate: ['target-not-found', 'lun-active'] });
+          return r.tolerated !== 'lun-active' ? true : undefined;
+        },
+        { initialMs: 50, maxMs: 500, factor: 2, timeoutMs: 10_000 },
+      );
+      if (!deleted) throw unavailable(`tgt kept the LUN of target ${iqn} active for 10 s after its sessions were ended; retry`);
       this.log?.info({ iqn, tid: t.tid }, 'target removed');
       if (t.accounts.length > 0) {
         await this.locks.run('\0accounts', async () => {
@@ -421,30 +431,33 @@ export class TgtTargetHelper implements TargetHelper {
   async revokeInitiator(volumeId: string, initiatorIqn: string): Promise<void> {
     const iqn = this.iqnFor(volumeId);
     await this.locks.run(volumeId, async () => {
-      let t = await this.findTarget(iqn);
+      const t = await this.findTarget(iqn);
       if (!t) return;
       // ACL first, so the initiator cannot log straight back in; then its sessions.
       for (const a of t.acls.filter((a) => sameIqn(a, initiatorIqn))) {
         await this.tgtadm(['--op', 'unbind', '--mode', 'target', '--tid', String(t.tid), '--initiator-name', a], { tolerate: ['acl-not-found'] });
         this.log?.info({ iqn, initiator: initiatorIqn }, 'initiator ACL removed');
       }
-      const deadline = Date.now() + this.cfg.fenceTimeoutMs;
-      for (;;) {
-        const mine = t.sessions.filter((s) => sameIqn(s.initiator, initiatorIqn));
-        if (mine.length === 0) return;
-        if (Date.now() > deadline) throw unavailable(`initiator ${initiatorIqn} still has ${mine.length} session(s) on ${iqn} after ${this.cfg.fenceTimeoutMs} ms`);
-        for (const s of mine) {
-          const cids = s.connections.length > 0 ? s.connections.map((c) => c.cid) : [0];
-          for (const cid of cids) {
-            await this.tgtadm(['--op', 'delete', '--mode', 'conn', '--tid', String(t.tid), '--sid', String(s.sid), '--cid', String(cid)], { tolerate: ['session-not-found'] });
+      let target: typeof t | undefined = t;
+      await poll(
+        async ({ attempt, final }) => {
+          if (attempt > 1) target = await this.findTarget(iqn);
+          if (!target) return true;
+          const tid = target.tid;
+          const mine = target.sessions.filter((s) => sameIqn(s.initiator, initiatorIqn));
+          if (mine.length === 0) return true;
+          if (final) throw unavailable(`initiator ${initiatorIqn} still has ${mine.length} session(s) on ${iqn} after ${this.cfg.fenceTimeoutMs} ms`);
+          for (const s of mine) {
+            const cids = s.connections.length > 0 ? s.connections.map((c) => c.cid) : [0];
+            for (const cid of cids) {
+              await this.tgtadm(['--op', 'delete', '--mode', 'conn', '--tid', String(tid), '--sid', String(s.sid), '--cid', String(cid)], { tolerate: ['session-not-found'] });
+            }
+            this.log?.info({ iqn, initiator: initiatorIqn, sid: s.sid }, 'session ended (fence)');
           }
-          this.log?.info({ iqn, initiator: initiatorIqn, sid: s.sid }, 'session ended (fence)');
-        }
-        await new Promise((r) => setTimeout(r, 100));
-        const again = await this.findTarget(iqn);
-        if (!again) return;
-        t = again;
-      }
+          return undefined;
+        },
+        { initialMs: 100, maxMs: 100, factor: 1, timeoutMs: this.cfg.fenceTimeoutMs },
+      );
     });
   }
 }

@@ -10,7 +10,8 @@ import { doing } from '../host-errors.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import { Multipath, type MultipathMap } from './multipath.js';
 import { byPathLun, hctlString, ScsiDisks, type Hctl } from './scsi.js';
-import { KERNEL_NAME_RE, sleep, type SysfsTree } from './sysfs.js';
+import { KERNEL_NAME_RE, type SysfsTree } from './sysfs.js';
+import { poll } from '../../util/poll.js';
 
 type FcContext = Extract<PublishContext, { transport: 'fc' }>;
 
@@ -23,9 +24,9 @@ export interface FcConnectorOptions {
   scanTimeoutMs: number;
   /** How long disconnect waits for deleted paths to disappear. */
   removeTimeoutMs: number;
-  /** First pause between scans; doubles up to backoffMaxMs. */
-  backoffInitialMs?: number;
-  backoffMaxMs?: number;
+  /** First pause between scans; doubles up to maxBackoffMs. */
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
   /** Mount table for the in-use check before anything is removed. */
   mountInfoPath?: string;
   log?: Logger;
@@ -101,8 +102,8 @@ export class FcConnector implements Connector {
   private readonly disks: ScsiDisks;
   readonly multipath: Multipath;
   private readonly locks = new KeyedLock();
-  private readonly backoffInitialMs: number;
-  private readonly backoffMaxMs: number;
+  private readonly initialBackoffMs: number;
+  private readonly maxBackoffMs: number;
 
   constructor(
     exec: Executor,
@@ -111,8 +112,8 @@ export class FcConnector implements Connector {
     this.sysfs = opts.sysfs;
     this.disks = new ScsiDisks(this.sysfs);
     this.multipath = new Multipath(exec, this.sysfs, this.disks, opts.log, { mountInfoPath: opts.mountInfoPath });
-    this.backoffInitialMs = opts.backoffInitialMs ?? 250;
-    this.backoffMaxMs = opts.backoffMaxMs ?? 4000;
+    this.initialBackoffMs = opts.initialBackoffMs ?? 250;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 4000;
   }
 
   private lockKey(ctx: FcContext): string {
@@ -221,38 +222,38 @@ export class FcConnector implements Connector {
     await this.validate(fc);
     return this.locks.run(this.lockKey(fc), async () => {
       const what = describe(fc);
-      const deadline = Date.now() + this.opts.scanTimeoutMs;
-      let delay = this.backoffInitialMs;
       let scans = 0;
       const scannedHosts = new Set<number>();
-      for (;;) {
-        const final = Date.now() >= deadline;
-        const hosts = new Set(await this.onlineHosts());
-        const ports = await this.targetPorts(fc);
-        const usable = ports.filter((p) => p.online && p.target >= 0 && hosts.has(p.host));
-        const paths = await this.lunPaths(fc, ports);
-        const r = await this.resolve(fc, paths, usable.length, final);
-        if (r.device) return r.device;
-        if (final) {
-          const why = usable.length === 0 ? `no online remote port with ${fc.wwns.length > 1 ? 'these WWNs' : 'this WWN'} is logged in on any HBA (check zoning)` : r.waiting;
-          const initiators = onlineInitiatorWwpns(this.sysfs.sysRoot);
-          const scanned = scans > 0 ? `, ${scans} scan${scans > 1 ? 's' : ''} through ${[...scannedHosts].sort((a, b) => a - b).map((h) => `host${h}`).join(', ')}` : '';
-          throw new DomainError(
-            Code.DEADLINE_EXCEEDED,
-            `${what} did not appear on this node within ${Math.round(this.opts.scanTimeoutMs / 100) / 10}s${scanned}: ${why}; check the zoning and the LUN masking for this node's WWPNs (${initiators.join(', ') || 'none online'})`,
-          );
-        }
-        const have = new Set(paths.map((p) => `${p.hctl.host}:${p.hctl.channel}:${p.hctl.target}`));
-        for (const p of usable) {
-          if (have.has(`${p.host}:${p.channel}:${p.target}`)) continue;
-          const hctl = { host: p.host, channel: p.channel, target: p.target, lun: fc.lun };
-          await doing(`scanning ${hctlString(hctl)} for ${what}`, () => this.disks.scan(hctl));
-          scans++;
-          scannedHosts.add(p.host);
-        }
-        await sleep(Math.max(1, Math.min(delay, deadline - Date.now())));
-        delay = Math.min(delay * 2, this.backoffMaxMs);
-      }
+      const device = await poll(
+        async ({ final }) => {
+          const hosts = new Set(await this.onlineHosts());
+          const ports = await this.targetPorts(fc);
+          const usable = ports.filter((p) => p.online && p.target >= 0 && hosts.has(p.host));
+          const paths = await this.lunPaths(fc, ports);
+          const r = await this.resolve(fc, paths, usable.length, final);
+          if (r.device) return r.device;
+          if (final) {
+            const why = usable.length === 0 ? `no online remote port with ${fc.wwns.length > 1 ? 'these WWNs' : 'this WWN'} is logged in on any HBA (check zoning)` : r.waiting;
+            const initiators = onlineInitiatorWwpns(this.sysfs.sysRoot);
+            const scanned = scans > 0 ? `, ${scans} scan${scans > 1 ? 's' : ''} through ${[...scannedHosts].sort((a, b) => a - b).map((h) => `host${h}`).join(', ')}` : '';
+            throw new DomainError(
+              Code.DEADLINE_EXCEEDED,
+              `${what} did not appear on this node within ${Math.round(this.opts.scanTimeoutMs / 100) / 10}s${scanned}: ${why}; check the zoning and the LUN masking for this node's WWPNs (${initiators.join(', ') || 'none online'})`,
+            );
+          }
+          const have = new Set(paths.map((p) => `${p.hctl.host}:${p.hctl.channel}:${p.hctl.target}`));
+          for (const p of usable) {
+            if (have.has(`${p.host}:${p.channel}:${p.target}`)) continue;
+            const hctl = { host: p.host, channel: p.channel, target: p.target, lun: fc.lun };
+            await doing(`scanning ${hctlString(hctl)} for ${what}`, () => this.disks.scan(hctl));
+            scans++;
+            scannedHosts.add(p.host);
+          }
+          return undefined;
+        },
+        { initialMs: this.initialBackoffMs, maxMs: this.maxBackoffMs, minSleepMs: 1, timeoutMs: this.opts.scanTimeoutMs },
+      );
+      return device!;
     });
   }
 

@@ -1,22 +1,12 @@
 import { realpath } from 'node:fs/promises';
-import { DEFAULT_IQN_PREFIX, sameIqn } from '../../contracts/nodeid.js';
+import { DEFAULT_IQN_PREFIX } from '../../contracts/nodeid.js';
 import type { Logger } from 'pino';
 import { chapFromRequestSecrets } from '../../contracts/chap.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { failedPrecondition } from '../../errors/domain-error.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import type { Connector, DeviceCondition } from './connector.js';
-import {
-  createIscsiInitiator,
-  KernelIscsiInitiator,
-  parsePortal,
-  UserspaceIscsiInitiator,
-  type IscsiInitiator,
-  type IscsiTarget,
-  type InitiatorMode,
-  type KernelInitiatorConfig,
-  type UserspaceAttachmentInfo,
-} from './iscsi/index.js';
+import { createIscsiInitiator, type IscsiInitiator, type IscsiTarget, type InitiatorMode, type KernelInitiatorConfig } from './iscsi/index.js';
 
 type IscsiContext = Extract<PublishContext, { transport: 'iscsi' }>;
 
@@ -44,11 +34,6 @@ function asIscsi(ctx: PublishContext): IscsiContext {
 }
 
 const targetOf = (ctx: IscsiContext): IscsiTarget => ({ portals: ctx.portals, iqn: ctx.iqn, lun: ctx.lun });
-/** The controller's default iqnPrefix. */
-/** attached()'s `source` of a kernel LUN, and its inverse. */
-const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
-const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
-const userspaceSource = (a: Pick<UserspaceAttachmentInfo, 'iqn' | 'lun' | 'portal'>) => `${a.iqn} lun ${a.lun} via ${a.portal}`;
 
 /**
  * The `iscsi` transport (os-brick's ISCSIConnector) over the initiator the
@@ -92,14 +77,7 @@ export class IscsiConnector implements Connector {
   }
 
   async find(ctx: PublishContext): Promise<string | undefined> {
-    const c = asIscsi(ctx);
-    const ini = await this.get();
-    if (ini instanceof UserspaceIscsiInitiator) {
-      const hit = (await ini.list()).find((a) => a.iqn === c.iqn && a.lun === c.lun && a.mounted && a.devicePath);
-      return hit?.devicePath;
-    }
-    if (ini instanceof KernelIscsiInitiator) return ini.find(targetOf(c));
-    return undefined;
+    return (await this.get()).find(targetOf(asIscsi(ctx)));
   }
 
   async disconnect(ctx: PublishContext): Promise<void> {
@@ -107,33 +85,19 @@ export class IscsiConnector implements Connector {
   }
 
   async rescan(ctx: PublishContext, _device: string): Promise<void> {
-    asIscsi(ctx);
-    const ini = await this.get();
     // The user-space initiator sees a LUN at the size it had at login (see
     // staleSizeReason); the kernel initiator grows online.
-    if (ini instanceof UserspaceIscsiInitiator) return;
-    if (ini instanceof KernelIscsiInitiator) await ini.rescan(targetOf(asIscsi(ctx)));
+    await (await this.get()).rescan(targetOf(asIscsi(ctx)));
   }
 
   async staleSizeReason(ctx: PublishContext): Promise<string | undefined> {
     asIscsi(ctx);
-    if (!((await this.get()) instanceof UserspaceIscsiInitiator)) return undefined;
-    // qemu-nbd reads the LUN's capacity once, at login, and NBD has no way to
-    // announce a new size; nbdfuse's file and the loop device over it keep theirs.
-    return (
-      'the user-space iSCSI initiator cannot see an attached LUN grow (qemu-nbd and nbdfuse fix its size at login); ' +
-      'the filesystem grows at the next stage: unstage and stage the volume again (e.g. restart the pod), then expand; or use the kernel initiator (node.initiator: kernel)'
-    );
+    return (await this.get()).staleSizeReason();
   }
 
   /** Every iSCSI attachment on this node, so start-up can report those no staged volume explains. */
   async attached(): Promise<{ device: string; source: string; notReleasable?: string }[]> {
-    const ini = await this.get();
-    const mark = (a: { device: string; source: string }, iqn: string) => (this.ours(iqn) ? a : { ...a, notReleasable: this.notOurs(iqn) });
-    if (ini instanceof UserspaceIscsiInitiator)
-      return (await ini.list()).filter((a) => a.devicePath).map((a) => mark({ device: a.devicePath!, source: userspaceSource(a) }, a.iqn));
-    if (ini instanceof KernelIscsiInitiator) return (await ini.attachments()).map((a) => mark({ device: a.device, source: kernelSource(a.iqn, a.lun) }, a.iqn));
-    return [];
+    return (await (await this.get()).attached()).map(({ device, source, iqn }) => (this.ours(iqn) ? { device, source } : { device, source, notReleasable: this.notOurs(iqn) }));
   }
 
   private ours(iqn: string): boolean {
@@ -158,56 +122,24 @@ export class IscsiConnector implements Connector {
    */
   async release(device: string, source: string, inUse: PublishContext[]): Promise<boolean> {
     const ini = await this.get();
-    const used = inUse.filter((c): c is IscsiContext => c.transport === 'iscsi');
+    const used = inUse.filter((c): c is IscsiContext => c.transport === 'iscsi').map(targetOf);
     const iqnOfSource = /^(\S+) lun \d+/.exec(source)?.[1];
     if (!iqnOfSource || !this.ours(iqnOfSource)) return false;
-    if (ini instanceof UserspaceIscsiInitiator) {
-      const a = (await ini.list()).find((x) => x.devicePath === device && userspaceSource(x) === source);
-      if (!a) return false;
-      if (used.some((c) => sameIqn(c.iqn, a.iqn) && c.lun === a.lun)) return false;
-      // disconnect() finds the attachment again by (portal, iqn, lun): make sure that is this directory.
-      if (ini.dirFor(parsePortal(a.portal), a.iqn, a.lun) !== a.dir) return false;
-      await ini.disconnect({ portals: [a.portal], iqn: a.iqn, lun: a.lun });
-      return true;
-    }
-    if (ini instanceof KernelIscsiInitiator) {
-      const m = KERNEL_SOURCE_RE.exec(source);
-      if (!m) return false;
-      const iqn = m[1]!;
-      return ini.releaseLun(device, iqn, Number(m[2]), { keepSession: used.some((c) => sameIqn(c.iqn, iqn)) });
-    }
-    return false;
+    return ini.release(device, source, used);
   }
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const c = asIscsi(ctx);
-    const ini = await this.get();
-    if (ini instanceof UserspaceIscsiInitiator) {
-      // A dead daemon leaves the loop device and the FUSE mount in place, so find() still sees the device; the pids tell.
-      const chain = await ini.chainHealth(targetOf(c)).catch(() => undefined);
-      const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
-      if (chain && !chain.qemuNbd)
-        return { abnormal: true, attached: true, message: `the user-space iSCSI session to ${c.iqn} LUN ${c.lun} at ${chain.portal} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's iSCSI state directory); ${restage}` };
-      if (chain && !chain.nbdfuse)
-        return { abnormal: true, attached: true, message: `the user-space iSCSI attachment of ${c.iqn} LUN ${c.lun} is broken (its nbdfuse process exited, the FUSE file behind the loop device is gone); ${restage}` };
-    }
-    let found: string | undefined;
-    let down: string[] = [];
-    let sessionCount = 0;
-    if (ini instanceof KernelIscsiInitiator) {
-      const seen = await ini.inspect(targetOf(c)).catch(() => ({ device: undefined, sessions: [] }));
-      found = seen.device;
-      sessionCount = seen.sessions.length;
-      down = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN').map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}`);
-    } else {
-      found = await this.find(ctx).catch(() => undefined);
-    }
+    const { broken, device: found, sessions: sessionCount, down, expired } = await (await this.get()).health(targetOf(c));
+    if (broken) return { abnormal: true, attached: true, message: broken };
     if (!found) return { abnormal: true, attached: false, message: `no iSCSI session serves ${c.iqn} LUN ${c.lun} any more` };
     if (sessionCount > 0 && down.length === sessionCount)
       return {
         abnormal: true,
         attached: true,
-        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
+        message: `the iSCSI session to ${c.iqn} is down (${down.join('; ')}): ${
+          expired ? 'I/O to the volume fails until iscsid\'s retried login succeeds' : 'I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout'
+        }; check the network path to the portal and the target`,
       };
     if (down.length > 0)
       return { abnormal: true, attached: true, message: `${down.length} of ${sessionCount} iSCSI sessions to ${c.iqn} are down (${down.join('; ')}); running degraded on the others` };

@@ -1,4 +1,5 @@
-import { KERNEL_NAME_RE, sleep, type SysfsTree } from './sysfs.js';
+import { KERNEL_NAME_RE, type SysfsTree } from './sysfs.js';
+import { poll, realClock, type Clock } from '../../util/poll.js';
 
 /** A SCSI address as the kernel writes it: host:channel:target:lun. */
 export interface Hctl {
@@ -39,7 +40,10 @@ export function byPathLun(lun: number): string {
  * fc and kernel-iSCSI connectors.
  */
 export class ScsiDisks {
-  constructor(private readonly sysfs: SysfsTree) {}
+  constructor(
+    private readonly sysfs: SysfsTree,
+    private readonly clock: Clock = realClock,
+  ) {}
 
   /** The address of a disk (block/<disk>/device → …/H:C:T:L). */
   async hctlOf(disk: string): Promise<Hctl | undefined> {
@@ -92,14 +96,16 @@ export class ScsiDisks {
 
   /** Waits until none of the disks exist any more; returns those still there at the deadline. */
   async waitGone(disks: string[], timeoutMs: number): Promise<string[]> {
-    const until = Date.now() + timeoutMs;
     let left = disks;
-    for (let delay = 25; ; delay = Math.min(delay * 2, 500)) {
-      const still: string[] = [];
-      for (const d of left) if (await this.exists(d)) still.push(d);
-      left = still;
-      if (left.length === 0 || Date.now() >= until) return left;
-      await sleep(Math.min(delay, Math.max(1, until - Date.now())));
-    }
+    await poll(
+      async () => {
+        const still: string[] = [];
+        for (const d of left) if (await this.exists(d)) still.push(d);
+        left = still;
+        return left.length === 0 ? true : undefined;
+      },
+      { initialMs: 25, maxMs: 500, minSleepMs: 1, timeoutMs, clock: this.clock },
+    );
+    return left;
   }
 }

@@ -136,6 +136,11 @@ export const ISCSI_ERR = {
   IDBM: 6,
   INVAL: 7,
   TRANS_TIMEOUT: 8,
+  /**
+   * PDU or connect timeout: what iscsiadm 2.1.8 returns on a real kernel when
+   * nothing listens at the portal (its login retries ran out), not TRANS (4).
+   */
+  PDU_TIMEOUT: 11,
   /** iscsi_tcp (transport) not loaded */
   TRANS_NOT_FOUND: 12,
   /** a session for this node is already logged in */

@@ -7,8 +7,13 @@ import { ExecError, type Executor } from '../../../exec/run.js';
 import { Multipath, type MultipathMap } from '../multipath.js';
 import { ScsiDisks } from '../scsi.js';
 import { KERNEL_NAME_RE, SysfsTree } from '../sysfs.js';
+import { poll, realClock, type Clock } from '../../../util/poll.js';
 import { ISCSI_ERR, parseSessionTree, type IscsiSessionInfo } from './iscsiadm-parse.js';
-import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
+import { validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiConnectOptions, type IscsiHealth, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
+
+/** attached()'s `source` of a kernel LUN, and its inverse. */
+const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
+const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
 
 export interface KernelInitiatorConfig {
   /** Where sysfs is (`/sys`; a fake tree in tests). */
@@ -34,8 +39,8 @@ export interface KernelInitiatorConfig {
   sysfs?: SysfsTree;
   /** Mount table for the in-use check before a LUN's devices are removed; default /proc/self/mountinfo. */
   mountInfoPath?: string;
-  sleep?: (ms: number) => Promise<void>;
-  now?: () => number;
+  /** Time for the waits (tests pass a fake clock). */
+  clock?: Clock;
 }
 
 interface LoggedInPath {
@@ -70,6 +75,9 @@ interface LoggedInPath {
  * The node's initiator name is the host's (/etc/iscsi/initiatorname.iscsi,
  * which the node id carries); `opts.initiatorName` is not applied here.
  */
+/** How often iscsid retries a first login before failing it (open-iscsi's default is 8). */
+export const INITIAL_LOGIN_RETRY_MAX = 2;
+
 export class KernelIscsiInitiator implements IscsiInitiator {
   readonly kind = 'kernel' as const;
   private readonly locks = new KeyedLock();
@@ -77,8 +85,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   private readonly disks: ScsiDisks;
   private readonly multipath: Multipath;
   private readonly iface: string;
-  private readonly sleep: (ms: number) => Promise<void>;
-  private readonly now: () => number;
+  private readonly clock: Clock;
   private readonly c: Required<Pick<KernelInitiatorConfig, 'deviceTimeoutMs' | 'initialBackoffMs' | 'maxBackoffMs' | 'rescanEvery' | 'multipathWaitMs' | 'deviceRemovalTimeoutMs' | 'iscsiadmTimeoutMs'>>;
 
   constructor(
@@ -87,11 +94,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     private readonly log?: Logger,
   ) {
     this.sysfs = cfg.sysfs ?? new SysfsTree(cfg.sysfsRoot ?? '/sys', cfg.devRoot ?? '/dev');
-    this.disks = new ScsiDisks(this.sysfs);
+    this.clock = cfg.clock ?? realClock;
+    this.disks = new ScsiDisks(this.sysfs, this.clock);
     this.multipath = new Multipath(exec, this.sysfs, this.disks, log, { mountInfoPath: cfg.mountInfoPath });
     this.iface = cfg.iface ?? 'default';
-    this.sleep = cfg.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
-    this.now = cfg.now ?? Date.now;
     this.c = {
       deviceTimeoutMs: cfg.deviceTimeoutMs ?? 30_000,
       initialBackoffMs: cfg.initialBackoffMs ?? 100,
@@ -168,14 +174,18 @@ export class KernelIscsiInitiator implements IscsiInitiator {
    * multipathd gets up to multipathWaitMs to build the map.
    */
   private async waitForMap(devices: string[], what: string) {
-    const deadline = this.now() + (devices.length > 1 ? this.c.multipathWaitMs : 0);
-    let delay = this.c.initialBackoffMs;
-    for (;;) {
-      const choice = await this.multipath.choose(devices, what);
-      if ((choice.kind === 'map' && choice.device) || this.now() >= deadline) return choice;
-      await this.sleep(Math.min(delay, Math.max(0, deadline - this.now())));
-      delay = Math.min(delay * 2, this.c.maxBackoffMs);
-    }
+    const choice = await poll(
+      async ({ final }) => {
+        const choice = await this.multipath.choose(devices, what);
+        return (choice.kind === 'map' && choice.device) || final ? choice : undefined;
+      },
+      { ...this.backoff(), timeoutMs: devices.length > 1 ? this.c.multipathWaitMs : 0 },
+    );
+    return choice!;
+  }
+
+  private backoff() {
+    return { initialMs: this.c.initialBackoffMs, maxMs: this.c.maxBackoffMs, clock: this.clock };
   }
 
   private async iscsiadm(args: string[], okExitCodes: number[] = [], secrets: string[] = []) {
@@ -209,6 +219,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       };
       await set('node.startup', 'manual');
       await set('node.session.scan', 'manual');
+      // iscsid retries a first login 8 times by default (about 2 minutes against a target that never
+      // answers, as tgt does for an initiator outside its ACL): past the CO's call deadline, with a
+      // session left in recovery. Two retries fail the stage in about 45 s; kubelet retries it.
+      await set('node.session.initial_login_retry_max', String(INITIAL_LOGIN_RETRY_MAX));
       if (chap) {
         await set('node.session.auth.authmethod', 'CHAP');
         await set('node.session.auth.username', chap.user);
@@ -247,6 +261,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
           throw failedPrecondition(`${where} was refused (non-retryable): the target does not exist or does not allow this node's initiator name (is the volume published to this node?)`);
         case ISCSI_ERR.TRANS:
         case ISCSI_ERR.TRANS_TIMEOUT:
+        case ISCSI_ERR.PDU_TIMEOUT:
         case ISCSI_ERR.LOGIN:
           throw unavailable(`${where} failed (exit ${e.exitCode}): ${lastLine(e.stderr)}`);
         case ISCSI_ERR.TRANS_NOT_FOUND:
@@ -303,20 +318,23 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   }
 
   private async waitForDevices(paths: LoggedInPath[], lun: number): Promise<void> {
-    const deadline = this.now() + this.c.deviceTimeoutMs;
-    let delay = this.c.initialBackoffMs;
-    for (let look = 1; ; look++) {
-      for (const p of paths) {
-        if (p.device) continue;
-        const name = await this.findDevice(p, lun);
-        if (name && (await this.sysfs.devExists(name))) p.device = name;
-      }
-      if (paths.every((p) => p.device)) return;
-      if (this.now() >= deadline) return;
-      if (look % this.c.rescanEvery === 0) for (const p of paths) if (!p.device) await this.scan(p, lun);
-      await this.sleep(Math.min(delay, Math.max(0, deadline - this.now())));
-      delay = Math.min(delay * 2, this.c.maxBackoffMs);
-    }
+    await poll(
+      async () => {
+        for (const p of paths) {
+          if (p.device) continue;
+          const name = await this.findDevice(p, lun);
+          if (name && (await this.sysfs.devExists(name))) p.device = name;
+        }
+        return paths.every((p) => p.device) ? true : undefined;
+      },
+      {
+        ...this.backoff(),
+        timeoutMs: this.c.deviceTimeoutMs,
+        beforeRetry: async (look) => {
+          if (look % this.c.rescanEvery === 0) for (const p of paths) if (!p.device) await this.scan(p, lun);
+        },
+      },
+    );
   }
 
   // ------------------------------------------------------------- disconnect
@@ -433,6 +451,36 @@ export class KernelIscsiInitiator implements IscsiInitiator {
       if (paths.length === 0) throw failedPrecondition(`${what} has no device on this node to rescan; stage it again`);
       await this.multipath.growLun(maps[0], paths, what);
     });
+  }
+
+  /** The kernel initiator grows online (rescan). */
+  staleSizeReason(): undefined {
+    return undefined;
+  }
+
+  async attached(): Promise<IscsiAttached[]> {
+    return (await this.attachments()).map((a) => ({ device: a.device, source: kernelSource(a.iqn, a.lun), iqn: a.iqn }));
+  }
+
+  /**
+   * releaseLun() of an attachment attached() listed: no session is logged out
+   * while a volume with a record uses the target.
+   */
+  async release(device: string, source: string, inUse: IscsiTarget[]): Promise<boolean> {
+    const m = KERNEL_SOURCE_RE.exec(source);
+    if (!m) return false;
+    const iqn = m[1]!;
+    return this.releaseLun(device, iqn, Number(m[2]), { keepSession: inUse.some((t) => sameIqn(t.iqn, iqn)) });
+  }
+
+  async health(target: IscsiTarget): Promise<IscsiHealth> {
+    const seen = await this.inspect(target).catch(() => ({ device: undefined, sessions: [] as IscsiSessionInfo[] }));
+    const failed = seen.sessions.filter((s) => s.sessionState !== undefined && s.sessionState !== 'LOGGED_IN');
+    // The kernel turns a FAILED session FREE once its replacement_timeout passes (Linux 6.1, recorded): its disks
+    // go transport-offline and I/O fails at once instead of waiting.
+    const expired = failed.some((s) => s.sessionState === 'FREE');
+    const down = failed.map((s) => `session ${s.sid} at ${s.currentPortal ?? s.persistentPortal ?? '?'} is ${s.sessionState}${s.sessionState === 'FREE' ? ', past its replacement_timeout' : ''}`);
+    return { device: seen.device, sessions: seen.sessions.length, down, expired };
   }
 
   /** Every LUN attached through the kernel initiator, as its usable device (the map, not its paths). */

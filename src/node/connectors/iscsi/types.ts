@@ -50,6 +50,41 @@ export interface IscsiInitiator {
   readonly kind: 'kernel' | 'userspace';
   connect(target: IscsiTarget, opts: IscsiConnectOptions): Promise<IscsiAttachment>;
   disconnect(target: IscsiTarget): Promise<void>;
+  /** The block device the LUN is attached as now, if it is. */
+  find(target: IscsiTarget): Promise<string | undefined>;
+  /** Makes an attached LUN's new size visible (a no-op where the initiator cannot: see staleSizeReason). */
+  rescan(target: IscsiTarget): Promise<void>;
+  /** Why an attached LUN's growth stays invisible until it is attached again; undefined when rescan shows it. */
+  staleSizeReason(): string | undefined;
+  /** Every LUN this initiator has attached on the node (for the orphan report). */
+  attached(): Promise<IscsiAttached[]>;
+  /**
+   * Detaches one attachment attached() listed, unless a volume with a record
+   * (`inUse`) needs it; false when it is not attached like that any more or is in use.
+   */
+  release(device: string, source: string, inUse: IscsiTarget[]): Promise<boolean>;
+  /** What the initiator sees of an attached LUN, for the volume's health condition. */
+  health(target: IscsiTarget): Promise<IscsiHealth>;
+}
+
+export interface IscsiAttached {
+  device: string;
+  /** Names the attachment (target, LUN and, for user space, portal); release() takes it back. */
+  source: string;
+  iqn: string;
+}
+
+export interface IscsiHealth {
+  /** Set when the attachment is broken beyond a session's recovery: what happened and what to do. */
+  broken?: string;
+  /** The LUN's block device, when it is attached. */
+  device?: string;
+  /** Sessions to the target (0 when the initiator has no notion of them). */
+  sessions: number;
+  /** One line per session not logged in. */
+  down: string[];
+  /** A failed session is past its replacement_timeout (the kernel shows it FREE): I/O fails at once instead of waiting. */
+  expired?: boolean;
 }
 
 /** Checks a target from publish_context before any host command sees it; INVALID_ARGUMENT naming what is wrong. */

@@ -5,12 +5,20 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { chapSecrets } from '../../../contracts/chap.js';
-import { isValidIqn } from '../../../contracts/nodeid.js';
-import { DomainError, Code, failedPrecondition, internal, invalidArgument, unavailable } from '../../../errors/domain-error.js';
+import { isValidIqn, sameIqn } from '../../../contracts/nodeid.js';
+import { DomainError, Code, failedPrecondition, internal, invalidArgument } from '../../../errors/domain-error.js';
 import { KeyedLock } from '../../../csi/locks.js';
 import type { DaemonSpawner, Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
-import { validateTarget, type IscsiAttachment, type IscsiConnectOptions, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
+import { poll } from '../../../util/poll.js';
+import { livePid, readTail, stopPid, waitReady } from './daemon-process.js';
+import { classifyLoginFailure } from './login-errors.js';
+import { parsePortal, validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiConnectOptions, type IscsiHealth, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
+
+export { classifyLoginFailure } from './login-errors.js';
+
+/** attached()'s `source` of a user-space attachment. */
+const userspaceSource = (a: Pick<UserspaceAttachmentInfo, 'iqn' | 'lun' | 'portal'>) => `${a.iqn} lun ${a.lun} via ${a.portal}`;
 
 /**
  * User-space iSCSI initiator, for hosts without the iscsi_tcp kernel module:
@@ -70,8 +78,6 @@ interface AttachmentRecord {
   initiatorName: string;
   createdAt: string;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class UserspaceIscsiInitiator implements IscsiInitiator {
   readonly kind = 'userspace' as const;
@@ -144,6 +150,62 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     });
   }
 
+  /** The attachment's loop device when its FUSE file is mounted. */
+  async find(target: IscsiTarget): Promise<string | undefined> {
+    const hit = (await this.list()).find((a) => a.iqn === target.iqn && a.lun === target.lun && a.mounted && a.devicePath);
+    return hit?.devicePath;
+  }
+
+  /** Nothing to do: see staleSizeReason. */
+  async rescan(_target: IscsiTarget): Promise<void> {}
+
+  staleSizeReason(): string {
+    // qemu-nbd reads the LUN's capacity once, at login, and NBD has no way to
+    // announce a new size; nbdfuse's file and the loop device over it keep theirs.
+    return (
+      'the user-space iSCSI initiator cannot see an attached LUN grow (qemu-nbd and nbdfuse fix its size at login); ' +
+      'the filesystem grows at the next stage: unstage and stage the volume again (e.g. restart the pod), then expand; or use the kernel initiator (node.initiator: kernel)'
+    );
+  }
+
+  async attached(): Promise<IscsiAttached[]> {
+    return (await this.list()).filter((a) => a.devicePath).map((a) => ({ device: a.devicePath!, source: userspaceSource(a), iqn: a.iqn }));
+  }
+
+  /**
+   * The whole chain (loop device, FUSE mount, nbdfuse, qemu-nbd: its own
+   * session) of an attachment attached() listed, unless a volume with a record
+   * uses that target and LUN (then it is that volume's, whatever its record says).
+   */
+  async release(device: string, source: string, inUse: IscsiTarget[]): Promise<boolean> {
+    const a = (await this.list()).find((x) => x.devicePath === device && userspaceSource(x) === source);
+    if (!a) return false;
+    if (inUse.some((c) => sameIqn(c.iqn, a.iqn) && c.lun === a.lun)) return false;
+    // disconnect() finds the attachment again by (portal, iqn, lun): make sure that is this directory.
+    if (this.dirFor(parsePortal(a.portal), a.iqn, a.lun) !== a.dir) return false;
+    await this.disconnect({ portals: [a.portal], iqn: a.iqn, lun: a.lun });
+    return true;
+  }
+
+  /** A dead daemon leaves the loop device and the FUSE mount in place, so find() still sees the device; the pids tell. */
+  async health(target: IscsiTarget): Promise<IscsiHealth> {
+    // The daemons are read after the device lookup: one caught mid-exit by find() is then seen dead and named, not a vanished session.
+    const device = await this.find(target).catch(() => undefined);
+    let chain = await this.chainHealth(target).catch(() => undefined);
+    // The device gone while both daemons still look alive: one is exiting (its /proc entry outlives its FUSE mount briefly). Look once more.
+    if (!device && chain?.qemuNbd && chain.nbdfuse) {
+      await new Promise((r) => setTimeout(r, 200));
+      chain = await this.chainHealth(target).catch(() => undefined);
+    }
+    const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
+    const at = `${target.iqn} LUN ${target.lun}`;
+    if (chain && !chain.qemuNbd)
+      return { broken: `the user-space iSCSI session to ${at} at ${chain.portal} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's iSCSI state directory); ${restage}`, sessions: 0, down: [] };
+    if (chain && !chain.nbdfuse)
+      return { broken: `the user-space iSCSI attachment of ${at} is broken (its nbdfuse process exited, the FUSE file behind the loop device is gone); ${restage}`, sessions: 0, down: [] };
+    return { device, sessions: 0, down: [] };
+  }
+
   /**
    * Whether the daemons of target's chain still run, read from pid files and
    * /proc only (no command): NodeGetVolumeStats asks every minute per volume.
@@ -153,7 +215,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     for (const p of this.validate(target)) {
       const dir = this.dirFor(p, target.iqn, target.lun);
       if (!(await fs.access(join(dir, 'attachment.json')).then(() => true, () => false))) continue;
-      const [qemuNbd, nbdfuse] = await Promise.all([this.livePid(join(dir, 'qemu-nbd.pid'), dir), this.livePid(join(dir, 'nbdfuse.pid'), dir)]);
+      const [qemuNbd, nbdfuse] = await Promise.all([livePid(this.procRoot, join(dir, 'qemu-nbd.pid'), dir), livePid(this.procRoot, join(dir, 'nbdfuse.pid'), dir)]);
       return { portal: p.text, qemuNbd: qemuNbd !== undefined, nbdfuse: nbdfuse !== undefined };
     }
     return undefined;
@@ -237,10 +299,10 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     const log = join(dir, 'qemu-nbd.log');
     await fs.rm(log, { force: true });
     const d = await this.exec.spawnDaemon('qemu-nbd', args, { logFile: log, secrets });
-    const ok = await this.waitReady(pidFile, d.exited, this.loginTimeoutMs);
+    const ok = await waitReady(pidFile, d.exited, this.loginTimeoutMs);
     if (ok !== 'ready') {
       const text = mask(await readTail(log), secrets);
-      if (ok === 'timeout') await this.stopPid(d.pid, dir);
+      if (ok === 'timeout') await stopPid(this.procRoot, d.pid, dir, this.stopTimeoutMs);
       throw classifyLoginFailure(text, target, p, opts.initiatorName, ok === 'timeout');
     }
   }
@@ -251,9 +313,9 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     const log = join(dir, 'nbdfuse.log');
     await fs.rm(log, { force: true });
     const d = await this.exec.spawnDaemon('nbdfuse', ['-P', pidFile, join(dir, 'mnt', 'disk'), '--unix', join(dir, 'nbd.sock')], { logFile: log });
-    const ok = await this.waitReady(pidFile, d.exited, this.loginTimeoutMs);
+    const ok = await waitReady(pidFile, d.exited, this.loginTimeoutMs);
     if (ok !== 'ready') {
-      if (ok === 'timeout') await this.stopPid(d.pid, dir);
+      if (ok === 'timeout') await stopPid(this.procRoot, d.pid, dir, this.stopTimeoutMs);
       throw internal(`nbdfuse did not expose ${target.iqn} LUN ${target.lun} as a file${ok === 'timeout' ? ' in time' : ''}: ${(await readTail(log)).trim().split('\n').slice(-2).join(' | ') || 'no output'}`);
     }
   }
@@ -268,22 +330,6 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     });
   }
 
-  /** Waits for a pid file (ready), the daemon's exit, or the timeout. */
-  private async waitReady(pidFile: string, exited: Promise<unknown>, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
-    let gone = false;
-    void exited.then(() => (gone = true));
-    const deadline = Date.now() + timeoutMs;
-    // A local login takes tens of milliseconds: look often at first (a pid file is one small read), back off to 100 ms.
-    let delay = 5;
-    while (Date.now() < deadline) {
-      if (await readPid(pidFile)) return 'ready';
-      if (gone) return (await readPid(pidFile)) ? 'ready' : 'exited';
-      await sleep(delay);
-      delay = Math.min(delay * 1.5, 100);
-    }
-    return 'timeout';
-  }
-
   // ---------------------------------------------------------------- inspect
 
   /** What of an attachment really exists; undefined when its directory does not. */
@@ -293,25 +339,11 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     } catch {
       return undefined;
     }
-    const qemuNbdPid = await this.livePid(join(dir, 'qemu-nbd.pid'), dir);
-    const nbdfusePid = await this.livePid(join(dir, 'nbdfuse.pid'), dir);
+    const qemuNbdPid = await livePid(this.procRoot, join(dir, 'qemu-nbd.pid'), dir);
+    const nbdfusePid = await livePid(this.procRoot, join(dir, 'nbdfuse.pid'), dir);
     const mounted = await this.isMounted(join(dir, 'mnt'));
     const devicePath = await this.loopFor(join(dir, 'mnt', 'disk'));
     return { qemuNbdPid, nbdfusePid, mounted, devicePath };
-  }
-
-  /** The pid in a pid file when that process is alive and is ours (its command line names our directory). */
-  private async livePid(pidFile: string, dir: string): Promise<number | undefined> {
-    const pid = await readPid(pidFile);
-    if (!pid) return undefined;
-    try {
-      const cmdline = await fs.readFile(join(this.procRoot, String(pid), 'cmdline'), 'utf8');
-      const stat = await fs.readFile(join(this.procRoot, String(pid), 'stat'), 'utf8');
-      if (/\)\s+Z\s/.test(stat)) return undefined; // a zombie is gone for our purposes
-      return cmdline.includes(dir) ? pid : undefined;
-    } catch {
-      return undefined;
-    }
   }
 
   private async isMounted(path: string): Promise<boolean> {
@@ -343,77 +375,32 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
       await this.loops.detach(loop, `detaching ${loop}`);
       // A device still open (mounted, or briefly by udev's probe) is only marked for auto-clear; do not pull the file from under it.
       // Watch that one device (a udev probe ends within milliseconds), then check no other device took the file.
-      const deadline = Date.now() + this.stopTimeoutMs;
-      let delay = 5;
-      while ((await this.backingFileOf(loop)) === file && Date.now() < deadline) {
-        await sleep(delay);
-        delay = Math.min(delay * 1.5, 100);
-      }
+      await poll(async () => ((await this.backingFileOf(loop)) === file ? undefined : true), { initialMs: 5, maxMs: 100, factor: 1.5, timeoutMs: this.stopTimeoutMs });
       if (await this.loopFor(file)) throw failedPrecondition(`${loop} is still in use (mounted or open); unmount it before detaching the iSCSI volume`);
     }
     // Unmount straight away; only a refusal is worth asking whether anything is mounted there.
     const mnt = join(dir, 'mnt');
-    let done = false;
-    for (let i = 0; i < 20 && !done; i++) {
-      try {
-        await this.exec.run('fusermount3', ['-u', mnt]);
-        done = true;
-      } catch (e) {
-        if (!(await this.isMounted(mnt))) done = true;
-        else await sleep(100);
-        if (i === 19 && !done) throw e;
-      }
-    }
-    const fusePid = await this.livePid(join(dir, 'nbdfuse.pid'), dir);
-    if (fusePid) await this.stopPid(fusePid, dir, 2000);
-    const qemuPid = await this.livePid(join(dir, 'qemu-nbd.pid'), dir);
-    if (qemuPid) await this.stopPid(qemuPid, dir);
+    let refused: unknown;
+    await poll(
+      async () => {
+        try {
+          await this.exec.run('fusermount3', ['-u', mnt]);
+        } catch (e) {
+          if (await this.isMounted(mnt)) throw (refused = e);
+        }
+        return true;
+      },
+      { initialMs: 100, maxMs: 100, factor: 1, maxAttempts: 20, retryOn: (e) => e === refused },
+    );
+    const fusePid = await livePid(this.procRoot, join(dir, 'nbdfuse.pid'), dir);
+    if (fusePid) await stopPid(this.procRoot, fusePid, dir, this.stopTimeoutMs, 2000);
+    const qemuPid = await livePid(this.procRoot, join(dir, 'qemu-nbd.pid'), dir);
+    if (qemuPid) await stopPid(this.procRoot, qemuPid, dir, this.stopTimeoutMs);
     await fs.rm(dir, { recursive: true, force: true });
     this.log?.info({ dir }, 'user-space iSCSI detached');
   }
 
-  /**
-   * SIGTERM, wait, SIGKILL. qemu-nbd ignores SIGTERM while libiscsi is
-   * reconnecting (e.g. after the target fenced it), hence the hard stop.
-   * `waitFirstMs`: time to exit on its own before SIGTERM (nbdfuse exits after unmount).
-   */
-  private async stopPid(pid: number, dir: string, waitFirstMs = 0): Promise<void> {
-    const alive = async () => {
-      try {
-        const stat = await fs.readFile(join(this.procRoot, String(pid), 'stat'), 'utf8');
-        if (/\)\s+Z\s/.test(stat)) return false;
-        const cmdline = await fs.readFile(join(this.procRoot, String(pid), 'cmdline'), 'utf8');
-        return cmdline.includes(dir);
-      } catch {
-        return false;
-      }
-    };
-    // These exit within milliseconds when they exit at all: poll often at first, back off to 50 ms.
-    const waitGone = async (ms: number) => {
-      const deadline = Date.now() + ms;
-      let delay = 2;
-      while (Date.now() < deadline) {
-        if (!(await alive())) return true;
-        await sleep(delay);
-        delay = Math.min(delay * 1.5, 50);
-      }
-      return !(await alive());
-    };
-    if (waitFirstMs > 0 && (await waitGone(waitFirstMs))) return;
-    if (!(await alive())) return;
-    signal(pid, 'SIGTERM');
-    if (await waitGone(this.stopTimeoutMs / 2)) return;
-    signal(pid, 'SIGKILL');
-    if (!(await waitGone(this.stopTimeoutMs / 2))) throw unavailable(`process ${pid} did not exit after SIGKILL`);
-  }
-}
 
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
-  }
 }
 
 const lockKey = (t: IscsiTarget) => `${t.iqn.toLowerCase()}\n${t.lun}`;
@@ -425,24 +412,6 @@ function qemuOpt(v: string): string {
 
 const mask = maskSecrets;
 
-async function readPid(file: string): Promise<number | undefined> {
-  try {
-    const n = Number((await fs.readFile(file, 'utf8')).trim());
-    return Number.isInteger(n) && n > 1 ? n : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-async function readTail(file: string): Promise<string> {
-  try {
-    const s = await fs.readFile(file, 'utf8');
-    return s.slice(-4000);
-  } catch {
-    return '';
-  }
-}
-
 async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
   try {
     return JSON.parse(await fs.readFile(join(dir, 'attachment.json'), 'utf8')) as AttachmentRecord;
@@ -451,27 +420,3 @@ async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
   }
 }
 
-/**
- * Turns qemu-nbd's libiscsi login error into an error a CO can act on.
- * libiscsi reports the target's login status: "Authentication failure(513)",
- * "Authorization failure(514)", "Target not found(515)" (tgt's answer to an
- * initiator that is not in the ACL), …
- */
-export function classifyLoginFailure(text: string, target: IscsiTarget, p: Portal, initiator: string, timedOut: boolean): DomainError {
-  const detail = (text.trim().split('\n').filter(Boolean).pop() ?? '').replace(/^qemu-nbd:\s*/, '').slice(0, 300);
-  const where = `iSCSI login to ${target.iqn} at ${p.text} as ${initiator}`;
-  // libiscsi's login status, e.g. "Failed to log in to target. Status: Authentication failure(513)".
-  const status = /Status:\s*([A-Za-z ]+?)\s*\((\d+)\)/.exec(text);
-  const code = status ? Number(status[2]) : undefined;
-  if (code === 0x0201 || /Authentication failure/i.test(status?.[1] ?? '')) {
-    return new DomainError(Code.PERMISSION_DENIED, `${where} failed: CHAP authentication failed (check the CHAP user name and secret in the node-stage secret)`);
-  }
-  if (code === 0x0202 || code === 0x0203 || code === 0x0204) {
-    return failedPrecondition(`${where} was refused (${status![1]!.trim()}): the target does not exist or does not allow this initiator (is the volume published to this node?)`);
-  }
-  if (timedOut) return unavailable(`${where} did not complete in time`);
-  if (/Connection refused|No route|timed out|Network is unreachable|Failed to connect|connect/i.test(text)) {
-    return unavailable(`${where} failed: ${detail || 'the portal is not reachable'}`);
-  }
-  return internal(`${where} failed: ${detail || 'qemu-nbd exited'}`);
-}

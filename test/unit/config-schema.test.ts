@@ -1,0 +1,96 @@
+import { keyOf } from '../helpers/config-key.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, expectTypeOf, it } from 'vitest';
+import { stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
+import type { Config, ExecConfig, FileBackendConfig, IscsiExportConfig, NodeConfig } from '../../src/config/types.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'sinter-config-schema-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+function load(cfg: object, role: 'all' | 'node' | 'controller' = 'controller', flags: string[] = []) {
+  const file = join(dir, `c${n++}.yaml`);
+  writeFileSync(file, stringify(cfg));
+  return loadConfig(role, ['--config', file, '--node-name', 'n1', ...flags]);
+}
+const iscsiBackend = { name: 'b1', dataDir: join(dir, 'b1'), export: 'iscsi', iscsi: { portals: ['127.0.0.1:3260'] } };
+const full = {
+  backends: [iscsiBackend],
+  node: { fc: {} },
+  controller: {},
+  exec: {},
+  kubernetes: {},
+};
+
+/** Puts `bogus: 1` into the map at `path` of a copy of `full`. */
+function withUnknown(path: (string | number)[]): object {
+  const copy = structuredClone(full) as Record<string, unknown>;
+  let at: Record<string | number, unknown> = copy;
+  for (const p of path) at = at[p] as Record<string | number, unknown>;
+  at.bogus = 1;
+  return copy;
+}
+
+describe('configuration schema', () => {
+  it('loads the full example', () => {
+    expect(() => load(full)).not.toThrow();
+  });
+
+  it.each([
+    [[], 'bogus'],
+    [['backends', 0], 'backends[0].bogus'],
+    [['backends', 0, 'iscsi'], 'backends[0].iscsi.bogus'],
+    [['node'], 'node.bogus'],
+    [['node', 'fc'], 'node.fc.bogus'],
+    [['controller'], 'controller.bogus'],
+    [['exec'], 'exec.bogus'],
+    [['kubernetes'], 'kubernetes.bogus'],
+  ] as const)('refuses an unknown key in %j, naming %s and the keys allowed there', (path, key) => {
+    const cfg = withUnknown([...path]);
+    expect(keyOf(() => load(cfg))).toBe(key);
+    expect(() => load(cfg)).toThrow(/unknown key \(allowed: /);
+  });
+
+  it('refuses a list where a map belongs (a list is not a map of index keys)', () => {
+    expect(keyOf(() => load({ ...full, node: ['x'] }))).toBe('node');
+    expect(keyOf(() => load({ ...full, backends: [{ ...iscsiBackend, labels: ['ssd'] }] }))).toBe('backends[0].labels');
+    expect(keyOf(() => load({ ...full, backends: [{ ...iscsiBackend, iscsi: [] }] }))).toBe('backends[0].iscsi');
+  });
+
+  it('names the element of a list at fault', () => {
+    const bad = { ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260', '-x:99999'] } };
+    expect(keyOf(() => load({ backends: [iscsiBackend, { ...bad, name: 'b2', dataDir: join(dir, 'b2') }] }))).toBe('backends[1].iscsi.portals[1]');
+    expect(keyOf(() => load({ backends: [iscsiBackend], kubeletRoots: ['/var/lib/kubelet', 'rel'] }))).toBe('kubeletRoots[1]');
+    expect(keyOf(() => load({ backends: [iscsiBackend], node: { orphanTargetPrefixes: ['iqn.2026-11.io.sinter:', 'x'] } }))).toBe('node.orphanTargetPrefixes[1]');
+  });
+
+  it('names a flag when the value came from it, the file key otherwise', () => {
+    expect(keyOf(() => load({ backends: [iscsiBackend] }, 'controller', ['--kubelet-root', '/k', '--kubelet-root', 'rel']))).toBe('--kubelet-root[1]');
+    expect(keyOf(() => load({ backends: [iscsiBackend], node: { maxVolumesPerNode: 'x' } }, 'node', ['--max-volumes-per-node', '3']))).toBeUndefined();
+    expect(keyOf(() => load({ backends: [iscsiBackend], node: { maxVolumesPerNode: 'x' } }, 'node'))).toBe('node.maxVolumesPerNode');
+    expect(keyOf(() => load({ backends: [iscsiBackend] }, 'node', ['--max-volumes-per-node', '-1']))).toBe('--max-volumes-per-node');
+    expect(keyOf(() => load({}, 'all', ['--data-dir', 'rel']))).toBe('--data-dir');
+    expect(keyOf(() => load({ backends: [iscsiBackend] }, 'node', ['--node-id', '']))).toBe('--node-id');
+  });
+
+  it('checks node.iscsiInitiatorName with the node id contract (isValidIqn)', () => {
+    expect(keyOf(() => load({ backends: [iscsiBackend], node: { iscsiInitiatorName: 'not an iqn' } }))).toBe('node.iscsiInitiatorName');
+    expect(load({ backends: [iscsiBackend], node: { iscsiInitiatorName: 'iqn.2026-11.io.example:n1' } }).node.iscsiInitiatorName).toBe('iqn.2026-11.io.example:n1');
+  });
+
+  it('types are inferred from the schema (a key added there appears in Config; typecheck fails on drift)', () => {
+    expectTypeOf<ExecConfig>().toEqualTypeOf<{ mode: 'direct' | 'nsenter' | 'chroot'; hostRoot: string; timeoutSeconds: number; nsenterTarget: 'host' | 'iscsid' }>();
+    expectTypeOf<IscsiExportConfig['blockSize']>().toEqualTypeOf<512 | 4096>();
+    expectTypeOf<FileBackendConfig['export']>().toEqualTypeOf<'local' | 'iscsi'>();
+    expectTypeOf<FileBackendConfig['iscsi']>().toEqualTypeOf<IscsiExportConfig | undefined>();
+    expectTypeOf<NodeConfig['stateDir']>().toEqualTypeOf<string>();
+    expectTypeOf<NodeConfig['orphanTargetPrefixes']>().toEqualTypeOf<string[]>();
+    expectTypeOf<Config['kubernetes']['enabled']>().toEqualTypeOf<boolean>();
+    expectTypeOf<Config['node']['fc']>().toEqualTypeOf<{ scanTimeoutSeconds: number; removeTimeoutSeconds: number }>();
+    const c = load(full);
+    expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
+    expect(c.backends[0].iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
+  });
+});

@@ -1,0 +1,365 @@
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { pino } from 'pino';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
+import { HostExecutor } from '../../src/exec/run.js';
+import { sanBackendYaml } from '../helpers/iscsi-split.js';
+import { stringMatching } from '../helpers/matchers.js';
+import { tempDir } from '../helpers/scratch-fs.js';
+import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { TestTgtd } from '../helpers/tgtd.js';
+import { initiatorName, Iscsid, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
+
+const PREFIX = 'iqn.2026-11.io.sinter.vm:';
+const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.password': 'Right-chap-secret-1' };
+const MUTUAL = { ...CHAP, 'node.session.auth.username_in': 'sinter-target', 'node.session.auth.password_in': 'Target-chap-secret-2' };
+// iscsiadm 2.1.8's exit codes as the guest's kernel produces them (open-iscsi include/iscsi_err.h).
+const ISCSI_ERR_LOGIN_AUTH_FAILED = 24;
+const ISCSI_ERR_TRANS_TIMEOUT = 8;
+const ISCSI_ERR_PDU_TIMEOUT = 11;
+
+/**
+ * The production node path on a real kernel: `sinter controller` (file
+ * backend, tgt export on the guest's loopback) and `sinter node` with
+ * `initiator: kernel` (open-iscsi's iscsiadm + iscsid, iscsi_tcp, SCSI disks in
+ * sysfs, udev), as two processes.
+ */
+describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter node (initiator: kernel, iscsi_tcp)', () => {
+  requireGuest();
+  const t = tempDir('sinter-vm-iscsi-');
+  const log = pino({ level: 'silent' });
+  const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 60_000 }, log);
+  let iscsid: Iscsid;
+  let tgtd: TestTgtd;
+  let tgt: TgtTargetHelper;
+  let ctl: SinterProcess;
+  let node: SinterProcess;
+  let nodeId: string;
+  let iqn: string;
+  const nodeStateDir = join(t.dir, 'node', 'state');
+  const dataDir = join(t.dir, 'data');
+  const ctlYaml = join(t.dir, 'controller.yaml');
+  const nodeYaml = join(t.dir, 'node.yaml');
+
+  const startNode = async (extra: string[] = []) =>
+    startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'vm-node', args: ['--config', nodeYaml, ...extra] });
+  const startCtl = async () => startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', ctlYaml] });
+
+  beforeAll(async () => {
+    iqn = initiatorName();
+    iscsid = await Iscsid.start();
+    tgtd = await TestTgtd.start();
+    tgt = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: PREFIX }, exec, log);
+    writeFileSync(ctlYaml, sanBackendYaml({ dataDir, portal: tgtd.portal, controlPort: tgtd.controlPort, iqnPrefix: PREFIX, reconcileSeconds: 1 }));
+    writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${nodeStateDir}`, `  orphanTargetPrefixes: ["${PREFIX}"]`].join('\n'));
+    mkdirSync(join(t.dir, 'ctl'));
+    mkdirSync(join(t.dir, 'node'));
+    ctl = await startCtl();
+    node = await startNode();
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
+  });
+
+  afterAll(async () => {
+    await node?.cleanup();
+    await ctl?.cleanup();
+    // Whatever a failed test left: no session, node record or target survives the file.
+    await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false });
+    await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
+    await iscsid?.stop();
+    await tgtd?.stop();
+    tgtd?.cleanupLogs();
+    t.cleanup();
+  });
+
+  // After every test: nothing of ours attached (each test tears down what it
+  // made). What a failed test left is cleared after the check, so that one
+  // failure does not fail every later test.
+  afterEach(async () => {
+    const left = { sessions: await kernelSessions(), records: await nodeRecords(), disks: scsiDisks() };
+    if (left.sessions.length + left.records.length + left.disks.length > 0) {
+      await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false, timeout: 180_000 });
+      await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
+    }
+    expect(left).toEqual({ sessions: [], records: [], disks: [] });
+  });
+
+  const provision = async (name: string, mib = 64, cap: object = mountCap()) =>
+    (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume!.volume_id!;
+  const publish = async (id: string, cap: object = mountCap(), secrets: Record<string, string> = CHAP) =>
+    (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap, secrets })).publish_context as Record<string, string>;
+  const paths = (id: string) => {
+    const staging = join(node.kubeletRoot, 'staging', id);
+    const target = join(node.kubeletRoot, 'pods', id, 'mount');
+    mkdirSync(staging, { recursive: true });
+    mkdirSync(join(target, '..'), { recursive: true });
+    return { staging, target };
+  };
+  const stageReq = (id: string, ctx: Record<string, string>, cap: object = mountCap(), secrets: Record<string, string> = CHAP) => ({
+    volume_id: id,
+    staging_target_path: paths(id).staging,
+    volume_capability: cap,
+    publish_context: ctx,
+    secrets,
+  });
+  const publishReq = (id: string, ctx: Record<string, string>, cap: object = mountCap()) => ({
+    volume_id: id,
+    staging_target_path: paths(id).staging,
+    target_path: paths(id).target,
+    volume_capability: cap,
+    publish_context: ctx,
+  });
+  const teardown = async (id: string) => {
+    const { staging, target } = paths(id);
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+  };
+  const image = (id: string) => readFileSync(join(dataDir, 'volumes', `${id}.img`));
+  /** The source device of a mount point, from the guest's mount table. */
+  const mountSource = (p: string) => readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === p)?.split(' ')[0];
+  const tgtSessions = async (volIqn: string) => (await tgt.listTargets()).find((x) => x.iqn === volIqn)?.sessions ?? [];
+
+  it('carries the guest\'s initiator name (from /etc/iscsi/initiatorname.iscsi) in the node id', () => {
+    expect(nodeId).toBe(`vm-node;${iqn};`);
+  });
+
+  it('mount volume: publish (ACL + CHAP) → stage logs in with iscsi_tcp → a real SCSI disk, formatted and mounted → write → teardown logs out; the bytes are in the image', async () => {
+    const id = await provision('k-mount');
+    const ctx = await publish(id);
+    expect(ctx).toEqual({ transport: 'iscsi', portals: tgtd.portal, iqn: `${PREFIX}${id}`, lun: '1' });
+    await node.client.node.NodeStageVolume(stageReq(id, ctx));
+    await node.client.node.NodeStageVolume(stageReq(id, ctx)); // idempotent
+    const { staging, target } = paths(id);
+    const dev = mountSource(staging)!;
+    expect(dev).toMatch(/^\/dev\/sd[a-z]+$/);
+    expect(await kernelSessions()).toEqual([`${tgtd.portal},1 ${ctx.iqn}`]);
+    expect((await tgtSessions(ctx.iqn)).map((s) => s.initiator)).toEqual([iqn]);
+    // The node record sinter wrote: manual startup and scan, CHAP, and the secret masked by iscsiadm itself.
+    const rec = (await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal])).stdout;
+    expect(rec).toMatch(/^node\.startup = manual$/m);
+    expect(rec).toMatch(/^node\.session\.scan = manual$/m);
+    expect(rec).toMatch(/^node\.session\.auth\.authmethod = CHAP$/m);
+    await node.client.node.NodePublishVolume(publishReq(id, ctx));
+    writeFileSync(join(target, 'over-kernel-iscsi.txt'), 'bytes that crossed a kernel iSCSI session');
+    await teardown(id);
+    expect(image(id).includes(Buffer.from('bytes that crossed a kernel iSCSI session'))).toBe(true);
+    for (const p of [ctl, node]) expect(p.logs()).not.toContain(CHAP['node.session.auth.password']);
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('block volume: the target path is the LUN\'s device node; bytes written at an offset land in the image', async () => {
+    const id = await provision('k-block', 16, blockCap());
+    const ctx = await publish(id, blockCap());
+    await node.client.node.NodeStageVolume(stageReq(id, ctx, blockCap()));
+    await node.client.node.NodePublishVolume(publishReq(id, ctx, blockCap()));
+    const { target } = paths(id);
+    expect(statSync(target).isBlockDevice()).toBe(true);
+    expect(Number((await execa('blockdev', ['--getsize64', target])).stdout)).toBe(16 * MiB);
+    await execa('bash', ['-c', `printf 'raw-block-marker' | dd of=${target} bs=512 seek=2048 conv=notrunc,fsync oflag=direct iflag=fullblock 2>/dev/null || printf 'raw-block-marker' | dd of=${target} bs=1M seek=1 conv=notrunc,fsync 2>/dev/null`]);
+    await teardown(id);
+    expect(image(id).subarray(MiB, MiB + 16).toString()).toBe('raw-block-marker');
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('mutual CHAP: the node also checks the target; a wrong one-way secret is PERMISSION_DENIED (iscsiadm exit 24) and leaves no session', async () => {
+    const id = await provision('k-mutual');
+    const ctx = await publish(id, mountCap(), MUTUAL);
+    await node.client.node.NodeStageVolume(stageReq(id, ctx, mountCap(), MUTUAL));
+    const rec = (await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal])).stdout;
+    expect(rec).toMatch(/^node\.session\.auth\.username_in = sinter-target$/m);
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+
+    // A wrong initiator secret: the target refuses (24), sinter says CHAP.
+    const wrong = { ...MUTUAL, 'node.session.auth.password': 'Wrong-chap-secret-3' };
+    const r = await node.client.node.NodeStageVolume(stageReq(id, ctx, mountCap(), wrong)).then(
+      () => undefined,
+      (e: { code: number; details: string }) => e,
+    );
+    expect(r).toMatchObject({ code: 7, details: stringMatching(/CHAP authentication failed/) });
+    expect(await kernelSessions()).toEqual([]);
+    // The same refusal straight from iscsiadm: the exit code sinter maps.
+    await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'new']);
+    for (const [k, v] of [['node.session.auth.authmethod', 'CHAP'], ['node.session.auth.username', 'sinter-node'], ['node.session.auth.password', 'Wrong-chap-secret-3']])
+      await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'update', '-n', k, '-v', v]);
+    const direct = await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '--login'], { reject: false });
+    expect(direct.exitCode).toBe(ISCSI_ERR_LOGIN_AUTH_FAILED);
+    await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'delete']);
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+    for (const p of [ctl, node]) for (const s of ['Wrong-chap-secret-3', MUTUAL['node.session.auth.password_in']]) expect(p.logs()).not.toContain(s);
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('the fence: ControllerUnpublishVolume ends the node\'s session at the target; unstage still tears the attachment down; tgt never answers a new login (iscsiadm exit 11 or 8, a timeout), NodeStage says UNAVAILABLE', async () => {
+    const id = await provision('k-fence');
+    const ctx = await publish(id, blockCap());
+    await node.client.node.NodeStageVolume(stageReq(id, ctx, blockCap()));
+    expect(await tgtSessions(ctx.iqn)).toHaveLength(1);
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    await waitFor('tgtd to end the fenced session', async () => ((await tgtSessions(ctx.iqn)).length === 0 ? true : undefined), 30_000);
+    // The kernel keeps the session and retries (recovery, refused each time) until
+    // it is logged out: a login by hand meanwhile is "session exists" (15).
+    expect(await kernelSessions()).toEqual([`${tgtd.portal},1 ${ctx.iqn}`]);
+    // Unstage tears down the fenced attachment: device deleted, session logged out, record gone.
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+    expect(await kernelSessions()).toEqual([]);
+    expect(scsiDisks()).toEqual([]);
+    // A fresh login as this initiator fails the way the real kernel path reports
+    // it against tgt: not 19 (a login reject) but a timeout, because tgt does not
+    // answer a login from an initiator outside the target's ACL: 11 (PDU timed
+    // out) or 8 (connection timed out), depending on where the wait ran out.
+    await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'new']);
+    const login = await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '--login'], { reject: false });
+    await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'delete']);
+    expect([ISCSI_ERR_TRANS_TIMEOUT, ISCSI_ERR_PDU_TIMEOUT]).toContain(login.exitCode);
+    const again = await node.client.node.NodeStageVolume(stageReq(id, ctx, blockCap())).then(
+      () => undefined,
+      (e: { code: number; details: string }) => e,
+    );
+    expect(again).toMatchObject({ code: 14, details: stringMatching(/exit (8|11)/) });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('a portal where nothing listens: iscsiadm exits 8 (connection timed out) on the real kernel, and NodeStage says UNAVAILABLE (retryable), leaving nothing', async () => {
+    const id = await provision('k-nobody');
+    const ctx = await publish(id, blockCap());
+    const nobody = { ...ctx, portals: '127.0.0.2:9' }; // discard port: nothing listens on the guest
+    await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', nobody.portals, '-o', 'new']);
+    const login = await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', nobody.portals, '--login'], { reject: false });
+    await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', nobody.portals, '-o', 'delete']);
+    expect(login.exitCode).toBe(8);
+    expect(login.stderr).toMatch(/initiator reported error \(8 - connection timed out\)/);
+    // iscsid retries the connection for a while (longer still under TCG): a deadline to match.
+    const r = await node.client.node.NodeStageVolume(stageReq(id, nobody, blockCap()), { deadlineMs: 280_000 }).then(
+      () => undefined,
+      (e: { code: number; details: string }) => e,
+    );
+    expect(r).toMatchObject({ code: 14, details: stringMatching(/exit 8/) });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('tgtd killed mid-I/O and started again: the controller restores the export, the kernel session recovers, the write in flight completes', async () => {
+    const id = await provision('k-restart');
+    const ctx = await publish(id);
+    await node.client.node.NodeStageVolume(stageReq(id, ctx));
+    await node.client.node.NodePublishVolume(publishReq(id, ctx));
+    const { target } = paths(id);
+    const sid = new RegExp(`\\[(\\d+)\\] [^ ]+ ${ctx.iqn}`).exec((await execa('iscsiadm', ['-m', 'session'])).stdout)![1];
+    // A writer that keeps going through the outage (direct I/O: the bytes must reach the LUN).
+    const writer = execa('bash', ['-c', `for i in $(seq 1 40); do dd if=/dev/urandom of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo done`], { reject: false });
+    await waitFor('the writer to be under way', () => (existsSync(join(target, 'io-3')) ? true : undefined), 60_000);
+    await tgtd.kill();
+    await new Promise((r) => setTimeout(r, 3000));
+    await tgtd.startAgain();
+    await waitFor('reconcile to restore the export', async () => ((await tgt.listTargets()).some((x) => x.iqn === ctx.iqn) ? true : undefined), 60_000);
+    const w = await writer;
+    expect(w.stdout.trim()).toBe('done');
+    expect(w.exitCode).toBe(0);
+    // The same kernel session, recovered (not a new login), carries on.
+    expect((await execa('iscsiadm', ['-m', 'session'])).stdout).toContain(`[${sid}] ${tgtd.portal},1 ${ctx.iqn}`);
+    expect(await tgtSessions(ctx.iqn)).toHaveLength(1);
+    expect(readdirSync(target).filter((f) => f.startsWith('io-'))).toHaveLength(40);
+    writeFileSync(join(target, 'after-restart.txt'), 'after the target came back');
+    await teardown(id);
+    expect(image(id).includes(Buffer.from('after the target came back'))).toBe(true);
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('node plugin killed with volumes staged: the kernel session serves on; after its restart the records are honoured and unstage cleans up', async () => {
+    const a = await provision('k-node-restart-a');
+    const b = await provision('k-node-restart-b', 16, blockCap());
+    const ca = await publish(a);
+    const cb = await publish(b, blockCap());
+    await node.client.node.NodeStageVolume(stageReq(a, ca));
+    await node.client.node.NodePublishVolume(publishReq(a, ca));
+    await node.client.node.NodeStageVolume(stageReq(b, cb, blockCap()));
+    await node.client.node.NodePublishVolume(publishReq(b, cb, blockCap()));
+    await node.stop('SIGKILL');
+    node.client.close();
+    writeFileSync(join(paths(a).target, 'during-restart.txt'), 'still here');
+    node = await startNode();
+    for (const [id, ctx, cap] of [[a, ca, mountCap()], [b, cb, blockCap()]] as const) {
+      const stats = await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: paths(id).target });
+      expect(stats.volume_condition?.abnormal ?? false).toBe(false);
+      await node.client.node.NodeStageVolume(stageReq(id, ctx, cap)); // recognised, not redone
+      await node.client.node.NodePublishVolume(publishReq(id, ctx, cap));
+    }
+    expect(await kernelSessions()).toHaveLength(2);
+    expect(readFileSync(join(paths(a).target, 'during-restart.txt'), 'utf8')).toBe('still here');
+    await teardown(a);
+    await teardown(b);
+    expect(image(a).includes(Buffer.from('still here'))).toBe(true);
+    await ctl.client.controller.DeleteVolume({ volume_id: a });
+    await ctl.client.controller.DeleteVolume({ volume_id: b });
+  });
+
+  it('online growth: ControllerExpandVolume grows the LUN under the live session; NodeExpandVolume rescans the disk and grows xfs', async () => {
+    const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
+    const id = await provision('k-grow', 320, xfs);
+    const ctx = await publish(id, xfs);
+    await node.client.node.NodeStageVolume(stageReq(id, ctx, xfs));
+    await node.client.node.NodePublishVolume(publishReq(id, ctx, xfs));
+    const { staging, target } = paths(id);
+    const dev = mountSource(staging)!;
+    writeFileSync(join(target, 'before.txt'), 'written before the online expand');
+    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u) => u.unit === 'BYTES')!.total!;
+    const before = await total();
+    const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+    expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });
+    // The kernel has not re-read the capacity yet: NodeExpandVolume's rescan does it.
+    expect(Number((await execa('blockdev', ['--getsize64', dev])).stdout)).toBe(320 * MiB);
+    const grown = await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+    expect(Number(grown.capacity_bytes)).toBe(640 * MiB);
+    expect(Number((await execa('blockdev', ['--getsize64', dev])).stdout)).toBe(640 * MiB);
+    expect(await total()).toBeGreaterThan(before + 250 * MiB);
+    expect(readFileSync(join(target, 'before.txt'), 'utf8')).toBe('written before the online expand');
+    await teardown(id);
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+
+  it('never reformats a real disk that holds a filesystem or a partition table; the data stays', async () => {
+    for (const [name, prep] of [
+      ['k-has-fs', (dev: string) => execa('mkfs.ext4', ['-q', '-L', 'precious', dev])],
+      ['k-has-gpt', (dev: string) => execa('sfdisk', ['-q', dev], { input: 'label: gpt\n,8M\n' })],
+    ] as const) {
+      const id = await provision(name, 64);
+      const ctx = await publish(id, blockCap());
+      // Put something on the LUN through a block stage first (as a previous user would have).
+      await node.client.node.NodeStageVolume(stageReq(id, ctx, blockCap()));
+      await node.client.node.NodePublishVolume(publishReq(id, ctx, blockCap()));
+      await prep(paths(id).target);
+      await execa('sync');
+      await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: paths(id).target });
+      await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+      const before = image(id).subarray(0, 2 * MiB);
+      // Staging it as an xfs mount volume must not format over what is there.
+      const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
+      const code = await codeOf(node.client.node.NodeStageVolume(stageReq(id, ctx, xfs)));
+      expect(code, name).toBe('FAILED_PRECONDITION');
+      expect(image(id).subarray(0, 2 * MiB).equals(before), name).toBe(true);
+      await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
+      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+      await ctl.client.controller.DeleteVolume({ volume_id: id });
+    }
+  });
+
+  it('paths are confined to the kubelet root: a staging path outside it is refused before any login', async () => {
+    const id = await provision('k-paths');
+    const ctx = await publish(id);
+    const outside = join(t.dir, 'outside-kubelet');
+    mkdirSync(outside, { recursive: true });
+    const code = await codeOf(node.client.node.NodeStageVolume({ ...stageReq(id, ctx), staging_target_path: outside }));
+    expect(code).toBe('INVALID_ARGUMENT');
+    expect(await kernelSessions()).toEqual([]);
+    const code2 = await codeOf(node.client.node.NodeStageVolume({ ...stageReq(id, ctx), staging_target_path: join(node.kubeletRoot, 'staging', '..', '..', 'escape') }));
+    expect(code2).toBe('INVALID_ARGUMENT');
+    expect(await kernelSessions()).toEqual([]);
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+  });
+});
