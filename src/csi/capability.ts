@@ -1,4 +1,4 @@
-import { invalidArgument, shown } from './errors.js';
+import { invalidArgument, shown } from '../errors/domain-error.js';
 
 /**
  * csi.v1.VolumeCapability validation shared by the controller and the node,
