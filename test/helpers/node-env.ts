@@ -6,7 +6,11 @@ import type { DomainError } from '../../src/errors/domain-error.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { parseMountInfo, type MountEntry } from '../../src/node/mount.js';
 import { NodeService, type NodeServiceConfig, type NodeServiceDeps } from '../../src/node/service.js';
-import type { ServiceImpl } from '../../src/csi/server.js';
+import type { NodeStageVolumeRequest } from '../../src/csi/generated/csi/v1/NodeStageVolumeRequest.js';
+import type { AccessMode, InProcess, NodeImpl, NodeRpcs, VolumeCapability } from '../../src/csi/messages.js';
+
+/** The node's handlers called in-process with a client's request shapes. */
+export type NodeHandlers = InProcess<NodeImpl, NodeRpcs>;
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -17,10 +21,13 @@ export const GiB = 1024 * MiB;
  * commands. cleanup() unmounts and detaches everything under the temp dir,
  * whatever the test left behind.
  */
+/** A stage request whose volume and staging path are set (the skeleton always sets them). */
+export type StageReq = NodeStageVolumeRequest & { volume_id: string; staging_target_path: string };
+
 export class NodeEnv {
   readonly exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 120_000 });
   svc!: NodeService;
-  h!: ServiceImpl;
+  h!: NodeHandlers;
   config!: NodeServiceConfig;
   /** Replaces parts of what the NodeService gets (an executor, fc connector options). */
   deps: Partial<Pick<NodeServiceDeps, 'exec' | 'fc'>> = {};
@@ -65,9 +72,14 @@ export class NodeEnv {
 
   /** A fresh NodeService over the same directories: what a plugin restart sees. */
   restart(): NodeService {
-    this.svc = new NodeService({ config: this.config, exec: this.deps.exec ?? this.exec, fc: this.deps.fc, log: pino({ level: 'silent' }) });
-    this.h = this.svc.handlers();
-    return this.svc;
+    return this.use(new NodeService({ config: this.config, exec: this.deps.exec ?? this.exec, fc: this.deps.fc, log: pino({ level: 'silent' }) }));
+  }
+
+  /** Serves the tests from svc (one built with other connectors); h calls its handlers in-process. */
+  use(svc: NodeService): NodeService {
+    this.svc = svc;
+    this.h = svc.handlers() as NodeHandlers;
+    return svc;
   }
 
   async image(name: string, bytes: number): Promise<string> {
@@ -77,7 +89,7 @@ export class NodeEnv {
   }
 
   /** A request skeleton for a volume backed by image `file`. */
-  stageReq(volumeId: string, file: string, cap: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+  stageReq(volumeId: string, file: string, cap: VolumeCapability, extra: Partial<NodeStageVolumeRequest> = {}): StageReq {
     return {
       volume_id: volumeId,
       publish_context: { transport: 'local', path: file },
@@ -157,10 +169,10 @@ export async function csiError(p: Promise<unknown>): Promise<DomainError> {
   throw new Error('expected the call to fail, but it succeeded');
 }
 
-export const mountCap = (fsType?: string, mode = 'SINGLE_NODE_WRITER', mountFlags: string[] = []) => ({
+export const mountCap = (fsType?: string, mode: AccessMode = 'SINGLE_NODE_WRITER', mountFlags: string[] = []): VolumeCapability => ({
   access_type: 'mount',
   mount: { ...(fsType ? { fs_type: fsType } : {}), mount_flags: mountFlags },
   access_mode: { mode },
 });
 
-export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ access_type: 'block', block: {}, access_mode: { mode } });
+export const blockCap = (mode: AccessMode = 'SINGLE_NODE_WRITER'): VolumeCapability => ({ access_type: 'block', block: {}, access_mode: { mode } });

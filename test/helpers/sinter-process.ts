@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { csiClient, type CsiClient } from '../../src/csi/client.js';
+import type { AccessMode, VolumeCapability } from '../../src/csi/messages.js';
 
 export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
@@ -84,7 +85,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
   while (Date.now() < until) {
     try {
       const v = await fn();
-      if (v !== undefined && v !== false) return v as T;
+      if (v !== undefined && v !== false) return v;
     } catch (e) {
       last = e;
     }
@@ -143,7 +144,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   let stderr = '';
   const argv = ['node', ...(opts.nodeArgs ?? []), ...args];
   const [cmd, ...cmdArgs] = opts.wrapper?.length ? [...opts.wrapper, ...argv] : argv;
-  const proc = execa(cmd!, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
+  const proc = execa(cmd, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   // The client is made once the socket accepts connections: a channel that met a
   // refused connection first (a stale socket of a killed run) waits out gRPC's
@@ -205,8 +206,8 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
 
 export const MiB = 1024 * 1024;
 
-export const mountCap = (mode = 'SINGLE_NODE_WRITER', fsType = '') => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
-export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ block: {}, access_mode: { mode } });
+export const mountCap = (mode: AccessMode = 'SINGLE_NODE_WRITER', fsType = ''): VolumeCapability => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
+export const blockCap = (mode: AccessMode = 'SINGLE_NODE_WRITER'): VolumeCapability => ({ block: {}, access_mode: { mode } });
 
 /** The gRPC status code of a rejected call, or 'OK'. */
 /**
