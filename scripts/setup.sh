@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 # debootstrap build the container images for real (test/deploy/images-podman.test.ts:
 # chroot isolation as root, kernel overlay storage, so no uidmap/fuse-overlayfs;
 # the base image comes from scripts/image-base.sh); cryptsetup-bin for
-# encrypted volumes (LUKS); qemu-system-x86 (and debootstrap) build and boot the
-# VM stage's guest (test/vm/, built on first use).
+# encrypted volumes (LUKS); qemu-system-x86 and mmdebstrap build and boot the
+# VM stage's guest (test/vm/, built on first use; mmdebstrap installs the guest's
+# packages in one apt run, much faster than debootstrap).
 PACKAGES=(util-linux mount e2fsprogs xfsprogs btrfs-progs fdisk kmod tgt qemu-utils qemu-block-extra libnbd-bin fuse3 libiscsi-bin open-iscsi iproute2
-  podman debootstrap cryptsetup-bin qemu-system-x86)
+  podman debootstrap cryptsetup-bin qemu-system-x86 mmdebstrap)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
