@@ -103,4 +103,16 @@ describe('configuration schema', () => {
     expect(keyOf(() => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260'], discard: true } }] }))).toBe('backends[0].iscsi.discard');
     expect(keyOf(() => lio({ helper: 'lioadm' }))).toBe('backends[0].iscsi.helper');
   });
+
+  it('loads the LIO example configuration (deploy/config-examples/controller-lio.yaml)', () => {
+    const prev = process.env.HOST_IP;
+    process.env.HOST_IP = '10.0.0.10';
+    try {
+      const c = loadConfig('controller', ['--config', join(import.meta.dirname, '../../deploy/config-examples/controller-lio.yaml'), '--node-name', 'n1']);
+      expect(c.backends[0]!.iscsi).toMatchObject({ helper: 'lio', portals: ['10.0.0.10:3260'], discard: true, writeCache: true });
+    } finally {
+      if (prev === undefined) delete process.env.HOST_IP;
+      else process.env.HOST_IP = prev;
+    }
+  });
 });

@@ -145,7 +145,7 @@ export class LioTargetHelper implements TargetHelper {
       await this.cfs.write(`${dir}/enable`, '1');
       this.log?.info({ iqn, backstore: dir, path }, 'LIO backstore created');
     }
-    const exported = (await this.cfs.links(lunDir(iqn)))[LINK] === dir;
+    const exported = Object.values(await this.cfs.links(lunDir(iqn))).includes(dir);
     for (const a of backstoreAttributes(kind, volumeId, this.opts)) {
       const cur = await this.cfs.read(`${dir}/${a.attr}`);
       if (cur === undefined || cur === a.value) continue;
@@ -179,17 +179,23 @@ export class LioTargetHelper implements TargetHelper {
       const tpg = tpgDir(iqn);
       await this.cfs.mkdir('iscsi');
       await this.cfs.mkdir(targetDir(iqn));
+      const fresh = !(await this.cfs.exists(tpg));
       await this.cfs.mkdir(tpg);
       for (const [attr, value] of TPG_ATTRIBUTES) await this.setIfDiffers(`${tpg}/attrib/${attr}`, value);
+      // A new TPG enforces CHAP (the kernel's default authentication=1) though no ACL has credentials yet:
+      // off until allowInitiator is given CHAP; an existing TPG's setting is left as it is.
+      if (fresh) await this.cfs.write(`${tpg}/attrib/authentication`, '0');
       const nps = await this.cfs.dirs(`${tpg}/np`);
       for (const np of this.nps) if (!nps.includes(np)) await this.cfs.mkdir(`${tpg}/np/${np}`);
       for (const np of nps) if (!this.nps.includes(np)) await this.cfs.rmdir(`${tpg}/np/${np}`);
 
       const lun = lunDir(iqn);
       await this.cfs.mkdir(lun);
+      // A link of any name to the right backstore is kept (targetcli's restore names them at random):
+      // unlinking it would take the LUN away from logged-in initiators.
       const links = await this.cfs.links(lun);
-      for (const [name, to] of Object.entries(links)) if (name !== LINK || to !== so) await this.cfs.unlink(`${lun}/${name}`);
-      if (links[LINK] !== so) await this.cfs.symlink(so, `${lun}/${LINK}`);
+      for (const [name, to] of Object.entries(links)) if (to !== so) await this.cfs.unlink(`${lun}/${name}`);
+      if (!Object.values(links).includes(so)) await this.cfs.symlink(so, `${lun}/${LINK}`);
 
       this.readonly.set(volumeId, readonly);
       for (const acl of await this.cfs.dirs(`${tpg}/acls`)) await this.setIfDiffers(`${mappedLunDir(iqn, acl)}/write_protect`, readonly ? '1' : '0', true);
@@ -342,7 +348,13 @@ export class LioTargetHelper implements TargetHelper {
     for (const kind of KINDS) {
       for (const name of await this.cfs.dirs(hbaDir(kind, this.hba))) {
         if (exported.has(name)) continue;
-        out.push({ tid: 0, iqn: this.iqnFor(name), volumeId: name, state: 'backstore only', luns: [], acls: [], accounts: [], sessions: [] });
+        let iqn: string;
+        try {
+          iqn = this.iqnFor(name);
+        } catch {
+          continue; // not a name sinter makes: not one of its volumes
+        }
+        out.push({ tid: 0, iqn, volumeId: name, state: 'backstore only', luns: [], acls: [], accounts: [], sessions: [] });
       }
     }
     return out;
@@ -377,8 +389,8 @@ export class LioTargetHelper implements TargetHelper {
       const mapped = mappedLunDir(iqn, name);
       await this.cfs.mkdir(mapped);
       const links = await this.cfs.links(mapped);
-      if (links[LINK] !== lunDir(iqn)) {
-        if (LINK in links) await this.cfs.unlink(`${mapped}/${LINK}`);
+      if (!Object.values(links).includes(lunDir(iqn))) {
+        for (const name of Object.keys(links)) await this.cfs.unlink(`${mapped}/${name}`);
         await this.cfs.symlink(lunDir(iqn), `${mapped}/${LINK}`);
       }
       await this.setIfDiffers(`${mapped}/write_protect`, this.readonly.get(volumeId) ? '1' : '0', true);
@@ -438,7 +450,7 @@ export class LioTargetHelper implements TargetHelper {
     return this.locks.run(volumeId, async () => {
       if (!(await this.cfs.exists('core'))) return 'absent';
       const so = await this.findBackstore(volumeId);
-      if (!so || (await this.cfs.links(lunDir(iqn)))[LINK] !== so.dir) return 'absent';
+      if (!so || !Object.values(await this.cfs.links(lunDir(iqn))).includes(so.dir)) return 'absent';
       if (so.kind === 'iblock') return 'current';
       const info = await this.backstoreInfo(so.kind, so.dir);
       if (info.path !== imagePath) throw failedPrecondition(`target ${iqn} serves ${info.path ?? 'nothing'} as LUN ${LUN}, not ${imagePath}; not refreshing its size`);
