@@ -91,7 +91,7 @@ describe('configuration schema', () => {
     expectTypeOf<Config['node']['fc']>().toEqualTypeOf<{ scanTimeoutSeconds: number; removeTimeoutSeconds: number }>();
     const c = load(full);
     expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
-    expect(c.backends[0]!.iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
+    expect(c.backends[0].iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
   });
 
   it('iscsi.helper: lio — portals must be IP literals (LIO binds them), discard is a LIO switch only', () => {
