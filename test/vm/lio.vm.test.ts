@@ -98,7 +98,7 @@ describe('LIO target helper in the VM: sinter controller (helper: lio, configfs)
       startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', ctlYaml] }),
       startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'vm-node', args: ['--config', nodeYaml] }),
     ]);
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
     step('started');
   });
 
@@ -125,7 +125,7 @@ describe('LIO target helper in the VM: sinter controller (helper: lio, configfs)
   });
 
   const provision = async (name: string, mib: number, cap: object) =>
-    (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
+    (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume!.volume_id!;
   const publish = async (id: string, cap: object, secrets: Record<string, string> = {}, to = nodeId) =>
     (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: to, volume_capability: cap, secrets })).publish_context as Record<string, string>;
   const image = (id: string) => join(dataDir, 'volumes', `${id}.img`);
@@ -189,16 +189,16 @@ describe('LIO target helper in the VM: sinter controller (helper: lio, configfs)
     step('lifecycle: staged + published');
     writeFileSync(join(target, 'over-lio.txt'), 'bytes that crossed LIO');
     const dev = await diskOf(volIqn);
-    expect(await sizeOf(dev!)).toBe(16 * MiB);
+    expect(await sizeOf(dev)).toBe(16 * MiB);
 
     // Online growth: the backstore serves the new size at once; the node sees it after its rescan.
     const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 32 * MiB }, volume_capability: mountCap() });
     expect(r).toMatchObject({ capacity_bytes: 32 * MiB, node_expansion_required: true });
     expect(cfs(`${so}/info`)).toMatch(new RegExp(`Size: ${32 * MiB}\\s`));
-    expect(await sizeOf(dev!)).toBe(16 * MiB);
+    expect(await sizeOf(dev)).toBe(16 * MiB);
     const grown = await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 32 * MiB }, volume_capability: mountCap() });
     expect(Number(grown.capacity_bytes)).toBe(32 * MiB);
-    expect(await sizeOf(dev!)).toBe(32 * MiB);
+    expect(await sizeOf(dev)).toBe(32 * MiB);
     expect(readFileSync(join(target, 'over-lio.txt'), 'utf8')).toBe('bytes that crossed LIO');
     step('lifecycle: grown');
 
@@ -284,7 +284,7 @@ describe('LIO target helper in the VM: sinter controller (helper: lio, configfs)
     expect(wrong.exitCode).toBe(ISCSI_ERR_LOGIN_AUTH_FAILED);
     const ok = await handLogin(volIqn, CHAP);
     expect(ok.exitCode).toBe(0);
-    expect(await sizeOf((await diskOf(volIqn))!)).toBe(16 * MiB);
+    expect(await sizeOf((await diskOf(volIqn)))).toBe(16 * MiB);
     await handLogout(volIqn);
     await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
     await ctl.client.controller.DeleteVolume({ volume_id: id });
@@ -308,7 +308,7 @@ describe('LIO target helper in the VM: sinter controller (helper: lio, configfs)
       expect(cfs(`${tpg(volIqn)}/attrib/authentication`)).toBe('0');
       const ok = await handLogin(volIqn);
       expect(ok.exitCode).toBe(0);
-      const dev = (await diskOf(volIqn))!;
+      const dev = (await diskOf(volIqn));
       expect(await sizeOf(dev)).toBe(32 * MiB);
       await execa('truncate', ['-s', '48M', img]);
       await execa('losetup', ['-c', loop]);
