@@ -7,6 +7,7 @@
 // import on this (loaded) machine, zod/mini as much, against a ~400 ms start-up; valibot is
 // one tree-shakeable file that imports in ~5 ms with the same API shape.
 import { isAbsolute, normalize } from 'node:path';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import * as v from 'valibot';
 import { DEFAULT_IQN_PREFIX, isValidIqn, NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
@@ -104,8 +105,10 @@ const expandEnv = v.rawTransform<string, string>(({ dataset, addIssue, NEVER }) 
 });
 
 /** Cinder's iscsi_helper settings for a backend with `export: iscsi`. */
-export const iscsiSchema = strict({
-  helper: v.optional(oneOf(['tgt']), 'tgt'),
+export const iscsiSchema = v.pipe(
+  strict({
+  /** `tgt` (user-space tgtd, driven by tgtadm) or `lio` (the kernel's target, written through configfs). */
+  helper: v.optional(oneOf(['tgt', 'lio']), 'tgt'),
   /** Portals handed to nodes in publish_context (`host:port`); `${VAR}` is read from the environment. */
   portals: v.pipe(
     v.array(v.pipe(str, expandEnv, rule(parsePortal)), 'must list at least one portal (host:port)'),
@@ -117,9 +120,20 @@ export const iscsiSchema = strict({
   controlPort: v.optional(int(0, 32767), 0),
   writeCache: v.optional(bool, true),
   blockSize: v.optional(v.pipe(int(512, 4096), v.check((n): n is 512 | 4096 => n === 512 || n === 4096, 'must be 512 or 4096'), v.transform((n) => n as 512 | 4096)), 512),
-  /** How often the exports are checked against the records (tgtd forgets everything when it restarts). */
+  /** LIO only: advertise UNMAP (`emulate_tpu`) so discards free space in the image or device; default true. */
+  discard: v.optional(bool),
+  /** How often the exports are checked against the records (tgtd forgets everything when it restarts, LIO at reboot). */
   reconcileSeconds: v.optional(num(1, 86400), 30),
-});
+  }),
+  v.forward(
+    v.check((i) => i.discard === undefined || i.helper === 'lio', 'only applies with helper: lio (tgt has no such switch)'),
+    ['discard'],
+  ),
+  v.forward(
+    v.check((i) => i.helper !== 'lio' || i.portals.every((p) => isIP(parsePortal(p).host) !== 0), 'helper: lio binds its portals itself: each must be an IP literal (host:port or [IPv6]:port), not a host name'),
+    ['portals'],
+  ),
+);
 
 export const backendSchema = v.pipe(
   strict({

@@ -93,4 +93,26 @@ describe('configuration schema', () => {
     expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
     expect(c.backends[0].iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
   });
+
+  it('iscsi.helper: lio — portals must be IP literals (LIO binds them), discard is a LIO switch only', () => {
+    const lio = (iscsi: object) => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260'], helper: 'lio', ...iscsi } }] });
+    expect(lio({}).backends[0].iscsi).toMatchObject({ helper: 'lio', portals: ['127.0.0.1:3260'] });
+    expect(lio({ discard: false }).backends[0].iscsi?.discard).toBe(false);
+    expect(keyOf(() => lio({ portals: ['storage.example:3260'] }))).toBe('backends[0].iscsi.portals');
+    expect(keyOf(() => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['storage.example:3260'] } }] }))).toBeUndefined();
+    expect(keyOf(() => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260'], discard: true } }] }))).toBe('backends[0].iscsi.discard');
+    expect(keyOf(() => lio({ helper: 'lioadm' }))).toBe('backends[0].iscsi.helper');
+  });
+
+  it('loads the LIO example configuration (deploy/config-examples/controller-lio.yaml)', () => {
+    const prev = process.env.HOST_IP;
+    process.env.HOST_IP = '10.0.0.10';
+    try {
+      const c = loadConfig('controller', ['--config', join(import.meta.dirname, '../../deploy/config-examples/controller-lio.yaml'), '--node-name', 'n1']);
+      expect(c.backends[0].iscsi).toMatchObject({ helper: 'lio', portals: ['10.0.0.10:3260'], discard: true, writeCache: true });
+    } finally {
+      if (prev === undefined) delete process.env.HOST_IP;
+      else process.env.HOST_IP = prev;
+    }
+  });
 });

@@ -128,7 +128,7 @@ export class IscsiExport {
     if (!lun) return { abnormal: true, message: `iSCSI target ${t.iqn} does not serve this volume's image as LUN 1` };
     const bytes = (await fs.stat(imagePath).catch(() => undefined))?.size;
     if (bytes !== undefined && !this.helper.lunShowsSize(lun, bytes))
-      return { abnormal: true, message: `iSCSI LUN 1 of ${t.iqn} shows ${lun.sizeMB ?? '?'} MB, not the image's ${bytes} bytes (an interrupted expand; reconcile refreshes it)` };
+      return { abnormal: true, message: `iSCSI LUN 1 of ${t.iqn} shows ${lun.sizeBytes !== undefined ? `${lun.sizeBytes} bytes` : `${lun.sizeMB ?? '?'} MB`}, not the image's ${bytes} bytes (an interrupted expand; reconcile refreshes it)` };
     for (const a of v.attachments) {
       const iqn = parseNodeId(a.nodeId)?.iqn;
       if (iqn && !t.acls.includes(iqn)) return { abnormal: true, message: `published to ${a.nodeId}, but its initiator ${iqn} is not in the target's ACL (reconcile restores it)` };

@@ -13,7 +13,7 @@ export type { ChapCredentials } from '../../contracts/chap.js';
  * serialize calls per volume themselves.
  */
 export interface TargetHelper {
-  /** Short name of the implementation (`tgt`, later `lio`). */
+  /** Short name of the implementation (`tgt`, `lio`). */
   readonly kind: string;
 
   /** The target name a volume is (or would be) exported under. Pure. */
@@ -87,6 +87,8 @@ export interface LunInfo {
   backingStoreType?: string;
   /** Size as the daemon prints it (tgt: decimal megabytes, rounded down). */
   sizeMB?: number;
+  /** Exact size the LUN serves, where the daemon tells it (LIO fileio: fd_dev_size). */
+  sizeBytes?: number;
   blockSize?: number;
   readonly?: boolean;
   online?: boolean;
@@ -103,7 +105,7 @@ export interface TargetConnection {
 }
 
 export interface TargetSession {
-  /** Session id (tgt's I_T nexus number). */
+  /** Session id (tgt's I_T nexus number; LIO's session id). */
   sid: number;
   initiator: string;
   alias?: string;
