@@ -13,6 +13,7 @@ import { RbdPool } from './pool.js';
 import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type StoredSnapshot, type StoredVolume } from './records.js';
 
 const now = () => new Date().toISOString();
+const PROBE_CACHE_MS = 10_000;
 
 /**
  * Ceph RBD (Cinder's RBD driver): a volume is an image named by its volume id,
@@ -102,9 +103,26 @@ export class RbdBackend implements Backend {
     }
   }
 
+  /** The last probe's outcome, for PROBE_CACHE_MS: Probe is polled, and a Ceph CLI call costs ~0.2-2 s. */
+  private probed?: { at: number; error?: unknown; running?: Promise<void> };
+
   async probe(): Promise<void> {
-    // One monitor round trip: the pool's usage (also proves the key and caps).
-    await this.pool.usage();
+    const p = this.probed;
+    if (p && !p.running && performance.now() - p.at < PROBE_CACHE_MS) {
+      if (p.error) throw p.error;
+      return;
+    }
+    if (p?.running) return p.running;
+    // One monitor round trip: the pool's usage (also proves the key and caps). Shared by the callers that wait for it.
+    const running = this.pool.usage().then(
+      () => void (this.probed = { at: performance.now() }),
+      (error: unknown) => {
+        this.probed = { at: performance.now(), error };
+        throw error;
+      },
+    );
+    this.probed = { at: p?.at ?? 0, error: p?.error, running };
+    return running;
   }
 
   async capacity(): Promise<BackendCapacity> {

@@ -114,13 +114,14 @@ export function toCephError(e: unknown, what: string, conn: Pick<CephConnection,
   const detail = lastLine(e.stderr);
   const mons = conn.monitors.join(',');
   // A wrong key is not refused outright: the client retries until its mount timeout, logging why.
-  if (/handle_auth_bad_method|Permission denied|EACCES|\(13\)/i.test(e.stderr) || e.exitCode === Errno.EACCES || e.exitCode === Errno.EPERM)
+  // (The ceph CLI exits 1 for any failure, so exit 1 alone says nothing.)
+  if (/handle_auth_bad_method|Permission denied|EACCES/i.test(e.stderr) || e.exitCode === Errno.EACCES)
     return new CephCommandError(
       Code.PERMISSION_DENIED,
       `${what}: Ceph refused client.${conn.user} (${detail}); check the key in its key file and that the user's caps include "profile rbd" on the pool`,
       Errno.EACCES,
     );
-  if (e.timedOut || e.exitCode === Errno.ETIMEDOUT || /authenticate timed out|hunting|connection refused/i.test(e.stderr))
+  if (e.timedOut || e.exitCode === Errno.ETIMEDOUT || /timed out|hunting|connection refused/i.test(e.stderr))
     return new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph monitors (${mons}) did not answer in time; check that they run and that this host reaches them`, Errno.ETIMEDOUT);
   const errno = e.exitCode;
   switch (errno) {
