@@ -45,6 +45,8 @@ const spec = (id: string, sizeBytes = 8 * MiB, source?: { type: 'volume' | 'snap
 
 const info = async (image: string) => JSON.parse(await c.rbd(['info', '--format', 'json', `${c.pool}/${image}`])) as { size: number; features: string[]; parent?: { image: string; snapshot: string; trash: boolean } };
 const meta = async (image: string) => JSON.parse((await c.rbd(['image-meta', 'list', '--format', 'json', `${c.pool}/${image}`])) || '{}') as Record<string, string>;
+/** The stored record of an image (image-meta key). */
+const record = async (image: string, key = 'sinter.volume') => JSON.parse((await meta(image))[key] ?? 'null') as { sizeBytes: number; rbd: { cloneDepth: number } } & Record<string, unknown>;
 const trash = async () => JSON.parse((await c.rbd(['trash', 'ls', '--all', '--format', 'json', c.pool])) || '[]') as { id: string; name: string }[];
 const images = async () => (await c.rbd(['ls', c.pool])).split('\n').filter(Boolean);
 
@@ -62,7 +64,7 @@ afterAll(async () => {
 describe('the test cluster', () => {
   it('is one healthy node whose pool keeps one copy and is initialised for rbd', async () => {
     expect((await c.ceph(['health'])).trim()).toBe('HEALTH_OK');
-    expect(JSON.parse(await c.ceph(['osd', 'pool', 'get', c.pool, 'size', '--format', 'json'])).size).toBe(1);
+    expect((JSON.parse(await c.ceph(['osd', 'pool', 'get', c.pool, 'size', '--format', 'json'])) as { size: number }).size).toBe(1);
     expect(JSON.parse(await c.ceph(['osd', 'pool', 'application', 'get', c.pool, '--format', 'json']))).toHaveProperty('rbd');
   });
 });
@@ -76,7 +78,7 @@ describe('rbd backend', () => {
     const i = await info(id);
     expect(i.size).toBe(8 * MiB + 512);
     expect(i.features).toEqual(expect.arrayContaining(['layering', 'exclusive-lock', 'object-map', 'fast-diff', 'deep-flatten']));
-    const stored = JSON.parse((await meta(id))['sinter.volume']!);
+    const stored = await record(id);
     expect(stored).toMatchObject({ id, name: rec.name, state: 'available', sizeBytes: 8 * MiB + 512, parameters: { type: 'ceph' } });
     // Nothing on local disk: a second controller (another replica) serves the same volume.
     const other = await started();
@@ -95,7 +97,7 @@ describe('rbd backend', () => {
     expect(snap).toMatchObject({ id: s, sourceVolumeId: v, sizeBytes: 8 * MiB, state: 'available' });
     const sImage = `ceph.snap.${s.slice(5)}`;
     expect((await info(sImage)).parent).toMatchObject({ image: v });
-    expect(JSON.parse((await meta(sImage))['sinter.snapshot']!)).toMatchObject({ id: s, name: 'snap-1', sourceVolumeId: v });
+    expect(await record(sImage, 'sinter.snapshot')).toMatchObject({ id: s, name: 'snap-1', sourceVolumeId: v });
     // The temporary snapshot lives on only in the trash namespace.
     expect(JSON.parse((await c.rbd(['snap', 'ls', '--format', 'json', `${c.pool}/${v}`])) || '[]')).toEqual([]);
 
@@ -129,24 +131,24 @@ describe('rbd backend', () => {
   it('flattens a clone chain in the background at the soft depth limit and before use at the hard one', async () => {
     const b = await started({ cloneDepthSoftLimit: 2, cloneDepthHardLimit: 3 });
     const chain = [vid()];
-    await b.createVolume(spec(chain[0]!));
+    await b.createVolume(spec(chain[0]));
     for (let i = 1; i <= 3; i++) {
       chain.push(vid());
-      await b.createVolume(spec(chain[i]!, 8 * MiB, { type: 'volume', id: chain[i - 1]! }));
-      if (i === 1) expect((await info(chain[1]!)).parent).toBeDefined();
+      await b.createVolume(spec(chain[i], 8 * MiB, { type: 'volume', id: chain[i - 1] }));
+      if (i === 1) expect((await info(chain[1])).parent).toBeDefined();
       if (i === 2) {
         // Soft limit (depth 2): returned at once, flattened behind the create.
         await b.settled(chain[2]);
-        expect((await info(chain[2]!)).parent).toBeUndefined();
-        expect(JSON.parse((await meta(chain[2]!))['sinter.volume']!).rbd.cloneDepth).toBe(0);
+        expect((await info(chain[2])).parent).toBeUndefined();
+        expect((await record(chain[2])).rbd.cloneDepth).toBe(0);
       }
     }
     // chain[3] cloned from the flattened chain[2] has depth 1: below both limits.
-    expect((await info(chain[3]!)).parent).toMatchObject({ image: chain[2] });
+    expect((await info(chain[3])).parent).toMatchObject({ image: chain[2] });
     // A hard-limit clone: depth 3 straight away (limits 1/… on a fresh backend).
     const hard = await started({ cloneDepthSoftLimit: 1, cloneDepthHardLimit: 1 });
     const flat = vid();
-    await hard.createVolume(spec(flat, 8 * MiB, { type: 'volume', id: chain[3]! }));
+    await hard.createVolume(spec(flat, 8 * MiB, { type: 'volume', id: chain[3] }));
     expect((await info(flat)).parent).toBeUndefined();
     for (const id of [flat, ...chain.reverse()]) await hard.deleteVolume(id);
     expect(await trash()).toEqual([]);
@@ -164,7 +166,7 @@ describe('rbd backend', () => {
     expect(before.availableBytes).toBe(before.totalBytes - 8 * MiB);
     await b.expandVolume(id, 24 * MiB);
     expect((await info(id)).size).toBe(24 * MiB);
-    expect(JSON.parse((await meta(id))['sinter.volume']!).sizeBytes).toBe(24 * MiB);
+    expect((await record(id)).sizeBytes).toBe(24 * MiB);
     expect((await b.capacity()).provisionedBytes).toBe(24 * MiB);
     await b.deleteVolume(id);
   });

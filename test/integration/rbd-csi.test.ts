@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { stringMatching } from '../helpers/matchers.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools } from '../helpers/tgtd.js';
@@ -52,6 +53,7 @@ describe('rbd over CSI: sinter all, user-space attach (qemu-nbd rbd driver, nbdf
     t.cleanup();
   });
 
+  const watchers = async (image: string) => (JSON.parse(await c.rbd(['status', '--format', 'json', `${c.pool}/${image}`])) as { watchers: unknown[] }).watchers;
   const paths = (id: string) => {
     const staging = join(s.kubeletRoot, 'staging', id);
     const target = join(s.kubeletRoot, 'pods', id, 'mount');
@@ -64,7 +66,7 @@ describe('rbd over CSI: sinter all, user-space attach (qemu-nbd rbd driver, nbdf
     const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
     const ctl = s.client.controller;
     const node = s.client.node;
-    const id = (await ctl.CreateVolume({ name: 'pvc-rbd-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [cap], parameters: {} })).volume.volume_id as string;
+    const id = (await ctl.CreateVolume({ name: 'pvc-rbd-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [cap], parameters: {} })).volume!.volume_id!;
     expect(id).toMatch(/^ceph-[0-9a-f-]{36}$/);
     const pub = await ctl.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
     expect(pub.publish_context).toEqual({ transport: 'rbd', pool: c.pool, image: id, monitors: c.monitors });
@@ -73,24 +75,24 @@ describe('rbd over CSI: sinter all, user-space attach (qemu-nbd rbd driver, nbdf
     await node.NodePublishVolume({ volume_id: id, staging_target_path: a.staging, target_path: a.target, volume_capability: cap, publish_context: pub.publish_context });
     writeFileSync(join(a.target, 'hello.txt'), 'bytes that went through librbd');
     // While attached, the image has a watcher: qemu-nbd's librbd client.
-    expect(JSON.parse(await c.rbd(['status', '--format', 'json', `${c.pool}/${id}`])).watchers).toHaveLength(1);
+    expect(await watchers(id)).toHaveLength(1);
 
     // The user-space chain cannot show growth: NodeExpandVolume says to stage again.
     await ctl.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 96 * MiB }, volume_capability: cap });
     const grow = node.NodeExpandVolume({ volume_id: id, volume_path: a.target, staging_target_path: a.staging, capacity_range: { required_bytes: 96 * MiB }, volume_capability: cap });
-    await expect(grow).rejects.toMatchObject({ code: 9, details: expect.stringMatching(/stage the volume again/) });
+    await expect(grow).rejects.toMatchObject({ code: 9, details: stringMatching(/stage the volume again/) });
 
     // Snapshot while published (fsfreeze is the CO's business; sync makes the file reach the image).
     await execa('sync', ['-f', join(a.target, 'hello.txt')]);
-    const snap = (await ctl.CreateSnapshot({ name: 'snap-rbd-1', source_volume_id: id })).snapshot;
+    const snap = (await ctl.CreateSnapshot({ name: 'snap-rbd-1', source_volume_id: id })).snapshot!;
     expect(snap.ready_to_use).toBe(true);
     const clone = (
       await ctl.CreateVolume({ name: 'pvc-rbd-clone', capacity_range: { required_bytes: 96 * MiB }, volume_capabilities: [cap], volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })
-    ).volume.volume_id as string;
+    ).volume!.volume_id!;
     await node.NodeUnpublishVolume({ volume_id: id, target_path: a.target });
     await node.NodeUnstageVolume({ volume_id: id, staging_target_path: a.staging });
     await ctl.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
-    expect(JSON.parse(await c.rbd(['status', '--format', 'json', `${c.pool}/${id}`])).watchers).toHaveLength(0);
+    expect(await watchers(id)).toHaveLength(0);
 
     const cpub = await ctl.ControllerPublishVolume({ volume_id: clone, node_id: nodeId, volume_capability: cap });
     const b = paths(clone);

@@ -91,7 +91,7 @@ describe('configuration schema', () => {
     expectTypeOf<Config['node']['fc']>().toEqualTypeOf<{ scanTimeoutSeconds: number; removeTimeoutSeconds: number }>();
     const c = load(full);
     expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
-    const b0 = c.backends[0]!;
+    const b0 = c.backends[0];
     expect(b0.driver === 'file' ? b0.iscsi : undefined).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
   });
 });

@@ -104,7 +104,7 @@ export class RbdBackend implements Backend {
   }
 
   /** The last probe's outcome, for PROBE_CACHE_MS: Probe is polled, and a Ceph CLI call costs ~0.2-2 s. */
-  private probed?: { at: number; error?: unknown; running?: Promise<void> };
+  private probed?: { at: number; error?: Error; running?: Promise<void> };
 
   async probe(): Promise<void> {
     const p = this.probed;
@@ -116,7 +116,8 @@ export class RbdBackend implements Backend {
     // One monitor round trip: the pool's usage (also proves the key and caps). Shared by the callers that wait for it.
     const running = this.pool.usage().then(
       () => void (this.probed = { at: performance.now() }),
-      (error: unknown) => {
+      (e: unknown) => {
+        const error = e instanceof Error ? e : new Error(String(e));
         this.probed = { at: performance.now(), error };
         throw error;
       },

@@ -20,7 +20,7 @@ export function parseVolume(text: string | undefined): StoredVolume | undefined 
   if (text === undefined) return undefined;
   try {
     const x: unknown = JSON.parse(text);
-    return isVolumeRecord(x) ? (x as StoredVolume) : undefined;
+    return isVolumeRecord(x) ? x : undefined;
   } catch {
     return undefined;
   }
@@ -30,7 +30,7 @@ export function parseSnapshot(text: string | undefined): StoredSnapshot | undefi
   if (text === undefined) return undefined;
   try {
     const x: unknown = JSON.parse(text);
-    return isSnapshotRecord(x) ? (x as StoredSnapshot) : undefined;
+    return isSnapshotRecord(x) ? x : undefined;
   } catch {
     return undefined;
   }
