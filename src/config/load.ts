@@ -103,6 +103,8 @@ export function loadConfig(role: Role, argv: string[]): Config {
 
   const { kubernetes, ...cfg } = parseConfig(fileSchema, raw, '', rename);
   const { backends, nodeName } = cfg;
+  // Local state defaults under the first backend that has a data directory (an rbd backend has none).
+  const firstDataDir = backends.flatMap((b) => (b.driver === 'file' ? [b.dataDir] : []))[0];
 
   if (role !== 'node' && backends.length === 0) throw new ConfigError('backends', 'the controller needs at least one backend (--data-dir DIR or backends: in --config)');
   const seen = new Set<string>();
@@ -110,6 +112,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
     if (seen.has(b.name)) throw new ConfigError(`backends[${i}].name`, `"${b.name}" is used twice`);
     seen.add(b.name);
     for (const other of backends.slice(0, i)) {
+      if (b.driver !== 'file' || other.driver !== 'file') continue;
       if (b.dataDir === other.dataDir || b.dataDir.startsWith(`${other.dataDir}/`) || other.dataDir.startsWith(`${b.dataDir}/`))
         throw new ConfigError(`backends[${i}].dataDir`, `overlaps the data directory of backend "${other.name}"`);
     }
@@ -123,10 +126,10 @@ export function loadConfig(role: Role, argv: string[]): Config {
     node: {
       ...cfg.node,
       topology: { [NODE_TOPOLOGY_KEY]: nodeName, ...cfg.node.topology },
-      stateDir: cfg.node.stateDir ?? (backends.length > 0 && role === 'all' ? `${backends[0]!.dataDir}/node-state` : '/var/lib/sinter/node'),
+      stateDir: cfg.node.stateDir ?? (firstDataDir !== undefined && role === 'all' ? `${firstDataDir}/node-state` : '/var/lib/sinter/node'),
       orphanTargetPrefixes: cfg.node.orphanTargetPrefixes ?? defaultOrphanTargetPrefixes(backends),
     },
-    controller: { stateDir: cfg.controller.stateDir ?? (backends.length > 0 ? `${backends[0]!.dataDir}/controller-state` : '/var/lib/sinter/controller') },
+    controller: { stateDir: cfg.controller.stateDir ?? (firstDataDir !== undefined ? `${firstDataDir}/controller-state` : '/var/lib/sinter/controller') },
     kubernetes: kubernetesFrom(file.kubernetes, role),
   };
 }

@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import * as v from 'valibot';
 import { DEFAULT_IQN_PREFIX, isValidIqn, NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
-import { parsePortal } from '../contracts/publish-context.js';
+import { parsePortal, RBD_MONITOR_RE } from '../contracts/publish-context.js';
 import { parseEndpoint } from '../csi/endpoint.js';
 import { issueKey } from '../store/check.js';
 import { ConfigError } from './error.js';
@@ -135,24 +135,29 @@ export const iscsiSchema = v.pipe(
   ),
 );
 
-export const backendSchema = v.pipe(
+const backendName = v.pipe(
+  str,
+  v.regex(BACKEND_NAME_RE, (i) => `"${String(i.input)}" must be lower-case letters, digits and '-', at most 32 characters`),
+  // Volume ids are `<backend>-<uuid>`; `static-<name>` is the static volumes' handle (src/controller/static-volumes.ts).
+  v.check((n) => n !== 'static' && !n.startsWith('static-'), (i) => `"${String(i.input)}" is reserved: volume handles starting with "static-" name static (pre-provisioned) volumes`),
+);
+
+/** Cinder's max_over_subscription_ratio for thin (sparse) images. */
+const overSubscriptionRatio = v.optional(num(1, 1000), 1);
+/** Cinder's reserved_percentage: part of the physical space never handed out. */
+const reservedPercent = v.optional(num(0, 99), 0);
+
+export const fileBackendSchema = v.pipe(
   strict({
-    name: v.pipe(
-      str,
-      v.regex(BACKEND_NAME_RE, (i) => `"${String(i.input)}" must be lower-case letters, digits and '-', at most 32 characters`),
-      // Volume ids are `<backend>-<uuid>`; `static-<name>` is the static volumes' handle (src/controller/static-volumes.ts).
-      v.check((n) => n !== 'static' && !n.startsWith('static-'), (i) => `"${String(i.input)}" is reserved: volume handles starting with "static-" name static (pre-provisioned) volumes`),
-    ),
-    driver: v.optional(oneOf(['file']), 'file'),
+    name: backendName,
+    driver: v.optional(v.literal('file'), 'file'),
     dataDir: absPath,
     /** Labels the scheduler's filters match against StorageClass parameters (`type: ssd`). */
     labels: strMap,
     /** Topology segments of the nodes that can reach this backend; empty = every node (`sinter all`: this node). */
     topology: strMap,
-    /** Cinder's max_over_subscription_ratio for thin (sparse) images. */
-    overSubscriptionRatio: v.optional(num(1, 1000), 1),
-    /** Cinder's reserved_percentage: part of the physical space never handed out. */
-    reservedPercent: v.optional(num(0, 99), 0),
+    overSubscriptionRatio,
+    reservedPercent,
     /** Caps the backend below its filesystem's size; 0 = the filesystem's size. */
     capacityBytes: v.optional(int(0, Number.MAX_SAFE_INTEGER), 0),
     /** How nodes reach the images: `local` (loop-attach the file, same host) or `iscsi` (tgtd exports). */
@@ -163,6 +168,72 @@ export const backendSchema = v.pipe(
     v.check((b) => (b.export === 'iscsi') === (b.iscsi !== undefined), (i) => (i.input.export === 'iscsi' ? 'is required with export: iscsi (at least portals)' : 'only applies with export: iscsi')),
     ['iscsi'],
   ),
+);
+
+// Ceph names: a pool or cephx user is letters, digits and . _ - (no '/', '@', spaces or ',' that would
+// change what an `rbd` or qemu option means).
+const CEPH_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const cephName = (what: string) => v.pipe(str, v.regex(CEPH_NAME_RE, (i) => `"${String(i.input)}" is not a ${what} name (letters, digits, '.', '_', '-')`));
+export const RBD_DEFAULT_FEATURES = ['layering', 'exclusive-lock', 'object-map', 'fast-diff', 'deep-flatten'] as const;
+const RBD_FEATURES = [...RBD_DEFAULT_FEATURES, 'journaling', 'striping'] as const;
+
+/** A Ceph RBD pool (src/backends/rbd): volumes are images, their records live in image metadata. */
+export const rbdBackendSchema = v.pipe(
+  strict({
+    name: backendName,
+    driver: v.literal('rbd'),
+    /** The pool holding the images (and their metadata: the records). */
+    pool: cephName('pool'),
+    /** An erasure-coded pool for the data objects (`rbd create --data-pool`); the images' headers stay in `pool`. */
+    dataPool: v.optional(cephName('pool')),
+    /** Monitor addresses; every Ceph call gets them explicitly (never a DNS lookup, never /etc/ceph). */
+    monitors: v.pipe(
+      v.array(v.pipe(str, v.regex(RBD_MONITOR_RE, (i) => `"${String(i.input)}" is not a monitor address (host, host:port, [IPv6]:port, optionally v1:/v2:)`)), 'must list at least one monitor (host:port)'),
+      v.minLength(1, 'must list at least one monitor (host:port)'),
+    ),
+    /** cephx user (without `client.`). */
+    user: v.optional(cephName('cephx user'), 'admin'),
+    /** A file holding the user's bare cephx key (`ceph auth get-key`); read at each call, never put on a command line. */
+    keyFile: absPath,
+    /** Features of new images (`rbd create --image-feature`). */
+    imageFeatures: v.optional(
+      v.pipe(v.array(v.picklist(RBD_FEATURES, `must be among ${RBD_FEATURES.join(', ')}`), 'must be a list of image features'), v.minLength(1, 'must list at least layering')),
+      [...RBD_DEFAULT_FEATURES],
+    ),
+    labels: strMap,
+    topology: strMap,
+    overSubscriptionRatio,
+    reservedPercent,
+    /** A clone chain this deep (ancestors) is flattened in the background after the create (ceph-csi's rbdsoftmaxclonedepth). */
+    cloneDepthSoftLimit: v.optional(int(1, 64), 4),
+    /** A clone chain this deep is flattened before the create returns (ceph-csi's rbdhardmaxclonedepth). */
+    cloneDepthHardLimit: v.optional(int(1, 64), 8),
+    /** Seconds a single rbd/ceph command may take (librados' client_mount_timeout and rados_mon_op_timeout follow). */
+    commandTimeoutSeconds: v.optional(num(1, 3600), 60),
+  }),
+  v.forward(
+    v.check((b) => b.cloneDepthSoftLimit <= b.cloneDepthHardLimit, 'must not exceed cloneDepthHardLimit'),
+    ['cloneDepthSoftLimit'],
+  ),
+);
+
+const DRIVERS = { file: fileBackendSchema, rbd: rbdBackendSchema } as const;
+type BackendOutput = v.InferOutput<typeof fileBackendSchema> | v.InferOutput<typeof rbdBackendSchema>;
+/** A backend: `driver` (default file) picks the schema its other keys are checked against. */
+export const backendSchema = v.pipe(
+  isMap('must be a map'),
+  v.rawTransform<Record<string, unknown>, BackendOutput>(({ dataset, addIssue, NEVER }) => {
+    const d = dataset.value.driver ?? 'file';
+    const schema = typeof d === 'string' && Object.hasOwn(DRIVERS, d) ? DRIVERS[d as keyof typeof DRIVERS] : undefined;
+    if (!schema) {
+      addIssue({ message: `must be one of ${Object.keys(DRIVERS).join(', ')}`, path: [{ type: 'object', origin: 'value', input: dataset.value, key: 'driver', value: d }] });
+      return NEVER;
+    }
+    const r = v.safeParse(schema, dataset.value, { abortEarly: true });
+    if (r.success) return r.output;
+    for (const i of r.issues) addIssue({ message: i.message, path: i.path as never });
+    return NEVER;
+  }),
 );
 
 export const fcSchema = section({
@@ -198,6 +269,12 @@ export const nodeSchema = section({
   /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
   devRoot: v.optional(v.pipe(absPath, notRoot), '/dev'),
   fc: fcSchema,
+  /** This node's cephx identity for rbd volumes (user-space attach); a StorageClass node-stage secret (userID, userKey) takes precedence. */
+  rbd: section({
+    user: v.optional(cephName('cephx user'), 'admin'),
+    /** A file holding the bare cephx key (0600). */
+    keyFile: v.optional(absPath),
+  }),
   /**
    * What start-up does with an iSCSI attachment (session + LUN device) that no
    * stage record explains and nothing uses: `report` it only (the default: it

@@ -5,7 +5,14 @@
 export type PublishContext =
   | { transport: 'local'; path: string }
   | { transport: 'iscsi'; portals: string[]; iqn: string; lun: number }
-  | { transport: 'fc'; wwns: string[]; lun: number };
+  | { transport: 'fc'; wwns: string[]; lun: number }
+  /** Ceph RBD: the node reaches the image with its own cephx key (node config), never one in here. */
+  | { transport: 'rbd'; pool: string; image: string; monitors: string[] };
+
+/** A pool or image name safe in an `rbd` image spec and a qemu option: no '/', '@', ',', '=' or spaces. */
+export const RBD_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
+/** A monitor address: `host`, `host:port`, `[v6]:port`, optionally `v1:`/`v2:`. */
+export const RBD_MONITOR_RE = /^(?:v[12]:)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
 
 export class PublishContextError extends Error {}
 
@@ -54,6 +61,8 @@ export function encodePublishContext(c: PublishContext): Record<string, string> 
       return { transport: 'iscsi', portals: c.portals.join(','), iqn: c.iqn, lun: String(c.lun) };
     case 'fc':
       return { transport: 'fc', wwns: c.wwns.join(','), lun: String(c.lun) };
+    case 'rbd':
+      return { transport: 'rbd', pool: c.pool, image: c.image, monitors: c.monitors.join(',') };
   }
 }
 
@@ -81,7 +90,15 @@ export function decodePublishContext(ctx: Record<string, string> | undefined): P
       return { transport: 'iscsi', portals: listOf(c.portals, 'portals'), iqn: c.iqn, lun: lunOf(c.lun) };
     case 'fc':
       return { transport: 'fc', wwns: listOf(c.wwns, 'wwns').map((w) => w.toLowerCase().replace(/^0x/, '')), lun: lunOf(c.lun) };
+    case 'rbd': {
+      for (const k of ['pool', 'image'] as const)
+        if (!c[k] || !RBD_NAME_RE.test(c[k])) throw new PublishContextError(`publish_context.${k} "${(c[k] ?? '').slice(0, 100)}" is not an RBD ${k} name (letters, digits, '.', '_', '-')`);
+      const monitors = listOf(c.monitors, 'monitors');
+      const bad = monitors.find((m) => !RBD_MONITOR_RE.test(m));
+      if (bad !== undefined) throw new PublishContextError(`publish_context.monitors: "${bad.slice(0, 100)}" is not a monitor address (host:port)`);
+      return { transport: 'rbd', pool: c.pool!, image: c.image!, monitors };
+    }
     default:
-      throw new PublishContextError(`publish_context.transport "${c.transport ?? ''}" is not one of local, iscsi, fc`);
+      throw new PublishContextError(`publish_context.transport "${c.transport ?? ''}" is not one of local, iscsi, fc, rbd`);
   }
 }

@@ -5,6 +5,7 @@ import type { Config } from '../config/types.js';
 import { encodeNodeId, isValidIqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { HostExecutor } from '../exec/run.js';
 import { IscsiConnector } from './connectors/iscsi-connector.js';
+import { RbdConnector } from './connectors/rbd.js';
 import { onlineInitiatorWwpns } from './connectors/fc.js';
 import { NodeService } from './service.js';
 
@@ -45,7 +46,7 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
       // The node segment is the node id's host, which the controller reads back from the id (src/contracts/nodeid.ts).
       topology: { ...cfg.node.topology, [NODE_TOPOLOGY_KEY]: parseNodeId(nodeId)?.host ?? cfg.nodeName },
       kubeletRoots: cfg.kubeletRoots,
-      localRoots: cfg.backends.map((b) => join(b.dataDir, 'volumes')),
+      localRoots: cfg.backends.flatMap((b) => (b.driver === 'file' ? [join(b.dataDir, 'volumes')] : [])),
       stateDir: cfg.node.stateDir,
       sysfsRoot: cfg.node.sysfsRoot,
       devRoot: cfg.node.devRoot,
@@ -69,6 +70,11 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
         },
         exec,
         log.child({ part: 'iscsi' }),
+      ),
+      new RbdConnector(
+        { stateDir: join(cfg.node.stateDir, 'rbd-userspace'), user: cfg.node.rbd.user, keyFile: cfg.node.rbd.keyFile, sysfsRoot: cfg.node.sysfsRoot },
+        exec,
+        log.child({ part: 'rbd' }),
       ),
     ],
   });

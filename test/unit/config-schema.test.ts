@@ -91,7 +91,8 @@ describe('configuration schema', () => {
     expectTypeOf<Config['node']['fc']>().toEqualTypeOf<{ scanTimeoutSeconds: number; removeTimeoutSeconds: number }>();
     const c = load(full);
     expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
-    expect(c.backends[0].iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
+    const b0 = c.backends[0];
+    expect(b0.driver === 'file' ? b0.iscsi : undefined).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
   });
 
   it('iscsi.helper: lio — portals must be IP literals (LIO binds them), discard is a LIO switch only', () => {

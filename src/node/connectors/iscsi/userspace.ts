@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { LoopDevices } from '../../loop-device.js';
+import { NbdFuseChain } from '../nbd-chain.js';
 import { maskSecrets } from '../../../exec/mask.js';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
@@ -10,7 +10,6 @@ import { DomainError, Code, failedPrecondition, internal, invalidArgument } from
 import { KeyedLock } from '../../../csi/locks.js';
 import type { DaemonSpawner, Executor } from '../../../exec/run.js';
 import { writeFileAtomic } from '../../../store/atomic-file.js';
-import { poll } from '../../../util/poll.js';
 import { livePid, readTail, stopPid, waitReady } from './daemon-process.js';
 import { classifyLoginFailure } from './login-errors.js';
 import { parsePortal, validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiConnectOptions, type IscsiHealth, type IscsiInitiator, type IscsiTarget, type Portal } from './types.js';
@@ -86,7 +85,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
   private readonly stopTimeoutMs: number;
   private readonly procRoot: string;
   private readonly sysfsRoot: string;
-  private readonly loops: LoopDevices;
+  private readonly chain: NbdFuseChain;
   private readonly directIo: boolean;
 
   constructor(
@@ -98,8 +97,12 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     this.stopTimeoutMs = cfg.stopTimeoutMs ?? 10_000;
     this.procRoot = cfg.procRoot ?? '/proc';
     this.sysfsRoot = cfg.sysfsRoot ?? '/sys';
-    this.loops = new LoopDevices(exec, join(this.sysfsRoot, 'block'));
     this.directIo = cfg.directIo ?? true;
+    this.chain = new NbdFuseChain(
+      exec,
+      { procRoot: this.procRoot, sysfsRoot: this.sysfsRoot, loginTimeoutMs: this.loginTimeoutMs, stopTimeoutMs: this.stopTimeoutMs, directIo: this.directIo, what: 'the iSCSI volume' },
+      log,
+    );
   }
 
   /** The attachment directory for (portal, iqn, lun). */
@@ -307,97 +310,26 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     }
   }
 
-  private async startNbdfuse(dir: string, target: IscsiTarget): Promise<void> {
-    const pidFile = join(dir, 'nbdfuse.pid');
-    await fs.rm(pidFile, { force: true });
-    const log = join(dir, 'nbdfuse.log');
-    await fs.rm(log, { force: true });
-    const d = await this.exec.spawnDaemon('nbdfuse', ['-P', pidFile, join(dir, 'mnt', 'disk'), '--unix', join(dir, 'nbd.sock')], { logFile: log });
-    const ok = await waitReady(pidFile, d.exited, this.loginTimeoutMs);
-    if (ok !== 'ready') {
-      if (ok === 'timeout') await stopPid(this.procRoot, d.pid, dir, this.stopTimeoutMs);
-      throw internal(`nbdfuse did not expose ${target.iqn} LUN ${target.lun} as a file${ok === 'timeout' ? ' in time' : ''}: ${(await readTail(log)).trim().split('\n').slice(-2).join(' | ') || 'no output'}`);
-    }
+  private startNbdfuse(dir: string, target: IscsiTarget): Promise<void> {
+    return this.chain.startNbdfuse(dir, `${target.iqn} LUN ${target.lun}`);
   }
 
-  /** The loop device over the FUSE file: looked for and made under the host's one losetup lock. */
-  private async attachLoop(dir: string): Promise<string> {
-    const file = join(dir, 'mnt', 'disk');
-    return this.loops.exclusive(async () => {
-      const existing = await this.loops.backedBy(file);
-      if (existing) return existing;
-      return this.loops.attachLocked(file, `attaching the iSCSI LUN's file as a loop device`, { directIo: this.directIo });
-    });
+  private attachLoop(dir: string): Promise<string> {
+    return this.chain.attachLoop(dir, "the iSCSI LUN");
   }
-
-  // ---------------------------------------------------------------- inspect
 
   /** What of an attachment really exists; undefined when its directory does not. */
-  private async inspect(dir: string): Promise<Omit<UserspaceAttachmentInfo, 'portal' | 'iqn' | 'lun' | 'initiatorName' | 'dir'> | undefined> {
-    try {
-      await fs.access(dir);
-    } catch {
-      return undefined;
-    }
-    const qemuNbdPid = await livePid(this.procRoot, join(dir, 'qemu-nbd.pid'), dir);
-    const nbdfusePid = await livePid(this.procRoot, join(dir, 'nbdfuse.pid'), dir);
-    const mounted = await this.isMounted(join(dir, 'mnt'));
-    const devicePath = await this.loopFor(join(dir, 'mnt', 'disk'));
-    return { qemuNbdPid, nbdfusePid, mounted, devicePath };
-  }
-
-  private async isMounted(path: string): Promise<boolean> {
-    const r = await this.exec.run('mountpoint', ['-q', path], { okExitCodes: [1, 32] });
-    return r.exitCode === 0;
-  }
-
-  private backingFileOf(loop: string): Promise<string | undefined> {
-    return this.loops.backingFile(loop);
+  private inspect(dir: string): Promise<Omit<UserspaceAttachmentInfo, 'portal' | 'iqn' | 'lun' | 'initiatorName' | 'dir'> | undefined> {
+    return this.chain.inspect(dir);
   }
 
   private loopFor(file: string): Promise<string | undefined> {
-    return this.loops.backedBy(file);
+    return this.chain.loopFor(file);
   }
 
-  // --------------------------------------------------------------- teardown
-
-  /** loop → FUSE → nbdfuse → qemu-nbd → directory; each step skipped when already gone. */
-  private async teardown(dir: string): Promise<void> {
-    try {
-      await fs.access(dir);
-    } catch {
-      return;
-    }
-    const file = join(dir, 'mnt', 'disk');
-    const loop = await this.loopFor(file);
-    if (loop) {
-      await this.exec.run('blockdev', ['--flushbufs', loop]).catch((e) => this.log?.warn({ loop, err: (e as Error).message }, 'flush before detach failed'));
-      await this.loops.detach(loop, `detaching ${loop}`);
-      // A device still open (mounted, or briefly by udev's probe) is only marked for auto-clear; do not pull the file from under it.
-      // Watch that one device (a udev probe ends within milliseconds), then check no other device took the file.
-      await poll(async () => ((await this.backingFileOf(loop)) === file ? undefined : true), { initialMs: 5, maxMs: 100, factor: 1.5, timeoutMs: this.stopTimeoutMs });
-      if (await this.loopFor(file)) throw failedPrecondition(`${loop} is still in use (mounted or open); unmount it before detaching the iSCSI volume`);
-    }
-    // Unmount straight away; only a refusal is worth asking whether anything is mounted there.
-    const mnt = join(dir, 'mnt');
-    let refused: unknown;
-    await poll(
-      async () => {
-        try {
-          await this.exec.run('fusermount3', ['-u', mnt]);
-        } catch (e) {
-          if (await this.isMounted(mnt)) throw (refused = e);
-        }
-        return true;
-      },
-      { initialMs: 100, maxMs: 100, factor: 1, maxAttempts: 20, retryOn: (e) => e === refused },
-    );
-    const fusePid = await livePid(this.procRoot, join(dir, 'nbdfuse.pid'), dir);
-    if (fusePid) await stopPid(this.procRoot, fusePid, dir, this.stopTimeoutMs, 2000);
-    const qemuPid = await livePid(this.procRoot, join(dir, 'qemu-nbd.pid'), dir);
-    if (qemuPid) await stopPid(this.procRoot, qemuPid, dir, this.stopTimeoutMs);
-    await fs.rm(dir, { recursive: true, force: true });
-    this.log?.info({ dir }, 'user-space iSCSI detached');
+  /** loop → FUSE → nbdfuse → qemu-nbd → directory (the shared user-space chain). */
+  private teardown(dir: string): Promise<void> {
+    return this.chain.teardown(dir);
   }
 
 

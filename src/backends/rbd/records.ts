@@ -1,0 +1,37 @@
+import type { SnapshotRecord, VolumeRecord } from '../backend.js';
+import { isSnapshotRecord, isVolumeRecord } from '../file/records.js';
+
+// A record is one image-meta key on its own image, so the image and its
+// record go together (a removed image takes its record along) and the
+// controller holds nothing on local disk: any controller replica reads them back.
+
+export const VOLUME_META_KEY = 'sinter.volume';
+export const SNAPSHOT_META_KEY = 'sinter.snapshot';
+
+/** What sinter stores beside the CSI record: the clone chain's depth (ancestors), for the flatten limits. */
+export interface RbdExtra {
+  cloneDepth: number;
+}
+
+export type StoredVolume = VolumeRecord & { rbd?: RbdExtra };
+export type StoredSnapshot = SnapshotRecord & { rbd?: RbdExtra };
+
+export function parseVolume(text: string | undefined): StoredVolume | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const x: unknown = JSON.parse(text);
+    return isVolumeRecord(x) ? x : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function parseSnapshot(text: string | undefined): StoredSnapshot | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const x: unknown = JSON.parse(text);
+    return isSnapshotRecord(x) ? x : undefined;
+  } catch {
+    return undefined;
+  }
+}

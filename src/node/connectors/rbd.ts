@@ -1,0 +1,250 @@
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { PublishContext } from '../../contracts/publish-context.js';
+import { KeyedLock } from '../../csi/locks.js';
+import { failedPrecondition, internal } from '../../errors/domain-error.js';
+import type { DaemonSpawner, Executor } from '../../exec/run.js';
+import { writeFileAtomic } from '../../store/atomic-file.js';
+import type { Connector, DeviceCondition } from './connector.js';
+import { readTail, stopPid, waitReady } from './iscsi/daemon-process.js';
+import { NbdFuseChain } from './nbd-chain.js';
+
+type RbdContext = Extract<PublishContext, { transport: 'rbd' }>;
+
+export interface RbdConnectorConfig {
+  /** Private state directory (created 0700), e.g. /run/sinter/rbd-userspace. */
+  stateDir: string;
+  /** The node's cephx user and key file (node config); NodeStageVolume secrets `userID`/`userKey` take precedence. */
+  user?: string;
+  keyFile?: string;
+  procRoot?: string;
+  sysfsRoot?: string;
+  /** How long qemu-nbd may take to connect to the cluster and open the image, and nbdfuse to mount. */
+  openTimeoutMs?: number;
+  stopTimeoutMs?: number;
+}
+
+function asRbd(ctx: PublishContext): RbdContext {
+  if (ctx.transport !== 'rbd') throw new Error(`rbd connector got a ${ctx.transport} context`);
+  return ctx;
+}
+
+/** qemu option values: a comma is written as two. */
+const qemuOpt = (v: string) => v.replace(/,/g, ',,');
+
+/** A monitor address as qemu's rbd driver takes it (host and port; librados reads msgr2 from any port but 6789). */
+export function monitorHostPort(m: string): { host: string; port: number } {
+  const bare = m.replace(/^v[12]:/, '');
+  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(bare);
+  if (v6) return { host: v6[1]!, port: v6[2] ? Number(v6[2]) : 3300 };
+  const [host, port] = bare.split(':');
+  return { host: host!, port: port ? Number(port) : m.startsWith('v1:') ? 6789 : 3300 };
+}
+
+interface AttachmentRecord {
+  pool: string;
+  image: string;
+  monitors: string[];
+  createdAt: string;
+}
+
+/**
+ * The `rbd` transport in user space, for nodes without the rbd kernel module:
+ * qemu-nbd with its rbd driver (librbd) opens the image, then the shared
+ * nbdfuse + loop chain (nbd-chain.ts, as the user-space iSCSI initiator)
+ * makes a block device of it.
+ *
+ * librbd gets everything explicitly: monitors as `server.N.*`, the cephx user,
+ * the key as a qemu secret object read from a 0600 file (never on the command
+ * line: a key from the stage secrets is written to the attachment's 0700
+ * directory and removed once qemu-nbd has opened the image), and
+ * `conf=/dev/null` so it reads no /etc/ceph and looks nothing up in DNS.
+ */
+export class RbdConnector implements Connector {
+  readonly transport = 'rbd' as const;
+  private readonly locks = new KeyedLock();
+  private readonly chain: NbdFuseChain;
+  private readonly procRoot: string;
+  private readonly openTimeoutMs: number;
+  private readonly stopTimeoutMs: number;
+
+  constructor(
+    private readonly cfg: RbdConnectorConfig,
+    private readonly exec: Executor & DaemonSpawner,
+    private readonly log?: Logger,
+  ) {
+    this.procRoot = cfg.procRoot ?? '/proc';
+    this.openTimeoutMs = cfg.openTimeoutMs ?? 60_000;
+    this.stopTimeoutMs = cfg.stopTimeoutMs ?? 10_000;
+    this.chain = new NbdFuseChain(
+      exec,
+      { procRoot: this.procRoot, sysfsRoot: cfg.sysfsRoot ?? '/sys', loginTimeoutMs: this.openTimeoutMs, stopTimeoutMs: this.stopTimeoutMs, directIo: true, what: 'the rbd image' },
+      log,
+    );
+  }
+
+  dirFor(c: RbdContext): string {
+    const key = createHash('sha256').update(`${c.pool}\n${c.image}`).digest('hex').slice(0, 20);
+    return join(this.cfg.stateDir, key);
+  }
+
+  /** Where the key comes from: the stage secrets (ceph-csi's `userID`/`userKey`), else the node config. */
+  private credentials(secrets: Record<string, string>): { user: string; key?: string; keyFile?: string } {
+    if (secrets.userKey) return { user: secrets.userID || this.cfg.user || 'admin', key: secrets.userKey };
+    if (this.cfg.keyFile) return { user: this.cfg.user ?? 'admin', keyFile: this.cfg.keyFile };
+    throw failedPrecondition(
+      'this node has no cephx key for rbd volumes: set node.rbd.keyFile (and node.rbd.user) in the node config, or give the StorageClass a node-stage secret with userID and userKey',
+    );
+  }
+
+  async validate(ctx: PublishContext): Promise<void> {
+    asRbd(ctx);
+  }
+
+  async connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string> {
+    return (await this.attach(ctx, secrets)).device;
+  }
+
+  async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
+    const c = asRbd(ctx);
+    const creds = this.credentials(secrets);
+    return this.locks.run(`${c.pool}/${c.image}`, async () => {
+      await fs.mkdir(this.cfg.stateDir, { recursive: true, mode: 0o700 });
+      const dir = this.dirFor(c);
+      const st = await this.chain.inspect(dir);
+      if (st?.qemuNbdPid && st.nbdfusePid && st.mounted && st.devicePath) return { device: st.devicePath, attached: false };
+      if (st) {
+        this.log?.warn({ dir, st }, 'incomplete user-space rbd attachment found; tearing it down before attaching again');
+        await this.chain.teardown(dir);
+      }
+      await fs.mkdir(join(dir, 'mnt'), { recursive: true, mode: 0o700 });
+      await fs.chmod(dir, 0o700);
+      const rec: AttachmentRecord = { pool: c.pool, image: c.image, monitors: c.monitors, createdAt: new Date().toISOString() };
+      await writeFileAtomic(join(dir, 'attachment.json'), JSON.stringify(rec, null, 2));
+      const what = `rbd image ${c.pool}/${c.image}`;
+      try {
+        await this.startQemuNbd(dir, c, creds);
+        await this.chain.startNbdfuse(dir, what);
+        const device = await this.chain.attachLoop(dir, what);
+        this.log?.info({ pool: c.pool, image: c.image, device }, 'user-space rbd attached');
+        return { device, attached: true };
+      } catch (e) {
+        await this.chain.teardown(dir).catch((te: unknown) => this.log?.error({ dir, err: (te as Error).message }, 'cleanup after a failed attach failed'));
+        throw e;
+      } finally {
+        await fs.rm(join(dir, 'key'), { force: true });
+      }
+    });
+  }
+
+  private async startQemuNbd(dir: string, c: RbdContext, creds: { user: string; key?: string; keyFile?: string }): Promise<void> {
+    const pidFile = join(dir, 'qemu-nbd.pid');
+    const sock = join(dir, 'nbd.sock');
+    await fs.rm(pidFile, { force: true });
+    await fs.rm(sock, { force: true });
+    let keyFile = creds.keyFile;
+    if (creds.key !== undefined) {
+      keyFile = join(dir, 'key');
+      await fs.rm(keyFile, { force: true });
+      const fh = await fs.open(keyFile, 'wx', 0o600);
+      try {
+        await fh.writeFile(creds.key.trim());
+      } finally {
+        await fh.close();
+      }
+    }
+    const image = ['driver=rbd', `pool=${qemuOpt(c.pool)}`, `image=${qemuOpt(c.image)}`, `user=${qemuOpt(creds.user)}`, 'key-secret=sinter-rbd-key', 'auth-client-required.0=cephx', 'conf=/dev/null'];
+    c.monitors.forEach((m, i) => {
+      const { host, port } = monitorHostPort(m);
+      image.push(`server.${i}.host=${qemuOpt(host)}`, `server.${i}.port=${port}`);
+    });
+    const args = [
+      '--object', `secret,id=sinter-rbd-key,format=base64,file=${qemuOpt(keyFile!)}`,
+      '--image-opts', image.join(','),
+      // --persistent: keep serving when nbdfuse reconnects; the pid file appears once the image is open and the socket listens.
+      '--socket', sock, '--persistent', '--pid-file', pidFile,
+    ];
+    const log = join(dir, 'qemu-nbd.log');
+    await fs.rm(log, { force: true });
+    const d = await this.exec.spawnDaemon('qemu-nbd', args, { logFile: log });
+    const ok = await waitReady(pidFile, d.exited, this.openTimeoutMs);
+    if (ok !== 'ready') {
+      if (ok === 'timeout') await stopPid(this.procRoot, d.pid, dir, this.stopTimeoutMs);
+      const text = (await readTail(log)).trim().split('\n').slice(-2).join(' | ') || 'no output';
+      if (/Permission denied|error connecting|\(13\)|\(1\)/i.test(text))
+        throw failedPrecondition(`opening rbd image ${c.pool}/${c.image} as client.${creds.user} was refused by Ceph (${text}); check the node's cephx key and that its caps include "profile rbd" on pool ${c.pool}`);
+      if (/No such file or directory|\(2\)/.test(text)) throw failedPrecondition(`rbd image ${c.pool}/${c.image} does not exist in the cluster at ${c.monitors.join(',')}`);
+      throw internal(`qemu-nbd could not open rbd image ${c.pool}/${c.image}${ok === 'timeout' ? ' in time (are the monitors reachable from this node?)' : ''}: ${text}`);
+    }
+  }
+
+  async find(ctx: PublishContext): Promise<string | undefined> {
+    const st = await this.chain.inspect(this.dirFor(asRbd(ctx)));
+    return st?.mounted ? st.devicePath : undefined;
+  }
+
+  async disconnect(ctx: PublishContext): Promise<void> {
+    const c = asRbd(ctx);
+    await this.locks.run(`${c.pool}/${c.image}`, () => this.chain.teardown(this.dirFor(c)));
+  }
+
+  /** Nothing to re-read: see staleSizeReason. */
+  async rescan(): Promise<void> {}
+
+  async staleSizeReason(): Promise<string> {
+    // qemu-nbd reads the image size when it opens it and NBD cannot announce a new one; nbdfuse and the loop device keep theirs.
+    return 'the user-space rbd attach (qemu-nbd, nbdfuse) cannot see an attached image grow; the filesystem grows at the next stage: unstage and stage the volume again (e.g. restart the pod), then expand';
+  }
+
+  async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
+    const c = asRbd(ctx);
+    const dir = this.dirFor(c);
+    const [found, daemons] = await Promise.all([this.find(c).catch(() => undefined), this.chain.daemons(dir)]);
+    const restage = 'I/O to the volume fails until it is staged again: delete the pod using it so kubelet unstages and restages the volume';
+    if (!daemons.qemuNbd) return { abnormal: true, attached: found !== undefined, message: `the connection to rbd image ${c.pool}/${c.image} is down (its qemu-nbd process exited; see qemu-nbd.log in the node's rbd state directory); ${restage}` };
+    if (!daemons.nbdfuse) return { abnormal: true, attached: found !== undefined, message: `the user-space attachment of rbd image ${c.pool}/${c.image} is broken (its nbdfuse process exited); ${restage}` };
+    if (!found) return { abnormal: true, attached: false, message: `rbd image ${c.pool}/${c.image} is no longer attached` };
+    if (found !== device) return { abnormal: true, attached: false, message: `${device} no longer belongs to rbd image ${c.pool}/${c.image}` };
+    return { abnormal: false, attached: true, message: `attached as ${device}` };
+  }
+
+  /** Every user-space rbd attachment on this node (orphan reports). */
+  async attached(): Promise<{ device: string; source: string }[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.cfg.stateDir);
+    } catch {
+      return [];
+    }
+    const out: { device: string; source: string }[] = [];
+    for (const n of names) {
+      const dir = join(this.cfg.stateDir, n);
+      const rec = await readRecord(dir);
+      const st = await this.chain.inspect(dir);
+      if (rec && st?.devicePath) out.push({ device: st.devicePath, source: `rbd:${rec.pool}/${rec.image}` });
+    }
+    return out;
+  }
+
+  /** Takes down an attachment attached() listed, unless a staged volume uses that image. */
+  async release(device: string, source: string, inUse: PublishContext[]): Promise<boolean> {
+    const m = /^rbd:([^/]+)\/(.+)$/.exec(source);
+    if (!m) return false;
+    const [pool, image] = [m[1]!, m[2]!];
+    if (inUse.some((c) => c.transport === 'rbd' && c.pool === pool && c.image === image)) return false;
+    const ctx: RbdContext = { transport: 'rbd', pool, image, monitors: [] };
+    if ((await this.find(ctx)) !== device) return false;
+    await this.disconnect(ctx);
+    return true;
+  }
+}
+
+async function readRecord(dir: string): Promise<AttachmentRecord | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(join(dir, 'attachment.json'), 'utf8')) as AttachmentRecord;
+  } catch {
+    return undefined;
+  }
+}
