@@ -3,14 +3,17 @@ import type { BackendConfig } from '../config/types.js';
 import type { Executor } from '../exec/run.js';
 import type { Backend } from './backend.js';
 import { FileBackend } from './file/backend.js';
+import { failedPrecondition } from '../errors/domain-error.js';
 
 /**
  * The one place a backend's `driver` picks its implementation (Cinder's
- * volume_driver): file now; lvm and rbd join the switch.
+ * volume_driver): file, lvm; rbd joins the switch.
  */
 export function createBackend(cfg: BackendConfig, exec: Executor, log: Logger): Backend {
   switch (cfg.driver) {
     case 'file':
       return new FileBackend(cfg, exec, log.child({ backend: cfg.name }));
+    case 'lvm':
+      throw failedPrecondition(`backend "${cfg.name}": driver lvm is configured but its backend is not built yet`);
   }
 }

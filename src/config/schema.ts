@@ -121,15 +121,20 @@ export const iscsiSchema = strict({
   reconcileSeconds: v.optional(num(1, 86400), 30),
 });
 
-export const backendSchema = v.pipe(
-  strict({
-    name: v.pipe(
+/** A backend's name: also the first part of its volume ids. */
+const backendName = v.pipe(
       str,
       v.regex(BACKEND_NAME_RE, (i) => `"${String(i.input)}" must be lower-case letters, digits and '-', at most 32 characters`),
       // Volume ids are `<backend>-<uuid>`; `static-<name>` is the static volumes' handle (src/controller/static-volumes.ts).
       v.check((n) => n !== 'static' && !n.startsWith('static-'), (i) => `"${String(i.input)}" is reserved: volume handles starting with "static-" name static (pre-provisioned) volumes`),
-    ),
-    driver: v.optional(oneOf(['file']), 'file'),
+    );
+
+const DRIVERS_MSG = 'must be one of file, lvm';
+
+export const fileBackendSchema = v.pipe(
+  strict({
+    name: backendName,
+    driver: v.optional(v.picklist(['file'], DRIVERS_MSG), 'file'),
     dataDir: absPath,
     /** Labels the scheduler's filters match against StorageClass parameters (`type: ssd`). */
     labels: strMap,
@@ -149,6 +154,55 @@ export const backendSchema = v.pipe(
     v.check((b) => (b.export === 'iscsi') === (b.iscsi !== undefined), (i) => (i.input.export === 'iscsi' ? 'is required with export: iscsi (at least portals)' : 'only applies with export: iscsi')),
     ['iscsi'],
   ),
+);
+
+/** LVM names: VG and LV names allow letters, digits and `+_.-`, and may not start with '-'. */
+const LVM_NAME_RE = /^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$/;
+const lvmName = (what: string) => v.pipe(str, v.regex(LVM_NAME_RE, (i) => `"${String(i.input)}" is not a valid ${what} name (letters, digits, '+', '_', '.', '-'; not starting with '-')`));
+
+/**
+ * Cinder's LVM driver (cinder/volume/drivers/lvm.py): volumes are LVs in one
+ * existing volume group, thin (in a thin pool) or thick, exported through the
+ * iSCSI target helper. Records live in the LVs' tags; `dataDir` keeps only the
+ * CHAP secrets of published volumes.
+ */
+export const lvmBackendSchema = v.pipe(
+  isMap('must be a map'),
+  // The default local-state directory is named after the backend.
+  v.transform((m: Record<string, unknown>) => (m.dataDir === undefined && typeof m.name === 'string' ? { ...m, dataDir: `/var/lib/sinter/${m.name}` } : m)),
+  strict({
+    name: backendName,
+    driver: v.picklist(['lvm'], DRIVERS_MSG),
+    /** Local state only (CHAP secrets of published volumes); default /var/lib/sinter/<name>. */
+    dataDir: absPath,
+    labels: strMap,
+    topology: strMap,
+    /** An existing volume group; sinter touches only the LVs it named in it (and reads the thin pool). */
+    volumeGroup: lvmName('volume group'),
+    /** Cinder's lvm_type: `auto` = thin when the volume group has `thinPool`, else thick. */
+    lvmType: v.optional(oneOf(['thin', 'thick', 'auto']), 'auto'),
+    /** The thin pool LV in volumeGroup (made by the administrator: `lvcreate --type thin-pool`). */
+    thinPool: v.optional(lvmName('thin pool'), 'sinter-pool'),
+    /** Cinder's max_over_subscription_ratio for thin volumes (default 20.0). */
+    maxOverSubscriptionRatio: v.optional(num(1, 1000), 20),
+    /** Cinder's reserved_percentage: part of the pool (thin) or volume group (thick) never handed out. */
+    reservedPercent: v.optional(num(0, 99), 0),
+    /** New volumes are refused (RESOURCE_EXHAUSTED) once the thin pool's data or metadata use reaches this percentage. */
+    thinPoolHighWaterPercent: v.optional(num(1, 100), 90),
+    /** Cinder's volume_clear: what a thick volume's extents get before they return to the VG (thin LVs read back zeros and need none). */
+    volumeClear: v.optional(oneOf(['zero', 'none']), 'zero'),
+    /** Cinder's volume_clear_size: MiB cleared from the start of the volume; 0 = all of it. */
+    volumeClearSizeMiB: v.optional(int(0, 1_000_000_000), 0),
+    /** A thick volume's snapshot: a classic copy-on-write LV this percentage of the volume's size (100 never overflows), or 0 to refuse snapshots. */
+    thickSnapshotPercent: v.optional(num(0, 100), 100),
+    export: v.optional(v.picklist(['iscsi'], 'must be iscsi (LVM volumes are exported through the target helper)'), 'iscsi'),
+    iscsi: iscsiSchema,
+  }),
+);
+
+/** One backend: the `driver` key picks the schema (file when absent), so each driver's keys are checked strictly. */
+export const backendSchema = v.lazy((input: unknown) =>
+  typeof input === 'object' && input !== null && (input as Record<string, unknown>).driver === 'lvm' ? lvmBackendSchema : fileBackendSchema,
 );
 
 export const fcSchema = section({
