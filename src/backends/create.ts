@@ -3,7 +3,7 @@ import type { BackendConfig } from '../config/types.js';
 import type { Executor } from '../exec/run.js';
 import type { Backend } from './backend.js';
 import { FileBackend } from './file/backend.js';
-import { failedPrecondition } from '../errors/domain-error.js';
+import { LvmBackend } from './lvm/backend.js';
 
 /**
  * The one place a backend's `driver` picks its implementation (Cinder's
@@ -14,6 +14,6 @@ export function createBackend(cfg: BackendConfig, exec: Executor, log: Logger): 
     case 'file':
       return new FileBackend(cfg, exec, log.child({ backend: cfg.name }));
     case 'lvm':
-      throw failedPrecondition(`backend "${cfg.name}": driver lvm is configured but its backend is not built yet`);
+      return new LvmBackend(cfg, exec, log.child({ backend: cfg.name }));
   }
 }
