@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { stringMatching } from '../helpers/matchers.js';
 import { stringify } from 'yaml';
 import type { SnapshotRecord, VolumeRecord } from '../../src/backends/backend.js';
 import { thickCapacity, thinCapacity } from '../../src/backends/lvm/capacity.js';
@@ -40,7 +41,7 @@ describe('LVM record tags: every tag is one LVM accepts, and every record reads 
       fc.property(fc.jsonValue(), fc.integer({ min: 1, max: 1e6 }), (rec, gen) => {
         const tags = encodeRecord(rec, gen);
         for (const t of tags) expect(isValidTag(t), t).toBe(true);
-        const back = decodeTags(fc.sample(fc.shuffledSubarray(tags, { minLength: tags.length }), 1)[0]!);
+        const back = decodeTags(fc.sample(fc.shuffledSubarray(tags, { minLength: tags.length }), 1)[0]);
         expect(back.record).toEqual(JSON.parse(JSON.stringify(rec)));
         expect(back.generation).toBe(gen);
       }),
@@ -191,7 +192,7 @@ describe('LVM crash plan (what start() applies and sinter fsck reports)', () => 
     const old = encodeRecord(volume(), 1);
     const ins = inspectLvm(layout([withRecord(lvOfVolume(VOL), volume({ state: 'in-use', attachments: [] }), 2, old)]));
     expect(ins.plan).toEqual([{ do: 'drop-stale-tags', lv: lvOfVolume(VOL), tags: old }]);
-    expect(ins.serve.volumes[0]!.state).toBe('in-use');
+    expect(ins.serve.volumes[0].state).toBe('in-use');
     expect(ins.lvs.get(VOL)!.generation).toBe(2);
   });
 
@@ -215,8 +216,8 @@ describe('LVM crash plan (what start() applies and sinter fsck reports)', () => 
   });
 
   it('names a missing volume group, a missing thin pool, and a pool out of data space', () => {
-    expect(inspectLvm({ ...layout([]), vg: undefined }).findings[0]!.kind).toBe('missing-volume-group');
-    expect(inspectLvm({ ...layout([]), lvs: [], lvmType: 'thin' }).findings[0]!.kind).toBe('missing-thin-pool');
+    expect(inspectLvm({ ...layout([]), vg: undefined }).findings[0].kind).toBe('missing-volume-group');
+    expect(inspectLvm({ ...layout([]), lvs: [], lvmType: 'thin' }).findings[0].kind).toBe('missing-thin-pool');
     const full = inspectLvm({ ...layout([]), lvs: [lv({ name: 'pool', segtype: 'thin-pool', attr: 'twi-aotzD-' })] });
     expect(full.findings[0]).toMatchObject({ kind: 'thin-pool-unhealthy', subject: 'vg/pool' });
   });
@@ -239,10 +240,10 @@ describe('LVM capacity (Cinder\'s thin provisioning arithmetic)', () => {
   });
 
   it('thin: nothing past the high-water mark, data or metadata, with the pool named (the recorded pool at 89.45% data)', () => {
-    const pool = parseLvs(fixture('lvs-pool-full.out'))[0]!;
+    const pool = parseLvs(fixture('lvs-pool-full.out'))[0];
     const at = (hw: number) => thinCapacity({ ...base, provisionedBytes: 0, reservedPercent: 0, sizeBytes: pool.sizeBytes, dataPercent: pool.dataPercent!, metadataPercent: pool.metadataPercent!, highWaterPercent: hw });
     expect(at(90).availableBytes).toBeGreaterThan(0);
-    expect(at(85)).toMatchObject({ availableBytes: 0, note: expect.stringMatching(/thin pool vg\/pool is past its high-water mark \(data 89\.45% used, thinPoolHighWaterPercent 85\)/) });
+    expect(at(85)).toMatchObject({ availableBytes: 0, note: stringMatching(/thin pool vg\/pool is past its high-water mark \(data 89\.45% used, thinPoolHighWaterPercent 85\)/) });
     expect(thinCapacity({ ...base, metadataPercent: 95 }).note).toMatch(/metadata 95\.00%/);
   });
 
@@ -302,7 +303,7 @@ describe('LVM backend configuration', () => {
   });
 
   it('the file backend still loads without a driver, and refuses lvm keys', () => {
-    expect(load([{ name: 'f', dataDir: join(dir, 'f') }]).backends[0]!.driver).toBe('file');
+    expect(load([{ name: 'f', dataDir: join(dir, 'f') }]).backends[0].driver).toBe('file');
     expect(err(() => load([{ name: 'f', dataDir: join(dir, 'f'), volumeGroup: 'x' }]))).toMatch(/volumeGroup.*unknown key/);
   });
 });

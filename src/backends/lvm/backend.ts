@@ -28,7 +28,7 @@ import { inspectLvm, type LvmInspection, type LvmRepair, type LvRecordState } fr
 import { LvmCli, LvmError } from './lvm-cli.js';
 import { lvOfSnapshot, lvOfVolume } from './names.js';
 import { lvHealth, type LvInfo } from './report.js';
-import { encodeRecord, splitTags, tagChange } from './tags.js';
+import { encodeRecord, tagChange } from './tags.js';
 
 const now = () => new Date().toISOString();
 const MiB = 1024 * 1024;
@@ -184,7 +184,7 @@ export class LvmBackend implements Backend {
     if (!p.running && (p.at === undefined || performance.now() - p.at > 5_000)) {
       p.running = this.checkServing().then(
         () => (p.error = undefined),
-        (e: unknown) => (p.error = e),
+        (e: unknown) => (p.error = e instanceof Error ? e : new Error(String(e))),
       );
       void p.running.finally(() => {
         p.at = performance.now();
@@ -195,7 +195,7 @@ export class LvmBackend implements Backend {
     if (p.error) throw p.error;
   }
 
-  private readonly probed: { at?: number; error?: unknown; running?: Promise<unknown> } = {};
+  private readonly probed: { at?: number; error?: Error; running?: Promise<unknown> } = {};
 
   private async checkServing(): Promise<void> {
     const vg = await this.lvm.vg(this.vg);
