@@ -66,6 +66,8 @@ export interface BackendCapacity {
   provisionedBytes: number;
   /** What the scheduler may still hand out, after over-subscription and reserve. */
   availableBytes: number;
+  /** Why availableBytes is what it is, when a rule (not plain free space) set it: shown in RESOURCE_EXHAUSTED. */
+  note?: string;
 }
 
 export interface RecoveryReport {

@@ -3,11 +3,12 @@ import type { BackendConfig } from '../config/types.js';
 import type { Executor } from '../exec/run.js';
 import type { Backend } from './backend.js';
 import { FileBackend } from './file/backend.js';
+import { LvmBackend } from './lvm/backend.js';
 import { RbdBackend } from './rbd/backend.js';
 
 /**
  * The one place a backend's `driver` picks its implementation (Cinder's
- * volume_driver): file, rbd; lvm joins the switch.
+ * volume_driver): file, lvm, rbd.
  */
 export function createBackend(cfg: BackendConfig, exec: Executor, log: Logger): Backend {
   switch (cfg.driver) {
@@ -15,5 +16,7 @@ export function createBackend(cfg: BackendConfig, exec: Executor, log: Logger): 
       return new FileBackend(cfg, exec, log.child({ backend: cfg.name }));
     case 'rbd':
       return new RbdBackend(cfg, exec, log.child({ backend: cfg.name }));
+    case 'lvm':
+      return new LvmBackend(cfg, exec, log.child({ backend: cfg.name }));
   }
 }

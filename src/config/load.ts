@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
 import { ConfigError } from './error.js';
+import { dmNameLength, longestLvName } from '../backends/lvm/names.js';
 import { kubernetesFrom } from './kubernetes.js';
 import { fileSchema, parseConfig } from './schema.js';
 import type { BackendConfig, Config, Role } from './types.js';
@@ -116,6 +117,12 @@ export function loadConfig(role: Role, argv: string[]): Config {
       if (b.dataDir === other.dataDir || b.dataDir.startsWith(`${other.dataDir}/`) || other.dataDir.startsWith(`${b.dataDir}/`))
         throw new ConfigError(`backends[${i}].dataDir`, `overlaps the data directory of backend "${other.name}"`);
     }
+    if (b.driver === 'lvm') {
+      const same = backends.slice(0, i).find((o) => o.driver === 'lvm' && o.volumeGroup === b.volumeGroup);
+      if (same) throw new ConfigError(`backends[${i}].volumeGroup`, `volume group "${b.volumeGroup}" is already backend "${same.name}"'s; two backends cannot share one volume group`);
+      const dm = dmNameLength(b.volumeGroup, longestLvName(b.name));
+      if (dm > 127) throw new ConfigError(`backends[${i}].volumeGroup`, `with backend name "${b.name}", device-mapper names would be ${dm} characters (at most 127); shorten the backend or volume group name`);
+    }
     // In single-machine mode the images live on this node, so only this node can reach them.
     if (role === 'all' && Object.keys(b.topology).length === 0) b.topology = { [NODE_TOPOLOGY_KEY]: nodeName };
   }
@@ -142,6 +149,6 @@ export function loadConfig(role: Role, argv: string[]): Config {
  * only ever reported.
  */
 function defaultOrphanTargetPrefixes(backends: BackendConfig[]): string[] {
-  const fromBackends = backends.flatMap((b) => (b.driver === 'file' && b.export === 'iscsi' && b.iscsi ? [b.iscsi.iqnPrefix] : []));
+  const fromBackends = backends.flatMap((b) => (b.driver !== 'rbd' && b.export === 'iscsi' && b.iscsi ? [b.iscsi.iqnPrefix] : []));
   return [...new Set([DEFAULT_IQN_PREFIX, ...fromBackends])];
 }

@@ -217,8 +217,52 @@ export const rbdBackendSchema = v.pipe(
   ),
 );
 
-const DRIVERS = { file: fileBackendSchema, rbd: rbdBackendSchema } as const;
-type BackendOutput = v.InferOutput<typeof fileBackendSchema> | v.InferOutput<typeof rbdBackendSchema>;
+/** LVM names: VG and LV names allow letters, digits and `+_.-`, and may not start with '-'. */
+const LVM_NAME_RE = /^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$/;
+const lvmName = (what: string) => v.pipe(str, v.regex(LVM_NAME_RE, (i) => `"${String(i.input)}" is not a valid ${what} name (letters, digits, '+', '_', '.', '-'; not starting with '-')`));
+
+/**
+ * Cinder's LVM driver (cinder/volume/drivers/lvm.py): volumes are LVs in one
+ * existing volume group, thin (in a thin pool) or thick, exported through the
+ * iSCSI target helper. Records live in the LVs' tags; `dataDir` keeps only the
+ * CHAP secrets of published volumes.
+ */
+export const lvmBackendSchema = v.pipe(
+  isMap('must be a map'),
+  // The default local-state directory is named after the backend.
+  v.transform((m: Record<string, unknown>) => (m.dataDir === undefined && typeof m.name === 'string' ? { ...m, dataDir: `/var/lib/sinter/${m.name}` } : m)),
+  strict({
+    name: backendName,
+    driver: v.literal('lvm'),
+    /** Local state only (CHAP secrets of published volumes); default /var/lib/sinter/<name>. */
+    dataDir: absPath,
+    labels: strMap,
+    topology: strMap,
+    /** An existing volume group; sinter touches only the LVs it named in it (and reads the thin pool). */
+    volumeGroup: lvmName('volume group'),
+    /** Cinder's lvm_type: `auto` = thin when the volume group has `thinPool`, else thick. */
+    lvmType: v.optional(oneOf(['thin', 'thick', 'auto']), 'auto'),
+    /** The thin pool LV in volumeGroup (made by the administrator: `lvcreate --type thin-pool`). */
+    thinPool: v.optional(lvmName('thin pool'), 'sinter-pool'),
+    /** Cinder's max_over_subscription_ratio for thin volumes (default 20.0). */
+    maxOverSubscriptionRatio: v.optional(num(1, 1000), 20),
+    /** Cinder's reserved_percentage: part of the pool (thin) or volume group (thick) never handed out. */
+    reservedPercent: v.optional(num(0, 99), 0),
+    /** New volumes are refused (RESOURCE_EXHAUSTED) once the thin pool's data or metadata use reaches this percentage. */
+    thinPoolHighWaterPercent: v.optional(num(1, 100), 90),
+    /** Cinder's volume_clear: what a thick volume's extents get before they return to the VG (thin LVs read back zeros and need none). */
+    volumeClear: v.optional(oneOf(['zero', 'none']), 'zero'),
+    /** Cinder's volume_clear_size: MiB cleared from the start of the volume; 0 = all of it. */
+    volumeClearSizeMiB: v.optional(int(0, 1_000_000_000), 0),
+    /** A thick volume's snapshot: a classic copy-on-write LV this percentage of the volume's size (100 never overflows), or 0 to refuse snapshots. */
+    thickSnapshotPercent: v.optional(num(0, 100), 100),
+    export: v.optional(v.picklist(['iscsi'], 'must be iscsi (LVM volumes are exported through the target helper)'), 'iscsi'),
+    iscsi: iscsiSchema,
+  }),
+);
+
+const DRIVERS = { file: fileBackendSchema, lvm: lvmBackendSchema, rbd: rbdBackendSchema } as const;
+type BackendOutput = v.InferOutput<typeof fileBackendSchema> | v.InferOutput<typeof lvmBackendSchema> | v.InferOutput<typeof rbdBackendSchema>;
 /** A backend: `driver` (default file) picks the schema its other keys are checked against. */
 export const backendSchema = v.pipe(
   isMap('must be a map'),

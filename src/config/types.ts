@@ -2,7 +2,7 @@
 // source: a key added there appears here). Where load.ts resolves a default
 // from the role, the node name or the backends, the type says it is resolved.
 import type { InferOutput } from 'valibot';
-import type { fileBackendSchema, rbdBackendSchema, controllerSchema, execSchema, fcSchema, fileSchema, iscsiSchema, kubernetesSchema, nodeSchema } from './schema.js';
+import type { controllerSchema, fileBackendSchema, lvmBackendSchema, rbdBackendSchema, execSchema, fcSchema, fileSchema, iscsiSchema, kubernetesSchema, nodeSchema } from './schema.js';
 
 export type Role = 'controller' | 'node' | 'all';
 
@@ -13,7 +13,8 @@ export type LogLevel = FileConfig['logLevel'];
 export type IscsiExportConfig = InferOutput<typeof iscsiSchema>;
 export type FileBackendConfig = InferOutput<typeof fileBackendSchema>;
 export type RbdBackendConfig = InferOutput<typeof rbdBackendSchema>;
-export type BackendConfig = FileBackendConfig | RbdBackendConfig;
+export type LvmBackendConfig = InferOutput<typeof lvmBackendSchema>;
+export type BackendConfig = FileBackendConfig | LvmBackendConfig | RbdBackendConfig;
 export type FcConfig = InferOutput<typeof fcSchema>;
 export type NodeConfig = Resolved<InferOutput<typeof nodeSchema>, 'stateDir' | 'orphanTargetPrefixes'>;
 export type ControllerConfig = Resolved<InferOutput<typeof controllerSchema>, 'stateDir'>;

@@ -51,7 +51,7 @@ export async function schedule(backends: Backend[], req: PlacementRequest): Prom
   // Every backend's capacity is read at once (a statfs or a pool query each); the order of reasons stays the configuration's.
   for (const j of await Promise.all(backends.map((b) => judge(b, req)))) {
     if (typeof j === 'string') reasons.push(j);
-    else if (j.capacity.availableBytes < req.sizeBytes) reasons.push(`${j.backend.name}: ${j.capacity.availableBytes} bytes available, ${req.sizeBytes} needed`);
+    else if (j.capacity.availableBytes < req.sizeBytes) reasons.push(`${j.backend.name}: ${j.capacity.availableBytes} bytes available, ${req.sizeBytes} needed${j.capacity.note ? ` (${j.capacity.note})` : ''}`);
     else fits.push(j);
   }
   if (fits.length === 0) {

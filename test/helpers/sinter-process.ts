@@ -47,6 +47,8 @@ export interface StartOptions {
    * that stop() and kill() signal sinter itself.
    */
   wrapper?: string[];
+  /** How long to wait for the first ready Probe; default 15 s × SLOW. */
+  readyTimeoutMs?: number;
 }
 
 /** The command line startSinter runs (after `node`). */
@@ -162,7 +164,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
         const r = await client.identity.Probe({}, { deadlineMs: 1000 });
         return r.ready?.value === true ? true : undefined;
       },
-      15_000 * SLOW,
+      opts.readyTimeoutMs ?? 15_000 * SLOW,
       10,
     );
   } catch (e) {

@@ -97,8 +97,12 @@ describe('configuration schema', () => {
 
   it('iscsi.helper: lio — portals must be IP literals (LIO binds them), discard is a LIO switch only', () => {
     const lio = (iscsi: object) => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260'], helper: 'lio', ...iscsi } }] });
-    expect(lio({}).backends[0].iscsi).toMatchObject({ helper: 'lio', portals: ['127.0.0.1:3260'] });
-    expect(lio({ discard: false }).backends[0].iscsi?.discard).toBe(false);
+    const iscsiOf = (c: ReturnType<typeof load>) => {
+      const b = c.backends[0];
+      return b.driver === 'rbd' ? undefined : b.iscsi;
+    };
+    expect(iscsiOf(lio({}))).toMatchObject({ helper: 'lio', portals: ['127.0.0.1:3260'] });
+    expect(iscsiOf(lio({ discard: false }))?.discard).toBe(false);
     expect(keyOf(() => lio({ portals: ['storage.example:3260'] }))).toBe('backends[0].iscsi.portals');
     expect(keyOf(() => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['storage.example:3260'] } }] }))).toBeUndefined();
     expect(keyOf(() => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260'], discard: true } }] }))).toBe('backends[0].iscsi.discard');
@@ -110,7 +114,8 @@ describe('configuration schema', () => {
     process.env.HOST_IP = '10.0.0.10';
     try {
       const c = loadConfig('controller', ['--config', join(import.meta.dirname, '../../deploy/config-examples/controller-lio.yaml'), '--node-name', 'n1']);
-      expect(c.backends[0].iscsi).toMatchObject({ helper: 'lio', portals: ['10.0.0.10:3260'], discard: true, writeCache: true });
+      const b = c.backends[0];
+      expect(b.driver === 'file' ? b.iscsi : undefined).toMatchObject({ helper: 'lio', portals: ['10.0.0.10:3260'], discard: true, writeCache: true });
     } finally {
       if (prev === undefined) delete process.env.HOST_IP;
       else process.env.HOST_IP = prev;

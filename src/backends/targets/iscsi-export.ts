@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import type { Logger } from 'pino';
 import type { ChapCredentials } from '../../contracts/chap.js';
 import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { failedPrecondition } from '../../errors/domain-error.js';
 import { RecordStore } from '../../store/record-store.js';
+import { backingSize } from '../../util/backing-size.js';
 import type { VolumeHealth, VolumeRecord } from '../backend.js';
 import type { LunRefresh, TargetHelper, TargetInfo } from './target-helper.js';
 
@@ -126,7 +126,7 @@ export class IscsiExport {
     if (!t) return { abnormal: true, message: `published, but its iSCSI target ${this.helper.iqnFor(v.id)} is missing (reconcile restores it)` };
     const lun = t.luns.find((l) => l.lun === 1 && l.backingPath === imagePath);
     if (!lun) return { abnormal: true, message: `iSCSI target ${t.iqn} does not serve this volume's image as LUN 1` };
-    const bytes = (await fs.stat(imagePath).catch(() => undefined))?.size;
+    const bytes = (await backingSize(imagePath).catch(() => undefined));
     if (bytes !== undefined && !this.helper.lunShowsSize(lun, bytes))
       return { abnormal: true, message: `iSCSI LUN 1 of ${t.iqn} shows ${lun.sizeBytes !== undefined ? `${lun.sizeBytes} bytes` : `${lun.sizeMB ?? '?'} MB`}, not the image's ${bytes} bytes (an interrupted expand; reconcile refreshes it)` };
     for (const a of v.attachments) {
@@ -183,7 +183,7 @@ export class IscsiExport {
     // A LUN that shows less than its image (an expand that crashed between
     // growing the image and reopening the LUN) is reopened; the helper checks again under its lock.
     const lun = have?.luns.find((l) => l.lun === 1 && l.backingPath === imagePath);
-    const bytes = lun && (await fs.stat(imagePath).catch(() => undefined))?.size;
+    const bytes = lun && (await backingSize(imagePath).catch(() => undefined));
     if (lun && bytes !== undefined && !this.helper.lunShowsSize(lun, bytes) && (await this.helper.refreshLunSize(id, imagePath)) === 'refreshed')
       report.lunsRefreshed.push(id);
     const iqns = new Set<string>();

@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { ChapError, validateChap, type ChapCredentials } from '../../contracts/chap.js';
@@ -8,6 +7,7 @@ import { DomainError, Code, failedPrecondition, internal, invalidArgument, notFo
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import { poll } from '../../util/poll.js';
+import { backingSize } from '../../util/backing-size.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
 import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
 
@@ -261,7 +261,8 @@ export class TgtTargetHelper implements TargetHelper {
       if (!t || !lun) return 'absent';
       if (lun.backingPath !== undefined && lun.backingPath !== imagePath)
         throw failedPrecondition(`target ${iqn} serves ${lun.backingPath} as LUN 1, not ${imagePath}; not refreshing its size`);
-      const bytes = (await fs.stat(imagePath)).size;
+      // A block device (an LV) stats as 0 bytes: its capacity comes from sysfs.
+      const bytes = (await backingSize(imagePath)) ?? 0;
       if (!opts.force && lun.backingPath === imagePath && lun.online !== false && this.lunShowsSize(lun, bytes)) return 'current';
       if ((lun.backingStoreType ?? this.cfg.backingStoreType) === 'rdwr') {
         await this.reopenLun(t, imagePath);

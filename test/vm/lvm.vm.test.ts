@@ -1,0 +1,239 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../helpers/scratch-fs.js';
+import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { TestTgtd } from '../helpers/tgtd.js';
+import { stringMatching } from '../helpers/matchers.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
+import { Iscsid, kernelSessions, requireGuest, scratchDisks } from './guest.js';
+
+const PREFIX = 'iqn.2026-11.io.sinter.lvm:';
+const THIN_VG = 'sinter-thin';
+const THICK_VG = 'sinter-thick';
+
+/**
+ * The LVM backend on a real kernel (dm-thin, dm-snapshot, lvm2 2.03.16):
+ * `sinter controller` with a thin backend (a VG with a 160 MiB thin pool on
+ * /dev/vdb) and a thick one (a VG on /dev/vdc), both exported through tgt on
+ * the guest's loopback, and `sinter node` logging in with the kernel initiator.
+ */
+describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sinter node (kernel iSCSI)', () => {
+  requireGuest();
+  const t = tempDir('sinter-vm-lvm-');
+  let iscsid: Iscsid;
+  let tgtd: TestTgtd;
+  let ctl: SinterProcess;
+  let node: SinterProcess;
+  let nodeId: string;
+  let disks: string[];
+  const ctlYaml = join(t.dir, 'controller.yaml');
+  const nodeYaml = join(t.dir, 'node.yaml');
+
+  const sh = (cmd: string) => execa('sh', ['-c', cmd]);
+  const lvNames = async (vg: string) => (await sh(`lvs --noheadings -o lv_name ${vg}`)).stdout.split('\n').map((s) => s.trim()).filter(Boolean).sort();
+
+  beforeAll(async () => {
+    disks = scratchDisks();
+    expect(disks.length).toBeGreaterThanOrEqual(2);
+    const [thinDisk, thickDisk] = disks as [string, string];
+    await sh(`modprobe dm_thin_pool && modprobe dm_snapshot`);
+    await sh(`pvcreate -y ${thinDisk} ${thickDisk} && vgcreate ${THIN_VG} ${thinDisk} && vgcreate ${THICK_VG} ${thickDisk}`);
+    await sh(`lvcreate -y --type thin-pool -L 160m -n pool ${THIN_VG}`);
+    iscsid = await Iscsid.start();
+    tgtd = await TestTgtd.start();
+    const iscsi = ['    iscsi:', `      portals: ["${tgtd.portal}"]`, `      controlPort: ${tgtd.controlPort}`, `      iqnPrefix: "${PREFIX}"`, '      reconcileSeconds: 2'];
+    writeFileSync(
+      ctlYaml,
+      [
+        'backends:',
+        '  - name: thin',
+        '    driver: lvm',
+        `    dataDir: ${join(t.dir, 'thin')}`,
+        `    volumeGroup: ${THIN_VG}`,
+        '    thinPool: pool',
+        ...iscsi,
+        '  - name: thick',
+        '    driver: lvm',
+        `    dataDir: ${join(t.dir, 'thick')}`,
+        `    volumeGroup: ${THICK_VG}`,
+        '    lvmType: thick',
+        '    thickSnapshotPercent: 50',
+        ...iscsi,
+      ].join('\n'),
+    );
+    writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${join(t.dir, 'node', 'state')}`, `  orphanTargetPrefixes: ["${PREFIX}"]`].join('\n'));
+    mkdirSync(join(t.dir, 'ctl'));
+    mkdirSync(join(t.dir, 'node'));
+    // Both at once, with room for a guest on a loaded host (module loading alone has taken a minute there).
+    [ctl, node] = await Promise.all([
+      startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', ctlYaml], readyTimeoutMs: 240_000 }),
+      startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'vm-node', args: ['--config', nodeYaml], readyTimeoutMs: 240_000 }),
+    ]);
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id ?? '';
+  });
+
+  afterAll(async () => {
+    // The processes' logs stay in the checkout's .tmp/ (shared with the host) for a failed run.
+    mkdirSync('.tmp', { recursive: true });
+    if (ctl) writeFileSync('.tmp/lvm-vm-controller.log', ctl.logs());
+    if (node) writeFileSync('.tmp/lvm-vm-node.log', node.logs());
+    await node?.cleanup();
+    await ctl?.cleanup();
+    await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false });
+    await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
+    await iscsid?.stop();
+    await tgtd?.stop();
+    tgtd?.cleanupLogs();
+    await execa('sh', ['-c', `vgremove -y -f ${THIN_VG} ${THICK_VG}; pvremove -y ${(disks ?? []).slice(0, 2).join(' ')}`], { reject: false });
+    t.cleanup();
+  });
+
+  const create = async (name: string, backend: string, mib: number, cap: VolumeCapability, source?: { snapshot: { snapshot_id: string } }) => {
+    const v = (await ctl.client.controller.CreateVolume({ name, parameters: { backend }, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap], volume_content_source: source })).volume;
+    return { volume_id: v?.volume_id ?? '', capacity_bytes: Number(v?.capacity_bytes ?? 0) };
+  };
+  const paths = (id: string) => {
+    const staging = join(node.kubeletRoot, 'staging', id);
+    const target = join(node.kubeletRoot, 'pods', id, 'vol');
+    mkdirSync(staging, { recursive: true });
+    mkdirSync(join(target, '..'), { recursive: true });
+    return { staging, target };
+  };
+  /** ControllerPublish, NodeStage, NodePublish: the volume as a pod would have it. */
+  const attach = async (id: string, cap: VolumeCapability) => {
+    const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap })).publish_context as Record<string, string>;
+    const { staging, target } = paths(id);
+    await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
+    await node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: cap, publish_context: ctx });
+    return ctx;
+  };
+  const detach = async (id: string) => {
+    const { staging, target } = paths(id);
+    await node.client.node.NodeUnpublishVolume({ volume_id: id, target_path: target });
+    await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+  };
+  const snapshot = async (name: string, source: string) => (await ctl.client.controller.CreateSnapshot({ name, source_volume_id: source })).snapshot?.snapshot_id ?? '';
+  const lvOf = (id: string) => `v-${id}`;
+  const snapLvOf = (id: string) => `s-${id.replace('@', '-')}`;
+
+  it('thin: create, publish over tgt, stage (ext4), write, snapshot (inactive until read), clone from it (read back, grown), grow online, teardown, delete the volume before its snapshot', async () => {
+    const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
+    const vol = await create('lvm-thin-1', 'thin', 64, cap);
+    const id = vol.volume_id;
+    expect((await sh(`lvs --noheadings -o segtype,pool_lv ${THIN_VG}/${lvOf(id)}`)).stdout.trim()).toMatch(/^thin\s+pool$/);
+    const ctx = await attach(id, cap);
+    expect(ctx).toMatchObject({ transport: 'iscsi', iqn: `${PREFIX}${id}`, lun: '1' });
+    // tgt serves the LV's device itself.
+    expect((await execa('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'])).stdout).toContain(`Backing store path: /dev/${THIN_VG}/${lvOf(id)}`);
+    const { staging, target } = paths(id);
+    writeFileSync(join(target, 'data.txt'), 'written through tgt onto a thin LV');
+    await sh(`sync -f ${target}/data.txt`);
+
+    const snap = await snapshot('lvm-thin-snap', id);
+    const snapLv = (await sh(`lvs --noheadings -o lv_attr,origin ${THIN_VG}/${snapLvOf(snap)}`)).stdout.trim();
+    expect(snapLv).toMatch(/^Vwi---tz-k\s+v-/); // a thin snapshot, inactive, activation skipped
+
+    const clone = await create('lvm-thin-clone', 'thin', 96, cap, { snapshot: { snapshot_id: snap } });
+    expect(Number(clone.capacity_bytes)).toBe(96 * MiB);
+    const cloneDev = `/dev/${THIN_VG}/${lvOf(clone.volume_id)}`;
+    expect(Number((await execa('blockdev', ['--getsize64', cloneDev])).stdout)).toBe(96 * MiB);
+    const ro = join(t.dir, 'ro');
+    mkdirSync(ro, { recursive: true });
+    await execa('mount', ['-o', 'ro,noload', cloneDev, ro]);
+    try {
+      expect(readFileSync(join(ro, 'data.txt'), 'utf8')).toBe('written through tgt onto a thin LV');
+    } finally {
+      await execa('umount', [ro]);
+    }
+
+    // Online growth: lvextend, tgt reopens the LUN, the node rescans and grows ext4.
+    const grown = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 128 * MiB }, volume_capability: cap });
+    expect(grown).toMatchObject({ capacity_bytes: 128 * MiB, node_expansion_required: true });
+    await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 128 * MiB }, volume_capability: cap });
+    const dev = readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === staging)?.split(' ')[0] ?? 'no mount';
+    expect(Number((await execa('blockdev', ['--getsize64', dev])).stdout)).toBe(128 * MiB);
+    expect(readFileSync(join(target, 'data.txt'), 'utf8')).toBe('written through tgt onto a thin LV');
+    const health = await ctl.client.controller.ControllerGetVolume({ volume_id: id });
+    expect(health.status?.volume_condition).toMatchObject({ abnormal: false });
+
+    await detach(id);
+    expect(await kernelSessions()).toEqual([]);
+    // Thin snapshots are LVs of their own: the volume goes, its snapshot stays.
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+    expect(await lvNames(THIN_VG)).toEqual(['pool', lvOf(clone.volume_id), snapLvOf(snap)].sort());
+    await ctl.client.controller.DeleteSnapshot({ snapshot_id: snap });
+    await ctl.client.controller.DeleteVolume({ volume_id: clone.volume_id });
+    expect(await lvNames(THIN_VG)).toEqual(['pool']);
+  });
+
+  it('thick: block volume written over tgt, classic snapshot, block-copy clone (progress in the log), grow; delete refused while the snapshot lives in it; volume_clear zeroes its extents', async () => {
+    const cap = blockCap();
+    const vol = await create('lvm-thick-1', 'thick', 32, cap);
+    const id = vol.volume_id;
+    const lv = `${THICK_VG}/${lvOf(id)}`;
+    expect((await sh(`lvs --noheadings -o segtype ${lv}`)).stdout.trim()).toBe('linear');
+    await attach(id, cap);
+    const { target } = paths(id);
+    await execa('sh', ['-c', `printf 'thick-lvm-marker' | dd of=${target} bs=1M seek=1 conv=notrunc,fsync oflag=direct iflag=fullblock 2>/dev/null || printf 'thick-lvm-marker' | dd of=${target} bs=1M seek=1 conv=notrunc,fsync 2>/dev/null`]);
+
+    const snap = await snapshot('lvm-thick-snap', id);
+    // thickSnapshotPercent 50: copy-on-write space half the volume.
+    expect(Number((await sh(`lvs --noheadings --units b --nosuffix -o lv_size ${THICK_VG}/${snapLvOf(snap)}`)).stdout.trim())).toBe(16 * MiB);
+    const clone = await create('lvm-thick-clone', 'thick', 32, cap, { snapshot: { snapshot_id: snap } });
+    const cloneBytes = (await execa('dd', [`if=/dev/${THICK_VG}/${lvOf(clone.volume_id)}`, 'bs=1M', 'skip=1', 'count=1', 'status=none'], { encoding: 'buffer' })).stdout;
+    expect(Buffer.from(cloneBytes).subarray(0, 16).toString()).toBe('thick-lvm-marker');
+    expect(ctl.logs()).toMatch(/"clone [^"]+ → [^"]+: 32 of 32 MiB"/);
+
+    await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 48 * MiB }, volume_capability: cap });
+    expect(Number((await sh(`lvs --noheadings --units b --nosuffix -o lv_size ${lv}`)).stdout.trim())).toBe(48 * MiB);
+    await detach(id);
+
+    // A classic snapshot lives in its origin: deleting the volume would take it along.
+    expect(await codeOf(ctl.client.controller.DeleteVolume({ volume_id: id }))).toBe('FAILED_PRECONDITION');
+    await ctl.client.controller.DeleteSnapshot({ snapshot_id: snap });
+    // Where the volume's extents are on the disk, read before the delete frees them.
+    const ranges = (await sh(`lvs --noheadings -o seg_pe_ranges ${lv}`)).stdout.trim().split(/\s+/);
+    const peStart = Number((await sh(`pvs --noheadings --units b --nosuffix -o pe_start ${disks[1]}`)).stdout.trim());
+    const [, first] = /:(\d+)-\d+$/.exec(ranges[0])!;
+    const offset = peStart + Number(first) * 4 * MiB + MiB;
+    const readFreed = async () => Buffer.from((await execa('dd', [`if=${disks[1]}`, 'bs=16', `skip=${offset / 16}`, 'count=1', 'iflag=skip_bytes', 'status=none'], { encoding: 'buffer' })).stdout).toString();
+    expect(await readFreed()).toBe('thick-lvm-marker');
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+    expect(await readFreed()).toBe('\0'.repeat(16));
+    expect(ctl.logs()).toMatch(/"volume_clear [^"]+: 48 of 48 MiB"/);
+    await ctl.client.controller.DeleteVolume({ volume_id: clone.volume_id });
+    expect(await lvNames(THICK_VG)).toEqual([]);
+  });
+
+  it('a thin pool past its high-water mark (90%) refuses new volumes with RESOURCE_EXHAUSTED naming the pool; GetCapacity says 0', async () => {
+    // Someone else's thin LV fills the pool (dm-thin allocates on any write, zeros too): sinter only reads it.
+    await sh(`lvcreate -y --type thin -V 200m --thinpool pool -n admin-fill ${THIN_VG} && dd if=/dev/zero of=/dev/${THIN_VG}/admin-fill bs=1M count=150 oflag=direct status=none`);
+    try {
+      const err = await ctl.client.controller.CreateVolume({ name: 'lvm-too-much', parameters: { backend: 'thin' }, capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()] }).then(
+        () => undefined,
+        (e: { code: number; details: string }) => e,
+      );
+      expect(err).toMatchObject({ code: 8, details: stringMatching(new RegExp(`thin pool ${THIN_VG}/pool is past its high-water mark \\(data 9\\d\\.\\d\\d% used, thinPoolHighWaterPercent 90\\)`)) });
+      const c = await ctl.client.controller.GetCapacity({ parameters: { backend: 'thin' }, volume_capabilities: [blockCap()] });
+      expect(Number(c.available_capacity)).toBe(0);
+    } finally {
+      await sh(`lvremove -y ${THIN_VG}/admin-fill`);
+    }
+    const c = await ctl.client.controller.GetCapacity({ parameters: { backend: 'thin' }, volume_capabilities: [blockCap()] });
+    expect(Number(c.available_capacity)).toBeGreaterThan(1000 * MiB); // 160 MiB × 20, over-subscribed
+  });
+
+  it('an LV removed behind sinter\'s back shows as an abnormal volume condition (ControllerGetVolume, ListVolumes)', async () => {
+    const id = (await create('lvm-vanishing', 'thin', 8, blockCap())).volume_id;
+    await sh(`lvremove -y ${THIN_VG}/${lvOf(id)}`);
+    const got = await ctl.client.controller.ControllerGetVolume({ volume_id: id });
+    expect(got.status?.volume_condition).toMatchObject({ abnormal: true, message: stringMatching(new RegExp(`LV ${THIN_VG}/${lvOf(id)} is missing .* removed outside sinter`)) });
+    const listed = (await ctl.client.controller.ListVolumes({})).entries.find((e) => e.volume?.volume_id === id);
+    expect(listed?.status?.volume_condition?.abnormal).toBe(true);
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+    expect(await lvNames(THIN_VG)).toEqual(['pool']);
+  });
+});
