@@ -1,4 +1,4 @@
-import { DEFAULT_IQN_PREFIX, NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
+import { DEFAULT_IQN_PREFIX, DEFAULT_NQN_PREFIX, NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
@@ -125,6 +125,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
       topology: { [NODE_TOPOLOGY_KEY]: nodeName, ...cfg.node.topology },
       stateDir: cfg.node.stateDir ?? (backends.length > 0 && role === 'all' ? `${backends[0]!.dataDir}/node-state` : '/var/lib/sinter/node'),
       orphanTargetPrefixes: cfg.node.orphanTargetPrefixes ?? defaultOrphanTargetPrefixes(backends),
+      orphanNqnPrefixes: cfg.node.orphanNqnPrefixes ?? [...new Set([DEFAULT_NQN_PREFIX, ...backends.flatMap((b) => (b.export === 'nvmeof' && b.nvmeof ? [b.nvmeof.nqnPrefix] : []))])],
     },
     controller: { stateDir: cfg.controller.stateDir ?? (backends.length > 0 ? `${backends[0]!.dataDir}/controller-state` : '/var/lib/sinter/controller') },
     kubernetes: kubernetesFrom(file.kubernetes, role),

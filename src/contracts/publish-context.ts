@@ -1,3 +1,5 @@
+import { isValidNqn } from './nodeid.js';
+
 /**
  * publish_context: Cinder's connection_info, flat string keys, never a secret
  * (VolumeAttachment status is readable cluster-wide).
@@ -5,7 +7,18 @@
 export type PublishContext =
   | { transport: 'local'; path: string }
   | { transport: 'iscsi'; portals: string[]; iqn: string; lun: number }
-  | { transport: 'fc'; wwns: string[]; lun: number };
+  | { transport: 'fc'; wwns: string[]; lun: number }
+  /** NVMe over TCP: the subsystem's NQN, its portals (`traddr:trsvcid`) and the namespace id. */
+  | { transport: 'nvmeof'; nqn: string; portals: string[]; nsid: number };
+
+/** NVMe/TCP's IANA port (what `nvme connect` assumes without -s). */
+export const NVME_TCP_PORT = 4420;
+/** Namespace ids run from 1 to 0xFFFFFFFE (0 and 0xFFFFFFFF are reserved: NVMe Base Spec 3.2.1). */
+export const MAX_NSID = 0xfffffffe;
+
+export function isNsid(n: number): boolean {
+  return Number.isInteger(n) && n >= 1 && n <= MAX_NSID;
+}
 
 export class PublishContextError extends Error {}
 
@@ -54,6 +67,8 @@ export function encodePublishContext(c: PublishContext): Record<string, string> 
       return { transport: 'iscsi', portals: c.portals.join(','), iqn: c.iqn, lun: String(c.lun) };
     case 'fc':
       return { transport: 'fc', wwns: c.wwns.join(','), lun: String(c.lun) };
+    case 'nvmeof':
+      return { transport: 'nvmeof', nqn: c.nqn, portals: c.portals.join(','), nsid: String(c.nsid) };
   }
 }
 
@@ -81,7 +96,21 @@ export function decodePublishContext(ctx: Record<string, string> | undefined): P
       return { transport: 'iscsi', portals: listOf(c.portals, 'portals'), iqn: c.iqn, lun: lunOf(c.lun) };
     case 'fc':
       return { transport: 'fc', wwns: listOf(c.wwns, 'wwns').map((w) => w.toLowerCase().replace(/^0x/, '')), lun: lunOf(c.lun) };
+    case 'nvmeof': {
+      if (!c.nqn || !isValidNqn(c.nqn)) throw new PublishContextError(`publish_context.nqn "${c.nqn ?? ''}" is not a subsystem NQN (nqn.yyyy-mm.domain:name, at most 223 bytes)`);
+      // Each portal is checked here, so nothing that reaches `nvme connect -a/-s` was not a host and a port.
+      const portals = listOf(c.portals, 'portals').map((p) => {
+        try {
+          return parsePortal(p, NVME_TCP_PORT).text;
+        } catch (e) {
+          throw new PublishContextError(`publish_context.portals: ${(e as Error).message}`);
+        }
+      });
+      if (c.nsid === undefined || !/^\d{1,10}$/.test(c.nsid) || !isNsid(Number(c.nsid)))
+        throw new PublishContextError(`publish_context.nsid "${c.nsid ?? ''}" is not a namespace id from 1 to ${MAX_NSID}`);
+      return { transport: 'nvmeof', nqn: c.nqn, portals, nsid: Number(c.nsid) };
+    }
     default:
-      throw new PublishContextError(`publish_context.transport "${c.transport ?? ''}" is not one of local, iscsi, fc`);
+      throw new PublishContextError(`publish_context.transport "${c.transport ?? ''}" is not one of local, iscsi, fc, nvmeof`);
   }
 }

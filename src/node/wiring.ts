@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { encodeNodeId, isValidIqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
+import { encodeNodeId, isValidIqn, isValidNqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { HostExecutor } from '../exec/run.js';
 import { IscsiConnector } from './connectors/iscsi-connector.js';
 import { onlineInitiatorWwpns } from './connectors/fc.js';
@@ -22,12 +22,23 @@ export function readInitiatorName(file: string): string | undefined {
   }
 }
 
+/** Reads nvme-cli's host NQN file (one line, the NQN), if the host has a valid one. */
+export function readHostNqn(file: string): string | undefined {
+  try {
+    const nqn = readFileSync(file, 'utf8').trim();
+    return isValidNqn(nqn) ? nqn : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function nodeIdFor(cfg: Config): string {
   if (cfg.nodeId) return cfg.nodeId;
   return encodeNodeId({
     host: cfg.nodeName,
     iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
     wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
+    nqn: cfg.node.nvmeHostNqn ?? readHostNqn(cfg.node.hostNqnFile),
   });
 }
 

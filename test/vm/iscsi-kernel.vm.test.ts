@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
 import { TestTgtd } from '../helpers/tgtd.js';
 import { initiatorName, Iscsid, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
 
@@ -134,7 +134,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
   const tgtSessions = async (volIqn: string) => (await tgt.listTargets()).find((x) => x.iqn === volIqn)?.sessions ?? [];
 
   it('carries the guest\'s initiator name (from /etc/iscsi/initiatorname.iscsi) in the node id', () => {
-    expect(nodeId).toBe(`vm-node;${iqn};`);
+    expect(nodeId).toBe(`vm-node;${iqn};${hostNqnTail()}`);
   });
 
   it('mount volume: publish (ACL + CHAP) → stage logs in with iscsi_tcp → a real SCSI disk, formatted and mounted → write → teardown logs out; the bytes are in the image', async () => {
