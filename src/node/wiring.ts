@@ -5,6 +5,7 @@ import type { Config } from '../config/types.js';
 import { encodeNodeId, isValidIqn, isValidNqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { HostExecutor } from '../exec/run.js';
 import { IscsiConnector } from './connectors/iscsi-connector.js';
+import { NvmeConnector } from './connectors/nvme.js';
 import { onlineInitiatorWwpns } from './connectors/fc.js';
 import { NodeService } from './service.js';
 
@@ -80,6 +81,17 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
         },
         exec,
         log.child({ part: 'iscsi' }),
+      ),
+      new NvmeConnector(
+        {
+          hostNqn: parseNodeId(nodeId)?.nqn,
+          sysfsRoot: cfg.node.sysfsRoot,
+          devRoot: cfg.node.devRoot,
+          orphanNqnPrefixes: cfg.node.orphanNqnPrefixes,
+          mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
+        },
+        exec,
+        log.child({ part: 'nvme' }),
       ),
     ],
   });
