@@ -14,7 +14,6 @@ import type {
   ExportEntry,
   ExportsReconciled,
   CreateVolumeSpec,
-  Inspection,
   RecoveryReport,
   SnapshotRecord,
   VolumeHealth,
@@ -29,7 +28,6 @@ import { createTargetHelper } from '../targets/create.js';
 import { NvmeofExport } from '../targets/nvmeof-export.js';
 import { NvmetTargetHelper } from '../targets/nvmet.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
-import { isSnapshotRecord, isVolumeRecord } from './records.js';
 
 const now = () => new Date().toISOString();
 
