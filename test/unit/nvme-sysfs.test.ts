@@ -48,8 +48,8 @@ describe('NVMe sysfs lookup, against the layout recorded in the test guest (reco
       { name: 'nvme0', subsysnqn: NQN, transport: 'tcp', traddr: '127.0.0.1', trsvcid: '4420', state: 'live', hostnqn: HOST },
       { name: 'nvme1', subsysnqn: NQN, transport: 'tcp', traddr: '127.0.0.2', trsvcid: '4420', state: 'live', hostnqn: HOST },
     ]);
-    expect(controllerAt(ctrls[1]!, '127.0.0.2', 4420)).toBe(true);
-    expect(controllerAt(ctrls[1]!, '127.0.0.2', 4421)).toBe(false);
+    expect(controllerAt(ctrls[1], '127.0.0.2', 4420)).toBe(true);
+    expect(controllerAt(ctrls[1], '127.0.0.2', 4421)).toBe(false);
   });
 
   it('finds ONE block device for the namespace over both paths (the multipath head nvme0n1, never a hidden path device nvme0cXn1)', async () => {

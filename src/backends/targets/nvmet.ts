@@ -233,12 +233,12 @@ export class NvmetTargetHelper {
       const sub = this.p('subsystems', nqn);
       const created = await this.mkdir(sub);
       const id = UUID_RE.exec(volumeId)?.[0] ?? uuidFrom(volumeId);
-      if (created) {
-        // Set before any host identifies the controller (nvmet refuses them after).
-        await this.write(join(sub, 'attr_serial'), id.replace(/-/g, '').slice(0, 20));
-        await this.write(join(sub, 'attr_model'), 'sinter');
-        this.log?.info({ nqn }, 'nvmet subsystem created');
-      }
+      if (created) this.log?.info({ nqn }, 'nvmet subsystem created');
+      // Set before any host identifies a controller (nvmet refuses changes after); checked on every
+      // call, so a crash between the mkdir and these writes is finished by the next one.
+      const serial = id.replace(/-/g, '').slice(0, 20);
+      if ((await this.read(join(sub, 'attr_serial'))) !== serial) await this.write(join(sub, 'attr_serial'), serial).catch((e: Error) => this.log?.warn({ nqn, err: e.message }, 'cannot set the subsystem serial'));
+      if ((await this.read(join(sub, 'attr_model'))) !== 'sinter') await this.write(join(sub, 'attr_model'), 'sinter').catch((e: Error) => this.log?.warn({ nqn, err: e.message }, 'cannot set the subsystem model'));
       if ((await this.read(join(sub, 'attr_allow_any_host'))) !== '0') await this.write(join(sub, 'attr_allow_any_host'), '0');
       const ns = join(sub, 'namespaces', String(NSID));
       await this.mkdir(ns);
