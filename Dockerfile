@@ -90,6 +90,7 @@ CMD ["controller"]
 #   util-linux, mount     blkid, lsblk, wipefs, blockdev, nsenter; mount, losetup
 #   e2fsprogs, xfsprogs, btrfs-progs   mkfs, fsck, resize2fs, xfs_growfs, btrfs
 #   open-iscsi            the kernel initiator (iscsiadm)
+#   nvme-cli              NVMe/TCP: nvme connect (export: nvmeof)
 #   libiscsi-bin, qemu-utils, qemu-block-extra, libnbd-bin, fuse3
 #                         the user-space initiator: qemu-nbd on iscsi://, nbdfuse, fusermount3
 #   multipath-tools       multipath -f, multipathd resize map (multipathed iSCSI / FC)
@@ -101,7 +102,7 @@ FROM runtime AS node
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       util-linux mount e2fsprogs xfsprogs btrfs-progs \
-      open-iscsi multipath-tools cryptsetup-bin \
+      open-iscsi nvme-cli multipath-tools cryptsetup-bin \
       libiscsi-bin qemu-utils qemu-block-extra libnbd-bin fuse3 \
       kmod \
  && rm -rf /var/lib/apt/lists/*

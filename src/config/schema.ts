@@ -10,8 +10,8 @@ import { isAbsolute, normalize } from 'node:path';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import * as v from 'valibot';
-import { DEFAULT_IQN_PREFIX, isValidIqn, NODE_TOPOLOGY_KEY } from '../contracts/nodeid.js';
-import { parsePortal, RBD_MONITOR_RE } from '../contracts/publish-context.js';
+import { DEFAULT_IQN_PREFIX, DEFAULT_NQN_PREFIX, isValidIqn, isValidNqn, NODE_TOPOLOGY_KEY, validateNqnPrefix } from '../contracts/nodeid.js';
+import { NVME_TCP_PORT, parsePortal, RBD_MONITOR_RE } from '../contracts/publish-context.js';
 import { parseEndpoint } from '../csi/endpoint.js';
 import { issueKey } from '../store/check.js';
 import { ConfigError } from './error.js';
@@ -135,6 +135,27 @@ export const iscsiSchema = v.pipe(
   ),
 );
 
+/** nvmet listens on an address, not a name: an NVMe/TCP portal is an IPv4 or IPv6 literal and a port. */
+function nvmePortal(raw: string): void {
+  const p = parsePortal(raw, NVME_TCP_PORT);
+  if (!/^[0-9.]+$/.test(p.host) && !p.host.includes(':')) throw new Error(`portal "${raw}" must be an IP address (nvmet listens on an address, not a host name)`);
+}
+
+/** The nvmet target helper's settings for a backend with `export: nvmeof` (NVMe over TCP). */
+export const nvmeofSchema = strict({
+  /** Where nvmet listens and what nodes connect to (`address:port`, port 4420 by default); several give native NVMe multipath. */
+  portals: v.pipe(
+    v.array(v.pipe(str, expandEnv, rule(nvmePortal)), 'must list at least one portal (address:port)'),
+    v.minLength(1, 'must list at least one portal (address:port)'),
+  ),
+  /** Subsystem NQNs: this prefix + volume id. */
+  nqnPrefix: v.optional(v.pipe(str, rule(validateNqnPrefix)), DEFAULT_NQN_PREFIX),
+  /** Where configfs is mounted (nvmet's tree is `<root>/nvmet`). */
+  configfsRoot: v.optional(absPath, '/sys/kernel/config'),
+  /** How often the exports are checked against the records (nvmet's configfs is empty after a reboot). */
+  reconcileSeconds: v.optional(num(1, 86400), 30),
+});
+
 const backendName = v.pipe(
   str,
   v.regex(BACKEND_NAME_RE, (i) => `"${String(i.input)}" must be lower-case letters, digits and '-', at most 32 characters`),
@@ -161,12 +182,17 @@ export const fileBackendSchema = v.pipe(
     /** Caps the backend below its filesystem's size; 0 = the filesystem's size. */
     capacityBytes: v.optional(int(0, Number.MAX_SAFE_INTEGER), 0),
     /** How nodes reach the images: `local` (loop-attach the file, same host) or `iscsi` (tgtd exports). */
-    export: v.optional(oneOf(['local', 'iscsi']), 'local'),
+    export: v.optional(oneOf(['local', 'iscsi', 'nvmeof']), 'local'),
     iscsi: v.optional(iscsiSchema),
+    nvmeof: v.optional(nvmeofSchema),
   }),
   v.forward(
     v.check((b) => (b.export === 'iscsi') === (b.iscsi !== undefined), (i) => (i.input.export === 'iscsi' ? 'is required with export: iscsi (at least portals)' : 'only applies with export: iscsi')),
     ['iscsi'],
+  ),
+  v.forward(
+    v.check((b) => (b.export === 'nvmeof') === (b.nvmeof !== undefined), (i) => (i.input.export === 'nvmeof' ? 'is required with export: nvmeof (at least portals)' : 'only applies with export: nvmeof')),
+    ['nvmeof'],
   ),
 );
 
@@ -306,6 +332,10 @@ export const nodeSchema = section({
   stateDir: v.optional(absPath),
   iscsiInitiatorName: v.optional(v.pipe(str, v.check(isValidIqn, (i) => `"${String(i.input)}" is not a valid iSCSI name`))),
   initiatorNameFile: v.optional(absPath, '/etc/iscsi/initiatorname.iscsi'),
+  /** The NVMe host NQN nvmet's allowed_hosts names this node by; default: read from hostNqnFile. */
+  nvmeHostNqn: v.optional(v.pipe(str, v.check(isValidNqn, (i) => `"${String(i.input)}" is not a valid NVMe NQN (nqn.yyyy-mm.domain:name, at most 223 bytes)`))),
+  /** nvme-cli's host NQN file (written when the package is installed; `nvme gen-hostnqn` makes one). */
+  hostNqnFile: v.optional(absPath, '/etc/nvme/hostnqn'),
   /** `kernel` (iscsiadm + iscsid), `userspace` (libiscsi: qemu-nbd, nbdfuse, loop), `auto` (kernel when iscsi_tcp is there). */
   initiator: v.optional(oneOf(['kernel', 'userspace', 'auto']), 'auto'),
   /** Where sysfs is mounted (FC HBAs, SCSI disks, multipath maps); /sys on a node. */
@@ -326,6 +356,13 @@ export const nodeSchema = section({
    * connector). One that is in use is only ever reported.
    */
   orphanSessions: v.optional(oneOf(['report', 'clean']), 'report'),
+  /** NVMe subsystems whose orphan controllers `clean` may disconnect (sinter's own); default: the default NQN prefix and every nvmeof backend's. */
+  orphanNqnPrefixes: v.optional(
+    v.pipe(
+      v.array(v.pipe(str, rule(validateNqnPrefix)), 'must be a non-empty list of subsystem NQN prefixes such as "nqn.2026-11.io.sinter:"'),
+      v.minLength(1, 'must be a non-empty list of subsystem NQN prefixes such as "nqn.2026-11.io.sinter:"'),
+    ),
+  ),
   /** Targets whose orphan sessions `clean` may tear down (sinter's own); default: the default prefix and every iSCSI backend's. */
   orphanTargetPrefixes: v.optional(
     v.pipe(

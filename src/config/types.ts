@@ -2,7 +2,7 @@
 // source: a key added there appears here). Where load.ts resolves a default
 // from the role, the node name or the backends, the type says it is resolved.
 import type { InferOutput } from 'valibot';
-import type { controllerSchema, fileBackendSchema, lvmBackendSchema, rbdBackendSchema, execSchema, fcSchema, fileSchema, iscsiSchema, kubernetesSchema, nodeSchema } from './schema.js';
+import type { nvmeofSchema, controllerSchema, fileBackendSchema, lvmBackendSchema, rbdBackendSchema, execSchema, fcSchema, fileSchema, iscsiSchema, kubernetesSchema, nodeSchema } from './schema.js';
 
 export type Role = 'controller' | 'node' | 'all';
 
@@ -11,12 +11,13 @@ type Resolved<T, K extends keyof T> = Omit<T, K> & { [P in K]-?: Exclude<T[P], u
 
 export type LogLevel = FileConfig['logLevel'];
 export type IscsiExportConfig = InferOutput<typeof iscsiSchema>;
+export type NvmeofExportConfig = InferOutput<typeof nvmeofSchema>;
 export type FileBackendConfig = InferOutput<typeof fileBackendSchema>;
 export type RbdBackendConfig = InferOutput<typeof rbdBackendSchema>;
 export type LvmBackendConfig = InferOutput<typeof lvmBackendSchema>;
 export type BackendConfig = FileBackendConfig | LvmBackendConfig | RbdBackendConfig;
 export type FcConfig = InferOutput<typeof fcSchema>;
-export type NodeConfig = Resolved<InferOutput<typeof nodeSchema>, 'stateDir' | 'orphanTargetPrefixes'>;
+export type NodeConfig = Resolved<InferOutput<typeof nodeSchema>, 'stateDir' | 'orphanTargetPrefixes' | 'orphanNqnPrefixes'>;
 export type ControllerConfig = Resolved<InferOutput<typeof controllerSchema>, 'stateDir'>;
 export type ExecConfig = InferOutput<typeof execSchema>;
 /** `enabled` resolved from `auto|true|false`, the role and the environment. */

@@ -1,3 +1,5 @@
+import { isValidNqn } from './nodeid.js';
+
 /**
  * publish_context: Cinder's connection_info, flat string keys, never a secret
  * (VolumeAttachment status is readable cluster-wide).
@@ -7,12 +9,23 @@ export type PublishContext =
   | { transport: 'iscsi'; portals: string[]; iqn: string; lun: number }
   | { transport: 'fc'; wwns: string[]; lun: number }
   /** Ceph RBD: the node reaches the image with its own cephx key (node config), never one in here. */
-  | { transport: 'rbd'; pool: string; image: string; monitors: string[] };
+  | { transport: 'rbd'; pool: string; image: string; monitors: string[] }
+  /** NVMe over TCP: the subsystem's NQN, its portals (`traddr:trsvcid`) and the namespace id. */
+  | { transport: 'nvmeof'; nqn: string; portals: string[]; nsid: number };
 
 /** A pool or image name safe in an `rbd` image spec and a qemu option: no '/', '@', ',', '=' or spaces. */
 export const RBD_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/;
 /** A monitor address: `host`, `host:port`, `[v6]:port`, optionally `v1:`/`v2:`. */
 export const RBD_MONITOR_RE = /^(?:v[12]:)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/;
+
+/** NVMe/TCP's IANA port (what `nvme connect` assumes without -s). */
+export const NVME_TCP_PORT = 4420;
+/** Namespace ids run from 1 to 0xFFFFFFFE (0 and 0xFFFFFFFF are reserved: NVMe Base Spec 3.2.1). */
+export const MAX_NSID = 0xfffffffe;
+
+export function isNsid(n: number): boolean {
+  return Number.isInteger(n) && n >= 1 && n <= MAX_NSID;
+}
 
 export class PublishContextError extends Error {}
 
@@ -63,6 +76,8 @@ export function encodePublishContext(c: PublishContext): Record<string, string> 
       return { transport: 'fc', wwns: c.wwns.join(','), lun: String(c.lun) };
     case 'rbd':
       return { transport: 'rbd', pool: c.pool, image: c.image, monitors: c.monitors.join(',') };
+    case 'nvmeof':
+      return { transport: 'nvmeof', nqn: c.nqn, portals: c.portals.join(','), nsid: String(c.nsid) };
   }
 }
 
@@ -98,7 +113,21 @@ export function decodePublishContext(ctx: Record<string, string> | undefined): P
       if (bad !== undefined) throw new PublishContextError(`publish_context.monitors: "${bad.slice(0, 100)}" is not a monitor address (host:port)`);
       return { transport: 'rbd', pool: c.pool!, image: c.image!, monitors };
     }
+    case 'nvmeof': {
+      if (!c.nqn || !isValidNqn(c.nqn)) throw new PublishContextError(`publish_context.nqn "${c.nqn ?? ''}" is not a subsystem NQN (nqn.yyyy-mm.domain:name, at most 223 bytes)`);
+      // Each portal is checked here, so nothing that reaches `nvme connect -a/-s` was not a host and a port.
+      const portals = listOf(c.portals, 'portals').map((p) => {
+        try {
+          return parsePortal(p, NVME_TCP_PORT).text;
+        } catch (e) {
+          throw new PublishContextError(`publish_context.portals: ${(e as Error).message}`);
+        }
+      });
+      if (c.nsid === undefined || !/^\d{1,10}$/.test(c.nsid) || !isNsid(Number(c.nsid)))
+        throw new PublishContextError(`publish_context.nsid "${c.nsid ?? ''}" is not a namespace id from 1 to ${MAX_NSID}`);
+      return { transport: 'nvmeof', nqn: c.nqn, portals, nsid: Number(c.nsid) };
+    }
     default:
-      throw new PublishContextError(`publish_context.transport "${c.transport ?? ''}" is not one of local, iscsi, fc, rbd`);
+      throw new PublishContextError(`publish_context.transport "${c.transport ?? ''}" is not one of local, iscsi, fc, rbd, nvmeof`);
   }
 }

@@ -2,11 +2,11 @@ import type { ExportEntry, VolumeRecord } from '../backends/backend.js';
 import type { Finding } from '../contracts/finding.js';
 import { normalizeWwpn, parseNodeId } from '../contracts/nodeid.js';
 
-/** The initiator names a publish to this node id admits (its IQN and WWPNs). */
+/** The initiator names a publish to this node id admits (its IQN, WWPNs and NVMe host NQN). */
 function initiatorsOf(nodeId: string): string[] {
   const n = parseNodeId(nodeId);
   if (!n) return [];
-  return [...(n.iqn ? [n.iqn] : []), ...n.wwpns.map(normalizeWwpn)];
+  return [...(n.iqn ? [n.iqn] : []), ...n.wwpns.map(normalizeWwpn), ...(n.nqn ? [n.nqn] : [])];
 }
 
 const norm = (i: string) => (/^(0x)?[0-9a-f:]{16,23}$/i.test(i) ? normalizeWwpn(i) : i);

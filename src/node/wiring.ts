@@ -2,10 +2,11 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
-import { encodeNodeId, isValidIqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
+import { encodeNodeId, isValidIqn, isValidNqn, NODE_TOPOLOGY_KEY, parseNodeId } from '../contracts/nodeid.js';
 import type { HostExecutor } from '../exec/run.js';
 import { IscsiConnector } from './connectors/iscsi-connector.js';
 import { RbdConnector } from './connectors/rbd.js';
+import { NvmeConnector } from './connectors/nvme.js';
 import { onlineInitiatorWwpns } from './connectors/fc.js';
 import { NodeService } from './service.js';
 
@@ -23,12 +24,23 @@ export function readInitiatorName(file: string): string | undefined {
   }
 }
 
+/** Reads nvme-cli's host NQN file (one line, the NQN), if the host has a valid one. */
+export function readHostNqn(file: string): string | undefined {
+  try {
+    const nqn = readFileSync(file, 'utf8').trim();
+    return isValidNqn(nqn) ? nqn : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function nodeIdFor(cfg: Config): string {
   if (cfg.nodeId) return cfg.nodeId;
   return encodeNodeId({
     host: cfg.nodeName,
     iqn: cfg.node.iscsiInitiatorName ?? readInitiatorName(cfg.node.initiatorNameFile),
     wwpns: onlineInitiatorWwpns(cfg.node.sysfsRoot),
+    nqn: cfg.node.nvmeHostNqn ?? readHostNqn(cfg.node.hostNqnFile),
   });
 }
 
@@ -75,6 +87,17 @@ export function nodeServiceFor(cfg: Config, nodeId: string, exec: HostExecutor, 
         { stateDir: join(cfg.node.stateDir, 'rbd-userspace'), user: cfg.node.rbd.user, keyFile: cfg.node.rbd.keyFile, sysfsRoot: cfg.node.sysfsRoot },
         exec,
         log.child({ part: 'rbd' }),
+      ),
+      new NvmeConnector(
+        {
+          hostNqn: parseNodeId(nodeId)?.nqn,
+          sysfsRoot: cfg.node.sysfsRoot,
+          devRoot: cfg.node.devRoot,
+          orphanNqnPrefixes: cfg.node.orphanNqnPrefixes,
+          mountInfoPath: cfg.exec.mode === 'nsenter' ? '/proc/1/mountinfo' : undefined,
+        },
+        exec,
+        log.child({ part: 'nvme' }),
       ),
     ],
   });

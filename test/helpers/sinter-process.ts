@@ -1,3 +1,4 @@
+import { readHostNqn } from '../../src/node/wiring.js';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
@@ -243,4 +244,14 @@ export async function codeOf(p: Promise<unknown>): Promise<string> {
     if (typeof code === 'string') return (code as string).toUpperCase().replace(/-/g, '_'); // a domain error, called directly
     return code === undefined ? `thrown: ${(e as Error).message}` : names[code] ?? String(code);
   }
+}
+
+/**
+ * The `;nqn` tail a node id built on this machine carries: nvme-cli writes
+ * /etc/nvme/hostnqn when it is installed (the host and the VM guest have it),
+ * and the node id gains it as its fourth field (src/contracts/nodeid.ts).
+ */
+export function hostNqnTail(): string {
+  const nqn = readHostNqn('/etc/nvme/hostnqn');
+  return nqn ? `;${nqn}` : '';
 }

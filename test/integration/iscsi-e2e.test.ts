@@ -8,7 +8,7 @@ import { tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { UserspaceIscsiInitiator } from '../../src/node/connectors/iscsi/userspace.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { codeOf, MiB, mountCap, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { codeOf, MiB, mountCap, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 import { startIscsiSplit, type IscsiSplit } from '../helpers/iscsi-split.js';
@@ -53,7 +53,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
   };
 
   it('carries the initiator name in the node id', () => {
-    expect(nodeId).toBe(`node-1;${NODE_IQN};`);
+    expect(nodeId).toBe(`node-1;${NODE_IQN};${hostNqnTail()}`);
   });
 
   it('create → publish (ACL + CHAP) → stage over iSCSI → format → publish → write → teardown: the bytes are in the image', async () => {

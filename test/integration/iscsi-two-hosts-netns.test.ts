@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseTgtTargets } from '../../src/backends/targets/tgt-parse.js';
 import { canReach, inNetns, makeTwoHostNet, requireNetnsTools, type TwoHostNet } from '../helpers/netns.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, MiB, mountCap, startSinter, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 
@@ -139,7 +139,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
   };
 
   it('the node id carries the node\'s initiator name, and the node reaches the storage portal over the veth', async () => {
-    expect(nodeId).toBe(`node-b;${NODE_IQN};`);
+    expect(nodeId).toBe(`node-b;${NODE_IQN};${hostNqnTail()}`);
     expect(await canReach(net!.node.ns, net!.storage.address, ISCSI_PORT)).toBe(true);
     // The namespaces see only the veth's /30: nothing else leads to the portal.
     const routes = (await execa('ip', ['-n', net!.node.ns, '-4', 'route', 'show'])).stdout.trim().split('\n');

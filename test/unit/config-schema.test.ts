@@ -83,7 +83,7 @@ describe('configuration schema', () => {
   it('types are inferred from the schema (a key added there appears in Config; typecheck fails on drift)', () => {
     expectTypeOf<ExecConfig>().toEqualTypeOf<{ mode: 'direct' | 'nsenter' | 'chroot'; hostRoot: string; timeoutSeconds: number; nsenterTarget: 'host' | 'iscsid' }>();
     expectTypeOf<IscsiExportConfig['blockSize']>().toEqualTypeOf<512 | 4096>();
-    expectTypeOf<FileBackendConfig['export']>().toEqualTypeOf<'local' | 'iscsi'>();
+    expectTypeOf<FileBackendConfig['export']>().toEqualTypeOf<'local' | 'iscsi' | 'nvmeof'>();
     expectTypeOf<FileBackendConfig['iscsi']>().toEqualTypeOf<IscsiExportConfig | undefined>();
     expectTypeOf<NodeConfig['stateDir']>().toEqualTypeOf<string>();
     expectTypeOf<NodeConfig['orphanTargetPrefixes']>().toEqualTypeOf<string[]>();

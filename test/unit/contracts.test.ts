@@ -34,7 +34,64 @@ describe('node id (host;iqn;wwpns)', () => {
   });
 });
 
+describe('node id with an NVMe host NQN (host;iqn;wwpns;nqn)', () => {
+  // The guest's /etc/nvme/hostnqn (Debian bookworm's nvme-cli 2.3 writes this uuid form at install).
+  const hostNqn = 'nqn.2014-08.org.nvmexpress:uuid:1f895b65-8771-41e5-8943-40869203f363';
+
+  it('carries the NQN as a fourth field, and leaves it out when the node has none (ids recorded before still compare equal)', () => {
+    const id = encodeNodeId({ host: 'worker-1', iqn: 'iqn.1993-08.org.debian:01:abc', wwpns: [], nqn: hostNqn });
+    expect(id).toBe(`worker-1;iqn.1993-08.org.debian:01:abc;;${hostNqn}`);
+    expect(parseNodeId(id)).toEqual({ host: 'worker-1', iqn: 'iqn.1993-08.org.debian:01:abc', wwpns: [], nqn: hostNqn });
+    expect(encodeNodeId({ host: 'worker-1', iqn: 'iqn.1993-08.org.debian:01:abc', wwpns: [] })).toBe('worker-1;iqn.1993-08.org.debian:01:abc;');
+    expect(parseNodeId('worker-1;;')?.nqn).toBeUndefined();
+  });
+
+  it('fits a long host name, an IQN, two WWPNs and a host NQN in 256 bytes, and refuses to build more', () => {
+    const id = encodeNodeId({ host: 'ip-10-0-12-34.eu-west-1.compute.internal', iqn: 'iqn.1993-08.org.debian:01:573a5b2d8368', wwpns: ['21000024ff3a1b2c', '21000024ff3a1b2d'], nqn: hostNqn });
+    expect(Buffer.byteLength(id)).toBeLessThanOrEqual(256);
+    expect(parseNodeId(id)?.nqn).toBe(hostNqn);
+    expect(() => encodeNodeId({ host: 'h'.repeat(60), iqn: `iqn.2020-01.io.example:${'x'.repeat(140)}`, wwpns: [], nqn: hostNqn })).toThrow(/256/);
+  });
+
+  it.each([
+    'h;;;',
+    'h;;;not-an-nqn',
+    'h;;;nqn.2014-08.org.nvmexpress.discovery',
+    `h;;;nqn.2014-08.org.nvmexpress:${'u'.repeat(200)}`,
+    'h;;;nqn.2014-08.org.nvmexpress:a b',
+    'h;;;nqn.2014-08.org.nvmexpress:../../x',
+    `h;;;${hostNqn};extra`,
+  ])('rejects %j', (id) => {
+    expect(parseNodeId(id)).toBeUndefined();
+  });
+
+  it('refuses to encode a malformed NQN', () => {
+    expect(() => encodeNodeId({ host: 'h', wwpns: [], nqn: 'nqn.bad' })).toThrow(/NQN/);
+  });
+});
+
 describe('publish_context', () => {
+  it('nvmeof: nqn, portals (traddr:trsvcid, 4420 by default) and nsid, no secret', () => {
+    const ctx = { transport: 'nvmeof' as const, nqn: 'nqn.2026-11.io.sinter:file-1b4e28ba-2fa1-11d2-883f-0016d3cca427', portals: ['127.0.0.1:4420', '[fd00::2]:4421'], nsid: 1 };
+    const flat = encodePublishContext(ctx);
+    expect(flat).toEqual({ transport: 'nvmeof', nqn: ctx.nqn, portals: '127.0.0.1:4420,[fd00::2]:4421', nsid: '1' });
+    expect(decodePublishContext(flat)).toEqual(ctx);
+    expect(decodePublishContext({ ...flat, portals: '10.0.0.5' })).toEqual({ ...ctx, portals: ['10.0.0.5:4420'] });
+  });
+
+  it.each([
+    [{ transport: 'nvmeof', portals: '127.0.0.1:4420', nsid: '1' }, /nqn/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2014-08.org.nvmexpress.discovery', portals: '127.0.0.1:4420', nsid: '1' }, /nqn/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2026-11.io.sinter:v', portals: '', nsid: '1' }, /portals/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2026-11.io.sinter:v', portals: '127.0.0.1:99999', nsid: '1' }, /portals/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2026-11.io.sinter:v', portals: '-a 1', nsid: '1' }, /portals/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2026-11.io.sinter:v', portals: '127.0.0.1', nsid: '0' }, /nsid/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2026-11.io.sinter:v', portals: '127.0.0.1', nsid: '4294967295' }, /nsid/],
+    [{ transport: 'nvmeof', nqn: 'nqn.2026-11.io.sinter:v', portals: '127.0.0.1' }, /nsid/],
+  ])('nvmeof: names the bad key in %j', (ctx, re) => {
+    expect(() => decodePublishContext(ctx as Record<string, string>)).toThrow(re);
+  });
+
   it('encodes flat string keys per transport', () => {
     expect(encodePublishContext({ transport: 'iscsi', portals: ['127.0.0.1:3260', '127.0.0.2:3260'], iqn: 'iqn.2026-11.io.sinter:v1', lun: 1 })).toEqual({
       transport: 'iscsi',

@@ -9,7 +9,7 @@ import { sanBackendYaml } from '../helpers/iscsi-split.js';
 import { stringMatching } from '../helpers/matchers.js';
 import { INITIAL_LOGIN_RETRY_MAX } from '../../src/node/connectors/iscsi/kernel.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
 import { TestTgtd } from '../helpers/tgtd.js';
 import { initiatorName, Iscsid, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
 
@@ -164,7 +164,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
   };
 
   it('carries the guest\'s initiator name (from /etc/iscsi/initiatorname.iscsi) in the node id', () => {
-    expect(nodeId).toBe(`vm-node;${iqn};`);
+    expect(nodeId).toBe(`vm-node;${iqn};${hostNqnTail()}`);
   });
 
   it('mount volume: publish (ACL + CHAP) → stage logs in with iscsi_tcp → a real SCSI disk, formatted and mounted → write → teardown logs out; the bytes are in the image', async () => {

@@ -25,6 +25,8 @@ import { Code, DomainError } from '../../errors/domain-error.js';
 import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { createTargetHelper } from '../targets/create.js';
+import { NvmeofExport } from '../targets/nvmeof-export.js';
+import { NvmetTargetHelper } from '../targets/nvmet.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
 
 const now = () => new Date().toISOString();
@@ -52,6 +54,8 @@ export class FileBackend implements Backend {
   private readonly used: { bytes: number; tookMs: number; at?: number; refreshing?: Promise<void> } = { bytes: 0, tookMs: 0 };
   /** Set with `export: iscsi`: volumes reach nodes through tgtd instead of the local loop connector. */
   private readonly iscsi?: IscsiExport;
+  /** Set with `export: nvmeof`: volumes reach nodes over NVMe/TCP through nvmet. */
+  private readonly nvme?: NvmeofExport;
   readonly reconcileIntervalMs?: number;
 
   constructor(
@@ -63,6 +67,11 @@ export class FileBackend implements Backend {
       const helper = createTargetHelper(cfg.iscsi, exec, log);
       this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
       this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
+    }
+    if (cfg.export === 'nvmeof' && cfg.nvmeof) {
+      const helper = new NvmetTargetHelper({ configfsRoot: cfg.nvmeof.configfsRoot, nqnPrefix: cfg.nvmeof.nqnPrefix, portals: cfg.nvmeof.portals }, log);
+      this.nvme = new NvmeofExport(helper, log, (id) => backendOfVolume(id) === cfg.name);
+      this.reconcileIntervalMs = cfg.nvmeof.reconcileSeconds * 1000;
     }
     this.name = cfg.name;
     this.labels = cfg.labels;
@@ -155,6 +164,7 @@ export class FileBackend implements Backend {
     await Promise.all([fs.access(this.volDir, constants.R_OK | constants.W_OK), fs.access(this.snapDir, constants.R_OK | constants.W_OK)]);
     // Without its target daemon an iSCSI backend cannot publish anything.
     await this.iscsi?.targets();
+    await this.nvme?.subsystems();
   }
 
   async capacity(): Promise<BackendCapacity> {
@@ -286,6 +296,7 @@ export class FileBackend implements Backend {
     await this.volStore.put(rec);
     try {
       await this.iscsi?.remove(id);
+      await this.nvme?.remove(id);
       await removeFileDurable(this.imagePath(id), this.volStore.syncDir);
       await this.volStore.remove(id);
     } catch (e) {
@@ -329,6 +340,15 @@ export class FileBackend implements Backend {
         );
       }
     }
+    // nvmet reads the file's size only when asked (revalidate_size); connected hosts then rescan by themselves.
+    if (this.nvme) {
+      try {
+        await this.nvme.refreshSize(id);
+      } catch (e) {
+        const code = e instanceof DomainError ? e.code : Code.INTERNAL;
+        throw new DomainError(code, `volume ${id} grew to ${rec.sizeBytes} bytes, but its NVMe namespace still shows the old size: ${(e as Error).message}; retry the expand`);
+      }
+    }
     return rec;
   }
 
@@ -343,6 +363,8 @@ export class FileBackend implements Backend {
 
   async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string>): Promise<PublishContext> {
     this.mustVolume(id);
+    // Read-only, as for iSCSI, is the node's mount's business.
+    if (this.nvme) return this.nvme.export(id, this.imagePath(id), node, secrets);
     if (this.iscsi) {
         const chap = chapFromRequestSecrets(secrets);
       // Read-only is enforced by the node's mount; the LUN stays writable so
@@ -354,6 +376,13 @@ export class FileBackend implements Backend {
   }
 
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
+    if (this.nvme) {
+      const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.nqn !== node.nqn);
+      // The last node leaving takes the subsystem with it.
+      if (others.length === 0) await this.nvme.remove(id);
+      else await this.nvme.unexport(id, node);
+      return;
+    }
     // The local transport exports nothing, so there is nothing to revoke.
     if (!this.iscsi) return;
     const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
@@ -365,6 +394,8 @@ export class FileBackend implements Backend {
 
   /** What the target daemon exports for this backend (fsck compares it with the publishes). */
   get listExports(): (() => Promise<ExportEntry[]>) | undefined {
+    const nvme = this.nvme;
+    if (nvme) return () => nvme.entries();
     const iscsi = this.iscsi;
     if (!iscsi) return undefined;
     return async () =>
@@ -374,6 +405,10 @@ export class FileBackend implements Backend {
   }
 
   async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled> {
+    if (this.nvme) {
+      const n = await this.nvme.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
+      return { restored: n.hostsRestored.length, revoked: n.hostsRevoked.length };
+    }
     if (!this.iscsi) return { restored: 0, revoked: 0 };
     const r = await this.iscsi.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
     return { restored: r.aclsRestored.length, revoked: r.aclsRevoked.length };
@@ -386,7 +421,7 @@ export class FileBackend implements Backend {
     const st = await fs.stat(this.imagePath(id)).catch(() => undefined);
     if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}": the volume's data is gone from the storage host; restore the file from a backup, or create a new volume from a snapshot` };
     if (st.size < rec.sizeBytes) return { abnormal: true, message: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}` };
-    const exportHealth = await this.iscsi?.health(rec, this.imagePath(id));
+    const exportHealth = (await this.iscsi?.health(rec, this.imagePath(id))) ?? (await this.nvme?.health(rec, this.imagePath(id)));
     if (exportHealth) return exportHealth;
     // The Cinder state rides along so ControllerGetVolume shows it.
     return { abnormal: false, message: `${rec.state}: volume is healthy` };
