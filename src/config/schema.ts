@@ -158,6 +158,14 @@ export const fcSchema = section({
   removeTimeoutSeconds: v.optional(num(1, 600), 30),
 });
 
+/** The kernel iSCSI initiator's waits (initiator: kernel). */
+export const iscsiNodeSchema = section({
+  /** How long staging waits for the LUN's block device after login and scan. */
+  deviceTimeoutSeconds: v.optional(num(1, 600), 30),
+  /** With several portals: how long staging waits for multipathd to build the map over the paths (then uses one path, with a warning). */
+  multipathWaitSeconds: v.optional(num(0, 600), 5),
+});
+
 const notRoot = v.check((p: string) => p !== '/', 'must not be "/"');
 
 export const nodeSchema = section({
@@ -184,6 +192,7 @@ export const nodeSchema = section({
   /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
   devRoot: v.optional(v.pipe(absPath, notRoot), '/dev'),
   fc: fcSchema,
+  iscsi: iscsiNodeSchema,
   /**
    * What start-up does with an iSCSI attachment (session + LUN device) that no
    * stage record explains and nothing uses: `report` it only (the default: it

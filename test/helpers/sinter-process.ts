@@ -143,7 +143,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
           if (!existsSync(socket) || !(await accepts(socket))) return undefined;
           client = csiClient(`unix://${socket}`);
         }
-        const r = await client.identity.Probe({}, { deadlineMs: 1000 });
+        const r = await client.identity.Probe({}, { deadlineMs: 1000 * SLOW });
         return r.ready?.value === true ? true : undefined;
       },
       15_000 * SLOW,
