@@ -9,9 +9,10 @@ const VM_TESTS = ['test/**/*.vm.test.ts'];
 const IN_VM = process.env.SINTER_IN_VM === '1';
 // The conformance suite once more in the guest, with the kernel initiator under the node half
 // (test/helpers/conformance.ts). Seen passing there (2026-12-06): controller-publish, node,
-// controller-volumes, static-volumes. Not yet: identity (result pending), snapshots and
-// publish-topology (their beforeAll failed in a guest on a host at load 25; cause not read yet).
-const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes'].map((f) => `test/conformance/${f}.test.ts`);
+// controller-volumes, static-volumes, identity. Not yet: publish-topology (requireIscsiTools wants
+// the host's user-space initiator tools, qemu-nbd/nbdfuse/fuse3, which the guest lacks and the test
+// does not use) and snapshots (its sinter's first Probe timed out at 120 s on a host at load 25).
+const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes', 'identity'].map((f) => `test/conformance/${f}.test.ts`);
 
 export default defineConfig({
   test: {
