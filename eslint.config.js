@@ -9,7 +9,7 @@ import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
   // dist/ is build output; src/csi/generated/ is written by proto-loader-gen-types (npm run gen:csi-types).
-  { ignores: ['dist/**', 'node_modules/**', 'src/csi/generated/**', '**/*.mjs', '**/*.cjs', 'eslint.config.js'] },
+  { ignores: ['dist/**', '.tmp/**', '.dist-build-*/**', 'node_modules/**', 'src/csi/generated/**', '**/*.mjs', '**/*.cjs', 'eslint.config.js'] },
   eslint.configs.recommended,
   tseslint.configs.recommendedTypeChecked,
   {

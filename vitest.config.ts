@@ -7,10 +7,12 @@ const VM_TESTS = ['test/**/*.vm.test.ts'];
 // The `vm` project exists only inside the guest (its init sets SINTER_IN_VM), so
 // a plain `npx vitest run` on the host runs the host project alone.
 const IN_VM = process.env.SINTER_IN_VM === '1';
-// Only the conformance files the transport changes (publish_context, stage/publish over the
-// node's initiator): the controller-only ones behave the same on every transport, and the
-// VM stage's budget (guest build + all VM tests <= 15 min) has no room for them under TCG.
-const CONFORMANCE_IN_VM = ['controller-publish', 'node'].map((f) => `test/conformance/${f}.test.ts`);
+// The conformance suite once more in the guest, with the kernel initiator under the node half
+// (test/helpers/conformance.ts). Seen passing there (2026-12-06): controller-publish, node,
+// controller-volumes, static-volumes, identity. Not yet: publish-topology (requireIscsiTools wants
+// the host's user-space initiator tools, qemu-nbd/nbdfuse/fuse3, which the guest lacks and the test
+// does not use) and snapshots (its sinter's first Probe timed out at 120 s on a host at load 25).
+const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes', 'identity'].map((f) => `test/conformance/${f}.test.ts`);
 
 export default defineConfig({
   test: {
@@ -36,8 +38,7 @@ export default defineConfig({
           name: 'vm',
           // The guest runs the dist/ the host built (run.mjs builds first): tsc
           // under TCG would cost a minute, and the checkout is shared.
-          // and the conformance files whose sinter exports over the transport under
-          // test (startConformanceSinter), once more with the kernel initiator.
+          // and the conformance suite, once more with the kernel initiator.
           include: [...VM_TESTS, ...CONFORMANCE_IN_VM],
           // Node in the guest is ~7x slower than on the host.
           testTimeout: 300_000,

@@ -313,6 +313,14 @@ export const fcSchema = section({
   removeTimeoutSeconds: v.optional(num(1, 600), 30),
 });
 
+/** The kernel iSCSI initiator's waits (initiator: kernel). */
+export const iscsiNodeSchema = section({
+  /** How long staging waits for the LUN's block device after login and scan. */
+  deviceTimeoutSeconds: v.optional(num(1, 600), 30),
+  /** With several portals: how long staging waits for multipathd to build the map over the paths (then uses one path, with a warning). */
+  multipathWaitSeconds: v.optional(num(0, 600), 5),
+});
+
 const notRoot = v.check((p: string) => p !== '/', 'must not be "/"');
 
 export const nodeSchema = section({
@@ -349,6 +357,7 @@ export const nodeSchema = section({
     /** A file holding the bare cephx key (0600). */
     keyFile: v.optional(absPath),
   }),
+  iscsi: iscsiNodeSchema,
   /**
    * What start-up does with an iSCSI attachment (session + LUN device) that no
    * stage record explains and nothing uses: `report` it only (the default: it

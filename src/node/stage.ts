@@ -4,7 +4,7 @@ import { encodePublishContext, type PublishContext } from '../contracts/publish-
 import { alreadyExists, DomainError, failedPrecondition } from '../errors/domain-error.js';
 import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from '../csi/capability.js';
 import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
-import { closeEncrypted, encryptionOf, mapperName, openEncrypted } from './encryption.js';
+import { activeBacking, closeEncrypted, encryptionOf, mapperName, mapperPath, openEncrypted } from './encryption.js';
 import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
 import { doing, toHostError } from './host-errors.js';
 import { isReadOnly } from './mount.js';
@@ -265,7 +265,11 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   const wasStaged = rec.phase === 'staged';
   const recordedDevice = rec.device;
   if (rec.device && !(await connector.condition(ctx, rec.device)).attached) delete rec.device;
-  const vdev = volumeDevice(rec);
+  // An encrypted volume is mounted through its mapping, named after the volume: while that mapping is open, a mount
+  // of it is this volume's even when the connector no longer finds the device under it (a session lost, a LUN
+  // gone). Unmounting it and closing the mapping is then what lets this unstage, or its retry, finish.
+  const mapperOpen = rec.mapper !== undefined && (await activeBacking(d.exec, rec.mapper)) !== undefined;
+  const vdev = mapperOpen ? mapperPath(rec.mapper!) : volumeDevice(rec);
   const majMin = vdev ? await deviceMajMin(vdev) : undefined;
   // Only a mount showing the recorded device is ours to unmount; anything
   // else at the staging path is left alone.

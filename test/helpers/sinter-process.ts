@@ -162,7 +162,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
           if (!existsSync(socket) || !(await accepts(socket))) return undefined;
           client = csiClient(`unix://${socket}`);
         }
-        const r = await client.identity.Probe({}, { deadlineMs: 1000 });
+        const r = await client.identity.Probe({}, { deadlineMs: 1000 * SLOW });
         return r.ready?.value === true ? true : undefined;
       },
       opts.readyTimeoutMs ?? 15_000 * SLOW,

@@ -18,7 +18,7 @@ function load(cfg: object, role: 'all' | 'node' | 'controller' = 'controller', f
 const iscsiBackend = { name: 'b1', dataDir: join(dir, 'b1'), export: 'iscsi', iscsi: { portals: ['127.0.0.1:3260'] } };
 const full = {
   backends: [iscsiBackend],
-  node: { fc: {} },
+  node: { fc: {}, iscsi: {} },
   controller: {},
   exec: {},
   kubernetes: {},
@@ -44,6 +44,7 @@ describe('configuration schema', () => {
     [['backends', 0, 'iscsi'], 'backends[0].iscsi.bogus'],
     [['node'], 'node.bogus'],
     [['node', 'fc'], 'node.fc.bogus'],
+    [['node', 'iscsi'], 'node.iscsi.bogus'],
     [['controller'], 'controller.bogus'],
     [['exec'], 'exec.bogus'],
     [['kubernetes'], 'kubernetes.bogus'],
@@ -78,6 +79,13 @@ describe('configuration schema', () => {
   it('checks node.iscsiInitiatorName with the node id contract (isValidIqn)', () => {
     expect(keyOf(() => load({ backends: [iscsiBackend], node: { iscsiInitiatorName: 'not an iqn' } }))).toBe('node.iscsiInitiatorName');
     expect(load({ backends: [iscsiBackend], node: { iscsiInitiatorName: 'iqn.2026-11.io.example:n1' } }).node.iscsiInitiatorName).toBe('iqn.2026-11.io.example:n1');
+  });
+
+  it('node.iscsi: the kernel initiator\'s waits, 30 s for the disk and 5 s for multipathd\'s map by default, in bounds', () => {
+    expect(load({ backends: [iscsiBackend] }).node.iscsi).toEqual({ deviceTimeoutSeconds: 30, multipathWaitSeconds: 5 });
+    expect(load({ backends: [iscsiBackend], node: { iscsi: { multipathWaitSeconds: 60, deviceTimeoutSeconds: 120 } } }).node.iscsi).toEqual({ deviceTimeoutSeconds: 120, multipathWaitSeconds: 60 });
+    expect(keyOf(() => load({ backends: [iscsiBackend], node: { iscsi: { deviceTimeoutSeconds: 0 } } }))).toBe('node.iscsi.deviceTimeoutSeconds');
+    expect(keyOf(() => load({ backends: [iscsiBackend], node: { iscsi: { multipathWaitSeconds: 601 } } }))).toBe('node.iscsi.multipathWaitSeconds');
   });
 
   it('types are inferred from the schema (a key added there appears in Config; typecheck fails on drift)', () => {

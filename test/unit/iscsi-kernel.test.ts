@@ -445,6 +445,40 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       });
     });
 
+    it('a dm-crypt mapping over the only path (an encrypted volume staged on it) is the disk\'s user, not a foreign holder: connect again, find, health and rescan see /dev/sda; disconnect refuses while the mapping holds it, naming it', async () => {
+      sysfs.addNonDisk(0, 1, 0);
+      sysfs.addDisk(0, 1, 1, 'sda');
+      // Real layout (Linux 6.1, cryptsetup 2.6.1 over a tgt LUN): block/dm-0/dm/uuid CRYPT-LUKS2-<uuid>-<name>, slaves/sda.
+      sysfs.addMultipath('dm-0', 'sinter-san-v1', ['sda']);
+      writeFileSync(join(sysfs.sys, 'block', 'dm-0', 'dm', 'uuid'), 'CRYPT-LUKS2-5a50331768934997be427a215dd434e9-sinter-san-v1\n');
+      const t = { portals: [P1], iqn: T1, lun: 1 };
+      const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+      const k = make(exec);
+      await expect(k.connect(t, { initiatorName: NODE })).resolves.toMatchObject({ devicePath: `${sysfs.dev}/sda` });
+      expect(await k.find(t)).toBe(`${sysfs.dev}/sda`);
+      expect(await k.health(t)).toMatchObject({ device: `${sysfs.dev}/sda`, down: [] });
+      await k.rescan(t);
+      expect(sysfs.writes.map((w) => w.path)).toContain('block/sda/device/rescan');
+      const before = sysfs.writes.length;
+      await expect(k.disconnect(t)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('sda is held by dm-0 (sinter-san-v1)') });
+      expect(sysfs.writes.length).toBe(before);
+      expect(exec.lines.some((l) => l.endsWith('--logout'))).toBe(false);
+    });
+
+    it('a dm-crypt mapping directly on one of several paths (beside multipath) is still refused', async () => {
+      sysfs.addNonDisk(0, 1, 0);
+      sysfs.addDisk(0, 1, 1, 'sda');
+      sysfs.addNonDisk(1, 2, 0);
+      sysfs.addDisk(1, 2, 1, 'sdb');
+      sysfs.addMultipath('dm-0', 'sinter-x', ['sda']);
+      writeFileSync(join(sysfs.sys, 'block', 'dm-0', 'dm', 'uuid'), 'CRYPT-LUKS2-00-sinter-x\n');
+      const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
+      await expect(make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
+        code: Code.FAILED_PRECONDITION,
+        message: expect.stringContaining('held by dm-0, which is not a multipath map'),
+      });
+    });
+
     it('refuses paths that report different WWIDs (two LUNs, not two paths)', async () => {
       sysfs.addNonDisk(0, 1, 0);
       sysfs.addDisk(0, 1, 1, 'sda');

@@ -1,13 +1,11 @@
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code } from '../../src/errors/domain-error.js';
-import { IscsiConnector } from '../../src/node/connectors/iscsi-connector.js';
-import { NodeService } from '../../src/node/service.js';
-import { csiError, MiB, mountCap, NodeEnv } from '../helpers/node-env.js';
+import { parseMountInfo } from '../../src/node/mount.js';
+import { tempDir } from '../helpers/scratch-fs.js';
+import { codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 import { TestTgtd } from '../helpers/tgtd.js';
 import { initiatorName, Iscsid, kernelSessions, requireGuest } from './guest.js';
 
@@ -16,7 +14,8 @@ import { initiatorName, Iscsid, kernelSessions, requireGuest } from './guest.js'
  * 127.0.0.2, the guest's loopback), the node service (kernel initiator) logs
  * in on both, multipathd (user_friendly_names no, find_multipaths yes: a map
  * once two paths share a WWID, named by the WWID) builds one map, and stage
- * mounts the map.
+ * mounts the map. The node plugin runs as deployed: `sinter node` (initiator:
+ * kernel) in its own process, driven over its CSI unix socket.
  */
 const IQN = 'iqn.2026-11.io.sinter:mpath-vm-1';
 const MULTIPATH_CONF = 'defaults {\n\tuser_friendly_names no\n\tfind_multipaths yes\n}\n';
@@ -27,13 +26,17 @@ const multipathLl = async () => (await execa('multipath', ['-ll'], { reject: fal
 
 describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map by WWID', () => {
   requireGuest();
-  let env: NodeEnv;
+  const t = tempDir('sinter-vm-mpath-');
+  let node: SinterProcess;
   let iscsid: Iscsid;
   let tgtd: TestTgtd;
   let multipathd: ResultPromise | undefined;
   let portals: string[];
   const lunFile = '/tmp/sinter-mpath-lun.img';
+  const nodeBase = join(t.dir, 'node');
+  const nodeStateDir = join(nodeBase, 'state');
   const tgtadm = (...args: string[]) => execa('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', ...args]);
+  const mountsUnder = (dir: string) => parseMountInfo(readFileSync('/proc/self/mountinfo', 'utf8')).filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`));
 
   beforeAll(async () => {
     await execa('modprobe', ['dm_multipath']);
@@ -47,41 +50,38 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     await tgtadm('--op', 'new', '--mode', 'target', '--tid', '1', '-T', IQN);
     await tgtadm('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', '1', '-b', lunFile);
     await tgtadm('--op', 'bind', '--mode', 'target', '--tid', '1', '--initiator-name', initiatorName());
-    env = await NodeEnv.create();
-    const log = pino({ level: 'silent' });
-    env.use(
-      new NodeService({
-        config: env.config,
-        exec: env.exec,
-        log,
-        connectors: [
-          new IscsiConnector(
-            { mode: 'kernel', initiatorName: initiatorName(), stateDir: join(env.stateDir, 'iscsi-userspace'), kernel: { multipathWaitMs: 60_000, deviceTimeoutMs: 120_000 } },
-            env.exec,
-            log,
-          ),
-        ],
-      }),
-    );
-    await env.svc.start();
+    mkdirSync(nodeBase);
+    const nodeYaml = join(t.dir, 'node.yaml');
+    // multipathd under TCG takes seconds to build the map: the node's wait for it is raised from its 5 s default.
+    writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${nodeStateDir}`, '  iscsi:', '    deviceTimeoutSeconds: 120', '    multipathWaitSeconds: 60'].join('\n'));
+    node = await startSinter({ role: 'node', base: nodeBase, nodeName: 'vm-node', args: ['--config', nodeYaml] });
   });
 
   afterAll(async () => {
-    await env?.cleanup();
+    await node?.cleanup();
     for (const m of dmDevices()) await execa('multipath', ['-f', (await readFile(`/sys/block/${m}/dm/name`, 'utf8')).trim()], { reject: false });
     await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false });
     await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
     multipathd?.kill('SIGTERM');
     await multipathd;
     await tgtd?.stop();
+    tgtd?.cleanupLogs();
     await iscsid?.stop();
     await execa('rm', ['-f', lunFile]);
+    t.cleanup();
   });
 
   it('stage uses the map; I/O goes on with one path logged out; unstage refuses while the map is in use, then removes map, paths and sessions', async () => {
     const vol = 'san-mpath-1';
-    const req = env.stageReq(vol, '', mountCap('ext4'), { publish_context: { transport: 'iscsi', portals: portals.join(','), iqn: IQN, lun: '1' } });
-    await env.h.NodeStageVolume(req);
+    const staging = join(node.kubeletRoot, 'staging', vol);
+    mkdirSync(staging, { recursive: true });
+    const req = {
+      volume_id: vol,
+      staging_target_path: staging,
+      volume_capability: mountCap('SINGLE_NODE_WRITER', 'ext4'),
+      publish_context: { transport: 'iscsi', portals: portals.join(','), iqn: IQN, lun: '1' },
+    };
+    await node.client.node.NodeStageVolume(req, { deadlineMs: 300_000 });
 
     // One map, two paths, both sessions; the staging mount is the map, not a path.
     expect(dmDevices()).toHaveLength(1);
@@ -91,9 +91,9 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     expect(readdirSync(`/sys/block/${dm}/slaves`).sort()).toEqual(sdDevices().sort());
     expect(sdDevices()).toHaveLength(2);
     expect(await kernelSessions()).toHaveLength(2);
-    const rec = JSON.parse(await readFile(join(env.stateDir, 'volumes', `${vol}.json`), 'utf8')) as { device: string };
+    const rec = JSON.parse(await readFile(join(nodeStateDir, 'volumes', `${vol}.json`), 'utf8')) as { device: string };
     const devNum = (await readFile(`/sys/block/${dm}/dev`, 'utf8')).trim();
-    const mount = (await env.mountsUnder()).find((m) => m.mountPoint === req.staging_target_path);
+    const mount = mountsUnder(nodeBase).find((m) => m.mountPoint === req.staging_target_path);
     expect(mount?.majMin).toBe(devNum);
     expect(rec.device).toMatch(new RegExp(`/dev/(${dm}|mapper/${wwid})$`));
     expect(await multipathLl()).toContain(wwid);
@@ -107,21 +107,21 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     expect(readdirSync(`/sys/block/${dm}/slaves`)).toHaveLength(1);
 
     // Someone else mounted the map: unstage refuses and removes nothing.
-    const other = join(env.dir, 'by-hand');
+    const other = join(t.dir, 'by-hand');
     mkdirSync(other);
     await execa('mount', [`/dev/${dm}`, other]);
-    const err = await csiError(env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path }));
-    expect(err.code).toBe(Code.FAILED_PRECONDITION);
-    expect(err.message).toContain(other);
+    const refused = node.client.node.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path });
+    expect(await codeOf(refused)).toBe('FAILED_PRECONDITION');
+    expect(((await refused.catch((e: Error) => e)) as Error).message).toContain(other);
     expect(dmDevices()).toEqual([dm]);
     expect(await kernelSessions()).toHaveLength(1);
     await execa('umount', [other]);
 
-    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path });
+    await node.client.node.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path }, { deadlineMs: 300_000 });
     expect(await multipathLl()).toBe('');
     expect(dmDevices()).toEqual([]);
     expect(sdDevices()).toEqual([]);
     expect(await kernelSessions()).toEqual([]);
-    expect(await env.mountsUnder()).toEqual([]);
+    expect(mountsUnder(t.dir)).toEqual([]);
   });
 });

@@ -77,6 +77,17 @@ export class Multipath {
     return { dm, name, wwid: uuid.slice('mpath-'.length), slaves };
   }
 
+  /**
+   * Whether dm is a dm-crypt mapping (dm/uuid `CRYPT-…`, as cryptsetup names
+   * them): an encrypted volume's decrypted view, opened by stage over the
+   * LUN's device. It is a user of that device, as a mount is, not a layer of
+   * the LUN's path stack: the LUN's device stays the path (or the map) under it.
+   */
+  async isCrypt(dm: string): Promise<boolean> {
+    if (!/^dm-\d+$/.test(dm)) return false;
+    return (await this.sysfs.read(`block/${dm}/dm/uuid`))?.startsWith('CRYPT-') ?? false;
+  }
+
   /** The device node of a map: /dev/mapper/<name> when udev made it, else /dev/dm-N; undefined when neither exists yet. */
   async devicePath(map: MultipathMap): Promise<string | undefined> {
     if ((await this.sysfs.devTarget(`mapper/${map.name}`)) === map.dm) return this.sysfs.dev(`mapper/${map.name}`);
@@ -96,7 +107,10 @@ export class Multipath {
    * when no map holds it. Refuses paths held by anything that is not a
    * multipath map, paths in different maps, a map whose WWID is not the
    * LUN's, and paths that disagree about the WWID (a zoning or masking
-   * mix-up: two LUNs, not two paths to one).
+   * mix-up: two LUNs, not two paths to one). One exception: a dm-crypt
+   * mapping over the only path is that device's user (an encrypted volume
+   * staged over it, met again by a retried or repeated stage), not a layer
+   * of the LUN: the path is the LUN's device, and stage checks the mapping.
    */
   async choose(paths: string[], what: string): Promise<PathChoice> {
     const wwids = new Map<string, string>();
@@ -111,13 +125,17 @@ export class Multipath {
       );
     const lunWwid = [...distinct][0];
     const maps = new Map<string, MultipathMap>();
+    let crypt: string | undefined;
     for (const p of paths) {
       for (const h of await this.disks.holders(p)) {
         const m = await this.map(h);
-        if (!m) throw failedPrecondition(`${what}: path ${p} is held by ${h}, which is not a multipath map (LVM or another device-mapper user on the node?); sinter will not use it`);
-        maps.set(m.dm, m);
+        if (m) maps.set(m.dm, m);
+        else if (paths.length === 1 && (await this.isCrypt(h))) crypt = h;
+        else throw failedPrecondition(`${what}: path ${p} is held by ${h}, which is not a multipath map (LVM or another device-mapper user on the node?); sinter will not use it`);
       }
     }
+    if (crypt && maps.size > 0)
+      throw failedPrecondition(`${what}: path ${paths[0]} is held both by a multipath map and by the dm-crypt mapping ${crypt}; sinter will not use it`);
     if (maps.size > 1) throw failedPrecondition(`${what}: its paths are in different multipath maps (${[...maps.values()].map((m) => m.name).join(', ')})`);
     const map = [...maps.values()][0];
     if (!map) return { kind: 'paths' };
@@ -169,7 +187,11 @@ export class Multipath {
   /** Why a block device must not be removed (mounted, or held by something above it), if it must not. */
   async inUse(kernel: string, ignoreHolder?: string): Promise<string | undefined> {
     const holders = (await this.disks.holders(kernel)).filter((h) => h !== ignoreHolder);
-    if (holders.length) return `${kernel} is held by ${holders.join(', ')}`;
+    if (holders.length) {
+      // dm-N alone names nothing a user recognises; its dm name (sinter-<volume>, vg-lv, a WWID) does.
+      const named = await Promise.all(holders.map(async (h) => ((n) => (n ? `${h} (${n})` : h))(await this.sysfs.read(`block/${h}/dm/name`))));
+      return `${kernel} is held by ${named.join(', ')}`;
+    }
     const majMin = await this.sysfs.read(`block/${kernel}/dev`);
     let table: string;
     try {

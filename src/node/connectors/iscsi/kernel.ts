@@ -395,7 +395,11 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   /**
    * This LUN's disks on the given sessions and the multipath maps over them.
    * A map that also holds a disk of another LUN (or of a session not given) is
-   * refused: removing it would take that other disk's I/O down with it.
+   * refused: removing it would take that other disk's I/O down with it. A
+   * dm-crypt mapping over a disk (an encrypted volume staged on it) is the
+   * disk's user, not a map: the disk is still this LUN's device (find,
+   * condition, rescan), and removeLun refuses to take it away while the
+   * mapping holds it, as it refuses a mounted one.
    */
   private async lunDevices(sessions: IscsiSessionInfo[], portals: Portal[], lun: number, what: string): Promise<{ maps: MultipathMap[]; paths: string[] }> {
     const paths: string[] = [];
@@ -409,8 +413,9 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     for (const disk of paths) {
       for (const h of await this.disks.holders(disk)) {
         const m = await this.multipath.map(h);
-        if (!m) throw failedPrecondition(`${what}: path ${disk} is held by ${h}, which is not a multipath map; sinter will not remove it`);
-        maps.set(m.dm, m);
+        if (m) maps.set(m.dm, m);
+        else if (!(await this.multipath.isCrypt(h)))
+          throw failedPrecondition(`${what}: path ${disk} is held by ${h}, which is not a multipath map; sinter will not remove it`);
       }
     }
     for (const m of maps.values())
