@@ -1,0 +1,197 @@
+// 7. Attach at scale: `sinter all` stages and publishes N volumes (default
+// 256) on one node over the local transport (loop device, ext4, 64 MiB
+// each), keeping them all staged, then unpublishes and unstages them in the
+// reverse order. So volume #n's stage and publish run while n-1 others are
+// staged and published, and so do its unpublish and unstage (last in, first
+// out): every figure of volume #n is taken with the same n-1 neighbours.
+//
+// The floor of each figure is the same RPC of the first volumes: the section
+// asks whether the cost of one attach grows with the number already there
+// (issue 16: volume 256 ≤ 1.2× volume 1). Single RPCs are noisy on a shared
+// machine, so "volume n" is the median of the window of 8 volumes ending at
+// n (volumes 1–8 for the first).
+//
+// With BENCH_LOG_LEVEL=debug sinter logs every host command; the section
+// then counts, per RPC, the commands and their time, and prints them for
+// the first and the last windows, so what grows is named.
+//
+// Everything lives under one directory that is unmounted, detached and
+// removed at the end of the section, also when it fails.
+import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { base, load, median, MiB, mountCap, scrub, startSinter } from './lib.mjs';
+
+export const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
+const WINDOW = 8;
+
+/** The points reported: the first window, the 64th, 128th and the last volume. */
+export function points(n) {
+  return [...new Set([WINDOW, 64, 128, n].filter((p) => p >= WINDOW && p <= n))];
+}
+
+/** Median of the window of WINDOW values ending at volume n (1-based). */
+const windowAt = (values, n) => median(values.slice(Math.max(0, n - WINDOW), n));
+
+/**
+ * Host commands per RPC from a debug log: sinter serves one RPC at a time
+ * here, so every `exec` line belongs to the next `rpc` line.
+ */
+export function commandsPerRpc(logText) {
+  const out = [];
+  let pending = [];
+  for (const line of logText.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    let j;
+    try {
+      j = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    if (j.msg === 'exec') pending.push({ cmd: j.cmd.split(' ')[0] + (j.cmd.split(' ')[1]?.startsWith('-') ? ` ${j.cmd.split(' ')[1]}` : ''), ms: j.ms });
+    else if (j.msg === 'rpc') {
+      out.push({ rpc: j.rpc?.split('.').pop(), volumeId: j.volume_id, ms: j.ms, cmds: pending });
+      pending = [];
+    }
+  }
+  return out;
+}
+
+export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
+  const dir = join(base, 'attach-scale');
+  const s = await startSinter({ role: 'all', dir });
+  const cap = mountCap('ext4');
+  const made = []; // { id, ctx, volume, staging, target, staged, published }
+  const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
+  const loadAt = [];
+  const t0 = performance.now();
+  let nodeId;
+  const create = async (name) => {
+    const { volume } = await s.client.controller.CreateVolume({ name, capacity_range: { required_bytes: sizeMiB * MiB }, volume_capabilities: [cap] });
+    const id = volume.volume_id;
+    const { publish_context: ctx } = await s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
+    const v = {
+      id,
+      ctx,
+      volume,
+      staging: join(s.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount'),
+      target: join(s.kubeletRoot, 'pods', `pod-${name}`, 'volumes/kubernetes.io~csi', id, 'mount'),
+    };
+    mkdirSync(v.staging, { recursive: true });
+    mkdirSync(join(v.target, '..'), { recursive: true });
+    made.push(v);
+    return v;
+  };
+  const time = async (fn) => {
+    const t = performance.now();
+    await fn();
+    return performance.now() - t;
+  };
+  const n = s.client.node;
+  const stage = (v) => n.NodeStageVolume({ volume_id: v.id, staging_target_path: v.staging, volume_capability: cap, publish_context: v.ctx, volume_context: v.volume.volume_context });
+  const publish = (v) => n.NodePublishVolume({ volume_id: v.id, staging_target_path: v.staging, target_path: v.target, volume_capability: cap, publish_context: v.ctx });
+  const unpublish = (v) => n.NodeUnpublishVolume({ volume_id: v.id, target_path: v.target });
+  const unstage = (v) => n.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging });
+  const release = async (v) => {
+    await s.client.controller.ControllerUnpublishVolume({ volume_id: v.id, node_id: nodeId });
+    await s.client.controller.DeleteVolume({ volume_id: v.id });
+  };
+  let failed = true;
+  try {
+    ({ node_id: nodeId } = await n.NodeGetInfo({}));
+    // Warm-up: one whole round trip, so JIT and the tools' page cache are warm for volume 1.
+    const warm = await create('warm');
+    await stage(warm);
+    await publish(warm);
+    await unpublish(warm);
+    await unstage(warm);
+    await release(warm);
+    made.length = 0;
+    const logStart = readFileSync(s.logFile, 'utf8').length;
+
+    for (let i = 1; i <= volumes; i++) {
+      const v = await create(`scale-${i}`);
+      ms.NodeStageVolume.push(await time(() => stage(v)));
+      v.staged = true;
+      ms.NodePublishVolume.push(await time(() => publish(v)));
+      v.published = true;
+      loadAt.push(load());
+      if (i % 32 === 0 || i === volumes)
+        log(`  attach-scale: ${i}/${volumes} staged+published; stage ${ms.NodeStageVolume.at(-1).toFixed(0)} ms, publish ${ms.NodePublishVolume.at(-1).toFixed(0)} ms; load ${load().toFixed(2)}`);
+    }
+    // Last in, first out: volume #n is torn down with the same n-1 neighbours it was set up with.
+    const down = { NodeUnpublishVolume: [], NodeUnstageVolume: [] };
+    for (let i = volumes; i >= 1; i--) {
+      const v = made[i - 1];
+      down.NodeUnpublishVolume[i - 1] = await time(() => unpublish(v));
+      v.published = false;
+      down.NodeUnstageVolume[i - 1] = await time(() => unstage(v));
+      v.staged = false;
+      await release(v);
+      if (i % 32 === 1 || i === 1) log(`  attach-scale: torn down to ${i - 1}; unpublish ${down.NodeUnpublishVolume[i - 1].toFixed(0)} ms, unstage ${down.NodeUnstageVolume[i - 1].toFixed(0)} ms; load ${load().toFixed(2)}`);
+    }
+    ms.NodeUnpublishVolume = down.NodeUnpublishVolume;
+    ms.NodeUnstageVolume = down.NodeUnstageVolume;
+    failed = false;
+
+    const section = `7. Attach at scale (local connector, ext4, ${sizeMiB} MiB, ${volumes} volumes on one node)`;
+    const rows = [];
+    const pts = points(volumes);
+    const first = pts[0];
+    for (const k of STEPS) {
+      const f = windowAt(ms[k], first);
+      for (const p of pts.slice(1)) {
+        const val = windowAt(ms[k], p);
+        rows.push({
+          id: `attachScale.${k}.${p}`,
+          section,
+          label: `${k}, volume ${p} vs volumes 1–${first}`,
+          unit: 'ms',
+          value: val,
+          floor: f,
+          ratio: val / f,
+          target: p === volumes ? { ratioMax: 1.2 } : undefined,
+          floorIs: `median ${k} of volumes 1–${first}`,
+          detail: { window: WINDOW, perVolumeMs: ms[k].map((x) => Math.round(x * 100) / 100) },
+        });
+      }
+    }
+    log(`  attach-scale: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
+    for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms`).join(', ')}`);
+
+    // Debug logs: commands per RPC, for the first and the last windows.
+    const calls = commandsPerRpc(readFileSync(s.logFile, 'utf8').slice(logStart));
+    if (calls.some((c) => c.cmds.length)) {
+      const byVolume = new Map(made.map((v, i) => [v.id, i + 1]));
+      for (const k of STEPS) {
+        for (const p of [first, volumes]) {
+          const inWindow = calls.filter((c) => c.rpc === k && byVolume.get(c.volumeId) > p - WINDOW && byVolume.get(c.volumeId) <= p);
+          if (!inWindow.length) continue;
+          const cmdMs = median(inWindow.map((c) => c.cmds.reduce((a, x) => a + x.ms, 0)));
+          const rpcMs = median(inWindow.map((c) => c.ms));
+          const names = {};
+          for (const c of inWindow) for (const x of c.cmds) (names[x.cmd] ??= []).push(x.ms);
+          const list = Object.entries(names)
+            .map(([cmd, t]) => `${cmd} ×${(t.length / inWindow.length).toFixed(1)} ${median(t)} ms`)
+            .join('; ');
+          log(`  ${k} volumes ${p - WINDOW + 1}–${p}: server ${rpcMs.toFixed(1)} ms, host commands ${cmdMs.toFixed(0)} ms: ${list}`);
+        }
+      }
+    }
+    return rows;
+  } finally {
+    if (failed) {
+      // Best effort through sinter first (so its records match), then scrub whatever is left.
+      for (const v of [...made].reverse()) {
+        if (v.published) await unpublish(v).catch(() => undefined);
+        if (v.staged) await unstage(v).catch(() => undefined);
+      }
+    }
+    await s.stop();
+    if (process.env.BENCH_LOGS_TO) {
+      mkdirSync(process.env.BENCH_LOGS_TO, { recursive: true });
+      copyFileSync(s.logFile, join(process.env.BENCH_LOGS_TO, 'attach-scale.log'));
+    }
+    await scrub(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
