@@ -24,6 +24,9 @@ import { base, load, median, MiB, mountCap, scrub, startSinter } from './lib.mjs
 export const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
 const WINDOW = 8;
 
+/** CPU time (ms) sinter's main thread has run so far (/proc/PID/schedstat, ns): its JS, parsing, and the fork of each host command; less noisy than wall time on a busy machine. */
+const mainThreadMs = (pid) => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+
 /** The points reported: the first window, the 64th, 128th and the last volume. */
 export function points(n) {
   return [...new Set([WINDOW, 64, 128, n].filter((p) => p >= WINDOW && p <= n))];
@@ -62,6 +65,7 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
   const cap = mountCap('ext4');
   const made = []; // { id, ctx, volume, staging, target, staged, published }
   const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
+  const cpu = Object.fromEntries(STEPS.map((k) => [k, []]));
   const loadAt = [];
   const t0 = performance.now();
   let nodeId;
@@ -81,10 +85,14 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
     made.push(v);
     return v;
   };
-  const time = async (fn) => {
+  /** Wall ms of fn; its main-thread CPU ms goes to cpu[step][index]. */
+  const time = async (fn, step, index) => {
+    const c = mainThreadMs(s.pid);
     const t = performance.now();
     await fn();
-    return performance.now() - t;
+    const wall = performance.now() - t;
+    cpu[step][index] = mainThreadMs(s.pid) - c;
+    return wall;
   };
   const n = s.client.node;
   const stage = (v) => n.NodeStageVolume({ volume_id: v.id, staging_target_path: v.staging, volume_capability: cap, publish_context: v.ctx, volume_context: v.volume.volume_context });
@@ -110,9 +118,9 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
 
     for (let i = 1; i <= volumes; i++) {
       const v = await create(`scale-${i}`);
-      ms.NodeStageVolume.push(await time(() => stage(v)));
+      ms.NodeStageVolume.push(await time(() => stage(v), 'NodeStageVolume', i - 1));
       v.staged = true;
-      ms.NodePublishVolume.push(await time(() => publish(v)));
+      ms.NodePublishVolume.push(await time(() => publish(v), 'NodePublishVolume', i - 1));
       v.published = true;
       loadAt.push(load());
       if (i % 32 === 0 || i === volumes)
@@ -122,9 +130,9 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
     const down = { NodeUnpublishVolume: [], NodeUnstageVolume: [] };
     for (let i = volumes; i >= 1; i--) {
       const v = made[i - 1];
-      down.NodeUnpublishVolume[i - 1] = await time(() => unpublish(v));
+      down.NodeUnpublishVolume[i - 1] = await time(() => unpublish(v), 'NodeUnpublishVolume', i - 1);
       v.published = false;
-      down.NodeUnstageVolume[i - 1] = await time(() => unstage(v));
+      down.NodeUnstageVolume[i - 1] = await time(() => unstage(v), 'NodeUnstageVolume', i - 1);
       v.staged = false;
       await release(v);
       if (i % 32 === 1 || i === 1) log(`  attach-scale: torn down to ${i - 1}; unpublish ${down.NodeUnpublishVolume[i - 1].toFixed(0)} ms, unstage ${down.NodeUnstageVolume[i - 1].toFixed(0)} ms; load ${load().toFixed(2)}`);
@@ -155,8 +163,23 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
         });
       }
     }
+    for (const k of STEPS) {
+      const f = windowAt(cpu[k], first);
+      const val = windowAt(cpu[k], volumes);
+      rows.push({
+        id: `attachScale.${k}.cpu.${volumes}`,
+        section,
+        label: `${k}, sinter main-thread CPU, volume ${volumes} vs volumes 1–${first}`,
+        unit: 'ms',
+        value: val,
+        floor: f,
+        ratio: val / f,
+        floorIs: `median main-thread CPU of ${k} of volumes 1–${first}`,
+        detail: { window: WINDOW, perVolumeMs: cpu[k].map((x) => Math.round(x * 100) / 100) },
+      });
+    }
     log(`  attach-scale: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
-    for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms`).join(', ')}`);
+    for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms (CPU ${windowAt(cpu[k], p).toFixed(1)})`).join(', ')}`);
 
     // Debug logs: commands per RPC, for the first and the last windows.
     const calls = commandsPerRpc(readFileSync(s.logFile, 'utf8').slice(logStart));
