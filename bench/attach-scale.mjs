@@ -59,27 +59,25 @@ export function commandsPerRpc(logText) {
   return out;
 }
 
-export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
-  const dir = join(base, 'attach-scale');
-  const s = await startSinter({ role: 'all', dir });
-  const cap = mountCap('ext4');
-  const made = []; // { id, ctx, volume, staging, target, staged, published }
+/**
+ * Stages and publishes `volumes` volumes one after another on `node`, created
+ * and published to it by `ctl` (the same process for `sinter all`), then
+ * unpublishes and unstages them last in, first out, and deletes them. Returns
+ * the section's rows; `made` (given) lists what is still staged or published
+ * when it throws, for the caller's clean-up.
+ */
+export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log }) {
+  const s = node;
   const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
   const cpu = Object.fromEntries(STEPS.map((k) => [k, []]));
   const loadAt = [];
   const t0 = performance.now();
   let nodeId;
   const create = async (name) => {
-    const { volume } = await s.client.controller.CreateVolume({ name, capacity_range: { required_bytes: sizeMiB * MiB }, volume_capabilities: [cap] });
+    const { volume } = await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: sizeBytes }, volume_capabilities: [cap] });
     const id = volume.volume_id;
-    const { publish_context: ctx } = await s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
-    const v = {
-      id,
-      ctx,
-      volume,
-      staging: join(s.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount'),
-      target: join(s.kubeletRoot, 'pods', `pod-${name}`, 'volumes/kubernetes.io~csi', id, 'mount'),
-    };
+    const { publish_context: ctx } = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
+    const v = { id, ctx, volume, ...pathsFor(id, name) };
     mkdirSync(v.staging, { recursive: true });
     mkdirSync(join(v.target, '..'), { recursive: true });
     made.push(v);
@@ -100,12 +98,12 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
   const unpublish = (v) => n.NodeUnpublishVolume({ volume_id: v.id, target_path: v.target });
   const unstage = (v) => n.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging });
   const release = async (v) => {
-    await s.client.controller.ControllerUnpublishVolume({ volume_id: v.id, node_id: nodeId });
-    await s.client.controller.DeleteVolume({ volume_id: v.id });
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: v.id, node_id: nodeId });
+    await ctl.client.controller.DeleteVolume({ volume_id: v.id });
+    made.splice(made.indexOf(v), 1);
   };
-  let failed = true;
-  try {
-    ({ node_id: nodeId } = await n.NodeGetInfo({}));
+  ({ node_id: nodeId } = await n.NodeGetInfo({}));
+  {
     // Warm-up: one whole round trip, so JIT and the tools' page cache are warm for volume 1.
     const warm = await create('warm');
     await stage(warm);
@@ -113,35 +111,33 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
     await unpublish(warm);
     await unstage(warm);
     await release(warm);
-    made.length = 0;
     const logStart = readFileSync(s.logFile, 'utf8').length;
 
+    const all = [];
     for (let i = 1; i <= volumes; i++) {
       const v = await create(`scale-${i}`);
+      all.push(v);
       ms.NodeStageVolume.push(await time(() => stage(v), 'NodeStageVolume', i - 1));
       v.staged = true;
       ms.NodePublishVolume.push(await time(() => publish(v), 'NodePublishVolume', i - 1));
       v.published = true;
       loadAt.push(load());
       if (i % 32 === 0 || i === volumes)
-        log(`  attach-scale: ${i}/${volumes} staged+published; stage ${ms.NodeStageVolume.at(-1).toFixed(0)} ms, publish ${ms.NodePublishVolume.at(-1).toFixed(0)} ms; load ${load().toFixed(2)}`);
+        log(`  ${tag}: ${i}/${volumes} staged+published; stage ${ms.NodeStageVolume.at(-1).toFixed(0)} ms, publish ${ms.NodePublishVolume.at(-1).toFixed(0)} ms; load ${load().toFixed(2)}`);
     }
     // Last in, first out: volume #n is torn down with the same n-1 neighbours it was set up with.
     const down = { NodeUnpublishVolume: [], NodeUnstageVolume: [] };
     for (let i = volumes; i >= 1; i--) {
-      const v = made[i - 1];
+      const v = all[i - 1];
       down.NodeUnpublishVolume[i - 1] = await time(() => unpublish(v), 'NodeUnpublishVolume', i - 1);
       v.published = false;
       down.NodeUnstageVolume[i - 1] = await time(() => unstage(v), 'NodeUnstageVolume', i - 1);
       v.staged = false;
       await release(v);
-      if (i % 32 === 1 || i === 1) log(`  attach-scale: torn down to ${i - 1}; unpublish ${down.NodeUnpublishVolume[i - 1].toFixed(0)} ms, unstage ${down.NodeUnstageVolume[i - 1].toFixed(0)} ms; load ${load().toFixed(2)}`);
+      if (i % 32 === 1 || i === 1) log(`  ${tag}: torn down to ${i - 1}; unpublish ${down.NodeUnpublishVolume[i - 1].toFixed(0)} ms, unstage ${down.NodeUnstageVolume[i - 1].toFixed(0)} ms; load ${load().toFixed(2)}`);
     }
     ms.NodeUnpublishVolume = down.NodeUnpublishVolume;
     ms.NodeUnstageVolume = down.NodeUnstageVolume;
-    failed = false;
-
-    const section = `7. Attach at scale (local connector, ext4, ${sizeMiB} MiB, ${volumes} volumes on one node)`;
     const rows = [];
     const pts = points(volumes);
     const first = pts[0];
@@ -150,7 +146,7 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
       for (const p of pts.slice(1)) {
         const val = windowAt(ms[k], p);
         rows.push({
-          id: `attachScale.${k}.${p}`,
+          id: `${idBase}.${k}.${p}`,
           section,
           label: `${k}, volume ${p} vs volumes 1–${first}`,
           unit: 'ms',
@@ -167,7 +163,7 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
       const f = windowAt(cpu[k], first);
       const val = windowAt(cpu[k], volumes);
       rows.push({
-        id: `attachScale.${k}.cpu.${volumes}`,
+        id: `${idBase}.${k}.cpu.${volumes}`,
         section,
         label: `${k}, sinter main-thread CPU, volume ${volumes} vs volumes 1–${first}`,
         unit: 'ms',
@@ -178,13 +174,13 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
         detail: { window: WINDOW, perVolumeMs: cpu[k].map((x) => Math.round(x * 100) / 100) },
       });
     }
-    log(`  attach-scale: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
+    log(`  ${tag}: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
     for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms (CPU ${windowAt(cpu[k], p).toFixed(1)})`).join(', ')}`);
 
     // Debug logs: commands per RPC, for the first and the last windows.
     const calls = commandsPerRpc(readFileSync(s.logFile, 'utf8').slice(logStart));
     if (calls.some((c) => c.cmds.length)) {
-      const byVolume = new Map(made.map((v, i) => [v.id, i + 1]));
+      const byVolume = new Map(all.map((v, i) => [v.id, i + 1]));
       for (const k of STEPS) {
         for (const p of [first, volumes]) {
           const inWindow = calls.filter((c) => c.rpc === k && byVolume.get(c.volumeId) > p - WINDOW && byVolume.get(c.volumeId) <= p);
@@ -201,14 +197,44 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
       }
     }
     return rows;
+  }
+}
+
+/** Best effort through sinter (so its records match) before the directory is scrubbed. */
+export async function undoScale(node, made) {
+  for (const v of [...made].reverse()) {
+    if (v.published) await node.client.node.NodeUnpublishVolume({ volume_id: v.id, target_path: v.target }).catch(() => undefined);
+    if (v.staged) await node.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging }).catch(() => undefined);
+  }
+}
+
+export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
+  const dir = join(base, 'attach-scale');
+  const s = await startSinter({ role: 'all', dir });
+  const cap = mountCap('ext4');
+  const made = [];
+  let failed = true;
+  let rows;
+  try {
+    rows = await runScale({
+      ctl: s,
+      node: s,
+      cap,
+      sizeBytes: sizeMiB * MiB,
+      volumes,
+      pathsFor: (id, name) => ({
+        staging: join(s.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount'),
+        target: join(s.kubeletRoot, 'pods', `pod-${name}`, 'volumes/kubernetes.io~csi', id, 'mount'),
+      }),
+      section: `7. Attach at scale (local connector, ext4, ${sizeMiB} MiB, ${volumes} volumes on one node)`,
+      idBase: 'attachScale',
+      tag: 'attach-scale',
+      made,
+      log,
+    });
+    failed = false;
   } finally {
-    if (failed) {
-      // Best effort through sinter first (so its records match), then scrub whatever is left.
-      for (const v of [...made].reverse()) {
-        if (v.published) await unpublish(v).catch(() => undefined);
-        if (v.staged) await unstage(v).catch(() => undefined);
-      }
-    }
+    if (failed) await undoScale(s, made);
     await s.stop();
     if (process.env.BENCH_LOGS_TO) {
       mkdirSync(process.env.BENCH_LOGS_TO, { recursive: true });
@@ -217,4 +243,5 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
     await scrub(dir);
     rmSync(dir, { recursive: true, force: true });
   }
+  return rows;
 }
