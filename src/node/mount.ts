@@ -125,23 +125,16 @@ export class Mounter {
    * Returns how many mounts were removed. `seen`: a snapshot the caller has
    * just read (under the lock of the volume and the path), used instead of a
    * first read: with hundreds of mounts each read of the table costs
-   * milliseconds of parsing. One layer seen is one unmount; only a stack of
-   * several is read again after each unmount.
+   * milliseconds. After every unmount the table is read again.
    */
   async umountAll(path: string, seen?: MountSnapshot, max = 8): Promise<number> {
-    let snap = seen ?? (await this.snapshot());
-    let layers = snap.allAt(path).length;
-    if (layers === 1) {
-      await this.umount(path);
-      return 1;
-    }
     let n = 0;
-    while (layers > 0) {
+    let snap = seen ?? (await this.snapshot());
+    while (snap.at(path)) {
       if (n >= max) throw new Error(`${path} still has mounts after ${max} unmounts`);
       await this.umount(path);
       n++;
       snap = await this.snapshot();
-      layers = snap.allAt(path).length;
     }
     return n;
   }
