@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, builds, runs every test, and
-# ends with one plain summary line ("tests: N passed, N failed, N skipped").
+# The whole test suite: installs what it needs, builds, runs the static checks
+# (typecheck + ESLint, scripts/static-checks.sh), runs every test, and ends with
+# one plain summary line ("tests: N passed, N failed, N skipped"), followed by a
+# "static checks: FAILED ..." line when the typecheck or lint found anything.
 #
 # Two stages: the host run (vitest project `host`), then the VM stage: every
 # test/**/*.vm.test.ts in ONE qemu guest with a real kernel (test/vm/README.md),
@@ -29,6 +31,8 @@ if [ $# -gt 0 ]; then
   [ ${#vm_args[@]} -gt 0 ] || run_vm=0
 fi
 status=0
+static=0
+./scripts/static-checks.sh || static=1
 reports=()
 if [ "$run_host" = 1 ]; then
   reports+=(.tmp/vitest.json)
@@ -40,4 +44,8 @@ if [ "$run_vm" = 1 ]; then
   node test/vm/run.mjs --vitest --no-build --report .tmp/vitest-vm.json "${vm_args[@]}" || status=$?
 fi
 node scripts/summary.mjs "${reports[@]}" || status=1
+if [ "$static" -ne 0 ]; then
+  echo "static checks: FAILED (typecheck or lint; see the file:line findings before the tests)"
+  status=1
+fi
 exit "$status"

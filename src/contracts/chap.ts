@@ -29,11 +29,12 @@ export const CHAP_SECRET_KEYS = {
 } as const;
 
 /** A CHAP name: printable, no spaces or commas (it ends up in tool option strings). */
-const USER_RE = /^[A-Za-z0-9._:@+=\/-]{1,255}$/;
+const USER_RE = /^[A-Za-z0-9._:@+=/-]{1,255}$/;
 
 function checkSecret(s: string, what: string): void {
   // Lengths only, never the value: this message may reach a caller.
   if (s.length < 1 || s.length > 255) throw new ChapError(`${what} must be 1 to 255 characters long`);
+  // eslint-disable-next-line no-control-regex -- control characters are exactly what this refuses
   if (/[\x00-\x1f\x7f]/.test(s)) throw new ChapError(`${what} must not contain control characters`);
 }
 

@@ -34,7 +34,7 @@ export class ExportLoop {
 
   /** One pass over every backend now; resolves when done. */
   async pass(): Promise<void> {
-    await Promise.all(this.backends.filter((b) => b.reconcileExports).map((b) => this.passOne(b)));
+    await Promise.all(this.backends.filter((b) => typeof b.reconcileExports === 'function').map((b) => this.passOne(b)));
   }
 
   private async passOne(b: Backend): Promise<void> {

@@ -1,14 +1,10 @@
 import type { Backend, SnapshotRecord, VolumeRecord } from '../backends/backend.js';
 import { encodePublishContext } from '../contracts/publish-context.js';
 import { invalidArgument, notFound } from '../errors/domain-error.js';
-import type { ServiceImpl } from '../csi/server.js';
+import type { ControllerImpl } from '../csi/messages.js';
 import { parseCapabilities, parseCapability } from './capabilities.js';
-
-/** csi.v1.VolumeCapability as the loader hands it over; validated by parseCapability. */
-type WireCapability = unknown;
 import { parseParameters } from './parameters.js';
 import type { SnapshotManager } from './snapshots.js';
-import type { Topology, TopologyRequirement } from './topology.js';
 import { recordedFsType, type VolumeManager } from './volumes.js';
 
 /** The StorageClass key csi-provisioner reads the filesystem from (and passes on, raw, in GetCapacity's parameters). */
@@ -31,7 +27,7 @@ const CONTROLLER_CAPABILITIES = [
   // GET_SNAPSHOT (spec 1.11) is served but not advertised: CO sidecars do not
   // use it yet, and csi-sanity built on spec 1.10 fails on capabilities it
   // does not know.
-];
+] as const;
 
 function required(v: string | undefined, field: string): string {
   if (typeof v !== 'string' || v === '') throw invalidArgument(`${field} is required`);
@@ -50,7 +46,7 @@ export interface ControllerDeps {
 }
 
 /** Maps csi.v1.Controller messages to the volume and snapshot managers. */
-export function controllerService({ volumes, snapshots, backends }: ControllerDeps): ServiceImpl {
+export function controllerService({ volumes, snapshots, backends }: ControllerDeps): ControllerImpl {
   const volumeContext = (v: VolumeRecord): Record<string, string> => {
     const ctx: Record<string, string> = { backend: v.backend };
     const fs = recordedFsType(v);
@@ -91,14 +87,7 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) };
     },
 
-    async CreateVolume(req: {
-      name?: string;
-      capacity_range?: { required_bytes?: number; limit_bytes?: number };
-      volume_capabilities?: WireCapability[];
-      parameters?: Record<string, string>;
-      volume_content_source?: { type?: 'snapshot' | 'volume'; snapshot?: { snapshot_id?: string }; volume?: { volume_id?: string } };
-      accessibility_requirements?: TopologyRequirement;
-    }) {
+    async CreateVolume(req) {
       const name = required(req.name, 'name');
       if (name.length > 255) throw invalidArgument('name must be at most 255 characters');
       const capabilities = parseCapabilities(req.volume_capabilities, 'volume_capabilities');
@@ -121,12 +110,12 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { volume: wireVolume(v) };
     },
 
-    async DeleteVolume(req: { volume_id?: string }) {
+    async DeleteVolume(req) {
       await volumes.delete(required(req.volume_id, 'volume_id'));
       return {};
     },
 
-    async ControllerPublishVolume(req: { volume_id?: string; node_id?: string; volume_capability?: WireCapability; readonly?: boolean; secrets?: Record<string, string> }) {
+    async ControllerPublishVolume(req) {
       const volumeId = required(req.volume_id, 'volume_id');
       const nodeId = required(req.node_id, 'node_id');
       const cap = parseCapability(req.volume_capability, 'volume_capability');
@@ -134,12 +123,12 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { publish_context: encodePublishContext(ctx) };
     },
 
-    async ControllerUnpublishVolume(req: { volume_id?: string; node_id?: string }) {
+    async ControllerUnpublishVolume(req) {
       await volumes.unpublish(required(req.volume_id, 'volume_id'), req.node_id || undefined);
       return {};
     },
 
-    async ValidateVolumeCapabilities(req: { volume_id?: string; volume_capabilities?: WireCapability[]; volume_context?: Record<string, string>; parameters?: Record<string, string> }) {
+    async ValidateVolumeCapabilities(req) {
       const volumeId = required(req.volume_id, 'volume_id');
       if (!req.volume_capabilities || req.volume_capabilities.length === 0) throw invalidArgument('volume_capabilities is required and must not be empty');
       const v = volumes.mustGet(volumeId);
@@ -156,18 +145,18 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { confirmed: { volume_context: req.volume_context ?? {}, volume_capabilities: req.volume_capabilities, parameters: req.parameters ?? {} } };
     },
 
-    async ListVolumes(req: { max_entries?: number; starting_token?: string }) {
+    async ListVolumes(req) {
       const page = volumes.list(req.max_entries, req.starting_token);
       const entries = await Promise.all(page.items.map(async (v) => ({ volume: wireVolume(v), status: await volumeStatus(v) })));
       return { entries, next_token: page.nextToken };
     },
 
-    async ControllerGetVolume(req: { volume_id?: string }) {
+    async ControllerGetVolume(req) {
       const v = volumes.mustGet(required(req.volume_id, 'volume_id'));
       return { volume: wireVolume(v), status: await volumeStatus(v) };
     },
 
-    async GetCapacity(req: { volume_capabilities?: WireCapability[]; parameters?: Record<string, string>; accessible_topology?: Topology | null }) {
+    async GetCapacity(req) {
       // Capabilities are optional here (csi-provisioner sends none); parameters are
       // the StorageClass's as they stand, refused exactly as CreateVolume refuses them.
       let capabilities = req.volume_capabilities && req.volume_capabilities.length > 0 ? parseCapabilities(req.volume_capabilities, 'volume_capabilities') : [];
@@ -179,7 +168,7 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { available_capacity: c.availableBytes, maximum_volume_size: { value: c.maximumBytes }, minimum_volume_size: { value: c.minimumBytes } };
     },
 
-    async ControllerExpandVolume(req: { volume_id?: string; capacity_range?: { required_bytes?: number; limit_bytes?: number }; volume_capability?: WireCapability }) {
+    async ControllerExpandVolume(req) {
       const volumeId = required(req.volume_id, 'volume_id');
       const cap = req.volume_capability ? parseCapability(req.volume_capability, 'volume_capability') : undefined;
       const v = await volumes.expand(volumeId, req.capacity_range);
@@ -189,24 +178,24 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
       return { capacity_bytes: v.sizeBytes, node_expansion_required: nodeExpansion };
     },
 
-    async CreateSnapshot(req: { name?: string; source_volume_id?: string; parameters?: Record<string, string> }) {
+    async CreateSnapshot(req) {
       const name = required(req.name, 'name');
       const source = required(req.source_volume_id, 'source_volume_id');
       const s = await snapshots.create(name, source, req.parameters);
       return { snapshot: wireSnapshot(s) };
     },
 
-    async DeleteSnapshot(req: { snapshot_id?: string }) {
+    async DeleteSnapshot(req) {
       await snapshots.delete(required(req.snapshot_id, 'snapshot_id'));
       return {};
     },
 
-    async ListSnapshots(req: { max_entries?: number; starting_token?: string; source_volume_id?: string; snapshot_id?: string }) {
+    async ListSnapshots(req) {
       const page = snapshots.list({ snapshotId: req.snapshot_id || undefined, sourceVolumeId: req.source_volume_id || undefined }, req.max_entries, req.starting_token);
       return { entries: page.items.map((s) => ({ snapshot: wireSnapshot(s) })), next_token: page.nextToken };
     },
 
-    async GetSnapshot(req: { snapshot_id?: string }) {
+    async GetSnapshot(req) {
       const id = required(req.snapshot_id, 'snapshot_id');
       const s = snapshots.get(id);
       if (!s || s.state !== 'available') throw notFound(`snapshot_id: snapshot "${id.slice(0, 128)}" does not exist`);

@@ -1,7 +1,7 @@
 import { VOLUME_ID_RE } from '../backends/ids.js';
 import { encodePublishContext } from '../contracts/publish-context.js';
 import { aborted, invalidArgument, shown } from '../errors/domain-error.js';
-import type { ServiceImpl } from '../csi/server.js';
+import type { ControllerImpl } from '../csi/messages.js';
 import { parseCapabilities, parseCapability } from './capabilities.js';
 import { isStaticHandle, mustBeWellFormed, parseStaticAttributes, STATIC_HANDLE_RE } from './static-attributes.js';
 import type { StaticVolumes } from './static-records.js';
@@ -57,7 +57,7 @@ const STATIC_CONDITION = {
  * The controller service with static volume handles routed here; every other
  * id goes to the backends' service unchanged.
  */
-export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: StaticControllerDeps): ServiceImpl {
+export function withStaticVolumes(base: ControllerImpl, { statics, volumes }: StaticControllerDeps): ControllerImpl {
   const wire = (id: string) => {
     const rec = statics.get(id);
     return {
@@ -65,7 +65,6 @@ export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: Stati
       status: { published_node_ids: rec?.attachments.map((a) => a.nodeId) ?? [], volume_condition: STATIC_CONDITION },
     };
   };
-  const call = (name: string, req: unknown) => base[name]!(req);
   const refuseSource = (id: string, f: string) => {
     if (isStaticHandle(id))
       throw invalidArgument(`${f} ${shown(id, 128)} is a static volume: sinter copies and snapshots only volumes it provisioned; use the array's own tools for this LUN`);
@@ -74,38 +73,38 @@ export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: Stati
   return {
     ...base,
 
-    async CreateVolume(req: { volume_content_source?: { volume?: { volume_id?: string } } }) {
+    async CreateVolume(req) {
       const src = req.volume_content_source?.volume?.volume_id;
       if (src) refuseSource(src, 'volume_content_source.volume.volume_id');
-      return call('CreateVolume', req);
+      return base.CreateVolume!(req);
     },
 
-    async DeleteVolume(req: { volume_id?: string }) {
+    async DeleteVolume(req) {
       const id = required(req.volume_id, 'volume_id');
-      if (!isStaticHandle(id)) return call('DeleteVolume', req);
+      if (!isStaticHandle(id)) return base.DeleteVolume!(req);
       // The LUN is the array's: deleting the PersistentVolume deletes nothing there.
       return {};
     },
 
-    async ControllerPublishVolume(req: { volume_id?: string; node_id?: string; volume_capability?: unknown; readonly?: boolean; volume_context?: Record<string, string> }) {
+    async ControllerPublishVolume(req) {
       const id = required(req.volume_id, 'volume_id');
-      if (!isStaticHandle(id)) return call('ControllerPublishVolume', req);
+      if (!isStaticHandle(id)) return base.ControllerPublishVolume!(req);
       const nodeId = required(req.node_id, 'node_id');
       const cap = parseCapability(req.volume_capability, 'volume_capability');
       const ctx = await statics.publish(id, nodeId, cap, req.readonly === true, req.volume_context);
       return { publish_context: encodePublishContext(ctx) };
     },
 
-    async ControllerUnpublishVolume(req: { volume_id?: string; node_id?: string }) {
+    async ControllerUnpublishVolume(req) {
       const id = required(req.volume_id, 'volume_id');
-      if (!isStaticHandle(id)) return call('ControllerUnpublishVolume', req);
+      if (!isStaticHandle(id)) return base.ControllerUnpublishVolume!(req);
       await statics.unpublish(id, req.node_id || undefined);
       return {};
     },
 
-    async ValidateVolumeCapabilities(req: { volume_id?: string; volume_capabilities?: unknown[]; volume_context?: Record<string, string> }) {
+    async ValidateVolumeCapabilities(req) {
       const id = required(req.volume_id, 'volume_id');
-      if (!isStaticHandle(id)) return call('ValidateVolumeCapabilities', req);
+      if (!isStaticHandle(id)) return base.ValidateVolumeCapabilities!(req);
       if (!req.volume_capabilities || req.volume_capabilities.length === 0) throw invalidArgument('volume_capabilities is required and must not be empty');
       mustBeWellFormed(id);
       if (req.volume_context && Object.keys(req.volume_context).length > 0) parseStaticAttributes(req.volume_context);
@@ -119,15 +118,15 @@ export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: Stati
       return { confirmed: { volume_context: req.volume_context ?? {}, volume_capabilities: req.volume_capabilities, parameters: {} } };
     },
 
-    async ControllerGetVolume(req: { volume_id?: string }) {
+    async ControllerGetVolume(req) {
       const id = required(req.volume_id, 'volume_id');
-      if (!isStaticHandle(id)) return call('ControllerGetVolume', req);
+      if (!isStaticHandle(id)) return base.ControllerGetVolume!(req);
       return wire(mustBeWellFormed(id));
     },
 
-    async ControllerExpandVolume(req: { volume_id?: string; capacity_range?: { required_bytes?: number; limit_bytes?: number } }) {
+    async ControllerExpandVolume(req) {
       const id = required(req.volume_id, 'volume_id');
-      if (!isStaticHandle(id)) return call('ControllerExpandVolume', req);
+      if (!isStaticHandle(id)) return base.ControllerExpandVolume!(req);
       mustBeWellFormed(id);
       const bytes = Number(req.capacity_range?.required_bytes || req.capacity_range?.limit_bytes || 0);
       if (!Number.isSafeInteger(bytes) || bytes <= 0) throw invalidArgument('capacity_range is required');
@@ -136,9 +135,9 @@ export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: Stati
       return { capacity_bytes: bytes, node_expansion_required: true };
     },
 
-    async CreateSnapshot(req: { source_volume_id?: string }) {
+    async CreateSnapshot(req) {
       if (req.source_volume_id) refuseSource(req.source_volume_id, 'source_volume_id');
-      return call('CreateSnapshot', req);
+      return base.CreateSnapshot!(req);
     },
 
     /**
@@ -146,7 +145,7 @@ export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: Stati
      * so the attacher sees static volumes' published nodes too. The token is
      * the last id handed out, as for backend volumes.
      */
-    async ListVolumes(req: { max_entries?: number; starting_token?: string }) {
+    async ListVolumes(req) {
       const max = req.max_entries ?? 0;
       if (!Number.isInteger(max) || max < 0) throw invalidArgument('max_entries must not be negative');
       const token = req.starting_token || undefined;
@@ -161,18 +160,17 @@ export function withStaticVolumes(base: ServiceImpl, { statics, volumes }: Stati
           if (VOLUME_ID_RE.test(v.id)) innerToken = v.id;
         }
       }
-      const inner = (await call('ListVolumes', { max_entries: max, starting_token: innerToken ?? '' })) as {
-        entries: { volume: { volume_id: string } }[];
-        next_token: string;
-      };
-      const fromBackends = token ? inner.entries.filter((e) => e.volume.volume_id > token) : inner.entries;
+      const inner = await base.ListVolumes!({ max_entries: max, starting_token: innerToken ?? '' });
+      // The backends' lister always answers with entries and a token (empty at the end).
+      const innerEntries = (inner?.entries ?? []).map((e) => ({ volume: { ...e.volume, volume_id: e.volume?.volume_id ?? '' }, status: e.status }));
+      const fromBackends = token ? innerEntries.filter((e) => e.volume.volume_id > token) : innerEntries;
       const fromStatics = statics
         .sorted()
         .filter((r) => !token || r.id > token)
         .map((r) => wire(r.id));
       const merged = [...fromBackends, ...fromStatics].sort((a, b) => (a.volume.volume_id < b.volume.volume_id ? -1 : 1));
       const page = max > 0 ? merged.slice(0, max) : merged;
-      const more = merged.length > page.length || inner.next_token !== '';
+      const more = merged.length > page.length || (inner?.next_token ?? '') !== '';
       return { entries: page, next_token: more && page.length > 0 ? page[page.length - 1]!.volume.volume_id : '' };
     },
   };

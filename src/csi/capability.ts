@@ -1,4 +1,4 @@
-import { invalidArgument, shown } from './errors.js';
+import { invalidArgument, shown } from '../errors/domain-error.js';
 
 /**
  * csi.v1.VolumeCapability validation shared by the controller and the node,
@@ -62,7 +62,7 @@ function modeOf(raw: unknown, field: string): AccessMode {
   if (m === undefined || m === null || m === 'UNKNOWN' || m === 0) throw invalidArgument(`${field}.access_mode.mode is required`);
   const name = typeof m === 'number' ? ['UNKNOWN', ...ACCESS_MODES][m] : m;
   if (typeof name !== 'string' || !(ACCESS_MODES as readonly string[]).includes(name))
-    throw invalidArgument(`${field}.access_mode.mode ${shown(String(m))} is not a CSI access mode`);
+    throw invalidArgument(`${field}.access_mode.mode ${shown(typeof m === 'string' || typeof m === 'number' ? String(m) : JSON.stringify(m))} is not a CSI access mode`);
   return name as AccessMode;
 }
 

@@ -1,20 +1,34 @@
 import * as grpc from '@grpc/grpc-js';
+import type { CallOptions, ControllerRpcs, IdentityRpcs, NodeRpcs } from './messages.js';
 import { loadCsi } from './proto.js';
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type Rpc = (req?: any, opts?: { deadlineMs?: number }) => Promise<any>;
-export type CsiClientSide = Record<string, Rpc>;
-
 export interface CsiClient {
-  identity: CsiClientSide;
-  controller: CsiClientSide;
-  node: CsiClientSide;
+  identity: IdentityRpcs;
+  controller: ControllerRpcs;
+  node: NodeRpcs;
   close(): void;
 }
 
-function promisify(ctor: grpc.ServiceClientConstructor, address: string): { side: CsiClientSide; client: grpc.Client } {
+export type UntypedRpc = (req?: unknown, opts?: CallOptions) => Promise<unknown>;
+
+/**
+ * One method by name, taking any request: for fuzzers and table-driven tests
+ * that send what the types forbid (the server validates every field). Throws
+ * when the service has no such method.
+ */
+export function rpcByName(side: IdentityRpcs | ControllerRpcs | NodeRpcs, method: string): UntypedRpc {
+  const fn = (side as unknown as Partial<Record<string, UntypedRpc>>)[method];
+  if (!fn) throw new Error(`no CSI method ${method}`);
+  return fn;
+}
+
+/**
+ * One promise per unary method of the service. The typed view (`T`) holds because
+ * the loader's client serializes and decodes with the proto the types were generated from.
+ */
+function promisify<T>(ctor: grpc.ServiceClientConstructor, address: string): { side: T; client: grpc.Client } {
   const client = new ctor(address, grpc.credentials.createInsecure()) as grpc.Client & Record<string, grpc.requestCallback<unknown> & ((...a: unknown[]) => void)>;
-  const side: CsiClientSide = {};
+  const side: Record<string, UntypedRpc> = {};
   for (const method of Object.keys(ctor.service)) {
     side[method] = (req = {}, opts = {}) =>
       new Promise((resolve, reject) => {
@@ -28,7 +42,7 @@ function promisify(ctor: grpc.ServiceClientConstructor, address: string): { side
         );
       });
   }
-  return { side, client };
+  return { side: side as T, client };
 }
 
 /**
@@ -38,9 +52,9 @@ function promisify(ctor: grpc.ServiceClientConstructor, address: string): { side
  */
 export function csiClient(address: string): CsiClient {
   const csi = loadCsi();
-  const id = promisify(csi.Identity, address);
-  const ctl = promisify(csi.Controller, address);
-  const node = promisify(csi.Node, address);
+  const id = promisify<IdentityRpcs>(csi.Identity, address);
+  const ctl = promisify<ControllerRpcs>(csi.Controller, address);
+  const node = promisify<NodeRpcs>(csi.Node, address);
   return {
     identity: id.side,
     controller: ctl.side,

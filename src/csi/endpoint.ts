@@ -1,4 +1,4 @@
-import { invalidArgument } from './errors.js';
+import { invalidArgument } from '../errors/domain-error.js';
 
 export type Endpoint = { kind: 'unix'; path: string; address: string } | { kind: 'tcp'; host: string; port: number; address: string };
 

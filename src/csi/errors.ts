@@ -2,22 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { status } from '@grpc/grpc-js';
 import { DomainError, type ErrorCode } from '../errors/domain-error.js';
 
-// Until every module imports the domain error from src/errors, the old names stay reachable here.
-export {
-  DomainError as CsiError,
-  Code,
-  invalidArgument,
-  notFound,
-  alreadyExists,
-  failedPrecondition,
-  outOfRange,
-  resourceExhausted,
-  aborted,
-  unavailable,
-  internal,
-  shown,
-} from '../errors/domain-error.js';
-
 /** The only place that knows gRPC status codes. */
 const GRPC: Record<ErrorCode, status> = {
   'invalid-argument': status.INVALID_ARGUMENT,

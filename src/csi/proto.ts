@@ -36,7 +36,7 @@ let cached: CsiPackage | undefined;
 
 export function loadCsi(): CsiPackage {
   if (cached) return cached;
-  const def = protoLoader.fromJSON(JSON.parse(readFileSync(CSI_JSON_PATH, 'utf8')), LOADER_OPTIONS);
+  const def = protoLoader.fromJSON(JSON.parse(readFileSync(CSI_JSON_PATH, 'utf8')) as Parameters<typeof protoLoader.fromJSON>[0], LOADER_OPTIONS);
   const pkg = grpc.loadPackageDefinition(def) as unknown as { csi: { v1: CsiPackage } };
   cached = pkg.csi.v1;
   return cached;

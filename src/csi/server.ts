@@ -7,11 +7,16 @@ import { grpcFailureOf } from './errors.js';
 import { parseEndpoint, type Endpoint } from './endpoint.js';
 import { requestIds } from './logging.js';
 import { callStopped, runInCall, type CallContext } from './call-context.js';
+import type { ControllerImpl, IdentityImpl, NodeImpl } from './messages.js';
 import { loadCsi } from './proto.js';
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type Handler = (req: any) => Promise<unknown>;
-export type ServiceImpl = Record<string, Handler>;
+/**
+ * One handler as the dispatcher sees it: every method of a typed service
+ * (src/csi/messages.ts) fits here, since the loader decoded the request from
+ * the same proto the handler's type was generated from.
+ */
+type AnyHandler = (req: never) => Promise<unknown>;
+type AnyService = IdentityImpl | ControllerImpl | NodeImpl;
 
 /** Told of every finished RPC (the metrics endpoint counts and times them); must not throw. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
@@ -22,9 +27,9 @@ interface RpcHooks {
 }
 
 export interface CsiServices {
-  identity?: ServiceImpl;
-  controller?: ServiceImpl;
-  node?: ServiceImpl;
+  identity?: IdentityImpl;
+  controller?: ControllerImpl;
+  node?: NodeImpl;
 }
 
 /**
@@ -32,7 +37,7 @@ export interface CsiServices {
  * typed errors become gRPC statuses, anything else becomes INTERNAL with a
  * one-line message (the stack stays in our log).
  */
-function unary(service: string, method: string, fn: Handler | undefined, log: Logger, hooks: RpcHooks): grpc.UntypedHandleCall {
+function unary(service: string, method: string, fn: AnyHandler | undefined, log: Logger, hooks: RpcHooks): grpc.UntypedHandleCall {
   return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
     const started = performance.now();
     const ids = requestIds(call.request);
@@ -57,7 +62,7 @@ function unary(service: string, method: string, fn: Handler | undefined, log: Lo
       if (f.ref !== undefined) log.error({ ...line, ref: f.ref, err: (err as Error)?.message, stack: (err as Error)?.stack }, 'rpc');
       else if (f.code === grpc.status.INTERNAL) log.error({ ...line, err: f.message }, 'rpc');
       else log.info({ ...line, err: f.message }, 'rpc');
-      callback({ code: f.code, details: f.message, metadata: new grpc.Metadata() } as grpc.ServiceError);
+      callback({ code: f.code, details: f.message, metadata: new grpc.Metadata() });
     };
     if (!fn) {
       done(new DomainError('unimplemented', `${method} is not implemented by this plugin`));
@@ -72,7 +77,7 @@ function unary(service: string, method: string, fn: Handler | undefined, log: Lo
     }
     let p: Promise<unknown>;
     try {
-      p = runInCall(ctx, () => fn(call.request));
+      p = runInCall(ctx, () => fn(call.request as never));
     } catch (e) {
       p = Promise.reject(e);
     }
@@ -94,7 +99,7 @@ function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContex
 function implement(
   ctor: grpc.ServiceClientConstructor,
   name: string,
-  impl: ServiceImpl,
+  impl: AnyService,
   log: Logger,
   hooks: RpcHooks,
 ): grpc.UntypedServiceImplementation {
@@ -106,7 +111,7 @@ function implement(
         call.destroy(Object.assign(new Error(`${key} is not implemented`), { code: grpc.status.UNIMPLEMENTED }))) as grpc.UntypedHandleCall;
       continue;
     }
-    out[key] = unary(name, key, impl[key], log, hooks);
+    out[key] = unary(name, key, (impl as Partial<Record<string, AnyHandler>>)[key], log, hooks);
   }
   return out;
 }

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import type { ServiceImpl } from '../csi/server.js';
+import type { IdentityImpl } from '../csi/messages.js';
+import type { PluginCapability } from '../csi/generated/csi/v1/PluginCapability.js';
 
 export interface IdentityDeps {
   driverName: string;
@@ -10,7 +11,7 @@ export interface IdentityDeps {
   log: Logger;
 }
 
-export function identityService(d: IdentityDeps): ServiceImpl {
+export function identityService(d: IdentityDeps): IdentityImpl {
   // Kubelet and the sidecars probe every few seconds: say why once per change, not on every call.
   let lastWhy: string | undefined;
   return {
@@ -18,7 +19,7 @@ export function identityService(d: IdentityDeps): ServiceImpl {
       return { name: d.driverName, vendor_version: d.version, manifest: {} };
     },
     async GetPluginCapabilities() {
-      const caps: unknown[] = [{ volume_expansion: { type: 'ONLINE' } }];
+      const caps: PluginCapability[] = [{ volume_expansion: { type: 'ONLINE' } }];
       if (d.hasController) {
         caps.push({ service: { type: 'CONTROLLER_SERVICE' } }, { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } });
       }

@@ -332,7 +332,8 @@ export class Reflector<V> {
         if (failure) return reject(failure);
         // The client's inactivity timeout: a quiet watch, not a broken server.
         if (err && (err as { name?: unknown }).name === 'TimeoutError') return resolve({ events, gone: false });
-        if (err) return reject(err);
+        // The watch request rejects with an Error (from the client or its fetch), passed on as it is.
+        if (err) return reject(err instanceof Error ? err : new Error(`watch failed: ${describe(err)}`));
         resolve({ events, gone: false });
       };
       const onStop = () => {
@@ -380,7 +381,7 @@ export class Reflector<V> {
           case 'ERROR': {
             const st = obj as { code?: unknown; reason?: unknown; message?: unknown } | null;
             if (st?.code === 410 || st?.reason === 'Expired' || st?.reason === 'Gone') gone = true;
-            else failure = new StatusError(typeof st?.code === 'number' ? st.code : undefined, `watch ERROR event: ${String(st?.message ?? st?.reason ?? 'unknown')}`);
+            else failure = new StatusError(typeof st?.code === 'number' ? st.code : undefined, `watch ERROR event: ${describe(st?.message ?? st?.reason ?? 'unknown')}`);
             endStream();
             return;
           }
@@ -406,4 +407,9 @@ export class Reflector<V> {
         );
     });
   }
+}
+
+/** A watch status field as text: strings as they are, anything else as JSON. */
+function describe(v: unknown): string {
+  return typeof v === 'string' ? v : JSON.stringify(v);
 }

@@ -101,8 +101,10 @@ export async function mkfs(exec: Executor, device: string, fsType: FsType, extra
 }
 
 /** Marks mkfs's own failure (wrapped as a host error) apart from the probe's (thrown as it is). */
-class MkfsFailed {
-  constructor(readonly cause: unknown) {}
+class MkfsFailed extends Error {
+  constructor(cause: unknown) {
+    super('mkfs failed', { cause });
+  }
 }
 
 /** Fails unless the device is blank or already holds fsType. Returns true when it must be formatted. */

@@ -25,7 +25,7 @@ function firstLine(s: string): string {
 
 /**
  * Turns a failed host command into a one-line DomainError that says what the
- * node was doing, which command failed and why. CsiErrors pass through.
+ * node was doing, which command failed and why. DomainErrors pass through.
  */
 export function toHostError(what: string, e: unknown): DomainError {
   if (e instanceof DomainError) return e;

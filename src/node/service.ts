@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { decodePublishContext, PublishContextError, type PublishContext } from '../contracts/publish-context.js';
 import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
-import type { ServiceImpl } from '../csi/server.js';
+import type { NodeImpl } from '../csi/messages.js';
 import type { Executor } from '../exec/run.js';
 import { parseCapability } from '../csi/capability.js';
 import { Connectors, type Connector } from './connectors/connector.js';
@@ -195,7 +195,7 @@ export class NodeService {
     return this.locks.exclusive([`volume:${volumeId}`, ...paths.map((p) => `path:${p}`)], fn, describeNodeKey);
   }
 
-  handlers(): ServiceImpl {
+  handlers(): NodeImpl {
     const d = this.deps;
     return {
       NodeGetCapabilities: async () => ({ capabilities: CAPABILITIES.map((type) => ({ rpc: { type } })) }),

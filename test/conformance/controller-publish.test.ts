@@ -9,7 +9,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
   let s: SinterProcess;
   const ctl = () => s.client.controller;
   const create = async (name: string, cap: object = mountCap()) =>
-    (await ctl().CreateVolume({ name, capacity_range: { required_bytes: 2 * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
+    (await ctl().CreateVolume({ name, capacity_range: { required_bytes: 2 * MiB }, volume_capabilities: [cap] })).volume!.volume_id as string;
   beforeAll(async () => {
     s = await startSinter({ role: 'controller' });
   });
@@ -36,7 +36,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     const b = await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     expect(b.publish_context).toEqual(a.publish_context);
     const got = await ctl().ControllerGetVolume({ volume_id: id });
-    expect(got.status.published_node_ids).toEqual([NODE_A]);
+    expect(got.status!.published_node_ids).toEqual([NODE_A]);
   });
 
   it('is ALREADY_EXISTS when re-published with another readonly flag or capability', async () => {
@@ -59,10 +59,10 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: blockCap('MULTI_NODE_MULTI_WRITER') });
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_B, volume_capability: blockCap('MULTI_NODE_MULTI_WRITER') });
     const got = await ctl().ControllerGetVolume({ volume_id: id });
-    expect(got.status.published_node_ids.sort()).toEqual([NODE_A, NODE_B]);
+    expect(got.status!.published_node_ids.sort()).toEqual([NODE_A, NODE_B]);
     // Unpublish without a node id unpublishes from every node.
     await ctl().ControllerUnpublishVolume({ volume_id: id });
-    expect((await ctl().ControllerGetVolume({ volume_id: id })).status.published_node_ids ?? []).toEqual([]);
+    expect((await ctl().ControllerGetVolume({ volume_id: id })).status!.published_node_ids ?? []).toEqual([]);
   });
 
   it('unpublish is idempotent, also for unknown volumes', async () => {
@@ -82,7 +82,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     const again = await startSinter({ role: 'controller', base: s.base });
     const old = s;
     s = { ...again, cleanup: async () => { await again.cleanup(); await old.cleanup(); } };
-    expect((await ctl().ControllerGetVolume({ volume_id: id })).status.published_node_ids).toEqual([NODE_A]);
+    expect((await ctl().ControllerGetVolume({ volume_id: id })).status!.published_node_ids).toEqual([NODE_A]);
     expect(await codeOf(ctl().DeleteVolume({ volume_id: id }))).toBe('FAILED_PRECONDITION');
   });
 });
@@ -99,14 +99,14 @@ describe('per-node attach limit (sinter all --max-volumes-per-node 2)', () => {
     expect(info.max_volumes_per_node).toBe(2);
     const ids: string[] = [];
     for (const n of ['l1', 'l2', 'l3'])
-      ids.push((await s.client.controller.CreateVolume({ name: n, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume.volume_id);
+      ids.push((await s.client.controller.CreateVolume({ name: n, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!);
     const pub = (id: string) => s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: info.node_id, volume_capability: blockCap() });
-    await pub(ids[0]!);
-    await pub(ids[1]!);
-    expect(await codeOf(pub(ids[2]!))).toBe('RESOURCE_EXHAUSTED');
+    await pub(ids[0]);
+    await pub(ids[1]);
+    expect(await codeOf(pub(ids[2]))).toBe('RESOURCE_EXHAUSTED');
     // A repeat of an existing publish is not a new attachment.
-    expect(await codeOf(pub(ids[1]!))).toBe('OK');
+    expect(await codeOf(pub(ids[1]))).toBe('OK');
     await s.client.controller.ControllerUnpublishVolume({ volume_id: ids[0], node_id: info.node_id });
-    expect(await codeOf(pub(ids[2]!))).toBe('OK');
+    expect(await codeOf(pub(ids[2]))).toBe('OK');
   });
 });

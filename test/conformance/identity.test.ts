@@ -20,11 +20,11 @@ describe('Identity service (sinter all)', () => {
 
   it('GetPluginCapabilities offers the controller, topology and online expansion', async () => {
     const r = await s.client.identity.GetPluginCapabilities({});
-    const kinds = r.capabilities.map((c: { service?: { type: string }; volume_expansion?: { type: string } }) => c.service?.type ?? `expansion:${c.volume_expansion?.type}`);
+    const kinds = r.capabilities.map((c) => c.service?.type ?? `expansion:${c.volume_expansion?.type}`);
     expect(kinds.sort()).toEqual(['CONTROLLER_SERVICE', 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'expansion:ONLINE']);
   });
 
   it('Probe is ready while the backend answers', async () => {
-    expect((await s.client.identity.Probe({})).ready.value).toBe(true);
+    expect((await s.client.identity.Probe({})).ready!.value).toBe(true);
   });
 });

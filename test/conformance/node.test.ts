@@ -4,11 +4,12 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
 import { kernelSessionsTo, startConformanceSinter as startSinter } from '../helpers/conformance.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 /** Loop devices whose backing file lies under dir. */
 async function loopsUnder(dir: string): Promise<string[]> {
   const { stdout } = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']);
-  return stdout.split('\n').filter((l) => l.includes(`${dir}/`)).map((l) => l.trim().split(/\s+/)[0]!);
+  return stdout.split('\n').filter((l) => l.includes(`${dir}/`)).map((l) => l.trim().split(/\s+/)[0]);
 }
 
 const mountsUnder = (dir: string) =>
@@ -28,19 +29,19 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
   };
   const provision = async (name: string, cap: object, mib = 64) => {
     const v = (await ctl().CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume;
-    const ctx = (await ctl().ControllerPublishVolume({ volume_id: v.volume_id, node_id: nodeId, volume_capability: cap })).publish_context;
-    return { id: v.volume_id as string, ctx, vctx: v.volume_context };
+    const ctx = (await ctl().ControllerPublishVolume({ volume_id: v!.volume_id, node_id: nodeId, volume_capability: cap })).publish_context;
+    return { id: v!.volume_id as string, ctx, vctx: v!.volume_context };
   };
   beforeAll(async () => {
     s = await startSinter();
-    nodeId = (await node().NodeGetInfo({})).node_id;
+    nodeId = (await node().NodeGetInfo({})).node_id!;
   });
   afterAll(async () => s?.cleanup());
 
   it('NodeGetInfo reports a parseable node id with the node topology', async () => {
     const info = await node().NodeGetInfo({});
     expect(info.node_id).toMatch(/^test-node;/);
-    expect(info.accessible_topology.segments).toEqual({ 'topology.sinter.csi.io/node': 'test-node' });
+    expect(info.accessible_topology!.segments).toEqual({ 'topology.sinter.csi.io/node': 'test-node' });
   });
 
   it('walks a mount volume through stage, publish, write, unpublish, unstage; the bytes land in the image', async () => {
@@ -54,7 +55,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     await node().NodePublishVolume(pub);
     writeFileSync(join(target, 'proof.txt'), 'sinter-conformance-marker');
     const stats = await node().NodeGetVolumeStats({ volume_id: id, volume_path: target });
-    expect(stats.usage.find((u: { unit: string }) => u.unit === 'BYTES').total).toBeGreaterThan(40 * MiB);
+    expect(stats.usage.find((u) => u.unit === 'BYTES')!.total).toBeGreaterThan(40 * MiB);
     await node().NodeUnpublishVolume({ volume_id: id, target_path: target });
     await node().NodeUnpublishVolume({ volume_id: id, target_path: target });
     expect(existsSync(target)).toBe(false);
@@ -97,7 +98,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     expect(await codeOf(node().NodeGetVolumeStats({ volume_id: id, volume_path: join(s.kubeletRoot, 'nope') }))).toBe('NOT_FOUND');
     expect(await codeOf(node().NodeExpandVolume({ volume_id: id }))).toBe('INVALID_ARGUMENT');
     const bad = node().NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: { transport: 'carrier-pigeon' } });
-    await expect(bad).rejects.toMatchObject({ code: 3, details: expect.stringMatching(/publish_context.transport/) });
+    await expect(bad).rejects.toMatchObject({ code: 3, details: stringMatching(/publish_context.transport/) });
   });
 
   it('never creates, mounts or removes anything outside the kubelet root', async () => {

@@ -79,7 +79,7 @@ describe('ControllerPublishVolume keeps a volume inside its accessible topology 
     expect(await codeOf(publish(v.volume_id, N2))).toBe('FAILED_PRECONDITION');
     expect(e.details).toContain('node node-2');
     expect(e.details).toContain(`${NODE_KEY}=node-1`);
-    expect((await ctl().ControllerGetVolume({ volume_id: v.volume_id })).status.published_node_ids).toEqual([]);
+    expect((await ctl().ControllerGetVolume({ volume_id: v.volume_id })).status!.published_node_ids).toEqual([]);
     const ok = await publish(v.volume_id, N1);
     expect(ok.publish_context.transport).toBe('local');
     // A multi-node block volume published on node-1 still cannot spread to node-2.

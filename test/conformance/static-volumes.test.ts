@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const WWPN_A = '21000024ff3a1b2c';
 const NODE_A = `node-a;iqn.2026-11.io.sinter:node-a;${WWPN_A}`;
@@ -34,7 +35,7 @@ describe('static volumes (sinter controller)', () => {
   const ctl = () => s.client.controller;
   const publish = (id: string, node: string, ctx: Record<string, string>, cap: object = mountCap(), readonly = false) =>
     ctl().ControllerPublishVolume({ volume_id: id, node_id: node, volume_capability: cap, volume_context: ctx, readonly });
-  const published = async (id: string) => ((await ctl().ControllerGetVolume({ volume_id: id })).status.published_node_ids ?? []).sort();
+  const published = async (id: string) => ((await ctl().ControllerGetVolume({ volume_id: id })).status!.published_node_ids ?? []).sort();
 
   beforeAll(async () => {
     s = await startSinter({ role: 'controller' });
@@ -75,7 +76,7 @@ describe('static volumes (sinter controller)', () => {
     ['an iqn that is not one', { ...ISCSI, iqn: 'target7' }, 'volume_context.iqn'],
     ['an FC key on an iSCSI volume', { ...ISCSI, wwns: '500601603ba02c1f' }, 'volume_context.wwns'],
   ])('INVALID_ARGUMENT naming the key for %s', async (_what, ctx, key) => {
-    const f = await failure(publish('static-bad', NODE_A, ctx as Record<string, string>));
+    const f = await failure(publish('static-bad', NODE_A, ctx));
     expect(f.code).toBe('INVALID_ARGUMENT');
     expect(f.message).toContain(key);
     expect(await published('static-bad')).toEqual([]);
@@ -85,7 +86,7 @@ describe('static volumes (sinter controller)', () => {
     const ctx = { ...FC, 'storage.kubernetes.io/csiProvisionerIdentity': 'x', 'csi.storage.k8s.io/pv/name': 'pv1', fsType: 'xfs', mkfsOptions: '-m reflink=1' };
     expect((await publish('static-passthrough', NODE_A, ctx)).publish_context).toEqual(FC_CTX);
     const got = await ctl().ControllerGetVolume({ volume_id: 'static-passthrough' });
-    expect(got.volume.volume_context).toEqual({ ...FC_CTX, fsType: 'xfs', mkfsOptions: '-m reflink=1' });
+    expect(got.volume!.volume_context).toEqual({ ...FC_CTX, fsType: 'xfs', mkfsOptions: '-m reflink=1' });
     await ctl().ControllerUnpublishVolume({ volume_id: 'static-passthrough', node_id: NODE_A });
   });
 
@@ -154,12 +155,12 @@ describe('static volumes (sinter controller)', () => {
 
   it('ControllerGetVolume, ValidateVolumeCapabilities and ControllerExpandVolume answer for static handles', async () => {
     const got = await ctl().ControllerGetVolume({ volume_id: 'static-unpublished' });
-    expect(got.volume.volume_id).toBe('static-unpublished');
-    expect(got.status.published_node_ids ?? []).toEqual([]);
-    expect(got.status.volume_condition.abnormal).toBe(false);
+    expect(got.volume!.volume_id).toBe('static-unpublished');
+    expect(got.status!.published_node_ids ?? []).toEqual([]);
+    expect(got.status!.volume_condition!.abnormal).toBe(false);
 
     const ok = await ctl().ValidateVolumeCapabilities({ volume_id: 'static-v', volume_context: FC, volume_capabilities: [mountCap(), blockCap('MULTI_NODE_MULTI_WRITER')] });
-    expect(ok.confirmed.volume_capabilities).toHaveLength(2);
+    expect(ok.confirmed!.volume_capabilities).toHaveLength(2);
     const bad = await failure(ctl().ValidateVolumeCapabilities({ volume_id: 'static-v', volume_context: { ...FC, lun: 'x' }, volume_capabilities: [mountCap()] }));
     expect(bad.code).toBe('INVALID_ARGUMENT');
     expect(bad.message).toContain('volume_context.lun');
@@ -182,30 +183,30 @@ describe('static volumes (sinter controller)', () => {
 
   it('ListVolumes lists published static volumes among the backend volumes, id-sorted, page by page', async () => {
     const made: string[] = [];
-    for (const n of ['lv1', 'lv2']) made.push((await ctl().CreateVolume({ name: n, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume.volume_id);
+    for (const n of ['lv1', 'lv2']) made.push((await ctl().CreateVolume({ name: n, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!);
     await publish('static-list-a', NODE_A, FC, blockCap());
     await publish('static-list-b', NODE_B, ISCSI, blockCap());
     const all = await ctl().ListVolumes({});
-    const ids = all.entries.map((e: { volume: { volume_id: string } }) => e.volume.volume_id);
+    const ids = all.entries.map((e) => e.volume!.volume_id);
     expect(ids).toEqual([...ids].sort());
-    expect(ids).toEqual(expect.arrayContaining([...made, 'static-list-a', 'static-list-b']));
-    const a = all.entries.find((e: { volume: { volume_id: string } }) => e.volume.volume_id === 'static-list-a');
-    expect(a.status.published_node_ids).toEqual([NODE_A]);
-    expect(a.volume.volume_context).toEqual(FC_CTX);
+    expect(ids).toEqual(arrayContaining([...made, 'static-list-a', 'static-list-b']));
+    const a = all.entries.find((e) => e.volume!.volume_id === 'static-list-a');
+    expect(a!.status!.published_node_ids).toEqual([NODE_A]);
+    expect(a!.volume!.volume_context).toEqual(FC_CTX);
 
     const paged: string[] = [];
     let token = '';
     for (let i = 0; i < 20; i++) {
       const page = await ctl().ListVolumes({ max_entries: 1, starting_token: token });
-      paged.push(...page.entries.map((e: { volume: { volume_id: string } }) => e.volume.volume_id));
-      token = page.next_token;
+      paged.push(...page.entries.map((e) => e.volume!.volume_id!));
+      token = page.next_token ?? '';
       if (!token) break;
     }
     expect(paged).toEqual(ids);
     expect(await codeOf(ctl().ListVolumes({ starting_token: 'static-Bad' }))).toBe('ABORTED');
     await ctl().ControllerUnpublishVolume({ volume_id: 'static-list-a' });
     await ctl().ControllerUnpublishVolume({ volume_id: 'static-list-b' });
-    const after = (await ctl().ListVolumes({})).entries.map((e: { volume: { volume_id: string } }) => e.volume.volume_id);
+    const after = (await ctl().ListVolumes({})).entries.map((e) => e.volume!.volume_id);
     expect(after).not.toContain('static-list-a');
   });
 
@@ -257,7 +258,7 @@ describe('static volumes in sinter all: the node id, the attach limit, a configu
     const pub = await s.client.controller.ControllerPublishVolume({ volume_id: 'static-all', node_id: info.node_id, volume_capability: mountCap(), volume_context: FC });
     expect(pub.publish_context).toEqual(FC_CTX);
     expect(existsSync(join(base, 'ctl-state', 'static-volumes', 'static-all.json'))).toBe(true);
-    const v = (await s.client.controller.CreateVolume({ name: 'lim', capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume.volume_id;
+    const v = (await s.client.controller.CreateVolume({ name: 'lim', capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id;
     expect(await codeOf(s.client.controller.ControllerPublishVolume({ volume_id: v, node_id: info.node_id, volume_capability: blockCap() }))).toBe('RESOURCE_EXHAUSTED');
     expect(await codeOf(s.client.controller.ControllerPublishVolume({ volume_id: 'static-all-2', node_id: info.node_id, volume_capability: mountCap(), volume_context: ISCSI }))).toBe('RESOURCE_EXHAUSTED');
     await s.client.controller.ControllerUnpublishVolume({ volume_id: 'static-all', node_id: info.node_id });

@@ -10,6 +10,7 @@ import { dirname, join, posix } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { ROOT } from './k8s.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 interface Instruction {
   op: string;
@@ -29,24 +30,24 @@ function parseDockerfile(text: string): { args: Map<string, string>; stages: Sta
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const start = i;
-    let l = lines[i]!;
+    let l = lines[i];
     if (/^\s*(#|$)/.test(l)) continue;
     while (/\\\s*$/.test(l) && i + 1 < lines.length) {
       i++;
-      const next = lines[i]!;
+      const next = lines[i];
       if (/^\s*#/.test(next)) continue;
       l = l.replace(/\\\s*$/, ' ') + next;
     }
     const m = /^\s*([A-Za-z]+)\s+(.*)$/.exec(l);
     if (!m) throw new Error(`Dockerfile line ${start + 1}: cannot parse ${l}`);
-    const op = m[1]!.toUpperCase();
-    const rest = m[2]!.trim().replace(/\s+/g, ' ');
+    const op = m[1].toUpperCase();
+    const rest = m[2].trim().replace(/\s+/g, ' ');
     if (op === 'FROM') {
       const f = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(rest)!;
-      stages.push({ name: f[2] ?? String(stages.length), from: f[1]!, body: [] });
+      stages.push({ name: f[2] ?? String(stages.length), from: f[1], body: [] });
     } else if (stages.length === 0 && op === 'ARG') {
       const [k, v] = rest.split('=');
-      args.set(k!, v ?? '');
+      args.set(k, v ?? '');
     } else {
       stages.at(-1)!.body.push({ op, args: rest, line: start + 1 });
     }
@@ -76,7 +77,7 @@ function aptPackages(s: Stage): string[] {
   const out: string[] = [];
   for (const ins of s.body.filter((x) => x.op === 'RUN')) {
     for (const m of ins.args.matchAll(/apt-get install((?:\s+[^&|;]+?)+)\s*(?:&&|;|$)/g)) {
-      out.push(...m[1]!.trim().split(/\s+/).filter((w) => !w.startsWith('-')));
+      out.push(...m[1].trim().split(/\s+/).filter((w) => !w.startsWith('-')));
     }
   }
   return out;
@@ -156,11 +157,11 @@ describe('Dockerfile structure (static; no Docker engine runs here)', () => {
   });
   it('installs the host tools per role: the node tools in node, tgt in controller, both in all', () => {
     const pk = (t: string) => lineage(t).flatMap(aptPackages);
-    expect(pk('node')).toEqual(expect.arrayContaining(NODE_TOOLS));
+    expect(pk('node')).toEqual(arrayContaining(NODE_TOOLS));
     expect(pk('node')).not.toContain('tgt');
     expect(pk('controller')).toContain('tgt');
     expect(pk('controller').filter((p) => NODE_TOOLS.includes(p))).toEqual([]);
-    expect(pk('all')).toEqual(expect.arrayContaining([...NODE_TOOLS, 'tgt']));
+    expect(pk('all')).toEqual(arrayContaining([...NODE_TOOLS, 'tgt']));
     for (const s of df.stages) {
       for (const ins of s.body.filter((x) => x.op === 'RUN' && x.args.includes('apt-get install'))) {
         expect(ins.args, `line ${ins.line}`).toMatch(/^apt-get update && apt-get install -y --no-install-recommends .* && rm -rf \/var\/lib\/apt\/lists\/\*$/);
@@ -210,7 +211,7 @@ describe(`Dockerfile apt packages, resolved by apt-get on this machine's Debian 
   });
   it('`apt-get install -s --no-install-recommends` resolves the whole list of the `all` image (a superset of the controller and node lists, so they resolve too)', () => {
     const pkgs = [...new Set(lineage('all').flatMap(aptPackages))];
-    for (const t of ['controller', 'node']) expect(pkgs).toEqual(expect.arrayContaining(lineage(t).flatMap(aptPackages)));
+    for (const t of ['controller', 'node']) expect(pkgs).toEqual(arrayContaining(lineage(t).flatMap(aptPackages)));
     const r = spawnSync('apt-get', ['install', '-s', '-q', '--no-install-recommends', ...pkgs], { encoding: 'utf8', timeout: 60_000 });
     expect(r.stderr.split('\n').filter((l) => /^E:/.test(l))).toEqual([]);
     expect(r.status).toBe(0);
@@ -262,7 +263,7 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
     // devOptional: a dev dependency that is also an optional peer of a production one (typescript, for valibot); --omit=optional leaves it out.
     const dev = entries.filter(([, e]) => e.dev === true || e.devOptional === true);
     const prod = entries.filter(([, e]) => !e.dev && !e.optional && !e.devOptional);
-    expect(dev.map(([p]) => p)).toEqual(expect.arrayContaining(['node_modules/typescript', 'node_modules/vitest']));
+    expect(dev.map(([p]) => p)).toEqual(arrayContaining(['node_modules/typescript', 'node_modules/vitest']));
     expect(dev.filter(([p]) => existsSync(join(app, p))).map(([p]) => p)).toEqual([]);
     expect(prod.filter(([p]) => !existsSync(join(app, p))).map(([p]) => p)).toEqual([]);
   });
@@ -284,7 +285,7 @@ describe('the image\'s entry command works from a fresh `npm ci --omit=dev` inst
     const endpoint = `unix://${run}/csi.sock`;
     const argv = [process.execPath, join(app, 'dist/main.js'), 'controller', `--data-dir=${data}`, `--endpoint=${endpoint}`, '--log-level=info'];
     const cmd = canDropToControllerUser ? ['setpriv', '--reuid=65532', '--regid=65532', '--clear-groups', '--', ...argv] : argv;
-    const child = spawn(cmd[0]!, cmd.slice(1), { cwd: app, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'production' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd[0], cmd.slice(1), { cwd: app, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NODE_ENV: 'production' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let logs = '';
     child.stdout.on('data', (b: Buffer) => (logs += b.toString()));
     child.stderr.on('data', (b: Buffer) => (logs += b.toString()));

@@ -61,7 +61,7 @@ export function scanHostCommands(): HostCommandScan {
   const calls: HostCommandCall[] = [];
   const unresolved: string[] = [];
   const where = (sf: ts.SourceFile, n: ts.Node) => `${relative(ROOT, sf.fileName).split(sep).join('/')}:${sf.getLineAndCharacterOfPosition(n.getStart(sf)).line + 1}`;
-  const areaOf = (sf: ts.SourceFile) => relative(join(ROOT, 'src'), sf.fileName).split(sep)[0]!.replace(/\.ts$/, '');
+  const areaOf = (sf: ts.SourceFile) => relative(join(ROOT, 'src'), sf.fileName).split(sep)[0].replace(/\.ts$/, '');
 
   for (const sf of program.getSourceFiles()) {
     if (sf.isDeclarationFile || !sf.fileName.startsWith(join(ROOT, 'src') + sep)) continue;

@@ -98,7 +98,7 @@ function inImageArgv(root: string, c: ImageConfig, argv: string[], o: { hostTmp:
     'exec chroot --userspec="$u:$g" --groups="$g" "$r" "$@"';
   return [
     'unshare',
-    ['--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', root, o.hostTmp, uid!, gid!, '/usr/bin/env', '-i', '-C', c.WorkingDir || '/', ...envOf(c), ...(o.env ?? []), ...argv],
+    ['--mount', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', root, o.hostTmp, uid, gid, '/usr/bin/env', '-i', '-C', c.WorkingDir || '/', ...envOf(c), ...(o.env ?? []), ...argv],
   ];
 }
 
@@ -106,7 +106,7 @@ function inImageArgv(root: string, c: ImageConfig, argv: string[], o: { hostTmp:
 async function resolveIn(root: string, c: ImageConfig, commands: string[]): Promise<Map<string, string>> {
   const path = envOf(c).find((e) => e.startsWith('PATH=')) ?? 'PATH=/usr/sbin:/usr/bin:/sbin:/bin';
   const { out } = await run('chroot', [root, '/usr/bin/env', '-i', path, '/bin/sh', '-c', 'for c; do printf "%s %s\\n" "$c" "$(command -v "$c")"; done', 'sh', ...commands], { timeoutMs: 30_000 });
-  return new Map(out.trim().split('\n').map((l) => [l.split(' ')[0]!, l.split(' ').slice(1).join(' ')] as [string, string]));
+  return new Map(out.trim().split('\n').map((l) => [l.split(' ')[0], l.split(' ').slice(1).join(' ')] as [string, string]));
 }
 
 /** A process and all its descendants, parents first (from /proc/PID/task/TID/children). */

@@ -98,7 +98,7 @@ export function findKubectl(): KubectlInfo {
 export function parseYamlStream(text: string, what: string): K8sObject[] {
   const out: K8sObject[] = [];
   for (const doc of parseAllDocuments(text)) {
-    if (doc.errors.length) throw new Error(`${what}: ${doc.errors[0]!.message}`);
+    if (doc.errors.length) throw new Error(`${what}: ${doc.errors[0].message}`);
     const v: unknown = doc.toJS();
     if (v === null || v === undefined) continue;
     out.push(v as K8sObject);
@@ -176,7 +176,7 @@ export function volumeOf(pod: PodSpec, name: string): Volume {
 export function flagsOf(args: readonly string[]): { flag: string; value: string | undefined }[] {
   const out: { flag: string; value: string | undefined }[] = [];
   for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
+    const a = args[i];
     if (!a.startsWith('-')) continue;
     const eq = a.indexOf('=');
     if (eq > 0) out.push({ flag: a.slice(0, eq).replace(/^-+/, ''), value: a.slice(eq + 1) });

@@ -8,9 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parse as parseYaml } from 'yaml';
 import { FLAG_SPEC, DEFAULT_DRIVER_NAME, loadConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/config/error.js';
 import { parseParameters } from '../../src/controller/parameters.js';
 import { SUPPORTED_FS } from '../../src/csi/capability.js';
 import { parseStaticAttributes, STATIC_HANDLE_RE } from '../../src/controller/static-volumes.js';
@@ -34,6 +32,7 @@ import {
   workload,
   workloads,
 } from './k8s.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const PKG_VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 const SCHEMAS = join(ROOT, 'test', 'deploy', 'schemas');
@@ -98,9 +97,9 @@ describe('every manifest validates against the Kubernetes API schemas (strict: u
     const bad = structuredClone(good) as K8sObject & { spec: Obj };
     const pod = (bad.spec.template as Obj).spec as PodSpec & Obj;
     pod.hostNetwrok = true;
-    pod.containers[0]!.volumeMounts![1]!.mountPropagation = 'bidirectional';
+    pod.containers[0].volumeMounts![1].mountPropagation = 'bidirectional';
     (pod.containers[0] as unknown as Obj).ports = [{ containerPort: '9840' }];
-    delete (bad.spec as Obj).selector;
+    delete (bad.spec).selector;
     const errors = schemaErrors(bad).join('\n');
     expect(errors).toContain('"hostNetwrok"');
     expect(errors).toContain('mountPropagation must be equal to one of the allowed values');
@@ -167,7 +166,7 @@ describe('images are pinned', () => {
       }
     }
     const c = workload(render(dir), CONTROLLER).pod;
-    expect(c.containers.map((x) => x.name)).toEqual(expect.arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'csi-external-health-monitor-controller', 'liveness-probe']));
+    expect(c.containers.map((x) => x.name)).toEqual(arrayContaining(['sinter', 'csi-provisioner', 'csi-attacher', 'csi-resizer', 'csi-snapshotter', 'csi-external-health-monitor-controller', 'liveness-probe']));
     const n = workload(render(dir), NODE).pod;
     expect(n.containers.map((x) => x.name).sort()).toEqual(['liveness-probe', 'node-driver-registrar', 'sinter']);
     expect(container(c, 'sinter').image).toMatch(/^sinter-controller:/);
@@ -565,7 +564,7 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
   });
   it.each(RENDERS)('%s: every StorageClass is sinter\'s and its parameters pass sinter\'s own parser', (dir) => {
     const classes = render(dir).filter((o) => o.kind === 'StorageClass');
-    expect(classes.map((c) => c.metadata.name)).toEqual(expect.arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', 'sinter-ssd', 'sinter-hdd']));
+    expect(classes.map((c) => c.metadata.name)).toEqual(arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', 'sinter-ssd', 'sinter-hdd']));
     for (const sc of classes) {
       expect(sc.provisioner, sc.metadata.name).toBe(DRIVER);
       const params = (sc.parameters ?? {}) as Record<string, string>;
@@ -587,7 +586,7 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
       'csi.storage.k8s.io/controller-publish-secret-name',
       'csi.storage.k8s.io/node-stage-secret-name',
     ]);
-    const chapSecret = examples().get('chap-secret.yaml')![0]!;
+    const chapSecret = examples().get('chap-secret.yaml')![0];
     expect(chapSecret.metadata).toMatchObject({ name: 'sinter-chap', namespace: NAMESPACE });
   });
   it('the VolumeSnapshotClass is for sinter', () => {
@@ -632,7 +631,7 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
       for (const v of (pod.spec as PodSpec).volumes ?? []) if (v.persistentVolumeClaim) expect(all.some((o) => o.kind === 'PersistentVolumeClaim' && o.metadata.name === v.persistentVolumeClaim!.claimName)).toBe(true);
     }
     const original = ex.get('pvc-pod.yaml')!.find((o) => o.kind === 'PersistentVolumeClaim')!;
-    const resized = ex.get('resize.yaml')![0]!;
+    const resized = ex.get('resize.yaml')![0];
     expect(resized.metadata.name).toBe(original.metadata.name);
     expect(gi(size(resized))).toBeGreaterThan(gi(size(original)));
     expect({ ...(resized.spec as Obj), resources: undefined }).toEqual({ ...(original.spec as Obj), resources: undefined });
@@ -686,6 +685,6 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
     for (const f of ['pvc-pod.yaml', 'snapshot.yaml', 'restore.yaml', 'resize.yaml']) expect(readme).toContain(`kubectl apply -f deploy/kubernetes/examples/${f}`);
     // The object names the README tells you to look at are the examples' and the overlays'.
     const names = new Set([...render('overlays/iscsi'), ...[...examples().values()].flat()].map((o) => o.metadata.name));
-    for (const m of readme.matchAll(/kubectl (?:-n sinter-system )?(?:get|exec|logs|describe|wait)[^\n`]*?\b(?:pvc|pod|volumesnapshot|deployment|daemonset)\/([a-z0-9-]+)/g)) expect(names.has(m[1]!), m[0]).toBe(true);
+    for (const m of readme.matchAll(/kubectl (?:-n sinter-system )?(?:get|exec|logs|describe|wait)[^\n`]*?\b(?:pvc|pod|volumesnapshot|deployment|daemonset)\/([a-z0-9-]+)/g)) expect(names.has(m[1]), m[0]).toBe(true);
   });
 });

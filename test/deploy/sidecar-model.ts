@@ -92,11 +92,23 @@ function templates(s: SecretParams, params: Record<string, string>, withDeprecat
   let nName = 0;
   let nNs = 0;
   if (withDeprecated && s.deprecated) {
-    if (`${s.deprecated}Name` in params) (name = params[`${s.deprecated}Name`]), nName++;
-    if (`${s.deprecated}Namespace` in params) (namespace = params[`${s.deprecated}Namespace`]), nNs++;
+    if (`${s.deprecated}Name` in params) {
+      name = params[`${s.deprecated}Name`];
+      nName++;
+    }
+    if (`${s.deprecated}Namespace` in params) {
+      namespace = params[`${s.deprecated}Namespace`];
+      nNs++;
+    }
   }
-  if (`${s.key}-name` in params) (name = params[`${s.key}-name`]), nName++;
-  if (`${s.key}-namespace` in params) (namespace = params[`${s.key}-namespace`]), nNs++;
+  if (`${s.key}-name` in params) {
+    name = params[`${s.key}-name`];
+    nName++;
+  }
+  if (`${s.key}-namespace` in params) {
+    namespace = params[`${s.key}-namespace`];
+    nNs++;
+  }
   if (nName > 1 || nNs > 1) throw new SidecarRefusal(`${s.name} secrets specified in parameters with both "csi" and "${PREFIX}" keys`);
   if (nName !== nNs) throw new SidecarRefusal(`either name and namespace for ${s.name} secrets specified, Both must be specified`);
   if (nName === 0) return undefined;

@@ -32,13 +32,14 @@ import {
   type ProvisionerFlags,
   type SnapshotterFlags,
 } from './sidecar-model.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const OVERLAY_DIRS = ['overlays/single-node', 'overlays/iscsi'] as const;
 const RENDERS = ['base', ...OVERLAY_DIRS] as const;
 const Gi = 1024 ** 3;
 
 type Params = Record<string, string>;
-const paramsOf = (o: K8sObject) => ((o as { parameters?: Params }).parameters ?? {}) as Params;
+const paramsOf = (o: K8sObject) => ((o as { parameters?: Params }).parameters ?? {});
 const classes = (docs: K8sObject[]) => docs.filter((o) => o.kind === 'StorageClass');
 const snapshotClasses = (docs: K8sObject[]) => docs.filter((o) => o.kind === 'VolumeSnapshotClass');
 const allExamples = () => [...examples().values()].flat();
@@ -200,7 +201,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
     // The overlay's own controller configuration, with its backends' data under the test's directory.
     // Exports are local: what is checked here is parameters and scheduling, not how nodes reach the images.
     const cm = docs().find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('sinter-config'))!;
-    const cfg = parseYaml((cm as unknown as { data: Record<string, string> }).data['controller.yaml']!) as { backends: Record<string, unknown>[] };
+    const cfg = parseYaml((cm as unknown as { data: Record<string, string> }).data['controller.yaml']) as { backends: Record<string, unknown>[] };
     for (const b of cfg.backends) {
       b.dataDir = join(base, String(b.name));
       delete b.iscsi;
@@ -232,11 +233,11 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
             throw new Error(`${dir} ${sc.metadata.name} (${c.name}): sinter refused what csi-provisioner sends: ${e.details}`);
           });
         const want = (paramsOf(sc)[FSTYPE_KEY] ?? flags.defaultFsType) || 'ext4';
-        if (c.volumeMode !== 'Block') expect(res.volume.volume_context.fsType, `${sc.metadata.name}: the filesystem`).toBe(want);
-        await ctl().DeleteVolume({ volume_id: res.volume.volume_id });
+        if (c.volumeMode !== 'Block') expect(res.volume!.volume_context.fsType, `${sc.metadata.name}: the filesystem`).toBe(want);
+        await ctl().DeleteVolume({ volume_id: res.volume!.volume_id });
         n++;
       }
-      const caps = provision(paramsOf(sc), [], shapes[0]!, 'pvc-cap', flags).volume_capabilities;
+      const caps = provision(paramsOf(sc), [], shapes[0], 'pvc-cap', flags).volume_capabilities;
       expect(await codeOf(ctl().GetCapacity({ volume_capabilities: caps, parameters: capacityParameters(paramsOf(sc)) })), `${sc.metadata.name}: GetCapacity`).toBe('OK');
     }
     expect(n).toBeGreaterThanOrEqual(15);
@@ -265,7 +266,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
       if (c.dataSource?.kind === 'VolumeSnapshot') volume_content_source = { snapshot: { snapshot_id: snapshots.get(c.dataSource.name) } };
       if (c.dataSource?.kind === 'PersistentVolumeClaim') volume_content_source = { volume: { volume_id: made.get(c.dataSource.name) } };
       const res = await ctl().CreateVolume({ name: `pvc-${c.name}`, capacity_range: { required_bytes: c.storage }, volume_capabilities: r.volume_capabilities, parameters: r.parameters, volume_content_source });
-      made.set(c.name, res.volume.volume_id);
+      made.set(c.name, res.volume!.volume_id!);
     };
     // Sources first: plain claims, then the snapshots of them, then the claims made from snapshots and clones.
     for (const c of claims.filter((c) => !c.dataSource)) await createClaim(c);
@@ -277,7 +278,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
       expect(source, `snapshot ${vs.metadata.name}: its claim ${spec.source.persistentVolumeClaimName} is an example`).toBeDefined();
       const r = snapshot(paramsOf(vsc!), { name: vs.metadata.name, namespace: vs.metadata.namespace ?? 'default' }, `snapcontent-${vs.metadata.name}`, snapshotterFlags(docs()));
       const res = await ctl().CreateSnapshot({ name: `snapshot-${vs.metadata.name}`, source_volume_id: source, parameters: r.parameters, secrets: {} });
-      snapshots.set(vs.metadata.name, res.snapshot.snapshot_id);
+      snapshots.set(vs.metadata.name, res.snapshot!.snapshot_id!);
     }
     for (const c of claims.filter((c) => c.dataSource)) await createClaim(c);
     expect(made.size).toBe(new Set(claims.map((c) => c.name)).size);
@@ -288,7 +289,7 @@ describe.each(OVERLAY_DIRS)('%s: sinter accepts what the pinned sidecars send (a
     const r = provision({ fsType: 'xfs' }, [], { name: 'legacy', namespace: 'default', accessModes: ['ReadWriteOnce'], storage: Gi }, 'pvc-legacy', provisionerFlags(docs()));
     const call = () => ctl().CreateVolume({ name: 'pvc-legacy', capacity_range: { required_bytes: Gi }, volume_capabilities: r.volume_capabilities, parameters: r.parameters });
     expect(await codeOf(call())).toBe('INVALID_ARGUMENT');
-    await expect(call()).rejects.toMatchObject({ details: expect.stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
+    await expect(call()).rejects.toMatchObject({ details: stringMatching(/parameters\.fsType .*csi\.storage\.k8s\.io\/fstype/) });
     expect(() => parseParameters({ MkfsOptions: '-m 0' })).toThrow(/unknown key "MkfsOptions"/);
   });
 });

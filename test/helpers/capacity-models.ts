@@ -46,7 +46,7 @@ export function binarySI(n: number): string {
 export function quantityValue(q: string): number {
   const m = /^(\d+)([KMGTPE]i|[kMGTPE])?$/.exec(q);
   if (!m) throw new Error(`quantity "${q}" is not one the model reads`);
-  return Number(m[1]) * SUFFIX[m[2] ?? '']!;
+  return Number(m[1]) * SUFFIX[m[2] ?? ''];
 }
 
 // ---- topology segments (pkg/capacity/topology) ------------------------------
@@ -296,7 +296,7 @@ function selectorMatchesNode(sel: V1LabelSelector, labels: Record<string, string
     const has = e.key in labels;
     const v = labels[e.key];
     const ok =
-      e.operator === 'In' ? has && (e.values ?? []).includes(v!) : e.operator === 'NotIn' ? !has || !(e.values ?? []).includes(v!) : e.operator === 'Exists' ? has : e.operator === 'DoesNotExist' ? !has : false;
+      e.operator === 'In' ? has && (e.values ?? []).includes(v) : e.operator === 'NotIn' ? !has || !(e.values ?? []).includes(v) : e.operator === 'Exists' ? has : e.operator === 'DoesNotExist' ? !has : false;
     if (!ok) return false;
   }
   return true;
@@ -386,7 +386,7 @@ export async function provisionClaim(kc: KubeConfig, controller: CsiClient['cont
   const params = sc.parameters ?? {};
   const fsKeys = Object.keys(params).filter((k) => k.toLowerCase() === 'fstype' || k === `${PREFIX}fstype`);
   if (fsKeys.length > 1) throw new Error(`fstype specified in parameters with both "fstype" and "${PREFIX}fstype" keys`);
-  const fsType = fsKeys.length ? params[fsKeys[0]!]! : 'ext4';
+  const fsType = fsKeys.length ? params[fsKeys[0]] : 'ext4';
   const parameters: Record<string, string> = {};
   for (const [k, v] of Object.entries(params)) {
     if (!k.startsWith(PREFIX)) parameters[k] = v;
@@ -412,7 +412,7 @@ export async function provisionClaim(kc: KubeConfig, controller: CsiClient['cont
     parameters,
     accessibility_requirements: { requisite: [{ segments: segment }], preferred: [{ segments: segment }] },
   });
-  const topo = (r.volume.accessible_topology ?? []) as { segments: Record<string, string> }[];
+  const topo = (r.volume!.accessible_topology ?? []) as { segments: Record<string, string> }[];
   const terms: Segment[] | undefined = topo.length ? topo.map((t) => Object.entries(t.segments)) : undefined;
   return { volume: r.volume as { volume_id: string; capacity_bytes: number; accessible_topology: { segments: Record<string, string> }[] }, pvNodeAffinityTerms: terms };
 }

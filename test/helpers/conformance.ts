@@ -65,8 +65,8 @@ export async function startConformanceSinter(opts: StartOptions = {}): Promise<S
       // Sessions a failed test left to this process's targets, then the target daemon.
       for (const line of await kernelSessionsTo(IQN_PREFIX)) {
         const [portal, iqn] = line.split(' ');
-        await execa('iscsiadm', ['-m', 'node', '-T', iqn!, '-p', portal!.replace(/,\d+$/, ''), '--logout'], { reject: false });
-        await execa('iscsiadm', ['-m', 'node', '-T', iqn!, '-p', portal!.replace(/,\d+$/, ''), '-o', 'delete'], { reject: false });
+        await execa('iscsiadm', ['-m', 'node', '-T', iqn, '-p', portal.replace(/,\d+$/, ''), '--logout'], { reject: false });
+        await execa('iscsiadm', ['-m', 'node', '-T', iqn, '-p', portal.replace(/,\d+$/, ''), '-o', 'delete'], { reject: false });
       }
       await tgtds.get(base)?.stop();
       tgtds.get(base)?.cleanupLogs();

@@ -117,7 +117,7 @@ export class FakeSysfs {
     mkdirSync(join(d, 'dm'), { recursive: true });
     mkdirSync(join(d, 'slaves'), { recursive: true });
     writeFileSync(join(d, 'dm', 'name'), `${name}\n`);
-    const wwid = readFileSync(join(this.sys, 'block', slaves[0]!, 'device', 'wwid'), 'utf8').trim().replace(/^naa\./, '3');
+    const wwid = readFileSync(join(this.sys, 'block', slaves[0], 'device', 'wwid'), 'utf8').trim().replace(/^naa\./, '3');
     writeFileSync(join(d, 'dm', 'uuid'), `mpath-${wwid}\n`);
     this.link(join(this.sys, 'block', dm), d);
     for (const s of slaves) {
@@ -147,6 +147,6 @@ export class FakeSysfs {
       return;
     }
     const del = /block\/([a-z0-9]+)\/device\/delete$/.exec(path);
-    if (del && data.trim() === '1') this.removeDisk(del[1]!);
+    if (del && data.trim() === '1') this.removeDisk(del[1]);
   });
 }

@@ -80,6 +80,6 @@ export async function startIscsiSplit(dir: string, o: IscsiSplitOptions): Promis
       await split.ctl?.cleanup();
     },
   };
-  split.nodeId = (await split.node.client.node.NodeGetInfo({})).node_id;
+  split.nodeId = (await split.node.client.node.NodeGetInfo({})).node_id!;
   return split;
 }

@@ -81,7 +81,7 @@ function selectorMatches(selector: string | null, labels: Record<string, string>
   return selector.split(',').every((term) => {
     const m = /^\s*([^!=\s]+)\s*(!=|==|=)\s*([^\s]*)\s*$/.exec(term);
     if (!m) return false;
-    const v = labels?.[m[1]!];
+    const v = labels?.[m[1]];
     return m[2] === '!=' ? v !== m[3] : v === m[3];
   });
 }

@@ -90,14 +90,14 @@ export function parseExposition(text: string): Exposition {
     // name{label="value",...} value [timestamp]
     const nm = /^([a-zA-Z_:][a-zA-Z0-9_:]*)/.exec(line);
     if (!nm) throw new Error(`${where}: no metric name`);
-    const name = nm[1]!;
+    const name = nm[1];
     let pos = name.length;
     const labels: Record<string, string> = {};
     if (line[pos] === '{') {
       pos++;
       while (line[pos] !== '}') {
         const lm = /^([a-zA-Z_][a-zA-Z0-9_]*)="/.exec(line.slice(pos));
-        if (!lm || !LABEL.test(lm[1]!)) throw new Error(`${where}: bad label at column ${pos}`);
+        if (!lm || !LABEL.test(lm[1])) throw new Error(`${where}: bad label at column ${pos}`);
         pos += lm[0].length;
         let v = '';
         for (;;) {
@@ -111,8 +111,8 @@ export function parseExposition(text: string): Exposition {
             else throw new Error(`${where}: bad escape \\${e}`);
           } else v += c;
         }
-        if (lm[1]! in labels) throw new Error(`${where}: label ${lm[1]} twice`);
-        labels[lm[1]!] = v;
+        if (lm[1] in labels) throw new Error(`${where}: label ${lm[1]} twice`);
+        labels[lm[1]] = v;
         if (line[pos] === ',') pos++;
         else if (line[pos] !== '}') throw new Error(`${where}: expected , or } at column ${pos}`);
       }
@@ -121,7 +121,7 @@ export function parseExposition(text: string): Exposition {
     if (line[pos] !== ' ') throw new Error(`${where}: expected a space before the value`);
     const parts = line.slice(pos + 1).split(' ');
     if (parts.length > 2 || parts.some((p) => p === '')) throw new Error(`${where}: expected "value [timestamp]"`);
-    const value = parseValue(parts[0]!, where);
+    const value = parseValue(parts[0], where);
     if (parts[1] !== undefined && !/^-?\d+$/.test(parts[1])) throw new Error(`${where}: bad timestamp`);
     // The sample belongs to the family declared last: its own name, or name_bucket/_sum/_count of a histogram.
     const base = current && (current.name === name || ((current.type === 'histogram' || current.type === 'summary') && /^(.*)_(bucket|sum|count)$/.exec(name)?.[1] === current.name));
@@ -142,8 +142,8 @@ export function parseExposition(text: string): Exposition {
       groups.set(k, [...(groups.get(k) ?? []), s]);
     }
     for (const [k, bs] of groups) {
-      const sorted = bs.map((b) => [parseValue(b.labels.le!, f.name), b.value] as const).sort((a, b) => a[0] - b[0]);
-      for (let i = 1; i < sorted.length; i++) if (sorted[i]![1] < sorted[i - 1]![1]) throw new Error(`${f.name}${k}: buckets not cumulative`);
+      const sorted = bs.map((b) => [parseValue(b.labels.le, f.name), b.value] as const).sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < sorted.length; i++) if (sorted[i][1] < sorted[i - 1][1]) throw new Error(`${f.name}${k}: buckets not cumulative`);
       if (sorted.at(-1)?.[0] !== Infinity) throw new Error(`${f.name}${k}: no +Inf bucket`);
       const count = f.samples.find((s) => s.name === `${f.name}_count` && JSON.stringify(Object.entries(s.labels).sort()) === k);
       if (count?.value !== sorted.at(-1)![1]) throw new Error(`${f.name}${k}: +Inf bucket ${sorted.at(-1)![1]} is not _count ${count?.value}`);

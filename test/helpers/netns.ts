@@ -51,13 +51,13 @@ export const netnsWrapper = (ns: string): string[] => ['nsenter', `--net=/run/ne
 /** Runs a command in a namespace; rejects with its stderr. */
 export async function inNetns(ns: string, cmd: string, args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}) {
   const [c, ...a] = [...netnsWrapper(ns), cmd, ...args];
-  return execa(c!, a, { timeout: opts.timeoutMs ?? 10_000, env: opts.env, stdin: 'ignore' });
+  return execa(c, a, { timeout: opts.timeoutMs ?? 10_000, env: opts.env, stdin: 'ignore' });
 }
 
 /** Whether a TCP connection from namespace `ns` to host:port succeeds. */
 export async function canReach(ns: string, host: string, port: number): Promise<boolean> {
   const [c, ...a] = [...netnsWrapper(ns), 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', host, String(port)];
-  return (await execa(c!, a, { reject: false, timeout: 5000, stdin: 'ignore' })).exitCode === 0;
+  return (await execa(c, a, { reject: false, timeout: 5000, stdin: 'ignore' })).exitCode === 0;
 }
 
 async function netnsNames(): Promise<string[]> {

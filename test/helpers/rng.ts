@@ -27,13 +27,13 @@ export class Rng {
 
   pick<T>(xs: readonly T[]): T {
     if (xs.length === 0) throw new Error('pick from an empty list');
-    return xs[Math.floor(this.next() * xs.length)]!;
+    return xs[Math.floor(this.next() * xs.length)];
   }
 
   shuffle<T>(xs: T[]): T[] {
     for (let i = xs.length - 1; i > 0; i--) {
       const j = Math.floor(this.next() * (i + 1));
-      [xs[i], xs[j]] = [xs[j]!, xs[i]!];
+      [xs[i], xs[j]] = [xs[j], xs[i]];
     }
     return xs;
   }

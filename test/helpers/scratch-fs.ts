@@ -21,7 +21,7 @@ export async function scratchFs(type: 'xfs' | 'ext4' | 'btrfs', sizeMiB: number)
   writeFileSync(img, '');
   await execa('truncate', ['-s', `${sizeMiB}M`, img]);
   const mkfs = type === 'xfs' ? ['mkfs.xfs', '-q', '-m', 'reflink=1', img] : type === 'btrfs' ? ['mkfs.btrfs', '-q', img] : ['mkfs.ext4', '-q', '-F', img];
-  await execa(mkfs[0]!, mkfs.slice(1));
+  await execa(mkfs[0], mkfs.slice(1));
   const device = (await execa('losetup', ['--find', '--show', img])).stdout.trim();
   await execa('mkdir', ['-p', dir]);
   try {

@@ -144,7 +144,7 @@ export class SimulatedSan {
     const mm = await deviceMajMin(loop);
     if (!mm) throw new Error(`${loop} is not a block device`);
     const [maj, min] = mm.split(':');
-    await execa('mknod', [path, 'b', maj!, min!]);
+    await execa('mknod', [path, 'b', maj, min]);
     return mm;
   }
 
@@ -231,7 +231,7 @@ export class SimulatedSan {
 
   /** Disks the connector wrote "1" to device/delete of (or rescan). */
   writtenTo(attr: 'delete' | 'rescan'): string[] {
-    return this.writes.filter((w) => w.path.endsWith(`/device/${attr}`)).map((w) => w.path.split('/')[1]!);
+    return this.writes.filter((w) => w.path.endsWith(`/device/${attr}`)).map((w) => w.path.split('/')[1]);
   }
 
   private async onWrite(full: string, value: string): Promise<void> {
@@ -255,7 +255,7 @@ export class SimulatedSan {
     }
     m = /^block\/([a-z0-9-]+)\/device\/(delete|rescan)$/.exec(rel);
     if (m && value.trim() === '1') {
-      const d = this.disks.get(m[1]!);
+      const d = this.disks.get(m[1]);
       if (!d) return;
       if (m[2] === 'rescan') {
         await execa('losetup', ['--set-capacity', d.loop]);
@@ -287,7 +287,7 @@ export class SimulatedSan {
   async command(cmd: string, args: string[]): Promise<ExecResult> {
     this.commands.push([cmd, ...args].join(' '));
     if (cmd === 'multipath' && args[0] === '-f') {
-      const m = this.maps.get(args[1]!);
+      const m = this.maps.get(args[1]);
       if (!m) throw new ExecError(`multipath -f ${args[1]}`, 1, `${args[1]}: no such map`, false);
       const mm = await deviceMajMin(join(this.dev, m.dm));
       const mounts = (await execa('cat', ['/proc/self/mountinfo'])).stdout.split('\n').filter((l) => l.split(' ')[2] === mm);
@@ -301,7 +301,7 @@ export class SimulatedSan {
       return { stdout: '', stderr: '', exitCode: 0 };
     }
     if (cmd === 'multipathd' && args[0] === 'resize' && args[1] === 'map') {
-      const m = this.maps.get(args[2]!);
+      const m = this.maps.get(args[2]);
       if (!m) throw new ExecError(`multipathd resize map ${args[2]}`, 1, 'fail', false);
       await execa('losetup', ['--set-capacity', m.loop]);
       return { stdout: 'ok\n', stderr: '', exitCode: 0 };

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { csiClient, type CsiClient } from '../../src/csi/client.js';
+import type { AccessMode, VolumeCapability } from '../../src/csi/messages.js';
 
 export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
@@ -84,7 +85,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
   while (Date.now() < until) {
     try {
       const v = await fn();
-      if (v !== undefined && v !== false) return v as T;
+      if (v !== undefined && v !== false) return v;
     } catch (e) {
       last = e;
     }
@@ -95,18 +96,33 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
 
 /** Unmounts anything under `dir` (deepest first) and detaches loop devices backed by files under it. */
 export async function scrub(dir: string): Promise<void> {
+  // Loop devices are listed before the unmounts: once a FUSE or tmpfs mount
+  // under dir is lazily unmounted, a device backed by a file on it shows a
+  // path outside dir ("/disk") and would stay bound for good.
+  const before = (await loopsBacked()).filter((l) => l.back.startsWith(`${dir}/`));
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .map((l) => l.split(' ')[4]?.replace(/\\040/g, ' '))
     .filter((m): m is string => !!m && (m === dir || m.startsWith(`${dir}/`)))
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) await execa('umount', ['-l', m]).catch(() => undefined);
-  const loops = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).catch(() => ({ stdout: '' }));
-  for (const line of loops.stdout.split('\n')) {
-    const [dev, ...rest] = line.trim().split(/\s+/);
-    const back = rest.join(' ').replace(/ \(deleted\)$/, '');
-    if (dev && back.startsWith(`${dir}/`)) await execa('losetup', ['-d', dev]).catch(() => undefined);
+  for (const l of await loopsBacked()) {
+    // Still ours: under dir, or the same file seen from outside its unmounted
+    // store (a device freed meanwhile may already be another test's).
+    const was = before.find((b) => b.dev === l.dev);
+    if (l.back.startsWith(`${dir}/`) || (was && l.back && was.back.endsWith(l.back))) await execa('losetup', ['-d', l.dev]).catch(() => undefined);
   }
+}
+
+async function loopsBacked(): Promise<{ dev: string; back: string }[]> {
+  const loops = await execa('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE']).catch(() => ({ stdout: '' }));
+  return loops.stdout
+    .split('\n')
+    .map((line) => {
+      const [dev, ...rest] = line.trim().split(/\s+/);
+      return { dev: dev ?? '', back: rest.join(' ').replace(/ \(deleted\)$/, '') };
+    })
+    .filter((l) => l.dev);
 }
 
 function killGroup(pid: number | undefined): void {
@@ -128,7 +144,7 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   let stderr = '';
   const argv = ['node', ...(opts.nodeArgs ?? []), ...args];
   const [cmd, ...cmdArgs] = opts.wrapper?.length ? [...opts.wrapper, ...argv] : argv;
-  const proc = execa(cmd!, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
+  const proc = execa(cmd, cmdArgs, { reject: false, stdout: 'ignore', stderr: 'pipe', buffer: false, detached: opts.detached === true });
   proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   // The client is made once the socket accepts connections: a channel that met a
   // refused connection first (a stale socket of a killed run) waits out gRPC's
@@ -190,8 +206,8 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
 
 export const MiB = 1024 * 1024;
 
-export const mountCap = (mode = 'SINGLE_NODE_WRITER', fsType = '') => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
-export const blockCap = (mode = 'SINGLE_NODE_WRITER') => ({ block: {}, access_mode: { mode } });
+export const mountCap = (mode: AccessMode = 'SINGLE_NODE_WRITER', fsType = ''): VolumeCapability => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode } });
+export const blockCap = (mode: AccessMode = 'SINGLE_NODE_WRITER'): VolumeCapability => ({ block: {}, access_mode: { mode } });
 
 /** The gRPC status code of a rejected call, or 'OK'. */
 /**

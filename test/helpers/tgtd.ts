@@ -110,7 +110,7 @@ export class TestTgtd {
     const log = join(this.logDir, `tgtd.${++this.starts}.log`);
     const argv = ['tgtd', '-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`];
     const [cmd, ...args] = [...this.wrapper, ...argv];
-    this.proc = execa(cmd!, args, {
+    this.proc = execa(cmd, args, {
       reject: false,
       cleanup: true,
       stdin: 'ignore',
@@ -131,7 +131,7 @@ export class TestTgtd {
     if (this.wrapper.length === 0) return canConnect(this.address, this.iscsiPort);
     // The portal is in another network namespace: connect from there (bash's /dev/tcp).
     const [cmd, ...args] = [...this.wrapper, 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', this.address, String(this.iscsiPort)];
-    return (await execa(cmd!, args, { reject: false, timeout: 5000 })).exitCode === 0;
+    return (await execa(cmd, args, { reject: false, timeout: 5000 })).exitCode === 0;
   }
 
   /** Kills tgtd the hard way (a crash: it keeps no configuration). */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MAIN, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 
 const run = (args: string[]) => execa('node', [MAIN, ...args], { reject: false, timeout: 20_000 });
 
@@ -57,7 +58,7 @@ describe('sinter CLI', () => {
     writeFileSync(join(base, 'marker'), '');
     const s = await startSinter({ base });
     procs.push(s);
-    expect((await s.client.identity.Probe({})).ready.value).toBe(true);
+    expect((await s.client.identity.Probe({})).ready!.value).toBe(true);
     await s.stop('SIGTERM');
     expect(s.proc.exitCode).toBe(0);
     expect(existsSync(s.socket)).toBe(false);
@@ -67,14 +68,14 @@ describe('sinter CLI', () => {
     const s = await startSinter();
     procs.push(s);
     const info = await s.client.node.NodeGetInfo({});
-    const cap = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+    const cap: VolumeCapability = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
     const v = (await s.client.controller.CreateVolume({ name: 'inflight', capacity_range: { required_bytes: 256 * 1024 * 1024 }, volume_capabilities: [cap] })).volume;
-    const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: v.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
+    const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: v!.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
     const staging = join(s.kubeletRoot, 'staging');
     // mkfs makes NodeStageVolume take long enough for the signal to land mid-call.
-    const stage = s.client.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
+    const stage = s.client.node.NodeStageVolume({ volume_id: v!.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
     // The node writes its stage record first thing: once it exists, the call is in flight.
-    await waitFor('the stage to begin', () => existsSync(join(s.dataDir, 'node-state', 'volumes', `${v.volume_id}.json`)) || undefined);
+    await waitFor('the stage to begin', () => existsSync(join(s.dataDir, 'node-state', 'volumes', `${v!.volume_id}.json`)) || undefined);
     s.proc.kill('SIGTERM');
     await expect(stage).resolves.toBeDefined();
     await s.proc;
@@ -88,10 +89,10 @@ describe('sinter CLI', () => {
     await s.client.controller.DeleteVolume({ volume_id: 'default-00000000-0000-4000-8000-000000000000' });
     await s.client.controller.CreateVolume({ name: 'x' }).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 200));
-    const lines = s.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    const lines = s.logs().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { rpc?: string; ms?: unknown });
     const del = lines.find((l) => l.rpc === 'Controller.DeleteVolume');
     expect(del).toMatchObject({ volume_id: 'default-00000000-0000-4000-8000-000000000000', code: 'OK' });
-    expect(typeof del.ms).toBe('number');
+    expect(typeof del!.ms).toBe('number');
     expect(lines.find((l) => l.rpc === 'Controller.CreateVolume')).toMatchObject({ name: 'x', code: 'INVALID_ARGUMENT' });
   });
 });

@@ -81,10 +81,10 @@ async function stateOf(vol: string) {
 /** Stage, publish, write a file through the pod's view, unpublish: the volume really works. */
 async function useVolume(vol: string, req: ReturnType<typeof fcReq>): Promise<void> {
   const target = env.target(vol);
-  await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: req.staging_target_path, target_path: target, volume_capability: req.volume_capability });
+  await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: req.staging_target_path, target_path: target, volume_capability: req.volume_capability });
   await writeFile(join(target, 'hello'), vol);
   expect(await readFile(join(req.staging_target_path, 'hello'), 'utf8')).toBe(vol);
-  await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+  await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
 }
 
 const twoPaths = (lun: Lun, l: number, first = 'sdb', second = 'sdc') => [
@@ -105,7 +105,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     const lun = await san.lun('l3', 64 * MiB, WWID3);
     san.presentOnScan({ disk: 'sdb', host: 1, channel: 0, target: 0, lun: 3, wwn: TGT_A, image: lun });
     const req = fcReq('fc-single', 3);
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
 
     expect(san.scansOf(1)).toEqual(['0 0 3']);
     const staged = await mountAt(req.staging_target_path);
@@ -115,16 +115,16 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     await useVolume('fc-single', req);
 
     // Staging again finds the attachment: no new scan.
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     expect(san.scansOf(1)).toHaveLength(1);
 
-    await env.h.NodeUnstageVolume!({ volume_id: 'fc-single', staging_target_path: req.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'fc-single', staging_target_path: req.staging_target_path });
     expect(san.writtenTo('delete')).toEqual(['sdb']);
     expect(await san.pathExists('sdb')).toBe(false);
     expect(await mountAt(req.staging_target_path)).toBeUndefined();
     expect(san.commands).toEqual([]); // no multipath map was involved
     // Idempotent: nothing left to remove, nothing written.
-    await env.h.NodeUnstageVolume!({ volume_id: 'fc-single', staging_target_path: req.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'fc-single', staging_target_path: req.staging_target_path });
     expect(san.writtenTo('delete')).toEqual(['sdb']);
   });
 
@@ -151,7 +151,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     const lun = await san.lun('l3', 64 * MiB, WWID3);
     for (const p of twoPaths(lun, 3)) san.presentOnScan(p);
     const req = fcReq('fc-mp', 3, [TGT_A, TGT_B]);
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
 
     expect(san.scansOf(1)).toEqual(['0 0 3']);
     expect(san.scansOf(2)).toEqual(['0 0 3']);
@@ -163,7 +163,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     for (const d of ['sdb', 'sdc']) expect(table.some((m) => m.source === join(san.dev, d))).toBe(false);
     await useVolume('fc-mp', req);
 
-    await env.h.NodeUnstageVolume!({ volume_id: 'fc-mp', staging_target_path: req.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'fc-mp', staging_target_path: req.staging_target_path });
     expect(san.commands).toEqual(['multipath -f mpatha']);
     expect(san.writtenTo('delete').sort()).toEqual(['sdb', 'sdc']);
     for (const d of ['sdb', 'sdc', 'dm-0']) expect(await san.pathExists(d)).toBe(false);
@@ -177,14 +177,14 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     env.deps.fc = { ...env.deps.fc, scanTimeoutMs: 600 };
     env.restart();
     const req = fcReq('fc-nomap', 3, [TGT_A, TGT_B]);
-    const err = await csiError(env.h.NodeStageVolume!(req));
+    const err = await csiError(env.h.NodeStageVolume(req));
     expect(err.code).toBe(Code.DEADLINE_EXCEEDED);
     expect(err.message).toContain('2 paths (sdb, sdc)');
     expect(err.message).toContain('multipathd');
     expect(await mountAt(req.staging_target_path)).toBeUndefined();
     // Once the map exists, the same request goes through it.
     await san.addMap('mpathz', lun, ['sdb', 'sdc']);
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     expect(await mountedDevice(req.staging_target_path)).toBe(await mapperOf('mpathz'));
   });
 
@@ -193,7 +193,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     const lun = await san.lun('l5', 64 * MiB, WWID3);
     san.presentOnScan({ disk: 'sdd', host: 1, channel: 0, target: 0, lun: 5, wwn: TGT_A, image: lun }, 2);
     const req = fcReq('fc-late', 5);
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     expect(san.scansOf(1)).toEqual(['0 0 5', '0 0 5']);
     expect((await mountAt(req.staging_target_path))?.source).toBe(join(san.dev, 'sdd'));
   });
@@ -204,7 +204,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     env.restart();
     const req = fcReq('fc-never', 9, [TGT_A, TGT_B]);
     const started = Date.now();
-    const err = await csiError(env.h.NodeStageVolume!(req));
+    const err = await csiError(env.h.NodeStageVolume(req));
     expect(Date.now() - started).toBeGreaterThanOrEqual(650);
     expect(err.code).toBe(Code.DEADLINE_EXCEEDED);
     expect(err.message).toContain('FC LUN 9');
@@ -225,7 +225,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     await oneFabric();
     env.deps.fc = { ...env.deps.fc, scanTimeoutMs: 300 };
     env.restart();
-    const err = await csiError(env.h.NodeStageVolume!(fcReq('fc-unzoned', 1, ['5006016000000001'])));
+    const err = await csiError(env.h.NodeStageVolume(fcReq('fc-unzoned', 1, ['5006016000000001'])));
     expect(err.code).toBe(Code.DEADLINE_EXCEEDED);
     expect(err.message).toContain('5006016000000001');
     expect(err.message).toContain('no online remote port');
@@ -234,7 +234,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
 
   it('a node without an online HBA refuses at once', async () => {
     await san.addHba(1, HBA1, 'Linkdown');
-    const err = await csiError(env.h.NodeStageVolume!(fcReq('fc-nohba', 1)));
+    const err = await csiError(env.h.NodeStageVolume(fcReq('fc-nohba', 1)));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain('no online FC HBA port');
   });
@@ -247,13 +247,13 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     for (const p of [...twoPaths(l3, 3, 'sdb', 'sdc'), ...twoPaths(l4, 4, 'sdd', 'sde')]) san.presentOnScan(p);
     const a = fcReq('fc-a', 3, [TGT_A, TGT_B]);
     const b = fcReq('fc-b', 4, [TGT_A, TGT_B]);
-    await env.h.NodeStageVolume!(a);
-    await env.h.NodeStageVolume!(b);
+    await env.h.NodeStageVolume(a);
+    await env.h.NodeStageVolume(b);
     expect(await mountedDevice(a.staging_target_path)).toBe(await mapperOf('mpatha'));
     expect(await mountedDevice(b.staging_target_path)).toBe(await mapperOf('mpathb'));
     await writeFile(join(b.staging_target_path, 'keep'), 'b');
 
-    await env.h.NodeUnstageVolume!({ volume_id: 'fc-a', staging_target_path: a.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'fc-a', staging_target_path: a.staging_target_path });
     expect(san.commands).toEqual(['multipath -f mpatha']);
     expect(san.writtenTo('delete').sort()).toEqual(['sdb', 'sdc']);
     for (const d of ['sdd', 'sde']) expect(await san.pathExists(d)).toBe(true);
@@ -261,7 +261,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     expect(await mountedDevice(b.staging_target_path)).toBe(await mapperOf('mpathb'));
     expect(await readFile(join(b.staging_target_path, 'keep'), 'utf8')).toBe('b');
 
-    await env.h.NodeUnstageVolume!({ volume_id: 'fc-b', staging_target_path: b.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'fc-b', staging_target_path: b.staging_target_path });
     expect(san.writtenTo('delete').sort()).toEqual(['sdb', 'sdc', 'sdd', 'sde']);
   });
 
@@ -270,7 +270,7 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     const lun = await san.lun('l2', 32 * MiB, WWID3);
     san.presentOnScan({ disk: 'sdb', host: 1, channel: 0, target: 0, lun: 2, wwn: TGT_A, image: lun });
     const req = fcReq('fc-busy', 2);
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     const fc = new FcConnector(new SimExecutor(san), { sysfs: san.sysfs, scanTimeoutMs: 1000, removeTimeoutMs: 1000 });
     const err = await csiError(fc.disconnect({ transport: 'fc', wwns: [TGT_A], lun: 2 }, join(san.dev, 'sdb')));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
@@ -284,8 +284,8 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     const l3 = await san.lun('l3', 32 * MiB, WWID3);
     const other = await san.lun('lx', 32 * MiB, WWID4);
     const [p1, p2] = twoPaths(l3, 3);
-    await san.addDisk(p1!);
-    await san.addDisk({ ...p2!, image: other });
+    await san.addDisk(p1);
+    await san.addDisk({ ...p2, image: other });
     const fc = new FcConnector(new SimExecutor(san), { sysfs: san.sysfs, scanTimeoutMs: 300, removeTimeoutMs: 300 });
     const err = await csiError(fc.connect({ transport: 'fc', wwns: [TGT_A, TGT_B], lun: 3 }, {}));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
@@ -327,19 +327,19 @@ describe('FC connector on a simulated sysfs (real loop devices, real mkfs and mo
     const lun = await san.lun('l3', 320 * MiB, WWID3);
     for (const p of twoPaths(lun, 3)) san.presentOnScan(p);
     const req = fcReq('fc-grow', 3, [TGT_A, TGT_B], 'xfs');
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     const target = env.target('fc-grow');
-    await env.h.NodePublishVolume!({ volume_id: 'fc-grow', staging_target_path: req.staging_target_path, target_path: target, volume_capability: req.volume_capability });
+    await env.h.NodePublishVolume({ volume_id: 'fc-grow', staging_target_path: req.staging_target_path, target_path: target, volume_capability: req.volume_capability });
     const before = (await statfs(target)).blocks * (await statfs(target)).bsize;
 
     // Too early: the array has not grown the LUN.
-    const early = await csiError(env.h.NodeExpandVolume!({ volume_id: 'fc-grow', volume_path: target, capacity_range: { required_bytes: 512 * MiB } }));
+    const early = await csiError(env.h.NodeExpandVolume({ volume_id: 'fc-grow', volume_path: target, capacity_range: { required_bytes: 512 * MiB } }));
     expect(early.code).toBe(Code.FAILED_PRECONDITION);
     san.writes.length = 0;
     san.commands.length = 0;
 
     await san.grow(lun, 512 * MiB);
-    const res = (await env.h.NodeExpandVolume!({ volume_id: 'fc-grow', volume_path: target, capacity_range: { required_bytes: 512 * MiB } })) as { capacity_bytes: number };
+    const res = (await env.h.NodeExpandVolume({ volume_id: 'fc-grow', volume_path: target, capacity_range: { required_bytes: 512 * MiB } })) as { capacity_bytes: number };
     expect(san.writtenTo('rescan').sort()).toEqual(['sdb', 'sdc']);
     expect(san.commands).toEqual(['multipathd resize map mpatha']);
     expect(res.capacity_bytes).toBe(512 * MiB);

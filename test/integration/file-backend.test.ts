@@ -8,6 +8,7 @@ import type { FileBackendConfig } from '../../src/config/types.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { scratchFs, tempDir, type ScratchFs } from '../helpers/scratch-fs.js';
 import { fileBackendConfig } from '../helpers/backend-config.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -134,7 +135,7 @@ describe('file backend crash recovery (records on disk are the truth)', () => {
       const v = await b.createVolume({ id: newVolumeId('b1'), name: 'v', sizeBytes: MiB, parameters: {}, capabilities: [mount] });
       expect((await b.volumeHealth(v.id)).abnormal).toBe(false);
       await fs.rm(b.imagePath(v.id));
-      expect(await b.volumeHealth(v.id)).toMatchObject({ abnormal: true, message: expect.stringMatching(/missing/) });
+      expect(await b.volumeHealth(v.id)).toMatchObject({ abnormal: true, message: stringMatching(/missing/) });
     } finally {
       t.cleanup();
     }

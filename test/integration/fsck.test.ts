@@ -15,19 +15,19 @@ describe('sinter fsck', () => {
   const ids: Record<string, string> = {};
   const vols = () => join(s.dataDir, 'volumes');
   const snaps = () => join(s.dataDir, 'snapshots');
-  const rec = (id: string) => JSON.parse(readFileSync(join(vols(), `${id}.json`), 'utf8'));
+  const rec = (id: string) => JSON.parse(readFileSync(join(vols(), `${id}.json`), 'utf8')) as Record<string, unknown>;
   const put = (id: string, patch: object) => writeFileSync(join(vols(), `${id}.json`), JSON.stringify({ ...rec(id), ...patch }));
   let stageA: Record<string, unknown>;
 
   beforeAll(async () => {
     s = await startSinter();
-    nodeId = (await s.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await s.client.node.NodeGetInfo({})).node_id!;
     for (const n of ['a', 'b', 'c']) {
-      ids[n] = (await s.client.controller.CreateVolume({ name: `fsck-${n}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id;
+      ids[n] = (await s.client.controller.CreateVolume({ name: `fsck-${n}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id!;
     }
     await s.client.controller.CreateSnapshot({ name: 'fsck-snap', source_volume_id: ids.a });
     const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: ids.a, node_id: nodeId, volume_capability: mountCap() })).publish_context;
-    const staging = join(s.kubeletRoot, 'staging', ids.a!);
+    const staging = join(s.kubeletRoot, 'staging', ids.a);
     mkdirSync(staging, { recursive: true });
     stageA = { volume_id: ids.a, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx };
     await s.client.node.NodeStageVolume(stageA);
@@ -58,9 +58,9 @@ describe('sinter fsck', () => {
   it('names every kind of damage with its remedy, and a restart repairs exactly those marked restart', async () => {
     await s.stop();
     // Controller side.
-    put(ids.b!, { state: 'deleting' });
+    put(ids.b, { state: 'deleting' });
     const creating = `default-${randomUUID()}`;
-    writeFileSync(join(vols(), `${creating}.json`), JSON.stringify({ ...rec(ids.c!), id: creating, name: 'fsck-half', state: 'creating' }));
+    writeFileSync(join(vols(), `${creating}.json`), JSON.stringify({ ...rec(ids.c), id: creating, name: 'fsck-half', state: 'creating' }));
     writeFileSync(join(vols(), `${creating}.img`), 'partial');
     truncateSync(join(vols(), `${ids.c}.img`), 32 * MiB);
     writeFileSync(join(vols(), `.${ids.c}.json.0badf00d.tmp`), '{"half');
@@ -99,7 +99,7 @@ describe('sinter fsck', () => {
     const after = await fsckCli(s);
     expect(kinds(after.report), describeReport(after.report)).toEqual(['orphan-image operator', 'staging-mount-missing retry', 'unreadable-record operator']);
     expect(await loopsOf(cImage)).toEqual([]);
-    const listed = (await s.client.controller.ListVolumes({})).entries.map((e: { volume: { volume_id: string; capacity_bytes: number } }) => [e.volume.volume_id, Number(e.volume.capacity_bytes)]);
+    const listed = (await s.client.controller.ListVolumes({})).entries.map((e) => [e.volume!.volume_id, Number(e.volume!.capacity_bytes)]);
     expect(listed.sort()).toEqual([[ids.a, 16 * MiB], [ids.c, 32 * MiB]].sort());
     expect(existsSync(join(vols(), `${ids.b}.img`))).toBe(false);
     expect(existsSync(join(vols(), `${creating}.img`))).toBe(false);
@@ -114,7 +114,7 @@ describe('sinter fsck', () => {
     await s.stop();
     const temp = join(vols(), `.${ids.a}.json.12345678.tmp`);
     writeFileSync(temp, '{');
-    put(ids.c!, { state: 'deleting' });
+    put(ids.c, { state: 'deleting' });
     const r = await fsckCli(s, ['--repair']);
     expect(r.code).toBe(1);
     expect(kinds(r.report)).toEqual(['orphan-image operator', 'unreadable-record operator']);

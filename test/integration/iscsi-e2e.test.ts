@@ -12,6 +12,7 @@ import { codeOf, MiB, mountCap, waitFor, type SinterProcess } from '../helpers/s
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 import { startIscsiSplit, type IscsiSplit } from '../helpers/iscsi-split.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:node-1';
 const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.password': 'Right-chap-secret-1' };
@@ -24,7 +25,6 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
   let nodeId: string;
   let tgt: TgtTargetHelper;
   let split: IscsiSplit | undefined;
-  const nodeStateDir = join(t.dir, 'node', 'state');
 
   beforeAll(async () => {
     requireIscsiTools();
@@ -42,7 +42,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
 
   const provision = async (name: string) => {
     const v = (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume;
-    return v.volume_id as string;
+    return v!.volume_id as string;
   };
   const paths = (id: string) => {
     const staging = join(node.kubeletRoot, 'staging', id);
@@ -79,7 +79,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     const { staging } = paths(id);
     const wrong = { ...CHAP, 'node.session.auth.password': 'Wrong-chap-secret-2' };
     const r = node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: wrong });
-    await expect(r).rejects.toMatchObject({ details: expect.stringMatching(/CHAP/) });
+    await expect(r).rejects.toMatchObject({ details: stringMatching(/CHAP/) });
     expect(node.logs()).not.toContain('Wrong-chap-secret-2');
     await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
     await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
@@ -129,14 +129,14 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
 
   it('grows a published, staged volume online: the controller grows image and LUN under the live session; the user-space node says to stage again, then grows the filesystem', async () => {
     const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
-    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume.volume_id as string;
+    const id = (await ctl.client.controller.CreateVolume({ name: 'e2e-grow', capacity_range: { required_bytes: 320 * MiB }, volume_capabilities: [xfs] })).volume!.volume_id as string;
     const { staging, target } = paths(id);
     const ctx = (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: xfs, secrets: CHAP })).publish_context;
     const stage = () => node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: xfs, publish_context: ctx, secrets: CHAP });
     const publish = () => node.client.node.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: xfs, publish_context: ctx });
     const expandNode = () =>
       node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
-    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u: { unit: string }) => u.unit === 'BYTES').total as number;
+    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u) => u.unit === 'BYTES')!.total as number;
     // A new session's READ CAPACITY, as the allowed initiator with the volume's CHAP (libiscsi).
     const readCapacity = async () => {
       const user = CHAP['node.session.auth.username'];
@@ -160,14 +160,14 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     expect(readFileSync(join(target, 'before.txt'), 'utf8')).toBe('written before the online expand');
     writeFileSync(join(target, 'after.txt'), 'written after the online expand');
     execaSync('sync', ['-f', join(target, 'after.txt')]);
-    expect((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status.volume_condition.abnormal).toBe(false);
+    expect((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status!.volume_condition!.abnormal).toBe(false);
 
     // The user-space chain cannot see the LUN grow: a clear refusal, and the filesystem is not claimed grown.
     const refused = await expandNode().then(
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
-    expect(refused).toMatchObject({ code: 9, details: expect.stringMatching(/user-space iSCSI initiator cannot see an attached LUN grow.*unstage and stage the volume again/) });
+    expect(refused).toMatchObject({ code: 9, details: stringMatching(/user-space iSCSI initiator cannot see an attached LUN grow.*unstage and stage the volume again/) });
     expect(await total()).toBe(before);
 
     // The next stage logs in afresh and sees 640 MiB; NodeExpandVolume grows the filesystem.
@@ -203,7 +203,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
       const lun = (await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)?.luns.find((l) => l.lun === 1);
       return lun?.sizeMB === tgtShownMB(96 * MiB) ? true : undefined;
     }, 20_000);
-    expect(Number((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).volume.capacity_bytes)).toBe(96 * MiB);
+    expect(Number((await ctl.client.controller.ControllerGetVolume({ volume_id: id })).volume!.capacity_bytes)).toBe(96 * MiB);
     expect((await tgt.listTargets()).find((x) => x.iqn === ctx.iqn)!.sessions).toHaveLength(1);
     expect(readFileSync(join(target, 'crash.txt'), 'utf8')).toBe('across a controller crash');
     writeFileSync(join(target, 'crash-after.txt'), 'still writable');
@@ -245,7 +245,7 @@ describe('iSCSI across processes: sinter controller (tgtd export) + sinter node 
     // The reconcile loop (every second here) puts the target, LUN, ACL and CHAP back.
     await waitFor('the export to be restored', async () => {
       const v = await ctl.client.controller.ControllerGetVolume({ volume_id: id });
-      return v.status.volume_condition.abnormal ? undefined : true;
+      return v.status!.volume_condition!.abnormal ? undefined : true;
     }, 20_000);
     const { staging } = paths(id);
     await node.client.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: pub.publish_context, secrets: CHAP });

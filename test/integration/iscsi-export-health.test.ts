@@ -10,6 +10,7 @@ import { HostExecutor } from '../../src/exec/run.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { fileBackendConfig, iscsiExport } from '../helpers/backend-config.js';
+import { stringContaining, stringMatching } from '../helpers/matchers.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -64,7 +65,7 @@ describe('the volume condition of an iSCSI-exported volume reflects the real tgt
 
     // Someone unbinds the node's initiator by hand.
     await tgtadm('--op', 'unbind', '--mode', 'target', '--tid', String((await target())!.tid), '--initiator-name', node.iqn);
-    expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: expect.stringContaining(`initiator ${node.iqn} is not in the target's ACL`) });
+    expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: stringContaining(`initiator ${node.iqn} is not in the target's ACL`) });
     await b.reconcileExports(noLock);
     expect((await target())!.acls).toEqual([node.iqn]);
     expect(await b.volumeHealth(id)).toMatchObject({ abnormal: false });
@@ -72,7 +73,7 @@ describe('the volume condition of an iSCSI-exported volume reflects the real tgt
     // The whole target goes (what a tgtd restart does to every target).
     await tgtadm('--op', 'delete', '--mode', 'target', '--force', '--tid', String((await target())!.tid));
     expect(await target()).toBeUndefined();
-    expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: expect.stringMatching(/published, but its iSCSI target \S+ is missing/) });
+    expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: stringMatching(/published, but its iSCSI target \S+ is missing/) });
     await b.reconcileExports(noLock);
     expect((await target())!.luns.find((l) => l.lun === 1)?.backingPath).toBe(b.imagePath(id));
     expect(await b.volumeHealth(id)).toMatchObject({ abnormal: false });
@@ -80,7 +81,7 @@ describe('the volume condition of an iSCSI-exported volume reflects the real tgt
     // tgtd down: the condition says the daemon cannot be read, not that all is well.
     await tgtd.kill();
     try {
-      expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: expect.stringContaining('cannot read the iSCSI target daemon') });
+      expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: stringContaining('cannot read the iSCSI target daemon') });
     } finally {
       await tgtd.startAgain();
     }

@@ -18,6 +18,7 @@ import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 import { readAt, writeAt } from '../helpers/file-io.js';
 import { fileBackendConfig, iscsiExport } from '../helpers/backend-config.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -109,7 +110,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
     const b = await backend();
     expect(b.volume(id)!.sizeBytes).toBe(128 * MiB);
     expect((await lun1())!.sizeMB).toBe(tgtShownMB(96 * MiB));
-    expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: expect.stringMatching(/interrupted expand; reconcile refreshes it/) });
+    expect(await b.volumeHealth(id)).toMatchObject({ abnormal: true, message: stringMatching(/interrupted expand; reconcile refreshes it/) });
     // The CO retries with the size it asked for, which the record already has.
     const rec = await b.expandVolume(id, 128 * MiB);
     expect(rec.sizeBytes).toBe(128 * MiB);
@@ -132,7 +133,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
     // The session survived that too.
     const [att] = await us.list();
     expect((await helper.listTargets()).find((x) => x.volumeId === id)!.sessions.map((s) => s.initiator)).toEqual([NODE_IQN]);
-    expect((await readAt(att!.devicePath!, 3 * MiB, 24)).toString()).toBe('before the online expand');
+    expect((await readAt(att.devicePath!, 3 * MiB, 24)).toString()).toBe('before the online expand');
     await us.disconnect(target);
   });
 
@@ -143,7 +144,7 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/grew to 201326592 bytes, but its iSCSI LUN still shows the old size: tgtd is not reachable.*retrying the expand/) });
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: stringMatching(/grew to 201326592 bytes, but its iSCSI LUN still shows the old size: tgtd is not reachable.*retrying the expand/) });
     expect(b.volume(id)!.sizeBytes).toBe(192 * MiB);
     await tgtd.startAgain();
     await b.reconcileExports(noLock);

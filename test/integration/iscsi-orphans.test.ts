@@ -13,6 +13,7 @@ import { MAIN, MiB, mountCap, scrub, startSinter, waitFor, type SinterProcess } 
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { metricsAddressIn, parseExposition, scrape } from '../helpers/metrics.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import { objectContaining, stringMatching } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:orphan-node';
 const TEARDOWN = 'tore down a device no record of this node explains and nothing used';
@@ -79,7 +80,7 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
   };
 
   /** The node's /metrics, parsed. */
-  const metricsOf = async (s: SinterProcess) => parseExposition((await scrape((await waitFor('the metrics endpoint', () => metricsAddressIn(s.logs())))!)).text);
+  const metricsOf = async (s: SinterProcess) => parseExposition((await scrape((await waitFor('the metrics endpoint', () => metricsAddressIn(s.logs()))))).text);
 
   /** A tgt target for a new volume, its ACL allowing this node, and the publish_context the controller would hand out. */
   const exported = async () => {
@@ -169,11 +170,11 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
     expect(reportingMetrics.value('sinter_node_staged_volumes', { transport: 'iscsi' })).toBe(1);
     const reported = (await fsck()).findings.filter((f) => f.kind === 'untracked-device');
     expect(reported).toEqual([
-      expect.objectContaining({ subject: a.devicePath, remedy: 'operator', detail: expect.stringMatching(/node\.orphanSessions: report.*set node\.orphanSessions: clean/) }),
+      objectContaining({ subject: a.devicePath, remedy: 'operator', detail: stringMatching(/node\.orphanSessions: report.*set node\.orphanSessions: clean/) }),
     ]);
     // Under clean, the same check says a start repairs it.
     expect((await fsck(['--orphan-sessions', 'clean'])).findings.filter((f) => f.kind === 'untracked-device')).toEqual([
-      expect.objectContaining({ subject: a.devicePath, remedy: 'restart', detail: expect.stringMatching(/a start tears it down/) }),
+      objectContaining({ subject: a.devicePath, remedy: 'restart', detail: stringMatching(/a start tears it down/) }),
     ]);
     await reporting.stop('SIGKILL');
     reporting.client.close();
@@ -183,7 +184,7 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
     const cleaning = await start('clean');
     expect(await chain(a.dir)).toEqual([]);
     await waitFor('tgtd to drop the orphan session', async () => ((await sessionsOf(orphan.id)).length === 0 ? true : undefined), 10_000);
-    expect(teardownLines(cleaning)).toEqual([expect.objectContaining({ level: 40, device: a.devicePath, transport: 'iscsi', source: `${orphan.ctx.iqn} lun 1 via ${tgtd!.portal}` })]);
+    expect(teardownLines(cleaning)).toEqual([objectContaining({ level: 40, device: a.devicePath, transport: 'iscsi', source: `${orphan.ctx.iqn} lun 1 via ${tgtd!.portal}` })]);
     expect((await fsck(['--orphan-sessions', 'clean'])).findings).toEqual([]);
     expect((await metricsOf(cleaning)).value('sinter_node_orphan_sessions', { transport: 'iscsi' })).toBe(0);
 

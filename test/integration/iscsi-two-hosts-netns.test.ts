@@ -97,7 +97,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
       mkdirSync(join(t.dir, 'node'));
       ctl = await startSinter({ role: 'controller', base: join(t.dir, 'ctl'), wrapper: storage.wrapper, args: ['--config', join(t.dir, 'controller.yaml')] });
       node = await startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'node-b', wrapper: nodeHost.wrapper, args: ['--config', join(t.dir, 'node.yaml')] });
-      nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+      nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
     } catch (e) {
       const left = await teardown();
       if (left.length) console.error(`cleanup after the failed setup: ${left.join('; ')}`);
@@ -135,7 +135,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
   };
   const rxBytes = async (ns: string, iface: string) => {
     const [link] = JSON.parse((await execa('ip', ['-n', ns, '-s', '-j', 'link', 'show', 'dev', iface])).stdout) as { stats64: { rx: { bytes: number } } }[];
-    return link!.stats64.rx.bytes;
+    return link.stats64.rx.bytes;
   };
 
   it('the node id carries the node\'s initiator name, and the node reaches the storage portal over the veth', async () => {
@@ -151,10 +151,10 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
     const { storage, node: nodeHost } = net!;
     const c = ctl!.client.controller;
     const n = node!.client.node;
-    const id = (await c.CreateVolume({ name: 'two-hosts-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id as string;
+    const id = (await c.CreateVolume({ name: 'two-hosts-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id as string;
     const pub = await c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap(), secrets: CHAP });
     expect(pub.publish_context).toEqual({ transport: 'iscsi', portals: `${storage.address}:${ISCSI_PORT}`, iqn: `${IQN_PREFIX}${id}`, lun: '1' });
-    const iqn = pub.publish_context.iqn as string;
+    const iqn = pub.publish_context.iqn;
 
     // While published, a login from the node's namespace with its name and CHAP is let in.
     const inq = await inquiryFromNode(iqn);
@@ -171,7 +171,7 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
     const tgt = await targetOf(id);
     const sessions = tgt?.sessions.filter((s) => s.initiator === NODE_IQN) ?? [];
     expect(sessions).toHaveLength(1);
-    expect(sessions[0]!.connections.map((x) => x.address)).toEqual([nodeHost.address]);
+    expect(sessions[0].connections.map((x) => x.address)).toEqual([nodeHost.address]);
     const conn = (await execa('tgtadm', ['-C', String(tgtd!.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'conn', '--tid', String(tgt!.tid)])).stdout;
     expect(conn).toContain(`IP Address: ${nodeHost.address}`);
 
@@ -209,8 +209,8 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
     const otherIqn = 'iqn.2026-11.io.sinter.test:node-c';
     const otherNodeId = `node-c;${otherIqn};`;
     const c = ctl!.client.controller;
-    const id = (await c.CreateVolume({ name: 'two-hosts-shared', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [shared] })).volume.volume_id as string;
-    const iqn = (await c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: shared, secrets: CHAP })).publish_context.iqn as string;
+    const id = (await c.CreateVolume({ name: 'two-hosts-shared', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [shared] })).volume!.volume_id as string;
+    const iqn = (await c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: shared, secrets: CHAP })).publish_context.iqn;
     await c.ControllerPublishVolume({ volume_id: id, node_id: otherNodeId, volume_capability: shared, secrets: CHAP });
     expect((await inquiryFromNode(iqn, NODE_IQN)).stdout).toMatch(/Vendor:SINTER/);
     await c.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });

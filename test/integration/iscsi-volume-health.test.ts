@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,11 +7,12 @@ import { tempDir } from '../helpers/scratch-fs.js';
 import { MiB, mountCap, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { startIscsiSplit, type IscsiSplit } from '../helpers/iscsi-split.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.test:health-node';
 const PREFIX = 'iqn.2026-11.io.sinter.test:';
 
-type Condition = { abnormal: boolean; message: string };
+type Condition = { abnormal?: boolean; message?: string };
 
 /**
  * What the external-health-monitor controller (ListVolumes /
@@ -45,18 +46,18 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
 
   const tgtadm = (...args: string[]) => execa('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', ...args]);
   const targetOf = async (id: string) => parseTgtTargets((await tgtadm('--op', 'show', '--mode', 'target')).stdout).find((x) => x.iqn === `${PREFIX}${id}`);
-  const controllerSays = async (id: string): Promise<Condition> => (await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status.volume_condition;
+  const controllerSays = async (id: string): Promise<Condition> => (await ctl.client.controller.ControllerGetVolume({ volume_id: id })).status!.volume_condition!;
   const listSays = async (id: string): Promise<Condition> => {
     const entries = (await ctl.client.controller.ListVolumes({})).entries as { volume: { volume_id: string }; status: { volume_condition: Condition; published_node_ids: string[] } }[];
     const e = entries.find((x) => x.volume.volume_id === id);
     if (!e) throw new Error(`ListVolumes does not list ${id}`);
     return e.status.volume_condition;
   };
-  const nodeSays = async (id: string, target: string): Promise<Condition> => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).volume_condition;
+  const nodeSays = async (id: string, target: string): Promise<Condition> => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).volume_condition!;
 
   /** A volume published, staged (ext4) and published to a pod path on the node. */
   const inUse = async (name: string) => {
-    const id = (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id as string;
+    const id = (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id as string;
     const pub = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap() });
     const staging = join(node.kubeletRoot, 'staging', id);
     const target = join(node.kubeletRoot, 'pods', id, 'mount');
@@ -85,13 +86,13 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
   it('the controller passes the start-up checks of csi-external-health-monitor-controller v0.18.0, and the node offers kubelet its volume condition (modelled from main.go at v0.18.0 and kubelet\'s csi_client.go)', async () => {
     // cmd/csi-external-health-monitor-controller/main.go (v0.18.0) exits unless the plugin has the
     // CONTROLLER_SERVICE, (LIST_VOLUMES or GET_VOLUME) and VOLUME_CONDITION.
-    const plugin = (await ctl.client.identity.GetPluginCapabilities({})).capabilities.map((c: { service?: { type: string } }) => c.service?.type);
+    const plugin = (await ctl.client.identity.GetPluginCapabilities({})).capabilities.map(((c) => c.service?.type));
     expect(plugin).toContain('CONTROLLER_SERVICE');
-    const rpcs = (await ctl.client.controller.ControllerGetCapabilities({})).capabilities.map((c: { rpc: { type: string } }) => c.rpc.type);
-    expect(rpcs).toEqual(expect.arrayContaining(['LIST_VOLUMES', 'GET_VOLUME', 'VOLUME_CONDITION', 'LIST_VOLUMES_PUBLISHED_NODES']));
+    const rpcs = (await ctl.client.controller.ControllerGetCapabilities({})).capabilities.map((c) => c.rpc!.type);
+    expect(rpcs).toEqual(arrayContaining(['LIST_VOLUMES', 'GET_VOLUME', 'VOLUME_CONDITION', 'LIST_VOLUMES_PUBLISHED_NODES']));
     // kubelet (pkg/volume/csi/csi_client.go, NodeSupportsVolumeStats / NodeSupportsVolumeCondition) asks the node.
-    const node_ = (await node.client.node.NodeGetCapabilities({})).capabilities.map((c: { rpc: { type: string } }) => c.rpc.type);
-    expect(node_).toEqual(expect.arrayContaining(['GET_VOLUME_STATS', 'VOLUME_CONDITION']));
+    const node_ = (await node.client.node.NodeGetCapabilities({})).capabilities.map((c) => c.rpc!.type);
+    expect(node_).toEqual(arrayContaining(['GET_VOLUME_STATS', 'VOLUME_CONDITION']));
   });
 
   it('healthy everywhere while all is well', async () => {
@@ -105,7 +106,7 @@ describe('volume health of an iSCSI volume as the health monitor and kubelet see
   it('the export gone from the target (ACL unbound, then the whole target deleted): ListVolumes and ControllerGetVolume name what is missing', async () => {
     // Published, not staged: a node staged on a target that vanished waits on
     // its I/O (libiscsi retries the login), which is another story.
-    const id = (await ctl.client.controller.CreateVolume({ name: 'health-export', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id as string;
+    const id = (await ctl.client.controller.CreateVolume({ name: 'health-export', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id as string;
     await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: mountCap() });
     const v = { id };
     const tid = String((await targetOf(v.id))!.tid);

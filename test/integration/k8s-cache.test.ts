@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { csiNode, eventually, persistentVolume, volumeAttachment } from '../helpers/kube-api-standin.js';
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
+import { objectContaining } from '../helpers/matchers.js';
 
 const VOL_A = 'b1-00000000-0000-4000-8000-00000000000a';
 const VOL_B = 'b1-00000000-0000-4000-8000-00000000000b';
@@ -155,7 +156,7 @@ describe('Kubernetes caches against an HTTP stand-in for the API server (real @k
     await eventually(() => cache.volumeAttachments.counters.failures >= 4, 'several failed attempts');
     expect(cache.synced).toBe(false);
     expect(cache.live).toBe(false);
-    expect(() => cache.volumeAttachmentNodes(VOL_A)).toThrow(expect.objectContaining({ code: Code.UNAVAILABLE }));
+    expect(() => cache.volumeAttachmentNodes(VOL_A)).toThrow(objectContaining({ code: Code.UNAVAILABLE }));
     expect(fx.logged(/Kubernetes API unreachable/)).toHaveLength(1);
 
     await fx.standin.start();

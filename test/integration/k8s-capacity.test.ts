@@ -25,6 +25,7 @@ import {
 } from '../helpers/capacity-models.js';
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
 import { codeOf, MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { arrayContaining } from '../helpers/matchers.js';
 
 const BASE = join(import.meta.dirname, '..', '..', 'deploy', 'kubernetes', 'base');
 const NS = 'sinter-system';
@@ -115,7 +116,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
   async function table(): Promise<Record<string, Record<string, [number, number | undefined]>>> {
     const out: Record<string, Record<string, [number, number | undefined]>> = {};
     for (const c of await provisioner.managed()) {
-      const node = c.nodeTopology!.matchLabels![NODE_KEY]!;
+      const node = c.nodeTopology!.matchLabels![NODE_KEY];
       (out[c.storageClassName] ??= {})[node] = [quantityValue(c.capacity!) / MiB, c.maximumVolumeSize === undefined ? undefined : quantityValue(c.maximumVolumeSize) / MiB];
     }
     return out;
@@ -202,13 +203,13 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
     // is not a node segment {node, zone}, so nothing is refreshed now; the poll will do it.
     const refreshed = await provisioner.refreshAfterProvision([[[ZONE_KEY, 'z1']]], 'sinter-ssd');
     expect(refreshed).toEqual([]);
-    expect((await table())['sinter-ssd']!.n1).toEqual([400, 400]);
+    expect((await table())['sinter-ssd'].n1).toEqual([400, 400]);
 
     await provisioner.sync(); // --capacity-poll-interval
     const t = await table();
     expect(t['sinter-ssd']).toEqual({ n1: [200, 200], n2: [100, 100], n3: [0, 0] });
-    expect(t['sinter-ext4']!.n1).toEqual([500, 300]);
-    expect(t['sinter-ext4']!.n2).toEqual([400, 300]);
+    expect(t['sinter-ext4'].n1).toEqual([500, 300]);
+    expect(t['sinter-ext4'].n2).toEqual([400, 300]);
     // The next 250 MiB ssd claim fits nowhere now, and sinter would refuse it on n1 too.
     expect(await fits('sinter-ssd', 250)).toEqual([]);
     expect(await codeOf(provision('sinter-ssd', 250, 'n1'))).toBe('RESOURCE_EXHAUSTED');
@@ -222,7 +223,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
     const t2 = await table();
     expect(t2['pinned-bulk']).toEqual({ n1: [200, 200], n2: [200, 200], n3: [200, 200] });
     // Other classes on the same pool wait for the poll.
-    expect(t2['sinter-hdd']!.n3).toEqual([300, 300]);
+    expect(t2['sinter-hdd'].n3).toEqual([300, 300]);
     await provisioner.sync();
     // sinter-hdd makes xfs, which needs 300 MiB whatever the claim asks: 200 MiB left is room for no hdd volume.
     expect((await table())['sinter-hdd']).toEqual({ n1: [200, 0], n2: [200, 0], n3: [200, 0] });
@@ -238,7 +239,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
 
     // Deleting gives the room back.
     await s.client.controller.DeleteVolume({ volume_id: bulk.volume.volume_id });
-    const ssd = (await s.client.controller.ListVolumes({})).entries.map((e: { volume: { volume_id: string } }) => e.volume.volume_id);
+    const ssd = (await s.client.controller.ListVolumes({})).entries.map((e) => e.volume!.volume_id);
     for (const id of ssd) await s.client.controller.DeleteVolume({ volume_id: id });
     await provisioner.sync();
     expect(await table()).toEqual(INITIAL);
@@ -251,7 +252,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
     };
     const objs: V1CSIStorageCapacity[] = await provisioner.managed();
     for (const c of objs) {
-      const node = c.nodeTopology!.matchLabels![NODE_KEY]!;
+      const node = c.nodeTopology!.matchLabels![NODE_KEY];
       const max = quantityValue(c.maximumVolumeSize!) / MiB;
       const what = `${c.storageClassName} on ${node} (max ${max} MiB)`;
       expect(await codeOf(provision(c.storageClassName, max + 1, node)), what).toBe('RESOURCE_EXHAUSTED');
@@ -282,13 +283,13 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
       const allowed = roles.some(
         (role) =>
           (role.kind === 'ClusterRole' || (role.metadata.namespace === r.namespace && r.namespace !== undefined)) &&
-          (role.rules as Rule[]).some((x) => x.apiGroups.includes(group!) && x.resources.includes(r.resource!) && x.verbs.includes(verb)),
+          (role.rules as Rule[]).some((x) => x.apiGroups.includes(group) && x.resources.includes(r.resource!) && x.verbs.includes(verb)),
       );
       expect(allowed, `${verb} ${group}/${r.resource} in ${r.namespace ?? '(cluster)'}`).toBe(true);
       seen.add(`${verb} ${r.resource}`);
     }
     // The owner walk read the pod and the ReplicaSet, never the Deployment.
-    expect([...seen]).toEqual(expect.arrayContaining(['get pods', 'get replicasets', 'create csistoragecapacities', 'update csistoragecapacities', 'list csistoragecapacities']));
+    expect([...seen]).toEqual(arrayContaining(['get pods', 'get replicasets', 'create csistoragecapacities', 'update csistoragecapacities', 'list csistoragecapacities']));
     expect(reqs.some((r) => r.path?.includes('deployments'))).toBe(false);
   });
 
@@ -299,7 +300,7 @@ describe('storage capacity: modelled csi-provisioner v6.3.0 and kube-scheduler v
       await provisioner.sync();
       const t = await table();
       expect(t['pinned-bulk']).toBeUndefined();
-      for (const cls of Object.keys(t)) expect(Object.keys(t[cls]!).sort(), cls).toEqual(['n1', 'n2']);
+      for (const cls of Object.keys(t)) expect(Object.keys(t[cls]).sort(), cls).toEqual(['n1', 'n2']);
       expect(await provisioner.managed()).toHaveLength(2 * 5);
       // With n3's objects gone, n3 is no longer offered for any claim.
       expect(await fits('sinter-hdd', 1)).toEqual(['n1', 'n2']);

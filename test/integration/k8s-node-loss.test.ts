@@ -22,6 +22,8 @@ import { inNetns, makeTwoHostNet, netnsWrapper, requireNetnsTools, type TwoHostN
 import { MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
+import { stringContaining } from '../helpers/matchers.js';
 
 const IQN_PREFIX = 'iqn.2026-11.io.sinter.test:';
 const IQN_A = 'iqn.2026-11.io.sinter.test:node-a';
@@ -390,7 +392,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
   const targetOf = async (id: string) =>
     parseTgtTargets((await execa('tgtadm', ['-C', String(tgtd!.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'])).stdout).find((x) => x.iqn === `${IQN_PREFIX}${id}`);
   const va = (node: string) => fx.standin.get('volumeattachments', AttachDetachModel.vaName(PV, node)) as unknown as VA | undefined;
-  const mountCap = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+  const mountCap: VolumeCapability = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
 
   /** kubelet on a node: NodeStage + NodePublish with what the VolumeAttachment carries. */
   const kubeletMounts = async (p: SinterProcess, id: string, node: string) => {
@@ -420,7 +422,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     shared.desired.add('node-a');
     shared.desired.add('node-b');
     await eventually(() => shared.attached.has('node-a') && shared.attached.has('node-b'), 'the volume to attach to both nodes', 30_000, 50);
-    const blockCap = { block: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } };
+    const blockCap: VolumeCapability = { block: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } };
     const stage = async (p: SinterProcess, node: string) => {
       const staging = join(p.kubeletRoot, 'plugins', 'kubernetes.io', 'csi', DRIVER, 'staging', `${v.id}-blk`);
       mkdirSync(staging, { recursive: true });
@@ -519,7 +521,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     expect(attacher.calls.slice(callsBefore)).toEqual(['ControllerPublishVolume node-a']);
     await expect(volumes.publish(v.id, nodeIds.get('node-b')!, parseCapability(mountCap, 'volume_capability'), false)).rejects.toMatchObject({
       code: Code.FAILED_PRECONDITION,
-      message: expect.stringContaining(`is published to node ${nodeIds.get('node-a')} and its access mode allows a single node; unpublish it there first`),
+      message: stringContaining(`is published to node ${nodeIds.get('node-a')} and its access mode allows a single node; unpublish it there first`),
     });
     expect((await targetOf(v.id))?.sessions.filter((s) => s.initiator === IQN_A)).toHaveLength(1);
 

@@ -45,7 +45,7 @@ describe('publish topology with Kubernetes: CSINode topologyKeys and Node labels
       const m = /^\/api\/v1\/nodes\/([^/?]+)$/.exec(req.url?.split('?')[0] ?? '');
       if (m && req.method === 'GET') {
         nodeGets++;
-        const labels = nodes.get(m[1]!);
+        const labels = nodes.get(m[1]);
         const [code, body] = nodesDown
           ? [503, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'ServiceUnavailable', code: 503 }]
           : labels

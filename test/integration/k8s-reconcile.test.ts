@@ -12,6 +12,7 @@ import { HostExecutor } from '../../src/exec/run.js';
 import type { KubeCache } from '../../src/k8s/cache.js';
 import { csiNode, eventually, persistentVolume, volumeAttachment } from '../helpers/kube-api-standin.js';
 import { DRIVER, KubeFixture } from '../helpers/kube-fixture.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const MiB = 1024 * 1024;
 const N1 = 'node-1;iqn.2004-10.com.ubuntu:01:node1;';
@@ -150,7 +151,7 @@ describe('VolumeAttachment reconciliation against an HTTP stand-in for the API s
     expect(c.volumes.get(vol)?.attachments).toEqual([]);
 
     const err = await c.volumes.delete(vol).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/VolumeAttachment on node node-1/) });
+    expect(err).toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringMatching(/VolumeAttachment on node node-1/) });
     expect(c.volumes.get(vol)?.state).toBe('available');
 
     fx.standin.remove('volumeattachments', 'va-x');
@@ -168,7 +169,7 @@ describe('VolumeAttachment reconciliation against an HTTP stand-in for the API s
     await eventually(() => c.cache.live && c.cache.hasNodeId(N1), 'the cache to sync');
 
     const unknown = 'node-9;;';
-    await expect(c.volumes.publish(vol, unknown, block, false)).rejects.toMatchObject({ code: Code.NOT_FOUND, message: expect.stringMatching(/node_id/) });
+    await expect(c.volumes.publish(vol, unknown, block, false)).rejects.toMatchObject({ code: Code.NOT_FOUND, message: stringMatching(/node_id/) });
     await expect(c.volumes.publish(vol, 'not a node id', block, false)).rejects.toMatchObject({ code: Code.NOT_FOUND });
     // Registered for another driver only: still unknown to us.
     fx.standin.create('csinodes', csiNode('node-8', [{ name: 'other.csi.io', nodeID: 'node-8;;' }]));

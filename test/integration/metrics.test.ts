@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { codeOf, MAIN, MiB, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { metricsAddressIn, parseExposition, promtoolCheck, scrape, type Exposition } from '../helpers/metrics.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 
 // A running sinter scraped over real HTTP after real RPCs, as Prometheus would.
 
@@ -19,7 +20,7 @@ async function start(role: 'all' | 'controller' | 'node', extra: string[] = [], 
   return { s, addr, get: async () => parseExposition((await scrape(addr)).text) };
 }
 
-const cap = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+const cap: VolumeCapability = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
 
 /** TCP ports the process listens on: its socket inodes matched against the kernel's LISTEN table. */
 function listeningPorts(pid: number): number[] {
@@ -32,13 +33,13 @@ function listeningPorts(pid: number): number[] {
         return '';
       }
     })());
-    if (m) inodes.add(m[1]!);
+    if (m) inodes.add(m[1]);
   }
   const ports: number[] = [];
   for (const table of ['tcp', 'tcp6']) {
     for (const line of readFileSync(`/proc/${pid}/net/${table}`, 'utf8').split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f[3] === '0A' && inodes.has(f[9]!)) ports.push(parseInt(f[1]!.split(':')[1]!, 16));
+      if (f[3] === '0A' && inodes.has(f[9])) ports.push(parseInt(f[1].split(':')[1], 16));
     }
   }
   return ports;
@@ -57,7 +58,7 @@ describe('metrics endpoint (--metrics-address)', () => {
 
     const v = (await s.client.controller.CreateVolume({ name: 'm1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [cap] })).volume;
     expect(await codeOf(s.client.controller.CreateVolume({ name: '', volume_capabilities: [cap] }))).toBe('INVALID_ARGUMENT');
-    expect(await codeOf(s.client.node.NodeGetVolumeStats({ volume_id: v.volume_id, volume_path: join(s.kubeletRoot, 'nowhere') }))).toBe('NOT_FOUND');
+    expect(await codeOf(s.client.node.NodeGetVolumeStats({ volume_id: v!.volume_id, volume_path: join(s.kubeletRoot, 'nowhere') }))).toBe('NOT_FOUND');
 
     const afterCreate = await get();
     expect(afterCreate.value('sinter_rpc_requests_total', { method: 'CreateVolume', code: 'OK' })).toBe(1);
@@ -69,11 +70,11 @@ describe('metrics endpoint (--metrics-address)', () => {
     expect(afterCreate.value('sinter_volumes', { backend: 'default', state: 'available' })).toBe(1);
 
     const info = await s.client.node.NodeGetInfo({});
-    const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: v.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
+    const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: v!.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
     const staging = join(s.kubeletRoot, 'staging');
     const target = join(s.kubeletRoot, 'target');
-    await s.client.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
-    await s.client.node.NodePublishVolume({ volume_id: v.volume_id, staging_target_path: staging, target_path: target, volume_capability: cap });
+    await s.client.node.NodeStageVolume({ volume_id: v!.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
+    await s.client.node.NodePublishVolume({ volume_id: v!.volume_id, staging_target_path: staging, target_path: target, volume_capability: cap });
     const staged = await get();
     expect(staged.value('sinter_volumes', { backend: 'default', state: 'in-use' })).toBe(1);
     expect(staged.value('sinter_volumes', { backend: 'default', state: 'available' })).toBe(0);
@@ -84,10 +85,10 @@ describe('metrics endpoint (--metrics-address)', () => {
     // mkfs wrote to the sparse image: the backend's used bytes follow (counted again in the background within seconds).
     await waitFor('used bytes to show the filesystem mkfs wrote', async () => ((await get()).value('sinter_backend_used_bytes', { backend: 'default' }) ?? 0) > 0 || undefined, 10_000, 300);
 
-    await s.client.node.NodeUnpublishVolume({ volume_id: v.volume_id, target_path: target });
-    await s.client.node.NodeUnstageVolume({ volume_id: v.volume_id, staging_target_path: staging });
-    await s.client.controller.ControllerUnpublishVolume({ volume_id: v.volume_id, node_id: info.node_id });
-    await s.client.controller.DeleteVolume({ volume_id: v.volume_id });
+    await s.client.node.NodeUnpublishVolume({ volume_id: v!.volume_id, target_path: target });
+    await s.client.node.NodeUnstageVolume({ volume_id: v!.volume_id, staging_target_path: staging });
+    await s.client.controller.ControllerUnpublishVolume({ volume_id: v!.volume_id, node_id: info.node_id });
+    await s.client.controller.DeleteVolume({ volume_id: v!.volume_id });
     const after = await get();
     expect(after.value('sinter_node_staged_volumes', { transport: 'local' })).toBe(0);
     expect(after.value('sinter_node_attach_duration_seconds_count', { transport: 'local', operation: 'unstage' })).toBe(1);
@@ -120,15 +121,15 @@ describe('metrics endpoint (--metrics-address)', () => {
     expect(c.families.has('sinter_node_staged_volumes')).toBe(false);
 
     // The local transport: the node loop-attaches the image the controller made.
-    const ctx = { transport: 'local', path: join(ctl.s.dataDir, 'volumes', `${v.volume_id}.img`) };
+    const ctx = { transport: 'local', path: join(ctl.s.dataDir, 'volumes', `${v!.volume_id}.img`) };
     const staging = join(node.s.kubeletRoot, 'staging');
-    await node.s.client.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
+    await node.s.client.node.NodeStageVolume({ volume_id: v!.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
     const n = await node.get();
     expect(n.value('sinter_node_staged_volumes', { transport: 'local' })).toBe(1);
     expect(n.value('sinter_rpc_requests_total', { method: 'NodeStageVolume', code: 'OK' })).toBe(1);
     expect(n.families.has('sinter_backend_provisioned_bytes')).toBe(false);
     expect(n.value('sinter_node_orphan_sessions', { transport: 'iscsi' })).toBe(0);
-    await node.s.client.node.NodeUnstageVolume({ volume_id: v.volume_id, staging_target_path: staging });
+    await node.s.client.node.NodeUnstageVolume({ volume_id: v!.volume_id, staging_target_path: staging });
     expect((await node.get()).value('sinter_node_staged_volumes', { transport: 'local' })).toBe(0);
     // The controller never saw the node's RPCs.
     expect((await ctl.get()).series('sinter_rpc_requests_total', { method: 'NodeStageVolume' })).toEqual([]);
@@ -139,14 +140,14 @@ describe('metrics endpoint (--metrics-address)', () => {
     const first = await start('all');
     const v = (await first.s.client.controller.CreateVolume({ name: 'kept', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume;
     const info = await first.s.client.node.NodeGetInfo({});
-    const ctx = (await first.s.client.controller.ControllerPublishVolume({ volume_id: v.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
+    const ctx = (await first.s.client.controller.ControllerPublishVolume({ volume_id: v!.volume_id, node_id: info.node_id, volume_capability: cap })).publish_context;
     const staging = join(first.s.kubeletRoot, 'staging');
-    await first.s.client.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
+    await first.s.client.node.NodeStageVolume({ volume_id: v!.volume_id, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
     first.s.client.close();
     await first.s.stop();
     const again = await start('all', [], first.s.base);
     expect((await again.get()).value('sinter_node_staged_volumes', { transport: 'local' })).toBe(1);
-    await again.s.client.node.NodeUnstageVolume({ volume_id: v.volume_id, staging_target_path: staging });
+    await again.s.client.node.NodeUnstageVolume({ volume_id: v!.volume_id, staging_target_path: staging });
   });
 
   it('is off by default: no TCP port opened', async () => {

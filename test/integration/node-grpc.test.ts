@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadCsi } from '../../src/csi/proto.js';
 import { CsiServer } from '../../src/csi/server.js';
 import { NodeEnv, MiB } from '../helpers/node-env.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 
 // The same handlers over the real wire: proves the responses survive proto
 // encoding (enum names, int64, oneofs) and errors arrive as gRPC statuses.
@@ -13,7 +14,7 @@ let server: CsiServer;
 let client: grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: unknown) => void) => void>;
 
 const call = <T>(method: string, req: unknown) =>
-  new Promise<T>((resolve, reject) => client[method]!(req, (e, r) => (e ? reject(e) : resolve(r as T))));
+  new Promise<T>((resolve, reject) => client[method](req, (e, r) => (e ? reject(e) : resolve(r as T))));
 
 beforeAll(async () => {
   env = await NodeEnv.create({ maxVolumesPerNode: 16, topology: { 'topology.sinter.io/node': 'node-a' } });
@@ -38,7 +39,7 @@ describe('Node service over gRPC', () => {
 
   it('stages, publishes, reports stats and tears down a volume', async () => {
     const file = await env.image('wire.img', 128 * MiB);
-    const cap = { mount: { fs_type: 'ext4', mount_flags: ['noatime'] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+    const cap: VolumeCapability = { mount: { fs_type: 'ext4', mount_flags: ['noatime'] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
     const stage = { ...env.stageReq('file-wire', file, cap) };
     await call('NodeStageVolume', stage);
     const target = env.target('file-wire');
@@ -48,7 +49,7 @@ describe('Node service over gRPC', () => {
       volume_path: target,
     });
     expect(stats.usage.map((u) => u.unit)).toEqual(['BYTES', 'INODES']);
-    expect(typeof stats.usage[0]!.total).toBe('number');
+    expect(typeof stats.usage[0].total).toBe('number');
     expect(stats.volume_condition.abnormal ?? false).toBe(false);
     const m = (await env.mountsUnder()).find((x) => x.mountPoint === stage.staging_target_path);
     expect(m?.options).toContain('noatime');

@@ -22,40 +22,40 @@ describe.each(['ext4', 'xfs', 'btrfs'])('%s volume: stage, publish, unpublish, u
     const target = env.target(vol);
     const pub = { volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap(fs), readonly: false };
 
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     const loops = await loopsOf(file);
     expect(loops).toHaveLength(1);
-    expect(await env.sh('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loops[0]!])).toBe(`${fs}\n`);
+    expect(await env.sh('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loops[0]])).toBe(`${fs}\n`);
     let mounts = await env.mountsUnder();
     expect(mounts.filter((m) => m.mountPoint === stage.staging_target_path).map((m) => m.fsType)).toEqual([fs]);
     // xfs clones share a UUID; sinter mounts xfs with nouuid so a clone can sit next to its source.
     if (fs === 'xfs') expect(mounts.find((m) => m.mountPoint === stage.staging_target_path)?.superOptions).toContain('nouuid');
 
     // Idempotent: same request again changes nothing.
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     expect(await loopsOf(file)).toEqual(loops);
     expect((await env.mountsUnder()).filter((m) => m.mountPoint === stage.staging_target_path)).toHaveLength(1);
 
-    await env.h.NodePublishVolume!(pub);
-    await env.h.NodePublishVolume!(pub);
+    await env.h.NodePublishVolume(pub);
+    await env.h.NodePublishVolume(pub);
     mounts = await env.mountsUnder();
     expect(mounts.filter((m) => m.mountPoint === target)).toHaveLength(1);
     await writeFile(join(target, 'hello.txt'), 'from the pod');
     expect(await readFile(join(stage.staging_target_path, 'hello.txt'), 'utf8')).toBe('from the pod');
 
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
     expect(existsSync(target)).toBe(false);
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
 
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
     expect(await loopsOf(file)).toEqual([]);
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
 
     // Staging again finds the filesystem (no reformat): the file is still there.
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     expect(await readFile(join(stage.staging_target_path, 'hello.txt'), 'utf8')).toBe('from the pod');
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await loopsOf(file)).toEqual([]);
   });
 });
@@ -68,10 +68,10 @@ describe('block volume', () => {
     const target = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1');
     const pub = { volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap(), readonly: false };
 
-    await env.h.NodeStageVolume!(stage);
-    await env.h.NodeStageVolume!(stage);
-    await env.h.NodePublishVolume!(pub);
-    await env.h.NodePublishVolume!(pub);
+    await env.h.NodeStageVolume(stage);
+    await env.h.NodeStageVolume(stage);
+    await env.h.NodePublishVolume(pub);
+    await env.h.NodePublishVolume(pub);
     expect((await stat(target)).isBlockDevice()).toBe(true);
     expect(await env.sh('blockdev', ['--getsize64', target])).toBe(`${64 * MiB}\n`);
     // No filesystem was made on a block volume.
@@ -82,9 +82,9 @@ describe('block volume', () => {
     const head = (await readFile(file)).subarray(0, 22).toString();
     expect(head).toBe('raw bytes from the pod');
 
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
     expect(existsSync(target)).toBe(false);
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
     expect(await loopsOf(file)).toEqual([]);
     expect(existsSync(join(stage.staging_target_path, vol))).toBe(false);
@@ -96,22 +96,22 @@ describe('one volume, two pods', () => {
     const file = await env.image('shared.img', 128 * MiB);
     const vol = 'file-shared-0001';
     const stage = env.stageReq(vol, file, mountCap('ext4'));
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     const t1 = env.target(vol, 'pod1');
     const t2 = env.target(vol, 'pod2');
     for (const t of [t1, t2])
-      await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: t, volume_capability: mountCap('ext4') });
+      await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: t, volume_capability: mountCap('ext4') });
 
-    const busy = (await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e: unknown) => e)) as { code: number; message: string };
+    const busy = (await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path }).catch((e: unknown) => e)) as { code: number; message: string };
     expect(busy.code).toBe(Code.FAILED_PRECONDITION);
     expect(busy.message).toContain(t1);
     expect(busy.message).toContain('unpublish');
     // The refusal changed nothing: both pods still see the volume.
     expect((await env.mountsUnder()).map((m) => m.mountPoint).sort()).toEqual([stage.staging_target_path, t1, t2].sort());
 
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: t1 });
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: t2 });
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: t1 });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: t2 });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
   });
 });
@@ -120,25 +120,25 @@ describe('concurrency', () => {
   it('volumes staged at the same time each get their own loop device; repeated calls for one volume answer ABORTED while one runs and never stack mounts', async () => {
     const ids = [1, 2, 3, 4].map((i) => `file-par-${i}`);
     const files = await Promise.all(ids.map((id) => env.image(`${id}.img`, 64 * MiB)));
-    await Promise.all(ids.map((id, i) => env.h.NodeStageVolume!(env.stageReq(id, files[i]!, mountCap('ext4')))));
+    await Promise.all(ids.map((id, i) => env.h.NodeStageVolume(env.stageReq(id, files[i], mountCap('ext4')))));
     const devs = (await Promise.all(files.map(loopsOf))).map((l) => {
       expect(l).toHaveLength(1);
       return l[0];
     });
     expect(new Set(devs).size).toBe(4);
 
-    const again = env.stageReq(ids[0]!, files[0]!, mountCap('ext4'));
+    const again = env.stageReq(ids[0], files[0], mountCap('ext4'));
     const first: string[] = [];
-    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodeStageVolume!(again), first)));
-    const t = env.target(ids[0]!);
+    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodeStageVolume(again), first)));
+    const t = env.target(ids[0]);
     const pub = { volume_id: ids[0], staging_target_path: again.staging_target_path, target_path: t, volume_capability: mountCap('ext4') };
-    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodePublishVolume!(pub), first)));
+    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodePublishVolume(pub), first)));
     expect(first).toContain('ABORTED');
     const mounts = await env.mountsUnder();
     expect(mounts.filter((m) => m.mountPoint === again.staging_target_path)).toHaveLength(1);
     expect(mounts.filter((m) => m.mountPoint === t)).toHaveLength(1);
-    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodeUnpublishVolume!({ volume_id: ids[0], target_path: t }))));
-    await Promise.all(ids.map((id) => env.h.NodeUnstageVolume!({ volume_id: id, staging_target_path: join(env.kubelet, 'staging', id) })));
+    await Promise.all([1, 2, 3].map(() => asSidecar(() => env.h.NodeUnpublishVolume({ volume_id: ids[0], target_path: t }))));
+    await Promise.all(ids.map((id) => env.h.NodeUnstageVolume({ volume_id: id, staging_target_path: join(env.kubelet, 'staging', id) })));
     expect(await env.mountsUnder()).toEqual([]);
     expect(await env.loopsUnder()).toEqual([]);
   });
@@ -148,14 +148,14 @@ describe('cloned volumes', () => {
   it('an xfs volume and its byte-for-byte clone (same UUID) can be staged side by side', async () => {
     const src = await env.image('src.img', 320 * MiB);
     const a = env.stageReq('file-src', src, mountCap('xfs'));
-    await env.h.NodeStageVolume!(a);
+    await env.h.NodeStageVolume(a);
     await writeFile(join(a.staging_target_path, 'origin.txt'), 'source');
-    await env.h.NodeUnstageVolume!({ volume_id: 'file-src', staging_target_path: a.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'file-src', staging_target_path: a.staging_target_path });
     const clone = join(env.images, 'clone.img');
     await env.sh('cp', ['--sparse=always', src, clone]);
-    await env.h.NodeStageVolume!(a);
+    await env.h.NodeStageVolume(a);
     const b = env.stageReq('file-clone', clone, mountCap('xfs'));
-    await env.h.NodeStageVolume!(b);
+    await env.h.NodeStageVolume(b);
     expect(await readFile(join(b.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');
     await writeFile(join(b.staging_target_path, 'origin.txt'), 'changed in the clone');
     expect(await readFile(join(a.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');

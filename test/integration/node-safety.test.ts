@@ -22,7 +22,7 @@ describe('never formats a device that holds data (safety rule 1)', () => {
     await env.sh('mkfs.xfs', ['-q', '-L', 'precious', file]);
     const before = await blkidOf(file);
     const req = env.stageReq('file-other-fs', file, mountCap('ext4'));
-    const err = await csiError(env.h.NodeStageVolume!(req));
+    const err = await csiError(env.h.NodeStageVolume(req));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain('xfs');
     expect(err.message).toContain('ext4');
@@ -36,7 +36,7 @@ describe('never formats a device that holds data (safety rule 1)', () => {
     await env.exec.run('sfdisk', ['-q', file], { input: 'label: gpt\n,32M\n' });
     const before = await blkidOf(file);
     expect(before).toContain('PTTYPE=gpt');
-    const err = await csiError(env.h.NodeStageVolume!(env.stageReq('file-parted', file, mountCap('ext4'))));
+    const err = await csiError(env.h.NodeStageVolume(env.stageReq('file-parted', file, mountCap('ext4'))));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain('partition table');
     expect(await blkidOf(file)).toBe(before);
@@ -47,18 +47,18 @@ describe('never formats a device that holds data (safety rule 1)', () => {
     const file = await env.image('keep.img', 512 * MiB);
     await env.sh('mkfs.xfs', ['-q', '-L', 'keepme', file]);
     const req = env.stageReq('file-keep', file, mountCap('xfs'));
-    await env.h.NodeStageVolume!(req);
-    expect(await blkidOf((await loopsOf(file))[0]!)).toContain('LABEL=keepme');
+    await env.h.NodeStageVolume(req);
+    expect(await blkidOf((await loopsOf(file))[0])).toContain('LABEL=keepme');
     const m = (await env.mountsUnder()).find((x) => x.mountPoint === req.staging_target_path);
     expect(m?.fsType).toBe('xfs');
-    await env.h.NodeUnstageVolume!({ volume_id: 'file-keep', staging_target_path: req.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'file-keep', staging_target_path: req.staging_target_path });
   });
 
   it('takes the filesystem from volume_context fsType and applies mkfsOptions', async () => {
     const file = await env.image('ctx.img', 128 * MiB);
     const req = env.stageReq('file-ctx', file, mountCap(), { volume_context: { fsType: 'ext4', mkfsOptions: '-L  fromctx -m 0' } });
-    await env.h.NodeStageVolume!(req);
-    const tags = await blkidOf((await loopsOf(file))[0]!);
+    await env.h.NodeStageVolume(req);
+    const tags = await blkidOf((await loopsOf(file))[0]);
     expect(tags).toContain('TYPE=ext4');
     expect(tags).toContain('LABEL=fromctx');
   });
@@ -66,7 +66,7 @@ describe('never formats a device that holds data (safety rule 1)', () => {
   it('rejects mkfsOptions that force mkfs or name host paths, before touching the device', async () => {
     const file = await env.image('bad.img', 128 * MiB);
     for (const opts of ['-F', '-L x -d /etc', '-E root_owner=0:0;rm']) {
-      const err = await csiError(env.h.NodeStageVolume!(env.stageReq('file-badopts', file, mountCap('ext4'), { volume_context: { mkfsOptions: opts } })));
+      const err = await csiError(env.h.NodeStageVolume(env.stageReq('file-badopts', file, mountCap('ext4'), { volume_context: { mkfsOptions: opts } })));
       expect(err.code).toBe(Code.INVALID_ARGUMENT);
       expect(err.message).toContain('mkfsOptions');
     }
@@ -80,19 +80,19 @@ describe('read-only publish', () => {
     const file = await env.image('ro.img', 128 * MiB);
     const vol = 'file-ro-0001';
     const stage = env.stageReq(vol, file, mountCap('ext4'));
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     const target = env.target(vol);
-    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4'), readonly: true });
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4'), readonly: true });
     await writeFile(join(stage.staging_target_path, 'seen.txt'), 'visible');
     expect(await readFile(join(target, 'seen.txt'), 'utf8')).toBe('visible');
     await expect(writeFile(join(target, 'nope.txt'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
     // Asking for the same target read-write is a conflict, not a silent change.
     const err = await csiError(
-      env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4'), readonly: false }),
+      env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4'), readonly: false }),
     );
     expect(err.code).toBe(Code.ALREADY_EXISTS);
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
   });
 
@@ -100,28 +100,28 @@ describe('read-only publish', () => {
     const file = await env.image('roblk.img', 32 * MiB);
     const vol = 'file-roblk-0001';
     const stage = env.stageReq(vol, file, blockCap());
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     const target = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1');
     const pub = { volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap(), readonly: true };
     // A read-only view left by a crash before it was recorded is picked up, not duplicated.
     const dev = (await env.sh('losetup', ['--list', '--noheadings', '--output', 'NAME', '--associated', file])).trim();
     const leaked = (await env.sh('losetup', ['--find', '--show', '--read-only', dev])).trim();
-    await env.h.NodePublishVolume!(pub);
-    await env.h.NodePublishVolume!(pub);
+    await env.h.NodePublishVolume(pub);
+    await env.h.NodePublishVolume(pub);
     const target2 = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod2');
-    await env.h.NodePublishVolume!({ ...pub, target_path: target2 });
+    await env.h.NodePublishVolume({ ...pub, target_path: target2 });
     expect((await env.loopsUnder()).map((l) => l.name).sort()).toEqual([dev, leaked].sort());
     await writeFile(file, 'original', { flag: 'r+' });
     await expect(env.sh('dd', ['if=/dev/zero', `of=${target}`, 'bs=4096', 'count=1', 'conv=notrunc,fsync', 'status=none'])).rejects.toThrow();
     expect((await readFile(file)).subarray(0, 8).toString()).toBe('original');
     expect(await env.sh('dd', [`if=${target}`, 'bs=8', 'count=1', 'status=none'])).toBe('original');
     await expect(env.sh('dd', ['if=/dev/zero', `of=${target2}`, 'bs=4096', 'count=1', 'conv=notrunc,fsync', 'status=none'])).rejects.toThrow();
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
     // The view stays while another pod still uses it.
     expect((await env.loopsUnder()).map((l) => l.name)).toContain(leaked);
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target2 });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target2 });
     expect((await env.loopsUnder()).map((l) => l.name)).toEqual([dev]);
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
     expect(await env.loopsUnder()).toEqual([]);
   });
@@ -130,14 +130,14 @@ describe('read-only publish', () => {
     const file = await env.image('rox.img', 128 * MiB);
     const vol = 'file-rox-0001';
     const rw = env.stageReq(vol, file, mountCap('ext4'));
-    await env.h.NodeStageVolume!(rw);
+    await env.h.NodeStageVolume(rw);
     await writeFile(join(rw.staging_target_path, 'data.txt'), 'shared content');
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: rw.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: rw.staging_target_path });
 
     const ro = env.stageReq(vol, file, mountCap('ext4', 'MULTI_NODE_READER_ONLY'));
-    await env.h.NodeStageVolume!(ro);
+    await env.h.NodeStageVolume(ro);
     const target = env.target(vol);
-    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: ro.staging_target_path, target_path: target, volume_capability: mountCap('ext4', 'MULTI_NODE_READER_ONLY'), readonly: false });
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: ro.staging_target_path, target_path: target, volume_capability: mountCap('ext4', 'MULTI_NODE_READER_ONLY'), readonly: false });
     expect(await readFile(join(target, 'data.txt'), 'utf8')).toBe('shared content');
     await expect(writeFile(join(target, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
     await expect(writeFile(join(ro.staging_target_path, 'x'), 'x')).rejects.toMatchObject({ code: 'EROFS' });
@@ -151,45 +151,45 @@ describe('conflicts', () => {
     const stage = env.stageReq(vol, file, mountCap('ext4'));
     const target = env.target(vol);
     const pubErr = await csiError(
-      env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') }),
+      env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') }),
     );
     expect(pubErr.code).toBe(Code.FAILED_PRECONDITION);
     expect(pubErr.message).toContain('NodeStageVolume');
     expect(existsSync(target)).toBe(false);
 
-    await env.h.NodeStageVolume!(stage);
-    expect((await csiError(env.h.NodeStageVolume!({ ...stage, volume_capability: mountCap('xfs') }))).code).toBe(Code.ALREADY_EXISTS);
-    expect((await csiError(env.h.NodeStageVolume!({ ...stage, volume_capability: mountCap('ext4', 'SINGLE_NODE_WRITER', ['noatime']) }))).code).toBe(Code.ALREADY_EXISTS);
-    expect((await csiError(env.h.NodeStageVolume!({ ...stage, volume_capability: blockCap() }))).code).toBe(Code.ALREADY_EXISTS);
+    await env.h.NodeStageVolume(stage);
+    expect((await csiError(env.h.NodeStageVolume({ ...stage, volume_capability: mountCap('xfs') }))).code).toBe(Code.ALREADY_EXISTS);
+    expect((await csiError(env.h.NodeStageVolume({ ...stage, volume_capability: mountCap('ext4', 'SINGLE_NODE_WRITER', ['noatime']) }))).code).toBe(Code.ALREADY_EXISTS);
+    expect((await csiError(env.h.NodeStageVolume({ ...stage, volume_capability: blockCap() }))).code).toBe(Code.ALREADY_EXISTS);
     // The same volume at a second staging path, or published from the wrong one.
     const elsewhere = join(env.kubelet, 'staging', 'second-place');
-    const moved = await csiError(env.h.NodeStageVolume!({ ...stage, staging_target_path: elsewhere }));
+    const moved = await csiError(env.h.NodeStageVolume({ ...stage, staging_target_path: elsewhere }));
     expect(moved.code).toBe(Code.FAILED_PRECONDITION);
     expect(moved.message).toContain(stage.staging_target_path);
     expect(existsSync(elsewhere)).toBe(false);
     const wrongStaging = await csiError(
-      env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: elsewhere, target_path: target, volume_capability: mountCap('ext4') }),
+      env.h.NodePublishVolume({ volume_id: vol, staging_target_path: elsewhere, target_path: target, volume_capability: mountCap('ext4') }),
     );
     expect(wrongStaging.code).toBe(Code.FAILED_PRECONDITION);
-    const asBlock = await csiError(env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap() }));
+    const asBlock = await csiError(env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: blockCap() }));
     expect(asBlock.code).toBe(Code.FAILED_PRECONDITION);
     expect(existsSync(target)).toBe(false);
     // Another volume on the same staging path.
     const other = await env.image('other.img', 128 * MiB);
-    const clash = await csiError(env.h.NodeStageVolume!({ ...env.stageReq('file-conflict-02', other, mountCap('ext4')), staging_target_path: stage.staging_target_path }));
+    const clash = await csiError(env.h.NodeStageVolume({ ...env.stageReq('file-conflict-02', other, mountCap('ext4')), staging_target_path: stage.staging_target_path }));
     expect(clash.code).toBe(Code.ALREADY_EXISTS);
     expect(await loopsOf(other)).toEqual([]);
 
     // Another volume on a target that already holds this one.
-    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
     const stage2 = env.stageReq('file-conflict-02', other, mountCap('ext4'));
-    await env.h.NodeStageVolume!(stage2);
+    await env.h.NodeStageVolume(stage2);
     const taken = await csiError(
-      env.h.NodePublishVolume!({ volume_id: 'file-conflict-02', staging_target_path: stage2.staging_target_path, target_path: target, volume_capability: mountCap('ext4') }),
+      env.h.NodePublishVolume({ volume_id: 'file-conflict-02', staging_target_path: stage2.staging_target_path, target_path: target, volume_capability: mountCap('ext4') }),
     );
     expect(taken.code).toBe(Code.ALREADY_EXISTS);
     // Unpublishing the wrong volume from it leaves the mount alone.
-    const wrong = await csiError(env.h.NodeUnpublishVolume!({ volume_id: 'file-conflict-02', target_path: target }));
+    const wrong = await csiError(env.h.NodeUnpublishVolume({ volume_id: 'file-conflict-02', target_path: target }));
     expect(wrong.code).toBe(Code.FAILED_PRECONDITION);
     expect((await env.mountsUnder()).some((m) => m.mountPoint === target)).toBe(true);
   });
@@ -200,19 +200,19 @@ describe('conflicts', () => {
     await mkdir(stage.staging_target_path, { recursive: true });
     await env.sh('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', stage.staging_target_path]);
     await writeFile(join(stage.staging_target_path, 'theirs'), 'x');
-    const err = await csiError(env.h.NodeStageVolume!(stage));
+    const err = await csiError(env.h.NodeStageVolume(stage));
     expect(err.code).toBe(Code.ALREADY_EXISTS);
     expect(err.message).toContain('tmpfs');
     expect(await loopsOf(file)).toEqual([]);
     expect(existsSync(join(env.stateDir, 'volumes', 'file-foreign.json'))).toBe(false);
-    const un = await csiError(env.h.NodeUnstageVolume!({ volume_id: 'file-foreign', staging_target_path: stage.staging_target_path }));
+    const un = await csiError(env.h.NodeUnstageVolume({ volume_id: 'file-foreign', staging_target_path: stage.staging_target_path }));
     expect(un.code).toBe(Code.FAILED_PRECONDITION);
     expect(await readFile(join(stage.staging_target_path, 'theirs'), 'utf8')).toBe('x');
   });
 
   it('a read-only access mode refuses to format a blank volume', async () => {
     const file = await env.image('blank-ro.img', 128 * MiB);
-    const err = await csiError(env.h.NodeStageVolume!(env.stageReq('file-blank-ro', file, mountCap('ext4', 'SINGLE_NODE_READER_ONLY'))));
+    const err = await csiError(env.h.NodeStageVolume(env.stageReq('file-blank-ro', file, mountCap('ext4', 'SINGLE_NODE_READER_ONLY'))));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(await blkidOf(file)).toBe('');
   });
@@ -232,7 +232,7 @@ describe('paths (safety rule 2)', () => {
       env.kubelet,
     ];
     for (const p of bad) {
-      const err = await csiError(env.h.NodeStageVolume!({ ...env.stageReq('file-paths', file, mountCap('ext4')), staging_target_path: p }));
+      const err = await csiError(env.h.NodeStageVolume({ ...env.stageReq('file-paths', file, mountCap('ext4')), staging_target_path: p }));
       expect(err.code, p).toBe(Code.INVALID_ARGUMENT);
       expect(err.message).toContain('staging_target_path');
     }
@@ -240,14 +240,14 @@ describe('paths (safety rule 2)', () => {
     expect(await loopsOf(file)).toEqual([]);
 
     const stage = env.stageReq('file-paths', file, mountCap('ext4'));
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     for (const p of bad) {
       const err = await csiError(
-        env.h.NodePublishVolume!({ volume_id: 'file-paths', staging_target_path: stage.staging_target_path, target_path: p, volume_capability: mountCap('ext4') }),
+        env.h.NodePublishVolume({ volume_id: 'file-paths', staging_target_path: stage.staging_target_path, target_path: p, volume_capability: mountCap('ext4') }),
       );
       expect(err.code, p).toBe(Code.INVALID_ARGUMENT);
       expect(err.message).toContain('target_path');
-      const err2 = await csiError(env.h.NodeUnpublishVolume!({ volume_id: 'file-paths', target_path: p }));
+      const err2 = await csiError(env.h.NodeUnpublishVolume({ volume_id: 'file-paths', target_path: p }));
       expect(err2.code, p).toBe(Code.INVALID_ARGUMENT);
     }
     expect(existsSync(join(outside, 'staging'))).toBe(false);
@@ -264,12 +264,12 @@ describe('paths (safety rule 2)', () => {
       [env.images, Code.INVALID_ARGUMENT],
     ];
     for (const [p, code] of cases) {
-      const err = await csiError(env.h.NodeStageVolume!(env.stageReq('file-local', p, mountCap('ext4'))));
+      const err = await csiError(env.h.NodeStageVolume(env.stageReq('file-local', p, mountCap('ext4'))));
       expect(err.code, p).toBe(code);
       expect(err.message).toContain('publish_context.path');
     }
     expect(await loopsOf(elsewhere)).toEqual([]);
-    const bad = await csiError(env.h.NodeStageVolume!({ ...env.stageReq('file-local', elsewhere, mountCap('ext4')), publish_context: { transport: 'local' } }));
+    const bad = await csiError(env.h.NodeStageVolume({ ...env.stageReq('file-local', elsewhere, mountCap('ext4')), publish_context: { transport: 'local' } }));
     expect(bad.code).toBe(Code.INVALID_ARGUMENT);
     expect(bad.message).toContain('publish_context.path');
   });
@@ -277,7 +277,7 @@ describe('paths (safety rule 2)', () => {
   it('a malformed volume id is NOT_FOUND and never becomes a path', async () => {
     const file = await env.image('id.img', 64 * MiB);
     for (const id of ['../../etc', 'a/b', 'x'.repeat(129), 'nul\0id', '.hidden']) {
-      const err = await csiError(env.h.NodeStageVolume!(env.stageReq('placeholder', file, blockCap(), { volume_id: id })));
+      const err = await csiError(env.h.NodeStageVolume(env.stageReq('placeholder', file, blockCap(), { volume_id: id })));
       expect(err.code, id).toBe(Code.NOT_FOUND);
       expect(err.message).toContain('volume_id');
     }

@@ -3,6 +3,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeEnv, mountCap, MiB } from '../helpers/node-env.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 type Stats = { usage: { unit: string; total: number }[]; volume_condition: { abnormal: boolean; message: string } };
 
@@ -14,15 +16,15 @@ afterEach(async () => {
   await env.cleanup();
 });
 
-async function stageAndPublish(vol: string, file: string, cap: Record<string, unknown>, readonly = false) {
+async function stageAndPublish(vol: string, file: string, cap: VolumeCapability, readonly = false) {
   const stage = env.stageReq(vol, file, cap);
-  await env.h.NodeStageVolume!(stage);
+  await env.h.NodeStageVolume(stage);
   const target = env.target(vol);
-  await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: cap, readonly });
+  await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: cap, readonly });
   return { staging: stage.staging_target_path, target };
 }
 
-const stats = async (vol: string, path: string) => (await env.h.NodeGetVolumeStats!({ volume_id: vol, volume_path: path })) as Stats;
+const stats = async (vol: string, path: string) => (await env.h.NodeGetVolumeStats({ volume_id: vol, volume_path: path })) as Stats;
 
 /** The loop device the node attached for an image (the local connector's device). */
 async function loopOf(file: string): Promise<string> {
@@ -103,7 +105,7 @@ describe('NodeGetVolumeStats volume_condition: real failures under a staged ext4
     const s = await stats(vol, target);
     expect(s.volume_condition).toEqual({
       abnormal: true,
-      message: expect.stringMatching(/^the ext4 filesystem on \/dev\/loop\d+ is writable but recorded 1 error since it was last checked \(the last in trigger_test_error\): data may be damaged\. Stop the pods using the volume and run fsck\.ext4 on it$/),
+      message: stringMatching(/^the ext4 filesystem on \/dev\/loop\d+ is writable but recorded 1 error since it was last checked \(the last in trigger_test_error\): data may be damaged\. Stop the pods using the volume and run fsck\.ext4 on it$/),
     });
   });
 
@@ -119,8 +121,8 @@ describe('NodeGetVolumeStats volume_condition: real failures under a staged ext4
       `the volume's staging mount at ${staging} is gone (nothing is mounted there; unmounted outside sinter): the pod still reaches the volume through its own mount, but no other pod on this node can mount it. Delete the pods using it on this node so kubelet unstages the volume and stages it again`,
     );
     // Unstage still cleans up what is left.
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: staging });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: staging });
     expect(await env.loopsOf(file)).toEqual([]);
   });
 

@@ -9,6 +9,7 @@ import { newSnapshotId, newVolumeId } from '../../src/backends/ids.js';
 import { HostExecutor, type ExecOptions, type ExecResult, type Executor } from '../../src/exec/run.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { tempDir } from '../helpers/scratch-fs.js';
+import { any } from '../helpers/matchers.js';
 
 const MiB = 1024 * 1024;
 const host = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 30_000 }, pino({ level: 'silent' }));
@@ -52,10 +53,10 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     const r1 = await helper.ensureTarget(id, img('v1'));
     const r2 = await helper.ensureTarget(id, img('v1'));
     expect(r1).toEqual(r2);
-    expect(r1).toEqual({ iqn: `iqn.2025-01.io.sinter:${id}`, lun: 1, tid: expect.any(Number) });
+    expect(r1).toEqual({ iqn: `iqn.2025-01.io.sinter:${id}`, lun: 1, tid: any(Number) });
     const t = (await helper.listTargets()).filter((x) => x.volumeId === id);
     expect(t).toHaveLength(1);
-    expect(t[0]!.luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), type: 'disk', blockSize: 512, readonly: false, scsiSerial: id.slice('default-'.length) });
+    expect(t[0].luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), type: 'disk', blockSize: 512, readonly: false, scsiSerial: id.slice('default-'.length) });
     await helper.removeTarget(id);
   });
 

@@ -13,6 +13,7 @@ import { freePort, requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
 import { readAt, writeAt } from '../helpers/file-io.js';
+import { stringMatching } from '../helpers/matchers.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
@@ -89,7 +90,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect(ps).toContain(`initiator-name=${NODE}`);
     const dirs = await fs.readdir(stateDir);
     for (const d of dirs) expect(await fs.readdir(join(stateDir, d))).not.toContain('chap.secret');
-    expect((await fs.stat(join(stateDir, dirs[0]!))).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(join(stateDir, dirs[0]))).mode & 0o777).toBe(0o700);
 
     const data = Buffer.from(`sinter-userspace-${volumeId}`.padEnd(4096, '#'));
     await writeAt(a.devicePath, 5 * MiB, data);
@@ -115,14 +116,14 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
   it('repairs a half-dead attachment (nbdfuse killed) on the next connect', async () => {
     const before = await us.connect(target, { initiatorName: NODE, chap: CHAP });
     const [info] = await us.list();
-    expect(info!.nbdfusePid).toBeGreaterThan(1);
-    process.kill(info!.nbdfusePid!, 'SIGKILL');
+    expect(info.nbdfusePid).toBeGreaterThan(1);
+    process.kill(info.nbdfusePid!, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
     const after = await us.connect(target, { initiatorName: NODE, chap: CHAP });
     expect(after.devicePath).toMatch(/^\/dev\/loop\d+$/);
     const [again] = await us.list();
-    expect(again!.nbdfusePid).not.toBe(info!.nbdfusePid);
-    expect(again!.mounted).toBe(true);
+    expect(again.nbdfusePid).not.toBe(info.nbdfusePid);
+    expect(again.mounted).toBe(true);
     // Still one session on the target, and the data path works.
     expect((await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions).toHaveLength(1);
     const data = Buffer.from('repaired'.padEnd(512, '.'));
@@ -225,7 +226,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
   });
 
   it('refuses mutual CHAP instead of silently not checking the target', async () => {
-    await expect(us.connect(target, { initiatorName: NODE, chap: { ...CHAP, mutualUser: 'tgt', mutualPassword: 'Mutual-secret-12' } })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/mutual CHAP/) });
+    await expect(us.connect(target, { initiatorName: NODE, chap: { ...CHAP, mutualUser: 'tgt', mutualPassword: 'Mutual-secret-12' } })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringMatching(/mutual CHAP/) });
   });
 
   it('skips an unreachable portal and logs in through the next; with none reachable it is UNAVAILABLE', async () => {

@@ -43,14 +43,14 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
 
   beforeAll(async () => {
     s = await startSinter();
-    nodeId = (await node().NodeGetInfo({})).node_id;
+    nodeId = (await node().NodeGetInfo({})).node_id!;
   });
   afterAll(async () => s?.cleanup());
 
   it('100 concurrent CreateVolume calls with one name make exactly one volume; incompatible ones get ALREADY_EXISTS', async () => {
     const req = { name: 'same-name', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [mountCap()] };
     const replies = await Promise.all(Array.from({ length: 100 }, () => asSidecar(() => ctl().CreateVolume(req))));
-    const ids = new Set(replies.map((r) => r.volume.volume_id));
+    const ids = new Set(replies.map((r) => r.volume!.volume_id));
     expect(ids.size).toBe(1);
     expect(records().filter((r) => r.name === 'same-name')).toHaveLength(1);
 
@@ -58,10 +58,10 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     const a = { name: 'contested', capacity_range: { required_bytes: 16 * MiB, limit_bytes: 16 * MiB }, volume_capabilities: [mountCap()] };
     const b = { ...a, capacity_range: { required_bytes: 32 * MiB, limit_bytes: 32 * MiB } };
     const reqs = rng.shuffle(Array.from({ length: 100 }, (_, i) => (i % 2 ? a : b)));
-    const out = await Promise.all(reqs.map((r) => asSidecar(() => ctl().CreateVolume(r)).then((x: { volume: { volume_id: string; capacity_bytes: number } }) => ({ ok: x.volume, r }), (e: { code: number }) => ({ code: e.code, r }))));
+    const out = await Promise.all(reqs.map((r) => asSidecar(() => ctl().CreateVolume(r)).then((x) => ({ ok: x.volume, r }), (e: { code: number }) => ({ code: e.code, r }))));
     const won = out.filter((o) => 'ok' in o);
     expect(new Set(won.map((o) => (o as { ok: { volume_id: string } }).ok.volume_id)).size).toBe(1);
-    const winner = won[0]!.r;
+    const winner = won[0].r;
     for (const o of out) {
       if (o.r === winner) expect('ok' in o).toBe(true);
       else expect((o as { code: number }).code).toBe(6); // ALREADY_EXISTS
@@ -71,11 +71,11 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
     // And 100 concurrent CreateSnapshot with one name: one snapshot.
     const vol = [...ids][0]!;
     const snaps = await Promise.all(Array.from({ length: 100 }, () => asSidecar(() => ctl().CreateSnapshot({ name: 'same-snap', source_volume_id: vol }))));
-    expect(new Set(snaps.map((x) => x.snapshot.snapshot_id)).size).toBe(1);
+    expect(new Set(snaps.map((x) => x.snapshot!.snapshot_id)).size).toBe(1);
     expect(readdirSync(join(s.dataDir, 'snapshots')).filter((f) => f.endsWith('.json'))).toHaveLength(1);
 
     // 50 concurrent deletes of one volume all succeed, and it is gone.
-    const del = await Promise.all(Array.from({ length: 50 }, () => codeOf(asSidecar(() => ctl().DeleteSnapshot({ snapshot_id: snaps[0].snapshot.snapshot_id })))));
+    const del = await Promise.all(Array.from({ length: 50 }, () => codeOf(asSidecar(() => ctl().DeleteSnapshot({ snapshot_id: snaps[0].snapshot!.snapshot_id })))));
     expect(new Set(del)).toEqual(new Set(['OK']));
     expect(readdirSync(join(s.dataDir, 'snapshots'))).toEqual([]);
     const delv = await Promise.all(Array.from({ length: 50 }, () => codeOf(asSidecar(() => ctl().DeleteVolume({ volume_id: vol })))));
@@ -87,7 +87,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
   it('deletes racing publishes never delete a published volume', { timeout: 300_000 }, async () => {
     const n = SOAK ? 200 : 40;
     const ids: string[] = [];
-    for (let i = 0; i < n; i++) ids.push((await ctl().CreateVolume({ name: `race-${i}`, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume.volume_id);
+    for (let i = 0; i < n; i++) ids.push((await ctl().CreateVolume({ name: `race-${i}`, capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!);
     let published = 0;
     let deleted = 0;
     await Promise.all(
@@ -129,10 +129,10 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
 
   it('a clone racing an expand of its source gets a record that matches its image', { timeout: 300_000 }, async () => {
     for (let i = 0; i < (SOAK ? 50 : 10); i++) {
-      const src = (await ctl().CreateVolume({ name: `grow-src-${i}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [blockCap()] })).volume.volume_id;
+      const src = (await ctl().CreateVolume({ name: `grow-src-${i}`, capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id;
       const [clone, grown] = await Promise.all([
         ctl().CreateVolume({ name: `grow-clone-${i}`, volume_capabilities: [blockCap()], volume_content_source: { volume: { volume_id: src } } }).then(
-          (r: { volume: { volume_id: string; capacity_bytes: number } }) => r.volume,
+          (r) => r.volume,
           (e: { code: number }) => e.code,
         ),
         ctl().ControllerExpandVolume({ volume_id: src, capacity_range: { required_bytes: 64 * MiB } }),
@@ -141,7 +141,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
       const report = await fsck();
       expect(report.findings, describeReport(report)).toEqual([]);
       if (typeof clone === 'number') expect(clone).toBe(10); // ABORTED: the CO retries
-      else expect([16 * MiB, 64 * MiB]).toContain(Number(clone.capacity_bytes));
+      else expect([16 * MiB, 64 * MiB]).toContain(Number(clone!.capacity_bytes));
       for (const r of records().filter((x) => x.name.startsWith('grow-'))) await ctl().DeleteVolume({ volume_id: r.id });
     }
   });
@@ -149,7 +149,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
   it(`storms of publish/unpublish/stage/unstage on one volume leave a consistent state, and the CO's ordinary sequence then converges (${ROUNDS} rounds)`, { timeout: ROUNDS * 4_000 + 60_000 }, async () => {
     for (const access of ['mount', 'block'] as const) {
       const cap = access === 'mount' ? mountCap() : blockCap();
-      const vol = (await ctl().CreateVolume({ name: `storm-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
+      const vol = (await ctl().CreateVolume({ name: `storm-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume!.volume_id as string;
       const ctx = (await ctl().ControllerPublishVolume({ volume_id: vol, node_id: nodeId, volume_capability: cap })).publish_context;
       const staging = join(s.kubeletRoot, 'storm', vol, 'staging');
       const targets = [1, 2, 3].map((i) => join(s.kubeletRoot, 'storm', vol, `pod${i}`, access === 'mount' ? 'mount' : 'dev'));
@@ -172,7 +172,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
         const results = await Promise.all(
           calls.map(async (n) => {
             await new Promise((r) => setTimeout(r, rng.int(0, 15)));
-            const e = await rpcs[n]!().then(() => undefined, (x: { details?: string }) => x);
+            const e = await rpcs[n]().then(() => undefined, (x: Error & { details?: string }) => x);
             return [n, await codeOf(e ? Promise.reject(e) : Promise.resolve()), e?.details ?? ''] as const;
           }),
         );
@@ -196,7 +196,7 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
         expect((await loopsUnder(s.base)).length).toBe(rec ? 1 : 0);
         // The controller's record on disk is what it reports.
         const ctlRec = records().find((r) => r.id === vol)!;
-        const reported = (await ctl().ControllerGetVolume({ volume_id: vol })).status.published_node_ids ?? [];
+        const reported = (await ctl().ControllerGetVolume({ volume_id: vol })).status!.published_node_ids ?? [];
         expect(ctlRec.attachments.map((a) => a.nodeId)).toEqual(reported);
         expect(ctlRec.state).toBe(reported.length ? 'in-use' : 'available');
       }
@@ -207,8 +207,8 @@ describe(`concurrency (SINTER_SEED=${seed})`, () => {
       await ctl().ControllerUnpublishVolume({ volume_id: vol, node_id: nodeId });
       if (final !== 'detached') await ctl().ControllerPublishVolume({ volume_id: vol, node_id: nodeId, volume_capability: cap });
       if (final === 'staged' || final === 'published') await node().NodeStageVolume({ volume_id: vol, staging_target_path: staging, volume_capability: cap, publish_context: ctx });
-      if (final === 'published') await rpcs.publish0!();
-      const published = (await ctl().ControllerGetVolume({ volume_id: vol })).status.published_node_ids ?? [];
+      if (final === 'published') await rpcs.publish0();
+      const published = (await ctl().ControllerGetVolume({ volume_id: vol })).status!.published_node_ids ?? [];
       expect(published).toEqual(final === 'detached' ? [] : [nodeId]);
       const want = final === 'staged' ? 1 : final === 'published' ? 2 : 0;
       expect(mountsUnder(join(s.kubeletRoot, 'storm', vol))).toHaveLength(want);

@@ -8,6 +8,10 @@ import { runFsck, type FsckReport } from '../../src/fsck/check.js';
 import { describe as describeReport, fsckCli } from '../helpers/fsck.js';
 import { Rng, seedFromEnv, SOAK } from '../helpers/rng.js';
 import { blockCap, MiB, mountCap, scrub, sinterArgs, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import type { ControllerExpandVolumeResponse__Output } from '../../src/csi/generated/csi/v1/ControllerExpandVolumeResponse.js';
+import type { ControllerPublishVolumeResponse__Output } from '../../src/csi/generated/csi/v1/ControllerPublishVolumeResponse.js';
+import type { CreateSnapshotResponse__Output } from '../../src/csi/generated/csi/v1/CreateSnapshotResponse.js';
+import type { CreateVolumeResponse__Output } from '../../src/csi/generated/csi/v1/CreateVolumeResponse.js';
 
 /**
  * Crash safety (safety rule 3). A seeded random mix of controller and node
@@ -60,7 +64,8 @@ interface Op {
   /** Volume whose node state may be unfinished while this op is in doubt. */
   nodeVolume?: string;
   send(): Promise<unknown>;
-  ack(res: any): void;
+  /** The op's answer (each op reads its own response type). */
+  ack(res: unknown): void;
   /** After a restart: settle the op whose answer was lost (retry, or the reverse RPC), and apply it. */
   settle(): Promise<void>;
   /** While in doubt before settling: what the pre-settle checks must tolerate. */
@@ -118,7 +123,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
 
     const start = async () => {
       s = await startSinter({ base, detached: true });
-      nodeId = (await c().node.NodeGetInfo({})).node_id;
+      nodeId = (await c().node.NodeGetInfo({})).node_id!;
     };
 
     // ---- the operations: each knows its request, its effect on the model, and how the CO settles it after a crash.
@@ -147,9 +152,9 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
         }
       }
       const req = { name, capacity_range: { required_bytes: size }, volume_capabilities: [capOf(access)], parameters: {}, ...(source ? { volume_content_source: source } : {}) };
-      const ack = (res: any) => {
-        expect(Number(res.volume.capacity_bytes), `${name} size`).toBe(size);
-        vols.set(name, { name, id: res.volume.volume_id, size, access, ctrl: false, staged: false, published: false, readonly: false });
+      const ack = (res: CreateVolumeResponse__Output) => {
+        expect(Number(res.volume!.capacity_bytes), `${name} size`).toBe(size);
+        vols.set(name, { name, id: res.volume!.volume_id!, size, access, ctrl: false, staged: false, published: false, readonly: false });
       };
       return {
         desc: `create ${name} ${size / MiB}MiB ${access}${from}`,
@@ -183,9 +188,9 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
       if (snaps.size >= MAX_SNAPSHOTS) return undefined;
       const name = `crash-snap-${seq++}`;
       const req = { name, source_volume_id: v.id };
-      const ack = (res: any) => {
-        expect(res.snapshot.ready_to_use).toBe(true);
-        snaps.set(name, { name, id: res.snapshot.snapshot_id, source: v.id, size: Number(res.snapshot.size_bytes) });
+      const ack = (res: CreateSnapshotResponse__Output) => {
+        expect(res.snapshot!.ready_to_use).toBe(true);
+        snaps.set(name, { name, id: res.snapshot!.snapshot_id!, source: v.id, size: Number(res.snapshot!.size_bytes) });
       };
       return {
         desc: `snapshot ${name} of ${v.name}`,
@@ -218,7 +223,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
     const expandOp = (v: Vol): Op => {
       const size = v.size + rng.int(1, 16) * MiB;
       const req = { volume_id: v.id, capacity_range: { required_bytes: size }, volume_capability: capOf(v.access) };
-      const ack = (res: any) => {
+      const ack = (res: ControllerExpandVolumeResponse__Output) => {
         expect(Number(res.capacity_bytes)).toBe(size);
         v.size = size;
         delete v.sizes;
@@ -235,7 +240,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
 
     const ctrlPublishOp = (v: Vol): Op => {
       const req = () => ({ volume_id: v.id, node_id: nodeId, volume_capability: capOf(v.access) });
-      const ack = (res: any) => {
+      const ack = (res: ControllerPublishVolumeResponse__Output) => {
         v.ctrl = true;
         v.ctx = res.publish_context;
       };
@@ -404,19 +409,19 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
     const send = (ops: Op[]) =>
       ops.map((op) => op.send().then(
         (res) => ({ op, ok: true as const, res }),
-        (e: { code?: number; details?: string; message?: string }) => ({ op, ok: false as const, code: e.code ?? -1, msg: e.details ?? e.message ?? String(e) }),
+        (e: Error & { code?: number; details?: string }) => ({ op, ok: false as const, code: e.code ?? -1, msg: e.details ?? e.message ?? String(e) }),
       ));
 
     // ---- checks
     const listAll = async () => {
       const r = await c().controller.ListVolumes({});
       return new Map<string, { size: number; nodes: string[] }>(
-        r.entries.map((e: any) => [e.volume.volume_id, { size: Number(e.volume.capacity_bytes), nodes: e.status?.published_node_ids ?? [] }]),
+        r.entries.map((e) => [e.volume!.volume_id!, { size: Number(e.volume!.capacity_bytes), nodes: e.status?.published_node_ids ?? [] }]),
       );
     };
     const listSnaps = async () => {
       const r = await c().controller.ListSnapshots({});
-      return new Map<string, number>(r.entries.map((e: any) => [e.snapshot.snapshot_id, Number(e.snapshot.size_bytes)]));
+      return new Map<string, number>(r.entries.map((e) => [e.snapshot!.snapshot_id!, Number(e.snapshot!.size_bytes)]));
     };
     const fsckInProcess = () => runFsck(cfg, { scope: 'all' });
     const onlyRemedies = (r: FsckReport, allowed: string[], nodeDoubt: Set<string>, when: string) => {
@@ -474,7 +479,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
         if (v.published) want.push(target(v));
       }
       expect(mounts.sort(), 'mounts = the model').toEqual(want.sort());
-      const loops = JSON.parse((await execa('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'])).stdout || '{"loopdevices":[]}').loopdevices as { name: string; 'back-file': string }[];
+      const loops = (JSON.parse((await execa('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'])).stdout || '{"loopdevices":[]}') as { loopdevices: { name: string; 'back-file': string }[] }).loopdevices;
       const ours = loops.filter((l) => (l['back-file'] ?? '').startsWith(`${base}/`));
       const oursNames = new Set(ours.map((l) => l.name));
       const views = loops.filter((l) => oursNames.has((l['back-file'] ?? '').replace(/ \(deleted\)$/, '')));
@@ -514,7 +519,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
           else throw new Error(`${o.op.desc} failed with code ${o.code}: ${o.msg}`);
         }
         lostAnswers += inDoubt.length;
-        for (const op of inDoubt) lostByKind.set(op.desc.split(' ')[0]!, (lostByKind.get(op.desc.split(' ')[0]!) ?? 0) + 1);
+        for (const op of inDoubt) lostByKind.set(op.desc.split(' ')[0], (lostByKind.get(op.desc.split(' ')[0]) ?? 0) + 1);
         pendingVols.clear();
         pendingSnaps.clear();
         pendingCtrl.clear();
@@ -561,7 +566,7 @@ describe('crash safety: SIGKILL at random moments, restart, fsck, converge', () 
           const v = rng.pick([...vols.values()]);
           const again = await c().controller.CreateVolume({ name: v.name, capacity_range: { required_bytes: v.size }, volume_capabilities: [capOf(v.access)], parameters: {} }).catch((e: Error) => e);
           // A clone's retry must name its source; without one the answer is ALREADY_EXISTS, which converges too.
-          if (!(again instanceof Error)) expect(again.volume.volume_id).toBe(v.id);
+          if (!(again instanceof Error)) expect(again.volume!.volume_id).toBe(v.id);
           else expect((again as { code?: number }).code).toBe(6);
         }
         await timed('check', checkExact);

@@ -10,6 +10,7 @@ import { runFsck } from '../../src/fsck/check.js';
 import { describe as describeReport } from '../helpers/fsck.js';
 import { seedFromEnv, SOAK } from '../helpers/rng.js';
 import { blockCap, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { rpcByName } from '../../src/csi/client.js';
 
 /**
  * Bad input (safety rules 2 and 3): property-based fuzzing of every RPC's
@@ -57,10 +58,10 @@ function tree(dir: string, exclude: string[] = [], out = new Map<string, string>
   return out;
 }
 
-const mountPoints = () => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
+const mountPoints = () => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[4].replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
 async function loops(): Promise<{ name: string; back: string }[]> {
   const out = (await execa('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'])).stdout;
-  return out.trim() ? (JSON.parse(out).loopdevices as { name: string; 'back-file': string | null }[]).map((l) => ({ name: l.name, back: l['back-file'] ?? '' })) : [];
+  return out.trim() ? (JSON.parse(out) as { loopdevices: { name: string; 'back-file': string | null }[] }).loopdevices.map((l) => ({ name: l.name, back: l['back-file'] ?? '' })) : [];
 }
 
 describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, () => {
@@ -87,11 +88,11 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
     symlinkSync('/nonexistent-sinter', join(kubelet, 'dangling'));
     symlinkSync(kubelet, join(kubelet, 'loop'));
     mkdirSync(join(kubelet, 'staging'), { recursive: true });
-    nodeId = (await s.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await s.client.node.NodeGetInfo({})).node_id!;
     const ctl = s.client.controller;
-    v.mount = (await ctl.CreateVolume({ name: 'fz-mount', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume.volume_id;
-    v.block = (await ctl.CreateVolume({ name: 'fz-block', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()] })).volume.volume_id;
-    snapId = (await ctl.CreateSnapshot({ name: 'fz-snap', source_volume_id: v.mount })).snapshot.snapshot_id;
+    v.mount = (await ctl.CreateVolume({ name: 'fz-mount', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()] })).volume!.volume_id!;
+    v.block = (await ctl.CreateVolume({ name: 'fz-block', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!;
+    snapId = (await ctl.CreateSnapshot({ name: 'fz-snap', source_volume_id: v.mount })).snapshot!.snapshot_id!;
     const ctx = (await ctl.ControllerPublishVolume({ volume_id: v.mount, node_id: nodeId, volume_capability: mountCap() })).publish_context;
     await s.client.node.NodeStageVolume({ volume_id: v.mount, staging_target_path: join(kubelet, 'staging', v.mount), volume_capability: mountCap(), publish_context: ctx });
     await s.client.node.NodePublishVolume({
@@ -124,8 +125,8 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
       fc.uuid().map((u) => `default@${u}`),
       fc.uuid().map((u) => `nosuch-${u}`),
     );
-    const volumeId = fc.oneof({ arbitrary: fc.constantFrom(v.mount!, v.block!, snapId), weight: 3 }, { arbitrary: hostile, weight: 2 });
-    const snapshotId = fc.oneof(fc.constantFrom(snapId, v.mount!), hostile);
+    const volumeId = fc.oneof({ arbitrary: fc.constantFrom(v.mount, v.block, snapId), weight: 3 }, { arbitrary: hostile, weight: 2 });
+    const snapshotId = fc.oneof(fc.constantFrom(snapId, v.mount), hostile);
     const nodeIdArb = fc.oneof({ arbitrary: fc.constant(nodeId), weight: 4 }, fc.constantFrom('other;;', ';;', 'test-node;;', `${nodeId};x`, big('n')), hostile);
     const name = fc.oneof(fc.constantFrom('fz-mount', 'fz-block', 'fz-new-1', 'fz-new-2', big('n'), 'n'.repeat(256)), hostile.filter((x) => x.length > 255 || x === ''));
     const size = fc.oneof(
@@ -152,7 +153,7 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
     const stringMap = (keys: fc.Arbitrary<string>) => fc.dictionary(keys, fc.oneof(fc.constantFrom('ext4', 'xfs', 'ssd', 'default', '-F -O ^has_journal', '; rm -rf /', '$(reboot)'), hostile), { maxKeys: 4 });
     const parameters = stringMap(fc.oneof(fc.constantFrom('type', 'backend', 'fsType', 'mkfsOptions', 'csi.storage.k8s.io/pvc/name', 'csi.storage.k8s.io/fstype', 'FsType', '__proto__', 'constructor'), hostile));
     const secrets = stringMap(fc.oneof(fc.constantFrom('node.session.auth.password', 'password', 'token'), hostile));
-    const validPaths = fc.constantFrom(join(kubelet, 'staging', v.mount!), join(kubelet, 'pods', 'p', v.mount!), join(kubelet, 'staging', v.block!), join(kubelet, 'pods', 'p', v.block!), `${kubelet}/staging/fz`, `${kubelet}/pods/fz/mount`);
+    const validPaths = fc.constantFrom(join(kubelet, 'staging', v.mount), join(kubelet, 'pods', 'p', v.mount), join(kubelet, 'staging', v.block), join(kubelet, 'pods', 'p', v.block), `${kubelet}/staging/fz`, `${kubelet}/pods/fz/mount`);
     const path = fc.oneof(
       { arbitrary: validPaths, weight: 4 },
       fc.constantFrom(
@@ -160,8 +161,8 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
         `${kubelet}/`,
         `${kubelet}/staging/fz`,
         `${kubelet}/pods/fz/mount`,
-        join(kubelet, 'staging', v.mount!),
-        join(kubelet, 'pods', 'p', v.mount!),
+        join(kubelet, 'staging', v.mount),
+        join(kubelet, 'pods', 'p', v.mount),
         `${kubelet}/../fz`,
         `${kubelet}/./fz`,
         `${kubelet}//fz`,
@@ -205,7 +206,7 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
       fc.dictionary(hostile, hostile, { maxKeys: 3 }),
     );
     const volumeContext = stringMap(fc.oneof(fc.constantFrom('fsType', 'mkfsOptions', 'backend', 'csi.storage.k8s.io/pod.name'), hostile));
-    const token = fc.option(fc.oneof(fc.constantFrom(v.mount!, '0', '-1', 'default-', 'zzzz', big('t')), hostile), { nil: undefined });
+    const token = fc.option(fc.oneof(fc.constantFrom(v.mount, '0', '-1', 'default-', 'zzzz', big('t')), hostile), { nil: undefined });
     const maxEntries = fc.option(fc.oneof(fc.constantFrom(0, 1, -1, 2 ** 31 - 1, -(2 ** 31))), { nil: undefined });
     const topology = fc.record({ segments: fc.dictionary(fc.oneof(fc.constant('topology.sinter.csi.io/node'), hostile), fc.oneof(fc.constant('test-node'), hostile), { maxKeys: 2 }) });
     const contentSource = fc.option(
@@ -230,9 +231,9 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
             return req;
           })
         : random;
-      return fc.oneof(random, mutated).map((req): Call => ({ svc, rpc, req: req as Record<string, unknown> }));
+      return fc.oneof(random, mutated).map((req): Call => ({ svc, rpc, req: req }));
     };
-    const staged = { staging: join(kubelet, 'staging', v.mount!), target: join(kubelet, 'pods', 'p', v.mount!) };
+    const staged = { staging: join(kubelet, 'staging', v.mount), target: join(kubelet, 'pods', 'p', v.mount) };
     const mountCtx = { transport: 'local', path: `${data}/volumes/${v.mount}.img` };
     const unknownVol = 'default-00000000-0000-4000-8000-000000000000';
     const topologyReq = fc.record({ requisite: fc.array(topology, { maxLength: 2 }), preferred: fc.array(topology, { maxLength: 2 }) }, opt);
@@ -257,10 +258,10 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
       call('controller', 'ControllerModifyVolume', { volume_id: volumeId, secrets, mutable_parameters: parameters }),
       call('node', 'NodeStageVolume', { volume_id: volumeId, publish_context: publishContext, staging_target_path: path, volume_capability: capability, secrets, volume_context: volumeContext },
         { volume_id: v.mount, publish_context: mountCtx, staging_target_path: staged.staging, volume_capability: mountCap(), volume_context: {} }),
-      call('node', 'NodeUnstageVolume', { volume_id: volumeId, staging_target_path: path }, { volume_id: v.block, staging_target_path: join(kubelet, 'staging', v.block!) }),
+      call('node', 'NodeUnstageVolume', { volume_id: volumeId, staging_target_path: path }, { volume_id: v.block, staging_target_path: join(kubelet, 'staging', v.block) }),
       call('node', 'NodePublishVolume', { volume_id: volumeId, publish_context: publishContext, staging_target_path: path, target_path: path, volume_capability: capability, readonly: fc.boolean(), secrets, volume_context: volumeContext },
         { volume_id: v.mount, publish_context: mountCtx, staging_target_path: staged.staging, target_path: staged.target, volume_capability: mountCap() }),
-      call('node', 'NodeUnpublishVolume', { volume_id: volumeId, target_path: path }, { volume_id: v.block, target_path: join(kubelet, 'pods', 'p', v.block!) }),
+      call('node', 'NodeUnpublishVolume', { volume_id: volumeId, target_path: path }, { volume_id: v.block, target_path: join(kubelet, 'pods', 'p', v.block) }),
       call('node', 'NodeGetVolumeStats', { volume_id: volumeId, volume_path: path, staging_target_path: path }, { volume_id: v.mount, volume_path: staged.target }),
       call('node', 'NodeExpandVolume', { volume_id: volumeId, volume_path: path, capacity_range: capacityRange, staging_target_path: path, volume_capability: capability, secrets }, { volume_id: v.mount, volume_path: staged.target }),
       call('node', 'NodeGetCapabilities', {}),
@@ -276,7 +277,7 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
       fc.asyncProperty(fc.array(anyCall, { minLength: BATCH, maxLength: BATCH }), async (calls) => {
         const answers = await Promise.all(
           calls.map((c) =>
-            s.client[c.svc][c.rpc]!(c.req, { deadlineMs: 60_000 }).then(
+            rpcByName(s.client[c.svc], c.rpc)(c.req, { deadlineMs: 60_000 }).then(
               () => 0,
               (e: { code?: number; details?: string }) => {
                 if (BAD.has(e.code ?? -1)) throw Object.assign(new Error(`${c.svc}.${c.rpc} → ${BAD.get(e.code!)}: ${e.details}`), { call: c });
@@ -289,7 +290,7 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
         });
         sent += calls.length;
         for (const [i, code] of answers.entries()) {
-          const k = `${calls[i]!.rpc}:${code}`;
+          const k = `${calls[i].rpc}:${code}`;
           counts.set(k, (counts.get(k) ?? 0) + 1);
         }
       }),
@@ -329,7 +330,7 @@ describe(`fuzzing every RPC's request fields (SINTER_SEED=${seedFromEnv()})`, ()
     const byRpc = new Map<string, string[]>();
     for (const [k, n] of [...counts.entries()].sort()) {
       const [rpc, code] = k.split(':');
-      byRpc.set(rpc!, [...(byRpc.get(rpc!) ?? []), `${code}×${n}`]);
+      byRpc.set(rpc, [...(byRpc.get(rpc) ?? []), `${code}×${n}`]);
     }
     console.log(`fuzz: seed ${seed}: ${sent} requests; answers (gRPC code × count): ${[...byRpc.entries()].map(([r, c]) => `${r} ${c.join(' ')}`).join('; ')}`);
     expect(sent).toBeGreaterThanOrEqual(REQUESTS);

@@ -68,7 +68,7 @@ function listenersOn(path: string): number {
     .filter((l) => l.trim().endsWith(` ${path}`) && (parseInt(l.trim().split(/\s+/)[3] ?? '0', 16) & 0x10000) !== 0).length;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const MiBs = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
 
 describe('resource leaks', () => {
@@ -84,7 +84,7 @@ describe('resource leaks', () => {
     process.kill(s.proc.pid!, 'SIGUSR2');
     // Complete lines only: the last piece after the split may be a line still arriving.
     const line = await waitFor('the gc probe', () => s.logs().slice(before).split('\n').slice(0, -1).find((l) => l.includes('"gcProbe"')), 5000);
-    return JSON.parse(line).gcProbe;
+    return (JSON.parse(line) as { gcProbe: { rss: number; heapUsed: number } }).gcProbe;
   };
   const probes = async (n: number) => {
     const out = [];
@@ -97,7 +97,7 @@ describe('resource leaks', () => {
     const nodeId = (await s.client.node.NodeGetInfo({})).node_id;
     const vols = [];
     for (const [access, cap] of [['mount', mountCap()], ['block', blockCap()]] as const) {
-      const id = (await s.client.controller.CreateVolume({ name: `leak-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
+      const id = (await s.client.controller.CreateVolume({ name: `leak-${access}`, capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [cap] })).volume!.volume_id as string;
       const ctx = (await s.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap })).publish_context;
       vols.push({ id, cap, ctx, staging: join(s.kubeletRoot, 'staging', id) });
     }
@@ -116,7 +116,7 @@ describe('resource leaks', () => {
     const endRss: number[] = [];
     const started = performance.now();
     for (let i = 0; i < CYCLES; i++) {
-      const v = vols[i % 2]!;
+      const v = vols[i % 2];
       await s.client.node.NodeStageVolume({ volume_id: v.id, staging_target_path: v.staging, volume_capability: v.cap, publish_context: v.ctx });
       await s.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging });
       if (i + 1 === WARMUP) {

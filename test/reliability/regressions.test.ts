@@ -19,9 +19,9 @@ describe('regressions found by the reliability tests', () => {
     // Two volumes on one image (a CO handing one volume another's publish_context): A mounted, B staged for block.
     const file = await env.image('shared.img', 32 * MiB);
     const a = env.stageReq('vol-a', file, mountCap('ext4'));
-    await env.h.NodeStageVolume!(a);
-    await env.h.NodeStageVolume!(env.stageReq('vol-b', file, blockCap()));
-    const err = await csiError(env.h.NodeGetVolumeStats!({ volume_id: 'vol-b', volume_path: a.staging_target_path }));
+    await env.h.NodeStageVolume(a);
+    await env.h.NodeStageVolume(env.stageReq('vol-b', file, blockCap()));
+    const err = await csiError(env.h.NodeGetVolumeStats({ volume_id: 'vol-b', volume_path: a.staging_target_path }));
     expect(err.code).toBe(Code.NOT_FOUND);
     expect(err.message).toContain('not a block device');
   });
@@ -32,18 +32,18 @@ describe('regressions found by the reliability tests (stage)', () => {
     const a = await env.image('a.img', 32 * MiB);
     const b = await env.image('b.img', 32 * MiB);
     const stage = env.stageReq('vol-x', a, mountCap('ext4'));
-    await env.h.NodeStageVolume!(stage);
+    await env.h.NodeStageVolume(stage);
     const target = env.target('vol-x');
-    await env.h.NodePublishVolume!({ volume_id: 'vol-x', staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
+    await env.h.NodePublishVolume({ volume_id: 'vol-x', staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
     const before = await env.svc.orphans();
-    const err = await csiError(env.h.NodeStageVolume!({ ...stage, publish_context: { transport: 'local', path: b } }));
+    const err = await csiError(env.h.NodeStageVolume({ ...stage, publish_context: { transport: 'local', path: b } }));
     expect(err.code).toBe(Code.ALREADY_EXISTS);
     // Nothing changed: still staged from a.img, the publish works, b.img was never attached, nothing is unexplained.
     expect(await env.svc.orphans()).toEqual(before);
     expect(before).toEqual([]);
     expect((await env.loopsUnder()).map((l) => l.back)).toEqual([a]);
-    await env.h.NodeUnpublishVolume!({ volume_id: 'vol-x', target_path: target });
-    await env.h.NodeUnstageVolume!({ volume_id: 'vol-x', staging_target_path: stage.staging_target_path });
+    await env.h.NodeUnpublishVolume({ volume_id: 'vol-x', target_path: target });
+    await env.h.NodeUnstageVolume({ volume_id: 'vol-x', staging_target_path: stage.staging_target_path });
     expect(await env.mountsUnder()).toEqual([]);
   });
 });
@@ -56,7 +56,7 @@ describe('regressions found by the reliability tests (one device, two volumes)',
       const file = await env.image(`shared-${round}.img`, 32 * MiB);
       const a = env.stageReq(`vol-a${round}`, file, mountCap('ext4'));
       const b = env.stageReq(`vol-b${round}`, file, mountCap('ext4'));
-      const res = await Promise.allSettled([env.h.NodeStageVolume!(a), env.h.NodeStageVolume!(b)]);
+      const res = await Promise.allSettled([env.h.NodeStageVolume(a), env.h.NodeStageVolume(b)]);
       expect(res.map((r) => (r.status === 'fulfilled' ? 'OK' : `${(r.reason as DomainError).code}: ${(r.reason as Error).message}`))).toEqual(['OK', 'OK']);
       // One filesystem, mounted at both staging paths.
       const mounts = (await env.mountsUnder()).filter((m) => m.mountPoint === a.staging_target_path || m.mountPoint === b.staging_target_path);

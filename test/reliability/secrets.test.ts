@@ -2,6 +2,10 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { rpcByName } from '../../src/csi/client.js';
+import type { ControllerPublishVolumeResponse__Output } from '../../src/csi/generated/csi/v1/ControllerPublishVolumeResponse.js';
+import type { CreateSnapshotResponse__Output } from '../../src/csi/generated/csi/v1/CreateSnapshotResponse.js';
+import type { CreateVolumeResponse__Output } from '../../src/csi/generated/csi/v1/CreateVolumeResponse.js';
 
 /**
  * Secrets (safety rule 4): CHAP credentials and tokens travel in the CSI
@@ -49,7 +53,7 @@ describe('secrets never reach a log line, an error message, a reply or a record'
   /** Calls an RPC and keeps everything it said: the reply, or the error's message. */
   const tell = async (svc: 'controller' | 'node', rpc: string, req: Record<string, unknown>) => {
     try {
-      const res = await s.client[svc][rpc]!(req);
+      const res = await rpcByName(s.client[svc], rpc)(req);
       said.push(`${rpc} reply: ${JSON.stringify(res)}`);
       results.push({ rpc, ok: true });
       return res;
@@ -79,15 +83,15 @@ describe('secrets never reach a log line, an error message, a reply or a record'
     // Controller side, succeeding.
     const created = await tell('controller', 'CreateVolume', { name: 'sec-vol', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()], parameters: k8sSecretParams, secrets: chap('create') });
     const block = await tell('controller', 'CreateVolume', { name: 'sec-block', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()], secrets: chap('create-block') });
-    const id = created.volume.volume_id as string;
-    const blockId = block.volume.volume_id as string;
+    const id = (created as CreateVolumeResponse__Output).volume!.volume_id!;
+    const blockId = (block as CreateVolumeResponse__Output).volume!.volume_id!;
     await tell('controller', 'ValidateVolumeCapabilities', { volume_id: id, volume_capabilities: [mountCap()], volume_context: carelessContext, parameters: k8sSecretParams, secrets: chap('validate') });
     const pub = await tell('controller', 'ControllerPublishVolume', { volume_id: id, node_id: nodeId, volume_capability: mountCap(), volume_context: carelessContext, secrets: chap('publish') });
     await tell('controller', 'ControllerPublishVolume', { volume_id: blockId, node_id: nodeId, volume_capability: blockCap(), secrets: chap('publish-block') });
-    const ctx = pub.publish_context as Record<string, string>;
-    const snap = await tell('controller', 'CreateSnapshot', { name: 'sec-snap', source_volume_id: id, secrets: chap('snapshot') });
+    const ctx = (pub as ControllerPublishVolumeResponse__Output).publish_context;
+    const snap = (await tell('controller', 'CreateSnapshot', { name: 'sec-snap', source_volume_id: id, secrets: chap('snapshot') })) as CreateSnapshotResponse__Output;
     await tell('controller', 'ListSnapshots', { secrets: chap('list-snapshots') });
-    await tell('controller', 'GetSnapshot', { snapshot_id: snap.snapshot.snapshot_id, secrets: chap('get-snapshot') });
+    await tell('controller', 'GetSnapshot', { snapshot_id: snap.snapshot!.snapshot_id, secrets: chap('get-snapshot') });
     await tell('controller', 'ControllerExpandVolume', { volume_id: id, capacity_range: { required_bytes: 48 * MiB }, volume_capability: mountCap(), secrets: chap('expand') });
 
     // Node side, succeeding: stage (format, mount), publish, stats, expand, and back.
@@ -120,24 +124,24 @@ describe('secrets never reach a log line, an error message, a reply or a record'
     // An encrypted volume: the passphrase (node-stage secret encryptionPassphrase) goes to cryptsetup's
     // stdin and nowhere else. Where this machine lacks device-mapper the stage fails (FAILED_PRECONDITION
     // naming dm_crypt); in the guest it formats, opens, and a wrong passphrase is refused by cryptsetup.
-    const enc = await tell('controller', 'CreateVolume', { name: 'sec-enc', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()], parameters: { encrypted: 'true' }, secrets: chap('create-enc') });
-    const encId = enc.volume.volume_id as string;
-    expect(enc.volume.volume_context).toMatchObject({ encrypted: 'true' });
-    const encPub = await tell('controller', 'ControllerPublishVolume', { volume_id: encId, node_id: nodeId, volume_capability: mountCap(), secrets: chap('publish-enc') });
+    const enc = (await tell('controller', 'CreateVolume', { name: 'sec-enc', capacity_range: { required_bytes: 32 * MiB }, volume_capabilities: [mountCap()], parameters: { encrypted: 'true' }, secrets: chap('create-enc') })) as CreateVolumeResponse__Output;
+    const encId = enc.volume!.volume_id!;
+    expect(enc.volume!.volume_context).toMatchObject({ encrypted: 'true' });
+    const encPub = (await tell('controller', 'ControllerPublishVolume', { volume_id: encId, node_id: nodeId, volume_capability: mountCap(), secrets: chap('publish-enc') })) as ControllerPublishVolumeResponse__Output;
     const encStaging = join(s.kubeletRoot, 'staging', encId);
     const encStage = (secrets: Record<string, string>) =>
-      tell('node', 'NodeStageVolume', { volume_id: encId, staging_target_path: encStaging, volume_capability: mountCap(), publish_context: encPub.publish_context, volume_context: enc.volume.volume_context, secrets });
+      tell('node', 'NodeStageVolume', { volume_id: encId, staging_target_path: encStaging, volume_capability: mountCap(), publish_context: encPub.publish_context, volume_context: enc.volume!.volume_context, secrets });
     await encStage(chap('stage-enc-none'));
     expect(said.at(-1)).toMatch(/error: .*node-stage secret has no key encryptionPassphrase/);
     await encStage({ ...chap('stage-enc'), encryptionPassphrase: secret('luks-passphrase') });
     await tell('node', 'NodeUnstageVolume', { volume_id: encId, staging_target_path: encStaging });
-    await tell('node', 'NodeStageVolume', { volume_id: encId, staging_target_path: encStaging, volume_capability: mountCap(), publish_context: encPub.publish_context, volume_context: enc.volume.volume_context, secrets: { ...chap('stage-enc-wrong'), encryptionPassphrase: secret('luks-wrong') } });
+    await tell('node', 'NodeStageVolume', { volume_id: encId, staging_target_path: encStaging, volume_capability: mountCap(), publish_context: encPub.publish_context, volume_context: enc.volume!.volume_context, secrets: { ...chap('stage-enc-wrong'), encryptionPassphrase: secret('luks-wrong') } });
     await tell('node', 'NodeUnstageVolume', { volume_id: encId, staging_target_path: encStaging });
     await tell('controller', 'ControllerUnpublishVolume', { volume_id: encId, node_id: nodeId, secrets: chap('unpublish-enc') });
     await tell('controller', 'DeleteVolume', { volume_id: encId, secrets: chap('delete-enc') });
 
     // Tidy up, still with secrets.
-    await tell('controller', 'DeleteSnapshot', { snapshot_id: snap.snapshot.snapshot_id, secrets: chap('delete-snapshot') });
+    await tell('controller', 'DeleteSnapshot', { snapshot_id: snap.snapshot!.snapshot_id, secrets: chap('delete-snapshot') });
     await tell('controller', 'ControllerUnpublishVolume', { volume_id: blockId, node_id: nodeId, secrets: chap('unpublish-block') });
     await tell('controller', 'DeleteVolume', { volume_id: id, secrets: chap('delete') });
 

@@ -91,6 +91,6 @@ describe('configuration schema', () => {
     expectTypeOf<Config['node']['fc']>().toEqualTypeOf<{ scanTimeoutSeconds: number; removeTimeoutSeconds: number }>();
     const c = load(full);
     expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
-    expect(c.backends[0]!.iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
+    expect(c.backends[0].iscsi).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
   });
 });

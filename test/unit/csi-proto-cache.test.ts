@@ -17,7 +17,7 @@ describe('proto/csi.json (start-up cache of proto/csi.proto)', () => {
 
   it('gives the same package definition as loading proto/csi.proto', () => {
     const fromProto = protoLoader.loadSync(CSI_PROTO_PATH, LOADER_OPTIONS);
-    const fromCache = protoLoader.fromJSON(JSON.parse(readFileSync(CSI_JSON_PATH, 'utf8')), LOADER_OPTIONS);
+    const fromCache = protoLoader.fromJSON(JSON.parse(readFileSync(CSI_JSON_PATH, 'utf8')) as Parameters<typeof protoLoader.fromJSON>[0], LOADER_OPTIONS);
     expect(Object.keys(fromCache).sort()).toEqual(Object.keys(fromProto).sort());
     expect(shape(fromCache)).toEqual(shape(fromProto));
   });
@@ -34,12 +34,12 @@ describe('proto/csi.json (start-up cache of proto/csi.proto)', () => {
       volume_content_source: { snapshot: { snapshot_id: 'default-snap' } },
       accessibility_requirements: { requisite: [{ segments: { 'topology.sinter.csi.io/node': 'n1' } }] },
     };
-    const cached = csi.Controller.service.CreateVolume!;
-    const parsed = (fromProto['csi.v1.Controller'] as protoLoader.ServiceDefinition).CreateVolume!;
+    const cached = csi.Controller.service.CreateVolume;
+    const parsed = (fromProto['csi.v1.Controller'] as protoLoader.ServiceDefinition).CreateVolume;
     const bytes = cached.requestSerialize(req);
     expect(bytes.equals(parsed.requestSerialize(req))).toBe(true);
     expect(cached.requestDeserialize(bytes)).toEqual(parsed.requestDeserialize(bytes));
     const probe = { ready: { value: false } };
-    expect(csi.Identity.service.Probe!.responseSerialize(probe).equals((fromProto['csi.v1.Identity'] as protoLoader.ServiceDefinition).Probe!.responseSerialize(probe))).toBe(true);
+    expect(csi.Identity.service.Probe.responseSerialize(probe).equals((fromProto['csi.v1.Identity'] as protoLoader.ServiceDefinition).Probe.responseSerialize(probe))).toBe(true);
   });
 });

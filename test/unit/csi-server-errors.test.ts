@@ -8,6 +8,7 @@ import { csiClient, type CsiClient } from '../../src/csi/client.js';
 import { KeyedLock } from '../../src/csi/locks.js';
 import { CsiServer } from '../../src/csi/server.js';
 import { DomainError, notFound } from '../../src/errors/domain-error.js';
+import { stringContaining } from '../helpers/matchers.js';
 
 /** The one place domain errors become gRPC statuses, seen from a real gRPC client. */
 describe('domain errors over gRPC', () => {
@@ -54,22 +55,22 @@ describe('domain errors over gRPC', () => {
   });
 
   it('a domain error keeps its code and message', async () => {
-    await expect(client.identity.Probe!({})).rejects.toMatchObject({ code: 5, details: 'volume_id: volume "v1" does not exist' });
+    await expect(client.identity.Probe({})).rejects.toMatchObject({ code: 5, details: 'volume_id: volume "v1" does not exist' });
   });
 
   it('an unexpected error is INTERNAL with a short ref and no host path; the log has the whole error under that ref', async () => {
-    const err = (await client.identity.GetPluginInfo!({}).catch((e: unknown) => e)) as { code: number; details: string };
+    const err = (await client.identity.GetPluginInfo({}).catch((e: unknown) => e)) as { code: number; details: string };
     expect(err.code).toBe(13);
     expect(err.details).not.toMatch(/\/var\/lib|ENOENT/);
     const ref = /\(ref ([0-9a-f]{8})\)/.exec(err.details)?.[1];
     expect(ref).toBeDefined();
     const line = lines.find((l) => l.ref === ref);
-    expect(line).toMatchObject({ rpc: 'Identity.GetPluginInfo', code: 'INTERNAL', err: expect.stringContaining('/var/lib/sinter/secret-dir') });
+    expect(line).toMatchObject({ rpc: 'Identity.GetPluginInfo', code: 'INTERNAL', err: stringContaining('/var/lib/sinter/secret-dir') });
   });
 
   it("a call whose deadline passes while it waits for a lock is DEADLINE_EXCEEDED and does no work", async () => {
     const holder = lock.run('busy', () => new Promise<void>((r) => (release = r)));
-    await expect(client.identity.GetPluginCapabilities!({}, { deadlineMs: 200 })).rejects.toMatchObject({ code: 4 });
+    await expect(client.identity.GetPluginCapabilities({}, { deadlineMs: 200 })).rejects.toMatchObject({ code: 4 });
     // The server gives up on its own when the deadline passes (grpc-js cancels the call): wait for its log line, then let the lock go.
     for (let i = 0; i < 200 && !lines.some((l) => l.rpc === 'Identity.GetPluginCapabilities' && l.code === 'DEADLINE_EXCEEDED'); i++)
       await new Promise((r) => setTimeout(r, 25));
@@ -78,7 +79,7 @@ describe('domain errors over gRPC', () => {
     await holder;
     await new Promise((r) => setTimeout(r, 20));
     expect(ran).toBe(0);
-    expect(await client.identity.GetPluginCapabilities!({})).toMatchObject({ capabilities: [] });
+    expect(await client.identity.GetPluginCapabilities({})).toMatchObject({ capabilities: [] });
     expect(ran).toBe(1);
   });
 

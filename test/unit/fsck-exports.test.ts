@@ -38,6 +38,6 @@ describe('fsck: exports against publishes (fencing)', () => {
   });
 
   it('is silent when exports and publishes agree', () => {
-    expect(checkExports('ssd', [exports[0]!], [vol(A, [n1]), vol(B, [])])).toEqual([]);
+    expect(checkExports('ssd', [exports[0]], [vol(A, [n1]), vol(B, [])])).toEqual([]);
   });
 });

@@ -8,6 +8,7 @@ import { IscsiConnector } from '../../src/node/connectors/iscsi-connector.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
+import { stringContaining, stringMatching } from '../helpers/matchers.js';
 
 const T1 = 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const P1 = '127.0.0.1:3260';
@@ -21,7 +22,7 @@ describe('iscsiadm output parsing (iscsiadm 2.1.8 outputs recorded on Linux 6.1 
     const [s] = parseSessionTree(fixture('session-p3-one').stdout);
     expect(s).toMatchObject({ target: T1, currentPortal: P1, persistentPortal: P1, tpgt: 1, iface: 'default', initiatorName: NODE, sid: 1, connectionState: 'LOGGED IN', sessionState: 'LOGGED_IN', hostNumber: 0 });
     // sinter scans one LUN ("0 0 1"), so tgt's controller LUN 0 is never scanned and not listed.
-    expect(s!.devices).toEqual([{ channel: 0, id: 0, lun: 1, disk: 'sda', state: 'running' }]);
+    expect(s.devices).toEqual([{ channel: 0, id: 0, lun: 1, disk: 'sda', state: 'running' }]);
   });
 
   it('inherits the target for the second portal of a multipath listing (open-iscsi prints Target once)', () => {
@@ -38,8 +39,8 @@ describe('iscsiadm output parsing (iscsiadm 2.1.8 outputs recorded on Linux 6.1 
       [1, 0, ['sda', 'sdb']],
       [3, 1, ['-', 'sdc']],
     ]);
-    expect(parseSessionTree(fixture('session-p3-two-luns').stdout)[0]!.devices.map((d) => d.disk ?? '-')).toEqual(['sda', 'sdb']);
-    expect(parseSessionTree(fixture('session-p3-unscanned').stdout)[0]!.devices).toEqual([]);
+    expect(parseSessionTree(fixture('session-p3-two-luns').stdout)[0].devices.map((d) => d.disk ?? '-')).toEqual(['sda', 'sdb']);
+    expect(parseSessionTree(fixture('session-p3-unscanned').stdout)[0].devices).toEqual([]);
     const none = fixture('session-none');
     expect(none.exitCode).toBe(21);
     expect(parseSessionTree(none.stdout)).toEqual([]);
@@ -146,7 +147,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     // The secret reached iscsiadm, and only ever with Executor's masking asked for.
     const withSecret = exec.calls.filter((c) => c.args.includes(CHAP.password));
     expect(withSecret).toHaveLength(1);
-    expect(withSecret[0]!.opts?.secrets).toContain(CHAP.password);
+    expect(withSecret[0].opts?.secrets).toContain(CHAP.password);
     expect(exec.calls.find((c) => c.args.includes('--login'))!.opts?.secrets).toContain(CHAP.password);
     // Channel and target were unknown before the scan: "- - LUN", like os-brick.
     expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host0/scan', data: '- - 1' }]);
@@ -190,13 +191,13 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e24 = await make(host({ login: 'login-auth-failed' }))
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: CHAP })
       .catch((e: unknown) => e);
-    expect(e24).toMatchObject({ code: Code.PERMISSION_DENIED, message: expect.stringMatching(/CHAP authentication failed/) });
+    expect(e24).toMatchObject({ code: Code.PERMISSION_DENIED, message: stringMatching(/CHAP authentication failed/) });
     expect(String((e24 as Error).message)).not.toContain(CHAP.password);
 
     const e19 = await make(host({ login: 'login-fatal' }))
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e19).toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringMatching(/refused/) });
+    expect(e19).toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringMatching(/refused/) });
 
     // Seen in the VM (test/vm/iscsi-kernel.vm.test.ts): tgt never answers a login from an initiator
     // outside the ACL (a fenced node), and iscsiadm 2.1.8 gives up with 11, not 19. Retryable, not INTERNAL.
@@ -212,7 +213,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e11 = await make(pdu)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e11).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/exit 11/) });
+    expect(e11).toMatchObject({ code: Code.UNAVAILABLE, message: stringMatching(/exit 11/) });
 
     const db = new FakeExecutor((_c, args) => {
       const a = args.join(' ');
@@ -223,7 +224,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const e6 = await make(db)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(e6).toMatchObject({ code: Code.INTERNAL, message: expect.stringMatching(/node database error.*Error while adding record/) });
+    expect(e6).toMatchObject({ code: Code.INTERNAL, message: stringMatching(/node database error.*Error while adding record/) });
   });
 
   it('waits for the device with doubling backoff, rescans every few looks, and gives up at the timeout', async () => {
@@ -231,7 +232,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const err = await make(exec)
       .connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })
       .catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: expect.stringMatching(/did not appear.*3000 ms/) });
+    expect(err).toMatchObject({ code: Code.UNAVAILABLE, message: stringMatching(/did not appear.*3000 ms/) });
     expect(sleeps.slice(0, 5)).toEqual([100, 200, 400, 800, 800]);
     expect(sleeps.reduce((a, b) => a + b, 0)).toBe(3000);
     // First scan plus one every third look.
@@ -397,7 +398,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
 
     it('a rescan with no device of the LUN on this node is FAILED_PRECONDITION, writing nothing', async () => {
       const exec = host({ sessionsBefore: 'session-none' });
-      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('stage it again') });
+      await expect(make(exec).rescan({ portals: [P1], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('stage it again') });
       expect(sysfs.writes).toEqual([]);
     });
 
@@ -414,7 +415,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       writeFileSync(join(sysfs.sys, 'block', 'dm-0', 'dev'), '253:0\n');
       writeFileSync(sysfs.mountInfo, '36 25 253:0 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:1 - ext4 /dev/dm-0 rw\n');
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
-      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('unmount it first') });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('unmount it first') });
       expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
       expect(sysfs.writes).toEqual([]);
     });
@@ -427,7 +428,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       sysfs.addDisk(0, 1, 2, 'sdc');
       sysfs.addMultipath('dm-0', 'mpatha', ['sda', 'sdb', 'sdc']);
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
-      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('also holds sdc') });
+      await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('also holds sdc') });
       expect(sysfs.writes).toEqual([]);
       expect(exec.lines.filter((l) => !l.startsWith('iscsiadm -m session'))).toEqual([]);
     });
@@ -440,7 +441,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
         code: Code.FAILED_PRECONDITION,
-        message: expect.stringContaining('held by dm-1, which is not a multipath map'),
+        message: stringContaining('held by dm-1, which is not a multipath map'),
       });
     });
 
@@ -452,7 +453,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
         code: Code.FAILED_PRECONDITION,
-        message: expect.stringContaining('different WWIDs'),
+        message: stringContaining('different WWIDs'),
       });
     });
   });
@@ -482,7 +483,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
 
     it('one of two multipath sessions down past its replacement_timeout (the kernel shows it FREE, its disk transport-offline): abnormal, running degraded', async () => {
       const [ok, failed] = parseSessionTree(fixture('session-p3-multipath-one-failed').stdout);
-      expect([ok!.sessionState, ok!.devices[0]!.state, failed!.sessionState, failed!.connectionState, failed!.devices[0]!.state]).toEqual(['LOGGED_IN', 'running', 'FREE', 'TRANSPORT WAIT', 'transport-offline']);
+      expect([ok.sessionState, ok.devices[0].state, failed.sessionState, failed.connectionState, failed.devices[0].state]).toEqual(['LOGGED_IN', 'running', 'FREE', 'TRANSPORT WAIT', 'transport-offline']);
       sysfs.addDisk(0, 8, 1, 'sda');
       sysfs.addDisk(1, 9, 1, 'sdb');
       sysfs.addMultipath('dm-0', '360000000000000000e00000000010001', ['sda', 'sdb']);

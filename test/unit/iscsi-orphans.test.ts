@@ -10,6 +10,7 @@ import type { Orphan, OrphanSessions } from '../../src/node/orphans.js';
 import { NodeService } from '../../src/node/service.js';
 import { FakeExecutor, FakeSysfs, fixture } from '../helpers/fake-iscsi-host.js';
 import { keyOf } from '../helpers/config-key.js';
+import { objectContaining, stringContaining, stringMatching } from '../helpers/matchers.js';
 
 const T1 = 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
 const P1 = '127.0.0.1:3260';
@@ -187,7 +188,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
     const exec = host('session-p3-one');
     const svc = service(exec, 'clean');
     expect(devices(await svc.orphans())).toEqual([`${sysfs.dev}/sda restart`]);
-    expect((await svc.orphans())[0]!.detail).toMatch(/a start tears it down \(node\.orphanSessions: clean\)/);
+    expect((await svc.orphans())[0].detail).toMatch(/a start tears it down \(node\.orphanSessions: clean\)/);
     exec.calls.length = 0;
 
     await svc.start();
@@ -203,7 +204,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
       'iscsiadm -m session -P 3',
     ]);
     expect(sysfs.writes).toEqual([{ path: 'block/sda/device/delete', data: '1' }]);
-    expect(teardownWarnings()).toEqual([expect.objectContaining({ level: 40, device: `${sysfs.dev}/sda`, source: `${T1} lun 1`, transport: 'iscsi' })]);
+    expect(teardownWarnings()).toEqual([objectContaining({ level: 40, device: `${sysfs.dev}/sda`, source: `${T1} lun 1`, transport: 'iscsi' })]);
     expect(await svc.orphans()).toEqual([]);
   });
 
@@ -280,7 +281,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
     expect(sysfs.writes).toEqual([]);
     expect(teardownWarnings()).toEqual([]);
     const [o] = await svc.orphans();
-    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sda`, remedy: 'operator', detail: expect.stringContaining(`its target ${T1} is not one of sinter's (node.orphanTargetPrefixes: iqn.2026-11.io.sinter:)`) });
+    expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sda`, remedy: 'operator', detail: stringContaining(`its target ${T1} is not one of sinter's (node.orphanTargetPrefixes: iqn.2026-11.io.sinter:)`) });
   });
 
   it('with report (the default), an unused orphan LUN is left and reported with the setting that would clean it', async () => {
@@ -293,7 +294,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
     expect(sysfs.writes).toEqual([]);
     const [o] = await svc.orphans();
     expect(o).toMatchObject({ kind: 'untracked-device', device: `${sysfs.dev}/sda`, source: `${T1} lun 1`, transport: 'iscsi', remedy: 'operator' });
-    expect(o!.detail).toMatch(/node\.orphanSessions: report.*set node\.orphanSessions: clean/);
+    expect(o.detail).toMatch(/node\.orphanSessions: report.*set node\.orphanSessions: clean/);
   });
 
   it('with clean, nothing is torn down while a stage record cannot be read (it may be the one that explains the LUN)', async () => {
@@ -306,6 +307,6 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
     await svc.start();
     expect(sysfs.writes).toEqual([]);
     const o = (await svc.orphans()).find((x) => x.kind === 'untracked-device');
-    expect(o).toMatchObject({ remedy: 'operator', detail: expect.stringMatching(/cannot be read/) });
+    expect(o).toMatchObject({ remedy: 'operator', detail: stringMatching(/cannot be read/) });
   });
 });

@@ -125,8 +125,8 @@ describe('opening an encrypted volume', () => {
     const out = await openEncrypted({ exec, log }, req(devA));
     expect(out).toEqual({ path: '/dev/mapper/sinter-file-v1', opened: true });
     expect(exec.calls.map((c) => c.args[0] === '-p' ? 'blkid' : c.args[0])).toEqual(['status', 'blkid', 'luksFormat', 'open']);
-    const format = exec.calls[2]!;
-    const open = exec.calls[3]!;
+    const format = exec.calls[2];
+    const open = exec.calls[3];
     expect(format.args).toEqual(['luksFormat', '--batch-mode', '--type', 'luks2', '--key-file=-', devA]);
     expect(open.args).toEqual(['open', '--type', 'luks', '--disable-keyring', '--key-file=-', devA, 'sinter-file-v1']);
     for (const c of [format, open]) {
@@ -139,7 +139,7 @@ describe('opening an encrypted volume', () => {
   it('the key-derivation cost, when configured, goes to luksFormat (cryptsetup\'s defaults otherwise)', async () => {
     const exec = host(exit(2));
     await openEncrypted({ exec, log, luksPbkdf: { iterTimeMs: 50, memoryKiB: 32768 } }, req(devA));
-    expect(exec.calls[2]!.args).toEqual(['luksFormat', '--batch-mode', '--type', 'luks2', '--iter-time', '50', '--pbkdf-memory', '32768', '--key-file=-', devA]);
+    expect(exec.calls[2].args).toEqual(['luksFormat', '--batch-mode', '--type', 'luks2', '--iter-time', '50', '--pbkdf-memory', '32768', '--key-file=-', devA]);
   });
 
   it('a device with a LUKS header is opened, never formatted', async () => {
@@ -221,7 +221,7 @@ describe('closing and growing', () => {
     const exec = host(exit(2), (l) => (l.startsWith('cryptsetup resize') ? ok() : undefined));
     await resizeEncrypted({ exec, log }, 'sinter-file-v1');
     expect(exec.calls).toHaveLength(1);
-    expect(exec.calls[0]!.line).toBe('cryptsetup resize sinter-file-v1');
-    expect(exec.calls[0]!.opts.input).toBeUndefined();
+    expect(exec.calls[0].line).toBe('cryptsetup resize sinter-file-v1');
+    expect(exec.calls[0].opts.input).toBeUndefined();
   });
 });

@@ -4,6 +4,7 @@ import { parseCapability, resolveFsType, checkMountFlags } from '../../src/csi/c
 import { decideFormat, parseBlkidExport, parseMkfsOptions } from '../../src/node/format.js';
 import { MountSnapshot, parseMountInfo } from '../../src/node/mount.js';
 import { checkVolumeId } from '../../src/node/volume-id.js';
+import { objectContaining, stringContaining } from '../helpers/matchers.js';
 
 describe('mountinfo', () => {
   const text = [
@@ -18,7 +19,7 @@ describe('mountinfo', () => {
     const m = parseMountInfo(text);
     expect(m).toHaveLength(5);
     expect(m[1]).toMatchObject({ majMin: '7:0', root: '/', mountPoint: '/var/lib/kubelet/staging/a b', fsType: 'ext4', source: '/dev/loop0' });
-    expect(m[2]!.options).toContain('ro');
+    expect(m[2].options).toContain('ro');
     expect(m[3]).toMatchObject({ root: '/loop1', fsType: 'devtmpfs' });
   });
 
@@ -99,7 +100,7 @@ describe('volume capability', () => {
       [{ mount: {}, access_mode: { mode: 'MULTI_NODE_MULTI_WRITER' } }, Code.INVALID_ARGUMENT, 'MULTI_NODE_MULTI_WRITER'],
     ];
     for (const [raw, code, msg] of cases) {
-      expect(() => parseCapability(raw), JSON.stringify(raw)).toThrow(expect.objectContaining({ code, message: expect.stringContaining(msg) }));
+      expect(() => parseCapability(raw), JSON.stringify(raw)).toThrow(objectContaining({ code, message: stringContaining(msg) }));
     }
   });
 
@@ -120,10 +121,10 @@ describe('volume capability', () => {
 describe('volume id', () => {
   it('missing is INVALID_ARGUMENT, malformed is NOT_FOUND', () => {
     expect(checkVolumeId('file-0b7c1e6a-2f8e-4bd1-9d6c-1a2b3c4d5e6f')).toBe('file-0b7c1e6a-2f8e-4bd1-9d6c-1a2b3c4d5e6f');
-    expect(() => checkVolumeId('')).toThrow(expect.objectContaining({ code: Code.INVALID_ARGUMENT }));
-    expect(() => checkVolumeId(undefined)).toThrow(expect.objectContaining({ code: Code.INVALID_ARGUMENT }));
+    expect(() => checkVolumeId('')).toThrow(objectContaining({ code: Code.INVALID_ARGUMENT }));
+    expect(() => checkVolumeId(undefined)).toThrow(objectContaining({ code: Code.INVALID_ARGUMENT }));
     for (const bad of ['a/b', '..', '.x', 'a\0b', 'x'.repeat(129), 'white space']) {
-      expect(() => checkVolumeId(bad), JSON.stringify(bad)).toThrow(expect.objectContaining({ code: Code.NOT_FOUND }));
+      expect(() => checkVolumeId(bad), JSON.stringify(bad)).toThrow(objectContaining({ code: Code.NOT_FOUND }));
     }
   });
 });

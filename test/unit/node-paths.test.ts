@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { confine, KubeletPaths } from '../../src/node/paths.js';
+import { stringContaining } from '../helpers/matchers.js';
 
 let dir: string;
 let root: string;
@@ -32,10 +33,10 @@ describe('confine', () => {
     await symlink('/nonexistent-sinter-target', join(root, 'dangling'));
     await symlink(join(root, 'loop-b'), join(root, 'loop-a'));
     await symlink(join(root, 'loop-a'), join(root, 'loop-b'));
-    expect(await confine(join(root, 'dangling', 'x'), [root])).toMatchObject({ ok: false, why: expect.stringContaining('points nowhere') });
+    expect(await confine(join(root, 'dangling', 'x'), [root])).toMatchObject({ ok: false, why: stringContaining('points nowhere') });
     expect(await confine(join(root, 'dangling'), [root])).toMatchObject({ ok: false });
-    expect(await confine(join(root, 'loop-a', 'x'), [root])).toMatchObject({ ok: false, why: expect.stringContaining('ELOOP') });
-    expect(await confine(join(root, 'x'.repeat(300), 'y'), [root])).toMatchObject({ ok: false, why: expect.stringContaining('ENAMETOOLONG') });
+    expect(await confine(join(root, 'loop-a', 'x'), [root])).toMatchObject({ ok: false, why: stringContaining('ELOOP') });
+    expect(await confine(join(root, 'x'.repeat(300), 'y'), [root])).toMatchObject({ ok: false, why: stringContaining('ENAMETOOLONG') });
   });
 
   it('follows symlinks that stay inside and reports the resolved path', async () => {
@@ -70,13 +71,13 @@ describe('KubeletPaths', () => {
   it('check: missing is INVALID_ARGUMENT naming the field; outside is INVALID_ARGUMENT', async () => {
     const p = new KubeletPaths([root + '/']);
     await expect(p.check('target_path', '')).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT, message: 'target_path is required' });
-    await expect(p.check('target_path', '/etc/x')).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT, message: expect.stringContaining('target_path "/etc/x"') });
+    await expect(p.check('target_path', '/etc/x')).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT, message: stringContaining('target_path "/etc/x"') });
   });
 
   it('lookup: anything that cannot hold a volume is NOT_FOUND, a missing field INVALID_ARGUMENT', async () => {
     const p = new KubeletPaths([root]);
     await expect(p.lookup('volume_path', 'some/path')).rejects.toMatchObject({ code: Code.NOT_FOUND });
-    await expect(p.lookup('volume_path', join(root, 'nope'))).rejects.toMatchObject({ code: Code.NOT_FOUND, message: expect.stringContaining('does not exist') });
+    await expect(p.lookup('volume_path', join(root, 'nope'))).rejects.toMatchObject({ code: Code.NOT_FOUND, message: stringContaining('does not exist') });
     await expect(p.lookup('volume_path', undefined)).rejects.toMatchObject({ code: Code.INVALID_ARGUMENT });
     await expect(p.lookup('volume_path', join(root, 'pods'))).resolves.toMatchObject({ exists: true });
   });

@@ -4,10 +4,11 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
-import type { ServiceImpl } from '../../src/csi/server.js';
+import type { NodeHandlers } from '../helpers/node-env.js';
 import { ExecError, type Executor } from '../../src/exec/run.js';
 import { toHostError } from '../../src/node/host-errors.js';
 import { NodeService, type NodeServiceConfig } from '../../src/node/service.js';
+import { handlerByName } from '../../src/csi/messages.js';
 
 /** An executor that records calls and runs nothing: request validation must never reach the host. */
 class NoHost implements Executor {
@@ -19,7 +20,7 @@ class NoHost implements Executor {
 }
 
 let dir: string;
-let h: ServiceImpl;
+let h: NodeHandlers;
 let exec: NoHost;
 let config: NodeServiceConfig;
 beforeAll(async () => {
@@ -35,7 +36,7 @@ beforeAll(async () => {
     localRoots: [join(dir, 'images')],
     stateDir: join(dir, 'state'),
   };
-  h = new NodeService({ config, exec, log: pino({ level: 'silent' }) }).handlers();
+  h = new NodeService({ config, exec, log: pino({ level: 'silent' }) }).handlers() as NodeHandlers;
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -54,13 +55,13 @@ async function codeOf(p: Promise<unknown>): Promise<[string, string]> {
 
 describe('NodeGetInfo / NodeGetCapabilities', () => {
   it('omits max_volumes_per_node when unlimited and topology when empty', async () => {
-    expect(await h.NodeGetInfo!({})).toEqual({ node_id: 'n1;;' });
-    const h2 = new NodeService({ config: { ...config, maxVolumesPerNode: 8, topology: { zone: 'a' } }, exec, log: pino({ level: 'silent' }) }).handlers();
-    expect(await h2.NodeGetInfo!({})).toEqual({ node_id: 'n1;;', max_volumes_per_node: 8, accessible_topology: { segments: { zone: 'a' } } });
+    expect(await h.NodeGetInfo({})).toEqual({ node_id: 'n1;;' });
+    const h2 = new NodeService({ config: { ...config, maxVolumesPerNode: 8, topology: { zone: 'a' } }, exec, log: pino({ level: 'silent' }) }).handlers() as NodeHandlers;
+    expect(await h2.NodeGetInfo({})).toEqual({ node_id: 'n1;;', max_volumes_per_node: 8, accessible_topology: { segments: { zone: 'a' } } });
   });
 
   it('lists the four node capabilities', async () => {
-    const res = (await h.NodeGetCapabilities!({})) as { capabilities: { rpc: { type: string } }[] };
+    const res = (await h.NodeGetCapabilities({})) as { capabilities: { rpc: { type: string } }[] };
     expect(res.capabilities.map((c) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION']);
   });
 });
@@ -94,7 +95,7 @@ describe('request validation happens before any host command', () => {
     ['expand: required > limit', 'NodeExpandVolume', () => ({ volume_id: 'file-v', volume_path: dir + '/state', capacity_range: { required_bytes: 10, limit_bytes: 5 } }), Code.INVALID_ARGUMENT, 'capacity_range'],
   ];
   it.each(cases)('%s', async (_n, method, req, code, field) => {
-    const [got, msg] = await codeOf(h[method]!(req()));
+    const [got, msg] = await codeOf(handlerByName(h, method)(req()));
     expect(got).toBe(code);
     expect(msg).toContain(field);
     expect(exec.calls).toEqual([]);

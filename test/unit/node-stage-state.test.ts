@@ -55,7 +55,7 @@ describe('StageState', () => {
     await s.removeStrayTemps(l.strayTemps);
     expect((await readdir(join(dir, 'volumes'))).sort()).toEqual(['file-a.json', 'file-b.json', 'file-c.json', 'file-d.json']);
     // The old record is intact despite the interrupted write.
-    expect(JSON.parse(await readFile(join(dir, 'volumes', 'file-a.json'), 'utf8')).volumeId).toBe('file-a');
+    expect((JSON.parse(await readFile(join(dir, 'volumes', 'file-a.json'), 'utf8')) as { volumeId: string }).volumeId).toBe('file-a');
   });
 
   it('never builds a file name from a malformed id', async () => {

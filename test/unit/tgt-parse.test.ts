@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { idFromIqnSuffix, iqnSuffixForId, validateIqnPrefix } from '../../src/backends/targets/tgt.js';
 import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
+import { objectContaining } from '../helpers/matchers.js';
 
 const dir = join(import.meta.dirname, '..', 'fixtures', 'tgt');
 const fx = (name: string) => readFileSync(join(dir, `${name}.txt`), 'utf8');
@@ -23,16 +24,16 @@ describe('tgtadm output parsing (recorded from a real tgtd 1.0.85)', () => {
   it('reads a target without a disk LUN: only the controller LUN 0', () => {
     const [t] = parseTgtTargets(fx('show-target-no-lun'));
     expect(t).toMatchObject({ tid: 1, iqn: 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427', state: 'ready', acls: [], accounts: [], sessions: [] });
-    expect(t!.luns).toEqual([expect.objectContaining({ lun: 0, type: 'controller' })]);
-    expect(t!.luns[0]!.backingPath).toBeUndefined();
+    expect(t.luns).toEqual([objectContaining({ lun: 0, type: 'controller' })]);
+    expect(t.luns[0].backingPath).toBeUndefined();
   });
 
   it('reads LUN 1 backing path, size, block size, serial, ACLs and incoming/outgoing accounts', () => {
     const [t] = parseTgtTargets(fx('show-target-lun-acl-accounts'));
-    const lun1 = t!.luns.find((l) => l.lun === 1)!;
+    const lun1 = t.luns.find((l) => l.lun === 1)!;
     expect(lun1).toMatchObject({ type: 'disk', backingPath: '/var/lib/sinter/test/img1', backingStoreType: 'rdwr', sizeMB: 67, blockSize: 512, readonly: false, online: true, scsiSerial: '1b4e28ba-2fa1-11d2-883f-0016d3cca427' });
-    expect(t!.acls).toEqual(['iqn.2025-01.io.test:node1']);
-    expect(t!.accounts).toEqual([
+    expect(t.acls).toEqual(['iqn.2025-01.io.test:node1']);
+    expect(t.accounts).toEqual([
       { user: 'chapuser', outgoing: false },
       { user: 'mutualuser', outgoing: true },
     ]);
@@ -45,25 +46,25 @@ describe('tgtadm output parsing (recorded from a real tgtd 1.0.85)', () => {
       [1, 'iqn.2025-01.io.sinter:default-1b4e28ba-2fa1-11d2-883f-0016d3cca427'],
       [2, 'iqn.2025-01.io.sinter:default:6fa459ea-ee8a-3ca4-894e-db77e160355e'],
     ]);
-    expect(ts[0]!.sessions).toEqual([
+    expect(ts[0].sessions).toEqual([
       { sid: 1, initiator: 'iqn.2025-01.io.test:node1', connections: [{ cid: 0, address: '127.0.0.1' }] },
       { sid: 2, initiator: 'iqn.2025-01.io.test:node2', connections: [{ cid: 0, address: '127.0.0.1' }] },
     ]);
-    expect(ts[0]!.acls).toEqual(['iqn.2025-01.io.test:node1', 'iqn.2025-01.io.test:node2']);
-    expect(ts[1]!.sessions).toEqual([]);
-    expect(ts[1]!.luns.find((l) => l.lun === 1)).toMatchObject({ readonly: true, blockSize: 4096, sizeMB: 10, backingPath: '/var/lib/sinter/test/img2' });
+    expect(ts[0].acls).toEqual(['iqn.2025-01.io.test:node1', 'iqn.2025-01.io.test:node2']);
+    expect(ts[1].sessions).toEqual([]);
+    expect(ts[1].luns.find((l) => l.lun === 1)).toMatchObject({ readonly: true, blockSize: 4096, sizeMB: 10, backingPath: '/var/lib/sinter/test/img2' });
   });
 
   it('sees the fenced initiator gone from ACL and sessions after unbind + delete conn', () => {
     const [t] = parseTgtTargets(fx('show-after-fence'));
-    expect(t!.acls).toEqual(['iqn.2025-01.io.test:node2']);
-    expect(t!.sessions.map((s) => s.initiator)).toEqual(['iqn.2025-01.io.test:node2']);
+    expect(t.acls).toEqual(['iqn.2025-01.io.test:node2']);
+    expect(t.sessions.map((s) => s.initiator)).toEqual(['iqn.2025-01.io.test:node2']);
   });
 
   it('ignores unknown sections, lines and trailing noise without throwing', () => {
     const text = `${fx('show-target-lun-acl-accounts')}\n    Portal information:\n        127.0.0.1:3260\ngarbage line\n`;
     const [t] = parseTgtTargets(text);
-    expect(t!.acls).toEqual(['iqn.2025-01.io.test:node1']);
+    expect(t.acls).toEqual(['iqn.2025-01.io.test:node1']);
     expect(parseTgtTargets('tgtadm: something odd\n')).toEqual([]);
   });
 
@@ -99,8 +100,8 @@ describe('growing LUN 1 under a live session (recorded from a real tgtd 1.0.85)'
     expect(exitCodes.get('reopen-lun')).toBe(0);
     const [t] = parseTgtTargets(fx('show-after-reopen'));
     // The session stayed; the LUN is online at the new size with the same identity.
-    expect(t!.sessions.map((s) => s.initiator)).toEqual(['iqn.2025-01.io.test:node2']);
-    expect(t!.luns.find((l) => l.lun === 1)).toMatchObject({
+    expect(t.sessions.map((s) => s.initiator)).toEqual(['iqn.2025-01.io.test:node2']);
+    expect(t.luns.find((l) => l.lun === 1)).toMatchObject({
       sizeMB: tgtShownMB(128 * 1024 * 1024),
       online: true,
       preventRemoval: false,
@@ -112,7 +113,7 @@ describe('growing LUN 1 under a live session (recorded from a real tgtd 1.0.85)'
 
   it('reads the LUN a failed reopen leaves behind: offline, no backing store, identity kept', () => {
     expect(exitCodes.get('err-reopen-missing')).toBe(22);
-    const lun = parseTgtTargets(fx('show-lun-without-store'))[0]!.luns.find((l) => l.lun === 1)!;
+    const lun = parseTgtTargets(fx('show-lun-without-store'))[0].luns.find((l) => l.lun === 1)!;
     expect(lun).toMatchObject({ type: 'disk', online: false, sizeMB: 0, backingStoreType: 'rdwr', scsiId: 'IET     00010001' });
     expect(lun.backingPath).toBeUndefined();
     expect(exitCodes.get('reattach-store')).toBe(0);

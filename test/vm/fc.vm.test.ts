@@ -94,7 +94,7 @@ ip link del sfc0; rm -f /tmp/sinter-fc-lun.img`,
     expect(onlineInitiatorWwpns('/sys')).toContain(initiatorWwpn);
     const vol = 'san-fc-1';
     const req = env.stageReq(vol, '', mountCap('ext4'), { publish_context: { transport: 'fc', wwns: targetWwpn, lun: '1' } });
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     const disks = readdirSync('/sys/block').filter((d) => /^sd[a-z]+$/.test(d));
     expect(disks).toHaveLength(1);
     // Laid out as under an FC HBA: host, rport, target, H:C:T:L.
@@ -104,7 +104,7 @@ ip link del sfc0; rm -f /tmp/sinter-fc-lun.img`,
     expect(mount?.majMin).toBe(path);
     await writeFile(join(req.staging_target_path, 'over-fc.txt'), 'written through FCoE');
     expect(await readFile(join(req.staging_target_path, 'over-fc.txt'), 'utf8')).toBe('written through FCoE');
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: req.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path });
     expect(readdirSync('/sys/block').filter((d) => /^sd[a-z]+$/.test(d))).toEqual([]);
     expect(await env.mountsUnder()).toEqual([]);
     expect(existsSync(`/sys/block/${disks[0]}`)).toBe(false);

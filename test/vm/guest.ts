@@ -12,7 +12,7 @@ export function requireGuest(): void {
 export function initiatorName(): string {
   const m = /^InitiatorName=(\S+)/m.exec(readFileSync('/etc/iscsi/initiatorname.iscsi', 'utf8'));
   if (!m) throw new Error('/etc/iscsi/initiatorname.iscsi has no InitiatorName');
-  return m[1]!;
+  return m[1];
 }
 
 /** The scratch disks the harness gave the guest (/dev/vdb …), by path. */

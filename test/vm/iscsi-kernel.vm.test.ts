@@ -1,10 +1,12 @@
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
 import { HostExecutor } from '../../src/exec/run.js';
+import { sanBackendYaml } from '../helpers/iscsi-split.js';
+import { stringMatching } from '../helpers/matchers.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { TestTgtd } from '../helpers/tgtd.js';
@@ -50,27 +52,13 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     iscsid = await Iscsid.start();
     tgtd = await TestTgtd.start();
     tgt = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: PREFIX }, exec, log);
-    writeFileSync(
-      ctlYaml,
-      [
-        'backends:',
-        '  - name: san',
-        '    driver: file',
-        `    dataDir: ${dataDir}`,
-        '    export: iscsi',
-        '    iscsi:',
-        `      portals: ["${tgtd.portal}"]`,
-        `      controlPort: ${tgtd.controlPort}`,
-        `      iqnPrefix: "${PREFIX}"`,
-        '      reconcileSeconds: 1',
-      ].join('\n'),
-    );
+    writeFileSync(ctlYaml, sanBackendYaml({ dataDir, portal: tgtd.portal, controlPort: tgtd.controlPort, iqnPrefix: PREFIX, reconcileSeconds: 1 }));
     writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${nodeStateDir}`, `  orphanTargetPrefixes: ["${PREFIX}"]`].join('\n'));
     mkdirSync(join(t.dir, 'ctl'));
     mkdirSync(join(t.dir, 'node'));
     ctl = await startCtl();
     node = await startNode();
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id;
+    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
   });
 
   afterAll(async () => {
@@ -98,7 +86,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
   });
 
   const provision = async (name: string, mib = 64, cap: object = mountCap()) =>
-    (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume.volume_id as string;
+    (await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: mib * MiB }, volume_capabilities: [cap] })).volume!.volume_id!;
   const publish = async (id: string, cap: object = mountCap(), secrets: Record<string, string> = CHAP) =>
     (await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap, secrets })).publish_context as Record<string, string>;
   const paths = (id: string) => {
@@ -189,12 +177,12 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
-    expect(r).toMatchObject({ code: 7, details: expect.stringMatching(/CHAP authentication failed/) });
+    expect(r).toMatchObject({ code: 7, details: stringMatching(/CHAP authentication failed/) });
     expect(await kernelSessions()).toEqual([]);
     // The same refusal straight from iscsiadm: the exit code sinter maps.
     await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'new']);
     for (const [k, v] of [['node.session.auth.authmethod', 'CHAP'], ['node.session.auth.username', 'sinter-node'], ['node.session.auth.password', 'Wrong-chap-secret-3']])
-      await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'update', '-n', k!, '-v', v!]);
+      await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'update', '-n', k, '-v', v]);
     const direct = await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '--login'], { reject: false });
     expect(direct.exitCode).toBe(ISCSI_ERR_LOGIN_AUTH_FAILED);
     await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal, '-o', 'delete']);
@@ -230,7 +218,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
-    expect(again).toMatchObject({ code: 14, details: expect.stringMatching(/exit (8|11)/) });
+    expect(again).toMatchObject({ code: 14, details: stringMatching(/exit (8|11)/) });
     await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
@@ -249,7 +237,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
       () => undefined,
       (e: { code: number; details: string }) => e,
     );
-    expect(r).toMatchObject({ code: 14, details: expect.stringMatching(/exit 8/) });
+    expect(r).toMatchObject({ code: 14, details: stringMatching(/exit 8/) });
     await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
     await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
     await ctl.client.controller.DeleteVolume({ volume_id: id });
@@ -319,7 +307,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     const { staging, target } = paths(id);
     const dev = mountSource(staging)!;
     writeFileSync(join(target, 'before.txt'), 'written before the online expand');
-    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u: { unit: string }) => u.unit === 'BYTES').total as number;
+    const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u) => u.unit === 'BYTES')!.total!;
     const before = await total();
     const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
     expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });

@@ -4,6 +4,8 @@ import { execa } from 'execa';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { mapperName, PASSPHRASE_KEY } from '../../src/node/encryption.js';
+import type { NodeStageVolumeRequest } from '../../src/csi/generated/csi/v1/NodeStageVolumeRequest.js';
+import type { VolumeCapability } from '../../src/csi/messages.js';
 import { blockCap, csiError, MiB, mountCap, NodeEnv } from '../helpers/node-env.js';
 import { requireGuest } from './guest.js';
 
@@ -59,14 +61,14 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     await env.cleanup();
   });
 
-  const stage = async (vol: string, file: string, cap: Record<string, unknown>, extra: Record<string, unknown> = enc()) => {
+  const stage = async (vol: string, file: string, cap: VolumeCapability, extra: Partial<NodeStageVolumeRequest> = enc()) => {
     if (!volumes.includes(vol)) volumes.push(vol);
     const req = env.stageReq(vol, file, cap, extra);
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
     return req;
   };
   const unstage = (req: { volume_id: string; staging_target_path: string }) =>
-    env.h.NodeUnstageVolume!({ volume_id: req.volume_id, staging_target_path: req.staging_target_path });
+    env.h.NodeUnstageVolume({ volume_id: req.volume_id, staging_target_path: req.staging_target_path });
 
   it('formats a blank volume as LUKS2 + ext4; what reaches the storage is ciphertext; unstage closes the mapping and detaches', async () => {
     const file = await env.image('enc.img', 64 * MiB);
@@ -102,14 +104,14 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     // refused with an actionable message and leaves nothing open; the right one finds the data (never reformatted).
     const headerBefore = (await readFile(file)).subarray(0, 16 * MiB);
 
-    const err = await csiError(env.h.NodeStageVolume!(env.stageReq(vol, file, mountCap('ext4'), enc(WRONG))));
+    const err = await csiError(env.h.NodeStageVolume(env.stageReq(vol, file, mountCap('ext4'), enc(WRONG))));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain(`key ${PASSPHRASE_KEY} does not open the LUKS header`);
     expect(err.message).not.toContain(WRONG);
     expect((await mappingOf(vol)).active).toBe(false);
     expect(await env.loopsOf(file)).toEqual([]);
 
-    const missing = await csiError(env.h.NodeStageVolume!(env.stageReq(vol, file, mountCap('ext4'), { volume_context: { encrypted: 'true' }, secrets: {} })));
+    const missing = await csiError(env.h.NodeStageVolume(env.stageReq(vol, file, mountCap('ext4'), { volume_context: { encrypted: 'true' }, secrets: {} })));
     expect(missing.code).toBe(Code.FAILED_PRECONDITION);
     expect(missing.message).toContain(PASSPHRASE_KEY);
 
@@ -120,7 +122,7 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     expect((await readFile(file)).subarray(0, 16 * MiB).equals(headerBefore)).toBe(true);
 
     // Never formats over data the other way round either: the encrypted volume staged as plain is refused.
-    const err2 = await csiError(env.h.NodeStageVolume!(env.stageReq(vol, file, mountCap('ext4'), {})));
+    const err2 = await csiError(env.h.NodeStageVolume(env.stageReq(vol, file, mountCap('ext4'), {})));
     expect(err2.code).toBe(Code.FAILED_PRECONDITION);
     expect(err2.message).toContain('LUKS header');
     expect(await blkidType(file)).toBe('crypto_LUKS');
@@ -132,7 +134,7 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     const preq = await stage('file-was-plain', file, mountCap('ext4'), {});
     await writeFile(join(preq.staging_target_path, 'data.txt'), 'plain data');
     await unstage(preq);
-    const err = await csiError(env.h.NodeStageVolume!(env.stageReq('file-was-plain', file, mountCap('ext4'), enc())));
+    const err = await csiError(env.h.NodeStageVolume(env.stageReq('file-was-plain', file, mountCap('ext4'), enc())));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain('holds a filesystem (ext4), not a LUKS header');
     expect(await blkidType(file)).toBe('ext4');
@@ -144,15 +146,15 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     const vol = 'file-enc-grow';
     const req = await stage(vol, file, mountCap('ext4'));
     const target = env.target(vol);
-    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: req.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
-    const before = (await execa('df', ['-B1', '--output=size', target])).stdout.split('\n')[1]!.trim();
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: req.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
+    const before = (await execa('df', ['-B1', '--output=size', target])).stdout.split('\n')[1].trim();
     await execa('truncate', ['-s', String(128 * MiB), file]);
-    const res = (await env.h.NodeExpandVolume!({ volume_id: vol, volume_path: target, capacity_range: { required_bytes: 128 * MiB } })) as { capacity_bytes: number };
+    const res = (await env.h.NodeExpandVolume({ volume_id: vol, volume_path: target, capacity_range: { required_bytes: 128 * MiB } })) as { capacity_bytes: number };
     expect(res.capacity_bytes).toBe(128 * MiB);
     expect((await mappingOf(vol)).size).toBe(112 * MiB);
-    const after = (await execa('df', ['-B1', '--output=size', target])).stdout.split('\n')[1]!.trim();
+    const after = (await execa('df', ['-B1', '--output=size', target])).stdout.split('\n')[1].trim();
     expect(Number(after) - Number(before)).toBeGreaterThan(50 * MiB);
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
     await unstage(req);
     expect((await mappingOf(vol)).active).toBe(false);
   });
@@ -162,14 +164,14 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     const vol = 'file-enc-block';
     const req = await stage(vol, file, blockCap());
     const target = join(env.kubelet, 'plugins', 'volumeDevices', 'publish', vol, 'pod1');
-    await env.h.NodePublishVolume!({ volume_id: vol, staging_target_path: req.staging_target_path, target_path: target, volume_capability: blockCap() });
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: req.staging_target_path, target_path: target, volume_capability: blockCap() });
     const mapper = (await execa('stat', ['-L', '-c', '%t:%T', `/dev/mapper/${mapperName(vol)}`])).stdout;
     expect((await execa('stat', ['-L', '-c', '%t:%T', target])).stdout).toBe(mapper);
     await writeFile(target, Buffer.from(MARKER.repeat(128)), { flag: 'r+' });
     await execa('blockdev', ['--flushbufs', target]);
     expect(await rawContains(file, MARKER)).toBe(false);
     expect((await readFile(target)).subarray(0, MARKER.length).toString()).toBe(MARKER);
-    await env.h.NodeUnpublishVolume!({ volume_id: vol, target_path: target });
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
 
     // Unstage refuses while the mapping is held open by someone else, then succeeds once it is let go.
     const holder = execa('sh', ['-c', `exec 3</dev/mapper/${mapperName(vol)}; sleep 30`], { reject: false });

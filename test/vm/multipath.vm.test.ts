@@ -49,19 +49,20 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     await tgtadm('--op', 'bind', '--mode', 'target', '--tid', '1', '--initiator-name', initiatorName());
     env = await NodeEnv.create();
     const log = pino({ level: 'silent' });
-    env.svc = new NodeService({
-      config: env.config,
-      exec: env.exec,
-      log,
-      connectors: [
-        new IscsiConnector(
-          { mode: 'kernel', initiatorName: initiatorName(), stateDir: join(env.stateDir, 'iscsi-userspace'), kernel: { multipathWaitMs: 60_000, deviceTimeoutMs: 120_000 } },
-          env.exec,
-          log,
-        ),
-      ],
-    });
-    env.h = env.svc.handlers();
+    env.use(
+      new NodeService({
+        config: env.config,
+        exec: env.exec,
+        log,
+        connectors: [
+          new IscsiConnector(
+            { mode: 'kernel', initiatorName: initiatorName(), stateDir: join(env.stateDir, 'iscsi-userspace'), kernel: { multipathWaitMs: 60_000, deviceTimeoutMs: 120_000 } },
+            env.exec,
+            log,
+          ),
+        ],
+      }),
+    );
     await env.svc.start();
   });
 
@@ -80,11 +81,11 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
   it('stage uses the map; I/O goes on with one path logged out; unstage refuses while the map is in use, then removes map, paths and sessions', async () => {
     const vol = 'san-mpath-1';
     const req = env.stageReq(vol, '', mountCap('ext4'), { publish_context: { transport: 'iscsi', portals: portals.join(','), iqn: IQN, lun: '1' } });
-    await env.h.NodeStageVolume!(req);
+    await env.h.NodeStageVolume(req);
 
     // One map, two paths, both sessions; the staging mount is the map, not a path.
     expect(dmDevices()).toHaveLength(1);
-    const dm = dmDevices()[0]!;
+    const dm = dmDevices()[0];
     const wwid = (await readFile(`/sys/block/${dm}/dm/uuid`, 'utf8')).trim().replace(/^mpath-/, '');
     expect((await readFile(`/sys/block/${dm}/dm/name`, 'utf8')).trim()).toBe(wwid);
     expect(readdirSync(`/sys/block/${dm}/slaves`).sort()).toEqual(sdDevices().sort());
@@ -98,7 +99,7 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     expect(await multipathLl()).toContain(wwid);
 
     // One path logged out by hand: the map keeps working on the other.
-    await execa('iscsiadm', ['-m', 'node', '-T', IQN, '-p', portals[1]!, '--logout']);
+    await execa('iscsiadm', ['-m', 'node', '-T', IQN, '-p', portals[1], '--logout']);
     const data = Buffer.alloc(4 * MiB, 7);
     await writeFile(join(req.staging_target_path, 'during-failover.bin'), data);
     await execa('sync');
@@ -109,14 +110,14 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     const other = join(env.dir, 'by-hand');
     mkdirSync(other);
     await execa('mount', [`/dev/${dm}`, other]);
-    const err = await csiError(env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: req.staging_target_path }));
+    const err = await csiError(env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path }));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain(other);
     expect(dmDevices()).toEqual([dm]);
     expect(await kernelSessions()).toHaveLength(1);
     await execa('umount', [other]);
 
-    await env.h.NodeUnstageVolume!({ volume_id: vol, staging_target_path: req.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: req.staging_target_path });
     expect(await multipathLl()).toBe('');
     expect(dmDevices()).toEqual([]);
     expect(sdDevices()).toEqual([]);

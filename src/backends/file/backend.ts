@@ -14,7 +14,6 @@ import type {
   ExportEntry,
   ExportsReconciled,
   CreateVolumeSpec,
-  Inspection,
   RecoveryReport,
   SnapshotRecord,
   VolumeHealth,
@@ -27,7 +26,6 @@ import { backendOfVolume } from '../ids.js';
 import { IscsiExport } from '../targets/iscsi-export.js';
 import { createTargetHelper } from '../targets/create.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
-import { isSnapshotRecord, isVolumeRecord } from './records.js';
 
 const now = () => new Date().toISOString();
 

@@ -76,7 +76,7 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
   const foreign: string[] = [];
   const volDir = b.volumes.dir;
   const snapDir = b.snapshots.dir;
-  if (!(await statOf(b.dataDir))) {
+  if (!statOf(b.dataDir)) {
     // Not repaired by a start: it would serve an empty backend where a disk may simply not be mounted.
     out.push({ kind: 'missing-directory', subject: b.dataDir, detail: 'the data directory does not exist: a disk not mounted, or a backend never started (a start creates it empty)', remedy: 'operator' });
     return { summary: `no data directory at ${b.dataDir}`, findings: out, volumes: [], plan, serve, foreign };
