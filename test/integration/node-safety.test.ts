@@ -292,7 +292,7 @@ describe('one staging path, one volume', () => {
     const fileA = await env.image('a.img', 512 * MiB);
     await env.sh('mkfs.xfs', ['-q', fileA]);
     const reqA = env.stageReq('file-half', fileA, mountCap('ext4'));
-    expect((await csiError(env.h.NodeStageVolume!(reqA))).code).toBe(Code.FAILED_PRECONDITION);
+    expect((await csiError(env.h.NodeStageVolume(reqA))).code).toBe(Code.FAILED_PRECONDITION);
     const fileB = await env.image('b.img', 64 * MiB);
     const reqB = { ...env.stageReq('file-second', fileB, mountCap('ext4')), staging_target_path: reqA.staging_target_path };
     for (const restart of [false, true]) {
@@ -300,14 +300,14 @@ describe('one staging path, one volume', () => {
         env.restart();
         await env.svc.start();
       }
-      const err = await csiError(env.h.NodeStageVolume!(reqB));
+      const err = await csiError(env.h.NodeStageVolume(reqB));
       expect(err.code).toBe(Code.ALREADY_EXISTS);
       expect(err.message).toContain('already used by volume file-half');
       expect(await loopsOf(fileB)).toEqual([]);
     }
-    await env.h.NodeUnstageVolume!({ volume_id: 'file-half', staging_target_path: reqA.staging_target_path });
-    await env.h.NodeStageVolume!(reqB);
+    await env.h.NodeUnstageVolume({ volume_id: 'file-half', staging_target_path: reqA.staging_target_path });
+    await env.h.NodeStageVolume(reqB);
     expect((await env.mountsUnder()).map((m) => m.mountPoint)).toContain(reqA.staging_target_path);
-    await env.h.NodeUnstageVolume!({ volume_id: 'file-second', staging_target_path: reqA.staging_target_path });
+    await env.h.NodeUnstageVolume({ volume_id: 'file-second', staging_target_path: reqA.staging_target_path });
   });
 });
