@@ -430,3 +430,85 @@ export async function iscsiBench({ publishReps, stageReps, log }) {
   }
   return rows;
 }
+
+/**
+ * 7b. Attach at scale over the user-space iSCSI initiator: N volumes (fewer
+ * than section 7's local ones: each staged volume is a qemu-nbd, an nbdfuse
+ * and a loop device) exported by `sinter controller` on the section's own
+ * tgtd, staged and published (block access) by `sinter node`, torn down last
+ * in, first out; the same figures as section 7 (bench/attach-scale.mjs).
+ */
+export async function iscsiScaleBench({ volumes = 32, log }) {
+  requireTools();
+  const { runScale, undoScale } = await import('./attach-scale.mjs');
+  const dir = join(base, 'iscsi-scale');
+  mkdirSync(dir, { recursive: true });
+  const rawPids = new Set();
+  let tgtd;
+  let ctl;
+  let node;
+  const made = [];
+  let failed = true;
+  const cleanup = async () => {
+    await scrubUserspace(dir, rawPids);
+    await tgtd?.stop();
+  };
+  const unregister = onCleanup(async () => {
+    for (const p of [node, ctl]) p?.child.kill('SIGKILL');
+    await sleep(200);
+    await cleanup();
+  });
+  let rows;
+  try {
+    tgtd = await startTgtd(dir);
+    ctl = await startSinter({
+      role: 'controller',
+      dir: join(dir, 'controller'),
+      config: [
+        'backends:',
+        '  - name: san',
+        `    dataDir: ${join(dir, 'data')}`,
+        '    overSubscriptionRatio: 1000',
+        '    export: iscsi',
+        '    iscsi:',
+        `      portals: ["${tgtd.portal}"]`,
+        `      controlPort: ${tgtd.controlPort}`,
+        `      iqnPrefix: "${SINTER_PREFIX}"`,
+        '',
+      ].join('\n'),
+    });
+    node = await startSinter({
+      role: 'node',
+      dir: join(dir, 'node'),
+      config: ['node:', `  iscsiInitiatorName: ${NODE_IQN}`, '  initiator: userspace', `  stateDir: ${join(dir, 'node', 'state')}`, ''].join('\n'),
+    });
+    rows = await runScale({
+      ctl,
+      node,
+      cap: blockCap(),
+      sizeBytes: 64 * 1024 * 1024,
+      volumes,
+      pathsFor: (id, name) => ({
+        staging: join(node.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount'),
+        target: join(node.kubeletRoot, 'pods', `pod-${name}`, 'volumeDevices/kubernetes.io~csi', id),
+      }),
+      section: `7b. Attach at scale (user-space iSCSI initiator over tgt, block, 64 MiB, ${volumes} volumes on one node)`,
+      idBase: 'iscsiScale',
+      tag: 'iscsi-scale',
+      made,
+      log,
+    });
+    failed = false;
+  } finally {
+    if (failed && node) await undoScale(node, made);
+    await node?.stop();
+    await ctl?.stop();
+    if (process.env.BENCH_LOGS_TO) {
+      mkdirSync(process.env.BENCH_LOGS_TO, { recursive: true });
+      for (const [who, p] of [['controller', ctl], ['node', node]]) if (p) copyFileSync(p.logFile, join(process.env.BENCH_LOGS_TO, `iscsi-scale-${who}.log`));
+    }
+    await cleanup();
+    unregister();
+  }
+  return rows;
+}

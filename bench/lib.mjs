@@ -199,7 +199,7 @@ export async function startSinter({ role = 'all', dataDir, dir = join(base, `sin
   const logFd = openSync(logFile, 'a');
   const t0 = performance.now();
   const child = track(
-    spawn('node', [...args, MAIN, role, '--endpoint', `unix://${socket}`, '--config', config, '--kubelet-root', kubeletRoot, '--node-name', 'bench-node', '--log-level', process.env.BENCH_LOG_LEVEL ?? 'info'], {
+    spawn('node', [...args, ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), MAIN, role, '--endpoint', `unix://${socket}`, '--config', config, '--kubelet-root', kubeletRoot, '--node-name', 'bench-node', '--log-level', process.env.BENCH_LOG_LEVEL ?? 'info'], {
       stdio: ['ignore', 'ignore', logFd],
     }),
   );

@@ -3,7 +3,8 @@
 // in the same run (the floor), so a noisy machine moves both sides together.
 // Prints a table and writes bench/results.json.
 //
-//   node bench/run.mjs [--only rpc,provision,attach,snapshot,scale,iscsi] [--quick] [--volumes N (0: skip the 10,000-volume part)]
+//   node bench/run.mjs [--only rpc,provision,attach,snapshot,scale,iscsi,attachScale] [--quick] [--volumes N (0: skip the 10,000-volume part)]
+//                      [--attach-volumes N (volumes staged at once by attachScale; default 256)] [--iscsi-volumes N (iscsiScale; default 32)]
 //   node bench/run.mjs iscsi attach      (bare section names: the same as --only iscsi,attach)
 //
 // Needs root (loop devices, mkfs, mount) and a built dist/ (npm run bench builds).
@@ -17,13 +18,18 @@ import { FLOOR as PROVISION_FLOOR, provisionBench } from './provision.mjs';
 import { attachBench, RAW as ATTACH_RAW } from './attach.mjs';
 import { snapshotBench } from './snapshot.mjs';
 import { scaleBench } from './scale.mjs';
-import { iscsiBench, RAW_PUBLISH as ISCSI_RAW_PUBLISH, RAW_STAGE as ISCSI_RAW_STAGE } from './iscsi.mjs';
+import { attachScaleBench } from './attach-scale.mjs';
+import { iscsiBench, iscsiScaleBench, RAW_PUBLISH as ISCSI_RAW_PUBLISH, RAW_STAGE as ISCSI_RAW_STAGE } from './iscsi.mjs';
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const onlyArg = args.find((a) => a.startsWith('--only'));
 const volArg = args.find((a) => a.startsWith('--volumes'));
 const volumes = volArg ? Number(volArg.includes('=') ? volArg.split('=')[1] : args[args.indexOf(volArg) + 1]) : 10_000;
+const attachVolArg = args.find((a) => a.startsWith('--attach-volumes'));
+const iscsiVolArg = args.find((a) => a.startsWith('--iscsi-volumes'));
+const iscsiVolumes = iscsiVolArg ? Number(iscsiVolArg.includes('=') ? iscsiVolArg.split('=')[1] : args[args.indexOf(iscsiVolArg) + 1]) : undefined;
+const attachVolumes = attachVolArg ? Number(attachVolArg.includes('=') ? attachVolArg.split('=')[1] : args[args.indexOf(attachVolArg) + 1]) : undefined;
 
 const plan = {
   rpc: { fn: rpcBench, opts: quick ? { rounds: 3, calls: 500 } : { rounds: 7, calls: 2000 } },
@@ -37,10 +43,12 @@ const plan = {
   snapshot: { fn: snapshotBench, opts: quick ? { reps: 2 } : { reps: 5 } },
   scale: { fn: scaleBench, opts: quick ? { reps: 3, volumes } : { reps: 5, volumes } },
   iscsi: { fn: iscsiBench, opts: quick ? { publishReps: 10, stageReps: 8 } : { publishReps: 30, stageReps: 30 } },
+  attachScale: { fn: attachScaleBench, opts: { volumes: attachVolumes ?? (quick ? 64 : 256) } },
+  iscsiScale: { fn: iscsiScaleBench, opts: { volumes: iscsiVolumes ?? (quick ? 16 : 32) } },
 };
 
 // Sections: --only a,b, or bare section names (`npm run bench -- iscsi`).
-const valueArgs = new Set([onlyArg && !onlyArg.includes('=') ? args.indexOf(onlyArg) + 1 : -1, volArg && !volArg.includes('=') ? args.indexOf(volArg) + 1 : -1]);
+const valueArgs = new Set([onlyArg, volArg, attachVolArg, iscsiVolArg].map((a) => (a && !a.includes('=') ? args.indexOf(a) + 1 : -1)));
 const bare = args.filter((a, i) => !a.startsWith('-') && !valueArgs.has(i));
 for (const b of bare) if (!(b in plan)) throw new Error(`unknown section "${b}"; sections: ${Object.keys(plan).join(', ')}`);
 const only = onlyArg ? [...(onlyArg.includes('=') ? onlyArg.split('=')[1] : args[args.indexOf(onlyArg) + 1]).split(','), ...bare] : bare.length ? bare : undefined;
@@ -126,6 +134,7 @@ Floors:
   5. start-up: node -e "" (spawn to exit); RSS: the idle floor server; ListVolumes: the floor server's canned page of 100.
   6a. ${ISCSI_RAW_PUBLISH} — each tgtadm spawned through sinter's executor; ratio = p50 ÷ p50 (p95 ÷ p95).
   6b. ${ISCSI_RAW_STAGE} — through sinter's executor, pid files polled every 5 ms; ratio = p50 ÷ p50 (p95 ÷ p95).
+  7, 7b. the same RPC of the first volumes (median of volumes 1–8) against the median of the 8 volumes ending at n, all staged at once, torn down last in, first out.
 sinter runs as a separate process with its default log level (info: one JSON line per RPC) written to a file.
 Load average ${loadBefore[0].toFixed(2)} at start, ${loadAfter[0].toFixed(2)} at end on ${cpus().length} CPUs; CPU pressure (some, avg60) ${pressureBefore ?? '?'}% → ${pressureAfter ?? '?'}%.
 Other work on the machine moves single figures between runs; the ratios (both sides measured together) and the CPU-time rows move much less.

@@ -1,4 +1,5 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { KeyedLock } from '../csi/locks.js';
 import type { Executor } from '../exec/run.js';
@@ -74,32 +75,71 @@ export class LoopDevices {
 
   /** The loop device backed by exactly `file`, from sysfs (no process started). */
   async backedBy(file: string): Promise<string | undefined> {
+    return this.bound().find((l) => l.back === file)?.device;
+  }
+
+  /**
+   * Every bound loop device, from sysfs, in device order: its backing file as
+   * the kernel shows it (" (deleted)" kept) and its read-only flag. No process
+   * is started: with hundreds of loop devices `losetup --list` took ~50 ms a
+   * call, and a stage asked on every call. The reads are synchronous: sysfs
+   * attributes are generated in memory and never wait on a disk, and one
+   * thread-pool round trip per file cost more than the read itself.
+   */
+  bound(): { device: string; back: string; readOnly: boolean }[] {
     let names: string[];
     try {
-      names = (await readdir(this.sysBlock)).filter((n) => /^loop\d+$/.test(n));
+      names = readdirSync(this.sysBlock).filter((n) => /^loop\d+$/.test(n));
     } catch {
-      return undefined;
+      return [];
     }
-    for (const n of names) if ((await this.backingFile(`/dev/${n}`)) === file) return `/dev/${n}`;
-    return undefined;
+    const out: { device: string; back: string; readOnly: boolean; n: number }[] = [];
+    for (const n of names) {
+      let back: string;
+      try {
+        back = readFileSync(join(this.sysBlock, n, 'loop', 'backing_file'), 'utf8').trim();
+      } catch {
+        continue; // not bound (no loop/ directory), or detached meanwhile
+      }
+      let ro = '0';
+      try {
+        ro = readFileSync(join(this.sysBlock, n, 'ro'), 'utf8').trim();
+      } catch {
+        /* detached meanwhile: reported as bound a moment ago, as losetup would */
+      }
+      out.push({ device: `/dev/${n}`, back, readOnly: ro === '1', n: Number(n.slice(4)) });
+    }
+    return out.sort((a, b) => a.n - b.n).map(({ device, back, readOnly }) => ({ device, back, readOnly }));
   }
 
-  /** `losetup --associated`: loop devices over `file` (by inode, so a re-created file is a different one), with their read-only flag. */
-  async associated(file: string, what: string): Promise<{ device: string; readOnly: boolean }[]> {
-    const res = await hostCommand(what, this.exec.run('losetup', ['--list', '--noheadings', '--output', 'NAME,RO', '--associated', file]));
-    return res.stdout
-      .split('\n')
-      .map((l) => l.trim().split(/\s+/))
-      .filter(([name]) => name !== undefined && LOOP_DEV_RE.test(name))
-      .map(([name, ro]) => ({ device: name!, readOnly: ro === '1' }));
+  /**
+   * Loop devices over `file`, with their read-only flag: what
+   * `losetup --associated` answers, from sysfs. A device matches when the
+   * kernel shows exactly this path, or when the path it shows (not a deleted
+   * file: a re-created file is a different one) names the same inode and has
+   * the same file name (another way to the same image, such as a bind
+   * mount). Only such namesakes are stat()ed, never other devices' files.
+   */
+  async associated(file: string, _what?: string): Promise<{ device: string; readOnly: boolean }[]> {
+    const bound = this.bound();
+    const name = basename(file);
+    let want: { dev: number; ino: number } | undefined | null = null;
+    const out: { device: string; readOnly: boolean }[] = [];
+    for (const l of bound) {
+      let match = l.back === file;
+      if (!match && !l.back.endsWith(' (deleted)') && basename(l.back) === name) {
+        if (want === null) want = await stat(file).then((st) => ({ dev: st.dev, ino: st.ino }), () => undefined);
+        const st = want && (await stat(l.back).catch(() => undefined));
+        match = st !== undefined && st !== null && want !== undefined && st.dev === want.dev && st.ino === want.ino;
+      }
+      if (match) out.push({ device: l.device, readOnly: l.readOnly });
+    }
+    return out;
   }
 
-  /** Every loop device and its backing file (" (deleted)" stripped). */
-  async list(): Promise<{ device: string; backingFile: string }[]> {
-    const res = await hostCommand('listing loop devices', this.exec.run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE']));
-    if (!res.stdout.trim()) return [];
-    const parsed = JSON.parse(res.stdout) as { loopdevices?: { name: string; 'back-file'?: string | null }[] };
-    return (parsed.loopdevices ?? []).map((l) => ({ device: l.name, backingFile: (l['back-file'] ?? '').replace(/ \(deleted\)$/, '') }));
+  /** Every loop device and its backing file (" (deleted)" stripped), from sysfs. */
+  list(): Promise<{ device: string; backingFile: string }[]> {
+    return Promise.resolve(this.bound().map((l) => ({ device: l.device, backingFile: l.back.replace(/ \(deleted\)$/, '') })));
   }
 
   /** Makes `device` see its file's new size. */

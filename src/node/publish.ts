@@ -153,7 +153,7 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
       );
     if (!(await isOurs(snap, rec, await stagingResolved(rec), m, entry)))
       throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
-    await d.mounter.umountAll(req.targetResolved);
+    await d.mounter.umountAll(req.targetResolved, snap);
   }
   if (rec?.access === 'block' && rec.device) await d.roBlock.release(volumeDevice(rec)!, await d.mounter.snapshot());
   await doing(`removing target_path ${req.targetPath}`, async () => {

@@ -170,6 +170,7 @@ export class NodeService {
     await this.deps.state.init();
     const { records, strayTemps } = await this.deps.state.list();
     await this.deps.state.removeStrayTemps(strayTemps);
+    this.deps.state.seed(records);
     let orphans = await this.orphans();
     // Devices from sinter's roots (and, with orphanSessions: clean, iSCSI attachments) that no record
     // explains and nothing uses are leftovers: tear them down.

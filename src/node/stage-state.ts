@@ -51,10 +51,19 @@ export interface CorruptRecord {
 /**
  * Per-volume JSON records in <stateDir>/volumes/<volume_id>.json, kept in a
  * RecordStore: a crash leaves either the old or the new record, never half of one.
+ *
+ * The files are the truth; get() always reads the file. Which volumes name
+ * which staging path is also kept in memory (volumesAt), read from the files
+ * once and then changed by this object's own put and remove, so a stage does
+ * not read every record of the node: the node plugin is the only writer of
+ * its state directory while it runs (fsck only reads it).
  */
 export class StageState {
   readonly dir: string;
   private readonly store: RecordStore<StageRecord>;
+  /** volume id → the staging path its record names; undefined until first needed. */
+  private paths?: Map<string, string>;
+  private loading?: Promise<Map<string, string>>;
 
   constructor(stateDir: string) {
     this.dir = join(stateDir, 'volumes');
@@ -73,10 +82,44 @@ export class StageState {
     checked(rec.volumeId);
     await this.init();
     await this.store.put({ ...rec, updatedAt: new Date().toISOString() });
+    // After a load in progress, so what it read (old or new) is overwritten by the newest.
+    if (this.loading) (await this.loading).set(rec.volumeId, rec.stagingPath);
   }
 
   async remove(volumeId: string): Promise<void> {
     await this.store.remove(checked(volumeId));
+    if (this.loading) (await this.loading).delete(volumeId);
+  }
+
+  /**
+   * Volumes whose record names stagingPath, from memory (the first call
+   * reads every record). Records that cannot be read are not counted, as
+   * with list().
+   */
+  async volumesAt(stagingPath: string): Promise<string[]> {
+    const paths = this.paths ?? (await this.index());
+    const out: string[] = [];
+    for (const [id, p] of paths) if (p === stagingPath) out.push(id);
+    return out;
+  }
+
+  /** Start-up, before serving: the index from the records start-up has just read, so the first stage reads none. */
+  seed(records: readonly StageRecord[]): void {
+    if (this.loading) return;
+    this.paths = new Map(records.map((r) => [r.volumeId, r.stagingPath]));
+    this.loading = Promise.resolve(this.paths);
+  }
+
+  /** Reads every record into the in-memory index (once). */
+  async index(): Promise<Map<string, string>> {
+    this.loading ??= this.store.list(parseRecord).then(
+      (l) => (this.paths = new Map(l.records.map((r) => [r.volumeId, r.stagingPath]))),
+      (e: unknown) => {
+        this.loading = undefined;
+        throw e;
+      },
+    );
+    return this.loading;
   }
 
   /** All readable records, plus the files that could not be read (left in place for a person to look at). */

@@ -88,9 +88,11 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     if (!sameStringMap(prev.publishContext, encodePublishContext(req.publishContext)))
       throw alreadyExists(`volume ${volumeId} is already staged on this node from another publish_context (${prev.publishContext.transport ?? 'unknown'} transport); unstage it first`);
   }
-  for (const other of (await d.state.list()).records) {
-    if (other.volumeId !== volumeId && other.stagingPath === req.stagingPath)
-      throw alreadyExists(`staging_target_path ${req.stagingPath} is already used by volume ${other.volumeId}`);
+  // The index names candidates; each one's record file is read again to confirm.
+  for (const other of await d.state.volumesAt(req.stagingPath)) {
+    if (other === volumeId) continue;
+    const rec = await d.state.get(other).catch(() => undefined);
+    if (rec?.stagingPath === req.stagingPath) throw alreadyExists(`staging_target_path ${req.stagingPath} is already used by volume ${other}`);
   }
   // A mount already there is ours only if it shows the device we recorded
   // (the device is recorded before anything is mounted). Refuse a foreign one
@@ -298,7 +300,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   rec.phase = 'unstaging';
   if (!wasStaged || rec.device !== recordedDevice) await d.state.put(rec);
   try {
-    if (staged) await d.mounter.umountAll(visibleAt);
+    if (staged) await d.mounter.umountAll(visibleAt, snap);
     if (rec.access === 'block') {
       await doing(`removing the device file ${visibleAt}`, async () => {
         const st = await lstat(visibleAt).catch(() => undefined);

@@ -285,3 +285,29 @@ describe('paths (safety rule 2)', () => {
   });
 });
 
+
+describe('one staging path, one volume', () => {
+  it('refuses a second volume at a path another volume half-staged there (nothing mounted), also after a restart, and allows it once that one is unstaged', async () => {
+    // Volume A's stage fails before anything is mounted (xfs asked for as ext4): only its record names the path.
+    const fileA = await env.image('a.img', 512 * MiB);
+    await env.sh('mkfs.xfs', ['-q', fileA]);
+    const reqA = env.stageReq('file-half', fileA, mountCap('ext4'));
+    expect((await csiError(env.h.NodeStageVolume(reqA))).code).toBe(Code.FAILED_PRECONDITION);
+    const fileB = await env.image('b.img', 64 * MiB);
+    const reqB = { ...env.stageReq('file-second', fileB, mountCap('ext4')), staging_target_path: reqA.staging_target_path };
+    for (const restart of [false, true]) {
+      if (restart) {
+        env.restart();
+        await env.svc.start();
+      }
+      const err = await csiError(env.h.NodeStageVolume(reqB));
+      expect(err.code).toBe(Code.ALREADY_EXISTS);
+      expect(err.message).toContain('already used by volume file-half');
+      expect(await loopsOf(fileB)).toEqual([]);
+    }
+    await env.h.NodeUnstageVolume({ volume_id: 'file-half', staging_target_path: reqA.staging_target_path });
+    await env.h.NodeStageVolume(reqB);
+    expect((await env.mountsUnder()).map((m) => m.mountPoint)).toContain(reqA.staging_target_path);
+    await env.h.NodeUnstageVolume({ volume_id: 'file-second', staging_target_path: reqA.staging_target_path });
+  });
+});

@@ -64,3 +64,30 @@ describe('StageState', () => {
     await expect(s.get('a/b')).rejects.toThrow(/malformed/);
   });
 });
+
+describe('StageState.volumesAt (the in-memory index of staging paths)', () => {
+  it('reads the records once, then follows put and remove, including those made while it loads', async () => {
+    const first = new StageState(dir);
+    await first.put(rec('file-a', { stagingPath: '/k/p1' }));
+    await first.put(rec('file-b', { stagingPath: '/k/p2' }));
+    await writeFile(join(dir, 'volumes', 'file-c.json'), '{"version":1,');
+    const s = new StageState(dir);
+    // A put and a remove racing the first load end up in the index as they end up on disk.
+    const [at1] = await Promise.all([s.volumesAt('/k/p1'), s.put(rec('file-d', { stagingPath: '/k/p1' })), s.remove('file-b')]);
+    expect(at1.sort()).toEqual(expect.arrayContaining(['file-a']));
+    expect((await s.volumesAt('/k/p1')).sort()).toEqual(['file-a', 'file-d']);
+    expect(await s.volumesAt('/k/p2')).toEqual([]);
+    await s.put(rec('file-a', { stagingPath: '/k/p2' }));
+    expect(await s.volumesAt('/k/p1')).toEqual(['file-d']);
+    expect(await s.volumesAt('/k/p2')).toEqual(['file-a']);
+    // What a fresh reader of the directory finds is what the index says.
+    const fresh = new StageState(dir);
+    for (const p of ['/k/p1', '/k/p2']) expect((await fresh.volumesAt(p)).sort()).toEqual((await s.volumesAt(p)).sort());
+  });
+
+  it('seeded at start-up, it reads no file', async () => {
+    const s = new StageState(join(dir, 'nowhere'));
+    s.seed([rec('file-a', { stagingPath: '/k/p1' })]);
+    expect(await s.volumesAt('/k/p1')).toEqual(['file-a']);
+  });
+});

@@ -30,7 +30,8 @@ export interface FileInspection extends Inspection {
   foreign: string[];
 }
 
-const imageOf = (dir: string, id: string) => join(dir, `${id}.img`);
+// A template, not path.join: ids are checked names and dir is the store's own; join cost ~10 ms per 10,000 calls at start-up.
+const imageOf = (dir: string, id: string) => `${dir}/${id}.img`;
 
 // Synchronous like the record reads (RecordStore.scan): inspect runs in start-up
 // before the plugin serves, or in fsck's own process; a thread-pool round trip
@@ -88,40 +89,40 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
     for (const rec of vs.records) {
       const img = imageOf(volDir, rec.id);
       const subject = `volume ${rec.id}`;
-      const named = `(${JSON.stringify(rec.name)})`;
+      const named = () => `(${JSON.stringify(rec.name)})`; // only for a finding
       if (rec.backend !== b.name) {
-        out.push({ kind: 'foreign-record', subject, detail: `record ${named} names backend "${rec.backend}", not "${b.name}"; a start ignores it`, remedy: 'operator' });
+        out.push({ kind: 'foreign-record', subject, detail: `record ${named()} names backend "${rec.backend}", not "${b.name}"; a start ignores it`, remedy: 'operator' });
         foreign.push(`${b.volumes.pathOf(rec.id)} (belongs to backend "${rec.backend}")`);
         continue;
       }
       if (rec.state === 'creating') {
-        out.push({ kind: 'interrupted-create', subject, detail: `create ${named} was interrupted before the CO heard of it; a start rolls it back (removes the record and any partial image)`, remedy: 'restart' });
+        out.push({ kind: 'interrupted-create', subject, detail: `create ${named()} was interrupted before the CO heard of it; a start rolls it back (removes the record and any partial image)`, remedy: 'restart' });
         plan.push({ do: 'roll-back-create', what: 'volume', id: rec.id, name: rec.name });
         continue;
       }
       if (rec.state === 'deleting') {
-        out.push({ kind: 'interrupted-delete', subject, detail: `delete ${named} was interrupted; a start finishes it (removes the image and the record)`, remedy: 'restart' });
+        out.push({ kind: 'interrupted-delete', subject, detail: `delete ${named()} was interrupted; a start finishes it (removes the image and the record)`, remedy: 'restart' });
         plan.push({ do: 'finish-delete', what: 'volume', id: rec.id, name: rec.name });
         continue;
       }
       known.add(rec.id);
       serve.volumes.push(rec);
       if (rec.state === 'error') {
-        out.push({ kind: 'failed-create', subject, detail: `create ${named} failed: ${rec.error ?? 'no reason recorded'}; the CO's CreateVolume retry (or a DeleteVolume) clears it`, remedy: 'retry' });
+        out.push({ kind: 'failed-create', subject, detail: `create ${named()} failed: ${rec.error ?? 'no reason recorded'}; the CO's CreateVolume retry (or a DeleteVolume) clears it`, remedy: 'retry' });
         continue;
       }
       if (rec.state === 'error_deleting') {
-        out.push({ kind: 'failed-delete', subject, detail: `delete ${named} failed: ${rec.error ?? 'no reason recorded'}; the CO's DeleteVolume retry finishes it`, remedy: 'retry' });
+        out.push({ kind: 'failed-delete', subject, detail: `delete ${named()} failed: ${rec.error ?? 'no reason recorded'}; the CO's DeleteVolume retry finishes it`, remedy: 'retry' });
         continue;
       }
       if (rec.state !== 'available' && rec.state !== 'in-use') {
-        out.push({ kind: 'unknown-state', subject, detail: `record ${named} has state "${String(rec.state)}", which sinter never writes`, remedy: 'operator' });
+        out.push({ kind: 'unknown-state', subject, detail: `record ${named()} has state "${String(rec.state)}", which sinter never writes`, remedy: 'operator' });
         continue;
       }
       if ((rec.state === 'in-use') !== rec.attachments.length > 0)
         out.push({ kind: 'state-mismatch', subject, detail: `state is ${rec.state} but ${rec.attachments.length} publishes are recorded`, remedy: 'operator' });
       const st = statOf(img);
-      if (!st) out.push({ kind: 'image-missing', subject, detail: `${rec.state} volume ${named} has no image file ${img}`, remedy: 'operator' });
+      if (!st) out.push({ kind: 'image-missing', subject, detail: `${rec.state} volume ${named()} has no image file ${img}`, remedy: 'operator' });
       else if (!st.isFile()) out.push({ kind: 'image-not-a-file', subject, detail: `${img} is not a regular file`, remedy: 'operator' });
       else if (st.size < rec.sizeBytes)
         out.push({ kind: 'image-too-small', subject, detail: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}`, remedy: 'operator' });
@@ -139,12 +140,12 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
     for (const rec of ss.records) {
       const img = imageOf(snapDir, rec.id);
       const subject = `snapshot ${rec.id}`;
-      const named = `(${JSON.stringify(rec.name)})`;
+      const named = () => `(${JSON.stringify(rec.name)})`; // only for a finding
       if (rec.state === 'creating' || rec.state === 'deleting') {
         out.push({
           kind: rec.state === 'creating' ? 'interrupted-create' : 'interrupted-delete',
           subject,
-          detail: `${rec.state === 'creating' ? 'snapshot' : 'delete of snapshot'} ${named} was interrupted; a start ${rec.state === 'creating' ? 'rolls it back' : 'finishes it'}`,
+          detail: `${rec.state === 'creating' ? 'snapshot' : 'delete of snapshot'} ${named()} was interrupted; a start ${rec.state === 'creating' ? 'rolls it back' : 'finishes it'}`,
           remedy: 'restart',
         });
         plan.push({ do: rec.state === 'creating' ? 'roll-back-create' : 'finish-delete', what: 'snapshot', id: rec.id, name: rec.name });
@@ -153,15 +154,15 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
       knownSnaps.add(rec.id);
       serve.snapshots.push(rec);
       if (rec.state === 'error' || rec.state === 'error_deleting') {
-        out.push({ kind: rec.state === 'error' ? 'failed-create' : 'failed-delete', subject, detail: `snapshot ${named}: ${rec.error ?? rec.state}; the CO's retry clears it`, remedy: 'retry' });
+        out.push({ kind: rec.state === 'error' ? 'failed-create' : 'failed-delete', subject, detail: `snapshot ${named()}: ${rec.error ?? rec.state}; the CO's retry clears it`, remedy: 'retry' });
         continue;
       }
       if (rec.state !== 'available') {
-        out.push({ kind: 'unknown-state', subject, detail: `record ${named} has state "${String(rec.state)}", which sinter never writes`, remedy: 'operator' });
+        out.push({ kind: 'unknown-state', subject, detail: `record ${named()} has state "${String(rec.state)}", which sinter never writes`, remedy: 'operator' });
         continue;
       }
       const st = statOf(img);
-      if (!st) out.push({ kind: 'image-missing', subject, detail: `snapshot ${named} has no image file ${img}`, remedy: 'operator' });
+      if (!st) out.push({ kind: 'image-missing', subject, detail: `snapshot ${named()} has no image file ${img}`, remedy: 'operator' });
       else if (!st.isFile()) out.push({ kind: 'image-not-a-file', subject, detail: `${img} is not a regular file`, remedy: 'operator' });
       else if (st.size < rec.sizeBytes)
         out.push({ kind: 'image-too-small', subject, detail: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}`, remedy: 'operator' });
@@ -176,12 +177,13 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
     if (!scan) continue;
     const interrupted = new Set(scan.records.map((r) => r.id).filter((id) => !ids.has(id)));
     for (const f of scan.others) {
-      const path = join(dir, f);
       if (f.endsWith('.img')) {
         const id = f.slice(0, -4);
         if (ids.has(id) || interrupted.has(id)) continue;
+        const path = join(dir, f);
         out.push({ kind: `orphan-${what === 'volume' ? 'image' : 'snapshot'}`, subject: path, detail: `${what} image with no record; sinter never deletes it on its own (it may hold data)`, remedy: 'operator' });
       } else {
+        const path = join(dir, f);
         out.push({ kind: 'unknown-file', subject: path, detail: `a file sinter does not write lies among the ${what} records`, remedy: 'operator' });
       }
     }

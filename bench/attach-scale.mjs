@@ -1,0 +1,247 @@
+// 7. Attach at scale: `sinter all` stages and publishes N volumes (default
+// 256) on one node over the local transport (loop device, ext4, 64 MiB
+// each), keeping them all staged, then unpublishes and unstages them in the
+// reverse order. So volume #n's stage and publish run while n-1 others are
+// staged and published, and so do its unpublish and unstage (last in, first
+// out): every figure of volume #n is taken with the same n-1 neighbours.
+//
+// The floor of each figure is the same RPC of the first volumes: the section
+// asks whether the cost of one attach grows with the number already there
+// (issue 16: volume 256 ≤ 1.2× volume 1). Single RPCs are noisy on a shared
+// machine, so "volume n" is the median of the window of 8 volumes ending at
+// n (volumes 1–8 for the first).
+//
+// With BENCH_LOG_LEVEL=debug sinter logs every host command; the section
+// then counts, per RPC, the commands and their time, and prints them for
+// the first and the last windows, so what grows is named.
+//
+// Everything lives under one directory that is unmounted, detached and
+// removed at the end of the section, also when it fails.
+import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { base, load, median, MiB, mountCap, scrub, startSinter } from './lib.mjs';
+
+export const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
+const WINDOW = 8;
+
+/** CPU time (ms) sinter's main thread has run so far (/proc/PID/schedstat, ns): its JS, parsing, and the fork of each host command; less noisy than wall time on a busy machine. */
+const mainThreadMs = (pid) => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+
+/** The points reported: the first window, the 64th, 128th and the last volume. */
+export function points(n) {
+  return [...new Set([WINDOW, 64, 128, n].filter((p) => p >= WINDOW && p <= n))];
+}
+
+/** Median of the window of WINDOW values ending at volume n (1-based). */
+const windowAt = (values, n) => median(values.slice(Math.max(0, n - WINDOW), n));
+
+/**
+ * Host commands per RPC from a debug log: sinter serves one RPC at a time
+ * here, so every `exec` line belongs to the next `rpc` line.
+ */
+export function commandsPerRpc(logText) {
+  const out = [];
+  let pending = [];
+  for (const line of logText.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    let j;
+    try {
+      j = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    if (j.msg === 'exec') pending.push({ cmd: j.cmd.split(' ')[0] + (j.cmd.split(' ')[1]?.startsWith('-') ? ` ${j.cmd.split(' ')[1]}` : ''), ms: j.ms });
+    else if (j.msg === 'rpc') {
+      out.push({ rpc: j.rpc?.split('.').pop(), volumeId: j.volume_id, ms: j.ms, cmds: pending });
+      pending = [];
+    }
+  }
+  return out;
+}
+
+/**
+ * Stages and publishes `volumes` volumes one after another on `node`, created
+ * and published to it by `ctl` (the same process for `sinter all`), then
+ * unpublishes and unstages them last in, first out, and deletes them. Returns
+ * the section's rows; `made` (given) lists what is still staged or published
+ * when it throws, for the caller's clean-up.
+ */
+export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log }) {
+  const s = node;
+  const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
+  const cpu = Object.fromEntries(STEPS.map((k) => [k, []]));
+  const loadAt = [];
+  const t0 = performance.now();
+  let nodeId;
+  const create = async (name) => {
+    const { volume } = await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: sizeBytes }, volume_capabilities: [cap] });
+    const id = volume.volume_id;
+    const { publish_context: ctx } = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
+    const v = { id, ctx, volume, ...pathsFor(id, name) };
+    mkdirSync(v.staging, { recursive: true });
+    mkdirSync(join(v.target, '..'), { recursive: true });
+    made.push(v);
+    return v;
+  };
+  /** Wall ms of fn; its main-thread CPU ms goes to cpu[step][index]. */
+  const time = async (fn, step, index) => {
+    const c = mainThreadMs(s.pid);
+    const t = performance.now();
+    await fn();
+    const wall = performance.now() - t;
+    cpu[step][index] = mainThreadMs(s.pid) - c;
+    return wall;
+  };
+  const n = s.client.node;
+  const stage = (v) => n.NodeStageVolume({ volume_id: v.id, staging_target_path: v.staging, volume_capability: cap, publish_context: v.ctx, volume_context: v.volume.volume_context });
+  const publish = (v) => n.NodePublishVolume({ volume_id: v.id, staging_target_path: v.staging, target_path: v.target, volume_capability: cap, publish_context: v.ctx });
+  const unpublish = (v) => n.NodeUnpublishVolume({ volume_id: v.id, target_path: v.target });
+  const unstage = (v) => n.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging });
+  const release = async (v) => {
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: v.id, node_id: nodeId });
+    await ctl.client.controller.DeleteVolume({ volume_id: v.id });
+    made.splice(made.indexOf(v), 1);
+  };
+  ({ node_id: nodeId } = await n.NodeGetInfo({}));
+  {
+    // Warm-up: one whole round trip, so JIT and the tools' page cache are warm for volume 1.
+    const warm = await create('warm');
+    await stage(warm);
+    await publish(warm);
+    await unpublish(warm);
+    await unstage(warm);
+    await release(warm);
+    const logStart = readFileSync(s.logFile, 'utf8').length;
+
+    const all = [];
+    for (let i = 1; i <= volumes; i++) {
+      const v = await create(`scale-${i}`);
+      all.push(v);
+      ms.NodeStageVolume.push(await time(() => stage(v), 'NodeStageVolume', i - 1));
+      v.staged = true;
+      ms.NodePublishVolume.push(await time(() => publish(v), 'NodePublishVolume', i - 1));
+      v.published = true;
+      loadAt.push(load());
+      if (i % 32 === 0 || i === volumes)
+        log(`  ${tag}: ${i}/${volumes} staged+published; stage ${ms.NodeStageVolume.at(-1).toFixed(0)} ms, publish ${ms.NodePublishVolume.at(-1).toFixed(0)} ms; load ${load().toFixed(2)}`);
+    }
+    // Last in, first out: volume #n is torn down with the same n-1 neighbours it was set up with.
+    const down = { NodeUnpublishVolume: [], NodeUnstageVolume: [] };
+    for (let i = volumes; i >= 1; i--) {
+      const v = all[i - 1];
+      down.NodeUnpublishVolume[i - 1] = await time(() => unpublish(v), 'NodeUnpublishVolume', i - 1);
+      v.published = false;
+      down.NodeUnstageVolume[i - 1] = await time(() => unstage(v), 'NodeUnstageVolume', i - 1);
+      v.staged = false;
+      await release(v);
+      if (i % 32 === 1 || i === 1) log(`  ${tag}: torn down to ${i - 1}; unpublish ${down.NodeUnpublishVolume[i - 1].toFixed(0)} ms, unstage ${down.NodeUnstageVolume[i - 1].toFixed(0)} ms; load ${load().toFixed(2)}`);
+    }
+    ms.NodeUnpublishVolume = down.NodeUnpublishVolume;
+    ms.NodeUnstageVolume = down.NodeUnstageVolume;
+    const rows = [];
+    const pts = points(volumes);
+    const first = pts[0];
+    for (const k of STEPS) {
+      const f = windowAt(ms[k], first);
+      for (const p of pts.slice(1)) {
+        const val = windowAt(ms[k], p);
+        rows.push({
+          id: `${idBase}.${k}.${p}`,
+          section,
+          label: `${k}, volume ${p} vs volumes 1–${first}`,
+          unit: 'ms',
+          value: val,
+          floor: f,
+          ratio: val / f,
+          target: p === volumes ? { ratioMax: 1.2 } : undefined,
+          floorIs: `median ${k} of volumes 1–${first}`,
+          detail: { window: WINDOW, perVolumeMs: ms[k].map((x) => Math.round(x * 100) / 100) },
+        });
+      }
+    }
+    for (const k of STEPS) {
+      const f = windowAt(cpu[k], first);
+      const val = windowAt(cpu[k], volumes);
+      rows.push({
+        id: `${idBase}.${k}.cpu.${volumes}`,
+        section,
+        label: `${k}, sinter main-thread CPU, volume ${volumes} vs volumes 1–${first}`,
+        unit: 'ms',
+        value: val,
+        floor: f,
+        ratio: val / f,
+        floorIs: `median main-thread CPU of ${k} of volumes 1–${first}`,
+        detail: { window: WINDOW, perVolumeMs: cpu[k].map((x) => Math.round(x * 100) / 100) },
+      });
+    }
+    log(`  ${tag}: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
+    for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms (CPU ${windowAt(cpu[k], p).toFixed(1)})`).join(', ')}`);
+
+    // Debug logs: commands per RPC, for the first and the last windows.
+    const calls = commandsPerRpc(readFileSync(s.logFile, 'utf8').slice(logStart));
+    if (calls.some((c) => c.cmds.length)) {
+      const byVolume = new Map(all.map((v, i) => [v.id, i + 1]));
+      for (const k of STEPS) {
+        for (const p of [first, volumes]) {
+          const inWindow = calls.filter((c) => c.rpc === k && byVolume.get(c.volumeId) > p - WINDOW && byVolume.get(c.volumeId) <= p);
+          if (!inWindow.length) continue;
+          const cmdMs = median(inWindow.map((c) => c.cmds.reduce((a, x) => a + x.ms, 0)));
+          const rpcMs = median(inWindow.map((c) => c.ms));
+          const names = {};
+          for (const c of inWindow) for (const x of c.cmds) (names[x.cmd] ??= []).push(x.ms);
+          const list = Object.entries(names)
+            .map(([cmd, t]) => `${cmd} ×${(t.length / inWindow.length).toFixed(1)} ${median(t)} ms`)
+            .join('; ');
+          log(`  ${k} volumes ${p - WINDOW + 1}–${p}: server ${rpcMs.toFixed(1)} ms, host commands ${cmdMs.toFixed(0)} ms: ${list}`);
+        }
+      }
+    }
+    return rows;
+  }
+}
+
+/** Best effort through sinter (so its records match) before the directory is scrubbed. */
+export async function undoScale(node, made) {
+  for (const v of [...made].reverse()) {
+    if (v.published) await node.client.node.NodeUnpublishVolume({ volume_id: v.id, target_path: v.target }).catch(() => undefined);
+    if (v.staged) await node.client.node.NodeUnstageVolume({ volume_id: v.id, staging_target_path: v.staging }).catch(() => undefined);
+  }
+}
+
+export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
+  const dir = join(base, 'attach-scale');
+  const s = await startSinter({ role: 'all', dir });
+  const cap = mountCap('ext4');
+  const made = [];
+  let failed = true;
+  let rows;
+  try {
+    rows = await runScale({
+      ctl: s,
+      node: s,
+      cap,
+      sizeBytes: sizeMiB * MiB,
+      volumes,
+      pathsFor: (id, name) => ({
+        staging: join(s.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount'),
+        target: join(s.kubeletRoot, 'pods', `pod-${name}`, 'volumes/kubernetes.io~csi', id, 'mount'),
+      }),
+      section: `7. Attach at scale (local connector, ext4, ${sizeMiB} MiB, ${volumes} volumes on one node)`,
+      idBase: 'attachScale',
+      tag: 'attach-scale',
+      made,
+      log,
+    });
+    failed = false;
+  } finally {
+    if (failed) await undoScale(s, made);
+    await s.stop();
+    if (process.env.BENCH_LOGS_TO) {
+      mkdirSync(process.env.BENCH_LOGS_TO, { recursive: true });
+      copyFileSync(s.logFile, join(process.env.BENCH_LOGS_TO, 'attach-scale.log'));
+    }
+    await scrub(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
