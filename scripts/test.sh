@@ -41,7 +41,7 @@ fi
 if [ "$run_vm" = 1 ]; then
   reports+=(.tmp/vitest-vm.json)
   echo "VM stage: the tests that need a real kernel, in one qemu guest"
-  node test/vm/run.mjs --vitest --no-build --report .tmp/vitest-vm.json "${vm_args[@]}" || status=$?
+  node test/vm/run.mjs --vitest --no-build --timeout 2400 --report .tmp/vitest-vm.json "${vm_args[@]}" || status=$?
 fi
 node scripts/summary.mjs "${reports[@]}" || status=1
 if [ "$static" -ne 0 ]; then
