@@ -74,12 +74,16 @@ ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/dist/main.js"]
 CMD ["--help"]
 
 # ---- controller: identity + controller services, backends, tgt -----------------
-# tgt is here for the iscsi overlay, where tgtd runs as a second container from
-# this image. The controller itself needs no host tools beyond coreutils.
+#   tgt            for the iscsi overlay, where tgtd runs as a second container from
+#                  this image (tgtadm)
+#   lvm2           driver: lvm (lvs, vgs, lvcreate, lvchange, lvextend, lvremove; the
+#                  controller then runs privileged on the storage host)
+#   ceph-common    driver: rbd (rbd, ceph)
+# test/deploy/images-podman.test.ts checks every command the backends run resolves here.
 FROM runtime AS controller
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt \
+      tgt lvm2 ceph-common \
  && rm -rf /var/lib/apt/lists/*
 USER 65532:65532
 CMD ["controller"]

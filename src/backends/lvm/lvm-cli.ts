@@ -23,6 +23,9 @@ export class LvmError extends Error {
   }
 }
 
+/** Every LVM command the backend runs (a literal union, so the image checks can see them). */
+export type LvmCommand = 'lvs' | 'vgs' | 'lvcreate' | 'lvchange' | 'lvremove' | 'lvextend';
+
 /**
  * The LVM commands the backend uses, over the one Executor. Output is read
  * in the C locale as JSON reports in bytes; a failure becomes an LvmError
@@ -35,7 +38,7 @@ export class LvmCli {
     private readonly timeoutMs = 120_000,
   ) {}
 
-  async run(cmd: string, args: string[], timeoutMs = this.timeoutMs): Promise<string> {
+  async run(cmd: LvmCommand, args: string[], timeoutMs = this.timeoutMs): Promise<string> {
     try {
       return (await this.exec.run(cmd, args, { timeoutMs, env: { LC_ALL: 'C' } })).stdout;
     } catch (e) {
