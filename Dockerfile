@@ -116,6 +116,6 @@ CMD ["node"]
 FROM node AS all
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt \
+      tgt lvm2 ceph-common \
  && rm -rf /var/lib/apt/lists/*
 CMD ["all", "--data-dir", "/var/lib/sinter/backends/default"]
