@@ -244,7 +244,8 @@ describe('static volumes in sinter all: the node id, the attach limit, a configu
       config,
       stringify({
         backends: [{ name: 'default', dataDir: join(base, 'data') }],
-        node: { maxVolumesPerNode: 1, iscsiInitiatorName: 'iqn.2026-11.io.sinter:all-node', sysfsRoot: sys },
+        // The host NQN is given, not read from /etc/nvme/hostnqn: a machine with nvme-cli has one, a fresh one may not.
+        node: { maxVolumesPerNode: 1, iscsiInitiatorName: 'iqn.2026-11.io.sinter:all-node', nvmeHostNqn: 'nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001', sysfsRoot: sys },
         controller: { stateDir: join(base, 'ctl-state') },
       }),
     );
@@ -254,7 +255,7 @@ describe('static volumes in sinter all: the node id, the attach limit, a configu
 
   it('NodeGetInfo carries the online WWPNs; the controller publishes static volumes to that node id and counts them against its limit', async () => {
     const info = await s.client.node.NodeGetInfo({});
-    expect(info.node_id).toBe('test-node;iqn.2026-11.io.sinter:all-node;21000024ff3a1b2c');
+    expect(info.node_id).toBe('test-node;iqn.2026-11.io.sinter:all-node;21000024ff3a1b2c;nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001');
     const pub = await s.client.controller.ControllerPublishVolume({ volume_id: 'static-all', node_id: info.node_id, volume_capability: mountCap(), volume_context: FC });
     expect(pub.publish_context).toEqual(FC_CTX);
     expect(existsSync(join(base, 'ctl-state', 'static-volumes', 'static-all.json'))).toBe(true);
