@@ -21,7 +21,7 @@ describe('rbd backend config', () => {
     expect(b).toMatchObject({ driver: 'rbd', imageFeatures: ['layering', 'exclusive-lock', 'object-map', 'fast-diff', 'deep-flatten'], cloneDepthSoftLimit: 4, cloneDepthHardLimit: 8 });
   });
   it('names the key at fault', () => {
-    expect(refusal({ ...rbd, driver: 'zfs' })).toMatch(/^backends\[0\]\.driver: must be one of file, rbd/);
+    expect(refusal({ ...rbd, driver: 'zfs' })).toMatch(/^backends\[0\]\.driver: must be one of file, lvm, rbd$/);
     expect(refusal({ ...rbd, pool: 'a/b' })).toMatch(/^backends\[0\]\.pool: "a\/b" is not a pool name/);
     expect(refusal({ ...rbd, monitors: [] })).toMatch(/^backends\[0\]\.monitors: must list at least one monitor/);
     expect(refusal({ ...rbd, dataDir: '/x' })).toMatch(/^backends\[0\]\.dataDir: unknown key/);
