@@ -189,10 +189,13 @@ describe('NVMe/TCP end to end in the VM: sinter controller (nvmet) + sinter node
     expect(ls(join(sub(nqn), 'allowed_hosts'))).toEqual(['nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000b2']);
     // nvmet dropped the controller (the port relink): the kernel is trying to reconnect, and is refused.
     await waitFor('the revoked host\'s controllers to drop', () => controllersOf(nqn).every((c) => c.state !== 'live') || undefined, 20_000);
+    // The dropped controllers stay (reconnecting) until ctrl_loss_tmo, and while they exist nvme-cli
+    // answers a new connect "already connected": remove them, then a fresh connect is refused.
+    await execa('nvme', ['disconnect', '-n', nqn]);
     const again = await handConnect(nqn);
     expect(again.exitCode).toBe(1);
     expect(again.stderr).toMatch(/Input\/output error/);
-    await execa('nvme', ['disconnect', '-n', nqn]);
+    await execa('nvme', ['disconnect', '-n', nqn], { reject: false });
     await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: other });
     expect(existsSync(sub(nqn))).toBe(false);
     await ctl.client.controller.DeleteVolume({ volume_id: id });

@@ -371,6 +371,10 @@ export class LvmBackend implements Backend {
     if (grow) {
       const lv = (await this.lvm.lvs(this.vg, lvName))[0];
       if (!lv) throw notFound(`volume ${id}: its LV ${this.vg}/${lvName} is missing`);
+      // LVM resizes the origin of a classic snapshot only while it is inactive ("Snapshot origin
+      // volumes can be resized only while inactive"), and an exported volume is always active.
+      if (lv.attr[0] === 'o' && lv.sizeBytes < sizeBytes)
+        throw failedPrecondition(`volume ${id} is a thick LV with classic snapshots, which LVM cannot grow while it is in use; delete its snapshots (or restore from them into a new volume) and expand again`);
       // lvextend first: a crash before the record update leaves a larger LV, which start records.
       if (lv.sizeBytes < sizeBytes) await this.lvm.lvextend(this.vg, lvName, sizeBytes).catch((e: unknown) => Promise.reject(this.translate(e, `expand volume ${id}`)));
       rec = await this.putVolume({ ...rec, sizeBytes, updatedAt: now() });
