@@ -460,7 +460,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       await k.rescan(t);
       expect(sysfs.writes.map((w) => w.path)).toContain('block/sda/device/rescan');
       const before = sysfs.writes.length;
-      await expect(k.disconnect(t)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: expect.stringContaining('sda is held by dm-0 (sinter-san-v1)') });
+      await expect(k.disconnect(t)).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('sda is held by dm-0 (sinter-san-v1)') });
       expect(sysfs.writes.length).toBe(before);
       expect(exec.lines.some((l) => l.endsWith('--logout'))).toBe(false);
     });
@@ -475,7 +475,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
       await expect(make(exec).connect({ portals: [P1, P2], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({
         code: Code.FAILED_PRECONDITION,
-        message: expect.stringContaining('held by dm-0, which is not a multipath map'),
+        message: stringContaining('held by dm-0, which is not a multipath map'),
       });
     });
 
