@@ -27,7 +27,7 @@ import {
   type BackstoreKind,
 } from './lio-plan.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetAccount, TargetHelper, TargetInfo, TargetRef, TargetSession } from './target-helper.js';
-import { idFromIqnSuffix, iqnSuffixForId, validateIqnPrefix } from './tgt.js';
+import { targetIqn, validateIqnPrefix, volumeIdOfIqn } from './tgt.js';
 
 export interface LioConfig {
   /** Target names are this prefix + the volume id, e.g. `iqn.2025-01.io.sinter:`. */
@@ -45,7 +45,6 @@ export interface LioConfig {
 }
 
 const KINDS: BackstoreKind[] = ['fileio', 'iblock'];
-const MAX_IQN = 223;
 
 /**
  * TargetHelper for the kernel's own target (LIO), Cinder's lioadm: sinter
@@ -82,15 +81,11 @@ export class LioTargetHelper implements TargetHelper {
   }
 
   iqnFor(volumeId: string): string {
-    const iqn = this.cfg.iqnPrefix + iqnSuffixForId(volumeId);
-    if (iqn.length > MAX_IQN) throw invalidArgument(`target name for "${volumeId}" would be ${iqn.length} bytes; iSCSI allows ${MAX_IQN}`);
-    return iqn;
+    return targetIqn(this.cfg.iqnPrefix, volumeId);
   }
 
   volumeIdOf(iqn: string): string | undefined {
-    const lower = iqn.toLowerCase();
-    if (!lower.startsWith(this.cfg.iqnPrefix)) return undefined;
-    return idFromIqnSuffix(lower.slice(this.cfg.iqnPrefix.length));
+    return volumeIdOfIqn(this.cfg.iqnPrefix, iqn);
   }
 
   private async requireLio(): Promise<void> {

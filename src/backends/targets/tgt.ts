@@ -66,6 +66,20 @@ export function idFromIqnSuffix(suffix: string): string | undefined {
   return suffix.replace(/:/g, '@');
 }
 
+/** The target name of a volume under a prefix (tgt and LIO name targets alike). */
+export function targetIqn(prefix: string, volumeId: string): string {
+  const iqn = prefix + iqnSuffixForId(volumeId);
+  if (iqn.length > MAX_IQN) throw invalidArgument(`target name for "${volumeId}" would be ${iqn.length} bytes; iSCSI allows ${MAX_IQN}`);
+  return iqn;
+}
+
+/** The volume id a target name stands for, or undefined when the name is not under prefix. */
+export function volumeIdOfIqn(prefix: string, iqn: string): string | undefined {
+  const lower = iqn.toLowerCase();
+  if (!lower.startsWith(prefix)) return undefined;
+  return idFromIqnSuffix(lower.slice(prefix.length));
+}
+
 export function validateIqnPrefix(prefix: string): void {
   if (prefix !== prefix.toLowerCase() || !isValidIqn(`${prefix}x`) || !/[:.]$/.test(prefix)) {
     throw new Error(`iSCSI target prefix "${prefix}" must be a lower-case IQN ending in ':' or '.', e.g. iqn.2025-01.io.sinter:`);
@@ -118,16 +132,12 @@ export class TgtTargetHelper implements TargetHelper {
   }
 
   iqnFor(volumeId: string): string {
-    const iqn = this.cfg.iqnPrefix + iqnSuffixForId(volumeId);
-    if (iqn.length > MAX_IQN) throw invalidArgument(`target name for "${volumeId}" would be ${iqn.length} bytes; iSCSI allows ${MAX_IQN}`);
-    return iqn;
+    return targetIqn(this.cfg.iqnPrefix, volumeId);
   }
 
   /** The volume id a target name stands for, or undefined when the name is not one of ours. */
   volumeIdOf(iqn: string): string | undefined {
-    const lower = iqn.toLowerCase();
-    if (!lower.startsWith(this.cfg.iqnPrefix)) return undefined;
-    return idFromIqnSuffix(lower.slice(this.cfg.iqnPrefix.length));
+    return volumeIdOfIqn(this.cfg.iqnPrefix, iqn);
   }
 
   // ---------------------------------------------------------------- tgtadm
