@@ -59,3 +59,39 @@ describe('initiator choice (auto)', () => {
     }
   });
 });
+
+describe('find() at scale', () => {
+  it("inspects only the attachments of the target's IQN and LUN (one mountpoint process, not one per attachment on the node)", async () => {
+    const { mkdtempSync, mkdirSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { UserspaceIscsiInitiator } = await import('../../src/node/connectors/iscsi/userspace.js');
+    const root = mkdtempSync(join(tmpdir(), 'sinter-us-'));
+    try {
+      const stateDir = join(root, 'state');
+      const ran: string[] = [];
+      const exec = {
+        run: (cmd: string, args: string[]) => {
+          ran.push([cmd, ...args].join(' '));
+          return Promise.resolve({ stdout: '', stderr: '', exitCode: 0 });
+        },
+        spawnDaemon: () => Promise.reject(new Error('no daemon expected')),
+      };
+      const us = new UserspaceIscsiInitiator({ stateDir, sysfsRoot: join(root, 'sys'), procRoot: join(root, 'proc') }, exec);
+      // 20 attachments on the node, each with its loop device over its FUSE file; the wanted one is not the first.
+      for (let i = 0; i < 20; i++) {
+        const iqn = `iqn.2024-01.io.sinter:default-${i}`;
+        const dir = us.dirFor(portal, iqn, 1);
+        mkdirSync(join(dir, 'mnt'), { recursive: true });
+        writeFileSync(join(dir, 'attachment.json'), JSON.stringify({ portal: portal.text, iqn, lun: 1, initiatorName: 'iqn.2024-01.io.test:n', createdAt: '' }));
+        mkdirSync(join(root, 'sys', 'block', `loop${i}`, 'loop'), { recursive: true });
+        writeFileSync(join(root, 'sys', 'block', `loop${i}`, 'loop', 'backing_file'), `${join(dir, 'mnt', 'disk')}\n`);
+      }
+      const device = await us.find({ portals: [portal.text], iqn: 'iqn.2024-01.io.sinter:default-7', lun: 1 });
+      expect(device).toBe('/dev/loop7');
+      expect(ran).toEqual([`mountpoint -q ${join(us.dirFor(portal, 'iqn.2024-01.io.sinter:default-7', 1), 'mnt')}`]);
+      expect(await us.find({ portals: [portal.text], iqn: 'iqn.2024-01.io.sinter:default-7', lun: 2 })).toBeUndefined();
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

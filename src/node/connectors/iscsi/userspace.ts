@@ -155,7 +155,7 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
 
   /** The attachment's loop device when its FUSE file is mounted. */
   async find(target: IscsiTarget): Promise<string | undefined> {
-    const hit = (await this.list()).find((a) => a.iqn === target.iqn && a.lun === target.lun && a.mounted && a.devicePath);
+    const hit = (await this.list((r) => r.iqn === target.iqn && r.lun === target.lun)).find((a) => a.mounted && a.devicePath);
     return hit?.devicePath;
   }
 
@@ -224,8 +224,14 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     return undefined;
   }
 
-  /** Every attachment this initiator has state for, healthy or not (orphan reporting). */
-  async list(): Promise<UserspaceAttachmentInfo[]> {
+  /**
+   * Every attachment this initiator has state for, healthy or not (orphan
+   * reporting); with `only`, those whose record it accepts. Each record is
+   * read first and only the accepted ones are inspected (a `mountpoint`
+   * process each): find() runs on every stage and unstage, and inspecting
+   * every attachment made that cost grow with the volumes staged.
+   */
+  async list(only?: (rec: AttachmentRecord) => boolean): Promise<UserspaceAttachmentInfo[]> {
     let names: string[];
     try {
       names = await fs.readdir(this.cfg.stateDir);
@@ -235,9 +241,10 @@ export class UserspaceIscsiInitiator implements IscsiInitiator {
     const out: UserspaceAttachmentInfo[] = [];
     for (const n of names) {
       const dir = join(this.cfg.stateDir, n);
-      const st = await this.inspect(dir);
       const rec = await readRecord(dir);
-      if (!st || !rec) continue;
+      if (!rec || (only && !only(rec))) continue;
+      const st = await this.inspect(dir);
+      if (!st) continue;
       out.push({ ...rec, dir, ...st });
     }
     return out;
