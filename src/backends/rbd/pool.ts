@@ -187,6 +187,48 @@ export class RbdPool {
     return removedFirst;
   }
 
+  /** The pool's `rbd group`s (sinter makes one per group snapshot, for the time it takes to cut it). */
+  async groups(): Promise<string[]> {
+    return (await this.cli.rbdJson<string[] | null>(['group', 'ls', this.pool], `listing the groups of pool ${this.pool}`)) ?? [];
+  }
+
+  async groupCreate(group: string): Promise<void> {
+    try {
+      await this.cli.rbd(['group', 'create', this.spec(group)], `creating group ${this.spec(group)}`);
+    } catch (e) {
+      if (!isErrno(e, Errno.EEXIST)) throw e;
+    }
+  }
+
+  /** Adds an image to the group; one already in it is fine, one in another group is refused (an image joins one group at a time). */
+  async groupAdd(group: string, image: string): Promise<void> {
+    try {
+      await this.cli.rbd(['group', 'image', 'add', this.spec(group), this.spec(image)], `adding ${this.spec(image)} to group ${this.spec(group)}`);
+    } catch (e) {
+      if (!isErrno(e, Errno.EEXIST)) throw e;
+      const members = (await this.cli.rbdJson<{ image: string; pool: string }[] | null>(['group', 'image', 'ls', this.spec(group)], `listing the images of group ${this.spec(group)}`)) ?? [];
+      if (!members.some((m) => m.image === image && m.pool === this.pool))
+        throw new DomainError(Code.FAILED_PRECONDITION, `image ${this.spec(image)} is a member of another rbd group; \`rbd group ls ${this.pool}\` and \`rbd group image ls\` name it (sinter's own are removed at its next start)`);
+    }
+  }
+
+  async groupSnapCreate(group: string, snap: string): Promise<void> {
+    try {
+      await this.cli.rbd(['group', 'snap', 'create', `${this.spec(group)}@${snap}`], `cutting the group snapshot ${this.spec(group)}@${snap}`);
+    } catch (e) {
+      if (!isErrno(e, Errno.EEXIST)) throw e;
+    }
+  }
+
+  /** Removes a group with its group snapshots (librbd removes them from the member images too); gone is fine. */
+  async groupRemove(group: string): Promise<void> {
+    try {
+      await this.cli.rbd(['group', 'rm', this.spec(group)], `removing group ${this.spec(group)}`);
+    } catch (e) {
+      if (!isErrno(e, Errno.ENOENT)) throw e;
+    }
+  }
+
   /** The pool's usage: what is stored and what can still be written (max_avail, after replication). */
   async usage(): Promise<{ stored: number; maxAvail: number }> {
     const df = await this.cli.cephJson<{ pools?: { name: string; stats: { stored?: number; bytes_used?: number; max_avail: number } }[] }>(['df'], 'reading the pool usage (ceph df)');
