@@ -211,6 +211,10 @@ export class HostExecutor implements Executor {
       throw new ExecError(shown, undefined, mask(String((res.cause as Error | undefined)?.message ?? 'could not start'), opts.secrets), false);
     }
     const proc = child;
+    // The co-process never holds this process open (a `sinter fsck` must exit
+    // when done); a caller waiting for an answer keeps its own timer.
+    proc.unref();
+    for (const st of [proc.stdin, proc.stdout] as unknown[]) (st as { unref?: () => void }).unref?.();
     const exited: Promise<DaemonExit> = proc.then(
       (r) => ({ exitCode: r.exitCode, signal: r.signal ?? undefined }),
       () => ({ exitCode: undefined, signal: undefined }),

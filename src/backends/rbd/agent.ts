@@ -72,7 +72,12 @@ export class RbdAgent {
   }
 
   private async start(what: string): Promise<PipedProcess> {
-    const proc = await this.spawner.spawnPiped(this.python, [RBD_AGENT_PATH]);
+    let proc: PipedProcess;
+    try {
+      proc = await this.spawner.spawnPiped(this.python, [RBD_AGENT_PATH]);
+    } catch {
+      throw missingBindings(what, undefined);
+    }
     const lines = createInterface({ input: proc.stdout });
     const connected = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph monitors (${this.conn.monitors.join(',')}) did not answer in time; check that they run and that this host reaches them`, Errno.ETIMEDOUT)), this.conn.timeoutMs);
@@ -101,7 +106,8 @@ export class RbdAgent {
       await connected;
     } catch (e) {
       proc.kill();
-      throw e;
+      if (e instanceof AgentUnavailableError || !(e instanceof CephCommandError)) throw e;
+      throw new AgentConnectError(e.code, e.message, e.errno);
     }
     this.proc = proc;
     this.log.info({ pid: proc.pid }, 'rbd agent connected');
@@ -131,8 +137,17 @@ export class RbdAgent {
   }
 }
 
+/** The agent cannot run here (no python3-rbd): the caller may fall back to the CLI. */
+export class AgentUnavailableError extends CephCommandError {}
+
+/**
+ * The agent could not connect. librados says only "timed out" for a wrong key
+ * as for a dead monitor; the caller asks the CLI, whose log names the cause.
+ */
+export class AgentConnectError extends CephCommandError {}
+
 function missingBindings(what: string, exitCode: number | undefined): CephCommandError {
-  return new CephCommandError(
+  return new AgentUnavailableError(
     Code.FAILED_PRECONDITION,
     `${what}: the rbd agent could not start (exit ${exitCode ?? '?'}); install python3-rbd and python3-rados on the controller`,
     undefined,

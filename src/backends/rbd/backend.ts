@@ -16,6 +16,7 @@ import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type StoredSnapshot, type StoredVol
 
 const now = () => new Date().toISOString();
 const PROBE_CACHE_MS = 10_000;
+const USAGE_CACHE_MS = 5_000;
 
 /**
  * Ceph RBD (Cinder's RBD driver): a volume is an image named by its volume id,
@@ -60,7 +61,7 @@ export class RbdBackend implements Backend {
     const conn = { monitors: cfg.monitors, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.commandTimeoutSeconds * 1000 };
     const cli = new CephCli(conn, exec);
     if (isPipeSpawner(exec)) this.agent = new RbdAgent(conn, exec, log.child({ part: 'rbd-agent' }));
-    this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool);
+    this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool, this.agent, log);
     if (this.agent)
       this.groupSnapshots = new RbdGroupSnapshots({
         backend: this.name,
@@ -158,8 +159,29 @@ export class RbdBackend implements Backend {
     return running;
   }
 
+  /**
+   * The pool's usage, shared for USAGE_CACHE_MS: every CreateVolume asks the
+   * scheduler, which asks for capacity, and `ceph df` is a monitor round trip
+   * (a CLI process of ~0.3 s without the agent). What sinter itself provisions
+   * meanwhile is counted exactly (this.provisioned); only other writers' use
+   * of the pool is up to USAGE_CACHE_MS old.
+   */
+  private usageCache?: { at: number; value: Promise<{ stored: number; maxAvail: number }> };
+
+  private usage(): Promise<{ stored: number; maxAvail: number }> {
+    const c = this.usageCache;
+    if (c && performance.now() - c.at < USAGE_CACHE_MS) return c.value;
+    const value = this.pool.usage();
+    const entry = { at: performance.now(), value };
+    this.usageCache = entry;
+    value.catch(() => {
+      if (this.usageCache === entry) this.usageCache = undefined;
+    });
+    return value;
+  }
+
   async capacity(): Promise<BackendCapacity> {
-    const { stored, maxAvail } = await this.pool.usage();
+    const { stored, maxAvail } = await this.usage();
     // max_avail is what can still be written after replication, the pool's real free space.
     const totalBytes = stored + maxAvail;
     const reserved = Math.floor((totalBytes * this.cfg.reservedPercent) / 100);
@@ -236,10 +258,11 @@ export class RbdBackend implements Backend {
         const info = await this.pool.info(image);
         if (info && info.size < spec.sizeBytes) await this.pool.resize(image, spec.sizeBytes);
         rec.rbd = { cloneDepth: await this.limitDepth(image, src.depth + 1) };
+        await this.writeVolume(rec);
       } else {
-        await this.pool.create(image, spec.sizeBytes);
+        // The image and its record in one agent request (record still last).
+        await this.pool.create(image, spec.sizeBytes, { [VOLUME_META_KEY]: JSON.stringify(rec) });
       }
-      await this.writeVolume(rec);
     } catch (e) {
       // Nothing was reported: take the image away so the CO's retry starts clean (a start would, too).
       await this.pool.remove(image).catch((re: unknown) => this.log.warn({ image, err: (re as Error).message }, 'could not remove the image of a failed create; a start or sinter fsck will'));

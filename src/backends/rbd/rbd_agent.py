@@ -51,6 +51,8 @@ class Agent:
                 'client_mount_timeout': t,
                 'rados_mon_op_timeout': t,
                 'rados_osd_op_timeout': t,
+                # Clone format 2: no protected snapshot (the CLI path passes --rbd-default-clone-format 2).
+                'rbd_default_clone_format': '2',
             },
         )
         self.cluster.connect(timeout=int(conn.get('timeout', 30)))
@@ -101,6 +103,43 @@ class Agent:
         if ret != 0:
             raise OSError(-ret, err)
         return json.loads(out)
+
+    def op_info(self, r):
+        with rbd.Image(self.io(r['pool']), r['image'], read_only=True) as img:
+            out = {'name': r['image'], 'id': img.id(), 'size': img.size(), 'snapshot_count': len(list(img.list_snaps())), 'features': [n for n, b in FEATURES.items() if img.features() & b]}
+            try:
+                p = img.get_parent_image_spec()
+            except rbd.ImageNotFound:
+                p = None
+            if p:
+                # Ceph 16's binding leaves the parent's id and trash flag out of the spec.
+                pid = img.parent_id()
+                trashed = any(t.get('id') == pid for t in self.rbd.trash_list(self.io(p['pool_name'])))
+                out['parent'] = {'pool': p['pool_name'], 'image': p['image_name'], 'id': pid, 'snapshot': p['snap_name'], 'trash': trashed}
+            return out
+
+    def op_snap_create(self, r):
+        with rbd.Image(self.io(r['pool']), r['image']) as img:
+            img.create_snap(r['snap'])
+        return None
+
+    def op_snap_remove(self, r):
+        with rbd.Image(self.io(r['pool']), r['image']) as img:
+            img.remove_snap(r['snap'])
+        return None
+
+    def op_clone(self, r):
+        io = self.io(r['pool'])
+        self.rbd.clone(io, r['image'], r['snap'], io, r['dest'], features=self.bits(r['features']), data_pool=r.get('dataPool'))
+        return None
+
+    def op_remove(self, r):
+        self.rbd.remove(self.io(r['pool']), r['image'])
+        return None
+
+    def op_trash_move(self, r):
+        self.rbd.trash_move(self.io(r['pool']), r['image'], 0)
+        return None
 
     def op_copy_group_snap(self, r):
         """A new image `dest` holding `image` as the group snapshot `groupSnap` of group `group` saw it.
