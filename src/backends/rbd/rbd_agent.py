@@ -12,6 +12,7 @@ so a slow copy does not hold up a create.
 Debian's python3-rbd and python3-rados (Ceph's own bindings) are all it needs.
 """
 import json
+import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -84,10 +85,34 @@ class Agent:
         self.rbd.create(io, r['image'], int(r['size']), old_format=False,
                         features=self.bits(r['features']), data_pool=r.get('dataPool'))
         if r.get('meta'):
-            with rbd.Image(io, r['image']) as img:
-                for k, v in r['meta'].items():
-                    img.metadata_set(k, v)
+            try:
+                self.new_image_meta(io, r['image'], r['meta'])
+            except Exception:
+                with rbd.Image(io, r['image']) as img:
+                    for k, v in r['meta'].items():
+                        img.metadata_set(k, v)
         return None
+
+    @staticmethod
+    def new_image_meta(io, name, meta):
+        """The metadata of an image just created, in one OSD op.
+
+        librbd's metadata_set opens the image and takes its exclusive lock
+        (~25 ms of the ~45 a create costs here); at creation nobody else can
+        have the image open (sinter reports it only once its record is there),
+        so this makes the one call librbd would make, the rbd class's
+        metadata_set on the image header, directly. Falls back to librbd's way
+        on any error.
+        """
+        raw = io.read('rbd_id.' + name)
+        (n,) = struct.unpack_from('<I', raw)
+        image_id = raw[4:4 + n].decode()
+        # A map<string, bufferlist> in Ceph's encoding: count, then length-prefixed keys and values.
+        data = struct.pack('<I', len(meta))
+        for k, v in meta.items():
+            kb, vb = k.encode(), v.encode()
+            data += struct.pack('<I', len(kb)) + kb + struct.pack('<I', len(vb)) + vb
+        io.execute('rbd_header.' + image_id, 'rbd', 'metadata_set', data)
 
     def op_meta_set(self, r):
         with rbd.Image(self.io(r['pool']), r['image']) as img:
