@@ -79,11 +79,13 @@ CMD ["--help"]
 #   lvm2           driver: lvm (lvs, vgs, lvcreate, lvchange, lvextend, lvremove; the
 #                  controller then runs privileged on the storage host)
 #   ceph-common    driver: rbd (rbd, ceph)
+#   python3-rbd python3-rados   driver: rbd, the agent (dist/backends/rbd/rbd_agent.py):
+#                  one librados connection instead of an rbd process per call
 # test/deploy/images-podman.test.ts checks every command the backends run resolves here.
 FROM runtime AS controller
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt lvm2 ceph-common \
+      tgt lvm2 ceph-common python3-rbd python3-rados \
  && rm -rf /var/lib/apt/lists/*
 USER 65532:65532
 CMD ["controller"]
@@ -116,6 +118,6 @@ CMD ["node"]
 FROM node AS all
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt lvm2 ceph-common \
+      tgt lvm2 ceph-common python3-rbd python3-rados \
  && rm -rf /var/lib/apt/lists/*
 CMD ["all", "--data-dir", "/var/lib/sinter/backends/default"]

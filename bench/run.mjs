@@ -3,7 +3,7 @@
 // in the same run (the floor), so a noisy machine moves both sides together.
 // Prints a table and writes bench/results.json.
 //
-//   node bench/run.mjs [--only rpc,provision,attach,snapshot,scale,iscsi,attachScale] [--quick] [--volumes N (0: skip the 10,000-volume part)]
+//   node bench/run.mjs [--only rpc,provision,attach,snapshot,scale,iscsi,attachScale,rbd] [--quick] [--volumes N (0: skip the 10,000-volume part)]
 //                      [--attach-volumes N (volumes staged at once by attachScale; default 256)] [--iscsi-volumes N (iscsiScale; default 32)]
 //   node bench/run.mjs iscsi attach      (bare section names: the same as --only iscsi,attach)
 //
@@ -19,6 +19,7 @@ import { attachBench, RAW as ATTACH_RAW } from './attach.mjs';
 import { snapshotBench } from './snapshot.mjs';
 import { scaleBench } from './scale.mjs';
 import { attachScaleBench } from './attach-scale.mjs';
+import { rbdBench, RAW as RBD_RAW } from './rbd.mjs';
 import { iscsiBench, iscsiScaleBench, RAW_PUBLISH as ISCSI_RAW_PUBLISH, RAW_STAGE as ISCSI_RAW_STAGE } from './iscsi.mjs';
 
 const args = process.argv.slice(2);
@@ -45,6 +46,7 @@ const plan = {
   iscsi: { fn: iscsiBench, opts: quick ? { publishReps: 10, stageReps: 8 } : { publishReps: 30, stageReps: 30 } },
   attachScale: { fn: attachScaleBench, opts: { volumes: attachVolumes ?? (quick ? 64 : 256) } },
   iscsiScale: { fn: iscsiScaleBench, opts: { volumes: iscsiVolumes ?? (quick ? 16 : 32) } },
+  rbd: { fn: rbdBench, opts: quick ? { reps: 10 } : { reps: 30 } },
 };
 
 // Sections: --only a,b, or bare section names (`npm run bench -- iscsi`).
@@ -134,6 +136,7 @@ Floors:
   5. start-up: node -e "" (spawn to exit); RSS: the idle floor server; ListVolumes: the floor server's canned page of 100.
   6a. ${ISCSI_RAW_PUBLISH} — each tgtadm spawned through sinter's executor; ratio = p50 ÷ p50 (p95 ÷ p95).
   6b. ${ISCSI_RAW_STAGE} — through sinter's executor, pid files polled every 5 ms; ratio = p50 ÷ p50 (p95 ÷ p95).
+  8. ${RBD_RAW}; the 50 ms target is the issue's goal for CreateVolume.
   7, 7b. the same RPC of the first volumes (median of volumes 1–8) against the median of the 8 volumes ending at n, all staged at once, torn down last in, first out.
 sinter runs as a separate process with its default log level (info: one JSON line per RPC) written to a file.
 Load average ${loadBefore[0].toFixed(2)} at start, ${loadAfter[0].toFixed(2)} at end on ${cpus().length} CPUs; CPU pressure (some, avg60) ${pressureBefore ?? '?'}% → ${pressureAfter ?? '?'}%.

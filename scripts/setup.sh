@@ -16,8 +16,10 @@ cd "$(dirname "$0")/.."
 # ceph-mgr and ceph-common: the rbd tests start a single-node Ceph cluster of
 # their own (test/helpers/ceph-cluster.ts; ~2 min to install, ~215 MB);
 # qemu-block-extra also carries qemu's rbd driver, the user-space rbd attach.
+# python3-rbd and python3-rados: the rbd backend's agent (one librados
+# connection, src/backends/rbd/rbd_agent.py; ceph-mgr already pulls them in).
 PACKAGES=(util-linux mount e2fsprogs xfsprogs btrfs-progs fdisk kmod tgt qemu-utils qemu-block-extra libnbd-bin fuse3 libiscsi-bin open-iscsi iproute2
-  podman debootstrap cryptsetup-bin qemu-system-x86 mmdebstrap ceph-mon ceph-osd ceph-mgr ceph-common)
+  podman debootstrap cryptsetup-bin qemu-system-x86 mmdebstrap ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

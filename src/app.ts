@@ -8,6 +8,8 @@ import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registr
 import { Reconciler } from './controller/reconcile.js';
 import { ExportLoop } from './controller/export-loop.js';
 import { controllerService } from './controller/service.js';
+import { groupControllerService } from './controller/group-service.js';
+import { GroupSnapshotManager } from './controller/group-snapshots.js';
 import { StaticVolumes, withStaticVolumes } from './controller/static-volumes.js';
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
@@ -55,6 +57,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   let statics: StaticVolumes | undefined;
   let kube: KubeCache | undefined;
   let reconciler: Reconciler | undefined;
+  let groups: GroupSnapshotManager | undefined;
 
   if (hasController) {
     for (const [name, b] of backends) recovery[name] = await b.start();
@@ -102,6 +105,9 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();
     services.controller = withStaticVolumes(controllerService({ volumes, snapshots, backends }), { statics, volumes });
+    groups = new GroupSnapshotManager(backends, volumes, snapshots);
+    groups.index();
+    services.groupController = groupControllerService(groups);
   }
 
   let node: NodeService | undefined;
@@ -115,6 +121,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
     driverName: cfg.driverName,
     version: VERSION,
     hasController,
+    hasGroupController: groups?.supported === true,
     log: log.child({ part: 'identity' }),
     probe: async () => {
       if (hasController) await Promise.all([...backends.values()].map((b) => b.probe()));
@@ -161,6 +168,7 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
       } finally {
         await kube?.stop();
         await metrics?.close();
+        for (const b of backends.values()) b.close?.();
       }
     },
   };

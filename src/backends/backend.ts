@@ -56,8 +56,22 @@ export interface SnapshotRecord {
   error?: string;
   /** How the data was copied: a copy-on-write clone or a sparse byte copy. */
   copyMethod?: 'reflink' | 'sparse-copy';
+  /** Set on the members of a volume group snapshot: deleted only with their group (DeleteVolumeGroupSnapshot). */
+  groupSnapshotId?: string;
   createdAt: string;
   updatedAt: string;
+}
+
+/** A volume group snapshot (CSI GroupController): snapshots of several volumes cut at one point in time. */
+export interface GroupSnapshotRecord {
+  id: string;
+  name: string;
+  backend: string;
+  /** The source volumes, in the request's order, and each one's member snapshot (same order). */
+  sourceVolumeIds: string[];
+  snapshotIds: string[];
+  parameters: Record<string, string>;
+  createdAt: string;
 }
 
 export interface BackendCapacity {
@@ -130,6 +144,8 @@ export interface Backend {
   readonly topology: Readonly<Record<string, string>>;
 
   start(): Promise<RecoveryReport>;
+  /** Ends what the backend keeps running (the rbd agent); absent when it keeps nothing. */
+  close?(): void;
   /**
    * Read-only consistency check for `sinter fsck`: what start() would repair
    * (remedy `restart`) and what it would leave (`retry`, `operator`). Works on
@@ -184,4 +200,20 @@ export interface Backend {
 
   createSnapshot(spec: { id: string; name: string; sourceVolumeId: string }): Promise<SnapshotRecord>;
   deleteSnapshot(id: string): Promise<void>;
+
+  /**
+   * Volume group snapshots, for backends that can cut snapshots of several
+   * volumes at one write-order-consistent point (rbd: `rbd group snap create`).
+   * Absent elsewhere: the controller then does not offer the GroupController.
+   * The controller holds every source volume's lock around the create.
+   */
+  readonly groupSnapshots?: GroupSnapshots;
+}
+
+export interface GroupSnapshots {
+  create(spec: { id: string; name: string; sourceVolumeIds: string[]; snapshotIds: string[]; parameters: Record<string, string> }): Promise<GroupSnapshotRecord>;
+  /** Deletes the group snapshot and all its member snapshots; idempotent. */
+  delete(id: string): Promise<void>;
+  get(id: string): GroupSnapshotRecord | undefined;
+  list(): IterableIterator<GroupSnapshotRecord>;
 }

@@ -24,3 +24,18 @@ export function backendOfVolume(id: string): string | undefined {
 export function backendOfSnapshot(id: string): string | undefined {
   return SNAPSHOT_ID_RE.exec(id)?.[1];
 }
+
+/**
+ * `<backend>.group.<uuid>`: a volume group snapshot. Neither a volume id nor a
+ * snapshot id can look like it (backend names have no dots); the rbd backend
+ * names its temporary `rbd group` by it.
+ */
+export const GROUP_SNAPSHOT_ID_RE = new RegExp(`^(${BACKEND})\\.group\\.(${UUID})$`);
+
+export function newGroupSnapshotId(backend: string): string {
+  return `${backend}.group.${randomUUID()}`;
+}
+
+export function backendOfGroupSnapshot(id: string): string | undefined {
+  return GROUP_SNAPSHOT_ID_RE.exec(id)?.[1];
+}

@@ -34,10 +34,20 @@ function required(v: string | undefined, field: string): string {
   return v;
 }
 
-function timestamp(iso: string): { seconds: number; nanos: number } {
+export function timestamp(iso: string): { seconds: number; nanos: number } {
   const ms = Date.parse(iso);
   return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 };
 }
+
+/** A snapshot on the wire; a group snapshot's member names its group (the CO then deletes it only with the group). */
+export const wireSnapshot = (s: SnapshotRecord) => ({
+  size_bytes: s.sizeBytes,
+  snapshot_id: s.id,
+  source_volume_id: s.sourceVolumeId,
+  creation_time: timestamp(s.createdAt),
+  ready_to_use: s.state === 'available',
+  group_snapshot_id: s.groupSnapshotId ?? '',
+});
 
 export interface ControllerDeps {
   volumes: VolumeManager;
@@ -73,14 +83,6 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
     const health = await backends.get(v.backend)!.volumeHealth(v.id);
     return { published_node_ids: v.attachments.map((a) => a.nodeId), volume_condition: { abnormal: health.abnormal, message: health.message } };
   };
-
-  const wireSnapshot = (s: SnapshotRecord) => ({
-    size_bytes: s.sizeBytes,
-    snapshot_id: s.id,
-    source_volume_id: s.sourceVolumeId,
-    creation_time: timestamp(s.createdAt),
-    ready_to_use: s.state === 'available',
-  });
 
   return {
     async ControllerGetCapabilities() {

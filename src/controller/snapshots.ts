@@ -24,6 +24,15 @@ export class SnapshotManager {
     for (const b of this.backends.values()) for (const s of b.snapshots()) this.byName.set(s.name, s);
   }
 
+  /** A snapshot made outside create() (a member of a group snapshot), for name lookups. */
+  remember(s: SnapshotRecord): void {
+    this.byName.set(s.name, s);
+  }
+
+  forget(id: string): void {
+    for (const [name, s] of this.byName) if (s.id === id) this.byName.delete(name);
+  }
+
   get(id: string): SnapshotRecord | undefined {
     return this.backends.get(backendOfSnapshot(id) ?? '')?.snapshot(id);
   }
@@ -60,6 +69,8 @@ export class SnapshotManager {
     await this.volumes.lockFor(`snap:${id}`, false)(async () => {
       const s = backend.snapshot(id);
       if (!s) return;
+      if (s.groupSnapshotId)
+        throw invalidArgument(`snapshot_id: snapshot ${id} is a member of group snapshot ${s.groupSnapshotId} and is deleted only with it (DeleteVolumeGroupSnapshot)`);
       await backend.deleteSnapshot(id);
       if (this.byName.get(s.name)?.id === id) this.byName.delete(s.name);
     });

@@ -1,11 +1,12 @@
 import * as grpc from '@grpc/grpc-js';
-import type { CallOptions, ControllerRpcs, IdentityRpcs, NodeRpcs } from './messages.js';
+import type { CallOptions, ControllerRpcs, GroupControllerRpcs, IdentityRpcs, NodeRpcs } from './messages.js';
 import { loadCsi } from './proto.js';
 
 export interface CsiClient {
   identity: IdentityRpcs;
   controller: ControllerRpcs;
   node: NodeRpcs;
+  groupController: GroupControllerRpcs;
   close(): void;
 }
 
@@ -16,7 +17,7 @@ export type UntypedRpc = (req?: unknown, opts?: CallOptions) => Promise<unknown>
  * that send what the types forbid (the server validates every field). Throws
  * when the service has no such method.
  */
-export function rpcByName(side: IdentityRpcs | ControllerRpcs | NodeRpcs, method: string): UntypedRpc {
+export function rpcByName(side: IdentityRpcs | ControllerRpcs | NodeRpcs | GroupControllerRpcs, method: string): UntypedRpc {
   const fn = (side as unknown as Partial<Record<string, UntypedRpc>>)[method];
   if (!fn) throw new Error(`no CSI method ${method}`);
   return fn;
@@ -55,14 +56,17 @@ export function csiClient(address: string): CsiClient {
   const id = promisify<IdentityRpcs>(csi.Identity, address);
   const ctl = promisify<ControllerRpcs>(csi.Controller, address);
   const node = promisify<NodeRpcs>(csi.Node, address);
+  const group = promisify<GroupControllerRpcs>(csi.GroupController, address);
   return {
     identity: id.side,
     controller: ctl.side,
     node: node.side,
+    groupController: group.side,
     close() {
       id.client.close();
       ctl.client.close();
       node.client.close();
+      group.client.close();
     },
   };
 }

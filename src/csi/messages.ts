@@ -1,5 +1,6 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { ControllerClient, ControllerHandlers } from './generated/csi/v1/Controller.js';
+import type { GroupControllerClient, GroupControllerHandlers } from './generated/csi/v1/GroupController.js';
 import type { IdentityClient, IdentityHandlers } from './generated/csi/v1/Identity.js';
 import type { NodeClient, NodeHandlers } from './generated/csi/v1/Node.js';
 
@@ -23,6 +24,7 @@ type UnaryImpl<H> = {
 export type IdentityImpl = Partial<UnaryImpl<IdentityHandlers>>;
 export type ControllerImpl = Partial<UnaryImpl<ControllerHandlers>>;
 export type NodeImpl = Partial<UnaryImpl<NodeHandlers>>;
+export type GroupControllerImpl = Partial<UnaryImpl<GroupControllerHandlers>>;
 
 export type IdentityMethod = keyof UnaryImpl<IdentityHandlers>;
 export type ControllerMethod = keyof UnaryImpl<ControllerHandlers>;
@@ -52,6 +54,7 @@ type PromiseClient<C> = {
 export type IdentityRpcs = PromiseClient<IdentityClient>;
 export type ControllerRpcs = PromiseClient<ControllerClient>;
 export type NodeRpcs = PromiseClient<NodeClient>;
+export type GroupControllerRpcs = PromiseClient<GroupControllerClient>;
 
 export type { VolumeCapability, VolumeCapability__Output } from './generated/csi/v1/VolumeCapability.js';
 export type { _csi_v1_VolumeCapability_AccessMode_Mode as AccessMode } from './generated/csi/v1/VolumeCapability.js';

@@ -29,7 +29,7 @@ export interface CsiPackage {
   Identity: grpc.ServiceClientConstructor;
   Controller: grpc.ServiceClientConstructor;
   Node: grpc.ServiceClientConstructor;
-  GroupController?: grpc.ServiceClientConstructor;
+  GroupController: grpc.ServiceClientConstructor;
 }
 
 let cached: CsiPackage | undefined;

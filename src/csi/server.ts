@@ -7,7 +7,7 @@ import { grpcFailureOf } from './errors.js';
 import { parseEndpoint, type Endpoint } from './endpoint.js';
 import { requestIds } from './logging.js';
 import { callStopped, runInCall, type CallContext } from './call-context.js';
-import type { ControllerImpl, IdentityImpl, NodeImpl } from './messages.js';
+import type { ControllerImpl, GroupControllerImpl, IdentityImpl, NodeImpl } from './messages.js';
 import { loadCsi } from './proto.js';
 
 /**
@@ -16,7 +16,7 @@ import { loadCsi } from './proto.js';
  * the same proto the handler's type was generated from.
  */
 type AnyHandler = (req: never) => Promise<unknown>;
-type AnyService = IdentityImpl | ControllerImpl | NodeImpl;
+type AnyService = IdentityImpl | ControllerImpl | NodeImpl | GroupControllerImpl;
 
 /** Told of every finished RPC (the metrics endpoint counts and times them); must not throw. */
 export type RpcObserver = (method: string, code: string, seconds: number) => void;
@@ -30,6 +30,7 @@ export interface CsiServices {
   identity?: IdentityImpl;
   controller?: ControllerImpl;
   node?: NodeImpl;
+  groupController?: GroupControllerImpl;
 }
 
 /**
@@ -130,6 +131,8 @@ export class CsiServer {
     if (services.identity) this.server.addService(csi.Identity.service, implement(csi.Identity, 'Identity', services.identity, log, this.hooks));
     if (services.controller) this.server.addService(csi.Controller.service, implement(csi.Controller, 'Controller', services.controller, log, this.hooks));
     if (services.node) this.server.addService(csi.Node.service, implement(csi.Node, 'Node', services.node, log, this.hooks));
+    if (services.groupController)
+      this.server.addService(csi.GroupController.service, implement(csi.GroupController, 'GroupController', services.groupController, log, this.hooks));
   }
 
   /** Every unary RPC (served or UNIMPLEMENTED) is reported here once, where its log line is written. */

@@ -76,6 +76,21 @@ export interface DaemonSpawner {
   spawnDaemon(cmd: string, args: string[], opts?: DaemonOptions): Promise<DaemonHandle>;
 }
 
+/** A long-lived helper spoken to over its stdin and stdout (the rbd agent): it lives and dies with this process. */
+export interface PipedProcess {
+  readonly pid: number;
+  readonly shown: string;
+  readonly stdin: NodeJS.WritableStream;
+  readonly stdout: NodeJS.ReadableStream;
+  /** Settles when the process exits. */
+  readonly exited: Promise<DaemonExit>;
+  kill(): void;
+}
+
+export interface PipeSpawner {
+  spawnPiped(cmd: string, args: string[], opts?: DaemonOptions): Promise<PipedProcess>;
+}
+
 export interface HostExecConfig {
   /**
    * How commands reach the host when the plugin runs in a container:
@@ -166,6 +181,46 @@ export class HostExecutor implements Executor {
       throw new ExecError(shown, res.exitCode, mask(stderr || stdout, opts.secrets), Boolean(res.timedOut));
     }
     return { stdout, stderr, exitCode };
+  }
+
+  /**
+   * Starts a co-process with piped stdin/stdout (stderr to `logFile` or
+   * discarded), killed with this process: unlike a daemon it serves only the
+   * plugin that started it.
+   */
+  async spawnPiped(cmd: string, args: string[], opts: DaemonOptions = {}): Promise<PipedProcess> {
+    const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const [file, argv] = await this.wrap(cmd, args, shown);
+    const { execa } = await loadExeca();
+    const fd = openSync(opts.logFile ?? '/dev/null', 'a', 0o600) as 3;
+    let child;
+    try {
+      child = execa(file, argv, {
+        reject: false,
+        cleanup: true,
+        buffer: false,
+        stdio: ['pipe', 'pipe', fd],
+        env: opts.env ? { ...process.env, ...opts.env } : undefined,
+      });
+    } finally {
+      closeSync(fd);
+    }
+    const pid = child.pid;
+    if (pid === undefined || !child.stdin || !child.stdout) {
+      const res = await child;
+      throw new ExecError(shown, undefined, mask(String((res.cause as Error | undefined)?.message ?? 'could not start'), opts.secrets), false);
+    }
+    const proc = child;
+    // The co-process never holds this process open (a `sinter fsck` must exit
+    // when done); a caller waiting for an answer keeps its own timer.
+    proc.unref();
+    for (const st of [proc.stdin, proc.stdout] as unknown[]) (st as { unref?: () => void }).unref?.();
+    const exited: Promise<DaemonExit> = proc.then(
+      (r) => ({ exitCode: r.exitCode, signal: r.signal ?? undefined }),
+      () => ({ exitCode: undefined, signal: undefined }),
+    );
+    this.log?.debug({ cmd: shown, pid }, 'co-process started');
+    return { pid, shown, stdin: proc.stdin, stdout: proc.stdout, exited, kill: () => void proc.kill('SIGKILL') };
   }
 
   /**

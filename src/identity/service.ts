@@ -6,6 +6,8 @@ export interface IdentityDeps {
   driverName: string;
   version: string;
   hasController: boolean;
+  /** Some backend cuts volume group snapshots: the GroupController is offered. */
+  hasGroupController?: boolean;
   /** Resolves when every part the plugin needs answers; rejects naming the part that does not. */
   probe: () => Promise<void>;
   log: Logger;
@@ -22,6 +24,7 @@ export function identityService(d: IdentityDeps): IdentityImpl {
       const caps: PluginCapability[] = [{ volume_expansion: { type: 'ONLINE' } }];
       if (d.hasController) {
         caps.push({ service: { type: 'CONTROLLER_SERVICE' } }, { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } });
+        if (d.hasGroupController) caps.push({ service: { type: 'GROUP_CONTROLLER_SERVICE' } });
       }
       return { capabilities: caps };
     },

@@ -291,6 +291,9 @@ const EXPECTED_CLUSTER_ROLES: Record<string, string[]> = {
     'snapshot.storage.k8s.io/volumesnapshotclasses: get,list,watch',
     'snapshot.storage.k8s.io/volumesnapshotcontents: get,list,watch,update,patch',
     'snapshot.storage.k8s.io/volumesnapshotcontents/status: update,patch',
+    'groupsnapshot.storage.k8s.io/volumegroupsnapshotclasses: get,list,watch',
+    'groupsnapshot.storage.k8s.io/volumegroupsnapshotcontents: get,list,watch,update,patch',
+    'groupsnapshot.storage.k8s.io/volumegroupsnapshotcontents/status: update,patch',
   ],
   // sinter itself: reads the attachment record, CSINodes and Nodes; writes nothing.
   'sinter-controller': ['storage.k8s.io/volumeattachments: get,list,watch', 'storage.k8s.io/csinodes: get,list,watch', '/persistentvolumes: get,list,watch', '/nodes: get'],
@@ -464,6 +467,12 @@ describe("sinter's containers use flags and configuration that sinter accepts", 
 // ---- the sidecars' arguments -------------------------------------------------
 
 describe('sidecar arguments', () => {
+  // external-snapshotter v8.6.0, pkg/features/features.go: the gate is CSIVolumeGroupSnapshot (Beta, default off);
+  // cmd/csi-snapshotter/main.go builds the group snapshotter only with it on.
+  it.each(RENDERS)('%s: csi-snapshotter runs with volume group snapshots on (the GroupController rbd backends serve)', (dir) => {
+    const args = container(workload(render(dir), CONTROLLER).pod, 'csi-snapshotter').args ?? [];
+    expect(args).toContain('--feature-gates=CSIVolumeGroupSnapshot=true');
+  });
   it.each(RENDERS)('%s: provisioner has topology and extra-create-metadata on; every controller sidecar elects a leader', (dir) => {
     const pod = workload(render(dir), CONTROLLER).pod;
     const prov = container(pod, 'csi-provisioner').args ?? [];

@@ -4,7 +4,9 @@ import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
-import type { Executor } from '../../exec/run.js';
+import type { Executor, PipeSpawner } from '../../exec/run.js';
+import { RbdAgent } from './agent.js';
+import { RbdGroupSnapshots } from './group-snapshots.js';
 import type { Attachment, Backend, BackendCapacity, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
 import { CephCli } from './cli.js';
 import { inspectRbdPool, type RbdInspection, type RbdRepair } from './inspect.js';
@@ -14,6 +16,7 @@ import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type StoredSnapshot, type StoredVol
 
 const now = () => new Date().toISOString();
 const PROBE_CACHE_MS = 10_000;
+const USAGE_CACHE_MS = 5_000;
 
 /**
  * Ceph RBD (Cinder's RBD driver): a volume is an image named by its volume id,
@@ -27,11 +30,18 @@ const PROBE_CACHE_MS = 10_000;
  * expand. Deleting an image that clones still read from moves it to the
  * trash; it is purged when its last clone goes.
  */
+function isPipeSpawner(x: unknown): x is PipeSpawner {
+  return typeof (x as Partial<PipeSpawner>).spawnPiped === 'function';
+}
+
 export class RbdBackend implements Backend {
   readonly name: string;
   readonly labels: Readonly<Record<string, string>>;
   readonly topology: Readonly<Record<string, string>>;
   readonly pool: RbdPool;
+  /** The long-lived librados connection (src/backends/rbd/agent.ts), when the executor can start co-processes. */
+  readonly agent?: RbdAgent;
+  readonly groupSnapshots?: RbdGroupSnapshots;
   private readonly vols = new Map<string, StoredVolume>();
   private readonly snaps = new Map<string, StoredSnapshot>();
   /** One metadata write at a time per image: a background flatten and a publish both rewrite the record. */
@@ -48,8 +58,26 @@ export class RbdBackend implements Backend {
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;
-    const cli = new CephCli({ monitors: cfg.monitors, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.commandTimeoutSeconds * 1000 }, exec);
-    this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool);
+    const conn = { monitors: cfg.monitors, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.commandTimeoutSeconds * 1000 };
+    const cli = new CephCli(conn, exec);
+    if (isPipeSpawner(exec)) this.agent = new RbdAgent(conn, exec, log.child({ part: 'rbd-agent' }));
+    this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool, this.agent, log);
+    if (this.agent)
+      this.groupSnapshots = new RbdGroupSnapshots({
+        backend: this.name,
+        pool: this.pool,
+        agent: this.agent,
+        features: cfg.imageFeatures,
+        dataPool: cfg.dataPool,
+        volume: (id) => this.vols.get(id),
+        snaps: this.snaps,
+        writeSnapshot: (rec) => this.writeSnapshot(rec),
+        log,
+      });
+  }
+
+  close(): void {
+    this.agent?.stop();
   }
 
   inspect(): Promise<RbdInspection> {
@@ -73,6 +101,7 @@ export class RbdBackend implements Backend {
       this.provisioned += rec.sizeBytes;
     }
     for (const rec of ins.serve.snapshots) this.snaps.set(rec.id, rec);
+    this.groupSnapshots?.load();
     report.corrupt.push(...ins.findings.filter((f) => f.kind === 'unreadable-record').map((f) => f.subject));
     for (const line of report.recovered) this.log.warn({ backend: this.name }, line);
     if (report.corrupt.length) this.log.error({ backend: this.name, corrupt: report.corrupt }, 'unreadable records (left in place)');
@@ -98,6 +127,10 @@ export class RbdBackend implements Backend {
       case 'remove-temp-snap':
         await this.pool.removeSnap(step.image, step.snap);
         return `removed the temporary snapshot ${step.snap} of ${this.pool.spec(step.image)} an interrupted clone left`;
+      case 'roll-back-group':
+        if (!this.groupSnapshots) return undefined;
+        await this.groupSnapshots.rollBack(step.group, step.snapshotIds);
+        return `group snapshot ${step.group}: rolled back an interrupted create (${step.snapshotIds.length} member images and the rbd group removed)`;
       case 'purge-trash':
         return (await this.pool.purgeTrashed(step.trashId)) ? `purged ${step.name} from the trash (no clone needs it any more)` : undefined;
     }
@@ -126,8 +159,29 @@ export class RbdBackend implements Backend {
     return running;
   }
 
+  /**
+   * The pool's usage, shared for USAGE_CACHE_MS: every CreateVolume asks the
+   * scheduler, which asks for capacity, and `ceph df` is a monitor round trip
+   * (a CLI process of ~0.3 s without the agent). What sinter itself provisions
+   * meanwhile is counted exactly (this.provisioned); only other writers' use
+   * of the pool is up to USAGE_CACHE_MS old.
+   */
+  private usageCache?: { at: number; value: Promise<{ stored: number; maxAvail: number }> };
+
+  private usage(): Promise<{ stored: number; maxAvail: number }> {
+    const c = this.usageCache;
+    if (c && performance.now() - c.at < USAGE_CACHE_MS) return c.value;
+    const value = this.pool.usage();
+    const entry = { at: performance.now(), value };
+    this.usageCache = entry;
+    value.catch(() => {
+      if (this.usageCache === entry) this.usageCache = undefined;
+    });
+    return value;
+  }
+
   async capacity(): Promise<BackendCapacity> {
-    const { stored, maxAvail } = await this.pool.usage();
+    const { stored, maxAvail } = await this.usage();
     // max_avail is what can still be written after replication, the pool's real free space.
     const totalBytes = stored + maxAvail;
     const reserved = Math.floor((totalBytes * this.cfg.reservedPercent) / 100);
@@ -204,10 +258,11 @@ export class RbdBackend implements Backend {
         const info = await this.pool.info(image);
         if (info && info.size < spec.sizeBytes) await this.pool.resize(image, spec.sizeBytes);
         rec.rbd = { cloneDepth: await this.limitDepth(image, src.depth + 1) };
+        await this.writeVolume(rec);
       } else {
-        await this.pool.create(image, spec.sizeBytes);
+        // The image and its record in one agent request (record still last).
+        await this.pool.create(image, spec.sizeBytes, { [VOLUME_META_KEY]: JSON.stringify(rec) });
       }
-      await this.writeVolume(rec);
     } catch (e) {
       // Nothing was reported: take the image away so the CO's retry starts clean (a start would, too).
       await this.pool.remove(image).catch((re: unknown) => this.log.warn({ image, err: (re as Error).message }, 'could not remove the image of a failed create; a start or sinter fsck will'));

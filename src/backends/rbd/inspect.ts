@@ -1,5 +1,6 @@
 import type { Finding } from '../../contracts/finding.js';
 import type { Inspection } from '../backend.js';
+import { backendOfGroupSnapshot, GROUP_SNAPSHOT_ID_RE } from '../ids.js';
 import { classifyImage, TEMP_SNAP_PREFIX } from './names.js';
 import type { RbdPool } from './pool.js';
 import { parseSnapshot, parseVolume, SNAPSHOT_META_KEY, VOLUME_META_KEY, type StoredSnapshot, type StoredVolume } from './records.js';
@@ -13,7 +14,8 @@ export type RbdRepair =
   | { do: 'roll-back-create' | 'finish-delete'; what: 'volume' | 'snapshot'; image: string; id: string }
   | { do: 'record-size'; id: string; sizeBytes: number }
   | { do: 'remove-temp-snap'; image: string; snap: string }
-  | { do: 'purge-trash'; trashId: string; name: string };
+  | { do: 'purge-trash'; trashId: string; name: string }
+  | { do: 'roll-back-group'; group: string; snapshotIds: string[] };
 
 export interface RbdInspection extends Inspection {
   plan: RbdRepair[];
@@ -111,6 +113,17 @@ export async function inspectRbdPool(backend: string, pool: RbdPool): Promise<Rb
     }
     findings.push({ kind: 'stray-temp', subject: `${pool.spec(s.image)}@${s.snapshot}`, detail: `temporary snapshot of a clone ${names.has(target) ? 'that was finished' : 'that was never made'}: a crash interrupted the clone; a start removes it`, remedy: 'restart' });
     plan.push({ do: 'remove-temp-snap', image: s.image, snap: s.snapshot });
+  }
+
+  // A temporary rbd group lives only while a group snapshot is cut: one left over is an interrupted create.
+  for (const g of await pool.groups()) {
+    if (backendOfGroupSnapshot(g) !== backend || !GROUP_SNAPSHOT_ID_RE.test(g)) continue;
+    const members = serve.snapshots.filter((s) => s.groupSnapshotId === g);
+    serve.snapshots = serve.snapshots.filter((s) => s.groupSnapshotId !== g);
+    // Member images a copy had begun but not recorded are already interrupted creates above.
+    const ids = [...new Set([...members.map((m) => m.id), ...(members[0]?.rbd?.group?.snapshotIds ?? [])])];
+    findings.push({ kind: 'interrupted-group-snapshot', subject: `group snapshot ${g}`, detail: `rbd group ${pool.spec(g)} is left from a group snapshot that was being cut (${members.length} members recorded); a start removes its member snapshots and the group, and the CO's retry cuts it again`, remedy: 'restart' });
+    plan.push({ do: 'roll-back-group', group: g, snapshotIds: ids });
   }
 
   // This backend's images in the trash wait for their last clone; a start purges those no clone needs any more.

@@ -1,4 +1,4 @@
-import type { SnapshotRecord, VolumeRecord } from '../backend.js';
+import type { GroupSnapshotRecord, SnapshotRecord, VolumeRecord } from '../backend.js';
 import { isSnapshotRecord, isVolumeRecord } from '../file/records.js';
 
 // A record is one image-meta key on its own image, so the image and its
@@ -11,6 +11,12 @@ export const SNAPSHOT_META_KEY = 'sinter.snapshot';
 /** What sinter stores beside the CSI record: the clone chain's depth (ancestors), for the flatten limits. */
 export interface RbdExtra {
   cloneDepth: number;
+  /**
+   * On each member of a group snapshot: the whole group's record. A group
+   * snapshot has no image of its own to keep metadata on, so every member
+   * carries it and a start rebuilds the group from whichever members exist.
+   */
+  group?: GroupSnapshotRecord;
 }
 
 export type StoredVolume = VolumeRecord & { rbd?: RbdExtra };

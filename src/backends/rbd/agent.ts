@@ -1,0 +1,177 @@
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import { Code } from '../../errors/domain-error.js';
+import type { PipedProcess, PipeSpawner } from '../../exec/run.js';
+import { CephCommandError, Errno, type CephConnection } from './cli.js';
+
+/** src/backends/rbd and dist/backends/rbd both hold the agent (the build copies it). */
+export const RBD_AGENT_PATH = fileURLToPath(new URL('./rbd_agent.py', import.meta.url));
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+  what: string;
+}
+
+interface Answer {
+  id: number;
+  ok: boolean;
+  result?: unknown;
+  errno?: number | null;
+  error?: string;
+}
+
+/**
+ * One long-lived librados connection in a Python co-process (Ceph's own
+ * bindings, Debian's python3-rbd and python3-rados) spoken to in JSON lines:
+ * an rbd CLI call costs a process start and a cluster connect (~100-200 ms),
+ * a request to the agent a few ms.
+ *
+ * Why a co-process and not a node-gyp binding to librbd: the bindings are
+ * Ceph's, versioned and packaged with librbd itself (no ABI to follow, no
+ * compiler in the image, no native module to rebuild per Node.js release),
+ * and a crash in librbd (an assert) takes down the agent, not the controller.
+ * The agent is started on first use, restarted on the next call after it
+ * dies, and killed when a call times out (a hung connection is not reused).
+ */
+export class RbdAgent {
+  private proc?: PipedProcess;
+  private starting?: Promise<PipedProcess>;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+
+  constructor(
+    private readonly conn: CephConnection,
+    private readonly spawner: PipeSpawner,
+    private readonly log: Logger,
+    private readonly python = '/usr/bin/python3',
+  ) {}
+
+  /** Sends one request; rejects with a CephCommandError carrying the errno librbd gave. */
+  async call<T>(op: string, args: Record<string, unknown>, what: string, timeoutMs = this.conn.timeoutMs): Promise<T> {
+    const proc = await this.ready(what);
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph cluster did not answer in ${Math.round(timeoutMs / 1000)} s (monitors ${this.conn.monitors.join(',')})`, Errno.ETIMEDOUT));
+        // A connection that let a call hang is not trusted with the next one.
+        this.stop();
+      }, timeoutMs);
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer, what });
+      proc.stdin.write(JSON.stringify({ id, op, ...args }) + '\n');
+    });
+  }
+
+  private ready(what: string): Promise<PipedProcess> {
+    if (this.proc) return Promise.resolve(this.proc);
+    this.starting ??= this.start(what).finally(() => (this.starting = undefined));
+    return this.starting;
+  }
+
+  private async start(what: string): Promise<PipedProcess> {
+    let proc: PipedProcess;
+    try {
+      proc = await this.spawner.spawnPiped(this.python, [RBD_AGENT_PATH]);
+    } catch {
+      throw missingBindings(what, undefined);
+    }
+    const lines = createInterface({ input: proc.stdout });
+    const connected = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph monitors (${this.conn.monitors.join(',')}) did not answer in time; check that they run and that this host reaches them`, Errno.ETIMEDOUT)), this.conn.timeoutMs);
+      this.pending.set(0, {
+        resolve: () => (clearTimeout(timer), resolve()),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+        timer,
+        what,
+      });
+    });
+    lines.on('line', (line) => this.onLine(line));
+    void proc.exited.then((x) => {
+      if (this.proc === proc) this.proc = undefined;
+      lines.close();
+      const err = new CephCommandError(Code.UNAVAILABLE, `the rbd agent exited (${x.signal ?? `exit ${x.exitCode ?? '?'}`}); the call is not known to have finished, retry`, undefined);
+      for (const [id, p] of this.pending) {
+        clearTimeout(p.timer);
+        p.reject(id === 0 ? missingBindings(what, x.exitCode) : err);
+      }
+      this.pending.clear();
+    });
+    const secs = Math.max(1, Math.floor(this.conn.timeoutMs / 1000) - 1);
+    proc.stdin.on('error', () => undefined); // an exited agent: its exit handler answers the callers
+    proc.stdin.write(JSON.stringify({ monitors: this.conn.monitors.join(','), user: this.conn.user, keyFile: this.conn.keyFile, timeout: secs }) + '\n');
+    try {
+      await connected;
+    } catch (e) {
+      proc.kill();
+      if (e instanceof AgentUnavailableError || !(e instanceof CephCommandError)) throw e;
+      throw new AgentConnectError(e.code, e.message, e.errno);
+    }
+    this.proc = proc;
+    this.log.info({ pid: proc.pid }, 'rbd agent connected');
+    return proc;
+  }
+
+  private onLine(line: string): void {
+    let a: Answer;
+    try {
+      a = JSON.parse(line) as Answer;
+    } catch {
+      this.log.warn({ line: line.slice(0, 200) }, 'rbd agent printed a line that is not JSON');
+      return;
+    }
+    const p = this.pending.get(a.id);
+    if (!p) return;
+    this.pending.delete(a.id);
+    clearTimeout(p.timer);
+    if (a.ok) p.resolve(a.result ?? undefined);
+    else p.reject(agentError(p.what, a.errno ?? undefined, a.error ?? 'failed', this.conn.user));
+  }
+
+  /** Kills the agent; the next call starts a new one. */
+  stop(): void {
+    this.proc?.kill();
+    this.proc = undefined;
+  }
+}
+
+/** The agent cannot run here (no python3-rbd): the caller may fall back to the CLI. */
+export class AgentUnavailableError extends CephCommandError {}
+
+/**
+ * The agent could not connect. librados says only "timed out" for a wrong key
+ * as for a dead monitor; the caller asks the CLI, whose log names the cause.
+ */
+export class AgentConnectError extends CephCommandError {}
+
+function missingBindings(what: string, exitCode: number | undefined): CephCommandError {
+  return new AgentUnavailableError(
+    Code.FAILED_PRECONDITION,
+    `${what}: the rbd agent could not start (exit ${exitCode ?? '?'}); install python3-rbd and python3-rados on the controller`,
+    undefined,
+  );
+}
+
+/** An agent failure as the CLI's would be (same codes, same errno for the callers that expect some). */
+export function agentError(what: string, errno: number | undefined, detail: string, user: string): CephCommandError {
+  switch (errno) {
+    case Errno.ENOENT:
+      return new CephCommandError(Code.NOT_FOUND, `${what}: not found (${detail})`, errno);
+    case Errno.EEXIST:
+      return new CephCommandError(Code.ALREADY_EXISTS, `${what}: already exists (${detail})`, errno);
+    case Errno.EBUSY:
+    case Errno.ENOTEMPTY:
+      return new CephCommandError(Code.FAILED_PRECONDITION, `${what}: in use (${detail})`, errno);
+    case Errno.ENOSPC:
+      return new CephCommandError(Code.RESOURCE_EXHAUSTED, `${what}: the pool is full (${detail})`, errno);
+    case Errno.EACCES:
+    case Errno.EPERM:
+      return new CephCommandError(Code.PERMISSION_DENIED, `${what}: Ceph refused client.${user} (${detail}); check the key in its key file and that the user's caps include "profile rbd" on the pool`, errno);
+    case Errno.ETIMEDOUT:
+      return new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph cluster did not answer in time (${detail})`, errno);
+    default:
+      return new CephCommandError(Code.INTERNAL, `${what} failed (errno ${errno ?? '?'}): ${detail}`, errno);
+  }
+}
