@@ -170,6 +170,13 @@ export interface Backend {
   setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord>;
   /** initialize_connection: make the volume reachable by one node. `secrets` are ControllerPublishVolume's (CHAP). */
   exportVolume(id: string, node: NodeIdentity, readonly: boolean, secrets: Record<string, string>): Promise<PublishContext>;
+  /**
+   * Before a publish to a node that holds none of this volume (after the
+   * attachment rules passed; `others` are the publishes other nodes keep):
+   * a backend whose clients reach the storage themselves (rbd) refuses while
+   * a client no publish explains still has the volume open.
+   */
+  beforeNewPublish?(id: string, node: NodeIdentity, others: Attachment[]): Promise<void>;
   /** terminate_connection: revoke that node's access; idempotent. */
   unexportVolume(id: string, node: NodeIdentity): Promise<void>;
   volumeHealth(id: string): Promise<VolumeHealth>;

@@ -236,6 +236,14 @@ export const rbdBackendSchema = v.pipe(
     cloneDepthHardLimit: v.optional(int(1, 64), 8),
     /** Seconds a single rbd/ceph command may take (librados' client_mount_timeout and rados_mon_op_timeout follow). */
     commandTimeoutSeconds: v.optional(num(1, 3600), 60),
+    /**
+     * How long a fenced client instance stays on the OSD blocklist (`ceph osd blocklist add … SECONDS`):
+     * longer than a lost node can stay away and still have the old client running. Lifted sooner when
+     * the volume is published to that node again.
+     */
+    fenceSeconds: v.optional(int(60, 30 * 86400), 86400),
+    /** How often the controller notes which client instances watch each published image (they are fenced when the publish ends). */
+    clientScanSeconds: v.optional(int(1, 3600), 30),
   }),
   v.forward(
     v.check((b) => b.cloneDepthSoftLimit <= b.cloneDepthHardLimit, 'must not exceed cloneDepthHardLimit'),

@@ -326,6 +326,7 @@ export class VolumeManager {
       }
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
       checkNewPublish(`volume ${volumeId}`, others, nodeId, cap, this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0), this.opts.maxVolumesPerNode?.(nodeId));
+      await b.beforeNewPublish?.(volumeId, node, others);
       const att = newAttachment(nodeId, cap, readonly);
       // Record first: a crash between the two leaves a publish the retry or the
       // reconciler completes, never an export nobody knows about.

@@ -6,13 +6,18 @@ import { KeyedLock } from '../../csi/locks.js';
 import { Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
 import type { Executor } from '../../exec/run.js';
 import type { Attachment, Backend, BackendCapacity, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
+import { parseNodeId } from '../../contracts/nodeid.js';
+import { CephBlocklist } from './blocklist.js';
 import { CephCli } from './cli.js';
 import { inspectRbdPool, type RbdInspection, type RbdRepair } from './inspect.js';
 import { snapshotImage, volumeImage } from './names.js';
 import { RbdPool } from './pool.js';
-import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type StoredSnapshot, type StoredVolume } from './records.js';
+import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type RbdClient, type RbdFenceEntry, type StoredSnapshot, type StoredVolume } from './records.js';
 
 const now = () => new Date().toISOString();
+const sameHost = (nodeId: string, node: NodeIdentity) => (parseNodeId(nodeId)?.host ?? nodeId) === node.host;
+/** Fence entries Ceph still holds (it drops them at `until`). */
+const unexpired = (f: RbdFenceEntry[] | undefined) => (f ?? []).filter((e) => Date.parse(e.until) > Date.now());
 const PROBE_CACHE_MS = 10_000;
 
 /**
@@ -32,6 +37,11 @@ export class RbdBackend implements Backend {
   readonly labels: Readonly<Record<string, string>>;
   readonly topology: Readonly<Record<string, string>>;
   readonly pool: RbdPool;
+  readonly blocklist: CephBlocklist;
+  /** The client scan (reconcileExports): which client instances watch each published image. */
+  readonly reconcileIntervalMs: number;
+  /** Logged once: the cephx user may not lift fences. */
+  private warnedRemove = false;
   private readonly vols = new Map<string, StoredVolume>();
   private readonly snaps = new Map<string, StoredSnapshot>();
   /** One metadata write at a time per image: a background flatten and a publish both rewrite the record. */
@@ -50,6 +60,8 @@ export class RbdBackend implements Backend {
     this.topology = cfg.topology;
     const cli = new CephCli({ monitors: cfg.monitors, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.commandTimeoutSeconds * 1000 }, exec);
     this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool);
+    this.blocklist = new CephBlocklist(cli);
+    this.reconcileIntervalMs = cfg.clientScanSeconds * 1000;
   }
 
   inspect(): Promise<RbdInspection> {
@@ -302,8 +314,114 @@ export class RbdBackend implements Backend {
     return { transport: 'rbd', pool: this.cfg.pool, image: volumeImage(id), monitors: [...this.cfg.monitors] };
   }
 
-  async unexportVolume(): Promise<void> {
-    // Fencing a lost node's client (ceph osd blocklist) is not done yet (issue #15).
+  /**
+   * The fence (Cinder's terminate_connection, for a client that reaches the
+   * image itself): when the last publish ends, every client instance still
+   * watching the image, and every one the client scan attributed to the
+   * leaving node, goes on the OSD blocklist before any other node can map it.
+   * A node that unstaged first has no client left and nothing is fenced. While
+   * other nodes keep publishes (multi-node access) nothing is: their clients
+   * cannot be told apart from the leaving node's.
+   */
+  async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
+    const rec = this.vols.get(id);
+    if (!rec) return;
+    const leaving = rec.attachments.filter((a) => sameHost(a.nodeId, node));
+    const others = rec.attachments.filter((a) => !leaving.includes(a));
+    if (others.length > 0) {
+      this.log.info({ volume_id: id, node: node.host, others: others.map((a) => a.nodeId) }, 'publish ends while other nodes keep theirs: their clients cannot be told apart, nothing is fenced');
+      return;
+    }
+    await this.fence(rec, leaving[0]?.nodeId ?? node.host);
+  }
+
+  /** Blocklists the image's live clients and those recorded for nodeId; the blocklist first, the record after (a lost record only means the entry expires unrecorded). */
+  private async fence(rec: StoredVolume, nodeId: string): Promise<void> {
+    await this.settled(rec.id); // a background flatten is our own client: never fence it
+    const image = volumeImage(rec.id);
+    const fenced = new Set((rec.rbd?.fenced ?? []).map((f) => f.address));
+    const targets = new Map<string, RbdClient>();
+    const seenAt = now();
+    for (const w of await this.pool.watchers(image)) if (!fenced.has(w.address)) targets.set(w.address, { nodeId, address: w.address, client: w.client, seenAt });
+    for (const c of rec.rbd?.clients ?? []) if (c.nodeId === nodeId && !fenced.has(c.address) && !targets.has(c.address)) targets.set(c.address, c);
+    const until = new Date(Date.now() + this.cfg.fenceSeconds * 1000).toISOString();
+    for (const t of targets.values()) await this.blocklist.add(t.address, this.cfg.fenceSeconds);
+    const kept = (rec.rbd?.clients ?? []).filter((c) => c.nodeId !== nodeId);
+    if (targets.size === 0 && kept.length === (rec.rbd?.clients ?? []).length) return;
+    rec.rbd = { cloneDepth: rec.rbd?.cloneDepth ?? 0, clients: kept, fenced: [...unexpired(rec.rbd?.fenced), ...[...targets.values()].map((t) => ({ ...t, until }))] };
+    await this.writeVolume(rec);
+    if (targets.size > 0)
+      this.log.warn(
+        { volume_id: rec.id, node_id: nodeId, clients: [...targets.values()].map((t) => `${t.client}@${t.address}`), until },
+        'publish ended while the node still had the image open (or had it open and went silent): its Ceph client instances are blocklisted',
+      );
+  }
+
+  /**
+   * Before a publish to a node that holds none: lifts this node's own fences
+   * (it has the volume back, so its clients may write again), then, unless
+   * other nodes share the volume, refuses while a client that no publish
+   * explains still watches the image: a writer sinter did not fence (an
+   * operator's tool, a node unpublished by hand without unstaging).
+   */
+  async beforeNewPublish(id: string, node: NodeIdentity, others: Attachment[]): Promise<void> {
+    const rec = this.mustVolume(id);
+    await this.unfence(rec, node);
+    if (others.length > 0) return;
+    const fenced = new Set((rec.rbd?.fenced ?? []).map((f) => f.address));
+    const live = (await this.pool.watchers(volumeImage(id))).filter((w) => !fenced.has(w.address));
+    if (live.length === 0) return;
+    const known = new Map((rec.rbd?.clients ?? []).map((c) => [c.address, c.nodeId]));
+    const who = live.map((w) => `${w.client} at ${w.address}${known.has(w.address) ? ` (node ${parseNodeId(known.get(w.address)!)?.host ?? known.get(w.address)})` : ''}`).join(', ');
+    throw failedPrecondition(
+      `volume ${id}: rbd image ${this.pool.spec(volumeImage(id))} is still open by Ceph ${who}, which no publish explains; unstage it on that node, or, if that node is gone, fence the client (ceph osd blocklist add ${live[0]!.address}) and retry`,
+    );
+  }
+
+  /** Lifts the fences of `node`'s earlier client instances, and forgets expired ones. */
+  private async unfence(rec: StoredVolume, node: NodeIdentity): Promise<void> {
+    const all = rec.rbd?.fenced ?? [];
+    if (all.length === 0) return;
+    const keep: RbdFenceEntry[] = [];
+    for (const f of unexpired(all)) {
+      if (!sameHost(f.nodeId, node)) {
+        keep.push(f);
+        continue;
+      }
+      const r = await this.blocklist.remove(f.address);
+      if (r === 'refused') {
+        keep.push(f);
+        if (!this.warnedRemove) this.log.warn({ user: this.cfg.user }, `client.${this.cfg.user} may not remove blocklist entries (mon cap 'allow command "osd blocklist"'); they expire on their own after fenceSeconds`);
+        this.warnedRemove = true;
+      } else this.log.info({ volume_id: rec.id, node: node.host, client: `${f.client}@${f.address}` }, 'volume published to the fenced node again: its old client instance is no longer blocklisted');
+    }
+    if (keep.length === all.length) return;
+    rec.rbd = { ...rec.rbd, cloneDepth: rec.rbd?.cloneDepth ?? 0, fenced: keep };
+    await this.writeVolume(rec);
+  }
+
+  /**
+   * The client scan: which client instances watch each image one node alone
+   * has published, recorded against that node so the fence finds them even
+   * after their watch lapses (a partitioned client's does after 30 s).
+   */
+  async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {
+    for (const v of [...this.vols.values()]) {
+      if (v.attachments.length !== 1 || this.flattening.has(v.id)) continue;
+      await withVolumeLock(v.id, async () => {
+        const rec = this.vols.get(v.id);
+        const only = rec?.attachments.length === 1 ? rec.attachments[0]! : undefined;
+        if (!rec || !only || this.flattening.has(rec.id)) return;
+        const known = new Set([...(rec.rbd?.clients ?? []), ...(rec.rbd?.fenced ?? [])].map((c) => c.address));
+        const fresh = (await this.pool.watchers(volumeImage(rec.id))).filter((w) => !known.has(w.address));
+        const fencedBefore = rec.rbd?.fenced?.length ?? 0;
+        const fenced = unexpired(rec.rbd?.fenced);
+        if (fresh.length === 0 && fenced.length === fencedBefore) return;
+        const seenAt = now();
+        rec.rbd = { cloneDepth: rec.rbd?.cloneDepth ?? 0, fenced, clients: [...(rec.rbd?.clients ?? []), ...fresh.map((w) => ({ nodeId: only.nodeId, address: w.address, client: w.client, seenAt }))] };
+        await this.writeVolume(rec);
+      });
+    }
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {

@@ -187,6 +187,17 @@ export class RbdPool {
     return removedFirst;
   }
 
+  /** The Ceph clients watching an image (every client that has it open for writing); [] when the image is gone. */
+  async watchers(image: string): Promise<{ address: string; client: string }[]> {
+    try {
+      const r = await this.cli.rbdJson<{ watchers?: { address: string; client: number }[] } | null>(['status', this.spec(image)], `reading the clients of ${this.spec(image)}`);
+      return (r?.watchers ?? []).map((w) => ({ address: w.address, client: `client.${w.client}` }));
+    } catch (e) {
+      if (isErrno(e, Errno.ENOENT)) return [];
+      throw e;
+    }
+  }
+
   /** The pool's usage: what is stored and what can still be written (max_avail, after replication). */
   async usage(): Promise<{ stored: number; maxAvail: number }> {
     const df = await this.cli.cephJson<{ pools?: { name: string; stats: { stored?: number; bytes_used?: number; max_avail: number } }[] }>(['df'], 'reading the pool usage (ceph df)');
