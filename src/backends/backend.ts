@@ -158,6 +158,20 @@ export interface Backend {
   snapshots(): IterableIterator<SnapshotRecord>;
   snapshot(id: string): SnapshotRecord | undefined;
 
+  /**
+   * For a backend whose records live in shared storage that several
+   * controllers use (rbd): the volume id a name always gets, so two
+   * controllers (or one after another's crash) meet on the same id instead
+   * of making two volumes. Absent: a random id.
+   */
+  volumeIdFor?(name: string): string;
+  /**
+   * The record of `id` as the shared storage has it now, read into this
+   * controller's view (another controller may have made or changed it).
+   * undefined when there is none. Throws ABORTED while another controller is
+   * still creating it.
+   */
+  load?(id: string): Promise<VolumeRecord | undefined>;
   createVolume(spec: CreateVolumeSpec): Promise<VolumeRecord>;
   deleteVolume(id: string): Promise<void>;
   /**

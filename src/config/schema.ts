@@ -244,6 +244,11 @@ export const rbdBackendSchema = v.pipe(
     fenceSeconds: v.optional(int(60, 30 * 86400), 86400),
     /** How often the controller notes which client instances watch each published image (they are fenced when the publish ends). */
     clientScanSeconds: v.optional(int(1, 3600), 30),
+    /**
+     * An image with no record yet is another controller's create in progress; once older than this, its
+     * controller died and the next create or lookup of that name removes it (longer than a create takes).
+     */
+    staleCreateSeconds: v.optional(int(5, 86400), 300),
   }),
   v.forward(
     v.check((b) => b.cloneDepthSoftLimit <= b.cloneDepthHardLimit, 'must not exceed cloneDepthHardLimit'),

@@ -1,20 +1,32 @@
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { RbdBackendConfig } from '../../config/types.js';
 import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { KeyedLock } from '../../csi/locks.js';
-import { Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
+import { aborted, Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
 import type { Executor } from '../../exec/run.js';
 import type { Attachment, Backend, BackendCapacity, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
 import { parseNodeId } from '../../contracts/nodeid.js';
 import { CephBlocklist } from './blocklist.js';
-import { CephCli } from './cli.js';
+import { CephCli, CephCommandError, Errno } from './cli.js';
 import { inspectRbdPool, type RbdInspection, type RbdRepair } from './inspect.js';
 import { snapshotImage, volumeImage } from './names.js';
 import { RbdPool } from './pool.js';
-import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type RbdClient, type RbdFenceEntry, type StoredSnapshot, type StoredVolume } from './records.js';
+import { parseVolume, SNAPSHOT_META_KEY, VOLUME_META_KEY, type RbdClient, type RbdFenceEntry, type StoredSnapshot, type StoredVolume } from './records.js';
 
 const now = () => new Date().toISOString();
+/** RFC 4122 name-based (SHA-1, version 5) UUID of `name` in the namespace `ns`. */
+export function uuidV5(ns: string, name: string): string {
+  const h = createHash('sha1').update(Buffer.from(ns.replace(/-/g, ''), 'hex')).update(name, 'utf8').digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+/** sinter's namespace for rbd volume ids (a fixed random UUID). */
+const RBD_ID_NAMESPACE = '6f1c2a4e-8d1b-4a57-9a53-2f0f1e7c9b3d';
+
 const sameHost = (nodeId: string, node: NodeIdentity) => (parseNodeId(nodeId)?.host ?? nodeId) === node.host;
 /** Fence entries Ceph still holds (it drops them at `until`). */
 const unexpired = (f: RbdFenceEntry[] | undefined) => (f ?? []).filter((e) => Date.parse(e.until) > Date.now());
@@ -93,9 +105,14 @@ export class RbdBackend implements Backend {
 
   private async repair(step: RbdRepair, serve: Map<string, StoredVolume>): Promise<string | undefined> {
     switch (step.do) {
-      case 'roll-back-create':
+      case 'roll-back-create': {
+        // Another controller on this pool may be making it right now: only a create older than any takes is abandoned.
+        const info = await this.pool.info(step.image);
+        const born = info?.create_timestamp ? Date.parse(info.create_timestamp) : NaN;
+        if (!Number.isNaN(born) && Date.now() - born < this.cfg.staleCreateSeconds * 1000) return undefined;
         await this.pool.remove(step.image);
         return `${step.what} ${step.id}: rolled back an interrupted create (image ${this.pool.spec(step.image)} removed)`;
+      }
       case 'finish-delete':
         await this.pool.remove(step.image);
         return `${step.what} ${step.id}: finished an interrupted delete`;
@@ -188,6 +205,52 @@ export class RbdBackend implements Backend {
   }
 
   /**
+   * A name's volume id is derived from the name (a version-5 UUID of pool and
+   * name): every controller on this pool computes the same one, so a retry on
+   * another replica finds what a killed one made, and two replicas acting on
+   * one name at once meet on one image, which only one `rbd create` can make.
+   */
+  volumeIdFor(name: string): string {
+    return `${this.name}-${uuidV5(RBD_ID_NAMESPACE, `${this.cfg.pool}\n${name}`)}`;
+  }
+
+  /**
+   * The volume's record as the pool has it now, into this controller's view.
+   * An image with no record is a create in progress (ABORTED: retry) or, once
+   * older than staleCreateSeconds, one whose controller died: removed, so
+   * the retry makes it afresh.
+   */
+  async load(id: string): Promise<VolumeRecord | undefined> {
+    const image = volumeImage(id);
+    const meta = await this.pool.meta(image);
+    if (meta === undefined) {
+      const gone = this.vols.get(id);
+      if (gone) {
+        this.vols.delete(id);
+        this.provisioned -= gone.sizeBytes;
+      }
+      return undefined;
+    }
+    const rec = parseVolume(meta[VOLUME_META_KEY]);
+    if (rec && rec.id === id) {
+      const had = this.vols.get(id);
+      if (had && had.updatedAt >= rec.updatedAt) return had;
+      this.provisioned += rec.sizeBytes - (had?.sizeBytes ?? 0);
+      this.vols.set(id, rec);
+      return rec;
+    }
+    if (meta[VOLUME_META_KEY] !== undefined) throw new DomainError(Code.INTERNAL, `the record of image ${this.pool.spec(image)} cannot be read; sinter fsck shows it`);
+    const info = await this.pool.info(image);
+    const born = info?.create_timestamp ? Date.parse(info.create_timestamp) : NaN;
+    const ageMs = Number.isNaN(born) ? Infinity : Date.now() - born;
+    if (ageMs < this.cfg.staleCreateSeconds * 1000)
+      throw aborted(`volume ${id} is being created by another controller (image ${this.pool.spec(image)} has no record yet); retry`);
+    this.log.warn({ image: this.pool.spec(image), ageSeconds: Math.round(ageMs / 1000) }, 'image without a record, older than staleCreateSeconds: a create whose controller died; removing it so the retry starts clean');
+    await this.pool.remove(image);
+    return undefined;
+  }
+
+  /**
    * The image, then its record: an image without a record is an interrupted
    * create (start rolls it back), so the record is written last and the
    * volume is reported only once it is there.
@@ -210,6 +273,7 @@ export class RbdBackend implements Backend {
       updatedAt: t,
       rbd: { cloneDepth: 0 },
     };
+    let made = false;
     try {
       if (src) {
         await this.pool.cloneFrom(src.image, image);
@@ -217,10 +281,18 @@ export class RbdBackend implements Backend {
         if (info && info.size < spec.sizeBytes) await this.pool.resize(image, spec.sizeBytes);
         rec.rbd = { cloneDepth: await this.limitDepth(image, src.depth + 1) };
       } else {
-        await this.pool.create(image, spec.sizeBytes);
+        try {
+          await this.pool.create(image, spec.sizeBytes);
+        } catch (e) {
+          // Another controller made it since load() looked: its image, not ours to remove.
+          if (e instanceof CephCommandError && e.errno === Errno.EEXIST) throw aborted(`volume ${spec.id} (${JSON.stringify(spec.name)}) is being created by another controller; retry`);
+          throw e;
+        }
       }
+      made = true;
       await this.writeVolume(rec);
     } catch (e) {
+      if (!made && !src) throw e;
       // Nothing was reported: take the image away so the CO's retry starts clean (a start would, too).
       await this.pool.remove(image).catch((re: unknown) => this.log.warn({ image, err: (re as Error).message }, 'could not remove the image of a failed create; a start or sinter fsck will'));
       throw e;

@@ -15,6 +15,8 @@ export interface ImageInfo {
   size: number;
   snapshot_count: number;
   features: string[];
+  /** When the image was made (`Sun Dec  6 07:06:55 2026`, the cluster's local time). */
+  create_timestamp?: string;
   parent?: { pool: string; image: string; id: string; snapshot: string; trash: boolean };
 }
 
