@@ -79,11 +79,12 @@ CMD ["--help"]
 #   lvm2           driver: lvm (lvs, vgs, lvcreate, lvchange, lvextend, lvremove; the
 #                  controller then runs privileged on the storage host)
 #   ceph-common    driver: rbd (rbd, ceph)
+#   tgt-rbd        driver: rbd with export: iscsi (tgtd's rbd backing store, the gateway)
 # test/deploy/images-podman.test.ts checks every command the backends run resolves here.
 FROM runtime AS controller
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt lvm2 ceph-common \
+      tgt tgt-rbd lvm2 ceph-common \
  && rm -rf /var/lib/apt/lists/*
 USER 65532:65532
 CMD ["controller"]
@@ -116,6 +117,6 @@ CMD ["node"]
 FROM node AS all
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt lvm2 ceph-common \
+      tgt tgt-rbd lvm2 ceph-common \
  && rm -rf /var/lib/apt/lists/*
 CMD ["all", "--data-dir", "/var/lib/sinter/backends/default"]

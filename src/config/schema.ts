@@ -249,10 +249,24 @@ export const rbdBackendSchema = v.pipe(
      * controller died and the next create or lookup of that name removes it (longer than a create takes).
      */
     staleCreateSeconds: v.optional(int(5, 86400), 300),
+    /**
+     * How nodes reach the images: `rbd` (their own Ceph client: kernel rbd or qemu-nbd's librbd), or
+     * `iscsi` (a gateway for nodes with no Ceph client: tgtd on the controller's host serves each
+     * published image through tgt-rbd, with the usual ACL, CHAP and fence).
+     */
+    export: v.optional(v.picklist(['rbd', 'iscsi'], 'must be rbd or iscsi'), 'rbd'),
+    /** The gateway's target helper settings (export: iscsi); helper tgt only (LIO has no rbd backing store here). */
+    iscsi: v.optional(iscsiSchema),
+    /** Local files of the iSCSI gateway only: tgtd's Ceph conf and the CHAP secrets of published volumes. */
+    dataDir: v.optional(absPath),
   }),
   v.forward(
     v.check((b) => b.cloneDepthSoftLimit <= b.cloneDepthHardLimit, 'must not exceed cloneDepthHardLimit'),
     ['cloneDepthSoftLimit'],
+  ),
+  v.forward(
+    v.check((b) => b.export !== 'iscsi' || (b.iscsi !== undefined && b.iscsi.helper === 'tgt' && b.dataDir !== undefined), 'export: iscsi needs an iscsi section with helper: tgt (tgt-rbd), and dataDir'),
+    ['export'],
   ),
 );
 

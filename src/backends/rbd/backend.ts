@@ -1,12 +1,18 @@
 import { createHash } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { chapFromRequestSecrets } from '../../contracts/chap.js';
+import { backendOfVolume } from '../ids.js';
+import { createTargetHelper } from '../targets/create.js';
+import { IscsiExport } from '../targets/iscsi-export.js';
 import type { RbdBackendConfig } from '../../config/types.js';
 import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { aborted, Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
 import type { Executor } from '../../exec/run.js';
-import type { Attachment, Backend, BackendCapacity, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
+import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
 import { parseNodeId } from '../../contracts/nodeid.js';
 import { CephBlocklist } from './blocklist.js';
 import { CephCli, CephCommandError, Errno } from './cli.js';
@@ -52,6 +58,10 @@ export class RbdBackend implements Backend {
   readonly blocklist: CephBlocklist;
   /** The client scan (reconcileExports): which client instances watch each published image. */
   readonly reconcileIntervalMs: number;
+  /** The iSCSI gateway (export: iscsi): tgtd serves the images through tgt-rbd. */
+  private readonly iscsi?: IscsiExport;
+  private readonly tgtConf?: string;
+  readonly listExports?: () => Promise<ExportEntry[]>;
   /** Logged once: the cephx user may not lift fences. */
   private warnedRemove = false;
   private readonly vols = new Map<string, StoredVolume>();
@@ -74,6 +84,27 @@ export class RbdBackend implements Backend {
     this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool);
     this.blocklist = new CephBlocklist(cli);
     this.reconcileIntervalMs = cfg.clientScanSeconds * 1000;
+    if (cfg.export === 'iscsi' && cfg.iscsi && cfg.dataDir) {
+      // tgtd's librbd gets monitors and the key file from a conf of its own: nothing from /etc/ceph, no DNS lookup.
+      this.tgtConf = join(cfg.dataDir, 'tgt-ceph.conf');
+      const helper = createTargetHelper(cfg.iscsi, exec, log, { backingStoreType: 'rbd', bsopts: `conf=${this.tgtConf};id=${cfg.user}` });
+      this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
+      this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
+      const iscsi = this.iscsi;
+      this.listExports = () => this.gatewayExports(iscsi);
+    }
+  }
+
+  /** The conf tgtd's rbd backing store reads (bsopts conf=): monitors and key file explicit. */
+  private async writeTgtConf(): Promise<void> {
+    if (!this.tgtConf || !this.cfg.dataDir) return;
+    await mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
+    const secs = Math.max(1, this.cfg.commandTimeoutSeconds - 1);
+    await writeFile(
+      this.tgtConf,
+      ['[global]', `mon_host = ${this.cfg.monitors.join(',')}`, `keyfile = ${this.cfg.keyFile}`, 'keyring = /dev/null', 'auth_client_required = cephx', `client_mount_timeout = ${secs}`, `rados_mon_op_timeout = ${secs}`, ''].join('\n'),
+      { mode: 0o600 },
+    );
   }
 
   inspect(): Promise<RbdInspection> {
@@ -81,6 +112,10 @@ export class RbdBackend implements Backend {
   }
 
   async start(): Promise<RecoveryReport> {
+    if (this.iscsi) {
+      await this.writeTgtConf();
+      await this.iscsi.init();
+    }
     const ins = await this.inspect();
     const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
     const serve = new Map(ins.serve.volumes.map((r) => [r.id, r]));
@@ -348,6 +383,7 @@ export class RbdBackend implements Backend {
     rec.state = 'deleting';
     await this.writeVolume(rec);
     try {
+      await this.iscsi?.remove(id);
       await this.pool.remove(volumeImage(id));
     } catch (e) {
       rec.state = 'error_deleting';
@@ -380,8 +416,9 @@ export class RbdBackend implements Backend {
     return rec;
   }
 
-  async exportVolume(id: string, _node: NodeIdentity, _readonly: boolean): Promise<PublishContext> {
+  async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string> = {}): Promise<PublishContext> {
     this.mustVolume(id);
+    if (this.iscsi) return this.iscsi.export(id, this.pool.spec(volumeImage(id)), node, chapFromRequestSecrets(secrets));
     // Nothing to export: the node reaches the image with its own cephx key (node config), never one sent here.
     return { transport: 'rbd', pool: this.cfg.pool, image: volumeImage(id), monitors: [...this.cfg.monitors] };
   }
@@ -398,6 +435,13 @@ export class RbdBackend implements Backend {
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
     const rec = this.vols.get(id);
     if (!rec) return;
+    if (this.iscsi) {
+      // The gateway's fence is the target's: the ACL goes and the initiator's sessions end (tgtd is the only Ceph client).
+      const others = rec.attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
+      if (others.length === 0) await this.iscsi.remove(id);
+      else await this.iscsi.unexport(id, node);
+      return;
+    }
     const leaving = rec.attachments.filter((a) => sameHost(a.nodeId, node));
     const others = rec.attachments.filter((a) => !leaving.includes(a));
     if (others.length > 0) {
@@ -438,6 +482,7 @@ export class RbdBackend implements Backend {
    */
   async beforeNewPublish(id: string, node: NodeIdentity, others: Attachment[]): Promise<void> {
     const rec = this.mustVolume(id);
+    if (this.iscsi) return; // the gateway's tgtd is the image's one client
     await this.unfence(rec, node);
     if (others.length > 0) return;
     const fenced = new Set((rec.rbd?.fenced ?? []).map((f) => f.address));
@@ -477,7 +522,11 @@ export class RbdBackend implements Backend {
    * has published, recorded against that node so the fence finds them even
    * after their watch lapses (a partitioned client's does after 30 s).
    */
-  async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<void> {
+  async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled | void> {
+    if (this.iscsi) {
+      const r = await this.iscsi.reconcile(() => this.vols.values(), (id) => this.pool.spec(volumeImage(id)), withVolumeLock);
+      return { restored: r.aclsRestored.length, revoked: r.aclsRevoked.length };
+    }
     for (const v of [...this.vols.values()]) {
       if (v.attachments.length !== 1 || this.flattening.has(v.id)) continue;
       await withVolumeLock(v.id, async () => {
@@ -494,6 +543,13 @@ export class RbdBackend implements Backend {
         await this.writeVolume(rec);
       });
     }
+  }
+
+  /** The gateway's targets (listExports, for sinter fsck's fencing check; absent when nodes map images themselves). */
+  private async gatewayExports(iscsi: IscsiExport): Promise<ExportEntry[]> {
+    return (await iscsi.targets())
+      .filter((t) => t.volumeId && backendOfVolume(t.volumeId) === this.name)
+      .map((t) => ({ volumeId: t.volumeId, target: t.iqn, initiators: t.acls }));
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {
