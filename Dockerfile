@@ -81,11 +81,12 @@ CMD ["--help"]
 #   ceph-common    driver: rbd (rbd, ceph)
 #   python3-rbd python3-rados   driver: rbd, the agent (dist/backends/rbd/rbd_agent.py):
 #                  one librados connection instead of an rbd process per call
+#   tgt-rbd        driver: rbd with export: iscsi (tgtd's rbd backing store, the gateway)
 # test/deploy/images-podman.test.ts checks every command the backends run resolves here.
 FROM runtime AS controller
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt lvm2 ceph-common python3-rbd python3-rados \
+      tgt tgt-rbd lvm2 ceph-common python3-rbd python3-rados \
  && rm -rf /var/lib/apt/lists/*
 USER 65532:65532
 CMD ["controller"]
@@ -118,6 +119,6 @@ CMD ["node"]
 FROM node AS all
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt lvm2 ceph-common python3-rbd python3-rados \
+      tgt tgt-rbd lvm2 ceph-common python3-rbd python3-rados \
  && rm -rf /var/lib/apt/lists/*
 CMD ["all", "--data-dir", "/var/lib/sinter/backends/default"]

@@ -14,12 +14,12 @@ cd "$(dirname "$0")/.."
 # VM stage's guest (test/vm/, built on first use; mmdebstrap installs the guest's
 # packages in one apt run, much faster than debootstrap). ceph-mon, ceph-osd,
 # ceph-mgr and ceph-common: the rbd tests start a single-node Ceph cluster of
-# their own (test/helpers/ceph-cluster.ts; ~2 min to install, ~215 MB);
+# their own (test/helpers/ceph-cluster.ts; ~2 min to install, ~215 MB); tgt-rbd: tgtd's rbd backing store, the iSCSI gateway of an rbd backend;
 # qemu-block-extra also carries qemu's rbd driver, the user-space rbd attach.
 # python3-rbd and python3-rados: the rbd backend's agent (one librados
 # connection, src/backends/rbd/rbd_agent.py; ceph-mgr already pulls them in).
 PACKAGES=(util-linux mount e2fsprogs xfsprogs btrfs-progs fdisk kmod tgt qemu-utils qemu-block-extra libnbd-bin fuse3 libiscsi-bin open-iscsi iproute2
-  podman debootstrap cryptsetup-bin qemu-system-x86 mmdebstrap ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados)
+  podman debootstrap cryptsetup-bin qemu-system-x86 mmdebstrap ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados tgt-rbd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

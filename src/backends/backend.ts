@@ -174,6 +174,20 @@ export interface Backend {
   snapshots(): IterableIterator<SnapshotRecord>;
   snapshot(id: string): SnapshotRecord | undefined;
 
+  /**
+   * For a backend whose records live in shared storage that several
+   * controllers use (rbd): the volume id a name always gets, so two
+   * controllers (or one after another's crash) meet on the same id instead
+   * of making two volumes. Absent: a random id.
+   */
+  volumeIdFor?(name: string): string;
+  /**
+   * The record of `id` as the shared storage has it now, read into this
+   * controller's view (another controller may have made or changed it).
+   * undefined when there is none. Throws ABORTED while another controller is
+   * still creating it.
+   */
+  load?(id: string): Promise<VolumeRecord | undefined>;
   createVolume(spec: CreateVolumeSpec): Promise<VolumeRecord>;
   deleteVolume(id: string): Promise<void>;
   /**
@@ -186,6 +200,13 @@ export interface Backend {
   setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord>;
   /** initialize_connection: make the volume reachable by one node. `secrets` are ControllerPublishVolume's (CHAP). */
   exportVolume(id: string, node: NodeIdentity, readonly: boolean, secrets: Record<string, string>): Promise<PublishContext>;
+  /**
+   * Before a publish to a node that holds none of this volume (after the
+   * attachment rules passed; `others` are the publishes other nodes keep):
+   * a backend whose clients reach the storage themselves (rbd) refuses while
+   * a client no publish explains still has the volume open.
+   */
+  beforeNewPublish?(id: string, node: NodeIdentity, others: Attachment[]): Promise<void>;
   /** terminate_connection: revoke that node's access; idempotent. */
   unexportVolume(id: string, node: NodeIdentity): Promise<void>;
   volumeHealth(id: string): Promise<VolumeHealth>;

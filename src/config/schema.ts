@@ -236,10 +236,37 @@ export const rbdBackendSchema = v.pipe(
     cloneDepthHardLimit: v.optional(int(1, 64), 8),
     /** Seconds a single rbd/ceph command may take (librados' client_mount_timeout and rados_mon_op_timeout follow). */
     commandTimeoutSeconds: v.optional(num(1, 3600), 60),
+    /**
+     * How long a fenced client instance stays on the OSD blocklist (`ceph osd blocklist add … SECONDS`):
+     * longer than a lost node can stay away and still have the old client running. Lifted sooner when
+     * the volume is published to that node again.
+     */
+    fenceSeconds: v.optional(int(60, 30 * 86400), 86400),
+    /** How often the controller notes which client instances watch each published image (they are fenced when the publish ends). */
+    clientScanSeconds: v.optional(int(1, 3600), 30),
+    /**
+     * An image with no record yet is another controller's create in progress; once older than this, its
+     * controller died and the next create or lookup of that name removes it (longer than a create takes).
+     */
+    staleCreateSeconds: v.optional(int(5, 86400), 300),
+    /**
+     * How nodes reach the images: `rbd` (their own Ceph client: kernel rbd or qemu-nbd's librbd), or
+     * `iscsi` (a gateway for nodes with no Ceph client: tgtd on the controller's host serves each
+     * published image through tgt-rbd, with the usual ACL, CHAP and fence).
+     */
+    export: v.optional(v.picklist(['rbd', 'iscsi'], 'must be rbd or iscsi'), 'rbd'),
+    /** The gateway's target helper settings (export: iscsi); helper tgt only (LIO has no rbd backing store here). */
+    iscsi: v.optional(iscsiSchema),
+    /** Local files of the iSCSI gateway only: tgtd's Ceph conf and the CHAP secrets of published volumes. */
+    dataDir: v.optional(absPath),
   }),
   v.forward(
     v.check((b) => b.cloneDepthSoftLimit <= b.cloneDepthHardLimit, 'must not exceed cloneDepthHardLimit'),
     ['cloneDepthSoftLimit'],
+  ),
+  v.forward(
+    v.check((b) => b.export !== 'iscsi' || (b.iscsi !== undefined && b.iscsi.helper === 'tgt' && b.dataDir !== undefined), 'export: iscsi needs an iscsi section with helper: tgt (tgt-rbd), and dataDir'),
+    ['export'],
   ),
 );
 

@@ -155,6 +155,13 @@ export class VolumeManager {
     return this.backendOf(volumeId)?.volume(volumeId);
   }
 
+  /** The volume's record, read from shared storage when this controller has not seen it (another replica made it). */
+  private async known(b: Backend, volumeId: string): Promise<VolumeRecord | undefined> {
+    const v = b.volume(volumeId) ?? (VOLUME_ID_RE.test(volumeId) ? await b.load?.(volumeId) : undefined);
+    if (v && !this.byName.has(v.name)) this.remember(v);
+    return v;
+  }
+
   mustGet(volumeId: string, field = 'volume_id'): VolumeRecord {
     const v = this.get(volumeId);
     if (!v) throw notFound(`${field}: volume "${volumeId.slice(0, 128)}" does not exist`);
@@ -190,9 +197,15 @@ export class VolumeManager {
 
       const candidates = sourceBackend ? [sourceBackend] : [...this.backends.values()];
       const { backend } = await schedule(candidates, { sizeBytes, ...placementFilter(input.parameters, input.topology) });
-      const id = newVolumeId(backend.name);
+      const id = backend.volumeIdFor?.(input.name) ?? newVolumeId(backend.name);
       const sourceLock = input.source ? [`${input.source.type === 'snapshot' ? 'snap' : 'vol'}:${input.source.id}`] : [];
       const rec = await this.locks.runAll([`vol:${id}`, ...sourceLock], async () => {
+        // Another controller on the same storage may have made it (and died before answering).
+        const made = await backend.load?.(id);
+        if (made && made.name === input.name) {
+          this.checkCompatible(made, input);
+          return made;
+        }
         if (input.source) {
           // It may have gone, or grown (an expand that held its lock), while we waited.
           const now = this.resolveSource(input.source);
@@ -275,6 +288,7 @@ export class VolumeManager {
   async delete(volumeId: string): Promise<void> {
     const b = this.backendOf(volumeId);
     if (!b) return; // not ours or malformed: nothing to delete, which is success
+    await this.known(b, volumeId);
     await this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = b.volume(volumeId);
       if (!v) return;
@@ -291,7 +305,7 @@ export class VolumeManager {
   async expand(volumeId: string, range: CapacityRange | undefined): Promise<VolumeRecord> {
     if (!range || (!range.required_bytes && !range.limit_bytes)) throw invalidArgument('capacity_range is required');
     const b = this.backendOf(volumeId);
-    if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
+    if (!b || !(await this.known(b, volumeId))) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     return this.lockFor(`vol:${volumeId}`, false)(async () => {
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state} and cannot be expanded`);
@@ -308,7 +322,7 @@ export class VolumeManager {
 
   async publish(volumeId: string, nodeId: string, cap: ParsedCapability, readonly: boolean, secrets: Record<string, string> = {}): Promise<PublishContext> {
     const b = this.backendOf(volumeId);
-    if (!b?.volume(volumeId)) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
+    if (!b || !(await this.known(b, volumeId))) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     const node = this.nodes.lookup(nodeId);
     if (!node) throw notFound(`node_id: node "${nodeId.slice(0, 128)}" is not known to this controller`);
     // The backend's topology is the volume's accessible topology (CreateVolume returned it); a
@@ -326,6 +340,7 @@ export class VolumeManager {
       }
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
       checkNewPublish(`volume ${volumeId}`, others, nodeId, cap, this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0), this.opts.maxVolumesPerNode?.(nodeId));
+      await b.beforeNewPublish?.(volumeId, node, others);
       const att = newAttachment(nodeId, cap, readonly);
       // Record first: a crash between the two leaves a publish the retry or the
       // reconciler completes, never an export nobody knows about.
@@ -341,7 +356,7 @@ export class VolumeManager {
 
   async unpublish(volumeId: string, nodeId: string | undefined, opts: UnpublishOptions = {}): Promise<void> {
     const b = this.backendOf(volumeId);
-    if (!b?.volume(volumeId)) return; // gone: nothing is published
+    if (!b || !(await this.known(b, volumeId))) return; // gone: nothing is published
     await this.lockFor(`vol:${volumeId}`, opts.wait === true)(async () => {
       const v = b.volume(volumeId);
       if (!v) return;

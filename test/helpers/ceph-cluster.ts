@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
@@ -81,11 +81,36 @@ function alive(pid: number): boolean {
 /** Clusters of test processes that died without stop(): their daemons killed (pid files), their dirs removed. */
 function sweepAbandoned(): void {
   for (const name of readdirSync(tmpdir()).filter((n) => n.startsWith(PREFIX))) {
-    const dir = join(tmpdir(), name);
-    const owner = Number(readFileSync(join(dir, 'owner'), 'utf8').trim() || 0) || 0;
-    if (owner && alive(owner)) continue;
-    killDaemons(dir, 'SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
+    // One dir at a time: a dir another process removes meanwhile must not end the sweep.
+    try {
+      sweepOne(name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
+function sweepOne(name: string): void {
+  const dir = join(tmpdir(), name);
+  let owner = 0;
+  try {
+    owner = Number(readFileSync(join(dir, 'owner'), 'utf8').trim()) || 0;
+  } catch {
+    // not written yet, or the dir went away
+  }
+  // Another test process (another file, another helper's run) may be starting a cluster right now:
+  // its dir exists a moment before its owner file has the pid. Only a dir whose owner is known
+  // and dead, or an ownerless one older than a start can take, is abandoned.
+  if (owner ? alive(owner) : Date.now() - dirAgeBase(dir) < 10 * 60_000) return;
+  killDaemons(dir, 'SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+}
+
+function dirAgeBase(dir: string): number {
+  try {
+    return statSync(dir).mtimeMs;
+  } catch {
+    return Date.now();
   }
 }
 
@@ -122,6 +147,8 @@ export interface CephClusterOptions {
   pool?: string;
   /** The OSD's sparse block file; default 10 GiB (BlueStore wants a few GiB for its DB and WAL). */
   osdBytes?: number;
+  /** Extra mon caps for client.sinter beside `profile rbd` (e.g. `allow command 'osd blocklist'`, which lifting a fence needs). */
+  sinterMonCaps?: string;
 }
 
 export async function startCephCluster(opts: CephClusterOptions = {}): Promise<CephCluster> {
@@ -166,7 +193,7 @@ export async function startCephCluster(opts: CephClusterOptions = {}): Promise<C
         entity('client.admin', keys.admin, { mon: 'allow *', osd: 'allow *', mgr: 'allow *', mds: 'allow *' }),
         entity('mgr.x', keys.mgr, { mon: 'allow profile mgr', osd: 'allow *', mds: 'allow *' }),
         entity('osd.0', keys.osd, { mon: 'allow profile osd', mgr: 'allow profile osd', osd: 'allow *' }),
-        entity('client.sinter', keys.sinter, { mon: 'profile rbd', osd: `profile rbd pool=${pool}`, mgr: `profile rbd pool=${pool}` }),
+        entity('client.sinter', keys.sinter, { mon: ['profile rbd', ...(opts.sinterMonCaps ? [opts.sinterMonCaps] : [])].join(', '), osd: `profile rbd pool=${pool}`, mgr: `profile rbd pool=${pool}` }),
       ].join('\n') + '\n',
       { mode: 0o600 },
     );

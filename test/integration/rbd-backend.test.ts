@@ -205,8 +205,9 @@ describe('rbd backend', () => {
     expect(f).toMatchObject({ kind: 'interrupted-create', remedy: 'restart' });
     expect(f!.detail).toMatch(/no record/);
     expect(r.stdout + r.stderr).not.toContain(c.key);
-    // A start repairs both.
-    const again = new RbdBackend(backendCfg(), exec, log);
+    // A start repairs both, once the image is older than any create takes (it could be another controller's, in progress).
+    await new Promise((r) => setTimeout(r, 5000));
+    const again = new RbdBackend(backendCfg({ staleCreateSeconds: 5 }), exec, log);
     const report2 = await again.start();
     expect(report2.recovered.join('\n')).toMatch(new RegExp(`volume ${id}: rolled back`));
     expect(await images()).not.toContain(id);

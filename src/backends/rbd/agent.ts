@@ -41,6 +41,8 @@ export class RbdAgent {
   private starting?: Promise<PipedProcess>;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  /** The running agent's Ceph client (`client.<global id>`): its watches are the controller's own. */
+  private client?: string;
 
   constructor(
     private readonly conn: CephConnection,
@@ -79,10 +81,10 @@ export class RbdAgent {
       throw missingBindings(what, undefined);
     }
     const lines = createInterface({ input: proc.stdout });
-    const connected = new Promise<void>((resolve, reject) => {
+    const connected = new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => reject(new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph monitors (${this.conn.monitors.join(',')}) did not answer in time; check that they run and that this host reaches them`, Errno.ETIMEDOUT)), this.conn.timeoutMs);
       this.pending.set(0, {
-        resolve: () => (clearTimeout(timer), resolve()),
+        resolve: (v) => (clearTimeout(timer), resolve(v)),
         reject: (e) => (clearTimeout(timer), reject(e)),
         timer,
         what,
@@ -103,7 +105,8 @@ export class RbdAgent {
     proc.stdin.on('error', () => undefined); // an exited agent: its exit handler answers the callers
     proc.stdin.write(JSON.stringify({ monitors: this.conn.monitors.join(','), user: this.conn.user, keyFile: this.conn.keyFile, timeout: secs }) + '\n');
     try {
-      await connected;
+      const hello = (await connected) as { instanceId?: number } | undefined;
+      this.client = typeof hello?.instanceId === 'number' ? `client.${hello.instanceId}` : undefined;
     } catch (e) {
       proc.kill();
       if (e instanceof AgentUnavailableError || !(e instanceof CephCommandError)) throw e;
@@ -134,6 +137,12 @@ export class RbdAgent {
   stop(): void {
     this.proc?.kill();
     this.proc = undefined;
+    this.client = undefined;
+  }
+
+  /** The running agent's Ceph client name (`client.4117`), if one runs. */
+  ownClient(): string | undefined {
+    return this.proc ? this.client : undefined;
   }
 }
 

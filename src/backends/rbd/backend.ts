@@ -1,20 +1,43 @@
+import { createHash } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { chapFromRequestSecrets } from '../../contracts/chap.js';
+import { backendOfVolume } from '../ids.js';
+import { createTargetHelper } from '../targets/create.js';
+import { IscsiExport } from '../targets/iscsi-export.js';
 import type { RbdBackendConfig } from '../../config/types.js';
 import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import { KeyedLock } from '../../csi/locks.js';
-import { Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
+import { aborted, Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
 import type { Executor, PipeSpawner } from '../../exec/run.js';
 import { RbdAgent } from './agent.js';
 import { RbdGroupSnapshots } from './group-snapshots.js';
-import type { Attachment, Backend, BackendCapacity, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
-import { CephCli } from './cli.js';
+import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
+import { parseNodeId } from '../../contracts/nodeid.js';
+import { CephBlocklist } from './blocklist.js';
+import { CephCli, CephCommandError, Errno } from './cli.js';
 import { inspectRbdPool, type RbdInspection, type RbdRepair } from './inspect.js';
 import { snapshotImage, volumeImage } from './names.js';
 import { RbdPool } from './pool.js';
-import { SNAPSHOT_META_KEY, VOLUME_META_KEY, type StoredSnapshot, type StoredVolume } from './records.js';
+import { parseVolume, SNAPSHOT_META_KEY, VOLUME_META_KEY, type RbdClient, type RbdFenceEntry, type StoredSnapshot, type StoredVolume } from './records.js';
 
 const now = () => new Date().toISOString();
+/** RFC 4122 name-based (SHA-1, version 5) UUID of `name` in the namespace `ns`. */
+export function uuidV5(ns: string, name: string): string {
+  const h = createHash('sha1').update(Buffer.from(ns.replace(/-/g, ''), 'hex')).update(name, 'utf8').digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+/** sinter's namespace for rbd volume ids (a fixed random UUID). */
+const RBD_ID_NAMESPACE = '6f1c2a4e-8d1b-4a57-9a53-2f0f1e7c9b3d';
+
+const sameHost = (nodeId: string, node: NodeIdentity) => (parseNodeId(nodeId)?.host ?? nodeId) === node.host;
+/** Fence entries Ceph still holds (it drops them at `until`). */
+const unexpired = (f: RbdFenceEntry[] | undefined) => (f ?? []).filter((e) => Date.parse(e.until) > Date.now());
 const PROBE_CACHE_MS = 10_000;
 const USAGE_CACHE_MS = 5_000;
 
@@ -42,6 +65,15 @@ export class RbdBackend implements Backend {
   /** The long-lived librados connection (src/backends/rbd/agent.ts), when the executor can start co-processes. */
   readonly agent?: RbdAgent;
   readonly groupSnapshots?: RbdGroupSnapshots;
+  readonly blocklist: CephBlocklist;
+  /** The client scan (reconcileExports): which client instances watch each published image. */
+  readonly reconcileIntervalMs: number;
+  /** The iSCSI gateway (export: iscsi): tgtd serves the images through tgt-rbd. */
+  private readonly iscsi?: IscsiExport;
+  private readonly tgtConf?: string;
+  readonly listExports?: () => Promise<ExportEntry[]>;
+  /** Logged once: the cephx user may not lift fences. */
+  private warnedRemove = false;
   private readonly vols = new Map<string, StoredVolume>();
   private readonly snaps = new Map<string, StoredSnapshot>();
   /** One metadata write at a time per image: a background flatten and a publish both rewrite the record. */
@@ -74,10 +106,33 @@ export class RbdBackend implements Backend {
         writeSnapshot: (rec) => this.writeSnapshot(rec),
         log,
       });
+    this.blocklist = new CephBlocklist(cli);
+    this.reconcileIntervalMs = cfg.clientScanSeconds * 1000;
+    if (cfg.export === 'iscsi' && cfg.iscsi && cfg.dataDir) {
+      // tgtd's librbd gets monitors and the key file from a conf of its own: nothing from /etc/ceph, no DNS lookup.
+      this.tgtConf = join(cfg.dataDir, 'tgt-ceph.conf');
+      const helper = createTargetHelper(cfg.iscsi, exec, log, { backingStoreType: 'rbd', bsopts: `conf=${this.tgtConf};id=${cfg.user}` });
+      this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
+      this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
+      const iscsi = this.iscsi;
+      this.listExports = () => this.gatewayExports(iscsi);
+    }
   }
 
   close(): void {
     this.agent?.stop();
+  }
+
+  /** The conf tgtd's rbd backing store reads (bsopts conf=): monitors and key file explicit. */
+  private async writeTgtConf(): Promise<void> {
+    if (!this.tgtConf || !this.cfg.dataDir) return;
+    await mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
+    const secs = Math.max(1, this.cfg.commandTimeoutSeconds - 1);
+    await writeFile(
+      this.tgtConf,
+      ['[global]', `mon_host = ${this.cfg.monitors.join(',')}`, `keyfile = ${this.cfg.keyFile}`, 'keyring = /dev/null', 'auth_client_required = cephx', `client_mount_timeout = ${secs}`, `rados_mon_op_timeout = ${secs}`, ''].join('\n'),
+      { mode: 0o600 },
+    );
   }
 
   inspect(): Promise<RbdInspection> {
@@ -85,6 +140,10 @@ export class RbdBackend implements Backend {
   }
 
   async start(): Promise<RecoveryReport> {
+    if (this.iscsi) {
+      await this.writeTgtConf();
+      await this.iscsi.init();
+    }
     const ins = await this.inspect();
     const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
     const serve = new Map(ins.serve.volumes.map((r) => [r.id, r]));
@@ -110,9 +169,14 @@ export class RbdBackend implements Backend {
 
   private async repair(step: RbdRepair, serve: Map<string, StoredVolume>): Promise<string | undefined> {
     switch (step.do) {
-      case 'roll-back-create':
+      case 'roll-back-create': {
+        // Another controller on this pool may be making it right now: only a create older than any takes is abandoned.
+        const info = await this.pool.info(step.image);
+        const born = info?.create_timestamp ? Date.parse(info.create_timestamp) : NaN;
+        if (!Number.isNaN(born) && Date.now() - born < this.cfg.staleCreateSeconds * 1000) return undefined;
         await this.pool.remove(step.image);
         return `${step.what} ${step.id}: rolled back an interrupted create (image ${this.pool.spec(step.image)} removed)`;
+      }
       case 'finish-delete':
         await this.pool.remove(step.image);
         return `${step.what} ${step.id}: finished an interrupted delete`;
@@ -230,6 +294,52 @@ export class RbdBackend implements Backend {
   }
 
   /**
+   * A name's volume id is derived from the name (a version-5 UUID of pool and
+   * name): every controller on this pool computes the same one, so a retry on
+   * another replica finds what a killed one made, and two replicas acting on
+   * one name at once meet on one image, which only one `rbd create` can make.
+   */
+  volumeIdFor(name: string): string {
+    return `${this.name}-${uuidV5(RBD_ID_NAMESPACE, `${this.cfg.pool}\n${name}`)}`;
+  }
+
+  /**
+   * The volume's record as the pool has it now, into this controller's view.
+   * An image with no record is a create in progress (ABORTED: retry) or, once
+   * older than staleCreateSeconds, one whose controller died: removed, so
+   * the retry makes it afresh.
+   */
+  async load(id: string): Promise<VolumeRecord | undefined> {
+    const image = volumeImage(id);
+    const meta = await this.pool.meta(image);
+    if (meta === undefined) {
+      const gone = this.vols.get(id);
+      if (gone) {
+        this.vols.delete(id);
+        this.provisioned -= gone.sizeBytes;
+      }
+      return undefined;
+    }
+    const rec = parseVolume(meta[VOLUME_META_KEY]);
+    if (rec && rec.id === id) {
+      const had = this.vols.get(id);
+      if (had && had.updatedAt >= rec.updatedAt) return had;
+      this.provisioned += rec.sizeBytes - (had?.sizeBytes ?? 0);
+      this.vols.set(id, rec);
+      return rec;
+    }
+    if (meta[VOLUME_META_KEY] !== undefined) throw new DomainError(Code.INTERNAL, `the record of image ${this.pool.spec(image)} cannot be read; sinter fsck shows it`);
+    const info = await this.pool.info(image);
+    const born = info?.create_timestamp ? Date.parse(info.create_timestamp) : NaN;
+    const ageMs = Number.isNaN(born) ? Infinity : Date.now() - born;
+    if (ageMs < this.cfg.staleCreateSeconds * 1000)
+      throw aborted(`volume ${id} is being created by another controller (image ${this.pool.spec(image)} has no record yet); retry`);
+    this.log.warn({ image: this.pool.spec(image), ageSeconds: Math.round(ageMs / 1000) }, 'image without a record, older than staleCreateSeconds: a create whose controller died; removing it so the retry starts clean');
+    await this.pool.remove(image);
+    return undefined;
+  }
+
+  /**
    * The image, then its record: an image without a record is an interrupted
    * create (start rolls it back), so the record is written last and the
    * volume is reported only once it is there.
@@ -252,6 +362,7 @@ export class RbdBackend implements Backend {
       updatedAt: t,
       rbd: { cloneDepth: 0 },
     };
+    let theirs = false;
     try {
       if (src) {
         await this.pool.cloneFrom(src.image, image);
@@ -260,10 +371,20 @@ export class RbdBackend implements Backend {
         rec.rbd = { cloneDepth: await this.limitDepth(image, src.depth + 1) };
         await this.writeVolume(rec);
       } else {
-        // The image and its record in one agent request (record still last).
-        await this.pool.create(image, spec.sizeBytes, { [VOLUME_META_KEY]: JSON.stringify(rec) });
+        try {
+          // The image and its record in one agent request (record still last).
+          await this.pool.create(image, spec.sizeBytes, { [VOLUME_META_KEY]: JSON.stringify(rec) });
+        } catch (e) {
+          // Another controller made it since load() looked: its image, not ours to remove.
+          if (e instanceof CephCommandError && e.errno === Errno.EEXIST) {
+            theirs = true;
+            throw aborted(`volume ${spec.id} (${JSON.stringify(spec.name)}) is being created by another controller; retry`);
+          }
+          throw e;
+        }
       }
     } catch (e) {
+      if (theirs) throw e;
       // Nothing was reported: take the image away so the CO's retry starts clean (a start would, too).
       await this.pool.remove(image).catch((re: unknown) => this.log.warn({ image, err: (re as Error).message }, 'could not remove the image of a failed create; a start or sinter fsck will'));
       throw e;
@@ -319,6 +440,7 @@ export class RbdBackend implements Backend {
     rec.state = 'deleting';
     await this.writeVolume(rec);
     try {
+      await this.iscsi?.remove(id);
       await this.pool.remove(volumeImage(id));
     } catch (e) {
       rec.state = 'error_deleting';
@@ -351,14 +473,140 @@ export class RbdBackend implements Backend {
     return rec;
   }
 
-  async exportVolume(id: string, _node: NodeIdentity, _readonly: boolean): Promise<PublishContext> {
+  async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string> = {}): Promise<PublishContext> {
     this.mustVolume(id);
+    if (this.iscsi) return this.iscsi.export(id, this.pool.spec(volumeImage(id)), node, chapFromRequestSecrets(secrets));
     // Nothing to export: the node reaches the image with its own cephx key (node config), never one sent here.
     return { transport: 'rbd', pool: this.cfg.pool, image: volumeImage(id), monitors: [...this.cfg.monitors] };
   }
 
-  async unexportVolume(): Promise<void> {
-    // Fencing a lost node's client (ceph osd blocklist) is not done yet (issue #15).
+  /**
+   * The fence (Cinder's terminate_connection, for a client that reaches the
+   * image itself): when the last publish ends, every client instance still
+   * watching the image, and every one the client scan attributed to the
+   * leaving node, goes on the OSD blocklist before any other node can map it.
+   * A node that unstaged first has no client left and nothing is fenced. While
+   * other nodes keep publishes (multi-node access) nothing is: their clients
+   * cannot be told apart from the leaving node's.
+   */
+  async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
+    const rec = this.vols.get(id);
+    if (!rec) return;
+    if (this.iscsi) {
+      // The gateway's fence is the target's: the ACL goes and the initiator's sessions end (tgtd is the only Ceph client).
+      const others = rec.attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
+      if (others.length === 0) await this.iscsi.remove(id);
+      else await this.iscsi.unexport(id, node);
+      return;
+    }
+    const leaving = rec.attachments.filter((a) => sameHost(a.nodeId, node));
+    const others = rec.attachments.filter((a) => !leaving.includes(a));
+    if (others.length > 0) {
+      this.log.info({ volume_id: id, node: node.host, others: others.map((a) => a.nodeId) }, 'publish ends while other nodes keep theirs: their clients cannot be told apart, nothing is fenced');
+      return;
+    }
+    await this.fence(rec, leaving[0]?.nodeId ?? node.host);
+  }
+
+  /** Blocklists the image's live clients and those recorded for nodeId; the blocklist first, the record after (a lost record only means the entry expires unrecorded). */
+  private async fence(rec: StoredVolume, nodeId: string): Promise<void> {
+    await this.settled(rec.id); // a background flatten is our own client: never fence it
+    const image = volumeImage(rec.id);
+    const fenced = new Set((rec.rbd?.fenced ?? []).map((f) => f.address));
+    const targets = new Map<string, RbdClient>();
+    const seenAt = now();
+    for (const w of await this.pool.watchers(image)) if (!fenced.has(w.address)) targets.set(w.address, { nodeId, address: w.address, client: w.client, seenAt });
+    for (const c of rec.rbd?.clients ?? []) if (c.nodeId === nodeId && !fenced.has(c.address) && !targets.has(c.address)) targets.set(c.address, c);
+    const until = new Date(Date.now() + this.cfg.fenceSeconds * 1000).toISOString();
+    for (const t of targets.values()) await this.blocklist.add(t.address, this.cfg.fenceSeconds);
+    const kept = (rec.rbd?.clients ?? []).filter((c) => c.nodeId !== nodeId);
+    if (targets.size === 0 && kept.length === (rec.rbd?.clients ?? []).length) return;
+    rec.rbd = { cloneDepth: rec.rbd?.cloneDepth ?? 0, clients: kept, fenced: [...unexpired(rec.rbd?.fenced), ...[...targets.values()].map((t) => ({ ...t, until }))] };
+    await this.writeVolume(rec);
+    if (targets.size > 0)
+      this.log.warn(
+        { volume_id: rec.id, node_id: nodeId, clients: [...targets.values()].map((t) => `${t.client}@${t.address}`), until },
+        'publish ended while the node still had the image open (or had it open and went silent): its Ceph client instances are blocklisted',
+      );
+  }
+
+  /**
+   * Before a publish to a node that holds none: lifts this node's own fences
+   * (it has the volume back, so its clients may write again), then, unless
+   * other nodes share the volume, refuses while a client that no publish
+   * explains still watches the image: a writer sinter did not fence (an
+   * operator's tool, a node unpublished by hand without unstaging).
+   */
+  async beforeNewPublish(id: string, node: NodeIdentity, others: Attachment[]): Promise<void> {
+    const rec = this.mustVolume(id);
+    if (this.iscsi) return; // the gateway's tgtd is the image's one client
+    await this.unfence(rec, node);
+    if (others.length > 0) return;
+    const fenced = new Set((rec.rbd?.fenced ?? []).map((f) => f.address));
+    const live = (await this.pool.watchers(volumeImage(id))).filter((w) => !fenced.has(w.address));
+    if (live.length === 0) return;
+    const known = new Map((rec.rbd?.clients ?? []).map((c) => [c.address, c.nodeId]));
+    const who = live.map((w) => `${w.client} at ${w.address}${known.has(w.address) ? ` (node ${parseNodeId(known.get(w.address)!)?.host ?? known.get(w.address)})` : ''}`).join(', ');
+    throw failedPrecondition(
+      `volume ${id}: rbd image ${this.pool.spec(volumeImage(id))} is still open by Ceph ${who}, which no publish explains; unstage it on that node, or, if that node is gone, fence the client (ceph osd blocklist add ${live[0]!.address}) and retry`,
+    );
+  }
+
+  /** Lifts the fences of `node`'s earlier client instances, and forgets expired ones. */
+  private async unfence(rec: StoredVolume, node: NodeIdentity): Promise<void> {
+    const all = rec.rbd?.fenced ?? [];
+    if (all.length === 0) return;
+    const keep: RbdFenceEntry[] = [];
+    for (const f of unexpired(all)) {
+      if (!sameHost(f.nodeId, node)) {
+        keep.push(f);
+        continue;
+      }
+      const r = await this.blocklist.remove(f.address);
+      if (r === 'refused') {
+        keep.push(f);
+        if (!this.warnedRemove) this.log.warn({ user: this.cfg.user }, `client.${this.cfg.user} may not remove blocklist entries (mon cap 'allow command "osd blocklist"'); they expire on their own after fenceSeconds`);
+        this.warnedRemove = true;
+      } else this.log.info({ volume_id: rec.id, node: node.host, client: `${f.client}@${f.address}` }, 'volume published to the fenced node again: its old client instance is no longer blocklisted');
+    }
+    if (keep.length === all.length) return;
+    rec.rbd = { ...rec.rbd, cloneDepth: rec.rbd?.cloneDepth ?? 0, fenced: keep };
+    await this.writeVolume(rec);
+  }
+
+  /**
+   * The client scan: which client instances watch each image one node alone
+   * has published, recorded against that node so the fence finds them even
+   * after their watch lapses (a partitioned client's does after 30 s).
+   */
+  async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled | void> {
+    if (this.iscsi) {
+      const r = await this.iscsi.reconcile(() => this.vols.values(), (id) => this.pool.spec(volumeImage(id)), withVolumeLock);
+      return { restored: r.aclsRestored.length, revoked: r.aclsRevoked.length };
+    }
+    for (const v of [...this.vols.values()]) {
+      if (v.attachments.length !== 1 || this.flattening.has(v.id)) continue;
+      await withVolumeLock(v.id, async () => {
+        const rec = this.vols.get(v.id);
+        const only = rec?.attachments.length === 1 ? rec.attachments[0]! : undefined;
+        if (!rec || !only || this.flattening.has(rec.id)) return;
+        const known = new Set([...(rec.rbd?.clients ?? []), ...(rec.rbd?.fenced ?? [])].map((c) => c.address));
+        const fresh = (await this.pool.watchers(volumeImage(rec.id))).filter((w) => !known.has(w.address));
+        const fencedBefore = rec.rbd?.fenced?.length ?? 0;
+        const fenced = unexpired(rec.rbd?.fenced);
+        if (fresh.length === 0 && fenced.length === fencedBefore) return;
+        const seenAt = now();
+        rec.rbd = { cloneDepth: rec.rbd?.cloneDepth ?? 0, fenced, clients: [...(rec.rbd?.clients ?? []), ...fresh.map((w) => ({ nodeId: only.nodeId, address: w.address, client: w.client, seenAt }))] };
+        await this.writeVolume(rec);
+      });
+    }
+  }
+
+  /** The gateway's targets (listExports, for sinter fsck's fencing check; absent when nodes map images themselves). */
+  private async gatewayExports(iscsi: IscsiExport): Promise<ExportEntry[]> {
+    return (await iscsi.targets())
+      .filter((t) => t.volumeId && backendOfVolume(t.volumeId) === this.name)
+      .map((t) => ({ volumeId: t.volumeId, target: t.iqn, initiators: t.acls }));
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {

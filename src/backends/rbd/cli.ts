@@ -78,6 +78,12 @@ export class CephCli {
     return parseJson<T>(out, what);
   }
 
+  /** Runs `ceph ARGS` (plain output; some commands, e.g. `osd blocklist add`, print only to stderr). */
+  async ceph(args: string[], what: string): Promise<string> {
+    const secs = String(Math.max(1, Math.floor(this.conn.timeoutMs / 1000) - 1));
+    return this.run('ceph', ['--connect-timeout', secs, ...args], what);
+  }
+
   private async run(cmd: 'rbd' | 'ceph', args: string[], what: string): Promise<string> {
     const secrets = await this.secrets();
     try {

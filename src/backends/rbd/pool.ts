@@ -17,6 +17,8 @@ export interface ImageInfo {
   size: number;
   snapshot_count: number;
   features: string[];
+  /** When the image was made (`Sun Dec  6 07:06:55 2026`, the cluster's local time). */
+  create_timestamp?: string;
   parent?: { pool: string; image: string; id: string; snapshot: string; trash: boolean };
 }
 
@@ -300,6 +302,23 @@ export class RbdPool {
       await this.cli.rbd(['group', 'rm', this.spec(group)], `removing group ${this.spec(group)}`);
     } catch (e) {
       if (!isErrno(e, Errno.ENOENT)) throw e;
+    }
+  }
+
+  /**
+   * The Ceph clients watching an image (every client that has it open for
+   * writing), but for the controller's own agent (it opens images to snapshot
+   * them: never a node's client to refuse a publish for or to fence); [] when
+   * the image is gone.
+   */
+  async watchers(image: string): Promise<{ address: string; client: string }[]> {
+    try {
+      const r = await this.cli.rbdJson<{ watchers?: { address: string; client: number }[] } | null>(['status', this.spec(image)], `reading the clients of ${this.spec(image)}`);
+      const own = this.agent?.ownClient();
+      return (r?.watchers ?? []).map((w) => ({ address: w.address, client: `client.${w.client}` })).filter((w) => w.client !== own);
+    } catch (e) {
+      if (isErrno(e, Errno.ENOENT)) return [];
+      throw e;
     }
   }
 

@@ -202,7 +202,8 @@ def main():
     except Exception as e:  # the connection failed: say why once, then exit
         answer({'id': 0, 'ok': False, 'errno': errno_of(e), 'error': 'connect: %s' % e})
         return
-    answer({'id': 0, 'ok': True, 'result': 'ready'})
+    # The global id of this connection: its watches on images are the controller's own, never a node's client to fence.
+    answer({'id': 0, 'ok': True, 'result': {'instanceId': agent.cluster.get_instance_id()}})
     pool = ThreadPoolExecutor(max_workers=8)
 
     def serve(req):

@@ -17,6 +17,29 @@ export interface RbdExtra {
    * carries it and a start rebuilds the group from whichever members exist.
    */
   group?: GroupSnapshotRecord;
+  /**
+   * Ceph client instances seen watching the image while one node alone held a
+   * publish, attributed to that node: fenced when its publish ends, even if
+   * their watch has lapsed meanwhile (a partitioned client's watch expires
+   * after 30 s, but the client can write again when the partition heals).
+   */
+  clients?: RbdClient[];
+  /** Client instances sinter blocklisted, until Ceph drops the entry or their node gets the volume back. */
+  fenced?: RbdFenceEntry[];
+}
+
+export interface RbdClient {
+  nodeId: string;
+  /** The instance's address as `rbd status` reports it (`ip:port/nonce`): what `ceph osd blocklist add` takes. */
+  address: string;
+  /** Its global id (`client.4117`), for messages. */
+  client: string;
+  seenAt: string;
+}
+
+export interface RbdFenceEntry extends RbdClient {
+  /** When Ceph drops the blocklist entry on its own (ISO time). */
+  until: string;
 }
 
 export type StoredVolume = VolumeRecord & { rbd?: RbdExtra };

@@ -32,8 +32,17 @@ export interface TgtConfig {
    * read-modify-write in initiators that honour it. Applied when the LUN is created.
    */
   blockSize?: 512 | 1024 | 2048 | 4096;
-  /** tgt backing store: `rdwr` (pread/pwrite, default) or `aio` (Linux native AIO). */
-  backingStoreType?: 'rdwr' | 'aio';
+  /**
+   * tgt backing store: `rdwr` (pread/pwrite, default), `aio` (Linux native AIO), or `rbd`
+   * (Debian's tgt-rbd module: librbd inside tgtd; the "image path" is `POOL/IMAGE`).
+   */
+  backingStoreType?: 'rdwr' | 'aio' | 'rbd';
+  /**
+   * `--bsopts` of every LUN. For `rbd`, tgt 1.0.85's usr/bs_rbd.c (Debian 12's tgt-rbd) reads
+   * `conf=`, `id=`, `cluster=`, `virsecretuuid=`, `cephx_key=` separated by ';' (bs_rbd_init);
+   * it logs them all, so a key belongs in the conf file (`keyfile =`), never in bsopts.
+   */
+  bsopts?: string;
   /** Open flags for the image: `direct` bypasses the storage host's page cache, `sync` writes through. */
   bsoflags?: 'sync' | 'direct' | 'sync:direct';
   /** Timeout for one tgtadm call. */
@@ -112,7 +121,7 @@ export class TgtTargetHelper implements TargetHelper {
   private readonly locks = new KeyedLock();
   /** sha256 of the password this process last gave each account (tgtd cannot be asked). */
   private readonly accountPasswords = new Map<string, string>();
-  private readonly cfg: Required<Omit<TgtConfig, 'bsoflags'>> & Pick<TgtConfig, 'bsoflags'>;
+  private readonly cfg: Required<Omit<TgtConfig, 'bsoflags' | 'bsopts'>> & Pick<TgtConfig, 'bsoflags' | 'bsopts'>;
 
   constructor(
     cfg: TgtConfig,
@@ -133,6 +142,13 @@ export class TgtTargetHelper implements TargetHelper {
 
   iqnFor(volumeId: string): string {
     return targetIqn(this.cfg.iqnPrefix, volumeId);
+  }
+
+  /** A file or device path for the file stores; `POOL/IMAGE` for rbd. */
+  private checkImagePath(volumeId: string, imagePath: string): void {
+    if (this.cfg.backingStoreType === 'rbd') {
+      if (!/^[A-Za-z0-9_.-]+\/[A-Za-z0-9_.@-]+$/.test(imagePath)) throw invalidArgument(`rbd image for ${volumeId} must be POOL/IMAGE`);
+    } else if (!isAbsolute(imagePath)) throw invalidArgument(`image path for ${volumeId} must be absolute`);
   }
 
   /** The volume id a target name stands for, or undefined when the name is not one of ours. */
@@ -177,7 +193,7 @@ export class TgtTargetHelper implements TargetHelper {
 
   async ensureTarget(volumeId: string, imagePath: string, opts: EnsureTargetOptions = {}): Promise<TargetRef> {
     const iqn = this.iqnFor(volumeId);
-    if (!isAbsolute(imagePath)) throw invalidArgument(`image path for ${volumeId} must be absolute`);
+    this.checkImagePath(volumeId, imagePath);
     const readonly = opts.readonly ?? false;
     return this.locks.run(volumeId, async () => {
       const all = await this.listTargets();
@@ -238,6 +254,7 @@ export class TgtTargetHelper implements TargetHelper {
   private async createLun(tid: number, volumeId: string, imagePath: string, readonly: boolean): Promise<void> {
     const args = ['--op', 'new', '--mode', 'logicalunit', '--tid', String(tid), '--lun', '1', '--backing-store', imagePath, '--bstype', this.cfg.backingStoreType, '--blocksize', String(this.cfg.blockSize)];
     if (this.cfg.bsoflags) args.push('--bsoflags', this.cfg.bsoflags);
+    if (this.cfg.bsopts) args.push('--bsopts', this.cfg.bsopts);
     const r = await this.tgtadm(args, { tolerate: ['lun-exists'] });
     if (r.tolerated) return;
     const serial = UUID_RE.exec(volumeId)?.[0] ?? hash(volumeId).slice(0, 32);
@@ -264,7 +281,7 @@ export class TgtTargetHelper implements TargetHelper {
    */
   async refreshLunSize(volumeId: string, imagePath: string, opts: { force?: boolean } = {}): Promise<LunRefresh> {
     const iqn = this.iqnFor(volumeId);
-    if (!isAbsolute(imagePath)) throw invalidArgument(`image path for ${volumeId} must be absolute`);
+    this.checkImagePath(volumeId, imagePath);
     return this.locks.run(volumeId, async () => {
       const t = await this.findTarget(iqn);
       const lun = t?.luns.find((l) => l.lun === 1);
