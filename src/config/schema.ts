@@ -259,6 +259,11 @@ export const rbdBackendSchema = v.pipe(
     iscsi: v.optional(iscsiSchema),
     /** Local files of the iSCSI gateway only: tgtd's Ceph conf and the CHAP secrets of published volumes. */
     dataDir: v.optional(absPath),
+    /**
+     * Frequent Ceph calls through one long-lived librados connection (src/backends/rbd/rbd_agent.py, needs
+     * python3-rbd); false: every call through the rbd CLI (a process and a cluster connect each, ~100-200 ms).
+     */
+    agent: v.optional(v.boolean('must be true or false'), true),
   }),
   v.forward(
     v.check((b) => b.cloneDepthSoftLimit <= b.cloneDepthHardLimit, 'must not exceed cloneDepthHardLimit'),

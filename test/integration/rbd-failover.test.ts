@@ -12,6 +12,10 @@ import { codeOf, MAIN, MiB, mountCap, startSinter, waitFor, type SinterProcess }
 // that stops before (or after) the record write (`rbd image-meta set`); the
 // other answers the CO's retry of the same name: it returns the same volume,
 // or cleans up and makes it; `sinter fsck` against the pool finds nothing.
+// The killed controllers run with `agent: false` (each step an rbd process the
+// stand-in can stop between; the agent writes image and record in one request,
+// which leaves a far narrower window but the same half-made image); the
+// surviving ones use the agent, as production does.
 
 const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
 const REAL_RBD = '/usr/bin/rbd';
@@ -20,6 +24,7 @@ describe('rbd controller failover: kill one controller mid-CreateVolume, the oth
   const t = tempDir('sinter-rbd-failover-');
   let c: CephCluster;
   let cfg: string;
+  let cliCfg: string;
   const procs: SinterProcess[] = [];
 
   /** A stand-in rbd that parks the `image-meta set` call (before or after running it) until killed, marking `<dir>/parked`. */
@@ -39,7 +44,7 @@ describe('rbd controller failover: kill one controller mid-CreateVolume, the oth
     const s = await startSinter({
       role: 'controller',
       base: join(t.dir, name),
-      args: ['--config', cfg],
+      args: ['--config', pathDir ? cliCfg : cfg],
       detached: true, // kill() takes the process group: sinter and the rbd it runs, as a container's death would
       wrapper: pathDir ? ['env', `PATH=${pathDir}:${process.env.PATH ?? ''}`] : undefined,
       readyTimeoutMs: 60_000,
@@ -57,8 +62,8 @@ describe('rbd controller failover: kill one controller mid-CreateVolume, the oth
   beforeAll(async () => {
     c = await startCephCluster();
     cfg = join(t.dir, 'sinter.yaml');
-    writeFileSync(
-      cfg,
+    cliCfg = join(t.dir, 'sinter-cli.yaml');
+    const lines = (agent: boolean) =>
       [
         'backends:',
         '  - name: ceph',
@@ -68,9 +73,11 @@ describe('rbd controller failover: kill one controller mid-CreateVolume, the oth
         `    user: ${c.user}`,
         `    keyFile: ${c.keyFile}`,
         '    staleCreateSeconds: 5',
+        `    agent: ${agent}`,
         `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
-      ].join('\n'),
-    );
+      ].join('\n');
+    writeFileSync(cfg, lines(true));
+    writeFileSync(cliCfg, lines(false));
   }, 150_000);
 
   afterAll(async () => {

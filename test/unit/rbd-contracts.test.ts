@@ -24,7 +24,10 @@ describe('rbd backend config', () => {
     expect(refusal({ ...rbd, driver: 'zfs' })).toMatch(/^backends\[0\]\.driver: must be one of file, lvm, rbd$/);
     expect(refusal({ ...rbd, pool: 'a/b' })).toMatch(/^backends\[0\]\.pool: "a\/b" is not a pool name/);
     expect(refusal({ ...rbd, monitors: [] })).toMatch(/^backends\[0\]\.monitors: must list at least one monitor/);
-    expect(refusal({ ...rbd, dataDir: '/x' })).toMatch(/^backends\[0\]\.dataDir: unknown key/);
+    expect(refusal({ ...rbd, dataDirectory: '/x' })).toMatch(/^backends\[0\]\.dataDirectory: unknown key/);
+    expect(refusal({ ...rbd, dataDir: 'x' })).toMatch(/^backends\[0\]\.dataDir: "x" must be an absolute path/);
+    expect(refusal({ ...rbd, export: 'iscsi' })).toMatch(/^backends\[0\]\.export: export: iscsi needs an iscsi section/);
+    expect(refusal({ ...rbd, agent: 'yes' })).toMatch(/^backends\[0\]\.agent: /);
     expect(refusal({ ...rbd, cloneDepthSoftLimit: 9 })).toMatch(/^backends\[0\]\.cloneDepthSoftLimit: must not exceed cloneDepthHardLimit/);
     // A file backend is still what it was.
     expect(refusal({ name: 'f', dataDir: 'rel' })).toMatch(/^backends\[0\]\.dataDir: "rel" must be an absolute path/);

@@ -92,7 +92,7 @@ export class RbdBackend implements Backend {
     this.topology = cfg.topology;
     const conn = { monitors: cfg.monitors, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.commandTimeoutSeconds * 1000 };
     const cli = new CephCli(conn, exec);
-    if (isPipeSpawner(exec)) this.agent = new RbdAgent(conn, exec, log.child({ part: 'rbd-agent' }));
+    if (cfg.agent && isPipeSpawner(exec)) this.agent = new RbdAgent(conn, exec, log.child({ part: 'rbd-agent' }));
     this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool, this.agent, log);
     if (this.agent)
       this.groupSnapshots = new RbdGroupSnapshots({

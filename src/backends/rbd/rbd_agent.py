@@ -132,6 +132,8 @@ class Agent:
     def op_info(self, r):
         with rbd.Image(self.io(r['pool']), r['image'], read_only=True) as img:
             out = {'name': r['image'], 'id': img.id(), 'size': img.size(), 'snapshot_count': len(list(img.list_snaps())), 'features': [n for n, b in FEATURES.items() if img.features() & b]}
+            # As `rbd info` has it: an image without its record is another controller's create in progress only while young.
+            out['create_timestamp'] = img.create_timestamp().strftime('%Y-%m-%dT%H:%M:%SZ')
             try:
                 p = img.get_parent_image_spec()
             except rbd.ImageNotFound:
