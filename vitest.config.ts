@@ -8,11 +8,11 @@ const VM_TESTS = ['test/**/*.vm.test.ts'];
 // a plain `npx vitest run` on the host runs the host project alone.
 const IN_VM = process.env.SINTER_IN_VM === '1';
 // The conformance suite once more in the guest, with the kernel initiator under the node half
-// (test/helpers/conformance.ts). Seen passing there (2026-12-06): controller-publish, node,
-// controller-volumes, static-volumes, identity. Not yet: publish-topology (requireIscsiTools wants
-// the host's user-space initiator tools, qemu-nbd/nbdfuse/fuse3, which the guest lacks and the test
-// does not use) and snapshots (its sinter's first Probe timed out at 120 s on a host at load 25).
-const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes', 'identity'].map((f) => `test/conformance/${f}.test.ts`);
+// (test/helpers/conformance.ts). publish-topology drives only the controller half and tgtd, the
+// same as on the host.
+const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes', 'identity', 'publish-topology', 'snapshots'].map(
+  (f) => `test/conformance/${f}.test.ts`,
+);
 
 export default defineConfig({
   test: {
@@ -40,6 +40,12 @@ export default defineConfig({
           // under TCG would cost a minute, and the checkout is shared.
           // and the conformance suite, once more with the kernel initiator.
           include: [...VM_TESTS, ...CONFORMANCE_IN_VM],
+          // One worker for every file, modules loaded once: under TCG a fresh fork per file, with
+          // vitest's runtime and the test's module graph (grpc-js, proto-loader, execa, pino, src/)
+          // loaded again, cost ~25 s a file, more than most files' tests. The files share no state
+          // through modules (each starts and stops its own daemons and processes in its hooks);
+          // fileParallelism: false (above) keeps them one at a time.
+          isolate: false,
           // Node in the guest is ~7x slower than on the host.
           testTimeout: 300_000,
           hookTimeout: 300_000,

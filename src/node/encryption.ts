@@ -65,11 +65,26 @@ export const mapperPath = (name: string) => `/dev/mapper/${name}`;
  * --pbkdf-memory). Unset: cryptsetup's defaults (argon2id, ~2 s and up to
  * 1 GiB per unlock on the node that formats). Lower only where unlocking time
  * matters more than resistance to guessing: a slow test kernel, a node
- * plugin with a small memory limit.
+ * plugin with a small memory limit. Not part of the configuration file or of
+ * a StorageClass: only code that builds a NodeService sets it.
  */
 export interface LuksPbkdf {
   iterTimeMs?: number;
   memoryKiB?: number;
+  /**
+   * PBKDF2 with exactly this many iterations (--pbkdf pbkdf2
+   * --pbkdf-force-iterations; cryptsetup's minimum is 1000), with no
+   * benchmark at format time; iterTimeMs and memoryKiB are then ignored.
+   * For tests only: under an emulated CPU (the VM guest) the argon2 benchmark
+   * and unlock cost seconds per volume and prove nothing about sinter.
+   */
+  pbkdf2Iterations?: number;
+}
+
+/** cryptsetup luksFormat's key-derivation options for p. */
+export function pbkdfArgs(p: LuksPbkdf | undefined): string[] {
+  if (p?.pbkdf2Iterations) return ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', String(p.pbkdf2Iterations)];
+  return [...(p?.iterTimeMs ? ['--iter-time', String(p.iterTimeMs)] : []), ...(p?.memoryKiB ? ['--pbkdf-memory', String(p.memoryKiB)] : [])];
 }
 
 export interface EncryptionDeps {
@@ -144,11 +159,7 @@ export async function openEncrypted(
         `encrypted volume ${volumeId} has no LUKS header yet and is staged read-only; sinter only formats a volume staged writable: stage it once with a writable mode first`,
       );
     d.log.info({ volume_id: volumeId, device }, 'writing a LUKS header on blank volume');
-    const cost = [
-      ...(d.luksPbkdf?.iterTimeMs ? ['--iter-time', String(d.luksPbkdf.iterTimeMs)] : []),
-      ...(d.luksPbkdf?.memoryKiB ? ['--pbkdf-memory', String(d.luksPbkdf.memoryKiB)] : []),
-    ];
-    await cryptsetup(volumeId, `writing a LUKS header on ${device}`, d.exec, ['luksFormat', '--batch-mode', '--type', 'luks2', ...cost, '--key-file=-', device], req.encryption, 10 * 60_000);
+    await cryptsetup(volumeId, `writing a LUKS header on ${device}`, d.exec, ['luksFormat', '--batch-mode', '--type', 'luks2', ...pbkdfArgs(d.luksPbkdf), '--key-file=-', device], req.encryption, 10 * 60_000);
   }
 
   // --disable-keyring keeps the volume key in the dm table rather than the

@@ -3,8 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
-import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
+import { blockCap, codeOf, MiB, mountCap, SLOW, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { requireTgt, TestTgtd } from '../helpers/tgtd.js';
 
 // Issue 11, defect 2: a local-export volume whose PV required
 // topology.sinter.csi.io/node In [node-1] was published OK to node-2. The
@@ -45,7 +45,8 @@ describe('ControllerPublishVolume keeps a volume inside its accessible topology 
   };
 
   beforeAll(async () => {
-    requireIscsiTools();
+    // The controller half only: tgtd and tgtadm, no initiator (the same in the VM guest).
+    requireTgt();
     tgtd = await TestTgtd.start();
     base = mkdtempSync(join(tmpdir(), 'sinter-topo-'));
     const backend = (name: string, topology: Record<string, string>, extra = '') =>
@@ -65,7 +66,7 @@ describe('ControllerPublishVolume keeps a volume inside its accessible topology 
       ].join('\n'),
     );
     s = await start();
-  }, 60_000);
+  }, 60_000 * SLOW);
   afterAll(async () => {
     await s?.cleanup();
     await tgtd?.stop();
@@ -125,5 +126,5 @@ describe('ControllerPublishVolume keeps a volume inside its accessible topology 
       await ctl().ControllerUnpublishVolume({ volume_id: id, node_id: N1 });
     }
     expect(acl(san.volume_id)).not.toContain('node-2');
-  }, 60_000);
+  }, 60_000 * SLOW);
 });

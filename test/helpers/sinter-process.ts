@@ -48,7 +48,10 @@ export interface StartOptions {
    * that stop() and kill() signal sinter itself.
    */
   wrapper?: string[];
-  /** How long to wait for the first ready Probe; default 15 s × SLOW. */
+  /**
+   * How long sinter may go without using any CPU before its first ready Probe (stuck, not
+   * slow); default 15 s × SLOW. The whole wait is capped at four times this.
+   */
   readyTimeoutMs?: number;
 }
 
@@ -137,6 +140,69 @@ function killGroup(pid: number | undefined): void {
   }
 }
 
+/**
+ * CPU time (clock ticks) a process and its reaped children have used so far, from
+ * /proc/<pid>/stat (utime, stime, cutime, cstime); undefined once it is gone.
+ */
+function cpuTicks(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Waits until sinter's socket accepts and a Probe says ready, and returns the client.
+ * On a loaded host (a TCG guest sharing 2 cores with other runs) start-up can take
+ * minutes, so no fixed deadline decides: it fails when the process exits, or when it
+ * has used no CPU (itself or through the commands it ran) for `idleMs`, i.e. it is
+ * stuck rather than slow, or after 4 × idleMs in all. A Probe that runs out of time is
+ * asked again with twice the time (one that takes longer than its deadline would
+ * otherwise never be seen), up to idleMs.
+ */
+async function waitReady(proc: ResultPromise, socket: string, logs: () => string, idleMs: number): Promise<CsiClient> {
+  const t0 = Date.now();
+  let lastCpu = cpuTicks(proc.pid);
+  let busyAt = t0;
+  let probeMs = 1000 * SLOW;
+  let client: CsiClient | undefined;
+  let last = 'no socket yet';
+  try {
+    for (;;) {
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`sinter exited with ${proc.exitCode ?? proc.signalCode}: ${logs().slice(-500)}`);
+      if (!client && existsSync(socket) && (await accepts(socket))) client = csiClient(`unix://${socket}`);
+      if (client) {
+        try {
+          const r = await client.identity.Probe({}, { deadlineMs: probeMs });
+          if (r.ready?.value === true) return client;
+          last = 'Probe answered not ready';
+        } catch (e) {
+          last = `Probe: ${(e as Error).message}`;
+          if ((e as { code?: number }).code === 4) probeMs = Math.min(probeMs * 2, idleMs);
+        }
+      }
+      const now = Date.now();
+      const cpu = cpuTicks(proc.pid);
+      if (cpu !== undefined && cpu !== lastCpu) {
+        lastCpu = cpu;
+        busyAt = now;
+      }
+      if (now - busyAt > idleMs || now - t0 > 4 * idleMs) {
+        const why = now - busyAt > idleMs ? `it used no CPU for ${((now - busyAt) / 1000).toFixed(0)} s` : `${((now - t0) / 1000).toFixed(0)} s passed`;
+        throw new Error(`timed out waiting for sinter to answer Probe (${why}; last: ${last}): ${logs().slice(-500)}`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  } catch (e) {
+    client?.close();
+    throw e;
+  }
+}
+
 export async function startSinter(opts: StartOptions = {}): Promise<SinterProcess> {
   const base = opts.base ?? mkdtempSync(join(tmpdir(), 'sinter-it-'));
   const socket = join(base, 'csi.sock');
@@ -152,26 +218,12 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
   // The client is made once the socket accepts connections: a channel that met a
   // refused connection first (a stale socket of a killed run) waits out gRPC's
   // reconnect back-off, about a second.
-  let client: CsiClient | undefined;
+  let client: CsiClient;
   try {
-    await waitFor(
-      'sinter to answer Probe',
-      async () => {
-        if (proc.exitCode !== null) throw new Error(`sinter exited with ${proc.exitCode}: ${stderr.slice(-500)}`);
-        if (!client) {
-          if (!existsSync(socket) || !(await accepts(socket))) return undefined;
-          client = csiClient(`unix://${socket}`);
-        }
-        const r = await client.identity.Probe({}, { deadlineMs: 1000 * SLOW });
-        return r.ready?.value === true ? true : undefined;
-      },
-      opts.readyTimeoutMs ?? 15_000 * SLOW,
-      10,
-    );
+    client = await waitReady(proc, socket, () => stderr, opts.readyTimeoutMs ?? 15_000 * SLOW);
   } catch (e) {
     if (opts.detached) killGroup(proc.pid);
     proc.kill('SIGKILL');
-    client?.close();
     throw e;
   }
   const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
@@ -193,13 +245,13 @@ export async function startSinter(opts: StartOptions = {}): Promise<SinterProces
     socket,
     dataDir,
     kubeletRoot,
-    client: client!,
+    client,
     proc,
     logs: () => stderr,
     stop,
     kill,
     async cleanup() {
-      client!.close();
+      client.close();
       await stop();
       await scrub(base);
       if (!opts.base) rmSync(base, { recursive: true, force: true });

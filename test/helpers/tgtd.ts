@@ -14,15 +14,28 @@ export const ISCSI_TEST_TOOLS: Record<string, string> = {
   losetup: 'util-linux',
 };
 
+function missingTools(tools: string[]): string[] {
+  const path = (process.env.PATH ?? '').split(':');
+  return tools.filter((t) => !path.some((d) => existsSync(join(d, t))));
+}
+
 /** Throws a message naming the packages to install when a tool is missing. */
 export function requireIscsiTools(): void {
-  const path = (process.env.PATH ?? '').split(':');
-  const missing = Object.keys(ISCSI_TEST_TOOLS).filter((t) => !path.some((d) => existsSync(join(d, t))));
+  const missing = missingTools(Object.keys(ISCSI_TEST_TOOLS));
   if (missing.length) throw new Error(`iSCSI integration tests need ${missing.map((m) => `${m} (${ISCSI_TEST_TOOLS[m]})`).join(', ')}: apt-get install tgt qemu-utils qemu-block-extra libnbd-bin fuse3`);
   const archDirs = readdirSync('/usr/lib').filter((d) => d.endsWith('-linux-gnu'));
   if (!archDirs.some((d) => existsSync(join('/usr/lib', d, 'qemu', 'block-iscsi.so')))) {
     throw new Error('qemu-nbd has no iSCSI driver: apt-get install qemu-block-extra');
   }
+}
+
+/**
+ * For a test that only runs the target side (tgtd, driven with tgtadm) and no
+ * initiator: the host and the VM guest (which has no qemu-nbd) both have it.
+ */
+export function requireTgt(): void {
+  const missing = missingTools(['tgtd', 'tgtadm']);
+  if (missing.length) throw new Error(`this test needs ${missing.join(' and ')}: apt-get install tgt`);
 }
 
 /** A free TCP port on 127.0.0.1 (listen on 0, read, close). */

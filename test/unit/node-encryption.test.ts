@@ -142,6 +142,12 @@ describe('opening an encrypted volume', () => {
     expect(exec.calls[2].args).toEqual(['luksFormat', '--batch-mode', '--type', 'luks2', '--iter-time', '50', '--pbkdf-memory', '32768', '--key-file=-', devA]);
   });
 
+  it('a fixed PBKDF2 iteration count (the VM tests\' setting) replaces the benchmark and the argon2 cost', async () => {
+    const exec = host(exit(2));
+    await openEncrypted({ exec, log, luksPbkdf: { iterTimeMs: 50, memoryKiB: 32768, pbkdf2Iterations: 1000 } }, req(devA));
+    expect(exec.calls[2].args).toEqual(['luksFormat', '--batch-mode', '--type', 'luks2', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--key-file=-', devA]);
+  });
+
   it('a device with a LUKS header is opened, never formatted', async () => {
     const exec = host(ok('TYPE=crypto_LUKS\nVERSION=2\nUUID=0b3c\n'));
     await openEncrypted({ exec, log }, req(devA));
