@@ -43,7 +43,7 @@ export default defineConfig({
           // Node in the guest is ~7x slower than on the host.
           testTimeout: 300_000,
           hookTimeout: 300_000,
-          env: { SINTER_CONFORMANCE_TRANSPORT: 'iscsi-kernel', SINTER_TEST_SLOW: '8' },
+          env: { SINTER_CONFORMANCE_TRANSPORT: process.env.SINTER_CONFORMANCE_TRANSPORT ?? 'iscsi-kernel', SINTER_TEST_SLOW: '8' },
         },
       }] : []),
     ],

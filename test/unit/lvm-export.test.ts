@@ -104,3 +104,21 @@ describe('LVM backend with export: nvmeof reads nvmet, not a tgtd', () => {
     await expect(b.probe()).resolves.toBeUndefined();
   });
 });
+
+describe('the LVM example configuration (deploy/config-examples/controller-lvm.yaml)', () => {
+  it('loads: thin over tgt, thick over LIO, thin over nvmet, each on its own volume group', () => {
+    const prev = process.env.HOST_IP;
+    process.env.HOST_IP = '10.0.0.10';
+    try {
+      const c = loadConfig('controller', ['--config', join(import.meta.dirname, '../../deploy/config-examples/controller-lvm.yaml'), '--node-name', 'n1']);
+      expect(c.backends.map((b) => (b.driver === 'lvm' ? [b.name, b.lvmType, b.export, b.export === 'iscsi' ? b.iscsi?.helper : b.nvmeof?.portals.join(',')] : b.driver))).toEqual([
+        ['fast', 'thin', 'iscsi', 'tgt'],
+        ['bulk', 'thick', 'iscsi', 'lio'],
+        ['nvme', 'thin', 'nvmeof', '10.0.0.10:4420'],
+      ]);
+    } finally {
+      if (prev === undefined) delete process.env.HOST_IP;
+      else process.env.HOST_IP = prev;
+    }
+  });
+});
