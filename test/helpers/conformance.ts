@@ -34,6 +34,8 @@ interface Exporter {
   portal: string;
   vg?: string;
   loop?: string;
+  /** The PV's backing file lives outside the sinter's base, whose checks count the loop devices under it. */
+  pvDir?: string;
 }
 const exporters = new Map<string, Exporter>();
 
@@ -46,14 +48,15 @@ async function ensureIscsid(): Promise<void> {
 }
 
 /** An LVM volume group of its own on a sparse loop device, with a thin pool for thin, and the kernel modules the helper needs. */
-async function makeVg(base: string, type: 'thin' | 'thick'): Promise<{ vg: string; loop: string }> {
+async function makeVg(base: string, type: 'thin' | 'thick'): Promise<{ vg: string; loop: string; pvDir: string }> {
   await execa('sh', ['-c', 'modprobe -a dm_thin_pool dm_snapshot target_core_mod iscsi_target_mod target_core_iblock nvmet nvmet-tcp nvme-tcp loop && (mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config)']);
   const vg = `conf-${createHash('sha256').update(base).digest('hex').slice(0, 8)}`;
-  const img = join(base, 'pv.img');
+  const pvDir = mkdtempSync(join(tmpdir(), 'sinter-conf-pv-'));
+  const img = join(pvDir, 'pv.img');
   await execa('truncate', ['-s', '1G', img]);
   const loop = (await execa('losetup', ['-f', '--show', img])).stdout.trim();
   await execa('sh', ['-c', `pvcreate -qy ${loop} && vgcreate -q ${vg} ${loop}` + (type === 'thin' ? ` && lvcreate -qy --type thin-pool -L 512m -n pool ${vg}` : '')]);
-  return { vg, loop };
+  return { vg, loop, pvDir };
 }
 
 function configFor(base: string, e: Exporter): string[] {
@@ -107,6 +110,7 @@ async function teardown(base: string): Promise<void> {
   await e.tgtd?.stop();
   e.tgtd?.cleanupLogs();
   if (e.vg) await execa('sh', ['-c', `vgremove -qy -f ${e.vg}; pvremove -qy ${e.loop}; losetup -d ${e.loop}`], { reject: false });
+  if (e.pvDir) rmSync(e.pvDir, { recursive: true, force: true });
   if (exporters.size === 0) {
     await iscsid?.stop();
     iscsid = undefined;
