@@ -135,7 +135,7 @@ export function loadConfig(role: Role, argv: string[]): Config {
       topology: { [NODE_TOPOLOGY_KEY]: nodeName, ...cfg.node.topology },
       stateDir: cfg.node.stateDir ?? (firstDataDir !== undefined && role === 'all' ? `${firstDataDir}/node-state` : '/var/lib/sinter/node'),
       orphanTargetPrefixes: cfg.node.orphanTargetPrefixes ?? defaultOrphanTargetPrefixes(backends),
-      orphanNqnPrefixes: cfg.node.orphanNqnPrefixes ?? [...new Set([DEFAULT_NQN_PREFIX, ...backends.flatMap((b) => (b.driver === 'file' && b.export === 'nvmeof' && b.nvmeof ? [b.nvmeof.nqnPrefix] : []))])],
+      orphanNqnPrefixes: cfg.node.orphanNqnPrefixes ?? [...new Set([DEFAULT_NQN_PREFIX, ...backends.flatMap((b) => (b.driver !== 'rbd' && b.export === 'nvmeof' && b.nvmeof ? [b.nvmeof.nqnPrefix] : []))])],
     },
     controller: { stateDir: cfg.controller.stateDir ?? (firstDataDir !== undefined ? `${firstDataDir}/controller-state` : '/var/lib/sinter/controller') },
     kubernetes: kubernetesFrom(file.kubernetes, role),

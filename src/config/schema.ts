@@ -282,8 +282,8 @@ const lvmName = (what: string) => v.pipe(str, v.regex(LVM_NAME_RE, (i) => `"${St
 /**
  * Cinder's LVM driver (cinder/volume/drivers/lvm.py): volumes are LVs in one
  * existing volume group, thin (in a thin pool) or thick, exported through the
- * iSCSI target helper. Records live in the LVs' tags; `dataDir` keeps only the
- * CHAP secrets of published volumes.
+ * target helper (tgt or LIO over iSCSI, nvmet over NVMe/TCP). Records live in
+ * the LVs' tags; `dataDir` keeps only the CHAP secrets of published volumes.
  */
 export const lvmBackendSchema = v.pipe(
   isMap('must be a map'),
@@ -314,9 +314,19 @@ export const lvmBackendSchema = v.pipe(
     volumeClearSizeMiB: v.optional(int(0, 1_000_000_000), 0),
     /** A thick volume's snapshot: a classic copy-on-write LV this percentage of the volume's size (100 never overflows), or 0 to refuse snapshots. */
     thickSnapshotPercent: v.optional(num(0, 100), 100),
-    export: v.optional(v.picklist(['iscsi'], 'must be iscsi (LVM volumes are exported through the target helper)'), 'iscsi'),
-    iscsi: iscsiSchema,
+    /** How nodes reach the LVs: `iscsi` (the tgt or LIO helper, `iscsi:`) or `nvmeof` (nvmet, NVMe/TCP, `nvmeof:`). */
+    export: v.optional(oneOf(['iscsi', 'nvmeof']), 'iscsi'),
+    iscsi: v.optional(iscsiSchema),
+    nvmeof: v.optional(nvmeofSchema),
   }),
+  v.forward(
+    v.check((b) => (b.export === 'iscsi') === (b.iscsi !== undefined), (i) => (i.input.export === 'iscsi' ? 'is required with export: iscsi (at least portals)' : 'only applies with export: iscsi')),
+    ['iscsi'],
+  ),
+  v.forward(
+    v.check((b) => (b.export === 'nvmeof') === (b.nvmeof !== undefined), (i) => (i.input.export === 'nvmeof' ? 'is required with export: nvmeof (at least portals)' : 'only applies with export: nvmeof')),
+    ['nvmeof'],
+  ),
 );
 
 const DRIVERS = { file: fileBackendSchema, lvm: lvmBackendSchema, rbd: rbdBackendSchema } as const;

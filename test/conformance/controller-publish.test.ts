@@ -2,8 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
 import { expectedPublishContext, startConformanceSinter as startSinter } from '../helpers/conformance.js';
 
-const NODE_A = 'node-a;iqn.2026-11.io.sinter:node-a;';
-const NODE_B = 'node-b;iqn.2026-11.io.sinter:node-b;';
+// Both initiator names, so any export (iSCSI, NVMe/TCP) can publish to them.
+const NODE_A = 'node-a;iqn.2026-11.io.sinter:node-a;;nqn.2026-11.io.sinter:node-a';
+const NODE_B = 'node-b;iqn.2026-11.io.sinter:node-b;;nqn.2026-11.io.sinter:node-b';
 
 describe('ControllerPublish/Unpublish (sinter controller: any well-formed node id)', () => {
   let s: SinterProcess;

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
-import { kernelSessionsTo, startConformanceSinter as startSinter } from '../helpers/conformance.js';
+import { kernelSessionsTo, startConformanceSinter as startSinter, volumeBytes } from '../helpers/conformance.js';
 import { stringMatching } from '../helpers/matchers.js';
 
 /** Loop devices whose backing file lies under dir. */
@@ -44,7 +44,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     expect(info.accessible_topology!.segments).toEqual({ 'topology.sinter.csi.io/node': 'test-node' });
   });
 
-  it('walks a mount volume through stage, publish, write, unpublish, unstage; the bytes land in the image', async () => {
+  it('walks a mount volume through stage, publish, write, unpublish, unstage; the bytes land in the image (or LV)', async () => {
     const { id, ctx, vctx } = await provision('n-mount', mountCap());
     const { staging, target } = paths(id);
     const stage = { volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, volume_context: vctx };
@@ -64,7 +64,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     expect(mountsUnder(s.base)).toEqual([]);
     expect(await loopsUnder(s.base)).toEqual([]);
     expect(await kernelSessionsTo()).toEqual([]);
-    const img = readFileSync(join(s.dataDir, 'volumes', `${id}.img`));
+    const img = volumeBytes(s, id);
     expect(img.includes(Buffer.from('sinter-conformance-marker'))).toBe(true);
     await ctl().ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
     await ctl().DeleteVolume({ volume_id: id });

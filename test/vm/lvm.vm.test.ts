@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
+import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 import { TestTgtd } from '../helpers/tgtd.js';
 import { stringMatching } from '../helpers/matchers.js';
 import type { VolumeCapability } from '../../src/csi/messages.js';
@@ -12,12 +12,14 @@ import { Iscsid, kernelSessions, requireGuest, scratchDisks } from './guest.js';
 const PREFIX = 'iqn.2026-11.io.sinter.lvm:';
 const THIN_VG = 'sinter-thin';
 const THICK_VG = 'sinter-thick';
+/** A thick backend with volumeClear: none, to show what volume_clear protects: a deleted LV's bytes left on the disk. */
+const RAW_VG = 'sinter-raw';
 
 /**
  * The LVM backend on a real kernel (dm-thin, dm-snapshot, lvm2 2.03.16):
  * `sinter controller` with a thin backend (a VG with a 160 MiB thin pool on
- * /dev/vdb) and a thick one (a VG on /dev/vdc), both exported through tgt on
- * the guest's loopback, and `sinter node` logging in with the kernel initiator.
+ * /dev/vdb), a thick one (a VG on /dev/vdc) and a thick one without
+ * volume_clear (a VG on /dev/vdd), exported through tgt on the guest's loopback, and `sinter node` logging in with the kernel initiator.
  */
 describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sinter node (kernel iSCSI)', () => {
   requireGuest();
@@ -36,10 +38,10 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
 
   beforeAll(async () => {
     disks = scratchDisks();
-    expect(disks.length).toBeGreaterThanOrEqual(2);
-    const [thinDisk, thickDisk] = disks as [string, string];
+    expect(disks.length).toBeGreaterThanOrEqual(3);
+    const [thinDisk, thickDisk, rawDisk] = disks as [string, string, string];
     await sh(`modprobe dm_thin_pool && modprobe dm_snapshot`);
-    await sh(`pvcreate -y ${thinDisk} ${thickDisk} && vgcreate ${THIN_VG} ${thinDisk} && vgcreate ${THICK_VG} ${thickDisk}`);
+    await sh(`pvcreate -y ${thinDisk} ${thickDisk} ${rawDisk} && vgcreate ${THIN_VG} ${thinDisk} && vgcreate ${THICK_VG} ${thickDisk} && vgcreate ${RAW_VG} ${rawDisk}`);
     await sh(`lvcreate -y --type thin-pool -L 160m -n pool ${THIN_VG}`);
     iscsid = await Iscsid.start();
     tgtd = await TestTgtd.start();
@@ -60,6 +62,13 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
         `    volumeGroup: ${THICK_VG}`,
         '    lvmType: thick',
         '    thickSnapshotPercent: 50',
+        ...iscsi,
+        '  - name: raw',
+        '    driver: lvm',
+        `    dataDir: ${join(t.dir, 'raw')}`,
+        `    volumeGroup: ${RAW_VG}`,
+        '    lvmType: thick',
+        '    volumeClear: none',
         ...iscsi,
       ].join('\n'),
     );
@@ -86,7 +95,7 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
     await iscsid?.stop();
     await tgtd?.stop();
     tgtd?.cleanupLogs();
-    await execa('sh', ['-c', `vgremove -y -f ${THIN_VG} ${THICK_VG}; pvremove -y ${(disks ?? []).slice(0, 2).join(' ')}`], { reject: false });
+    await execa('sh', ['-c', `vgremove -y -f ${THIN_VG} ${THICK_VG} ${RAW_VG}; pvremove -y ${(disks ?? []).slice(0, 3).join(' ')}`], { reject: false });
     t.cleanup();
   });
 
@@ -169,8 +178,78 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
     expect(await lvNames(THIN_VG)).toEqual(['pool']);
   });
 
-  // The thick lifecycle (classic snapshot, block-copy clone, volume_clear proven on the freed
-  // extents) is on branch lvm-thick-wip: its freed-extent read is not yet proven on the real kernel.
+  /** `marker` (16 bytes) at 1 MiB into a block device, in one 4 KiB O_DIRECT write. */
+  const writeMarker = (dev: string, marker: string) =>
+    sh(`{ printf '%s' '${marker}'; head -c ${4096 - marker.length} /dev/zero; } | dd of=${dev} bs=4096 seek=256 count=1 iflag=fullblock oflag=direct conv=notrunc,fsync status=none`);
+  /**
+   * Reads, straight from the PV, the 16 bytes at 1 MiB into the LV `vg/lv` — where the LV's
+   * first segment lies now (lvs seg_pe_ranges, the VG's extent size, the PV's pe_start), so the
+   * read still finds those extents after lvremove gave them back. O_DIRECT: device-mapper's
+   * writes reach the disk beneath the PV's page cache, which may hold what an LVM scan read there.
+   */
+  const freedExtentsReader = async (vg: string, lv: string, pv: string) => {
+    const range = (await sh(`lvs --noheadings -o seg_pe_ranges ${vg}/${lv}`)).stdout.trim().split(/\s+/)[0];
+    const m = /^(\/dev\/\S+):(\d+)-\d+$/.exec(range);
+    expect(m?.[1]).toBe(pv);
+    const extent = Number((await sh(`vgs --noheadings --units b --nosuffix -o vg_extent_size ${vg}`)).stdout.trim());
+    const peStart = Number((await sh(`pvs --noheadings --units b --nosuffix -o pe_start ${pv}`)).stdout.trim());
+    const offset = peStart + Number(m![2]) * extent + MiB;
+    return async () =>
+      Buffer.from((await execa('dd', [`if=${pv}`, 'bs=4096', `skip=${offset / 4096}`, 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer' })).stdout)
+        .subarray(0, 16)
+        .toString('latin1');
+  };
+
+  it('volume_clear: none leaves a deleted thick volume\'s bytes on the freed extents (what zero protects against; and the read below finds them)', async () => {
+    const id = (await create('lvm-raw-1', 'raw', 8, blockCap())).volume_id;
+    await writeMarker(`/dev/${RAW_VG}/${lvOf(id)}`, 'raw-lvm-leftover');
+    const readFreed = await freedExtentsReader(RAW_VG, lvOf(id), disks[2]);
+    expect(await readFreed()).toBe('raw-lvm-leftover');
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+    expect(await lvNames(RAW_VG)).toEqual([]);
+    expect(await readFreed()).toBe('raw-lvm-leftover');
+    expect(ctl.logs()).not.toMatch(new RegExp(`"volume_clear ${id}`));
+  });
+
+  it('thick: block volume written over tgt, classic snapshot (COW 50%), block-copy clone (progress in the log), growth refused while the snapshot lives (FAILED_PRECONDITION), as is delete; grown once it is gone; volume_clear zeroes the freed extents', async () => {
+    const cap = blockCap();
+    const vol = await create('lvm-thick-1', 'thick', 32, cap);
+    const id = vol.volume_id;
+    const lv = `${THICK_VG}/${lvOf(id)}`;
+    expect((await sh(`lvs --noheadings -o segtype ${lv}`)).stdout.trim()).toBe('linear');
+    await attach(id, cap);
+    const { target } = paths(id);
+    await writeMarker(target, 'thick-lvm-marker');
+
+    const snap = await snapshot('lvm-thick-snap', id);
+    // thickSnapshotPercent 50: copy-on-write space half the volume.
+    expect(Number((await sh(`lvs --noheadings --units b --nosuffix -o lv_size ${THICK_VG}/${snapLvOf(snap)}`)).stdout.trim())).toBe(16 * MiB);
+    const clone = await create('lvm-thick-clone', 'thick', 32, cap, { snapshot: { snapshot_id: snap } });
+    const cloneBytes = (await execa('dd', [`if=/dev/${THICK_VG}/${lvOf(clone.volume_id)}`, 'bs=1M', 'skip=1', 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer' })).stdout;
+    expect(Buffer.from(cloneBytes).subarray(0, 16).toString()).toBe('thick-lvm-marker');
+    expect(ctl.logs()).toMatch(/"clone [^"]+ → [^"]+: 32 of 32 MiB"/);
+
+    // LVM grows a classic snapshot's origin only while it is inactive (lvm2 2.03.16: "Snapshot origin
+    // volumes can be resized only while inactive"): refused, saying what to do, until the snapshot goes.
+    const grow = () => ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 48 * MiB }, volume_capability: cap });
+    expect(await codeOf(grow())).toBe('FAILED_PRECONDITION');
+    expect(Number((await sh(`lvs --noheadings --units b --nosuffix -o lv_size ${lv}`)).stdout.trim())).toBe(32 * MiB);
+    await detach(id);
+
+    // A classic snapshot lives in its origin: deleting the volume would take it along.
+    expect(await codeOf(ctl.client.controller.DeleteVolume({ volume_id: id }))).toBe('FAILED_PRECONDITION');
+    await ctl.client.controller.DeleteSnapshot({ snapshot_id: snap });
+    await grow();
+    expect(Number((await sh(`lvs --noheadings --units b --nosuffix -o lv_size ${lv}`)).stdout.trim())).toBe(48 * MiB);
+    // The same read that found the bytes after a delete without volume_clear (the case above) finds zeros after this one.
+    const readFreed = await freedExtentsReader(THICK_VG, lvOf(id), disks[1]);
+    expect(await readFreed()).toBe('thick-lvm-marker');
+    await ctl.client.controller.DeleteVolume({ volume_id: id });
+    expect(await readFreed()).toBe('\0'.repeat(16));
+    expect(ctl.logs()).toMatch(/"volume_clear [^"]+: 48 of 48 MiB"/);
+    await ctl.client.controller.DeleteVolume({ volume_id: clone.volume_id });
+    expect(await lvNames(THICK_VG)).toEqual([]);
+  });
 
   it('a thin pool past its high-water mark (90%) refuses new volumes with RESOURCE_EXHAUSTED naming the pool; GetCapacity says 0', async () => {
     // Someone else's thin LV fills the pool (dm-thin allocates on any write, zeros too): sinter only reads it.

@@ -1,11 +1,9 @@
 import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { LvmBackendConfig } from '../../config/types.js';
-import { chapFromRequestSecrets } from '../../contracts/chap.js';
-import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
+import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
-import { Code, DomainError, failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors/domain-error.js';
+import { failedPrecondition, notFound, resourceExhausted, unavailable } from '../../errors/domain-error.js';
 import type { Executor } from '../../exec/run.js';
 import type {
   Attachment,
@@ -20,8 +18,7 @@ import type {
   VolumeRecord,
 } from '../backend.js';
 import { backendOfVolume } from '../ids.js';
-import { createTargetHelper } from '../targets/create.js';
-import { IscsiExport } from '../targets/iscsi-export.js';
+import { createVolumeExport, type VolumeExport } from '../targets/volume-export.js';
 import { blockCopy } from './block-copy.js';
 import { poolPastHighWater, thickCapacity, thinCapacity } from './capacity.js';
 import { inspectLvm, type LvmInspection, type LvmRepair, type LvRecordState } from './inspect.js';
@@ -36,8 +33,8 @@ const MiB = 1024 * 1024;
 /**
  * Cinder's reference driver (cinder/volume/drivers/lvm.py) as a sinter
  * backend: each volume is an LV in one volume group, thin (in a thin pool) or
- * thick, exported over iSCSI by the target helper with the LV's device as the
- * LUN. Each record lives in its LV's tags (tags.ts), written by the same LVM
+ * thick, exported by the target helper with the LV's device as the iSCSI LUN
+ * (tgt, LIO) or NVMe namespace (nvmet). Each record lives in its LV's tags (tags.ts), written by the same LVM
  * command that makes the change, so there is no record without its LV and no
  * sinter LV without its record; `dataDir` holds only CHAP secrets.
  */
@@ -47,7 +44,8 @@ export class LvmBackend implements Backend {
   readonly topology: Readonly<Record<string, string>>;
   readonly reconcileIntervalMs: number;
   private readonly lvm: LvmCli;
-  private readonly iscsi: IscsiExport;
+  /** tgt or LIO (export: iscsi), nvmet (export: nvmeof). */
+  private readonly target: VolumeExport;
   private readonly vols = new Map<string, VolumeRecord>();
   private readonly snaps = new Map<string, SnapshotRecord>();
   /** Each served record's LV tags and generation (the next write's starting point). */
@@ -64,9 +62,8 @@ export class LvmBackend implements Backend {
     this.labels = cfg.labels;
     this.topology = cfg.topology;
     this.lvm = new LvmCli(exec);
-    const helper = createTargetHelper(cfg.iscsi, exec, log);
-    this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
-    this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
+    this.target = createVolumeExport(cfg, exec, log, (id) => backendOfVolume(id) === cfg.name);
+    this.reconcileIntervalMs = this.target.reconcileIntervalMs;
   }
 
   private get vg(): string {
@@ -88,7 +85,7 @@ export class LvmBackend implements Backend {
 
   async start(): Promise<RecoveryReport> {
     await fs.mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
-    await this.iscsi.init();
+    await this.target.init();
     const ins = await this.inspect();
     this.thin = this.cfg.lvmType === 'thin' || (this.cfg.lvmType === 'auto' && ins.pool !== undefined);
     const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
@@ -119,11 +116,11 @@ export class LvmBackend implements Backend {
         for (const s of this.lvState.values()) s.tags = s.tags.filter((t) => !step.tags.includes(t));
         return undefined;
       case 'roll-back-create':
-        await this.iscsi.remove(step.id).catch(() => undefined);
+        await this.target.remove(step.id).catch(() => undefined);
         await this.lvm.lvremove(this.vg, step.lv);
         return `${step.what} ${step.id} (${step.name}): rolled back an interrupted create`;
       case 'finish-delete': {
-        await this.iscsi.remove(step.id).catch(() => undefined);
+        await this.target.remove(step.id).catch(() => undefined);
         const lv = (await this.lvm.lvs(this.vg, step.lv))[0];
         if (lv && step.what === 'volume') await this.clear(lv, step.id);
         await this.lvm.lvremove(this.vg, step.lv);
@@ -201,7 +198,7 @@ export class LvmBackend implements Backend {
     const vg = await this.lvm.vg(this.vg);
     if (!vg) throw unavailable(`volume group ${this.vg} of backend "${this.name}" does not exist (or its disks are missing)`);
     if (this.thin) await this.pool();
-    await this.iscsi.targets();
+    await this.target.check();
   }
 
   private async pool(): Promise<LvInfo> {
@@ -351,7 +348,7 @@ export class LvmBackend implements Backend {
     }
     if (lv) await this.putVolume({ ...rec, state: 'deleting', updatedAt: now() });
     try {
-      await this.iscsi.remove(id);
+      await this.target.remove(id);
       if (lv) {
         await this.clear(lv, id);
         await this.lvm.lvremove(this.vg, lvName);
@@ -379,12 +376,7 @@ export class LvmBackend implements Backend {
       if (lv.sizeBytes < sizeBytes) await this.lvm.lvextend(this.vg, lvName, sizeBytes).catch((e: unknown) => Promise.reject(this.translate(e, `expand volume ${id}`)));
       rec = await this.putVolume({ ...rec, sizeBytes, updatedAt: now() });
     }
-    try {
-      await this.iscsi.refreshSize(id, this.devicePath(lvName), grow);
-    } catch (e) {
-      const code = e instanceof DomainError ? e.code : Code.INTERNAL;
-      throw new DomainError(code, `volume ${id} grew to ${rec.sizeBytes} bytes, but its iSCSI LUN still shows the old size: ${(e as Error).message}; retrying the expand (or the next reconcile) finishes it`);
-    }
+    await this.target.refreshSize(id, this.devicePath(lvName), grow, rec.sizeBytes);
     return rec;
   }
 
@@ -402,24 +394,19 @@ export class LvmBackend implements Backend {
     if (!lv) throw failedPrecondition(`volume ${id}: its LV ${this.vg}/${lvName} is missing from the volume group`);
     // After a reboot without autoactivation the LV has no device yet.
     if (!lv.active) await this.lvm.lvchange(this.vg, lvName, ['-ay']);
-    return this.iscsi.export(id, this.devicePath(lvName), node, chapFromRequestSecrets(secrets));
+    return this.target.export(id, this.devicePath(lvName), node, secrets);
   }
 
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
-    const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
-    if (others.length === 0) await this.iscsi.remove(id);
-    else await this.iscsi.unexport(id, node);
+    await this.target.unexport(id, node, this.vols.get(id)?.attachments ?? []);
   }
 
   async listExports(): Promise<ExportEntry[]> {
-    return (await this.iscsi.targets())
-      .filter((t) => t.volumeId && backendOfVolume(t.volumeId) === this.name)
-      .map((t) => ({ volumeId: t.volumeId, target: t.iqn, initiators: t.acls }));
+    return this.target.entries((v) => backendOfVolume(v) === this.name);
   }
 
   async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled> {
-    const r = await this.iscsi.reconcile(() => this.vols.values(), (id) => this.devicePath(lvOfVolume(id)), withVolumeLock);
-    return { restored: r.aclsRestored.length, revoked: r.aclsRevoked.length };
+    return this.target.reconcile(() => this.vols.values(), (id) => this.devicePath(lvOfVolume(id)), withVolumeLock);
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {
@@ -447,7 +434,7 @@ export class LvmBackend implements Backend {
       if (ph) return { abnormal: true, message: `its thin pool ${this.vg}/${lv.pool} is ${ph}: writes to the volume fail or wait` };
     }
     if (lv.sizeBytes < rec.sizeBytes) return { abnormal: true, message: `LV is ${lv.sizeBytes} bytes, smaller than the recorded ${rec.sizeBytes}` };
-    const exportHealth = await this.iscsi.health(rec, this.devicePath(lvName));
+    const exportHealth = await this.target.health(rec, this.devicePath(lvName));
     if (exportHealth) return exportHealth;
     return { abnormal: false, message: `${rec.state}: volume is healthy` };
   }
