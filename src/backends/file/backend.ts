@@ -1,4 +1,4 @@
-import { constants, promises as fs } from 'node:fs';
+import { accessSync, constants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
@@ -160,8 +160,18 @@ export class FileBackend implements Backend {
   }
 
   async probe(): Promise<void> {
-    // Both at once: each is a thread-pool round trip, and Probe is polled.
-    await Promise.all([fs.access(this.volDir, constants.R_OK | constants.W_OK), fs.access(this.snapDir, constants.R_OK | constants.W_OK)]);
+    // access(2) of two local directories is two metadata syscalls (~1 µs
+    // each); through the thread pool each cost a round trip (~20 µs of CPU,
+    // two thread wake-ups), a third of Probe's own cost, and Probe is polled.
+    // A data directory that hangs stalls the thread pool, and so every
+    // volume operation, just the same.
+    for (const dir of [this.volDir, this.snapDir]) {
+      try {
+        accessSync(dir, constants.R_OK | constants.W_OK);
+      } catch (e) {
+        throw new Error(`backend "${this.name}": ${dir} is not readable and writable (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
+      }
+    }
     // Without its target daemon an iSCSI backend cannot publish anything.
     await this.iscsi?.targets();
     await this.nvme?.subsystems();
