@@ -7,6 +7,7 @@ import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
 import { removeFileDurable } from '../../store/atomic-file.js';
 import { RecordStore } from '../../store/record-store.js';
+import { RecentCheck } from '../../util/recent-check.js';
 import type {
   Attachment,
   Backend,
@@ -172,10 +173,15 @@ export class FileBackend implements Backend {
         throw new Error(`backend "${this.name}": ${dir} is not readable and writable (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
       }
     }
-    // Without its target daemon an iSCSI backend cannot publish anything.
+    // Without its target daemon an exporting backend cannot publish anything;
+    // asking tgtd is a tgtadm process, so from a recent check (as LVM does).
+    if (this.iscsi || this.nvme) await this.exportCheck.run();
+  }
+
+  private readonly exportCheck = new RecentCheck(async () => {
     await this.iscsi?.targets();
     await this.nvme?.subsystems();
-  }
+  });
 
   async capacity(): Promise<BackendCapacity> {
     const st = await fs.statfs(this.cfg.dataDir);
