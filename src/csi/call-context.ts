@@ -10,7 +10,8 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 export interface CallContext {
   /** Epoch ms; Infinity when the caller set none. */
   deadline: number;
-  signal: AbortSignal;
+  /** Made on first use by the server (most calls never wait on it). */
+  readonly signal: AbortSignal;
 }
 
 const storage = new AsyncLocalStorage<CallContext>();

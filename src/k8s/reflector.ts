@@ -1,6 +1,6 @@
 import type { Watch } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { Backoff } from '../util/poll.js';
+import { Backoff, realClock, type Clock } from '../util/poll.js';
 
 /** One page of a list call, as the typed client returns it (V1…List). */
 export interface ListPage {
@@ -33,6 +33,8 @@ export interface ReflectorOptions {
   pageSize?: number;
   /** Server-side watch timeout (the API server ends the watch after it; we reconnect). */
   watchTimeoutSeconds?: () => number;
+  /** Where the pauses between attempts come from (tests pass a fake). */
+  clock?: Clock;
 }
 
 export interface ReflectorState {
@@ -126,7 +128,6 @@ export class Reflector<V> {
   private running: Promise<void> | undefined;
   private stopper = new AbortController();
   private currentWatch: AbortController | undefined;
-  private wake: (() => void) | undefined;
   private _state: ReflectorState = { synced: false, live: false };
   private readonly listeners = new Set<(ev: ReflectorEvent, name: string, view: V | undefined) => void>();
   private readonly stateListeners = new Set<(s: ReflectorState) => void>();
@@ -135,6 +136,7 @@ export class Reflector<V> {
   private readonly listTimeoutMs: number;
   private readonly pageSize: number;
   private readonly watchTimeoutSeconds: () => number;
+  private readonly clock: Clock;
   /** For tests and metrics: how many list calls (pages) and watch connections were made. */
   readonly counters = { lists: 0, watches: 0, relists: 0, gone: 0, failures: 0 };
 
@@ -145,6 +147,7 @@ export class Reflector<V> {
   ) {
     this.initialBackoffMs = opts.initialBackoffMs ?? 500;
     this.backoff = new Backoff({ initialMs: this.initialBackoffMs, maxMs: opts.maxBackoffMs ?? 30_000 });
+    this.clock = opts.clock ?? realClock;
     this.listTimeoutMs = opts.listTimeoutMs ?? 60_000;
     this.pageSize = opts.pageSize ?? 500;
     // Like client-go: spread watch renewals between 5 and 10 minutes.
@@ -195,7 +198,6 @@ export class Reflector<V> {
   async stop(): Promise<void> {
     this.stopper.abort();
     this.currentWatch?.abort();
-    this.wake?.();
     const r = this.running;
     this.running = undefined;
     await r;
@@ -221,18 +223,9 @@ export class Reflector<V> {
     }
   }
 
+  /** The pause between attempts; stop() ends it at once. */
   private sleep(ms: number): Promise<void> {
-    if (this.stopped) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      const t = setTimeout(done, ms);
-      function done() {
-        clearTimeout(t);
-        resolve();
-      }
-      this.wake = done;
-    }).then(() => {
-      this.wake = undefined;
-    });
+    return this.clock.sleep(ms, this.stopper.signal);
   }
 
   private async loop(): Promise<void> {
@@ -249,7 +242,7 @@ export class Reflector<V> {
       try {
         if (!this.rv) await this.relist();
         if (this.stopped) break;
-        const started = Date.now();
+        const started = this.clock.now();
         const end = await this.watchOnce();
         if (this.stopped) break;
         backoff.reset();
@@ -260,7 +253,7 @@ export class Reflector<V> {
         }
         gones = 0;
         // A server that ends every watch at once, without a word, must not make us spin.
-        if (end.events === 0 && Date.now() - started < 1000) await this.sleep(this.initialBackoffMs);
+        if (end.events === 0 && this.clock.now() - started < 1000) await this.sleep(this.initialBackoffMs);
       } catch (e) {
         if (this.stopped) break;
         if (isGone(e)) {

@@ -8,12 +8,25 @@
 /** Where time comes from; tests pass a fake that advances `now` on `sleep`. */
 export interface Clock {
   now(): number;
-  sleep(ms: number): Promise<void>;
+  /** Resolves after `ms`, or at once when `signal` aborts (a loop being stopped must not sit out its pause). */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
 }
 
 export const realClock: Clock = {
   now: () => Date.now(),
-  sleep: (ms) => new Promise<void>((r) => setTimeout(r, ms)),
+  sleep: (ms, signal) => {
+    if (!signal) return new Promise<void>((r) => setTimeout(r, ms));
+    if (signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  },
 };
 
 export interface BackoffOptions {

@@ -141,3 +141,22 @@ describe('file backend crash recovery (records on disk are the truth)', () => {
     }
   });
 });
+
+describe('file backend readiness (Probe)', () => {
+  it('is ready while both record directories are readable and writable, and names the backend and directory when one is gone', async () => {
+    const t = tempDir();
+    try {
+      const b = new FileBackend(cfg(join(t.dir, 'data')), exec, log);
+      await b.start();
+      await expect(b.probe()).resolves.toBeUndefined();
+      await fs.rm(join(t.dir, 'data', 'snapshots'), { recursive: true });
+      await expect(b.probe()).rejects.toThrow(/backend "b1": .*snapshots is not readable and writable \(ENOENT\)/);
+      await fs.mkdir(join(t.dir, 'data', 'snapshots'));
+      await expect(b.probe()).resolves.toBeUndefined();
+      await fs.rm(join(t.dir, 'data', 'volumes'), { recursive: true });
+      await expect(b.probe()).rejects.toThrow(/volumes is not readable and writable/);
+    } finally {
+      t.cleanup();
+    }
+  });
+});

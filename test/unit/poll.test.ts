@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Backoff, poll, type Clock } from '../../src/util/poll.js';
+import { Backoff, poll, realClock, type Clock } from '../../src/util/poll.js';
 
 /** A clock that only moves when slept on, recording every pause. */
 function fakeClock(start = 1000): Clock & { sleeps: number[]; t: number } {
@@ -142,5 +142,24 @@ describe('poll', () => {
     let n = 0;
     await poll(async () => (++n === 3 ? true : undefined), { initialMs: 1, maxMs: 1, timeoutMs: 100, beforeRetry: (a) => void hooks.push(a), clock });
     expect(hooks).toEqual([1, 2]);
+  });
+});
+
+describe('realClock.sleep', () => {
+  it('waits its time without a signal or with one that stays quiet', async () => {
+    const t0 = performance.now();
+    await realClock.sleep(30);
+    await realClock.sleep(30, new AbortController().signal);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(55);
+  });
+
+  it('ends a long pause as soon as its signal aborts, and does not start one on an aborted signal', async () => {
+    const ac = new AbortController();
+    const t0 = performance.now();
+    const pause = realClock.sleep(60_000, ac.signal);
+    setTimeout(() => ac.abort(), 20);
+    await pause;
+    await realClock.sleep(60_000, ac.signal);
+    expect(performance.now() - t0).toBeLessThan(5_000);
   });
 });

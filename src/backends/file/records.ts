@@ -1,5 +1,6 @@
 import * as v from 'valibot';
 import type { SnapshotRecord, VolumeRecord } from '../backend.js';
+import { compileGuard } from '../../util/schema-guard.js';
 import { SNAPSHOT_ID_RE, VOLUME_ID_RE } from '../ids.js';
 
 // What a record file must hold to be loaded; anything else is reported as
@@ -23,7 +24,12 @@ export const snapshotRecordSchema = v.object({
   state: v.string(),
 });
 
-/** The shape a volume record file must have to be loaded (anything else is reported as unreadable). */
-export const isVolumeRecord = (x: unknown): x is VolumeRecord => v.is(volumeRecordSchema, x);
+// Checked once per record file at start-up and by fsck: the same schemas,
+// compiled to plain predicates (v.is was a fifth of loading 10,000 records).
+const volumeGuard = compileGuard(volumeRecordSchema);
+const snapshotGuard = compileGuard(snapshotRecordSchema);
 
-export const isSnapshotRecord = (x: unknown): x is SnapshotRecord => v.is(snapshotRecordSchema, x);
+/** The shape a volume record file must have to be loaded (anything else is reported as unreadable). */
+export const isVolumeRecord = (x: unknown): x is VolumeRecord => volumeGuard(x);
+
+export const isSnapshotRecord = (x: unknown): x is SnapshotRecord => snapshotGuard(x);

@@ -26,6 +26,7 @@ import { LvmCli, LvmError } from './lvm-cli.js';
 import { lvOfSnapshot, lvOfVolume } from './names.js';
 import { lvHealth, type LvInfo } from './report.js';
 import { encodeRecord, tagChange } from './tags.js';
+import { RecentCheck } from '../../util/recent-check.js';
 
 const now = () => new Date().toISOString();
 const MiB = 1024 * 1024;
@@ -177,22 +178,10 @@ export class LvmBackend implements Backend {
    * Only the very first call waits for a check.
    */
   async probe(): Promise<void> {
-    const p = this.probed;
-    if (!p.running && (p.at === undefined || performance.now() - p.at > 5_000)) {
-      p.running = this.checkServing().then(
-        () => (p.error = undefined),
-        (e: unknown) => (p.error = e instanceof Error ? e : new Error(String(e))),
-      );
-      void p.running.finally(() => {
-        p.at = performance.now();
-        p.running = undefined;
-      });
-    }
-    if (p.at === undefined) await p.running;
-    if (p.error) throw p.error;
+    return this.probed.run();
   }
 
-  private readonly probed: { at?: number; error?: Error; running?: Promise<unknown> } = {};
+  private readonly probed = new RecentCheck(() => this.checkServing());
 
   private async checkServing(): Promise<void> {
     const vg = await this.lvm.vg(this.vg);
