@@ -1,5 +1,5 @@
 import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
-import { alreadyExists, failedPrecondition } from '../errors/domain-error.js';
+import { alreadyExists, failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import { isReadOnlyMode, type Capability } from '../csi/capability.js';
 import { doing } from './host-errors.js';
@@ -17,6 +17,9 @@ export interface PublishRequest {
   capability: Capability;
   readonly: boolean;
 }
+
+/** Whether one of two resolved paths is the other or lies inside it. */
+const overlaps = (a: string, b: string) => a === b || a.startsWith(b.endsWith('/') ? b : `${b}/`) || b.startsWith(a.endsWith('/') ? a : `${a}/`);
 
 function stagedMount(snap: MountSnapshot, rec: StageRecord, stagingResolved: string): MountEntry | undefined {
   return snap.at(stagedAt(rec, stagingResolved));
@@ -45,6 +48,11 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
   }
   if (rec.stagingPath !== req.stagingPath)
     throw failedPrecondition(`volume ${volumeId} is staged at ${rec.stagingPath}, not at ${shown(req.stagingPath, 200)}; publish it from there`);
+  // The staging mount itself (or a path inside the volume's filesystem, or one holding it) is no place for a
+  // publish: its unpublish would unmount the stage under every other publish, and a target inside the
+  // staging mount would be made in the user's data.
+  if (overlaps(req.targetResolved, req.stagingResolved))
+    throw invalidArgument(`target_path ${shown(req.targetPath, 200)} is, contains or lies inside staging_target_path ${shown(req.stagingPath, 200)}; give each its own directory`);
   if (rec.access !== cap.access)
     throw failedPrecondition(`volume ${volumeId} was staged for ${rec.access} access and cannot be published for ${cap.access} access; unstage and stage it again to change that`);
   if (cap.access === 'mount' && cap.fsType !== undefined && cap.fsType !== rec.fsType)
@@ -144,6 +152,9 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
     return forget();
   }
 
+  // Unpublish never takes down the stage: the staging path is NodeUnstageVolume's.
+  if (rec && overlaps(req.targetResolved, await stagingResolved(rec)))
+    throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is volume ${volumeId}'s staging path (or holds it); NodeUnstageVolume tears that down, not NodeUnpublishVolume`);
   const snap = await d.mounter.snapshot();
   const m = snap.at(req.targetResolved);
   if (m) {

@@ -58,6 +58,26 @@ describe('Node service over gRPC', () => {
     expect(await env.mountsUnder()).toEqual([]);
   });
 
+  it('never publishes onto, into or around the staging path, and unpublish of the staging path leaves the stage alone (fuzz seed 760311349)', async () => {
+    const file = await env.image('overlap.img', 64 * MiB);
+    const cap: VolumeCapability = { mount: { fs_type: 'ext4', mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } };
+    const stage = { ...env.stageReq('file-overlap', file, cap) };
+    await call('NodeStageVolume', stage);
+    const code = (method: string, req: unknown) => call(method, req).then(() => 'OK', (e: grpc.ServiceError) => grpc.status[e.code]);
+    const publish = (target_path: string) => code('NodePublishVolume', { volume_id: 'file-overlap', staging_target_path: stage.staging_target_path, target_path, volume_capability: cap });
+    expect(await publish(stage.staging_target_path)).toBe('INVALID_ARGUMENT');
+    expect(await publish(join(stage.staging_target_path, 'inside'))).toBe('INVALID_ARGUMENT');
+    expect(await publish(join(stage.staging_target_path, '..'))).toBe('INVALID_ARGUMENT');
+    expect(await code('NodeUnpublishVolume', { volume_id: 'file-overlap', target_path: stage.staging_target_path })).toBe('FAILED_PRECONDITION');
+    // The stage is whole: still mounted, nothing made inside the volume, and a real publish works.
+    expect((await env.mountsUnder()).some((x) => x.mountPoint === stage.staging_target_path)).toBe(true);
+    const target = env.target('file-overlap');
+    expect(await publish(target)).toBe('OK');
+    await call('NodeUnpublishVolume', { volume_id: 'file-overlap', target_path: target });
+    await call('NodeUnstageVolume', { volume_id: 'file-overlap', staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+  });
+
   it('returns the status codes csi-sanity expects for bad requests', async () => {
     const code = (method: string, req: unknown) => call(method, req).then(() => 'OK', (e: grpc.ServiceError) => grpc.status[e.code]);
     expect(await code('NodeStageVolume', { staging_target_path: join(env.kubelet, 's'), volume_capability: { mount: {}, access_mode: { mode: 'SINGLE_NODE_WRITER' } } })).toBe(
