@@ -36,6 +36,16 @@ function hostOf(netdev: string): string {
 }
 const wwpnOf = (host: string) => readFileSync(`/sys/class/fc_host/${host}/port_name`, 'utf8').trim().replace(/^0x/, '');
 const colons = (w: string) => w.replace(/(..)(?!$)/g, '$1:');
+// While VN2VN discovery settles, libfc adds and deletes transient rports: one
+// listed by readdir can be gone by the time its attributes are read.
+function sysfsAttr(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw e;
+  }
+}
 
 describe('FC over software FCoE (fcoe VN2VN + LIO tcm_fc on a veth pair in the VM guest)', () => {
   requireGuest();
@@ -66,7 +76,7 @@ echo 1 > /sys/class/net/sfc0/$(ls /sys/class/net/sfc0 | grep ctlr_)/enabled`,
     for (;;) {
       const rports = readdirSync('/sys/class/fc_remote_ports').map((r) => `/sys/class/fc_remote_ports/${r}`);
       const ready = rports.some(
-        (r) => readFileSync(`${r}/port_name`, 'utf8').trim() === `0x${targetWwpn}` && readFileSync(`${r}/roles`, 'utf8').includes('FCP Target') && readFileSync(`${r}/port_state`, 'utf8').trim() === 'Online',
+        (r) => sysfsAttr(`${r}/port_name`) === `0x${targetWwpn}` && sysfsAttr(`${r}/roles`).includes('FCP Target') && sysfsAttr(`${r}/port_state`) === 'Online',
       );
       if (ready) break;
       if (Date.now() > deadline) throw new Error('the FCoE target port never came online with the FCP Target role');
