@@ -176,7 +176,7 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
 
     // Unstage refuses while the mapping is held open by someone else, then succeeds once it is let go.
-    const holder = execa('sh', ['-c', `exec 3</dev/mapper/${mapperName(vol)}; sleep 30`], { reject: false });
+    const holder = execa('sh', ['-c', `exec 3</dev/mapper/${mapperName(vol)}; exec sleep 30`], { reject: false });
     await new Promise((r) => setTimeout(r, 1000));
     const err = await csiError(unstage(req));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
