@@ -34,6 +34,25 @@ async function isOurs(snap: MountSnapshot, rec: StageRecord, stagingResolved: st
 }
 
 /**
+ * Which other volume of this node claims path: its staging path (the path itself, a path inside it, or one
+ * holding it) or, with `publishes`, a target it is published at. Two volume ids whose publish_contexts
+ * lead to one device (a CO's mistake, a forged request) each see the other's mounts as their own; without
+ * this, one id's unpublish took down the other's stage, under a record that still said staged.
+ * The staging paths come from memory; the publishes mean reading every record, so only the rare callers
+ * that find a mount of their device they did not record ask for them.
+ */
+async function claimedByAnother(d: NodeDeps, volumeId: string, path: string, resolved: string, publishes: boolean): Promise<string | undefined> {
+  for (const [other, staging] of await d.state.stagingPaths()) {
+    if (other !== volumeId && (overlaps(path, staging) || overlaps(resolved, staging))) return `volume ${other}'s staging path (or lies inside or holds it)`;
+  }
+  if (!publishes) return undefined;
+  for (const rec of (await d.state.list()).records) {
+    if (rec.volumeId !== volumeId && rec.publishes.some((p) => p.targetPath === path)) return `where volume ${rec.volumeId} is published`;
+  }
+  return undefined;
+}
+
+/**
  * NodePublishVolume: bind the staged volume (the staging mount, or the
  * staged device file for block access) onto target_path, read-only when
  * asked. The target is recorded before it is mounted, so unpublish after a
@@ -53,6 +72,8 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
   // staging mount would be made in the user's data.
   if (overlaps(req.targetResolved, req.stagingResolved))
     throw invalidArgument(`target_path ${shown(req.targetPath, 200)} is, contains or lies inside staging_target_path ${shown(req.stagingPath, 200)}; give each its own directory`);
+  const claim = await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, false);
+  if (claim) throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is ${claim}; publish volume ${volumeId} at a path of its own`);
   if (rec.access !== cap.access)
     throw failedPrecondition(`volume ${volumeId} was staged for ${rec.access} access and cannot be published for ${cap.access} access; unstage and stage it again to change that`);
   if (cap.access === 'mount' && cap.fsType !== undefined && cap.fsType !== rec.fsType)
@@ -82,6 +103,9 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
           `volume ${volumeId} is already published at ${req.targetPath} ${isReadOnly(existing) ? 'read-only' : 'read-write'}; unpublish it first to publish it ${readonly ? 'read-only' : 'read-write'}`,
         );
       if (!rec.publishes.includes(entry)) {
+        // A mount of this volume's device that its record does not list may be another id's publish of the same device.
+        const theirs = await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, true);
+        if (theirs) throw alreadyExists(`target_path ${shown(req.targetPath, 200)} is ${theirs}; publish volume ${volumeId} at a path of its own`);
         rec.publishes.push(entry);
         await d.state.put(rec);
       }
@@ -122,7 +146,16 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
     }
     from = ro;
   }
-  await d.mounter.bind(from, req.targetResolved, readonly);
+  try {
+    await d.mounter.bind(from, req.targetResolved, readonly);
+  } catch (e) {
+    // The locks keep sinter's own calls off the staging path meanwhile; something outside sinter (a person, another
+    // tool) took the stage away. That is the CSI spec's "not staged" (FAILED_PRECONDITION), not a fault of this node.
+    const now = await d.mounter.snapshot().catch(() => undefined);
+    if (now && !now.at(source))
+      throw failedPrecondition(`volume ${volumeId} is no longer mounted at its staging path ${rec.stagingPath} (it went away during this publish); call NodeStageVolume again, then retry`);
+    throw e;
+  }
 }
 
 export interface UnpublishRequest {
@@ -155,6 +188,9 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
   // Unpublish never takes down the stage: the staging path is NodeUnstageVolume's.
   if (rec && overlaps(req.targetResolved, await stagingResolved(rec)))
     throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is volume ${volumeId}'s staging path (or holds it); NodeUnstageVolume tears that down, not NodeUnpublishVolume`);
+  // Nor another volume's stage: not its mount, not its directory.
+  const staged = await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, false);
+  if (staged) throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is ${staged}, not a publish of volume ${volumeId}; sinter leaves it alone`);
   const snap = await d.mounter.snapshot();
   const m = snap.at(req.targetResolved);
   if (m) {
@@ -164,6 +200,9 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
       );
     if (!(await isOurs(snap, rec, await stagingResolved(rec), m, entry)))
       throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
+    // A mount of this volume's device that its record does not list may be another id's publish of the same device.
+    const theirs = entry ? undefined : await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, true);
+    if (theirs) throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is ${theirs}, not a publish of volume ${volumeId}; sinter leaves it alone`);
     await d.mounter.umountAll(req.targetResolved, snap);
   }
   if (rec?.access === 'block' && rec.device) await d.roBlock.release(volumeDevice(rec)!, await d.mounter.snapshot());

@@ -262,17 +262,21 @@ export class NodeService {
         const staging = await d.paths.check('staging_target_path', req.staging_target_path);
         if (target.resolved === staging.resolved || target.resolved.startsWith(`${staging.resolved}/`) || staging.resolved.startsWith(`${target.resolved}/`))
           throw invalidArgument('target_path and staging_target_path must be separate paths, neither inside the other');
-        await this.volumeLock(volumeId, [target.resolved], () =>
-          this.timed('publish', () => this.stats.staged.get(volumeId), () => publishVolume(d, {
+        // The staging path too: a call on another volume id that names it (an unpublish or unstage) must not take
+        // the stage away between the check that it is mounted and the bind from it.
+        await this.volumeLock(volumeId, [target.resolved, staging.resolved], async () => {
+          // Looked at again under the lock: an unstage that held it may have removed the directory meanwhile.
+          const stagingNow = await d.paths.check('staging_target_path', req.staging_target_path);
+          return this.timed('publish', () => this.stats.staged.get(volumeId), () => publishVolume(d, {
             volumeId,
-            stagingPath: staging.path,
-            stagingResolved: staging.resolved,
+            stagingPath: stagingNow.path,
+            stagingResolved: stagingNow.resolved,
             targetPath: target.path,
             targetResolved: target.resolved,
             capability,
             readonly: req.readonly === true,
-          })),
-        );
+          }));
+        });
         return {};
       },
 

@@ -103,6 +103,11 @@ export class StageState {
     return out;
   }
 
+  /** Every volume's recorded staging path (volume id → path as sent), from memory; see volumesAt. */
+  async stagingPaths(): Promise<ReadonlyMap<string, string>> {
+    return this.paths ?? (await this.index());
+  }
+
   /** Start-up, before serving: the index from the records start-up has just read, so the first stage reads none. */
   seed(records: readonly StageRecord[]): void {
     if (this.loading) return;

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
@@ -309,5 +309,99 @@ describe('one staging path, one volume', () => {
     await env.h.NodeStageVolume(reqB);
     expect((await env.mountsUnder()).map((m) => m.mountPoint)).toContain(reqA.staging_target_path);
     await env.h.NodeUnstageVolume({ volume_id: 'file-second', staging_target_path: reqA.staging_target_path });
+  });
+});
+
+describe('two volume ids on one device (a CO\'s mistake, or a forged publish_context)', () => {
+  // Both ids' mounts show the same device, so each looks like the other's to a device-only check.
+  async function stageTwice() {
+    const file = await env.image('shared.img', 64 * MiB);
+    const a = env.stageReq('file-shared-a', file, mountCap('ext4'));
+    const b = env.stageReq('file-shared-b', file, mountCap('ext4'));
+    await env.h.NodeStageVolume(a);
+    await env.h.NodeStageVolume(b);
+    const targetA = env.target('file-shared-a');
+    await env.h.NodePublishVolume({ volume_id: a.volume_id, staging_target_path: a.staging_target_path, target_path: targetA, volume_capability: mountCap('ext4') });
+    await writeFile(join(targetA, 'data'), 'kept');
+    return { a, b, targetA };
+  }
+  const mountedAt = async (p: string) => (await env.mountsUnder()).some((m) => m.mountPoint === p);
+
+  it('one id\'s unpublish or publish never takes the other\'s staging path or publish target', async () => {
+    const { a, b, targetA } = await stageTwice();
+    // Found by the fuzzer (SINTER_SEED=760311349): this unpublish unmounted A's stage and removed its
+    // directory, and A's next publish failed with INTERNAL.
+    for (const target of [a.staging_target_path, targetA]) {
+      const err = await csiError(env.h.NodeUnpublishVolume({ volume_id: b.volume_id, target_path: target }));
+      expect(err.code, target).toBe(Code.FAILED_PRECONDITION);
+      expect(err.message).toContain('file-shared-a');
+      expect(await mountedAt(target), target).toBe(true);
+    }
+    const onStaging = await csiError(
+      env.h.NodePublishVolume({ volume_id: b.volume_id, staging_target_path: b.staging_target_path, target_path: a.staging_target_path, volume_capability: mountCap('ext4') }),
+    );
+    expect(onStaging.code).toBe(Code.FAILED_PRECONDITION);
+    const onTarget = await csiError(
+      env.h.NodePublishVolume({ volume_id: b.volume_id, staging_target_path: b.staging_target_path, target_path: targetA, volume_capability: mountCap('ext4') }),
+    );
+    expect(onTarget.code).toBe(Code.ALREADY_EXISTS);
+    // A stays whole: its publish is still idempotent, its data there, and its own unpublish works.
+    await env.h.NodePublishVolume({ volume_id: a.volume_id, staging_target_path: a.staging_target_path, target_path: targetA, volume_capability: mountCap('ext4') });
+    expect(await readFile(join(targetA, 'data'), 'utf8')).toBe('kept');
+    await env.h.NodeUnpublishVolume({ volume_id: a.volume_id, target_path: targetA });
+    expect(await mountedAt(targetA)).toBe(false);
+    expect(await mountedAt(a.staging_target_path)).toBe(true);
+    // (Neither unstages while the other mounts the device; env.cleanup() takes them down.)
+  });
+
+  it('a publish holds its staging path: a call naming it meanwhile is ABORTED, and a stage taken away outside sinter is FAILED_PRECONDITION, never INTERNAL', async () => {
+    // Holds each `mount --bind` until released, so the other call lands mid-publish every time.
+    let gate: Promise<void> | undefined;
+    let entered!: () => void;
+    const atBind = () => new Promise<void>((r) => (entered = r));
+    env.deps.exec = {
+      run: async (cmd, args, opts) => {
+        if (cmd === 'mount' && args[0] === '--bind' && gate) {
+          entered();
+          await gate;
+        }
+        return env.exec.run(cmd, args, opts);
+      },
+    };
+    env.restart();
+    await env.svc.start();
+    const { a, b } = await stageTwice();
+    const publishA = (target: string) =>
+      env.h.NodePublishVolume({ volume_id: a.volume_id, staging_target_path: a.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
+
+    let release!: () => void;
+    gate = new Promise<void>((r) => (release = r));
+    let reached = atBind();
+    const second = publishA(env.target('file-shared-a', 'pod2'));
+    await reached;
+    const busy = await csiError(env.h.NodeUnpublishVolume({ volume_id: b.volume_id, target_path: a.staging_target_path }));
+    expect(busy.code).toBe(Code.ABORTED);
+    release();
+    await second;
+    expect(await mountedAt(a.staging_target_path)).toBe(true);
+    expect(await readFile(join(env.target('file-shared-a', 'pod2'), 'data'), 'utf8')).toBe('kept');
+
+    // Someone unmounts the stage and removes its directory by hand during a publish.
+    gate = new Promise<void>((r) => (release = r));
+    reached = atBind();
+    const third = csiError(publishA(env.target('file-shared-a', 'pod3')));
+    await reached;
+    await env.sh('umount', ['-l', env.target('file-shared-a', 'pod2')]);
+    await env.sh('umount', [a.staging_target_path]);
+    await rmdir(a.staging_target_path);
+    release();
+    gate = undefined;
+    const gone = await third;
+    expect(gone.code).toBe(Code.FAILED_PRECONDITION);
+    expect(gone.message).toContain('NodeStageVolume');
+    // Published nowhere, and the unpublish the kubelet then sends cleans up what the publish made.
+    expect(await mountedAt(env.target('file-shared-a', 'pod3'))).toBe(false);
+    await env.h.NodeUnpublishVolume({ volume_id: a.volume_id, target_path: env.target('file-shared-a', 'pod3') });
+    expect(existsSync(env.target('file-shared-a', 'pod3'))).toBe(false);
   });
 });
