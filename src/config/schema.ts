@@ -168,7 +168,32 @@ const overSubscriptionRatio = v.optional(num(1, 1000), 1);
 /** Cinder's reserved_percentage: part of the physical space never handed out. */
 const reservedPercent = v.optional(num(0, 99), 0);
 
-export const fileBackendSchema = v.pipe(
+/** The keys a backend that exports (file, lvm) has: `export` names the transport, its section configures it. */
+// A type, not an interface: valibot's forward() wants a Record, and only a type alias is one implicitly.
+type ExportSections = { export: string; iscsi?: unknown; nvmeof?: unknown };
+
+/**
+ * `schema` with its `iscsi:` and `nvmeof:` sections required exactly when
+ * `export` names them (the error names the section's key). Generic over the
+ * whole schema, not over the checked value: the result's output stays the
+ * schema's own (a check typed for ExportSections alone would make the pipe's
+ * output ExportSections, and FileBackendConfig lose its keys' types).
+ */
+function withExportSections<const S extends v.GenericSchema<unknown, ExportSections>>(schema: S) {
+  type Out = v.InferOutput<S>;
+  const exactlyWhen = (key: 'iscsi' | 'nvmeof') =>
+    v.forward<Out, v.CheckIssue<Out>, ['iscsi'] | ['nvmeof']>(
+      v.check(
+        (b: Out) => (b.export === key) === (b[key] !== undefined),
+        (i) => (i.input.export === key ? `is required with export: ${key} (at least portals)` : `only applies with export: ${key}`),
+      ),
+      // ValidPath cannot see through the generic Out; the section keys are in ExportSections.
+      [key] as never,
+    );
+  return v.pipe(schema, exactlyWhen('iscsi'), exactlyWhen('nvmeof'));
+}
+
+export const fileBackendSchema = withExportSections(
   strict({
     name: backendName,
     driver: v.optional(v.literal('file'), 'file'),
@@ -186,14 +211,6 @@ export const fileBackendSchema = v.pipe(
     iscsi: v.optional(iscsiSchema),
     nvmeof: v.optional(nvmeofSchema),
   }),
-  v.forward(
-    v.check((b) => (b.export === 'iscsi') === (b.iscsi !== undefined), (i) => (i.input.export === 'iscsi' ? 'is required with export: iscsi (at least portals)' : 'only applies with export: iscsi')),
-    ['iscsi'],
-  ),
-  v.forward(
-    v.check((b) => (b.export === 'nvmeof') === (b.nvmeof !== undefined), (i) => (i.input.export === 'nvmeof' ? 'is required with export: nvmeof (at least portals)' : 'only applies with export: nvmeof')),
-    ['nvmeof'],
-  ),
 );
 
 // Ceph names: a pool or cephx user is letters, digits and . _ - (no '/', '@', spaces or ',' that would
@@ -289,7 +306,7 @@ export const lvmBackendSchema = v.pipe(
   isMap('must be a map'),
   // The default local-state directory is named after the backend.
   v.transform((m: Record<string, unknown>) => (m.dataDir === undefined && typeof m.name === 'string' ? { ...m, dataDir: `/var/lib/sinter/${m.name}` } : m)),
-  strict({
+  withExportSections(strict({
     name: backendName,
     driver: v.literal('lvm'),
     /** Local state only (CHAP secrets of published volumes); default /var/lib/sinter/<name>. */
@@ -318,15 +335,7 @@ export const lvmBackendSchema = v.pipe(
     export: v.optional(oneOf(['iscsi', 'nvmeof']), 'iscsi'),
     iscsi: v.optional(iscsiSchema),
     nvmeof: v.optional(nvmeofSchema),
-  }),
-  v.forward(
-    v.check((b) => (b.export === 'iscsi') === (b.iscsi !== undefined), (i) => (i.input.export === 'iscsi' ? 'is required with export: iscsi (at least portals)' : 'only applies with export: iscsi')),
-    ['iscsi'],
-  ),
-  v.forward(
-    v.check((b) => (b.export === 'nvmeof') === (b.nvmeof !== undefined), (i) => (i.input.export === 'nvmeof' ? 'is required with export: nvmeof (at least portals)' : 'only applies with export: nvmeof')),
-    ['nvmeof'],
-  ),
+  })),
 );
 
 const DRIVERS = { file: fileBackendSchema, lvm: lvmBackendSchema, rbd: rbdBackendSchema } as const;

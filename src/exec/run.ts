@@ -7,6 +7,13 @@ import type { Logger } from 'pino';
 // start a host command, so it is loaded on the first run().
 let execaModule: Promise<typeof import('execa')> | undefined;
 const loadExeca = () => (execaModule ??= import('execa'));
+type Execa = Awaited<ReturnType<typeof loadExeca>>['execa'];
+/** What a finished execa child resolves to, as much as a spawner reads of it. */
+interface ExitedLike {
+  exitCode?: number;
+  signal?: string;
+  cause?: unknown;
+}
 
 export interface ExecResult {
   stdout: string;
@@ -184,41 +191,56 @@ export class HostExecutor implements Executor {
   }
 
   /**
+   * What spawnPiped and spawnDaemon share: the command wrapped for the exec
+   * mode, `logFile` (or /dev/null) opened as a real descriptor for the child's
+   * output and closed here once the child holds it, a start failure as an
+   * ExecError, and the exit as a promise. `launch` makes the one execa call,
+   * so the child keeps the stdio types its options give it.
+   */
+  private async start<C extends PromiseLike<ExitedLike> & { readonly pid?: number }>(
+    cmd: string,
+    args: string[],
+    opts: DaemonOptions,
+    launch: (execa: Execa, file: string, argv: string[], log: 3, env: NodeJS.ProcessEnv | undefined) => C,
+  ): Promise<{ child: C; pid: number; shown: string; exited: Promise<DaemonExit> }> {
+    const shown = mask([cmd, ...args].join(' '), opts.secrets);
+    const [file, argv] = await this.wrap(cmd, args, shown);
+    const { execa } = await loadExeca();
+    // A real file descriptor, not a pipe through this process: a daemon must
+    // keep writing its log after the plugin that started it exits.
+    // (execa's types accept a descriptor only as a small literal; any open fd works at run time.)
+    const fd = openSync(opts.logFile ?? '/dev/null', 'a', 0o600) as 3;
+    let child: C;
+    try {
+      child = launch(execa, file, argv, fd, opts.env ? { ...process.env, ...opts.env } : undefined);
+    } finally {
+      closeSync(fd);
+    }
+    const pid = child.pid;
+    if (pid === undefined) {
+      const res = await child;
+      throw new ExecError(shown, undefined, mask(String((res.cause as Error | undefined)?.message ?? 'could not start'), opts.secrets), false);
+    }
+    const exited: Promise<DaemonExit> = Promise.resolve(child).then(
+      (r) => ({ exitCode: r.exitCode, signal: r.signal ?? undefined }),
+      () => ({ exitCode: undefined, signal: undefined }),
+    );
+    return { child, pid, shown, exited };
+  }
+
+  /**
    * Starts a co-process with piped stdin/stdout (stderr to `logFile` or
    * discarded), killed with this process: unlike a daemon it serves only the
    * plugin that started it.
    */
   async spawnPiped(cmd: string, args: string[], opts: DaemonOptions = {}): Promise<PipedProcess> {
-    const shown = mask([cmd, ...args].join(' '), opts.secrets);
-    const [file, argv] = await this.wrap(cmd, args, shown);
-    const { execa } = await loadExeca();
-    const fd = openSync(opts.logFile ?? '/dev/null', 'a', 0o600) as 3;
-    let child;
-    try {
-      child = execa(file, argv, {
-        reject: false,
-        cleanup: true,
-        buffer: false,
-        stdio: ['pipe', 'pipe', fd],
-        env: opts.env ? { ...process.env, ...opts.env } : undefined,
-      });
-    } finally {
-      closeSync(fd);
-    }
-    const pid = child.pid;
-    if (pid === undefined || !child.stdin || !child.stdout) {
-      const res = await child;
-      throw new ExecError(shown, undefined, mask(String((res.cause as Error | undefined)?.message ?? 'could not start'), opts.secrets), false);
-    }
-    const proc = child;
+    const { child: proc, pid, shown, exited } = await this.start(cmd, args, opts, (execa, file, argv, fd, env) =>
+      execa(file, argv, { reject: false, cleanup: true, buffer: false, stdio: ['pipe', 'pipe', fd], env }),
+    );
     // The co-process never holds this process open (a `sinter fsck` must exit
     // when done); a caller waiting for an answer keeps its own timer.
     proc.unref();
     for (const st of [proc.stdin, proc.stdout] as unknown[]) (st as { unref?: () => void }).unref?.();
-    const exited: Promise<DaemonExit> = proc.then(
-      (r) => ({ exitCode: r.exitCode, signal: r.signal ?? undefined }),
-      () => ({ exitCode: undefined, signal: undefined }),
-    );
     this.log?.debug({ cmd: shown, pid }, 'co-process started');
     return { pid, shown, stdin: proc.stdin, stdout: proc.stdout, exited, kill: () => void proc.kill('SIGKILL') };
   }
@@ -230,35 +252,10 @@ export class HostExecutor implements Executor {
    * whether it became ready is for the caller to check.
    */
   async spawnDaemon(cmd: string, args: string[], opts: DaemonOptions = {}): Promise<DaemonHandle> {
-    const shown = mask([cmd, ...args].join(' '), opts.secrets);
-    const [file, argv] = await this.wrap(cmd, args, shown);
-    // A real file descriptor, not a pipe through this process: the daemon must
-    // keep writing its log after the plugin that started it exits.
-    // (execa's types accept a descriptor only as a small literal; any open fd works at run time.)
-    const { execa } = await loadExeca();
-    const fd = openSync(opts.logFile ?? '/dev/null', 'a', 0o600) as 3;
-    let child;
-    try {
-      child = execa(file, argv, {
-        reject: false,
-        detached: true,
-        cleanup: false,
-        stdio: ['ignore', fd, fd],
-        env: opts.env ? { ...process.env, ...opts.env } : undefined,
-      });
-    } finally {
-      closeSync(fd);
-    }
-    const pid = child.pid;
-    if (pid === undefined) {
-      const res = await child;
-      throw new ExecError(shown, undefined, mask(String((res.cause as Error | undefined)?.message ?? 'could not start'), opts.secrets), false);
-    }
-    child.unref();
-    const exited: Promise<DaemonExit> = child.then(
-      (r) => ({ exitCode: r.exitCode, signal: r.signal ?? undefined }),
-      () => ({ exitCode: undefined, signal: undefined }),
+    const { child, pid, shown, exited } = await this.start(cmd, args, opts, (execa, file, argv, fd, env) =>
+      execa(file, argv, { reject: false, detached: true, cleanup: false, stdio: ['ignore', fd, fd], env }),
     );
+    child.unref();
     this.log?.debug({ cmd: shown, pid }, 'daemon started');
     return { pid, shown, exited };
   }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, expectTypeOf, it } from 'vitest';
 import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
-import type { Config, ExecConfig, FileBackendConfig, IscsiExportConfig, NodeConfig } from '../../src/config/types.js';
+import type { BackendConfig, Config, ExecConfig, FileBackendConfig, IscsiExportConfig, LvmBackendConfig, NodeConfig, NvmeofExportConfig } from '../../src/config/types.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'sinter-config-schema-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -36,6 +36,28 @@ function withUnknown(path: (string | number)[]): object {
 describe('configuration schema', () => {
   it('loads the full example', () => {
     expect(() => load(full)).not.toThrow();
+  });
+
+  it('file and lvm backends: an iscsi or nvmeof section exactly when export names it, the error naming that key', () => {
+    const lvm = { name: 'l1', driver: 'lvm', volumeGroup: 'vg0', dataDir: join(dir, 'l1') };
+    const iscsi = { portals: ['127.0.0.1:3260'] };
+    const nvmeof = { portals: ['127.0.0.1:4420'] };
+    const message = (b: object) => {
+      try {
+        load({ backends: [b] });
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'accepted';
+    };
+    for (const b of [iscsiBackend, { ...lvm, export: 'iscsi', iscsi }]) {
+      expect(message({ ...b, iscsi: undefined })).toMatch(/^backends\[0\]\.iscsi: is required with export: iscsi \(at least portals\)/);
+      expect(message({ ...b, nvmeof })).toMatch(/^backends\[0\]\.nvmeof: only applies with export: nvmeof/);
+      expect(message({ ...b, export: 'nvmeof', nvmeof })).toMatch(/^backends\[0\]\.iscsi: only applies with export: iscsi/);
+      expect(message({ ...b, export: 'nvmeof', iscsi: undefined })).toMatch(/^backends\[0\]\.nvmeof: is required with export: nvmeof/);
+      expect(message({ ...b, export: 'nvmeof', iscsi: undefined, nvmeof })).toBe('accepted');
+    }
+    expect(message({ name: 'f1', dataDir: join(dir, 'f1'), iscsi })).toMatch(/^backends\[0\]\.iscsi: only applies with export: iscsi/);
   });
 
   it.each([
@@ -93,6 +115,16 @@ describe('configuration schema', () => {
     expectTypeOf<IscsiExportConfig['blockSize']>().toEqualTypeOf<512 | 4096>();
     expectTypeOf<FileBackendConfig['export']>().toEqualTypeOf<'local' | 'iscsi' | 'nvmeof'>();
     expectTypeOf<FileBackendConfig['iscsi']>().toEqualTypeOf<IscsiExportConfig | undefined>();
+    // The export-section checks (one helper for file and lvm) keep each schema's own output type.
+    expectTypeOf<FileBackendConfig>().not.toBeAny();
+    expectTypeOf<FileBackendConfig>().not.toBeUnknown();
+    expectTypeOf<FileBackendConfig['nvmeof']>().toEqualTypeOf<NvmeofExportConfig | undefined>();
+    expectTypeOf<FileBackendConfig['capacityBytes']>().toEqualTypeOf<number>();
+    expectTypeOf<LvmBackendConfig>().not.toBeAny();
+    expectTypeOf<LvmBackendConfig['export']>().toEqualTypeOf<'iscsi' | 'nvmeof'>();
+    expectTypeOf<LvmBackendConfig['nvmeof']>().toEqualTypeOf<NvmeofExportConfig | undefined>();
+    expectTypeOf<LvmBackendConfig['volumeClear']>().toEqualTypeOf<'zero' | 'none'>();
+    expectTypeOf<Extract<BackendConfig, { driver: 'lvm' }>>().toEqualTypeOf<LvmBackendConfig>();
     expectTypeOf<NodeConfig['stateDir']>().toEqualTypeOf<string>();
     expectTypeOf<NodeConfig['orphanTargetPrefixes']>().toEqualTypeOf<string[]>();
     expectTypeOf<Config['kubernetes']['enabled']>().toEqualTypeOf<boolean>();

@@ -2,7 +2,7 @@ import { accessSync, constants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FileBackendConfig } from '../../config/types.js';
-import { parseNodeId, type NodeIdentity } from '../../contracts/nodeid.js';
+import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
 import { removeFileDurable } from '../../store/atomic-file.js';
@@ -21,13 +21,8 @@ import type {
   VolumeRecord,
 } from '../backend.js';
 import { copyImage } from './copy.js';
-import { chapFromRequestSecrets } from '../../contracts/chap.js';
-import { Code, DomainError } from '../../errors/domain-error.js';
 import { backendOfVolume } from '../ids.js';
-import { IscsiExport } from '../targets/iscsi-export.js';
-import { createTargetHelper } from '../targets/create.js';
-import { NvmeofExport } from '../targets/nvmeof-export.js';
-import { NvmetTargetHelper } from '../targets/nvmet.js';
+import { createVolumeExport, type VolumeExport } from '../targets/volume-export.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
 
 const now = () => new Date().toISOString();
@@ -53,10 +48,13 @@ export class FileBackend implements Backend {
   private provisioned = 0;
   /** The last count of the images' allocated bytes (usedBytes). */
   private readonly used: { bytes: number; tookMs: number; at?: number; refreshing?: Promise<void> } = { bytes: 0, tookMs: 0 };
-  /** Set with `export: iscsi`: volumes reach nodes through tgtd instead of the local loop connector. */
-  private readonly iscsi?: IscsiExport;
-  /** Set with `export: nvmeof`: volumes reach nodes over NVMe/TCP through nvmet. */
-  private readonly nvme?: NvmeofExport;
+  /**
+   * Set with `export: iscsi` (tgt or LIO) or `export: nvmeof` (nvmet): the
+   * image file is the exported device (tgt's rdwr store, LIO's fileio
+   * backstore, an nvmet file-backed namespace), as an LV is for LVM.
+   * Unset with `export: local`: the node loop-attaches the image itself.
+   */
+  private readonly target?: VolumeExport;
   readonly reconcileIntervalMs?: number;
 
   constructor(
@@ -64,15 +62,10 @@ export class FileBackend implements Backend {
     private readonly exec: Executor,
     private readonly log: Logger,
   ) {
-    if (cfg.export === 'iscsi' && cfg.iscsi) {
-      const helper = createTargetHelper(cfg.iscsi, exec, log);
-      this.iscsi = new IscsiExport(helper, cfg.iscsi.portals, join(cfg.dataDir, 'secrets'), log, (id) => backendOfVolume(id) === cfg.name);
-      this.reconcileIntervalMs = cfg.iscsi.reconcileSeconds * 1000;
-    }
-    if (cfg.export === 'nvmeof' && cfg.nvmeof) {
-      const helper = new NvmetTargetHelper({ configfsRoot: cfg.nvmeof.configfsRoot, nqnPrefix: cfg.nvmeof.nqnPrefix, portals: cfg.nvmeof.portals }, log);
-      this.nvme = new NvmeofExport(helper, log, (id) => backendOfVolume(id) === cfg.name);
-      this.reconcileIntervalMs = cfg.nvmeof.reconcileSeconds * 1000;
+    const transport = cfg.export;
+    if (transport !== 'local') {
+      this.target = createVolumeExport({ ...cfg, export: transport }, exec, log, (id) => backendOfVolume(id) === cfg.name);
+      this.reconcileIntervalMs = this.target.reconcileIntervalMs;
     }
     this.name = cfg.name;
     this.labels = cfg.labels;
@@ -104,7 +97,7 @@ export class FileBackend implements Backend {
     await fs.mkdir(this.cfg.dataDir, { recursive: true, mode: 0o700 });
     await this.volStore.init();
     await this.snapStore.init();
-    await this.iscsi?.init();
+    await this.target?.init();
 
     const ins = await this.inspect();
     const serve = new Map(ins.serve.volumes.map((r) => [r.id, r]));
@@ -175,12 +168,11 @@ export class FileBackend implements Backend {
     }
     // Without its target daemon an exporting backend cannot publish anything;
     // asking tgtd is a tgtadm process, so from a recent check (as LVM does).
-    if (this.iscsi || this.nvme) await this.exportCheck.run();
+    if (this.target) await this.exportCheck.run();
   }
 
   private readonly exportCheck = new RecentCheck(async () => {
-    await this.iscsi?.targets();
-    await this.nvme?.subsystems();
+    await this.target?.check();
   });
 
   async capacity(): Promise<BackendCapacity> {
@@ -311,8 +303,7 @@ export class FileBackend implements Backend {
     rec.updatedAt = now();
     await this.volStore.put(rec);
     try {
-      await this.iscsi?.remove(id);
-      await this.nvme?.remove(id);
+      await this.target?.remove(id);
       await removeFileDurable(this.imagePath(id), this.volStore.syncDir);
       await this.volStore.remove(id);
     } catch (e) {
@@ -342,29 +333,10 @@ export class FileBackend implements Backend {
       rec.updatedAt = now();
       await this.volStore.put(rec);
     }
-    // An exported LUN shows the new size only once tgt reopens the image (its
-    // sessions stay). Done on every call, so a retry after a crash between the
-    // two steps finishes it (reconcile would too); an unexported volume has no LUN.
-    if (this.iscsi) {
-      try {
-        await this.iscsi.refreshSize(id, this.imagePath(id), grow);
-      } catch (e) {
-        const code = e instanceof DomainError ? e.code : Code.INTERNAL;
-        throw new DomainError(
-          code,
-          `volume ${id} grew to ${rec.sizeBytes} bytes, but its iSCSI LUN still shows the old size: ${(e as Error).message}; retrying the expand (or the next reconcile) finishes it`,
-        );
-      }
-    }
-    // nvmet reads the file's size only when asked (revalidate_size); connected hosts then rescan by themselves.
-    if (this.nvme) {
-      try {
-        await this.nvme.refreshSize(id);
-      } catch (e) {
-        const code = e instanceof DomainError ? e.code : Code.INTERNAL;
-        throw new DomainError(code, `volume ${id} grew to ${rec.sizeBytes} bytes, but its NVMe namespace still shows the old size: ${(e as Error).message}; retry the expand`);
-      }
-    }
+    // An exported LUN or namespace shows the new size only once the target
+    // re-reads the image. Done on every call, so a retry after a crash between
+    // the two steps finishes it (reconcile would too); `local` exports nothing.
+    await this.target?.refreshSize(id, this.imagePath(id), grow, rec.sizeBytes);
     return rec;
   }
 
@@ -379,55 +351,27 @@ export class FileBackend implements Backend {
 
   async exportVolume(id: string, node: NodeIdentity, _readonly: boolean, secrets: Record<string, string>): Promise<PublishContext> {
     this.mustVolume(id);
-    // Read-only, as for iSCSI, is the node's mount's business.
-    if (this.nvme) return this.nvme.export(id, this.imagePath(id), node, secrets);
-    if (this.iscsi) {
-        const chap = chapFromRequestSecrets(secrets);
-      // Read-only is enforced by the node's mount; the LUN stays writable so
-      // a later read-write publish of the same volume elsewhere is possible.
-      return this.iscsi.export(id, this.imagePath(id), node, chap);
-    }
+    // Read-only is enforced by the node's mount; the export stays writable so
+    // a later read-write publish of the same volume elsewhere is possible.
+    if (this.target) return this.target.export(id, this.imagePath(id), node, secrets);
     // The local transport hands the node the image itself; the node loop-attaches it.
     return { transport: 'local', path: this.imagePath(id) };
   }
 
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
-    if (this.nvme) {
-      const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.nqn !== node.nqn);
-      // The last node leaving takes the subsystem with it.
-      if (others.length === 0) await this.nvme.remove(id);
-      else await this.nvme.unexport(id, node);
-      return;
-    }
     // The local transport exports nothing, so there is nothing to revoke.
-    if (!this.iscsi) return;
-    const others = (this.vols.get(id)?.attachments ?? []).filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
-    // The last node leaving takes the target with it: nothing stays exported
-    // that no publish explains.
-    if (others.length === 0) await this.iscsi.remove(id);
-    else await this.iscsi.unexport(id, node);
+    await this.target?.unexport(id, node, this.vols.get(id)?.attachments ?? []);
   }
 
-  /** What the target daemon exports for this backend (fsck compares it with the publishes). */
+  /** What the target exports for this backend (fsck compares it with the publishes); none with `export: local`. */
   get listExports(): (() => Promise<ExportEntry[]>) | undefined {
-    const nvme = this.nvme;
-    if (nvme) return () => nvme.entries();
-    const iscsi = this.iscsi;
-    if (!iscsi) return undefined;
-    return async () =>
-      (await iscsi.targets())
-        .filter((t) => t.volumeId && backendOfVolume(t.volumeId) === this.name)
-        .map((t) => ({ volumeId: t.volumeId, target: t.iqn, initiators: t.acls }));
+    const target = this.target;
+    return target && (() => target.entries((v) => backendOfVolume(v) === this.name));
   }
 
   async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled> {
-    if (this.nvme) {
-      const n = await this.nvme.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
-      return { restored: n.hostsRestored.length, revoked: n.hostsRevoked.length };
-    }
-    if (!this.iscsi) return { restored: 0, revoked: 0 };
-    const r = await this.iscsi.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
-    return { restored: r.aclsRestored.length, revoked: r.aclsRevoked.length };
+    if (!this.target) return { restored: 0, revoked: 0 };
+    return this.target.reconcile(() => this.vols.values(), (id) => this.imagePath(id), withVolumeLock);
   }
 
   async volumeHealth(id: string): Promise<VolumeHealth> {
@@ -437,7 +381,7 @@ export class FileBackend implements Backend {
     const st = await fs.stat(this.imagePath(id)).catch(() => undefined);
     if (!st) return { abnormal: true, message: `image file ${id}.img is missing from backend "${this.name}": the volume's data is gone from the storage host; restore the file from a backup, or create a new volume from a snapshot` };
     if (st.size < rec.sizeBytes) return { abnormal: true, message: `image is ${st.size} bytes, smaller than the recorded ${rec.sizeBytes}` };
-    const exportHealth = (await this.iscsi?.health(rec, this.imagePath(id))) ?? (await this.nvme?.health(rec, this.imagePath(id)));
+    const exportHealth = await this.target?.health(rec, this.imagePath(id));
     if (exportHealth) return exportHealth;
     // The Cinder state rides along so ControllerGetVolume shows it.
     return { abnormal: false, message: `${rec.state}: volume is healthy` };

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { Code } from '../../errors/domain-error.js';
 import type { PipedProcess, PipeSpawner } from '../../exec/run.js';
-import { CephCommandError, Errno, type CephConnection } from './cli.js';
+import { CephCommandError, cephErrnoError, Errno, type CephConnection } from './cli.js';
 
 /** src/backends/rbd and dist/backends/rbd both hold the agent (the build copies it). */
 export const RBD_AGENT_PATH = fileURLToPath(new URL('./rbd_agent.py', import.meta.url));
@@ -58,7 +58,7 @@ export class RbdAgent {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph cluster did not answer in ${Math.round(timeoutMs / 1000)} s (monitors ${this.conn.monitors.join(',')})`, Errno.ETIMEDOUT));
+        reject(cephErrnoError(what, Errno.ETIMEDOUT, `no answer in ${Math.round(timeoutMs / 1000)} s`, this.conn));
         // A connection that let a call hang is not trusted with the next one.
         this.stop();
       }, timeoutMs);
@@ -82,7 +82,7 @@ export class RbdAgent {
     }
     const lines = createInterface({ input: proc.stdout });
     const connected = new Promise<unknown>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph monitors (${this.conn.monitors.join(',')}) did not answer in time; check that they run and that this host reaches them`, Errno.ETIMEDOUT)), this.conn.timeoutMs);
+      const timer = setTimeout(() => reject(cephErrnoError(what, Errno.ETIMEDOUT, 'no answer to the connect', this.conn)), this.conn.timeoutMs);
       this.pending.set(0, {
         resolve: (v) => (clearTimeout(timer), resolve(v)),
         reject: (e) => (clearTimeout(timer), reject(e)),
@@ -130,7 +130,7 @@ export class RbdAgent {
     this.pending.delete(a.id);
     clearTimeout(p.timer);
     if (a.ok) p.resolve(a.result ?? undefined);
-    else p.reject(agentError(p.what, a.errno ?? undefined, a.error ?? 'failed', this.conn.user));
+    else p.reject(cephErrnoError(p.what, a.errno ?? undefined, a.error ?? 'failed', this.conn));
   }
 
   /** Kills the agent; the next call starts a new one. */
@@ -161,26 +161,4 @@ function missingBindings(what: string, exitCode: number | undefined): CephComman
     `${what}: the rbd agent could not start (exit ${exitCode ?? '?'}); install python3-rbd and python3-rados on the controller`,
     undefined,
   );
-}
-
-/** An agent failure as the CLI's would be (same codes, same errno for the callers that expect some). */
-export function agentError(what: string, errno: number | undefined, detail: string, user: string): CephCommandError {
-  switch (errno) {
-    case Errno.ENOENT:
-      return new CephCommandError(Code.NOT_FOUND, `${what}: not found (${detail})`, errno);
-    case Errno.EEXIST:
-      return new CephCommandError(Code.ALREADY_EXISTS, `${what}: already exists (${detail})`, errno);
-    case Errno.EBUSY:
-    case Errno.ENOTEMPTY:
-      return new CephCommandError(Code.FAILED_PRECONDITION, `${what}: in use (${detail})`, errno);
-    case Errno.ENOSPC:
-      return new CephCommandError(Code.RESOURCE_EXHAUSTED, `${what}: the pool is full (${detail})`, errno);
-    case Errno.EACCES:
-    case Errno.EPERM:
-      return new CephCommandError(Code.PERMISSION_DENIED, `${what}: Ceph refused client.${user} (${detail}); check the key in its key file and that the user's caps include "profile rbd" on the pool`, errno);
-    case Errno.ETIMEDOUT:
-      return new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph cluster did not answer in time (${detail})`, errno);
-    default:
-      return new CephCommandError(Code.INTERNAL, `${what} failed (errno ${errno ?? '?'}): ${detail}`, errno);
-  }
 }

@@ -118,29 +118,48 @@ export function toCephError(e: unknown, what: string, conn: Pick<CephConnection,
   if (e.exitCode === undefined && !e.timedOut)
     return new CephCommandError(Code.FAILED_PRECONDITION, `${what}: the Ceph client tools are not installed on the controller (install ceph-common): ${lastLine(e.stderr)}`, undefined);
   const detail = lastLine(e.stderr);
-  const mons = conn.monitors.join(',');
   // A wrong key is not refused outright: the client retries until its mount timeout, logging why.
   // (The ceph CLI exits 1 for any failure, so exit 1 alone says nothing.)
-  if (/handle_auth_bad_method|Permission denied|EACCES/i.test(e.stderr) || e.exitCode === Errno.EACCES)
-    return new CephCommandError(
-      Code.PERMISSION_DENIED,
-      `${what}: Ceph refused client.${conn.user} (${detail}); check the key in its key file and that the user's caps include "profile rbd" on the pool`,
-      Errno.EACCES,
-    );
-  if (e.timedOut || e.exitCode === Errno.ETIMEDOUT || /timed out|hunting|connection refused/i.test(e.stderr))
-    return new CephCommandError(Code.UNAVAILABLE, `${what}: the Ceph monitors (${mons}) did not answer in time; check that they run and that this host reaches them`, Errno.ETIMEDOUT);
-  const errno = e.exitCode;
+  if (/handle_auth_bad_method|Permission denied|EACCES/i.test(e.stderr) || e.exitCode === Errno.EACCES) return cephErrnoError(what, Errno.EACCES, detail, conn);
+  if (e.timedOut || e.exitCode === Errno.ETIMEDOUT || /timed out|hunting|connection refused/i.test(e.stderr)) return cephErrnoError(what, Errno.ETIMEDOUT, detail, conn);
+  return cephErrnoError(what, e.exitCode, detail, conn);
+}
+
+/** Absolute paths in a Ceph client's message (a key file, an admin socket) are this host's business, not the caller's. */
+const HOST_PATH_RE = /(?<![\w.:/-])\/(?:[\w.+@-]+\/)*[\w.+@-]+\/?/g;
+
+/**
+ * A Ceph errno (the rbd/ceph CLI's exit code, librbd's errno in the agent) as
+ * the domain error that says what to do; the errno is kept for callers that
+ * branch on it. The one mapping both clients use, so a call fails the same
+ * way whichever client ran it. Host paths in `detail` are left out.
+ */
+export function cephErrnoError(what: string, errno: number | undefined, detail: string, conn: Pick<CephConnection, 'user' | 'monitors'>): CephCommandError {
+  const d = detail.replace(HOST_PATH_RE, '<path>');
   switch (errno) {
     case Errno.ENOENT:
-      return new CephCommandError(Code.NOT_FOUND, `${what}: not found (${detail})`, errno);
+      return new CephCommandError(Code.NOT_FOUND, `${what}: not found (${d})`, errno);
     case Errno.EEXIST:
-      return new CephCommandError(Code.ALREADY_EXISTS, `${what}: already exists (${detail})`, errno);
+      return new CephCommandError(Code.ALREADY_EXISTS, `${what}: already exists (${d})`, errno);
     case Errno.EBUSY:
     case Errno.ENOTEMPTY:
-      return new CephCommandError(Code.FAILED_PRECONDITION, `${what}: in use (${detail})`, errno);
+      return new CephCommandError(Code.FAILED_PRECONDITION, `${what}: in use (${d})`, errno);
     case Errno.ENOSPC:
-      return new CephCommandError(Code.RESOURCE_EXHAUSTED, `${what}: the pool is full (${detail})`, errno);
+      return new CephCommandError(Code.RESOURCE_EXHAUSTED, `${what}: the pool is full (${d})`, errno);
+    case Errno.EACCES:
+    case Errno.EPERM:
+      return new CephCommandError(
+        Code.PERMISSION_DENIED,
+        `${what}: Ceph refused client.${conn.user} (${d}); check the key in its key file and that the user's caps include "profile rbd" on the pool`,
+        errno,
+      );
+    case Errno.ETIMEDOUT:
+      return new CephCommandError(
+        Code.UNAVAILABLE,
+        `${what}: the Ceph monitors (${conn.monitors.join(',')}) did not answer in time (${d}); check that they run and that this host reaches them`,
+        errno,
+      );
     default:
-      return new CephCommandError(Code.INTERNAL, `${what} failed (exit ${errno ?? 'signal'}): ${detail}`, errno);
+      return new CephCommandError(Code.INTERNAL, `${what} failed (errno ${errno ?? '?'}): ${d}`, errno);
   }
 }
