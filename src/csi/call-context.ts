@@ -10,7 +10,9 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 export interface CallContext {
   /** Epoch ms; Infinity when the caller set none. */
   deadline: number;
-  /** Made on first use by the server (most calls never wait on it). */
+  /** Whether the caller has given up; a plain read (no signal is made to answer it). */
+  readonly cancelled: boolean;
+  /** Made on first use by the server: only a call that waits in a lock queue needs it. */
   readonly signal: AbortSignal;
 }
 
@@ -28,6 +30,9 @@ export function currentCall(): CallContext | undefined {
 export function callStopped(ctx = currentCall()): 'deadline' | 'cancelled' | undefined {
   if (!ctx) return undefined;
   if (Date.now() >= ctx.deadline) return 'deadline';
-  if (ctx.signal.aborted) return 'cancelled';
+  // Not ctx.signal.aborted: asking the signal makes it (an AbortController and a
+  // 'cancelled' listener, whose DOMException grpc-js's end-of-call cancel then
+  // builds), and every lock entry asks this.
+  if (ctx.cancelled) return 'cancelled';
   return undefined;
 }

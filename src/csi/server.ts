@@ -102,6 +102,9 @@ function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContex
   let ac: AbortController | undefined;
   return {
     deadline: Number.isFinite(deadline) ? deadline : Infinity,
+    get cancelled() {
+      return call.cancelled;
+    },
     get signal() {
       if (!ac) {
         const made = new AbortController();

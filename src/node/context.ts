@@ -75,7 +75,11 @@ export function stagedAt(rec: Pick<StageRecord, 'access' | 'volumeId'>, resolved
  */
 export function mountsOfDevice(snap: MountSnapshot, device: string, majMin: string | undefined, staged?: MountEntry): MountEntry[] {
   const node = `/${basename(device)}`;
-  return snap.entries.filter(
+  // Every mount this filter keeps has one of these as a field: only their lines are parsed.
+  const fields = [device, node];
+  if (majMin !== undefined) fields.push(majMin);
+  if (staged !== undefined) fields.push(staged.majMin);
+  return snap.withAnyField(fields).filter(
     (e) =>
       e.source === device ||
       (majMin !== undefined && e.majMin === majMin) ||

@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { KeyedLock } from '../csi/locks.js';
@@ -75,41 +75,50 @@ export class LoopDevices {
 
   /** The loop device backed by exactly `file`, from sysfs (no process started). */
   async backedBy(file: string): Promise<string | undefined> {
-    return this.bound().find((l) => l.back === file)?.device;
+    return this.boundFiles().find((l) => l.back === file)?.device;
   }
 
   /**
-   * Every bound loop device, from sysfs, in device order: its backing file as
-   * the kernel shows it (" (deleted)" kept) and its read-only flag. No process
-   * is started: with hundreds of loop devices `losetup --list` took ~50 ms a
-   * call, and a stage asked on every call. The reads are synchronous: sysfs
-   * attributes are generated in memory and never wait on a disk, and one
-   * thread-pool round trip per file cost more than the read itself.
+   * Every bound loop device and its backing file as the kernel shows it
+   * (" (deleted)" kept), from sysfs, in device order. No process is started:
+   * with hundreds of loop devices `losetup --list` took ~50 ms a call. The
+   * reads are synchronous: sysfs attributes are generated in memory and never
+   * wait on a disk, and a thread-pool round trip per file cost more than the
+   * read itself. An unbound
+   * device (a node losetup or another tool made and left) has no loop/
+   * directory: existsSync answers that without an exception, where a failed
+   * read built one (with its stack) per device, ~50 µs each: with a few
+   * hundred unbound devices on a host that was most of a stage's own time.
    */
-  bound(): { device: string; back: string; readOnly: boolean }[] {
+  private boundFiles(): { device: string; back: string; n: string }[] {
     let names: string[];
     try {
       names = readdirSync(this.sysBlock).filter((n) => /^loop\d+$/.test(n));
     } catch {
       return [];
     }
-    const out: { device: string; back: string; readOnly: boolean; n: number }[] = [];
+    const out: { device: string; back: string; n: string; i: number }[] = [];
     for (const n of names) {
+      const file = join(this.sysBlock, n, 'loop', 'backing_file');
+      if (!existsSync(file)) continue;
       let back: string;
       try {
-        back = readFileSync(join(this.sysBlock, n, 'loop', 'backing_file'), 'utf8').trim();
+        back = readFileSync(file, 'utf8').trim();
       } catch {
-        continue; // not bound (no loop/ directory), or detached meanwhile
+        continue; // detached meanwhile
       }
-      let ro = '0';
-      try {
-        ro = readFileSync(join(this.sysBlock, n, 'ro'), 'utf8').trim();
-      } catch {
-        /* detached meanwhile: reported as bound a moment ago, as losetup would */
-      }
-      out.push({ device: `/dev/${n}`, back, readOnly: ro === '1', n: Number(n.slice(4)) });
+      out.push({ device: `/dev/${n}`, back, n, i: Number(n.slice(4)) });
     }
-    return out.sort((a, b) => a.n - b.n).map(({ device, back, readOnly }) => ({ device, back, readOnly }));
+    return out.sort((a, b) => a.i - b.i);
+  }
+
+  /** The read-only flag of loopN (sysfs); a device detached meanwhile reads as writable, as losetup would show it a moment ago. */
+  private readOnly(n: string): boolean {
+    try {
+      return readFileSync(join(this.sysBlock, n, 'ro'), 'utf8').trim() === '1';
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -121,7 +130,7 @@ export class LoopDevices {
    * mount). Only such namesakes are stat()ed, never other devices' files.
    */
   async associated(file: string, _what?: string): Promise<{ device: string; readOnly: boolean }[]> {
-    const bound = this.bound();
+    const bound = this.boundFiles();
     const name = basename(file);
     let want: { dev: number; ino: number } | undefined | null = null;
     const out: { device: string; readOnly: boolean }[] = [];
@@ -132,14 +141,15 @@ export class LoopDevices {
         const st = want && (await stat(l.back).catch(() => undefined));
         match = st !== undefined && st !== null && want !== undefined && st.dev === want.dev && st.ino === want.ino;
       }
-      if (match) out.push({ device: l.device, readOnly: l.readOnly });
+      // Only a match's read-only flag is read: one sysfs file per device fewer.
+      if (match) out.push({ device: l.device, readOnly: this.readOnly(l.n) });
     }
     return out;
   }
 
   /** Every loop device and its backing file (" (deleted)" stripped), from sysfs. */
   list(): Promise<{ device: string; backingFile: string }[]> {
-    return Promise.resolve(this.bound().map((l) => ({ device: l.device, backingFile: l.back.replace(/ \(deleted\)$/, '') })));
+    return Promise.resolve(this.boundFiles().map((l) => ({ device: l.device, backingFile: l.back.replace(/ \(deleted\)$/, '') })));
   }
 
   /** Makes `device` see its file's new size. */

@@ -46,7 +46,7 @@ describe('KeyedLock', () => {
 });
 
 describe('KeyedLock.exclusive (busy volumes answer ABORTED) and the call deadline', () => {
-  const call = (deadline: number, ac = new AbortController()) => ({ deadline, signal: ac.signal });
+  const call = (deadline: number, ac = new AbortController()) => ({ deadline, signal: ac.signal, get cancelled() { return ac.signal.aborted; } });
 
   it('answers ABORTED at once while another call holds any of the keys, and runs when they are free', async () => {
     const lock = new KeyedLock();

@@ -29,6 +29,29 @@ describe('mountinfo', () => {
     expect(s.allAt('/var/lib/kubelet/pods/p/mount')).toHaveLength(2);
     expect(s.at('/nowhere')).toBeUndefined();
   });
+
+  it('a snapshot read from the text answers as the parsed one: escaped paths, stacks, a path that is also a bind\'s root, one object per mount', () => {
+    const more = `${text}\n46 22 7:0 /var/lib/kubelet/pods/p/mount /elsewhere rw - ext4 /dev/loop0 rw\n47 22 7:2 / /var/lib/kubelet/pods/p/mount/sub rw - ext4 /dev/loop2 rw\n`;
+    const parsed = new MountSnapshot(parseMountInfo(more));
+    for (const path of ['/var/lib/kubelet/pods/p/mount', '/var/lib/kubelet/staging/a b', '/var/lib/kubelet/blk', '/elsewhere', '/', '/nowhere', '/var/lib/kubelet/pods/p']) {
+      const lazy = MountSnapshot.fromText(more);
+      expect(lazy.at(path), path).toEqual(parsed.at(path));
+      expect(lazy.allAt(path), path).toEqual(parsed.allAt(path));
+      const found = lazy.at(path);
+      if (found) expect(lazy.entries.includes(found), path).toBe(true);
+      expect(lazy.entries).toEqual(parsed.entries);
+    }
+    expect(MountSnapshot.fromText(more).at('/var/lib/kubelet/staging/a b')?.source).toBe('/dev/loop0');
+    // withAnyField keeps every line a field filter could keep, in table order (a source at the end of its line included).
+    const last = `${more}48 22 7:3 / /last rw - ext4 /dev/loop3`;
+    for (const fields of [['7:0'], ['/dev/loop0'], ['/loop1'], ['/dev/loop3'], ['7:2', '/dev/loop0'], ['/nothing'], ['/var/lib/kubelet/staging/a b']]) {
+      const lazy = MountSnapshot.fromText(last);
+      const want = parseMountInfo(last).filter((e) => [e.majMin, e.root, e.mountPoint, e.source].some((f) => fields.includes(f)));
+      const got = lazy.withAnyField(fields).filter((e) => [e.majMin, e.root, e.mountPoint, e.source].some((f) => fields.includes(f)));
+      expect(got, fields.join()).toEqual(want);
+      for (const e of got) expect(lazy.entries.includes(e)).toBe(true);
+    }
+  });
 });
 
 describe('formatting decisions', () => {

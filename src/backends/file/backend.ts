@@ -5,7 +5,7 @@ import type { FileBackendConfig } from '../../config/types.js';
 import type { NodeIdentity } from '../../contracts/nodeid.js';
 import type { PublishContext } from '../../contracts/publish-context.js';
 import type { Executor } from '../../exec/run.js';
-import { removeFileDurable } from '../../store/atomic-file.js';
+import { createSparseFile, removeFileDurable } from '../../store/atomic-file.js';
 import { RecordStore } from '../../store/record-store.js';
 import { RecentCheck } from '../../util/recent-check.js';
 import type {
@@ -272,15 +272,18 @@ export class FileBackend implements Backend {
     const img = this.imagePath(rec.id);
     try {
       const src = this.sourcePath(spec);
-      if (src) await copyImage(src, img, this.exec);
-      const fh = await fs.open(img, src ? 'r+' : 'wx', 0o600);
-      try {
-        // A new image is empty (opened O_EXCL); only a copy has a size to look at.
-        const size = src ? (await fh.stat()).size : 0;
-        if (size < spec.sizeBytes) await fh.truncate(spec.sizeBytes);
-        await fh.sync();
-      } finally {
-        await fh.close();
+      if (src) {
+        await copyImage(src, img, this.exec);
+        const fh = await fs.open(img, 'r+', 0o600);
+        try {
+          if ((await fh.stat()).size < spec.sizeBytes) await fh.truncate(spec.sizeBytes);
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      } else {
+        // A new image: O_EXCL, ftruncate to the size (sparse), fsync.
+        await createSparseFile(img, spec.sizeBytes);
       }
       rec.state = 'available';
       rec.updatedAt = now();
