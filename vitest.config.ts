@@ -32,7 +32,7 @@ export default defineConfig({
           name: 'host',
           include: ['test/**/*.test.ts'],
           exclude: ['**/node_modules/**', ...VM_TESTS],
-          globalSetup: ['test/global-setup.ts'],
+          globalSetup: ['test/global-setup.ts', 'test/ceph-global-setup.ts'],
         },
       },
       ...(IN_VM ? [{

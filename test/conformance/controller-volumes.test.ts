@@ -1,10 +1,9 @@
-import { promises as fs } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asSidecar, blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
-import { startConformanceSinter as startSinter } from '../helpers/conformance.js';
+import { hideVolumeImage, startConformanceSinter as startSinter, volumeAllocatedBytes, volumeImageSize } from '../helpers/conformance.js';
 import { stringMatching } from '../helpers/matchers.js';
 
-describe('Controller volumes (sinter all, file backend)', () => {
+describe('Controller volumes (sinter all)', () => {
   let s: SinterProcess;
   let nodeId: string;
   let topology: Record<string, string>;
@@ -37,9 +36,8 @@ describe('Controller volumes (sinter all, file backend)', () => {
       expect(r.volume!.capacity_bytes).toBe(11 * MiB);
       expect(r.volume!.volume_id).toMatch(/^default-[0-9a-f-]{36}$/);
       expect(r.volume!.accessible_topology).toEqual([{ segments: topology }]);
-      const st = await fs.stat(`${s.dataDir}/volumes/${r.volume!.volume_id}.img`);
-      expect(st.size).toBe(11 * MiB);
-      expect(st.blocks * 512).toBeLessThan(MiB);
+      expect(volumeImageSize(s, r.volume!.volume_id!)).toBe(11 * MiB);
+      expect(volumeAllocatedBytes(s, r.volume!.volume_id!)).toBeLessThan(MiB);
     });
 
     it('is idempotent by name, and ALREADY_EXISTS for an incompatible repeat', async () => {
@@ -110,7 +108,7 @@ describe('Controller volumes (sinter all, file backend)', () => {
       await ctl().ControllerUnpublishVolume({ volume_id: v!.volume_id, node_id: nodeId });
       await ctl().DeleteVolume({ volume_id: v!.volume_id });
       await ctl().DeleteVolume({ volume_id: v!.volume_id });
-      await expect(fs.stat(`${s.dataDir}/volumes/${v!.volume_id}.img`)).rejects.toThrow();
+      expect(volumeImageSize(s, v!.volume_id!)).toBeUndefined();
       expect(await codeOf(ctl().ControllerGetVolume({ volume_id: v!.volume_id }))).toBe('NOT_FOUND');
     });
   });
@@ -174,10 +172,10 @@ describe('Controller volumes (sinter all, file backend)', () => {
       expect(await codeOf(ctl().ControllerGetVolume({}))).toBe('INVALID_ARGUMENT');
       const v = (await ctl().CreateVolume({ name: 'gv', capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume;
       expect((await ctl().ControllerGetVolume({ volume_id: v!.volume_id })).status!.volume_condition!.abnormal).toBe(false);
-      await fs.rename(`${s.dataDir}/volumes/${v!.volume_id}.img`, `${s.dataDir}/volumes/${v!.volume_id}.img.away`);
+      hideVolumeImage(s, v!.volume_id!, true);
       const r = await ctl().ControllerGetVolume({ volume_id: v!.volume_id });
       expect(r.status!.volume_condition).toMatchObject({ abnormal: true, message: stringMatching(/missing/) });
-      await fs.rename(`${s.dataDir}/volumes/${v!.volume_id}.img.away`, `${s.dataDir}/volumes/${v!.volume_id}.img`);
+      hideVolumeImage(s, v!.volume_id!, false);
     });
   });
 
@@ -198,7 +196,7 @@ describe('Controller volumes (sinter all, file backend)', () => {
       const v = (await ctl().CreateVolume({ name: 'ex', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [mountCap()] })).volume;
       const r = await ctl().ControllerExpandVolume({ volume_id: v!.volume_id, capacity_range: { required_bytes: 16 * MiB }, volume_capability: mountCap() });
       expect(r).toMatchObject({ capacity_bytes: 16 * MiB, node_expansion_required: true });
-      expect((await fs.stat(`${s.dataDir}/volumes/${v!.volume_id}.img`)).size).toBe(16 * MiB);
+      expect(volumeImageSize(s, v!.volume_id!)).toBe(16 * MiB);
       const again = await ctl().ControllerExpandVolume({ volume_id: v!.volume_id, capacity_range: { required_bytes: 4 * MiB } });
       expect(again.capacity_bytes).toBe(16 * MiB);
       expect(await codeOf(ctl().ControllerExpandVolume({ volume_id: v!.volume_id }))).toBe('INVALID_ARGUMENT');

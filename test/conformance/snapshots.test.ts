@@ -1,7 +1,6 @@
-import { promises as fs } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, codeOf, MiB, type SinterProcess } from '../helpers/sinter-process.js';
-import { startConformanceSinter as startSinter } from '../helpers/conformance.js';
+import { startConformanceSinter as startSinter, volumeBytes, writeVolumeBytes } from '../helpers/conformance.js';
 
 describe('Snapshots and clones (sinter all)', () => {
   let s: SinterProcess;
@@ -10,9 +9,7 @@ describe('Snapshots and clones (sinter all)', () => {
   beforeAll(async () => {
     s = await startSinter();
     volId = (await ctl().CreateVolume({ name: 'snap-src', capacity_range: { required_bytes: 4 * MiB }, volume_capabilities: [blockCap()] })).volume!.volume_id!;
-    const fh = await fs.open(`${s.dataDir}/volumes/${volId}.img`, 'r+');
-    await fh.write(Buffer.from('hello from the source volume'), 0, undefined, MiB);
-    await fh.close();
+    await writeVolumeBytes(s, volId, MiB, Buffer.from('hello from the source volume'));
   });
   afterAll(async () => s?.cleanup());
 
@@ -40,7 +37,7 @@ describe('Snapshots and clones (sinter all)', () => {
     const v = (await ctl().CreateVolume({ name: 'restore', volume_capabilities: [blockCap()], volume_content_source: { snapshot: { snapshot_id: snap!.snapshot_id } } })).volume;
     expect(v!.capacity_bytes).toBe(4 * MiB);
     expect(v!.content_source!.snapshot!.snapshot_id).toBe(snap!.snapshot_id);
-    const data = await fs.readFile(`${s.dataDir}/volumes/${v!.volume_id}.img`);
+    const data = volumeBytes(s, v!.volume_id!);
     expect(data.subarray(MiB, MiB + 28).toString()).toBe('hello from the source volume');
     expect(await codeOf(ctl().CreateVolume({ name: 'restore-nf', volume_capabilities: [blockCap()], volume_content_source: { snapshot: { snapshot_id: 'default@00000000-0000-4000-8000-000000000000' } } }))).toBe('NOT_FOUND');
   });
@@ -48,7 +45,7 @@ describe('Snapshots and clones (sinter all)', () => {
   it('clones a volume', async () => {
     const v = (await ctl().CreateVolume({ name: 'clone', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()], volume_content_source: { volume: { volume_id: volId } } })).volume;
     expect(v!.capacity_bytes).toBe(8 * MiB);
-    const data = await fs.readFile(`${s.dataDir}/volumes/${v!.volume_id}.img`);
+    const data = volumeBytes(s, v!.volume_id!);
     expect(data.subarray(MiB, MiB + 28).toString()).toBe('hello from the source volume');
     expect(await codeOf(ctl().CreateVolume({ name: 'clone-nf', volume_capabilities: [blockCap()], volume_content_source: { volume: { volume_id: 'default-00000000-0000-4000-8000-000000000000' } } }))).toBe('NOT_FOUND');
   });

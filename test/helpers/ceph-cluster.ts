@@ -143,6 +143,15 @@ function killDaemons(dir: string, sig: NodeJS.Signals): number[] {
   return pids;
 }
 
+/**
+ * Kills a cluster's daemons (SIGKILL, by its pid files) and removes its dir, synchronously: for a
+ * process 'exit' handler, where nothing asynchronous runs any more.
+ */
+export function killClusterSync(dir: string): void {
+  killDaemons(dir, 'SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+}
+
 export interface CephClusterOptions {
   pool?: string;
   /** The OSD's sparse block file; default 10 GiB (BlueStore wants a few GiB for its DB and WAL). */

@@ -1,6 +1,8 @@
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { scrub } from './sinter-process.js';
 
 /**
  * Last-resort cleanup for user-space iSCSI attachments under `stateDir`, for
@@ -52,4 +54,79 @@ export async function forceCleanupUserspace(stateDir: string): Promise<string[]>
   await new Promise((r) => setTimeout(r, 200));
   rmSync(stateDir, { recursive: true, force: true });
   return done;
+}
+
+/** Writes `dir/owner` with this process's pid: sweepAbandonedTestDirs takes the dir for abandoned once that process is gone. */
+export function markOwner(dir: string): void {
+  writeFileSync(join(dir, 'owner'), String(process.pid));
+}
+
+function ownerAlive(dir: string): boolean {
+  let pid = 0;
+  try {
+    pid = Number(readFileSync(join(dir, 'owner'), 'utf8').trim());
+  } catch {
+    // No owner file: a dir being set up right now, or one of a version that wrote none. Left alone.
+    return true;
+  }
+  if (!Number.isInteger(pid) || pid <= 1) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Processes whose command line names a path under dir (sinter, qemu-nbd, nbdfuse started for that test dir). */
+function processesUnder(dir: string): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      if (Number(p) !== process.pid && readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').some((a) => a.includes(`${dir}/`))) out.push(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/**
+ * Takes down everything a test made under its dir: its mounts (deepest first)
+ * and the loop devices backed by files under it (scrub), the user-space
+ * attachments under each of `userspaceStateDirs` (by their recorded pids and
+ * FUSE files), then any process still naming the dir, and removes the dir.
+ * Nothing outside dir is matched: a loop device is detached only when its
+ * backing file is one of this dir's files.
+ */
+export async function teardownTestDir(dir: string, userspaceStateDirs: string[] = []): Promise<void> {
+  await scrub(dir);
+  for (const s of userspaceStateDirs) await forceCleanupUserspace(s);
+  for (const pid of processesUnder(dir)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  // A FUSE mount whose daemon died is gone from mountinfo only after the kill: unmount what is left, detach again.
+  await scrub(dir);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * The dirs `<tmpdir>/<prefix>*` of earlier runs of a test that were killed
+ * before their afterAll (their owner pid is gone): torn down as
+ * teardownTestDir does. Returns the dirs swept.
+ */
+export async function sweepAbandonedTestDirs(prefix: string, userspaceStateDirs: (dir: string) => string[] = () => []): Promise<string[]> {
+  const swept: string[] = [];
+  for (const name of readdirSync(tmpdir()).filter((n) => n.startsWith(prefix))) {
+    const dir = join(tmpdir(), name);
+    if (ownerAlive(dir)) continue;
+    await teardownTestDir(dir, userspaceStateDirs(dir));
+    swept.push(dir);
+  }
+  return swept;
 }

@@ -9,15 +9,15 @@ import { RbdBackend } from '../../src/backends/rbd/backend.js';
 import { parseConfig, rbdBackendSchema } from '../../src/config/schema.js';
 import { DomainError } from '../../src/errors/domain-error.js';
 import { HostExecutor } from '../../src/exec/run.js';
-import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { cephForFile, type FileCeph } from '../helpers/ceph-shared.js';
 import { MAIN } from '../helpers/sinter-process.js';
 
-// The rbd backend against a real single-node Ceph (Debian 12's 16.2), started
-// by this file: lifecycle, records in image metadata, snapshots, clones,
+// The rbd backend against a real single-node Ceph (Debian 12's 16.2; the host
+// run's shared cluster, a pool of this file's own): lifecycle, records in image metadata, snapshots, clones,
 // flatten limits, trash, growth, capacity, crash recovery and fsck.
 
 const MiB = 1024 * 1024;
-let c: CephCluster;
+let c: FileCeph;
 let scratch: string;
 const log = pino({ level: 'silent' });
 const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 60_000 });
@@ -51,9 +51,9 @@ const trash = async () => JSON.parse((await c.rbd(['trash', 'ls', '--all', '--fo
 const images = async () => (await c.rbd(['ls', c.pool])).split('\n').filter(Boolean);
 
 beforeAll(async () => {
-  c = await startCephCluster();
+  c = await cephForFile('rbd-backend');
   scratch = mkdtempSync(join(tmpdir(), 'sinter-rbd-'));
-  console.log(`test Ceph cluster: HEALTH_OK in ${c.startMs} ms`);
+  console.log(`test Ceph cluster (${c.shared ? 'shared, this file\'s pool made' : 'own, HEALTH_OK'}) in ${c.startMs} ms`);
 }, 150_000);
 
 afterAll(async () => {

@@ -2,55 +2,44 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { cephForFile, rbdSinterConfig, type FileCeph } from '../helpers/ceph-shared.js';
 import { stringMatching } from '../helpers/matchers.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireIscsiTools } from '../helpers/tgtd.js';
+import { markOwner, sweepAbandonedTestDirs, teardownTestDir } from '../helpers/userspace-cleanup.js';
 
 // The CSI lifecycle over gRPC against `sinter all` with an rbd backend on a
-// real single-node Ceph (started by this file), the node half attaching in
+// real single-node Ceph (the run's shared cluster, a pool of this file's), the node half attaching in
 // user space: qemu-nbd's rbd driver → nbdfuse → loop device (no rbd.ko here).
 
+const PREFIX = 'sinter-rbd-csi-';
+const userspaceDir = (dir: string) => join(dir, 'node-state', 'rbd-userspace');
+
 describe('rbd over CSI: sinter all, user-space attach (qemu-nbd rbd driver, nbdfuse, loop)', () => {
-  const t = tempDir('sinter-rbd-csi-');
-  let c: CephCluster;
+  const t = tempDir(PREFIX);
+  let c: FileCeph;
   let s: SinterProcess;
   let nodeId: string;
 
   beforeAll(async () => {
     requireIscsiTools(); // qemu-nbd, nbdfuse, fusermount3, losetup: the same user-space chain
-    c = await startCephCluster();
+    // Earlier runs of this file killed before their afterAll (their test process gone): their attachments.
+    await sweepAbandonedTestDirs(PREFIX, (d) => [userspaceDir(d)]);
+    markOwner(t.dir);
+    c = await cephForFile('rbd-csi');
     const cfg = join(t.dir, 'sinter.yaml');
-    writeFileSync(
-      cfg,
-      [
-        'backends:',
-        '  - name: ceph',
-        '    driver: rbd',
-        `    pool: ${c.pool}`,
-        `    monitors: ["${c.monitors}"]`,
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        'node:',
-        `  stateDir: ${join(t.dir, 'node-state')}`,
-        '  rbd:',
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
-      ].join('\n'),
-    );
+    writeFileSync(cfg, rbdSinterConfig(c, { controllerStateDir: join(t.dir, 'controller-state'), nodeStateDir: join(t.dir, 'node-state') }));
     s = await startSinter({ base: join(t.dir, 'sinter'), args: ['--config', cfg] });
     nodeId = (await s.client.node.NodeGetInfo({})).node_id as string;
   }, 180_000);
 
   afterAll(async () => {
     await s?.cleanup();
-    // Whatever a failed test left attached: the daemons of this file's node state only.
-    const left = await execa('pgrep', ['-f', join(t.dir, 'node-state')], { reject: false });
-    for (const pid of left.stdout.split('\n').filter(Boolean)) process.kill(Number(pid), 'SIGKILL');
+    // Whatever a failed test left attached under this file's dir: mounts, the loop devices backed by its
+    // FUSE files (node-state is outside the sinter base that s.cleanup scrubs), qemu-nbd and nbdfuse.
+    await teardownTestDir(t.dir, [userspaceDir(t.dir)]);
     await c?.stop();
-    t.cleanup();
   });
 
   const watchers = async (image: string) => (JSON.parse(await c.rbd(['status', '--format', 'json', `${c.pool}/${image}`])) as { watchers: unknown[] }).watchers;

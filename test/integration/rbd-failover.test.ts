@@ -2,7 +2,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { cephForFile, rbdSinterConfig, type FileCeph } from '../helpers/ceph-shared.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { codeOf, MAIN, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 
@@ -22,7 +22,7 @@ const REAL_RBD = '/usr/bin/rbd';
 
 describe('rbd controller failover: kill one controller mid-CreateVolume, the other finishes or rolls back', () => {
   const t = tempDir('sinter-rbd-failover-');
-  let c: CephCluster;
+  let c: FileCeph;
   let cfg: string;
   let cliCfg: string;
   const procs: SinterProcess[] = [];
@@ -60,22 +60,10 @@ describe('rbd controller failover: kill one controller mid-CreateVolume, the oth
   };
 
   beforeAll(async () => {
-    c = await startCephCluster();
+    c = await cephForFile('rbd-failover');
     cfg = join(t.dir, 'sinter.yaml');
     cliCfg = join(t.dir, 'sinter-cli.yaml');
-    const lines = (agent: boolean) =>
-      [
-        'backends:',
-        '  - name: ceph',
-        '    driver: rbd',
-        `    pool: ${c.pool}`,
-        `    monitors: ["${c.monitors}"]`,
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        '    staleCreateSeconds: 5',
-        `    agent: ${agent}`,
-        `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
-      ].join('\n');
+    const lines = (agent: boolean) => rbdSinterConfig(c, { controllerStateDir: join(t.dir, 'controller-state'), backend: ['staleCreateSeconds: 5', `agent: ${agent}`] });
     writeFileSync(cfg, lines(true));
     writeFileSync(cliCfg, lines(false));
   }, 150_000);

@@ -15,7 +15,7 @@ import { StaticNodeRegistry } from '../../src/controller/node-registry.js';
 import { VolumeManager } from '../../src/controller/volumes.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { RbdConnector } from '../../src/node/connectors/rbd.js';
-import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { cephForFile, type FileCeph } from '../helpers/ceph-shared.js';
 import { stringMatching } from '../helpers/matchers.js';
 import { requireIscsiTools } from '../helpers/tgtd.js';
 import { forceCleanupUserspace } from '../helpers/userspace-cleanup.js';
@@ -37,7 +37,7 @@ const cap = { accessType: 'block' as const, accessMode: 'SINGLE_NODE_WRITER', mo
 const nodeA = encodeNodeId({ host: 'node-a', wwpns: [] });
 const nodeB = encodeNodeId({ host: 'node-b', wwpns: [] });
 
-let c: CephCluster;
+let c: FileCeph;
 let scratch: string;
 let b: RbdBackend;
 let vm: VolumeManager;
@@ -46,7 +46,7 @@ const connector = (name: string) => new RbdConnector({ stateDir: join(scratch, n
 beforeAll(async () => {
   requireIscsiTools(); // qemu-nbd, nbdfuse, fusermount3, losetup
   // Lifting a fence (osd blocklist rm) needs this cap beside `profile rbd` (docs/rbd.md).
-  c = await startCephCluster({ sinterMonCaps: "allow command 'osd blocklist'" });
+  c = await cephForFile('rbd-fence', { sinterMonCaps: "allow command 'osd blocklist'" });
   scratch = mkdtempSync(join(tmpdir(), 'sinter-rbd-fence-'));
   b = new RbdBackend(parseConfig(rbdBackendSchema, { name: 'ceph', driver: 'rbd', pool: c.pool, monitors: [c.monitors], user: c.user, keyFile: c.keyFile, fenceSeconds: 600 }), exec, log);
   await b.start();

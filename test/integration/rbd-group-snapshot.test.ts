@@ -3,12 +3,12 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { cephForFile, rbdSinterConfig, type FileCeph } from '../helpers/ceph-shared.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { blockCap, codeOf, MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
 
 // Volume group snapshots (CSI GroupController) against `sinter controller`
-// with an rbd backend on a real single-node Ceph started by this file: the
+// with an rbd backend on a real single-node Ceph (a pool of its own on the run's shared cluster): the
 // consistent point is `rbd group snap create` on a temporary rbd group, each
 // member becomes an ordinary snapshot image, the group is removed. Data is
 // written and read with Ceph's own clients (qemu-io's rbd driver, rbd export),
@@ -16,28 +16,16 @@ import { blockCap, codeOf, MiB, startSinter, type SinterProcess } from '../helpe
 
 describe('rbd group snapshots over CSI: sinter controller on a real Ceph', () => {
   const t = tempDir('sinter-rbd-group-');
-  let c: CephCluster;
+  let c: FileCeph;
   let s: SinterProcess;
   let cfg: string;
 
   const start = () => startSinter({ role: 'controller', base: join(t.dir, 'sinter'), args: ['--config', cfg] });
 
   beforeAll(async () => {
-    c = await startCephCluster();
+    c = await cephForFile('rbd-group');
     cfg = join(t.dir, 'sinter.yaml');
-    writeFileSync(
-      cfg,
-      [
-        'backends:',
-        '  - name: ceph',
-        '    driver: rbd',
-        `    pool: ${c.pool}`,
-        `    monitors: ["${c.monitors}"]`,
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
-      ].join('\n'),
-    );
+    writeFileSync(cfg, rbdSinterConfig(c, { controllerStateDir: join(t.dir, 'controller-state') }));
     s = await start();
   }, 180_000);
 

@@ -12,7 +12,7 @@ import { encodeNodeId } from '../../src/contracts/nodeid.js';
 import { StaticNodeRegistry } from '../../src/controller/node-registry.js';
 import { VolumeManager } from '../../src/controller/volumes.js';
 import { HostExecutor } from '../../src/exec/run.js';
-import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { cephForFile, type FileCeph } from '../helpers/ceph-shared.js';
 import { requireIscsiTools, TestTgtd } from '../helpers/tgtd.js';
 
 // The iSCSI gateway of an rbd backend (`export: iscsi`) on a real single-node
@@ -32,7 +32,7 @@ const IQN_A = 'iqn.2026-12.io.sinter.test:node-a';
 const IQN_B = 'iqn.2026-12.io.sinter.test:node-b';
 const nodeA = encodeNodeId({ host: 'node-a', iqn: IQN_A, wwpns: [] });
 
-let c: CephCluster;
+let c: FileCeph;
 let tgtd: TestTgtd;
 let scratch: string;
 let b: RbdBackend;
@@ -41,7 +41,7 @@ let vm: VolumeManager;
 beforeAll(async () => {
   requireIscsiTools();
   if (!readFileSync('/var/lib/dpkg/status', 'utf8').includes('Package: tgt-rbd')) throw new Error('the gateway test needs tgt-rbd: apt-get install tgt-rbd (scripts/setup.sh does)');
-  c = await startCephCluster();
+  c = await cephForFile('rbd-gw');
   tgtd = await TestTgtd.start();
   scratch = mkdtempSync(join(tmpdir(), 'sinter-rbd-gw-'));
   const cfg = parseConfig(rbdBackendSchema, {
