@@ -219,7 +219,9 @@ export class KernelRbdConnector implements Connector {
         }
       }
       const options = effectiveMapOptions(this.cfg.mapOptions ?? [], c.monitors);
-      const args = ['device', 'map', '--conf', '/dev/null', '--id', creds.user, '--keyfile', keyFile, '-m', c.monitors.join(','), ...(options.length ? ['-o', options.join(',')] : []), `${c.pool}/${c.image}`];
+      // librados in the CLI retries a refused key until client_mount_timeout (300 s by default): give up well before the command's own timeout.
+      const mountTimeout = String(Math.max(5, Math.floor(this.mapTimeoutMs / 2000)));
+      const args = ['device', 'map', '--conf', '/dev/null', '--client_mount_timeout', mountTimeout, '--id', creds.user, '--keyfile', keyFile, '-m', c.monitors.join(','), ...(options.length ? ['-o', options.join(',')] : []), `${c.pool}/${c.image}`];
       let out: string;
       try {
         out = (await this.exec.run('rbd', args, { timeoutMs: this.mapTimeoutMs, secrets: creds.key ? [creds.key] : [] })).stdout;
@@ -350,10 +352,14 @@ function mapError(e: unknown, c: RbdContext, user: string): Error {
   if (!(e instanceof ExecError)) return e as Error;
   const text = e.stderr.trim().split('\n').filter(Boolean).slice(-3).join(' | ') || 'no output';
   if (e.timedOut) return internal(`rbd device map of ${c.pool}/${c.image} did not finish in time (are the monitors ${c.monitors.join(',')} and the OSDs reachable from this node?)`);
+  // A key the monitors refuse: librados retries the auth until client_mount_timeout, then gives up with ETIMEDOUT.
+  if (/handle_auth_bad_method|bad authorizer|\(110\)|timed out/i.test(text))
+    return failedPrecondition(
+      `rbd device map of ${c.pool}/${c.image} could not authenticate to or reach the monitors ${c.monitors.join(',')} as client.${user} (${text.slice(-300)}); check the node's cephx key (node.rbd.keyFile or the node-stage secret) and that the monitors are reachable`,
+    );
   if (/\(13\)|\(1\)|Permission denied|Operation not permitted/i.test(text))
     return failedPrecondition(`mapping rbd image ${c.pool}/${c.image} as client.${user} was refused by Ceph (${text}); check the node's cephx key and that its caps include "profile rbd" on pool ${c.pool}`);
   if (/\(2\)|No such file or directory/.test(text)) return failedPrecondition(`rbd image ${c.pool}/${c.image} does not exist in the cluster at ${c.monitors.join(',')} (${text})`);
   if (/feature set mismatch|\(6\)/i.test(text)) return failedPrecondition(`this node's kernel cannot map rbd image ${c.pool}/${c.image}: it has image features the kernel client lacks (${text}); create such volumes with fewer imageFeatures, or use node.rbd.attach: userspace`);
-  if (/\(110\)|timed out/i.test(text)) return internal(`rbd device map of ${c.pool}/${c.image} timed out reaching the cluster at ${c.monitors.join(',')} (${text})`);
   return internal(`rbd device map of ${c.pool}/${c.image} failed: ${text}`);
 }
