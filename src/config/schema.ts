@@ -372,6 +372,11 @@ export const iscsiNodeSchema = section({
   multipathWaitSeconds: v.optional(num(0, 600), 5),
 });
 
+/** One `rbd device map -o` option: `name` or `name=value`. */
+const MAP_OPTION_RE = /^[a-z][a-z0-9_]{0,40}(=[A-Za-z0-9._:/+-]{1,200})?$/;
+/** Map options sinter sets itself, or that would carry a secret or change what is mapped and how sinter finds it. */
+const FORBIDDEN_MAP_OPTIONS = ['secret', 'key', 'name', 'fsid', 'read_only', 'ro', 'rw', 'ip'];
+
 const notRoot = v.check((p: string) => p !== '/', 'must not be "/"');
 
 export const nodeSchema = section({
@@ -402,11 +407,29 @@ export const nodeSchema = section({
   /** Where device nodes live (disk/by-path, mapper/); /dev on a node. */
   devRoot: v.optional(v.pipe(absPath, notRoot), '/dev'),
   fc: fcSchema,
-  /** This node's cephx identity for rbd volumes (user-space attach); a StorageClass node-stage secret (userID, userKey) takes precedence. */
+  /** This node's cephx identity for rbd volumes and how it attaches them; a StorageClass node-stage secret (userID, userKey) takes precedence. */
   rbd: section({
     user: v.optional(cephName('cephx user'), 'admin'),
     /** A file holding the bare cephx key (0600). */
     keyFile: v.optional(absPath),
+    /** `kernel` (rbd device map), `userspace` (qemu-nbd's librbd, nbdfuse, loop), `auto` (kernel when the rbd module is loaded or loads). */
+    attach: v.optional(oneOf(['kernel', 'userspace', 'auto']), 'auto'),
+    /**
+     * Kernel attach: `rbd device map -o` options, e.g. `ms_mode=secure`, `queue_depth=256`, `noudev` (a node without udev).
+     * Without an ms_mode, monitors given as v2 addresses get `ms_mode=prefer-crc`. Options that carry a key or
+     * change what is mapped (secret, key, name, fsid, ro, rw, read_only, ip) are refused.
+     */
+    mapOptions: v.optional(
+      v.array(
+        v.pipe(
+          str,
+          v.regex(MAP_OPTION_RE, 'must be a krbd map option such as "queue_depth=128" or "noudev" (letters, digits and _ ; a value without "," or spaces)'),
+          v.check((o: string) => !FORBIDDEN_MAP_OPTIONS.includes(o.split('=')[0]!), 'is set by sinter itself (the key, the user and the mode come from node.rbd and the publish)'),
+        ),
+        'must be a list of krbd map options',
+      ),
+      [],
+    ),
   }),
   iscsi: iscsiNodeSchema,
   /**

@@ -79,19 +79,18 @@ function alive(pid: number): boolean {
 }
 
 /** Clusters of test processes that died without stop(): their daemons killed (pid files), their dirs removed. */
-function sweepAbandoned(): void {
-  for (const name of readdirSync(tmpdir()).filter((n) => n.startsWith(PREFIX))) {
+function sweepAbandoned(parent: string): void {
+  for (const name of readdirSync(parent).filter((n) => n.startsWith(PREFIX))) {
     // One dir at a time: a dir another process removes meanwhile must not end the sweep.
     try {
-      sweepOne(name);
+      sweepOne(join(parent, name));
     } catch {
       // gone meanwhile
     }
   }
 }
 
-function sweepOne(name: string): void {
-  const dir = join(tmpdir(), name);
+function sweepOne(dir: string): void {
   let owner = 0;
   try {
     owner = Number(readFileSync(join(dir, 'owner'), 'utf8').trim()) || 0;
@@ -158,17 +157,19 @@ export interface CephClusterOptions {
   osdBytes?: number;
   /** Extra mon caps for client.sinter beside `profile rbd` (e.g. `allow command 'osd blocklist'`, which lifting a fence needs). */
   sinterMonCaps?: string;
+  /** Where the cluster's dir is made (default the temp dir): the VM guest's /tmp is RAM, its scratch disks are not. */
+  parentDir?: string;
 }
 
 export async function startCephCluster(opts: CephClusterOptions = {}): Promise<CephCluster> {
   requireCephTools();
   const t0 = performance.now();
   try {
-    sweepAbandoned();
+    sweepAbandoned(opts.parentDir ?? tmpdir());
   } catch {
     // another process's dir vanished while we looked
   }
-  const dir = mkdtempSync(join(tmpdir(), PREFIX));
+  const dir = mkdtempSync(join(opts.parentDir ?? tmpdir(), PREFIX));
   writeFileSync(join(dir, 'owner'), String(process.pid));
   const pool = opts.pool ?? 'sinter';
   const fsid = randomUUID();

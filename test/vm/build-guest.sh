@@ -17,13 +17,19 @@ here=$(cd "$(dirname "$0")" && pwd)
 # The packages the guest carries: the kernel, every initiator/target/mapper
 # sinter drives, the filesystems it formats, and what node needs to run. (No
 # sg3-utils, fcoe-utils or ca-certificates: nothing in the guest calls them;
-# the FCoE test drives the kernel's fcoe sysfs directly.)
+# the FCoE test drives the kernel's fcoe sysfs directly.) ceph-mon, ceph-osd,
+# ceph-mgr and ceph-common: the kernel rbd test (test/vm/rbd-kernel.vm.test.ts)
+# starts a single-node cluster inside the guest (test/helpers/ceph-cluster.ts)
+# and maps its images with the guest's rbd.ko; python3-rbd and python3-rados
+# are the rbd backend's agent (ceph-mgr pulls them in anyway).
 PACKAGES=(
   linux-image-amd64 kmod udev dbus busybox-static util-linux mount fdisk procps iproute2
   open-iscsi multipath-tools lvm2 thin-provisioning-tools targetcli-fb tgt nvme-cli
   cryptsetup-bin xfsprogs e2fsprogs btrfs-progs libstdc++6
+  ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados
 )
-ROOT_SIZE_MB=2048
+# Sparse: only what the packages fill (~1.1 GiB with Ceph) takes disk space.
+ROOT_SIZE_MB=3072
 
 # What dpkg never writes into the guest: documentation, and the kernel modules
 # of hardware a qemu guest with virtio disks and no network device never has

@@ -10,6 +10,7 @@ import { writeFileAtomic } from '../../store/atomic-file.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import { readTail, stopPid, waitReady } from './iscsi/daemon-process.js';
 import { NbdFuseChain } from './nbd-chain.js';
+import { KernelRbdConnector } from './rbd-kernel.js';
 
 type RbdContext = Extract<PublishContext, { transport: 'rbd' }>;
 
@@ -24,6 +25,106 @@ export interface RbdConnectorConfig {
   /** How long qemu-nbd may take to connect to the cluster and open the image, and nbdfuse to mount. */
   openTimeoutMs?: number;
   stopTimeoutMs?: number;
+  /** `kernel` (rbd device map), `userspace` (qemu-nbd, nbdfuse, loop), `auto` (kernel when the rbd module is there or loads). Default auto. */
+  attach?: RbdAttachMode;
+  /** `rbd device map -o` options for the kernel attach. */
+  mapOptions?: string[];
+  /** Private state of the kernel attach (its mapping records); default: stateDir's sibling `rbd-kernel`. */
+  kernelStateDir?: string;
+  devRoot?: string;
+}
+
+export type RbdAttachMode = 'kernel' | 'userspace' | 'auto';
+
+/**
+ * Whether this host can map images with the kernel's rbd client: the rbd bus
+ * is in sysfs, or `modprobe rbd` loads it (a node plugin in a container sees
+ * the host's modules through /lib/modules).
+ */
+export async function kernelRbdAvailable(exec: Executor, sysfsRoot = '/sys'): Promise<boolean> {
+  const bus = async () => fs.access(join(sysfsRoot, 'bus', 'rbd')).then(() => true, () => false);
+  if (await bus()) return true;
+  const r = await exec.run('modprobe', ['rbd'], { okExitCodes: [1], timeoutMs: 30_000 }).catch(() => undefined);
+  return r?.exitCode === 0 && (await bus());
+}
+
+/**
+ * The `rbd` transport (os-brick's RBDConnector): the kernel client where the
+ * node has it (KernelRbdConnector, rbd-kernel.ts), else user space
+ * (UserspaceRbdConnector below), as node.rbd.attach picks. The choice is made
+ * once, at the first call.
+ */
+export class RbdConnector implements Connector {
+  readonly transport = 'rbd' as const;
+  private chosen?: Promise<Connector>;
+
+  constructor(
+    private readonly cfg: RbdConnectorConfig,
+    private readonly exec: Executor & DaemonSpawner,
+    private readonly log?: Logger,
+  ) {}
+
+  /** The attach in use: kernel or userspace. */
+  async mode(): Promise<'kernel' | 'userspace'> {
+    return (await this.get()) instanceof KernelRbdConnector ? 'kernel' : 'userspace';
+  }
+
+  private get(): Promise<Connector> {
+    this.chosen ??= (async () => {
+      const mode = this.cfg.attach ?? 'auto';
+      const kernel = mode === 'kernel' || (mode === 'auto' && (await kernelRbdAvailable(this.exec, this.cfg.sysfsRoot)));
+      this.log?.info({ mode, chosen: kernel ? 'kernel' : 'userspace' }, 'rbd attach');
+      return kernel
+        ? new KernelRbdConnector(
+            { stateDir: this.cfg.kernelStateDir ?? join(this.cfg.stateDir, '..', 'rbd-kernel'), user: this.cfg.user, keyFile: this.cfg.keyFile, mapOptions: this.cfg.mapOptions, sysfsRoot: this.cfg.sysfsRoot, devRoot: this.cfg.devRoot },
+            this.exec,
+            this.log,
+          )
+        : new UserspaceRbdConnector(this.cfg, this.exec, this.log);
+    })();
+    this.chosen.catch(() => (this.chosen = undefined));
+    return this.chosen;
+  }
+
+  async validate(ctx: PublishContext): Promise<void> {
+    return (await this.get()).validate(ctx);
+  }
+
+  async connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string> {
+    return (await this.get()).connect(ctx, secrets);
+  }
+
+  async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
+    return (await this.get()).attach!(ctx, secrets);
+  }
+
+  async find(ctx: PublishContext): Promise<string | undefined> {
+    return (await this.get()).find(ctx);
+  }
+
+  async disconnect(ctx: PublishContext, device?: string): Promise<void> {
+    return (await this.get()).disconnect(ctx, device);
+  }
+
+  async rescan(ctx: PublishContext, device: string): Promise<void> {
+    return (await this.get()).rescan(ctx, device);
+  }
+
+  async staleSizeReason(ctx: PublishContext): Promise<string | undefined> {
+    return (await this.get()).staleSizeReason?.(ctx);
+  }
+
+  async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
+    return (await this.get()).condition(ctx, device);
+  }
+
+  async attached(): Promise<{ device: string; source: string; notReleasable?: string }[]> {
+    return (await (await this.get()).attached?.()) ?? [];
+  }
+
+  async release(device: string, source: string, inUse: PublishContext[]): Promise<boolean> {
+    return (await (await this.get()).release?.(device, source, inUse)) ?? false;
+  }
 }
 
 function asRbd(ctx: PublishContext): RbdContext {
@@ -62,7 +163,7 @@ interface AttachmentRecord {
  * directory and removed once qemu-nbd has opened the image), and
  * `conf=/dev/null` so it reads no /etc/ceph and looks nothing up in DNS.
  */
-export class RbdConnector implements Connector {
+export class UserspaceRbdConnector implements Connector {
   readonly transport = 'rbd' as const;
   private readonly locks = new KeyedLock();
   private readonly chain: NbdFuseChain;
