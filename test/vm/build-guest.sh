@@ -17,11 +17,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 # The packages the guest carries: the kernel, every initiator/target/mapper
 # sinter drives, the filesystems it formats, and what node needs to run. (No
 # sg3-utils, fcoe-utils or ca-certificates: nothing in the guest calls them;
-# the FCoE test drives the kernel's fcoe sysfs directly.)
+# the FCoE test drives the kernel's fcoe sysfs directly.) fio is for bench/vm-targets.mjs
+# (`npm run bench:vm`), the data path through each target helper against the raw LV.
 PACKAGES=(
   linux-image-amd64 kmod udev dbus busybox-static util-linux mount fdisk procps iproute2
   open-iscsi multipath-tools lvm2 thin-provisioning-tools targetcli-fb tgt nvme-cli
   cryptsetup-bin xfsprogs e2fsprogs btrfs-progs libstdc++6
+  fio
 )
 ROOT_SIZE_MB=2048
 

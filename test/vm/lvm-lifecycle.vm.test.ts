@@ -38,7 +38,10 @@ const ALL: { type: Type; helper: Helper; shape: 'grow' | 'clone' }[] = [
   { type: 'thin', helper: 'nvmet', shape: 'grow' },
   { type: 'thick', helper: 'nvmet', shape: 'clone' },
 ];
-const COMBOS = ALL.map((c) => ({ ...c, backend: `${c.type}-${c.helper}`, vg: `sl-${c.type}-${c.helper}` }));
+/** SINTER_LVM_COMBOS=thin-tgt,thick-nvmet … runs those only; an unknown name is an error. */
+const ONLY = process.env.SINTER_LVM_COMBOS?.split(',').filter(Boolean);
+for (const n of ONLY ?? []) if (!ALL.some((c) => `${c.type}-${c.helper}` === n)) throw new Error(`SINTER_LVM_COMBOS: no combination ${n} (${ALL.map((c) => `${c.type}-${c.helper}`).join(', ')})`);
+const COMBOS = ALL.filter((c) => !ONLY || ONLY.includes(`${c.type}-${c.helper}`)).map((c) => ({ ...c, backend: `${c.type}-${c.helper}`, vg: `sl-${c.type}-${c.helper}` }));
 
 const t00 = Date.now();
 /** Elapsed time per step in the guest's output. */
