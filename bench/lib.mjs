@@ -188,7 +188,7 @@ function stopper(child, client) {
  * level (info) going to a file, as a container runtime would keep it.
  * `config` (YAML text) replaces that default configuration.
  */
-export async function startSinter({ role = 'all', dataDir, dir = join(base, `sinter-${++seq}`), args = [], config: configText } = {}) {
+export async function startSinter({ role = 'all', dataDir, dir = join(base, `sinter-${++seq}`), args = [], config: configText, readyTimeoutMs } = {}) {
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, 'csi.sock');
   const kubeletRoot = join(dir, 'kubelet');
@@ -207,7 +207,7 @@ export async function startSinter({ role = 'all', dataDir, dir = join(base, `sin
   const client = csiClient(`unix://${socket}`);
   let ready;
   try {
-    ready = await untilReady(child, socket, client, t0, `sinter ${role}`);
+    ready = await untilReady(child, socket, client, t0, `sinter ${role}`, readyTimeoutMs);
   } catch (e) {
     child.kill('SIGKILL');
     client.close();

@@ -21,12 +21,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 # ceph-mgr and ceph-common: the kernel rbd test (test/vm/rbd-kernel.vm.test.ts)
 # starts a single-node cluster inside the guest (test/helpers/ceph-cluster.ts)
 # and maps its images with the guest's rbd.ko; python3-rbd and python3-rados
-# are the rbd backend's agent (ceph-mgr pulls them in anyway).
+# are the rbd backend's agent (ceph-mgr pulls them in anyway). fio is for
+# bench/vm-targets.mjs (`npm run bench:vm`), the data path through each target
+# helper against the raw LV.
 PACKAGES=(
   linux-image-amd64 kmod udev dbus busybox-static util-linux mount fdisk procps iproute2
   open-iscsi multipath-tools lvm2 thin-provisioning-tools targetcli-fb tgt nvme-cli
   cryptsetup-bin xfsprogs e2fsprogs btrfs-progs libstdc++6
-  ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados
+  ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados fio
 )
 # Sparse: only what the packages fill (~1.1 GiB with Ceph) takes disk space.
 ROOT_SIZE_MB=3072

@@ -1,14 +1,12 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
-import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LioTargetHelper } from '../../src/backends/targets/lio.js';
 import { hbaIndex } from '../../src/backends/targets/lio-plan.js';
-import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
-import { freePort } from '../helpers/tgtd.js';
-import { initiatorName, Iscsid, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
+import { blockCap, MiB, mountCap, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { exportYaml, Lab } from './fixtures/lab.js';
+import { initiatorName, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
 
 const PREFIX = 'iqn.2026-12.io.sinter.lio:';
 const CFS = '/sys/kernel/config/target';
@@ -54,9 +52,21 @@ const cfsHas = (rel: string) => existsSync(join(CFS, rel));
  */
 describe('LIO target helper in the VM: sinter controller (helper: lio, configfs) + sinter node (kernel initiator)', () => {
   requireGuest();
-  const t = tempDir('sinter-vm-lio-');
-  const log = pino({ level: 'silent' });
-  let iscsid: Iscsid;
+  const lab = new Lab({
+    name: 'lio',
+    iqnPrefix: PREFIX,
+    modules: true,
+    iscsid: true,
+    lioPortal: true,
+    controllerYaml: (l) => [
+      'backends:',
+      '  - name: san',
+      '    driver: file',
+      `    dataDir: ${join(l.dir, 'data')}`,
+      ...exportYaml('lio', { portal: l.lioPortal, prefix: PREFIX, reconcileSeconds: 1 }),
+    ],
+  });
+  const t = { dir: lab.dir };
   let ctl: SinterProcess;
   let node: SinterProcess;
   let nodeId: string;
@@ -64,55 +74,19 @@ describe('LIO target helper in the VM: sinter controller (helper: lio, configfs)
   let portal: string;
   let lio: LioTargetHelper;
   const dataDir = join(t.dir, 'data');
-  const ctlYaml = join(t.dir, 'controller.yaml');
-  const nodeYaml = join(t.dir, 'node.yaml');
   const OTHER_NODE = 'other-node;iqn.2005-03.org.open-iscsi:other-node;';
 
   beforeAll(async () => {
-    await execa('modprobe', ['-a', 'target_core_mod', 'iscsi_target_mod', 'target_core_file', 'target_core_iblock', 'loop']);
-    if (!existsSync(CFS)) await execa('mount', ['-t', 'configfs', 'none', '/sys/kernel/config']);
     iqn = initiatorName();
-    // A port of its own: tgtd of another test may hold 3260.
-    portal = `127.0.0.1:${await freePort()}`;
-    lio = new LioTargetHelper({ iqnPrefix: PREFIX, portals: [portal] }, log);
-    writeFileSync(
-      ctlYaml,
-      [
-        'backends:',
-        '  - name: san',
-        '    driver: file',
-        `    dataDir: ${dataDir}`,
-        '    export: iscsi',
-        '    iscsi:',
-        '      helper: lio',
-        `      portals: ["${portal}"]`,
-        `      iqnPrefix: "${PREFIX}"`,
-        '      reconcileSeconds: 1',
-      ].join('\n'),
-    );
-    writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${join(t.dir, 'node', 'state')}`, `  orphanTargetPrefixes: ["${PREFIX}"]`].join('\n'));
-    mkdirSync(join(t.dir, 'ctl'));
-    mkdirSync(join(t.dir, 'node'));
-    [iscsid, ctl, node] = await Promise.all([
-      Iscsid.start(),
-      startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', ctlYaml] }),
-      startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'vm-node', args: ['--config', nodeYaml] }),
-    ]);
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
+    await lab.start();
+    ({ ctl, node, nodeId, lioPortal: portal } = lab);
+    lio = lab.lio!;
     step('started');
   });
 
   afterAll(async () => {
-    await node?.cleanup();
-    await ctl?.cleanup();
-    await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false });
-    await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
-    await iscsid?.stop();
-    // Whatever a failed test left in the kernel's target: gone with the file.
-    if (lio) for (const x of await lio.listTargets().catch(() => [])) if (x.volumeId) await lio.removeTarget(x.volumeId).catch(() => undefined);
-    for (const k of ['fileio', 'iblock']) await execa('rmdir', [join(CFS, 'core', `${k}_${HBA}`)], { reject: false });
     await execa('bash', ['-c', `losetup -j ${join(t.dir, 'lv.img')} | cut -d: -f1 | xargs -r losetup -d`], { reject: false });
-    t.cleanup();
+    await lab.stop();
   });
 
   afterEach(async () => {

@@ -2,12 +2,12 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, codeOf, MiB, mountCap, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
-import { TestTgtd } from '../helpers/tgtd.js';
+import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
+import type { TestTgtd } from '../helpers/tgtd.js';
+import { exportYaml, Lab, sh } from './fixtures/lab.js';
 import { stringMatching } from '../helpers/matchers.js';
 import type { VolumeCapability } from '../../src/csi/messages.js';
-import { Iscsid, kernelSessions, requireGuest, scratchDisks } from './guest.js';
+import { kernelSessions, requireGuest, scratchDisks } from './guest.js';
 
 const PREFIX = 'iqn.2026-11.io.sinter.lvm:';
 const THIN_VG = 'sinter-thin';
@@ -23,80 +23,63 @@ const RAW_VG = 'sinter-raw';
  */
 describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sinter node (kernel iSCSI)', () => {
   requireGuest();
-  const t = tempDir('sinter-vm-lvm-');
-  let iscsid: Iscsid;
-  let tgtd: TestTgtd;
-  let ctl: SinterProcess;
-  let node: SinterProcess;
-  let nodeId: string;
-  let disks: string[];
-  const ctlYaml = join(t.dir, 'controller.yaml');
-  const nodeYaml = join(t.dir, 'node.yaml');
-
-  const sh = (cmd: string) => execa('sh', ['-c', cmd]);
-  const lvNames = async (vg: string) => (await sh(`lvs --noheadings -o lv_name ${vg}`)).stdout.split('\n').map((s) => s.trim()).filter(Boolean).sort();
-
-  beforeAll(async () => {
-    disks = scratchDisks();
-    expect(disks.length).toBeGreaterThanOrEqual(3);
-    const [thinDisk, thickDisk, rawDisk] = disks as [string, string, string];
-    await sh(`modprobe dm_thin_pool && modprobe dm_snapshot`);
-    await sh(`pvcreate -y ${thinDisk} ${thickDisk} ${rawDisk} && vgcreate ${THIN_VG} ${thinDisk} && vgcreate ${THICK_VG} ${thickDisk} && vgcreate ${RAW_VG} ${rawDisk}`);
-    await sh(`lvcreate -y --type thin-pool -L 160m -n pool ${THIN_VG}`);
-    iscsid = await Iscsid.start();
-    tgtd = await TestTgtd.start();
-    const iscsi = ['    iscsi:', `      portals: ["${tgtd.portal}"]`, `      controlPort: ${tgtd.controlPort}`, `      iqnPrefix: "${PREFIX}"`, '      reconcileSeconds: 2'];
-    writeFileSync(
-      ctlYaml,
-      [
+  const disks = scratchDisks();
+  const [thinDisk, thickDisk, rawDisk] = disks as [string, string, string];
+  const lab = new Lab({
+    name: 'lvm',
+    iqnPrefix: PREFIX,
+    modules: true,
+    iscsid: true,
+    tgtd: true,
+    readyTimeoutMs: 240_000,
+    vgs: [
+      { vg: THIN_VG, pv: thinDisk, poolMiB: 160 },
+      { vg: THICK_VG, pv: thickDisk },
+      { vg: RAW_VG, pv: rawDisk },
+    ],
+    controllerYaml: (l) => {
+      const iscsi = exportYaml('tgt', { portal: l.tgtd!.portal, controlPort: l.tgtd!.controlPort, prefix: PREFIX, reconcileSeconds: 2 });
+      return [
         'backends:',
         '  - name: thin',
         '    driver: lvm',
-        `    dataDir: ${join(t.dir, 'thin')}`,
+        `    dataDir: ${join(l.dir, 'thin')}`,
         `    volumeGroup: ${THIN_VG}`,
         '    thinPool: pool',
         ...iscsi,
         '  - name: thick',
         '    driver: lvm',
-        `    dataDir: ${join(t.dir, 'thick')}`,
+        `    dataDir: ${join(l.dir, 'thick')}`,
         `    volumeGroup: ${THICK_VG}`,
         '    lvmType: thick',
         '    thickSnapshotPercent: 50',
         ...iscsi,
         '  - name: raw',
         '    driver: lvm',
-        `    dataDir: ${join(t.dir, 'raw')}`,
+        `    dataDir: ${join(l.dir, 'raw')}`,
         `    volumeGroup: ${RAW_VG}`,
         '    lvmType: thick',
         '    volumeClear: none',
         ...iscsi,
-      ].join('\n'),
-    );
-    writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${join(t.dir, 'node', 'state')}`, `  orphanTargetPrefixes: ["${PREFIX}"]`].join('\n'));
-    mkdirSync(join(t.dir, 'ctl'));
-    mkdirSync(join(t.dir, 'node'));
-    // Both at once, with room for a guest on a loaded host (module loading alone has taken a minute there).
-    [ctl, node] = await Promise.all([
-      startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', ctlYaml], readyTimeoutMs: 240_000 }),
-      startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'vm-node', args: ['--config', nodeYaml], readyTimeoutMs: 240_000 }),
-    ]);
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id ?? '';
+      ];
+    },
+  });
+  let ctl: SinterProcess;
+  let node: SinterProcess;
+  let nodeId: string;
+  let tgtd: TestTgtd;
+
+  const lvNames = async (vg: string) => (await sh(`lvs --noheadings -o lv_name ${vg}`)).stdout.split('\n').map((s) => s.trim()).filter(Boolean).sort();
+
+  beforeAll(async () => {
+    expect(disks.length).toBeGreaterThanOrEqual(3);
+    await lab.start();
+    ({ ctl, node, nodeId } = lab);
+    tgtd = lab.tgtd!;
   });
 
   afterAll(async () => {
-    // The processes' logs stay in the checkout's .tmp/ (shared with the host) for a failed run.
-    mkdirSync('.tmp', { recursive: true });
-    if (ctl) writeFileSync('.tmp/lvm-vm-controller.log', ctl.logs());
-    if (node) writeFileSync('.tmp/lvm-vm-node.log', node.logs());
-    await node?.cleanup();
-    await ctl?.cleanup();
-    await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false });
-    await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
-    await iscsid?.stop();
-    await tgtd?.stop();
-    tgtd?.cleanupLogs();
-    await execa('sh', ['-c', `vgremove -y -f ${THIN_VG} ${THICK_VG} ${RAW_VG}; pvremove -y ${(disks ?? []).slice(0, 3).join(' ')}`], { reject: false });
-    t.cleanup();
+    await lab.stop();
   });
 
   const create = async (name: string, backend: string, mib: number, cap: VolumeCapability, source?: { snapshot: { snapshot_id: string } }) => {
@@ -149,7 +132,7 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
     expect(Number(clone.capacity_bytes)).toBe(96 * MiB);
     const cloneDev = `/dev/${THIN_VG}/${lvOf(clone.volume_id)}`;
     expect(Number((await execa('blockdev', ['--getsize64', cloneDev])).stdout)).toBe(96 * MiB);
-    const ro = join(t.dir, 'ro');
+    const ro = join(lab.dir, 'ro');
     mkdirSync(ro, { recursive: true });
     await execa('mount', ['-o', 'ro,noload', cloneDev, ro]);
     try {
