@@ -19,7 +19,7 @@
 // removed at the end of the section, also when it fails.
 import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { base, load, median, MiB, mountCap, scrub, startSinter } from './lib.mjs';
+import { base, hostExec, load, median, MiB, mountCap, scrub, sparseImage, startSinter } from './lib.mjs';
 
 export const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
 const WINDOW = 8;
@@ -60,13 +60,59 @@ export function commandsPerRpc(logText) {
 }
 
 /**
+ * The raw floor at n: what the kernel and the tools cost with the same mounts
+ * and loop devices present (mount(8) reads the mount table, losetup --find
+ * walks the loop devices, and the kernel's own mount and umount grow with the
+ * mounts): the sequence of section 3 on a fresh image of the same size, run
+ * right before volume n is staged (n-1 neighbours present), through sinter's
+ * own executor. The never-reformat probe sinter runs before mkfs (blkid -p,
+ * safety rule 1) is timed as its own step, so the remainder above the floor
+ * is what is sinter's.
+ */
+export const RAW_AT_N = 'losetup --find --show IMG; [blkid -p -o export DEV: the probe, its own line]; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING | mount --bind STAGING TARGET | umount TARGET | umount STAGING; losetup --detach DEV';
+
+async function rawCycle(dir, i, sizeBytes) {
+  const img = join(dir, `raw-${i}.img`);
+  const staging = join(dir, `raw-${i}`, 'globalmount');
+  const target = join(dir, `raw-${i}`, 'mount');
+  mkdirSync(staging, { recursive: true });
+  mkdirSync(target, { recursive: true });
+  await sparseImage(img, sizeBytes);
+  const ms = {};
+  const run = (cmd, args, opts) => hostExec.run(cmd, args, opts);
+  let t = performance.now();
+  const dev = (await run('losetup', ['--find', '--show', img])).stdout.trim();
+  let stage = performance.now() - t;
+  t = performance.now();
+  await run('blkid', ['-p', '-o', 'export', dev], { okExitCodes: [2] });
+  ms.probe = performance.now() - t;
+  t = performance.now();
+  await run('mkfs.ext4', ['-q', dev]);
+  await run('mount', ['-t', 'ext4', dev, staging]);
+  ms.NodeStageVolume = stage + (performance.now() - t);
+  t = performance.now();
+  await run('mount', ['--bind', staging, target]);
+  ms.NodePublishVolume = performance.now() - t;
+  t = performance.now();
+  await run('umount', [target]);
+  ms.NodeUnpublishVolume = performance.now() - t;
+  t = performance.now();
+  await run('umount', [staging]);
+  await run('losetup', ['--detach', dev]);
+  ms.NodeUnstageVolume = performance.now() - t;
+  rmSync(img, { force: true });
+  rmSync(join(dir, `raw-${i}`), { recursive: true, force: true });
+  return ms;
+}
+
+/**
  * Stages and publishes `volumes` volumes one after another on `node`, created
  * and published to it by `ctl` (the same process for `sinter all`), then
  * unpublishes and unstages them last in, first out, and deletes them. Returns
  * the section's rows; `made` (given) lists what is still staged or published
  * when it throws, for the caller's clean-up.
  */
-export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log }) {
+export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log, rawDir }) {
   const s = node;
   const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
   const cpu = Object.fromEntries(STEPS.map((k) => [k, []]));
@@ -114,7 +160,11 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
     const logStart = readFileSync(s.logFile, 'utf8').length;
 
     const all = [];
+    // The raw floor, with the same neighbours: before each volume of the first and the last window.
+    const raw = [];
+    const rawWanted = (i) => rawDir && (i <= WINDOW || i > volumes - WINDOW);
     for (let i = 1; i <= volumes; i++) {
+      if (rawWanted(i)) raw[i - 1] = await rawCycle(rawDir, i, sizeBytes);
       const v = await create(`scale-${i}`);
       all.push(v);
       ms.NodeStageVolume.push(await time(() => stage(v), 'NodeStageVolume', i - 1));
@@ -158,6 +208,39 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
           detail: { window: WINDOW, perVolumeMs: ms[k].map((x) => Math.round(x * 100) / 100) },
         });
       }
+    }
+    if (rawDir) {
+      const rawAt = (k, n) => median(raw.slice(Math.max(0, n - WINDOW), n).filter(Boolean).map((r) => r[k]));
+      for (const k of STEPS) {
+        for (const p of [first, volumes]) {
+          const val = windowAt(ms[k], p);
+          const f = rawAt(k, p);
+          rows.push({
+            id: `${idBase}.${k}.vsRaw.${p}`,
+            section,
+            label: `${k}, volume ${p} vs the raw commands with the same ${p - 1} neighbours`,
+            unit: 'ms',
+            value: val,
+            floor: f,
+            ratio: val / f,
+            floorIs: `median of the raw sequence (${RAW_AT_N}) run before volumes ${p - WINDOW + 1}–${p}`,
+            detail: { window: WINDOW, rawMs: raw.slice(Math.max(0, p - WINDOW), p).filter(Boolean).map((r) => Math.round(r[k] * 100) / 100) },
+          });
+        }
+      }
+      for (const p of [first, volumes]) {
+        rows.push({
+          id: `${idBase}.NodeStageVolume.probe.${p}`,
+          section,
+          label: `  of which: never-reformat probe (blkid -p), raw, volume ${p}`,
+          unit: 'ms',
+          value: rawAt('probe', p),
+          floor: undefined,
+          ratio: undefined,
+          floorIs: 'safety rule 1: sinter probes before it formats; the raw stage floor does not include it',
+        });
+      }
+      log(`  raw floor (same neighbours): ${STEPS.map((k) => `${k} #${first} ${rawAt(k, first).toFixed(1)} / #${volumes} ${rawAt(k, volumes).toFixed(1)} ms`).join(', ')}; blkid -p #${first} ${rawAt('probe', first).toFixed(1)} / #${volumes} ${rawAt('probe', volumes).toFixed(1)} ms`);
     }
     for (const k of STEPS) {
       const f = windowAt(cpu[k], first);
@@ -231,6 +314,7 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
       tag: 'attach-scale',
       made,
       log,
+      rawDir: join(dir, 'raw'),
     });
     failed = false;
   } finally {

@@ -6,9 +6,9 @@
 // sparse image on the same filesystem, so both sides format every time.
 import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { freshDir, GiB, hostExec, median, mountCap, sparseImage, startSinter } from './lib.mjs';
+import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, sparseImage, startSinter, writeFileAtomic } from './lib.mjs';
 
-export const RAW = 'losetup --find --show IMG; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING; mount --bind STAGING TARGET; umount TARGET; umount STAGING; losetup --detach DEV';
+export const RAW = 'losetup --find --show IMG; [blkid -p -o export DEV: timed on its own line, not in the floor]; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING; mount --bind STAGING TARGET; umount TARGET; umount STAGING; losetup --detach DEV';
 
 const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
 
@@ -47,9 +47,15 @@ async function rawOnce(dir, i) {
   const ms = {};
   let t = performance.now();
   const dev = (await hostExec.run('losetup', ['--find', '--show', img])).stdout.trim();
+  const attachMs = performance.now() - t;
+  // Not part of the floor: the probe sinter's safety rule 1 adds before mkfs, timed to report on its own line.
+  t = performance.now();
+  await hostExec.run('blkid', ['-p', '-o', 'export', dev], { okExitCodes: [2] });
+  ms.probe = performance.now() - t;
+  t = performance.now();
   await hostExec.run('mkfs.ext4', ['-q', dev]);
   await hostExec.run('mount', ['-t', 'ext4', dev, staging]);
-  ms.NodeStageVolume = performance.now() - t;
+  ms.NodeStageVolume = attachMs + (performance.now() - t);
   t = performance.now();
   await hostExec.run('mount', ['--bind', staging, target]);
   ms.NodePublishVolume = performance.now() - t;
@@ -67,10 +73,29 @@ async function rawOnce(dir, i) {
 
 const total = (ms) => STEPS.reduce((a, k) => a + ms[k], 0);
 
+/**
+ * The node's durable stage records for one attach cycle, written raw: the
+ * record is written before each step that changes the host (stage: staging,
+ * device, staged; publish: the target; unpublish: the target forgotten) and
+ * removed at unstage, each a temp file, fsync, rename and directory fsync
+ * (crash rules, safety rule 3). Not part of the floor; on its own line.
+ */
+export const RECORDS = 5;
+async function rawRecords(dh, dir, i) {
+  const path = join(dir, `rec-${i}.json`);
+  const rec = (phase) => `${JSON.stringify({ version: 1, volumeId: `default-${i}`, stagingPath: dir, createdStagingDir: false, access: 'mount', fsType: 'ext4', mountFlags: [], accessMode: 'SINGLE_NODE_WRITER', publishContext: { transport: 'local', path: `${dir}/x.img` }, device: '/dev/loop0', phase, publishes: [], updatedAt: new Date().toISOString() }, null, 2)}\n`;
+  const t = performance.now();
+  for (const phase of ['staging', 'device', 'staged', 'published', 'unpublished']) await writeFileAtomic(path, rec(phase), dh);
+  await removeFileDurable(path, dh);
+  return performance.now() - t;
+}
+
 export async function attachBench({ reps, log }) {
   const s = await startSinter({ role: 'all' });
   const rawDir = freshDir('attach-raw');
-  const got = { sinter: [], raw: [], ratio: [] };
+  const recDir = freshDir('attach-records');
+  const recDh = await openDir(recDir);
+  const got = { sinter: [], raw: [], ratio: [], records: [] };
   try {
     const { node_id: nodeId } = await s.client.node.NodeGetInfo({});
     // Warm-up: the page cache for the tools, and JIT on both sides.
@@ -83,9 +108,11 @@ export async function attachBench({ reps, log }) {
       got.sinter.push(one.sinter);
       got.raw.push(one.raw);
       got.ratio.push(total(one.sinter) / total(one.raw));
+      got.records.push(await rawRecords(recDh, recDir, r));
       log(`  attach rep ${r + 1}/${reps}: sinter ${total(one.sinter).toFixed(0)} ms, raw ${total(one.raw).toFixed(0)} ms, ${got.ratio.at(-1).toFixed(2)}×`);
     }
   } finally {
+    await recDh.close();
     await s.stop();
     // BENCH_LOGS_TO=DIR keeps sinter's log (with BENCH_LOG_LEVEL=debug: every host command and its duration).
     if (process.env.BENCH_LOGS_TO) {
@@ -107,6 +134,48 @@ export async function attachBench({ reps, log }) {
       target: { ratioMax: 1.1 },
     },
   ];
+  // What a safety rule costs, on its own line, and what is left above the floor without it.
+  const probe = got.raw.map((m) => m.probe);
+  const lessProbe = got.sinter.map((m, i) => (total(m) - probe[i]) / total(got.raw[i]));
+  rows.push({
+    id: 'attach.probe',
+    section,
+    label: '  of which: never-reformat probe (blkid -p, safety rule 1; raw, same device state)',
+    unit: 'ms',
+    value: median(probe),
+    floor: undefined,
+    ratio: undefined,
+  });
+  rows.push({
+    id: 'attach.records',
+    section,
+    label: `  of which: durable stage records (${RECORDS} writes + 1 removal, each with its fsyncs; crash rules; raw)`,
+    unit: 'ms',
+    value: median(got.records),
+    floor: undefined,
+    ratio: undefined,
+  });
+  const remainder = got.sinter.map((m, i) => (total(m) - probe[i] - got.records[i]) / total(got.raw[i]));
+  rows.push({
+    id: 'attach.totalLessProbe',
+    section,
+    label: 'Stage+Publish+Unpublish+Unstage less the probe',
+    unit: 'ms',
+    value: median(got.sinter.map((m, i) => total(m) - probe[i])),
+    floor: median(got.raw.map(total)),
+    ratio: median(lessProbe),
+    ratios: lessProbe,
+  });
+  rows.push({
+    id: 'attach.remainder',
+    section,
+    label: 'Stage+Publish+Unpublish+Unstage less the probe and the records (sinter\'s own remainder)',
+    unit: 'ms',
+    value: median(got.sinter.map((m, i) => total(m) - probe[i] - got.records[i])),
+    floor: median(got.raw.map(total)),
+    ratio: median(remainder),
+    ratios: remainder,
+  });
   for (const k of STEPS) {
     const ratios = got.sinter.map((m, i) => m[k] / got.raw[i][k]);
     rows.push({ id: `attach.${k}`, section, label: `  ${k}`, unit: 'ms', value: median(got.sinter.map((m) => m[k])), floor: median(got.raw.map((m) => m[k])), ratio: median(ratios), ratios });

@@ -18,7 +18,7 @@ import { FLOOR as PROVISION_FLOOR, provisionBench } from './provision.mjs';
 import { attachBench, RAW as ATTACH_RAW } from './attach.mjs';
 import { snapshotBench } from './snapshot.mjs';
 import { scaleBench } from './scale.mjs';
-import { attachScaleBench } from './attach-scale.mjs';
+import { attachScaleBench, RAW_AT_N } from './attach-scale.mjs';
 import { rbdBench, RAW as RBD_RAW } from './rbd.mjs';
 import { iscsiBench, iscsiScaleBench, RAW_PUBLISH as ISCSI_RAW_PUBLISH, RAW_STAGE as ISCSI_RAW_STAGE } from './iscsi.mjs';
 
@@ -113,8 +113,8 @@ for (const r of rows) {
   table.push([
     `  ${r.label}`,
     `${fmt(r.value)} ${r.unit}`,
-    `${fmt(r.floor)} ${r.unit}`,
-    `${fmt(r.ratio)}×`,
+    r.floor === undefined ? '' : `${fmt(r.floor)} ${r.unit}`,
+    r.ratio === undefined ? '' : `${fmt(r.ratio)}×`,
     r.ratioRange && r.ratios.length > 1 ? `${fmt(r.ratioRange.min)}–${fmt(r.ratioRange.max)}` : '',
     v.text,
     v.met === null ? '' : v.met ? 'yes' : 'NO',
@@ -137,7 +137,8 @@ Floors:
   6a. ${ISCSI_RAW_PUBLISH} — each tgtadm spawned through sinter's executor; ratio = p50 ÷ p50 (p95 ÷ p95).
   6b. ${ISCSI_RAW_STAGE} — through sinter's executor, pid files polled every 5 ms; ratio = p50 ÷ p50 (p95 ÷ p95).
   8. ${RBD_RAW}; the 50 ms target is the issue's goal for CreateVolume.
-  7, 7b. the same RPC of the first volumes (median of volumes 1–8) against the median of the 8 volumes ending at n, all staged at once, torn down last in, first out.
+  7, 7b. the same RPC of the first volumes (median of volumes 1–8) against the median of the 8 volumes ending at n, all staged at once, torn down last in, first out;
+      7 also against the raw commands with the same neighbours (${RAW_AT_N}), so the kernel's and the tools' own growth is the floor's too.
 sinter runs as a separate process with its default log level (info: one JSON line per RPC) written to a file.
 Load average ${loadBefore[0].toFixed(2)} at start, ${loadAfter[0].toFixed(2)} at end on ${cpus().length} CPUs; CPU pressure (some, avg60) ${pressureBefore ?? '?'}% → ${pressureAfter ?? '?'}%.
 Other work on the machine moves single figures between runs; the ratios (both sides measured together) and the CPU-time rows move much less.

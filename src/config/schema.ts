@@ -206,7 +206,7 @@ export const fileBackendSchema = withExportSections(
     reservedPercent,
     /** Caps the backend below its filesystem's size; 0 = the filesystem's size. */
     capacityBytes: v.optional(int(0, Number.MAX_SAFE_INTEGER), 0),
-    /** How nodes reach the images: `local` (loop-attach the file, same host) or `iscsi` (tgtd exports). */
+    /** How nodes reach the images: `local` (loop-attach the file, same host), `iscsi` (tgt or LIO, `iscsi:`) or `nvmeof` (nvmet, `nvmeof:`). */
     export: v.optional(oneOf(['local', 'iscsi', 'nvmeof']), 'local'),
     iscsi: v.optional(iscsiSchema),
     nvmeof: v.optional(nvmeofSchema),
