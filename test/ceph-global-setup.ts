@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,8 +21,24 @@ import type { SharedCephInfo } from './helpers/ceph-shared.js';
  * the 'exit' handler removes the cluster's dir; a run killed outright leaves
  * an owner file naming this dead pid, which the next start sweeps.
  */
+function ownerAlive(dir: string): boolean {
+  try {
+    process.kill(Number(readFileSync(join(dir, 'owner'), 'utf8')), 0);
+    return true;
+  } catch (e) {
+    // EPERM: alive, someone else's; no owner file yet: being set up.
+    return (e as NodeJS.ErrnoException).code === 'EPERM' || (e as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+}
+
 export default function setup(project: TestProject): () => Promise<void> {
+  // Socket dirs of runs killed outright (their owner gone): an empty dir and a dead socket each.
+  for (const n of readdirSync(tmpdir()).filter((d) => d.startsWith('sinter-ceph-fixture-'))) {
+    const d = join(tmpdir(), n);
+    if (!ownerAlive(d)) rmSync(d, { recursive: true, force: true });
+  }
   const sockDir = mkdtempSync(join(tmpdir(), 'sinter-ceph-fixture-'));
+  writeFileSync(join(sockDir, 'owner'), String(process.pid));
   const socket = join(sockDir, 'sock');
   let cluster: Promise<CephCluster> | undefined;
   let started: CephCluster | undefined;

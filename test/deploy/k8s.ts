@@ -9,7 +9,7 @@ import { parseAllDocuments } from 'yaml';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const DEPLOY = join(ROOT, 'deploy', 'kubernetes');
-export const OVERLAYS = ['single-node', 'iscsi'] as const;
+export const OVERLAYS = ['single-node', 'iscsi', 'ceph'] as const;
 export type Overlay = (typeof OVERLAYS)[number];
 
 export type Obj = Record<string, unknown>;

@@ -220,7 +220,13 @@ describe('privilege only where it is needed', () => {
   it.each(RENDERS)('%s: hostPath volumes only in the node plugin and the controller data volume', (dir) => {
     const paths = workloads(render(dir)).flatMap((w) => (w.pod.volumes ?? []).filter((v) => v.hostPath).map((v) => `${w.id}:${v.hostPath!.path}`));
     const node = ['/var/lib/kubelet/plugins/sinter.csi.io', '/var/lib/kubelet/plugins_registry', '/var/lib/kubelet', '/var/lib/sinter/node', '/dev', '/sys', '/etc/iscsi', '/run/udev'].map((p) => `${NODE}:${p}`);
-    const expected = dir === 'base' ? node : dir === 'overlays/single-node' ? [...node, `${NODE}:/var/lib/sinter/backends`, `${CONTROLLER}:/var/lib/sinter/backends`] : [...node, `${CONTROLLER}:/var/lib/sinter/backends`];
+    // ceph: the images are in the pool, nothing of them on any host.
+    const expected =
+      dir === 'base' || dir === 'overlays/ceph'
+        ? node
+        : dir === 'overlays/single-node'
+          ? [...node, `${NODE}:/var/lib/sinter/backends`, `${CONTROLLER}:/var/lib/sinter/backends`]
+          : [...node, `${CONTROLLER}:/var/lib/sinter/backends`];
     expect(paths.sort()).toEqual(expected.sort());
   });
   it('the controller runs as uid 65532 (base, single-node); in the iscsi overlay as root, unprivileged, because tgtd only obeys its own uid', () => {
@@ -417,10 +423,14 @@ describe("sinter's containers use flags and configuration that sinter accepts", 
     const node = loadAsSinter(docs, workload(docs, NODE).pod, 'sinter');
     expect(ctl.cfg.driverName).toBe(DRIVER);
     expect(node.cfg.driverName).toBe(DRIVER);
-    expect(ctl.cfg.backends.map((b) => [b.name, b.labels.type])).toEqual([
-      ['ssd', 'ssd'],
-      ['hdd', 'hdd'],
-    ]);
+    expect(ctl.cfg.backends.map((b) => [b.name, b.driver, b.labels.type])).toEqual(
+      o === 'ceph'
+        ? [['ceph', 'rbd', undefined]]
+        : [
+            ['ssd', 'file', 'ssd'],
+            ['hdd', 'file', 'hdd'],
+          ],
+    );
     expect(node.cfg.nodeName).toBe('node-a');
     expect(node.cfg.kubeletRoots).toEqual(['/var/lib/kubelet']);
     // The node's state directory is the hostPath it keeps across restarts.
@@ -574,7 +584,7 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
   });
   it.each(RENDERS)('%s: every StorageClass is sinter\'s and its parameters pass sinter\'s own parser', (dir) => {
     const classes = render(dir).filter((o) => o.kind === 'StorageClass');
-    expect(classes.map((c) => c.metadata.name)).toEqual(arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', 'sinter-ssd', 'sinter-hdd']));
+    expect(classes.map((c) => c.metadata.name)).toEqual(arrayContaining(['sinter-ext4', 'sinter-xfs', 'sinter-block', ...(dir === 'overlays/ceph' ? [] : ['sinter-ssd', 'sinter-hdd'])]));
     for (const sc of classes) {
       expect(sc.provisioner, sc.metadata.name).toBe(DRIVER);
       const params = (sc.parameters ?? {}) as Record<string, string>;
@@ -583,11 +593,12 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
       expect(sc.allowVolumeExpansion, sc.metadata.name).toBe(true);
       for (const [k, v] of Object.entries(params).filter(([k]) => k.endsWith('-secret-name'))) {
         expect(params[k.replace(/-name$/, '-namespace')], `${sc.metadata.name}: ${k} without its namespace`).toBe(NAMESPACE);
-        expect(v).toBe('sinter-chap');
+        expect(v).toBe(dir === 'overlays/ceph' ? 'sinter-ceph-node' : 'sinter-chap');
       }
     }
     const types = classes.map((c) => (c.parameters as Record<string, string> | undefined)?.type).filter(Boolean);
-    expect(new Set(types)).toEqual(new Set(['ssd', 'hdd']));
+    // ceph: one pool, no Cinder volume types; every class reaches it.
+    expect(new Set(types)).toEqual(new Set(dir === 'overlays/ceph' ? [] : ['ssd', 'hdd']));
   });
   it('the iscsi overlay has a CHAP class naming controller-publish and node-stage secrets, readable by the attacher', () => {
     const docs = render('overlays/iscsi');
@@ -696,5 +707,63 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
     // The object names the README tells you to look at are the examples' and the overlays'.
     const names = new Set([...render('overlays/iscsi'), ...[...examples().values()].flat()].map((o) => o.metadata.name));
     for (const m of readme.matchAll(/kubectl (?:-n sinter-system )?(?:get|exec|logs|describe|wait)[^\n`]*?\b(?:pvc|pod|volumesnapshot|deployment|daemonset)\/([a-z0-9-]+)/g)) expect(names.has(m[1]), m[0]).toBe(true);
+  });
+});
+
+// ---- the ceph overlay (issue 15: Deploy) ---------------------------------------
+
+describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the cephx Secrets', () => {
+  const docs = () => render('overlays/ceph');
+  const secret = (name: string) => docs().find((o) => o.kind === 'Secret' && o.metadata.name === name && o.metadata.namespace === NAMESPACE) as (K8sObject & { stringData?: Record<string, string> }) | undefined;
+
+  it('runs two controller replicas, one at a time out during a rollout, preferably on different nodes; every controller sidecar elects a leader', () => {
+    const w = workload(docs(), CONTROLLER);
+    const spec = w.obj.spec as { replicas: number; strategy: { type: string; rollingUpdate?: { maxUnavailable: number; maxSurge: number } } };
+    expect(spec.replicas).toBe(2);
+    expect(spec.strategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } });
+    const anti = ((w.pod as PodSpec & { affinity?: Obj }).affinity?.podAntiAffinity as Obj | undefined)?.preferredDuringSchedulingIgnoredDuringExecution as { podAffinityTerm: { topologyKey: string; labelSelector: { matchLabels: Record<string, string> } } }[];
+    expect(anti?.[0]?.podAffinityTerm.topologyKey).toBe('kubernetes.io/hostname');
+    expect(anti[0]!.podAffinityTerm.labelSelector.matchLabels).toEqual((w.obj.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels);
+    // Every container that acts on the API (all but sinter and the liveness probe) takes a lease first.
+    for (const c of w.pod.containers.filter((x) => x.name !== 'sinter' && x.name !== 'liveness-probe')) expect(c.args ?? [], c.name).toContain('--leader-election');
+  });
+
+  it('the controller reads its cephx key from the Secret mounted as a file its group alone may read; the config loader names that file and a writable state directory', () => {
+    const all = docs();
+    const pod = workload(all, CONTROLLER).pod;
+    const { cfg } = loadAsSinter(all, pod, 'sinter');
+    const rbd = cfg.backends[0]!;
+    if (rbd.driver !== 'rbd') throw new Error('the ceph overlay\'s backend is not rbd');
+    expect(rbd.monitors.length).toBeGreaterThanOrEqual(1);
+    expect(rbd.user).toBe('sinter-controller');
+    const sinter = container(pod, 'sinter');
+    const keyMount = sinter.volumeMounts!.find((m) => rbd.keyFile.startsWith(`${m.mountPath}/`))!;
+    expect(keyMount, `keyFile ${rbd.keyFile} is on a mounted volume`).toBeDefined();
+    expect(keyMount.readOnly).toBe(true);
+    const vol = volumeOf(pod, keyMount.name) as { secret?: { secretName: string; defaultMode?: number } };
+    expect(vol.secret?.secretName).toBe('sinter-ceph-controller');
+    expect(vol.secret?.defaultMode).toBe(0o440);
+    expect(pod.securityContext?.fsGroup).toBe(65532);
+    expect(Object.keys(secret('sinter-ceph-controller')?.stringData ?? {})).toEqual([rbd.keyFile.slice(keyMount.mountPath.length + 1)]);
+    // The root filesystem is read-only: the controller's own state directory (static-volume records) is a mounted scratch volume.
+    const stateMount = sinter.volumeMounts!.find((m) => m.mountPath === cfg.controller.stateDir);
+    expect(stateMount && volumeOf(pod, stateMount.name).emptyDir, `controller.stateDir ${cfg.controller.stateDir}`).toBeDefined();
+    // No role may read the Secrets: the kubelet mounts one and reads the other for NodeStageVolume.
+    for (const r of all.filter((o) => o.kind === 'Role' || o.kind === 'ClusterRole')) for (const rule of (r.rules as Rule[]) ?? []) expect(rule.resources ?? [], idOf(r)).not.toContain('secrets');
+  });
+
+  it("every class hands the node the node-stage Secret with the keys sinter's rbd connector reads (userID, userKey); the node config holds no key", () => {
+    const all = docs();
+    const classes = all.filter((o) => o.kind === 'StorageClass');
+    expect(classes.map((c) => c.metadata.name).sort()).toEqual(['sinter-block', 'sinter-ext4', 'sinter-xfs']);
+    for (const sc of classes) {
+      const p = sc.parameters as Record<string, string>;
+      expect(p['csi.storage.k8s.io/node-stage-secret-name'], sc.metadata.name).toBe('sinter-ceph-node');
+      expect(p['csi.storage.k8s.io/node-stage-secret-namespace'], sc.metadata.name).toBe(NAMESPACE);
+    }
+    // src/node/connectors/rbd.ts credentials(): userKey (the bare key), userID (the cephx user without "client.").
+    expect(Object.keys(secret('sinter-ceph-node')?.stringData ?? {}).sort()).toEqual(['userID', 'userKey']);
+    const { cfg } = loadAsSinter(all, workload(all, NODE).pod, 'sinter');
+    expect(cfg.node.rbd.keyFile).toBeUndefined();
   });
 });

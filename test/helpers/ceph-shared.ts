@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { inject } from 'vitest';
@@ -67,7 +66,8 @@ export async function cephForFile(label: string, opts: CephClusterOptions = {}):
   const suffix = randomBytes(3).toString('hex');
   const pool = `${label}-${suffix}`;
   const user = `sinter-${label}-${suffix}`;
-  const keyDir = mkdtempSync(join(tmpdir(), 'sinter-ceph-file-'));
+  // Inside the cluster's dir: a run killed before stop() leaves it to the sweep that removes that dir.
+  const keyDir = mkdtempSync(join(info.dir, 'file-'));
   // Each `ceph` call is a ~1 s Python start here: the independent steps run at once (a pool in ~4 s, not ~9).
   const stop = async () => {
     await Promise.all([

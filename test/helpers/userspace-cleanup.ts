@@ -92,16 +92,18 @@ function processesUnder(dir: string): number[] {
 }
 
 /**
- * Takes down everything a test made under its dir: its mounts (deepest first)
- * and the loop devices backed by files under it (scrub), the user-space
- * attachments under each of `userspaceStateDirs` (by their recorded pids and
- * FUSE files), then any process still naming the dir, and removes the dir.
- * Nothing outside dir is matched: a loop device is detached only when its
- * backing file is one of this dir's files.
+ * Takes down everything a test made under its dir. First every process still
+ * naming the dir (sinter, qemu-nbd, nbdfuse): an attachment whose cluster is
+ * gone never answers, and an unmount over it would wait in the kernel for good
+ * (seen: umount -l in D state, ext4's journal commit stuck on the loop device);
+ * with the FUSE daemon gone its I/O fails at once. Then the user-space
+ * attachments under each of `userspaceStateDirs` (loop devices on their FUSE
+ * files, the FUSE mounts, by recorded pids), then every mount under dir and the
+ * loop devices backed by files under it (scrub), and the dir. Nothing outside
+ * dir is matched: a loop device is detached only when its backing file is one
+ * of this dir's files.
  */
 export async function teardownTestDir(dir: string, userspaceStateDirs: string[] = []): Promise<void> {
-  await scrub(dir);
-  for (const s of userspaceStateDirs) await forceCleanupUserspace(s);
   for (const pid of processesUnder(dir)) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -110,7 +112,7 @@ export async function teardownTestDir(dir: string, userspaceStateDirs: string[] 
     }
   }
   await new Promise((r) => setTimeout(r, 200));
-  // A FUSE mount whose daemon died is gone from mountinfo only after the kill: unmount what is left, detach again.
+  for (const s of userspaceStateDirs) await forceCleanupUserspace(s);
   await scrub(dir);
   rmSync(dir, { recursive: true, force: true });
 }
