@@ -162,6 +162,23 @@ export class VolumeManager {
     return v;
   }
 
+  /**
+   * Under the volume's lock, before a change: the record as the shared storage has it now. Another
+   * replica may have changed it since this one read it (the sidecars' leaders can sit in different
+   * pods, so a publish and an expand of one volume can reach different replicas), and a change made
+   * from the old copy would write its old attachments back, or fence a node by a publish already
+   * gone. A backend without shared state (load absent) is its own truth.
+   */
+  private async refresh(b: Backend, volumeId: string): Promise<void> {
+    if (!b.load) return;
+    const before = b.volume(volumeId);
+    const now = await b.load(volumeId);
+    if (now === before) return;
+    if (!now && before) this.forget(before);
+    else if (now && !this.byName.has(now.name)) this.remember(now);
+    this.sortedCache = undefined;
+  }
+
   mustGet(volumeId: string, field = 'volume_id'): VolumeRecord {
     const v = this.get(volumeId);
     if (!v) throw notFound(`${field}: volume "${volumeId.slice(0, 128)}" does not exist`);
@@ -290,6 +307,7 @@ export class VolumeManager {
     if (!b) return; // not ours or malformed: nothing to delete, which is success
     await this.known(b, volumeId);
     await this.lockFor(`vol:${volumeId}`, false)(async () => {
+      await this.refresh(b, volumeId);
       const v = b.volume(volumeId);
       if (!v) return;
       if (v.attachments.length > 0)
@@ -307,6 +325,7 @@ export class VolumeManager {
     const b = this.backendOf(volumeId);
     if (!b || !(await this.known(b, volumeId))) throw notFound(`volume_id: volume "${volumeId.slice(0, 128)}" does not exist`);
     return this.lockFor(`vol:${volumeId}`, false)(async () => {
+      await this.refresh(b, volumeId);
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state} and cannot be expanded`);
       const target = sizeFor(range, v.sizeBytes, MiB);
@@ -331,6 +350,7 @@ export class VolumeManager {
     const known = needsLookup ? ((await this.opts.nodeSegments?.segments(nodeId, node)) ?? {}) : {};
     checkNodeInTopology(`volume ${volumeId}`, b.topology, node, known);
     return this.lockFor(`vol:${volumeId}`, false)(async () => {
+      await this.refresh(b, volumeId);
       const v = this.mustGet(volumeId);
       if (v.state !== 'available' && v.state !== 'in-use') throw failedPrecondition(`volume ${volumeId} is ${v.state}; only available or in-use volumes can be published`);
       const mine = v.attachments.find((a) => a.nodeId === nodeId);
@@ -358,6 +378,8 @@ export class VolumeManager {
     const b = this.backendOf(volumeId);
     if (!b || !(await this.known(b, volumeId))) return; // gone: nothing is published
     await this.lockFor(`vol:${volumeId}`, opts.wait === true)(async () => {
+      // The reconciler's revocations too: judged on the record as it is now, not on this replica's old copy.
+      await this.refresh(b, volumeId);
       const v = b.volume(volumeId);
       if (!v) return;
       if (opts.onlyIf && !opts.onlyIf()) return;

@@ -144,4 +144,31 @@ describe('rbd controller failover: kill one controller mid-CreateVolume, the oth
     expect(await codeOf(b.client.controller.DeleteVolume({ volume_id: x }))).toBe('OK');
     expect(await images()).toEqual([]);
   }, 120_000);
+
+  it('a replica that read a volume before the other published it moves nothing back: its expand and a late unpublish act on the record as the pool has it now', async () => {
+    // The sidecars elect their leaders one by one: the attacher's may be in one pod, the resizer's in the other.
+    const a = await controller('five');
+    const b = await controller('six');
+    const [x, y] = ['node-x;;', 'node-y;;'];
+    const vol = (await a.client.controller.CreateVolume({ name: 'pvc-stale', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: {} })).volume!;
+    const id = vol.volume_id!;
+    // b reads it (an expand to its size changes nothing): b's copy says unpublished.
+    await b.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 16 * MiB } });
+    expect((await b.client.controller.ControllerGetVolume({ volume_id: id })).status?.published_node_ids ?? []).toEqual([]);
+    await a.client.controller.ControllerPublishVolume({ volume_id: id, node_id: x, volume_capability: cap });
+    const pooled = async () => (JSON.parse(await c.rbd(['image-meta', 'get', `${c.pool}/${id}`, 'sinter.volume'])) as { attachments: { nodeId: string }[]; sizeBytes: number });
+    // Before: b wrote its old copy back, and the publish to x was gone from the pool.
+    await b.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 32 * MiB } });
+    expect((await pooled()).attachments.map((t) => t.nodeId)).toEqual([x]);
+    expect((await pooled()).sizeBytes).toBe(32 * MiB);
+    // The volume moves to y through a; then b gets the attacher's retry of the old detach from x.
+    await a.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: x });
+    await a.client.controller.ControllerPublishVolume({ volume_id: id, node_id: y, volume_capability: cap });
+    await b.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: x });
+    expect((await pooled()).attachments.map((t) => t.nodeId)).toEqual([y]);
+    expect((await b.client.controller.ControllerGetVolume({ volume_id: id })).status?.published_node_ids).toEqual([y]);
+    await a.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: y });
+    expect(await codeOf(b.client.controller.DeleteVolume({ volume_id: id }))).toBe('OK');
+    expect(await images()).toEqual([]);
+  }, 120_000);
 });

@@ -587,6 +587,8 @@ export class RbdBackend implements Backend {
     for (const v of [...this.vols.values()]) {
       if (v.attachments.length !== 1 || this.flattening.has(v.id)) continue;
       await withVolumeLock(v.id, async () => {
+        // As the pool has it now: another replica may have moved the publish since this one read the record.
+        await this.load(v.id).catch(() => undefined);
         const rec = this.vols.get(v.id);
         const only = rec?.attachments.length === 1 ? rec.attachments[0]! : undefined;
         if (!rec || !only || this.flattening.has(rec.id)) return;
