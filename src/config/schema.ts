@@ -416,7 +416,8 @@ export const nodeSchema = section({
     attach: v.optional(oneOf(['kernel', 'userspace', 'auto']), 'auto'),
     /**
      * Kernel attach: `rbd device map -o` options, e.g. `ms_mode=secure`, `queue_depth=256`, `noudev` (a node without udev).
-     * Without an ms_mode, monitors given as v2 addresses get `ms_mode=prefer-crc`. Options that carry a key or
+     * Without an ms_mode, monitors given as v2 addresses get `ms_mode=prefer-crc`; `noshare` unless `share` is
+     * given (one Ceph client per mapping: a fence blocklists one volume's client only). Options that carry a key or
      * change what is mapped (secret, key, name, fsid, ro, rw, read_only, ip) are refused.
      */
     mapOptions: v.optional(

@@ -159,6 +159,10 @@ export interface CephClusterOptions {
   sinterMonCaps?: string;
   /** Where the cluster's dir is made (default the temp dir): the VM guest's /tmp is RAM, its scratch disks are not. */
   parentDir?: string;
+  /** How long to wait for HEALTH_OK after the pool is ready (the mgr loading its Python modules); default 90 s. */
+  healthTimeoutMs?: number;
+  /** Called with each start step and the milliseconds since the start (where the time goes, e.g. under TCG). */
+  onStep?: (step: string, ms: number) => void;
 }
 
 export async function startCephCluster(opts: CephClusterOptions = {}): Promise<CephCluster> {
@@ -170,6 +174,7 @@ export async function startCephCluster(opts: CephClusterOptions = {}): Promise<C
     // another process's dir vanished while we looked
   }
   const dir = mkdtempSync(join(opts.parentDir ?? tmpdir(), PREFIX));
+  const mark = (step: string) => opts.onStep?.(step, Math.round(performance.now() - t0));
   writeFileSync(join(dir, 'owner'), String(process.pid));
   const pool = opts.pool ?? 'sinter';
   const fsid = randomUUID();
@@ -263,7 +268,9 @@ osd_op_num_threads_per_shard = 2
     const ceph = (args: string[]) => run('ceph', ['--connect-timeout', '30', ...args]);
 
     await execa('monmaptool', ['--create', '--fsid', fsid, '--addv', 'a', `[v2:${monitors}]`, join(dir, 'monmap')]);
+    mark('monmap');
     await run('ceph-mon', ['--mkfs', '-i', 'a', '--monmap', join(dir, 'monmap'), '--keyring', join(dir, 'keyring')]);
+    mark('mon mkfs');
     daemon('ceph-mon', ['-i', 'a']);
     daemon('ceph-mgr', ['-i', 'x']);
 
@@ -271,19 +278,25 @@ osd_op_num_threads_per_shard = 2
     // The mon may not listen yet: the ceph client hunts for it (connect-timeout above).
     const id = (await ceph(['osd', 'new', osdUuid, '0'])).trim();
     if (id !== '0') throw new Error(`ceph osd new gave id ${id}, expected 0`);
+    mark('osd new (first answer of the mon)');
     await run('ceph-osd', ['-i', '0', '--mkfs', '--osd-uuid', osdUuid]);
+    mark('osd mkfs');
     daemon('ceph-osd', ['-i', '0']);
     await ceph(['osd', 'pool', 'create', pool, '8', '8', 'replicated']);
+    mark('pool create');
     await run('rbd', ['pool', 'init', pool]);
+    mark('rbd pool init (PGs active)');
     // HEALTH_OK (the mgr is up: `ceph df` and PG states come from it).
     let health = '';
-    const until = Date.now() + 90_000;
+    const healthMs = opts.healthTimeoutMs ?? 90_000;
+    const until = Date.now() + healthMs;
     while (Date.now() < until) {
       health = (await ceph(['health']).catch((e: Error) => e.message)).trim();
       if (health === 'HEALTH_OK') break;
       await new Promise((r) => setTimeout(r, 500));
     }
-    if (health !== 'HEALTH_OK') throw new Error(`the test Ceph cluster did not reach HEALTH_OK in 90 s: ${health}; ${await ceph(['health', 'detail']).catch(() => '')}`);
+    mark('HEALTH_OK');
+    if (health !== 'HEALTH_OK') throw new Error(`the test Ceph cluster did not reach HEALTH_OK in ${healthMs / 1000} s: ${health}; ${await ceph(['health', 'detail']).catch(() => '')}`);
 
     return {
       dir,

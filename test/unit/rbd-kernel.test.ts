@@ -129,12 +129,12 @@ describe('krbd parsing, against the outputs recorded in the guest (ceph 16.2.15,
     expect(mappingMatches(m, ctxOf('img', ['mon-a.example:3300']))).toBe(true);
   });
 
-  it('ms_mode: msgr2 (prefer-crc) for v2 monitors unless the config names one; legacy monitors get none', () => {
-    expect(effectiveMapOptions([], ['10.0.0.1:3300'])).toEqual(['ms_mode=prefer-crc']);
-    expect(effectiveMapOptions(['queue_depth=64'], ['v2:10.0.0.1:3300'])).toEqual(['queue_depth=64', 'ms_mode=prefer-crc']);
-    expect(effectiveMapOptions(['ms_mode=secure'], ['10.0.0.1:3300'])).toEqual(['ms_mode=secure']);
-    expect(effectiveMapOptions([], ['10.0.0.1:6789'])).toEqual([]);
-    expect(effectiveMapOptions([], ['v1:10.0.0.1'])).toEqual([]);
+  it('ms_mode: msgr2 (prefer-crc) for v2 monitors unless the config names one; legacy monitors get none; noshare (one client per volume, for the fence) unless share is asked for', () => {
+    expect(effectiveMapOptions([], ['10.0.0.1:3300'])).toEqual(['ms_mode=prefer-crc', 'noshare']);
+    expect(effectiveMapOptions(['queue_depth=64'], ['v2:10.0.0.1:3300'])).toEqual(['queue_depth=64', 'ms_mode=prefer-crc', 'noshare']);
+    expect(effectiveMapOptions(['ms_mode=secure'], ['10.0.0.1:3300'])).toEqual(['ms_mode=secure', 'noshare']);
+    expect(effectiveMapOptions([], ['10.0.0.1:6789'])).toEqual(['noshare']);
+    expect(effectiveMapOptions(['share'], ['v1:10.0.0.1'])).toEqual(['share']);
   });
 });
 
@@ -162,7 +162,7 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
     const first = await conn.attach(ctxOf('vol-1'), {});
     expect(first).toEqual({ device: '/dev/rbd0', attached: true });
     const [map] = fake.maps();
-    expect(map!.args).toEqual(['device', 'map', '--conf', '/dev/null', '--client_mount_timeout', '60', '--id', 'sinter', '--keyfile', keyFile, '-m', MON, '-o', 'queue_depth=64,ms_mode=prefer-crc', 'kube/vol-1']);
+    expect(map!.args).toEqual(['device', 'map', '--conf', '/dev/null', '--client_mount_timeout', '60', '--id', 'sinter', '--keyfile', keyFile, '-m', MON, '-o', 'queue_depth=64,ms_mode=prefer-crc,noshare', 'kube/vol-1']);
     expect(await conn.attach(ctxOf('vol-1'), {})).toEqual({ device: '/dev/rbd0', attached: false });
     expect(await conn.find(ctxOf('vol-1'))).toBe('/dev/rbd0');
     expect(fake.maps()).toHaveLength(1);

@@ -97,11 +97,16 @@ function addressOf(m: string): string | undefined {
  * (its default) reaches only v1 addresses (port 6789), any other ms_mode only
  * v2 ones. Without an ms_mode in the options, a cluster named by v2 addresses
  * gets `ms_mode=prefer-crc` (msgr2, plain crc unless the cluster wants secure).
+ * And `noshare` unless the config says `share`.
  */
 export function effectiveMapOptions(options: string[], monitors: string[]): string[] {
-  if (options.some((o) => o.startsWith('ms_mode='))) return options;
+  const out = [...options];
   const legacy = monitors.some((m) => m.startsWith('v1:') || /:6789$/.test(m));
-  return legacy ? options : [...options, 'ms_mode=prefer-crc'];
+  if (!legacy && !out.some((o) => o.startsWith('ms_mode='))) out.push('ms_mode=prefer-crc');
+  // The kernel shares one Ceph client instance among mappings with the same options, and the fence blocklists
+  // a client instance: `noshare` gives each volume its own, so fencing one volume never cuts off another's I/O.
+  if (!out.includes('share') && !out.includes('noshare')) out.push('noshare');
+  return out;
 }
 
 /**
