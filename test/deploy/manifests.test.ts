@@ -714,7 +714,8 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
 
 describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the cephx Secrets', () => {
   const docs = () => render('overlays/ceph');
-  const secret = (name: string) => docs().find((o) => o.kind === 'Secret' && o.metadata.name === name && o.metadata.namespace === NAMESPACE) as (K8sObject & { stringData?: Record<string, string> }) | undefined;
+  const secret = (name: string): (K8sObject & { stringData?: Record<string, string> }) | undefined =>
+    docs().find((o) => o.kind === 'Secret' && o.metadata.name === name && o.metadata.namespace === NAMESPACE);
 
   it('runs two controller replicas, one at a time out during a rollout, preferably on different nodes; every controller sidecar elects a leader', () => {
     const w = workload(docs(), CONTROLLER);
@@ -723,7 +724,7 @@ describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the 
     expect(spec.strategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } });
     const anti = ((w.pod as PodSpec & { affinity?: Obj }).affinity?.podAntiAffinity as Obj | undefined)?.preferredDuringSchedulingIgnoredDuringExecution as { podAffinityTerm: { topologyKey: string; labelSelector: { matchLabels: Record<string, string> } } }[];
     expect(anti?.[0]?.podAffinityTerm.topologyKey).toBe('kubernetes.io/hostname');
-    expect(anti[0]!.podAffinityTerm.labelSelector.matchLabels).toEqual((w.obj.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels);
+    expect(anti[0].podAffinityTerm.labelSelector.matchLabels).toEqual((w.obj.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels);
     // Every container that acts on the API (all but sinter and the liveness probe) takes a lease first.
     for (const c of w.pod.containers.filter((x) => x.name !== 'sinter' && x.name !== 'liveness-probe')) expect(c.args ?? [], c.name).toContain('--leader-election');
   });
@@ -732,7 +733,7 @@ describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the 
     const all = docs();
     const pod = workload(all, CONTROLLER).pod;
     const { cfg } = loadAsSinter(all, pod, 'sinter');
-    const rbd = cfg.backends[0]!;
+    const rbd = cfg.backends[0];
     if (rbd.driver !== 'rbd') throw new Error('the ceph overlay\'s backend is not rbd');
     expect(rbd.monitors.length).toBeGreaterThanOrEqual(1);
     expect(rbd.user).toBe('sinter-controller');

@@ -28,7 +28,7 @@ const RECORDED: Record<string, string> = Object.fromEntries(
     .filter((l) => l && !l.startsWith('#'))
     .map((l) => l.split('\t') as [string, string]),
 );
-const MON = monitorsOfConfigInfo(RECORDED.config_info!)[0]!;
+const MON = monitorsOfConfigInfo(RECORDED.config_info)[0];
 const ctxOf = (image: string, monitors = [MON]): Extract<PublishContext, { transport: 'rbd' }> => ({ transport: 'rbd', pool: 'kube', image, monitors });
 const KEY = 'AQBzGFJnAAAAABAAXgw0rQEOj2y9dXgGyR7wYw==';
 
@@ -73,7 +73,7 @@ class FakeKrbd implements Executor {
     }
     if (cmd !== 'rbd') throw new Error(`unexpected command ${cmd}`);
     if (args[0] === 'device' && args[1] === 'map') {
-      const kf = args[args.indexOf('--keyfile') + 1]!;
+      const kf = args[args.indexOf('--keyfile') + 1];
       call.keyFileMode = statSync(kf).mode & 0o777;
       call.keyFileText = readFileSync(kf, 'utf8');
       if (this.mapFails) {
@@ -162,7 +162,7 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
     const first = await conn.attach(ctxOf('vol-1'), {});
     expect(first).toEqual({ device: '/dev/rbd0', attached: true });
     const [map] = fake.maps();
-    expect(map!.args).toEqual(['device', 'map', '--conf', '/dev/null', '--client_mount_timeout', '60', '--id', 'sinter', '--keyfile', keyFile, '-m', MON, '-o', 'queue_depth=64,ms_mode=prefer-crc,noshare', 'kube/vol-1']);
+    expect(map.args).toEqual(['device', 'map', '--conf', '/dev/null', '--client_mount_timeout', '60', '--id', 'sinter', '--keyfile', keyFile, '-m', MON, '-o', 'queue_depth=64,ms_mode=prefer-crc,noshare', 'kube/vol-1']);
     expect(await conn.attach(ctxOf('vol-1'), {})).toEqual({ device: '/dev/rbd0', attached: false });
     expect(await conn.find(ctxOf('vol-1'))).toBe('/dev/rbd0');
     expect(fake.maps()).toHaveLength(1);
@@ -174,24 +174,24 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
   it('a stage secret\'s key goes to a 0600 file for the map only, never on the command line or in a log', async () => {
     await conn.attach(ctxOf('vol-s'), { userID: 'tenant', userKey: KEY });
     const [map] = fake.maps();
-    expect(map!.args).toContain('tenant');
-    expect(map!.args.join(' ')).not.toContain(KEY);
-    expect(map!.keyFileMode).toBe(0o600);
-    expect(map!.keyFileText).toBe(KEY);
-    expect(map!.opts?.secrets).toEqual([KEY]);
-    expect(existsSync(map!.args[map!.args.indexOf('--keyfile') + 1]!)).toBe(false);
+    expect(map.args).toContain('tenant');
+    expect(map.args.join(' ')).not.toContain(KEY);
+    expect(map.keyFileMode).toBe(0o600);
+    expect(map.keyFileText).toBe(KEY);
+    expect(map.opts?.secrets).toEqual([KEY]);
+    expect(existsSync(map.args[map.args.indexOf('--keyfile') + 1])).toBe(false);
   });
 
   it('without a key anywhere: FAILED_PRECONDITION naming node.rbd.keyFile', async () => {
     const bare = new KernelRbdConnector({ stateDir: state, sysfsRoot: sys }, fake, log);
-    await expect(bare.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/node\.rbd\.keyFile/) });
+    await expect(bare.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/node\.rbd\.keyFile/) as unknown });
   });
 
   it('the recorded map errors become actionable FAILED_PRECONDITION messages (missing image, refused key)', async () => {
     fake.mapFails = errOf('map-missing.err');
-    await expect(conn.attach(ctxOf('gone'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/kube\/gone does not exist/) });
+    await expect(conn.attach(ctxOf('gone'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/kube\/gone does not exist/) as unknown });
     fake.mapFails = errOf('map-denied.err');
-    await expect(conn.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/check the node's cephx key/) });
+    await expect(conn.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/check the node's cephx key/) as unknown });
     expect(fake.maps().every((m) => !m.args.join(' ').includes(KEY))).toBe(true);
   });
 
@@ -199,7 +199,7 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
     const a = await conn.connect(ctxOf('vol-a'), {});
     const b = await conn.connect(ctxOf('vol-b'), {});
     fake.busy.add(a);
-    await expect(conn.disconnect(ctxOf('vol-a'), a)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/still in use/) });
+    await expect(conn.disconnect(ctxOf('vol-a'), a)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/still in use/) as unknown });
     fake.busy.clear();
     await conn.disconnect(ctxOf('vol-a'), a);
     expect(await conn.find(ctxOf('vol-a'))).toBeUndefined();
@@ -210,11 +210,11 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
 
   it('condition: a mapped device is normal; a device gone or now another image\'s is abnormal and not attached', async () => {
     const d = await conn.connect(ctxOf('vol-c'), {});
-    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: false, attached: true, message: expect.stringMatching(/client4129/) });
+    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: false, attached: true, message: expect.stringMatching(/client4129/) as unknown });
     rmSync(join(sys, 'bus/rbd/devices/0'), { recursive: true });
-    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: expect.stringMatching(/no longer mapped/) });
+    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: expect.stringMatching(/no longer mapped/) as unknown });
     await conn.connect(ctxOf('vol-d'), {}); // takes id 0 again
-    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: expect.stringMatching(/now maps rbd image kube\/vol-d/) });
+    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: expect.stringMatching(/now maps rbd image kube\/vol-d/) as unknown });
   });
 
   it('rescan asks the kernel to refresh the header of that mapping', async () => {
@@ -230,7 +230,7 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
     const list = await conn.attached();
     expect(list).toEqual([
       { device: mine, source: 'rbd:kube/vol-o' },
-      { device: '/dev/rbd1', source: 'rbd:kube/admins', notReleasable: expect.stringMatching(/not mapped by sinter/) },
+      { device: '/dev/rbd1', source: 'rbd:kube/admins', notReleasable: expect.stringMatching(/not mapped by sinter/) as unknown },
     ]);
     expect(await conn.release('/dev/rbd1', 'rbd:kube/admins', [])).toBe(false);
     expect(await conn.release(mine, 'rbd:kube/vol-o', [ctxOf('vol-o')])).toBe(false);
@@ -251,7 +251,7 @@ describe('node.rbd.attach: auto picks the kernel only where the rbd module is th
   afterAll(() => t.cleanup());
   const spawner = {} as DaemonSpawner;
   const make = (sys: string, fake: FakeKrbd, attach?: 'kernel' | 'userspace' | 'auto') =>
-    new RbdConnector({ stateDir: join(t.dir, 'rbd-userspace'), attach, sysfsRoot: sys, keyFile: '/nonexistent' }, Object.assign(fake, spawner) as FakeKrbd & DaemonSpawner, log);
+    new RbdConnector({ stateDir: join(t.dir, 'rbd-userspace'), attach, sysfsRoot: sys, keyFile: '/nonexistent' }, Object.assign<FakeKrbd, DaemonSpawner>(fake, spawner), log);
 
   it('no /sys/bus/rbd and modprobe fails: user space', async () => {
     const sys = join(t.dir, 'a');

@@ -117,7 +117,7 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context });
     const mine = mappings().filter((m) => m.image === id);
     expect(mine).toHaveLength(1);
-    const dev = `/dev/rbd${mine[0]!.id}`;
+    const dev = `/dev/rbd${mine[0].id}`;
     // The staging mount is on the kernel's rbd device, not a loop device over a user-space chain.
     expect((await execa('findmnt', ['-n', '-o', 'SOURCE', a.staging])).stdout.trim()).toBe(dev);
     expect(await watchers(id)).toHaveLength(1);
@@ -127,7 +127,7 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     // A retried stage finds the mapping: no second /dev/rbd device.
     await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context });
     expect(mappings()).toHaveLength(before + 1);
-    expect(readFileSync(`/sys/bus/rbd/devices/${mine[0]!.id}/config_info`, 'utf8')).toMatch(/,noshare/);
+    expect(readFileSync(`/sys/bus/rbd/devices/${mine[0].id}/config_info`, 'utf8')).toMatch(/,noshare/);
 
     await node.NodePublishVolume({ volume_id: id, staging_target_path: a.staging, target_path: a.target, volume_capability: cap, publish_context: pub.publish_context });
     writeFileSync(join(a.target, 'hello.txt'), 'bytes that went through rbd.ko');

@@ -62,13 +62,15 @@ export function parseRbdDeviceList(json: string): { id: string; pool: string; na
     throw internal(`rbd device list printed something that is not JSON: ${json.slice(0, 200)}`);
   }
   if (!Array.isArray(raw)) throw internal('rbd device list did not print a JSON list');
+  // rbd prints ids as numbers or strings depending on the release; anything else is not ours to guess.
+  const field = (v: unknown, dflt: string) => (typeof v === 'string' ? v : typeof v === 'number' ? String(v) : dflt);
   return raw.map((e: Record<string, unknown>) => ({
-    id: String(e.id ?? ''),
-    pool: String(e.pool ?? ''),
-    namespace: String(e.namespace ?? ''),
-    image: String(e.name ?? ''),
-    snap: String(e.snap ?? '-'),
-    device: String(e.device ?? ''),
+    id: field(e.id, ''),
+    pool: field(e.pool, ''),
+    namespace: field(e.namespace, ''),
+    image: field(e.name, ''),
+    snap: field(e.snap, '-'),
+    device: field(e.device, ''),
   }));
 }
 
