@@ -188,6 +188,12 @@ async function nvmeConnect(nqn, portal) {
       const blk = readdirSync(dir).find((d) => /^nvme\d+n\d+$/.test(d));
       if (blk && existsSync(`/dev/${blk}`)) return `/dev/${blk}`;
     }
+    // Without native multipath the namespace hangs off the controller.
+    for (const c of existsSync('/sys/class/nvme') ? readdirSync('/sys/class/nvme') : []) {
+      if (readFileSync(`/sys/class/nvme/${c}/subsysnqn`, 'utf8').trim() !== nqn) continue;
+      const blk = readdirSync(`/sys/class/nvme/${c}`).find((d) => /^nvme\d+n\d+$/.test(d));
+      if (blk && existsSync(`/dev/${blk}`)) return `/dev/${blk}`;
+    }
     await sleep(100);
   }
   throw new Error(`nvme connect ${nqn}: no namespace appeared`);
@@ -201,6 +207,7 @@ const lioPortal = `127.0.0.1:${await freePort()}`;
 const nvmePortal = '127.0.0.1:4420';
 const rawPortal = '127.0.0.2:4420';
 let tgtd;
+let iscsid;
 let lio;
 let nvm;
 const results = { when: new Date().toISOString(), rounds: ROUNDS, reps: REPS, fioSeconds: SECONDS, data: {}, control: {} };
@@ -212,6 +219,7 @@ onCleanup(async () => {
   await sh(`for p in ${CFS}/nvmet/ports/*; do [ -z "$(ls $p/subsystems 2>/dev/null)" ] && rmdir $p; done; rmdir ${CFS}/nvmet/hosts/* 2>/dev/null; true`).catch(() => undefined);
   if (tgtd) await hostExec.run('tgtadm', ['-C', String(tgtCtl), '--op', 'delete', '--mode', 'system']).catch(() => undefined);
   await sh(`vgremove -qy -f ${Object.values(VGS).join(' ')}; pvremove -qy ${disks.slice(0, 4).join(' ')}; true`).catch(() => undefined);
+  iscsid?.kill('SIGTERM');
 });
 
 try {
@@ -221,11 +229,8 @@ try {
   // The LV the data path reads: 256 MiB, written once so the reads find allocated blocks.
   await sh(`lvcreate -qy -L 256m -n lv ${VGS.raw} && dd if=/dev/zero of=/dev/${VGS.raw}/lv bs=1M count=256 oflag=direct status=none`, { timeoutMs: 600_000 });
   const lv = `/dev/${VGS.raw}/lv`;
-  const iscsid = track(spawn('iscsid', ['-f'], { stdio: 'ignore', detached: true }));
-  onCleanup(async () => {
-    iscsid.kill('SIGTERM');
-    await sleep(500);
-  });
+  // Its own process group: iscsid's shutdown signals its whole group.
+  iscsid = track(spawn('iscsid', ['-f'], { stdio: 'ignore', detached: true }));
   tgtd = track(spawn('tgtd', ['-f', '-C', String(tgtCtl), '--iscsi', `portal=${tgtPortal}`], { stdio: 'ignore' }));
   for (let i = 0; ; i++) {
     const ok = (await hostExec.run('tgtadm', ['-C', String(tgtCtl), '--lld', 'iscsi', '--op', 'show', '--mode', 'target']).then(() => true, () => false)) && (await hostExec.run('iscsiadm', ['-m', 'session']).then(() => true, (e) => e.exitCode === 21));
