@@ -17,7 +17,7 @@
 // .tmp/bench-vm-targets.json (the checkout is shared with the host).
 //
 //   npm run build && node test/vm/run.mjs --disks 4 --timeout 1800 -- node bench/vm-targets.mjs [--rounds N] [--reps N] [--seconds S]
-import { existsSync, mkdirSync, promises as fs, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, promises as fs, readFileSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { base, cleanupAll, hostExec, median, onCleanup, sleep, startSinter, track } from './lib.mjs';
@@ -170,7 +170,8 @@ async function iscsiLogin(iqn, portal) {
   await hostExec.run('iscsiadm', [...rec, '-o', 'new']);
   await hostExec.run('iscsiadm', [...rec, '--login']);
   const [ip, port] = portal.split(':');
-  return waitForPath(`/dev/disk/by-path/ip-${ip}:${port}-iscsi-${iqn}-lun-1`, `login to ${iqn}`);
+  // The device itself: fio splits --filename at ':', which the by-path name is full of.
+  return realpathSync(await waitForPath(`/dev/disk/by-path/ip-${ip}:${port}-iscsi-${iqn}-lun-1`, `login to ${iqn}`));
 }
 async function iscsiLogout(iqn, portal) {
   const rec = ['-m', 'node', '-T', iqn, '-p', portal];
@@ -228,7 +229,7 @@ try {
   await sh(`pvcreate -qy ${disks.slice(0, 4).join(' ')} && ` + Object.values(VGS).map((vg, i) => `vgcreate -q ${vg} ${disks[i]}`).join(' && '));
   // The LV the data path reads: 256 MiB, written once so the reads find allocated blocks.
   await sh(`lvcreate -qy -L 256m -n lv ${VGS.raw} && dd if=/dev/zero of=/dev/${VGS.raw}/lv bs=1M count=256 oflag=direct status=none`, { timeoutMs: 600_000 });
-  const lv = `/dev/${VGS.raw}/lv`;
+  const lv = realpathSync(`/dev/${VGS.raw}/lv`);
   // Its own process group: iscsid's shutdown signals its whole group.
   iscsid = track(spawn('iscsid', ['-f'], { stdio: 'ignore', detached: true }));
   tgtd = track(spawn('tgtd', ['-f', '-C', String(tgtCtl), '--iscsi', `portal=${tgtPortal}`], { stdio: 'ignore' }));
