@@ -17,7 +17,7 @@
 // .tmp/bench-vm-targets.json (the checkout is shared with the host).
 //
 //   npm run build && node test/vm/run.mjs --disks 4 --timeout 1800 -- node bench/vm-targets.mjs [--rounds N] [--reps N] [--seconds S]
-import { existsSync, mkdirSync, promises as fs, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, promises as fs, readFileSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { base, cleanupAll, hostExec, median, onCleanup, sleep, startSinter, track } from './lib.mjs';
@@ -170,7 +170,8 @@ async function iscsiLogin(iqn, portal) {
   await hostExec.run('iscsiadm', [...rec, '-o', 'new']);
   await hostExec.run('iscsiadm', [...rec, '--login']);
   const [ip, port] = portal.split(':');
-  return waitForPath(`/dev/disk/by-path/ip-${ip}:${port}-iscsi-${iqn}-lun-1`, `login to ${iqn}`);
+  // The device itself: fio splits --filename at ':', which the by-path name is full of.
+  return realpathSync(await waitForPath(`/dev/disk/by-path/ip-${ip}:${port}-iscsi-${iqn}-lun-1`, `login to ${iqn}`));
 }
 async function iscsiLogout(iqn, portal) {
   const rec = ['-m', 'node', '-T', iqn, '-p', portal];
@@ -188,6 +189,12 @@ async function nvmeConnect(nqn, portal) {
       const blk = readdirSync(dir).find((d) => /^nvme\d+n\d+$/.test(d));
       if (blk && existsSync(`/dev/${blk}`)) return `/dev/${blk}`;
     }
+    // Without native multipath the namespace hangs off the controller.
+    for (const c of existsSync('/sys/class/nvme') ? readdirSync('/sys/class/nvme') : []) {
+      if (readFileSync(`/sys/class/nvme/${c}/subsysnqn`, 'utf8').trim() !== nqn) continue;
+      const blk = readdirSync(`/sys/class/nvme/${c}`).find((d) => /^nvme\d+n\d+$/.test(d));
+      if (blk && existsSync(`/dev/${blk}`)) return `/dev/${blk}`;
+    }
     await sleep(100);
   }
   throw new Error(`nvme connect ${nqn}: no namespace appeared`);
@@ -201,6 +208,7 @@ const lioPortal = `127.0.0.1:${await freePort()}`;
 const nvmePortal = '127.0.0.1:4420';
 const rawPortal = '127.0.0.2:4420';
 let tgtd;
+let iscsid;
 let lio;
 let nvm;
 const results = { when: new Date().toISOString(), rounds: ROUNDS, reps: REPS, fioSeconds: SECONDS, data: {}, control: {} };
@@ -212,6 +220,7 @@ onCleanup(async () => {
   await sh(`for p in ${CFS}/nvmet/ports/*; do [ -z "$(ls $p/subsystems 2>/dev/null)" ] && rmdir $p; done; rmdir ${CFS}/nvmet/hosts/* 2>/dev/null; true`).catch(() => undefined);
   if (tgtd) await hostExec.run('tgtadm', ['-C', String(tgtCtl), '--op', 'delete', '--mode', 'system']).catch(() => undefined);
   await sh(`vgremove -qy -f ${Object.values(VGS).join(' ')}; pvremove -qy ${disks.slice(0, 4).join(' ')}; true`).catch(() => undefined);
+  iscsid?.kill('SIGTERM');
 });
 
 try {
@@ -220,12 +229,9 @@ try {
   await sh(`pvcreate -qy ${disks.slice(0, 4).join(' ')} && ` + Object.values(VGS).map((vg, i) => `vgcreate -q ${vg} ${disks[i]}`).join(' && '));
   // The LV the data path reads: 256 MiB, written once so the reads find allocated blocks.
   await sh(`lvcreate -qy -L 256m -n lv ${VGS.raw} && dd if=/dev/zero of=/dev/${VGS.raw}/lv bs=1M count=256 oflag=direct status=none`, { timeoutMs: 600_000 });
-  const lv = `/dev/${VGS.raw}/lv`;
-  const iscsid = track(spawn('iscsid', ['-f'], { stdio: 'ignore', detached: true }));
-  onCleanup(async () => {
-    iscsid.kill('SIGTERM');
-    await sleep(500);
-  });
+  const lv = realpathSync(`/dev/${VGS.raw}/lv`);
+  // Its own process group: iscsid's shutdown signals its whole group.
+  iscsid = track(spawn('iscsid', ['-f'], { stdio: 'ignore', detached: true }));
   tgtd = track(spawn('tgtd', ['-f', '-C', String(tgtCtl), '--iscsi', `portal=${tgtPortal}`], { stdio: 'ignore' }));
   for (let i = 0; ; i++) {
     const ok = (await hostExec.run('tgtadm', ['-C', String(tgtCtl), '--lld', 'iscsi', '--op', 'show', '--mode', 'target']).then(() => true, () => false)) && (await hostExec.run('iscsiadm', ['-m', 'session']).then(() => true, (e) => e.exitCode === 21));
