@@ -102,7 +102,8 @@ CMD ["controller"]
 #                         the user-space initiator: qemu-nbd on iscsi://, nbdfuse, fusermount3
 #   multipath-tools       multipath -f, multipathd resize map (multipathed iSCSI / FC)
 #   cryptsetup-bin        LUKS2 for encrypted volumes (luksFormat, open, close, resize)
-#   kmod                  modprobe loop / iscsi_tcp
+#   kmod                  modprobe loop / iscsi_tcp / rbd
+#   ceph-common           kernel rbd attach (rbd device map / unmap / list)
 # test/deploy/images-podman.test.ts finds every command src/node runs through
 # src/exec and checks that each one resolves in this image's PATH.
 FROM runtime AS node
@@ -111,7 +112,7 @@ RUN apt-get update \
       util-linux mount e2fsprogs xfsprogs btrfs-progs \
       open-iscsi nvme-cli multipath-tools cryptsetup-bin \
       libiscsi-bin qemu-utils qemu-block-extra libnbd-bin fuse3 \
-      kmod \
+      kmod ceph-common \
  && rm -rf /var/lib/apt/lists/*
 CMD ["node"]
 
@@ -119,6 +120,6 @@ CMD ["node"]
 FROM node AS all
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      tgt tgt-rbd lvm2 ceph-common python3-rbd python3-rados \
+      tgt tgt-rbd lvm2 python3-rbd python3-rados \
  && rm -rf /var/lib/apt/lists/*
 CMD ["all", "--data-dir", "/var/lib/sinter/backends/default"]
