@@ -8,9 +8,9 @@ import { failedPrecondition, internal } from '../../errors/domain-error.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import { writeFileAtomic } from '../../store/atomic-file.js';
 import type { Connector, DeviceCondition } from './connector.js';
+import { asRbd, imageKey, rbdCredentials, type RbdContext } from './rbd-common.js';
 import { SysfsTree } from './sysfs.js';
 
-type RbdContext = Extract<PublishContext, { transport: 'rbd' }>;
 
 export interface KernelRbdConfig {
   /** Private state directory (created 0700): one record per mapping sinter made, and short-lived key files. */
@@ -186,17 +186,9 @@ export class KernelRbdConnector implements Connector {
   }
 
   private recordPath(c: { pool: string; image: string }): string {
-    const key = createHash('sha256').update(`${c.pool}\n${c.image}`).digest('hex').slice(0, 20);
-    return join(this.cfg.stateDir, `${key}.json`);
+    return join(this.cfg.stateDir, `${imageKey(c)}.json`);
   }
 
-  private credentials(secrets: Record<string, string>): { user: string; key?: string; keyFile?: string } {
-    if (secrets.userKey) return { user: secrets.userID || this.cfg.user || 'admin', key: secrets.userKey };
-    if (this.cfg.keyFile) return { user: this.cfg.user ?? 'admin', keyFile: this.cfg.keyFile };
-    throw failedPrecondition(
-      'this node has no cephx key for rbd volumes: set node.rbd.keyFile (and node.rbd.user) in the node config, or give the StorageClass a node-stage secret with userID and userKey',
-    );
-  }
 
   async validate(ctx: PublishContext): Promise<void> {
     asRbd(ctx);
@@ -208,7 +200,7 @@ export class KernelRbdConnector implements Connector {
 
   async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
     const c = asRbd(ctx);
-    const creds = this.credentials(secrets);
+    const creds = rbdCredentials(secrets, this.cfg);
     return this.locks.run(`${c.pool}/${c.image}`, async () => {
       const existing = await this.findMapping(c);
       if (existing) return { device: existing.device, attached: false };
@@ -349,10 +341,6 @@ export class KernelRbdConnector implements Connector {
   }
 }
 
-function asRbd(ctx: PublishContext): RbdContext {
-  if (ctx.transport !== 'rbd') throw new Error(`rbd connector got a ${ctx.transport} context`);
-  return ctx;
-}
 
 /** `rbd device map`'s failures, as it reports them (ceph 16.2: "rbd: map failed: (13) Permission denied", "rbd: sysfs write failed"). */
 function mapError(e: unknown, c: RbdContext, user: string): Error {

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -8,11 +7,11 @@ import { failedPrecondition, internal } from '../../errors/domain-error.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
 import { writeFileAtomic } from '../../store/atomic-file.js';
 import type { Connector, DeviceCondition } from './connector.js';
+import { asRbd, imageKey, rbdCredentials, type RbdContext } from './rbd-common.js';
 import { readTail, stopPid, waitReady } from './iscsi/daemon-process.js';
 import { NbdFuseChain } from './nbd-chain.js';
 import { KernelRbdConnector } from './rbd-kernel.js';
 
-type RbdContext = Extract<PublishContext, { transport: 'rbd' }>;
 
 export interface RbdConnectorConfig {
   /** Private state directory (created 0700), e.g. /run/sinter/rbd-userspace. */
@@ -127,10 +126,6 @@ export class RbdConnector implements Connector {
   }
 }
 
-function asRbd(ctx: PublishContext): RbdContext {
-  if (ctx.transport !== 'rbd') throw new Error(`rbd connector got a ${ctx.transport} context`);
-  return ctx;
-}
 
 /** qemu option values: a comma is written as two. */
 const qemuOpt = (v: string) => v.replace(/,/g, ',,');
@@ -187,18 +182,9 @@ export class UserspaceRbdConnector implements Connector {
   }
 
   dirFor(c: RbdContext): string {
-    const key = createHash('sha256').update(`${c.pool}\n${c.image}`).digest('hex').slice(0, 20);
-    return join(this.cfg.stateDir, key);
+    return join(this.cfg.stateDir, imageKey(c));
   }
 
-  /** Where the key comes from: the stage secrets (ceph-csi's `userID`/`userKey`), else the node config. */
-  private credentials(secrets: Record<string, string>): { user: string; key?: string; keyFile?: string } {
-    if (secrets.userKey) return { user: secrets.userID || this.cfg.user || 'admin', key: secrets.userKey };
-    if (this.cfg.keyFile) return { user: this.cfg.user ?? 'admin', keyFile: this.cfg.keyFile };
-    throw failedPrecondition(
-      'this node has no cephx key for rbd volumes: set node.rbd.keyFile (and node.rbd.user) in the node config, or give the StorageClass a node-stage secret with userID and userKey',
-    );
-  }
 
   async validate(ctx: PublishContext): Promise<void> {
     asRbd(ctx);
@@ -210,7 +196,7 @@ export class UserspaceRbdConnector implements Connector {
 
   async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
     const c = asRbd(ctx);
-    const creds = this.credentials(secrets);
+    const creds = rbdCredentials(secrets, this.cfg);
     return this.locks.run(`${c.pool}/${c.image}`, async () => {
       await fs.mkdir(this.cfg.stateDir, { recursive: true, mode: 0o700 });
       const dir = this.dirFor(c);
