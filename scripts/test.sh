@@ -5,7 +5,8 @@
 # "static checks: FAILED ..." line when the typecheck or lint found anything.
 #
 # Two stages: the host run (vitest project `host`), then the VM stage: every
-# test/**/*.vm.test.ts in ONE qemu guest with a real kernel (test/vm/README.md),
+# test/**/*.vm.test.ts (and the conformance suite once more) in qemu guests with a
+# real kernel, two side by side, each with half the files (test/vm/README.md),
 # the guest built first if its recipe changed. A VM stage that cannot build or
 # boot the guest leaves no report, which the summary counts as a failure.
 #
@@ -40,7 +41,7 @@ if [ "$run_host" = 1 ]; then
 fi
 if [ "$run_vm" = 1 ]; then
   reports+=(.tmp/vitest-vm.json)
-  echo "VM stage: the tests that need a real kernel, in one qemu guest"
+  echo "VM stage: the tests that need a real kernel, in qemu guests side by side"
   node test/vm/run.mjs --vitest --no-build --timeout 2400 --report .tmp/vitest-vm.json "${vm_args[@]}" || status=$?
 fi
 node scripts/summary.mjs "${reports[@]}" || status=1

@@ -2,18 +2,21 @@
 // Command line for the VM harness.
 //
 //   node test/vm/run.mjs [options] -- COMMAND ...   run a shell command in the guest
-//   node test/vm/run.mjs --vitest [options] [FILES] run the `vm` vitest project in the guest
+//   node test/vm/run.mjs --vitest [options] [FILES] run the `vm` vitest project in the guest(s)
 //   node test/vm/run.mjs --build-only               build (or find) the cached guest
 //
 // Options: --timeout SECONDS (default 900 with --vitest, 600 otherwise),
 // --disks N (sparse 2 GiB scratch disks, /dev/vdb …; default 4 with --vitest),
 // --report FILE (with --vitest: where vitest's JSON report goes; default
-// .tmp/vitest-vm.json), --no-build (with --vitest: skip `npm run build`).
+// .tmp/vitest-vm.json), --no-build (with --vitest: skip `npm run build`),
+// --guests N (with --vitest: split the files over N guests booted side by side,
+// test/vm/shards.mjs; default SINTER_VM_GUESTS or 2).
 // Exits with the command's status; 1 when the guest could not build or boot.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { CHECKOUT, ensureGuest, GuestError, runInGuest } from './harness.mjs';
+import { CHECKOUT, VM_DIR, ensureGuest, GuestError, runInGuest } from './harness.mjs';
+import { mergeReports, readTimings, splitFiles } from './shards.mjs';
 
 const argv = process.argv.slice(2);
 let timeoutSec;
@@ -22,6 +25,7 @@ let report = join(CHECKOUT, '.tmp', 'vitest-vm.json');
 let vitest = false;
 let buildOnly = false;
 let build = true;
+let guests = Number(process.env.SINTER_VM_GUESTS ?? 2);
 const rest = [];
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
@@ -34,6 +38,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--vitest') vitest = true;
   else if (a === '--build-only') buildOnly = true;
   else if (a === '--no-build') build = false;
+  else if (a === '--guests') guests = Number(argv[++i]);
   else rest.push(a);
 }
 const log = (m) => console.error(`vm: ${m}`);
@@ -47,52 +52,117 @@ try {
     log(`guest ${guest.dir} (kernel ${guest.kernelVersion})${guest.built ? `, built in ${(guest.buildMs / 1000).toFixed(0)} s` : ', cached'}`);
     process.exit(0);
   }
-  let command;
-  if (vitest) {
-    if (build) {
-      const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: CHECKOUT, stdio: 'inherit' });
-      if (b.status !== 0) throw new Error('npm run build failed');
-    }
-    const files = rest.map((f) => `'${f.replace(/'/g, `'\\''`)}'`).join(' ');
-    command = `exec node node_modules/vitest/vitest.mjs run --project vm --reporter=verbose --reporter=json --outputFile.json="$SINTER_VM_OUT/vitest.json" ${files}`;
-  } else {
+  if (!vitest) {
     if (rest.length === 0) throw new Error('nothing to run: give a command after --, or --vitest');
-    command = rest.join(' ');
+    const r = await runInGuest({
+      command: rest.join(' '),
+      timeoutMs: (timeoutSec ?? 600) * 1000,
+      scratchDisks: Array.from({ length: disks ?? 0 }, () => 2048),
+      env: process.stdout.isTTY ? {} : { NO_COLOR: '1' },
+      onOutput: (s) => process.stdout.write(s),
+      log,
+    });
+    log(`guest ${guest.built ? `built in ${(guest.buildMs / 1000).toFixed(0)} s` : 'cached'}, booted in ${(r.bootMs / 1000).toFixed(1)} s, ran ${(r.durationMs / 1000).toFixed(1)} s in all, exit ${r.exitCode}`);
+    process.exit(r.exitCode);
   }
-  const r = await runInGuest({
-    command,
-    timeoutMs: (timeoutSec ?? (vitest ? 900 : 600)) * 1000,
-    scratchDisks: Array.from({ length: disks ?? (vitest ? 4 : 0) }, () => 2048),
-    // The guest's output port is a tty: colours only when ours is one too.
-    env: process.stdout.isTTY ? {} : { NO_COLOR: '1' },
-    onOutput: (s) => process.stdout.write(s),
-    log,
-  });
+
+  if (build) {
+    const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: CHECKOUT, stdio: 'inherit' });
+    if (b.status !== 0) throw new Error('npm run build failed');
+  }
+  const files = listVmFiles(rest);
+  if (files.length === 0) throw new Error(`no VM test file matches ${rest.length ? rest.join(' ') : 'the vm project'}`);
+  const shards = splitFiles(files, Math.min(guests, files.length), readTimings(join(VM_DIR, 'timings.json')));
+  if (shards.length > 1) {
+    shards.forEach((s, i) => log(`guest ${i + 1} of ${shards.length}: ${s.files.length} files, ~${Math.round(s.estimateMs / 1000)} s by test/vm/timings.json`));
+  }
+  const results = await Promise.all(
+    shards.map(async (shard, i) => {
+      const name = shards.length > 1 ? `vm${i + 1}` : 'vm';
+      const prefix = shards.length > 1 ? `[${name}] ` : '';
+      const quoted = shard.files.map((f) => `'${f.replace(/'/g, `'\\''`)}'`).join(' ');
+      let pending = '';
+      const write = (s) => {
+        if (!prefix) return void process.stdout.write(s);
+        const lines = (pending + s).split('\n');
+        pending = lines.pop() ?? '';
+        for (const l of lines) process.stdout.write(prefix + l + '\n');
+      };
+      try {
+        const r = await runInGuest({
+          command: `exec node node_modules/vitest/vitest.mjs run --project vm --reporter=verbose --reporter=json --outputFile.json="$SINTER_VM_OUT/vitest.json" ${quoted}`,
+          timeoutMs: (timeoutSec ?? 900) * 1000,
+          scratchDisks: Array.from({ length: disks ?? 4 }, () => 2048),
+          // The guest's output port is a tty: colours only when ours is one too.
+          env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), ...passedEnv() },
+          onOutput: write,
+          log: (m) => log(prefix + m),
+        });
+        if (pending) write('\n');
+        let report;
+        if (r.files['vitest.json']) report = JSON.parse(r.files['vitest.json'].toString('utf8'));
+        else log(`${prefix}the guest wrote no vitest report`);
+        log(`${prefix}booted in ${(r.bootMs / 1000).toFixed(1)} s, ran ${(r.durationMs / 1000).toFixed(1)} s in all, exit ${r.exitCode}`);
+        return { name, report, exitCode: r.exitCode, bootMs: r.bootMs, runMs: r.durationMs, kernel: r.kernelVersion };
+      } catch (e) {
+        if (pending) write('\n');
+        log(`${prefix}${e instanceof GuestError ? e.message : `failed: ${e.message}`}`);
+        return { name, report: undefined, exitCode: 1, bootMs: 0, runMs: 0, kernel: guest.kernelVersion };
+      }
+    }),
+  );
+  const merged = mergeReports(results);
+  mkdirSync(dirname(report), { recursive: true });
+  writeFileSync(report, JSON.stringify(merged));
   const timings = {
     guestBuildMs: guest.buildMs,
     guestCached: !guest.built,
-    bootMs: r.bootMs,
-    runMs: r.durationMs,
+    guests: results.length,
+    bootMs: Math.max(...results.map((r) => r.bootMs)),
+    runMs: Math.max(...results.map((r) => r.runMs)),
     totalMs: Date.now() - t0,
-    kernel: r.kernelVersion,
+    kernel: guest.kernelVersion,
+    shards: results.map((r, i) => ({ name: r.name, files: shards[i].files, bootMs: r.bootMs, runMs: r.runMs, exitCode: r.exitCode })),
+    files: Object.fromEntries(
+      merged.testResults.map((t) => [String(t.name).replace(CHECKOUT + '/', ''), (t.endTime ?? 0) - (t.startTime ?? 0)]),
+    ),
   };
-  if (vitest) {
-    mkdirSync(dirname(report), { recursive: true });
-    if (r.files['vitest.json']) {
-      writeFileSync(report, r.files['vitest.json']);
-      const rep = JSON.parse(r.files['vitest.json'].toString('utf8'));
-      timings.files = Object.fromEntries(
-        (rep.testResults ?? []).map((t) => [t.name.replace(CHECKOUT + '/', ''), (t.endTime ?? 0) - (t.startTime ?? 0)]),
-      );
-    } else {
-      log('the guest wrote no vitest report');
-    }
-    writeFileSync(join(dirname(report), 'vm-timings.json'), JSON.stringify(timings, null, 2) + '\n');
-  }
-  log(`guest ${timings.guestCached ? 'cached' : `built in ${(timings.guestBuildMs / 1000).toFixed(0)} s`}, booted in ${(r.bootMs / 1000).toFixed(1)} s, ran ${(r.durationMs / 1000).toFixed(1)} s in all, exit ${r.exitCode}`);
-  if (timings.files) for (const [f, ms] of Object.entries(timings.files)) log(`  ${f}: ${(ms / 1000).toFixed(1)} s`);
-  process.exit(r.exitCode);
+  writeFileSync(join(dirname(report), 'vm-timings.json'), JSON.stringify(timings, null, 2) + '\n');
+  log(
+    `guest ${timings.guestCached ? 'cached' : `built in ${(timings.guestBuildMs / 1000).toFixed(0)} s`}, ${results.length} guest(s) side by side, ` +
+      `slowest booted in ${(timings.bootMs / 1000).toFixed(1)} s and ran ${(timings.runMs / 1000).toFixed(1)} s in all; stage ${(timings.totalMs / 1000).toFixed(1)} s`,
+  );
+  for (const [f, ms] of Object.entries(timings.files)) log(`  ${f}: ${(ms / 1000).toFixed(1)} s`);
+  process.exit(results.some((r) => r.exitCode !== 0) || !merged.success ? 1 : 0);
 } catch (e) {
   log(e instanceof GuestError ? e.message : `failed: ${e.message}`);
   process.exit(1);
+}
+
+/**
+ * The vm project's files (vitest's own include/exclude, as the guest will see them), narrowed by
+ * the command line's filters. Listed on the host with SINTER_IN_VM=1: only globbing, nothing imported.
+ * @param {string[]} filters
+ * @returns {string[]}
+ */
+function listVmFiles(filters) {
+  const r = spawnSync(process.execPath, [join(CHECKOUT, 'node_modules/vitest/vitest.mjs'), 'list', '--project', 'vm', '--filesOnly', '--json', ...filters], {
+    cwd: CHECKOUT,
+    env: { ...process.env, SINTER_IN_VM: '1' },
+    encoding: 'utf8',
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  // vitest list exits non-zero when nothing matches; an empty list is reported by the caller.
+  const out = (r.stdout ?? '').trim();
+  if (!out.startsWith('[')) {
+    if (r.status !== 0 && !/No test files found/i.test(`${r.stdout}${r.stderr}`)) throw new Error(`vitest list failed: ${(r.stderr || r.stdout || '').trim().split('\n').slice(-5).join(' ')}`);
+    return [];
+  }
+  return [...new Set(JSON.parse(out).map((t) => String(t.file).replace(CHECKOUT + '/', '')))].sort();
+}
+
+/** Settings of the host's environment that decide what the vm project runs; the guest starts from none. */
+function passedEnv() {
+  const keys = ['SINTER_VM_LONG', 'SINTER_LVM_COMBOS', 'SINTER_CONFORMANCE_TRANSPORT', 'SINTER_RECORD_KRBD'];
+  return Object.fromEntries(keys.filter((k) => process.env[k] !== undefined).map((k) => [k, String(process.env[k])]));
 }
