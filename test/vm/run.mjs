@@ -146,7 +146,8 @@ try {
  * @returns {string[]}
  */
 function listVmFiles(filters) {
-  const r = spawnSync(process.execPath, [join(CHECKOUT, 'node_modules/vitest/vitest.mjs'), 'list', '--project', 'vm', '--filesOnly', '--json', ...filters], {
+  // The filters before the options: `--json` takes an optional file name and would swallow the first one.
+  const r = spawnSync(process.execPath, [join(CHECKOUT, 'node_modules/vitest/vitest.mjs'), 'list', ...filters, '--project', 'vm', '--filesOnly', '--json'], {
     cwd: CHECKOUT,
     env: { ...process.env, SINTER_IN_VM: '1' },
     encoding: 'utf8',
