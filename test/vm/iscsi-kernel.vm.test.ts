@@ -8,10 +8,10 @@ import { HostExecutor } from '../../src/exec/run.js';
 import { sanBackendYaml } from '../helpers/iscsi-split.js';
 import { stringMatching } from '../helpers/matchers.js';
 import { INITIAL_LOGIN_RETRY_MAX } from '../../src/node/connectors/iscsi/kernel.js';
-import { tempDir } from '../helpers/scratch-fs.js';
-import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
-import { TestTgtd } from '../helpers/tgtd.js';
-import { initiatorName, Iscsid, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
+import { blockCap, codeOf, MiB, mountCap, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
+import type { TestTgtd } from '../helpers/tgtd.js';
+import { Lab } from './fixtures/lab.js';
+import { initiatorName, kernelSessions, nodeRecords, requireGuest, scsiDisks } from './guest.js';
 
 const PREFIX = 'iqn.2026-11.io.sinter.vm:';
 const CHAP = { 'node.session.auth.username': 'sinter-node', 'node.session.auth.password': 'Right-chap-secret-1' };
@@ -25,59 +25,54 @@ const ISCSI_ERR_PDU_TIMEOUT = 11;
  * default is 15): a timeout is the answer there whatever its length, and each failing login
  * waits it out INITIAL_LOGIN_RETRY_MAX + 1 times.
  */
-const HAND_LOGIN_TIMEOUT = 2;
+const HAND_LOGIN_TIMEOUT = 1;
 
 /**
  * The production node path on a real kernel: `sinter controller` (file
  * backend, tgt export on the guest's loopback) and `sinter node` with
  * `initiator: kernel` (open-iscsi's iscsiadm + iscsid, iscsi_tcp, SCSI disks in
- * sysfs, udev), as two processes.
+ * sysfs, udev), as two processes, on the shared Lab fixture (its logs in
+ * .tmp/iscsi-kernel-vm-*.log). Under TCG every sinter start, login and mkfs costs
+ * seconds: cases share what they can (one node restart serves the restart and the
+ * orphan checks) and wait on the state they need rather than for fixed times.
  */
 describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter node (initiator: kernel, iscsi_tcp)', () => {
   requireGuest();
-  const t = tempDir('sinter-vm-iscsi-');
   const log = pino({ level: 'silent' });
   const exec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 60_000 }, log);
-  let iscsid: Iscsid;
+  const lab = new Lab({
+    name: 'iscsi-kernel',
+    iqnPrefix: PREFIX,
+    iscsid: true,
+    tgtd: true,
+    controllerYaml: (l) => sanBackendYaml({ dataDir: join(l.dir, 'data'), portal: l.tgtd!.portal, controlPort: l.tgtd!.controlPort, iqnPrefix: PREFIX, reconcileSeconds: 1 }).split('\n'),
+  });
   let tgtd: TestTgtd;
   let tgt: TgtTargetHelper;
   let ctl: SinterProcess;
   let node: SinterProcess;
   let nodeId: string;
   let iqn: string;
-  const nodeStateDir = join(t.dir, 'node', 'state');
-  const dataDir = join(t.dir, 'data');
-  const ctlYaml = join(t.dir, 'controller.yaml');
-  const nodeYaml = join(t.dir, 'node.yaml');
+  const nodeStateDir = join(lab.dir, 'node', 'state');
+  const dataDir = join(lab.dir, 'data');
 
-  const startNode = async (extra: string[] = []) =>
-    startSinter({ role: 'node', base: join(t.dir, 'node'), nodeName: 'vm-node', args: ['--config', nodeYaml, ...extra] });
-  const startCtl = async () => startSinter({ role: 'controller', base: join(t.dir, 'ctl'), args: ['--config', ctlYaml] });
+  /** A node restart: the Lab's node is the new one (stop() cleans it up). */
+  const restartNode = async (extra: string[] = []) => {
+    lab.node = node = await lab.startNode(extra);
+  };
 
   beforeAll(async () => {
     iqn = initiatorName();
-    iscsid = await Iscsid.start();
-    tgtd = await TestTgtd.start();
+    await lab.start();
+    ({ ctl, node, nodeId } = lab);
+    tgtd = lab.tgtd!;
     tgt = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: PREFIX }, exec, log);
-    writeFileSync(ctlYaml, sanBackendYaml({ dataDir, portal: tgtd.portal, controlPort: tgtd.controlPort, iqnPrefix: PREFIX, reconcileSeconds: 1 }));
-    writeFileSync(nodeYaml, ['node:', '  initiator: kernel', `  stateDir: ${nodeStateDir}`, `  orphanTargetPrefixes: ["${PREFIX}"]`].join('\n'));
-    mkdirSync(join(t.dir, 'ctl'));
-    mkdirSync(join(t.dir, 'node'));
-    // Both at once: each is a node start-up under TCG.
-    [ctl, node] = await Promise.all([startCtl(), startNode()]);
-    nodeId = (await node.client.node.NodeGetInfo({})).node_id!;
   });
 
+  // Lab.stop(): both processes (their logs kept in .tmp/), then whatever a failed test left:
+  // no session, node record or target survives the file.
   afterAll(async () => {
-    await node?.cleanup();
-    await ctl?.cleanup();
-    // Whatever a failed test left: no session, node record or target survives the file.
-    await execa('iscsiadm', ['-m', 'node', '--logoutall=all'], { reject: false });
-    await execa('iscsiadm', ['-m', 'node', '-o', 'delete'], { reject: false });
-    await iscsid?.stop();
-    await tgtd?.stop();
-    tgtd?.cleanupLogs();
-    t.cleanup();
+    await lab.stop();
   });
 
   // After every test: nothing of ours attached (each test tears down what it
@@ -171,10 +166,17 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     expect(nodeId).toBe(`vm-node;${iqn};${hostNqnTail()}`);
   });
 
-  it('mount volume: publish (ACL + CHAP) → stage logs in with iscsi_tcp → a real SCSI disk, formatted and mounted → write → teardown logs out; the bytes are in the image', async () => {
+  it('mount volume: publish (ACL + CHAP) → a staging path outside the kubelet root is refused before any login → stage logs in with iscsi_tcp → a real SCSI disk, formatted and mounted → write → teardown logs out; the bytes are in the image', async () => {
     const id = await provision('k-mount');
     const ctx = await publish(id);
     expect(ctx).toEqual({ transport: 'iscsi', portals: tgtd.portal, iqn: `${PREFIX}${id}`, lun: '1' });
+    // Paths are confined to the kubelet root: refused before any login (the same published volume serves the good stage below).
+    const outside = join(lab.dir, 'outside-kubelet');
+    mkdirSync(outside, { recursive: true });
+    expect(await codeOf(node.client.node.NodeStageVolume({ ...stageReq(id, ctx), staging_target_path: outside }))).toBe('INVALID_ARGUMENT');
+    expect(await kernelSessions()).toEqual([]);
+    expect(await codeOf(node.client.node.NodeStageVolume({ ...stageReq(id, ctx), staging_target_path: join(node.kubeletRoot, 'staging', '..', '..', 'escape') }))).toBe('INVALID_ARGUMENT');
+    expect(await kernelSessions()).toEqual([]);
     await node.client.node.NodeStageVolume(stageReq(id, ctx));
     await node.client.node.NodeStageVolume(stageReq(id, ctx)); // idempotent
     const { staging, target } = paths(id);
@@ -296,52 +298,33 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await node.client.node.NodePublishVolume(publishReq(id, ctx));
     const { target } = paths(id);
     const sid = new RegExp(`\\[(\\d+)\\] [^ ]+ ${ctx.iqn}`).exec((await execa('iscsiadm', ['-m', 'session'])).stdout)![1];
-    // A writer that keeps going through the outage (direct I/O: the bytes must reach the LUN).
-    const writer = execa('bash', ['-c', `for i in $(seq 1 40); do dd if=/dev/urandom of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo done`], { reject: false });
+    // A writer that keeps going through the outage (direct I/O: the bytes must reach the LUN) until told to stop,
+    // so that writes are in flight before, during and after the outage however fast or slow the guest runs.
+    const stopFile = join(lab.dir, 'writer-stop');
+    const writer = execa('bash', ['-c', `i=0; while [ ! -e ${stopFile} ]; do i=$((i+1)); dd if=/dev/urandom of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo "done $i"`], { reject: false });
+    const written = () => readdirSync(target).filter((f) => f.startsWith('io-')).length;
     await waitFor('the writer to be under way', () => (existsSync(join(target, 'io-3')) ? true : undefined), 60_000);
     await tgtd.kill();
-    await new Promise((r) => setTimeout(r, 3000));
+    // The kernel sees the connection drop: the session leaves LOGGED_IN (the writer's next write waits on it).
+    await waitFor('the kernel session to fail', async () => (/iSCSI Session State: (?!LOGGED_IN)/.test((await execa('iscsiadm', ['-m', 'session', '-r', sid, '-P', '1'])).stdout) ? true : undefined), 60_000);
+    const atOutage = written();
     await tgtd.startAgain();
     await waitFor('reconcile to restore the export', async () => ((await tgt.listTargets()).some((x) => x.iqn === ctx.iqn) ? true : undefined), 60_000);
+    // Two more files: the write in flight completed and another went through the recovered session.
+    await waitFor('writes through the recovered session', () => (written() >= atOutage + 2 ? true : undefined), 120_000);
+    writeFileSync(stopFile, '');
     const w = await writer;
-    expect(w.stdout.trim()).toBe('done');
     expect(w.exitCode).toBe(0);
+    const n = Number(/^done (\d+)$/.exec(w.stdout.trim())?.[1]);
+    expect(n).toBeGreaterThanOrEqual(atOutage + 2);
     // The same kernel session, recovered (not a new login), carries on.
     expect((await execa('iscsiadm', ['-m', 'session'])).stdout).toContain(`[${sid}] ${tgtd.portal},1 ${ctx.iqn}`);
     expect(await tgtSessions(ctx.iqn)).toHaveLength(1);
-    expect(readdirSync(target).filter((f) => f.startsWith('io-'))).toHaveLength(40);
+    expect(written()).toBe(n);
     writeFileSync(join(target, 'after-restart.txt'), 'after the target came back');
     await teardown(id);
     expect(image(id).includes(Buffer.from('after the target came back'))).toBe(true);
     await ctl.client.controller.DeleteVolume({ volume_id: id });
-  });
-
-  it('node plugin killed with volumes staged: the kernel session serves on; after its restart the records are honoured and unstage cleans up', async () => {
-    const a = await provision('k-node-restart-a');
-    const b = await provision('k-node-restart-b', 16, blockCap());
-    const ca = await publish(a);
-    const cb = await publish(b, blockCap());
-    await node.client.node.NodeStageVolume(stageReq(a, ca));
-    await node.client.node.NodePublishVolume(publishReq(a, ca));
-    await node.client.node.NodeStageVolume(stageReq(b, cb, blockCap()));
-    await node.client.node.NodePublishVolume(publishReq(b, cb, blockCap()));
-    await node.stop('SIGKILL');
-    node.client.close();
-    writeFileSync(join(paths(a).target, 'during-restart.txt'), 'still here');
-    node = await startNode();
-    for (const [id, ctx, cap] of [[a, ca, mountCap()], [b, cb, blockCap()]] as const) {
-      const stats = await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: paths(id).target });
-      expect(stats.volume_condition?.abnormal ?? false).toBe(false);
-      await node.client.node.NodeStageVolume(stageReq(id, ctx, cap)); // recognised, not redone
-      await node.client.node.NodePublishVolume(publishReq(id, ctx, cap));
-    }
-    expect(await kernelSessions()).toHaveLength(2);
-    expect(readFileSync(join(paths(a).target, 'during-restart.txt'), 'utf8')).toBe('still here');
-    await teardown(a);
-    await teardown(b);
-    expect(image(a).includes(Buffer.from('still here'))).toBe(true);
-    await ctl.client.controller.DeleteVolume({ volume_id: a });
-    await ctl.client.controller.DeleteVolume({ volume_id: b });
   });
 
   it('online growth: ControllerExpandVolume grows the LUN under the live session; NodeExpandVolume rescans the disk and grows xfs', async () => {
@@ -390,58 +373,60 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     }
   });
 
-  it('paths are confined to the kubelet root: a staging path outside it is refused before any login', async () => {
-    const id = await provision('k-paths');
-    const ctx = await publish(id);
-    const outside = join(t.dir, 'outside-kubelet');
-    mkdirSync(outside, { recursive: true });
-    const code = await codeOf(node.client.node.NodeStageVolume({ ...stageReq(id, ctx), staging_target_path: outside }));
-    expect(code).toBe('INVALID_ARGUMENT');
-    expect(await kernelSessions()).toEqual([]);
-    const code2 = await codeOf(node.client.node.NodeStageVolume({ ...stageReq(id, ctx), staging_target_path: join(node.kubeletRoot, 'staging', '..', '..', 'escape') }));
-    expect(code2).toBe('INVALID_ARGUMENT');
-    expect(await kernelSessions()).toEqual([]);
-    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
-    await ctl.client.controller.DeleteVolume({ volume_id: id });
-  });
-
   // Last: it leaves the node running with orphanSessions: clean.
-  it('orphan sessions: a staged LUN whose record was lost is reported (report), then logged out (clean); a LUN with a record is left alone', async () => {
+  // One node restart serves two checks: the staged volumes a killed plugin leaves are honoured
+  // by its successor, and a LUN whose record was lost meanwhile is reported (report), then
+  // logged out by a node started with clean, which leaves the LUNs with records alone.
+  it('node plugin killed with volumes staged: the kernel sessions serve on; after its restart the records are honoured, a staged LUN whose record was lost is reported (report), then logged out (clean) while the LUNs with a record are left alone; unstage cleans up', async () => {
+    const a = await provision('k-node-restart-a');
+    const b = await provision('k-node-restart-b', 16, blockCap());
     const orphan = await provision('k-orphan', 16, blockCap());
-    const kept = await provision('k-kept', 16, blockCap());
+    const ca = await publish(a);
+    const cb = await publish(b, blockCap());
     const co = await publish(orphan, blockCap());
-    const ck = await publish(kept, blockCap());
+    await node.client.node.NodeStageVolume(stageReq(a, ca));
+    await node.client.node.NodePublishVolume(publishReq(a, ca));
+    await node.client.node.NodeStageVolume(stageReq(b, cb, blockCap()));
+    await node.client.node.NodePublishVolume(publishReq(b, cb, blockCap()));
     await node.client.node.NodeStageVolume(stageReq(orphan, co, blockCap()));
-    await node.client.node.NodeStageVolume(stageReq(kept, ck, blockCap()));
-    expect(await kernelSessions()).toHaveLength(2);
+    expect(await kernelSessions()).toHaveLength(3);
     await node.stop('SIGKILL');
     node.client.close();
+    writeFileSync(join(paths(a).target, 'during-restart.txt'), 'still here');
     rmSync(join(nodeStateDir, 'volumes', `${orphan}.json`));
     // The staging mount gone too (an unstage that got no further than its unmount):
     // a device that something still mounts is never torn down, only reported.
     for (const m of readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(paths(orphan).staging)).reverse())
       await execa('umount', [m]);
 
-    node = await startNode();
-    expect(await kernelSessions()).toHaveLength(2);
+    await restartNode();
+    expect(await kernelSessions()).toHaveLength(3);
     expect(node.logs()).toMatch(/"orphan":"untracked-device".*node state out of step with the host/);
     expect(node.logs()).not.toContain('tore down a device');
+    for (const [id, ctx, cap] of [[a, ca, mountCap()], [b, cb, blockCap()]] as const) {
+      const stats = await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: paths(id).target });
+      expect(stats.volume_condition?.abnormal ?? false).toBe(false);
+      await node.client.node.NodeStageVolume(stageReq(id, ctx, cap)); // recognised, not redone
+      await node.client.node.NodePublishVolume(publishReq(id, ctx, cap));
+    }
+    expect(await kernelSessions()).toHaveLength(3);
+    expect(readFileSync(join(paths(a).target, 'during-restart.txt'), 'utf8')).toBe('still here');
     await node.stop('SIGKILL');
     node.client.close();
 
-    node = await startNode(['--orphan-sessions', 'clean']);
-    await waitFor('the orphan session to be logged out', async () => ((await kernelSessions()).length === 1 ? true : undefined), 60_000);
-    expect(await kernelSessions()).toEqual([`${tgtd.portal},1 ${ck.iqn}`]);
+    await restartNode(['--orphan-sessions', 'clean']);
+    await waitFor('the orphan session to be logged out', async () => ((await kernelSessions()).length === 2 ? true : undefined), 60_000);
+    expect((await kernelSessions()).sort()).toEqual([`${tgtd.portal},1 ${ca.iqn}`, `${tgtd.portal},1 ${cb.iqn}`].sort());
     expect(node.logs()).toContain('tore down a device no record of this node explains and nothing used');
     // A node record made without discovery (`-o new`, as sinter makes them) has no portal group tag:
     // iscsiadm lists its -1 as 4294967295, not the session's tag 1 (recorded: fixtures/iscsiadm/node-list.out).
-    expect(await nodeRecords()).toEqual([`${tgtd.portal},4294967295 ${ck.iqn}`]);
-    await node.client.node.NodeUnstageVolume({ volume_id: kept, staging_target_path: paths(kept).staging });
+    expect((await nodeRecords()).sort()).toEqual([`${tgtd.portal},4294967295 ${ca.iqn}`, `${tgtd.portal},4294967295 ${cb.iqn}`].sort());
+    await teardown(a);
+    await teardown(b);
+    expect(image(a).includes(Buffer.from('still here'))).toBe(true);
     rmSync(paths(orphan).staging, { recursive: true, force: true });
-    for (const id of [orphan, kept]) {
-      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
-      await ctl.client.controller.DeleteVolume({ volume_id: id });
-    }
-    // The last test of the file: the node started with clean serves to the end (afterAll stops it).
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: orphan, node_id: nodeId });
+    for (const id of [a, b, orphan]) await ctl.client.controller.DeleteVolume({ volume_id: id });
+    // The last test of the file: the node started with clean serves to the end (Lab.stop() stops it).
   });
 });
