@@ -176,8 +176,12 @@ describe('LUKS encryption on a real kernel (dm-crypt in the VM guest)', () => {
     await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
 
     // Unstage refuses while the mapping is held open by someone else, then succeeds once it is let go.
-    const holder = execa('sh', ['-c', `exec 3</dev/mapper/${mapperName(vol)}; exec sleep 30`], { reject: false });
-    await new Promise((r) => setTimeout(r, 1000));
+    // The holder says when it has the mapping open (no fixed pause: under TCG a shell's start alone can take a second).
+    const holder = execa('sh', ['-c', `exec 3</dev/mapper/${mapperName(vol)}; echo open; exec sleep 300`], { reject: false });
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout.on('data', (d: Buffer) => d.toString().includes('open') && resolve());
+      void holder.then((r) => reject(new Error(`the holder exited before opening the mapping: ${r.stderr}`)));
+    });
     const err = await csiError(unstage(req));
     expect(err.code).toBe(Code.FAILED_PRECONDITION);
     expect(err.message).toContain('still in use');
