@@ -352,10 +352,12 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
   });
 
   it('never reformats a real disk that holds a filesystem or a partition table; the data stays', async () => {
-    for (const [name, prep] of [
+    // The two disks side by side: each waits on its own login, scan and udev, which overlap.
+    const cases = [
       ['k-has-fs', (dev: string) => execa('mkfs.ext4', ['-q', '-F', '-L', 'precious', dev])],
       ['k-has-gpt', (dev: string) => execa('sfdisk', ['-q', dev], { input: 'label: gpt\n,8M\n' })],
-    ] as const) {
+    ] as const;
+    await Promise.all(cases.map(async ([name, prep]) => {
       const id = await provision(name, 64);
       const ctx = await publish(id, blockCap());
       // What a previous user left on the LUN, written straight into the backing image (no session
@@ -370,7 +372,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
       await node.client.node.NodeUnstageVolume({ volume_id: id, staging_target_path: paths(id).staging });
       await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
       await ctl.client.controller.DeleteVolume({ volume_id: id });
-    }
+    }));
   });
 
   // Last: it leaves the node running with orphanSessions: clean.
