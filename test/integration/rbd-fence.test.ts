@@ -171,7 +171,7 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
       // A partition, as Ceph sees it: the client stops answering (SIGSTOP of qemu-nbd, which runs librbd).
       const dirs = readdirSync(join(scratch, 'node-a'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('qemu-nbd.pid'));
       expect(dirs).toHaveLength(1);
-      stopped = Number(readFileSync(join(scratch, 'node-a', dirs[0]!), 'utf8').trim());
+      stopped = Number(readFileSync(join(scratch, 'node-a', dirs[0]), 'utf8').trim());
       process.kill(stopped, 'SIGSTOP');
       const deadline = Date.now() + 60_000;
       while ((await watchers(id)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1000));
@@ -187,7 +187,7 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
       expect((await head(id)).every((x) => x === 0xd1)).toBe(true);
       await a.disconnect(ctx);
       // The entry would keep the next test's blocklist from being empty.
-      await c.ceph(['osd', 'blocklist', 'rm', clientA!]);
+      await c.ceph(['osd', 'blocklist', 'rm', clientA]);
     } finally {
       if (stopped) process.kill(stopped, 'SIGCONT');
       await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
