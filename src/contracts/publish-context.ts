@@ -8,8 +8,12 @@ export type PublishContext =
   | { transport: 'local'; path: string }
   | { transport: 'iscsi'; portals: string[]; iqn: string; lun: number }
   | { transport: 'fc'; wwns: string[]; lun: number }
-  /** Ceph RBD: the node reaches the image with its own cephx key (node config), never one in here. */
-  | { transport: 'rbd'; pool: string; image: string; monitors: string[] }
+  /**
+   * Ceph RBD: the node reaches the image with its own cephx key (node config), never one in here.
+   * `attach`: the attach mode the StorageClass asked for (parameter rbdAttach, set on the node from
+   * volume_context at NodeStageVolume and kept in the stage record); absent: the node's own setting.
+   */
+  | { transport: 'rbd'; pool: string; image: string; monitors: string[]; attach?: RbdAttach }
   /** NVMe over TCP: the subsystem's NQN, its portals (`traddr:trsvcid`) and the namespace id. */
   | { transport: 'nvmeof'; nqn: string; portals: string[]; nsid: number };
 
@@ -28,6 +32,18 @@ export function isNsid(n: number): boolean {
 }
 
 export class PublishContextError extends Error {}
+
+/** The attach modes a StorageClass may ask for (parameter rbdAttach); `auto` leaves it to the node. */
+export type RbdAttach = 'kernel' | 'userspace';
+export const RBD_ATTACH_KEY = 'rbdAttach';
+export const RBD_ATTACH_VALUES = ['kernel', 'userspace', 'auto'] as const;
+
+/** The mode a rbdAttach value asks for; undefined for auto or absent; throws fail(message) for anything else. */
+export function parseRbdAttach(v: string | undefined, field: string, fail: (msg: string) => Error): RbdAttach | undefined {
+  if (v === undefined || v === '' || v === 'auto') return undefined;
+  if (v === 'kernel' || v === 'userspace') return v;
+  throw fail(`${field} must be one of ${RBD_ATTACH_VALUES.join(', ')}, not ${JSON.stringify(v.slice(0, 32))}`);
+}
 
 /** The highest LUN sinter addresses (SAM flat space, what udev's path_id and the kernel's scan take). */
 export const MAX_LUN = 16383;
@@ -75,7 +91,7 @@ export function encodePublishContext(c: PublishContext): Record<string, string> 
     case 'fc':
       return { transport: 'fc', wwns: c.wwns.join(','), lun: String(c.lun) };
     case 'rbd':
-      return { transport: 'rbd', pool: c.pool, image: c.image, monitors: c.monitors.join(',') };
+      return { transport: 'rbd', pool: c.pool, image: c.image, monitors: c.monitors.join(','), ...(c.attach ? { attach: c.attach } : {}) };
     case 'nvmeof':
       return { transport: 'nvmeof', nqn: c.nqn, portals: c.portals.join(','), nsid: String(c.nsid) };
   }
@@ -111,7 +127,8 @@ export function decodePublishContext(ctx: Record<string, string> | undefined): P
       const monitors = listOf(c.monitors, 'monitors');
       const bad = monitors.find((m) => !RBD_MONITOR_RE.test(m));
       if (bad !== undefined) throw new PublishContextError(`publish_context.monitors: "${bad.slice(0, 100)}" is not a monitor address (host:port)`);
-      return { transport: 'rbd', pool: c.pool!, image: c.image!, monitors };
+      const attach = parseRbdAttach(c.attach, 'publish_context.attach', (m) => new PublishContextError(m));
+      return { transport: 'rbd', pool: c.pool!, image: c.image!, monitors, ...(attach ? { attach } : {}) };
     }
     case 'nvmeof': {
       if (!c.nqn || !isValidNqn(c.nqn)) throw new PublishContextError(`publish_context.nqn "${c.nqn ?? ''}" is not a subsystem NQN (nqn.yyyy-mm.domain:name, at most 223 bytes)`);

@@ -1,3 +1,4 @@
+import { parseRbdAttach, RBD_ATTACH_KEY, type RbdAttach } from '../contracts/publish-context.js';
 import { invalidArgument } from '../errors/domain-error.js';
 
 /**
@@ -16,6 +17,7 @@ export const PARAMETER_DOCS: Record<string, string> = {
   backend: 'pin the volume to one named backend',
   mkfsOptions: 'extra mkfs arguments, space-separated, letters/digits/=,.:_- only',
   encrypted: '"true": LUKS2 on the node, passphrase from the node-stage secret key encryptionPassphrase (default "false")',
+  [RBD_ATTACH_KEY]: 'rbd volumes: how nodes attach them, kernel | userspace | auto (default auto: the node\'s node.rbd.attach); a node that cannot answers FAILED_PRECONDITION',
 };
 
 export interface VolumeParameters {
@@ -23,6 +25,8 @@ export interface VolumeParameters {
   backend?: string;
   mkfsOptions?: string;
   encrypted?: boolean;
+  /** rbdAttach: kernel or userspace (auto and absent leave it to the node). */
+  rbdAttach?: RbdAttach;
   /** Everything the CO sent, minus the sidecars' keys: compared for name idempotency. */
   own: Record<string, string>;
 }
@@ -77,6 +81,11 @@ export function parseParameters(params: Record<string, string> | undefined, fiel
         if (v !== 'true' && v !== 'false') throw invalidArgument(`${field}.encrypted must be "true" or "false", not "${v.slice(0, 16)}"`);
         out.encrypted = v === 'true';
         break;
+      case RBD_ATTACH_KEY: {
+        const a = parseRbdAttach(v, `${field}.${RBD_ATTACH_KEY}`, invalidArgument);
+        if (a) out.rbdAttach = a;
+        break;
+      }
       default:
         throw unknownKey(field, k);
     }

@@ -4,6 +4,7 @@ import { invalidArgument, notFound } from '../errors/domain-error.js';
 import type { ControllerImpl } from '../csi/messages.js';
 import { parseCapabilities, parseCapability } from './capabilities.js';
 import { parseParameters } from './parameters.js';
+import { RBD_ATTACH_KEY } from '../contracts/publish-context.js';
 import type { SnapshotManager } from './snapshots.js';
 import { recordedFsType, type VolumeManager } from './volumes.js';
 
@@ -64,6 +65,8 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
     if (fs) ctx.fsType = fs;
     if (v.parameters.mkfsOptions) ctx.mkfsOptions = v.parameters.mkfsOptions;
     if (v.parameters.encrypted === 'true') ctx.encrypted = 'true';
+    // The node reads it at NodeStageVolume (src/node/service.ts): the attach mode the class asks for.
+    if (v.parameters[RBD_ATTACH_KEY] === 'kernel' || v.parameters[RBD_ATTACH_KEY] === 'userspace') ctx[RBD_ATTACH_KEY] = v.parameters[RBD_ATTACH_KEY];
     return ctx;
   };
 

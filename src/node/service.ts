@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { decodePublishContext, PublishContextError, type PublishContext } from '../contracts/publish-context.js';
+import { decodePublishContext, parseRbdAttach, PublishContextError, RBD_ATTACH_KEY, type PublishContext } from '../contracts/publish-context.js';
 import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { NodeImpl } from '../csi/messages.js';
@@ -82,6 +82,17 @@ function publishContextOf(raw: unknown): PublishContext {
     if (e instanceof PublishContextError) throw invalidArgument(`${e.message}; it comes from ControllerPublishVolume of this driver`);
     throw e;
   }
+}
+
+/**
+ * The attach mode the StorageClass asks for (volume_context rbdAttach, from
+ * its parameter) joins an rbd connection: the stage record keeps it, so
+ * unstage, expand and the orphan scan reach the attachment the way it was made.
+ */
+function withRbdAttach(ctx: PublishContext, volumeContext: Record<string, string>): PublishContext {
+  if (ctx.transport !== 'rbd') return ctx;
+  const attach = parseRbdAttach(volumeContext[RBD_ATTACH_KEY], `volume_context.${RBD_ATTACH_KEY}`, (m) => invalidArgument(`${m} (StorageClass parameter ${RBD_ATTACH_KEY})`));
+  return attach ? { ...ctx, attach } : ctx;
 }
 
 /** publish_context as recorded at stage time (already validated then). */
@@ -211,7 +222,7 @@ export class NodeService {
         if (!req.staging_target_path) throw invalidArgument('staging_target_path is required');
         const capability = parseCapability(req.volume_capability);
         const checked = await d.paths.check('staging_target_path', req.staging_target_path);
-        const publishContext = publishContextOf(req.publish_context);
+        const publishContext = withRbdAttach(publishContextOf(req.publish_context), mapOf(req.volume_context));
         await this.volumeLock(volumeId, [checked.resolved], async () => {
           // Looked at again under the lock: an unstage that held it may have removed the directory meanwhile.
           const staging = await d.paths.check('staging_target_path', req.staging_target_path);

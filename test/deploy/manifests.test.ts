@@ -756,7 +756,15 @@ describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the 
   it("every class hands the node the node-stage Secret with the keys sinter's rbd connector reads (userID, userKey); the node config holds no key", () => {
     const all = docs();
     const classes = all.filter((o) => o.kind === 'StorageClass');
-    expect(classes.map((c) => c.metadata.name).sort()).toEqual(['sinter-block', 'sinter-ext4', 'sinter-xfs']);
+    expect(classes.map((c) => c.metadata.name).sort()).toEqual(['sinter-block', 'sinter-ext4', 'sinter-rbd-kernel', 'sinter-rbd-userspace', 'sinter-xfs']);
+    // The two attach classes ask for their mode (StorageClass parameter rbdAttach); the others leave it to the node.
+    expect(Object.fromEntries(classes.map((c) => [c.metadata.name, (c.parameters as Record<string, string>).rbdAttach]))).toEqual({
+      'sinter-block': undefined,
+      'sinter-ext4': undefined,
+      'sinter-xfs': undefined,
+      'sinter-rbd-kernel': 'kernel',
+      'sinter-rbd-userspace': 'userspace',
+    });
     for (const sc of classes) {
       const p = sc.parameters as Record<string, string>;
       expect(p['csi.storage.k8s.io/node-stage-secret-name'], sc.metadata.name).toBe('sinter-ceph-node');

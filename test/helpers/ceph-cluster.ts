@@ -275,15 +275,23 @@ osd_op_num_threads_per_shard = 2
     daemon('ceph-mgr', ['-i', 'x']);
 
     const osdUuid = randomUUID();
+    // Where the time goes under TCG (the VM guest): each `ceph` CLI call is a Python start of ~20 s and the
+    // OSD's BlueStore mkfs ~23 s. So the mkfs (which needs no monitor with --no-mon-config: the fsid is in
+    // the conf) runs while the monitor starts, and the OSD's id and the pool come from ONE `ceph` process
+    // (its interactive mode reads the commands from stdin). A pool made before its OSD boots gets its PGs
+    // when the OSD joins the CRUSH map at boot.
+    const mkfs = execa('ceph-osd', ['-c', conf, '--no-mon-config', '-i', '0', '--mkfs', '--osd-uuid', osdUuid], { timeout: 180_000 }).then(() => mark('osd mkfs (beside the mon start)'));
     // The mon may not listen yet: the ceph client hunts for it (connect-timeout above).
-    const id = (await ceph(['osd', 'new', osdUuid, '0'])).trim();
-    if (id !== '0') throw new Error(`ceph osd new gave id ${id}, expected 0`);
-    mark('osd new (first answer of the mon)');
-    await run('ceph-osd', ['-i', '0', '--mkfs', '--osd-uuid', osdUuid]);
-    mark('osd mkfs');
+    const monSide = execa('ceph', ['-c', conf, '--connect-timeout', '30'], { input: `osd new ${osdUuid} 0\nosd pool create ${pool} 8 8 replicated\n`, timeout: 120_000 }).then((r) => {
+      // Interactive mode exits 0 whatever happened: a failed command prints `Error E…` on stderr.
+      const err = /^Error .*$/m.exec(r.stderr);
+      if (err) throw new Error(`ceph (osd new; osd pool create ${pool}): ${err[0]}`);
+      const id = r.stdout.trim().split('\n')[0]?.trim();
+      if (id !== '0') throw new Error(`ceph osd new gave id ${id}, expected 0 (stdout ${r.stdout.slice(0, 200)}; stderr ${r.stderr.slice(0, 200)})`);
+      mark('osd new + pool create (one ceph process; the first answer of the mon)');
+    });
+    await Promise.all([mkfs, monSide]);
     daemon('ceph-osd', ['-i', '0']);
-    await ceph(['osd', 'pool', 'create', pool, '8', '8', 'replicated']);
-    mark('pool create');
     await run('rbd', ['pool', 'init', pool]);
     mark('rbd pool init (PGs active)');
     // HEALTH_OK (the mgr is up: `ceph df` and PG states come from it).

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -123,6 +123,75 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
     await a.disconnect(again);
     await vm.unpublish(id, nodeA, { wait: true });
     expect(await blocklisted()).toEqual([]);
+    await b.deleteVolume(id);
+  }, 180_000);
+
+  it('the scan recorded A\'s client, A unstages cleanly, then is unpublished → no blocklist entry (the client is gone)', async () => {
+    const id = `ceph-${randomUUID()}`;
+    await b.createVolume({ id, name: 'pvc-clean', sizeBytes: 16 * MiB, parameters: {}, capabilities: [{ accessType: 'block', accessMode: 'SINGLE_NODE_WRITER' }] });
+    const a = connector('node-a');
+    const ctx = await vm.publish(id, nodeA, cap, false);
+    const dev = await a.connect(ctx, {});
+    expect((await write(dev, 0xc1)).exitCode).toBe(0);
+    const [clientA] = await watchers(id);
+    await vm.reconcileExports(b);
+    expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
+    // NodeUnstageVolume: qemu-nbd closes the image (watch and exclusive lock released), then ControllerUnpublishVolume.
+    await a.disconnect(ctx);
+    await vm.unpublish(id, nodeA, { wait: true });
+    expect(await blocklisted()).toEqual([]);
+    const rec = await record(id);
+    expect(rec.rbd?.fenced ?? []).toEqual([]);
+    expect(rec.rbd?.clients ?? []).toEqual([]);
+    // B gets the volume at once and writes.
+    const bConn = connector('node-b');
+    const ctxB = await vm.publish(id, nodeB, cap, false);
+    const devB = await bConn.connect(ctxB, {});
+    expect((await write(devB, 0xc2)).exitCode).toBe(0);
+    expect((await head(id)).every((x) => x === 0xc2)).toBe(true);
+    await bConn.disconnect(ctxB);
+    await vm.unpublish(id, nodeB, { wait: true });
+    await b.deleteVolume(id);
+  }, 120_000);
+
+  it('A\'s client goes silent holding the image (its watch lapses, its lock stays) → still blocklisted at unpublish; its writes fail after it wakes', async () => {
+    const id = `ceph-${randomUUID()}`;
+    await b.createVolume({ id, name: 'pvc-silent', sizeBytes: 16 * MiB, parameters: {}, capabilities: [{ accessType: 'block', accessMode: 'SINGLE_NODE_WRITER' }] });
+    // The OSDs drop a silent client's watch after osd_client_watch_timeout (30 s); 5 s here, for watches made from now on.
+    await c.ceph(['config', 'set', 'osd', 'osd_client_watch_timeout', '5']);
+    const a = connector('node-a');
+    let stopped: number | undefined;
+    try {
+      const ctx = await vm.publish(id, nodeA, cap, false);
+      const dev = await a.connect(ctx, {});
+      expect((await write(dev, 0xd1)).exitCode).toBe(0);
+      const [clientA] = await watchers(id);
+      await vm.reconcileExports(b);
+      expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
+      // A partition, as Ceph sees it: the client stops answering (SIGSTOP of qemu-nbd, which runs librbd).
+      const dirs = readdirSync(join(scratch, 'node-a'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('qemu-nbd.pid'));
+      expect(dirs).toHaveLength(1);
+      stopped = Number(readFileSync(join(scratch, 'node-a', dirs[0]), 'utf8').trim());
+      process.kill(stopped, 'SIGSTOP');
+      const deadline = Date.now() + 60_000;
+      while ((await watchers(id)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1000));
+      expect(await watchers(id)).toEqual([]);
+      // What tells it from a client that left: it still holds the image's exclusive lock.
+      expect((await b.pool.lockHolders(id))?.map((l) => l.address)).toEqual([clientA]);
+      await vm.unpublish(id, nodeA, { wait: true });
+      expect(await blocklisted()).toContain(clientA);
+      process.kill(stopped, 'SIGCONT');
+      stopped = undefined;
+      const late = await write(dev, 0xd2);
+      expect(late.exitCode).not.toBe(0);
+      expect((await head(id)).every((x) => x === 0xd1)).toBe(true);
+      await a.disconnect(ctx);
+      // The entry would keep the next test's blocklist from being empty.
+      await c.ceph(['osd', 'blocklist', 'rm', clientA]);
+    } finally {
+      if (stopped) process.kill(stopped, 'SIGCONT');
+      await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
+    }
     await b.deleteVolume(id);
   }, 180_000);
 

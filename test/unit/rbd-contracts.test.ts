@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/config/error.js';
 import { backendSchema, parseConfig } from '../../src/config/schema.js';
 import { decodePublishContext, encodePublishContext } from '../../src/contracts/publish-context.js';
+import { parseParameters } from '../../src/controller/parameters.js';
 import { classifyImage, snapshotImage } from '../../src/backends/rbd/names.js';
 import { monitorHostPort } from '../../src/node/connectors/rbd.js';
 
@@ -46,6 +47,23 @@ describe('rbd publish_context', () => {
     expect(monitorHostPort('v1:10.0.0.1')).toEqual({ host: '10.0.0.1', port: 6789 });
     expect(monitorHostPort('mon.example')).toEqual({ host: 'mon.example', port: 3300 });
     expect(monitorHostPort('[fd00::1]:3300')).toEqual({ host: 'fd00::1', port: 3300 });
+  });
+});
+
+describe('rbdAttach: the StorageClass parameter, and attach in the node\'s recorded connection', () => {
+  it('CreateVolume takes kernel, userspace and auto (auto: the node decides) and refuses anything else, naming it', () => {
+    expect(parseParameters({ rbdAttach: 'kernel' })).toMatchObject({ rbdAttach: 'kernel', own: { rbdAttach: 'kernel' } });
+    expect(parseParameters({ rbdAttach: 'userspace' }).rbdAttach).toBe('userspace');
+    expect(parseParameters({ rbdAttach: 'auto' }).rbdAttach).toBeUndefined();
+    expect(() => parseParameters({ rbdAttach: 'nbd' })).toThrow(/^parameters\.rbdAttach must be one of kernel, userspace, auto, not "nbd"$/);
+    expect(() => parseParameters({ rbdAttach: 'Kernel' })).toThrow(/parameters\.rbdAttach/);
+  });
+  it('round-trips attach in an rbd connection and refuses an unknown one', () => {
+    const ctx = { transport: 'rbd' as const, pool: 'kube', image: 'img', monitors: ['10.0.0.1:3300'], attach: 'userspace' as const };
+    expect(encodePublishContext(ctx)).toMatchObject({ attach: 'userspace' });
+    expect(decodePublishContext(encodePublishContext(ctx))).toEqual(ctx);
+    expect(encodePublishContext({ ...ctx, attach: undefined })).not.toHaveProperty('attach');
+    expect(() => decodePublishContext({ ...encodePublishContext(ctx), attach: 'nbd' })).toThrow(/publish_context\.attach must be one of/);
   });
 });
 

@@ -8,6 +8,7 @@ import { ExecError, type DaemonSpawner, type ExecOptions, type ExecResult, type 
 import { RbdConnector } from '../../src/node/connectors/rbd.js';
 import { effectiveMapOptions, KernelRbdConnector, KrbdSysfs, mappingMatches, monitorsOfConfigInfo, parseRbdDeviceList } from '../../src/node/connectors/rbd-kernel.js';
 import { SysfsTree } from '../../src/node/connectors/sysfs.js';
+import { stringMatching } from '../helpers/matchers.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 
 /**
@@ -64,9 +65,16 @@ class FakeKrbd implements Executor {
     return `/dev/rbd${id}`;
   }
 
+  /** Commands that answer `--version` (what the node checks before the mode a StorageClass asks for); others are not installed. */
+  installed = new Set(['rbd']);
+
   async run(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult> {
     const call: Call = { cmd, args, opts };
     this.calls.push(call);
+    if (args.length === 1 && args[0] === '--version') {
+      if (!this.installed.has(cmd)) throw new ExecError(cmd, undefined, `spawn ${cmd} ENOENT`, false);
+      return { stdout: `${cmd} version 1`, stderr: '', exitCode: 0 };
+    }
     if (cmd === 'modprobe') {
       if (this.modprobeOk) mkdirSync(join(this.sys, 'bus/rbd'), { recursive: true });
       return { stdout: '', stderr: this.modprobeOk ? '' : 'modprobe: FATAL: Module rbd not found', exitCode: this.modprobeOk ? 0 : 1 };
@@ -184,14 +192,14 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
 
   it('without a key anywhere: FAILED_PRECONDITION naming node.rbd.keyFile', async () => {
     const bare = new KernelRbdConnector({ stateDir: state, sysfsRoot: sys }, fake, log);
-    await expect(bare.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/node\.rbd\.keyFile/) as unknown });
+    await expect(bare.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/node\.rbd\.keyFile/) });
   });
 
   it('the recorded map errors become actionable FAILED_PRECONDITION messages (missing image, refused key)', async () => {
     fake.mapFails = errOf('map-missing.err');
-    await expect(conn.attach(ctxOf('gone'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/kube\/gone does not exist/) as unknown });
+    await expect(conn.attach(ctxOf('gone'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/kube\/gone does not exist/) });
     fake.mapFails = errOf('map-denied.err');
-    await expect(conn.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/check the node's cephx key/) as unknown });
+    await expect(conn.attach(ctxOf('v'), {})).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/check the node's cephx key/) });
     expect(fake.maps().every((m) => !m.args.join(' ').includes(KEY))).toBe(true);
   });
 
@@ -199,7 +207,7 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
     const a = await conn.connect(ctxOf('vol-a'), {});
     const b = await conn.connect(ctxOf('vol-b'), {});
     fake.busy.add(a);
-    await expect(conn.disconnect(ctxOf('vol-a'), a)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/still in use/) as unknown });
+    await expect(conn.disconnect(ctxOf('vol-a'), a)).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/still in use/) });
     fake.busy.clear();
     await conn.disconnect(ctxOf('vol-a'), a);
     expect(await conn.find(ctxOf('vol-a'))).toBeUndefined();
@@ -210,11 +218,11 @@ describe('KernelRbdConnector (fake rbd CLI and sysfs, recorded attributes and er
 
   it('condition: a mapped device is normal; a device gone or now another image\'s is abnormal and not attached', async () => {
     const d = await conn.connect(ctxOf('vol-c'), {});
-    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: false, attached: true, message: expect.stringMatching(/client4129/) as unknown });
+    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: false, attached: true, message: stringMatching(/client4129/) });
     rmSync(join(sys, 'bus/rbd/devices/0'), { recursive: true });
-    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: expect.stringMatching(/no longer mapped/) as unknown });
+    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: stringMatching(/no longer mapped/) });
     await conn.connect(ctxOf('vol-d'), {}); // takes id 0 again
-    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: expect.stringMatching(/now maps rbd image kube\/vol-d/) as unknown });
+    expect(await conn.condition(ctxOf('vol-c'), d)).toMatchObject({ abnormal: true, attached: false, message: stringMatching(/now maps rbd image kube\/vol-d/) });
   });
 
   it('rescan asks the kernel to refresh the header of that mapping', async () => {
@@ -272,6 +280,76 @@ describe('node.rbd.attach: auto picks the kernel only where the rbd module is th
     expect(again.calls).toEqual([]);
     expect(await make(sys, again, 'userspace').mode()).toBe('userspace');
     expect(await make(join(t.dir, 'none'), again, 'kernel').mode()).toBe('kernel');
+  });
+});
+
+describe('StorageClass rbdAttach (publish_context attach, from volume_context): honoured where the node can, FAILED_PRECONDITION naming it where not', () => {
+  const t = tempDir('sinter-krbd-class-');
+  afterAll(() => t.cleanup());
+  const spawner = {} as DaemonSpawner;
+  const make = (sys: string, fake: FakeKrbd, attach?: 'kernel' | 'userspace' | 'auto') =>
+    new RbdConnector({ stateDir: join(t.dir, sys, 'rbd-userspace'), attach, sysfsRoot: join(t.dir, sys), keyFile: keyFileIn(t.dir) }, Object.assign<FakeKrbd, DaemonSpawner>(fake, spawner), log);
+  const keyFileIn = (dir: string) => {
+    const f = join(dir, 'node.key');
+    writeFileSync(f, KEY, { mode: 0o600 });
+    return f;
+  };
+  const asked = (image: string, attach: 'kernel' | 'userspace'): PublishContext => ({ ...ctxOf(image), attach });
+
+  it('kernel asked on a node without the rbd module (its default: user space) → FAILED_PRECONDITION naming rbdAttach, nothing mapped', async () => {
+    mkdirSync(join(t.dir, 'nomod'));
+    const fake = new FakeKrbd(join(t.dir, 'nomod'));
+    const conn = make('nomod', fake, 'auto');
+    await expect(conn.validate(asked('img', 'kernel'))).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/StorageClass parameter rbdAttach .* asks for the kernel rbd attach, but this node has no rbd kernel module/) });
+    await expect(conn.connect(asked('img', 'kernel'), {})).rejects.toMatchObject({ code: 'failed-precondition' });
+    expect(fake.maps()).toEqual([]);
+  });
+
+  it('kernel asked, the module is there but not the rbd command → FAILED_PRECONDITION naming the package', async () => {
+    mkdirSync(join(t.dir, 'nocli', 'bus/rbd'), { recursive: true });
+    const fake = new FakeKrbd(join(t.dir, 'nocli'));
+    fake.installed.clear();
+    await expect(make('nocli', fake, 'userspace').validate(asked('img', 'kernel'))).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/rbdAttach.*no rbd command \(Debian package ceph-common\)/) });
+  });
+
+  it('kernel asked on a node whose default is user space but which has the module → mapped by the kernel; unstage (the recorded connection) unmaps it', async () => {
+    mkdirSync(join(t.dir, 'both', 'bus/rbd'), { recursive: true });
+    const fake = new FakeKrbd(join(t.dir, 'both'));
+    const conn = make('both', fake, 'userspace');
+    expect(await conn.mode()).toBe('userspace');
+    const ctx = asked('img', 'kernel');
+    await conn.validate(ctx);
+    expect(await conn.connect(ctx, {})).toBe('/dev/rbd0');
+    expect(fake.maps()).toHaveLength(1);
+    expect(await conn.find(ctx)).toBe('/dev/rbd0');
+    // The orphan scan of a user-space node sees the kernel mapping sinter made.
+    expect((await conn.attached()).map((a) => a.device)).toEqual(['/dev/rbd0']);
+    // Without attach, the node's default (user space) has no such attachment.
+    expect(await conn.find(ctxOf('img'))).toBeUndefined();
+    await conn.disconnect(ctx, '/dev/rbd0');
+    expect(existsSync(join(t.dir, 'both', 'bus/rbd/devices/0'))).toBe(false);
+  });
+
+  it('userspace asked on a kernel node without qemu-nbd/nbdfuse → FAILED_PRECONDITION naming rbdAttach and what is missing; with them the user-space connector takes it', async () => {
+    mkdirSync(join(t.dir, 'kern', 'bus/rbd'), { recursive: true });
+    const fake = new FakeKrbd(join(t.dir, 'kern'));
+    const conn = make('kern', fake, 'kernel');
+    await expect(conn.validate(asked('img', 'userspace'))).rejects.toMatchObject({ code: 'failed-precondition', message: stringMatching(/rbdAttach.*userspace rbd attach, but this node has no qemu-nbd and nbdfuse/) });
+    fake.installed.add('qemu-nbd').add('nbdfuse');
+    await conn.validate(asked('img', 'userspace'));
+    // The user-space connector answers: no attachment in its state dir, and no rbd command run for it.
+    const before = fake.calls.length;
+    expect(await conn.find(asked('img', 'userspace'))).toBeUndefined();
+    expect(fake.calls.length).toBe(before);
+  });
+
+  it('no attach in the connection: the node default, no tool check', async () => {
+    mkdirSync(join(t.dir, 'dflt', 'bus/rbd'), { recursive: true });
+    const fake = new FakeKrbd(join(t.dir, 'dflt'));
+    const conn = make('dflt', fake, 'auto');
+    expect(await conn.connect(ctxOf('img'), {})).toBe('/dev/rbd0');
+    expect(fake.calls.filter((c) => c.args[0] === '--version')).toEqual([]);
+    await conn.disconnect(ctxOf('img'), '/dev/rbd0');
   });
 });
 

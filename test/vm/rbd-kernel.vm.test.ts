@@ -17,6 +17,8 @@ function mappings(): { id: string; pool: string; image: string; client: string }
     .sort()
     .map((id) => ({ id, pool: cat(id, 'pool'), image: cat(id, 'name'), client: cat(id, 'client_id') }));
 }
+/** The StorageClass parameter (and the volume_context CreateVolume hands on) asking for the kernel attach. */
+const KERNEL_CLASS = { rbdAttach: 'kernel' };
 const rbdDevices = () => readdirSync('/dev').filter((d) => /^rbd\d+$/.test(d));
 const sizeOf = async (dev: string) => Number((await execa('blockdev', ['--getsize64', dev])).stdout.trim());
 
@@ -34,7 +36,8 @@ const step = (what: string) => {
  * Kernel RBD end to end on a real kernel: a single-node Ceph cluster inside the
  * guest (test/helpers/ceph-cluster.ts on 127.0.0.1, its OSD file on a scratch
  * disk: the guest's /tmp is RAM) and `sinter all` with an rbd backend and
- * `node.rbd.attach: kernel`: `rbd device map` with the node's own cephx key,
+ * the StorageClass parameter `rbdAttach: kernel` (overriding the node's
+ * `node.rbd.attach: userspace`): `rbd device map` with the node's own cephx key,
  * /dev/rbdN found on the rbd bus, growth seen by the kernel after a resize,
  * `rbd device unmap` on unstage, and the blocklist fence of the kernel client.
  */
@@ -75,9 +78,13 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
         '  rbd:',
         `    user: ${c.user}`,
         `    keyFile: ${c.keyFile}`,
-        '    attach: kernel',
+        // The node's own default is user space: every volume here comes from a class with rbdAttach: kernel,
+        // so the kernel mappings below also prove the StorageClass parameter overrides the node's setting.
+        '    attach: userspace',
         '    mapOptions: [queue_depth=64]',
         `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
+        // Each host command's time (exec lines), for the timing summary afterAll prints.
+        'logLevel: debug',
       ].join('\n'),
     );
     s = await startSinter({ base: join(t.dir, 'sinter'), args: ['--config', cfg] });
@@ -86,6 +93,18 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
   }, 600_000);
 
   afterAll(async () => {
+    // Where sinter's time went under TCG: the slowest host commands and RPCs.
+    if (s) {
+      const lines = s.logs().split('\n').flatMap((l) => {
+        try {
+          return [JSON.parse(l) as { msg?: string; cmd?: string; ms?: number; rpc?: string }];
+        } catch {
+          return [];
+        }
+      });
+      const slow = lines.filter((l) => (l.msg === 'exec' || l.msg === 'rpc') && typeof l.ms === 'number').sort((x, y) => y.ms! - x.ms!).slice(0, 20);
+      for (const l of slow) console.log(`krbd timing: ${l.ms} ms ${l.msg} ${(l.cmd ?? l.rpc ?? '').slice(0, 90)}`);
+    }
     await s?.cleanup();
     // Whatever a failed test left mapped (this cluster's pool only), then the cluster and its disk.
     for (const m of mappings()) if (c && m.pool === c.pool) await execa('rbd', ['device', 'unmap', '-o', 'force', `/dev/rbd${m.id}`], { reject: false });
@@ -109,12 +128,14 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
     const ctl = s.client.controller;
     const node = s.client.node;
-    const id = (await ctl.CreateVolume({ name: 'pvc-krbd-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [cap], parameters: {} })).volume!.volume_id!;
+    const vol = (await ctl.CreateVolume({ name: 'pvc-krbd-1', capacity_range: { required_bytes: 64 * MiB }, volume_capabilities: [cap], parameters: KERNEL_CLASS })).volume!;
+    expect(vol.volume_context).toMatchObject(KERNEL_CLASS);
+    const id = vol.volume_id!;
     const pub = await ctl.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
     expect(pub.publish_context).toEqual({ transport: 'rbd', pool: c.pool, image: id, monitors: c.monitors });
     const a = paths(id);
     const before = mappings().length;
-    await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context });
+    await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context, volume_context: vol.volume_context });
     const mine = mappings().filter((m) => m.image === id);
     expect(mine).toHaveLength(1);
     const dev = `/dev/rbd${mine[0].id}`;
@@ -125,7 +146,7 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     step('staged ext4 on ' + dev + '');
 
     // A retried stage finds the mapping: no second /dev/rbd device.
-    await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context });
+    await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context, volume_context: vol.volume_context });
     expect(mappings()).toHaveLength(before + 1);
     expect(readFileSync(`/sys/bus/rbd/devices/${mine[0].id}/config_info`, 'utf8')).toMatch(/,noshare/);
 
@@ -151,11 +172,11 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     const snap = (await ctl.CreateSnapshot({ name: 'snap-krbd-1', source_volume_id: id })).snapshot!;
     expect(snap.ready_to_use).toBe(true);
     const clone = (
-      await ctl.CreateVolume({ name: 'pvc-krbd-clone', capacity_range: { required_bytes: 128 * MiB }, volume_capabilities: [cap], volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })
+      await ctl.CreateVolume({ name: 'pvc-krbd-clone', capacity_range: { required_bytes: 128 * MiB }, volume_capabilities: [cap], parameters: KERNEL_CLASS, volume_content_source: { snapshot: { snapshot_id: snap.snapshot_id } } })
     ).volume!.volume_id!;
     const cpub = await ctl.ControllerPublishVolume({ volume_id: clone, node_id: nodeId, volume_capability: cap });
     const b = paths(clone);
-    await node.NodeStageVolume({ volume_id: clone, staging_target_path: b.staging, volume_capability: cap, publish_context: cpub.publish_context });
+    await node.NodeStageVolume({ volume_id: clone, staging_target_path: b.staging, volume_capability: cap, publish_context: cpub.publish_context, volume_context: KERNEL_CLASS });
     expect(readFileSync(join(b.staging, 'hello.txt'), 'utf8')).toBe('bytes that went through rbd.ko');
     await node.NodeUnstageVolume({ volume_id: clone, staging_target_path: b.staging });
     await ctl.ControllerUnpublishVolume({ volume_id: clone, node_id: nodeId });
@@ -188,10 +209,10 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     const cap = blockCap('SINGLE_NODE_WRITER');
     const ctl = s.client.controller;
     const node = s.client.node;
-    const id = (await ctl.CreateVolume({ name: 'pvc-krbd-block', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: {} })).volume!.volume_id!;
+    const id = (await ctl.CreateVolume({ name: 'pvc-krbd-block', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: KERNEL_CLASS })).volume!.volume_id!;
     const pub = await ctl.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
     const a = paths(id);
-    await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context });
+    await node.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context, volume_context: KERNEL_CLASS });
     await node.NodePublishVolume({ volume_id: id, staging_target_path: a.staging, target_path: a.target, volume_capability: cap, publish_context: pub.publish_context });
     const write = (byte: number) =>
       execa('bash', ['-c', `head -c 4096 /dev/zero | tr '\\0' '\\${byte.toString(8).padStart(3, '0')}' | timeout 60 dd of=${a.target} bs=4096 count=1 oflag=direct,sync status=none`], { reject: false });

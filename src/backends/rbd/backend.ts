@@ -508,7 +508,7 @@ export class RbdBackend implements Backend {
     await this.fence(rec, leaving[0]?.nodeId ?? node.host);
   }
 
-  /** Blocklists the image's live clients and those recorded for nodeId; the blocklist first, the record after (a lost record only means the entry expires unrecorded). */
+  /** Blocklists the image's live clients and those recorded for nodeId that still hold its lock (stillWriters); the blocklist first, the record after (a lost record only means the entry expires unrecorded). */
   private async fence(rec: StoredVolume, nodeId: string): Promise<void> {
     await this.settled(rec.id); // a background flatten is our own client: never fence it
     const image = volumeImage(rec.id);
@@ -516,7 +516,8 @@ export class RbdBackend implements Backend {
     const targets = new Map<string, RbdClient>();
     const seenAt = now();
     for (const w of await this.pool.watchers(image)) if (!fenced.has(w.address)) targets.set(w.address, { nodeId, address: w.address, client: w.client, seenAt });
-    for (const c of rec.rbd?.clients ?? []) if (c.nodeId === nodeId && !fenced.has(c.address) && !targets.has(c.address)) targets.set(c.address, c);
+    const silent = (rec.rbd?.clients ?? []).filter((c) => c.nodeId === nodeId && !fenced.has(c.address) && !targets.has(c.address));
+    for (const c of await this.stillWriters(image, silent)) targets.set(c.address, c);
     const until = new Date(Date.now() + this.cfg.fenceSeconds * 1000).toISOString();
     for (const t of targets.values()) await this.blocklist.add(t.address, this.cfg.fenceSeconds);
     const kept = (rec.rbd?.clients ?? []).filter((c) => c.nodeId !== nodeId);
@@ -528,6 +529,26 @@ export class RbdBackend implements Backend {
         { volume_id: rec.id, node_id: nodeId, clients: [...targets.values()].map((t) => `${t.client}@${t.address}`), until },
         'publish ended while the node still had the image open (or had it open and went silent): its Ceph client instances are blocklisted',
       );
+  }
+
+  /**
+   * Of the clients the scan recorded for a node that no longer watch the
+   * image, those that may still write: the ones still holding its exclusive
+   * lock (a writer went silent: its watch lapsed after 30 s but it writes again
+   * when the partition heals). A client that closed the image (a clean
+   * NodeUnstageVolume: unmap, qemu-nbd gone) released both watch and lock and
+   * no longer exists: blocklisting it would only leave a pointless entry.
+   * Without the exclusive-lock feature nothing tells the two apart, so every
+   * recorded client stays a target.
+   */
+  private async stillWriters(image: string, silent: RbdClient[]): Promise<RbdClient[]> {
+    if (silent.length === 0) return [];
+    const holders = await this.pool.lockHolders(image);
+    if (!holders) return silent;
+    const holding = new Set(holders.map((h) => h.address));
+    const gone = silent.filter((c) => !holding.has(c.address));
+    if (gone.length > 0) this.log.info({ image: this.pool.spec(image), clients: gone.map((c) => `${c.client}@${c.address}`) }, 'recorded clients that closed the image (no watch, no lock): gone, not fenced');
+    return silent.filter((c) => holding.has(c.address));
   }
 
   /**

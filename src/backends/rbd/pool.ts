@@ -22,6 +22,9 @@ export interface ImageInfo {
   parent?: { pool: string; image: string; id: string; snapshot: string; trash: boolean };
 }
 
+/** `v1:127.0.0.1:0/123` or `127.0.0.1:0/123` → `127.0.0.1:0/123`, as `rbd status` names a client instance. */
+export const clientAddress = (a: string) => a.replace(/^v[12]:/, '');
+
 const isErrno = (e: unknown, ...n: number[]) => e instanceof CephCommandError && e.errno !== undefined && n.includes(e.errno);
 
 /**
@@ -316,6 +319,34 @@ export class RbdPool {
       const r = await this.cli.rbdJson<{ watchers?: { address: string; client: number }[] } | null>(['status', this.spec(image)], `reading the clients of ${this.spec(image)}`);
       const own = this.agent?.ownClient();
       return (r?.watchers ?? []).map((w) => ({ address: w.address, client: `client.${w.client}` })).filter((w) => w.client !== own);
+    } catch (e) {
+      if (isErrno(e, Errno.ENOENT)) return [];
+      throw e;
+    }
+  }
+
+  /**
+   * The client instances holding the image's exclusive lock (`rbd lock ls`),
+   * but for the controller's own agent: a writer keeps the lock until it
+   * closes the image, so a client that still holds it but no longer watches
+   * is one that went silent (partitioned, hung), not one that left. Undefined
+   * when the image has no exclusive-lock feature (nothing then says who
+   * wrote last); [] when the image is gone.
+   */
+  async lockHolders(image: string): Promise<{ address: string; client: string }[] | undefined> {
+    const info = await this.info(image);
+    if (!info) return [];
+    if (!info.features.includes('exclusive-lock')) return undefined;
+    type Locker = { id?: string; locker?: string; address?: string };
+    try {
+      // Pacific prints an array of lockers; older releases an object keyed by the lock id.
+      const r = await this.cli.rbdJson<Locker[] | Record<string, Locker> | null>(['lock', 'ls', this.spec(image)], `reading the lock owners of ${this.spec(image)}`);
+      const all = Array.isArray(r) ? r : Object.values(r ?? {});
+      const own = this.agent?.ownClient();
+      return all
+        .filter((l): l is Required<Pick<Locker, 'address' | 'locker'>> => typeof l.address === 'string' && typeof l.locker === 'string')
+        .map((l) => ({ address: clientAddress(l.address), client: l.locker }))
+        .filter((l) => l.client !== own);
     } catch (e) {
       if (isErrno(e, Errno.ENOENT)) return [];
       throw e;

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { PublishContext } from '../../contracts/publish-context.js';
+import { RBD_ATTACH_KEY, type PublishContext } from '../../contracts/publish-context.js';
 import { KeyedLock } from '../../csi/locks.js';
 import { failedPrecondition, internal } from '../../errors/domain-error.js';
 import type { DaemonSpawner, Executor } from '../../exec/run.js';
@@ -48,14 +48,22 @@ export async function kernelRbdAvailable(exec: Executor, sysfsRoot = '/sys'): Pr
 }
 
 /**
- * The `rbd` transport (os-brick's RBDConnector): the kernel client where the
- * node has it (KernelRbdConnector, rbd-kernel.ts), else user space
- * (UserspaceRbdConnector below), as node.rbd.attach picks. The choice is made
- * once, at the first call.
+ * The `rbd` transport (os-brick's RBDConnector): the kernel client
+ * (KernelRbdConnector, rbd-kernel.ts) or user space (UserspaceRbdConnector
+ * below). The node's default is chosen once, at the first call, as
+ * node.rbd.attach says; a volume whose StorageClass asks for one mode
+ * (parameter rbdAttach, `attach` in its connection) gets that mode when the
+ * node can do it, else FAILED_PRECONDITION naming the parameter. An existing
+ * attachment is always reached the way it was made (the stage record keeps
+ * the connection with its `attach`).
  */
 export class RbdConnector implements Connector {
   readonly transport = 'rbd' as const;
-  private chosen?: Promise<Connector>;
+  private chosen?: Promise<'kernel' | 'userspace'>;
+  private kernelConn?: KernelRbdConnector;
+  private userspaceConn?: UserspaceRbdConnector;
+  /** Why this node cannot attach a mode (undefined: it can); only a "can" is kept, a missing module may be loaded later. */
+  private readonly can = new Map<'kernel' | 'userspace', Promise<string | undefined>>();
 
   constructor(
     private readonly cfg: RbdConnectorConfig,
@@ -63,66 +71,123 @@ export class RbdConnector implements Connector {
     private readonly log?: Logger,
   ) {}
 
-  /** The attach in use: kernel or userspace. */
+  /** The node's default attach: kernel or userspace. */
   async mode(): Promise<'kernel' | 'userspace'> {
-    return (await this.get()) instanceof KernelRbdConnector ? 'kernel' : 'userspace';
-  }
-
-  private get(): Promise<Connector> {
     this.chosen ??= (async () => {
       const mode = this.cfg.attach ?? 'auto';
       const kernel = mode === 'kernel' || (mode === 'auto' && (await kernelRbdAvailable(this.exec, this.cfg.sysfsRoot)));
       this.log?.info({ mode, chosen: kernel ? 'kernel' : 'userspace' }, 'rbd attach');
-      return kernel
-        ? new KernelRbdConnector(
-            { stateDir: this.cfg.kernelStateDir ?? join(this.cfg.stateDir, '..', 'rbd-kernel'), user: this.cfg.user, keyFile: this.cfg.keyFile, mapOptions: this.cfg.mapOptions, sysfsRoot: this.cfg.sysfsRoot, devRoot: this.cfg.devRoot },
-            this.exec,
-            this.log,
-          )
-        : new UserspaceRbdConnector(this.cfg, this.exec, this.log);
+      return kernel ? 'kernel' : 'userspace';
     })();
     this.chosen.catch(() => (this.chosen = undefined));
     return this.chosen;
   }
 
+  private kernel(): KernelRbdConnector {
+    this.kernelConn ??= new KernelRbdConnector(
+      { stateDir: this.cfg.kernelStateDir ?? join(this.cfg.stateDir, '..', 'rbd-kernel'), user: this.cfg.user, keyFile: this.cfg.keyFile, mapOptions: this.cfg.mapOptions, sysfsRoot: this.cfg.sysfsRoot, devRoot: this.cfg.devRoot },
+      this.exec,
+      this.log,
+    );
+    return this.kernelConn;
+  }
+
+  private userspace(): UserspaceRbdConnector {
+    this.userspaceConn ??= new UserspaceRbdConnector(this.cfg, this.exec, this.log);
+    return this.userspaceConn;
+  }
+
+  private by(mode: 'kernel' | 'userspace'): Connector {
+    return mode === 'kernel' ? this.kernel() : this.userspace();
+  }
+
+  /** The connector of an attachment: the mode its connection names, else the node's default. */
+  private async of(ctx: PublishContext): Promise<Connector> {
+    return this.by(asRbd(ctx).attach ?? (await this.mode()));
+  }
+
+  /** Why this node cannot attach `mode`, or undefined. */
+  private unable(mode: 'kernel' | 'userspace'): Promise<string | undefined> {
+    let p = this.can.get(mode);
+    if (!p) {
+      const has = (cmd: string) => this.exec.run(cmd, ['--version'], { timeoutMs: 30_000 }).then(() => true, () => false);
+      p = (async () => {
+        if (mode === 'kernel') {
+          if (!(await kernelRbdAvailable(this.exec, this.cfg.sysfsRoot))) return 'has no rbd kernel module (no /sys/bus/rbd, and modprobe rbd failed)';
+          if (!(await has('rbd'))) return 'has no rbd command (Debian package ceph-common) to map images with';
+          return undefined;
+        }
+        const missing = [];
+        for (const cmd of ['qemu-nbd', 'nbdfuse']) if (!(await has(cmd))) missing.push(cmd);
+        return missing.length ? `has no ${missing.join(' and ')} (Debian packages qemu-utils, qemu-block-extra, libnbd-bin)` : undefined;
+      })();
+      this.can.set(mode, p);
+      void p.then((why) => why !== undefined && this.can.delete(mode), () => this.can.delete(mode));
+    }
+    return p;
+  }
+
+  /** The connector for a new attachment: the mode the StorageClass asks for, if this node can do it. */
+  private async forNew(ctx: PublishContext): Promise<Connector> {
+    const asked = asRbd(ctx).attach;
+    if (asked) {
+      const why = await this.unable(asked);
+      if (why !== undefined)
+        throw failedPrecondition(
+          `the StorageClass parameter ${RBD_ATTACH_KEY} (volume_context.${RBD_ATTACH_KEY}) asks for the ${asked} rbd attach, but this node ${why}; schedule the pod on a node that can, or use ${RBD_ATTACH_KEY}: auto`,
+        );
+    }
+    return this.of(ctx);
+  }
+
   async validate(ctx: PublishContext): Promise<void> {
-    return (await this.get()).validate(ctx);
+    return (await this.forNew(ctx)).validate(ctx);
   }
 
   async connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string> {
-    return (await this.get()).connect(ctx, secrets);
+    return (await this.forNew(ctx)).connect(ctx, secrets);
   }
 
   async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
-    return (await this.get()).attach!(ctx, secrets);
+    return (await this.forNew(ctx)).attach!(ctx, secrets);
   }
 
   async find(ctx: PublishContext): Promise<string | undefined> {
-    return (await this.get()).find(ctx);
+    return (await this.of(ctx)).find(ctx);
   }
 
   async disconnect(ctx: PublishContext, device?: string): Promise<void> {
-    return (await this.get()).disconnect(ctx, device);
+    return (await this.of(ctx)).disconnect(ctx, device);
   }
 
   async rescan(ctx: PublishContext, device: string): Promise<void> {
-    return (await this.get()).rescan(ctx, device);
+    return (await this.of(ctx)).rescan(ctx, device);
   }
 
   async staleSizeReason(ctx: PublishContext): Promise<string | undefined> {
-    return (await this.get()).staleSizeReason?.(ctx);
+    return (await this.of(ctx)).staleSizeReason?.(ctx);
   }
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
-    return (await this.get()).condition(ctx, device);
+    return (await this.of(ctx)).condition(ctx, device);
   }
 
+  /**
+   * Both modes' attachments (a StorageClass may have asked for the one the
+   * node does not default to): kernel mappings from sysfs, user-space ones
+   * from the state dir; neither runs a command. Mappings sinter did not make
+   * are reported only where the kernel attach is the node's default: on a
+   * user-space node they are the administrator's business.
+   */
   async attached(): Promise<{ device: string; source: string; notReleasable?: string }[]> {
-    return (await (await this.get()).attached?.()) ?? [];
+    const [k, u, mode] = await Promise.all([this.kernel().attached(), this.userspace().attached(), this.mode()]);
+    return [...(mode === 'kernel' ? k : k.filter((a) => a.notReleasable === undefined)), ...u];
   }
 
   async release(device: string, source: string, inUse: PublishContext[]): Promise<boolean> {
-    return (await (await this.get()).release?.(device, source, inUse)) ?? false;
+    for (const c of [this.kernel(), this.userspace()])
+      if ((await c.attached()).some((a) => a.device === device && a.source === source)) return c.release(device, source, inUse);
+    return false;
   }
 }
 
