@@ -8,8 +8,9 @@
 // The floor of each figure is the same RPC of the first volumes: the section
 // asks whether the cost of one attach grows with the number already there
 // (issue 16: volume 256 ≤ 1.2× volume 1). Single RPCs are noisy on a shared
-// machine, so "volume n" is the median of the window of 8 volumes ending at
-// n (volumes 1–8 for the first).
+// machine, so "volume n" is the median of the window of volumes ending at n
+// (16 for section 7, 8 for 7b's 32 volumes; volumes 1–16 for the first): with
+// 8, one busy second of a neighbour's work moved a CPU row by 0.3×.
 //
 // With BENCH_LOG_LEVEL=debug sinter logs every host command; the section
 // then counts, per RPC, the commands and their time, and prints them for
@@ -19,7 +20,7 @@
 // removed at the end of the section, also when it fails.
 import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { base, hostExec, load, median, MiB, mountCap, scrub, sparseImage, startSinter } from './lib.mjs';
+import { base, hostExec, load, median, MiB, mountCap, rssOf, scrub, sparseImage, startSinter } from './lib.mjs';
 
 export const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
 const WINDOW = 8;
@@ -28,12 +29,12 @@ const WINDOW = 8;
 const mainThreadMs = (pid) => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
 
 /** The points reported: the first window, the 64th, 128th and the last volume. */
-export function points(n) {
-  return [...new Set([WINDOW, 64, 128, n].filter((p) => p >= WINDOW && p <= n))];
+export function points(n, win = WINDOW) {
+  return [...new Set([win, 64, 128, n].filter((p) => p >= win && p <= n))];
 }
 
-/** Median of the window of WINDOW values ending at volume n (1-based). */
-const windowAt = (values, n) => median(values.slice(Math.max(0, n - WINDOW), n));
+/** Median of the window of `win` values ending at volume n (1-based). */
+const windowOf = (win) => (values, n) => median(values.slice(Math.max(0, n - win), n));
 
 /**
  * Host commands per RPC from a debug log: sinter serves one RPC at a time
@@ -112,11 +113,15 @@ async function rawCycle(dir, i, sizeBytes) {
  * the section's rows; `made` (given) lists what is still staged or published
  * when it throws, for the caller's clean-up.
  */
-export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log, rawDir }) {
+export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log, rawDir, window: WIN = WINDOW }) {
+  const windowAt = windowOf(WIN);
   const s = node;
   const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
   const cpu = Object.fromEntries(STEPS.map((k) => [k, []]));
   const loadAt = [];
+  // sinter's resident memory as each volume is staged and torn down: every host command forks the node process,
+  // and the fork's page-table copy (main-thread CPU) grows with it, whatever the RPC does.
+  const rss = { up: [], down: [] };
   const t0 = performance.now();
   let nodeId;
   const create = async (name) => {
@@ -162,7 +167,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
     const all = [];
     // The raw floor, with the same neighbours: before each volume of the first and the last window.
     const raw = [];
-    const rawWanted = (i) => rawDir && (i <= WINDOW || i > volumes - WINDOW);
+    const rawWanted = (i) => rawDir && (i <= WIN || i > volumes - WIN);
     for (let i = 1; i <= volumes; i++) {
       if (rawWanted(i)) raw[i - 1] = await rawCycle(rawDir, i, sizeBytes);
       const v = await create(`scale-${i}`);
@@ -171,6 +176,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
       v.staged = true;
       ms.NodePublishVolume.push(await time(() => publish(v), 'NodePublishVolume', i - 1));
       v.published = true;
+      rss.up[i - 1] = rssOf(s.pid);
       loadAt.push(load());
       if (i % 32 === 0 || i === volumes)
         log(`  ${tag}: ${i}/${volumes} staged+published; stage ${ms.NodeStageVolume.at(-1).toFixed(0)} ms, publish ${ms.NodePublishVolume.at(-1).toFixed(0)} ms; load ${load().toFixed(2)}`);
@@ -183,13 +189,14 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
       v.published = false;
       down.NodeUnstageVolume[i - 1] = await time(() => unstage(v), 'NodeUnstageVolume', i - 1);
       v.staged = false;
+      rss.down[i - 1] = rssOf(s.pid);
       await release(v);
       if (i % 32 === 1 || i === 1) log(`  ${tag}: torn down to ${i - 1}; unpublish ${down.NodeUnpublishVolume[i - 1].toFixed(0)} ms, unstage ${down.NodeUnstageVolume[i - 1].toFixed(0)} ms; load ${load().toFixed(2)}`);
     }
     ms.NodeUnpublishVolume = down.NodeUnpublishVolume;
     ms.NodeUnstageVolume = down.NodeUnstageVolume;
     const rows = [];
-    const pts = points(volumes);
+    const pts = points(volumes, WIN);
     const first = pts[0];
     for (const k of STEPS) {
       const f = windowAt(ms[k], first);
@@ -205,12 +212,12 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
           ratio: val / f,
           target: p === volumes ? { ratioMax: 1.2 } : undefined,
           floorIs: `median ${k} of volumes 1–${first}`,
-          detail: { window: WINDOW, perVolumeMs: ms[k].map((x) => Math.round(x * 100) / 100) },
+          detail: { window: WIN, perVolumeMs: ms[k].map((x) => Math.round(x * 100) / 100) },
         });
       }
     }
     if (rawDir) {
-      const rawAt = (k, n) => median(raw.slice(Math.max(0, n - WINDOW), n).filter(Boolean).map((r) => r[k]));
+      const rawAt = (k, n) => median(raw.slice(Math.max(0, n - WIN), n).filter(Boolean).map((r) => r[k]));
       for (const k of STEPS) {
         for (const p of [first, volumes]) {
           const val = windowAt(ms[k], p);
@@ -223,8 +230,8 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
             value: val,
             floor: f,
             ratio: val / f,
-            floorIs: `median of the raw sequence (${RAW_AT_N}) run before volumes ${p - WINDOW + 1}–${p}`,
-            detail: { window: WINDOW, rawMs: raw.slice(Math.max(0, p - WINDOW), p).filter(Boolean).map((r) => Math.round(r[k] * 100) / 100) },
+            floorIs: `median of the raw sequence (${RAW_AT_N}) run before volumes ${p - WIN + 1}–${p}`,
+            detail: { window: WIN, rawMs: raw.slice(Math.max(0, p - WIN), p).filter(Boolean).map((r) => Math.round(r[k] * 100) / 100) },
           });
         }
       }
@@ -244,20 +251,24 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
     }
     for (const k of STEPS) {
       const f = windowAt(cpu[k], first);
-      const val = windowAt(cpu[k], volumes);
-      rows.push({
-        id: `${idBase}.${k}.cpu.${volumes}`,
-        section,
-        label: `${k}, sinter main-thread CPU, volume ${volumes} vs volumes 1–${first}`,
-        unit: 'ms',
-        value: val,
-        floor: f,
-        ratio: val / f,
-        floorIs: `median main-thread CPU of ${k} of volumes 1–${first}`,
-        detail: { window: WINDOW, perVolumeMs: cpu[k].map((x) => Math.round(x * 100) / 100) },
-      });
+      for (const p of pts.slice(1)) {
+        const val = windowAt(cpu[k], p);
+        rows.push({
+          id: `${idBase}.${k}.cpu.${p}`,
+          section,
+          label: `${k}, sinter main-thread CPU, volume ${p} vs volumes 1–${first}`,
+          unit: 'ms',
+          value: val,
+          floor: f,
+          ratio: val / f,
+          target: p === volumes ? { ratioMax: 1.2 } : undefined,
+          floorIs: `median main-thread CPU of ${k} of volumes 1–${first}`,
+          detail: { window: WIN, perVolumeMs: cpu[k].map((x) => Math.round(x * 100) / 100) },
+        });
+      }
     }
     log(`  ${tag}: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
+    log(`  sinter RSS after staging volume ${pts.map((p) => `#${p} ${rss.up[p - 1].toFixed(0)}`).join(', ')} MiB; after tearing it down ${pts.map((p) => `#${p} ${rss.down[p - 1].toFixed(0)}`).join(', ')} MiB`);
     for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms (CPU ${windowAt(cpu[k], p).toFixed(1)})`).join(', ')}`);
 
     // Debug logs: commands per RPC, for the first and the last windows.
@@ -266,7 +277,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
       const byVolume = new Map(all.map((v, i) => [v.id, i + 1]));
       for (const k of STEPS) {
         for (const p of [first, volumes]) {
-          const inWindow = calls.filter((c) => c.rpc === k && byVolume.get(c.volumeId) > p - WINDOW && byVolume.get(c.volumeId) <= p);
+          const inWindow = calls.filter((c) => c.rpc === k && byVolume.get(c.volumeId) > p - WIN && byVolume.get(c.volumeId) <= p);
           if (!inWindow.length) continue;
           const cmdMs = median(inWindow.map((c) => c.cmds.reduce((a, x) => a + x.ms, 0)));
           const rpcMs = median(inWindow.map((c) => c.ms));
@@ -275,7 +286,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
           const list = Object.entries(names)
             .map(([cmd, t]) => `${cmd} ×${(t.length / inWindow.length).toFixed(1)} ${median(t)} ms`)
             .join('; ');
-          log(`  ${k} volumes ${p - WINDOW + 1}–${p}: server ${rpcMs.toFixed(1)} ms, host commands ${cmdMs.toFixed(0)} ms: ${list}`);
+          log(`  ${k} volumes ${p - WIN + 1}–${p}: server ${rpcMs.toFixed(1)} ms, host commands ${cmdMs.toFixed(0)} ms: ${list}`);
         }
       }
     }
@@ -291,7 +302,7 @@ export async function undoScale(node, made) {
   }
 }
 
-export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
+export async function attachScaleBench({ volumes = 256, sizeMiB = 64, window = 16, log }) {
   const dir = join(base, 'attach-scale');
   const s = await startSinter({ role: 'all', dir });
   const cap = mountCap('ext4');
@@ -315,6 +326,7 @@ export async function attachScaleBench({ volumes = 256, sizeMiB = 64, log }) {
       made,
       log,
       rawDir: join(dir, 'raw'),
+      window: Math.min(window, Math.max(1, Math.floor(volumes / 4))),
     });
     failed = false;
   } finally {

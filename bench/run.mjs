@@ -137,7 +137,7 @@ Floors:
   6a. ${ISCSI_RAW_PUBLISH} — each tgtadm spawned through sinter's executor; ratio = p50 ÷ p50 (p95 ÷ p95).
   6b. ${ISCSI_RAW_STAGE} — through sinter's executor, pid files polled every 5 ms; ratio = p50 ÷ p50 (p95 ÷ p95).
   8. ${RBD_RAW}; the 50 ms target is the issue's goal for CreateVolume.
-  7, 7b. the same RPC of the first volumes (median of volumes 1–8) against the median of the 8 volumes ending at n, all staged at once, torn down last in, first out;
+  7, 7b. the same RPC of the first volumes (7: median of volumes 1–16; 7b: 1–8) against the median of as many volumes ending at n, all staged at once, torn down last in, first out;
       7 also against the raw commands with the same neighbours (${RAW_AT_N}), so the kernel's and the tools' own growth is the floor's too.
 sinter runs as a separate process with its default log level (info: one JSON line per RPC) written to a file.
 Load average ${loadBefore[0].toFixed(2)} at start, ${loadAfter[0].toFixed(2)} at end on ${cpus().length} CPUs; CPU pressure (some, avg60) ${pressureBefore ?? '?'}% → ${pressureAfter ?? '?'}%.

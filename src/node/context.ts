@@ -74,17 +74,27 @@ export function stagedAt(rec: Pick<StageRecord, 'access' | 'volumeId'>, resolved
  * mount's own number is matched too when given.
  */
 export function mountsOfDevice(snap: MountSnapshot, device: string, majMin: string | undefined, staged?: MountEntry): MountEntry[] {
-  const node = `/${basename(device)}`;
   // Every mount this filter keeps has one of these as a field: only their lines are parsed.
-  const fields = [device, node];
+  const fields = [device, `/${basename(device)}`];
   if (majMin !== undefined) fields.push(majMin);
   if (staged !== undefined) fields.push(staged.majMin);
-  return snap.withAnyField(fields).filter(
-    (e) =>
-      e.source === device ||
-      (majMin !== undefined && e.majMin === majMin) ||
-      (staged !== undefined && e.majMin === staged.majMin && e.root === staged.root) ||
-      (e.root === node && (e.fsType === 'devtmpfs' || e.fsType === 'tmpfs')),
+  return snap.withAnyField(fields).filter((e) => showsDevice(e, device, majMin, staged));
+}
+
+/**
+ * Whether one mount is among mountsOfDevice(…) of the same arguments: the
+ * same answer as `mountsOfDevice(snap, …).includes(m)` for an entry of that
+ * snapshot, without searching the whole table. Asking about the one mount at
+ * a path is what most calls do; with hundreds of mounts on a node each search
+ * of the table cost a few hundred microseconds of the event loop.
+ */
+export function showsDevice(m: MountEntry, device: string, majMin: string | undefined, staged?: Pick<MountEntry, 'majMin' | 'root'>): boolean {
+  const node = `/${basename(device)}`;
+  return (
+    m.source === device ||
+    (majMin !== undefined && m.majMin === majMin) ||
+    (staged !== undefined && m.majMin === staged.majMin && m.root === staged.root) ||
+    (m.root === node && (m.fsType === 'devtmpfs' || m.fsType === 'tmpfs'))
   );
 }
 

@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises';
+import { lstat, readFile, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { failedPrecondition } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
 import { hostCommand, toHostError } from './host-errors.js';
@@ -18,6 +19,9 @@ export interface MountEntry {
   source: string;
   superOptions: string[];
 }
+
+const NL = 0x0a;
+const SP = 0x20;
 
 /** mountinfo escapes space, tab, newline and backslash as \ooo. */
 function unescape(s: string): string {
@@ -62,64 +66,76 @@ export function parseMountInfo(text: string): MountEntry[] {
 /**
  * A snapshot of the mount table. Paths are compared as the kernel shows them (resolved).
  *
- * Made from mountinfo's text, it parses lazily: at() and allAt() find their
- * lines by searching the text for the path and parse only those, and the
- * whole table is parsed on the first look at `entries`. With hundreds of
- * mounts on a node, parsing every line on every read was most of what an
- * attach cost beyond its host commands, and most reads only ask what is
- * mounted at one path. An entry is one object however it was reached, so
- * at()'s answer can be looked for in `entries`.
+ * Made from mountinfo's bytes, it parses lazily: at() and allAt() find their
+ * lines by searching the bytes for the path and decode and parse only those,
+ * and the whole table is decoded and parsed on the first look at `entries`.
+ * With hundreds of mounts on a node, parsing (or even decoding) every line on
+ * every read was most of what an attach cost beyond its host commands, and
+ * most reads only ask what is mounted at one path. An entry is one object
+ * however it was reached, so at()'s answer can be looked for in `entries`.
  */
 export class MountSnapshot {
   private parsed: MountEntry[] | undefined;
+  /** Line start (byte offset) → its entry, so a line reached twice is one object. */
   private readonly byOffset = new Map<number, MountEntry | undefined>();
 
   constructor(
     entries: MountEntry[] | undefined,
-    private readonly text?: string,
+    private readonly bytes?: Buffer,
   ) {
     this.parsed = entries;
   }
 
   static fromText(text: string): MountSnapshot {
-    return new MountSnapshot(undefined, text);
+    return new MountSnapshot(undefined, Buffer.from(text, 'utf8'));
+  }
+
+  /** mountinfo as read (UTF-8 bytes), decoded only where it is asked. */
+  static fromBytes(bytes: Buffer): MountSnapshot {
+    return new MountSnapshot(undefined, bytes);
   }
 
   get entries(): MountEntry[] {
     if (this.parsed) return this.parsed;
-    const text = this.text ?? '';
+    const buf = this.bytes ?? Buffer.alloc(0);
     const out: MountEntry[] = [];
-    for (let start = 0; start < text.length; ) {
-      let end = text.indexOf('\n', start);
-      if (end < 0) end = text.length;
-      const e = this.lineAt(text, start, end);
+    for (let start = 0; start < buf.length; ) {
+      let end = buf.indexOf(NL, start);
+      if (end < 0) end = buf.length;
+      const e = this.lineAt(buf, start, end);
       if (e) out.push(e);
       start = end + 1;
     }
     return (this.parsed = out);
   }
 
-  private lineAt(text: string, start: number, end: number): MountEntry | undefined {
+  private lineAt(buf: Buffer, start: number, end: number): MountEntry | undefined {
     if (this.byOffset.has(start)) return this.byOffset.get(start);
-    const e = parseMountLine(text.slice(start, end));
+    const e = parseMountLine(buf.toString('utf8', start, end));
     this.byOffset.set(start, e);
     return e;
   }
 
-  /** The entries mounted at path, in table order, found in the text without parsing the other lines. */
+  /** The start and end (byte offsets) of the line holding offset i. */
+  private static lineAround(buf: Buffer, i: number): [number, number] {
+    const start = i > 0 ? buf.lastIndexOf(NL, i - 1) + 1 : 0;
+    let end = buf.indexOf(NL, i);
+    if (end < 0) end = buf.length;
+    return [start, end];
+  }
+
+  /** The entries mounted at path, in table order, found in the bytes without decoding the other lines. */
   private mountedAt(path: string): MountEntry[] {
-    const text = this.text;
-    if (this.parsed || text === undefined) return this.entries.filter((e) => e.mountPoint === path);
+    const buf = this.bytes;
+    if (this.parsed || buf === undefined) return this.entries.filter((e) => e.mountPoint === path);
     const needle = ` ${escapeMountPath(path)} `;
     const out: MountEntry[] = [];
-    for (let i = text.indexOf(needle); i >= 0; ) {
-      const start = text.lastIndexOf('\n', i) + 1;
-      let end = text.indexOf('\n', i);
-      if (end < 0) end = text.length;
+    for (let i = buf.indexOf(needle); i >= 0; ) {
+      const [start, end] = MountSnapshot.lineAround(buf, i);
       // The needle may be another field of the line (a bind's root): the parsed mount point decides.
-      const e = this.lineAt(text, start, end);
+      const e = this.lineAt(buf, start, end);
       if (e && e.mountPoint === path) out.push(e);
-      i = text.indexOf(needle, end);
+      i = buf.indexOf(needle, end);
     }
     return out;
   }
@@ -130,21 +146,22 @@ export class MountSnapshot {
    * root, mount point or source is one of them, for a filter on those fields.
    */
   withAnyField(values: string[]): MountEntry[] {
-    const text = this.text;
-    if (this.parsed || text === undefined) return this.entries;
-    const starts = new Set<number>();
+    const buf = this.bytes;
+    if (this.parsed || buf === undefined) return this.entries;
+    const starts = new Map<number, number>();
     for (const v of values) {
-      const needle = ` ${escapeMountPath(v)}`;
-      for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + 1)) {
-        const after = text[i + needle.length];
-        if (after === undefined || after === ' ' || after === '\n') starts.add(text.lastIndexOf('\n', i) + 1);
+      const needle = Buffer.from(` ${escapeMountPath(v)}`, 'utf8');
+      for (let i = buf.indexOf(needle); i >= 0; i = buf.indexOf(needle, i + 1)) {
+        const after = buf[i + needle.length];
+        if (after === undefined || after === SP || after === NL) {
+          const [start, end] = MountSnapshot.lineAround(buf, i);
+          starts.set(start, end);
+        }
       }
     }
     const out: MountEntry[] = [];
-    for (const start of [...starts].sort((a, b) => a - b)) {
-      let end = text.indexOf('\n', start);
-      if (end < 0) end = text.length;
-      const e = this.lineAt(text, start, end);
+    for (const start of [...starts.keys()].sort((a, b) => a - b)) {
+      const e = this.lineAt(buf, start, starts.get(start)!);
       if (e) out.push(e);
     }
     return out;
@@ -185,7 +202,8 @@ export class Mounter {
   ) {}
 
   async snapshot(): Promise<MountSnapshot> {
-    return MountSnapshot.fromText(await readFile(this.mountInfoPath, 'utf8'));
+    // Bytes, not a string: a lookup decodes only the lines it finds (the table is ~100 KiB at 256 volumes).
+    return MountSnapshot.fromBytes(await readFile(this.mountInfoPath));
   }
 
   async mount(device: string, target: string, fsType: string, options: string[]): Promise<void> {
@@ -221,17 +239,33 @@ export class Mounter {
    * Returns how many mounts were removed. `seen`: a snapshot the caller has
    * just read (under the lock of the volume and the path), used instead of a
    * first read: with hundreds of mounts each read of the table costs
-   * milliseconds. After every unmount the table is read again.
+   * milliseconds (the kernel writes every line). The layers that snapshot
+   * shows are unmounted one by one; then, when path is back on its parent
+   * directory's filesystem, nothing showing another filesystem (no volume)
+   * is left there and the table is not read again. Only in doubt (a layer
+   * still there, a path whose device differs from its parent's for another
+   * reason such as a btrfs subvolume) is it read again, and the loop goes on.
    */
   async umountAll(path: string, seen?: MountSnapshot, max = 8): Promise<number> {
     let n = 0;
     let snap = seen ?? (await this.snapshot());
     while (snap.at(path)) {
-      if (n >= max) throw new Error(`${path} still has mounts after ${max} unmounts`);
-      await this.umount(path);
-      n++;
+      for (let layers = snap.allAt(path).length; layers > 0; layers--) {
+        if (n >= max) throw new Error(`${path} still has mounts after ${max} unmounts`);
+        await this.umount(path);
+        n++;
+      }
+      if (await onParentDevice(path)) return n;
       snap = await this.snapshot();
     }
     return n;
   }
+}
+
+/** Whether path lies on the same device as its parent directory: nothing of another filesystem is mounted on it. */
+async function onParentDevice(path: string): Promise<boolean> {
+  const parent = dirname(path);
+  if (parent === path) return false;
+  const [a, b] = await Promise.all([lstat(path, { bigint: true }).catch(() => undefined), stat(parent, { bigint: true }).catch(() => undefined)]);
+  return a !== undefined && b !== undefined && a.dev === b.dev;
 }

@@ -1,6 +1,6 @@
 import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
 import { alreadyExists, failedPrecondition, invalidArgument } from '../errors/domain-error.js';
-import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
+import { describeMount, deviceMajMin, showsDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import { isReadOnlyMode, type Capability } from '../csi/capability.js';
 import { doing } from './host-errors.js';
 import { ReadOnlyBlock } from './readonly-block.js';
@@ -30,7 +30,7 @@ async function isOurs(snap: MountSnapshot, rec: StageRecord, stagingResolved: st
   const staged = stagedMount(snap, rec, stagingResolved);
   const dev = volumeDevice(rec);
   if (!dev) return staged !== undefined && m.majMin === staged.majMin && m.root === staged.root;
-  return mountsOfDevice(snap, dev, await deviceMajMin(dev), staged).includes(m);
+  return showsDevice(m, dev, await deviceMajMin(dev), staged);
 }
 
 /**

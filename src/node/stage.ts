@@ -3,7 +3,7 @@ import { sameStringMap } from '../contracts/string-map.js';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
 import { alreadyExists, DomainError, failedPrecondition } from '../errors/domain-error.js';
 import { isReadOnlyMode, resolveFsType, sameFlags, type Capability } from '../csi/capability.js';
-import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
+import { blockStagingFile, describeMount, deviceMajMin, mountsOfDevice, showsDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import { activeBacking, closeEncrypted, encryptionOf, mapperName, mapperPath, openEncrypted } from './encryption.js';
 import { decideFormat, mkfs, parseMkfsOptions, probe, type FsType } from './format.js';
 import { doing, toHostError } from './host-errors.js';
@@ -102,7 +102,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
     const there = snap.at(visibleAt);
     if (there) {
       const known = prev ? volumeDevice(prev) : undefined;
-      const ours = known !== undefined && mountsOfDevice(snap, known, await deviceMajMin(known)).includes(there);
+      const ours = known !== undefined && showsDevice(there, known, await deviceMajMin(known));
       if (!ours)
         throw alreadyExists(`staging_target_path ${req.stagingPath} already has something mounted (${describeMount(there)}) that is not volume ${volumeId}; unstage that first`);
     }
@@ -173,7 +173,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
       const snap = await d.mounter.snapshot();
       const existing = snap.at(visibleAt);
       if (existing) {
-        const ours = mountsOfDevice(snap, dev, devMajMin).includes(existing);
+        const ours = showsDevice(existing, dev, devMajMin);
         if (!ours)
           throw alreadyExists(`staging_target_path ${req.stagingPath} already has another volume mounted (${describeMount(existing)}); unstage that one first`);
         if (cap.access === 'mount' && existing.fsType !== fsType)
@@ -275,7 +275,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
   const majMin = vdev ? await deviceMajMin(vdev) : undefined;
   // Only a mount showing the recorded device is ours to unmount; anything
   // else at the staging path is left alone.
-  const staged = there && vdev && mountsOfDevice(snap, vdev, majMin).includes(there) ? there : undefined;
+  const staged = there && vdev && showsDevice(there, vdev, majMin) ? there : undefined;
   if (there && !staged)
     d.log.warn({ volume_id: volumeId, path: req.stagingPath, mount: describeMount(there) }, 'staging path holds a mount that is not this volume; leaving it');
   const users = vdev ? mountsOfDevice(snap, vdev, majMin, staged) : [];

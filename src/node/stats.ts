@@ -4,7 +4,7 @@ import type { PublishContext } from '../contracts/publish-context.js';
 import { notFound } from '../errors/domain-error.js';
 import type { Executor } from '../exec/run.js';
 import type { DeviceCondition } from './connectors/connector.js';
-import { describeMount, deviceMajMin, mountsOfDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
+import { describeMount, deviceMajMin, showsDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import type { MountEntry, MountSnapshot } from './mount.js';
 import type { StageRecord } from './stage-state.js';
 import { doing, hostCommand } from './host-errors.js';
@@ -67,7 +67,7 @@ export async function volumeStats(
   const majMin = vdev ? await deviceMajMin(vdev) : undefined;
   const entry = rec.publishes.find((p) => p.targetPath === req.volumePath);
   const ro = entry?.roDevice !== undefined && ReadOnlyBlock.isViewMount(m, entry.roDevice);
-  if (vdev && !ro && !mountsOfDevice(snap, vdev, majMin).includes(m))
+  if (vdev && !ro && !showsDevice(m, vdev, majMin))
     throw notFound(`volume_path ${req.volumePath} shows another volume (${describeMount(m)}), not ${req.volumeId}`);
   // A block volume is published as a device node; a directory there is some filesystem's mount, whatever device it shows.
   if (rec.access === 'block' && !(await stat(req.resolved).then((st) => st.isBlockDevice(), () => false)))
@@ -119,7 +119,7 @@ async function filesystemCondition(
   const staged = snap.at(stagedPath);
   // The staging mount shows the recorded device, or at least what the pod's mount shows (a layer between, e.g. a mapper device).
   const stagedOk =
-    staged !== undefined && ((rec.device !== undefined && mountsOfDevice(snap, rec.device, majMin).includes(staged)) || (staged.majMin === published.majMin && staged.root === published.root));
+    staged !== undefined && ((rec.device !== undefined && showsDevice(staged, rec.device, majMin)) || (staged.majMin === published.majMin && staged.root === published.root));
   if (!stagedOk) {
     const now = staged ? `it now shows ${describeMount(staged)}` : 'nothing is mounted there';
     return `the volume's staging mount at ${rec.stagingPath} is gone (${now}; unmounted outside sinter): the pod still reaches the volume through its own mount, but no other pod on this node can mount it. Delete the pods using it on this node so kubelet unstages the volume and stages it again`;

@@ -161,3 +161,28 @@ describe('cloned volumes', () => {
     expect(await readFile(join(a.staging_target_path, 'origin.txt'), 'utf8')).toBe('source');
   });
 });
+
+describe('mounts stacked at a path (unpublish and unstage read the mount table once, then check the path itself)', () => {
+  it.each(['ext4', 'btrfs'])('%s: every layer of this volume at the target and at the staging path is unmounted, and the paths removed', async (fs) => {
+    const file = await env.image(`stacked-${fs}.img`, 256 * MiB);
+    const vol = `file-stacked-${fs}`;
+    const stage = env.stageReq(vol, file, mountCap(fs));
+    const target = env.target(vol);
+    await env.h.NodeStageVolume(stage);
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap(fs), readonly: false });
+    // Two more binds of the same volume over each path (a tool outside sinter, or a retry that raced a crash).
+    for (let i = 0; i < 2; i++) {
+      await env.sh('mount', ['--bind', stage.staging_target_path, target]);
+      await env.sh('mount', ['--bind', stage.staging_target_path, stage.staging_target_path]);
+    }
+    expect((await env.mountsUnder()).filter((m) => m.mountPoint === target)).toHaveLength(3);
+    expect((await env.mountsUnder()).filter((m) => m.mountPoint === stage.staging_target_path)).toHaveLength(3);
+
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
+    expect((await env.mountsUnder()).filter((m) => m.mountPoint === target)).toEqual([]);
+    expect(existsSync(target)).toBe(false);
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+    expect(await loopsOf(file)).toEqual([]);
+  });
+});
