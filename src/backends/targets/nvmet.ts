@@ -38,6 +38,20 @@ const UUID_RE = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException)?.code;
 
 /**
+ * Ports and hosts are shared by every helper on one configfs tree (each backend with
+ * export: nvmeof has its own helper), so their locks are per tree, not per helper: two
+ * backends creating their first port at once would otherwise both pick the same free id.
+ */
+const treeLocks = new Map<string, KeyedLock>();
+function treeLock(root: string): KeyedLock {
+  let l = treeLocks.get(root);
+  if (!l) treeLocks.set(root, (l = new KeyedLock()));
+  return l;
+}
+/** How many taken port ids ensurePort steps over before it gives up. */
+const PORT_CLAIM_TRIES = 64;
+
+/**
  * The nvmet target helper (Cinder's nvmet target_helper, which drives the same
  * tree through nvmetcli): NVMe over TCP exports written straight into the
  * kernel's configfs (drivers/nvme/target/configfs.c), as rtslib-style tools do.
@@ -70,6 +84,8 @@ const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException)?.
 export class NvmetTargetHelper {
   readonly kind = 'nvmet';
   private readonly locks = new KeyedLock();
+  /** Shared with every other helper on the same configfs tree (ports, hosts). */
+  private readonly shared: KeyedLock;
   private readonly root: string;
   private readonly portals: Portal[];
 
@@ -79,6 +95,7 @@ export class NvmetTargetHelper {
   ) {
     validateNqnPrefix(cfg.nqnPrefix);
     this.root = join(cfg.configfsRoot, 'nvmet');
+    this.shared = treeLock(this.root);
     this.portals = cfg.portals.map((p) => parsePortal(p, NVME_TCP_PORT));
   }
 
@@ -197,22 +214,31 @@ export class NvmetTargetHelper {
     return out;
   }
 
-  /** The port listening on `portal`, created (with the next free id) when nvmet has none. */
+  /**
+   * The port listening on `portal`, created (with the next free id) when nvmet has none.
+   * The id is claimed by the mkdir itself: an id whose directory already exists (another
+   * process, e.g. nvmetcli or a second sinter, took it since the listing) is never written
+   * into; the next one is tried.
+   */
   private async ensurePort(portal: Portal): Promise<string> {
-    return this.locks.run('\0ports', async () => {
+    return this.shared.run('\0ports', async () => {
       const have = (await this.tcpPorts()).get(portal.text);
       if (have) return have;
       const ids = (await this.list(this.p('ports'))).map(Number).filter(Number.isInteger);
-      const id = String(Math.max(0, ...ids) + 1);
-      const dir = this.p('ports', id);
-      await this.mkdir(dir);
-      // Attributes are written while the port has no subsystem: nvmet refuses changes to an enabled port.
-      await this.write(join(dir, 'addr_trtype'), 'tcp');
-      await this.write(join(dir, 'addr_adrfam'), portal.host.includes(':') ? 'ipv6' : 'ipv4');
-      await this.write(join(dir, 'addr_traddr'), portal.host);
-      await this.write(join(dir, 'addr_trsvcid'), String(portal.port));
-      this.log?.info({ port: id, portal: portal.text }, 'nvmet port created');
-      return id;
+      let next = Math.max(0, ...ids) + 1;
+      for (let tries = 0; tries < PORT_CLAIM_TRIES; tries++, next++) {
+        const id = String(next);
+        const dir = this.p('ports', id);
+        if (!(await this.mkdir(dir))) continue;
+        // Attributes are written while the port has no subsystem: nvmet refuses changes to an enabled port.
+        await this.write(join(dir, 'addr_trtype'), 'tcp');
+        await this.write(join(dir, 'addr_adrfam'), portal.host.includes(':') ? 'ipv6' : 'ipv4');
+        await this.write(join(dir, 'addr_traddr'), portal.host);
+        await this.write(join(dir, 'addr_trsvcid'), String(portal.port));
+        this.log?.info({ port: id, portal: portal.text }, 'nvmet port created');
+        return id;
+      }
+      throw internal(`cannot claim an nvmet port id for ${portal.text}: ids ${next - PORT_CLAIM_TRIES} to ${next - 1} were all taken while sinter tried`);
     });
   }
 
@@ -275,7 +301,7 @@ export class NvmetTargetHelper {
     await this.locks.run(volumeId, async () => {
       const sub = this.p('subsystems', nqn);
       if (!(await this.exists(sub))) throw notFound(`NVMe subsystem for volume ${volumeId} does not exist`);
-      await this.locks.run('\0hosts', async () => {
+      await this.shared.run('\0hosts', async () => {
         await this.mkdir(this.p('hosts', hostNqn));
         if (await this.link(this.p('hosts', hostNqn), join(sub, 'allowed_hosts', hostNqn))) this.log?.info({ nqn, host: hostNqn }, 'host allowed');
       });
@@ -308,7 +334,7 @@ export class NvmetTargetHelper {
 
   /** Removes a host entry no subsystem allows any more (an entry alone grants nothing, but it is sinter's leftover). */
   private async forgetHost(hostNqn: string): Promise<void> {
-    await this.locks.run('\0hosts', async () => {
+    await this.shared.run('\0hosts', async () => {
       for (const s of await this.list(this.p('subsystems'))) if ((await this.list(this.p('subsystems', s, 'allowed_hosts'))).includes(hostNqn)) return;
       await this.rmdir(this.p('hosts', hostNqn));
     });
