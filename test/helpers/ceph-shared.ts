@@ -98,7 +98,10 @@ export async function cephForFile(label: string, opts: CephClusterOptions = {}):
  * node half (user-space rbd attach with the same key, state under stateDir),
  * `extra` lines go at the top level.
  */
-export function rbdSinterConfig(c: CephCluster, o: { name?: string; controllerStateDir: string; nodeStateDir?: string; backend?: string[]; extra?: string[] }): string {
+export function rbdSinterConfig(
+  c: CephCluster,
+  o: { name?: string; controllerStateDir: string; nodeStateDir?: string; backend?: string[]; nodeRbd?: string[]; extra?: string[] },
+): string {
   return [
     'backends:',
     `  - name: ${o.name ?? 'ceph'}`,
@@ -108,7 +111,7 @@ export function rbdSinterConfig(c: CephCluster, o: { name?: string; controllerSt
     `    user: ${c.user}`,
     `    keyFile: ${c.keyFile}`,
     ...(o.backend ?? []).map((l) => `    ${l}`),
-    ...(o.nodeStateDir ? ['node:', `  stateDir: ${o.nodeStateDir}`, '  rbd:', `    user: ${c.user}`, `    keyFile: ${c.keyFile}`] : []),
+    ...(o.nodeStateDir ? ['node:', `  stateDir: ${o.nodeStateDir}`, '  rbd:', `    user: ${c.user}`, `    keyFile: ${c.keyFile}`, ...(o.nodeRbd ?? []).map((l) => `    ${l}`)] : []),
     `controller: { stateDir: ${o.controllerStateDir} }`,
     ...(o.extra ?? []),
   ].join('\n');

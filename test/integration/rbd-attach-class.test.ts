@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cephForFile, type FileCeph } from '../helpers/ceph-shared.js';
+import { cephForFile, rbdSinterConfig, type FileCeph } from '../helpers/ceph-shared.js';
 import { stringMatching } from '../helpers/matchers.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { blockCap, codeOf, MiB, startSinter, type SinterProcess } from '../helpers/sinter-process.js';
@@ -34,23 +34,12 @@ describe('StorageClass rbdAttach: the class picks the attach mode, the node hono
     const cfg = join(t.dir, 'sinter.yaml');
     writeFileSync(
       cfg,
-      [
-        'backends:',
-        '  - name: ceph',
-        '    driver: rbd',
-        `    pool: ${c.pool}`,
-        `    monitors: ["${c.monitors}"]`,
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        'node:',
-        `  stateDir: ${join(t.dir, 'node-state')}`,
-        '  rbd:',
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
+      rbdSinterConfig(c, {
+        controllerStateDir: join(t.dir, 'controller-state'),
+        nodeStateDir: join(t.dir, 'node-state'),
         // The node's own choice; the class below asks for the other one.
-        '    attach: kernel',
-        `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
-      ].join('\n'),
+        nodeRbd: ['attach: kernel'],
+      }),
     );
     s = await startSinter({ base: join(t.dir, 'sinter'), args: ['--config', cfg] });
     nodeId = (await s.client.node.NodeGetInfo({})).node_id as string;

@@ -9,7 +9,7 @@ import { RbdBackend } from '../../src/backends/rbd/backend.js';
 import { parseConfig, rbdBackendSchema } from '../../src/config/schema.js';
 import { DomainError } from '../../src/errors/domain-error.js';
 import { HostExecutor } from '../../src/exec/run.js';
-import { cephForFile, type FileCeph } from '../helpers/ceph-shared.js';
+import { cephForFile, rbdSinterConfig, type FileCeph } from '../helpers/ceph-shared.js';
 import { MAIN } from '../helpers/sinter-process.js';
 
 // The rbd backend against a real single-node Ceph (Debian 12's 16.2; the host
@@ -186,19 +186,7 @@ describe('rbd backend', () => {
     );
     // The CLI says the same, from a config naming the pool.
     const cfgFile = join(scratch, 'fsck.yaml');
-    writeFileSync(
-      cfgFile,
-      [
-        'backends:',
-        '  - name: ceph',
-        '    driver: rbd',
-        `    pool: ${c.pool}`,
-        `    monitors: ["${c.monitors}"]`,
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        `controller: { stateDir: ${join(scratch, 'controller')} }`,
-      ].join('\n'),
-    );
+    writeFileSync(cfgFile, rbdSinterConfig(c, { controllerStateDir: join(scratch, 'controller') }));
     const r = await execa('node', [MAIN, 'fsck', 'controller', '--config', cfgFile, '--endpoint', `unix://${join(scratch, 'none.sock')}`, '--json'], { reject: false });
     const report = JSON.parse(r.stdout) as { findings: { kind: string; subject: string; remedy: string; detail: string }[] };
     const f = report.findings.find((x) => x.subject === `volume ${id}`);

@@ -4,6 +4,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { firstJsonValue } from '../../src/backends/rbd/blocklist.js';
 import { startCephCluster, type CephCluster } from '../helpers/ceph-cluster.js';
+import { rbdSinterConfig } from '../helpers/ceph-shared.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 import { blockCap, codeOf, MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 import { requireGuest, scratchDisks } from './guest.js';
@@ -65,27 +66,15 @@ describe('kernel rbd in the VM: sinter all (rbd backend) + the node mapping imag
     const cfg = join(t.dir, 'sinter.yaml');
     writeFileSync(
       cfg,
-      [
-        'backends:',
-        '  - name: ceph',
-        '    driver: rbd',
-        `    pool: ${c.pool}`,
-        `    monitors: ["${c.monitors}"]`,
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
-        'node:',
-        `  stateDir: ${join(t.dir, 'node-state')}`,
-        '  rbd:',
-        `    user: ${c.user}`,
-        `    keyFile: ${c.keyFile}`,
+      rbdSinterConfig(c, {
+        controllerStateDir: join(t.dir, 'controller-state'),
+        nodeStateDir: join(t.dir, 'node-state'),
         // The node's own default is user space: every volume here comes from a class with rbdAttach: kernel,
         // so the kernel mappings below also prove the StorageClass parameter overrides the node's setting.
-        '    attach: userspace',
-        '    mapOptions: [queue_depth=64]',
-        `controller: { stateDir: ${join(t.dir, 'controller-state')} }`,
+        nodeRbd: ['attach: userspace', 'mapOptions: [queue_depth=64]'],
         // Each host command's time (exec lines), for the timing summary afterAll prints.
-        'logLevel: debug',
-      ].join('\n'),
+        extra: ['logLevel: debug'],
+      }),
     );
     s = await startSinter({ base: join(t.dir, 'sinter'), args: ['--config', cfg] });
     nodeId = (await s.client.node.NodeGetInfo({})).node_id!;

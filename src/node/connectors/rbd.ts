@@ -110,7 +110,8 @@ export class RbdConnector implements Connector {
   private unable(mode: 'kernel' | 'userspace'): Promise<string | undefined> {
     let p = this.can.get(mode);
     if (!p) {
-      const has = (cmd: string) => this.exec.run(cmd, ['--version'], { timeoutMs: 30_000 }).then(() => true, () => false);
+      // A literal union, not string: the image test finds every host command the node runs from these types.
+      const has = (cmd: 'rbd' | 'qemu-nbd' | 'nbdfuse') => this.exec.run(cmd, ['--version'], { timeoutMs: 30_000 }).then(() => true, () => false);
       p = (async () => {
         if (mode === 'kernel') {
           if (!(await kernelRbdAvailable(this.exec, this.cfg.sysfsRoot))) return 'has no rbd kernel module (no /sys/bus/rbd, and modprobe rbd failed)';
@@ -118,7 +119,7 @@ export class RbdConnector implements Connector {
           return undefined;
         }
         const missing = [];
-        for (const cmd of ['qemu-nbd', 'nbdfuse']) if (!(await has(cmd))) missing.push(cmd);
+        for (const cmd of ['qemu-nbd', 'nbdfuse'] as const) if (!(await has(cmd))) missing.push(cmd);
         return missing.length ? `has no ${missing.join(' and ')} (Debian packages qemu-utils, qemu-block-extra, libnbd-bin)` : undefined;
       })();
       this.can.set(mode, p);
