@@ -16,9 +16,7 @@ const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', '
 // VM files too long for the VM stage's budget, run only with SINTER_VM_LONG=1 in the guest:
 // the LVM × target-helper lifecycle matrix, ~16 min at host load ~21 (its set-up, a controller with six LVM
 // backends and a node, alone 284 s there; the six combinations 664 s), test/vm/README.md.
-// Kernel RBD (test/vm/rbd-kernel.vm.test.ts) starts a Ceph cluster inside the guest: ~65-100 s for the
-// cluster and ~75 s for sinter's first pool calls under TCG, ~280 s in all, over the VM stage's budget.
-const VM_LONG = process.env.SINTER_VM_LONG === '1' ? [] : ['test/vm/lvm-lifecycle.vm.test.ts', 'test/vm/rbd-kernel.vm.test.ts'];
+const VM_LONG = process.env.SINTER_VM_LONG === '1' ? [] : ['test/vm/lvm-lifecycle.vm.test.ts'];
 
 export default defineConfig({
   test: {

@@ -6,7 +6,7 @@ import { execa, type ResultPromise } from 'execa';
 import { freePort } from './tgtd.js';
 
 /**
- * A single-node Ceph cluster owned by one test file, on 127.0.0.1 only: one
+ * A single-node Ceph cluster owned by one test file, on 127.0.0.1 only (or the one address asked for): one
  * mon, one mgr, one BlueStore OSD on a sparse file (`ceph-osd --mkfs`, no
  * ceph-volume, no LVM), a replicated size-1 pool made with `rbd pool init`,
  * and a cephx user `client.sinter` with the rbd profile on that pool.
@@ -20,7 +20,7 @@ import { freePort } from './tgtd.js';
 export interface CephCluster {
   dir: string;
   fsid: string;
-  /** `127.0.0.1:PORT` (msgr2): what sinter's config and qemu's rbd driver take. */
+  /** `ADDRESS:PORT` (msgr2; 127.0.0.1 unless asked): what sinter's config and qemu's rbd driver take. */
   monitors: string;
   pool: string;
   /** cephx user sinter runs as (without `client.`), and a file holding its bare key (0600). */
@@ -161,6 +161,13 @@ export interface CephClusterOptions {
   parentDir?: string;
   /** How long to wait for HEALTH_OK after the pool is ready (the mgr loading its Python modules); default 90 s. */
   healthTimeoutMs?: number;
+  /**
+   * The one address the daemons bind and announce (default 127.0.0.1). A VM
+   * guest can reach a host address that is not loopback (a /32 added to the
+   * host's lo by the test), never the host's 127.0.0.1: the maps the clients
+   * get name this address, so host and guest clients meet the same daemons.
+   */
+  address?: string;
   /** Called with each start step and the milliseconds since the start (where the time goes, e.g. under TCG). */
   onStep?: (step: string, ms: number) => void;
 }
@@ -179,7 +186,8 @@ export async function startCephCluster(opts: CephClusterOptions = {}): Promise<C
   const pool = opts.pool ?? 'sinter';
   const fsid = randomUUID();
   const port = await freePort();
-  const monitors = `127.0.0.1:${port}`;
+  const address = opts.address ?? '127.0.0.1';
+  const monitors = `${address}:${port}`;
   const procs: ResultPromise[] = [];
   const stop = async () => {
     // SIGTERM, then SIGKILL for what is still there after 5 s (an OSD flushing BlueStore).
@@ -221,7 +229,7 @@ export async function startCephCluster(opts: CephClusterOptions = {}): Promise<C
       `[global]
 fsid = ${fsid}
 mon_host = v2:${monitors}
-public_addr = 127.0.0.1
+public_addr = ${address}
 ms_bind_ipv6 = false
 ms_bind_msgr1 = false
 auth_cluster_required = cephx

@@ -29,6 +29,11 @@ export interface GuestShare {
   cache?: 'loose' | 'none' | 'mmap';
 }
 
+export interface GuestNetwork {
+  /** Host 127.0.0.1:hostPort → guest 10.0.2.15:guestPort (TCP). */
+  hostForwards?: { hostPort: number; guestPort: number }[];
+}
+
 export interface RunInGuestOptions {
   /** A shell script, run by /bin/sh in the guest as root. */
   command: string;
@@ -46,6 +51,8 @@ export interface RunInGuestOptions {
   cpus?: number;
   /** Daemons the guest's init starts besides udev; default ['dbus'] (targetcli needs it). */
   services?: string[];
+  /** A virtio NIC on qemu's user-mode network (the guest is 10.0.2.15, gateway 10.0.2.2); default none. */
+  network?: GuestNetwork;
   /** Appended to the guest kernel's command line. */
   kernelArgs?: string;
   /** Where the run's temporary directory goes; default os.tmpdir(). */

@@ -1,5 +1,6 @@
 // The VM test harness: builds (once, cached) a Debian bookworm guest with a
-// real 6.1 kernel, boots it under qemu TCG with no network device, runs one
+// real 6.1 kernel, boots it under qemu TCG with no network device (unless a test asks for
+// one: netArgs), runs one
 // shell command inside with the checkout and the host's node shared over 9p,
 // and returns the command's output and exit status. qemu is killed and every
 // temporary file removed whatever happens (failure, timeout, the caller dying).
@@ -87,6 +88,23 @@ function trackChild(child) {
   live.add(child);
 }
 
+/**
+ * No network device unless asked. Asked: one virtio NIC on qemu's user-mode
+ * network (slirp, no host privileges, no bridge): the guest is 10.0.2.15, the
+ * host's listeners reach the guest only through the given port forwards (bound
+ * to the host's 127.0.0.1), and the guest reaches only what its command routes
+ * (the guest has no default route unless its command adds one).
+ * @param {import('./harness.mjs').GuestNetwork | undefined} net
+ */
+function netArgs(net) {
+  if (!net) return ['-nic', 'none'];
+  const fwds = (net.hostForwards ?? []).map((f) => {
+    if (!Number.isInteger(f.hostPort) || !Number.isInteger(f.guestPort)) throw new Error('runInGuest: network.hostForwards needs integer ports');
+    return `,hostfwd=tcp:127.0.0.1:${f.hostPort}-10.0.2.15:${f.guestPort}`;
+  });
+  return ['-netdev', `user,id=net0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2${fwds.join('')}`, '-device', 'virtio-net-pci,netdev=net0'];
+}
+
 const shq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
 
 /**
@@ -139,7 +157,7 @@ export async function runInGuest(opts) {
 
     const args = [
       '-accel', 'tcg,thread=multi', '-cpu', 'max', '-m', String(opts.memoryMb ?? 2048), '-smp', String(opts.cpus ?? 2),
-      '-nodefaults', '-nic', 'none', '-display', 'none', '-no-reboot', '-no-user-config',
+      '-nodefaults', ...netArgs(opts.network), '-display', 'none', '-no-reboot', '-no-user-config',
       '-kernel', guest.kernel, '-initrd', guest.initrd,
       '-append', `console=ttyS0 root=/dev/vda rw quiet loglevel=4 panic=-1 no_timer_check tsc=reliable ${opts.kernelArgs ?? ''}`.trim(),
       '-drive', `file=${guest.rootfs},if=virtio,format=raw,snapshot=on,cache=unsafe`,
