@@ -46,11 +46,13 @@ export async function startGuestAgent(o: GuestAgentOptions = {}): Promise<GuestA
   const abort = new AbortController();
   let output = '';
   let boot: number | undefined;
-  // The NIC's name comes from udev (ens2 on q35/pc with one device): whatever is not lo.
+  // The NIC's name comes from udev (ens2 with one device on qemu's default machine): whatever is not lo.
   const command = [
     'set -e',
     'modprobe virtio_net',
-    'for i in $(seq 50); do IF=$(ls /sys/class/net | grep -vx lo | head -n1); [ -n "$IF" ] && break; sleep 0.1; done',
+    // udev renames eth0 to its predictable name (ens2): wait for that before using the name.
+    'udevadm settle --timeout=30 || true',
+    'for i in $(seq 100); do IF=$(ls /sys/class/net | grep -vx lo | head -n1); [ -n "$IF" ] && [ "$IF" != eth0 ] && break; sleep 0.1; done',
     'ip link set lo up',
     'ip link set "$IF" up',
     'ip addr add 10.0.2.15/24 dev "$IF"',

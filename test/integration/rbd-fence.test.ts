@@ -41,7 +41,8 @@ let c: FileCeph;
 let scratch: string;
 let b: RbdBackend;
 let vm: VolumeManager;
-const connector = (name: string) => new RbdConnector({ stateDir: join(scratch, name), user: c.user, keyFile: c.keyFile, openTimeoutMs: 30_000 }, exec, log);
+// Each "node" marks the images it closed with its host name, as sinter node does with its node id's host.
+const connector = (name: string) => new RbdConnector({ stateDir: join(scratch, name), user: c.user, keyFile: c.keyFile, openTimeoutMs: 30_000, nodeHost: name }, exec, log);
 
 beforeAll(async () => {
   requireIscsiTools(); // qemu-nbd, nbdfuse, fusermount3, losetup
@@ -136,8 +137,9 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
     const [clientA] = await watchers(id);
     await vm.reconcileExports(b);
     expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
-    // NodeUnstageVolume: qemu-nbd closes the image (watch and exclusive lock released), then ControllerUnpublishVolume.
+    // NodeUnstageVolume: qemu-nbd closes the image (watch and exclusive lock released) and A marks it closed, then ControllerUnpublishVolume.
     await a.disconnect(ctx);
+    expect(Object.keys(JSON.parse(await c.rbd(['image-meta', 'list', '--format', 'json', `${c.pool}/${id}`])) as Record<string, string>)).toContain('sinter.closed.node-a');
     await vm.unpublish(id, nodeA, { wait: true });
     expect(await blocklisted()).toEqual([]);
     const rec = await record(id);
@@ -187,6 +189,48 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
       expect((await head(id)).every((x) => x === 0xd1)).toBe(true);
       await a.disconnect(ctx);
       // The entry would keep the next test's blocklist from being empty.
+      await c.ceph(['osd', 'blocklist', 'rm', clientA]);
+    } finally {
+      if (stopped) process.kill(stopped, 'SIGCONT');
+      await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
+    }
+    await b.deleteVolume(id);
+  }, 180_000);
+
+  it('A\'s clean unstage marks the image closed and its next stage clears the mark; the new client, gone silent after a read, is blocklisted (no mark) and cannot write after it wakes', async () => {
+    const id = `ceph-${randomUUID()}`;
+    await b.createVolume({ id, name: 'pvc-reader', sizeBytes: 16 * MiB, parameters: {}, capabilities: [{ accessType: 'block', accessMode: 'SINGLE_NODE_WRITER' }] });
+    await c.ceph(['config', 'set', 'osd', 'osd_client_watch_timeout', '5']);
+    const a = connector('node-a');
+    const meta = async () => JSON.parse(await c.rbd(['image-meta', 'list', '--format', 'json', `${c.pool}/${id}`])) as Record<string, string>;
+    let stopped: number | undefined;
+    try {
+      // A clean stage and unstage first: A's closed mark is set...
+      const ctx = await vm.publish(id, nodeA, cap, false);
+      await a.connect(ctx, {});
+      await a.disconnect(ctx);
+      expect(Object.keys(await meta())).toContain('sinter.closed.node-a');
+      // ...and the next stage clears it before opening the image: the mark must not speak for the new client.
+      const dev = await a.connect(ctx, {});
+      expect(Object.keys(await meta())).not.toContain('sinter.closed.node-a');
+      expect((await execa('dd', [`if=${dev}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'])).exitCode).toBe(0);
+      const [clientA] = await watchers(id);
+      await vm.reconcileExports(b);
+      expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
+      const dirs = readdirSync(join(scratch, 'node-a'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('qemu-nbd.pid'));
+      stopped = Number(readFileSync(join(scratch, 'node-a', dirs[0]), 'utf8').trim());
+      process.kill(stopped, 'SIGSTOP');
+      const deadline = Date.now() + 60_000;
+      while ((await watchers(id)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1000));
+      expect(await watchers(id)).toEqual([]);
+      // (qemu's librbd takes the exclusive lock even to read; the kernel's does not, rbd-kernel-guest.test.ts has that reader.)
+      await vm.unpublish(id, nodeA, { wait: true });
+      expect(await blocklisted()).toContain(clientA);
+      process.kill(stopped, 'SIGCONT');
+      stopped = undefined;
+      expect((await write(dev, 0xe2)).exitCode).not.toBe(0);
+      expect((await head(id)).every((x) => x === 0)).toBe(true);
+      await a.disconnect(ctx);
       await c.ceph(['osd', 'blocklist', 'rm', clientA]);
     } finally {
       if (stopped) process.kill(stopped, 'SIGCONT');

@@ -120,7 +120,8 @@ describe('kernel rbd: sinter node in a VM guest (rbd.ko, 6.1) against a Ceph clu
   }, 5 * 60_000);
 
   function writeConfig(file: string, cc: CephCluster, controllerStateDir: string, nodeStateDir?: string, nodeRbd?: string[]): string {
-    writeFileSync(file, rbdSinterConfig(cc, { controllerStateDir, nodeStateDir, nodeRbd }));
+    // The client scan every 2 s (default 30): the partition case waits for it to record the reader.
+    writeFileSync(file, rbdSinterConfig(cc, { controllerStateDir, nodeStateDir, nodeRbd, backend: ['clientScanSeconds: 2'] }));
     chmodSync(file, 0o600);
     return file;
   }
@@ -243,6 +244,8 @@ describe('kernel rbd: sinter node in a VM guest (rbd.ko, 6.1) against a Ceph clu
     // A retried unstage is a no-op.
     await n.NodeUnstageVolume({ volume_id: id, staging_target_path: a.staging });
     await ctl.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+    // The node marked both images closed after unmapping them: the clean detaches fenced nothing.
+    expect(await blocklisted()).toEqual([]);
 
     expect(await codeOf(ctl.DeleteVolume({ volume_id: id }))).toBe('OK');
     expect(await codeOf(ctl.DeleteVolume({ volume_id: clone }))).toBe('OK');
@@ -290,5 +293,59 @@ describe('kernel rbd: sinter node in a VM guest (rbd.ko, 6.1) against a Ceph clu
     await ctl.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
     expect(await codeOf(ctl.DeleteVolume({ volume_id: id }))).toBe('OK');
     expect(await mappings()).toEqual([]);
+  }, 10 * 60_000);
+
+  it('block, a client cut off by a partition before its first I/O (no exclusive lock, its watch lapses) while its publish is taken away → blocklisted, since its node never marked the image closed; its first write after the partition heals fails', async () => {
+    const cap = blockCap('SINGLE_NODE_WRITER');
+    const ctl = ctlProc.client.controller;
+    const n = node!.node;
+    // The OSDs drop a silent client's watch after osd_client_watch_timeout (30 s); 5 s here, for watches made from now on.
+    await c.ceph(['config', 'set', 'osd', 'osd_client_watch_timeout', '5']);
+    let cut = false;
+    try {
+      const id = (await ctl.CreateVolume({ name: 'pvc-krbd-idle', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: KERNEL_CLASS })).volume!.volume_id!;
+      const pub = await ctl.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
+      const a = await paths(id);
+      await n.NodeStageVolume({ volume_id: id, staging_target_path: a.staging, volume_capability: cap, publish_context: pub.publish_context, volume_context: KERNEL_CLASS });
+      await n.NodePublishVolume({ volume_id: id, staging_target_path: a.staging, target_path: a.target, volume_capability: cap, publish_context: pub.publish_context });
+      const [client] = await watchers(id);
+      expect(client).toBeDefined();
+      // What makes this the hard case: krbd takes the exclusive lock at its first I/O (object-map images: reads too), so
+      // a client mapped but idle holds none, and the lock cannot tell it from a client that left.
+      expect(JSON.parse(await c.rbd(['lock', 'ls', '--format', 'json', `${c.pool}/${id}`]))).toEqual([]);
+      // The controller's scan attributes the watcher to this node's publish (its record of clients).
+      await waitFor('the scan to record the guest node\'s client', async () => {
+        const meta = JSON.parse(await c.rbd(['image-meta', 'list', '--format', 'json', `${c.pool}/${id}`])) as Record<string, string>;
+        const rec = JSON.parse(meta['sinter.volume'] ?? '{}') as { rbd?: { clients?: { address: string }[] } };
+        return rec.rbd?.clients?.some((x) => x.address === client) ? true : undefined;
+      }, 90_000, 1000).catch((e: Error) => {
+        throw new Error(`${e.message}; the controller's log: ${ctlProc.logs().split('\n').filter((l) => /exports|"level":[456]0/.test(l)).slice(-15).join('\n')}`);
+      });
+
+      // The partition: the guest loses its route to the cluster; the OSD drops the silent watch.
+      await guest!.sh(`ip route del ${ADDRESS}/32`);
+      cut = true;
+      await waitFor('the cut-off reader\'s watch to lapse', async () => ((await watchers(id)).length === 0 ? true : undefined), 90_000, 1000);
+      await ctl.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+      expect(await blocklisted()).toContain(client);
+      step('partitioned idle client: unpublished, client blocklisted');
+
+      await guest!.sh(`ip route add ${ADDRESS}/32 via 10.0.2.2`);
+      cut = false;
+      const late = await guest!.run(['sh', '-c', `head -c 4096 /dev/zero | tr '\\0' '\\343' | timeout 60 dd of=${a.target} bs=4096 count=1 oflag=direct,sync status=none`]);
+      expect(late.exitCode).not.toBe(0);
+      const head = (await execa('rbd', ['-c', c.conf, 'export', '--no-progress', `${c.pool}/${id}`, '-'], { encoding: 'buffer', stripFinalNewline: false })).stdout.subarray(0, 4096);
+      expect(head.every((x) => x === 0)).toBe(true);
+      step("partitioned idle client: its write after the partition healed failed");
+
+      await n.NodeUnpublishVolume({ volume_id: id, target_path: a.target });
+      await n.NodeUnstageVolume({ volume_id: id, staging_target_path: a.staging });
+      expect((await mappings()).filter((m) => m.image === id)).toEqual([]);
+      await c.ceph(['osd', 'blocklist', 'rm', client]);
+      expect(await codeOf(ctl.DeleteVolume({ volume_id: id }))).toBe('OK');
+    } finally {
+      if (cut) await guest!.sh(`ip route add ${ADDRESS}/32 via 10.0.2.2`).catch(() => undefined);
+      await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
+    }
   }, 10 * 60_000);
 });

@@ -16,6 +16,7 @@ import { RbdAgent } from './agent.js';
 import { RbdGroupSnapshots } from './group-snapshots.js';
 import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
 import { parseNodeId } from '../../contracts/nodeid.js';
+import { rbdClosedMetaKey } from '../../contracts/rbd-closed.js';
 import { CephBlocklist } from './blocklist.js';
 import { CephCli, CephCommandError, Errno } from './cli.js';
 import { inspectRbdPool, type RbdInspection, type RbdRepair } from './inspect.js';
@@ -508,7 +509,7 @@ export class RbdBackend implements Backend {
     await this.fence(rec, leaving[0]?.nodeId ?? node.host);
   }
 
-  /** Blocklists the image's live clients and those recorded for nodeId that still hold its lock (stillWriters); the blocklist first, the record after (a lost record only means the entry expires unrecorded). */
+  /** Blocklists the image's live clients and those recorded for nodeId that may still write (stillWriters); the blocklist first, the record after (a lost record only means the entry expires unrecorded). */
   private async fence(rec: StoredVolume, nodeId: string): Promise<void> {
     await this.settled(rec.id); // a background flatten is our own client: never fence it
     const image = volumeImage(rec.id);
@@ -517,7 +518,7 @@ export class RbdBackend implements Backend {
     const seenAt = now();
     for (const w of await this.pool.watchers(image)) if (!fenced.has(w.address)) targets.set(w.address, { nodeId, address: w.address, client: w.client, seenAt });
     const silent = (rec.rbd?.clients ?? []).filter((c) => c.nodeId === nodeId && !fenced.has(c.address) && !targets.has(c.address));
-    for (const c of await this.stillWriters(image, silent)) targets.set(c.address, c);
+    for (const c of await this.stillWriters(image, nodeId, silent)) targets.set(c.address, c);
     const until = new Date(Date.now() + this.cfg.fenceSeconds * 1000).toISOString();
     for (const t of targets.values()) await this.blocklist.add(t.address, this.cfg.fenceSeconds);
     const kept = (rec.rbd?.clients ?? []).filter((c) => c.nodeId !== nodeId);
@@ -533,21 +534,25 @@ export class RbdBackend implements Backend {
 
   /**
    * Of the clients the scan recorded for a node that no longer watch the
-   * image, those that may still write: the ones still holding its exclusive
-   * lock (a writer went silent: its watch lapsed after 30 s but it writes again
-   * when the partition heals). A client that closed the image (a clean
-   * NodeUnstageVolume: unmap, qemu-nbd gone) released both watch and lock and
-   * no longer exists: blocklisting it would only leave a pointless entry.
-   * Without the exclusive-lock feature nothing tells the two apart, so every
-   * recorded client stays a target.
+   * image, those that may still write. A watch lapses 30 s into a partition,
+   * and the client writes again when it heals (a reader that never took the
+   * exclusive lock can take it then), so a missing watch alone proves nothing.
+   * What does: the node's closed mark (src/contracts/rbd-closed.ts), set after
+   * its unstage took the client away and cleared before any new one. With the
+   * mark, a recorded client is gone unless it still holds the image's
+   * exclusive lock (then it is not gone, whatever the mark says); without it
+   * every recorded client stays a target, harmlessly for one that is gone
+   * (nonces are never reused).
    */
-  private async stillWriters(image: string, silent: RbdClient[]): Promise<RbdClient[]> {
+  private async stillWriters(image: string, nodeId: string, silent: RbdClient[]): Promise<RbdClient[]> {
     if (silent.length === 0) return [];
-    const holders = await this.pool.lockHolders(image);
-    if (!holders) return silent;
-    const holding = new Set(holders.map((h) => h.address));
+    const host = parseNodeId(nodeId)?.host;
+    const [holders, meta] = await Promise.all([this.pool.lockHolders(image), host ? this.pool.meta(image) : undefined]);
+    const closedAt = host ? meta?.[rbdClosedMetaKey(host)] : undefined;
+    if (closedAt === undefined) return silent;
+    const holding = new Set((holders ?? []).map((h) => h.address));
     const gone = silent.filter((c) => !holding.has(c.address));
-    if (gone.length > 0) this.log.info({ image: this.pool.spec(image), clients: gone.map((c) => `${c.client}@${c.address}`) }, 'recorded clients that closed the image (no watch, no lock): gone, not fenced');
+    if (gone.length > 0) this.log.info({ image: this.pool.spec(image), closedAt, clients: gone.map((c) => `${c.client}@${c.address}`) }, 'the node marked the image closed after its unstage: its recorded clients are gone, not fenced');
     return silent.filter((c) => holding.has(c.address));
   }
 

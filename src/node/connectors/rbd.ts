@@ -10,6 +10,7 @@ import type { Connector, DeviceCondition } from './connector.js';
 import { asRbd, imageKey, rbdCredentials, type RbdContext } from './rbd-common.js';
 import { readTail, stopPid, waitReady } from './iscsi/daemon-process.js';
 import { NbdFuseChain } from './nbd-chain.js';
+import { RbdClosedMark } from './rbd-closed-mark.js';
 import { KernelRbdConnector } from './rbd-kernel.js';
 
 
@@ -31,6 +32,13 @@ export interface RbdConnectorConfig {
   /** Private state of the kernel attach (its mapping records); default: stateDir's sibling `rbd-kernel`. */
   kernelStateDir?: string;
   devRoot?: string;
+  /**
+   * This node's host (its node id's first part): with keyFile, the node marks an
+   * image closed after unstage and clears the mark before it opens it again
+   * (src/contracts/rbd-closed.ts), so the controller's fence can tell a client
+   * that left from one cut off by a partition.
+   */
+  nodeHost?: string;
 }
 
 export type RbdAttachMode = 'kernel' | 'userspace' | 'auto';
@@ -64,12 +72,15 @@ export class RbdConnector implements Connector {
   private userspaceConn?: UserspaceRbdConnector;
   /** Why this node cannot attach a mode (undefined: it can); only a "can" is kept, a missing module may be loaded later. */
   private readonly can = new Map<'kernel' | 'userspace', Promise<string | undefined>>();
+  private readonly closed?: RbdClosedMark;
 
   constructor(
     private readonly cfg: RbdConnectorConfig,
     private readonly exec: Executor & DaemonSpawner,
     private readonly log?: Logger,
-  ) {}
+  ) {
+    if (cfg.nodeHost && cfg.keyFile) this.closed = new RbdClosedMark({ nodeHost: cfg.nodeHost, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.openTimeoutMs }, exec, log);
+  }
 
   /** The node's default attach: kernel or userspace. */
   async mode(): Promise<'kernel' | 'userspace'> {
@@ -146,11 +157,13 @@ export class RbdConnector implements Connector {
   }
 
   async connect(ctx: PublishContext, secrets: Record<string, string>): Promise<string> {
-    return (await this.forNew(ctx)).connect(ctx, secrets);
+    return (await this.attach(ctx, secrets)).device;
   }
 
   async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
-    return (await this.forNew(ctx)).attach!(ctx, secrets);
+    const conn = await this.forNew(ctx);
+    await this.closed?.clear(asRbd(ctx));
+    return conn.attach!(ctx, secrets);
   }
 
   async find(ctx: PublishContext): Promise<string | undefined> {
@@ -158,7 +171,8 @@ export class RbdConnector implements Connector {
   }
 
   async disconnect(ctx: PublishContext, device?: string): Promise<void> {
-    return (await this.of(ctx)).disconnect(ctx, device);
+    await (await this.of(ctx)).disconnect(ctx, device);
+    await this.closed?.set(asRbd(ctx));
   }
 
   async rescan(ctx: PublishContext, device: string): Promise<void> {
