@@ -61,6 +61,13 @@ class FakeLvm implements Executor {
     }
     if (cmd === 'lvcreate') {
       const name = args[args.indexOf('-n') + 1];
+      if (args.includes('-s')) {
+        // A snapshot of the LV named last: thin (inactive, activation skipped) of a thin one, classic of a thick one.
+        const src = this.lvs.get(args.at(-1)!.split('/')[1])!;
+        const thinSnap = src.segtype === 'thin';
+        this.lvs.set(name, { ...src, name, attr: thinSnap ? 'Vwi---tz-k' : 'swi-a-s---', origin: src.name, tags: tagsIn('--addtag') });
+        return ok();
+      }
       const thin = args.includes('--thinpool');
       const size = Number((args[args.indexOf(thin ? '-V' : '-L') + 1] ?? '0').replace(/b$/, ''));
       this.lvs.set(name, { name, attr: thin ? 'Vwi-a-tz--' : '-wi-a-----', size, segtype: thin ? 'thin' : 'linear', pool: thin ? 'pool' : '', origin: '', tags: tagsIn('--addtag') });
@@ -76,11 +83,18 @@ class FakeLvm implements Executor {
       this.lvs.delete(args.at(-1)!.split('/')[1]);
       return ok();
     }
+    // volume_clear's zeroing of a thick LV.
+    if (cmd === 'dd') return ok();
     throw new Error(`unexpected command ${cmd}`);
   }
 
   lvmCommands(): string[] {
     return this.calls.map((c) => c[0]).filter((c) => c.startsWith('lv') || c.startsWith('vg'));
+  }
+
+  /** The commands run, by name, dd included. */
+  commands(): string[] {
+    return this.calls.map((c) => c[0]);
   }
 }
 
@@ -138,6 +152,44 @@ describe('LVM CreateVolume: LVM commands per volume, and the record a restart re
     const report = await restarted.start();
     expect(report.recovered.join('\n')).toMatch(/rolled back an interrupted create/);
     expect(crashed.lvs.has(`v-${id}`)).toBe(false);
+  });
+});
+
+describe('LVM snapshots and deletes: one metadata commit where nothing can be left half done', () => {
+  it('thin: CreateSnapshot is one lvcreate carrying the record as available (a restart serves it); DeleteSnapshot and DeleteVolume are one lvremove each, no deleting record first (there is no half-done state for a start to finish)', async () => {
+    const lvm = new FakeLvm();
+    const b = backend(lvm, 'thin');
+    await b.start();
+    const vol = await b.createVolume(spec('lvm-4b4e28ba-2fa1-41d2-883f-0016d3cca427'));
+    lvm.calls.length = 0;
+    const snap = await b.createSnapshot({ id: 'lvm@5c4e28ba-2fa1-41d2-883f-0016d3cca427', name: 'snap-1', sourceVolumeId: vol.id });
+    expect(snap.state).toBe('available');
+    // lvs: the source LV; then the lvcreate with the record in its tags, and nothing more.
+    expect(lvm.lvmCommands()).toEqual(['lvs', 'lvcreate']);
+    const again = backend(lvm, 'thin');
+    expect(await again.start()).toEqual({ recovered: [], orphans: [], corrupt: [] });
+    expect(again.snapshot(snap.id)).toMatchObject({ id: snap.id, name: 'snap-1', state: 'available', sourceVolumeId: vol.id });
+
+    lvm.calls.length = 0;
+    await again.deleteSnapshot(snap.id);
+    expect(lvm.lvmCommands()).toEqual(['lvs', 'lvremove']);
+    await again.deleteVolume(vol.id);
+    expect(lvm.lvmCommands()).toEqual(['lvs', 'lvremove', 'lvs', 'lvremove']);
+    expect([...lvm.lvs.keys()]).toEqual(['pool']);
+    expect(again.volume(vol.id)).toBeUndefined();
+  });
+
+  it('thick with volume_clear: DeleteVolume writes the deleting record before zeroing (a crash mid-zeroing is finished at start), then lvremove', async () => {
+    const lvm = new FakeLvm();
+    lvm.lvs.delete('pool');
+    const b = backend(lvm, 'thick');
+    await b.start();
+    const vol = await b.createVolume(spec('lvm-6b4e28ba-2fa1-41d2-883f-0016d3cca427'));
+    lvm.calls.length = 0;
+    await b.deleteVolume(vol.id);
+    expect(lvm.commands()).toEqual(['lvs', 'lvchange', 'dd', 'lvremove']);
+    expect(lvm.calls[1]).toContain('--addtag');
+    expect(lvm.lvs.size).toBe(0);
   });
 });
 

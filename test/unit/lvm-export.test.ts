@@ -12,7 +12,7 @@ import type { ExecOptions, ExecResult, Executor } from '../../src/exec/run.js';
 
 // The LVM backend's export is whichever target helper its configuration names: tgt or LIO
 // (export: iscsi) or nvmet (export: nvmeof). What nvmet does with an LV on a real kernel is
-// tested in test/vm/lvm-lifecycle.vm.test.ts; here: the configuration, and that the backend
+// tested in test/vm/lvm.vm.test.ts; here: the configuration, and that the backend
 // reads (and only reads) the target its `export` names.
 const dir = mkdtempSync(join(tmpdir(), 'sinter-lvm-export-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -1,10 +1,10 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
 import type { TestTgtd } from '../helpers/tgtd.js';
-import { exportYaml, Lab, sh } from './fixtures/lab.js';
+import { exportYaml, Lab, NVMET, sh } from './fixtures/lab.js';
 import { stringMatching } from '../helpers/matchers.js';
 import type { VolumeCapability } from '../../src/csi/messages.js';
 import { kernelSessions, requireGuest, scratchDisks } from './guest.js';
@@ -14,28 +14,67 @@ const THIN_VG = 'sinter-thin';
 const THICK_VG = 'sinter-thick';
 /** A thick backend with volumeClear: none, to show what volume_clear protects: a deleted LV's bytes left on the disk. */
 const RAW_VG = 'sinter-raw';
+const NQN_PREFIX = 'nqn.2026-11.io.sinter.lvm:';
+const NVME_PORTAL = '127.0.0.1:4420';
+/**
+ * LVM through the two other target helpers, each on a thin and on a thick LV, each combination a backend of its own
+ * (a VG on a 160 MiB loop device over the last scratch disk; a 96 MiB thin pool on the thin ones). Each runs create,
+ * publish (the target serves the LV's own device), stage, write, unstage, unpublish (the export gone) and delete, and
+ * one of two shapes: `grow` (ext4, a file, online growth seen by the node) or `clone` (block, snapshot, clone staged
+ * through the helper with the bytes written before the snapshot), so each helper and each LVM type runs both shapes.
+ * Thin and thick through tgt are the first two cases above. What is left out for a combination is a code path another
+ * runs: the helpers never look at the LV type (they export /dev/<vg>/<lv>), the LVM backend never looks at the helper.
+ * The fence per helper (a revoked node's reconnect refused) does not depend on what backs the export and is proven
+ * where each helper is tested: iscsi-kernel.vm (tgt), lio.vm (LIO), nvme.vm (nvmet).
+ */
+const COMBOS = (
+  [
+    { type: 'thin', helper: 'lio', shape: 'clone' },
+    { type: 'thick', helper: 'lio', shape: 'grow' },
+    { type: 'thin', helper: 'nvmet', shape: 'grow' },
+    { type: 'thick', helper: 'nvmet', shape: 'clone' },
+  ] as const
+).map((c) => ({ ...c, backend: `${c.type}-${c.helper}`, vg: `sinter-${c.type}-${c.helper}` }));
+type Helper = 'tgt' | 'lio' | 'nvmet';
+const ls = (p: string) => (existsSync(p) ? readdirSync(p).sort() : []);
+const cat = (p: string) => readFileSync(p, 'utf8').trim();
+const t00 = Date.now();
+/** Elapsed time per step in the guest's output. */
+const stepper = (who: string) => {
+  let t0 = Date.now();
+  return (what: string) => {
+    console.log(`[lvm.vm] ${who} +${((Date.now() - t0) / 1000).toFixed(1)} s (at ${((Date.now() - t00) / 1000).toFixed(0)} s) ${what}`);
+    t0 = Date.now();
+  };
+};
 
 /**
  * The LVM backend on a real kernel (dm-thin, dm-snapshot, lvm2 2.03.16):
  * `sinter controller` with a thin backend (a VG with a 160 MiB thin pool on
  * /dev/vdb), a thick one (a VG on /dev/vdc) and a thick one without
- * volume_clear (a VG on /dev/vdd), exported through tgt on the guest's loopback, and `sinter node` logging in with the kernel initiator.
+ * volume_clear (a VG on /dev/vdd), exported through tgt on the guest's loopback, and `sinter node` logging in with the kernel initiator;
+ * and in the same controller four more backends, thin and thick through LIO and through nvmet (COMBOS): one start for the
+ * whole LVM × helper matrix.
  */
-describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sinter node (kernel iSCSI)', () => {
+describe('LVM backend in the VM: sinter controller (lvm thin + thick through tgt, LIO and nvmet) + sinter node (kernel iSCSI, nvme-tcp)', () => {
   requireGuest();
   const disks = scratchDisks();
   const [thinDisk, thickDisk, rawDisk] = disks as [string, string, string];
   const lab = new Lab({
     name: 'lvm',
     iqnPrefix: PREFIX,
+    nqnPrefix: NQN_PREFIX,
     modules: true,
     iscsid: true,
     tgtd: true,
+    lioPortal: true,
     readyTimeoutMs: 240_000,
+    loops: { disk: disks[3] ?? 'no fourth scratch disk', count: COMBOS.length, sizeMiB: 160 },
     vgs: [
       { vg: THIN_VG, pv: thinDisk, poolMiB: 160 },
       { vg: THICK_VG, pv: thickDisk },
       { vg: RAW_VG, pv: rawDisk },
+      ...COMBOS.map((c, i) => ({ vg: c.vg, pv: i, poolMiB: c.type === 'thin' ? 96 : undefined })),
     ],
     controllerYaml: (l) => {
       const iscsi = exportYaml('tgt', { portal: l.tgtd!.portal, controlPort: l.tgtd!.controlPort, prefix: PREFIX, reconcileSeconds: 2 });
@@ -61,6 +100,14 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
         '    lvmType: thick',
         '    volumeClear: none',
         ...iscsi,
+        ...COMBOS.flatMap((c) => [
+          `  - name: ${c.backend}`,
+          '    driver: lvm',
+          `    dataDir: ${join(l.dir, c.backend)}`,
+          `    volumeGroup: ${c.vg}`,
+          ...(c.type === 'thin' ? ['    lvmType: thin', '    thinPool: pool'] : ['    lvmType: thick', '    thickSnapshotPercent: 50']),
+          ...exportYaml(c.helper, { portal: c.helper === 'nvmet' ? NVME_PORTAL : l.lioPortal, prefix: c.helper === 'nvmet' ? NQN_PREFIX : PREFIX }),
+        ]),
       ];
     },
   });
@@ -72,8 +119,10 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
   const lvNames = async (vg: string) => (await sh(`lvs --noheadings -o lv_name ${vg}`)).stdout.split('\n').map((s) => s.trim()).filter(Boolean).sort();
 
   beforeAll(async () => {
-    expect(disks.length).toBeGreaterThanOrEqual(3);
+    expect(disks.length).toBeGreaterThanOrEqual(4);
+    const step = stepper('setup');
     await lab.start();
+    step(`VGs ${(lab.timings.vgs / 1000).toFixed(1)} s, daemons ${(lab.timings.daemons / 1000).toFixed(1)} s, controller and node ${(lab.timings.sinter / 1000).toFixed(1)} s`);
     ({ ctl, node, nodeId } = lab);
     tgtd = lab.tgtd!;
   });
@@ -262,4 +311,98 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick, tgt) + sin
     await ctl.client.controller.DeleteVolume({ volume_id: id });
     expect(await lvNames(THIN_VG)).toEqual(['pool']);
   });
+  /** What the target serves for `id` now, read from the target itself (tgtadm, LIO's or nvmet's configfs): the device. */
+  const served = async (helper: Helper, id: string): Promise<{ device?: string } | undefined> => {
+    if (helper === 'nvmet') {
+      const sub = join(NVMET, 'subsystems', NQN_PREFIX + id);
+      return existsSync(sub) ? { device: cat(join(sub, 'namespaces/1/device_path')) } : undefined;
+    }
+    const x = (await lab.lio!.listTargets()).find((tg) => tg.iqn === PREFIX + id);
+    return x && { device: x.luns.find((l) => l.lun === 1)?.backingPath };
+  };
+  /** This node's attachments to the volume's export: kernel iSCSI sessions or NVMe controllers. */
+  const attachedTo = async (ctx: Record<string, string>) =>
+    ctx.transport === 'nvmeof'
+      ? ls('/sys/class/nvme').filter((c) => cat(`/sys/class/nvme/${c}/subsysnqn`) === ctx.nqn)
+      : (await kernelSessions()).filter((l) => l.split(' ')[1] === ctx.iqn);
+  const mountedDevice = (staging: string) => readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === staging)?.split(' ')[0] ?? 'no mount';
+  const sizeOf = async (dev: string) => Number((await execa('blockdev', ['--getsize64', dev])).stdout);
+  const readMarker = async (dev: string, len: number) =>
+    Buffer.from((await execa('dd', [`if=${dev}`, 'bs=4096', 'skip=256', 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer' })).stdout).subarray(0, len).toString('latin1');
+  /** Create, publish (the target serves the LV itself), stage: the volume as a pod would have it, and its publish_context. */
+  const attachCombo = async (c: (typeof COMBOS)[number], name: string, cap: VolumeCapability, source?: { snapshot: { snapshot_id: string } }) => {
+    const id = (await create(name, c.backend, 16, cap, source)).volume_id;
+    expect((await sh(`lvs --noheadings -o segtype ${c.vg}/${lvOf(id)}`)).stdout.trim()).toBe(c.type === 'thin' ? 'thin' : 'linear');
+    const ctx = await attach(id, cap);
+    expect(ctx).toMatchObject(c.helper === 'nvmet' ? { transport: 'nvmeof', nqn: NQN_PREFIX + id, nsid: '1' } : { transport: 'iscsi', iqn: PREFIX + id, lun: '1' });
+    // A block backstore for LIO (iblock), a block namespace for nvmet: the LV's device itself.
+    expect((await served(c.helper, id))?.device).toBe(`/dev/${c.vg}/${lvOf(id)}`);
+    return { id, ctx };
+  };
+  /** Unstage and unpublish: no session or controller left, the export gone. */
+  const detachCombo = async (c: (typeof COMBOS)[number], id: string, ctx: Record<string, string>) => {
+    await detach(id);
+    expect(await attachedTo(ctx)).toEqual([]);
+    expect(await served(c.helper, id)).toBeUndefined();
+  };
+
+  it.each(COMBOS.filter((c) => c.shape === 'grow'))(
+    '$type LVM through $helper: create, publish (the LV itself served), stage ext4, write, grow online (the node sees the new size, the file stays), unstage, unpublish (export gone), delete',
+    async (c) => {
+      const step = stepper(c.backend);
+      const cap = mountCap('SINGLE_NODE_WRITER', 'ext4');
+      const { id, ctx } = await attachCombo(c, `${c.backend}-vol`, cap);
+      const { staging, target } = paths(id);
+      const marker = `written through ${c.helper} onto a ${c.type} LV ${id}`;
+      writeFileSync(join(target, 'data.txt'), marker);
+      await sh(`sync -f ${target}/data.txt`);
+      step('created, published, staged (ext4), written');
+
+      const grown = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 32 * MiB }, volume_capability: cap });
+      expect(grown).toMatchObject({ capacity_bytes: 32 * MiB, node_expansion_required: true });
+      await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 32 * MiB }, volume_capability: cap });
+      expect(await sizeOf(mountedDevice(staging))).toBe(32 * MiB);
+      expect(Number((await execa('df', ['--output=size', '-B1', target])).stdout.split('\n')[1])).toBeGreaterThan(24 * MiB);
+      expect(readFileSync(join(target, 'data.txt'), 'utf8')).toBe(marker);
+      step('grown online');
+
+      await detachCombo(c, id, ctx);
+      await ctl.client.controller.DeleteVolume({ volume_id: id });
+      expect(await lvNames(c.vg)).toEqual(c.type === 'thin' ? ['pool'] : []);
+      step('unstaged, unpublished, deleted');
+    },
+  );
+
+  it.each(COMBOS.filter((c) => c.shape === 'clone'))(
+    '$type LVM through $helper: create, publish (the LV itself served), stage as a block device, write, snapshot, clone from it published and staged (the bytes are there), unstage, unpublish (exports gone), delete',
+    async (c) => {
+      const step = stepper(c.backend);
+      const cap = blockCap();
+      const { id, ctx } = await attachCombo(c, `${c.backend}-vol`, cap);
+      const marker = `${c.type}-${c.helper}-marker`;
+      await writeMarker(paths(id).target, marker);
+      step('created, published, staged (block), written');
+
+      const snap = await snapshot(`${c.backend}-snap`, id);
+      // thin: a thin snapshot of the volume's LV; thick: a classic snapshot with copy-on-write space half the volume (thickSnapshotPercent 50).
+      const [attr, origin, lvSize] = (await sh(`lvs --noheadings --units b --nosuffix -o lv_attr,origin,lv_size ${c.vg}/${snapLvOf(snap)}`)).stdout.trim().split(/\s+/);
+      expect({ kind: attr?.[0], origin, lvSize: Number(lvSize) }).toEqual(c.type === 'thin' ? { kind: 'V', origin: lvOf(id), lvSize: 16 * MiB } : { kind: 's', origin: lvOf(id), lvSize: 8 * MiB });
+      await detachCombo(c, id, ctx);
+      step('snapshot; volume unstaged, unpublished');
+
+      // The clone (thin: a thin snapshot made writable; thick: a block copy), exported through the helper and staged here: the bytes written before the snapshot are there.
+      const clone = await attachCombo(c, `${c.backend}-clone`, cap, { snapshot: { snapshot_id: snap } });
+      expect(await sizeOf(paths(clone.id).target)).toBe(16 * MiB);
+      expect(await readMarker(paths(clone.id).target, marker.length)).toBe(marker);
+      await detachCombo(c, clone.id, clone.ctx);
+      step('clone published, staged as a block device, read, unstaged, unpublished');
+
+      // A thick volume's classic snapshot lives in it: the snapshot goes first.
+      await ctl.client.controller.DeleteVolume({ volume_id: clone.id });
+      await ctl.client.controller.DeleteSnapshot({ snapshot_id: snap });
+      await ctl.client.controller.DeleteVolume({ volume_id: id });
+      expect(await lvNames(c.vg)).toEqual(c.type === 'thin' ? ['pool'] : []);
+      step('deleted');
+    },
+  );
 });
