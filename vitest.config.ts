@@ -13,10 +13,6 @@ const IN_VM = process.env.SINTER_IN_VM === '1';
 const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes', 'identity', 'publish-topology', 'snapshots'].map(
   (f) => `test/conformance/${f}.test.ts`,
 );
-// VM files too long for the VM stage's budget, run only with SINTER_VM_LONG=1 in the guest:
-// the LVM × target-helper lifecycle matrix, ~16 min at host load ~21 (its set-up, a controller with six LVM
-// backends and a node, alone 284 s there; the six combinations 664 s), test/vm/README.md.
-const VM_LONG = process.env.SINTER_VM_LONG === '1' ? [] : ['test/vm/lvm-lifecycle.vm.test.ts'];
 
 export default defineConfig({
   test: {
@@ -50,7 +46,7 @@ export default defineConfig({
           // through modules (each starts and stops its own daemons and processes in its hooks);
           // fileParallelism: false (above) keeps them one at a time.
           isolate: false,
-          exclude: ['**/node_modules/**', ...VM_LONG],
+          exclude: ['**/node_modules/**'],
           // Node in the guest is ~7x slower than on the host.
           testTimeout: 300_000,
           hookTimeout: 300_000,
