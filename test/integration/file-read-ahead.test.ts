@@ -24,7 +24,7 @@ const mount = { accessType: 'mount' as const, accessMode: 'SINGLE_NODE_WRITER', 
 // The built module: its worker is dist/store/dir-snapshot-worker.js (vitest runs src/ as TypeScript, which a worker cannot load).
 type Start = (dirs: string[], suffix: string) => Map<string, Promise<DirSnapshot | undefined>>;
 let startDirSnapshots: Start;
-type ReadAheadAll = (b: unknown[]) => Map<string, Promise<DirSnapshot | undefined>> | undefined;
+type ReadAheadAll = (b: unknown[], minDirBytes?: number) => Map<string, Promise<DirSnapshot | undefined>> | undefined;
 let readAheadFileBackends: ReadAheadAll;
 
 beforeAll(async () => {
@@ -95,7 +95,9 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     await messyDataDir(a);
     const b = join(t.dir, 'b');
     await fs.cp(a, b, { recursive: true });
-    const ahead = readAheadFileBackends([fileBackendConfig('b1', a)])!;
+    // Threshold 0: the fixture is small, and a small volumes directory is read without a worker.
+    expect(readAheadFileBackends([fileBackendConfig('b1', a)])).toBeUndefined();
+    const ahead = readAheadFileBackends([fileBackendConfig('b1', a)], 0)!;
     const fa = new FileBackend(fileBackendConfig('b1', a), exec, log, ahead);
     const fb = new FileBackend(fileBackendConfig('b1', b), exec, log);
     const ra = await fa.start();
