@@ -13,7 +13,9 @@ import { GroupSnapshotManager } from './controller/group-snapshots.js';
 import { StaticVolumes, withStaticVolumes } from './controller/static-volumes.js';
 import { SnapshotManager } from './controller/snapshots.js';
 import { VolumeManager } from './controller/volumes.js';
+import { loadCsi } from './csi/proto.js';
 import { CsiServer, type CsiServices } from './csi/server.js';
+import type { ReadAhead } from './backends/file/read-ahead.js';
 import { HostExecutor } from './exec/run.js';
 import type { NodeService } from './node/service.js';
 import { identityService } from './identity/service.js';
@@ -40,10 +42,10 @@ export interface App {
 }
 
 /** Wires the roles' services from one validated Config; starts backends and node state. */
-export async function createApp(cfg: Config, log: Logger): Promise<App> {
+export async function createApp(cfg: Config, log: Logger, opts: { readAhead?: ReadAhead } = {}): Promise<App> {
   const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 }, log.child({ part: 'exec' }));
   const backends = new Map<string, Backend>();
-  for (const b of cfg.backends) backends.set(b.name, createBackend(b, exec, log));
+  for (const b of cfg.backends) backends.set(b.name, createBackend(b, exec, log, opts.readAhead));
 
   const services: CsiServices = {};
   const recovery: Record<string, RecoveryReport> = {};
@@ -60,6 +62,9 @@ export async function createApp(cfg: Config, log: Logger): Promise<App> {
   let groups: GroupSnapshotManager | undefined;
 
   if (hasController) {
+    // The CSI descriptors first (cached; CsiServer uses them): building them keeps
+    // this thread busy while the worker main started still reads the records.
+    loadCsi();
     for (const [name, b] of backends) recovery[name] = await b.start();
     // With Kubernetes access, CSINode decides the known nodes and VolumeAttachments guard DeleteVolume.
     if (cfg.kubernetes.enabled) {

@@ -3,6 +3,7 @@ import { loadConfig } from './config/load.js';
 import type { Role } from './config/types.js';
 import { ConfigError } from './config/error.js';
 import { createLogger } from './csi/logging.js';
+import { readAheadFileBackends } from './backends/file/read-ahead.js';
 import { VERSION } from './version.js';
 
 const USAGE = `sinter ${VERSION} — Cinder's block-storage model as a CSI driver
@@ -64,10 +65,14 @@ async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
+  // Reading 10,000 volume records takes as long as loading the driver; a worker
+  // reads them meanwhile. The controller still serves nothing before they are
+  // loaded (ListVolumes and CreateVolume's idempotency need them).
+  const readAhead = role === 'node' ? undefined : readAheadFileBackends(cfg.backends);
   const log = createLogger(cfg.logLevel);
   // Imported here so `sinter version` and config errors answer without loading the whole driver.
   const { createApp } = await import('./app.js');
-  const app = await createApp(cfg, log);
+  const app = await createApp(cfg, log, { readAhead });
   const address = await app.listen();
   log.info({ role, address, version: VERSION, driver: cfg.driverName, nodeId: app.nodeId }, 'sinter started');
 

@@ -1,27 +1,8 @@
-import { closeSync, openSync, promises as fs, readSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { isAtomicTemp, removeFileDurable, SyncDir, writeFileAtomic } from './atomic-file.js';
-
-/** One buffer for the start-up scan's reads: records are small, and a fresh buffer (and an fstat) per file was a third of their cost. */
-const scanBuffer = Buffer.allocUnsafe(64 * 1024);
-
-/** A whole file, read synchronously with open + read + close (no fstat, no allocation for a file that fits the buffer). */
-function readSmallFileSync(path: string): string {
-  const fd = openSync(path, 'r');
-  try {
-    let n = readSync(fd, scanBuffer, 0, scanBuffer.length, 0);
-    if (n < scanBuffer.length) return scanBuffer.toString('utf8', 0, n);
-    const chunks = [Buffer.from(scanBuffer.subarray(0, n))];
-    let pos = n;
-    while ((n = readSync(fd, scanBuffer, 0, scanBuffer.length, pos)) > 0) {
-      chunks.push(Buffer.from(scanBuffer.subarray(0, n)));
-      pos += n;
-    }
-    return Buffer.concat(chunks).toString('utf8');
-  } finally {
-    closeSync(fd);
-  }
-}
+import type { DirSnapshot } from './dir-snapshot.js';
+import { readSmallFileSync } from './read-small.js';
 
 export interface LoadReport<T> {
   records: T[];
@@ -102,10 +83,16 @@ export class RecordStore<T> {
     return { records: scan.records, corrupt: scan.corrupt, tempsRemoved: scan.temps };
   }
 
-  /** What load() would find, touching nothing: for `sinter fsck`. */
-  async scan(valid: (v: unknown) => v is T): Promise<ScanReport<T>> {
+  /**
+   * What load() would find, touching nothing: for `sinter fsck`, and for
+   * start-up, which may pass what a worker read ahead (dir-snapshot.ts) so
+   * that only the parse is left here.
+   */
+  async scan(valid: (v: unknown) => v is T, pre?: DirSnapshot): Promise<ScanReport<T>> {
     const report: ScanReport<T> = { records: [], corrupt: [], temps: [], others: [] };
-    for (const name of (await fs.readdir(this.dir)).sort()) {
+    const names = pre ? pre.names : (await fs.readdir(this.dir)).sort();
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i]!;
       if (isAtomicTemp(name)) {
         report.temps.push(name);
         continue;
@@ -115,7 +102,9 @@ export class RecordStore<T> {
         continue;
       }
       try {
-        const parsed: unknown = JSON.parse(readSmallFileSync(`${this.dir}/${name}`));
+        const text = pre ? pre.texts[i] : readSmallFileSync(`${this.dir}/${name}`);
+        if (text == null) throw new Error('unreadable');
+        const parsed: unknown = JSON.parse(text);
         if (valid(parsed) && `${this.keyOf(parsed)}${this.suffix}` === name) report.records.push(parsed);
         else report.corrupt.push(name);
       } catch {

@@ -24,6 +24,8 @@ import { copyImage } from './copy.js';
 import { backendOfVolume } from '../ids.js';
 import { createVolumeExport, type VolumeExport } from '../targets/volume-export.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
+import { fileBackendDirs } from './layout.js';
+import type { ReadAhead } from './read-ahead.js';
 
 const now = () => new Date().toISOString();
 
@@ -61,6 +63,8 @@ export class FileBackend implements Backend {
     private readonly cfg: FileBackendConfig,
     private readonly exec: Executor,
     private readonly log: Logger,
+    /** The record directories as a worker read them while the driver loaded (main.ts); start() uses them once. */
+    private readAhead?: ReadAhead,
   ) {
     const transport = cfg.export;
     if (transport !== 'local') {
@@ -70,8 +74,7 @@ export class FileBackend implements Backend {
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;
-    this.volDir = join(cfg.dataDir, 'volumes');
-    this.snapDir = join(cfg.dataDir, 'snapshots');
+    ({ volumes: this.volDir, snapshots: this.snapDir } = fileBackendDirs(cfg.dataDir));
     this.volStore = new RecordStore(this.volDir);
     this.snapStore = new RecordStore(this.snapDir);
   }
@@ -99,7 +102,11 @@ export class FileBackend implements Backend {
     await this.snapStore.init();
     await this.target?.init();
 
-    const ins = await this.inspect();
+    const ahead = this.readAhead;
+    this.readAhead = undefined;
+    const ins = ahead
+      ? await inspectFileBackend({ ...this.layout(), pre: { volumes: await ahead.get(this.volDir), snapshots: await ahead.get(this.snapDir) } })
+      : await this.inspect();
     const serve = new Map(ins.serve.volumes.map((r) => [r.id, r]));
     const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
     for (const step of ins.plan) {
@@ -150,7 +157,11 @@ export class FileBackend implements Backend {
 
   /** What start() would repair and what it would leave for a person, touching nothing (`sinter fsck`). */
   inspect(): Promise<FileInspection> {
-    return inspectFileBackend({ name: this.name, dataDir: this.cfg.dataDir, volumes: this.volStore, snapshots: this.snapStore });
+    return inspectFileBackend(this.layout());
+  }
+
+  private layout() {
+    return { name: this.name, dataDir: this.cfg.dataDir, volumes: this.volStore, snapshots: this.snapStore };
   }
 
   async probe(): Promise<void> {

@@ -1,6 +1,7 @@
 import { lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Finding } from '../../contracts/finding.js';
+import { snapshotStat, type DirSnapshot } from '../../store/dir-snapshot.js';
 import type { RecordStore, ScanReport } from '../../store/record-store.js';
 import type { Inspection, SnapshotRecord, VolumeRecord } from '../backend.js';
 import { isSnapshotRecord, isVolumeRecord } from './records.js';
@@ -10,6 +11,8 @@ export interface FileBackendLayout {
   dataDir: string;
   volumes: RecordStore<VolumeRecord>;
   snapshots: RecordStore<SnapshotRecord>;
+  /** The two record directories as read ahead at start-up (dir-snapshot.ts); where absent, they are read here. */
+  pre?: { volumes?: DirSnapshot; snapshots?: DirSnapshot };
 }
 
 /**
@@ -45,9 +48,9 @@ function statOf(path: string) {
   }
 }
 
-async function scanOrMissing<T extends { id: string }>(store: RecordStore<T>, valid: (v: unknown) => v is T, out: Finding[], what: string) {
+async function scanOrMissing<T extends { id: string }>(store: RecordStore<T>, valid: (v: unknown) => v is T, out: Finding[], what: string, pre?: DirSnapshot) {
   try {
-    return await store.scan(valid);
+    return await store.scan(valid, pre);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     out.push({ kind: 'missing-directory', subject: store.dir, detail: `the ${what} directory does not exist; a start creates it empty`, remedy: 'restart' });
@@ -82,7 +85,7 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
     return { summary: `no data directory at ${b.dataDir}`, findings: out, volumes: [], plan, serve, foreign };
   }
 
-  const vs = await scanOrMissing(b.volumes, isVolumeRecord, out, 'volumes');
+  const vs = await scanOrMissing(b.volumes, isVolumeRecord, out, 'volumes', b.pre?.volumes);
   const known = new Set<string>();
   if (vs) {
     commonFindings(vs, volDir, out, plan);
@@ -121,7 +124,7 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
       }
       if ((rec.state === 'in-use') !== rec.attachments.length > 0)
         out.push({ kind: 'state-mismatch', subject, detail: `state is ${rec.state} but ${rec.attachments.length} publishes are recorded`, remedy: 'operator' });
-      const st = statOf(img);
+      const st = snapshotStat(b.pre?.volumes, volDir, `${rec.id}.img`);
       if (!st) out.push({ kind: 'image-missing', subject, detail: `${rec.state} volume ${named()} has no image file ${img}`, remedy: 'operator' });
       else if (!st.isFile()) out.push({ kind: 'image-not-a-file', subject, detail: `${img} is not a regular file`, remedy: 'operator' });
       else if (st.size < rec.sizeBytes)
@@ -133,7 +136,7 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
     }
   }
 
-  const ss = await scanOrMissing(b.snapshots, isSnapshotRecord, out, 'snapshots');
+  const ss = await scanOrMissing(b.snapshots, isSnapshotRecord, out, 'snapshots', b.pre?.snapshots);
   const knownSnaps = new Set<string>();
   if (ss) {
     commonFindings(ss, snapDir, out, plan);
@@ -161,7 +164,7 @@ export async function inspectFileBackend(b: FileBackendLayout): Promise<FileInsp
         out.push({ kind: 'unknown-state', subject, detail: `record ${named()} has state "${String(rec.state)}", which sinter never writes`, remedy: 'operator' });
         continue;
       }
-      const st = statOf(img);
+      const st = snapshotStat(b.pre?.snapshots, snapDir, `${rec.id}.img`);
       if (!st) out.push({ kind: 'image-missing', subject, detail: `snapshot ${named()} has no image file ${img}`, remedy: 'operator' });
       else if (!st.isFile()) out.push({ kind: 'image-not-a-file', subject, detail: `${img} is not a regular file`, remedy: 'operator' });
       else if (st.size < rec.sizeBytes)

@@ -1,0 +1,126 @@
+// Start-up reads the file backend's record directories on a worker thread
+// (src/store/dir-snapshot.ts) while the driver's modules load. What it then
+// serves, repairs and reports must be exactly what the synchronous scan
+// finds: the worker is the built one (dist/), as `sinter controller` runs it.
+import { mkdirSync, promises as fs, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import type { SnapshotRecord, VolumeRecord } from '../../src/backends/backend.js';
+import { FileBackend } from '../../src/backends/file/backend.js';
+import { inspectFileBackend } from '../../src/backends/file/inspect.js';
+import { newSnapshotId, newVolumeId } from '../../src/backends/ids.js';
+import { RecordStore } from '../../src/store/record-store.js';
+import type { DirSnapshot } from '../../src/store/dir-snapshot.js';
+import { HostExecutor } from '../../src/exec/run.js';
+import { fileBackendConfig } from '../helpers/backend-config.js';
+import { tempDir } from '../helpers/scratch-fs.js';
+
+const MiB = 1024 * 1024;
+const log = pino({ level: 'silent' });
+const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 60_000 });
+const mount = { accessType: 'mount' as const, accessMode: 'SINGLE_NODE_WRITER', fsType: 'ext4' };
+
+// The built module: its worker is dist/store/dir-snapshot-worker.js (vitest runs src/ as TypeScript, which a worker cannot load).
+type Start = (dirs: string[], suffix: string) => Map<string, Promise<DirSnapshot | undefined>>;
+let startDirSnapshots: Start;
+type ReadAheadAll = (b: unknown[], minDirBytes?: number) => Map<string, Promise<DirSnapshot | undefined>> | undefined;
+let readAheadFileBackends: ReadAheadAll;
+
+beforeAll(async () => {
+  // dist/ is built by test/global-setup.ts.
+  const root = new URL('../..', import.meta.url).pathname;
+  ({ startDirSnapshots } = (await import(join(root, 'dist/store/dir-snapshot.js'))) as { startDirSnapshots: Start });
+  ({ readAheadFileBackends } = (await import(join(root, 'dist/backends/file/read-ahead.js'))) as { readAheadFileBackends: ReadAheadAll });
+});
+
+/** A data directory with one of every case start-up distinguishes. */
+async function messyDataDir(dataDir: string) {
+  const b = new FileBackend(fileBackendConfig('b1', dataDir), exec, log);
+  await b.start();
+  const vols = [];
+  for (const name of ['ok', 'grown', 'lost-image', 'gone', 'small', 'not-a-file']) vols.push(await b.createVolume({ id: newVolumeId('b1'), name, sizeBytes: MiB, parameters: {}, capabilities: [mount] }));
+  const [ok, grown, lostImage, gone, small, notAFile] = vols as [VolumeRecord, VolumeRecord, VolumeRecord, VolumeRecord, VolumeRecord, VolumeRecord];
+  const snap = await b.createSnapshot({ id: newSnapshotId('b1'), name: 's1', sourceVolumeId: ok.id });
+  const vd = join(dataDir, 'volumes');
+  await fs.truncate(b.imagePath(grown.id), 4 * MiB); // an expand interrupted before its record
+  await fs.rm(b.imagePath(lostImage.id));
+  await fs.truncate(b.imagePath(small.id), MiB / 2);
+  await fs.rm(b.imagePath(notAFile.id));
+  mkdirSync(b.imagePath(notAFile.id));
+  writeFileSync(join(vd, `${gone.id}.json`), JSON.stringify({ ...gone, state: 'deleting' }));
+  const half = newVolumeId('b1');
+  writeFileSync(join(vd, `${half}.json`), JSON.stringify({ ...gone, id: half, name: 'half', state: 'creating' }));
+  writeFileSync(join(vd, `${half}.img`), '');
+  writeFileSync(join(vd, `.${grown.id}.json.1234.tmp`), '{"trunc');
+  writeFileSync(join(vd, `${newVolumeId('b1')}.json`), '{not json');
+  const misnamed = newVolumeId('b1');
+  writeFileSync(join(vd, `${misnamed}.json`), JSON.stringify({ ...ok, name: 'misnamed' })); // names another id
+  writeFileSync(join(vd, `${newVolumeId('b1')}.img`), ''); // an orphan image
+  writeFileSync(join(vd, 'notes.txt'), 'hello');
+  const foreign = newVolumeId('b1');
+  writeFileSync(join(vd, `${foreign}.json`), JSON.stringify({ ...ok, id: foreign, backend: 'other' }));
+  mkdirSync(join(vd, `${newVolumeId('b1')}.json`)); // a record name that is a directory: unreadable
+  return { snap };
+}
+
+const stores = (dataDir: string) => ({
+  volumes: new RecordStore<VolumeRecord>(join(dataDir, 'volumes')),
+  snapshots: new RecordStore<SnapshotRecord>(join(dataDir, 'snapshots')),
+});
+
+describe('start-up read-ahead of the file backend records (worker thread)', () => {
+  const t = tempDir();
+  afterAll(() => t.cleanup());
+
+  it('gives inspect the same findings, plan and served records as the synchronous scan', async () => {
+    const dataDir = join(t.dir, 'same');
+    await messyDataDir(dataDir);
+    const layout = { name: 'b1', dataDir, ...stores(dataDir) };
+    const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
+    const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
+    // The worker really read both (undefined would mean the fallback ran, and the comparison proves nothing).
+    expect(pre.volumes?.names.length).toBeGreaterThan(15);
+    expect(pre.snapshots?.names.length).toBe(2);
+    const withAhead = await inspectFileBackend({ ...layout, pre });
+    const without = await inspectFileBackend(layout);
+    expect(withAhead).toEqual(without);
+    const kinds = new Set(without.findings.map((f) => f.kind));
+    for (const k of ['interrupted-expand', 'image-missing', 'image-too-small', 'image-not-a-file', 'interrupted-delete', 'interrupted-create', 'stray-temp', 'unreadable-record', 'orphan-image', 'unknown-file', 'foreign-record'])
+      expect(kinds, k).toContain(k);
+  });
+
+  it('starts a backend from the read-ahead with the same recovery and volumes as without it', async () => {
+    const a = join(t.dir, 'a');
+    await messyDataDir(a);
+    const b = join(t.dir, 'b');
+    await fs.cp(a, b, { recursive: true });
+    // Threshold 0: the fixture is small, and a small volumes directory is read without a worker.
+    expect(readAheadFileBackends([fileBackendConfig('b1', a)])).toBeUndefined();
+    const ahead = readAheadFileBackends([fileBackendConfig('b1', a)], 0)!;
+    const fa = new FileBackend(fileBackendConfig('b1', a), exec, log, ahead);
+    const fb = new FileBackend(fileBackendConfig('b1', b), exec, log);
+    const ra = await fa.start();
+    const rb = await fb.start();
+    const norm = (s: string) => s.replaceAll(a, 'D').replaceAll(b, 'D');
+    expect(JSON.parse(norm(JSON.stringify(ra)))).toEqual(JSON.parse(norm(JSON.stringify(rb))));
+    expect(ra.recovered.join('\n')).toMatch(/recorded size .* after an interrupted expand/);
+    expect([...fa.volumes()].map((v) => [v.name, v.sizeBytes]).sort()).toEqual([...fb.volumes()].map((v) => [v.name, v.sizeBytes]).sort());
+    expect([...fa.volumes()].length).toBeGreaterThan(3);
+    // What was repaired is on disk as well: a second start from disk finds nothing left to do.
+    const again = await new FileBackend(fileBackendConfig('b1', a), exec, log).start();
+    expect(again.recovered).toEqual([]);
+  });
+
+  it('falls back to reading itself when a directory is missing, reporting it as without read-ahead', async () => {
+    const dataDir = join(t.dir, 'missing');
+    mkdirSync(join(dataDir, 'volumes'), { recursive: true });
+    const layout = { name: 'b1', dataDir, ...stores(dataDir) };
+    const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
+    const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
+    expect(pre.snapshots).toBeUndefined();
+    expect(await inspectFileBackend({ ...layout, pre })).toEqual(await inspectFileBackend(layout));
+    expect((await inspectFileBackend(layout)).findings.map((f) => f.kind)).toContain('missing-directory');
+    rmSync(dataDir, { recursive: true });
+  });
+});
