@@ -70,6 +70,45 @@ const head = async (id: string) => (await execa('rbd', ['-c', c.conf, 'export', 
 const write = (device: string, byte: number) =>
   execa('bash', ['-c', `head -c 4096 /dev/zero | tr '\\0' '\\${byte.toString(8).padStart(3, '0')}' | timeout 60 dd of=${device} bs=4096 count=1 oflag=direct,sync status=none`], { reject: false });
 
+/**
+ * Node A cut off, as Ceph sees it: `fn` runs with the OSDs dropping a silent client's watch after
+ * 5 s (osd_client_watch_timeout, 30 s by default; for watches made from now on) and gets
+ * `silence()`, which SIGSTOPs A's qemu-nbd (it runs librbd) and waits for its watch on `id` to
+ * lapse, and `wake()`. A's client is woken and the setting restored whatever happens.
+ */
+async function partitioned(id: string, fn: (silence: () => Promise<void>, wake: () => void) => Promise<void>): Promise<void> {
+  await c.ceph(['config', 'set', 'osd', 'osd_client_watch_timeout', '5']);
+  let stopped: number | undefined;
+  const wake = () => {
+    if (stopped) process.kill(stopped, 'SIGCONT');
+    stopped = undefined;
+  };
+  try {
+    await fn(async () => {
+      const pids = readdirSync(join(scratch, 'node-a'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('qemu-nbd.pid'));
+      expect(pids).toHaveLength(1);
+      stopped = Number(readFileSync(join(scratch, 'node-a', pids[0]), 'utf8').trim());
+      process.kill(stopped, 'SIGSTOP');
+      const deadline = Date.now() + 60_000;
+      while ((await watchers(id)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1000));
+      expect(await watchers(id)).toEqual([]);
+    }, wake);
+  } finally {
+    wake();
+    await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
+  }
+}
+
+/** After the unpublish: `client` is on the blocklist, and once woken its write fails and the image keeps `before`. */
+async function fencedAfterWake(id: string, dev: string, client: string, wake: () => void, before: number): Promise<void> {
+  expect(await blocklisted()).toContain(client);
+  wake();
+  expect((await write(dev, 0xee)).exitCode).not.toBe(0);
+  expect((await head(id)).every((x) => x === before)).toBe(true);
+  // The entry would keep the next test's blocklist from being empty.
+  await c.ceph(['osd', 'blocklist', 'rm', client]);
+}
+
 describe('rbd fencing: the old node\'s client is blocklisted before another node maps the image', () => {
   it('A attached, A unpublished without unstaging → A blocklisted, A\'s writes fail, B\'s land; A gets the volume back → entry lifted', async () => {
     const id = `ceph-${randomUUID()}`;
@@ -159,52 +198,30 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
   it('A\'s client goes silent holding the image (its watch lapses, its lock stays) → still blocklisted at unpublish; its writes fail after it wakes', async () => {
     const id = `ceph-${randomUUID()}`;
     await b.createVolume({ id, name: 'pvc-silent', sizeBytes: 16 * MiB, parameters: {}, capabilities: [{ accessType: 'block', accessMode: 'SINGLE_NODE_WRITER' }] });
-    // The OSDs drop a silent client's watch after osd_client_watch_timeout (30 s); 5 s here, for watches made from now on.
-    await c.ceph(['config', 'set', 'osd', 'osd_client_watch_timeout', '5']);
     const a = connector('node-a');
-    let stopped: number | undefined;
-    try {
+    await partitioned(id, async (silence, wake) => {
       const ctx = await vm.publish(id, nodeA, cap, false);
       const dev = await a.connect(ctx, {});
       expect((await write(dev, 0xd1)).exitCode).toBe(0);
       const [clientA] = await watchers(id);
       await vm.reconcileExports(b);
       expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
-      // A partition, as Ceph sees it: the client stops answering (SIGSTOP of qemu-nbd, which runs librbd).
-      const dirs = readdirSync(join(scratch, 'node-a'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('qemu-nbd.pid'));
-      expect(dirs).toHaveLength(1);
-      stopped = Number(readFileSync(join(scratch, 'node-a', dirs[0]), 'utf8').trim());
-      process.kill(stopped, 'SIGSTOP');
-      const deadline = Date.now() + 60_000;
-      while ((await watchers(id)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1000));
-      expect(await watchers(id)).toEqual([]);
-      // What tells it from a client that left: it still holds the image's exclusive lock.
+      await silence();
+      // It still holds the image's exclusive lock (and A never said it closed the image).
       expect((await b.pool.lockHolders(id))?.map((l) => l.address)).toEqual([clientA]);
       await vm.unpublish(id, nodeA, { wait: true });
-      expect(await blocklisted()).toContain(clientA);
-      process.kill(stopped, 'SIGCONT');
-      stopped = undefined;
-      const late = await write(dev, 0xd2);
-      expect(late.exitCode).not.toBe(0);
-      expect((await head(id)).every((x) => x === 0xd1)).toBe(true);
+      await fencedAfterWake(id, dev, clientA, wake, 0xd1);
       await a.disconnect(ctx);
-      // The entry would keep the next test's blocklist from being empty.
-      await c.ceph(['osd', 'blocklist', 'rm', clientA]);
-    } finally {
-      if (stopped) process.kill(stopped, 'SIGCONT');
-      await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
-    }
+    });
     await b.deleteVolume(id);
   }, 180_000);
 
   it('A\'s clean unstage marks the image closed and its next stage clears the mark; the new client, gone silent after a read, is blocklisted (no mark) and cannot write after it wakes', async () => {
     const id = `ceph-${randomUUID()}`;
     await b.createVolume({ id, name: 'pvc-reader', sizeBytes: 16 * MiB, parameters: {}, capabilities: [{ accessType: 'block', accessMode: 'SINGLE_NODE_WRITER' }] });
-    await c.ceph(['config', 'set', 'osd', 'osd_client_watch_timeout', '5']);
     const a = connector('node-a');
     const meta = async () => JSON.parse(await c.rbd(['image-meta', 'list', '--format', 'json', `${c.pool}/${id}`])) as Record<string, string>;
-    let stopped: number | undefined;
-    try {
+    await partitioned(id, async (silence, wake) => {
       // A clean stage and unstage first: A's closed mark is set...
       const ctx = await vm.publish(id, nodeA, cap, false);
       await a.connect(ctx, {});
@@ -217,25 +234,12 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
       const [clientA] = await watchers(id);
       await vm.reconcileExports(b);
       expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
-      const dirs = readdirSync(join(scratch, 'node-a'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('qemu-nbd.pid'));
-      stopped = Number(readFileSync(join(scratch, 'node-a', dirs[0]), 'utf8').trim());
-      process.kill(stopped, 'SIGSTOP');
-      const deadline = Date.now() + 60_000;
-      while ((await watchers(id)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1000));
-      expect(await watchers(id)).toEqual([]);
-      // (qemu's librbd takes the exclusive lock even to read; the kernel's does not, rbd-kernel-guest.test.ts has that reader.)
+      // (qemu's librbd takes the exclusive lock even to read; the kernel's does not before its first I/O: rbd-kernel-guest.test.ts.)
+      await silence();
       await vm.unpublish(id, nodeA, { wait: true });
-      expect(await blocklisted()).toContain(clientA);
-      process.kill(stopped, 'SIGCONT');
-      stopped = undefined;
-      expect((await write(dev, 0xe2)).exitCode).not.toBe(0);
-      expect((await head(id)).every((x) => x === 0)).toBe(true);
+      await fencedAfterWake(id, dev, clientA, wake, 0);
       await a.disconnect(ctx);
-      await c.ceph(['osd', 'blocklist', 'rm', clientA]);
-    } finally {
-      if (stopped) process.kill(stopped, 'SIGCONT');
-      await c.ceph(['config', 'rm', 'osd', 'osd_client_watch_timeout']);
-    }
+    });
     await b.deleteVolume(id);
   }, 180_000);
 

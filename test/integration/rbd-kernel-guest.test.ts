@@ -318,7 +318,7 @@ describe('kernel rbd: sinter node in a VM guest (rbd.ko, 6.1) against a Ceph clu
         const meta = JSON.parse(await c.rbd(['image-meta', 'list', '--format', 'json', `${c.pool}/${id}`])) as Record<string, string>;
         const rec = JSON.parse(meta['sinter.volume'] ?? '{}') as { rbd?: { clients?: { address: string }[] } };
         return rec.rbd?.clients?.some((x) => x.address === client) ? true : undefined;
-      }, 90_000, 1000).catch((e: Error) => {
+      }, 150_000, 1000).catch((e: Error) => {
         throw new Error(`${e.message}; the controller's log: ${ctlProc.logs().split('\n').filter((l) => /exports|"level":[456]0/.test(l)).slice(-15).join('\n')}`);
       });
 
