@@ -2,7 +2,7 @@
 // floor server, the durable-write helpers the floors use, and cleanup that
 // runs however the run ends.
 import { spawn } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir, loadavg } from 'node:os';
@@ -204,12 +204,6 @@ export async function startSinter({ role = 'all', dataDir, dir = join(base, `sin
     }),
   );
   closeSync(logFd);
-  // BENCH_KEEP_LOGS=DIR keeps each sinter process's log (the scratch directory goes at the end): with BENCH_LOG_LEVEL=debug, every host command and its duration.
-  const keep = process.env.BENCH_KEEP_LOGS;
-  if (keep) child.once('exit', () => {
-    mkdirSync(keep, { recursive: true });
-    copyFileSync(logFile, join(keep, `${role}-${child.pid}.log`));
-  });
   const client = csiClient(`unix://${socket}`);
   let ready;
   try {
