@@ -13,7 +13,7 @@ import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, 
 import { promises as fs } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { base, GiB, hostExec, load, onCleanup, percentile, sleep, sparseImage, startSinter, track } from './lib.mjs';
+import { base, GiB, hostExec, load, onCleanup, openDir, percentile, removeFileDurable, sleep, sparseImage, startSinter, track, writeFileAtomic } from './lib.mjs';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.bench:node-1';
 const SINTER_PREFIX = 'iqn.2026-11.io.sinter.bench:';
@@ -197,6 +197,12 @@ function rawTgt(controlPort) {
       await tgtadm(['--op', 'delete', '--mode', 'target', '--tid', tid, '--force']);
       if (chap) await tgtadm(['--op', 'delete', '--mode', 'account', '--user', chap['node.session.auth.username']]);
     },
+    /** The read sinter's unpublish needs before it deletes (which tid is the volume's target), timed raw; not in the floor. */
+    async readTargets() {
+      const t = performance.now();
+      await tgtadm(['--op', 'show', '--mode', 'target']);
+      return performance.now() - t;
+    },
   };
 }
 
@@ -359,29 +365,110 @@ export async function iscsiBench({ publishReps, stageReps, log }) {
 
     // ---- Figure 1: ControllerPublishVolume + ControllerUnpublishVolume (a fresh target each time: the last node leaving removes it).
     const section1 = '6a. iSCSI export (tgt): ControllerPublish+Unpublish';
+    const recDir = join(dir, 'raw-records');
+    mkdirSync(recDir, { recursive: true });
+    const recDh = await openDir(recDir);
+    const volRecord = JSON.stringify({ ...volume, attachments: [{ nodeId, accessMode: 'SINGLE_NODE_WRITER', readonly: false, at: new Date().toISOString() }], state: 'in-use', updatedAt: new Date().toISOString() });
     for (const chap of [undefined, CHAP]) {
       const secrets = chap ?? {};
       const tag = chap ? 'publish (CHAP)' : 'publish';
+      // What safety costs, timed raw beside each repetition and kept out of the floor: the reads
+      // unpublish needs (the target's tid before 'delete --force'; with CHAP, the daemon again before
+      // deleting an account another target may share) and the two durable attachment records.
+      const reads = [];
+      const records = [];
+      // CPU time of the process doing the work, summed over the measured repetitions: sinter's controller
+      // (from /proc, 10 ms ticks) and this one's for the raw tgtadm calls (their spawns; tgtd's work is the same for both).
+      const cpuMs = { sinter: 0, raw: 0 };
+      const WARM = 2;
+      const runs = { sinter: 0, raw: 0 };
+      const selfCpu = () => {
+        const u = process.cpuUsage();
+        return (u.user + u.system) / 1000;
+      };
       const got = await interleave(
         publishReps,
-        2,
+        WARM,
         {
-          sinter: () =>
-            timeSteps([
+          sinter: async () => {
+            const c0 = ctl.cpu();
+            const ms = await timeSteps([
               ['ControllerPublishVolume', () => c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: blockCap(), secrets })],
               ['ControllerUnpublishVolume', () => c.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId })],
-            ]),
-          raw: () =>
-            timeSteps([
+            ]);
+            if (runs.sinter++ >= WARM) cpuMs.sinter += ctl.cpu() - c0;
+            return ms;
+          },
+          raw: async () => {
+            const c0 = selfCpu();
+            const ms = await timeSteps([
               ['ControllerPublishVolume', () => tgt.publish(rawImg, chap)],
               ['ControllerUnpublishVolume', () => tgt.unpublish(chap)],
-            ]),
+            ]);
+            if (runs.raw++ >= WARM) cpuMs.raw += selfCpu() - c0;
+            // Same daemon state as sinter's reads: the target there (then gone, for CHAP's second read).
+            await tgt.publish(rawImg, undefined);
+            let read = await tgt.readTargets();
+            await tgt.unpublish(undefined);
+            if (chap) read += await tgt.readTargets();
+            reads.push(read);
+            const t = performance.now();
+            for (let i = 0; i < 2; i++) await writeFileAtomic(join(recDir, 'volume.json'), volRecord, recDh);
+            if (chap) {
+              // The CHAP secret sinter keeps for reconcile (a 0600 record) is written on publish and removed on unpublish.
+              await writeFileAtomic(join(recDir, 'chap.json'), JSON.stringify({ id: 'x', chap: { user: 'sinter-bench', password: 'x'.repeat(19) } }), recDh);
+              await removeFileDurable(join(recDir, 'chap.json'), recDh);
+            }
+            records.push(performance.now() - t);
+            return ms;
+          },
         },
         log,
         tag,
       );
-      rows.push(...rowsFor(section1, chap ? 'iscsi.publish.chap' : 'iscsi.publish', chap ? 'Publish+Unpublish, one-way CHAP' : 'Publish+Unpublish', got, ['ControllerPublishVolume', 'ControllerUnpublishVolume']));
+      // interleave's warm-up runs add to reads/records first: keep the measured repetitions only.
+      reads.splice(0, reads.length - got.raw.length);
+      records.splice(0, records.length - got.raw.length);
+      const idBase = chap ? 'iscsi.publish.chap' : 'iscsi.publish';
+      const label = chap ? 'Publish+Unpublish, one-way CHAP' : 'Publish+Unpublish';
+      const s = got.sinter.map(sum);
+      const w = got.raw.map(sum);
+      // Per repetition for the range; the figure itself from the medians (a difference of single
+      // repetitions measured moments apart is noisier than either).
+      const remainder = s.map((v, i) => (v - reads[i] - records[i]) / w[i]);
+      const own = p50(s) - p50(reads) - p50(records);
+      rows.push(
+        ...rowsFor(section1, idBase, label, got, ['ControllerPublishVolume', 'ControllerUnpublishVolume']),
+        {
+          id: `${idBase}.reads`,
+          section: section1,
+          label: `  of which: unpublish's ${chap ? 'reads (show target ×2: tid, shared accounts)' : 'read (show target: the tid)'}; raw`,
+          unit: 'ms',
+          value: p50(reads),
+        },
+        {
+          id: `${idBase}.cpu`,
+          section: section1,
+          label: '  CPU per Publish+Unpublish (sinter\'s controller; floor: the raw side\'s process)',
+          unit: 'ms',
+          value: cpuMs.sinter / got.sinter.length,
+          floor: cpuMs.raw / got.raw.length,
+          ratio: cpuMs.sinter / got.sinter.length / (cpuMs.raw / got.raw.length),
+        },
+        { id: `${idBase}.records`, section: section1, label: `  of which: 2 durable attachment records${chap ? ', the CHAP record and its removal' : ''}; raw`, unit: 'ms', value: p50(records) },
+        {
+          id: `${idBase}.remainder.p50`,
+          section: section1,
+          label: `${label} p50 less those (sinter's own)`,
+          unit: 'ms',
+          value: own,
+          floor: p50(w),
+          ratio: own / p50(w),
+          ratios: remainder,
+        },
+      );
     }
+    await recDh.close();
 
     // ---- Figure 2: NodeStageVolume + NodeUnstageVolume, block access, over one published target that both sides log in to in turn.
     const { publish_context: ctx } = await c.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: blockCap() });

@@ -71,15 +71,17 @@ async function pairs(ops, concurrency, total) {
   });
 }
 
-async function bulk(ops, concurrency, total) {
+async function bulk(ops, concurrency, total, cpu) {
   const ids = [];
+  const cpu0 = cpu();
   const c = await pool(concurrency, total, async () => {
     ids.push(await ops.create(nextName()));
   });
+  const createCpuUs = ((cpu() - cpu0) * 1000) / total;
   const d = await pool(concurrency, ids.length, async (i) => {
     await ops.delete(ids[i]);
   });
-  return { createPerS: (total / c.wallMs) * 1000, deletePerS: (total / d.wallMs) * 1000 };
+  return { createPerS: (total / c.wallMs) * 1000, deletePerS: (total / d.wallMs) * 1000, createCpuUs };
 }
 
 export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
@@ -87,8 +89,16 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
   const floorDir = freshDir('floor-volumes');
   const dh = await openDir(floorDir);
   const ops = { sinter: driverOps(sinter.client), floor: floorOps(floorDir, dh) };
+  // CPU time (ms) of the process doing the work: sinter's (from /proc, 10 ms ticks, summed over the whole bulk) and this one's for the floor.
+  const cpuOfSide = {
+    sinter: () => sinter.cpu(),
+    floor: () => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1000;
+    },
+  };
   const lat = {};
-  const tput = { sinter: { create: [], delete: [] }, floor: { create: [], delete: [] }, ratio: [], ratioDelete: [] };
+  const tput = { sinter: { create: [], delete: [], cpu: [] }, floor: { create: [], delete: [], cpu: [] }, ratio: [], ratioDelete: [], ratioCpu: [] };
   try {
     // Warm-up: JIT and the channel.
     await pairs(ops.sinter, 4, 40);
@@ -109,11 +119,13 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
         lat[k].ratio99.push(p99(got.sinter.lat) / p99(got.floor.lat));
       }
       const got = {};
-      for (const who of order) got[who] = await bulk(ops[who], 64, bulkCount);
+      for (const who of order) got[who] = await bulk(ops[who], 64, bulkCount, cpuOfSide[who]);
       for (const who of order) {
         tput[who].create.push(got[who].createPerS);
         tput[who].delete.push(got[who].deletePerS);
+        tput[who].cpu.push(got[who].createCpuUs);
       }
+      tput.ratioCpu.push(got.sinter.createCpuUs / got.floor.createCpuUs);
       tput.ratio.push(got.floor.createPerS / got.sinter.createPerS);
       tput.ratioDelete.push(got.floor.deletePerS / got.sinter.deletePerS);
       log(
@@ -159,6 +171,16 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
     ratio: median(tput.ratio),
     ratios: tput.ratio,
     target: { valueMin: 500 },
+  });
+  rows.push({
+    id: 'provision.cpu.create',
+    section: '2. Provisioning (1 GiB, file backend)',
+    label: `  CPU per CreateVolume at concurrency 64 (sinter's process; floor: this one's)`,
+    unit: 'µs',
+    value: median(tput.sinter.cpu),
+    floor: median(tput.floor.cpu),
+    ratio: median(tput.ratioCpu),
+    ratios: tput.ratioCpu,
   });
   rows.push({
     id: 'provision.throughput.delete',

@@ -52,8 +52,9 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     const id = newVolumeId('default');
     const r1 = await helper.ensureTarget(id, img('v1'));
     const r2 = await helper.ensureTarget(id, img('v1'));
-    expect(r1).toEqual(r2);
-    expect(r1).toEqual({ iqn: `iqn.2025-01.io.sinter:${id}`, lun: 1, tid: any(Number) });
+    const ref = ({ iqn, lun, tid }: typeof r1) => ({ iqn, lun, tid });
+    expect(ref(r1)).toEqual(ref(r2));
+    expect(ref(r1)).toEqual({ iqn: `iqn.2025-01.io.sinter:${id}`, lun: 1, tid: any(Number) });
     const t = (await helper.listTargets()).filter((x) => x.volumeId === id);
     expect(t).toHaveLength(1);
     expect(t[0].luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), type: 'disk', blockSize: 512, readonly: false, scsiSerial: id.slice('default-'.length) });
@@ -250,6 +251,81 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     const after = (await h.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
     expect(after).toMatchObject({ sizeMB: tgtShownMB(48 * MiB), backingStoreType: 'aio', scsiSerial: before.scsiSerial, scsiId: before.scsiId, online: true });
     await h.removeTarget(id);
+  });
+
+  it("a first publish changes tgtd with the floor's calls only, no read first; a republish reads; a taken id or an existing name sends it back to reading", async () => {
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:' }, exec);
+    const tgtadm = (...args: string[]) => host.run('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', ...args]);
+    const since = (mark: number) => exec.lines.slice(mark).map((l) => l.split(' ').slice(5, 9).join(' '));
+    const before = await h.listTargets(); // what start-up (Probe, reconcile) does
+    const id = newVolumeId('default');
+    let mark = exec.lines.length;
+    const r = await h.ensureTarget(id, img('v1'));
+    await h.allowInitiator(id, A, { user: 'sinter-first', password: 'S3cret-first-pass' }, r.seen);
+    expect(since(mark)).toEqual([
+      '--op new --mode target',
+      '--op new --mode logicalunit',
+      '--op update --mode logicalunit',
+      '--op update --mode logicalunit',
+      '--op bind --mode target',
+      '--op new --mode account',
+      '--op bind --mode account',
+    ]);
+    let t = (await h.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t).toMatchObject({ tid: r.tid, acls: [A], accounts: [{ user: 'sinter-first', outgoing: false }] });
+    expect(t.luns.find((l) => l.lun === 1)).toMatchObject({ backingPath: img('v1'), scsiSerial: id.slice('default-'.length) });
+
+    // A republish (another node, a retry): the target is known to exist, so it is read, not made again.
+    mark = exec.lines.length;
+    const again = await h.ensureTarget(id, img('v1'));
+    await h.allowInitiator(id, B, undefined, again.seen);
+    expect(since(mark)).toEqual(['--op show --mode target', '--op bind --mode target']);
+    expect(again.tid).toBe(r.tid);
+
+    // Another client takes the id this helper would pick next: tgtd refuses, the helper reads and picks another.
+    const listed = await h.listTargets();
+    const next = listed.reduce((m, x) => Math.max(m, x.tid), 0) + 1;
+    await tgtadm('--op', 'new', '--mode', 'target', '--tid', String(next), '--targetname', 'iqn.2025-01.io.other:squatter');
+    const id2 = newVolumeId('default');
+    const r2 = await h.ensureTarget(id2, img('v2'));
+    expect(r2.tid).not.toBe(next);
+    // Another client (or a replica) made this volume's target meanwhile: found, not duplicated.
+    const id3 = newVolumeId('default');
+    await tgtadm('--op', 'new', '--mode', 'target', '--tid', '7777', '--targetname', h.iqnFor(id3));
+    const r3 = await h.ensureTarget(id3, img('v3'));
+    expect(r3.tid).toBe(7777);
+    const ts = await h.listTargets();
+    expect(ts.filter((x) => x.iqn === h.iqnFor(id3))).toHaveLength(1);
+    expect(ts.find((x) => x.tid === next)).toMatchObject({ iqn: 'iqn.2025-01.io.other:squatter', luns: [expect.objectContaining({ lun: 0 })], acls: [] });
+    for (const v of [id, id2, id3]) await h.removeTarget(v);
+    await tgtadm('--op', 'delete', '--mode', 'target', '--tid', String(next), '--force');
+    expect((await h.listTargets()).map((x) => x.tid).sort()).toEqual(before.map((x) => x.tid).sort());
+    t = (await h.listTargets()).find((x) => x.volumeId === id)!;
+    expect(t).toBeUndefined();
+  });
+
+  it('an account tgtd already has, made elsewhere with an unknown password, is made again with ours and bound back where it was', async () => {
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:' }, exec);
+    const tgtadm = (...args: string[]) => host.run('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', ...args]);
+    const [id, other] = [newVolumeId('default'), newVolumeId('default')];
+    await h.ensureTarget(other, img('v2'));
+    await tgtadm('--op', 'new', '--mode', 'account', '--user', 'sinter-shared', '--password', 'Old-unknown-pass1');
+    const otherTid = (await h.listTargets()).find((x) => x.volumeId === other)!.tid;
+    await tgtadm('--op', 'bind', '--mode', 'account', '--tid', String(otherTid), '--user', 'sinter-shared');
+    const r = await h.ensureTarget(id, img('v1'));
+    const mark = exec.lines.length;
+    await h.allowInitiator(id, A, { user: 'sinter-shared', password: 'S3cret-new-pass1' }, r.seen);
+    const ran = exec.lines.slice(mark).join('\n');
+    expect(ran).toMatch(/--op delete --mode account --user sinter-shared/);
+    expect(ran).not.toContain('S3cret');
+    const ts = await h.listTargets();
+    for (const v of [id, other]) expect(ts.find((x) => x.volumeId === v)!.accounts).toEqual([{ user: 'sinter-shared', outgoing: false }]);
+    // Known now: the same credentials again change nothing.
+    const mark2 = exec.lines.length;
+    await h.allowInitiator(id, A, { user: 'sinter-shared', password: 'S3cret-new-pass1' });
+    expect(exec.lines.slice(mark2).filter((l) => !l.includes('--op show') && !l.includes('--op new --mode account'))).toEqual([]);
+    await h.removeTarget(id);
+    await h.removeTarget(other);
   });
 
   it('serializes concurrent ensureTarget calls for many volumes without target id clashes', async () => {

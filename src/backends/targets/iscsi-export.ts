@@ -78,7 +78,8 @@ export class IscsiExport {
       this.chaps.set(key, chap);
     }
     const ref = await this.helper.ensureTarget(volumeId, imagePath);
-    await this.helper.allowInitiator(volumeId, iqn, chap ?? this.chaps.get(key));
+    // The publish holds the volume's lock from ensureTarget to here: what ensureTarget saw is still what sinter made.
+    await this.helper.allowInitiator(volumeId, iqn, chap ?? this.chaps.get(key), ref.seen);
     return { transport: 'iscsi', portals: this.portals, iqn: ref.iqn, lun: ref.lun };
   }
 

@@ -32,8 +32,11 @@ export interface TargetHelper {
    * mutual when `mutualUser`/`mutualPassword` are set), replacing any CHAP it
    * had; without `chap`, the target's CHAP settings are left as they are.
    * Throws NOT_FOUND when the target does not exist (call ensureTarget first).
+   * `seen`: the target as ensureTarget returned it within the same caller's
+   * hold of the volume's lock (so nothing of sinter's changed it since); a
+   * helper may use it instead of reading the daemon again. Omitted: read.
    */
-  allowInitiator(volumeId: string, initiatorIqn: string, chap?: ChapCredentials): Promise<void>;
+  allowInitiator(volumeId: string, initiatorIqn: string, chap?: ChapCredentials, seen?: TargetInfo): Promise<void>;
 
   /**
    * Fences one initiator: removes its ACL entry, then ends every session it
@@ -76,6 +79,12 @@ export interface TargetRef {
   lun: 1;
   /** The daemon's target id; changes when the daemon restarts. */
   tid: number;
+  /**
+   * What the helper knows of the target as it returned (ACLs, accounts,
+   * sessions as read, or empty for one it just made), for allowInitiator's
+   * `seen`; absent when the helper does not say.
+   */
+  seen?: TargetInfo;
 }
 
 export interface LunInfo {

@@ -9,7 +9,7 @@ import { ExecError, type Executor } from '../../exec/run.js';
 import { poll } from '../../util/poll.js';
 import { backingSize } from '../../util/backing-size.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
-import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
+import { classifyTgtError, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
 
 export interface TgtConfig {
   /** tgtd's management port (`tgtd -C N`, `tgtadm -C N`; names the unix socket /var/run/tgtd/socket.N), 0..32767; 0 is the daemon's default. */
@@ -121,6 +121,20 @@ export class TgtTargetHelper implements TargetHelper {
   private readonly locks = new KeyedLock();
   /** sha256 of the password this process last gave each account (tgtd cannot be asked). */
   private readonly accountPasswords = new Map<string, string>();
+  /**
+   * The target id the next new target most likely gets (one above the highest
+   * this helper last read or made); undefined until a listing. Only a hint:
+   * tgtd refuses a taken id and a taken name alike, and a refusal sends the
+   * create back to reading the daemon.
+   */
+  private tidHint: number | undefined;
+  /**
+   * Names (lower-case) of the targets tgtd had at this helper's last listing,
+   * plus those it made since, minus those it removed: a target named here is
+   * read before anything is made (a republish, reconcile), one not named is
+   * created first (a first publish). Also only a hint.
+   */
+  private readonly knownTargets = new Set<string>();
   private readonly cfg: Required<Omit<TgtConfig, 'bsoflags' | 'bsopts'>> & Pick<TgtConfig, 'bsoflags' | 'bsopts'>;
 
   constructor(
@@ -175,7 +189,11 @@ export class TgtTargetHelper implements TargetHelper {
 
   async listTargets(): Promise<TargetInfo[]> {
     const { stdout } = await this.tgtadm(['--op', 'show', '--mode', 'target']);
-    return parseTgtTargets(stdout).map((t) => {
+    const targets = parseTgtTargets(stdout);
+    this.tidHint = targets.reduce((m, t) => Math.max(m, t.tid), 0) + 1;
+    this.knownTargets.clear();
+    for (const t of targets) this.knownTargets.add(t.iqn.toLowerCase());
+    return targets.map((t) => {
       const volumeId = this.volumeIdOf(t.iqn);
       return volumeId === undefined ? t : { ...t, volumeId };
     });
@@ -185,10 +203,6 @@ export class TgtTargetHelper implements TargetHelper {
     return (await this.listTargets()).find((t) => sameIqn(t.iqn, iqn));
   }
 
-  private async listAccounts(): Promise<string[]> {
-    return parseTgtAccounts((await this.tgtadm(['--op', 'show', '--mode', 'account'])).stdout);
-  }
-
   // ---------------------------------------------------------------- targets
 
   async ensureTarget(volumeId: string, imagePath: string, opts: EnsureTargetOptions = {}): Promise<TargetRef> {
@@ -196,9 +210,13 @@ export class TgtTargetHelper implements TargetHelper {
     this.checkImagePath(volumeId, imagePath);
     const readonly = opts.readonly ?? false;
     return this.locks.run(volumeId, async () => {
-      const all = await this.listTargets();
       // A target this call creates is known without reading it back: no LUN, ACL, account or session yet.
-      const t = all.find((x) => sameIqn(x.iqn, iqn)) ?? (await this.createTarget(iqn, all));
+      // Creating first is the idempotency check too: tgtd refuses a second target of the same name.
+      let t = await this.createByHint(iqn);
+      if (!t) {
+        const all = await this.listTargets();
+        t = all.find((x) => sameIqn(x.iqn, iqn)) ?? (await this.createTarget(iqn, all));
+      }
       const tid = t.tid;
       let lun1 = t.luns.find((l) => l.lun === 1);
       if (lun1 && lun1.type === 'disk' && lun1.backingPath === undefined && lun1.backingStoreType === 'rdwr') {
@@ -220,8 +238,35 @@ export class TgtTargetHelper implements TargetHelper {
       } else if ((lun1.readonly ?? false) !== readonly) {
         await this.updateLun(tid, [`readonly=${readonly ? 1 : 0}`]);
       }
-      return { iqn, lun: 1, tid };
+      return { iqn, lun: 1, tid, seen: t };
     });
+  }
+
+  /**
+   * Creates the target at the hinted id without reading the daemon first.
+   * undefined: no hint yet, or tgtd refused (the name exists, or the id is
+   * taken), and the caller reads the daemon and goes the careful way.
+   */
+  private async createByHint(iqn: string): Promise<TargetInfo | undefined> {
+    if (this.tidHint === undefined || this.knownTargets.has(iqn.toLowerCase())) return undefined;
+    return this.locks.run('\0tid', async () => {
+      const tid = this.tidHint;
+      if (tid === undefined) return undefined;
+      const r = await this.tgtadm(['--op', 'new', '--mode', 'target', '--tid', String(tid), '--targetname', iqn], { tolerate: ['target-exists'] });
+      if (r.tolerated) {
+        this.tidHint = undefined;
+        return undefined;
+      }
+      return this.created(iqn, tid);
+    });
+  }
+
+  private created(iqn: string, tid: number): TargetInfo {
+    this.tidHint = tid + 1;
+    this.knownTargets.add(iqn.toLowerCase());
+    this.log?.info({ iqn, tid }, 'target created');
+    const volumeId = this.volumeIdOf(iqn);
+    return { tid, iqn, ...(volumeId === undefined ? {} : { volumeId }), luns: [], acls: [], accounts: [], sessions: [] };
   }
 
   /**
@@ -241,11 +286,7 @@ export class TgtTargetHelper implements TargetHelper {
         if (there) return there;
         const tid = all.reduce((m, t) => Math.max(m, t.tid), 0) + 1;
         const r = await this.tgtadm(['--op', 'new', '--mode', 'target', '--tid', String(tid), '--targetname', iqn], { tolerate: ['target-exists'] });
-        if (!r.tolerated) {
-          this.log?.info({ iqn, tid }, 'target created');
-          const volumeId = this.volumeIdOf(iqn);
-          return { tid, iqn, ...(volumeId === undefined ? {} : { volumeId }), luns: [], acls: [], accounts: [], sessions: [] };
-        }
+        if (!r.tolerated) return this.created(iqn, tid);
       }
       throw unavailable(`could not find a free target id for ${iqn} after 8 attempts`);
     });
@@ -361,6 +402,7 @@ export class TgtTargetHelper implements TargetHelper {
         { initialMs: 50, maxMs: 500, factor: 2, timeoutMs: 10_000 },
       );
       if (!deleted) throw unavailable(`tgt kept the LUN of target ${iqn} active for 10 s after its sessions were ended; retry`);
+      this.knownTargets.delete(iqn.toLowerCase());
       this.log?.info({ iqn, tid: t.tid }, 'target removed');
       if (t.accounts.length > 0) {
         await this.locks.run('\0accounts', async () => {
@@ -377,7 +419,7 @@ export class TgtTargetHelper implements TargetHelper {
 
   // ---------------------------------------------------------------- access
 
-  async allowInitiator(volumeId: string, initiatorIqn: string, chap?: ChapCredentials): Promise<void> {
+  async allowInitiator(volumeId: string, initiatorIqn: string, chap?: ChapCredentials, seen?: TargetInfo): Promise<void> {
     const iqn = this.iqnFor(volumeId);
     if (!isValidIqn(initiatorIqn)) throw invalidArgument(`initiator name "${initiatorIqn}" is not a valid iSCSI name`);
     if (chap) {
@@ -390,7 +432,7 @@ export class TgtTargetHelper implements TargetHelper {
       if (chap.mutualUser !== undefined && chap.mutualUser === chap.user) throw invalidArgument('the mutual CHAP user must differ from the CHAP user (tgt keeps one password per account name)');
     }
     await this.locks.run(volumeId, async () => {
-      const t = await this.findTarget(iqn);
+      const t = seen && sameIqn(seen.iqn, iqn) ? seen : await this.findTarget(iqn);
       if (!t) throw notFound(`iSCSI target for volume ${volumeId} does not exist`);
       if (!t.acls.some((a) => sameIqn(a, initiatorIqn))) {
         await this.tgtadm(['--op', 'bind', '--mode', 'target', '--tid', String(t.tid), '--initiator-name', initiatorIqn], { tolerate: ['acl-exists'] });
@@ -439,13 +481,15 @@ export class TgtTargetHelper implements TargetHelper {
    */
   private async ensureAccount(user: string, password: string): Promise<boolean> {
     const want = hash(password);
-    const exists = (await this.listAccounts()).includes(user);
-    if (exists && this.accountPasswords.get(user) === want) return false;
-    let rebind: { tid: number; outgoing: boolean }[] = [];
-    if (exists) {
-      rebind = (await this.listTargets()).flatMap((t) => t.accounts.filter((a) => a.user === user).map((a) => ({ tid: t.tid, outgoing: a.outgoing })));
-      await this.tgtadm(['--op', 'delete', '--mode', 'account', '--user', user], { tolerate: ['account-not-found'] });
+    // Creating is the existence check (tgtd refuses a second account of a name): no listing first.
+    const made = await this.tgtadm(['--op', 'new', '--mode', 'account', '--user', user, '--password', password], { secrets: [password], tolerate: ['account-exists'] });
+    if (!made.tolerated) {
+      this.accountPasswords.set(user, want);
+      return false;
     }
+    if (this.accountPasswords.get(user) === want) return false;
+    const rebind = (await this.listTargets()).flatMap((t) => t.accounts.filter((a) => a.user === user).map((a) => ({ tid: t.tid, outgoing: a.outgoing })));
+    await this.tgtadm(['--op', 'delete', '--mode', 'account', '--user', user], { tolerate: ['account-not-found'] });
     await this.tgtadm(['--op', 'new', '--mode', 'account', '--user', user, '--password', password], { secrets: [password] });
     this.accountPasswords.set(user, want);
     for (const b of rebind) {
@@ -453,7 +497,7 @@ export class TgtTargetHelper implements TargetHelper {
       if (b.outgoing) args.push('--outgoing');
       await this.tgtadm(args, { tolerate: ['account-exists', 'target-not-found', 'outgoing-account-exists'] });
     }
-    return exists;
+    return true;
   }
 
   async revokeInitiator(volumeId: string, initiatorIqn: string): Promise<void> {
