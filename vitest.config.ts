@@ -14,6 +14,9 @@ const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', '
   (f) => `test/conformance/${f}.test.ts`,
 );
 
+/** Host files that drive a guest of their own (test/vm/README.md, "Host-driven guests"). */
+const GUEST_DRIVEN = 'test/**/*.guest.test.ts';
+
 export default defineConfig({
   test: {
     // Integration tests share loop devices and mounts on one host; running test
@@ -28,8 +31,19 @@ export default defineConfig({
         test: {
           name: 'host',
           include: ['test/**/*.test.ts'],
-          exclude: ['**/node_modules/**', ...VM_TESTS],
+          exclude: ['**/node_modules/**', ...VM_TESTS, GUEST_DRIVEN],
           globalSetup: ['test/global-setup.ts', 'test/ceph-global-setup.ts'],
+        },
+      },
+      {
+        extends: true,
+        test: {
+          // Host tests that boot a VM guest of their own and drive it (test/helpers/guest-agent.ts). They use
+          // no loop device, mount or daemon the host files look at, so scripts/test.sh runs them beside the
+          // host project, on the core its one-file-at-a-time run leaves idle.
+          name: 'guest-driven',
+          include: [GUEST_DRIVEN],
+          globalSetup: ['test/global-setup.ts'],
         },
       },
       ...(IN_VM ? [{

@@ -10,34 +10,58 @@
 # the guest built first if its recipe changed. A VM stage that cannot build or
 # boot the guest leaves no report, which the summary counts as a failure.
 #
+# Beside the host run, and started with it: the `guest-driven` project
+# (test/**/*.guest.test.ts), host tests that boot a guest of their own and
+# drive it (test/vm/README.md, "Host-driven guests"); its output is printed
+# when the host run ends.
+#
 # Arguments are vitest filters/files: *.vm.test.ts files go to the VM stage,
-# the rest to the host run; with files of one kind only, the other stage is not run.
+# *.guest.test.ts files to the guest-driven run, the rest to the host run; with
+# files of some kinds only, the other runs are not made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 mkdir -p .tmp
-rm -f .tmp/vitest.json .tmp/vitest-vm.json
+rm -f .tmp/vitest.json .tmp/vitest-vm.json .tmp/vitest-guest.json
 host_args=()
 vm_args=()
+guest_args=()
 for a in "$@"; do
   case "$a" in
     *.vm.test.ts | test/vm | test/vm/) vm_args+=("$a") ;;
+    *.guest.test.ts) guest_args+=("$a") ;;
     *) host_args+=("$a") ;;
   esac
 done
 run_host=1
 run_vm=1
+run_guest=1
 if [ $# -gt 0 ]; then
   [ ${#host_args[@]} -gt 0 ] || run_host=0
   [ ${#vm_args[@]} -gt 0 ] || run_vm=0
+  [ ${#guest_args[@]} -gt 0 ] || run_guest=0
 fi
 status=0
 static=0
 ./scripts/static-checks.sh || static=1
 reports=()
+guest_pid=
+if [ "$run_guest" = 1 ]; then
+  reports+=(.tmp/vitest-guest.json)
+  echo "guest-driven run (test/**/*.guest.test.ts) started beside the host run; its output follows the host run's"
+  npx vitest run --project guest-driven --reporter=default --reporter=json --outputFile.json=.tmp/vitest-guest.json "${guest_args[@]}" >.tmp/guest-driven.log 2>&1 &
+  guest_pid=$!
+fi
 if [ "$run_host" = 1 ]; then
   reports+=(.tmp/vitest.json)
   npx vitest run --project host --reporter=default --reporter=json --outputFile.json=.tmp/vitest.json "${host_args[@]}" || status=$?
+fi
+if [ -n "$guest_pid" ]; then
+  guest_status=0
+  wait "$guest_pid" || guest_status=$?
+  echo "guest-driven run (exit $guest_status):"
+  cat .tmp/guest-driven.log
+  [ "$guest_status" = 0 ] || status=$guest_status
 fi
 if [ "$run_vm" = 1 ]; then
   reports+=(.tmp/vitest-vm.json)

@@ -234,7 +234,7 @@ describe('rbd fencing: the old node\'s client is blocklisted before another node
       const [clientA] = await watchers(id);
       await vm.reconcileExports(b);
       expect((await record(id)).rbd?.clients).toEqual([expect.objectContaining({ nodeId: nodeA, address: clientA })]);
-      // (qemu's librbd takes the exclusive lock even to read; the kernel's does not before its first I/O: rbd-kernel-guest.test.ts.)
+      // (qemu's librbd takes the exclusive lock even to read; the kernel's does not before its first I/O: rbd-kernel.guest.test.ts.)
       await silence();
       await vm.unpublish(id, nodeA, { wait: true });
       await fencedAfterWake(id, dev, clientA, wake, 0);

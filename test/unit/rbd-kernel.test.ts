@@ -14,7 +14,7 @@ import { tempDir } from '../helpers/scratch-fs.js';
 /**
  * The kernel rbd attach against what the real rbd CLI and the kernel showed in
  * the test guest (test/fixtures/rbd/, recorded by `SINTER_RECORD_KRBD=1`
- * test/integration/rbd-kernel-guest.test.ts: ceph 16.2.15 pacific, Linux 6.1, see
+ * test/integration/rbd-kernel.guest.test.ts: ceph 16.2.15 pacific, Linux 6.1, see
  * recorded-versions.txt). The "kernel" here is a fake `rbd` that adds and
  * removes /sys/bus/rbd/devices/<id> in a temp tree with the recorded
  * attributes, and answers with the recorded errors.

@@ -155,7 +155,7 @@ describe('kernel rbd: sinter node in a VM guest (rbd.ko, 6.1) against a Ceph clu
     const kernel = (await g.sh('uname -r')).trim();
     const id = dev.replace('/dev/rbd', '');
     const attrs = ['pool', 'pool_id', 'pool_ns', 'name', 'image_id', 'current_snap', 'snap_id', 'client_id', 'client_addr', 'cluster_fsid', 'size', 'major', 'minor', 'features', 'config_info'];
-    const lines = [`# /sys/bus/rbd/devices/${id} with ${image} mapped by sinter (node.rbd.attach: kernel); ${version}; Linux ${kernel}`, `# recorded by SINTER_RECORD_KRBD=1 test/integration/rbd-kernel-guest.test.ts`];
+    const lines = [`# /sys/bus/rbd/devices/${id} with ${image} mapped by sinter (node.rbd.attach: kernel); ${version}; Linux ${kernel}`, `# recorded by SINTER_RECORD_KRBD=1 test/integration/rbd-kernel.guest.test.ts`];
     // Pool and image names as POOL and IMAGE (the cephx user, also "sinter" here, stays in config_info's name= and key=).
     const anon = (a: string, v: string) =>
       a === 'pool' ? 'POOL' : a === 'name' ? 'IMAGE' : a === 'config_info' ? v.split(' ').map((w, i, all) => (i === all.length - 3 ? 'POOL' : i === all.length - 2 ? 'IMAGE' : w)).join(' ') : v;
