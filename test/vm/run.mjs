@@ -13,7 +13,7 @@
 // test/vm/shards.mjs; default SINTER_VM_GUESTS or 2).
 // Exits with the command's status; 1 when the guest could not build or boot.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { CHECKOUT, VM_DIR, ensureGuest, GuestError, runInGuest } from './harness.mjs';
 import { mergeReports, readTimings, splitFiles } from './shards.mjs';
@@ -55,11 +55,13 @@ try {
   }
   if (!vitest) {
     if (rest.length === 0) throw new Error('nothing to run: give a command after --, or --vitest');
+    // A vitest run started by hand in the guest starts sinter from the bundle too (no build here: the dist/ there is).
+    const sinterMain = existsSync(join(CHECKOUT, 'dist', 'main.js')) ? await bundleSinter() : undefined;
     const r = await runInGuest({
       command: rest.join(' '),
       timeoutMs: (timeoutSec ?? 600) * 1000,
       scratchDisks: Array.from({ length: disks ?? 0 }, () => 2048),
-      env: process.stdout.isTTY ? {} : { NO_COLOR: '1' },
+      env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), ...(sinterMain ? { SINTER_VM_MAIN: sinterMain } : {}) },
       onOutput: (s) => process.stdout.write(s),
       log,
     });
