@@ -1,3 +1,7 @@
+import { existsSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Plugin } from 'vite';
 import { defineConfig } from 'vitest/config';
 
 // Tests that need a real Linux kernel (iscsi_tcp, device-mapper, LIO …) are
@@ -16,6 +20,30 @@ const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', '
 
 /** Host files that drive a guest of their own (test/vm/README.md, "Host-driven guests"). */
 const GUEST_DRIVEN = 'test/**/*.guest.test.ts';
+
+// In the guest, a test's imports of src/ load the dist/ the host built (run.mjs builds first; the sinter
+// processes the tests start run the same files), through Node's own loader: vite's module runner
+// transforming and evaluating src/'s ~100 TypeScript modules under TCG cost more than the files'
+// tests (2 small files: transform 26 s + import 49 s, host load ~7). The test files and test/helpers
+// are still TypeScript through vite. SINTER_VM_SRC=1 goes back to src/ (to debug with its line numbers).
+const ROOT = dirname(fileURLToPath(import.meta.url));
+const SRC = join(ROOT, 'src') + '/';
+const DIST = join(ROOT, 'dist') + '/';
+const DIST_FOR_SRC = IN_VM && process.env.SINTER_VM_SRC !== '1';
+function distForSrc(): Plugin {
+  return {
+    name: 'sinter-vm-dist-for-src',
+    enforce: 'pre',
+    resolveId(source, importer) {
+      if (!importer || !source.startsWith('.') || !source.endsWith('.js')) return null;
+      const abs = resolve(dirname(importer), source);
+      if (!abs.startsWith(SRC)) return null;
+      const js = join(DIST, relative(SRC, abs));
+      // Only with a build: without one the import fails on src/ as it would on the host, not on a missing dist/.
+      return existsSync(js) ? js : null;
+    },
+  };
+}
 
 export default defineConfig({
   test: {
@@ -48,6 +76,7 @@ export default defineConfig({
       },
       ...(IN_VM ? [{
         extends: true as const,
+        plugins: DIST_FOR_SRC ? [distForSrc()] : [],
         test: {
           name: 'vm',
           // The guest runs the dist/ the host built (run.mjs builds first): tsc
@@ -64,6 +93,8 @@ export default defineConfig({
           // Node in the guest is ~7x slower than on the host.
           testTimeout: 300_000,
           hookTimeout: 300_000,
+          // dist/ goes to Node's own import, as node_modules does.
+          server: { deps: { external: DIST_FOR_SRC ? [/\/node_modules\//, new RegExp(`^${DIST.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)] : [] } },
           env: { SINTER_CONFORMANCE_TRANSPORT: process.env.SINTER_CONFORMANCE_TRANSPORT ?? 'iscsi-kernel', SINTER_TEST_SLOW: '8' },
         },
       }] : []),

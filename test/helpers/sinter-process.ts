@@ -8,7 +8,12 @@ import { execa, type ResultPromise } from 'execa';
 import { csiClient, type CsiClient } from '../../src/csi/client.js';
 import type { AccessMode, VolumeCapability } from '../../src/csi/messages.js';
 
-export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
+/**
+ * sinter's entry: dist/main.js, or in the VM stage the bundle of the same dist/ that
+ * test/vm/run.mjs makes (SINTER_VM_MAIN; test/vm/bundle.mjs: Node's module loading is most of a
+ * sinter start under TCG).
+ */
+export const MAIN = process.env.SINTER_VM_MAIN || fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
 /**
  * How long a process may take to start or stop. Node in the VM guest (qemu TCG)
