@@ -171,6 +171,6 @@ function listVmFiles(filters) {
 
 /** Settings of the host's environment that decide what the vm project runs; the guest starts from none. */
 function passedEnv() {
-  const keys = ['SINTER_VM_LONG', 'SINTER_LVM_COMBOS', 'SINTER_CONFORMANCE_TRANSPORT', 'SINTER_RECORD_KRBD'];
+  const keys = ['SINTER_CONFORMANCE_TRANSPORT'];
   return Object.fromEntries(keys.filter((k) => process.env[k] !== undefined).map((k) => [k, String(process.env[k])]));
 }
