@@ -9,6 +9,9 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8
 ctl=/run/sinter-ctl
 out=/dev/ttyS1
+# Progress on the console (ttyS0, a file on the host): a boot that sticks says where.
+step() { echo "sinter-vm: $*" >/dev/ttyS0 2>/dev/null; }
+step "init started"
 
 halt() {
   sync
@@ -50,6 +53,7 @@ if [ -s "$ctl/shares" ]; then
     fi
   done <"$ctl/shares"
 fi
+step "shares mounted"
 [ -n "${SINTER_VM_NODE:-}" ] && ln -sf "$SINTER_VM_NODE" /usr/local/bin/node
 
 # udev for /dev/disk/by-*, device-mapper and LVM; only block devices are
@@ -60,6 +64,7 @@ case " ${SINTER_VM_SERVICES:-} " in
   *" dbus "*) dbus-daemon --system --fork >/dev/null 2>&1 ;;
 esac
 udevadm settle --timeout=30 >/dev/null 2>&1
+step "udev settled"
 
 read -r up _ </proc/uptime
 echo "sinter-vm: ready after ${up}s" >"$out"

@@ -39,6 +39,10 @@ export interface RunInGuestOptions {
   command: string;
   /** Whole run, boot included; qemu is killed after it. Default 10 minutes. */
   timeoutMs?: number;
+  /** A guest not at its command by then is killed and booted again (a stuck boot); default 150 s. */
+  bootTimeoutMs?: number;
+  /** Boots tried before a stuck boot is an error; default 3. */
+  bootAttempts?: number;
   /** Extra shares besides the checkout (same path in the guest) and the host's node (`node` on PATH). */
   shares?: GuestShare[];
   /** Environment of the command (the guest also sets SINTER_IN_VM=1 and SINTER_VM_OUT). */
@@ -85,6 +89,8 @@ export declare class GuestError extends Error {
   output?: string;
   stderr?: string;
   timedOut?: boolean;
+  /** The guest never reached its command, on every boot attempt. */
+  bootTimedOut?: boolean;
   files?: Record<string, Buffer>;
 }
 

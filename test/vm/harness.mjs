@@ -115,6 +115,22 @@ const shq = (s) => `'${String(s).replace(/'/g, `'\\''`)}'`;
  */
 export async function runInGuest(opts) {
   const guest = ensureGuest({ log: opts.log });
+  // A guest that has not reached its command by then is stuck (seen once in CI: no
+  // console output at all, 40 min lost), and nothing of the command has run yet,
+  // so booting it again is safe. Boots take 12-20 s, ~60 s on a loaded machine.
+  const bootTimeoutMs = opts.bootTimeoutMs ?? 150_000;
+  const attempts = Math.max(1, opts.bootAttempts ?? 3);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await bootAndRun(opts, guest, bootTimeoutMs);
+    } catch (e) {
+      if (!(e instanceof GuestError) || !e.bootTimedOut || attempt >= attempts || opts.signal?.aborted) throw e;
+      opts.log?.(`boot attempt ${attempt} of ${attempts} stuck, booting again: ${e.message}`);
+    }
+  }
+}
+
+async function bootAndRun(opts, guest, bootTimeoutMs) {
   const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
   const tmp = mkdtempSync(join(opts.tmpDir ?? tmpdir(), 'sinter-vm-'));
   installExitHook();
@@ -205,10 +221,17 @@ export async function runInGuest(opts) {
       timedOut = true;
       child.kill('SIGKILL');
     }, timeoutMs);
+    let bootTimedOut = false;
+    const bootTimer = setTimeout(() => {
+      if (bootMs !== undefined) return;
+      bootTimedOut = true;
+      child.kill('SIGKILL');
+    }, Math.min(bootTimeoutMs, timeoutMs));
     const onAbort = () => child.kill('SIGKILL');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const ended = await Promise.race([exit, spawnError]);
     clearTimeout(timer);
+    clearTimeout(bootTimer);
     opts.signal?.removeEventListener('abort', onAbort);
     if (pending) output += pending;
     const durationMs = Date.now() - t0;
@@ -218,6 +241,9 @@ export async function runInGuest(opts) {
     const status = existsSync(statusFile) ? readFileSync(statusFile, 'utf8').trim() : '';
     const files = {};
     for (const f of readdirSync(join(ctl, 'out'))) files[f] = readFileSync(join(ctl, 'out', f));
+    if (bootTimedOut) {
+      throw new GuestError(`the guest did not finish booting within ${Math.min(bootTimeoutMs, timeoutMs) / 1000} s; qemu was killed`, { consoleLog, output, stderr, files, timedOut: true, bootTimedOut: true });
+    }
     if (timedOut) throw new GuestError(`the guest did not finish within ${timeoutMs / 1000} s (${bootMs === undefined ? 'it never finished booting' : 'the command was still running'}); qemu was killed`, { consoleLog, output, stderr, files, timedOut: true });
     if (!/^\d+$/.test(status)) {
       throw new GuestError(`the guest stopped without an exit status (qemu ${ended.signal ?? `exit ${ended.code}`}${bootMs === undefined ? ', before it finished booting' : ''})`, { consoleLog, output, stderr, files });
