@@ -18,7 +18,7 @@
 //
 // Everything lives under one directory that is unmounted, detached and
 // removed at the end of the section, also when it fails.
-import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { base, hostExec, load, median, MiB, mountCap, rssOf, scrub, sparseImage, startSinter } from './lib.mjs';
 
@@ -27,6 +27,29 @@ const WINDOW = 8;
 
 /** CPU time (ms) sinter's main thread has run so far (/proc/PID/schedstat, ns): its JS, parsing, and the fork of each host command; less noisy than wall time on a busy machine. */
 const mainThreadMs = (pid) => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+
+/**
+ * CPU time (ms) of all of sinter's threads so far: the main thread plus libuv's pool (file reads such as
+ * /proc/self/mountinfo, whose rendering by the kernel grows with the mounts, run there) and V8's helpers.
+ * Summed from each thread's schedstat (ns), since /proc/PID/stat counts in 10 ms ticks.
+ */
+function processMs(pid) {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return ns / 1e6;
+}
+
+/** This process's CPU (ms), for the raw commands it spawns: the parent's side of each fork and exec, as sinter's rows count sinter's. */
+const selfCpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
 
 /** The points reported: the first window, the 64th, 128th and the last volume. */
 export function points(n, win = WINDOW) {
@@ -80,30 +103,38 @@ async function rawCycle(dir, i, sizeBytes) {
   mkdirSync(target, { recursive: true });
   await sparseImage(img, sizeBytes);
   const ms = {};
+  const cpu = {};
   const run = (cmd, args, opts) => hostExec.run(cmd, args, opts);
+  let c = selfCpuMs();
   let t = performance.now();
   const dev = (await run('losetup', ['--find', '--show', img])).stdout.trim();
   let stage = performance.now() - t;
+  let stageCpu = selfCpuMs() - c;
   t = performance.now();
   await run('blkid', ['-p', '-o', 'export', dev], { okExitCodes: [2] });
   ms.probe = performance.now() - t;
-  t = performance.now();
-  await run('mkfs.ext4', ['-q', dev]);
-  await run('mount', ['-t', 'ext4', dev, staging]);
-  ms.NodeStageVolume = stage + (performance.now() - t);
-  t = performance.now();
-  await run('mount', ['--bind', staging, target]);
-  ms.NodePublishVolume = performance.now() - t;
-  t = performance.now();
-  await run('umount', [target]);
-  ms.NodeUnpublishVolume = performance.now() - t;
-  t = performance.now();
-  await run('umount', [staging]);
-  await run('losetup', ['--detach', dev]);
-  ms.NodeUnstageVolume = performance.now() - t;
+  const step = async (name, fn) => {
+    c = selfCpuMs();
+    t = performance.now();
+    await fn();
+    ms[name] = performance.now() - t;
+    cpu[name] = selfCpuMs() - c;
+  };
+  await step('NodeStageVolume', async () => {
+    await run('mkfs.ext4', ['-q', dev]);
+    await run('mount', ['-t', 'ext4', dev, staging]);
+  });
+  ms.NodeStageVolume += stage;
+  cpu.NodeStageVolume += stageCpu;
+  await step('NodePublishVolume', () => run('mount', ['--bind', staging, target]));
+  await step('NodeUnpublishVolume', () => run('umount', [target]));
+  await step('NodeUnstageVolume', async () => {
+    await run('umount', [staging]);
+    await run('losetup', ['--detach', dev]);
+  });
   rmSync(img, { force: true });
   rmSync(join(dir, `raw-${i}`), { recursive: true, force: true });
-  return ms;
+  return { ms, cpu };
 }
 
 /**
@@ -118,6 +149,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
   const s = node;
   const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
   const cpu = Object.fromEntries(STEPS.map((k) => [k, []]));
+  const cpuAll = Object.fromEntries(STEPS.map((k) => [k, []]));
   const loadAt = [];
   // sinter's resident memory as each volume is staged and torn down: every host command forks the node process,
   // and the fork's page-table copy (main-thread CPU) grows with it, whatever the RPC does.
@@ -137,10 +169,12 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
   /** Wall ms of fn; its main-thread CPU ms goes to cpu[step][index]. */
   const time = async (fn, step, index) => {
     const c = mainThreadMs(s.pid);
+    const a = processMs(s.pid);
     const t = performance.now();
     await fn();
     const wall = performance.now() - t;
     cpu[step][index] = mainThreadMs(s.pid) - c;
+    cpuAll[step][index] = processMs(s.pid) - a;
     return wall;
   };
   const n = s.client.node;
@@ -165,9 +199,10 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
     const logStart = readFileSync(s.logFile, 'utf8').length;
 
     const all = [];
-    // The raw floor, with the same neighbours: before each volume of the first and the last window.
+    // The raw floor, with the same neighbours: before each volume of every reported window (first, 64th, 128th, last).
     const raw = [];
-    const rawWanted = (i) => rawDir && (i <= WIN || i > volumes - WIN);
+    const pts = points(volumes, WIN);
+    const rawWanted = (i) => rawDir && pts.some((p) => i > p - WIN && i <= p);
     for (let i = 1; i <= volumes; i++) {
       if (rawWanted(i)) raw[i - 1] = await rawCycle(rawDir, i, sizeBytes);
       const v = await create(`scale-${i}`);
@@ -196,7 +231,6 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
     ms.NodeUnpublishVolume = down.NodeUnpublishVolume;
     ms.NodeUnstageVolume = down.NodeUnstageVolume;
     const rows = [];
-    const pts = points(volumes, WIN);
     const first = pts[0];
     for (const k of STEPS) {
       const f = windowAt(ms[k], first);
@@ -217,7 +251,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
       }
     }
     if (rawDir) {
-      const rawAt = (k, n) => median(raw.slice(Math.max(0, n - WIN), n).filter(Boolean).map((r) => r[k]));
+      const rawAt = (k, n, of = 'ms') => median(raw.slice(Math.max(0, n - WIN), n).filter(Boolean).map((r) => r[of][k]));
       for (const k of STEPS) {
         for (const p of [first, volumes]) {
           const val = windowAt(ms[k], p);
@@ -231,7 +265,35 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
             floor: f,
             ratio: val / f,
             floorIs: `median of the raw sequence (${RAW_AT_N}) run before volumes ${p - WIN + 1}–${p}`,
-            detail: { window: WIN, rawMs: raw.slice(Math.max(0, p - WIN), p).filter(Boolean).map((r) => Math.round(r[k] * 100) / 100) },
+            detail: { window: WIN, rawMs: raw.slice(Math.max(0, p - WIN), p).filter(Boolean).map((r) => Math.round(r.ms[k] * 100) / 100) },
+          });
+        }
+      }
+      // The floor's own growth (the kernel's and the tools': mount(8) reads the mount table, losetup --find walks the
+      // loop devices, mount(2) and umount(2) themselves), and sinter's growth divided by it: what is left is sinter's.
+      for (const k of STEPS) {
+        for (const p of pts.slice(1)) {
+          const floorGrowth = rawAt(k, p) / rawAt(k, first);
+          const sinterGrowth = windowAt(ms[k], p) / windowAt(ms[k], first);
+          rows.push({
+            id: `${idBase}.${k}.rawGrowth.${p}`,
+            section,
+            label: `  raw commands' own ${k} step, volume ${p} vs volumes 1–${first}`,
+            unit: 'ms',
+            value: rawAt(k, p),
+            floor: rawAt(k, first),
+            ratio: floorGrowth,
+            floorIs: `the raw sequence's median before volumes 1–${first}`,
+          });
+          rows.push({
+            id: `${idBase}.${k}.growthVsRaw.${p}`,
+            section,
+            label: `  ${k}: sinter's growth to volume ${p} ÷ the raw commands' growth`,
+            unit: '×',
+            value: sinterGrowth,
+            floor: floorGrowth,
+            ratio: sinterGrowth / floorGrowth,
+            floorIs: `the raw commands' growth from volumes 1–${first} to volume ${p}, same neighbours`,
           });
         }
       }
@@ -248,6 +310,16 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
         });
       }
       log(`  raw floor (same neighbours): ${STEPS.map((k) => `${k} #${first} ${rawAt(k, first).toFixed(1)} / #${volumes} ${rawAt(k, volumes).toFixed(1)} ms`).join(', ')}; blkid -p #${first} ${rawAt('probe', first).toFixed(1)} / #${volumes} ${rawAt('probe', volumes).toFixed(1)} ms`);
+      log(`  the curve (median of the ${WIN} volumes ending at each; ×: against the first window):`);
+      const curve = (values) => pts.map((p) => `${values(p).toFixed(1)}${p === first ? '' : ` (${(values(p) / values(first)).toFixed(2)}×)`}`).join(' | ');
+      log(`  ${'step'.padEnd(20)} ${'what'.padEnd(24)} ${pts.map((p) => `#${p}`).join(' | ')}`);
+      for (const k of STEPS) {
+        log(`  ${k.padEnd(20)} ${'sinter wall ms'.padEnd(24)} ${curve((p) => windowAt(ms[k], p))}`);
+        log(`  ${''.padEnd(20)} ${'raw wall ms'.padEnd(24)} ${curve((p) => rawAt(k, p))}`);
+        log(`  ${''.padEnd(20)} ${'sinter main-thread CPU'.padEnd(24)} ${curve((p) => windowAt(cpu[k], p))}`);
+        log(`  ${''.padEnd(20)} ${'sinter process CPU'.padEnd(24)} ${curve((p) => windowAt(cpuAll[k], p))}`);
+        log(`  ${''.padEnd(20)} ${'raw (bench) CPU'.padEnd(24)} ${curve((p) => rawAt(k, p, 'cpu'))}`);
+      }
     }
     for (const k of STEPS) {
       const f = windowAt(cpu[k], first);
@@ -267,9 +339,26 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
         });
       }
     }
+    for (const k of STEPS) {
+      const f = windowAt(cpuAll[k], first);
+      for (const p of pts.slice(1)) {
+        const val = windowAt(cpuAll[k], p);
+        rows.push({
+          id: `${idBase}.${k}.processCpu.${p}`,
+          section,
+          label: `${k}, sinter process CPU (all threads), volume ${p} vs volumes 1–${first}`,
+          unit: 'ms',
+          value: val,
+          floor: f,
+          ratio: val / f,
+          floorIs: `median CPU of all sinter's threads for ${k} of volumes 1–${first}`,
+          detail: { window: WIN, perVolumeMs: cpuAll[k].map((x) => Math.round(x * 100) / 100) },
+        });
+      }
+    }
     log(`  ${tag}: ${volumes} volumes in ${((performance.now() - t0) / 1000).toFixed(0)} s; load ${Math.min(...loadAt).toFixed(2)}–${Math.max(...loadAt).toFixed(2)} while staging`);
     log(`  sinter RSS after staging volume ${pts.map((p) => `#${p} ${rss.up[p - 1].toFixed(0)}`).join(', ')} MiB; after tearing it down ${pts.map((p) => `#${p} ${rss.down[p - 1].toFixed(0)}`).join(', ')} MiB`);
-    for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms (CPU ${windowAt(cpu[k], p).toFixed(1)})`).join(', ')}`);
+    for (const k of STEPS) log(`  ${k.padEnd(20)} ${pts.map((p) => `#${p} ${windowAt(ms[k], p).toFixed(1)} ms (CPU ${windowAt(cpu[k], p).toFixed(1)}, all threads ${windowAt(cpuAll[k], p).toFixed(1)})`).join(', ')}`);
 
     // Debug logs: commands per RPC, for the first and the last windows.
     const calls = commandsPerRpc(readFileSync(s.logFile, 'utf8').slice(logStart));

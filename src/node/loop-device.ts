@@ -15,6 +15,15 @@ export const LOOP_DEV_RE = /^\/dev\/loop\d+$/;
  */
 const HOST_LOCK = new KeyedLock();
 
+/**
+ * backing_file paths of loop devices last seen bound: the next scan reads them
+ * straight away, without asking first whether they exist. Every device is
+ * still read or looked for on every scan (nothing is answered from here); a
+ * device detached meanwhile costs one failed read. With hundreds bound, the
+ * existence checks were a quarter of a scan.
+ */
+const SEEN_BOUND = new Set<string>();
+
 export interface AttachOptions {
   readOnly?: boolean;
   directIo?: boolean;
@@ -100,11 +109,15 @@ export class LoopDevices {
     const out: { device: string; back: string; n: string; i: number }[] = [];
     for (const n of names) {
       const file = join(this.sysBlock, n, 'loop', 'backing_file');
-      if (!existsSync(file)) continue;
+      if (!SEEN_BOUND.has(file)) {
+        if (!existsSync(file)) continue;
+        SEEN_BOUND.add(file);
+      }
       let back: string;
       try {
         back = readFileSync(file, 'utf8').trim();
       } catch {
+        SEEN_BOUND.delete(file);
         continue; // detached meanwhile
       }
       out.push({ device: `/dev/${n}`, back, n, i: Number(n.slice(4)) });

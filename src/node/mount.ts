@@ -1,4 +1,5 @@
-import { lstat, readFile, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, readFile, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { failedPrecondition } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
@@ -186,6 +187,39 @@ export class MountSnapshot {
   }
 }
 
+/** O_PATH (Linux; node's fs.constants lacks it): an fd naming the path without opening what it is, so a device node is never opened. */
+const O_PATH = 0o10000000;
+const MNT_ID_RE = /^mnt_id:\s*(\d+)$/m;
+
+/** The id of the mount path lies on (what the kernel's mountinfo calls its first field), from the fdinfo of an O_PATH fd; undefined when that cannot be told. */
+async function mountIdOf(path: string): Promise<number | undefined> {
+  let fh;
+  try {
+    fh = await open(path, O_PATH | constants.O_NOFOLLOW);
+    const m = MNT_ID_RE.exec(await readFile(`/proc/self/fdinfo/${fh.fd}`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Whether something is mounted at path (resolved form): false when path lies
+ * on the same mount as its parent directory, true when on another, undefined
+ * when that cannot be told (the path is missing, /proc lacks the field). A
+ * bind mount of a directory of the same filesystem is a mount of its own, so
+ * it counts, unlike a device-number comparison. Constant cost: reading
+ * mountinfo makes the kernel write every mount of the node.
+ */
+export async function isMountPoint(path: string): Promise<boolean | undefined> {
+  const parent = dirname(path);
+  if (parent === path) return undefined;
+  const [own, up] = await Promise.all([mountIdOf(path), mountIdOf(parent)]);
+  return own === undefined || up === undefined ? undefined : own !== up;
+}
+
 export function isReadOnly(m: MountEntry): boolean {
   return m.options.includes('ro');
 }
@@ -204,6 +238,46 @@ export class Mounter {
   async snapshot(): Promise<MountSnapshot> {
     // Bytes, not a string: a lookup decodes only the lines it finds (the table is ~100 KiB at 256 volumes).
     return MountSnapshot.fromBytes(await readFile(this.mountInfoPath));
+  }
+
+  /**
+   * Whether anything is mounted at path (resolved form). Asked of the path
+   * itself (its mount id against its parent's) when this process sees the
+   * mounts it reads (the default /proc/self/mountinfo); otherwise, or when
+   * that cannot be told, from the table. With hundreds of mounts on a node a
+   * read of the table costs milliseconds of the kernel's time, and most
+   * stages and publishes only ask this of a path where nothing is mounted yet.
+   */
+  async mounted(path: string): Promise<boolean> {
+    return (await this.mountPoint(path)) ?? (await this.snapshot()).at(path) !== undefined;
+  }
+
+  /** The mount visible at path (resolved form): the table is read only when something is mounted there (see mounted). */
+  async at(path: string): Promise<MountEntry | undefined> {
+    if ((await this.mountPoint(path)) === false) return undefined;
+    return (await this.snapshot()).at(path);
+  }
+
+  /** isMountPoint, where this process sees the mounts it reads; undefined (ask the table) elsewhere or when it cannot tell. */
+  async mountPoint(path: string): Promise<boolean | undefined> {
+    return this.mountInfoPath === '/proc/self/mountinfo' ? isMountPoint(path) : undefined;
+  }
+
+  /**
+   * Unmounts everything stacked at path, as umountAll, asking the path itself
+   * after each unmount whether a layer is left instead of reading the table;
+   * falls back to umountAll when that cannot be told.
+   */
+  async umountStack(path: string, max = 8): Promise<number> {
+    let n = 0;
+    for (;;) {
+      const here = await this.mountPoint(path);
+      if (here === undefined) return n + (await this.umountAll(path, undefined, max - n));
+      if (!here) return n;
+      if (n >= max) throw new Error(`${path} still has mounts after ${max} unmounts`);
+      await this.umount(path);
+      n++;
+    }
   }
 
   async mount(device: string, target: string, fsType: string, options: string[]): Promise<void> {

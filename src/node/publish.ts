@@ -1,4 +1,4 @@
-import { lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, rmdir, stat, unlink } from 'node:fs/promises';
 import { alreadyExists, failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { describeMount, deviceMajMin, showsDevice, stagedAt, volumeDevice, type NodeDeps } from './context.js';
 import { isReadOnlyMode, type Capability } from '../csi/capability.js';
@@ -52,6 +52,28 @@ async function claimedByAnother(d: NodeDeps, volumeId: string, path: string, res
   return undefined;
 }
 
+const bigStat = (p: string, follow: boolean) => (follow ? stat(p, { bigint: true }) : lstat(p, { bigint: true })).catch(() => undefined);
+
+/**
+ * Whether the mount at target (a mount point) shows this volume, told by the kernel's identities alone: for mount
+ * access the directory there lies on the volume device's filesystem (its st_dev is the device's number, as
+ * mountinfo's major:minor is); for block access the file there is the device node itself or the publish's recorded
+ * read-only view. Only ever a yes that showsDevice/isOurs would also give; a no (btrfs's anonymous device numbers,
+ * anything unexpected) sends the caller to the mount table.
+ */
+async function showsVolumeAt(rec: StageRecord, entry: PublishRecord, target: string): Promise<boolean> {
+  const dev = volumeDevice(rec);
+  if (!dev) return false;
+  const [t, d] = await Promise.all([bigStat(target, false), bigStat(dev, true)]);
+  if (!t || !d?.isBlockDevice()) return false;
+  if (rec.access === 'mount') return t.isDirectory() && t.dev === d.rdev;
+  if (!t.isBlockDevice()) return false;
+  if (t.rdev === d.rdev) return true;
+  if (!entry.roDevice) return false;
+  const ro = await bigStat(entry.roDevice, true);
+  return ro !== undefined && ro.isBlockDevice() && t.rdev === ro.rdev;
+}
+
 /**
  * NodePublishVolume: bind the staged volume (the staging mount, or the
  * staged device file for block access) onto target_path, read-only when
@@ -81,15 +103,15 @@ export async function publishVolume(d: NodeDeps, req: PublishRequest): Promise<v
 
   // A reader-only access mode makes the publish read-only even if the CO did not say so.
   const readonly = req.readonly || isReadOnlyMode(cap.mode) || isReadOnlyMode(rec.accessMode);
-  const snap = await d.mounter.snapshot();
   const source = stagedAt(rec, req.stagingResolved);
-  const staged = snap.at(source);
-  if (!staged)
+  // Whether each path is a mount point is asked of the path itself; the table is read only when the target already has a mount.
+  if (!(await d.mounter.mounted(source)))
     throw failedPrecondition(`volume ${volumeId} is recorded as staged but nothing is mounted at ${source}; call NodeStageVolume again to repair it`);
 
   const entry: PublishRecord = rec.publishes.find((p) => p.targetPath === req.targetPath) ?? { targetPath: req.targetPath, readonly, created: null };
-  const existing = snap.at(req.targetResolved);
-  if (existing) {
+  const snap = (await d.mounter.mounted(req.targetResolved)) ? await d.mounter.snapshot() : undefined;
+  const existing = snap?.at(req.targetResolved);
+  if (snap && existing) {
     if (!(await isOurs(snap, rec, req.stagingResolved, existing, entry)))
       throw alreadyExists(`target_path ${req.targetPath} already has another volume mounted (${describeMount(existing)})`);
     // A read-only publish cut short between its bind and its read-only remount (a crash) left a
@@ -191,19 +213,26 @@ export async function unpublishVolume(d: NodeDeps, req: UnpublishRequest, stagin
   // Nor another volume's stage: not its mount, not its directory.
   const staged = await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, false);
   if (staged) throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is ${staged}, not a publish of volume ${volumeId}; sinter leaves it alone`);
-  const snap = await d.mounter.snapshot();
-  const m = snap.at(req.targetResolved);
-  if (m) {
-    if (!rec)
-      throw failedPrecondition(
-        `target_path ${req.targetPath} has a mount (${describeMount(m)}) but this node has no record of volume ${volumeId}; sinter will not unmount it: check it and unmount it by hand if it is stale`,
-      );
-    if (!(await isOurs(snap, rec, await stagingResolved(rec), m, entry)))
-      throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
-    // A mount of this volume's device that its record does not list may be another id's publish of the same device.
-    const theirs = entry ? undefined : await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, true);
-    if (theirs) throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is ${theirs}, not a publish of volume ${volumeId}; sinter leaves it alone`);
-    await d.mounter.umountAll(req.targetResolved, snap);
+  // Nothing mounted at the target, or a recorded publish the kernel shows as this volume's device (the identity of
+  // the mounted directory or device node): no need to read the whole mount table. Anything else is judged from it.
+  const here = await d.mounter.mountPoint(req.targetResolved);
+  if (here === true && rec && entry && (await showsVolumeAt(rec, entry, req.targetResolved))) {
+    await d.mounter.umountStack(req.targetResolved);
+  } else if (here !== false) {
+    const snap = await d.mounter.snapshot();
+    const m = snap.at(req.targetResolved);
+    if (m) {
+      if (!rec)
+        throw failedPrecondition(
+          `target_path ${req.targetPath} has a mount (${describeMount(m)}) but this node has no record of volume ${volumeId}; sinter will not unmount it: check it and unmount it by hand if it is stale`,
+        );
+      if (!(await isOurs(snap, rec, await stagingResolved(rec), m, entry)))
+        throw failedPrecondition(`target_path ${req.targetPath} has another volume mounted (${describeMount(m)}), not ${volumeId}; sinter leaves it alone`);
+      // A mount of this volume's device that its record does not list may be another id's publish of the same device.
+      const theirs = entry ? undefined : await claimedByAnother(d, volumeId, req.targetPath, req.targetResolved, true);
+      if (theirs) throw failedPrecondition(`target_path ${shown(req.targetPath, 200)} is ${theirs}, not a publish of volume ${volumeId}; sinter leaves it alone`);
+      await d.mounter.umountAll(req.targetResolved, snap);
+    }
   }
   if (rec?.access === 'block' && rec.device) await d.roBlock.release(volumeDevice(rec)!, await d.mounter.snapshot());
   await doing(`removing target_path ${req.targetPath}`, async () => {

@@ -98,8 +98,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
   // (the device is recorded before anything is mounted). Refuse a foreign one
   // before writing anything.
   {
-    const snap = await d.mounter.snapshot();
-    const there = snap.at(visibleAt);
+    const there = await d.mounter.at(visibleAt);
     if (there) {
       const known = prev ? volumeDevice(prev) : undefined;
       const ours = known !== undefined && showsDevice(there, known, await deviceMajMin(known));
@@ -170,8 +169,7 @@ export async function stageVolume(d: NodeDeps, req: StageRequest): Promise<void>
         devMajMin = await deviceMajMin(dev);
         if (!devMajMin) throw new Error(`the dm-crypt mapping ${dev} is not a block device`);
       }
-      const snap = await d.mounter.snapshot();
-      const existing = snap.at(visibleAt);
+      const existing = await d.mounter.at(visibleAt);
       if (existing) {
         const ours = showsDevice(existing, dev, devMajMin);
         if (!ours)

@@ -57,6 +57,32 @@ describe('LoopDevices from sysfs', () => {
     ]);
   });
 
+  it('every scan answers from sysfs as it is now: a device detached, re-bound to another file or newly bound since the last scan is seen so', async () => {
+    await mkdir(join(dir, 'images'));
+    const a = join(dir, 'images', 'a.img');
+    const b = join(dir, 'images', 'b.img');
+    await writeFile(a, '');
+    await writeFile(b, '');
+    await loop(1, a);
+    await loop(2, undefined);
+    const loops = new LoopDevices(noExec, join(dir, 'sys'));
+    expect(await loops.associated(a)).toEqual([{ device: '/dev/loop1', readOnly: false }]);
+    // loop1 detached (its loop/ directory goes), loop2 bound to a.
+    await rm(join(dir, 'sys', 'loop1', 'loop'), { recursive: true });
+    await loop(2, a);
+    expect(await loops.associated(a)).toEqual([{ device: '/dev/loop2', readOnly: false }]);
+    // loop2 re-bound to b, loop1 bound to a again.
+    await rm(join(dir, 'sys', 'loop2', 'loop'), { recursive: true });
+    await loop(2, b);
+    await loop(1, a);
+    expect(await loops.associated(a)).toEqual([{ device: '/dev/loop1', readOnly: false }]);
+    expect(await loops.associated(b)).toEqual([{ device: '/dev/loop2', readOnly: false }]);
+    expect(await loops.list()).toEqual([
+      { device: '/dev/loop1', backingFile: a },
+      { device: '/dev/loop2', backingFile: b },
+    ]);
+  });
+
   it('a host without sysfs block devices has none', async () => {
     expect(await new LoopDevices(noExec, join(dir, 'missing')).list()).toEqual([]);
   });
