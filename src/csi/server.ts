@@ -100,8 +100,10 @@ function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContex
   const d = call.getDeadline();
   const deadline = d instanceof Date ? d.getTime() : Number(d);
   let ac: AbortController | undefined;
+  const secrets = (call.request as { secrets?: Record<string, string> } | null)?.secrets;
   return {
     deadline: Number.isFinite(deadline) ? deadline : Infinity,
+    secrets: secrets && Object.keys(secrets).length > 0 ? secrets : undefined,
     get cancelled() {
       return call.cancelled;
     },
