@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { PassThrough } from 'node:stream';
 import pino from 'pino';
@@ -8,6 +8,7 @@ import { RbdAgent } from '../../src/backends/rbd/agent.js';
 import { CephKeys } from '../../src/backends/rbd/credentials.js';
 import type { Backend } from '../../src/backends/backend.js';
 import { ConfigError } from '../../src/config/error.js';
+import { loadConfig } from '../../src/config/load.js';
 import { backendSchema, parseConfig } from '../../src/config/schema.js';
 import { gateOnCredentials } from '../../src/controller/credential-gate.js';
 import { runInCall } from '../../src/csi/call-context.js';
@@ -38,6 +39,11 @@ describe('rbd keyFrom: the config', () => {
     expect(refusal({ ...rbd, keyFrom: 'env' })).toMatch(/^backends\[0\]\.keyFrom: must be file or secrets/);
     const gw = { ...rbd, keyFrom: 'secrets', export: 'iscsi', dataDir: '/d', iscsi: { helper: 'tgt', portals: ['127.0.0.1:3260'] } };
     expect(refusal(gw)).toMatch(/^backends\[0\]\.keyFile: is required with export: iscsi/);
+  });
+  it('the secrets-only example (deploy/config-examples/controller-rbd-secrets.yaml) loads: keyFrom secrets, no key file', () => {
+    const c = loadConfig('controller', ['--config', join(import.meta.dirname, '../../deploy/config-examples/controller-rbd-secrets.yaml'), '--node-name', 'n1']);
+    expect(c.backends[0]).toMatchObject({ driver: 'rbd', keyFrom: 'secrets', user: 'sinter-controller' });
+    expect((c.backends[0] as { keyFile?: string }).keyFile).toBeUndefined();
   });
 });
 
