@@ -135,7 +135,7 @@ describe('rbd keyFrom: secrets: the cephx key comes with each request, never on 
     expect(await codeOf(ctl.ListVolumes({}))).toBe('UNAVAILABLE');
   });
 
-  it('create, snapshot, publish, expand, unpublish, delete with the key only in the secrets; a wrong key later is refused and the good one still works', async () => {
+  it('create, snapshot, publish, expand, unpublish, group snapshot, delete with the key only in the secrets; a wrong key later is refused and the good one still works', async () => {
     const ctl = s!.client.controller;
     const nodeId = (await s!.client.node.NodeGetInfo({})).node_id as string;
     const v = (await ctl.CreateVolume({ name: 'pvc-sec-1', capacity_range: { required_bytes: 16 * MiB }, volume_capabilities: [cap], parameters: {}, secrets: good })).volume!;
@@ -160,6 +160,10 @@ describe('rbd keyFrom: secrets: the cephx key comes with each request, never on 
     expect(JSON.stringify(pub.publish_context)).not.toContain(c.key);
     expect((await ctl.ControllerExpandVolume({ volume_id: v.volume_id, capacity_range: { required_bytes: 32 * MiB }, volume_capability: cap, secrets: good })).capacity_bytes).toBe(32 * MiB);
     await ctl.ControllerUnpublishVolume({ volume_id: v.volume_id, node_id: nodeId, secrets: good });
+    const grp = s!.client.groupController;
+    const g = (await grp.CreateVolumeGroupSnapshot({ name: 'group-sec-1', source_volume_ids: [v.volume_id ?? ''], secrets: good })).group_snapshot!;
+    expect(g.ready_to_use).toBe(true);
+    expect(await codeOf(grp.DeleteVolumeGroupSnapshot({ group_snapshot_id: g.group_snapshot_id, snapshot_ids: g.snapshots?.map((x) => x.snapshot_id ?? '') ?? [], secrets: good }))).toBe('OK');
     expect(await codeOf(ctl.DeleteSnapshot({ snapshot_id: snap.snapshot_id, secrets: good }))).toBe('OK');
     expect(await codeOf(ctl.DeleteVolume({ volume_id: v.volume_id, secrets: good }))).toBe('OK');
     expect((await c.rbd(['ls', c.pool])).trim()).toBe('');

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { RbdAgent } from '../../src/backends/rbd/agent.js';
@@ -12,6 +12,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { backendSchema, parseConfig } from '../../src/config/schema.js';
 import { gateOnCredentials } from '../../src/controller/credential-gate.js';
 import { runInCall } from '../../src/csi/call-context.js';
+import { createLogger } from '../../src/csi/logging.js';
 import { Code, DomainError } from '../../src/errors/domain-error.js';
 import type { DaemonExit, PipedProcess, PipeSpawner } from '../../src/exec/run.js';
 
@@ -208,5 +209,17 @@ describe('the controller gate: a backend waiting for its key', () => {
     expect(await call('DeleteVolume', { volume_id: 'ceph-6f1c2a4e-8d1b-4a57-9a53-2f0f1e7c9b3d', secrets: { userID: 'sinter', userKey: KEY } })).toBe('deleted');
     expect(reindexed).toBe(1);
     expect(await call('ListVolumes', {})).toBe('list');
+  });
+});
+
+describe('logs: request secrets are redacted wherever a log call puts them', () => {
+  it('top level, under req, one level down', () => {
+    let out = '';
+    const log = createLogger('info', new Writable({ write: (c: Buffer, _e, cb) => ((out += c.toString()), cb()) }));
+    log.info({ secrets: { userID: 'sinter', userKey: KEY } }, 'a');
+    log.info({ req: { name: 'x', secrets: { userKey: KEY } } }, 'b');
+    log.info({ call: { secrets: { userKey: KEY } } }, 'c');
+    expect(out).not.toContain(KEY);
+    expect(out.match(/\[redacted\]/g)).toHaveLength(3);
   });
 });
