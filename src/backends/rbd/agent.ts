@@ -135,9 +135,10 @@ export class RbdAgent {
     } catch (e) {
       proc.kill();
       if (e instanceof AgentUnavailableError || !(e instanceof CephCommandError)) throw e;
-      // librados says only "timed out" for a refused key. While a connection with another key works
+      // librados says only "timed out" for a refused key. While a connection with another key answers
       // (same monitors, same user), the new key is what differs: refused, without a CLI call to say so.
-      if (this.current && auth.kind === 'key' && e.errno === Errno.ETIMEDOUT)
+      const other = this.current;
+      if (other && auth.kind === 'key' && e.errno === Errno.ETIMEDOUT && (await this.answers(other)))
         throw cephErrnoError(what, Errno.EACCES, 'the monitors did not accept this key, while the connection with the key held works', this.conn, auth);
       throw new AgentConnectError(e.code, e.message, e.errno);
     }
@@ -164,6 +165,19 @@ export class RbdAgent {
     clearTimeout(p.timer);
     if (a.ok) p.resolve(a.result ?? undefined);
     else p.reject(cephErrnoError(p.what, a.errno ?? undefined, a.error ?? 'failed', this.conn, auth));
+  }
+
+  /** Whether the connection answers a request that asks the cluster something (its fsid) within a few seconds. */
+  private answers(c: AgentConn): Promise<boolean> {
+    const id = this.nextId++;
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        c.pending.delete(id);
+        resolve(false);
+      }, 3000);
+      c.pending.set(id, { resolve: () => resolve(true), reject: () => resolve(false), timer, what: 'checking the held connection' });
+      c.proc.stdin.write(JSON.stringify({ id, op: 'hello' }) + '\n');
+    });
   }
 
   private kill(c: AgentConn): void {
