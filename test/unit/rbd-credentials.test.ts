@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import { PassThrough, Writable } from 'node:stream';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
-import { RbdAgent } from '../../src/backends/rbd/agent.js';
+import { AgentConnectError, RbdAgent } from '../../src/backends/rbd/agent.js';
 import { CephKeys } from '../../src/backends/rbd/credentials.js';
 import type { Backend } from '../../src/backends/backend.js';
 import { ConfigError } from '../../src/config/error.js';
@@ -118,7 +118,7 @@ describe('CephKeys: which key a call uses', () => {
 });
 
 /** The agent's side of the protocol, modelled from src/backends/rbd/rbd_agent.py (this repository): the connect line, then requests. */
-function fakeAgents(refuse: string[]): PipeSpawner & { connects: Record<string, unknown>[]; argv: string[][] } {
+function fakeAgents(refuse: string[], opts: { muteHello?: boolean } = {}): PipeSpawner & { connects: Record<string, unknown>[]; argv: string[][] } {
   const connects: Record<string, unknown>[] = [];
   const argv: string[][] = [];
   return {
@@ -141,6 +141,7 @@ function fakeAgents(refuse: string[]): PipeSpawner & { connects: Record<string, 
           else stdout.write(JSON.stringify({ id: 0, ok: true, result: { instanceId: 4100 + me } }) + '\n');
           return;
         }
+        if (opts.muteHello && msg.op === 'hello') return; // a connection that hangs (monitors gone)
         stdout.write(JSON.stringify({ id: msg.id, ok: true, result: { conn: me } }) + '\n');
       });
       stdin.on('end', () => exit({ exitCode: 0, signal: undefined }));
@@ -168,6 +169,21 @@ describe('RbdAgent: one connection per key, the key on stdin only', () => {
       expect(e.message).not.toContain(OTHER);
       expect(await agent.call('hello', {}, 'hello')).toEqual({ conn: 0 });
       expect(spawner.connects).toHaveLength(2);
+    } finally {
+      agent.stop();
+    }
+  });
+});
+
+describe('RbdAgent: a timed-out connect with a new key while the held connection does not answer either', () => {
+  it('is not called a refused key: the caller asks the CLI (AgentConnectError)', async () => {
+    const keys = new CephKeys('ceph', { user: 'sinter', keyFrom: 'secrets' }, silent);
+    const agent = new RbdAgent({ monitors: ['10.0.0.1:3300'], user: 'sinter', keys, timeoutMs: 5000 }, fakeAgents([OTHER], { muteHello: true }), silent);
+    try {
+      expect(await inCall({ userID: 'sinter', userKey: KEY }, () => agent.call('df', {}, 'df'))).toEqual({ conn: 0 });
+      const e = await inCall({ userID: 'sinter', userKey: OTHER }, () => agent.call('df', {}, 'creating x')).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(AgentConnectError);
+      expect((e as DomainError).code).toBe(Code.UNAVAILABLE);
     } finally {
       agent.stop();
     }
