@@ -2,6 +2,7 @@ import type { GroupControllerImpl } from '../csi/messages.js';
 import { invalidArgument } from '../errors/domain-error.js';
 import type { GroupSnapshotManager } from './group-snapshots.js';
 import { wireSnapshot, timestamp } from './service.js';
+import { answersAtOnce } from '../csi/call-context.js';
 
 function required(v: string | undefined, field: string): string {
   if (typeof v !== 'string' || v === '') throw invalidArgument(`${field} is required`);
@@ -25,9 +26,7 @@ export function groupControllerService(groups: GroupSnapshotManager): GroupContr
     };
   };
   const base: GroupControllerImpl = {
-    async GroupControllerGetCapabilities() {
-      return { capabilities: groups.supported ? [{ rpc: { type: 'CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT' } }] : [] };
-    },
+    GroupControllerGetCapabilities: answersAtOnce(async () => ({ capabilities: groups.supported ? [{ rpc: { type: 'CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT' as const } }] : [] })),
   };
   if (!groups.supported) return base;
   return {

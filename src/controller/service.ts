@@ -7,6 +7,7 @@ import { parseParameters } from './parameters.js';
 import { RBD_ATTACH_KEY } from '../contracts/publish-context.js';
 import type { SnapshotManager } from './snapshots.js';
 import { recordedFsType, type VolumeManager } from './volumes.js';
+import { answersAtOnce } from '../csi/call-context.js';
 
 /** The StorageClass key csi-provisioner reads the filesystem from (and passes on, raw, in GetCapacity's parameters). */
 const FSTYPE_KEY = 'csi.storage.k8s.io/fstype';
@@ -88,9 +89,7 @@ export function controllerService({ volumes, snapshots, backends }: ControllerDe
   };
 
   return {
-    async ControllerGetCapabilities() {
-      return { capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) };
-    },
+    ControllerGetCapabilities: answersAtOnce(async () => ({ capabilities: CONTROLLER_CAPABILITIES.map((type) => ({ rpc: { type } })) })),
 
     async CreateVolume(req) {
       const name = required(req.name, 'name');

@@ -23,9 +23,54 @@ export interface CallContext {
 }
 
 const storage = new AsyncLocalStorage<CallContext>();
+/** Calls inside runInCall whose promise has not settled yet. */
+let inFlight = 0;
 
+/**
+ * Runs `fn` as the call `ctx`: locks it reaches through any number of awaits
+ * see the call's deadline and cancellation.
+ *
+ * On Node 20 an AsyncLocalStorage that has ever run installs a promise hook
+ * that every promise of the process then pays, RPC or not (it was a sixth of
+ * NodeGetCapabilities' CPU). So the store is switched off again whenever no
+ * call is in flight: what a finished call left running is the server's own work
+ * by then, which has no caller to answer and waits for locks without a deadline.
+ */
 export function runInCall<T>(ctx: CallContext, fn: () => T): T {
-  return storage.run(ctx, fn);
+  inFlight++;
+  let out: T;
+  try {
+    out = storage.run(ctx, fn);
+  } catch (e) {
+    callEnded();
+    throw e;
+  }
+  if (out instanceof Promise) {
+    out.then(callEnded, callEnded);
+  } else {
+    callEnded();
+  }
+  return out;
+}
+
+/** Marks a handler that answers without waiting for any lock (capabilities, info, Probe). */
+const ANSWERS_AT_ONCE = Symbol('sinter.answersAtOnce');
+
+/**
+ * Marks `fn` as a handler that never waits for a lock: the server runs it
+ * outside any call context, so it never switches the store on (kubelet and the
+ * sidecars call these every few seconds).
+ */
+export function answersAtOnce<F extends (...args: never[]) => unknown>(fn: F): F {
+  return Object.assign(fn, { [ANSWERS_AT_ONCE]: true });
+}
+
+export function needsCallContext(fn: unknown): boolean {
+  return !(typeof fn === 'function' && (fn as { [ANSWERS_AT_ONCE]?: boolean })[ANSWERS_AT_ONCE] === true);
+}
+
+function callEnded(): void {
+  if (--inFlight === 0) storage.disable();
 }
 
 export function currentCall(): CallContext | undefined {

@@ -6,7 +6,7 @@ import { DomainError } from '../errors/domain-error.js';
 import { grpcFailureOf } from './errors.js';
 import { parseEndpoint, type Endpoint } from './endpoint.js';
 import { requestIds } from './logging.js';
-import { runInCall, type CallContext } from './call-context.js';
+import { needsCallContext, runInCall, type CallContext } from './call-context.js';
 import type { ControllerImpl, GroupControllerImpl, IdentityImpl, NodeImpl } from './messages.js';
 import { loadCsi } from './proto.js';
 
@@ -69,9 +69,9 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
       done(new DomainError('unimplemented', `${method} is not implemented by this plugin`));
       return;
     }
-    const ctx = callContextOf(call);
-    // call.cancelled rather than ctx.signal: asking the signal would make it.
-    const why = Date.now() >= ctx.deadline ? 'deadline' : call.cancelled ? 'cancelled' : undefined;
+    const deadline = deadlineOf(call);
+    // call.cancelled rather than a signal: making one costs (callContextOf).
+    const why = Date.now() >= deadline ? 'deadline' : call.cancelled ? 'cancelled' : undefined;
     if (why) {
       // A call that arrives already expired starts no work.
       done(new DomainError(why === 'deadline' ? 'deadline-exceeded' : 'cancelled', `the call's ${why === 'deadline' ? 'deadline had passed' : 'caller had cancelled'} before it started; nothing was changed`));
@@ -79,7 +79,7 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
     }
     let p: Promise<unknown>;
     try {
-      p = runInCall(ctx, () => fn(call.request as never));
+      p = needsCallContext(fn) ? runInCall(callContextOf(call, deadline), () => fn(call.request as never)) : fn(call.request as never);
     } catch (e) {
       p = Promise.reject(e);
     }
@@ -96,13 +96,11 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
  * AbortController plus a 'cancelled' listener on every call (grpc-js emits
  * 'cancelled' when any call's stream closes) cost Probe a tenth of its CPU.
  */
-function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContext {
-  const d = call.getDeadline();
-  const deadline = d instanceof Date ? d.getTime() : Number(d);
+function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>, deadline: number): CallContext {
   let ac: AbortController | undefined;
   const secrets = (call.request as { secrets?: Record<string, string> } | null)?.secrets;
   return {
-    deadline: Number.isFinite(deadline) ? deadline : Infinity,
+    deadline,
     secrets: secrets && Object.keys(secrets).length > 0 ? secrets : undefined,
     get cancelled() {
       return call.cancelled;
@@ -117,6 +115,13 @@ function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>): CallContex
       return ac.signal;
     },
   };
+}
+
+/** Epoch ms; Infinity when the caller set none. */
+function deadlineOf(call: grpc.ServerUnaryCall<unknown, unknown>): number {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : Number(d);
+  return Number.isFinite(ms) ? ms : Infinity;
 }
 
 function implement(

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { answersAtOnce } from '../csi/call-context.js';
 import type { IdentityImpl } from '../csi/messages.js';
 import type { PluginCapability } from '../csi/generated/csi/v1/PluginCapability.js';
 
@@ -17,18 +18,17 @@ export function identityService(d: IdentityDeps): IdentityImpl {
   // Kubelet and the sidecars probe every few seconds: say why once per change, not on every call.
   let lastWhy: string | undefined;
   return {
-    async GetPluginInfo() {
-      return { name: d.driverName, vendor_version: d.version, manifest: {} };
-    },
-    async GetPluginCapabilities() {
+    GetPluginInfo: answersAtOnce(async () => ({ name: d.driverName, vendor_version: d.version, manifest: {} })),
+    GetPluginCapabilities: answersAtOnce(async () => {
       const caps: PluginCapability[] = [{ volume_expansion: { type: 'ONLINE' } }];
       if (d.hasController) {
         caps.push({ service: { type: 'CONTROLLER_SERVICE' } }, { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } });
         if (d.hasGroupController) caps.push({ service: { type: 'GROUP_CONTROLLER_SERVICE' } });
       }
       return { capabilities: caps };
-    },
-    async Probe() {
+    }),
+    // Backend probes read state; none takes a volume lock.
+    Probe: answersAtOnce(async () => {
       try {
         await d.probe();
         if (lastWhy !== undefined) d.log.info('ready again');
@@ -40,6 +40,6 @@ export function identityService(d: IdentityDeps): IdentityImpl {
         lastWhy = why;
         return { ready: { value: false } };
       }
-    },
+    }),
   };
 }

@@ -1,5 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { answersAtOnce } from '../csi/call-context.js';
 import { decodePublishContext, parseRbdAttach, PublishContextError, RBD_ATTACH_KEY, type PublishContext } from '../contracts/publish-context.js';
 import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
@@ -209,13 +210,13 @@ export class NodeService {
   handlers(): NodeImpl {
     const d = this.deps;
     return {
-      NodeGetCapabilities: async () => ({ capabilities: CAPABILITIES.map((type) => ({ rpc: { type } })) }),
+      NodeGetCapabilities: answersAtOnce(async () => ({ capabilities: CAPABILITIES.map((type) => ({ rpc: { type } })) })),
 
-      NodeGetInfo: async () => ({
+      NodeGetInfo: answersAtOnce(async () => ({
         node_id: this.cfg.nodeId,
         ...(this.cfg.maxVolumesPerNode > 0 ? { max_volumes_per_node: this.cfg.maxVolumesPerNode } : {}),
         ...(Object.keys(this.cfg.topology).length ? { accessible_topology: { segments: { ...this.cfg.topology } } } : {}),
-      }),
+      })),
 
       NodeStageVolume: async (req) => {
         const volumeId = checkVolumeId(req.volume_id);

@@ -2,7 +2,7 @@
 // volumeHandle `static-<name>` and volumeAttributes reach the controller as
 // volume_id and volume_context. The real-tgtd end to end (stage a static iSCSI
 // LUN on a node) needs the iSCSI connector from issue 4 and is added with it.
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -251,7 +251,10 @@ describe('static volumes in sinter all: the node id, the attach limit, a configu
     );
     s = await startSinter({ base, args: ['--config', config] });
   });
-  afterAll(async () => s?.cleanup());
+  afterAll(async () => {
+    await s?.cleanup();
+    if (base) rmSync(base, { recursive: true, force: true });
+  });
 
   it('NodeGetInfo carries the online WWPNs; the controller publishes static volumes to that node id and counts them against its limit', async () => {
     const info = await s.client.node.NodeGetInfo({});

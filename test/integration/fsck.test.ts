@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -32,7 +32,11 @@ describe('sinter fsck', () => {
     stageA = { volume_id: ids.a, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx };
     await s.client.node.NodeStageVolume(stageA);
   });
-  afterAll(async () => s?.cleanup());
+  afterAll(async () => {
+    await s?.cleanup();
+    // The restarted sinter was given the first one's base, which cleanup leaves to its owner.
+    if (s) rmSync(s.base, { recursive: true, force: true });
+  });
 
   it('is clean on a healthy system, read-only while sinter runs, and refuses --repair then', async () => {
     const r = await fsckCli(s);

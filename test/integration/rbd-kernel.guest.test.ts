@@ -315,7 +315,12 @@ describe('kernel rbd: sinter node in a VM guest (rbd.ko, 6.1) against a Ceph clu
       expect(await watchers(id)).toContain(client);
       expect(client).toBeDefined();
       // What makes this the hard case: krbd takes the exclusive lock at its first I/O (object-map images: reads too), so
-      // a client mapped but idle holds none, and the lock cannot tell it from a client that left.
+      // a client mapped but idle holds none, and the lock cannot tell it from a client that left. A read since the
+      // map (the kernel's partition scan, udev's probe) may have taken it already (seen under load: cookie
+      // "auto 0xffff000000000001", libceph's first linger id): once udev is done, a metadata write from here asks
+      // krbd for the lock, krbd hands it over, and the CLI's close frees it; the client is then idle and lockless.
+      await guest!.sh('udevadm settle --timeout=60');
+      await c.rbd(['image-meta', 'set', `${c.pool}/${id}`, 'test.take-lock', '1']);
       expect(JSON.parse(await c.rbd(['lock', 'ls', '--format', 'json', `${c.pool}/${id}`]))).toEqual([]);
       // The controller's scan attributes the watcher to this node's publish (its record of clients).
       await waitFor('the scan to record the guest node\'s client', async () => {

@@ -2,8 +2,8 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { GuestError, runInGuest } from '../vm/harness.mjs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { ensureGuest, GuestError, runInGuest } from '../vm/harness.mjs';
 
 /**
  * A guest whose boot sticks is killed and booted again, not waited on for the
@@ -13,6 +13,9 @@ import { GuestError, runInGuest } from '../vm/harness.mjs';
  * left behind.
  */
 describe('VM harness boot watchdog (qemu TCG guest, test/vm/harness.mjs)', () => {
+  // On a fresh machine the first guest-driven file builds the guest (minutes, under a lock): not this test's time.
+  beforeAll(() => void ensureGuest(), 25 * 60_000);
+
   it('kills a boot that does not reach its command, boots again, and gives up after the attempts', async () => {
     const logs: string[] = [];
     // Its own temp root: other guest-driven files boot guests of their own meanwhile.

@@ -101,7 +101,16 @@ class FakeKrbd implements Executor {
       rmSync(join(this.sys, 'bus/rbd/devices', dev.replace('/dev/rbd', '')), { recursive: true, force: true });
       return { stdout: '', stderr: '', exitCode: 0 };
     }
+    if (args[0] === 'image-meta' && (args[1] === 'remove' || args[1] === 'set')) {
+      // No mark there: what `rbd image-meta remove` says then (exit 2, ENOENT).
+      if (args[1] === 'remove') throw new ExecError(`rbd ${args.join(' ')}`, 2, 'rbd: failed to remove metadata sinter.closed.node-a of image : (2) No such file or directory', false);
+      return { stdout: '', stderr: '', exitCode: 0 };
+    }
     throw new Error(`unexpected rbd ${args.join(' ')}`);
+  }
+
+  metas(): string[] {
+    return this.calls.filter((c) => c.cmd === 'rbd' && c.args[0] === 'image-meta').map((c) => c.args[1]);
   }
 
   maps(): Call[] {
@@ -329,6 +338,28 @@ describe('StorageClass rbdAttach (publish_context attach, from volume_context): 
     expect(await conn.find(ctxOf('img'))).toBeUndefined();
     await conn.disconnect(ctx, '/dev/rbd0');
     expect(existsSync(join(t.dir, 'both', 'bus/rbd/devices/0'))).toBe(false);
+  });
+
+  it('the closed mark: cleared before the first map, not again on a retried stage that finds the device mapped; set after the unmap', async () => {
+    mkdirSync(join(t.dir, 'mark', 'bus/rbd'), { recursive: true });
+    const fake = new FakeKrbd(join(t.dir, 'mark'));
+    const conn = new RbdConnector(
+      { stateDir: join(t.dir, 'mark', 'rbd-userspace'), attach: 'kernel', sysfsRoot: join(t.dir, 'mark'), keyFile: keyFileIn(t.dir), nodeHost: 'node-a' },
+      Object.assign<FakeKrbd, DaemonSpawner>(fake, spawner),
+      log,
+    );
+    const ctx = ctxOf('marked');
+    expect(await conn.connect(ctx, {})).toBe('/dev/rbd0');
+    expect(fake.metas()).toEqual(['remove']);
+    // The kubelet retries NodeStageVolume: the mapping is there, Ceph is not asked again.
+    expect(await conn.connect(ctx, {})).toBe('/dev/rbd0');
+    expect(fake.metas()).toEqual(['remove']);
+    expect(fake.maps()).toHaveLength(1);
+    await conn.disconnect(ctx, '/dev/rbd0');
+    expect(fake.metas()).toEqual(['remove', 'set']);
+    // Staged again after that: cleared again before the new map.
+    await conn.connect(ctx, {});
+    expect(fake.metas()).toEqual(['remove', 'set', 'remove']);
   });
 
   it('userspace asked on a kernel node without qemu-nbd/nbdfuse → FAILED_PRECONDITION naming rbdAttach and what is missing; with them the user-space connector takes it', async () => {

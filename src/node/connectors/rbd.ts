@@ -162,7 +162,10 @@ export class RbdConnector implements Connector {
 
   async attach(ctx: PublishContext, secrets: Record<string, string>): Promise<{ device: string; attached: boolean }> {
     const conn = await this.forNew(ctx);
-    await this.closed?.clear(asRbd(ctx));
+    // The mark is cleared before every attach and set only after a detach, so an
+    // attachment already there came after the last clear: a retried stage does
+    // not ask Ceph again.
+    if (this.closed && (await conn.find(ctx)) === undefined) await this.closed.clear(asRbd(ctx));
     return conn.attach!(ctx, secrets);
   }
 
