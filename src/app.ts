@@ -7,6 +7,7 @@ import { KubeNodeSegments, LocalNodeSegments } from './controller/node-topology.
 import { StaticNodeRegistry, type NodeRegistry } from './controller/node-registry.js';
 import { Reconciler } from './controller/reconcile.js';
 import { ExportLoop } from './controller/export-loop.js';
+import { gateOnCredentials } from './controller/credential-gate.js';
 import { controllerService } from './controller/service.js';
 import { groupControllerService } from './controller/group-service.js';
 import { GroupSnapshotManager } from './controller/group-snapshots.js';
@@ -109,10 +110,17 @@ export async function createApp(cfg: Config, log: Logger, opts: { readAhead?: Re
     await exportLoop.pass();
     const snapshots = new SnapshotManager(backends, volumes);
     snapshots.index();
-    services.controller = withStaticVolumes(controllerService({ volumes, snapshots, backends }), { statics, volumes });
     groups = new GroupSnapshotManager(backends, volumes, snapshots);
     groups.index();
-    services.groupController = groupControllerService(groups);
+    // A backend that read its records late (rbd keyFrom: secrets, at the first request with a key): the name indexes again.
+    const managers = { volumes, snapshots, groups };
+    const reindex = () => {
+      managers.volumes.index();
+      managers.snapshots.index();
+      managers.groups.index();
+    };
+    services.controller = gateOnCredentials(withStaticVolumes(controllerService({ volumes, snapshots, backends }), { statics, volumes }), backends, reindex);
+    services.groupController = gateOnCredentials(groupControllerService(groups), backends, reindex);
   }
 
   let node: NodeService | undefined;

@@ -144,6 +144,21 @@ export interface Backend {
   readonly topology: Readonly<Record<string, string>>;
 
   start(): Promise<RecoveryReport>;
+  /**
+   * False while the backend cannot read its records for want of credentials that only requests bring
+   * (rbd `keyFrom: secrets` before the first key); absent: always ready.
+   */
+  isReady?(): boolean;
+  /** Reads the records start() put off, with the current request's credentials; true when it did so now. */
+  startDeferred?(): Promise<boolean>;
+  /** What a request that concerns this backend is told while it is not ready (UNAVAILABLE, saying how to give the credentials). */
+  notReadyError?(): Error;
+  /**
+   * Before a request that brings credentials for this backend which it has not seen accepted: has the
+   * storage judge them now (so a wrong key fails even a call that would touch nothing, an idempotent
+   * retry), and keeps them for later work once accepted. Throws PERMISSION_DENIED when refused.
+   */
+  verifyCredentials?(): Promise<void>;
   /** Ends what the backend keeps running (the rbd agent); absent when it keeps nothing. */
   close?(): void;
   /**

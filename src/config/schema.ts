@@ -236,8 +236,18 @@ export const rbdBackendSchema = v.pipe(
     ),
     /** cephx user (without `client.`). */
     user: v.optional(cephName('cephx user'), 'admin'),
-    /** A file holding the user's bare cephx key (`ceph auth get-key`); read at each call, never put on a command line. */
-    keyFile: absPath,
+    /**
+     * A file holding the user's bare cephx key (`ceph auth get-key`); read at each call, never put on a command line.
+     * Required with keyFrom: file; with keyFrom: secrets, the key for work no request brings a key to until one has.
+     */
+    keyFile: v.optional(absPath),
+    /**
+     * Where the controller's cephx key comes from: `file` (keyFile), or `secrets`: each request's CSI secrets
+     * (ceph-csi's `userID`/`userKey`, from the StorageClass's provisioner, controller-publish,
+     * controller-expand and snapshotter secrets); work that carries no secrets (ListVolumes, GetCapacity,
+     * the start-up scan, the client scan) uses the last key a request brought, held in memory only.
+     */
+    keyFrom: v.optional(v.picklist(['file', 'secrets'], 'must be file or secrets'), 'file'),
     /** Features of new images (`rbd create --image-feature`). */
     imageFeatures: v.optional(
       v.pipe(v.array(v.picklist(RBD_FEATURES, `must be among ${RBD_FEATURES.join(', ')}`), 'must be a list of image features'), v.minLength(1, 'must list at least layering')),
@@ -289,6 +299,15 @@ export const rbdBackendSchema = v.pipe(
   v.forward(
     v.check((b) => b.export !== 'iscsi' || (b.iscsi !== undefined && b.iscsi.helper === 'tgt' && b.dataDir !== undefined), 'export: iscsi needs an iscsi section with helper: tgt (tgt-rbd), and dataDir'),
     ['export'],
+  ),
+  v.forward(
+    v.check((b) => b.keyFrom !== 'file' || b.keyFile !== undefined, 'is required unless keyFrom: secrets (the key then comes with each request\'s CSI secrets, userID and userKey)'),
+    ['keyFile'],
+  ),
+  v.forward(
+    // tgtd's librbd reads the key itself, from a file, for as long as it serves an image.
+    v.check((b) => b.export !== 'iscsi' || b.keyFile !== undefined, 'is required with export: iscsi (tgtd reads the key from it while it serves the images)'),
+    ['keyFile'],
   ),
 );
 

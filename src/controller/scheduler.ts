@@ -1,5 +1,5 @@
 import type { Backend, BackendCapacity } from '../backends/backend.js';
-import { resourceExhausted } from '../errors/domain-error.js';
+import { AwaitingCredentialsError, DomainError, resourceExhausted } from '../errors/domain-error.js';
 import { reaches, reachesAny, type TopologyRequirement } from './topology.js';
 
 /** What a volume asks of its backend, size aside: the StorageClass's choices and where it must be reachable from. */
@@ -35,6 +35,9 @@ async function judge(b: Backend, f: PlacementFilter): Promise<Candidate | string
   try {
     return { backend: b, capacity: await b.capacity() };
   } catch (e) {
+    // A backend that passes the filters but has no credentials yet cannot be judged: not "no room", not left out.
+    // Nor can one the request's own secrets are wrong for (a class's secrets are for the backends it picks).
+    if (e instanceof AwaitingCredentialsError || (e instanceof DomainError && e.code === 'invalid-argument')) throw e;
     return `${b.name}: capacity unknown (${(e as Error).message})`;
   }
 }

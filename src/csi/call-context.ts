@@ -14,6 +14,12 @@ export interface CallContext {
   readonly cancelled: boolean;
   /** Made on first use by the server: only a call that waits in a lock queue needs it. */
   readonly signal: AbortSignal;
+  /**
+   * The request's CSI `secrets` (absent when it has none): a backend whose credentials come with the
+   * requests (rbd `keyFrom: secrets`) reads them here, however deep the call that needs them.
+   * Never logged, never put in an error message.
+   */
+  readonly secrets?: Readonly<Record<string, string>>;
 }
 
 const storage = new AsyncLocalStorage<CallContext>();

@@ -98,8 +98,10 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
  */
 function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>, deadline: number): CallContext {
   let ac: AbortController | undefined;
+  const secrets = (call.request as { secrets?: Record<string, string> } | null)?.secrets;
   return {
     deadline,
+    secrets: secrets && Object.keys(secrets).length > 0 ? secrets : undefined,
     get cancelled() {
       return call.cancelled;
     },

@@ -47,6 +47,17 @@ export class DomainError extends Error {
   }
 }
 
+/**
+ * UNAVAILABLE because a backend has no credentials yet (rbd keyFrom: secrets before the first
+ * request that brings a key): the scheduler and GetCapacity answer it rather than leave the backend out.
+ */
+export class AwaitingCredentialsError extends DomainError {
+  constructor(message: string) {
+    super('unavailable', message);
+    this.name = 'AwaitingCredentialsError';
+  }
+}
+
 export const invalidArgument = (m: string) => new DomainError('invalid-argument', m);
 export const notFound = (m: string) => new DomainError('not-found', m);
 export const alreadyExists = (m: string) => new DomainError('already-exists', m);

@@ -310,7 +310,12 @@ const EXPECTED_ROLES: Record<string, string[]> = {
   // pkg/owner/owner.go GETs the pod and, for --capacity-ownerref-level=2, its ReplicaSet (not the Deployment).
   'sinter-storage-capacity': ['storage.k8s.io/csistoragecapacities: get,list,watch,create,update,patch,delete', '/pods: get', 'apps/replicasets: get'],
   'sinter-chap-secret': ['/secrets[sinter-chap]: get'],
+  // overlays/ceph: the sidecars pass the controller's cephx Secret in their requests (StorageClass *-secret-name).
+  'sinter-ceph-controller-secret': ['/secrets[sinter-ceph-controller]: get'],
 };
+/** The Role an overlay adds for the one Secret its sidecars read, if any. */
+const SECRET_ROLE: Record<string, string | undefined> = { 'overlays/iscsi': 'sinter-chap-secret', 'overlays/ceph': 'sinter-ceph-controller-secret' };
+const SECRET_READ: Record<string, string | undefined> = { 'overlays/iscsi': 'sinter-chap', 'overlays/ceph': 'sinter-ceph-controller' };
 
 function ruleLines(rules: Rule[]): string[] {
   return rules.flatMap((r) =>
@@ -336,7 +341,7 @@ describe('RBAC is least privilege', () => {
     for (const o of render(dir).filter((x) => x.kind === 'Role')) {
       for (const r of ((o.rules as Rule[]) ?? []).filter((x) => x.resources?.includes('secrets'))) {
         expect(o.metadata.namespace).toBe(NAMESPACE);
-        expect(r.resourceNames).toEqual(['sinter-chap']);
+        expect(r.resourceNames).toEqual([SECRET_READ[dir]]);
         expect(r.verbs).toEqual(['get']);
       }
     }
@@ -346,7 +351,8 @@ describe('RBAC is least privilege', () => {
     const got = (kind: string) => Object.fromEntries(docs.filter((o) => o.kind === kind).map((o) => [o.metadata.name, ruleLines((o.rules as Rule[]) ?? [])]));
     expect(got('ClusterRole')).toEqual(EXPECTED_CLUSTER_ROLES);
     const roles = got('Role');
-    expect(roles).toEqual(Object.fromEntries(Object.entries(EXPECTED_ROLES).filter(([n]) => dir === 'overlays/iscsi' || n !== 'sinter-chap-secret')));
+    const secretRoles = new Set(Object.values(SECRET_ROLE));
+    expect(roles).toEqual(Object.fromEntries(Object.entries(EXPECTED_ROLES).filter(([n]) => !secretRoles.has(n) || SECRET_ROLE[dir] === n)));
   });
   it.each(RENDERS)('%s: bindings point at roles and ServiceAccounts that exist; only the controller is bound', (dir) => {
     const docs = render(dir);
@@ -593,7 +599,7 @@ describe('StorageClasses, VolumeSnapshotClass and examples fit sinter and each o
       expect(sc.allowVolumeExpansion, sc.metadata.name).toBe(true);
       for (const [k, v] of Object.entries(params).filter(([k]) => k.endsWith('-secret-name'))) {
         expect(params[k.replace(/-name$/, '-namespace')], `${sc.metadata.name}: ${k} without its namespace`).toBe(NAMESPACE);
-        expect(v).toBe(dir === 'overlays/ceph' ? 'sinter-ceph-node' : 'sinter-chap');
+        expect(v).toBe(dir !== 'overlays/ceph' ? 'sinter-chap' : k.includes('node-stage') ? 'sinter-ceph-node' : 'sinter-ceph-controller');
       }
     }
     const types = classes.map((c) => (c.parameters as Record<string, string> | undefined)?.type).filter(Boolean);
@@ -729,7 +735,7 @@ describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the 
     for (const c of w.pod.containers.filter((x) => x.name !== 'sinter' && x.name !== 'liveness-probe')) expect(c.args ?? [], c.name).toContain('--leader-election');
   });
 
-  it('the controller reads its cephx key from the Secret mounted as a file its group alone may read; the config loader names that file and a writable state directory', () => {
+  it('the controller takes its cephx key from the requests\' secrets, and from the Secret mounted as a file its group alone may read for work before the first; the config loader names that file and a writable state directory', () => {
     const all = docs();
     const pod = workload(all, CONTROLLER).pod;
     const { cfg } = loadAsSinter(all, pod, 'sinter');
@@ -737,20 +743,60 @@ describe('overlays/ceph: an existing Ceph cluster, two controller replicas, the 
     if (rbd.driver !== 'rbd') throw new Error('the ceph overlay\'s backend is not rbd');
     expect(rbd.monitors.length).toBeGreaterThanOrEqual(1);
     expect(rbd.user).toBe('sinter-controller');
+    expect(rbd.keyFrom).toBe('secrets');
+    const keyFile = rbd.keyFile ?? '';
     const sinter = container(pod, 'sinter');
-    const keyMount = sinter.volumeMounts!.find((m) => rbd.keyFile.startsWith(`${m.mountPath}/`))!;
-    expect(keyMount, `keyFile ${rbd.keyFile} is on a mounted volume`).toBeDefined();
+    const keyMount = sinter.volumeMounts!.find((m) => keyFile.startsWith(`${m.mountPath}/`))!;
+    expect(keyMount, `keyFile ${keyFile} is on a mounted volume`).toBeDefined();
     expect(keyMount.readOnly).toBe(true);
-    const vol = volumeOf(pod, keyMount.name) as { secret?: { secretName: string; defaultMode?: number } };
+    const vol = volumeOf(pod, keyMount.name) as { secret?: { secretName: string; defaultMode?: number; items?: { key: string; path: string }[] } };
     expect(vol.secret?.secretName).toBe('sinter-ceph-controller');
     expect(vol.secret?.defaultMode).toBe(0o440);
     expect(pod.securityContext?.fsGroup).toBe(65532);
-    expect(Object.keys(secret('sinter-ceph-controller')?.stringData ?? {})).toEqual([rbd.keyFile.slice(keyMount.mountPath.length + 1)]);
+    // The key alone is mounted, at the path keyFile names; the Secret is in ceph-csi's layout, its user the backend's.
+    expect(vol.secret?.items).toEqual([{ key: 'userKey', path: keyFile.slice(keyMount.mountPath.length + 1) }]);
+    const data = secret('sinter-ceph-controller')?.stringData ?? {};
+    expect(Object.keys(data).sort()).toEqual(['userID', 'userKey']);
+    expect(data.userID).toBe(rbd.user);
     // The root filesystem is read-only: the controller's own state directory (static-volume records) is a mounted scratch volume.
     const stateMount = sinter.volumeMounts!.find((m) => m.mountPath === cfg.controller.stateDir);
     expect(stateMount && volumeOf(pod, stateMount.name).emptyDir, `controller.stateDir ${cfg.controller.stateDir}`).toBeDefined();
-    // No role may read the Secrets: the kubelet mounts one and reads the other for NodeStageVolume.
-    for (const r of all.filter((o) => o.kind === 'Role' || o.kind === 'ClusterRole')) for (const rule of (r.rules as Rule[]) ?? []) expect(rule.resources ?? [], idOf(r)).not.toContain('secrets');
+    // One Role reads a Secret: the controller's, for the sidecars; the kubelet reads the node's without RBAC.
+    const readers = all.filter((o) => (o.kind === 'Role' || o.kind === 'ClusterRole') && ((o.rules as Rule[]) ?? []).some((r) => r.resources?.includes('secrets')));
+    expect(readers.map((r) => [r.kind, r.metadata.name, ((r.rules as Rule[])[0].resourceNames ?? []).join(',')])).toEqual([['Role', 'sinter-ceph-controller-secret', 'sinter-ceph-controller']]);
+  });
+
+  // The parameter names, modelled from kubernetes-csi/external-provisioner pkg/controller/controller.go at
+  // commit 014be4a50b20f7e95da699097e28570a4e22e1d3 (the v3 line: lib-external-provisioner v8): its
+  // csiParameterPrefix "csi.storage.k8s.io/" + provisioner-secret-name/-namespace (CreateVolume,
+  // DeleteVolume), controller-publish-secret-* (csi-attacher: ControllerPublish/Unpublish),
+  // controller-expand-secret-* (csi-resizer), node-stage-secret-* (kubelet); external-snapshotter's
+  // VolumeSnapshotClass parameters csi.storage.k8s.io/snapshotter-secret-name/-namespace. A misspelt
+  // key under that prefix would reach no sidecar: the RPC would come without its secrets.
+  const EXTERNAL_PROVISIONER_SECRET_KEYS = ['provisioner', 'controller-publish', 'controller-expand', 'node-stage', 'node-publish', 'node-expand'].flatMap((p) => [
+    `csi.storage.k8s.io/${p}-secret-name`,
+    `csi.storage.k8s.io/${p}-secret-namespace`,
+  ]);
+  it('every class names the controller\'s Secret for provisioner, controller-publish and controller-expand, and the node\'s for node-stage, with external-provisioner\'s parameter names; the snapshot class names the controller\'s for csi-snapshotter', () => {
+    const all = docs();
+    for (const sc of all.filter((o) => o.kind === 'StorageClass')) {
+      const p = sc.parameters as Record<string, string>;
+      const secretKeys = Object.keys(p).filter((k) => /secret/.test(k));
+      for (const k of secretKeys) expect(EXTERNAL_PROVISIONER_SECRET_KEYS, `${sc.metadata.name}: ${k}`).toContain(k);
+      expect(Object.fromEntries(secretKeys.filter((k) => k.endsWith('-name')).map((k) => [k, p[k]]))).toEqual({
+        'csi.storage.k8s.io/provisioner-secret-name': 'sinter-ceph-controller',
+        'csi.storage.k8s.io/controller-publish-secret-name': 'sinter-ceph-controller',
+        'csi.storage.k8s.io/controller-expand-secret-name': 'sinter-ceph-controller',
+        'csi.storage.k8s.io/node-stage-secret-name': 'sinter-ceph-node',
+      });
+      for (const k of secretKeys.filter((x) => x.endsWith('-namespace'))) expect(p[k], `${sc.metadata.name}: ${k}`).toBe(NAMESPACE);
+    }
+    const vsc = all.find((o) => o.kind === 'VolumeSnapshotClass')!;
+    expect(vsc.parameters).toEqual({ 'csi.storage.k8s.io/snapshotter-secret-name': 'sinter-ceph-controller', 'csi.storage.k8s.io/snapshotter-secret-namespace': NAMESPACE });
+    // The sidecars that pass those secrets run as the ServiceAccount the Role is bound to.
+    const binding = all.find((o) => o.kind === 'RoleBinding' && (o.roleRef as { name: string }).name === 'sinter-ceph-controller-secret')!;
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: 'sinter-controller', namespace: NAMESPACE }]);
+    expect((workload(all, CONTROLLER).pod as PodSpec & { serviceAccountName?: string }).serviceAccountName).toBe('sinter-controller');
   });
 
   it("every class hands the node the node-stage Secret with the keys sinter's rbd connector reads (userID, userKey); the node config holds no key", () => {

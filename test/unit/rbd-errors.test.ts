@@ -4,10 +4,12 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { RbdAgent } from '../../src/backends/rbd/agent.js';
 import { CephCli, CephCommandError, cephErrnoError, Errno, toCephError } from '../../src/backends/rbd/cli.js';
+import { CephKeys } from '../../src/backends/rbd/credentials.js';
 import { Code } from '../../src/errors/domain-error.js';
 import { ExecError, type DaemonExit, type Executor, type PipedProcess, type PipeSpawner } from '../../src/exec/run.js';
 
-const conn = { monitors: ['10.0.0.1:3300'], user: 'sinter', keyFile: '/etc/sinter/ceph.key', timeoutMs: 5000 };
+const keys = new CephKeys('ceph', { user: 'sinter', keyFile: '/etc/sinter/ceph.key', keyFrom: 'file' }, pino({ level: 'silent' }));
+const conn = { monitors: ['10.0.0.1:3300'], user: 'sinter', keys, timeoutMs: 5000 };
 
 /**
  * The agent's side of the JSON-lines protocol, modelled from src/backends/rbd/rbd_agent.py (this
@@ -104,7 +106,7 @@ describe('Ceph errno → domain error, one mapping for the agent and the CLI', (
     expect((slow as CephCommandError).errno).toBe(Errno.ETIMEDOUT);
     const refused = toCephError(new ExecError('ceph', 1, 'monclient(hunting): handle_auth_bad_method server allowed_methods [2] but i only support [2]', false), 'listing pools', conn);
     expect(refused.code).toBe(Code.PERMISSION_DENIED);
-    expect(refused.message).not.toContain(conn.keyFile);
+    expect(refused.message).not.toContain('/etc/sinter/ceph.key');
   });
 
   it('a CLI that is not installed says which package to install', () => {

@@ -19,6 +19,7 @@ import { parseNodeId } from '../../contracts/nodeid.js';
 import { rbdClosedMetaKey } from '../../contracts/rbd-closed.js';
 import { CephBlocklist } from './blocklist.js';
 import { CephCli, CephCommandError, Errno } from './cli.js';
+import { CephKeys } from './credentials.js';
 import { inspectRbdPool, type RbdInspection, type RbdRepair } from './inspect.js';
 import { snapshotImage, volumeImage } from './names.js';
 import { RbdPool } from './pool.js';
@@ -82,6 +83,11 @@ export class RbdBackend implements Backend {
   /** Background flattens (soft clone-depth limit), awaited by anything that removes or grows the image. */
   private readonly flattening = new Map<string, Promise<void>>();
   private provisioned = 0;
+  /** The cephx key: a file, or the requests' secrets (keyFrom). */
+  readonly keys: CephKeys;
+  /** keyFrom: secrets and no key yet at start: the record scan waits for the first request that brings one. */
+  private deferred = false;
+  private deferredStart?: Promise<boolean>;
 
   constructor(
     private readonly cfg: RbdBackendConfig,
@@ -91,7 +97,8 @@ export class RbdBackend implements Backend {
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;
-    const conn = { monitors: cfg.monitors, user: cfg.user, keyFile: cfg.keyFile, timeoutMs: cfg.commandTimeoutSeconds * 1000 };
+    this.keys = new CephKeys(cfg.name, cfg, log);
+    const conn = { monitors: cfg.monitors, user: cfg.user, keys: this.keys, timeoutMs: cfg.commandTimeoutSeconds * 1000 };
     const cli = new CephCli(conn, exec);
     if (cfg.agent && isPipeSpawner(exec)) this.agent = new RbdAgent(conn, exec, log.child({ part: 'rbd-agent' }));
     this.pool = new RbdPool(cfg.pool, cli, cfg.imageFeatures, cfg.dataPool, this.agent, log);
@@ -141,6 +148,52 @@ export class RbdBackend implements Backend {
   }
 
   async start(): Promise<RecoveryReport> {
+    if (!this.keys.available()) {
+      // keyFrom: secrets without keyFile: nothing can be read until a request brings the key.
+      this.deferred = true;
+      this.keys.warnWaiting('reading the volume records');
+      return { recovered: [], orphans: [], corrupt: [] };
+    }
+    return this.scan();
+  }
+
+  /** Whether the records are read (false only while keyFrom: secrets waits for its first key). */
+  isReady(): boolean {
+    return !this.deferred;
+  }
+
+  notReadyError(): Error {
+    return this.keys.noKeyYet();
+  }
+
+  /** A key Ceph has not accepted yet is tried on one monitor round trip (the pool's usage) before the request goes on. */
+  async verifyCredentials(): Promise<void> {
+    if (this.deferred || !this.keys.requestBringsNewKey()) return;
+    await this.pool.usage();
+  }
+
+  /**
+   * The start-up scan a missing key put off, run with the key the current
+   * request brings (Ceph judges it on the scan's first call). Resolves true
+   * when it ran now, false when there was nothing to do or no key to do it with.
+   */
+  startDeferred(): Promise<boolean> {
+    if (!this.deferred || !this.keys.requestBringsKey()) return Promise.resolve(false);
+    this.deferredStart ??= this.scan().then(
+      (report) => {
+        this.deferred = false;
+        this.log.info({ backend: this.name, volumes: this.vols.size, snapshots: this.snaps.size, recovered: report.recovered.length }, 'records read with the cephx key a request brought');
+        return true;
+      },
+      (e: unknown) => {
+        this.deferredStart = undefined;
+        throw e;
+      },
+    );
+    return this.deferredStart;
+  }
+
+  private async scan(): Promise<RecoveryReport> {
     if (this.iscsi) {
       await this.writeTgtConf();
       await this.iscsi.init();
@@ -205,6 +258,8 @@ export class RbdBackend implements Backend {
   private probed?: { at: number; error?: Error; running?: Promise<void> };
 
   async probe(): Promise<void> {
+    // Waiting for a key is not a fault: a failed Probe would have the liveness probe restart a controller that is fine.
+    if (!this.keys.available()) return this.keys.warnWaiting('the health probe');
     const p = this.probed;
     if (p && !p.running && performance.now() - p.at < PROBE_CACHE_MS) {
       if (p.error) throw p.error;
@@ -606,6 +661,7 @@ export class RbdBackend implements Backend {
    * after their watch lapses (a partitioned client's does after 30 s).
    */
   async reconcileExports(withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>): Promise<ExportsReconciled | void> {
+    if (this.deferred || !this.keys.available()) return this.keys.warnWaiting('the client scan');
     if (this.iscsi) {
       const r = await this.iscsi.reconcile(() => this.vols.values(), (id) => this.pool.spec(volumeImage(id)), withVolumeLock);
       return { restored: r.aclsRestored.length, revoked: r.aclsRevoked.length };

@@ -1,13 +1,14 @@
 import { readFile } from 'node:fs/promises';
 import { Code, DomainError } from '../../errors/domain-error.js';
 import { ExecError, type Executor } from '../../exec/run.js';
+import type { CephAuth, CephKeys } from './credentials.js';
 
 /** How to reach the cluster: every call names all of it, nothing comes from /etc/ceph or DNS. */
 export interface CephConnection {
   monitors: string[];
   user: string;
-  /** A file holding the user's bare cephx key (0600). */
-  keyFile: string;
+  /** The user's key: a key file, or the requests' secrets (credentials.ts). */
+  keys: CephKeys;
   timeoutMs: number;
 }
 
@@ -42,13 +43,13 @@ export class CephCli {
     private readonly exec: Executor,
   ) {}
 
-  private common(): string[] {
+  private common(keyFile: string): string[] {
     const secs = String(Math.max(1, Math.floor(this.conn.timeoutMs / 1000) - 1));
     return [
       '--conf', '/dev/null',
       '-m', this.conn.monitors.join(','),
       '--id', this.conn.user,
-      '--keyfile', this.conn.keyFile,
+      '--keyfile', keyFile,
       '--client_mount_timeout', secs,
       '--rados_mon_op_timeout', secs,
       '--rados_osd_op_timeout', secs,
@@ -56,8 +57,9 @@ export class CephCli {
   }
 
   /** The key's text, masked in anything an error might echo (rbd never prints it; defence in depth). */
-  private async secrets(): Promise<string[]> {
-    const key = await readFile(this.conn.keyFile, 'utf8').catch(() => '');
+  private async secrets(auth: CephAuth): Promise<string[]> {
+    if (auth.kind === 'key') return this.conn.keys.maskable(auth);
+    const key = await readFile(auth.keyFile, 'utf8').catch(() => '');
     return key.trim() ? [key.trim()] : [];
   }
 
@@ -85,15 +87,24 @@ export class CephCli {
   }
 
   private async run(cmd: 'rbd' | 'ceph', args: string[], what: string): Promise<string> {
-    const secrets = await this.secrets();
+    const keys = this.conn.keys;
+    const auth = keys.auth();
+    const secrets = await this.secrets(auth);
     try {
-      const r = await this.exec.run(cmd, [...this.common(), ...args], { timeoutMs: this.conn.timeoutMs, secrets });
+      const r = await keys.withKeyFile(auth, (keyFile) => this.exec.run(cmd, [...this.common(keyFile), ...args], { timeoutMs: this.conn.timeoutMs, secrets }));
+      keys.accepted(auth);
       return r.stdout;
     } catch (e) {
-      throw toCephError(e, what, this.conn);
+      const err = toCephError(e, what, this.conn, auth);
+      // Ceph answered (the image is missing, the name taken …): the key got in.
+      if (err instanceof CephCommandError && err.errno !== undefined && !AUTH_OR_REACH.has(err.errno)) keys.accepted(auth);
+      throw err;
     }
   }
 }
+
+/** Errnos that say nothing about whether the key was accepted. */
+const AUTH_OR_REACH: ReadonlySet<number> = new Set([Errno.EACCES, Errno.EPERM, Errno.ETIMEDOUT, Errno.EIO]);
 
 function parseJson<T>(out: string, what: string): T {
   try {
@@ -113,14 +124,14 @@ function lastLine(stderr: string): string {
 }
 
 /** An rbd/ceph failure as a DomainError that says what to do; the errno is kept for callers that expect some. */
-export function toCephError(e: unknown, what: string, conn: Pick<CephConnection, 'monitors' | 'user' | 'keyFile'>): DomainError {
+export function toCephError(e: unknown, what: string, conn: CephErrorContext, auth?: CephAuth): DomainError {
   if (!(e instanceof ExecError)) return e instanceof DomainError ? e : new DomainError(Code.INTERNAL, `${what}: ${(e as Error).message}`);
   if (e.exitCode === undefined && !e.timedOut)
     return new CephCommandError(Code.FAILED_PRECONDITION, `${what}: the Ceph client tools are not installed on the controller (install ceph-common): ${lastLine(e.stderr)}`, undefined);
   const detail = lastLine(e.stderr);
   // A wrong key is not refused outright: the client retries until its mount timeout, logging why.
   // (The ceph CLI exits 1 for any failure, so exit 1 alone says nothing.)
-  if (/handle_auth_bad_method|Permission denied|EACCES/i.test(e.stderr) || e.exitCode === Errno.EACCES) return cephErrnoError(what, Errno.EACCES, detail, conn);
+  if (/handle_auth_bad_method|Permission denied|EACCES/i.test(e.stderr) || e.exitCode === Errno.EACCES) return cephErrnoError(what, Errno.EACCES, detail, conn, auth);
   if (e.timedOut || e.exitCode === Errno.ETIMEDOUT || /timed out|hunting|connection refused/i.test(e.stderr)) return cephErrnoError(what, Errno.ETIMEDOUT, detail, conn);
   return cephErrnoError(what, e.exitCode, detail, conn);
 }
@@ -134,7 +145,10 @@ const HOST_PATH_RE = /(?<![\w.:/-])\/(?:[\w.+@-]+\/)*[\w.+@-]+\/?/g;
  * branch on it. The one mapping both clients use, so a call fails the same
  * way whichever client ran it. Host paths in `detail` are left out.
  */
-export function cephErrnoError(what: string, errno: number | undefined, detail: string, conn: Pick<CephConnection, 'user' | 'monitors'>): CephCommandError {
+/** What an error message may say about the connection: never the key, only where it came from. */
+export type CephErrorContext = Pick<CephConnection, 'user' | 'monitors'> & { keys?: Pick<CephKeys, 'keyHint'> };
+
+export function cephErrnoError(what: string, errno: number | undefined, detail: string, conn: CephErrorContext, auth?: CephAuth): CephCommandError {
   const d = detail.replace(HOST_PATH_RE, '<path>');
   switch (errno) {
     case Errno.ENOENT:
@@ -150,7 +164,7 @@ export function cephErrnoError(what: string, errno: number | undefined, detail: 
     case Errno.EPERM:
       return new CephCommandError(
         Code.PERMISSION_DENIED,
-        `${what}: Ceph refused client.${conn.user} (${d}); check the key in its key file and that the user's caps include "profile rbd" on the pool`,
+        `${what}: Ceph refused client.${conn.user} (${d}); ${conn.keys?.keyHint(auth) ?? 'check the key in its key file'} and that the user's caps include "profile rbd" on the pool`,
         errno,
       );
     case Errno.ETIMEDOUT:

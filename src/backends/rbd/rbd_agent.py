@@ -2,7 +2,7 @@
 """sinter's rbd agent: one long-lived librados connection, spoken to over JSON lines.
 
 Started and supervised by src/backends/rbd/agent.ts through src/exec. The first
-line on stdin is the connection (monitors, user, key file, timeouts): nothing
+line on stdin is the connection (monitors, user, key or key file, timeouts): nothing
 comes from /etc/ceph or DNS, and the key never appears on a command line. Each
 later line is one request {"id", "op", ...}; each answer is one line
 {"id", "ok": true, "result"} or {"id", "ok": false, "errno", "error"}.
@@ -43,12 +43,14 @@ def answer(msg):
 class Agent:
     def __init__(self, conn):
         t = str(conn.get('timeout', 30))
+        # The key itself (from the request's CSI secrets, on this stdin) or the operator's key file.
+        auth = {'key': conn['key']} if conn.get('key') else {'keyfile': conn['keyFile']}
         self.cluster = rados.Rados(
             conffile='/dev/null',
             rados_id=conn['user'],
             conf={
                 'mon_host': conn['monitors'],
-                'keyfile': conn['keyFile'],
+                **auth,
                 'client_mount_timeout': t,
                 'rados_mon_op_timeout': t,
                 'rados_osd_op_timeout': t,
