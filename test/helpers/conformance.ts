@@ -209,45 +209,74 @@ async function startConformanceSinter(opts: StartOptions, bound: { transport: Co
   };
 }
 
-/** The matrix's shared state: its VG (a thin pool `pool`, thick LVs beside it) and iscsid, made once for all six combinations. */
-let matrix: { vg: string; loop: string; pvDir: string } | undefined;
+/**
+ * The matrix's shared state, made once for all six combinations: its VG (a thin pool `pool`, thick
+ * LVs beside it), iscsid, and one `sinter node` (kernel initiators: open-iscsi and nvme-tcp; the node
+ * half does not depend on the backend).
+ */
+let matrix: { vg: string; loop: string; pvDir: string; node?: SinterProcess; nodeBase?: string } | undefined;
 
 /**
- * A combination's `sinter all`, shared by its suites: the first call starts it; a call with the
- * combination's base (controller-publish's restart case, after it stopped the process) starts it
- * again on the same records, as `all` whatever role was asked, so the suites after it find a
- * node service too. Suites' cleanup() leaves it running; the combination's end() stops it.
+ * A combination's sinter, shared by its suites: a `sinter controller` of its own (a controller in
+ * `all` mode knows only its own node, and the publish suite publishes to made-up ones) joined with
+ * the matrix's `sinter node` into one SinterProcess (the node's base and kubelet root, so the node
+ * suite's checks look where the node works). The first call starts the controller; a call with the
+ * view's base (controller-publish's restart case, after it stopped the controller) starts it again on
+ * the same records. Suites' cleanup() leaves it running; the combination's end() stops it.
  */
 async function startMatrixSinter(opts: StartOptions, combo: MatrixCombo): Promise<SinterProcess> {
-  if (!matrix) throw new Error('the LVM matrix is not started: call startMatrix() in beforeAll');
+  const m = matrix;
+  if (!m?.node || !m.nodeBase) throw new Error('the LVM matrix is not started: call startMatrix() in beforeAll');
   if (opts.args?.length) throw new Error(`the LVM matrix shares one sinter per combination; a suite with its own flags (${opts.args.join(' ')}) is not perBackend`);
   const restart = opts.base !== undefined;
-  if (restart && opts.base !== combo.base) throw new Error(`the LVM matrix restarts only its own sinter (${combo.base}), not ${opts.base}`);
+  if (restart && opts.base !== m.nodeBase) throw new Error(`the LVM matrix restarts only its own controller (base ${m.nodeBase}), not ${opts.base}`);
   if (!combo.base) {
     combo.base = mkdtempSync(join(tmpdir(), 'sinter-conf-'));
-    await newExporter(combo.base, combo.transport, { vg: matrix.vg });
+    await newExporter(combo.base, combo.transport, { vg: m.vg });
+    // The helpers that read volumes (volumeBytes …) find the exporter by the view's base.
+    exporters.set(m.nodeBase, exporters.get(combo.base)!);
   }
   const p = combo.proc;
   const alive = p && p.proc.exitCode === null && p.proc.signalCode === null;
   if (!alive || restart) {
     if (alive) await p.stop();
     p?.client.close();
-    combo.proc = await startSinter({ role: 'all', base: combo.base, args: ['--config', join(combo.base, 'conformance.yaml')] });
+    combo.proc = await startSinter({ role: 'controller', base: combo.base, args: ['--config', join(combo.base, 'conformance.yaml')] });
   }
-  return { ...combo.proc!, cleanup: async () => undefined };
+  const ctl = combo.proc!;
+  const node = m.node;
+  return {
+    ...ctl,
+    base: node.base,
+    kubeletRoot: node.kubeletRoot,
+    client: { identity: ctl.client.identity, controller: ctl.client.controller, groupController: ctl.client.groupController, node: node.client.node, close: () => ctl.client.close() },
+    cleanup: async () => undefined,
+  };
 }
 
-/** The matrix's set-up (test/vm/lvm-conformance.vm.test.ts's beforeAll): kernel modules, one VG with a thin pool, iscsid. */
+/** The matrix's set-up (test/vm/lvm-conformance.vm.test.ts's beforeAll): kernel modules, one VG with a thin pool, iscsid, `sinter node`. */
 export async function startMatrix(): Promise<void> {
   if (process.env.SINTER_IN_VM !== '1') throw new Error('the LVM matrix runs only in the VM guest');
   matrix = await makeVg('matrix', true);
   await ensureIscsid();
+  const nodeBase = mkdtempSync(join(tmpdir(), 'sinter-conf-node-'));
+  matrix.nodeBase = nodeBase;
+  const config = join(nodeBase, 'node.yaml');
+  writeFileSync(config, ['node:', '  initiator: kernel', `  stateDir: ${join(nodeBase, 'state')}`].join('\n'));
+  matrix.node = await startSinter({ role: 'node', base: nodeBase, args: ['--config', config] });
 }
 
-/** The matrix's tear-down: its VG, iscsid. Idempotent, also after a half-finished start. */
+/** The matrix's tear-down: `sinter node`, its VG, iscsid. Idempotent, also after a half-finished start. */
 export async function endMatrix(): Promise<void> {
-  if (matrix) await removeVg(matrix);
+  const m = matrix;
   matrix = undefined;
+  if (m?.node) await m.node.cleanup();
+  if (m?.nodeBase) {
+    exporters.delete(m.nodeBase);
+    await teardown(m.nodeBase);
+    rmSync(m.nodeBase, { recursive: true, force: true });
+  }
+  if (m) await removeVg(m);
   await iscsid?.stop();
   iscsid = undefined;
 }
@@ -261,6 +290,7 @@ export function matrixCombo(transport: LvmTransport): MatrixCombo {
       if (!base) return;
       await combo.proc?.cleanup();
       combo.proc = undefined;
+      if (matrix?.nodeBase) exporters.delete(matrix.nodeBase);
       await teardown(base);
       // Its LVs (volumes, snapshots, clones), so the next combination's sinter starts on an empty VG: one lvremove.
       if (matrix) {
