@@ -21,7 +21,7 @@ import { forceCleanupUserspace } from './userspace-cleanup.js';
  *   its own on a loop device, with a thin pool for thin) exported through
  *   that target helper; the node half uses the kernel initiator (open-iscsi,
  *   or nvme-tcp for nvmet). By hand, the whole suite for one combination; in
- *   the VM stage, test/vm/lvm-conformance.vm.test.ts runs the perBackend tests
+ *   the VM stage, test/vm/lvm-conformance-{thin,thick}.vm.test.ts runs the perBackend tests
  *   (below, conformance()) for all six, one shared sinter per combination.
  *
  * A conformance file calls conformance() once at its top: what it returns is bound to the transport
@@ -37,15 +37,13 @@ import { forceCleanupUserspace } from './userspace-cleanup.js';
  */
 export type LvmTransport = `lvm-${'thin' | 'thick'}-${'tgt' | 'lio' | 'nvmet'}`;
 export type ConformanceTransport = 'local' | 'iscsi-kernel' | 'rbd-userspace' | LvmTransport;
-/** The six LVM backend x target helper combinations, in the order test/vm/lvm-conformance.vm.test.ts runs them. */
-export const LVM_TRANSPORTS: readonly LvmTransport[] = ['lvm-thin-tgt', 'lvm-thick-tgt', 'lvm-thin-lio', 'lvm-thick-lio', 'lvm-thin-nvmet', 'lvm-thick-nvmet'];
 const lvmOf = (t: ConformanceTransport) => /^lvm-(thin|thick)-(tgt|lio|nvmet)$/.exec(t) as [string, 'thin' | 'thick', 'tgt' | 'lio' | 'nvmet'] | null;
 const ENV_TRANSPORT = (process.env.SINTER_CONFORMANCE_TRANSPORT ?? 'local') as ConformanceTransport;
 if (!['local', 'iscsi-kernel', 'rbd-userspace'].includes(ENV_TRANSPORT) && !lvmOf(ENV_TRANSPORT))
   throw new Error(`SINTER_CONFORMANCE_TRANSPORT must be local, iscsi-kernel, rbd-userspace or lvm-<thin|thick>-<tgt|lio|nvmet>, not ${ENV_TRANSPORT}`);
 
 /**
- * One combination of the LVM matrix (test/vm/lvm-conformance.vm.test.ts): every conformance suite
+ * One combination of the LVM matrix (test/vm/lvm-conformance-{thin,thick}.vm.test.ts): every conformance suite
  * imported for it shares ONE `sinter all` (started by the first suite's startSinter, replaced by a
  * restart, stopped by end()) on the matrix's volume group, so a combination pays one start, not one
  * per suite. Only the tests marked perBackend register (the rest check the services' own arguments
@@ -254,10 +252,10 @@ async function startMatrixSinter(opts: StartOptions, combo: MatrixCombo): Promis
   };
 }
 
-/** The matrix's set-up (test/vm/lvm-conformance.vm.test.ts's beforeAll): kernel modules, one VG with a thin pool, iscsid, `sinter node`. */
-export async function startMatrix(): Promise<void> {
+/** The matrix's set-up (test/vm/lvm-conformance.ts, in a file's beforeAll): kernel modules, one VG (with a thin pool when a combination is thin), iscsid, `sinter node`. */
+export async function startMatrix(transports: readonly LvmTransport[]): Promise<void> {
   if (process.env.SINTER_IN_VM !== '1') throw new Error('the LVM matrix runs only in the VM guest');
-  matrix = await makeVg('matrix', true);
+  matrix = await makeVg(`matrix-${transports.join()}`, transports.some((t) => lvmOf(t)?.[1] === 'thin'));
   await ensureIscsid();
   const nodeBase = mkdtempSync(join(tmpdir(), 'sinter-conf-node-'));
   matrix.nodeBase = nodeBase;

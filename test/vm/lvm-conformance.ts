@@ -11,21 +11,25 @@
 // unstage, create/delete idempotency, a snapshot restored and a volume cloned, expand. Tests of the
 // services' own request checks do not depend on the backend and run once, in the files' own run.
 //
-// Cost: one VG (a thin pool, thick LVs beside it) and iscsid for the whole file; one `sinter all` per
-// combination shared by its suites (plus the restart case's second start), a tgtd for the tgt ones.
+// Cost: one VG, iscsid and one `sinter node` per file; per combination one `sinter controller` shared by
+// its suites (started again by the restart case), and a tgtd for tgt. Two files, thin and thick
+// (lvm-conformance-thin.vm / -thick.vm), so the VM stage's two guests can take one each.
 import { afterAll, beforeAll, describe } from 'vitest';
-import { bindConformance, endMatrix, LVM_TRANSPORTS, matrixCombo, startMatrix } from '../helpers/conformance.js';
+import { bindConformance, endMatrix, matrixCombo, startMatrix, type LvmTransport } from '../helpers/conformance.js';
 import { requireGuest } from './guest.js';
-
-requireGuest();
 
 /** The conformance files with perBackend tests, in the order a combination runs them (the restart case first, so later suites use the restarted sinter). */
 const FILES = ['controller-publish', 'controller-volumes', 'snapshots', 'node'];
 
-beforeAll(startMatrix);
-afterAll(endMatrix);
+/** Registers the matrix for these combinations in the calling test file. */
+export function lvmConformance(transports: readonly LvmTransport[]): void {
+  requireGuest();
+  beforeAll(() => startMatrix(transports));
+  afterAll(endMatrix);
+  for (const transport of transports) registerCombo(transport);
+}
 
-for (const transport of LVM_TRANSPORTS) {
+function registerCombo(transport: LvmTransport): void {
   describe(transport, async () => {
     const combo = matrixCombo(transport);
     afterAll(() => combo.end());
