@@ -14,6 +14,8 @@ const IN_VM = process.env.SINTER_IN_VM === '1';
 // The conformance suite once more in the guest, with the kernel initiator under the node half
 // (test/helpers/conformance.ts). publish-topology drives only the controller half and tgtd, the
 // same as on the host.
+// Their perBackend tests also run for each LVM backend x target helper in test/vm/lvm-conformance-{thin,thick}.vm.test.ts,
+// which imports these files under a query of its own (a module instance per combination).
 const CONFORMANCE_IN_VM = ['controller-publish', 'node', 'controller-volumes', 'static-volumes', 'identity', 'publish-topology', 'snapshots'].map(
   (f) => `test/conformance/${f}.test.ts`,
 );

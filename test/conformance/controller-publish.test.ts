@@ -1,12 +1,15 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
-import { expectedPublishContext, startConformanceSinter as startSinter } from '../helpers/conformance.js';
+import { conformance, expectedPublishContext } from '../helpers/conformance.js';
+
+// perBackend: also run for each LVM backend x target helper (test/vm/lvm-conformance.vm.test.ts).
+const { describe, it, startSinter } = conformance();
 
 // Both initiator names, so any export (iSCSI, NVMe/TCP) can publish to them.
 const NODE_A = 'node-a;iqn.2026-11.io.sinter:node-a;;nqn.2026-11.io.sinter:node-a';
 const NODE_B = 'node-b;iqn.2026-11.io.sinter:node-b;;nqn.2026-11.io.sinter:node-b';
 
-describe('ControllerPublish/Unpublish (sinter controller: any well-formed node id)', () => {
+describe.perBackend('ControllerPublish/Unpublish (sinter controller: any well-formed node id)', () => {
   let s: SinterProcess;
   const ctl = () => s.client.controller;
   const create = async (name: string, cap: object = mountCap()) =>
@@ -30,7 +33,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect(await codeOf(ctl().ControllerPublishVolume({ volume_id: id, node_id: 'some-fake-node-id', volume_capability: mountCap() }))).toBe('NOT_FOUND');
   });
 
-  it('returns the transport context (local: the image path; iSCSI: portal, IQN, LUN), idempotently, and records the volume in-use', async () => {
+  it.perBackend('returns the transport context (local: the image path; iSCSI: portal, IQN, LUN), idempotently, and records the volume in-use', async () => {
     const id = await create('p-ok');
     const a = await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     expect(a.publish_context).toEqual(expectedPublishContext(s, id));
@@ -47,7 +50,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect(await codeOf(ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap('SINGLE_NODE_READER_ONLY') }))).toBe('ALREADY_EXISTS');
   });
 
-  it('is FAILED_PRECONDITION to publish a single-node volume to a second node', async () => {
+  it.perBackend('is FAILED_PRECONDITION to publish a single-node volume to a second node', async () => {
     const id = await create('p-2nd');
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     expect(await codeOf(ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_B, volume_capability: mountCap() }))).toBe('FAILED_PRECONDITION');
@@ -55,7 +58,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect(await codeOf(ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_B, volume_capability: mountCap() }))).toBe('OK');
   });
 
-  it('lets multi-node modes publish to several nodes', async () => {
+  it.perBackend('lets multi-node modes publish to several nodes', async () => {
     const id = await create('p-multi', blockCap('MULTI_NODE_MULTI_WRITER'));
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: blockCap('MULTI_NODE_MULTI_WRITER') });
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_B, volume_capability: blockCap('MULTI_NODE_MULTI_WRITER') });
@@ -66,7 +69,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect((await ctl().ControllerGetVolume({ volume_id: id })).status!.published_node_ids ?? []).toEqual([]);
   });
 
-  it('unpublish is idempotent, also for unknown volumes', async () => {
+  it.perBackend('unpublish is idempotent, also for unknown volumes', async () => {
     const id = await create('p-unpub');
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     await ctl().ControllerUnpublishVolume({ volume_id: id, node_id: NODE_A });
@@ -75,7 +78,7 @@ describe('ControllerPublish/Unpublish (sinter controller: any well-formed node i
     expect(await codeOf(ctl().DeleteVolume({ volume_id: id }))).toBe('OK');
   });
 
-  it('keeps publishes across a restart (the attachment table is on disk)', async () => {
+  it.perBackend('keeps publishes across a restart (the attachment table is on disk)', async () => {
     const id = await create('p-restart');
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     await s.stop();

@@ -1,9 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { asSidecar, blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
-import { hideVolumeImage, startConformanceSinter as startSinter, volumeAllocatedBytes, volumeImageSize } from '../helpers/conformance.js';
+import { conformance, hideVolumeImage, volumeAllocatedBytes, volumeImageSize } from '../helpers/conformance.js';
 import { stringMatching } from '../helpers/matchers.js';
 
-describe('Controller volumes (sinter all)', () => {
+// perBackend: also run for each LVM backend x target helper (test/vm/lvm-conformance.vm.test.ts).
+const { describe, it, startSinter } = conformance();
+
+describe.perBackend('Controller volumes (sinter all)', () => {
   let s: SinterProcess;
   let nodeId: string;
   let topology: Record<string, string>;
@@ -23,7 +26,7 @@ describe('Controller volumes (sinter all)', () => {
       expect(types).toContain(t);
   });
 
-  describe('CreateVolume', () => {
+  describe.perBackend('CreateVolume', () => {
     it('requires a name and capabilities', async () => {
       expect(await codeOf(ctl().CreateVolume({ volume_capabilities: [mountCap()] }))).toBe('INVALID_ARGUMENT');
       expect(await codeOf(ctl().CreateVolume({ name: 'no-caps' }))).toBe('INVALID_ARGUMENT');
@@ -40,7 +43,7 @@ describe('Controller volumes (sinter all)', () => {
       expect(volumeAllocatedBytes(s, r.volume!.volume_id!)).toBeLessThan(MiB);
     });
 
-    it('is idempotent by name, and ALREADY_EXISTS for an incompatible repeat', async () => {
+    it.perBackend('is idempotent by name, and ALREADY_EXISTS for an incompatible repeat', async () => {
       const req = { name: 'cv-idem', capacity_range: { required_bytes: 20 * MiB }, volume_capabilities: [mountCap('SINGLE_NODE_WRITER', 'ext4')], parameters: { mkfsOptions: '-m 0' } };
       const a = await ctl().CreateVolume(req);
       const b = await ctl().CreateVolume(req);
@@ -94,14 +97,14 @@ describe('Controller volumes (sinter all)', () => {
     });
   });
 
-  describe('DeleteVolume', () => {
+  describe.perBackend('DeleteVolume', () => {
     it('requires volume_id and succeeds for unknown or malformed ids', async () => {
       expect(await codeOf(ctl().DeleteVolume({}))).toBe('INVALID_ARGUMENT');
       expect(await codeOf(ctl().DeleteVolume({ volume_id: 'default-00000000-0000-4000-8000-000000000000' }))).toBe('OK');
       expect(await codeOf(ctl().DeleteVolume({ volume_id: '../../etc/passwd' }))).toBe('OK');
     });
 
-    it('removes the image, and refuses while the volume is published', async () => {
+    it.perBackend('removes the image, and refuses while the volume is published', async () => {
       const v = (await ctl().CreateVolume({ name: 'dv-pub', capacity_range: { required_bytes: MiB }, volume_capabilities: [blockCap()] })).volume;
       await ctl().ControllerPublishVolume({ volume_id: v!.volume_id, node_id: nodeId, volume_capability: blockCap() });
       expect(await codeOf(ctl().DeleteVolume({ volume_id: v!.volume_id }))).toBe('FAILED_PRECONDITION');
@@ -191,8 +194,8 @@ describe('Controller volumes (sinter all)', () => {
     });
   });
 
-  describe('ControllerExpandVolume', () => {
-    it('grows the image, never shrinks it, and asks the node to finish', async () => {
+  describe.perBackend('ControllerExpandVolume', () => {
+    it.perBackend('grows the image, never shrinks it, and asks the node to finish', async () => {
       const v = (await ctl().CreateVolume({ name: 'ex', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [mountCap()] })).volume;
       const r = await ctl().ControllerExpandVolume({ volume_id: v!.volume_id, capacity_range: { required_bytes: 16 * MiB }, volume_capability: mountCap() });
       expect(r).toMatchObject({ capacity_bytes: 16 * MiB, node_expansion_required: true });

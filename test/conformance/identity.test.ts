@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type SinterProcess } from '../helpers/sinter-process.js';
-import { CONFORMANCE_GROUP_SNAPSHOTS, startConformanceSinter as startSinter } from '../helpers/conformance.js';
+import { conformance } from '../helpers/conformance.js';
+
+const { groupSnapshots, startSinter } = conformance();
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -21,7 +23,7 @@ describe('Identity service (sinter all)', () => {
   it('GetPluginCapabilities offers the controller, topology and online expansion, and the group controller where the backend takes group snapshots', async () => {
     const r = await s.client.identity.GetPluginCapabilities({});
     const kinds = r.capabilities.map((c) => c.service?.type ?? `expansion:${c.volume_expansion?.type}`);
-    expect(kinds.sort()).toEqual(['CONTROLLER_SERVICE', ...(CONFORMANCE_GROUP_SNAPSHOTS ? ['GROUP_CONTROLLER_SERVICE'] : []), 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'expansion:ONLINE']);
+    expect(kinds.sort()).toEqual(['CONTROLLER_SERVICE', ...(groupSnapshots ? ['GROUP_CONTROLLER_SERVICE'] : []), 'VOLUME_ACCESSIBILITY_CONSTRAINTS', 'expansion:ONLINE']);
   });
 
   it('Probe is ready while the backend answers', async () => {

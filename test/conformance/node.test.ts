@@ -1,10 +1,13 @@
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { blockCap, codeOf, MiB, mountCap, type SinterProcess } from '../helpers/sinter-process.js';
-import { kernelSessionsTo, startConformanceSinter as startSinter, volumeBytes } from '../helpers/conformance.js';
+import { conformance, volumeBytes } from '../helpers/conformance.js';
 import { stringMatching } from '../helpers/matchers.js';
+
+// perBackend: also run for each LVM backend x target helper (test/vm/lvm-conformance.vm.test.ts).
+const { describe, it, kernelSessionsTo, startSinter } = conformance();
 
 /** Loop devices whose backing file lies under dir. */
 async function loopsUnder(dir: string): Promise<string[]> {
@@ -15,7 +18,7 @@ async function loopsUnder(dir: string): Promise<string[]> {
 const mountsUnder = (dir: string) =>
   readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${dir}/`));
 
-describe('Node service end to end (sinter all: controller + node on one socket)', () => {
+describe.perBackend('Node service end to end (sinter all: controller + node on one socket)', () => {
   let s: SinterProcess;
   let nodeId: string;
   const ctl = () => s.client.controller;
@@ -44,7 +47,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     expect(info.accessible_topology!.segments).toEqual({ 'topology.sinter.csi.io/node': 'test-node' });
   });
 
-  it('walks a mount volume through stage, publish, write, unpublish, unstage; the bytes land in the image (or LV)', async () => {
+  it.perBackend('walks a mount volume through stage, publish, write, unpublish, unstage; the bytes land in the image (or LV)', async () => {
     const { id, ctx, vctx } = await provision('n-mount', mountCap());
     const { staging, target } = paths(id);
     const stage = { volume_id: id, staging_target_path: staging, volume_capability: mountCap(), publish_context: ctx, volume_context: vctx };
@@ -70,7 +73,7 @@ describe('Node service end to end (sinter all: controller + node on one socket)'
     await ctl().DeleteVolume({ volume_id: id });
   });
 
-  it('publishes a block volume as a device file and reports its size', async () => {
+  it.perBackend('publishes a block volume as a device file and reports its size', async () => {
     const { id, ctx } = await provision('n-block', blockCap(), 16);
     const { staging, target } = paths(id);
     await node().NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: blockCap(), publish_context: ctx });

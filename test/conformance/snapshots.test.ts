@@ -1,8 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { blockCap, codeOf, MiB, type SinterProcess } from '../helpers/sinter-process.js';
-import { startConformanceSinter as startSinter, volumeBytes, writeVolumeBytes } from '../helpers/conformance.js';
+import { conformance, volumeBytes, writeVolumeBytes } from '../helpers/conformance.js';
 
-describe('Snapshots and clones (sinter all)', () => {
+// perBackend: also run for each LVM backend x target helper (test/vm/lvm-conformance.vm.test.ts).
+const { describe, it, startSinter } = conformance();
+
+describe.perBackend('Snapshots and clones (sinter all)', () => {
   let s: SinterProcess;
   const ctl = () => s.client.controller;
   let volId: string;
@@ -30,7 +33,7 @@ describe('Snapshots and clones (sinter all)', () => {
     expect(await codeOf(ctl().CreateSnapshot({ name: 'snap-1', source_volume_id: other }))).toBe('ALREADY_EXISTS');
   });
 
-  it('restores a snapshot into a new volume with the same bytes, at least the snapshot size', async () => {
+  it.perBackend('restores a snapshot into a new volume with the same bytes, at least the snapshot size', async () => {
     const snap = (await ctl().CreateSnapshot({ name: 'snap-restore', source_volume_id: volId })).snapshot;
     const small = ctl().CreateVolume({ name: 'restore-small', capacity_range: { required_bytes: MiB, limit_bytes: 2 * MiB }, volume_capabilities: [blockCap()], volume_content_source: { snapshot: { snapshot_id: snap!.snapshot_id } } });
     expect(await codeOf(small)).toBe('OUT_OF_RANGE');
@@ -42,7 +45,7 @@ describe('Snapshots and clones (sinter all)', () => {
     expect(await codeOf(ctl().CreateVolume({ name: 'restore-nf', volume_capabilities: [blockCap()], volume_content_source: { snapshot: { snapshot_id: 'default@00000000-0000-4000-8000-000000000000' } } }))).toBe('NOT_FOUND');
   });
 
-  it('clones a volume', async () => {
+  it.perBackend('clones a volume', async () => {
     const v = (await ctl().CreateVolume({ name: 'clone', capacity_range: { required_bytes: 8 * MiB }, volume_capabilities: [blockCap()], volume_content_source: { volume: { volume_id: volId } } })).volume;
     expect(v!.capacity_bytes).toBe(8 * MiB);
     const data = volumeBytes(s, v!.volume_id!);
