@@ -17,22 +17,18 @@ const RAW_VG = 'sinter-raw';
 const NQN_PREFIX = 'nqn.2026-11.io.sinter.lvm:';
 const NVME_PORTAL = '127.0.0.1:4420';
 /**
- * LVM through the two other target helpers, each on a thin and on a thick LV, each combination a backend of its own
- * (a VG on a 160 MiB loop device over the last scratch disk; a 96 MiB thin pool on the thin ones). Each runs create,
- * publish (the target serves the LV's own device), stage, write, unstage, unpublish (the export gone) and delete, and
- * one of two shapes: `grow` (ext4, a file, online growth seen by the node) or `clone` (block, snapshot, clone staged
- * through the helper with the bytes written before the snapshot), so each helper and each LVM type runs both shapes.
- * Thin and thick through tgt are the first two cases above. What is left out for a combination is a code path another
- * runs: the helpers never look at the LV type (they export /dev/<vg>/<lv>), the LVM backend never looks at the helper.
+ * Online growth of a staged volume, seen by the node, through the two other target helpers: thick through LIO, thin
+ * through nvmet, each a backend of its own (a VG on a 160 MiB loop device over the last scratch disk; a 96 MiB thin
+ * pool on the thin one). Every type × helper's create, publish, stage (mount and block), snapshot and clone read back
+ * run in the conformance matrix (lvm-conformance-{thin,thick}.vm); thin and thick through tgt are the first cases
+ * below. The helpers never look at the LV type (they export /dev/<vg>/<lv>), the LVM backend never looks at the helper.
  * The fence per helper (a revoked node's reconnect refused) does not depend on what backs the export and is proven
  * where each helper is tested: iscsi-kernel.vm (tgt), lio.vm (LIO), nvme.vm (nvmet).
  */
 const COMBOS = (
   [
-    { type: 'thin', helper: 'lio', shape: 'clone' },
     { type: 'thick', helper: 'lio', shape: 'grow' },
     { type: 'thin', helper: 'nvmet', shape: 'grow' },
-    { type: 'thick', helper: 'nvmet', shape: 'clone' },
   ] as const
 ).map((c) => ({ ...c, backend: `${c.type}-${c.helper}`, vg: `sinter-${c.type}-${c.helper}` }));
 type Helper = 'tgt' | 'lio' | 'nvmet';
@@ -53,8 +49,9 @@ const stepper = (who: string) => {
  * `sinter controller` with a thin backend (a VG with a 160 MiB thin pool on
  * /dev/vdb), a thick one (a VG on /dev/vdc) and a thick one without
  * volume_clear (a VG on /dev/vdd), exported through tgt on the guest's loopback, and `sinter node` logging in with the kernel initiator;
- * and in the same controller four more backends, thin and thick through LIO and through nvmet (COMBOS): one start for the
- * whole LVM × helper matrix.
+ * and in the same controller two more backends, thick through LIO and thin through nvmet (COMBOS), for what the
+ * conformance matrix (lvm-conformance-{thin,thick}.vm: every type × helper, snapshot and clone read back included)
+ * does not do: growth of a staged volume seen by the node through LIO and nvmet.
  */
 describe('LVM backend in the VM: sinter controller (lvm thin + thick through tgt, LIO and nvmet) + sinter node (kernel iSCSI, nvme-tcp)', () => {
   requireGuest();
@@ -327,8 +324,6 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick through tgt
       : (await kernelSessions()).filter((l) => l.split(' ')[1] === ctx.iqn);
   const mountedDevice = (staging: string) => readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === staging)?.split(' ')[0] ?? 'no mount';
   const sizeOf = async (dev: string) => Number((await execa('blockdev', ['--getsize64', dev])).stdout);
-  const readMarker = async (dev: string, len: number) =>
-    Buffer.from((await execa('dd', [`if=${dev}`, 'bs=4096', 'skip=256', 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer' })).stdout).subarray(0, len).toString('latin1');
   /** Create, publish (the target serves the LV itself), stage: the volume as a pod would have it, and its publish_context. */
   const attachCombo = async (c: (typeof COMBOS)[number], name: string, cap: VolumeCapability, source?: { snapshot: { snapshot_id: string } }) => {
     const id = (await create(name, c.backend, 16, cap, source)).volume_id;
@@ -370,39 +365,6 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick through tgt
       await ctl.client.controller.DeleteVolume({ volume_id: id });
       expect(await lvNames(c.vg)).toEqual(c.type === 'thin' ? ['pool'] : []);
       step('unstaged, unpublished, deleted');
-    },
-  );
-
-  it.each(COMBOS.filter((c) => c.shape === 'clone'))(
-    '$type LVM through $helper: create, publish (the LV itself served), stage as a block device, write, snapshot, clone from it published and staged (the bytes are there), unstage, unpublish (exports gone), delete',
-    async (c) => {
-      const step = stepper(c.backend);
-      const cap = blockCap();
-      const { id, ctx } = await attachCombo(c, `${c.backend}-vol`, cap);
-      const marker = `${c.type}-${c.helper}-marker`;
-      await writeMarker(paths(id).target, marker);
-      step('created, published, staged (block), written');
-
-      const snap = await snapshot(`${c.backend}-snap`, id);
-      // thin: a thin snapshot of the volume's LV; thick: a classic snapshot with copy-on-write space half the volume (thickSnapshotPercent 50).
-      const [attr, origin, lvSize] = (await sh(`lvs --noheadings --units b --nosuffix -o lv_attr,origin,lv_size ${c.vg}/${snapLvOf(snap)}`)).stdout.trim().split(/\s+/);
-      expect({ kind: attr?.[0], origin, lvSize: Number(lvSize) }).toEqual(c.type === 'thin' ? { kind: 'V', origin: lvOf(id), lvSize: 16 * MiB } : { kind: 's', origin: lvOf(id), lvSize: 8 * MiB });
-      await detachCombo(c, id, ctx);
-      step('snapshot; volume unstaged, unpublished');
-
-      // The clone (thin: a thin snapshot made writable; thick: a block copy), exported through the helper and staged here: the bytes written before the snapshot are there.
-      const clone = await attachCombo(c, `${c.backend}-clone`, cap, { snapshot: { snapshot_id: snap } });
-      expect(await sizeOf(paths(clone.id).target)).toBe(16 * MiB);
-      expect(await readMarker(paths(clone.id).target, marker.length)).toBe(marker);
-      await detachCombo(c, clone.id, clone.ctx);
-      step('clone published, staged as a block device, read, unstaged, unpublished');
-
-      // A thick volume's classic snapshot lives in it: the snapshot goes first.
-      await ctl.client.controller.DeleteVolume({ volume_id: clone.id });
-      await ctl.client.controller.DeleteSnapshot({ snapshot_id: snap });
-      await ctl.client.controller.DeleteVolume({ volume_id: id });
-      expect(await lvNames(c.vg)).toEqual(c.type === 'thin' ? ['pool'] : []);
-      step('deleted');
     },
   );
 });
