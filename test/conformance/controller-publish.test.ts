@@ -78,7 +78,7 @@ describe.perBackend('ControllerPublish/Unpublish (sinter controller: any well-fo
     expect(await codeOf(ctl().DeleteVolume({ volume_id: id }))).toBe('OK');
   });
 
-  it.perBackend('keeps publishes across a restart (the attachment table is on disk)', async () => {
+  it.perBackendType('keeps publishes across a restart (the attachment table is on disk)', async () => {
     const id = await create('p-restart');
     await ctl().ControllerPublishVolume({ volume_id: id, node_id: NODE_A, volume_capability: mountCap() });
     await s.stop();

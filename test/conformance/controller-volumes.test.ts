@@ -6,7 +6,7 @@ import { stringMatching } from '../helpers/matchers.js';
 // perBackend: also run for each LVM backend x target helper (test/vm/lvm-conformance.vm.test.ts).
 const { describe, it, startSinter } = conformance();
 
-describe.perBackend('Controller volumes (sinter all)', () => {
+describe.perBackendType('Controller volumes (sinter all)', () => {
   let s: SinterProcess;
   let nodeId: string;
   let topology: Record<string, string>;

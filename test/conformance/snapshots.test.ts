@@ -5,7 +5,7 @@ import { conformance, volumeBytes, writeVolumeBytes } from '../helpers/conforman
 // perBackend: also run for each LVM backend x target helper (test/vm/lvm-conformance.vm.test.ts).
 const { describe, it, startSinter } = conformance();
 
-describe.perBackend('Snapshots and clones (sinter all)', () => {
+describe.perBackendType('Snapshots and clones (sinter all)', () => {
   let s: SinterProcess;
   const ctl = () => s.client.controller;
   let volId: string;

@@ -19,9 +19,9 @@ const NVME_PORTAL = '127.0.0.1:4420';
 /**
  * Online growth of a staged volume, seen by the node, through the two other target helpers: thick through LIO, thin
  * through nvmet, each a backend of its own (a VG on a 160 MiB loop device over the last scratch disk; a 96 MiB thin
- * pool on the thin one). Every type × helper's create, publish, stage (mount and block), snapshot and clone read back
- * run in the conformance matrix (lvm-conformance-{thin,thick}.vm); thin and thick through tgt are the first cases
- * below. The helpers never look at the LV type (they export /dev/<vg>/<lv>), the LVM backend never looks at the helper.
+ * pool on the thin one). Every type × helper's publish and stage (mount and block, bytes read back) run in the
+ * conformance matrix (lvm-conformance-{thin,thick}.vm), and each type's create, snapshot, clone and expand once there
+ * (the helper exports whatever LV it is given); thin and thick through tgt are the first cases below. The helpers never look at the LV type (they export /dev/<vg>/<lv>), the LVM backend never looks at the helper.
  * The fence per helper (a revoked node's reconnect refused) does not depend on what backs the export and is proven
  * where each helper is tested: iscsi-kernel.vm (tgt), lio.vm (LIO), nvme.vm (nvmet).
  */
@@ -50,8 +50,8 @@ const stepper = (who: string) => {
  * /dev/vdb), a thick one (a VG on /dev/vdc) and a thick one without
  * volume_clear (a VG on /dev/vdd), exported through tgt on the guest's loopback, and `sinter node` logging in with the kernel initiator;
  * and in the same controller two more backends, thick through LIO and thin through nvmet (COMBOS), for what the
- * conformance matrix (lvm-conformance-{thin,thick}.vm: every type × helper, snapshot and clone read back included)
- * does not do: growth of a staged volume seen by the node through LIO and nvmet.
+ * conformance matrix (lvm-conformance-{thin,thick}.vm) does not do: growth of a staged volume seen by the node
+ * through LIO and nvmet.
  */
 describe('LVM backend in the VM: sinter controller (lvm thin + thick through tgt, LIO and nvmet) + sinter node (kernel iSCSI, nvme-tcp)', () => {
   requireGuest();
