@@ -1,5 +1,5 @@
+import { backendRefusal } from '../helpers/config-key.js';
 import { describe, expect, it } from 'vitest';
-import { ConfigError } from '../../src/config/error.js';
 import { backendSchema, parseConfig } from '../../src/config/schema.js';
 import { decodePublishContext, encodePublishContext } from '../../src/contracts/publish-context.js';
 import { parseParameters } from '../../src/controller/parameters.js';
@@ -7,14 +7,7 @@ import { classifyImage, snapshotImage } from '../../src/backends/rbd/names.js';
 import { monitorHostPort } from '../../src/node/connectors/rbd.js';
 
 const rbd = { name: 'ceph', driver: 'rbd', pool: 'kube', monitors: ['10.0.0.1:3300'], user: 'sinter', keyFile: '/etc/sinter/ceph.key' };
-const refusal = (raw: unknown) => {
-  try {
-    parseConfig(backendSchema, raw, 'backends[0]');
-  } catch (e) {
-    return (e as ConfigError).message;
-  }
-  return 'accepted';
-};
+const refusal = backendRefusal;
 
 describe('rbd backend config', () => {
   it('takes an rbd backend with the default image features and ceph-csi depth limits', () => {

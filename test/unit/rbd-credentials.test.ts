@@ -3,11 +3,11 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { PassThrough, Writable } from 'node:stream';
 import pino from 'pino';
+import { backendRefusal } from '../helpers/config-key.js';
 import { describe, expect, it } from 'vitest';
 import { AgentConnectError, RbdAgent } from '../../src/backends/rbd/agent.js';
 import { CephKeys } from '../../src/backends/rbd/credentials.js';
 import type { Backend } from '../../src/backends/backend.js';
-import { ConfigError } from '../../src/config/error.js';
 import { loadConfig } from '../../src/config/load.js';
 import { backendSchema, parseConfig } from '../../src/config/schema.js';
 import { gateOnCredentials } from '../../src/controller/credential-gate.js';
@@ -23,14 +23,7 @@ const inCall = <T>(secrets: Record<string, string> | undefined, fn: () => T): T 
   runInCall({ deadline: Infinity, cancelled: false, signal: new AbortController().signal, secrets }, fn);
 
 const rbd = { name: 'ceph', driver: 'rbd', pool: 'kube', monitors: ['10.0.0.1:3300'], user: 'sinter' };
-const refusal = (raw: unknown) => {
-  try {
-    parseConfig(backendSchema, raw, 'backends[0]');
-  } catch (e) {
-    return (e as ConfigError).message;
-  }
-  return 'accepted';
-};
+const refusal = backendRefusal;
 
 describe('rbd keyFrom: the config', () => {
   it('takes keyFrom: secrets without keyFile; refuses no key at all, and the gateway without a key file, naming keyFile', () => {
