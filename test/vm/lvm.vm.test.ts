@@ -229,11 +229,19 @@ describe('LVM backend in the VM: sinter controller (lvm thin + thick through tgt
         .toString('latin1');
   };
 
-  it('volume_clear: none leaves a deleted thick volume\'s bytes on the freed extents (what zero protects against; and the read below finds them)', async () => {
+  it('volume_clear: none leaves a deleted thick volume\'s bytes on the freed extents (what zero protects against; and the read below finds them); an inactive LV is activated by ControllerPublish', async () => {
     const id = (await create('lvm-raw-1', 'raw', 8, blockCap())).volume_id;
     await writeMarker(`/dev/${RAW_VG}/${lvOf(id)}`, 'raw-lvm-leftover');
     const readFreed = await freedExtentsReader(RAW_VG, lvOf(id), disks[2]);
     expect(await readFreed()).toBe('raw-lvm-leftover');
+    // An LV left inactive (a reboot without autoactivation) has no device node: ControllerPublish activates it
+    // before the target opens it (publish asks LVM only when the node is missing).
+    await sh(`lvchange -an ${RAW_VG}/${lvOf(id)}`);
+    expect(existsSync(`/dev/${RAW_VG}/${lvOf(id)}`)).toBe(false);
+    await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: blockCap() });
+    expect((await sh(`lvs --noheadings -o lv_active ${RAW_VG}/${lvOf(id)}`)).stdout.trim()).toBe('active');
+    expect((await execa('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'])).stdout).toContain(`Backing store path: /dev/${RAW_VG}/${lvOf(id)}`);
+    await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
     await ctl.client.controller.DeleteVolume({ volume_id: id });
     expect(await lvNames(RAW_VG)).toEqual([]);
     expect(await readFreed()).toBe('raw-lvm-leftover');
