@@ -144,7 +144,7 @@ async function rawCycle(dir, i, sizeBytes) {
  * the section's rows; `made` (given) lists what is still staged or published
  * when it throws, for the caller's clean-up.
  */
-export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log, rawDir, window: WIN = WINDOW }) {
+export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, section, idBase, tag, made, log, rawDir, parameters, window: WIN = WINDOW }) {
   const windowAt = windowOf(WIN);
   const s = node;
   const ms = Object.fromEntries(STEPS.map((k) => [k, []]));
@@ -157,7 +157,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
   const t0 = performance.now();
   let nodeId;
   const create = async (name) => {
-    const { volume } = await ctl.client.controller.CreateVolume({ name, capacity_range: { required_bytes: sizeBytes }, volume_capabilities: [cap] });
+    const { volume } = await ctl.client.controller.CreateVolume({ name, parameters, capacity_range: { required_bytes: sizeBytes }, volume_capabilities: [cap] });
     const id = volume.volume_id;
     const { publish_context: ctx } = await ctl.client.controller.ControllerPublishVolume({ volume_id: id, node_id: nodeId, volume_capability: cap });
     const v = { id, ctx, volume, ...pathsFor(id, name) };
@@ -190,7 +190,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
   ({ node_id: nodeId } = await n.NodeGetInfo({}));
   {
     // Warm-up: one whole round trip, so JIT and the tools' page cache are warm for volume 1.
-    const warm = await create('warm');
+    const warm = await create(`${tag}-warm`);
     await stage(warm);
     await publish(warm);
     await unpublish(warm);
@@ -205,7 +205,7 @@ export async function runScale({ ctl, node, cap, sizeBytes, volumes, pathsFor, s
     const rawWanted = (i) => rawDir && pts.some((p) => i > p - WIN && i <= p);
     for (let i = 1; i <= volumes; i++) {
       if (rawWanted(i)) raw[i - 1] = await rawCycle(rawDir, i, sizeBytes);
-      const v = await create(`scale-${i}`);
+      const v = await create(`${tag}-${i}`);
       all.push(v);
       ms.NodeStageVolume.push(await time(() => stage(v), 'NodeStageVolume', i - 1));
       v.staged = true;

@@ -12,15 +12,22 @@
 //    export of the same kind of LV: tgtadm calls (tgt), configfs mkdir/write/symlink (LIO, nvmet),
 //    done by this process.
 //
+// 3. Attach at scale on a real kernel (issue 16): `sinter node` (kernel initiators) stages and publishes N
+//    volumes (default 32, --scale-volumes N; thick LVs of 16 MiB, ext4) one after another through kernel
+//    iSCSI (tgt) and through NVMe/TCP (nvmet), keeps them all, then tears them down last in, first out
+//    (bench/attach-scale.mjs, as sections 7 and 7b on the host): the cost of volume N against volumes 1-8.
+//    --scale-volumes 0 skips it.
+//
 // Rounds alternate which side goes first; each ratio is the median of per-round ratios. Under TCG
 // the absolute figures are slow; the ratios are what to read. Prints a table and writes
 // .tmp/bench-vm-targets.json (the checkout is shared with the host).
 //
-//   npm run build && node test/vm/run.mjs --disks 4 --timeout 1800 -- node bench/vm-targets.mjs [--rounds N] [--reps N] [--seconds S]
+//   npm run build && node test/vm/run.mjs --disks 4 --timeout 3600 -- node bench/vm-targets.mjs [--rounds N] [--reps N] [--seconds S] [--scale-volumes N] [--scale-only]
 import { existsSync, mkdirSync, promises as fs, readFileSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { base, cleanupAll, hostExec, median, onCleanup, sleep, startSinter, track } from './lib.mjs';
+import { base, cleanupAll, hostExec, median, mountCap, onCleanup, sleep, startSinter, track } from './lib.mjs';
+import { runScale, undoScale } from './attach-scale.mjs';
 
 if (process.env.SINTER_IN_VM !== '1') {
   process.stderr.write('bench/vm-targets.mjs runs inside the VM guest: npm run bench:vm\n');
@@ -33,6 +40,9 @@ const arg = (name, dflt) => {
 const ROUNDS = arg('rounds', 3);
 const REPS = arg('reps', 5);
 const SECONDS = arg('seconds', 5);
+const SCALE_VOLUMES = arg('scale-volumes', 32);
+/** --scale-only: part 3 alone (parts 1 and 2 take ~10 min under TCG). */
+const SCALE_ONLY = process.argv.includes('--scale-only');
 
 const sh = (cmd, opts) => hostExec.run('sh', ['-c', cmd], opts);
 const log = (m) => process.stderr.write(`bench:vm ${m}\n`);
@@ -254,7 +264,7 @@ try {
     lio: { up: async () => (await lio.publish(lv), iscsiLogin(RAW_IQN, lioPortal)), down: async () => (await iscsiLogout(RAW_IQN, lioPortal), lio.unpublish()) },
     nvmet: { up: async () => (await nvm.publish(lv), nvmeConnect(RAW_NQN, rawPortal)), down: async () => (await hostExec.run('nvme', ['disconnect', '-n', RAW_NQN]), nvm.unpublish()) },
   };
-  for (const [name, p] of Object.entries(paths)) {
+  for (const [name, p] of Object.entries(SCALE_ONLY ? {} : paths)) {
     const dev = await p.up();
     const per = { rand: [], seq: [], raw: { rand: [], seq: [] }, via: { rand: [], seq: [] } };
     for (let r = 0; r < ROUNDS; r++) {
@@ -299,7 +309,7 @@ try {
   // The raw side exports an LV of the same kind, on the same VG.
   for (const name of ['tgt', 'lio', 'nvmet']) await sh(`lvcreate -qy -L 16m -n rawlv ${VGS[name]}`);
   const raws = { tgt, lio, nvmet: nvm };
-  for (const name of ['tgt', 'lio', 'nvmet']) {
+  for (const name of SCALE_ONLY ? [] : ['tgt', 'lio', 'nvmet']) {
     const dev = `/dev/${VGS[name]}/rawlv`;
     const sinterSide = async () => {
       const t = performance.now();
@@ -329,6 +339,47 @@ try {
     log(`${name}: ${JSON.stringify(results.control[name])}`);
   }
 
+  // ---- 3. attach at scale, kernel initiators
+  results.scale = {};
+  if (SCALE_VOLUMES > 0) {
+    const node = await startSinter({
+      role: 'node',
+      dir: join(base, 'scale-node'),
+      config: ['node:', '  initiator: kernel', `  stateDir: ${join(base, 'scale-node', 'state')}`, ''].join('\n'),
+      readyTimeoutMs: 600_000,
+    });
+    onCleanup(() => node.stop());
+    for (const [name, transport] of [['tgt', 'kernel iSCSI (open-iscsi) over tgt'], ['nvmet', 'NVMe/TCP (nvme-tcp) over nvmet']]) {
+      log(`attach at scale: ${SCALE_VOLUMES} volumes through ${transport}`);
+      const made = [];
+      let done = false;
+      try {
+        const rows = await runScale({
+          ctl,
+          node,
+          cap: mountCap('ext4'),
+          sizeBytes: 16 * MiB,
+          volumes: SCALE_VOLUMES,
+          parameters: { backend: name },
+          pathsFor: (id, vname) => ({
+            staging: join(node.kubeletRoot, 'plugins/kubernetes.io/csi/sinter.csi.io', id, 'globalmount'),
+            target: join(node.kubeletRoot, 'pods', `pod-${vname}`, 'volumes/kubernetes.io~csi', id, 'mount'),
+          }),
+          section: `3. Attach at scale (${transport}, LVM thick, ext4, 16 MiB, ${SCALE_VOLUMES} volumes on one node)`,
+          idBase: `vmScale.${name}`,
+          tag: `scale-${name}`,
+          made,
+          log,
+          window: Math.min(8, Math.max(1, Math.floor(SCALE_VOLUMES / 4))),
+        });
+        done = true;
+        results.scale[name] = rows.map((r) => ({ label: r.label, value: r.value, floor: r.floor, ratio: r.ratio }));
+      } finally {
+        if (!done) await undoScale(node, made);
+      }
+    }
+  }
+
   mkdirSync('.tmp', { recursive: true });
   writeFileSync('.tmp/bench-vm-targets.json', JSON.stringify(results, null, 2) + '\n');
   const f = (x, d = 2) => (x === undefined ? '-' : x.toFixed(d));
@@ -339,6 +390,12 @@ try {
     const c = results.control[name];
     console.log(`| ${name} | ${f(d?.randReadIopsRatio)} (${f(d?.through.randReadIops, 0)} / ${f(d?.raw.randReadIops, 0)}) | ${f(d?.seqReadRatio)} (${f(d?.through.seqReadMiBs, 1)} / ${f(d?.raw.seqReadMiBs, 1)}) | ${f(c?.publishUnpublishRatio)} (${f(c?.sinterMs, 0)} / ${f(c?.rawMs, 0)} ms) |`);
   }
+  for (const [name, rows] of Object.entries(results.scale)) {
+    console.log(`\n| attach at scale through ${name} | volume N | volumes 1-8 | ratio |`);
+    console.log('| --- | --- | --- | --- |');
+    for (const r of rows) console.log(`| ${r.label} | ${f(r.value, 1)} | ${f(r.floor, 1)} | ${f(r.ratio)} |`);
+  }
+
 } finally {
   await cleanupAll();
 }
