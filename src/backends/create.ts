@@ -2,22 +2,27 @@ import type { Logger } from 'pino';
 import type { BackendConfig } from '../config/types.js';
 import type { Executor } from '../exec/run.js';
 import type { Backend } from './backend.js';
-import { FileBackend } from './file/backend.js';
 import type { ReadAhead } from './file/read-ahead.js';
-import { LvmBackend } from './lvm/backend.js';
-import { RbdBackend } from './rbd/backend.js';
 
 /**
  * The one place a backend's `driver` picks its implementation (Cinder's
- * volume_driver): file, lvm, rbd.
+ * volume_driver): file, lvm, rbd. Each driver's modules are loaded only when
+ * a backend uses it: a file-only controller does not pay for LVM's and
+ * Ceph's at start-up.
  */
-export function createBackend(cfg: BackendConfig, exec: Executor, log: Logger, readAhead?: ReadAhead): Backend {
+export async function createBackend(cfg: BackendConfig, exec: Executor, log: Logger, readAhead?: ReadAhead): Promise<Backend> {
   switch (cfg.driver) {
-    case 'file':
+    case 'file': {
+      const { FileBackend } = await import('./file/backend.js');
       return new FileBackend(cfg, exec, log.child({ backend: cfg.name }), readAhead);
-    case 'rbd':
+    }
+    case 'rbd': {
+      const { RbdBackend } = await import('./rbd/backend.js');
       return new RbdBackend(cfg, exec, log.child({ backend: cfg.name }));
-    case 'lvm':
+    }
+    case 'lvm': {
+      const { LvmBackend } = await import('./lvm/backend.js');
       return new LvmBackend(cfg, exec, log.child({ backend: cfg.name }));
+    }
   }
 }

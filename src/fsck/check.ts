@@ -37,8 +37,8 @@ export interface FsckOptions {
   log?: Logger;
 }
 
-export function backendsOf(cfg: Config, exec: Executor, log: Logger): Backend[] {
-  return cfg.backends.map((b) => createBackend(b, exec, log));
+export async function backendsOf(cfg: Config, exec: Executor, log: Logger): Promise<Backend[]> {
+  return Promise.all(cfg.backends.map((b) => createBackend(b, exec, log)));
 }
 
 /** The node service `sinter node|all` would build from cfg, never started: only its read-only orphan report is used. */
@@ -76,7 +76,7 @@ export async function runFsck(cfg: Config, opts: FsckOptions): Promise<FsckRepor
   const sections: FsckSection[] = [];
 
   if (opts.scope !== 'node') {
-    for (const b of backendsOf(cfg, exec, log)) {
+    for (const b of await backendsOf(cfg, exec, log)) {
       const area = `backend ${b.name}`;
       try {
         const ins = await b.inspect();

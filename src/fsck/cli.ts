@@ -107,7 +107,7 @@ export async function fsckMain(argv: string[]): Promise<number> {
     repaired = await runFsck(cfg, { scope, exec, log });
     // Exactly what a start does, without serving.
     if (scope !== 'node')
-      for (const b of backendsOf(cfg, exec, log)) {
+      for (const b of await backendsOf(cfg, exec, log)) {
         await b.start();
         // Nothing else runs (checked above), so no lock is needed around each volume.
         await b.reconcileExports?.((_id, fn) => fn());

@@ -125,7 +125,4 @@ export async function removeFileDurable(path: string, dir?: SyncDir): Promise<bo
   return true;
 }
 
-/** Temp files this module leaves behind only when the process dies mid-write. */
-export function isAtomicTemp(name: string): boolean {
-  return name.startsWith('.') && name.endsWith('.tmp');
-}
+export { isAtomicTemp } from './temp-name.js';

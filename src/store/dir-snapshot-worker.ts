@@ -1,34 +1,48 @@
 // The worker side of dir-snapshot.ts: lists each directory, reads every
-// record file and lstats every other file, and posts one DirSnapshot per
-// directory. Kept to node:fs and two tiny modules so that it starts quickly.
+// record file and lstats every other file. It posts the names first, then the
+// record texts in chunks as it reads them (the main thread parses each chunk
+// while the worker reads the next), then the lstats. Kept to node:fs and two
+// tiny modules so that it starts quickly.
 import { lstatSync, readdirSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { isAtomicTemp } from './atomic-file.js';
-import { KIND, type DirSnapshot } from './dir-snapshot.js';
+import { KIND, SNAPSHOT_CHUNK, type SnapshotMessage } from './dir-snapshot.js';
 import { readSmallFileSync } from './read-small.js';
+import { isAtomicTemp } from './temp-name.js';
 
 const { dirs, suffix } = workerData as { dirs: string[]; suffix: string };
+const post = (m: SnapshotMessage) => parentPort!.postMessage(m);
 
-function snapshot(dir: string): DirSnapshot | undefined {
+function snapshot(dir: string): void {
   let names: string[];
   try {
     names = readdirSync(dir).sort();
   } catch {
-    return undefined;
+    post({ dir, t: 'failed' });
+    return;
   }
-  const texts: (string | null)[] = new Array<string | null>(names.length).fill(null);
+  post({ dir, t: 'names', names });
   const kinds = new Uint8Array(names.length);
   const sizes = new Float64Array(names.length);
+  let texts: (string | null)[] = [];
+  let from = 0;
   for (let i = 0; i < names.length; i++) {
+    if (texts.length === SNAPSHOT_CHUNK) {
+      post({ dir, t: 'texts', from, texts });
+      texts = [];
+      from = i;
+    }
     const name = names[i]!;
+    let text: string | null = null;
+    texts.push(null);
     if (isAtomicTemp(name)) continue;
     const path = `${dir}/${name}`;
     if (name.endsWith(suffix)) {
       try {
-        texts[i] = readSmallFileSync(path);
+        text = readSmallFileSync(path);
       } catch {
         /* unreadable: the scan reports it */
       }
+      texts[texts.length - 1] = text;
       continue;
     }
     try {
@@ -42,7 +56,8 @@ function snapshot(dir: string): DirSnapshot | undefined {
       kinds[i] = KIND.retry;
     }
   }
-  return { dir, names, texts, kinds, sizes };
+  if (texts.length) post({ dir, t: 'texts', from, texts });
+  post({ dir, t: 'stats', kinds, sizes });
 }
 
-for (const dir of dirs) parentPort!.postMessage({ dir, snap: snapshot(dir) });
+for (const dir of dirs) snapshot(dir);

@@ -3,24 +3,43 @@ import { Worker } from 'node:worker_threads';
 
 /**
  * What a record directory held when it was read ahead of start-up: every
- * name, each record file's text, and each other file's lstat. Built on a
+ * name, each record file's content, and each other file's lstat. Read on a
  * worker thread (dir-snapshot-worker.ts) while the main thread loads the
  * driver's modules, so reading 10,000 records (open, read, close each) and
- * lstat-ing their images overlaps with that instead of following it. Only
+ * lstat-ing their images overlaps with that instead of following it; the
+ * worker sends the texts in chunks and this thread parses each chunk as it
+ * arrives, so the JSON parse overlaps with the worker's reads too. Only
  * start-up uses one, before the plugin serves (nothing else writes the
  * directory then); what it holds is what a synchronous scan at that moment
- * would have read.
+ * would have read and parsed.
  */
 export interface DirSnapshot {
   dir: string;
   /** Every name in the directory, sorted as RecordStore.scan sorts them. */
   names: string[];
-  /** Per name: the text of a record file (its name ends with the suffix), null where that could not be read or the name is not a record's. */
-  texts: (string | null)[];
+  /**
+   * Per name: a record file's JSON.parse result, or UNREADABLE where the file
+   * could not be read or parsed (or the name is not a record's). Only parsed,
+   * not checked: RecordStore.scan validates it as it does a text it reads.
+   */
+  values: unknown[];
   /** Per name that is neither a record nor a temp file: 0 lstat failed (read it again live), 1 regular file, 2 anything else, 3 gone (ENOENT). */
   kinds: Uint8Array;
   sizes: Float64Array;
 }
+
+/** A record file that could not be read or parsed: the scan reports it as corrupt. */
+export const UNREADABLE: unique symbol = Symbol('unreadable record');
+
+/** Record texts per message from the worker: small enough that parsing one chunk here overlaps with reading the next. */
+export const SNAPSHOT_CHUNK = 1024;
+
+/** What the worker posts, per directory, in this order: names (or failed), texts chunks, stats. */
+export type SnapshotMessage =
+  | { dir: string; t: 'failed' }
+  | { dir: string; t: 'names'; names: string[] }
+  | { dir: string; t: 'texts'; from: number; texts: (string | null)[] }
+  | { dir: string; t: 'stats'; kinds: Uint8Array; sizes: Float64Array };
 
 export const KIND = { retry: 0, file: 1, other: 2, gone: 3 } as const;
 
@@ -75,8 +94,31 @@ export function startDirSnapshots(dirs: string[], suffix: string): Map<string, P
     giveUp();
     return out;
   }
-  worker.on('message', (m: { dir: string; snap?: DirSnapshot }) => {
-    settle.get(m.dir)?.(m.snap);
+  const building = new Map<string, DirSnapshot>();
+  worker.on('message', (m: SnapshotMessage) => {
+    if (m.t === 'names') {
+      building.set(m.dir, { dir: m.dir, names: m.names, values: new Array<unknown>(m.names.length).fill(UNREADABLE), kinds: new Uint8Array(0), sizes: new Float64Array(0) });
+      return;
+    }
+    const snap = building.get(m.dir);
+    if (m.t === 'texts' && snap) {
+      for (let j = 0; j < m.texts.length; j++) {
+        const text = m.texts[j];
+        if (text == null) continue;
+        try {
+          snap.values[m.from + j] = JSON.parse(text);
+        } catch {
+          /* stays UNREADABLE */
+        }
+      }
+      return;
+    }
+    if (m.t === 'stats' && snap) {
+      snap.kinds = m.kinds;
+      snap.sizes = m.sizes;
+    }
+    building.delete(m.dir);
+    settle.get(m.dir)?.(m.t === 'stats' ? snap : undefined);
     settle.delete(m.dir);
   });
   worker.on('error', giveUp);

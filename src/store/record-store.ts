@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { isAtomicTemp, removeFileDurable, SyncDir, writeFileAtomic } from './atomic-file.js';
-import type { DirSnapshot } from './dir-snapshot.js';
+import { UNREADABLE, type DirSnapshot } from './dir-snapshot.js';
 import { readSmallFileSync } from './read-small.js';
 
 export interface LoadReport<T> {
@@ -86,7 +86,7 @@ export class RecordStore<T> {
   /**
    * What load() would find, touching nothing: for `sinter fsck`, and for
    * start-up, which may pass what a worker read ahead (dir-snapshot.ts) so
-   * that only the parse is left here.
+   * that only the check of each parsed record is left here.
    */
   async scan(valid: (v: unknown) => v is T, pre?: DirSnapshot): Promise<ScanReport<T>> {
     const report: ScanReport<T> = { records: [], corrupt: [], temps: [], others: [] };
@@ -102,9 +102,9 @@ export class RecordStore<T> {
         continue;
       }
       try {
-        const text = pre ? pre.texts[i] : readSmallFileSync(`${this.dir}/${name}`);
-        if (text == null) throw new Error('unreadable');
-        const parsed: unknown = JSON.parse(text);
+        // Read ahead, the worker's text was parsed as it arrived; UNREADABLE where that failed.
+        const parsed: unknown = pre ? pre.values[i] : JSON.parse(readSmallFileSync(`${this.dir}/${name}`));
+        if (parsed === UNREADABLE) throw new Error('unreadable');
         if (valid(parsed) && `${this.keyOf(parsed)}${this.suffix}` === name) report.records.push(parsed);
         else report.corrupt.push(name);
       } catch {

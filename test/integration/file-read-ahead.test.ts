@@ -90,6 +90,33 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
       expect(kinds, k).toContain(k);
   });
 
+  it('a directory of many records (sent and parsed in several chunks): the same inspection, corrupt records in any chunk reported', async () => {
+    const dataDir = join(t.dir, 'many');
+    const { snap } = await messyDataDir(dataDir);
+    const vd = join(dataDir, 'volumes');
+    const template = JSON.parse(await fs.readFile(join(vd, `${snap.sourceVolumeId}.json`), 'utf8')) as VolumeRecord;
+    const ids: string[] = [];
+    for (let i = 0; i < 2600; i++) {
+      const id = newVolumeId('b1');
+      ids.push(id);
+      writeFileSync(join(vd, `${id}.json`), JSON.stringify({ ...template, id, name: `many-${i}` }));
+      if (i % 2) writeFileSync(join(vd, `${id}.img`), '');
+    }
+    // Unreadable ones spread over the sorted names, so over several chunks.
+    const sorted = [...ids].sort();
+    for (const k of [0, 1023, 1024, 2047, 2599]) writeFileSync(join(vd, `${sorted[k]}.json`), '{"id": "cut sh');
+    const layout = { name: 'b1', dataDir, ...stores(dataDir) };
+    const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
+    const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
+    expect(pre.volumes?.names.length).toBeGreaterThan(3 * 1024);
+    const withAhead = await inspectFileBackend({ ...layout, pre });
+    const without = await inspectFileBackend(layout);
+    expect(withAhead).toEqual(without);
+    const unreadable = without.findings.filter((f) => f.kind === 'unreadable-record').map((f) => f.subject);
+    for (const k of [0, 1023, 1024, 2047, 2599]) expect(unreadable).toContain(join(vd, `${sorted[k]}.json`));
+    expect(without.serve.volumes.filter((v) => v.name.startsWith('many-'))).toHaveLength(2600 - 5);
+  });
+
   it('starts a backend from the read-ahead with the same recovery and volumes as without it', async () => {
     const a = join(t.dir, 'a');
     await messyDataDir(a);

@@ -291,6 +291,17 @@ describe('node.rbd.attach: auto picks the kernel only where the rbd module is th
     expect(await make(sys, again, 'userspace').mode()).toBe('userspace');
     expect(await make(join(t.dir, 'none'), again, 'kernel').mode()).toBe('kernel');
   });
+
+  it('the start-up orphan scan on a node with no rbd mapping runs no command (no modprobe: it would load execa into every node start)', async () => {
+    const sys = join(t.dir, 'c');
+    mkdirSync(sys);
+    const fake = new FakeKrbd(sys);
+    expect(await make(sys, fake).attached()).toEqual([]);
+    expect(fake.calls).toEqual([]);
+    // The auto choice still happens at the first use.
+    expect(await make(sys, fake).mode()).toBe('userspace');
+    expect(fake.calls.map((c) => c.cmd)).toEqual(['modprobe']);
+  });
 });
 
 describe('StorageClass rbdAttach (publish_context attach, from volume_context): honoured where the node can, FAILED_PRECONDITION naming it where not', () => {

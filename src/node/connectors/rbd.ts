@@ -193,12 +193,17 @@ export class RbdConnector implements Connector {
   /**
    * Both modes' attachments (a StorageClass may have asked for the one the
    * node does not default to): kernel mappings from sysfs, user-space ones
-   * from the state dir; neither runs a command. Mappings sinter did not make
+   * from the state dir; neither runs a command (unless a mapping sinter did not
+   * make asks for the node's default mode). Mappings sinter did not make
    * are reported only where the kernel attach is the node's default: on a
    * user-space node they are the administrator's business.
    */
   async attached(): Promise<{ device: string; source: string; notReleasable?: string }[]> {
-    const [k, u, mode] = await Promise.all([this.kernel().attached(), this.userspace().attached(), this.mode()]);
+    const [k, u] = await Promise.all([this.kernel().attached(), this.userspace().attached()]);
+    // The default mode matters only for a mapping sinter did not make; asking for it
+    // otherwise would run `modprobe rbd` (and load execa) in every node's start-up.
+    const foreign = k.some((a) => a.notReleasable !== undefined);
+    const mode = foreign ? await this.mode() : undefined;
     return [...(mode === 'kernel' ? k : k.filter((a) => a.notReleasable === undefined)), ...u];
   }
 
