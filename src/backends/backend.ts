@@ -213,6 +213,17 @@ export interface Backend {
    */
   expandVolume(id: string, sizeBytes: number): Promise<VolumeRecord>;
   setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord>;
+  /**
+   * true: the controller may write an attachment record while the export
+   * changes, instead of before a publish's export and after an unpublish's
+   * revocation. Only for a backend whose records no other controller reads
+   * (no `load`) and whose reconcileExports runs before the controller serves
+   * and makes the exports match the durable records whatever a crash left:
+   * an export no record explains is removed, a recorded one restored. With
+   * CHAP secrets a publish stays in order (the CHAP record a restore needs is
+   * durable before the attachment record).
+   */
+  readonly recordsBesideExport?: boolean;
   /** initialize_connection: make the volume reachable by one node. `secrets` are ControllerPublishVolume's (CHAP). */
   exportVolume(id: string, node: NodeIdentity, readonly: boolean, secrets: Record<string, string>): Promise<PublishContext>;
   /**

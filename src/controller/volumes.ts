@@ -362,13 +362,31 @@ export class VolumeManager {
       checkNewPublish(`volume ${volumeId}`, others, nodeId, cap, this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0), this.opts.maxVolumesPerNode?.(nodeId));
       await b.beforeNewPublish?.(volumeId, node, others);
       const att = newAttachment(nodeId, cap, readonly);
+      const before = v.attachments;
+      const undo = () => b.setAttachments(volumeId, before.filter((a) => a.nodeId !== nodeId)).catch(() => undefined);
+      if (b.recordsBesideExport && Object.keys(secrets).length === 0) {
+        // Both at once: a crash at any point is settled by the start-up reconcile (an export no
+        // durable record explains goes, a recorded publish is restored), and the CO retries.
+        const [recorded, exported] = await Promise.allSettled([b.setAttachments(volumeId, [...before, att]), b.exportVolume(volumeId, node, readonly, secrets)]);
+        if (exported.status === 'rejected') {
+          await undo();
+          throw exported.reason;
+        }
+        if (recorded.status === 'rejected') {
+          // Exported but not recorded: take the export back rather than leave one nobody knows about.
+          await undo();
+          await b.unexportVolume(volumeId, node).catch((e: Error) => this.log.warn({ volume_id: volumeId, node_id: nodeId, err: e.message }, 'export left for the reconcile to remove'));
+          throw recorded.reason;
+        }
+        return exported.value;
+      }
       // Record first: a crash between the two leaves a publish the retry or the
       // reconciler completes, never an export nobody knows about.
-      await b.setAttachments(volumeId, [...v.attachments, att]);
+      await b.setAttachments(volumeId, [...before, att]);
       try {
         return await b.exportVolume(volumeId, node, readonly, secrets);
       } catch (e) {
-        await b.setAttachments(volumeId, v.attachments.filter((a) => a.nodeId !== nodeId)).catch(() => undefined);
+        await undo();
         throw e;
       }
     });
@@ -383,15 +401,34 @@ export class VolumeManager {
       const v = b.volume(volumeId);
       if (!v) return;
       if (opts.onlyIf && !opts.onlyIf()) return;
-      const leaving = v.attachments.filter((a) => !nodeId || a.nodeId === nodeId);
-      for (const a of leaving) {
-        // The id itself carries the connector properties: revoking must not
-        // depend on the node still being registered (a node gone from the cluster).
-        const node = this.nodes.lookup(a.nodeId) ?? parseNodeId(a.nodeId);
-        // Revoke access before forgetting the publish: fencing comes first.
-        if (node) await b.unexportVolume(volumeId, node);
+      const before = v.attachments;
+      const leaving = before.filter((a) => !nodeId || a.nodeId === nodeId);
+      if (leaving.length === 0) return;
+      const revoke = async () => {
+        for (const a of leaving) {
+          // The id itself carries the connector properties: revoking must not
+          // depend on the node still being registered (a node gone from the cluster).
+          const node = this.nodes.lookup(a.nodeId) ?? parseNodeId(a.nodeId);
+          if (node) await b.unexportVolume(volumeId, node);
+        }
+      };
+      const remaining = before.filter((a) => !leaving.includes(a));
+      if (b.recordsBesideExport) {
+        // The revocation starts first (it reads the attachments it leaves to the others), the record
+        // beside it: a crash at any point ends with the export gone, since the start-up reconcile
+        // removes an export no durable record explains, and restores one the record still holds.
+        const [revoked, recorded] = await Promise.allSettled([revoke(), b.setAttachments(volumeId, remaining)]);
+        if (revoked.status === 'rejected') {
+          // Not fenced yet: the publish stays recorded (in memory at least), so the retry revokes again.
+          await b.setAttachments(volumeId, before).catch(() => undefined);
+          throw revoked.reason;
+        }
+        if (recorded.status === 'rejected') throw recorded.reason;
+        return;
       }
-      if (leaving.length > 0) await b.setAttachments(volumeId, v.attachments.filter((a) => !leaving.includes(a)));
+      // Revoke access before forgetting the publish: fencing comes first.
+      await revoke();
+      await b.setAttachments(volumeId, remaining);
     });
   }
 

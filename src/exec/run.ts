@@ -50,6 +50,12 @@ export class ExecError extends Error {
 
 export interface Executor {
   run(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult>;
+  /**
+   * The path under which this process opens a host path itself, or undefined
+   * when it cannot (its commands run in another mount namespace or root, or
+   * it is a stand-in). A daemon's control socket is read this way.
+   */
+  hostPath?(path: string): string | undefined;
 }
 
 /** Options for a long-running process (qemu-nbd, nbdfuse, …). */
@@ -125,6 +131,15 @@ export class HostExecutor implements Executor {
     private readonly cfg: HostExecConfig,
     private readonly log?: Logger,
   ) {}
+
+  /**
+   * Direct mode only: under nsenter the host's files are in another mount
+   * namespace, and under chroot an absolute symlink on the host (/var/run →
+   * /run) resolves in the container's root, not the host's.
+   */
+  hostPath(path: string): string | undefined {
+    return this.cfg.mode === 'direct' ? path : undefined;
+  }
 
   /** The last iscsid found, checked again before each use (iscsid may have restarted). */
   private iscsidPid?: string;

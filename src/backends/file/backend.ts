@@ -58,6 +58,12 @@ export class FileBackend implements Backend {
    */
   private readonly target?: VolumeExport;
   readonly reconcileIntervalMs?: number;
+  /**
+   * The records are this controller's alone (no `load`), and app.ts runs the
+   * export reconcile after start() and before serving, so a publish's record
+   * may be written while its export is made. Not with `export: local`: nothing to overlap.
+   */
+  readonly recordsBesideExport: boolean;
 
   constructor(
     private readonly cfg: FileBackendConfig,
@@ -71,6 +77,7 @@ export class FileBackend implements Backend {
       this.target = createVolumeExport({ ...cfg, export: transport }, exec, log, (id) => backendOfVolume(id) === cfg.name);
       this.reconcileIntervalMs = this.target.reconcileIntervalMs;
     }
+    this.recordsBesideExport = this.target !== undefined;
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;

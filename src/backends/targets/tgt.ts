@@ -9,6 +9,7 @@ import { ExecError, type Executor } from '../../exec/run.js';
 import { poll } from '../../util/poll.js';
 import { backingSize } from '../../util/backing-size.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
+import { TgtdShowSocket } from './tgt-ipc.js';
 import { classifyTgtError, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
 
 export interface TgtConfig {
@@ -105,7 +106,11 @@ const hash = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /**
  * TargetHelper for the Linux SCSI target framework (tgt): every change is a
- * `tgtadm` call against a running tgtd, every read parses `tgtadm --op show`.
+ * `tgtadm` call against a running tgtd, every read parses what `tgtadm --op
+ * show` prints — read from tgtd's control socket without the tgtadm process
+ * where this process can open it, once that socket answered as tgtadm does
+ * (tgt-ipc.ts). Unpublish reads before it deletes, so that read is no longer a
+ * process of its own.
  * tgtd keeps nothing across its own restart, so every method re-reads the
  * daemon and converges; the controller's reconcile calls ensureTarget and
  * allowInitiator again to restore a restarted daemon.
@@ -136,6 +141,8 @@ export class TgtTargetHelper implements TargetHelper {
    */
   private readonly knownTargets = new Set<string>();
   private readonly cfg: Required<Omit<TgtConfig, 'bsoflags' | 'bsopts'>> & Pick<TgtConfig, 'bsoflags' | 'bsopts'>;
+  /** tgtd's control socket for reads, when the executor says this process can open host paths. */
+  private readonly showSocket: TgtdShowSocket | undefined;
 
   constructor(
     cfg: TgtConfig,
@@ -152,6 +159,16 @@ export class TgtTargetHelper implements TargetHelper {
       fenceTimeoutMs: 10_000,
       ...cfg,
     };
+    // tgtd names its socket "%s.%d" of /var/run/tgtd/socket and the control port (usr/mgmt.c ipc_init), 0 included.
+    const socketPath = this.exec.hostPath?.(`/var/run/tgtd/socket.${this.cfg.controlPort}`);
+    this.showSocket =
+      socketPath === undefined
+        ? undefined
+        : new TgtdShowSocket(socketPath, this.cfg.timeoutMs, (what, detail) =>
+            what === 'mismatch'
+              ? this.log?.warn(detail, "tgtd's control socket answered a show differently from tgtadm; reading with tgtadm")
+              : this.log?.debug(detail, what === 'trusted' ? "tgtd's control socket answers as tgtadm does; reads go there" : "tgtd's control socket did not answer; reading with tgtadm"),
+          );
   }
 
   iqnFor(volumeId: string): string {
@@ -187,8 +204,24 @@ export class TgtTargetHelper implements TargetHelper {
     }
   }
 
+  /** `tgtadm --op show --mode target`'s text: over tgtd's socket once it is trusted, else from tgtadm. */
+  private async showTargets(): Promise<string> {
+    const viaTgtadm = async () => (await this.tgtadm(['--op', 'show', '--mode', 'target'])).stdout;
+    if (!this.showSocket) return viaTgtadm();
+    const started = performance.now();
+    try {
+      const r = await this.showSocket.show(viaTgtadm);
+      if (r.via === 'socket') this.log?.debug({ socket: this.showSocket.path, ms: Math.round(performance.now() - started) }, 'tgtd show (socket)');
+      return r.text;
+    } catch (e) {
+      if (e instanceof DomainError) throw e;
+      // The socket's own timeout, as a timed-out tgtadm would report it.
+      throw new TgtError('other', (e as Error).message);
+    }
+  }
+
   async listTargets(): Promise<TargetInfo[]> {
-    const { stdout } = await this.tgtadm(['--op', 'show', '--mode', 'target']);
+    const stdout = await this.showTargets();
     const targets = parseTgtTargets(stdout);
     this.tidHint = targets.reduce((m, t) => Math.max(m, t.tid), 0) + 1;
     this.knownTargets.clear();
