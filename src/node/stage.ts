@@ -334,8 +334,9 @@ export interface UnstageRequest {
  * NodeUnstageVolume: refuse while the volume is still published, unmount the
  * staging mount, detach the device, remove what staging created, forget the
  * volume. A volume this node has no record of is already unstaged.
+ * Answers the transport of the record it removed (undefined: there was none).
  */
-export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c: Record<string, string>) => PublishContext): Promise<void> {
+export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c: Record<string, string>) => PublishContext): Promise<string | undefined> {
   const { volumeId } = req;
   const rec = await d.state.get(volumeId);
   if (!rec) {
@@ -347,7 +348,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
           `staging_target_path ${req.stagingPath} has a mount (${describeMount(m)}) that this node has no record of staging for volume ${volumeId}; sinter will not unmount it: check it and unmount it by hand if it is stale`,
         );
     }
-    return;
+    return undefined;
   }
   if (rec.stagingPath !== req.stagingPath)
     throw failedPrecondition(`volume ${volumeId} is staged at ${rec.stagingPath}, not at ${shown(req.stagingPath, 200)}; unstage it with that path`);
@@ -424,6 +425,7 @@ export async function unstageVolume(d: NodeDeps, req: UnstageRequest, decode: (c
       });
     }
     await d.state.remove(volumeId);
+    return rec.publishContext.transport;
   } catch (e) {
     if (refused && e === refused) throw e;
     const err = e instanceof DomainError ? e : toHostError(`unstaging volume ${volumeId}`, e);
