@@ -1,4 +1,5 @@
-import { lstat, mkdir, open, realpath, rmdir, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, realpath, rmdir, unlink } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { sameStringMap } from '../contracts/string-map.js';
 import { encodePublishContext, type PublishContext } from '../contracts/publish-context.js';
 import { alreadyExists, DomainError, failedPrecondition } from '../errors/domain-error.js';
@@ -303,7 +304,8 @@ async function withoutTable(d: NodeDeps, rec: StageRecord, visibleAt: string, vd
 
 /**
  * After the staging mount is gone: the refusal when the device is still
- * claimed, naming the mounts of it the table shows. An open that can say
+ * claimed, naming the mounts of it the table shows (or, with none there and
+ * nothing stacked on the device, saying it is held elsewhere). An open that can say
  * nothing (not EBUSY) leaves the table to decide, as before. A claim with no
  * mount in this namespace's table is looked at twice more (a holder that
  * was just letting go) before it refuses.
@@ -316,12 +318,21 @@ async function stillHeld(d: NodeDeps, volumeId: string, vdev: string, majMin: st
     const users = [...new Set(mountsOfDevice(await d.mounter.snapshot(), vdev, majMin).map((m) => m.mountPoint))];
     if (users.length) return stillMounted(volumeId, users);
     if (claim === 'unknown') return undefined;
+    // A device-mapper or md device stacked on it (a multipath map that claimed the path once it was unmounted) is
+    // the connector's to take down on detach, as it always was; a mount elsewhere or an exclusive opener is not.
+    if ((await stackedOn(vdev)).length) return undefined;
     if (attempt >= 2)
       return failedPrecondition(
         `volume ${volumeId}'s device ${vdev} is still in use after its staging path was unmounted, and this node's mount table shows no other mount of it (a mount in another mount namespace, a device-mapper table, or a process holding it open exclusively); release it, then retry NodeUnstageVolume`,
       );
     await new Promise((r) => setTimeout(r, 20 * (attempt + 1)));
   }
+}
+
+/** The devices stacked on a block device (sysfs holders: dm, md), by kernel name; none when that cannot be read. */
+async function stackedOn(device: string): Promise<string[]> {
+  const name = basename(await realpath(device).catch(() => device));
+  return readdir(`/sys/class/block/${name}/holders`).catch(() => []);
 }
 
 export interface UnstageRequest {
