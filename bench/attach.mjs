@@ -4,7 +4,7 @@
 // losetup -d sequence started by this process through the same executor
 // (execa, same options) sinter uses. Each repetition uses a fresh blank 1 GiB
 // sparse image on the same filesystem, so both sides format every time.
-import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { lstat, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, sparseImage, startSinter, writeFileAtomic } from './lib.mjs';
@@ -12,6 +12,19 @@ import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, 
 export const RAW = 'losetup --find --show IMG; [blkid -p -o export DEV: timed on its own line, not in the floor]; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING; mount --bind STAGING TARGET; umount TARGET; umount STAGING; losetup --detach DEV';
 
 const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
+
+/** CPU (ms) of all of a process's threads so far, from each thread's schedstat (ns): the main thread, libuv's pool, V8's helpers. */
+function threadsCpuMs(pid) {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return ns / 1e6;
+}
 
 async function driverOnce(s, nodeId, i) {
   const cap = mountCap('ext4');
@@ -29,10 +42,12 @@ async function driverOnce(s, nodeId, i) {
     ms[name] = performance.now() - t;
   };
   const n = s.client.node;
+  const cpu0 = threadsCpuMs(s.pid);
   await step('NodeStageVolume', () => n.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: cap, publish_context: ctx, volume_context: volume.volume_context }));
   await step('NodePublishVolume', () => n.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: cap, publish_context: ctx }));
   await step('NodeUnpublishVolume', () => n.NodeUnpublishVolume({ volume_id: id, target_path: target }));
   await step('NodeUnstageVolume', () => n.NodeUnstageVolume({ volume_id: id, staging_target_path: staging }));
+  ms.cpu = threadsCpuMs(s.pid) - cpu0;
   await s.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
   await s.client.controller.DeleteVolume({ volume_id: id });
   return ms;
@@ -46,12 +61,15 @@ async function rawOnce(dir, i) {
   mkdirSync(target, { recursive: true });
   await sparseImage(img, GiB);
   const ms = {};
+  const cpu0 = process.cpuUsage();
   let t = performance.now();
   const dev = (await hostExec.run('losetup', ['--find', '--show', img])).stdout.trim();
   const attachMs = performance.now() - t;
   // Not part of the floor: the probe sinter's safety rule 1 adds before mkfs, timed to report on its own line.
   t = performance.now();
+  const probeCpu0 = process.cpuUsage();
   await hostExec.run('blkid', ['-p', '-o', 'export', dev], { okExitCodes: [2] });
+  const probeCpu = process.cpuUsage(probeCpu0);
   ms.probe = performance.now() - t;
   t = performance.now();
   await hostExec.run('mkfs.ext4', ['-q', dev]);
@@ -67,6 +85,9 @@ async function rawOnce(dir, i) {
   await hostExec.run('umount', [staging]);
   await hostExec.run('losetup', ['--detach', dev]);
   ms.NodeUnstageVolume = performance.now() - t;
+  // The bench process's CPU for the raw commands (the parent's side of each fork and exec), the probe left out.
+  const used = process.cpuUsage(cpu0);
+  ms.cpu = (used.user + used.system - probeCpu.user - probeCpu.system) / 1000;
   rmSync(join(dir, `raw-${i}`), { recursive: true, force: true });
   rmSync(img, { force: true });
   return ms;
@@ -229,6 +250,19 @@ export async function attachBench({ reps, log }) {
     floor: median(rawPlus),
     ratio: median(ours),
     ratios: ours,
+  });
+  // CPU moves far less than wall time with other work on the machine: sinter's process (all threads) over the four
+  // RPCs against this process's over the raw commands (each forks and execs as many host commands, plus the probe).
+  const cpuRatios = got.sinter.map((m, i) => m.cpu / got.raw[i].cpu);
+  rows.push({
+    id: 'attach.cpu',
+    section,
+    label: 'CPU per Stage+Publish+Unpublish+Unstage (sinter, all threads; floor: the bench process for the raw commands)',
+    unit: 'ms',
+    value: median(got.sinter.map((m) => m.cpu)),
+    floor: median(got.raw.map((m) => m.cpu)),
+    ratio: median(cpuRatios),
+    ratios: cpuRatios,
   });
   for (const k of STEPS) {
     const ratios = got.sinter.map((m, i) => m[k] / got.raw[i][k]);

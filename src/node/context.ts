@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { lstat, stat } from 'node:fs/promises';
 import { basename, posix } from 'node:path';
 import type { Logger } from 'pino';
 import type { KeyedLock } from '../csi/locks.js';
@@ -44,6 +44,17 @@ export async function deviceMajMin(path: string): Promise<string | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether the directory at path (not followed) lies on the filesystem of the
+ * block device: its st_dev is the device's number, as mountinfo's
+ * major:minor is. Only ever a yes that the table would also give; btrfs
+ * (anonymous device numbers) and anything unexpected answer no.
+ */
+export async function liesOnDevice(path: string, device: string): Promise<boolean> {
+  const [t, dev] = await Promise.all([lstat(path, { bigint: true }).catch(() => undefined), stat(device, { bigint: true }).catch(() => undefined)]);
+  return t !== undefined && dev !== undefined && t.isDirectory() && dev.isBlockDevice() && t.dev === dev.rdev;
 }
 
 /**

@@ -1,5 +1,5 @@
-import { constants } from 'node:fs';
-import { lstat, open, readFile, stat } from 'node:fs/promises';
+import { closeSync, constants, open as openFd, readFileSync } from 'node:fs';
+import { lstat, readFile, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { failedPrecondition } from '../errors/domain-error.js';
 import { ExecError, type Executor } from '../exec/run.js';
@@ -191,23 +191,38 @@ export class MountSnapshot {
 const O_PATH = 0o10000000;
 const MNT_ID_RE = /^mnt_id:\s*(\d+)$/m;
 
-/** The id of the mount path lies on (what the kernel's mountinfo calls its first field), from the fdinfo of an O_PATH fd; undefined when that cannot be told. */
-async function mountIdOf(path: string): Promise<number | undefined> {
-  let fh;
+const openPath = (path: string) =>
+  new Promise<number>((resolve, reject) => openFd(path, O_PATH | constants.O_NOFOLLOW, (e, fd) => (e ? reject(e) : resolve(fd))));
+
+/**
+ * The id of the mount path lies on (what the kernel's mountinfo calls its
+ * first field), from the fdinfo of an O_PATH fd; undefined when that cannot
+ * be told. The lookup of path goes through the thread pool; the fdinfo read
+ * and the close do not: procfs is generated in memory and never waits on a
+ * disk, and closing an O_PATH descriptor releases only the path. Each
+ * thread-pool round trip is a wake-up of two threads, which on a busy node
+ * costs more than the work (an attach asks this of a path up to six times).
+ */
+async function mountIdOf(path: string): Promise<number | 'absent' | undefined> {
+  let fd: number;
   try {
-    fh = await open(path, O_PATH | constants.O_NOFOLLOW);
-    const m = MNT_ID_RE.exec(await readFile(`/proc/self/fdinfo/${fh.fd}`, 'utf8'));
+    fd = await openPath(path);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'absent' : undefined;
+  }
+  try {
+    const m = MNT_ID_RE.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
     return m ? Number(m[1]) : undefined;
   } catch {
     return undefined;
   } finally {
-    await fh?.close().catch(() => undefined);
+    closeSync(fd);
   }
 }
 
 /**
  * Whether something is mounted at path (resolved form): false when path lies
- * on the same mount as its parent directory, true when on another, undefined
+ * on the same mount as its parent directory or does not exist in it, true when on another, undefined
  * when that cannot be told (the path is missing, /proc lacks the field). A
  * bind mount of a directory of the same filesystem is a mount of its own, so
  * it counts, unlike a device-number comparison. Constant cost: reading
@@ -217,7 +232,10 @@ export async function isMountPoint(path: string): Promise<boolean | undefined> {
   const parent = dirname(path);
   if (parent === path) return undefined;
   const [own, up] = await Promise.all([mountIdOf(path), mountIdOf(parent)]);
-  return own === undefined || up === undefined ? undefined : own !== up;
+  if (own === undefined || up === undefined || up === 'absent') return undefined;
+  // Nothing is mounted on a name that does not exist in an existing directory (a publish's target before it is
+  // made): answered here, not by the whole table, which a publish then read every time.
+  return own === 'absent' ? false : own !== up;
 }
 
 export function isReadOnly(m: MountEntry): boolean {

@@ -1,7 +1,7 @@
 import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { answersAtOnce } from '../csi/call-context.js';
-import { decodePublishContext, parseRbdAttach, PublishContextError, RBD_ATTACH_KEY, type PublishContext } from '../contracts/publish-context.js';
+import { decodePublishContext, encodePublishContext, parseRbdAttach, PublishContextError, RBD_ATTACH_KEY, type PublishContext } from '../contracts/publish-context.js';
 import { failedPrecondition, invalidArgument } from '../errors/domain-error.js';
 import { KeyedLock } from '../csi/locks.js';
 import type { NodeImpl } from '../csi/messages.js';
@@ -161,7 +161,10 @@ export class NodeService {
     this.stats = { transports: this.deps.connectors.all().map((c) => c.transport), staged: new Map(), orphanSessions: {} };
   }
 
-  /** Follows the volume's stage record after a stage or unstage (whatever its outcome) for the staged-volumes gauge. */
+  /**
+   * Follows the volume's stage record after a stage or unstage that failed (its record may say anything) for the
+   * staged-volumes gauge. One that succeeded needs no read: a stage leaves the record staged, an unstage none.
+   */
   private async track(volumeId: string): Promise<void> {
     const rec = await this.deps.state.get(volumeId).catch(() => undefined);
     if (rec?.phase === 'staged') this.stats.staged.set(volumeId, rec.publishContext.transport ?? 'unknown');
@@ -169,10 +172,10 @@ export class NodeService {
   }
 
   /** Runs one attach operation, timing it for attachObserver when it succeeds. */
-  private async timed<T>(operation: AttachOperation, transport: () => string | undefined, fn: () => Promise<T>): Promise<T> {
+  private async timed<T>(operation: AttachOperation, transport: (out: T) => string | undefined, fn: () => Promise<T>): Promise<T> {
     const started = performance.now();
     const out = await fn();
-    const t = this.attachObserver && transport();
+    const t = this.attachObserver && transport(out);
     if (t) this.attachObserver!(t, operation, (performance.now() - started) / 1000);
     return out;
   }
@@ -228,7 +231,7 @@ export class NodeService {
           // Looked at again under the lock: an unstage that held it may have removed the directory meanwhile.
           const staging = await d.paths.check('staging_target_path', req.staging_target_path);
           try {
-            return await this.timed('stage', () => publishContext.transport, () =>
+            await this.timed('stage', () => publishContext.transport, () =>
               stageVolume(d, {
                 volumeId,
                 stagingPath: staging.path,
@@ -240,9 +243,12 @@ export class NodeService {
                 secrets: mapOf(req.secrets),
               }),
             );
-          } finally {
+          } catch (e) {
             await this.track(volumeId);
+            throw e;
           }
+          // The record stageVolume wrote last says staged, from this connection.
+          this.stats.staged.set(volumeId, encodePublishContext(publishContext).transport ?? 'unknown');
         });
         return {};
       },
@@ -251,15 +257,16 @@ export class NodeService {
         const volumeId = checkVolumeId(req.volume_id);
         const staging = await d.paths.check('staging_target_path', req.staging_target_path);
         await this.volumeLock(volumeId, [staging.resolved], async () => {
-          // Read before: the record (and with it the transport) is gone once unstaged.
-          const transport = (await d.state.get(volumeId).catch(() => undefined))?.publishContext.transport;
           try {
-            return await this.timed('unstage', () => transport, () =>
+            // unstageVolume answers the transport of the record it removed (undefined: there was none).
+            await this.timed('unstage', (transport) => transport, () =>
               unstageVolume(d, { volumeId, stagingPath: staging.path, stagingResolved: staging.resolved }, recordedContext),
             );
-          } finally {
+          } catch (e) {
             await this.track(volumeId);
+            throw e;
           }
+          this.stats.staged.delete(volumeId);
         });
         return {};
       },

@@ -80,8 +80,18 @@ export class StageState {
 
   async put(rec: StageRecord): Promise<void> {
     checked(rec.volumeId);
-    await this.init();
-    await this.store.put({ ...rec, updatedAt: new Date().toISOString() });
+    const stamped = { ...rec, updatedAt: new Date().toISOString() };
+    try {
+      await this.store.put(stamped);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      // The directory is made at start and on the first write after it went away (removed by hand), not before
+      // every write: a mkdir per write was a thread-pool round trip in every stage, publish and unpublish. The
+      // descriptor held for its fsyncs is reopened, so they reach the new directory.
+      await this.store.close();
+      await this.init();
+      await this.store.put(stamped);
+    }
     // After a load in progress, so what it read (old or new) is overwritten by the newest.
     if (this.loading) (await this.loading).set(rec.volumeId, rec.stagingPath);
   }

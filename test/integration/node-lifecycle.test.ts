@@ -1,10 +1,11 @@
 import { Code } from '../../src/errors/domain-error.js';
 import { asSidecar } from '../helpers/sinter-process.js';
 import { existsSync } from 'node:fs';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { NodeEnv, blockCap, mountCap, MiB } from '../helpers/node-env.js';
+import { NodeEnv, blockCap, csiError, mountCap, MiB } from '../helpers/node-env.js';
 
 let env: NodeEnv;
 // A fresh node world per test, cleaned up (unmounted, detached) however the test ends.
@@ -115,6 +116,80 @@ describe('one volume, two pods', () => {
     expect(await env.mountsUnder()).toEqual([]);
   });
 });
+
+describe('unstage finds every other mount of the volume without reading the mount table', () => {
+  const recordPhase = async (vol: string) => (JSON.parse(await readFile(join(env.stateDir, 'volumes', `${vol}.json`), 'utf8')) as { phase: string }).phase;
+
+  it('a bind of the staging path nobody recorded refuses the unstage, naming it, and the refusal changes nothing', async () => {
+    const file = await env.image('byhand.img', 64 * MiB);
+    const vol = 'file-byhand-0001';
+    const stage = env.stageReq(vol, file, mountCap('ext4'));
+    await env.h.NodeStageVolume(stage);
+    await writeFile(join(stage.staging_target_path, 'data'), 'kept');
+    const byHand = join(env.dir, 'by-hand');
+    await mkdir(byHand);
+    await env.sh('mount', ['--bind', stage.staging_target_path, byHand]);
+
+    const busy = await csiError(env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path }));
+    expect(busy.code).toBe(Code.FAILED_PRECONDITION);
+    expect(busy.message).toContain(byHand);
+    expect(busy.message).toContain('unpublish');
+    // The stage is as it was: mounted, recorded as staged, publishable.
+    expect((await env.mountsUnder()).map((m) => m.mountPoint).sort()).toEqual([byHand, stage.staging_target_path].sort());
+    expect(await readFile(join(stage.staging_target_path, 'data'), 'utf8')).toBe('kept');
+    expect(await recordPhase(vol)).toBe('staged');
+    const target = env.target(vol);
+    await env.h.NodePublishVolume({ volume_id: vol, staging_target_path: stage.staging_target_path, target_path: target, volume_capability: mountCap('ext4') });
+    expect(await readFile(join(target, 'data'), 'utf8')).toBe('kept');
+    await env.h.NodeUnpublishVolume({ volume_id: vol, target_path: target });
+
+    await env.sh('umount', [byHand]);
+    await env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path });
+    expect(await env.mountsUnder()).toEqual([]);
+    expect(await loopsOf(file)).toEqual([]);
+  });
+
+  it('a mount of the volume in another mount namespace (invisible in this one\'s table) refuses the unstage until it is gone', async () => {
+    const file = await env.image('otherns.img', 64 * MiB);
+    const vol = 'file-otherns-0001';
+    const stage = env.stageReq(vol, file, mountCap('ext4'));
+    await env.h.NodeStageVolume(stage);
+    await writeFile(join(stage.staging_target_path, 'data'), 'kept');
+    // A private copy of this namespace's mounts, the staging mount among them, held while the process lives.
+    const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '300'], { stdio: 'ignore' });
+    const gone = new Promise((r) => holder.once('exit', r));
+    try {
+      await waitFor(async () => (await readFile(`/proc/${holder.pid}/mountinfo`, 'utf8').catch(() => '')).includes(stage.staging_target_path));
+      const busy = await csiError(env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path }));
+      expect(busy.code).toBe(Code.FAILED_PRECONDITION);
+      expect(busy.message).toContain('another mount namespace');
+      // Mounted again and still recorded as staged: nothing was detached under the other namespace's mount.
+      expect((await env.mountsUnder()).map((m) => m.mountPoint)).toEqual([stage.staging_target_path]);
+      expect(await readFile(join(stage.staging_target_path, 'data'), 'utf8')).toBe('kept');
+      expect(await recordPhase(vol)).toBe('staged');
+      expect(await loopsOf(file)).toHaveLength(1);
+    } finally {
+      holder.kill('SIGKILL');
+      await gone;
+    }
+    // The namespace's mounts go shortly after its last process: the retry finishes once they have.
+    await waitFor(() =>
+      env.h.NodeUnstageVolume({ volume_id: vol, staging_target_path: stage.staging_target_path }).then(
+        () => true,
+        () => false,
+      ),
+    );
+    expect(await env.mountsUnder()).toEqual([]);
+    expect(await loopsOf(file)).toEqual([]);
+  });
+});
+
+async function waitFor(ok: () => Promise<boolean>, ms = 5000): Promise<void> {
+  for (const end = Date.now() + ms; !(await ok()); ) {
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 describe('concurrency', () => {
   it('volumes staged at the same time each get their own loop device; repeated calls for one volume answer ABORTED while one runs and never stack mounts', async () => {

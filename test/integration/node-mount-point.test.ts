@@ -82,9 +82,12 @@ describe('isMountPoint / Mounter.mounted and at: a mount point told from the pat
     expect((await mounter.at(file))?.root).toBe('/null');
   });
 
-  it('a missing path or / cannot be told that way, and the table answers', async () => {
-    expect(await isMountPoint(join(t.dir, 'missing'))).toBeUndefined();
+  it('a name missing from an existing directory is no mount point (a publish target before it is made); a path under a missing directory, or /, cannot be told that way, and the table answers', async () => {
+    expect(await isMountPoint(join(t.dir, 'missing'))).toBe(false);
     expect(await mounter.mounted(join(t.dir, 'missing'))).toBe(false);
+    expect(await mounter.at(join(t.dir, 'missing'))).toBeUndefined();
+    expect(await isMountPoint(join(t.dir, 'missing', 'deeper'))).toBeUndefined();
+    expect(await mounter.mounted(join(t.dir, 'missing', 'deeper'))).toBe(false);
     expect(await isMountPoint('/')).toBeUndefined();
     expect(await mounter.mounted('/')).toBe(true);
   });
