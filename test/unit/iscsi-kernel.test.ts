@@ -1,5 +1,5 @@
 import { Code } from '../../src/errors/domain-error.js';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { KernelIscsiInitiator } from '../../src/node/connectors/iscsi/kernel.js';
 import { parseSessionFlat, parseSessionTree } from '../../src/node/connectors/iscsi/iscsiadm-parse.js';
 import type { ExecResult } from '../../src/exec/run.js';
@@ -179,6 +179,34 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     expect(exec.lines.some((l) => l.endsWith('--login'))).toBe(false);
     expect(exec.lines.some((l) => l.includes('--op new'))).toBe(false);
     expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host0/scan', data: '0 0 1' }]);
+  });
+
+  it("takes the session's SCSI host from iscsiadm's listing in one look, without walking every iSCSI host (one per session: O(sessions) per call)", async () => {
+    for (let h = 1; h <= 40; h++) sysfs.addSession(h, 100 + h);
+    sysfs.addNonDisk(0, 1, 0);
+    sysfs.addDisk(0, 1, 1, 'sda');
+    const lists = vi.spyOn(sysfs.tree, 'list');
+    const looks = vi.spyOn(sysfs.tree, 'exists');
+    const init = make(host({ sessionsBefore: 'session-p3-one', nodeExists: true }));
+    expect((await init.connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).devicePath).toBe(`${sysfs.dev}/sda`);
+    expect(await init.find({ portals: [P1], iqn: T1, lun: 1 })).toBe(`${sysfs.dev}/sda`);
+    await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(lists.mock.calls.filter(([rel]) => rel === 'class/iscsi_host')).toEqual([]);
+    expect(looks.mock.calls.filter(([rel]) => rel.startsWith('class/iscsi_host/')).every(([rel]) => rel === 'class/iscsi_host/host0/device/session1')).toBe(true);
+    expect(sysfs.writes).toEqual([
+      { path: 'class/scsi_host/host0/scan', data: '0 0 1' },
+      { path: 'block/sda/device/delete', data: '1' },
+    ]);
+  });
+
+  it('finds the session under its real host when the listed one does not hold it', async () => {
+    // The listing (recorded) says host 0; sysfs has the session under host 7.
+    sysfs.addSession(0, 99);
+    sysfs.addNonDisk(7, 1, 0);
+    sysfs.addDisk(7, 1, 1, 'sda');
+    const a = await make(host({ sessionsBefore: 'session-p3-one', nodeExists: true })).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+    expect(a.paths).toEqual([{ portal: P1, device: `${sysfs.dev}/sda`, sid: 1, hctl: '7:0:0:1' }]);
+    expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host7/scan', data: '0 0 1' }]);
   });
 
   it('treats exit 15 (session exists, a racing login) as success', async () => {

@@ -8,7 +8,7 @@ import { ExecError, type Executor } from '../../exec/run.js';
 import { poll, realClock, type Clock } from '../../util/poll.js';
 import { parseMountInfo } from '../mount.js';
 import type { Connector, DeviceCondition } from './connector.js';
-import { controllerAt, NvmeSysfs, type NvmeController } from './nvme-sysfs.js';
+import { controllerAt, NvmeSysfs, type NvmeController, type NvmeSubsystem } from './nvme-sysfs.js';
 import { SysfsTree } from './sysfs.js';
 
 type NvmeContext = Extract<PublishContext, { transport: 'nvmeof' }>;
@@ -126,12 +126,18 @@ export class NvmeConnector implements Connector {
     if (asked.length > 0) throw invalidArgument(`secrets: ${asked.join(', ')} asks for NVMe in-band authentication (DH-HMAC-CHAP), which sinter does not support yet`);
     const portals = this.portals(c);
     return this.locks.run(c.nqn, async () => {
-      const before = await this.nvme.namespaceDevice(c.nqn, c.nsid);
+      // Proving a new volume's subsystem absent reads every subsystem's NQN once; the portal checks and the wait below then reuse what it found.
+      let sub: NvmeSubsystem | null | undefined = await this.nvme.subsystem(c.nqn);
+      const before = await this.nvme.namespaceDevice(c.nqn, c.nsid, sub);
       await this.ensureModules();
       const failures: DomainError[] = [];
       let up = 0;
+      let ctrls: NvmeController[] | undefined;
       for (const p of portals) {
-        const have = this.ofSubsystem(await this.nvme.controllers(), c.nqn).find((x) => controllerAt(x, p.host, p.port) && !x.state.startsWith('deleting'));
+        // After a connect made (or joined) the subsystem, it is found among those that appeared since, without a full scan.
+        if (sub === undefined) sub = await this.nvme.subsystem(c.nqn);
+        ctrls ??= this.ofSubsystem(await this.nvme.controllersOf(c.nqn, sub), c.nqn);
+        const have = ctrls.find((x) => controllerAt(x, p.host, p.port) && !x.state.startsWith('deleting'));
         if (have) {
           this.log?.debug({ nqn: c.nqn, portal: p.text, controller: have.name, state: have.state }, 'reusing NVMe controller');
           up++;
@@ -139,6 +145,8 @@ export class NvmeConnector implements Connector {
         }
         try {
           await this.connectPortal(c.nqn, p);
+          sub = undefined;
+          ctrls = undefined;
           up++;
         } catch (e) {
           const de = e instanceof DomainError ? e : internal((e as Error).message);
@@ -210,7 +218,8 @@ export class NvmeConnector implements Connector {
   }
 
   private async disconnectLocked(nqn: string, nsid: number): Promise<boolean> {
-    const namespaces = (await this.nvme.namespaces()).filter((n) => n.nqn === nqn);
+    const sub = await this.nvme.subsystem(nqn);
+    const namespaces = await this.nvme.namespacesOf(nqn, sub);
     const mine = namespaces.find((n) => n.nsid === nsid);
     if (mine) {
       const busy = await this.inUse(mine.device);
@@ -221,7 +230,7 @@ export class NvmeConnector implements Connector {
       this.log?.info({ nqn, nsid, others: others.map((o) => o.device) }, 'other namespaces of the subsystem are attached; keeping its controllers');
       return false;
     }
-    const ctrls = this.ofSubsystem(await this.nvme.controllers(), nqn);
+    const ctrls = this.ofSubsystem(await this.nvme.controllersOf(nqn, sub), nqn);
     for (const ctrl of ctrls) {
       // What `nvme disconnect -d` does; a controller already gone is success.
       await this.sysfs.write(`class/nvme/${ctrl.name}/delete_controller`, '1').catch((e: NodeJS.ErrnoException) => {
@@ -229,7 +238,9 @@ export class NvmeConnector implements Connector {
       });
       this.log?.info({ nqn, controller: ctrl.name }, 'NVMe controller deleted');
     }
-    const gone = await poll(async () => (this.ofSubsystem(await this.nvme.controllers(), nqn).length === 0 ? true : undefined), {
+    // Gone: each deleted controller's directory, or its number now another subsystem's (the kernel reuses it at once).
+    const stillThere = async (x: NvmeController) => (await this.sysfs.read(`class/nvme/${x.name}/subsysnqn`)) === nqn;
+    const gone = await poll(async () => ((await Promise.all(ctrls.map(stillThere))).some(Boolean) ? undefined : true), {
       initialMs: 50,
       maxMs: 500,
       timeoutMs: this.cfg.removalTimeoutMs ?? 15_000,
@@ -247,16 +258,17 @@ export class NvmeConnector implements Connector {
    */
   async rescan(ctx: PublishContext, _device: string): Promise<void> {
     const c = asNvme(ctx);
-    const ctrls = this.ofSubsystem(await this.nvme.controllers(), c.nqn).filter((x) => x.state === 'live');
+    const ctrls = this.ofSubsystem(await this.nvme.controllersOf(c.nqn), c.nqn).filter((x) => x.state === 'live');
     if (ctrls.length === 0) throw failedPrecondition(`no live NVMe controller of ${c.nqn} on this node to rescan; stage the volume again`);
     for (const ctrl of ctrls) await this.sysfs.write(`class/nvme/${ctrl.name}/rescan_controller`, '1').catch(() => undefined);
   }
 
   async condition(ctx: PublishContext, device: string): Promise<DeviceCondition> {
     const c = asNvme(ctx);
-    const kernel = await this.nvme.namespaceDevice(c.nqn, c.nsid);
+    const sub = await this.nvme.subsystem(c.nqn);
+    const kernel = await this.nvme.namespaceDevice(c.nqn, c.nsid, sub);
     if (!kernel) return { abnormal: true, attached: false, message: `no NVMe controller of ${c.nqn} on this node shows namespace ${c.nsid} any more` };
-    const ctrls = this.ofSubsystem(await this.nvme.controllers(), c.nqn);
+    const ctrls = this.ofSubsystem(await this.nvme.controllersOf(c.nqn, sub), c.nqn);
     const down = ctrls.filter((x) => x.state !== 'live').map((x) => `${x.name} at ${x.traddr ?? '?'}:${x.trsvcid ?? '?'} is ${x.state}`);
     const found = this.sysfs.dev(kernel);
     const same = found === device || (await realpath(device).catch(() => device)) === (await realpath(found).catch(() => found));

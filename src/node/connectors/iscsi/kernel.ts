@@ -274,14 +274,23 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     }
   }
 
-  /** os-brick's get_hctl: host from the session's sysfs path, channel:target from its target dir (unknown before a scan). */
+  /**
+   * os-brick's get_hctl: host from the session's sysfs path, channel:target
+   * from its target dir (unknown before a scan). The host iscsiadm listed is
+   * checked first (one look: each session has a host of its own, so walking
+   * them all costs O(sessions) per call); the walk is left for a listing
+   * without a host or one that no longer holds the session.
+   */
   private async hctl(sid: number, listedHost: number | undefined): Promise<{ host: number; channel?: number; id?: number } | undefined> {
     let host: number | undefined;
-    for (const h of await this.sysfs.list('class/iscsi_host')) {
-      const m = /^host(\d+)$/.exec(h);
-      if (m && (await this.sysfs.exists(`class/iscsi_host/${h}/device/session${sid}`))) {
-        host = Number(m[1]);
-        break;
+    if (listedHost !== undefined && (await this.sysfs.exists(`class/iscsi_host/host${listedHost}/device/session${sid}`))) host = listedHost;
+    else {
+      for (const h of await this.sysfs.list('class/iscsi_host')) {
+        const m = /^host(\d+)$/.exec(h);
+        if (m && (await this.sysfs.exists(`class/iscsi_host/${h}/device/session${sid}`))) {
+          host = Number(m[1]);
+          break;
+        }
       }
     }
     host ??= listedHost;
