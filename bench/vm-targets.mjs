@@ -391,7 +391,7 @@ try {
     console.log(`| ${name} | ${f(d?.randReadIopsRatio)} (${f(d?.through.randReadIops, 0)} / ${f(d?.raw.randReadIops, 0)}) | ${f(d?.seqReadRatio)} (${f(d?.through.seqReadMiBs, 1)} / ${f(d?.raw.seqReadMiBs, 1)}) | ${f(c?.publishUnpublishRatio)} (${f(c?.sinterMs, 0)} / ${f(c?.rawMs, 0)} ms) |`);
   }
   for (const [name, rows] of Object.entries(results.scale)) {
-    console.log(`\n| attach at scale through ${name} | volume N | volumes 1-8 | ratio |`);
+    console.log(`\n| attach at scale through ${name} | volume N | first window | ratio |`);
     console.log('| --- | --- | --- | --- |');
     for (const r of rows) console.log(`| ${r.label} | ${f(r.value, 1)} | ${f(r.floor, 1)} | ${f(r.ratio)} |`);
   }
