@@ -18,32 +18,15 @@
 //
 // Everything lives under one directory that is unmounted, detached and
 // removed at the end of the section, also when it fails.
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { base, hostExec, load, median, MiB, mountCap, rssOf, scrub, sparseImage, startSinter } from './lib.mjs';
+import { base, hostExec, load, median, MiB, mountCap, rssOf, scrub, sparseImage, startSinter, threadsCpuMs as processMs } from './lib.mjs';
 
 export const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
 const WINDOW = 8;
 
 /** CPU time (ms) sinter's main thread has run so far (/proc/PID/schedstat, ns): its JS, parsing, and the fork of each host command; less noisy than wall time on a busy machine. */
 const mainThreadMs = (pid) => Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
-
-/**
- * CPU time (ms) of all of sinter's threads so far: the main thread plus libuv's pool (file reads such as
- * /proc/self/mountinfo, whose rendering by the kernel grows with the mounts, run there) and V8's helpers.
- * Summed from each thread's schedstat (ns), since /proc/PID/stat counts in 10 ms ticks.
- */
-function processMs(pid) {
-  let ns = 0;
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // a thread that ended meanwhile
-    }
-  }
-  return ns / 1e6;
-}
 
 /** This process's CPU (ms), for the raw commands it spawns: the parent's side of each fork and exec, as sinter's rows count sinter's. */
 const selfCpuMs = () => {

@@ -4,27 +4,14 @@
 // losetup -d sequence started by this process through the same executor
 // (execa, same options) sinter uses. Each repetition uses a fresh blank 1 GiB
 // sparse image on the same filesystem, so both sides format every time.
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import { lstat, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, sparseImage, startSinter, writeFileAtomic } from './lib.mjs';
+import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, sparseImage, startSinter, threadsCpuMs, writeFileAtomic } from './lib.mjs';
 
 export const RAW = 'losetup --find --show IMG; [blkid -p -o export DEV: timed on its own line, not in the floor]; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING; mount --bind STAGING TARGET; umount TARGET; umount STAGING; losetup --detach DEV';
 
 const STEPS = ['NodeStageVolume', 'NodePublishVolume', 'NodeUnpublishVolume', 'NodeUnstageVolume'];
-
-/** CPU (ms) of all of a process's threads so far, from each thread's schedstat (ns): the main thread, libuv's pool, V8's helpers. */
-function threadsCpuMs(pid) {
-  let ns = 0;
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // a thread that ended meanwhile
-    }
-  }
-  return ns / 1e6;
-}
 
 async function driverOnce(s, nodeId, i) {
   const cap = mountCap('ext4');

@@ -2,7 +2,7 @@
 // floor server, the durable-write helpers the floors use, and cleanup that
 // runs however the run ends.
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir, loadavg } from 'node:os';
@@ -306,3 +306,20 @@ export function freshDir(name) {
 // ---------------------------------------------------------------- CSI shapes
 
 export const mountCap = (fsType = 'ext4') => ({ mount: { fs_type: fsType, mount_flags: [] }, access_mode: { mode: 'SINGLE_NODE_WRITER' } });
+
+/**
+ * CPU time (ms) of all of a process's threads so far, from each thread's schedstat (ns): the main thread, libuv's
+ * pool (file reads such as /proc/self/mountinfo, whose rendering by the kernel grows with the mounts) and V8's
+ * helpers. Summed per thread since /proc/PID/stat counts in 10 ms ticks.
+ */
+export function threadsCpuMs(pid) {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // a thread that ended meanwhile
+    }
+  }
+  return ns / 1e6;
+}
