@@ -1,5 +1,6 @@
 import { openSync, closeSync } from 'node:fs';
 import { maskSecrets } from './mask.js';
+import { CommandRunner, RunnerLost } from './command-runner.js';
 import { readdir, readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 
@@ -121,7 +122,16 @@ export interface HostExecConfig {
   /** Where /proc is (to find iscsid); tests may point elsewhere. */
   procRoot?: string;
   defaultTimeoutMs: number;
+  /**
+   * Who forks the commands run() starts: `runner` (the default), a small
+   * co-process (command-runner.ts), or `self`, this process through execa.
+   * Without perl the runner falls back to `self` on its own.
+   */
+  spawnVia?: 'runner' | 'self';
 }
+
+/** After a timeout's SIGTERM, how long a command has before SIGKILL. */
+const KILL_GRACE_MS = 2000;
 
 const mask = maskSecrets;
 
@@ -130,7 +140,10 @@ export class HostExecutor implements Executor {
   constructor(
     private readonly cfg: HostExecConfig,
     private readonly log?: Logger,
-  ) {}
+  ) {
+    if ((cfg.spawnVia ?? 'runner') === 'runner')
+      this.runner = new CommandRunner(undefined, (why) => this.log?.warn({ why }, 'the command runner (perl) cannot start; host commands are forked from this process'));
+  }
 
   /**
    * Direct mode only: under nsenter the host's files are in another mount
@@ -140,6 +153,8 @@ export class HostExecutor implements Executor {
   hostPath(path: string): string | undefined {
     return this.cfg.mode === 'direct' ? path : undefined;
   }
+
+  private readonly runner?: CommandRunner;
 
   /** The last iscsid found, checked again before each use (iscsid may have restarted). */
   private iscsidPid?: string;
@@ -178,29 +193,40 @@ export class HostExecutor implements Executor {
   async run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const shown = mask([cmd, ...args].join(' '), opts.secrets);
     const [file, argv] = await this.wrap(cmd, args, shown);
-    const { execa } = await loadExeca();
     const started = performance.now();
-    const res = await execa(file, argv, {
-      reject: false,
-      timeout: opts.timeoutMs ?? this.cfg.defaultTimeoutMs,
-      forceKillAfterDelay: 2000,
-      input: opts.input,
-      env: opts.env ? { ...process.env, ...opts.env } : undefined,
-      stripFinalNewline: false,
-      encoding: 'utf8',
-    });
+    const timeoutMs = opts.timeoutMs ?? this.cfg.defaultTimeoutMs;
+    let res: { exitCode: number | undefined; timedOut: boolean; stdout: string; stderr: string; startError?: string };
+    const viaRunner = await this.runner
+      ?.run(file, argv, { timeoutMs, graceMs: KILL_GRACE_MS, input: opts.input, env: opts.env })
+      .catch((e: unknown) => {
+        if (e instanceof RunnerLost) throw new ExecError(shown, undefined, e.message, false);
+        throw e;
+      });
+    if (viaRunner?.kind === 'error') res = { exitCode: undefined, timedOut: false, stdout: '', stderr: '', startError: `cannot run ${file}: ${viaRunner.message}` };
+    else if (viaRunner) res = viaRunner;
+    else {
+      const { execa } = await loadExeca();
+      const r = await execa(file, argv, {
+        reject: false,
+        timeout: timeoutMs,
+        forceKillAfterDelay: KILL_GRACE_MS,
+        input: opts.input,
+        env: opts.env ? { ...process.env, ...opts.env } : undefined,
+        stripFinalNewline: false,
+        encoding: 'utf8',
+      });
+      res = { exitCode: r.exitCode, timedOut: Boolean(r.timedOut), stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? '') };
+      // The binary could not be started at all (ENOENT, EACCES).
+      if (r.failed && r.exitCode === undefined && !r.timedOut && r.cause) res.startError = String((r.cause as Error).message ?? r.cause);
+    }
     const exitCode = res.exitCode ?? -1;
-    const stdout = String(res.stdout ?? '');
-    const stderr = String(res.stderr ?? '');
+    const { stdout, stderr } = res;
     const ms = Math.round(performance.now() - started);
     const ok = !res.timedOut && (exitCode === 0 || (opts.okExitCodes ?? []).includes(exitCode));
     this.log?.debug({ cmd: shown, exitCode, ms }, 'exec');
     if (!ok) {
-      if (res.failed && res.exitCode === undefined && !res.timedOut && res.cause) {
-        // The binary could not be started at all (ENOENT, EACCES).
-        throw new ExecError(shown, undefined, mask(String((res.cause as Error).message ?? res.cause), opts.secrets), false);
-      }
-      throw new ExecError(shown, res.exitCode, mask(stderr || stdout, opts.secrets), Boolean(res.timedOut));
+      if (res.startError !== undefined) throw new ExecError(shown, undefined, mask(res.startError, opts.secrets), false);
+      throw new ExecError(shown, res.exitCode, mask(stderr || stdout, opts.secrets), res.timedOut);
     }
     return { stdout, stderr, exitCode };
   }
