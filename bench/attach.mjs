@@ -7,7 +7,7 @@
 import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import { lstat, realpath } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, sparseImage, startSinter, threadsCpuMs, writeFileAtomic } from './lib.mjs';
+import { freshDir, GiB, hostExec, median, mountCap, openDir, removeFileDurable, runnerCpuMs, sparseImage, startSinter, threadsCpuMs, writeFileAtomic } from './lib.mjs';
 
 export const RAW = 'losetup --find --show IMG; [blkid -p -o export DEV: timed on its own line, not in the floor]; mkfs.ext4 -q DEV; mount -t ext4 DEV STAGING; mount --bind STAGING TARGET; umount TARGET; umount STAGING; losetup --detach DEV';
 
@@ -29,12 +29,12 @@ async function driverOnce(s, nodeId, i) {
     ms[name] = performance.now() - t;
   };
   const n = s.client.node;
-  const cpu0 = threadsCpuMs(s.pid);
+  const cpu0 = threadsCpuMs(s.pid) + runnerCpuMs(s.pid);
   await step('NodeStageVolume', () => n.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: cap, publish_context: ctx, volume_context: volume.volume_context }));
   await step('NodePublishVolume', () => n.NodePublishVolume({ volume_id: id, staging_target_path: staging, target_path: target, volume_capability: cap, publish_context: ctx }));
   await step('NodeUnpublishVolume', () => n.NodeUnpublishVolume({ volume_id: id, target_path: target }));
   await step('NodeUnstageVolume', () => n.NodeUnstageVolume({ volume_id: id, staging_target_path: staging }));
-  ms.cpu = threadsCpuMs(s.pid) - cpu0;
+  ms.cpu = threadsCpuMs(s.pid) + runnerCpuMs(s.pid) - cpu0;
   await s.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
   await s.client.controller.DeleteVolume({ volume_id: id });
   return ms;
@@ -49,14 +49,17 @@ async function rawOnce(dir, i) {
   await sparseImage(img, GiB);
   const ms = {};
   const cpu0 = process.cpuUsage();
+  const runner0 = runnerCpuMs(process.pid);
   let t = performance.now();
   const dev = (await hostExec.run('losetup', ['--find', '--show', img])).stdout.trim();
   const attachMs = performance.now() - t;
   // Not part of the floor: the probe sinter's safety rule 1 adds before mkfs, timed to report on its own line.
   t = performance.now();
   const probeCpu0 = process.cpuUsage();
+  const probeRunner0 = runnerCpuMs(process.pid);
   await hostExec.run('blkid', ['-p', '-o', 'export', dev], { okExitCodes: [2] });
   const probeCpu = process.cpuUsage(probeCpu0);
+  const probeRunner = runnerCpuMs(process.pid) - probeRunner0;
   ms.probe = performance.now() - t;
   t = performance.now();
   await hostExec.run('mkfs.ext4', ['-q', dev]);
@@ -72,9 +75,9 @@ async function rawOnce(dir, i) {
   await hostExec.run('umount', [staging]);
   await hostExec.run('losetup', ['--detach', dev]);
   ms.NodeUnstageVolume = performance.now() - t;
-  // The bench process's CPU for the raw commands (the parent's side of each fork and exec), the probe left out.
+  // The bench process's and its command runner's CPU for the raw commands (the parent's side of each fork and exec), the probe left out.
   const used = process.cpuUsage(cpu0);
-  ms.cpu = (used.user + used.system - probeCpu.user - probeCpu.system) / 1000;
+  ms.cpu = (used.user + used.system - probeCpu.user - probeCpu.system) / 1000 + (runnerCpuMs(process.pid) - runner0 - probeRunner);
   rmSync(join(dir, `raw-${i}`), { recursive: true, force: true });
   rmSync(img, { force: true });
   return ms;
@@ -244,7 +247,7 @@ export async function attachBench({ reps, log }) {
   rows.push({
     id: 'attach.cpu',
     section,
-    label: 'CPU per Stage+Publish+Unpublish+Unstage (sinter, all threads; floor: the bench process for the raw commands)',
+    label: 'CPU per Stage+Publish+Unpublish+Unstage (sinter, all threads + its command runner; floor: the bench process + its runner for the raw commands)',
     unit: 'ms',
     value: median(got.sinter.map((m) => m.cpu)),
     floor: median(got.raw.map((m) => m.cpu)),

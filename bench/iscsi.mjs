@@ -14,7 +14,7 @@ import { promises as fs } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { tgtdShow } from '../dist/backends/targets/tgt-ipc.js';
-import { base, GiB, hostExec, load, onCleanup, openDir, percentile, removeFileDurable, sleep, sparseImage, startSinter, track, writeFileAtomic } from './lib.mjs';
+import { base, GiB, hostExec, load, onCleanup, openDir, percentile, removeFileDurable, runnerCpuMs, sleep, sparseImage, startSinter, track, writeFileAtomic } from './lib.mjs';
 
 const NODE_IQN = 'iqn.2026-11.io.sinter.bench:node-1';
 const SINTER_PREFIX = 'iqn.2026-11.io.sinter.bench:';
@@ -389,7 +389,7 @@ export async function iscsiBench({ publishReps, stageReps, log }) {
       const runs = { sinter: 0, raw: 0 };
       const selfCpu = () => {
         const u = process.cpuUsage();
-        return (u.user + u.system) / 1000;
+        return (u.user + u.system) / 1000 + runnerCpuMs(process.pid);
       };
       const got = await interleave(
         publishReps,

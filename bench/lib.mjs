@@ -58,10 +58,11 @@ export async function pool(concurrency, total, job) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** CPU time (user + system, ms) a process has used so far. */
+/** CPU time (user + system, ms) a process and its command runner have used so far. */
 export function cpuOf(pid) {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) * (1000 / 100); // USER_HZ is 100 on Linux
+  // USER_HZ is 100 on Linux; the command runner forks the process's host commands, so its CPU is the process's.
+  return (Number(f[11]) + Number(f[12])) * (1000 / 100) + runnerCpuMs(pid);
 }
 
 /** The kernel's CPU pressure (share of time some task waited for a CPU, last 60 s), if available. */
@@ -312,6 +313,31 @@ export const mountCap = (fsType = 'ext4') => ({ mount: { fs_type: fsType, mount_
  * pool (file reads such as /proc/self/mountinfo, whose rendering by the kernel grows with the mounts) and V8's
  * helpers. Summed per thread since /proc/PID/stat counts in 10 ms ticks.
  */
+/**
+ * CPU ms of the command runner (src/exec/command_runner.pl) that process
+ * `pid` started, 0 if it has none: the forks of host commands are its CPU
+ * now, not the process's, and a CPU figure leaves them out at its peril.
+ */
+export function runnerCpuMs(pid) {
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    let kids = [];
+    try {
+      kids = readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    } catch {
+      continue;
+    }
+    for (const k of kids) {
+      try {
+        if (!readFileSync(`/proc/${k}/cmdline`, 'utf8').includes('command_runner.pl')) continue;
+        return Number(readFileSync(`/proc/${k}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+      } catch {
+        // a child that ended meanwhile
+      }
+    }
+  }
+  return 0;
+}
+
 export function threadsCpuMs(pid) {
   let ns = 0;
   for (const t of readdirSync(`/proc/${pid}/task`)) {

@@ -20,8 +20,12 @@ use strict;
 use warnings;
 use POSIX qw(WNOHANG WIFEXITED WEXITSTATUS WIFSIGNALED WTERMSIG);
 use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
-use Time::HiRes qw(time);
 use Config;
+
+# Elapsed real time in seconds, 10 ms steps (times(2) in clock ticks): Time::HiRes
+# is not in perl-base, and a timeout needs no finer step.
+my $hz = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
+sub now() { (POSIX::times())[0] / $hz }
 
 my @signame = split ' ', $Config{sig_name};
 $SIG{PIPE} = 'IGNORE';
@@ -34,6 +38,10 @@ nonblock(\*STDIN);
 
 my %jobs;    # id => job
 my %bypid;   # pid => id
+my @queue;   # requests waiting for a slot
+# select(2) sees descriptors below 1024 only, and each command holds up to three:
+# past this many at once, requests wait their turn.
+my $max_jobs = 256;
 my $inbuf = '';
 my $outbuf = '';
 
@@ -137,7 +145,7 @@ sub start {
     $job->{input} = $input;
     write_input($job);
   }
-  $job->{deadline} = time + $timeout / 1000 if $timeout > 0;
+  $job->{deadline} = now + $timeout / 1000 if $timeout > 0;
   $job->{grace} = $grace / 1000;
   $jobs{$id} = $job;
   $bypid{$pid} = $id;
@@ -188,7 +196,7 @@ while (1) {
   my ($rin, $win) = ('', '');
   vec($rin, fileno(STDIN), 1) = 1 if $stdin_open;
   vec($win, fileno(STDOUT), 1) = 1 if length $outbuf;
-  my $now = time;
+  my $now = now;
   my $wait;
   for my $job (values %jobs) {
     vec($rin, fileno($job->{out}), 1) = 1 if $job->{out};
@@ -208,7 +216,7 @@ while (1) {
       if (defined $got && $got == 0) { $stdin_open = 0 }
       elsif ($got) {
         $inbuf .= $chunk;
-        while (my $msg = take_message()) { start($msg) }
+        while (my $msg = take_message()) { push @queue, $msg }
       }
     }
     for my $job (values %jobs) {
@@ -223,9 +231,9 @@ while (1) {
     $jobs{$id}{status} = $?;
     # Output a command left to a process of its own (one that outlived it) is
     # not waited for forever: 2 s after the exit, the pipes are let go.
-    $jobs{$id}{drain_until} = time + 2;
+    $jobs{$id}{drain_until} = now + 2;
   }
-  $now = time;
+  $now = now;
   for my $job (values %jobs) {
     if (defined $job->{status}) {
       finish($job) if (!$job->{out} && !$job->{err}) || $now >= $job->{drain_until};
@@ -242,6 +250,7 @@ while (1) {
       delete $job->{kill_at};
     }
   }
+  start(shift @queue) while @queue && keys(%jobs) < $max_jobs;
   if (!$stdin_open) {
     kill 'TERM', $_->{pid} for grep { !defined $_->{status} } values %jobs;
     exit 0;

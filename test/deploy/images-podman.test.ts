@@ -268,6 +268,17 @@ describe('container images built with podman (--isolation chroot) from a local d
     expect(wanted.filter((c) => !found.get(c)).map((c) => `${c} (called at ${calls.filter((x) => x.command === c).map((x) => x.at).join(', ')})`)).toEqual([]);
   });
 
+  it('both images run the command runner that forks every host command (src/exec/command_runner.pl, perl-base only) as their entrypoint\'s user', async () => {
+    for (const role of ['controller', 'node'] as const) {
+      const hostTmp = join(work, `${role}-runner-tmp`);
+      mkdirSync(hostTmp);
+      // stdin is /dev/null: the runner says ready, sees its input end, and exits.
+      const [cmd, args] = inImageArgv(roots[role], configs[role], ['perl', '/app/dist/exec/command_runner.pl'], { hostTmp });
+      const r = await run(cmd, args, { timeoutMs: 30_000 });
+      expect(r.out, role).toBe('1\n5:ready');
+    }
+  });
+
   it('the node image: `sinter node --help` runs through the entrypoint and prints the usage', async () => {
     const hostTmp = join(work, 'node-tmp');
     mkdirSync(hostTmp);

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync, readdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
@@ -67,10 +67,10 @@ describe('host commands through the command runner (real perl, real processes)',
     expect(await fdsAbove2(exec)).toEqual(await fdsAbove2(self));
   });
 
-  it('100 commands at once each get their own answer', async () => {
-    const got = await Promise.all(Array.from({ length: 100 }, (_, i) => exec.run('sh', ['-c', `echo ${i}; echo e${i} >&2`])));
+  it('300 commands at once (more than the runner runs at a time: 256) each get their own answer', async () => {
+    const got = await Promise.all(Array.from({ length: 300 }, (_, i) => exec.run('sh', ['-c', `sleep 0.5; echo ${i}; echo e${i} >&2`])));
     got.forEach((r, i) => expect([r.stdout, r.stderr]).toEqual([`${i}\n`, `e${i}\n`]));
-  });
+  }, 30_000);
 
   it('a binary that does not exist is an ExecError naming it', async () => {
     const e = await exec.run('/nonexistent/sinter-no-such-binary', []).catch((x: unknown) => x);
@@ -142,8 +142,13 @@ describe('CommandRunner on its own', () => {
     expect(why).toHaveLength(1);
   });
 
-  it('the script it runs is the one beside the module', () => {
-    expect(readFileSync(COMMAND_RUNNER_PATH, 'utf8')).toMatch(/^#!\/usr\/bin\/perl/);
+  it('the script loads with perl-base\'s modules alone (Debian\'s Essential perl, all a slim image has) and says ready', () => {
+    // perl-base's own module directory, from dpkg: @INC is cut down to it.
+    const dir = spawnSync('dpkg', ['-L', 'perl-base'], { encoding: 'utf8' }).stdout.split('\n').find((l) => /\/perl-base$/.test(l));
+    expect(dir, 'dpkg lists no perl-base module directory').toBeTruthy();
+    const r = spawnSync('perl', ['-e', `BEGIN { @INC = (${JSON.stringify(dir)}) } do ${JSON.stringify(COMMAND_RUNNER_PATH)}; die $@ if $@`], { input: '', encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('1\n5:ready');
   });
 
   it('messages survive any split into chunks, with multi-byte text and empty fields', () => {
