@@ -14,7 +14,7 @@ import { aborted, Code, DomainError, failedPrecondition } from '../../errors/dom
 import type { Executor, PipeSpawner } from '../../exec/run.js';
 import { RbdAgent } from './agent.js';
 import { RbdGroupSnapshots } from './group-snapshots.js';
-import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
+import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord, VolumeState } from '../backend.js';
 import { parseNodeId } from '../../contracts/nodeid.js';
 import { rbdClosedMetaKey } from '../../contracts/rbd-closed.js';
 import { CephBlocklist } from './blocklist.js';
@@ -523,9 +523,12 @@ export class RbdBackend implements Backend {
 
   async setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord> {
     const rec = this.mustVolume(id);
-    rec.attachments = attachments;
-    if (rec.state === 'available' || rec.state === 'in-use') rec.state = attachments.length > 0 ? 'in-use' : 'available';
-    await this.writeVolume(rec);
+    const state: VolumeState = rec.state === 'available' || rec.state === 'in-use' ? (attachments.length > 0 ? 'in-use' : 'available') : rec.state;
+    // The pool first, as the file and LVM backends do: a failed write must leave this controller's
+    // view as the pool has it, not answer later RPCs from a publish that is not recorded.
+    const next: StoredVolume = { ...rec, attachments, state };
+    await this.writeVolume(next);
+    Object.assign(rec, { attachments, state, updatedAt: next.updatedAt });
     return rec;
   }
 
