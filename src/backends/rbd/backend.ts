@@ -554,7 +554,7 @@ export class RbdBackend implements Backend {
     if (this.iscsi) {
       // The gateway's fence is the target's: the ACL goes and the initiator's sessions end (tgtd is the only Ceph client).
       const others = rec.attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
-      if (others.length === 0) await this.iscsi.remove(id);
+      if (others.length === 0) await this.iscsi.removeTarget(id);
       else await this.iscsi.unexport(id, node);
       return;
     }

@@ -29,7 +29,9 @@ export interface VolumeExport {
   export(volumeId: string, devicePath: string, node: NodeIdentity, secrets: Record<string, string>): Promise<PublishContext>;
   /**
    * Fences `node` (its ACL or allowed host goes, its sessions or controllers
-   * drop); with no other node in `attachments` the whole export goes.
+   * drop); with no other node in `attachments` the whole export goes. What a
+   * restore of the export needs (its CHAP record) stays until reconcile finds
+   * the volume's record without the node: the record may still name it.
    */
   unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void>;
   remove(volumeId: string): Promise<void>;
@@ -85,7 +87,7 @@ class IscsiVolumeExport implements VolumeExport {
   async unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void> {
     const others = attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
     // The last node leaving takes the target with it: nothing stays exported that no publish explains.
-    if (others.length === 0) await this.x.remove(volumeId);
+    if (others.length === 0) await this.x.removeTarget(volumeId);
     else await this.x.unexport(volumeId, node);
   }
 
