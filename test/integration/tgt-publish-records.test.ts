@@ -152,6 +152,29 @@ describe('publish/unpublish records written beside the tgt export: every crash p
     expect(await chapFiles(id)).toEqual([]);
   });
 
+  it('CHAP publish crashed with the record written and the export not made: the restart restores it with its CHAP, never open', async () => {
+    let b = await restart();
+    const id = await newVolume(b);
+    // The process stops inside the export (it never returns): what is durable by then is what the restart finds.
+    const dies = new Proxy(b, {
+      get(obj, key, recv) {
+        if (key === 'exportVolume') return () => new Promise<never>(() => undefined);
+        const v = Reflect.get(obj, key, recv) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(obj) : v;
+      },
+    });
+    void manager(dies).publish(id, nodeId, cap, false, chapSecrets).catch(() => undefined);
+    // The backend shows the attachment once its record is durable.
+    await expect.poll(() => b.volume(id)?.attachments.length, { timeout: 10_000 }).toBe(1);
+    b = await restart();
+    expect((await neverOpen(id))?.acls).toEqual([node.iqn]);
+    // The CO's retry of the publish answers; its unpublish fences.
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    expect((await neverOpen(id))?.acls).toEqual([node.iqn]);
+    await manager(b).unpublish(id, nodeId);
+    expect(await target(id)).toBeUndefined();
+  });
+
   it('CHAP unpublish crashed with the record written first: the CHAP record left behind opens nothing, and reconcile drops it', async () => {
     let b = await restart();
     const id = await newVolume(b);

@@ -383,6 +383,11 @@ export class FileBackend implements Backend {
     return { transport: 'local', path: this.imagePath(id) };
   }
 
+  async prepareExport(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    this.mustVolume(id);
+    await this.target?.prepare(id, node, secrets);
+  }
+
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
     // The local transport exports nothing, so there is nothing to revoke.
     await this.target?.unexport(id, node, this.vols.get(id)?.attachments ?? []);

@@ -539,6 +539,11 @@ export class RbdBackend implements Backend {
     return { transport: 'rbd', pool: this.cfg.pool, image: volumeImage(id), monitors: [...this.cfg.monitors] };
   }
 
+  async prepareExport(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    this.mustVolume(id);
+    await this.iscsi?.rememberChap(id, node, chapFromRequestSecrets(secrets));
+  }
+
   /**
    * The fence (Cinder's terminate_connection, for a client that reaches the
    * image itself): when the last publish ends, every client instance still

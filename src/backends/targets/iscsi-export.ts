@@ -14,6 +14,9 @@ interface ChapRecord {
   chap: ChapCredentials;
 }
 
+const sameChap = (a: ChapCredentials | undefined, b: ChapCredentials): boolean =>
+  !!a && a.user === b.user && a.password === b.password && a.mutualUser === b.mutualUser && a.mutualPassword === b.mutualPassword;
+
 const isChapRecord = (v: unknown): v is ChapRecord =>
   typeof v === 'object' && v !== null && typeof (v as ChapRecord).id === 'string' && typeof (v as ChapRecord).chap?.user === 'string';
 
@@ -70,13 +73,24 @@ export class IscsiExport {
     return node.iqn;
   }
 
+  /**
+   * The node's CHAP record, durable before anything (the volume's record, the
+   * ACL) can name the publish: reconcile restores an ACL with the CHAP record
+   * it finds, so it must never find the publish without it.
+   */
+  async rememberChap(volumeId: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<void> {
+    const iqn = IscsiExport.initiatorOf(node);
+    if (!chap) return;
+    const key = this.chapKey(volumeId, iqn);
+    if (sameChap(this.chaps.get(key), chap)) return;
+    await this.chapStore.put({ id: key, chap });
+    this.chaps.set(key, chap);
+  }
+
   async export(volumeId: string, imagePath: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<PublishContext> {
     const iqn = IscsiExport.initiatorOf(node);
     const key = this.chapKey(volumeId, iqn);
-    if (chap) {
-      await this.chapStore.put({ id: key, chap });
-      this.chaps.set(key, chap);
-    }
+    await this.rememberChap(volumeId, node, chap);
     const ref = await this.helper.ensureTarget(volumeId, imagePath);
     // The publish holds the volume's lock from ensureTarget to here: what ensureTarget saw is still what sinter made.
     await this.helper.allowInitiator(volumeId, iqn, chap ?? this.chaps.get(key), ref.seen);

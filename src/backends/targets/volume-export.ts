@@ -27,6 +27,8 @@ export interface VolumeExport {
   /** Throws when the target (tgtd, LIO's or nvmet's configfs) cannot be read: Probe's check. */
   check(): Promise<void>;
   export(volumeId: string, devicePath: string, node: NodeIdentity, secrets: Record<string, string>): Promise<PublishContext>;
+  /** Before the volume's record names a new publish: what restoring its export needs (CHAP), durable (Backend.prepareExport). */
+  prepare(volumeId: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void>;
   /**
    * Fences `node` (its ACL or allowed host goes, its sessions or controllers
    * drop); with no other node in `attachments` the whole export goes. What a
@@ -84,6 +86,10 @@ class IscsiVolumeExport implements VolumeExport {
     return this.x.export(volumeId, devicePath, node, chapFromRequestSecrets(secrets));
   }
 
+  prepare(volumeId: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    return this.x.rememberChap(volumeId, node, chapFromRequestSecrets(secrets));
+  }
+
   async unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void> {
     const others = attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
     // The last node leaving takes the target with it: nothing stays exported that no publish explains.
@@ -134,6 +140,10 @@ class NvmeofVolumeExport implements VolumeExport {
 
   export(volumeId: string, devicePath: string, node: NodeIdentity, secrets: Record<string, string>): Promise<PublishContext> {
     return this.x.export(volumeId, devicePath, node, secrets);
+  }
+
+  async prepare(): Promise<void> {
+    // Nothing a restore needs beyond the record: nvmet keeps no secrets.
   }
 
   async unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void> {
