@@ -194,6 +194,15 @@ describe('publish/unpublish records written beside the tgt export: every crash p
     expect(await target(id)).toBeUndefined();
     expect(await chapFiles(id)).toEqual([]);
 
+    // A new publish that asks for no CHAP is not held to the credentials an earlier one left.
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    await manager(b).unpublish(id, nodeId);
+    expect(await chapFiles(id)).toHaveLength(1);
+    await manager(b).publish(id, nodeId, cap, false, {});
+    expect(await target(id)).toMatchObject({ acls: [node.iqn], accounts: [] });
+    expect(await chapFiles(id)).toEqual([]);
+    await manager(b).unpublish(id, nodeId);
+
     // DeleteVolume takes the CHAP records with the volume, whatever an unpublish left.
     await manager(b).publish(id, nodeId, cap, false, chapSecrets);
     await manager(b).unpublish(id, nodeId);

@@ -541,7 +541,7 @@ export class RbdBackend implements Backend {
 
   async prepareExport(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
     this.mustVolume(id);
-    await this.iscsi?.rememberChap(id, node, chapFromRequestSecrets(secrets));
+    await this.iscsi?.prepare(id, node, chapFromRequestSecrets(secrets));
   }
 
   /**

@@ -87,6 +87,20 @@ export class IscsiExport {
     this.chaps.set(key, chap);
   }
 
+  /**
+   * A new publish (no record names the node yet): its CHAP record becomes
+   * this publish's. One an earlier publish of the node left (unpublished, not
+   * yet reconciled) must not protect a publish that asked for no CHAP with
+   * credentials its node no longer has.
+   */
+  async prepare(volumeId: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<void> {
+    if (chap) return this.rememberChap(volumeId, node, chap);
+    const key = this.chapKey(volumeId, IscsiExport.initiatorOf(node));
+    if (!this.chaps.has(key)) return;
+    await this.chapStore.remove(key);
+    this.chaps.delete(key);
+  }
+
   async export(volumeId: string, imagePath: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<PublishContext> {
     const iqn = IscsiExport.initiatorOf(node);
     const key = this.chapKey(volumeId, iqn);

@@ -87,7 +87,7 @@ class IscsiVolumeExport implements VolumeExport {
   }
 
   prepare(volumeId: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
-    return this.x.rememberChap(volumeId, node, chapFromRequestSecrets(secrets));
+    return this.x.prepare(volumeId, node, chapFromRequestSecrets(secrets));
   }
 
   async unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void> {
