@@ -40,6 +40,9 @@ export interface ReconcileReport {
  * restore a CHAP-protected export after tgtd restarts, and the CO sends them
  * only with ControllerPublishVolume. They live in 0600 files in a 0700
  * directory beside the records, never in a record, a log line or an error.
+ * A node's CHAP record is durable before any record names its publish and is
+ * dropped only once none does (reconcile, or the volume's removal), so a
+ * restore never finds a CHAP publish without its CHAP and opens it wider.
  */
 export class IscsiExport {
   private readonly chapStore: RecordStore<ChapRecord>;
