@@ -221,9 +221,17 @@ export interface Backend {
    * and makes the exports match the durable records whatever a crash left:
    * an export no record explains is removed, a recorded one restored. With
    * CHAP secrets a publish stays in order (the CHAP record a restore needs is
-   * durable before the attachment record).
+   * durable, by prepareExport, before the attachment record).
    */
   readonly recordsBesideExport?: boolean;
+  /**
+   * Before the attachment record names a new publish: makes durable what
+   * restoring its export needs (the node's CHAP record), so a crash between
+   * that record and the export never lets the reconcile restore the export
+   * weaker than asked. What a failed or crashed publish leaves is dropped by
+   * the reconcile once no record names the node. Absent: nothing to keep.
+   */
+  prepareExport?(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void>;
   /** initialize_connection: make the volume reachable by one node. `secrets` are ControllerPublishVolume's (CHAP). */
   exportVolume(id: string, node: NodeIdentity, readonly: boolean, secrets: Record<string, string>): Promise<PublishContext>;
   /**

@@ -361,6 +361,7 @@ export class VolumeManager {
       const others = v.attachments.filter((a) => a.nodeId !== nodeId);
       checkNewPublish(`volume ${volumeId}`, others, nodeId, cap, this.publishedTo(nodeId) + (this.opts.extraPublishedTo?.(nodeId) ?? 0), this.opts.maxVolumesPerNode?.(nodeId));
       await b.beforeNewPublish?.(volumeId, node, others);
+      await b.prepareExport?.(volumeId, node, secrets);
       const att = newAttachment(nodeId, cap, readonly);
       const before = v.attachments;
       const undo = () => b.setAttachments(volumeId, before.filter((a) => a.nodeId !== nodeId)).catch(() => undefined);

@@ -7,6 +7,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RbdBackend } from '../../src/backends/rbd/backend.js';
 import { firstJsonValue } from '../../src/backends/rbd/blocklist.js';
+import { VOLUME_META_KEY } from '../../src/backends/rbd/records.js';
 import { parseConfig, rbdBackendSchema } from '../../src/config/schema.js';
 import { encodeNodeId } from '../../src/contracts/nodeid.js';
 import { StaticNodeRegistry } from '../../src/controller/node-registry.js';
@@ -123,6 +124,36 @@ describe('rbd iSCSI gateway (tgtd + tgt-rbd)', () => {
     expect(w.exitCode, w.stderr + w.stdout).toBe(0);
     expect((await head(id)).every((x) => x === 0x22)).toBe(true);
     await vm.unpublish(id, nodeA, { wait: true });
+    await b.deleteVolume(id);
+  }, 120_000);
+
+  it('an attachment record the pool refuses leaves the controller\'s view as the pool has it; the retry records it', async () => {
+    const id = `ceph-${randomUUID()}`;
+    await b.createVolume({ id, name: 'pvc-gw-eio', sizeBytes: 16 * MiB, parameters: {}, capabilities: [{ accessType: 'block', accessMode: 'SINGLE_NODE_WRITER' }] });
+    // The record write (image metadata) fails as an OSD error would; everything else reaches Ceph.
+    const pool = (b as unknown as { pool: { setMeta: (...a: unknown[]) => Promise<void> } }).pool;
+    const refuse = () => (pool.setMeta = () => Promise.reject(new Error('rbd image-meta set: (5) Input/output error')));
+    const allow = () => delete (pool as { setMeta?: unknown }).setMeta;
+    const onPool = async () => (JSON.parse(await c.rbd(['image-meta', 'get', `${c.pool}/${id}`, VOLUME_META_KEY])) as { attachments: unknown[] }).attachments;
+    try {
+      refuse();
+      await expect(vm.publish(id, nodeA, cap, false)).rejects.toThrow(/Input\/output error/);
+      expect(b.volume(id)).toMatchObject({ state: 'available', attachments: [] });
+      allow();
+      expect(await onPool()).toEqual([]);
+      await vm.publish(id, nodeA, cap, false);
+      expect(await onPool()).toMatchObject([{ nodeId: nodeA }]);
+
+      refuse();
+      await expect(vm.unpublish(id, nodeA, { wait: true })).rejects.toThrow(/Input\/output error/);
+      expect(b.volume(id)).toMatchObject({ state: 'in-use', attachments: [{ nodeId: nodeA }] });
+      allow();
+      // The retry must not find "nothing to do" while the pool still records the publish.
+      await vm.unpublish(id, nodeA, { wait: true });
+      expect(await onPool()).toEqual([]);
+    } finally {
+      allow();
+    }
     await b.deleteVolume(id);
   }, 120_000);
 });

@@ -1,3 +1,4 @@
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,6 +22,8 @@ const node = { host: 'rec-node', iqn: 'iqn.2025-01.io.test:rec-node', wwpns: [] 
 const nodeId = encodeNodeId(node);
 const cap = { accessType: 'mount' as const, accessMode: 'SINGLE_NODE_WRITER' as const, fsType: 'ext4', mountFlags: [] };
 const noLock = <T>(_id: string, fn: () => Promise<T>) => fn();
+const CHAP_USER = 'sinter-rec-chap';
+const chapSecrets = { 'node.session.auth.username': CHAP_USER, 'node.session.auth.password': 'S3cret-rec-pass' };
 
 /**
  * A file backend exported through tgtd writes a publish's attachment record
@@ -47,6 +50,19 @@ describe('publish/unpublish records written beside the tgt export: every crash p
     await b.start();
     await b.reconcileExports(noLock);
     return b;
+  };
+  const manager = (b: Backend) => {
+    const m = new VolumeManager(new Map<string, Backend>([['rec', b]]), new StaticNodeRegistry(undefined), log);
+    m.index();
+    return m;
+  };
+  /** The volume's CHAP records (0600 files beside the records). */
+  const chapFiles = async (id: string) => (await fs.readdir(join(dataDir, 'secrets')).catch(() => [] as string[])).filter((f) => f.startsWith(`${id}.`));
+  /** What a user would notice: the node's ACL either absent or behind CHAP, never open. */
+  const neverOpen = async (id: string) => {
+    const t = await target(id);
+    if (t?.acls.includes(node.iqn)) expect(t.accounts, `${id}: ACL for ${node.iqn} restored without CHAP`).toContainEqual({ user: CHAP_USER, outgoing: false });
+    return t;
   };
   const newVolume = async (b: FileBackend) => {
     const id = newVolumeId('rec');
@@ -110,6 +126,88 @@ describe('publish/unpublish records written beside the tgt export: every crash p
     await volumes.unpublish(revokedOnly, nodeId);
     expect(await target(revokedOnly)).toBeUndefined();
     expect((await restart()).volume(revokedOnly)).toMatchObject({ state: 'available', attachments: [] });
+  });
+
+  it('CHAP unpublish crashed with the export revoked and the record still naming the node: the restart restores it with its CHAP, never open', async () => {
+    let b = await restart();
+    const id = await newVolume(b);
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    expect(await target(id)).toMatchObject({ acls: [node.iqn], accounts: [{ user: CHAP_USER, outgoing: false }] });
+    // The crash: the last node's revocation (the target went) is done, the record without it is not durable.
+    await b.unexportVolume(id, node);
+    expect(await target(id)).toBeUndefined();
+    b = await restart();
+    expect(b.volume(id)).toMatchObject({ state: 'in-use', attachments: [{ nodeId }] });
+    expect((await neverOpen(id))?.acls).toEqual([node.iqn]);
+    // A tgtd restart later: restored again from the same records, again with CHAP.
+    await tgtd.kill();
+    await tgtd.startAgain();
+    await b.reconcileExports(noLock);
+    expect((await neverOpen(id))?.acls).toEqual([node.iqn]);
+    // The CO's retry of the unpublish fences it; nothing restores it afterwards.
+    await manager(b).unpublish(id, nodeId);
+    expect(await target(id)).toBeUndefined();
+    await restart();
+    expect(await target(id)).toBeUndefined();
+    expect(await chapFiles(id)).toEqual([]);
+  });
+
+  it('CHAP publish crashed with the record written and the export not made: the restart restores it with its CHAP, never open', async () => {
+    let b = await restart();
+    const id = await newVolume(b);
+    // The process stops inside the export (it never returns): what is durable by then is what the restart finds.
+    const dies = new Proxy(b, {
+      get(obj, key, recv) {
+        if (key === 'exportVolume') return () => new Promise<never>(() => undefined);
+        const v = Reflect.get(obj, key, recv) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(obj) : v;
+      },
+    });
+    void manager(dies).publish(id, nodeId, cap, false, chapSecrets).catch(() => undefined);
+    // The backend shows the attachment once its record is durable.
+    await expect.poll(() => b.volume(id)?.attachments.length, { timeout: 10_000 }).toBe(1);
+    b = await restart();
+    expect((await neverOpen(id))?.acls).toEqual([node.iqn]);
+    // The CO's retry of the publish answers; its unpublish fences.
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    expect((await neverOpen(id))?.acls).toEqual([node.iqn]);
+    await manager(b).unpublish(id, nodeId);
+    expect(await target(id)).toBeUndefined();
+  });
+
+  it('CHAP unpublish crashed with the record written first: the CHAP record left behind opens nothing, and reconcile drops it', async () => {
+    let b = await restart();
+    const id = await newVolume(b);
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    expect(await chapFiles(id)).toHaveLength(1);
+    // The crash: the record without the node is durable, the export still there.
+    await b.setAttachments(id, []);
+    b = await restart();
+    expect(await target(id)).toBeUndefined();
+    expect(await chapFiles(id)).toEqual([]);
+
+    // A complete unpublish: the CHAP record outlives the record's write, then the next reconcile drops it.
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    await manager(b).unpublish(id, nodeId);
+    expect(await target(id)).toBeUndefined();
+    await b.reconcileExports(noLock);
+    expect(await target(id)).toBeUndefined();
+    expect(await chapFiles(id)).toEqual([]);
+
+    // A new publish that asks for no CHAP is not held to the credentials an earlier one left.
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    await manager(b).unpublish(id, nodeId);
+    expect(await chapFiles(id)).toHaveLength(1);
+    await manager(b).publish(id, nodeId, cap, false, {});
+    expect(await target(id)).toMatchObject({ acls: [node.iqn], accounts: [] });
+    expect(await chapFiles(id)).toEqual([]);
+    await manager(b).unpublish(id, nodeId);
+
+    // DeleteVolume takes the CHAP records with the volume, whatever an unpublish left.
+    await manager(b).publish(id, nodeId, cap, false, chapSecrets);
+    await manager(b).unpublish(id, nodeId);
+    await manager(b).delete(id);
+    expect(await chapFiles(id)).toEqual([]);
   });
 
   it('through the controller: publish and unpublish leave record and export in step, also after a restart', async () => {

@@ -19,6 +19,7 @@ import type {
   SnapshotRecord,
   VolumeHealth,
   VolumeRecord,
+  VolumeState,
 } from '../backend.js';
 import { copyImage } from './copy.js';
 import { backendOfVolume } from '../ids.js';
@@ -363,10 +364,13 @@ export class FileBackend implements Backend {
 
   async setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord> {
     const rec = this.mustVolume(id);
-    rec.attachments = attachments;
-    if (rec.state === 'available' || rec.state === 'in-use') rec.state = attachments.length > 0 ? 'in-use' : 'available';
-    rec.updatedAt = now();
-    await this.volStore.put(rec);
+    const state: VolumeState = rec.state === 'available' || rec.state === 'in-use' ? (attachments.length > 0 ? 'in-use' : 'available') : rec.state;
+    const change = { attachments, state, updatedAt: now() };
+    // The disk first: a failed write (disk full, EIO) must leave memory as the disk has it, or later
+    // RPCs (and the export reconcile) would answer from a publish that is not recorded. The record
+    // object is updated in place once durable: the controller's name index holds it.
+    await this.volStore.put({ ...rec, ...change });
+    Object.assign(rec, change);
     return rec;
   }
 
@@ -377,6 +381,11 @@ export class FileBackend implements Backend {
     if (this.target) return this.target.export(id, this.imagePath(id), node, secrets);
     // The local transport hands the node the image itself; the node loop-attaches it.
     return { transport: 'local', path: this.imagePath(id) };
+  }
+
+  async prepareExport(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    this.mustVolume(id);
+    await this.target?.prepare(id, node, secrets);
   }
 
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {

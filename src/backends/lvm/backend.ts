@@ -412,6 +412,11 @@ export class LvmBackend implements Backend {
     return this.target.export(id, device, node, secrets);
   }
 
+  async prepareExport(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    this.mustVolume(id);
+    await this.target.prepare(id, node, secrets);
+  }
+
   async unexportVolume(id: string, node: NodeIdentity): Promise<void> {
     await this.target.unexport(id, node, this.vols.get(id)?.attachments ?? []);
   }

@@ -14,7 +14,7 @@ import { aborted, Code, DomainError, failedPrecondition } from '../../errors/dom
 import type { Executor, PipeSpawner } from '../../exec/run.js';
 import { RbdAgent } from './agent.js';
 import { RbdGroupSnapshots } from './group-snapshots.js';
-import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord } from '../backend.js';
+import type { Attachment, Backend, BackendCapacity, ExportEntry, ExportsReconciled, CreateVolumeSpec, RecoveryReport, SnapshotRecord, VolumeHealth, VolumeRecord, VolumeState } from '../backend.js';
 import { parseNodeId } from '../../contracts/nodeid.js';
 import { rbdClosedMetaKey } from '../../contracts/rbd-closed.js';
 import { CephBlocklist } from './blocklist.js';
@@ -523,9 +523,12 @@ export class RbdBackend implements Backend {
 
   async setAttachments(id: string, attachments: Attachment[]): Promise<VolumeRecord> {
     const rec = this.mustVolume(id);
-    rec.attachments = attachments;
-    if (rec.state === 'available' || rec.state === 'in-use') rec.state = attachments.length > 0 ? 'in-use' : 'available';
-    await this.writeVolume(rec);
+    const state: VolumeState = rec.state === 'available' || rec.state === 'in-use' ? (attachments.length > 0 ? 'in-use' : 'available') : rec.state;
+    // The pool first, as the file and LVM backends do: a failed write must leave this controller's
+    // view as the pool has it, not answer later RPCs from a publish that is not recorded.
+    const next: StoredVolume = { ...rec, attachments, state };
+    await this.writeVolume(next);
+    Object.assign(rec, { attachments, state, updatedAt: next.updatedAt });
     return rec;
   }
 
@@ -534,6 +537,11 @@ export class RbdBackend implements Backend {
     if (this.iscsi) return this.iscsi.export(id, this.pool.spec(volumeImage(id)), node, chapFromRequestSecrets(secrets));
     // Nothing to export: the node reaches the image with its own cephx key (node config), never one sent here.
     return { transport: 'rbd', pool: this.cfg.pool, image: volumeImage(id), monitors: [...this.cfg.monitors] };
+  }
+
+  async prepareExport(id: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    this.mustVolume(id);
+    await this.iscsi?.prepare(id, node, chapFromRequestSecrets(secrets));
   }
 
   /**
@@ -551,7 +559,7 @@ export class RbdBackend implements Backend {
     if (this.iscsi) {
       // The gateway's fence is the target's: the ACL goes and the initiator's sessions end (tgtd is the only Ceph client).
       const others = rec.attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
-      if (others.length === 0) await this.iscsi.remove(id);
+      if (others.length === 0) await this.iscsi.removeTarget(id);
       else await this.iscsi.unexport(id, node);
       return;
     }

@@ -14,6 +14,9 @@ interface ChapRecord {
   chap: ChapCredentials;
 }
 
+const sameChap = (a: ChapCredentials | undefined, b: ChapCredentials): boolean =>
+  !!a && a.user === b.user && a.password === b.password && a.mutualUser === b.mutualUser && a.mutualPassword === b.mutualPassword;
+
 const isChapRecord = (v: unknown): v is ChapRecord =>
   typeof v === 'object' && v !== null && typeof (v as ChapRecord).id === 'string' && typeof (v as ChapRecord).chap?.user === 'string';
 
@@ -37,6 +40,9 @@ export interface ReconcileReport {
  * restore a CHAP-protected export after tgtd restarts, and the CO sends them
  * only with ControllerPublishVolume. They live in 0600 files in a 0700
  * directory beside the records, never in a record, a log line or an error.
+ * A node's CHAP record is durable before any record names its publish and is
+ * dropped only once none does (reconcile, or the volume's removal), so a
+ * restore never finds a CHAP publish without its CHAP and opens it wider.
  */
 export class IscsiExport {
   private readonly chapStore: RecordStore<ChapRecord>;
@@ -70,33 +76,87 @@ export class IscsiExport {
     return node.iqn;
   }
 
+  /**
+   * The node's CHAP record, durable before anything (the volume's record, the
+   * ACL) can name the publish: reconcile restores an ACL with the CHAP record
+   * it finds, so it must never find the publish without it.
+   */
+  async rememberChap(volumeId: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<void> {
+    const iqn = IscsiExport.initiatorOf(node);
+    if (!chap) return;
+    const key = this.chapKey(volumeId, iqn);
+    if (sameChap(this.chaps.get(key), chap)) return;
+    await this.chapStore.put({ id: key, chap });
+    this.chaps.set(key, chap);
+  }
+
+  /**
+   * A new publish (no record names the node yet): its CHAP record becomes
+   * this publish's. One an earlier publish of the node left (unpublished, not
+   * yet reconciled) must not protect a publish that asked for no CHAP with
+   * credentials its node no longer has.
+   */
+  async prepare(volumeId: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<void> {
+    if (chap) return this.rememberChap(volumeId, node, chap);
+    const key = this.chapKey(volumeId, IscsiExport.initiatorOf(node));
+    if (!this.chaps.has(key)) return;
+    await this.chapStore.remove(key);
+    this.chaps.delete(key);
+  }
+
   async export(volumeId: string, imagePath: string, node: NodeIdentity, chap: ChapCredentials | undefined): Promise<PublishContext> {
     const iqn = IscsiExport.initiatorOf(node);
     const key = this.chapKey(volumeId, iqn);
-    if (chap) {
-      await this.chapStore.put({ id: key, chap });
-      this.chaps.set(key, chap);
-    }
+    await this.rememberChap(volumeId, node, chap);
     const ref = await this.helper.ensureTarget(volumeId, imagePath);
     // The publish holds the volume's lock from ensureTarget to here: what ensureTarget saw is still what sinter made.
     await this.helper.allowInitiator(volumeId, iqn, chap ?? this.chaps.get(key), ref.seen);
     return { transport: 'iscsi', portals: this.portals, iqn: ref.iqn, lun: ref.lun };
   }
 
-  /** Fences one node: its ACL goes, its sessions end. The target stays for other nodes. */
+  /**
+   * Fences one node: its ACL goes, its sessions end. The target stays for
+   * other nodes. Its CHAP record stays too: the volume's record still names
+   * the publish until the unpublish writes it, and a crash before that write
+   * is durable leaves a record that reconcile restores, which must then come
+   * back with its CHAP, not open. reconcile drops the CHAP record once the
+   * volume's record no longer names the node.
+   */
   async unexport(volumeId: string, node: NodeIdentity): Promise<void> {
     if (!node.iqn) return;
     await this.helper.revokeInitiator(volumeId, node.iqn);
-    const key = this.chapKey(volumeId, node.iqn);
-    this.chaps.delete(key);
-    await this.chapStore.remove(key);
   }
 
+  /** The last node leaving: the target goes (its sessions with it); the CHAP records stay, as for unexport. */
+  async removeTarget(volumeId: string): Promise<void> {
+    await this.helper.removeTarget(volumeId);
+  }
+
+  /** The volume is being deleted (no publish left to restore): its target and every CHAP record go. */
   async remove(volumeId: string): Promise<void> {
     await this.helper.removeTarget(volumeId);
-    for (const key of [...this.chaps.keys()].filter((k) => k.startsWith(`${volumeId}.`))) {
-      this.chaps.delete(key);
+    await this.forgetChaps(volumeId, undefined);
+  }
+
+  private chapVolume(key: string): string {
+    return key.slice(0, key.lastIndexOf('.'));
+  }
+
+  /**
+   * Drops the CHAP records of `volumeId` that no attachment of `v` (the record
+   * as it is durable, read under the volume's lock) explains: what an
+   * unpublish left for its record write to settle, or a crash left behind.
+   */
+  private async forgetChaps(volumeId: string, v: VolumeRecord | undefined): Promise<void> {
+    const keep = new Set<string>();
+    for (const a of v?.attachments ?? []) {
+      const iqn = parseNodeId(a.nodeId)?.iqn;
+      if (iqn) keep.add(this.chapKey(volumeId, iqn));
+    }
+    for (const key of [...this.chaps.keys()]) {
+      if (this.chapVolume(key) !== volumeId || keep.has(key)) continue;
       await this.chapStore.remove(key);
+      this.chaps.delete(key);
     }
   }
 
@@ -153,6 +213,8 @@ export class IscsiExport {
     const published = (v: VolumeRecord | undefined) => !!v && v.attachments.length > 0 && (v.state === 'in-use' || v.state === 'available');
     const ids = new Set<string>(daemon.keys());
     for (const v of volumes()) if (published(v)) ids.add(v.id);
+    // Volumes with CHAP records too: an unpublish leaves its node's until the record no longer names it.
+    for (const key of this.chaps.keys()) if (this.owns(this.chapVolume(key))) ids.add(this.chapVolume(key));
 
     // Each volume is settled under its lock, re-reading its record there, so a
     // publish or unpublish running meanwhile is never undone.
@@ -167,6 +229,7 @@ export class IscsiExport {
             // Its ACLs went with it: each was an export no publish explained.
             for (const acl of daemon.get(id)!.acls) report.aclsRevoked.push(`${id} → ${acl}`);
           }
+          await this.forgetChaps(id, v);
         } catch (e) {
           report.errors.push(`${id}: ${(e as Error).message}`);
         }

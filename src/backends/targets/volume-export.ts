@@ -27,9 +27,13 @@ export interface VolumeExport {
   /** Throws when the target (tgtd, LIO's or nvmet's configfs) cannot be read: Probe's check. */
   check(): Promise<void>;
   export(volumeId: string, devicePath: string, node: NodeIdentity, secrets: Record<string, string>): Promise<PublishContext>;
+  /** Before the volume's record names a new publish: what restoring its export needs (CHAP), durable (Backend.prepareExport). */
+  prepare(volumeId: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void>;
   /**
    * Fences `node` (its ACL or allowed host goes, its sessions or controllers
-   * drop); with no other node in `attachments` the whole export goes.
+   * drop); with no other node in `attachments` the whole export goes. What a
+   * restore of the export needs (its CHAP record) stays until reconcile finds
+   * the volume's record without the node: the record may still name it.
    */
   unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void>;
   remove(volumeId: string): Promise<void>;
@@ -82,10 +86,14 @@ class IscsiVolumeExport implements VolumeExport {
     return this.x.export(volumeId, devicePath, node, chapFromRequestSecrets(secrets));
   }
 
+  prepare(volumeId: string, node: NodeIdentity, secrets: Record<string, string>): Promise<void> {
+    return this.x.prepare(volumeId, node, chapFromRequestSecrets(secrets));
+  }
+
   async unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void> {
     const others = attachments.filter((a) => parseNodeId(a.nodeId)?.iqn !== node.iqn);
     // The last node leaving takes the target with it: nothing stays exported that no publish explains.
-    if (others.length === 0) await this.x.remove(volumeId);
+    if (others.length === 0) await this.x.removeTarget(volumeId);
     else await this.x.unexport(volumeId, node);
   }
 
@@ -132,6 +140,10 @@ class NvmeofVolumeExport implements VolumeExport {
 
   export(volumeId: string, devicePath: string, node: NodeIdentity, secrets: Record<string, string>): Promise<PublishContext> {
     return this.x.export(volumeId, devicePath, node, secrets);
+  }
+
+  async prepare(): Promise<void> {
+    // Nothing a restore needs beyond the record: nvmet keeps no secrets.
   }
 
   async unexport(volumeId: string, node: NodeIdentity, attachments: readonly Attachment[]): Promise<void> {
