@@ -163,6 +163,9 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
         rounds++;
       }
     })();
+    // The growth starts once I/O is flowing on the session: it is I/O in flight across the reopen
+    // that this asserts, not the session's first command racing the first reopen.
+    for (let i = 0; rounds < 3 && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
     await fs.truncate(image, 128 * MiB);
     expect(await helper.refreshLunSize(volumeId, image)).toBe('refreshed');
     for (let i = 0; i < 15; i++) await helper.refreshLunSize(volumeId, image, { force: true });
