@@ -2,7 +2,7 @@
 // (bind) + NodeUnpublish + NodeUnstage through the local connector of
 // `sinter all`, against the raw losetup / mkfs.ext4 / mount / bind / umount /
 // losetup -d sequence started by this process through the same executor
-// (execa, same options) sinter uses. Each repetition uses a fresh blank 1 GiB
+// (the command runner, same options) sinter uses. Each repetition uses a fresh blank 1 GiB
 // sparse image on the same filesystem, so both sides format every time.
 import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import { lstat, realpath } from 'node:fs/promises';

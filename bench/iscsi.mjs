@@ -2,7 +2,7 @@
 // with `export: iscsi` (tgt), and NodeStageVolume + NodeUnstageVolume (block
 // access) through the user-space initiator, each against the raw host
 // commands sinter's helpers run for the same thing, started by this process
-// through the same executor (execa, same options) in the same run.
+// through the same executor (the command runner, same options) in the same run.
 //
 // The section owns everything it uses: a tgtd on 127.0.0.1 with a private
 // control port and portal, a `sinter controller` and a `sinter node`; all of

@@ -16,7 +16,7 @@ export const GiB = 1024 * MiB;
 export const MAIN = process.env.BENCH_MAIN ?? fileURLToPath(new URL('../dist/main.js', import.meta.url));
 export const FLOOR_SERVER = fileURLToPath(new URL('./floor-server.mjs', import.meta.url));
 
-/** The same door sinter uses to start host commands (execa, same options), for the raw sequences. */
+/** The same door sinter uses to start host commands (its command runner, same options), for the raw sequences. */
 export const hostExec = new HostExecutor({ mode: 'direct', defaultTimeoutMs: 120_000 });
 
 // ---------------------------------------------------------------- statistics

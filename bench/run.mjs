@@ -131,7 +131,7 @@ every figure is the median over the rounds, and so is every ratio (of per-round 
 Floors:
   1. bare @grpc/grpc-js server, same csi.proto and loader options, constant replies, unix socket (bench/floor-server.mjs).
   2. ${PROVISION_FLOOR}
-  3. ${ATTACH_RAW} — spawned through sinter's own executor (execa).
+  3. ${ATTACH_RAW} — spawned through sinter's own executor (forked by its command runner, src/exec/command_runner.pl).
   4. cp --reflink=always (xfs) / cp --sparse=always --reflink=never (ext4) of the same image, then fsync of the copy.
   5. start-up: node -e "" (spawn to exit); RSS: the idle floor server; ListVolumes: the floor server's canned page of 100.
   6a. ${ISCSI_RAW_PUBLISH} — each tgtadm spawned through sinter's executor; ratio = p50 ÷ p50 (p95 ÷ p95).
