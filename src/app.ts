@@ -44,7 +44,7 @@ export interface App {
 
 /** Wires the roles' services from one validated Config; starts backends and node state. */
 export async function createApp(cfg: Config, log: Logger, opts: { readAhead?: ReadAhead } = {}): Promise<App> {
-  const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 }, log.child({ part: 'exec' }));
+  const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, spawnVia: cfg.exec.spawnVia, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 }, log.child({ part: 'exec' }));
   const backends = new Map<string, Backend>();
   for (const b of cfg.backends) backends.set(b.name, await createBackend(b, exec, log, opts.readAhead));
 

@@ -484,6 +484,8 @@ export const execSchema = section({
   timeoutSeconds: v.optional(num(1, 3600), 120),
   /** With mode nsenter: whose namespaces to enter, the host's (PID 1) or iscsid's (where it runs in a container of its own). */
   nsenterTarget: v.optional(oneOf(['host', 'iscsid']), 'host'),
+  /** Who forks host commands: the command runner (a small perl co-process; src/exec/command-runner.ts) or sinter itself. */
+  spawnVia: v.optional(oneOf(['runner', 'self']), 'runner'),
 });
 
 /** The controller's Kubernetes API access (VolumeAttachment / CSINode / PersistentVolume reads); `enabled` is resolved in kubernetes.ts. */

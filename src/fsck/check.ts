@@ -72,7 +72,7 @@ function failed(area: string, what: string, e: unknown): FsckFinding {
  */
 export async function runFsck(cfg: Config, opts: FsckOptions): Promise<FsckReport> {
   const log = opts.log ?? pino({ level: 'silent' });
-  const exec = opts.exec ?? new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 });
+  const exec = opts.exec ?? new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, spawnVia: cfg.exec.spawnVia, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 });
   const sections: FsckSection[] = [];
 
   if (opts.scope !== 'node') {

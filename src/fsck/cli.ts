@@ -95,7 +95,7 @@ export async function fsckMain(argv: string[]): Promise<number> {
     throw e;
   }
   const scope: FsckScope = role;
-  const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 });
+  const exec = new HostExecutor({ mode: cfg.exec.mode, hostRoot: cfg.exec.hostRoot, nsenterTarget: cfg.exec.nsenterTarget, spawnVia: cfg.exec.spawnVia, defaultTimeoutMs: cfg.exec.timeoutSeconds * 1000 });
   const log = pino({ level: 'silent' });
 
   let repaired: FsckReport | undefined;

@@ -111,7 +111,7 @@ describe('configuration schema', () => {
   });
 
   it('types are inferred from the schema (a key added there appears in Config; typecheck fails on drift)', () => {
-    expectTypeOf<ExecConfig>().toEqualTypeOf<{ mode: 'direct' | 'nsenter' | 'chroot'; hostRoot: string; timeoutSeconds: number; nsenterTarget: 'host' | 'iscsid' }>();
+    expectTypeOf<ExecConfig>().toEqualTypeOf<{ mode: 'direct' | 'nsenter' | 'chroot'; hostRoot: string; timeoutSeconds: number; nsenterTarget: 'host' | 'iscsid'; spawnVia: 'runner' | 'self' }>();
     expectTypeOf<IscsiExportConfig['blockSize']>().toEqualTypeOf<512 | 4096>();
     expectTypeOf<FileBackendConfig['export']>().toEqualTypeOf<'local' | 'iscsi' | 'nvmeof'>();
     expectTypeOf<FileBackendConfig['iscsi']>().toEqualTypeOf<IscsiExportConfig | undefined>();
@@ -130,7 +130,7 @@ describe('configuration schema', () => {
     expectTypeOf<Config['kubernetes']['enabled']>().toEqualTypeOf<boolean>();
     expectTypeOf<Config['node']['fc']>().toEqualTypeOf<{ scanTimeoutSeconds: number; removeTimeoutSeconds: number }>();
     const c = load(full);
-    expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'timeoutSeconds']);
+    expect(Object.keys(c.exec).sort()).toEqual(['hostRoot', 'mode', 'nsenterTarget', 'spawnVia', 'timeoutSeconds']);
     const b0 = c.backends[0];
     expect(b0.driver === 'file' ? b0.iscsi : undefined).toMatchObject({ helper: 'tgt', blockSize: 512, writeCache: true, reconcileSeconds: 30 });
   });
