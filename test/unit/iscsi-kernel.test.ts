@@ -92,10 +92,15 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
   });
   afterEach(() => sysfs.cleanup());
 
-  /** A fake host: sessions appear on login, per the handler's state. */
+  /**
+   * A fake host: sessions appear on login, per the handler's state. The
+   * sessions the listings show are described to the fake sysfs too (the
+   * kernel's records iscsiadm reads), and a logout removes its session there.
+   */
   function host(opts: { sessionsBefore?: string; sessionsAfter?: string; login?: string; nodeExists?: boolean; onLogin?: () => void; onLogout?: () => void; sessionsAfterLogout?: string }) {
     let loggedIn = false;
     let loggedOut = false;
+    for (const name of [opts.sessionsBefore, opts.sessionsAfter, opts.sessionsAfterLogout]) if (name) sysfs.asListed(fixture(name).stdout);
     return new FakeExecutor((cmd, args) => {
       if (cmd === 'blockdev' || cmd === 'multipath' || cmd === 'multipathd') return ok;
       const a = args.join(' ');
@@ -113,6 +118,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       }
       if (a.endsWith('--logout')) {
         loggedOut = true;
+        for (const sid of sysfs.sessionsTo(args[args.indexOf('-T') + 1], args[args.indexOf('-p') + 1])) sysfs.removeSession(sid);
         opts.onLogout?.();
         return fixture('logout-ok');
       }
@@ -131,8 +137,8 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     sysfs.onScan.set('0:1', { sid: 1, disk: 'sda' });
     const a = await make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE, chap: CHAP });
     expect(a).toEqual({ initiator: 'kernel', devicePath: `${sysfs.dev}/sda`, paths: [{ portal: P1, device: `${sysfs.dev}/sda`, sid: 1, hctl: '0:0:0:1' }] });
+    // Sessions to the target come from sysfs, before the login and after it: no `iscsiadm -m session -P 3`.
     expect(exec.lines).toEqual([
-      'iscsiadm -m session -P 3',
       N(P1),
       `${N(P1)} --op new`,
       `${N(P1)} --op update -n node.startup -v manual`,
@@ -142,7 +148,6 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       `${N(P1)} --op update -n node.session.auth.username -v sinter-node`,
       `${N(P1)} --op update -n node.session.auth.password -v ***`,
       `${N(P1)} --login`,
-      'iscsiadm -m session -P 3',
     ]);
     // The secret reached iscsiadm, and only ever with Executor's masking asked for.
     const withSecret = exec.calls.filter((c) => c.args.includes(CHAP.password));
@@ -325,7 +330,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     sysfs.addDisk(0, 1, 1, 'sda');
     const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
     await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
-    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `blockdev --flushbufs ${sysfs.dev}/sda`, `${N(P1)} --logout`, `${N(P1)} --op delete`]);
+    expect(exec.lines).toEqual([`blockdev --flushbufs ${sysfs.dev}/sda`, `${N(P1)} --logout`, `${N(P1)} --op delete`]);
     expect(sysfs.writes).toEqual([{ path: 'block/sda/device/delete', data: '1' }]);
   });
 
@@ -336,15 +341,15 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const exec = host({ sessionsBefore: 'session-p3-two-luns', nodeExists: true });
     const init = make(exec);
     await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
-    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `blockdev --flushbufs ${sysfs.dev}/sda`]);
+    expect(exec.lines).toEqual([`blockdev --flushbufs ${sysfs.dev}/sda`]);
     expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sda/device/delete']);
 
     exec.calls.length = 0;
     await init.disconnect({ portals: [P1], iqn: T1, lun: 2 });
-    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `blockdev --flushbufs ${sysfs.dev}/sdb`, `${N(P1)} --logout`, `${N(P1)} --op delete`]);
+    expect(exec.lines).toEqual([`blockdev --flushbufs ${sysfs.dev}/sdb`, `${N(P1)} --logout`, `${N(P1)} --op delete`]);
   });
 
-  it('is idempotent: disconnecting with no session and no record succeeds (exit 21 is "already gone")', async () => {
+  it('is idempotent: disconnecting with no session and no record succeeds (exit 21 is "already gone"); no session in sysfs is confirmed with iscsiadm', async () => {
     const exec = host({ sessionsBefore: 'session-none', nodeExists: false });
     const init = make(exec);
     await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
@@ -357,7 +362,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     sysfs.addSession(0, 1);
     const exec = host({ sessionsBefore: 'session-p3-unscanned', nodeExists: true });
     await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
-    expect(exec.lines).toEqual(['iscsiadm -m session -P 3', `${N(P1)} --logout`, `${N(P1)} --op delete`]);
+    expect(exec.lines).toEqual([`${N(P1)} --logout`, `${N(P1)} --op delete`]);
   });
 
   it('disconnects a multipath LUN: flush and remove the map, then both paths, then both sessions', async () => {
@@ -369,7 +374,6 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
     await make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 });
     expect(exec.lines).toEqual([
-      'iscsiadm -m session -P 3',
       `blockdev --flushbufs ${sysfs.dev}/dm-0`,
       'multipath -f mpatha',
       `blockdev --flushbufs ${sysfs.dev}/sda`,
@@ -407,7 +411,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
         { path: 'block/sda/device/rescan', data: '1' },
         { path: 'block/sdb/device/rescan', data: '1' },
       ]);
-      expect(exec.lines).toEqual(['iscsiadm -m session -P 3', 'multipathd resize map mpatha']);
+      expect(exec.lines).toEqual(['multipathd resize map mpatha']);
     });
 
     it('rescans a single path with no map, and through the iscsi connector (kernel mode) too', async () => {
@@ -444,7 +448,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       writeFileSync(sysfs.mountInfo, '36 25 253:0 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:1 - ext4 /dev/dm-0 rw\n');
       const exec = host({ sessionsBefore: 'session-p3-multipath', nodeExists: true });
       await expect(make(exec).disconnect({ portals: [P1, P2], iqn: T1, lun: 1 })).rejects.toMatchObject({ code: Code.FAILED_PRECONDITION, message: stringContaining('unmount it first') });
-      expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
+      expect(exec.lines).toEqual([]);
       expect(sysfs.writes).toEqual([]);
     });
 
@@ -525,11 +529,11 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       new IscsiConnector({ mode: 'kernel', initiatorName: NODE, stateDir: sysfs.root, kernel: { sysfs: sysfs.tree, mountInfoPath: sysfs.mountInfo } }, exec as never, pino({ level: 'silent' }));
     const ctx = (portals: string[]) => ({ transport: 'iscsi' as const, portals, iqn: T1, lun: 1 });
 
-    it('healthy while LOGGED_IN; abnormal naming the failed session and what to check when its only session is FAILED; one call to iscsiadm each', async () => {
+    it('healthy while LOGGED_IN; abnormal naming the failed session and what to check when its only session is FAILED; the states read from sysfs (class/iscsi_session/sessionN/state, what iscsiadm prints), no iscsiadm', async () => {
       sysfs.addDisk(0, 1, 1, 'sda');
       const up = host({ sessionsBefore: 'session-p3-one' });
       expect(await connector(up).condition(ctx([P1]), `${sysfs.dev}/sda`)).toEqual({ abnormal: false, attached: true, message: `attached as ${sysfs.dev}/sda` });
-      expect(up.lines).toEqual(['iscsiadm -m session -P 3']);
+      expect(up.lines).toEqual([]);
       // Recorded within the replacement_timeout (120 s, no multipathd): session FAILED, its disk blocked.
       sysfs.cleanup();
       sysfs = new FakeSysfs();
@@ -540,7 +544,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
         attached: true,
         message: `the iSCSI session to ${T1} is down (session 7 at ${P1} is FAILED): I/O waits for the session to recover (iscsid retries the login) and fails after its replacement_timeout; check the network path to the portal and the target`,
       });
-      expect(down.lines).toEqual(['iscsiadm -m session -P 3']);
+      expect(down.lines).toEqual([]);
     });
 
     it('one of two multipath sessions down past its replacement_timeout (the kernel shows it FREE, its disk transport-offline): abnormal, running degraded', async () => {
