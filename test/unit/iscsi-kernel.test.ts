@@ -186,16 +186,18 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     expect(sysfs.writes).toEqual([{ path: 'class/scsi_host/host0/scan', data: '0 0 1' }]);
   });
 
-  it("takes the session's SCSI host from iscsiadm's listing in one look, without walking every iSCSI host (one per session: O(sessions) per call)", async () => {
+  it("takes the session's SCSI host from its own record in one look (its device's parent in sysfs), without walking every iSCSI host (one per session: O(sessions) per call), and never lists every session with iscsiadm", async () => {
     for (let h = 1; h <= 40; h++) sysfs.addSession(h, 100 + h);
     sysfs.addNonDisk(0, 1, 0);
     sysfs.addDisk(0, 1, 1, 'sda');
     const lists = vi.spyOn(sysfs.tree, 'list');
     const looks = vi.spyOn(sysfs.tree, 'exists');
-    const init = make(host({ sessionsBefore: 'session-p3-one', nodeExists: true }));
+    const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+    const init = make(exec);
     expect((await init.connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).devicePath).toBe(`${sysfs.dev}/sda`);
     expect(await init.find({ portals: [P1], iqn: T1, lun: 1 })).toBe(`${sysfs.dev}/sda`);
     await init.disconnect({ portals: [P1], iqn: T1, lun: 1 });
+    expect(exec.lines.filter((l) => l.startsWith('iscsiadm -m session'))).toEqual([]);
     expect(lists.mock.calls.filter(([rel]) => rel === 'class/iscsi_host')).toEqual([]);
     expect(looks.mock.calls.filter(([rel]) => rel.startsWith('class/iscsi_host/')).every(([rel]) => rel === 'class/iscsi_host/host0/device/session1')).toBe(true);
     expect(sysfs.writes).toEqual([
@@ -393,6 +395,102 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
     expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sda/device/delete']);
     expect(exec.lines.filter((l) => l.includes('6fa459ea'))).toEqual([]);
+  });
+  describe('sessions of one target read from sysfs: class/iscsi_session/sessionN and class/iscsi_connection/connectionN:0 as Linux 6.1 (drivers/scsi/scsi_transport_iscsi.c, libiscsi.c) names and prints them', () => {
+    const OTHER = 'iqn.2025-01.io.sinter:default-6fa459ea-ee8a-3ca4-894e-db77e160355e';
+    const at = (target: string, portal: string) => {
+      const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(portal)!;
+      const address = m[1] ?? m[2];
+      return { target, tpgt: 1, state: 'LOGGED_IN', persistentAddress: address, persistentPort: Number(m[3]), address, port: Number(m[3]) };
+    };
+
+    it('reads what iscsiadm prints of the recorded sessions: target, portals, tpgt, state, host', async () => {
+      for (const name of ['session-p3-multipath', 'session-p3-failed', 'session-p3-two-targets']) {
+        sysfs.cleanup();
+        sysfs = new FakeSysfs();
+        const listed = parseSessionTree(fixture(name).stdout);
+        sysfs.asListed(fixture(name).stdout);
+        for (const l of listed) sysfs.addSession(l.hostNumber!, l.sid);
+        const fields = (x: { target: string; sid: number; currentPortal?: string; persistentPortal?: string; tpgt?: number; sessionState?: string; hostNumber?: number }) =>
+          [x.target, x.sid, x.currentPortal, x.persistentPortal, x.tpgt, x.sessionState, x.hostNumber];
+        expect((await make(host({})).targetSessions(T1)).map(fields), name).toEqual(listed.filter((l) => l.target === T1).map(fields));
+      }
+    });
+
+    it('ignores a session to another target at the same portal and one to the same target at another portal; a miss is confirmed with iscsiadm, then a login', async () => {
+      sysfs.addSession(0, 1, at(OTHER, P1));
+      sysfs.addDisk(0, 1, 1, 'sda');
+      sysfs.addSession(1, 2, at(T1.toUpperCase(), P2));
+      sysfs.addDisk(1, 2, 1, 'sdb');
+      const exec = host({ onLogin: () => sysfs.addSession(2, 3, at(T1, P1)) });
+      sysfs.onScan.set('2:1', { sid: 3, disk: 'sdc' });
+      const init = make(exec);
+      expect((await init.targetSessions(T1)).map((s) => [s.sid, s.persistentPortal])).toEqual([[2, P2]]);
+      expect(await init.find({ portals: [P1], iqn: T1, lun: 1 })).toBeUndefined();
+      // No session at P1 in sysfs: iscsiadm's listing is asked before "not attached" is believed.
+      expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
+      exec.calls.length = 0;
+      const a = await init.connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+      expect(a.paths).toEqual([{ portal: P1, device: `${sysfs.dev}/sdc`, sid: 3, hctl: '2:0:0:1' }]);
+      expect(exec.lines.filter((l) => l.includes('--login') || l.startsWith('iscsiadm -m session'))).toEqual([`${N(P1)} --login`]);
+      expect(sysfs.writes.map((w) => w.path)).toEqual(['class/scsi_host/host2/scan']);
+    });
+
+    it('an IPv6 portal: the persistent address as given, the current one as the kernel prints it (%pI6, uncompressed), in brackets as iscsiadm prints them', async () => {
+      const P6 = '[fd00::1]:3260';
+      const full = 'fd00:0000:0000:0000:0000:0000:0000:0001';
+      sysfs.addSession(0, 1, { target: T1, tpgt: 1, state: 'LOGGED_IN', persistentAddress: 'fd00::1', persistentPort: 3260, address: full, port: 3260 });
+      sysfs.addDisk(0, 1, 1, 'sda');
+      const exec = host({ nodeExists: true });
+      const init = make(exec);
+      const [s] = await init.targetSessions(T1);
+      // What open-iscsi 2.1.8's session_info_print_tree prints of the same attributes, read back by our parser.
+      const [listed] = parseSessionTree(`Target: ${T1} (non-flash)\n\tCurrent Portal: [${full}]:3260,1\n\tPersistent Portal: [fd00::1]:3260,1\n\t\tSID: 1\n\t\tiSCSI Session State: LOGGED_IN\n\t\tHost Number: 0\tState: running\n`);
+      expect(s).toEqual({ ...listed, devices: [] });
+      expect(await init.health({ portals: [P6], iqn: T1, lun: 1 })).toMatchObject({ device: `${sysfs.dev}/sda`, sessions: 1, down: [] });
+      await init.disconnect({ portals: [P6], iqn: T1, lun: 1 });
+      expect(exec.lines).toEqual([`blockdev --flushbufs ${sysfs.dev}/sda`, `iscsiadm -m node -T ${T1} -p ${P6} --interface default --logout`, `iscsiadm -m node -T ${T1} -p ${P6} --interface default --op delete`]);
+    });
+
+    it('a session the connection of which has no address (iscsi_tcp: no socket while it recovers) is still found by its persistent portal, and reported down', async () => {
+      sysfs.addSession(0, 7, { ...at(T1, P1), state: 'FAILED', address: undefined, port: undefined });
+      sysfs.addDisk(0, 7, 1, 'sda');
+      const exec = host({});
+      const h = await make(exec).health({ portals: [P1], iqn: T1, lun: 1 });
+      expect(h).toMatchObject({ device: `${sysfs.dev}/sda`, sessions: 1, down: [`session 7 at ${P1} is FAILED`], expired: false });
+      expect(exec.lines).toEqual([]);
+    });
+
+    it('login answers "session exists" (exit 15) for a session sysfs does not show (iscsid in other namespaces): iscsiadm\'s listing is asked for that lookup', async () => {
+      const exec = host({ login: 'login-session-exists', sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(0, 1, undefined, { inClass: false }) });
+      sysfs.onScan.set('0:1', { sid: 1, disk: 'sda' });
+      const a = await make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+      expect(a.paths).toEqual([{ portal: P1, device: `${sysfs.dev}/sda`, sid: 1, hctl: '0:0:0:1' }]);
+      expect(exec.lines.slice(-2)).toEqual([`${N(P1)} --login`, 'iscsiadm -m session -P 3']);
+    });
+
+    it('a login neither sysfs nor iscsiadm then shows is an error, not a guess', async () => {
+      const exec = host({ login: 'login-session-exists', sessionsAfter: 'session-none' });
+      await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({ code: Code.INTERNAL, message: stringContaining('neither sysfs nor iscsiadm shows') });
+    });
+
+    it('a LUN of another volume on the same session prevents the logout, whatever an older listing said (the LUNs are read from sysfs)', async () => {
+      sysfs.addNonDisk(0, 1, 0);
+      sysfs.addDisk(0, 1, 1, 'sda');
+      // Staged since: another volume's LUN on the same session. The recorded listing knows only LUN 1.
+      sysfs.addDisk(0, 1, 5, 'sdf');
+      const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+      await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
+      expect(exec.lines).toEqual([`blockdev --flushbufs ${sysfs.dev}/sda`]);
+      expect(sysfs.writes.map((w) => w.path)).toEqual(['block/sda/device/delete']);
+      expect(sysfs.sessionsTo(T1, P1)).toEqual([1]);
+    });
+
+    it('never logs out of a session whose LUNs sysfs cannot show (only iscsiadm lists it): another volume may use it', async () => {
+      const exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+      await make(exec).disconnect({ portals: [P1], iqn: T1, lun: 1 });
+      expect(exec.lines).toEqual(['iscsiadm -m session -P 3']);
+    });
   });
   describe('shares the SAN multipath code with the FC connector (src/node/connectors/multipath.ts)', () => {
     const multipathLun = () => {
