@@ -290,8 +290,9 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     for (const t of await this.sysfs.list(sessDir)) {
       if (!/^target\d+:\d+:\d+$/.test(t)) continue;
       for (const l of await this.sysfs.list(`${sessDir}/${t}`)) {
+        // Not filtered by host: an entry skipped here would be a LUN in use that otherLuns does not see.
         const m = /^(\d+):(\d+):(\d+):(\d+)$/.exec(l);
-        if (!m || Number(m[1]) !== host) continue;
+        if (!m) continue;
         const blocks = await this.sysfs.list(`${sessDir}/${t}/${l}/block`);
         const d: SessionLun = { channel: Number(m[2]), id: Number(m[3]), lun: Number(m[4]), hasBlock: blocks.length > 0 };
         const disk = blocks.find((n) => KERNEL_NAME_RE.test(n));
