@@ -97,7 +97,7 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
    * sessions the listings show are described to the fake sysfs too (the
    * kernel's records iscsiadm reads), and a logout removes its session there.
    */
-  function host(opts: { sessionsBefore?: string; sessionsAfter?: string; login?: string; nodeExists?: boolean; onLogin?: () => void; onLogout?: () => void; sessionsAfterLogout?: string }) {
+  function host(opts: { sessionsBefore?: string; sessionsAfter?: string; login?: string; loginAnswers?: ExecResult[]; nodeExists?: boolean; onLogin?: () => void; onLogout?: () => void; sessionsAfterLogout?: string }) {
     let loggedIn = false;
     let loggedOut = false;
     for (const name of [opts.sessionsBefore, opts.sessionsAfter, opts.sessionsAfterLogout]) if (name) sysfs.asListed(fixture(name).stdout);
@@ -109,6 +109,8 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
         return fixture(name);
       }
       if (a.endsWith('--login')) {
+        const first = opts.loginAnswers?.shift();
+        if (first) return first;
         const r = fixture(opts.login ?? 'login-ok');
         if (r.exitCode === 0 || r.exitCode === 15) {
           loggedIn = true;
@@ -220,6 +222,20 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
     const exec = host({ login: 'login-session-exists', sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(0, 1) });
     sysfs.onScan.set('0:1', { sid: 1, disk: 'sda' });
     await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).resolves.toMatchObject({ devicePath: `${sysfs.dev}/sda` });
+  });
+
+  it('retries a login that read the node database while another stage changed a record (exit 6), then gives up with the database error', async () => {
+    const busy = { stdout: '', stderr: 'iscsiadm: Could not execute operation on all records: encountered iSCSI database failure\n', exitCode: 6 };
+    const exec = host({ loginAnswers: [busy], sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(0, 1) });
+    sysfs.onScan.set('0:1', { sid: 1, disk: 'sda' });
+    await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).resolves.toMatchObject({ devicePath: `${sysfs.dev}/sda` });
+    expect(exec.lines.filter((l) => l.endsWith('--login'))).toEqual([`${N(P1)} --login`, `${N(P1)} --login`]);
+
+    sysfs.cleanup();
+    sysfs = new FakeSysfs();
+    const always = host({ loginAnswers: [busy, busy, busy] });
+    await expect(make(always).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({ code: Code.INTERNAL, message: stringContaining('exit 6') });
+    expect(always.lines.filter((l) => l.endsWith('--login'))).toHaveLength(3);
   });
 
   it('maps exit 24 to a CHAP error, 19 to a refused login, 6 to a node database error; the secret never in a message', async () => {

@@ -84,6 +84,9 @@ interface LoggedInPath {
 /** How often iscsid retries a first login before failing it (open-iscsi's default is 8). */
 export const INITIAL_LOGIN_RETRY_MAX = 2;
 
+/** Attempts of a login that iscsiadm fails with a node database error (exit 6): see login(). */
+const LOGIN_IDBM_ATTEMPTS = 3;
+
 export class KernelIscsiInitiator implements IscsiInitiator {
   readonly kind = 'kernel' as const;
   private readonly locks = new KeyedLock();
@@ -347,10 +350,30 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     return internal((e as Error).message);
   }
 
-  /** True when iscsiadm answered that the session already exists (exit 15). */
+  /**
+   * True when iscsiadm answered that the session already exists (exit 15).
+   *
+   * `iscsiadm -m node -T … --login` first reads every node record of every
+   * target (open-iscsi's idbm_for_each_rec), without the lock its writers
+   * take: a record another stage is writing or deleting at that moment makes
+   * the login fail with exit 6 before anything is sent (seen in the VM with
+   * two volumes staged side by side). That answer is retried, holding the
+   * node-db lock so that sinter's own writers keep out of the way.
+   */
   private async login(iqn: string, p: Portal, chap: ChapCredentials | undefined): Promise<boolean> {
+    const run = () => this.iscsiadm([...this.nodeArgs(iqn, p), '--login'], [ISCSI_ERR.SESS_EXISTS], chapSecrets(chap));
     try {
-      const r = await this.iscsiadm([...this.nodeArgs(iqn, p), '--login'], [ISCSI_ERR.SESS_EXISTS], chapSecrets(chap));
+      let r;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          r = attempt === 1 ? await run() : await this.locks.run('\0node-db', run);
+          break;
+        } catch (e) {
+          if (!(e instanceof ExecError) || e.exitCode !== ISCSI_ERR.IDBM || attempt >= LOGIN_IDBM_ATTEMPTS) throw e;
+          this.log?.info({ iqn, portal: p.text, attempt }, 'iSCSI login read the node database while another record changed (exit 6); retrying');
+          await this.clock.sleep(this.c.initialBackoffMs * attempt);
+        }
+      }
       if (r.exitCode === ISCSI_ERR.SESS_EXISTS) this.log?.debug({ iqn, portal: p.text }, 'iSCSI session already present (exit 15); reusing it');
       else this.log?.info({ iqn, portal: p.text }, 'iSCSI login');
       return r.exitCode === ISCSI_ERR.SESS_EXISTS;
