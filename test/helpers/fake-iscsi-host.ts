@@ -1,8 +1,9 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { ExecError, type ExecOptions, type ExecResult, type Executor } from '../../src/exec/run.js';
 import { SysfsTree } from '../../src/node/connectors/sysfs.js';
+import { parseSessionTree } from '../../src/node/connectors/iscsi/iscsiadm-parse.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures', 'iscsiadm');
 
@@ -49,6 +50,35 @@ export class FakeExecutor implements Executor {
 }
 
 /**
+ * What the kernel keeps of an iSCSI session in sysfs (Linux 6.1,
+ * drivers/scsi/scsi_transport_iscsi.c): class/iscsi_session/sessionN
+ * (targetname, tpgt, state) and class/iscsi_connection/connectionN:0
+ * (persistent_address/persistent_port, set by iscsid from the node record;
+ * address/port, the connection's peer, printed by libiscsi with %pI4 / %pI6,
+ * so IPv6 in full, uncompressed form). Addresses without brackets.
+ */
+export interface SessionAttrs {
+  target: string;
+  tpgt?: number;
+  /** LOGGED_IN, FAILED or FREE (iscsi_session_state_name). */
+  state?: string;
+  persistentAddress: string;
+  persistentPort: number;
+  /** Absent: the attribute cannot be read (iscsi_tcp answers ENOTCONN while the connection has no socket). */
+  address?: string;
+  port?: number;
+}
+
+/** A session the tests did not describe: another target, so that no connector mistakes it for theirs. */
+const otherSession = (sid: number): SessionAttrs => ({ target: `iqn.2025-01.io.example:unrelated-${sid}`, tpgt: 1, state: 'LOGGED_IN', persistentAddress: '192.0.2.9', persistentPort: 3260, address: '192.0.2.9', port: 3260 });
+
+function splitPortal(text: string): { address: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
+  if (!m) throw new Error(`not a portal: ${text}`);
+  return { address: m[1] ?? m[2], port: Number(m[3]) };
+}
+
+/**
  * A fake sysfs + /dev laid out like the real one (class entries are symlinks
  * into devices/platform), with hooks so writes to `scan` and `delete` act as
  * the kernel would.
@@ -78,10 +108,67 @@ export class FakeSysfs {
     if (!existsSync(from)) symlinkSync(relative(dirname(from), to), from);
   }
 
-  /** An iSCSI host with one session (as after login, before any scan). */
-  addSession(host: number, sid: number): void {
+  /** Sessions' attributes by sid, for sessions made without them (asListed). */
+  private readonly described = new Map<number, SessionAttrs>();
+
+  /**
+   * Describes the sessions an iscsiadm listing shows as the kernel holds them,
+   * so that a session made by sid (addSession, addDisk) carries the target,
+   * portals and state the fake iscsiadm reports for it; sessions already made are updated.
+   */
+  asListed(listing: string): this {
+    for (const s of parseSessionTree(listing)) {
+      const persistent = splitPortal(s.persistentPortal ?? s.currentPortal!);
+      const current = s.currentPortal ? splitPortal(s.currentPortal) : undefined;
+      const attrs: SessionAttrs = { target: s.target, tpgt: s.tpgt, state: s.sessionState, persistentAddress: persistent.address, persistentPort: persistent.port, address: current?.address, port: current?.port };
+      this.described.set(s.sid, attrs);
+      const hostDir = this.hostOf(s.sid);
+      if (hostDir) this.writeSessionAttrs(hostDir, s.sid, attrs);
+    }
+    return this;
+  }
+
+  private hostOf(sid: number): string | undefined {
+    const link = join(this.sys, 'class', 'iscsi_session', `session${sid}`);
+    return existsSync(link) ? dirname(dirname(dirname(realpathSync(link)))) : undefined;
+  }
+
+  private writeSessionAttrs(hostDir: string, sid: number, a: SessionAttrs): void {
+    const sess = join(hostDir, `session${sid}`, 'iscsi_session', `session${sid}`);
+    const conn = join(hostDir, `session${sid}`, `connection${sid}:0`, 'iscsi_connection', `connection${sid}:0`);
+    writeFileSync(join(sess, 'targetname'), `${a.target}\n`);
+    writeFileSync(join(sess, 'tpgt'), `${a.tpgt ?? 1}\n`);
+    writeFileSync(join(sess, 'state'), `${a.state ?? 'LOGGED_IN'}\n`);
+    writeFileSync(join(conn, 'persistent_address'), `${a.persistentAddress}\n`);
+    writeFileSync(join(conn, 'persistent_port'), `${a.persistentPort}\n`);
+    for (const [name, v] of [['address', a.address], ['port', a.port]] as const) {
+      if (v === undefined) rmSync(join(conn, name), { force: true });
+      else writeFileSync(join(conn, name), `${v}\n`);
+    }
+  }
+
+  /**
+   * An iSCSI host with one session (as after login, before any scan), in
+   * class/iscsi_session and class/iscsi_connection as the kernel shows it:
+   * `attrs`, else what asListed said of this sid, else another target's.
+   * `inClass: false` leaves the class entries out (a sysfs that does not show
+   * the session there, as iscsid's may not be ours).
+   */
+  addSession(host: number, sid: number, attrs?: SessionAttrs, opts: { inClass?: boolean } = {}): void {
     const hostDir = join(this.sys, 'devices', 'platform', `host${host}`);
-    mkdirSync(join(hostDir, `session${sid}`, 'iscsi_session', `session${sid}`), { recursive: true });
+    const sessDir = join(hostDir, `session${sid}`);
+    const connDir = join(sessDir, `connection${sid}:0`);
+    // A session made before (addDisk's, or one left out of the class entries) keeps what it has.
+    if (opts.inClass !== false && (attrs || !existsSync(sessDir))) {
+      mkdirSync(join(sessDir, 'iscsi_session', `session${sid}`), { recursive: true });
+      mkdirSync(join(connDir, 'iscsi_connection', `connection${sid}:0`), { recursive: true });
+      this.link(join(this.sys, 'class', 'iscsi_session', `session${sid}`), join(sessDir, 'iscsi_session', `session${sid}`));
+      this.link(join(sessDir, 'iscsi_session', `session${sid}`, 'device'), sessDir);
+      this.link(join(this.sys, 'class', 'iscsi_connection', `connection${sid}:0`), join(connDir, 'iscsi_connection', `connection${sid}:0`));
+      this.link(join(connDir, 'iscsi_connection', `connection${sid}:0`, 'device'), connDir);
+      this.writeSessionAttrs(hostDir, sid, attrs ?? this.described.get(sid) ?? otherSession(sid));
+    }
+    mkdirSync(sessDir, { recursive: true });
     mkdirSync(join(hostDir, 'iscsi_host', `host${host}`), { recursive: true });
     mkdirSync(join(hostDir, 'scsi_host', `host${host}`), { recursive: true });
     writeFileSync(join(hostDir, 'scsi_host', `host${host}`, 'scan'), '');
@@ -125,6 +212,32 @@ export class FakeSysfs {
       this.link(join(d, 'slaves', s), realpathSync(join(this.sys, 'block', s)));
     }
     writeFileSync(join(this.dev, dm), '');
+  }
+
+  /** What a logout leaves: the session, its connection and its LUNs gone (the host stays). */
+  removeSession(sid: number): void {
+    const hostDir = this.hostOf(sid);
+    rmSync(join(this.sys, 'class', 'iscsi_session', `session${sid}`), { force: true });
+    rmSync(join(this.sys, 'class', 'iscsi_connection', `connection${sid}:0`), { force: true });
+    if (hostDir) rmSync(join(hostDir, `session${sid}`), { recursive: true, force: true });
+  }
+
+  /** Sids of the sessions sysfs shows to `target` at `portal` (persistent), as iscsiadm -T … -p … would pick them. */
+  sessionsTo(target: string, portal: string): number[] {
+    const dir = join(this.sys, 'class', 'iscsi_session');
+    if (!existsSync(dir)) return [];
+    const want = splitPortal(portal);
+    return readdirSync(dir)
+      .map((n) => Number(n.slice('session'.length)))
+      .filter((sid) => {
+        const conn = join(this.sys, 'class', 'iscsi_connection', `connection${sid}:0`);
+        const read = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').trim() : undefined);
+        return (
+          read(join(dir, `session${sid}`, 'targetname'))?.toLowerCase() === target.toLowerCase() &&
+          read(join(conn, 'persistent_address')) === want.address &&
+          read(join(conn, 'persistent_port')) === String(want.port)
+        );
+      });
   }
 
   removeDisk(disk: string): void {

@@ -79,9 +79,11 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
 
   /** A host whose session listing is `listing` until a logout, then none. */
   /** `afterFlush`: the listing once `multipath -f` removed a map and its path went (the recorded listings do not change by themselves). */
+  /** The listing's sessions are described to the fake sysfs too (the kernel's records iscsiadm reads); a logout removes them there. */
   function host(listing: string, afterFlush?: string) {
     let loggedOut = false;
     let flushed = false;
+    sysfs.asListed(fixture(listing).stdout);
     return new FakeExecutor((cmd, args) => {
       const a = args.join(' ');
       if (cmd === 'multipath' && args[0] === '-f') {
@@ -95,6 +97,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
         if (a === '-m session -P 3') return fixture(loggedOut ? 'session-none' : flushed && afterFlush ? afterFlush : listing);
         if (a.endsWith('--logout')) {
           loggedOut = true;
+          for (const sid of sysfs.sessionsTo(args[args.indexOf('-T') + 1], args[args.indexOf('-p') + 1])) sysfs.removeSession(sid);
           return fixture('logout-ok');
         }
         if (a.endsWith('--op delete')) return fixture('node-delete');
@@ -193,9 +196,7 @@ describe('start-up clean-up of orphan kernel iSCSI LUNs (iscsiadm outputs record
 
     await svc.start();
     expect(iscsiLines(exec)).toEqual([
-      // The report: attachments, then the release of sda (found again, then disconnect's own listing).
-      'iscsiadm -m session -P 3',
-      'iscsiadm -m session -P 3',
+      // The report: attachments (every session on the node: iscsiadm); the release of sda reads its target's sessions from sysfs.
       'iscsiadm -m session -P 3',
       `blockdev --flushbufs ${sysfs.dev}/sda`,
       `${N} --logout`,

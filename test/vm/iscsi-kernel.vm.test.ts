@@ -7,7 +7,8 @@ import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { sanBackendYaml } from '../helpers/iscsi-split.js';
 import { stringMatching } from '../helpers/matchers.js';
-import { INITIAL_LOGIN_RETRY_MAX } from '../../src/node/connectors/iscsi/kernel.js';
+import { INITIAL_LOGIN_RETRY_MAX, KernelIscsiInitiator } from '../../src/node/connectors/iscsi/kernel.js';
+import { parseSessionTree, type IscsiSessionInfo } from '../../src/node/connectors/iscsi/iscsiadm-parse.js';
 import { blockCap, codeOf, MiB, mountCap, waitFor, type SinterProcess, hostNqnTail } from '../helpers/sinter-process.js';
 import type { TestTgtd } from '../helpers/tgtd.js';
 import { Lab } from './fixtures/lab.js';
@@ -184,6 +185,13 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     expect(dev).toMatch(/^\/dev\/sd[a-z]+$/);
     expect(await kernelSessions()).toEqual([`${tgtd.portal},1 ${ctx.iqn}`]);
     expect((await tgtSessions(ctx.iqn)).map((s) => s.initiator)).toEqual([iqn]);
+    // The node reads one target's sessions from sysfs, not from `iscsiadm -m session -P 3` (which walks every
+    // session): on the real kernel they are what iscsiadm prints of them (its connection state is iscsid's, not sysfs').
+    const fields = (s: IscsiSessionInfo) => ({ ...s, iface: undefined, initiatorName: undefined, connectionState: undefined, devices: s.devices.map((d) => ({ channel: d.channel, id: d.id, lun: d.lun, disk: d.disk })) });
+    const fromSysfs = await new KernelIscsiInitiator({}, exec, log).targetSessions(ctx.iqn, { withDevices: true });
+    const listed = parseSessionTree((await execa('iscsiadm', ['-m', 'session', '-P', '3'])).stdout).filter((s) => s.target === ctx.iqn);
+    expect(fromSysfs.map(fields)).toEqual(listed.map(fields));
+    expect(fromSysfs[0]).toMatchObject({ persistentPortal: tgtd.portal, sessionState: 'LOGGED_IN', devices: [{ lun: 1, disk: dev.slice('/dev/'.length) }] });
     // The node record sinter wrote: manual startup and scan, CHAP, and the secret masked by iscsiadm itself.
     const rec = (await execa('iscsiadm', ['-m', 'node', '-T', ctx.iqn, '-p', tgtd.portal])).stdout;
     expect(rec).toMatch(/^node\.startup = manual$/m);

@@ -73,6 +73,20 @@ export class SysfsTree {
   }
 
   /**
+   * The real path a sysfs path leads to, relative to the root (class/iscsi_session/session3/device →
+   * "devices/platform/host2/session3"); undefined when it does not resolve inside the root.
+   */
+  async realPath(rel: string): Promise<string | undefined> {
+    try {
+      const [real, root] = await Promise.all([realpath(this.sys(rel)), realpath(this.sysRoot)]);
+      const out = posix.relative(root, real);
+      return out === '' || out.startsWith('..') ? undefined : out;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
    * Writes one attribute the way `echo value > attr` does, but never creates
    * a file: a missing attribute (a device already gone) is ENOENT.
    */

@@ -8,7 +8,7 @@ import { Multipath, type MultipathMap } from '../multipath.js';
 import { ScsiDisks } from '../scsi.js';
 import { KERNEL_NAME_RE, SysfsTree } from '../sysfs.js';
 import { poll, realClock, type Clock } from '../../../util/poll.js';
-import { ISCSI_ERR, parseSessionTree, type IscsiSessionInfo } from './iscsiadm-parse.js';
+import { ISCSI_ERR, parseSessionTree, type IscsiSessionDevice, type IscsiSessionInfo } from './iscsiadm-parse.js';
 import { validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiConnectOptions, type IscsiHealth, type IscsiInitiator, type IscsiPath, type IscsiTarget, type Portal } from './types.js';
 
 /** attached()'s `source` of a kernel LUN, and its inverse. */
@@ -58,8 +58,8 @@ interface LoggedInPath {
  *
  * connect: for every portal, a node record (node.startup=manual,
  * node.session.scan=manual so the kernel does not attach every LUN of the
- * target, CHAP in node.session.auth.*), reuse of an existing session (a
- * listed one, or exit 15 from a racing login), login; then a targeted LUN
+ * target, CHAP in node.session.auth.*), reuse of an existing session (one
+ * sysfs shows, or exit 15 from a racing login), login; then a targeted LUN
  * scan (`echo "C T L" > /sys/class/scsi_host/hostH/scan`) and a wait with
  * backoff for the LUN's block device in sysfs and /dev. Several paths with a
  * common multipath map are returned as that map, never one of its paths.
@@ -72,11 +72,20 @@ interface LoggedInPath {
  * controller, which never has one), then delete that portal's node record.
  * Idempotent when devices, sessions or records are already gone.
  *
+ * The sessions to one target are read from sysfs (targetSessions), not from
+ * `iscsiadm -m session -P 3`, which lists every session's devices and costs a
+ * process: attaching the Nth volume would grow with N. iscsiadm's listing is
+ * still asked where a session sysfs does not show must not be taken as absent
+ * (sessionsAt), and for the node-wide listing (attachments).
+ *
  * The node's initiator name is the host's (/etc/iscsi/initiatorname.iscsi,
  * which the node id carries); `opts.initiatorName` is not applied here.
  */
 /** How often iscsid retries a first login before failing it (open-iscsi's default is 8). */
 export const INITIAL_LOGIN_RETRY_MAX = 2;
+
+/** Attempts of a login that iscsiadm fails with a node database error (exit 6): see login(). */
+const LOGIN_IDBM_ATTEMPTS = 3;
 
 export class KernelIscsiInitiator implements IscsiInitiator {
   readonly kind = 'kernel' as const;
@@ -115,7 +124,8 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     const portals = validate(target);
     const chap = opts.chap;
     return this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
-      let sessions = await this.sessions();
+      // A session sysfs does not show is not trusted to be absent: login answers "exists" (exit 15) for it.
+      let sessions = await this.targetSessions(target.iqn);
       const paths: LoggedInPath[] = [];
       const failures: DomainError[] = [];
       for (const p of portals) {
@@ -123,10 +133,17 @@ export class KernelIscsiInitiator implements IscsiInitiator {
           await this.ensureNodeRecord(target.iqn, p, chap);
           let s = findSession(sessions, target.iqn, p);
           if (!s) {
-            await this.login(target.iqn, p, chap);
-            sessions = await this.sessions();
+            const existed = await this.login(target.iqn, p, chap);
+            sessions = await this.targetSessions(target.iqn);
             s = findSession(sessions, target.iqn, p);
-            if (!s) throw internal(`logged in to ${target.iqn} at ${p.text} but iscsiadm lists no such session`);
+            if (!s) {
+              // iscsid may run in namespaces whose sysfs this process does not see (exec.nsenterTarget:
+              // iscsid); iscsiadm runs beside iscsid, so its listing is the one that knows.
+              this.log?.info({ iqn: target.iqn, portal: p.text, existed }, 'iSCSI session not in sysfs after login; asking iscsiadm');
+              sessions = (await this.sessions()).filter((x) => sameIqn(x.target, target.iqn));
+              s = findSession(sessions, target.iqn, p);
+            }
+            if (!s) throw internal(`logged in to ${target.iqn} at ${p.text} but neither sysfs nor iscsiadm shows such a session`);
           } else {
             this.log?.debug({ iqn: target.iqn, portal: p.text, sid: s.sid }, 'reusing iSCSI session');
           }
@@ -196,10 +213,97 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     return ['-m', 'node', '-T', iqn, '-p', p.text, '--interface', this.iface];
   }
 
-  /** All sessions, from `iscsiadm -m session -P 3` (exit 21: none). */
+  /**
+   * All sessions, from `iscsiadm -m session -P 3` (exit 21: none). It walks
+   * every session's SCSI devices and costs a process: O(sessions on the node)
+   * per call. For the sessions to one target, targetSessions() reads the same
+   * kernel records directly.
+   */
   async sessions(): Promise<IscsiSessionInfo[]> {
     const r = await this.iscsiadm(['-m', 'session', '-P', '3'], [ISCSI_ERR.NO_OBJS_FOUND]);
     return r.exitCode === ISCSI_ERR.NO_OBJS_FOUND ? [] : parseSessionTree(r.stdout);
+  }
+
+  /**
+   * The sessions to one target, from the kernel's records in sysfs: what
+   * iscsiadm's listing prints, read without it (class/iscsi_session/sessionN:
+   * targetname, tpgt, state; class/iscsi_connection/connectionN:0: the
+   * portals; the session device's parent: its SCSI host). Every session's
+   * targetname is still read (O(sessions)), but that is one small file each
+   * and no process. `withDevices` also reads each session's LUNs and disks.
+   * iscsiadm's connection state comes from iscsid and is not in sysfs.
+   */
+  async targetSessions(iqn: string, opts: { withDevices?: boolean } = {}): Promise<IscsiSessionInfo[]> {
+    const names = (await this.sysfs.list('class/iscsi_session')).filter((n) => /^session\d+$/.test(n));
+    const targets = await Promise.all(names.map((n) => this.sysfs.read(`class/iscsi_session/${n}/targetname`)));
+    const out: IscsiSessionInfo[] = [];
+    for (const [i, name] of names.entries()) {
+      const target = targets[i];
+      if (!target || !sameIqn(target, iqn)) continue;
+      const sid = Number(name.slice('session'.length));
+      const dir = `class/iscsi_session/${name}`;
+      const conn = `class/iscsi_connection/connection${sid}:0`;
+      const [tpgt, state, persistentAddress, persistentPort, address, port, device] = await Promise.all([
+        this.sysfs.read(`${dir}/tpgt`),
+        this.sysfs.read(`${dir}/state`),
+        this.sysfs.read(`${conn}/persistent_address`),
+        this.sysfs.read(`${conn}/persistent_port`),
+        // iscsi_tcp answers ENOTCONN here while the connection has no socket (a session in recovery).
+        this.sysfs.read(`${conn}/address`),
+        this.sysfs.read(`${conn}/port`),
+        this.sysfs.realPath(`${dir}/device`),
+      ]);
+      const s: IscsiSessionInfo = { target, sid, devices: [] };
+      if (tpgt !== undefined && /^-?\d+$/.test(tpgt)) s.tpgt = Number(tpgt);
+      if (state) s.sessionState = state;
+      const persistent = portalText(persistentAddress, persistentPort);
+      const current = portalText(address, port);
+      if (persistent !== undefined) s.persistentPortal = persistent;
+      if (current !== undefined) s.currentPortal = current;
+      // What open-iscsi's iscsi_sysfs_get_host_no_from_sid reads: the host the session device hangs under.
+      const host = device ? /(?:^|\/)host(\d+)\/session(\d+)$/.exec(device) : null;
+      if (host && Number(host[2]) === sid) s.hostNumber = Number(host[1]);
+      if (opts.withDevices && s.hostNumber !== undefined) s.devices = (await this.sessionLuns(s.hostNumber, sid)) ?? [];
+      out.push(s);
+    }
+    return out.sort((a, b) => a.sid - b.sid);
+  }
+
+  /**
+   * The sessions to a target at these portals for a decision that must not
+   * miss one (what to remove, what to log out of, what a volume's condition
+   * is): sysfs first; when a portal has no session there, iscsiadm's listing,
+   * in case iscsid's sysfs is not the one this process sees.
+   */
+  private async sessionsAt(iqn: string, portals: Portal[]): Promise<IscsiSessionInfo[]> {
+    const at = (all: IscsiSessionInfo[]) => all.filter((s) => sameIqn(s.target, iqn) && portals.some((p) => sessionAt(s, p)));
+    const seen = at(await this.targetSessions(iqn));
+    if (portals.every((p) => seen.some((s) => sessionAt(s, p)))) return seen;
+    return at(await this.sessions());
+  }
+
+  /**
+   * LUNs of a session and their disks, from its target dirs in sysfs;
+   * undefined when the session's directory is not there to read.
+   */
+  private async sessionLuns(host: number, sid: number): Promise<SessionLun[] | undefined> {
+    const sessDir = `class/iscsi_host/host${host}/device/session${sid}`;
+    if (!(await this.sysfs.exists(sessDir))) return undefined;
+    const out: SessionLun[] = [];
+    for (const t of await this.sysfs.list(sessDir)) {
+      if (!/^target\d+:\d+:\d+$/.test(t)) continue;
+      for (const l of await this.sysfs.list(`${sessDir}/${t}`)) {
+        // Not filtered by host: an entry skipped here would be a LUN in use that otherLuns does not see.
+        const m = /^(\d+):(\d+):(\d+):(\d+)$/.exec(l);
+        if (!m) continue;
+        const blocks = await this.sysfs.list(`${sessDir}/${t}/${l}/block`);
+        const d: SessionLun = { channel: Number(m[2]), id: Number(m[3]), lun: Number(m[4]), hasBlock: blocks.length > 0 };
+        const disk = blocks.find((n) => KERNEL_NAME_RE.test(n));
+        if (disk) d.disk = disk;
+        out.push(d);
+      }
+    }
+    return out.sort((a, b) => a.lun - b.lun);
   }
 
   private async ensureNodeRecord(iqn: string, p: Portal, chap: ChapCredentials | undefined): Promise<void> {
@@ -246,11 +350,33 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     return internal((e as Error).message);
   }
 
-  private async login(iqn: string, p: Portal, chap: ChapCredentials | undefined): Promise<void> {
+  /**
+   * True when iscsiadm answered that the session already exists (exit 15).
+   *
+   * `iscsiadm -m node -T … --login` first reads every node record of every
+   * target (open-iscsi's idbm_for_each_rec), without the lock its writers
+   * take: a record another stage is writing or deleting at that moment makes
+   * the login fail with exit 6 before anything is sent (seen in the VM with
+   * two volumes staged side by side). That answer is retried, holding the
+   * node-db lock so that sinter's own writers keep out of the way.
+   */
+  private async login(iqn: string, p: Portal, chap: ChapCredentials | undefined): Promise<boolean> {
+    const run = () => this.iscsiadm([...this.nodeArgs(iqn, p), '--login'], [ISCSI_ERR.SESS_EXISTS], chapSecrets(chap));
     try {
-      const r = await this.iscsiadm([...this.nodeArgs(iqn, p), '--login'], [ISCSI_ERR.SESS_EXISTS], chapSecrets(chap));
+      let r;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          r = attempt === 1 ? await run() : await this.locks.run('\0node-db', run);
+          break;
+        } catch (e) {
+          if (!(e instanceof ExecError) || e.exitCode !== ISCSI_ERR.IDBM || attempt >= LOGIN_IDBM_ATTEMPTS) throw e;
+          this.log?.info({ iqn, portal: p.text, attempt }, 'iSCSI login read the node database while another record changed (exit 6); retrying');
+          await this.clock.sleep(this.c.initialBackoffMs * attempt);
+        }
+      }
       if (r.exitCode === ISCSI_ERR.SESS_EXISTS) this.log?.debug({ iqn, portal: p.text }, 'iSCSI session already present (exit 15); reusing it');
       else this.log?.info({ iqn, portal: p.text }, 'iSCSI login');
+      return r.exitCode === ISCSI_ERR.SESS_EXISTS;
     } catch (e) {
       if (!(e instanceof ExecError)) throw e;
       const where = `iSCSI login to ${iqn} at ${p.text}`;
@@ -276,10 +402,11 @@ export class KernelIscsiInitiator implements IscsiInitiator {
 
   /**
    * os-brick's get_hctl: host from the session's sysfs path, channel:target
-   * from its target dir (unknown before a scan). The host iscsiadm listed is
-   * checked first (one look: each session has a host of its own, so walking
-   * them all costs O(sessions) per call); the walk is left for a listing
-   * without a host or one that no longer holds the session.
+   * from its target dir (unknown before a scan). The host the session's
+   * record names (sysfs, or iscsiadm's listing) is checked first (one look:
+   * each session has a host of its own, so walking them all costs
+   * O(sessions) per call); the walk is left for a record without a host or
+   * one that no longer holds the session.
    */
   private async hctl(sid: number, listedHost: number | undefined): Promise<{ host: number; channel?: number; id?: number } | undefined> {
     let host: number | undefined;
@@ -351,7 +478,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   async disconnect(target: IscsiTarget, opts: { keepSessions?: boolean } = {}): Promise<void> {
     const portals = validate(target);
     await this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
-      const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
+      const sessions = await this.sessionsAt(target.iqn, portals);
       const what = describe(target);
       const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, what);
       // The shared SAN rules: refuse while mounted or held, flush and remove the map, then flush and delete each path.
@@ -362,6 +489,11 @@ export class KernelIscsiInitiator implements IscsiInitiator {
         const s = sessions.find((x) => sessionAt(x, p));
         if (s) {
           const others = await this.otherLuns(s, target.lun);
+          if (others === undefined) {
+            // Its LUNs cannot be seen, so neither can another volume's use of it: logging out could take that volume's disk away.
+            this.log?.warn({ iqn: target.iqn, portal: p.text, sid: s.sid }, 'iSCSI session not visible in sysfs; keeping it (log out by hand once no volume uses the target)');
+            continue;
+          }
           if (others.length > 0 || opts.keepSessions) {
             this.log?.info({ iqn: target.iqn, portal: p.text, sid: s.sid, luns: others }, others.length > 0 ? 'iSCSI session still serves other LUNs; keeping it' : 'iSCSI session kept: a staged volume uses the target');
             continue;
@@ -391,7 +523,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   async releaseLun(device: string, iqn: string, lun: number, opts: { keepSession: boolean }): Promise<boolean> {
     const kernel = await this.sysfs.kernelName(device);
     if (!kernel) return false;
-    const carrying = (await this.sessions()).filter((x) => sameIqn(x.target, iqn) && x.devices.some((d) => d.lun === lun && d.disk));
+    const carries = (x: IscsiSessionInfo) => sameIqn(x.target, iqn) && x.devices.some((d) => d.lun === lun && d.disk);
+    let carrying = (await this.targetSessions(iqn, { withDevices: true })).filter(carries);
+    // attachments() listed it through iscsiadm: a miss in sysfs is asked again there before the LUN is called not ours.
+    if (carrying.length === 0) carrying = (await this.sessions()).filter(carries);
     const disks = new Set(carrying.flatMap((x) => x.devices.filter((d) => d.lun === lun && d.disk).map((d) => d.disk!)));
     const map = await this.multipath.map(kernel);
     const ours = map ? map.slaves.length > 0 && map.slaves.every((s) => disks.has(s)) : disks.has(kernel);
@@ -442,10 +577,10 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     return (await this.inspect(target)).device;
   }
 
-  /** find(), with the sessions to target it read on the way (their states: a volume's condition), from one iscsiadm call. */
+  /** find(), with the sessions to target it read on the way (their states: a volume's condition), from sysfs (iscsiadm only when a portal has no session there). */
   async inspect(target: IscsiTarget): Promise<{ device?: string; sessions: IscsiSessionInfo[] }> {
     const portals = validate(target);
-    const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
+    const sessions = await this.sessionsAt(target.iqn, portals);
     const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, describe(target)).catch(() => ({ maps: [], paths: [] as string[] }));
     if (maps[0]) return { device: await this.multipath.devicePath(maps[0]), sessions };
     return { device: paths[0] ? this.sysfs.dev(paths[0]) : undefined, sessions };
@@ -459,7 +594,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   async rescan(target: IscsiTarget): Promise<void> {
     const portals = validate(target);
     await this.locks.run(`target\n${target.iqn.toLowerCase()}`, async () => {
-      const sessions = (await this.sessions()).filter((s) => sameIqn(s.target, target.iqn) && portals.some((p) => sessionAt(s, p)));
+      const sessions = await this.sessionsAt(target.iqn, portals);
       const what = describe(target);
       const { maps, paths } = await this.lunDevices(sessions, portals, target.lun, what);
       if (paths.length === 0) throw failedPrecondition(`${what} has no device on this node to rescan; stage it again`);
@@ -514,21 +649,17 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     return [...out].map(([device, at]) => ({ device, ...at }));
   }
 
-  /** LUNs of a session, other than `lun`, that still have a block device (in sysfs). */
-  private async otherLuns(s: IscsiSessionInfo, lun: number): Promise<number[]> {
+  /**
+   * LUNs of a session, other than `lun`, that still have a block device (in
+   * sysfs, whatever its name); undefined when the session's LUNs cannot be
+   * read there (the caller then keeps the session).
+   */
+  private async otherLuns(s: IscsiSessionInfo, lun: number): Promise<number[] | undefined> {
     const hctl = await this.hctl(s.sid, s.hostNumber);
-    if (!hctl) return [];
-    const sessDir = `class/iscsi_host/host${hctl.host}/device/session${s.sid}`;
-    const out: number[] = [];
-    for (const t of await this.sysfs.list(sessDir)) {
-      if (!/^target\d+:\d+:\d+$/.test(t)) continue;
-      for (const l of await this.sysfs.list(`${sessDir}/${t}`)) {
-        const m = /^\d+:\d+:\d+:(\d+)$/.exec(l);
-        if (!m || Number(m[1]) === lun) continue;
-        if ((await this.sysfs.list(`${sessDir}/${t}/${l}/block`)).length > 0) out.push(Number(m[1]));
-      }
-    }
-    return out.sort((a, b) => a - b);
+    if (!hctl) return undefined;
+    const luns = await this.sessionLuns(hctl.host, s.sid);
+    if (!luns) return undefined;
+    return [...new Set(luns.filter((d) => d.lun !== lun && d.hasBlock).map((d) => d.lun))].sort((a, b) => a - b);
   }
 }
 
@@ -536,6 +667,19 @@ const describe = (t: IscsiTarget) => `LUN ${t.lun} of ${t.iqn}`;
 
 const validate = validateTarget;
 
+
+/** A LUN of a session as sysfs shows it; hasBlock also counts a block device whose name is not taken (KERNEL_NAME_RE). */
+type SessionLun = IscsiSessionDevice & { hasBlock: boolean };
+
+/**
+ * A portal as iscsiadm prints it from the same attributes (open-iscsi's
+ * session_info_print_tree: an address with a '.' bare, any other in
+ * brackets), so that it compares equal to what parseSessionTree reads.
+ */
+function portalText(address: string | undefined, port: string | undefined): string | undefined {
+  if (!address || port === undefined || !/^\d{1,5}$/.test(port)) return undefined;
+  return address.includes('.') ? `${address}:${Number(port)}` : `[${address}]:${Number(port)}`;
+}
 
 function sessionAt(s: IscsiSessionInfo, p: Portal): boolean {
   return s.persistentPortal === p.text || s.currentPortal === p.text;
