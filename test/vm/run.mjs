@@ -10,7 +10,8 @@
 // --report FILE (with --vitest: where vitest's JSON report goes; default
 // .tmp/vitest-vm.json), --no-build (with --vitest: skip `npm run build`),
 // --guests N (with --vitest: split the files over N guests booted side by side,
-// test/vm/shards.mjs; default SINTER_VM_GUESTS or 2).
+// test/vm/shards.mjs; default SINTER_VM_GUESTS or 2), --cpus N (virtual CPUs
+// per guest; default SINTER_VM_CPUS, else 1 with --vitest and 2 otherwise).
 // Exits with the command's status; 1 when the guest could not build or boot.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -27,6 +28,7 @@ let vitest = false;
 let buildOnly = false;
 let build = true;
 let guests = Number(process.env.SINTER_VM_GUESTS ?? 2);
+let cpus = process.env.SINTER_VM_CPUS ? Number(process.env.SINTER_VM_CPUS) : undefined;
 const rest = [];
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i];
@@ -40,6 +42,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (a === '--build-only') buildOnly = true;
   else if (a === '--no-build') build = false;
   else if (a === '--guests') guests = Number(argv[++i]);
+  else if (a === '--cpus') cpus = Number(argv[++i]);
   else rest.push(a);
 }
 const log = (m) => console.error(`vm: ${m}`);
@@ -61,6 +64,7 @@ try {
       command: rest.join(' '),
       timeoutMs: (timeoutSec ?? 600) * 1000,
       scratchDisks: Array.from({ length: disks ?? 0 }, () => 2048),
+      cpus: cpus ?? 2,
       env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), ...(sinterMain ? { SINTER_VM_MAIN: sinterMain } : {}) },
       onOutput: (s) => process.stdout.write(s),
       log,
@@ -100,6 +104,10 @@ try {
           command: `exec node node_modules/vitest/vitest.mjs run --project vm --reporter=verbose --reporter=json --outputFile.json="$SINTER_VM_OUT/vitest.json" ${quoted}`,
           timeoutMs: (timeoutSec ?? 900) * 1000,
           scratchDisks: Array.from({ length: disks ?? 4 }, () => 2048),
+          // One vCPU each: two guests of two vCPUs put four TCG threads on a 2-core host, and a guest kernel
+          // spinning on a lock whose holder's vCPU the host has descheduled burns what the other guest needs.
+          // The whole stage: 941 s with two vCPUs each, 715 s with one (same machine, 2026-12-07, quiet).
+          cpus: cpus ?? 1,
           // The guest's output port is a tty: colours only when ours is one too.
           env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), SINTER_VM_MAIN: sinterMain, ...passedEnv() },
           onOutput: write,
@@ -125,6 +133,7 @@ try {
     guestBuildMs: guest.buildMs,
     guestCached: !guest.built,
     guests: results.length,
+    cpusPerGuest: cpus ?? 1,
     bootMs: Math.max(...results.map((r) => r.bootMs)),
     runMs: Math.max(...results.map((r) => r.runMs)),
     totalMs: Date.now() - t0,
