@@ -12,14 +12,8 @@ import { randomBytes } from 'node:crypto';
  */
 export class SyncDir {
   private fd: Promise<number> | undefined;
-  /** The fsync running now, and the one queued behind it that every later caller shares (group commit). */
-  private running: Promise<void> | undefined;
-  private queued: Promise<void> | undefined;
 
-  constructor(
-    readonly path: string,
-    private readonly fsyncOf: (fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => void = fsyncFd,
-  ) {}
+  constructor(readonly path: string) {}
 
   private open(): Promise<number> {
     const fd = new Promise<number>((resolve, reject) => openFd(this.path, 'r', (e, n) => (e ? reject(e) : resolve(n))));
@@ -30,37 +24,9 @@ export class SyncDir {
     return fd;
   }
 
-  /**
-   * Makes every rename and unlink done in the directory before the call
-   * durable. Concurrent callers share fsyncs: one that arrives while an fsync
-   * runs may not count on it (that fsync may have started before its rename),
-   * so it waits for the next one, which starts when the running one ends and
-   * serves everyone who arrived meanwhile. Under 64 concurrent CreateVolumes
-   * that is two fsyncs in flight at most instead of one per record write,
-   * each holding a thread-pool thread the other writes need.
-   */
-  sync(): Promise<void> {
-    if (!this.running) return this.start();
-    this.queued ??= this.running
-      .catch(() => undefined)
-      .then(() => {
-        this.queued = undefined;
-        return this.start();
-      });
-    return this.queued;
-  }
-
-  private start(): Promise<void> {
-    const run = (async () => {
-      const fd = await (this.fd ??= this.open());
-      await new Promise<void>((resolve, reject) => this.fsyncOf(fd, (e) => (e ? reject(e) : resolve())));
-    })();
-    this.running = run;
-    const done = () => {
-      if (this.running === run) this.running = undefined;
-    };
-    run.then(done, done);
-    return run;
+  async sync(): Promise<void> {
+    const fd = await (this.fd ??= this.open());
+    await new Promise<void>((resolve, reject) => fsyncFd(fd, (e) => (e ? reject(e) : resolve())));
   }
 
   async close(): Promise<void> {
