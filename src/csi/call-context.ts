@@ -12,8 +12,11 @@ export interface CallContext {
   deadline: number;
   /** Whether the caller has given up; a plain read (no signal is made to answer it). */
   readonly cancelled: boolean;
-  /** Made on first use by the server: only a call that waits in a lock queue needs it. */
-  readonly signal: AbortSignal;
+  /**
+   * Calls `cb` once if the caller gives up from now on (at once, in a microtask, if it already has);
+   * answers the function that stops listening. Only a call that waits in a lock queue asks.
+   */
+  onCancel(cb: () => void): () => void;
   /**
    * The request's CSI `secrets` (absent when it has none): a backend whose credentials come with the
    * requests (rbd `keyFrom: secrets`) reads them here, however deep the call that needs them.
@@ -81,9 +84,7 @@ export function currentCall(): CallContext | undefined {
 export function callStopped(ctx = currentCall()): 'deadline' | 'cancelled' | undefined {
   if (!ctx) return undefined;
   if (Date.now() >= ctx.deadline) return 'deadline';
-  // Not ctx.signal.aborted: asking the signal makes it (an AbortController and a
-  // 'cancelled' listener, whose DOMException grpc-js's end-of-call cancel then
-  // builds), and every lock entry asks this.
+  // A plain read of the call's flag: every lock entry asks this.
   if (ctx.cancelled) return 'cancelled';
   return undefined;
 }

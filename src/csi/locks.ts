@@ -104,14 +104,15 @@ function waitFor(p: Promise<void>): Promise<void> {
     };
     // grpc-js cancels a call whose deadline passed: name the deadline then.
     const onAbort = () => stop(Date.now() >= ctx.deadline ? 'deadline' : 'cancelled');
+    // Called only from callbacks (timer, cancellation, p), never before `off` below is set.
     const cleanup = () => {
       if (timer) clearTimeout(timer);
-      ctx.signal.removeEventListener('abort', onAbort);
+      off();
     };
     const left = ctx.deadline - Date.now();
     // setTimeout fires at once past 2^31-1 ms; a deadline that far away is none.
     if (left < MAX_TIMER_MS) timer = setTimeout(() => stop('deadline'), Math.max(0, left));
-    ctx.signal.addEventListener('abort', onAbort, { once: true });
+    const off = ctx.onCancel(onAbort);
     p.then(() => {
       cleanup();
       resolve();

@@ -43,7 +43,9 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
   return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
     const started = performance.now();
     const ids = requestIds(call.request);
+    let release: (() => void) | undefined;
     const done = (err: unknown, res?: unknown) => {
+      release?.();
       const elapsed = performance.now() - started;
       const ms = Math.round(elapsed * 100) / 100;
       const f = err === undefined ? undefined : grpcFailureOf(err);
@@ -70,7 +72,6 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
       return;
     }
     const deadline = deadlineOf(call);
-    // call.cancelled rather than a signal: making one costs (callContextOf).
     const why = Date.now() >= deadline ? 'deadline' : call.cancelled ? 'cancelled' : undefined;
     if (why) {
       // A call that arrives already expired starts no work.
@@ -79,7 +80,11 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
     }
     let p: Promise<unknown>;
     try {
-      p = needsCallContext(fn) ? runInCall(callContextOf(call, deadline), () => fn(call.request as never)) : fn(call.request as never);
+      if (needsCallContext(fn)) {
+        const c = callContextOf(call, deadline);
+        release = c.release;
+        p = runInCall(c.ctx, () => fn(call.request as never));
+      } else p = fn(call.request as never);
     } catch (e) {
       p = Promise.reject(e);
     }
@@ -91,30 +96,46 @@ function unary(service: string, method: string, fn: AnyHandler | undefined, log:
 }
 
 /**
- * The call's deadline, read once, and a cancellation signal made only when
- * something waits on it (a lock queue): most calls never wait, and an
- * AbortController plus a 'cancelled' listener on every call (grpc-js emits
- * 'cancelled' when any call's stream closes) cost Probe a tenth of its CPU.
+ * The call's deadline, read once, and its cancellation for whoever waits on
+ * it (a lock queue): a listener on the call itself, not an AbortController,
+ * whose EventTarget machinery every waiting call paid for.
  */
-function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>, deadline: number): CallContext {
-  let ac: AbortController | undefined;
+function callContextOf(call: grpc.ServerUnaryCall<unknown, unknown>, deadline: number): { ctx: CallContext; release: () => void } {
+  const listening = new Set<() => void>();
+  let answered = false;
   const secrets = (call.request as { secrets?: Record<string, string> } | null)?.secrets;
-  return {
+  const ctx: CallContext = {
     deadline,
     secrets: secrets && Object.keys(secrets).length > 0 ? secrets : undefined,
     get cancelled() {
       return call.cancelled;
     },
-    get signal() {
-      if (!ac) {
-        const made = new AbortController();
-        ac = made;
-        if (call.cancelled) made.abort();
-        else call.once('cancelled', () => made.abort());
+    onCancel(cb) {
+      if (answered) return () => undefined;
+      if (call.cancelled) {
+        queueMicrotask(cb);
+        return () => undefined;
       }
-      return ac.signal;
+      const once = () => {
+        listening.delete(once);
+        cb();
+      };
+      listening.add(once);
+      call.once('cancelled', once);
+      return () => {
+        listening.delete(once);
+        call.removeListener('cancelled', once);
+      };
     },
   };
+  // Once answered, the call's stream closing is not a cancellation, though grpc-js reports one: nothing of
+  // this call still waits, and what it left running is the server's own work.
+  const release = () => {
+    answered = true;
+    for (const l of listening) call.removeListener('cancelled', l);
+    listening.clear();
+  };
+  return { ctx, release };
 }
 
 /** Epoch ms; Infinity when the caller set none. */

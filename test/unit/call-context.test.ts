@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { answersAtOnce, currentCall, needsCallContext, runInCall, type CallContext } from '../../src/csi/call-context.js';
 
-const ctx = (deadline: number): CallContext => ({ deadline, cancelled: false, signal: new AbortController().signal });
+const ctx = (deadline: number): CallContext => ({ deadline, cancelled: false, onCancel: () => () => undefined });
 const tick = () => new Promise<void>((r) => setTimeout(r, 1));
 
 describe('call context (the store is switched off while no call is in flight)', () => {

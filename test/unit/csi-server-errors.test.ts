@@ -2,10 +2,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { csiClient, type CsiClient } from '../../src/csi/client.js';
 import { KeyedLock } from '../../src/csi/locks.js';
+import { loadCsi } from '../../src/csi/proto.js';
 import { CsiServer } from '../../src/csi/server.js';
 import { DomainError, notFound } from '../../src/errors/domain-error.js';
 import { stringContaining } from '../helpers/matchers.js';
@@ -19,6 +21,7 @@ describe('domain errors over gRPC', () => {
   const lock = new KeyedLock();
   let release!: () => void;
   let ran = 0;
+  let addr = '';
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'sinter-errors-'));
@@ -45,7 +48,7 @@ describe('domain errors over gRPC', () => {
       },
       pino({ level: 'info' }, sink),
     );
-    const addr = await server.listen(`unix://${join(dir, 'csi.sock')}`);
+    addr = await server.listen(`unix://${join(dir, 'csi.sock')}`);
     client = csiClient(addr);
   });
   afterAll(async () => {
@@ -82,6 +85,30 @@ describe('domain errors over gRPC', () => {
     expect(ran).toBe(0);
     expect(await client.identity.GetPluginCapabilities({})).toMatchObject({ capabilities: [] });
     expect(ran).toBe(1);
+  });
+
+  it('a call its client cancels while it waits for a lock is CANCELLED and does no work; answered calls before and after are not', async () => {
+    expect(await client.identity.GetPluginCapabilities({})).toMatchObject({ capabilities: [] });
+    const before = ran;
+    const holder = lock.run('busy', () => new Promise<void>((r) => (release = r)));
+    const raw = new (loadCsi().Identity)(addr, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+      GetPluginCapabilities(req: object, cb: (e: grpc.ServiceError | null) => void): grpc.ClientUnaryCall;
+    };
+    const gotErr = new Promise<grpc.ServiceError | null>((resolve) => {
+      const call = raw.GetPluginCapabilities({}, (e) => resolve(e));
+      // Cancelled once the server has it queued behind the lock.
+      setTimeout(() => call.cancel(), 300);
+    });
+    expect((await gotErr)?.code).toBe(grpc.status.CANCELLED);
+    for (let i = 0; i < 400 && !lines.some((l) => l.rpc === 'Identity.GetPluginCapabilities' && l.code === 'CANCELLED'); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(lines.some((l) => l.rpc === 'Identity.GetPluginCapabilities' && l.code === 'CANCELLED')).toBe(true);
+    release();
+    await holder;
+    await new Promise((r) => setTimeout(r, 20));
+    expect(ran).toBe(before);
+    expect(await client.identity.GetPluginCapabilities({})).toMatchObject({ capabilities: [] });
+    expect(ran).toBe(before + 1);
+    raw.close();
   });
 
   it('DomainError carries a transport-free code', () => {

@@ -46,7 +46,16 @@ describe('KeyedLock', () => {
 });
 
 describe('KeyedLock.exclusive (busy volumes answer ABORTED) and the call deadline', () => {
-  const call = (deadline: number, ac = new AbortController()) => ({ deadline, signal: ac.signal, get cancelled() { return ac.signal.aborted; } });
+  const call = (deadline: number, ac = new AbortController()) => ({
+    deadline,
+    get cancelled() {
+      return ac.signal.aborted;
+    },
+    onCancel(cb: () => void) {
+      ac.signal.addEventListener('abort', cb, { once: true });
+      return () => ac.signal.removeEventListener('abort', cb);
+    },
+  });
 
   it('answers ABORTED at once while another call holds any of the keys, and runs when they are free', async () => {
     const lock = new KeyedLock();

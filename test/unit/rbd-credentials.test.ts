@@ -20,7 +20,7 @@ const silent = pino({ level: 'silent' });
 const KEY = 'AQBQ4DFnAAAAABAAh0Y2nV3u4u5mJ0HfXh8mMQ==';
 const OTHER = 'AQBQ4DFnAAAAABAAh0Y2nV3u4u5mJ0HfXh8mMA==';
 const inCall = <T>(secrets: Record<string, string> | undefined, fn: () => T): T =>
-  runInCall({ deadline: Infinity, cancelled: false, signal: new AbortController().signal, secrets }, fn);
+  runInCall({ deadline: Infinity, cancelled: false, onCancel: () => () => undefined, secrets }, fn);
 
 const rbd = { name: 'ceph', driver: 'rbd', pool: 'kube', monitors: ['10.0.0.1:3300'], user: 'sinter' };
 const refusal = backendRefusal;
