@@ -48,12 +48,6 @@ async function syncDirOf(path: string, dir: SyncDir | undefined): Promise<void> 
 }
 
 /**
- * Replaces `path` with `data` so that a crash at any instant leaves either the
- * old content or the new, never a torn file: write a temp file beside it,
- * fsync it, rename over the target, fsync the directory so the rename itself
- * survives power loss.
- */
-/**
  * Temp names: unique to this process (a random prefix drawn once: two
  * processes may share a directory and even a pid, each pid 1 in its own
  * container) and to the write (a counter). randomBytes per write cost ~70 µs
@@ -62,6 +56,12 @@ async function syncDirOf(path: string, dir: SyncDir | undefined): Promise<void> 
 const TEMP_PREFIX = randomBytes(6).toString('hex');
 let tempSeq = 0;
 
+/**
+ * Replaces `path` with `data` so that a crash at any instant leaves either the
+ * old content or the new, never a torn file: write a temp file beside it,
+ * fsync it, rename over the target, fsync the directory so the rename itself
+ * survives power loss.
+ */
 export async function writeFileAtomic(path: string, data: string | Buffer, dir?: SyncDir): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${TEMP_PREFIX}${(++tempSeq).toString(36)}.tmp`);
   await writeDurable(tmp, 'w', typeof data === 'string' ? Buffer.from(data) : data);
