@@ -226,6 +226,8 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     await fs.rename(file, `${file}.away`);
     await fs.mkdir(file);
     await expect(helper.refreshLunSize(id, file, { force: true })).rejects.toThrow();
+    // The target itself is back in service (the reopen took it offline): only the LUN waits for its file.
+    expect((await helper.listTargets()).find((x) => x.volumeId === id)!.state).toBe('ready');
     let lun = (await helper.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
     expect(lun).toMatchObject({ online: false, scsiSerial: serial });
     expect(lun.backingPath).toBeUndefined();
@@ -235,6 +237,20 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     lun = (await helper.listTargets()).find((x) => x.volumeId === id)!.luns.find((l) => l.lun === 1)!;
     expect(lun).toMatchObject({ online: true, backingPath: file, scsiSerial: serial, sizeMB: tgtShownMB(32 * MiB) });
     await helper.removeTarget(id);
+  });
+
+  it('a target a crash left offline mid-reopen (tgt refuses its logins) is set ready by the next ensureTarget (publish, reconcile)', async () => {
+    const id = newVolumeId('default');
+    const file = img('left-offline');
+    await fs.writeFile(file, '');
+    await fs.truncate(file, 32 * MiB);
+    const { tid } = await helper.ensureTarget(id, file);
+    await host.run('tgtadm', ['-C', String(tgtd.controlPort), '--lld', 'iscsi', '--op', 'update', '--mode', 'target', '--tid', String(tid), '--name', 'state', '--value', 'offline']);
+    expect((await helper.listTargets()).find((x) => x.volumeId === id)!.state).toBe('offline');
+    await helper.ensureTarget(id, file);
+    expect((await helper.listTargets()).find((x) => x.volumeId === id)!.state).toBe('ready');
+    await helper.removeTarget(id);
+    await fs.rm(file);
   });
 
   it("the aio backing store is refreshed by re-adding the LUN while no session is logged in", async () => {

@@ -132,7 +132,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     void before;
   });
 
-  it('grows LUN 1 under the live session: the session, its data path and the LUN identity stay; a new session reads the new capacity', async () => {
+  it('grows LUN 1 under I/O: each reopen drains the session first, so no command in flight fails (tgt 1.0.85 closes the image under its worker threads); libiscsi logs in again by itself; the LUN identity stays; a new session reads the new capacity', async () => {
     const a = await us.connect(target, { initiatorName: NODE, chap: CHAP });
     const sessionsBefore = (await helper.listTargets()).find((x) => x.volumeId === volumeId)!.sessions;
     expect(sessionsBefore).toHaveLength(1);
@@ -146,7 +146,9 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     const early = Buffer.from(`written before the growth ${volumeId}`.padEnd(4096, '<'));
     await writeAt(a.devicePath, 11 * MiB, early);
 
-    // I/O keeps running on the old session while the image grows and tgt reopens it, again and again.
+    // I/O keeps running while the image grows and tgt reopens it, again and again. Before the
+    // reopen drained the sessions, about one reopen in three under load failed a command in flight
+    // (tgtd: "bs_rdwr_request io error ... Bad file descriptor"; here: EIO from fsync).
     let stop = false;
     let rounds = 0;
     const failures: string[] = [];
@@ -175,10 +177,13 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     expect(failures).toEqual([]);
     expect(rounds).toBeGreaterThan(5);
 
+    // The initiator is logged in again, once, as itself, in a new session (the old one was ended).
     const t = (await helper.listTargets()).find((x) => x.volumeId === volumeId)!;
-    expect(t.sessions).toEqual(sessionsBefore);
+    expect(t.sessions.map((s) => s.initiator)).toEqual([NODE]);
+    expect(t.sessions[0]!.sid).not.toBe(sessionsBefore[0]!.sid);
+    expect(t.state).toBe('ready');
     expect(t.luns.find((l) => l.lun === 1)!.online).toBe(true);
-    // The old session reads what was written before and writes on; the bytes land in the image.
+    // The same attachment reads what was written before and writes on; the bytes land in the image.
     expect((await readAt(a.devicePath, 11 * MiB, early.length)).equals(early)).toBe(true);
     const late = Buffer.from('written after the growth'.padEnd(4096, '>'));
     await writeAt(a.devicePath, 13 * MiB, late);

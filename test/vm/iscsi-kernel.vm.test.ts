@@ -312,14 +312,27 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     const writer = execa('bash', ['-c', `i=0; while [ ! -e ${stopFile} ]; do i=$((i+1)); dd if=/dev/urandom of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo "done $i"`], { reject: false });
     const written = () => readdirSync(target).filter((f) => f.startsWith('io-')).length;
     await waitFor('the writer to be under way', () => (existsSync(join(target, 'io-3')) ? true : undefined), 60_000);
+    // When each step happened, seconds after the kill: a failure says which step was slow.
+    const t0 = Date.now();
+    const steps: Record<string, number> = {};
+    const step = (name: string) => (steps[name] = (Date.now() - t0) / 1000);
     await tgtd.kill();
     // The kernel sees the connection drop: the session leaves LOGGED_IN (the writer's next write waits on it).
     await waitFor('the kernel session to fail', async () => (/iSCSI Session State: (?!LOGGED_IN)/.test((await execa('iscsiadm', ['-m', 'session', '-r', sid, '-P', '1'])).stdout) ? true : undefined), 60_000);
+    step('session failed');
     const atOutage = written();
     await tgtd.startAgain();
+    step('tgtd started');
     await waitFor('reconcile to restore the export', async () => ((await tgt.listTargets()).some((x) => x.iqn === ctx.iqn) ? true : undefined), 60_000);
+    step('export restored');
     // Two more files: the write in flight completed and another went through the recovered session.
-    await waitFor('writes through the recovered session', () => (written() >= atOutage + 2 ? true : undefined), 120_000);
+    await waitFor('writes through the recovered session', () => (written() >= atOutage + 2 ? true : undefined), 120_000).catch(async (e: Error) => {
+      const session = (await execa('iscsiadm', ['-m', 'session', '-r', sid, '-P', '3'], { reject: false })).stdout;
+      const kernel = (await execa('dmesg', [], { reject: false })).stdout.split('\n').slice(-25).join('\n');
+      writeFileSync(stopFile, '');
+      writer.kill();
+      throw new Error(`${e.message}; steps (s after the kill): ${JSON.stringify(steps)}; files ${atOutage} at the outage, ${written()} now; writer ${writer.exitCode === null ? 'still running' : `exited ${writer.exitCode}`}\n${session}\n${kernel}`);
+    });
     writeFileSync(stopFile, '');
     const w = await writer;
     expect(w.exitCode).toBe(0);
@@ -335,7 +348,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 
-  it('online growth: ControllerExpandVolume grows the LUN under the live session; NodeExpandVolume rescans the disk and grows xfs', async () => {
+  it('online growth under I/O: ControllerExpandVolume drains the session, reopens the LUN grown, and the kernel logs in again with no write failed; NodeExpandVolume rescans the disk and grows xfs', async () => {
     const xfs = mountCap('SINGLE_NODE_WRITER', 'xfs');
     const id = await provision('k-grow', 320, xfs);
     const ctx = await publish(id, xfs);
@@ -346,8 +359,29 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     writeFileSync(join(target, 'before.txt'), 'written before the online expand');
     const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u) => u.unit === 'BYTES')!.total!;
     const before = await total();
-    const r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+    const sid = new RegExp(`\\[(\\d+)\\] [^ ]+ ${ctx.iqn}`).exec((await execa('iscsiadm', ['-m', 'session'])).stdout)![1];
+    const tgtSid = (await tgtSessions(ctx.iqn))[0];
+    // Direct, fsynced writes all through the expand: tgt cannot reopen a LUN under commands in flight,
+    // so the controller ends the session first; the kernel must resend, not fail, what was in flight.
+    const stopFile = join(lab.dir, 'grow-writer-stop');
+    const writer = execa('bash', ['-c', `i=0; while [ ! -e ${stopFile} ]; do i=$((i+1)); dd if=/dev/zero of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo "done $i"`], { reject: false });
+    const written = () => readdirSync(target).filter((f) => f.startsWith('io-')).length;
+    let r;
+    try {
+      await waitFor('the writer to be under way', () => (written() >= 3 ? true : undefined), 60_000);
+      r = await ctl.client.controller.ControllerExpandVolume({ volume_id: id, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });
+      const atExpand = written();
+      await waitFor('writes after the expand', () => (written() >= atExpand + 2 ? true : undefined), 120_000);
+    } finally {
+      writeFileSync(stopFile, '');
+    }
+    const w = await writer;
+    expect(w.exitCode).toBe(0);
     expect(r).toMatchObject({ capacity_bytes: 640 * MiB, node_expansion_required: true });
+    // The same kernel session, recovered; at the target a new one.
+    expect((await execa('iscsiadm', ['-m', 'session'])).stdout).toContain(`[${sid}] ${tgtd.portal},1 ${ctx.iqn}`);
+    expect(await tgtSessions(ctx.iqn)).toHaveLength(1);
+    expect((await tgtSessions(ctx.iqn))[0]).not.toEqual(tgtSid);
     // The kernel has not re-read the capacity yet: NodeExpandVolume's rescan does it.
     expect(Number((await execa('blockdev', ['--getsize64', dev])).stdout)).toBe(320 * MiB);
     const grown = await node.client.node.NodeExpandVolume({ volume_id: id, volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 640 * MiB }, volume_capability: xfs });

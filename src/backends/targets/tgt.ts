@@ -251,6 +251,12 @@ export class TgtTargetHelper implements TargetHelper {
         t = all.find((x) => sameIqn(x.iqn, iqn)) ?? (await this.createTarget(iqn, all));
       }
       const tid = t.tid;
+      if (t.state === 'offline') {
+        // Only a LUN reopen takes a target offline, and it always puts it back:
+        // this one was left by a crash or a failed tgtadm mid-reopen.
+        this.log?.warn({ iqn }, 'target was left offline; setting it ready');
+        await this.setTargetState(tid, 'ready');
+      }
       let lun1 = t.luns.find((l) => l.lun === 1);
       if (lun1 && lun1.type === 'disk' && lun1.backingPath === undefined && lun1.backingStoreType === 'rdwr') {
         // A refresh that could not reopen the image left LUN 1 offline without
@@ -366,7 +372,7 @@ export class TgtTargetHelper implements TargetHelper {
       const bytes = (await backingSize(imagePath)) ?? 0;
       if (!opts.force && lun.backingPath === imagePath && lun.online !== false && this.lunShowsSize(lun, bytes)) return 'current';
       if ((lun.backingStoreType ?? this.cfg.backingStoreType) === 'rdwr') {
-        await this.reopenLun(t, imagePath);
+        await this.quiesced(t, () => this.reopenLun(t, imagePath));
       } else {
         // tgt's aio store opens a new AIO context on reopen without closing the
         // old one, stranding commands in flight on it: only re-add the LUN, and
@@ -384,6 +390,62 @@ export class TgtTargetHelper implements TargetHelper {
       this.log?.info({ iqn, bytes, sessions: t.sessions.length }, 'LUN 1 reopened at the image size');
       return 'refreshed';
     });
+  }
+
+  /**
+   * Runs `fn` with no initiator logged in to `t`, and none able to log in:
+   * the target offline, every session ended and gone. tgt's `path=` update
+   * closes the image under bs_rdwr's worker threads (usr/target.c,
+   * tgt_device_path_update, tgt 1.0.85), so a command in flight across a
+   * reopen fails as a medium error, which initiators report as EIO (measured:
+   * EBADF from fdatasync in tgtd's log, EIO from fsync on the node). A dropped
+   * connection is what initiators recover from: the kernel and libiscsi log
+   * in again and resend what was in flight. Offline, tgt answers a login with
+   * a target error, which both retry (open-iscsi usr/login.c: CNX_LOGIN_RETRY),
+   * and drops commands, whose connection is about to end. tgt destroys a
+   * session only once its commands have completed (usr/iscsi/conn.c
+   * conn_close keeps tasks in SCSI), so "no session listed" means drained.
+   */
+  private async quiesced<T>(t: TargetInfo, fn: () => Promise<T>): Promise<T> {
+    await this.setTargetState(t.tid, 'offline');
+    try {
+      await this.endSessions(t.iqn, () => true, 'logged in');
+      return await fn();
+    } finally {
+      await this.setTargetState(t.tid, 'ready').catch((e: Error) =>
+        this.log?.error({ iqn: t.iqn, err: e.message }, 'target left offline: the next publish or reconcile sets it ready'),
+      );
+    }
+  }
+
+  private async setTargetState(tid: number, state: 'offline' | 'ready'): Promise<void> {
+    await this.tgtadm(['--op', 'update', '--mode', 'target', '--tid', String(tid), '--name', 'state', '--value', state]);
+  }
+
+  /**
+   * Ends the sessions of `iqn` that `which` picks, and waits until tgtd lists
+   * none of them (the caller has already stopped new logins: ACL or offline).
+   */
+  private async endSessions(iqn: string, which: (s: TargetInfo['sessions'][number]) => boolean, what: string, seen?: TargetInfo): Promise<void> {
+    await poll(
+      async ({ attempt, final }) => {
+        const target = attempt === 1 && seen ? seen : await this.findTarget(iqn);
+        if (!target) return true;
+        const tid = target.tid;
+        const mine = target.sessions.filter(which);
+        if (mine.length === 0) return true;
+        if (final) throw unavailable(`${mine.length} session(s) ${what} on ${iqn} did not end within ${this.cfg.fenceTimeoutMs} ms`);
+        for (const s of mine) {
+          const cids = s.connections.length > 0 ? s.connections.map((c) => c.cid) : [0];
+          for (const cid of cids) {
+            await this.tgtadm(['--op', 'delete', '--mode', 'conn', '--tid', String(tid), '--sid', String(s.sid), '--cid', String(cid)], { tolerate: ['session-not-found'] });
+          }
+          this.log?.info({ iqn, initiator: s.initiator, sid: s.sid }, `session ended (${what})`);
+        }
+        return undefined;
+      },
+      { initialMs: 100, maxMs: 100, factor: 1, timeoutMs: this.cfg.fenceTimeoutMs },
+    );
   }
 
   private async reopenLun(t: TargetInfo, imagePath: string): Promise<void> {
@@ -543,26 +605,7 @@ export class TgtTargetHelper implements TargetHelper {
         await this.tgtadm(['--op', 'unbind', '--mode', 'target', '--tid', String(t.tid), '--initiator-name', a], { tolerate: ['acl-not-found'] });
         this.log?.info({ iqn, initiator: initiatorIqn }, 'initiator ACL removed');
       }
-      let target: typeof t | undefined = t;
-      await poll(
-        async ({ attempt, final }) => {
-          if (attempt > 1) target = await this.findTarget(iqn);
-          if (!target) return true;
-          const tid = target.tid;
-          const mine = target.sessions.filter((s) => sameIqn(s.initiator, initiatorIqn));
-          if (mine.length === 0) return true;
-          if (final) throw unavailable(`initiator ${initiatorIqn} still has ${mine.length} session(s) on ${iqn} after ${this.cfg.fenceTimeoutMs} ms`);
-          for (const s of mine) {
-            const cids = s.connections.length > 0 ? s.connections.map((c) => c.cid) : [0];
-            for (const cid of cids) {
-              await this.tgtadm(['--op', 'delete', '--mode', 'conn', '--tid', String(tid), '--sid', String(s.sid), '--cid', String(cid)], { tolerate: ['session-not-found'] });
-            }
-            this.log?.info({ iqn, initiator: initiatorIqn, sid: s.sid }, 'session ended (fence)');
-          }
-          return undefined;
-        },
-        { initialMs: 100, maxMs: 100, factor: 1, timeoutMs: this.cfg.fenceTimeoutMs },
-      );
+      await this.endSessions(iqn, (s) => sameIqn(s.initiator, initiatorIqn), `of initiator ${initiatorIqn} (fence)`, t);
     });
   }
 }
