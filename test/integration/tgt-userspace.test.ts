@@ -180,7 +180,7 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     // The initiator is logged in again, once, as itself, in a new session (the old one was ended).
     const t = (await helper.listTargets()).find((x) => x.volumeId === volumeId)!;
     expect(t.sessions.map((s) => s.initiator)).toEqual([NODE]);
-    expect(t.sessions[0]!.sid).not.toBe(sessionsBefore[0]!.sid);
+    expect(t.sessions[0].sid).not.toBe(sessionsBefore[0].sid);
     expect(t.state).toBe('ready');
     expect(t.luns.find((l) => l.lun === 1)!.online).toBe(true);
     // The same attachment reads what was written before and writes on; the bytes land in the image.
