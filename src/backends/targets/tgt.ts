@@ -50,6 +50,8 @@ export interface TgtConfig {
   timeoutMs?: number;
   /** How long revokeInitiator waits for the fenced sessions to disappear. */
   fenceTimeoutMs?: number;
+  /** How long a LUN reopen waits for the initiators whose sessions it ended to log in again. */
+  reloginWaitMs?: number;
 }
 
 /** tgt's caching mode page (page 8) with WCE set (0x14, tgt's default) or cleared (0x10); as tgt-admin writes it. */
@@ -157,6 +159,8 @@ export class TgtTargetHelper implements TargetHelper {
       backingStoreType: 'rdwr',
       timeoutMs: 30_000,
       fenceTimeoutMs: 10_000,
+      // open-iscsi retries a failed connection after 3 s (usr/initiator.c ISCSI_CONN_ERR_REOPEN_DELAY), slower under load.
+      reloginWaitMs: 30_000,
       ...cfg,
     };
     // tgtd names its socket "%s.%d" of /var/run/tgtd/socket and the control port (usr/mgmt.c ipc_init), 0 included.
@@ -408,14 +412,38 @@ export class TgtTargetHelper implements TargetHelper {
    */
   private async quiesced<T>(t: TargetInfo, fn: () => Promise<T>): Promise<T> {
     await this.setTargetState(t.tid, 'offline');
+    let ended: string[] = [];
+    let result: T;
     try {
+      ended = (await this.findTarget(t.iqn))?.sessions.map((s) => s.initiator) ?? [];
       await this.endSessions(t.iqn, () => true, 'logged in');
-      return await fn();
+      result = await fn();
     } finally {
       await this.setTargetState(t.tid, 'ready').catch((e: Error) =>
         this.log?.error({ iqn: t.iqn, err: e.message }, 'target left offline: the next publish or reconcile sets it ready'),
       );
     }
+    await this.awaitRelogin(t.iqn, ended);
+    return result;
+  }
+
+  /**
+   * Waits (bounded) until every initiator whose session a reopen ended is
+   * logged in again. The CO calls NodeExpandVolume as soon as the expand
+   * returns, and a rescan on a session still in recovery reads the old size.
+   * Not an error when one stays away: its node may be going down, and a
+   * NodeExpandVolume before it is back says to retry.
+   */
+  private async awaitRelogin(iqn: string, initiators: string[]): Promise<void> {
+    if (initiators.length === 0) return;
+    const back = await poll(
+      async () => {
+        const now = (await this.findTarget(iqn))?.sessions ?? [];
+        return initiators.every((i) => now.some((s) => sameIqn(s.initiator, i))) ? true : undefined;
+      },
+      { initialMs: 100, maxMs: 500, timeoutMs: this.cfg.reloginWaitMs },
+    );
+    if (!back) this.log?.warn({ iqn, initiators, waitedMs: this.cfg.reloginWaitMs }, 'not every initiator logged in again after the LUN reopen');
   }
 
   private async setTargetState(tid: number, state: 'offline' | 'ready'): Promise<void> {
