@@ -117,11 +117,16 @@ export class TestTgtd {
     return `${this.address}:${this.iscsiPort}`;
   }
 
-  async startAgain(): Promise<void> {
+  /**
+   * Starts tgtd again on the same control port. `portalClosed`: it listens on
+   * a spare port instead, and its portal opens only with openPortal().
+   */
+  async startAgain(opts: { portalClosed?: boolean } = {}): Promise<void> {
     if (this.running) throw new Error('tgtd is still running');
     this.removeSockets();
     const log = join(this.logDir, `tgtd.${++this.starts}.log`);
-    const argv = ['tgtd', '-f', '-C', String(this.controlPort), '--iscsi', `portal=${this.portal}`];
+    const portal = opts.portalClosed ? `${this.address}:${await freePort()}` : this.portal;
+    const argv = ['tgtd', '-f', '-C', String(this.controlPort), '--iscsi', `portal=${portal}`];
     const [cmd, ...args] = [...this.wrapper, ...argv];
     this.proc = execa(cmd, args, {
       reject: false,
@@ -134,10 +139,16 @@ export class TestTgtd {
     for (;;) {
       if (!this.running) throw new Error(`tgtd exited at start: ${readFileSync(log, 'utf8')}`);
       const r = await execa('tgtadm', ['-C', String(this.controlPort), '--lld', 'iscsi', '--op', 'show', '--mode', 'target'], { reject: false });
-      if (r.exitCode === 0 && (await this.portalAccepts())) return;
+      if (r.exitCode === 0 && (opts.portalClosed || (await this.portalAccepts()))) return;
       if (Date.now() > deadline) throw new Error(`tgtd did not come up: ${readFileSync(log, 'utf8')}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  /** Opens the usual portal on a tgtd started with `portalClosed`. */
+  async openPortal(): Promise<void> {
+    await execa('tgtadm', ['-C', String(this.controlPort), '--lld', 'iscsi', '--op', 'new', '--mode', 'portal', '--param', `portal=${this.portal}`]);
+    if (!(await this.portalAccepts())) throw new Error(`tgtd's portal ${this.portal} does not accept connections after --op new --mode portal`);
   }
 
   private async portalAccepts(): Promise<boolean> {

@@ -25,7 +25,18 @@ export function scratchDisks(): string[] {
 
 /** iscsid in the foreground, owned by the test; stop() ends it (and waits). */
 export class Iscsid {
-  private constructor(private proc: ResultPromise) {}
+  private stderr = '';
+  private constructor(private proc: ResultPromise) {
+    // What iscsid says about its logins and recoveries (it logs to stderr in the foreground): for failure messages.
+    proc.stderr?.on('data', (d: Buffer) => {
+      this.stderr = (this.stderr + d.toString()).slice(-20_000);
+    });
+  }
+
+  /** The last of iscsid's log (up to 20,000 characters). */
+  logs(): string {
+    return this.stderr;
+  }
 
   static async start(): Promise<Iscsid> {
     await execa('modprobe', ['iscsi_tcp']);
