@@ -123,6 +123,17 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
   /** The source device of a mount point, from the guest's mount table. */
   const mountSource = (p: string) => readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === p)?.split(' ')[0];
   const tgtSessions = async (volIqn: string) => (await tgt.listTargets()).find((x) => x.iqn === volIqn)?.sessions ?? [];
+  /** The kernel's session id for the target `volIqn` (iscsiadm -m session). */
+  const kernelSid = async (volIqn: string) => new RegExp(`\\[(\\d+)\\] [^ ]+ ${volIqn}`).exec((await execa('iscsiadm', ['-m', 'session'])).stdout)![1];
+  /**
+   * Direct, fsynced 256 KiB writes into new files under `dir` until stop() (or a write fails:
+   * the writer exits 1); `written()` counts the files so far.
+   */
+  const startWriter = (dir: string, name: string, input: '/dev/urandom' | '/dev/zero') => {
+    const stopFile = join(lab.dir, `${name}-stop`);
+    const proc = execa('bash', ['-c', `i=0; while [ ! -e ${stopFile} ]; do i=$((i+1)); dd if=${input} of=${dir}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo "done $i"`], { reject: false });
+    return { proc, written: () => readdirSync(dir).filter((f) => f.startsWith('io-')).length, stop: () => writeFileSync(stopFile, '') };
+  };
   /**
    * A login by hand through a node record of its own, removed afterwards. A login that fails
    * (nothing listening, a target that never answers) waits out every attempt iscsid makes: with
@@ -312,12 +323,10 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await node.client.node.NodeStageVolume(stageReq(id, ctx));
     await node.client.node.NodePublishVolume(publishReq(id, ctx));
     const { target } = paths(id);
-    const sid = new RegExp(`\\[(\\d+)\\] [^ ]+ ${ctx.iqn}`).exec((await execa('iscsiadm', ['-m', 'session'])).stdout)![1];
+    const sid = await kernelSid(ctx.iqn);
     // A writer that keeps going through the outage (direct I/O: the bytes must reach the LUN) until told to stop,
     // so that writes are in flight before, during and after the outage however fast or slow the guest runs.
-    const stopFile = join(lab.dir, 'writer-stop');
-    const writer = execa('bash', ['-c', `i=0; while [ ! -e ${stopFile} ]; do i=$((i+1)); dd if=/dev/urandom of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo "done $i"`], { reject: false });
-    const written = () => readdirSync(target).filter((f) => f.startsWith('io-')).length;
+    const { proc: writer, written, stop } = startWriter(target, 'restart-writer', '/dev/urandom');
     await waitFor('the writer to be under way', () => (existsSync(join(target, 'io-3')) ? true : undefined), 60_000);
     // When each step happened, seconds after the kill: a failure says which step was slow.
     const t0 = Date.now();
@@ -342,13 +351,13 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await waitFor('writes through the recovered session', () => (written() >= atOutage + 2 ? true : undefined), 120_000).catch(async (e: Error) => {
       const session = (await execa('iscsiadm', ['-m', 'session', '-r', sid, '-P', '3'], { reject: false })).stdout;
       const kernel = (await execa('dmesg', [], { reject: false })).stdout.split('\n').slice(-25).join('\n');
-      writeFileSync(stopFile, '');
+      stop();
       writer.kill();
       throw new Error(
         `${e.message}; steps (s after the kill): ${JSON.stringify(steps)}; files ${atOutage} at the outage, ${written()} now; writer ${writer.exitCode === null ? 'still running' : `exited ${writer.exitCode}`}\n${session}\n${kernel}\niscsid:\n${lab.iscsid?.logs().slice(-4000)}\ncontroller:\n${ctl.logs().slice(-4000)}`,
       );
     });
-    writeFileSync(stopFile, '');
+    stop();
     const w = await writer;
     expect(w.exitCode).toBe(0);
     const n = Number(/^done (\d+)$/.exec(w.stdout.trim())?.[1]);
@@ -374,13 +383,11 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     writeFileSync(join(target, 'before.txt'), 'written before the online expand');
     const total = async () => (await node.client.node.NodeGetVolumeStats({ volume_id: id, volume_path: target })).usage.find((u) => u.unit === 'BYTES')!.total!;
     const before = await total();
-    const sid = new RegExp(`\\[(\\d+)\\] [^ ]+ ${ctx.iqn}`).exec((await execa('iscsiadm', ['-m', 'session'])).stdout)![1];
+    const sid = await kernelSid(ctx.iqn);
     const tgtSid = (await tgtSessions(ctx.iqn))[0];
     // Direct, fsynced writes all through the expand: tgt cannot reopen a LUN under commands in flight,
     // so the controller ends the session first; the kernel must resend, not fail, what was in flight.
-    const stopFile = join(lab.dir, 'grow-writer-stop');
-    const writer = execa('bash', ['-c', `i=0; while [ ! -e ${stopFile} ]; do i=$((i+1)); dd if=/dev/zero of=${target}/io-$i bs=64k count=4 oflag=direct conv=fsync status=none || exit 1; done; echo "done $i"`], { reject: false });
-    const written = () => readdirSync(target).filter((f) => f.startsWith('io-')).length;
+    const { proc: writer, written, stop } = startWriter(target, 'grow-writer', '/dev/zero');
     let r;
     try {
       await waitFor('the writer to be under way', () => (written() >= 3 ? true : undefined), 60_000);
@@ -388,7 +395,7 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
       const atExpand = written();
       await waitFor('writes after the expand', () => (written() >= atExpand + 2 ? true : undefined), 120_000);
     } finally {
-      writeFileSync(stopFile, '');
+      stop();
     }
     const w = await writer;
     expect(w.exitCode).toBe(0);

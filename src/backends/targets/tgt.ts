@@ -415,8 +415,10 @@ export class TgtTargetHelper implements TargetHelper {
     let ended: string[] = [];
     let result: T;
     try {
-      ended = (await this.findTarget(t.iqn))?.sessions.map((s) => s.initiator) ?? [];
-      await this.endSessions(t.iqn, () => true, 'logged in');
+      // Read once offline: the sessions to end, and whose to wait for afterwards.
+      const now = await this.findTarget(t.iqn);
+      ended = now?.sessions.map((s) => s.initiator) ?? [];
+      await this.endSessions(t.iqn, () => true, 'logged in', now);
       result = await fn();
     } finally {
       await this.setTargetState(t.tid, 'ready').catch((e: Error) =>
