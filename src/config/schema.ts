@@ -124,7 +124,24 @@ export const iscsiSchema = v.pipe(
   discard: v.optional(bool),
   /** How often the exports are checked against the records (tgtd forgets everything when it restarts, LIO at reboot). */
   reconcileSeconds: v.optional(num(1, 86400), 30),
+  /**
+   * tgt only: sinter opens tgtd's portals (`portals`) itself, and only once
+   * every backend exporting through that tgtd has restored its exports, each
+   * time tgtd starts; tgtd is started on a parking portal (e.g.
+   * `--iscsi portal=127.0.0.1:3259`). Without it, initiators logging in again
+   * to a restarted tgtd before the restore are refused, and open-iscsi can
+   * stall on that until its replacement timeout fails their I/O.
+   */
+  openPortals: v.optional(bool, false),
   }),
+  v.forward(
+    v.check((i) => !i.openPortals || i.helper === 'tgt', 'only applies with helper: tgt (lio binds its portals with each target)'),
+    ['openPortals'],
+  ),
+  v.forward(
+    v.check((i) => !i.openPortals || i.portals.every((p) => isIP(parsePortal(p).host) !== 0), 'openPortals: tgtd binds these portals itself: each must be an IP literal (host:port or [IPv6]:port), not a host name'),
+    ['portals'],
+  ),
   v.forward(
     v.check((i) => i.discard === undefined || i.helper === 'lio', 'only applies with helper: lio (tgt has no such switch)'),
     ['discard'],

@@ -423,6 +423,22 @@ describe("sinter's containers use flags and configuration that sinter accepts", 
       expect(c.command, `${id}: the image's entrypoint (tini -- node dist/main.js) runs sinter`).toBeUndefined();
     }
   });
+  it('overlays/iscsi: tgtd starts on a loopback parking portal only, and sinter opens the portal it hands to nodes (openPortals) once the exports are back', () => {
+    const docs = render('overlays/iscsi');
+    const pod = workload(docs, CONTROLLER).pod;
+    const tgtdArgs = container(pod, 'tgtd').args ?? [];
+    const portalArg = tgtdArgs[tgtdArgs.indexOf('--iscsi') + 1] ?? '';
+    expect(portalArg).toMatch(/^portal=127\.0\.0\.1:\d+$/);
+    const ctl = loadAsSinter(docs, pod, 'sinter');
+    const tgtBackends = ctl.cfg.backends.flatMap((b) => (b.driver !== 'rbd' && b.export === 'iscsi' && b.iscsi?.helper === 'tgt' ? [b.iscsi] : []));
+    expect(tgtBackends.length).toBeGreaterThan(0);
+    for (const i of tgtBackends) {
+      expect(i.openPortals).toBe(true);
+      expect(i.portals).toEqual(['192.0.2.10:3260']);
+      expect(portalArg.endsWith(':3260')).toBe(false);
+    }
+  });
+
   it.each(OVERLAYS)('overlays/%s: loadConfig accepts the controller and node args with their mounted config files', (o) => {
     const docs = render(`overlays/${o}`);
     const ctl = loadAsSinter(docs, workload(docs, CONTROLLER).pod, 'sinter');

@@ -29,10 +29,10 @@ export interface IscsiSplit {
 }
 
 /** A controller configuration with one file backend, `san`, exported through tgt at `portal`. */
-export function sanBackendYaml(o: { dataDir: string; portal: string; controlPort: number; iqnPrefix: string; reconcileSeconds: number }): string {
+export function sanBackendYaml(o: { dataDir: string; portal: string; controlPort: number; iqnPrefix: string; reconcileSeconds: number; openPortals?: boolean; name?: string }): string {
   return [
     'backends:',
-    '  - name: san',
+    `  - name: ${o.name ?? 'san'}`,
     '    driver: file',
     `    dataDir: ${o.dataDir}`,
     '    export: iscsi',
@@ -41,6 +41,7 @@ export function sanBackendYaml(o: { dataDir: string; portal: string; controlPort
     `      controlPort: ${o.controlPort}`,
     `      iqnPrefix: "${o.iqnPrefix}"`,
     `      reconcileSeconds: ${o.reconcileSeconds}`,
+    ...(o.openPortals ? ['      openPortals: true'] : []),
   ].join('\n');
 }
 

@@ -73,6 +73,8 @@ export interface TestTgtdOptions {
    * socket is a path (/var/run/tgtd/socket.N), reachable from any network namespace.
    */
   wrapper?: string[];
+  /** Start on a spare port only, as a deployment with `iscsi.openPortals` does: the usual portal opens with openPortal() or by sinter. */
+  portalClosed?: boolean;
 }
 
 /**
@@ -99,7 +101,7 @@ export class TestTgtd {
     while (existsSync(`/var/run/tgtd/socket.${cp}`));
     const t = new TestTgtd(cp, opts.port ?? (await freePort()), opts.address, opts.wrapper);
     try {
-      await t.startAgain();
+      await t.startAgain({ portalClosed: opts.portalClosed });
     } catch (e) {
       // A tgtd that started but never answered would otherwise outlive the test.
       await t.stop();
@@ -151,7 +153,8 @@ export class TestTgtd {
     if (!(await this.portalAccepts())) throw new Error(`tgtd's portal ${this.portal} does not accept connections after --op new --mode portal`);
   }
 
-  private async portalAccepts(): Promise<boolean> {
+  /** Whether the usual portal accepts a TCP connection now. */
+  async portalAccepts(): Promise<boolean> {
     if (this.wrapper.length === 0) return canConnect(this.address, this.iscsiPort);
     // The portal is in another network namespace: connect from there (bash's /dev/tcp).
     const [cmd, ...args] = [...this.wrapper, 'bash', '-c', 'exec 3<>"/dev/tcp/$0/$1"', this.address, String(this.iscsiPort)];

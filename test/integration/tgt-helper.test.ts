@@ -1,7 +1,7 @@
 import { Code } from '../../src/errors/domain-error.js';
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { TgtTargetHelper } from '../../src/backends/targets/tgt.js';
 import { tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
@@ -352,5 +352,95 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
     for (const id of ids) expect(ts.filter((t) => t.volumeId === id)).toHaveLength(1);
     await Promise.all(ids.map((id) => helper.removeTarget(id)));
     expect((await helper.listTargets()).filter((t) => ids.includes(t.volumeId ?? ''))).toEqual([]);
+  });
+});
+
+describe('tgt listen portals (iscsi.openPortals) against a real tgtd started on a parking portal', () => {
+  // A tgtd per test: the helpers a test makes are members of its tgtd's gate for the life of this process.
+  let tgtd: TestTgtd;
+  beforeEach(async () => {
+    requireIscsiTools();
+    tgtd = await TestTgtd.start({ portalClosed: true });
+  });
+  afterEach(async () => {
+    await tgtd?.stop();
+    tgtd?.cleanupLogs();
+  });
+  const helperFor = () => new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', listenPortals: [tgtd.portal] }, host);
+
+  it('the portal opens only after the last helper on that tgtd has restored, never during a restore, and a failed restore opens nothing', async () => {
+    const a = helperFor();
+    const b = helperFor();
+    const during: boolean[] = [];
+    const restore = async () => {
+      during.push(await tgtd.portalAccepts());
+      return 'done';
+    };
+    await expect(a.restoring(() => Promise.reject(new Error('listing failed')))).rejects.toThrow('listing failed');
+    expect(await tgtd.portalAccepts()).toBe(false);
+    expect(await a.restoring(restore)).toBe('done');
+    // b has not restored since the portals closed: they stay closed.
+    expect(await tgtd.portalAccepts()).toBe(false);
+    expect(await b.restoring(restore)).toBe('done');
+    expect(await tgtd.portalAccepts()).toBe(true);
+    expect(during).toEqual([false, false]);
+    // Open: a pass leaves it open and opens nothing twice.
+    await a.restoring(restore);
+    await b.restoring(restore);
+    expect(await tgtd.portalAccepts()).toBe(true);
+  });
+
+  it('after a restart, two helpers restoring at once open the portal once, with no error', async () => {
+    const a = helperFor();
+    const b = helperFor();
+    await tgtd.kill();
+    await tgtd.startAgain({ portalClosed: true });
+    await Promise.all([a.restoring(async () => undefined), b.restoring(async () => undefined)]);
+    expect(await tgtd.portalAccepts()).toBe(true);
+  });
+
+  it('a pass that began before tgtd restarted does not count towards opening its portal', async () => {
+    const a = helperFor();
+    const b = helperFor();
+    // Both see the portal open at the start of their pass; tgtd restarts during a's.
+    await tgtd.openPortal();
+    await a.restoring(async () => {
+      await tgtd.kill();
+      await tgtd.startAgain({ portalClosed: true });
+    });
+    await b.restoring(async () => undefined);
+    expect(await tgtd.portalAccepts()).toBe(false);
+    await a.restoring(async () => undefined);
+    expect(await tgtd.portalAccepts()).toBe(true);
+  });
+
+  it('tgtd restarting again after one backend restored (a crash loop): the portal waits until that backend has restored into the new daemon', async () => {
+    const tmp = tempDir('sinter-tgt-portals-');
+    try {
+      const image = join(tmp.dir, 'v.img');
+      await fs.writeFile(image, Buffer.alloc(0)).then(() => fs.truncate(image, 8 * MiB));
+      const a = helperFor();
+      const b = helperFor();
+      const id = newVolumeId('default');
+      const restoreA = () => a.restoring(() => a.ensureTarget(id, image), () => [a.iqnFor(id)]);
+      await restoreA();
+      await tgtd.kill();
+      await tgtd.startAgain({ portalClosed: true });
+      await b.restoring(async () => undefined, () => []);
+      // a's target went with the daemon it restored into: nothing opens.
+      expect(await tgtd.portalAccepts()).toBe(false);
+      await b.restoring(async () => undefined, () => []);
+      expect(await tgtd.portalAccepts()).toBe(false);
+      await restoreA();
+      expect(await tgtd.portalAccepts()).toBe(true);
+      expect((await a.listTargets()).map((t) => t.volumeId)).toEqual([id]);
+    } finally {
+      tmp.cleanup();
+    }
+  });
+
+  it('a portal tgtd cannot bind fails the pass, naming the tgtadm call that failed', async () => {
+    const h = new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', listenPortals: ['192.0.2.1:3260'] }, host);
+    await expect(h.restoring(async () => undefined)).rejects.toThrow(/tgtadm .*--mode portal --param portal=192\.0\.2\.1:3260/);
   });
 });

@@ -149,6 +149,16 @@ describe('configuration schema', () => {
     expect(keyOf(() => lio({ helper: 'lioadm' }))).toBe('backends[0].iscsi.helper');
   });
 
+  it('iscsi.openPortals: tgt only, and its portals must be IP literals (sinter binds them on tgtd); off by default', () => {
+    const tgt = (iscsi: object) => load({ backends: [{ ...iscsiBackend, iscsi: { portals: ['127.0.0.1:3260'], ...iscsi } }] });
+    const iscsiOf = (c: Config) => (c.backends[0].driver === 'file' ? c.backends[0].iscsi : undefined);
+    expect(iscsiOf(tgt({}))?.openPortals).toBe(false);
+    expect(iscsiOf(tgt({ openPortals: true, portals: ['[fd00::1]:3260', '10.0.0.1:3260'] }))).toMatchObject({ openPortals: true, portals: ['[fd00::1]:3260', '10.0.0.1:3260'] });
+    expect(keyOf(() => tgt({ openPortals: true, portals: ['storage.example:3260'] }))).toBe('backends[0].iscsi.portals');
+    expect(keyOf(() => tgt({ openPortals: true, helper: 'lio' }))).toBe('backends[0].iscsi.openPortals');
+    expect(keyOf(() => tgt({ openPortals: 'yes' }))).toBe('backends[0].iscsi.openPortals');
+  });
+
   it('loads the LIO example configuration (deploy/config-examples/controller-lio.yaml)', () => {
     const prev = process.env.HOST_IP;
     process.env.HOST_IP = '10.0.0.10';

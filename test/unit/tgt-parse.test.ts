@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { idFromIqnSuffix, iqnSuffixForId, validateIqnPrefix } from '../../src/backends/targets/tgt.js';
-import { classifyTgtError, parseTgtAccounts, parseTgtTargets, tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
+import { classifyTgtError, parseTgtAccounts, parseTgtPortals, parseTgtTargets, tgtShownMB } from '../../src/backends/targets/tgt-parse.js';
+import { closedPortals, TgtPortalGate } from '../../src/backends/targets/tgt-portals.js';
 import { objectContaining } from '../helpers/matchers.js';
 
 const dir = join(import.meta.dirname, '..', 'fixtures', 'tgt');
@@ -152,5 +153,52 @@ describe('volume ids as iSCSI names', () => {
   it('checks the configured prefix', () => {
     expect(() => validateIqnPrefix('iqn.2025-01.io.sinter:')).not.toThrow();
     for (const bad of ['iqn.2025-01.io.sinter', 'IQN.2025-01.io.sinter:', 'sinter:', 'iqn.25-1.x:']) expect(() => validateIqnPrefix(bad), bad).toThrow();
+  });
+});
+
+describe('tgt portals (tgtadm --op show --mode portal, tgt 1.0.85 usr/iscsi/target.c iscsi_target_show_portals)', () => {
+  // As tgtd printed it here for portals added by address, by host name and over IPv6.
+  const shown = 'Portal: 127.0.0.1:3297,1\nPortal: [::1]:3298,1\nPortal: 127.0.0.1:3298,1\n';
+
+  it('parses every portal line, IPv6 without brackets', () => {
+    expect(parseTgtPortals(shown)).toEqual([
+      { host: '127.0.0.1', port: 3297 },
+      { host: '::1', port: 3298 },
+      { host: '127.0.0.1', port: 3298 },
+    ]);
+    expect(parseTgtPortals('')).toEqual([]);
+  });
+
+  it('a configured portal is closed unless tgtd listens on its address and port, or on the wildcard of its family', () => {
+    const listening = parseTgtPortals(shown);
+    expect(closedPortals(['127.0.0.1:3298', '[0:0::1]:3298', '127.0.0.1:3260', '[::1]:3297'], listening)).toEqual(['127.0.0.1:3260', '[::1]:3297']);
+    expect(closedPortals(['10.0.0.1:3260', '[fd00::1]:3260'], parseTgtPortals('Portal: 0.0.0.0:3260,1\n'))).toEqual(['[fd00::1]:3260']);
+    expect(closedPortals(['10.0.0.1:3260', '[fd00::1]:3260'], parseTgtPortals('Portal: [::]:3260,1\nPortal: 0.0.0.0:3260,1\n'))).toEqual([]);
+  });
+
+  it('the gate opens for the last member to restore, and starts over once reset', () => {
+    const g = new TgtPortalGate();
+    const [a, b] = [{}, {}];
+    g.join(a);
+    g.join(b);
+    expect(g.markRestored(a)).toBe(false);
+    expect(g.waitingFor()).toBe(1);
+    expect(g.markRestored(a)).toBe(false);
+    expect(g.markRestored(b)).toBe(true);
+    g.reset();
+    expect(g.markRestored(b)).toBe(false);
+  });
+
+  it('a member whose restored targets are gone from the daemon no longer counts', () => {
+    const g = new TgtPortalGate();
+    const [a, b] = [{}, {}];
+    g.join(a);
+    g.join(b);
+    g.markRestored(a, ['iqn.x:a1', 'iqn.x:a2']);
+    expect(g.markRestored(b, [])).toBe(true);
+    expect(g.dropStale((t) => t !== 'iqn.x:a2')).toBe(1);
+    expect(g.waitingFor()).toBe(1);
+    expect(g.dropStale(() => false)).toBe(0);
+    expect(g.markRestored(a, ['iqn.x:a1'])).toBe(true);
   });
 });

@@ -45,8 +45,9 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     name: 'iscsi-kernel',
     iqnPrefix: PREFIX,
     iscsid: true,
-    tgtd: true,
-    controllerYaml: (l) => sanBackendYaml({ dataDir: join(l.dir, 'data'), portal: l.tgtd!.portal, controlPort: l.tgtd!.controlPort, iqnPrefix: PREFIX, reconcileSeconds: 1 }).split('\n'),
+    // As deploy/ runs it: tgtd starts on a parking portal and sinter opens the real one once the exports are restored.
+    tgtd: { portalClosed: true },
+    controllerYaml: (l) => sanBackendYaml({ dataDir: join(l.dir, 'data'), portal: l.tgtd!.portal, controlPort: l.tgtd!.controlPort, iqnPrefix: PREFIX, reconcileSeconds: 1, openPortals: true }).split('\n'),
   });
   let tgtd: TestTgtd;
   let tgt: TgtTargetHelper;
@@ -310,14 +311,13 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 
-  // tgtd comes back with its portal closed, which opens once reconcile has restored the export.
-  // With the portal open at once, open-iscsi 2.1.8 (Debian 12) can stall for good: in two CI runs its
-  // first relogin reached tgtd 50 ms after it started, before the export was back; tgt closed the
-  // connection, two connection errors met the failed login, and iscsid sat in REOPEN / TRANSPORT WAIT
-  // past the 120 s replacement timeout (the write failed, ext4 aborted its journal). Quiet runs restore
-  // the export first (1.5 s) and recover at the first relogin (2.4 s). sinter cannot keep initiators
-  // off an empty tgtd; this asserts what it does guarantee: the export restored, the session recovers.
-  it('tgtd killed mid-I/O and started again (its portal opened once the controller restored the export): the kernel session recovers, the write in flight completes', async () => {
+  // tgtd comes back on its parking portal only, as deploy/ starts it; sinter (iscsi.openPortals) opens
+  // the real portal once reconcile has restored the export. Without that, open-iscsi 2.1.8 (Debian 12)
+  // can stall for good: in two CI runs its first relogin reached tgtd 50 ms after it started, before
+  // the export was back; tgt closed the connection, two connection errors met the failed login, and
+  // iscsid sat in REOPEN / TRANSPORT WAIT past the 120 s replacement timeout (the write failed, ext4
+  // aborted its journal). A refused connection it retries every few seconds without harm.
+  it('tgtd killed mid-I/O and started again on its parking portal: the controller restores the export, then opens the portal; the kernel session recovers, the write in flight completes', async () => {
     const id = await provision('k-restart');
     const ctx = await publish(id);
     await node.client.node.NodeStageVolume(stageReq(id, ctx));
@@ -339,14 +339,19 @@ describe('kernel iSCSI end to end in the VM: sinter controller (tgt) + sinter no
     const atOutage = written();
     await tgtd.startAgain({ portalClosed: true });
     step('tgtd started');
-    // Restored means all of it: target, LUN, the node's ACL and its CHAP account.
-    await waitFor('reconcile to restore the export', async () => {
+    // sinter opens the portal itself (iscsi.openPortals), and only once the export is restored: target,
+    // LUN, the node's ACL and its CHAP account. Probe first, then read: an open portal must have all of it behind it.
+    let openTooEarly = false;
+    await waitFor('the controller to restore the export and open the portal', async () => {
+      const open = await tgtd.portalAccepts();
       const t = (await tgt.listTargets()).find((x) => x.iqn === ctx.iqn);
-      return t && t.luns.some((l) => l.lun === 1) && t.acls.length > 0 && t.accounts.length > 0 ? true : undefined;
-    }, 60_000);
-    step('export restored');
-    await tgtd.openPortal();
+      const restored = !!t && t.luns.some((l) => l.lun === 1) && t.acls.length > 0 && t.accounts.length > 0;
+      if (restored) steps['export restored'] ??= (Date.now() - t0) / 1000;
+      openTooEarly ||= open && !restored;
+      return open ? true : undefined;
+    }, 60_000, 100);
     step('portal open');
+    expect(openTooEarly, 'the portal accepted connections before the export was restored').toBe(false);
     // Two more files: the write in flight completed and another went through the recovered session.
     await waitFor('writes through the recovered session', () => (written() >= atOutage + 2 ? true : undefined), 120_000).catch(async (e: Error) => {
       const session = (await execa('iscsiadm', ['-m', 'session', '-r', sid, '-P', '3'], { reject: false })).stdout;

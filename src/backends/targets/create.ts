@@ -12,7 +12,11 @@ import { TgtTargetHelper, type TgtConfig } from './tgt.js';
 export function createTargetHelper(cfg: IscsiExportConfig, exec: Executor, log: Logger, tgtStore?: Pick<TgtConfig, 'backingStoreType' | 'bsopts'>): TargetHelper {
   switch (cfg.helper) {
     case 'tgt':
-      return new TgtTargetHelper({ controlPort: cfg.controlPort, iqnPrefix: cfg.iqnPrefix, writeCache: cfg.writeCache, blockSize: cfg.blockSize, ...tgtStore }, exec, log);
+      return new TgtTargetHelper(
+        { controlPort: cfg.controlPort, iqnPrefix: cfg.iqnPrefix, writeCache: cfg.writeCache, blockSize: cfg.blockSize, listenPortals: cfg.openPortals ? cfg.portals : [], ...tgtStore },
+        exec,
+        log,
+      );
     case 'lio':
       return new LioTargetHelper({ iqnPrefix: cfg.iqnPrefix, portals: cfg.portals, writeCache: cfg.writeCache, blockSize: cfg.blockSize, discard: cfg.discard ?? true }, log);
   }

@@ -208,6 +208,18 @@ export class IscsiExport {
     imagePathOf: (id: string) => string,
     withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>,
   ): Promise<ReconcileReport> {
+    const exported: string[] = [];
+    const pass = () => this.reconcileNow(volumes, imagePathOf, withVolumeLock, exported);
+    return this.helper.restoring ? this.helper.restoring(pass, () => exported.map((id) => this.helper.iqnFor(id))) : pass();
+  }
+
+  /** `exported` gets the id of every published volume whose export this pass settled. */
+  private async reconcileNow(
+    volumes: () => Iterable<VolumeRecord>,
+    imagePathOf: (id: string) => string,
+    withVolumeLock: <T>(volumeId: string, fn: () => Promise<T>) => Promise<T>,
+    exported: string[],
+  ): Promise<ReconcileReport> {
     const report: ReconcileReport = { targetsCreated: [], aclsRestored: [], aclsRevoked: [], targetsRemoved: [], lunsRefreshed: [], errors: [] };
     const daemon = new Map((await this.helper.listTargets()).filter((t) => t.volumeId && this.owns(t.volumeId)).map((t) => [t.volumeId!, t]));
     const published = (v: VolumeRecord | undefined) => !!v && v.attachments.length > 0 && (v.state === 'in-use' || v.state === 'available');
@@ -222,8 +234,10 @@ export class IscsiExport {
       await withVolumeLock(id, async () => {
         const v = [...volumes()].find((x) => x.id === id);
         try {
-          if (published(v)) await this.settle(v!, daemon.get(id), imagePathOf(id), report);
-          else if (daemon.has(id)) {
+          if (published(v)) {
+            await this.settle(v!, daemon.get(id), imagePathOf(id), report);
+            exported.push(id);
+          } else if (daemon.has(id)) {
             await this.helper.removeTarget(id);
             report.targetsRemoved.push(id);
             // Its ACLs went with it: each was an export no publish explained.

@@ -62,6 +62,14 @@ export interface TargetHelper {
    */
   refreshLunSize(volumeId: string, imagePath: string, opts?: { force?: boolean }): Promise<LunRefresh>;
 
+  /**
+   * Wraps a reconcile pass that restores every export of one backend: a
+   * helper whose daemon must not take logins before that (tgt with listen
+   * portals) opens them afterwards. `exported`: the target names the pass
+   * restored or found in place, asked once it is done. Absent: the pass runs as it is.
+   */
+  restoring?<T>(fn: () => Promise<T>, exported: () => string[]): Promise<T>;
+
   /** Whether the daemon's report of a LUN (`LunInfo.sizeMB`) matches an image of `bytes` bytes. Pure. */
   lunShowsSize(lun: LunInfo, bytes: number): boolean;
 }

@@ -212,3 +212,20 @@ export function classifyTgtError(stderr: string, exitCode?: number): TgtErrorKin
   if (s.includes("can't find the session") || s.includes("can't find the connection")) return 'session-not-found';
   return 'other';
 }
+
+/** One listening portal as `tgtadm --op show --mode portal` prints it (usr/iscsi/target.c iscsi_target_show_portals). */
+export interface TgtPortal {
+  /** The bound address as inet_ntop printed it, without IPv6 brackets. */
+  host: string;
+  port: number;
+}
+
+/** `Portal: 127.0.0.1:3260,1` and `Portal: [::1]:3260,1` lines; others are ignored. */
+export function parseTgtPortals(text: string): TgtPortal[] {
+  const out: TgtPortal[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s*Portal:\s*(?:\[([^\]]+)\]|([^:\s]+)):(\d+)(?:,\d+)?\s*$/.exec(line);
+    if (m) out.push({ host: (m[1] ?? m[2])!.toLowerCase(), port: Number(m[3]) });
+  }
+  return out;
+}

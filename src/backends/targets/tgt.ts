@@ -10,7 +10,8 @@ import { poll } from '../../util/poll.js';
 import { backingSize } from '../../util/backing-size.js';
 import type { EnsureTargetOptions, LunInfo, LunRefresh, TargetHelper, TargetInfo, TargetRef } from './target-helper.js';
 import { TgtdShowSocket } from './tgt-ipc.js';
-import { classifyTgtError, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
+import { classifyTgtError, parseTgtPortals, parseTgtTargets, tgtShownMB, type TgtErrorKind } from './tgt-parse.js';
+import { closedPortals, tgtPortalGate, type TgtPortalGate } from './tgt-portals.js';
 
 export interface TgtConfig {
   /** tgtd's management port (`tgtd -C N`, `tgtadm -C N`; names the unix socket /var/run/tgtd/socket.N), 0..32767; 0 is the daemon's default. */
@@ -52,6 +53,12 @@ export interface TgtConfig {
   fenceTimeoutMs?: number;
   /** How long a LUN reopen waits for the initiators whose sessions it ended to log in again. */
   reloginWaitMs?: number;
+  /**
+   * Portals (`IP:port`) sinter opens on tgtd itself, each time it finds them
+   * closed, once every export is restored (`iscsi.openPortals`; see
+   * tgt-portals.ts). Empty (default): tgtd's own portals, left alone.
+   */
+  listenPortals?: string[];
 }
 
 /** tgt's caching mode page (page 8) with WCE set (0x14, tgt's default) or cleared (0x10); as tgt-admin writes it. */
@@ -145,6 +152,8 @@ export class TgtTargetHelper implements TargetHelper {
   private readonly cfg: Required<Omit<TgtConfig, 'bsoflags' | 'bsopts'>> & Pick<TgtConfig, 'bsoflags' | 'bsopts'>;
   /** tgtd's control socket for reads, when the executor says this process can open host paths. */
   private readonly showSocket: TgtdShowSocket | undefined;
+  /** With listenPortals: the gate this helper shares with every other one driving the same tgtd. */
+  private readonly portalGate: TgtPortalGate | undefined;
 
   constructor(
     cfg: TgtConfig,
@@ -161,8 +170,13 @@ export class TgtTargetHelper implements TargetHelper {
       fenceTimeoutMs: 10_000,
       // open-iscsi retries a failed connection after 3 s (usr/initiator.c ISCSI_CONN_ERR_REOPEN_DELAY), slower under load.
       reloginWaitMs: 30_000,
+      listenPortals: [],
       ...cfg,
     };
+    if (this.cfg.listenPortals.length > 0) {
+      this.portalGate = tgtPortalGate(this.cfg.controlPort);
+      this.portalGate.join(this);
+    }
     // tgtd names its socket "%s.%d" of /var/run/tgtd/socket and the control port (usr/mgmt.c ipc_init), 0 included.
     const socketPath = this.exec.hostPath?.(`/var/run/tgtd/socket.${this.cfg.controlPort}`);
     this.showSocket =
@@ -234,6 +248,45 @@ export class TgtTargetHelper implements TargetHelper {
       const volumeId = this.volumeIdOf(t.iqn);
       return volumeId === undefined ? t : { ...t, volumeId };
     });
+  }
+
+  // ---------------------------------------------------------------- portals
+
+  /**
+   * Runs a restore of every export (`fn`), then opens the listen portals if
+   * tgtd had none of them open when it began and every other helper on this
+   * tgtd has done the same: see tgt-portals.ts for why.
+   */
+  async restoring<T>(fn: () => Promise<T>, exported: () => string[] = () => []): Promise<T> {
+    const gate = this.portalGate;
+    if (!gate) return fn();
+    const closedBefore = (await this.closedListenPortals()).length > 0;
+    const result = await fn();
+    await gate.serialized(async () => {
+      const closed = await this.closedListenPortals();
+      if (closed.length === 0) return gate.reset();
+      // Closed now but open before: tgtd restarted during this pass, so what it
+      // restored may have gone with the old daemon. The next pass counts.
+      if (!closedBefore) return;
+      if (!gate.markRestored(this, exported())) {
+        this.log?.info({ portals: closed, waitingFor: gate.waitingFor() }, "tgtd's portals stay closed until every backend on it has restored its exports");
+        return;
+      }
+      const present = new Set((await this.listTargets()).map((t) => t.iqn.toLowerCase()));
+      if (gate.dropStale((iqn) => present.has(iqn.toLowerCase())) > 0) {
+        this.log?.warn({ portals: closed, waitingFor: gate.waitingFor() }, "tgtd's portals stay closed: it restarted again since another backend restored its exports, which that backend's next pass restores");
+        return;
+      }
+      for (const p of closed) await this.tgtadm(['--op', 'new', '--mode', 'portal', '--param', `portal=${p}`]);
+      gate.reset();
+      this.log?.warn({ portals: closed, controlPort: this.cfg.controlPort }, 'tgtd had its portals closed (it started or restarted): opened them now that every export is restored');
+    });
+    return result;
+  }
+
+  private async closedListenPortals(): Promise<string[]> {
+    const shown = parseTgtPortals((await this.tgtadm(['--op', 'show', '--mode', 'portal'])).stdout);
+    return closedPortals(this.cfg.listenPortals, shown);
   }
 
   private async findTarget(iqn: string): Promise<TargetInfo | undefined> {
