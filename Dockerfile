@@ -76,7 +76,7 @@ CMD ["--help"]
 # ---- controller: identity + controller services, backends, tgt -----------------
 #   tgt            for the iscsi overlay, where tgtd runs as a second container from
 #                  this image (tgtadm)
-#   lvm2           driver: lvm (lvs, vgs, lvcreate, lvchange, lvextend, lvremove; the
+#   lvm2           driver: lvm (pvs, lvs, vgs, lvcreate, lvchange, lvextend, lvremove; the
 #                  controller then runs privileged on the storage host)
 #   ceph-common    driver: rbd (rbd, ceph)
 #   python3-rbd python3-rados   driver: rbd, the agent (dist/backends/rbd/rbd_agent.py):

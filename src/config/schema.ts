@@ -355,6 +355,28 @@ export const lvmBackendSchema = v.pipe(
     lvmType: v.optional(oneOf(['thin', 'thick', 'auto']), 'auto'),
     /** The thin pool LV in volumeGroup (made by the administrator: `lvcreate --type thin-pool`). */
     thinPool: v.optional(lvmName('thin pool'), 'sinter-pool'),
+    /**
+     * The volume group's physical volumes (`/dev/...`). Every LVM command sinter runs is given
+     * `--devices` with the VG's PVs, so it opens no other disk: on a hyperconverged host (the
+     * controller beside a node that logs into its own exports) LVM would otherwise read the
+     * node's iSCSI disks, whose reads hang while a thick snapshot suspends the LV behind them,
+     * and LVM and tgtd wait on each other (why Cinder tells operators to set a global_filter on
+     * storage hosts). Left out, sinter asks `pvs` once at start (one scan of every disk, before
+     * anything is suspended) and again when LVM says the list is stale (the VG grew, a disk was
+     * renamed). Given, it is used as it is and never scanned for: update it when the VG changes.
+     */
+    devices: v.optional(
+      v.pipe(
+        v.array(
+          v.pipe(
+            absPath,
+            v.check((p) => p.startsWith('/dev/') && !p.includes(','), (i) => `"${String(i.input)}" is not a device path under /dev/ (without commas)`),
+          ),
+          'must be a list of the volume group\'s physical volumes (/dev/... paths)',
+        ),
+        v.minLength(1, 'must list at least one physical volume of the volume group (or be left out: sinter then finds them with pvs)'),
+      ),
+    ),
     /** Cinder's max_over_subscription_ratio for thin volumes (default 20.0). */
     maxOverSubscriptionRatio: v.optional(num(1, 1000), 20),
     /** Cinder's reserved_percentage: part of the pool (thin) or volume group (thick) never handed out. */

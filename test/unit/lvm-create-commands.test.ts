@@ -38,6 +38,8 @@ class FakeLvm implements Executor {
     this.calls.push([cmd, ...args]);
     const ok = (stdout = '') => ({ stdout, stderr: '', exitCode: 0 });
     const tagsIn = (flag: string) => args.flatMap((a, i) => (args[i - 1] === flag ? [a] : []));
+    // Discovery of the VG's PVs, the one command without --devices.
+    if (cmd === 'pvs') return ok(JSON.stringify({ report: [{ pv: [{ pv_name: '/dev/vdb', vg_name: VG }] }] }));
     if (cmd === 'vgs') return ok(readFileSync(join(FIX, 'vgs-used.out'), 'utf8'));
     if (cmd === 'lvs') {
       const target = args.at(-1)!;

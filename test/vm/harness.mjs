@@ -143,6 +143,9 @@ async function bootAndRun(opts, guest, bootTimeoutMs) {
     const shares = [
       { tag: 'checkout', hostPath: CHECKOUT, guestPath: CHECKOUT, readonly: false, cache: 'loose' },
       { tag: 'hostnode', hostPath: dirname(nodeBin), guestPath: '/run/sinter-host-node', readonly: true, cache: 'loose' },
+      // A git worktree's node_modules may be a symlink to another checkout's: the guest follows it to the same path
+      // (read-write, as on the host: vite writes its config bundle into node_modules/.vite-temp).
+      ...linkedNodeModules().map((p) => ({ tag: 'nodemodules', hostPath: p, guestPath: p, readonly: false, cache: 'loose' })),
       ...(opts.shares ?? []).map((s, i) => ({ tag: `share${i}`, guestPath: s.hostPath, readonly: false, cache: 'loose', ...s })),
     ];
     const env = {
@@ -271,4 +274,12 @@ export class GuestError extends Error {
     this.name = 'GuestError';
     Object.assign(this, details);
   }
+}
+
+/** node_modules's real directory when it is a symlink out of the checkout ([] otherwise). */
+function linkedNodeModules() {
+  const link = join(CHECKOUT, 'node_modules');
+  if (!existsSync(link)) return [];
+  const real = realpathSync(link);
+  return real.startsWith(CHECKOUT + '/') ? [] : [real];
 }

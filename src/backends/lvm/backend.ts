@@ -62,7 +62,7 @@ export class LvmBackend implements Backend {
     this.name = cfg.name;
     this.labels = cfg.labels;
     this.topology = cfg.topology;
-    this.lvm = new LvmCli(exec);
+    this.lvm = new LvmCli(exec, { vg: cfg.volumeGroup, devices: cfg.devices, log });
     this.target = createVolumeExport(cfg, exec, log, (id) => backendOfVolume(id) === cfg.name);
     this.reconcileIntervalMs = this.target.reconcileIntervalMs;
   }
@@ -106,7 +106,7 @@ export class LvmBackend implements Backend {
     for (const line of report.recovered) this.log.warn({ backend: this.name }, line);
     if (report.orphans.length) this.log.warn({ backend: this.name, orphans: report.orphans }, 'LVs named like sinter volumes that carry no record (left in place; see sinter fsck)');
     if (report.corrupt.length) this.log.error({ backend: this.name, problems: report.corrupt }, 'LVM backend problems (left in place)');
-    this.log.info({ backend: this.name, vg: this.vg, thin: this.thin, volumes: this.vols.size, snapshots: this.snaps.size }, 'LVM backend started');
+    this.log.info({ backend: this.name, vg: this.vg, devices: await this.lvm.devices(), thin: this.thin, volumes: this.vols.size, snapshots: this.snaps.size }, 'LVM backend started');
     return report;
   }
 

@@ -51,7 +51,7 @@ export interface VgInfo {
 
 const row = (fields: readonly string[]) => v.object(Object.fromEntries(fields.map((f) => [f, v.string()])) as Record<string, v.StringSchema<undefined>>);
 
-function report(out: string, key: 'lv' | 'vg', fields: readonly string[]): Record<string, string>[] {
+function report(out: string, key: 'lv' | 'vg' | 'pv', fields: readonly string[]): Record<string, string>[] {
   let json: unknown;
   try {
     json = JSON.parse(out);
@@ -98,6 +98,19 @@ export function parseVgs(out: string): VgInfo[] {
     mdaBytes: bytes(r.vg_mda_size!, 'the metadata area size'),
     mdaFreeBytes: bytes(r.vg_mda_free!, 'the free metadata area'),
   }));
+}
+
+export const PV_FIELDS = ['pv_name', 'vg_name'] as const;
+
+/**
+ * The physical volumes of `vg` in a `pvs -o pv_name,vg_name` report (test/fixtures/lvm/devices-pvs*.out),
+ * sorted. A PV LVM knows from the metadata but cannot see is named "[unknown]": it is no device to list.
+ */
+export function pvsOfVg(out: string, vg: string): string[] {
+  return report(out, 'pv', PV_FIELDS)
+    .filter((r) => r.vg_name === vg && r.pv_name!.startsWith('/dev/'))
+    .map((r) => r.pv_name!)
+    .sort();
 }
 
 /**
