@@ -9,6 +9,6 @@ export function fileBackendConfig(name: string, dataDir: string, extra: Partial<
 export function iscsiExport(tgtd: { portal: string; controlPort: number }, iqnPrefix: string): Partial<FileBackendConfig> {
   return {
     export: 'iscsi',
-    iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix, controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 60 },
+    iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix, controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 60, openPortals: false },
   };
 }

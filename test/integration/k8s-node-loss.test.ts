@@ -303,7 +303,7 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     const b = new FileBackend(
       fileBackendConfig('san', join(fx.dir, 'data'), {
         export: 'iscsi',
-        iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix: IQN_PREFIX, controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 3600 },
+        iscsi: { helper: 'tgt', portals: [tgtd.portal], iqnPrefix: IQN_PREFIX, controlPort: tgtd.controlPort, writeCache: true, blockSize: 512, reconcileSeconds: 3600, openPortals: false },
       }),
       exec,
       log,
