@@ -39,12 +39,16 @@ const err = (f: () => unknown) => {
 };
 const nvmeB = { name: 'lvm', driver: 'lvm', volumeGroup: 'sinter-vg', export: 'nvmeof', nvmeof: { portals: ['127.0.0.1:4420'], nqnPrefix: NQN_PREFIX } };
 
-/** Answers vgs from the report recorded in the guest; anything else the backend runs is a failure of this test. */
+/**
+ * Answers vgs and the PV lookup (pvs) from the reports recorded in the guest, the VG named as this
+ * test's; anything else the backend runs is a failure of this test.
+ */
 class RecordedVgs implements Executor {
   readonly calls: string[] = [];
   async run(cmd: string, args: string[], _opts?: ExecOptions): Promise<ExecResult> {
     this.calls.push([cmd, ...args].join(' '));
     if (cmd === 'vgs') return { stdout: readFileSync(join(FIX, 'vgs-used.out'), 'utf8'), stderr: '', exitCode: 0 };
+    if (cmd === 'pvs') return { stdout: readFileSync(join(FIX, 'devices-pvs.out'), 'utf8').replaceAll('"sinter-rec"', '"sinter-vg"'), stderr: '', exitCode: 0 };
     throw new Error(`unexpected command ${cmd}`);
   }
 }
@@ -78,8 +82,8 @@ describe('LVM backend with export: nvmeof reads nvmet, not a tgtd', () => {
     const b = new LvmBackend(cfgOf(join(dir, 'no-nvmet')), exec, pino({ level: 'silent' }));
     expect(b.reconcileIntervalMs).toBe(7000);
     await expect(b.probe()).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/nvmet's configfs tree .* is missing: load the kernel modules \(modprobe nvmet nvmet-tcp\)/) as unknown });
-    // The volume group was read through vgs; no tgtadm was run.
-    expect(exec.calls.map((c) => c.split(' ')[0])).toEqual(['vgs']);
+    // The volume group's PVs were looked up once, then the VG read through vgs restricted to them; no tgtadm was run.
+    expect(exec.calls.map((c) => c.split(' ').slice(0, 3).join(' '))).toEqual(['pvs --reportformat json', 'vgs --devices /dev/vdb']);
   });
 
   it('lists the subsystems of its own volumes (namespace on the LV, allowed hosts), not another backend\'s', async () => {
