@@ -184,6 +184,15 @@ export class TestTgtd {
     this.removeSockets();
   }
 
+  /** What the latest tgtd start wrote (for a failure message). */
+  lastLog(): string {
+    try {
+      return readFileSync(join(this.logDir, `tgtd.${this.starts}.log`), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
   cleanupLogs(): void {
     rmSync(this.logDir, { recursive: true, force: true });
   }
