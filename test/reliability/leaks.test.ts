@@ -170,7 +170,10 @@ describe('resource leaks', () => {
     );
     expect(warmRss.length).toBe(FLOOR_READINGS);
     expect(endRss.length).toBe(FLOOR_READINGS);
-    expect(Math.abs(endFloor - warmFloor) / warmFloor, `RSS floor ${MiBs(warmFloor)} after warm-up, ${MiBs(endFloor)} at the end (every 100 cycles: ${trace.join(', ')})`).toBeLessThanOrEqual(0.1);
+    // 15%: the C allocator's cache grows in steps after warm-up with the live heap flat (three fresh-clone CIs
+    // on 2026-12-07: +8.2%, +6.6% and +10.4%, one step of 8.6 MiB within 100 cycles, live heap 14.1 → 14.4 MiB
+    // every time). The live heap below is what a JavaScript leak moves; this bound catches a native one.
+    expect(Math.abs(endFloor - warmFloor) / warmFloor, `RSS floor ${MiBs(warmFloor)} after warm-up, ${MiBs(endFloor)} at the end (every 100 cycles: ${trace.join(', ')})`).toBeLessThanOrEqual(0.15);
     expect(endMem.heapUsed - warmMem!.heapUsed, `live heap ${MiBs(warmMem!.heapUsed)} after warm-up, ${MiBs(endMem.heapUsed)} at the end`).toBeLessThan(2 * MiB);
   });
 });
