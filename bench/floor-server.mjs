@@ -38,6 +38,11 @@ server.addService(csi.Identity.service, {
 });
 server.addService(csi.Node.service, {
   NodeGetCapabilities: (_c, cb) => cb(null, { capabilities: NODE_CAPABILITIES }),
+  // The attach RPCs answer empty, as sinter's do: the attach bench times the transport of its own requests.
+  NodeStageVolume: (_c, cb) => cb(null, {}),
+  NodePublishVolume: (_c, cb) => cb(null, {}),
+  NodeUnpublishVolume: (_c, cb) => cb(null, {}),
+  NodeUnstageVolume: (_c, cb) => cb(null, {}),
 });
 server.addService(csi.Controller.service, {
   ListVolumes: (_c, cb) => cb(null, page),

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Writes proto/csi.json: proto/csi.proto as protobufjs JSON, parsed the way
 // @grpc/proto-loader parses it with sinter's options, so that start-up can
-// hand it to protoLoader.fromJSON instead of parsing the .proto text (about
+// build its service definitions from it (src/csi/proto.ts) instead of parsing the .proto text (about
 // 30–40 ms of CPU). proto/csi.proto stays the source of truth:
 // test/unit/csi-proto-cache.test.ts fails when this file is out of date.
 //   node scripts/csi-proto-json.mjs            (rewrite proto/csi.json)

@@ -175,7 +175,9 @@ export class CsiServer {
     private readonly log: Logger,
   ) {
     const csi = loadCsi();
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+    // Channelz (grpc-js's introspection) is on unless switched off; sinter serves no channelz service, so its
+    // per-call and per-session bookkeeping bought nothing (2% of the node plugin's CPU over an attach cycle).
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, 'grpc.enable_channelz': 0 });
     if (services.identity) this.server.addService(csi.Identity.service, implement(csi.Identity, 'Identity', services.identity, log, this.hooks));
     if (services.controller) this.server.addService(csi.Controller.service, implement(csi.Controller, 'Controller', services.controller, log, this.hooks));
     if (services.node) this.server.addService(csi.Node.service, implement(csi.Node, 'Node', services.node, log, this.hooks));
