@@ -38,6 +38,7 @@ export interface Container {
     capabilities?: { add?: string[]; drop?: string[] };
   };
   livenessProbe?: { httpGet?: { path?: string; port: number | string }; exec?: { command: string[] } };
+  lifecycle?: { preStop?: { exec?: { command: string[] } } };
 }
 
 export interface Volume {
