@@ -65,7 +65,7 @@ describe('overlays/iscsi: the tgtd container’s preStop hook stops a real tgtd 
     chmodSync(join(bin, 'tgtadm'), 0o755);
     const [cmd, ...args] = hook!;
     const started = performance.now();
-    const r = await execa(cmd!, args, { reject: false, env: { PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin` }, timeout: 30_000 });
+    const r = await execa(cmd, args, { reject: false, env: { PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin` }, timeout: 30_000 });
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);
     const proc = tgtd.proc!;
     const exited = await Promise.race([proc.then(() => true), new Promise<boolean>((res) => setTimeout(() => res(false), 5000))]);
