@@ -44,8 +44,19 @@ server.addService(csi.Node.service, {
   NodeUnpublishVolume: (_c, cb) => cb(null, {}),
   NodeUnstageVolume: (_c, cb) => cb(null, {}),
 });
+// A CreateVolume answer shaped like sinter's (id, 1 GiB, volume_context, topology): the provisioning bench times the transport of its own requests.
+const created = {
+  volume: {
+    volume_id: `default-${randomUUID()}`,
+    capacity_bytes: 1024 ** 3,
+    volume_context: { backend: 'default' },
+    accessible_topology: [{ segments: { 'topology.sinter.csi.io/node': 'bench-node' } }],
+  },
+};
 server.addService(csi.Controller.service, {
   ListVolumes: (_c, cb) => cb(null, page),
+  CreateVolume: (_c, cb) => cb(null, created),
+  DeleteVolume: (_c, cb) => cb(null, {}),
 });
 server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err) => {
   if (err) {

@@ -3,7 +3,7 @@
 // this process with the same durable steps (see FLOOR below).
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { freshDir, GiB, median, mountCap, openDir, p99, pool, removeFileDurable, sparseImage, startSinter, writeFileAtomic } from './lib.mjs';
+import { freshDir, GiB, median, mountCap, openDir, p99, pool, removeFileDurable, sparseImage, startFloorServer, startSinter, writeFileAtomic } from './lib.mjs';
 
 export const FLOOR = [
   'create: record {state: creating} (temp file, write, fsync, rename, dir fsync);',
@@ -61,6 +61,26 @@ function driverOps(client) {
   };
 }
 
+/**
+ * The floor with the CSI transport: each create and delete is also one round
+ * trip of the same request to the bare grpc-js floor server (canned answer),
+ * at the same concurrency, so the gRPC work any plugin pays (this process's
+ * client side included, as sinter's side pays it) is in the floor too.
+ */
+function floorWithTransport(floor, server) {
+  const c = server.client.controller;
+  return {
+    async create(name) {
+      await c.CreateVolume({ name, capacity_range: { required_bytes: GiB }, volume_capabilities: [mountCap('ext4')] });
+      return floor.create(name);
+    },
+    async delete(id) {
+      await c.DeleteVolume({ volume_id: id });
+      await floor.delete(id);
+    },
+  };
+}
+
 let names = 0;
 const nextName = () => `bench-${++names}`;
 
@@ -88,7 +108,9 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
   const sinter = await startSinter({ role: 'controller' });
   const floorDir = freshDir('floor-volumes');
   const dh = await openDir(floorDir);
+  const floorServer = await startFloorServer();
   const ops = { sinter: driverOps(sinter.client), floor: floorOps(floorDir, dh) };
+  ops.floorRpc = floorWithTransport(ops.floor, floorServer);
   // CPU time (ms) of the process doing the work: sinter's (from /proc, 10 ms ticks, summed over the whole bulk) and this one's for the floor.
   const cpuOfSide = {
     sinter: () => sinter.cpu(),
@@ -96,13 +118,18 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
       const u = process.cpuUsage();
       return (u.user + u.system) / 1000;
     },
+    floorRpc: () => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1000 + floorServer.cpu();
+    },
   };
   const lat = {};
-  const tput = { sinter: { create: [], delete: [], cpu: [] }, floor: { create: [], delete: [], cpu: [] }, ratio: [], ratioDelete: [], ratioCpu: [] };
+  const tput = { sinter: { create: [], delete: [], cpu: [] }, floor: { create: [], delete: [], cpu: [] }, floorRpc: { create: [], delete: [], cpu: [] }, ratio: [], ratioDelete: [], ratioCpu: [], ratioRpc: [] };
   try {
     // Warm-up: JIT and the channel.
     await pairs(ops.sinter, 4, 40);
     await pairs(ops.floor, 4, 40);
+    await pairs(ops.floorRpc, 4, 40);
     for (let r = 0; r < rounds; r++) {
       const order = r % 2 === 0 ? ['floor', 'sinter'] : ['sinter', 'floor'];
       for (const [conc, total] of pairsAt) {
@@ -119,8 +146,8 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
         lat[k].ratio99.push(p99(got.sinter.lat) / p99(got.floor.lat));
       }
       const got = {};
-      for (const who of order) got[who] = await bulk(ops[who], 64, bulkCount, cpuOfSide[who]);
-      for (const who of order) {
+      for (const who of [...order, 'floorRpc']) got[who] = await bulk(ops[who], 64, bulkCount, cpuOfSide[who]);
+      for (const who of [...order, 'floorRpc']) {
         tput[who].create.push(got[who].createPerS);
         tput[who].delete.push(got[who].deletePerS);
         tput[who].cpu.push(got[who].createCpuUs);
@@ -128,13 +155,15 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
       tput.ratioCpu.push(got.sinter.createCpuUs / got.floor.createCpuUs);
       tput.ratio.push(got.floor.createPerS / got.sinter.createPerS);
       tput.ratioDelete.push(got.floor.deletePerS / got.sinter.deletePerS);
+      tput.ratioRpc.push(got.floorRpc.createPerS / got.sinter.createPerS);
       log(
         `  provisioning round ${r + 1}/${rounds}: ${pairsAt.map(([c]) => `c${c} ${lat[`c${c}`].ratio50.at(-1).toFixed(2)}×`).join(', ')}; ` +
-          `${bulkCount} creates at c64 ${got.sinter.createPerS.toFixed(0)}/s (floor ${got.floor.createPerS.toFixed(0)}/s)`,
+          `${bulkCount} creates at c64 ${got.sinter.createPerS.toFixed(0)}/s (floor ${got.floor.createPerS.toFixed(0)}/s, floor + transport ${got.floorRpc.createPerS.toFixed(0)}/s)`,
       );
     }
   } finally {
     await sinter.stop();
+    await floorServer.stop();
     await dh.close();
   }
   const rows = [];
@@ -171,6 +200,16 @@ export async function provisionBench({ rounds, pairsAt, bulkCount, log }) {
     ratio: median(tput.ratio),
     ratios: tput.ratio,
     target: { valueMin: 500 },
+  });
+  rows.push({
+    id: 'provision.throughput.createVsTransport',
+    section: '2. Provisioning (1 GiB, file backend)',
+    label: `  against the floor + the CSI transport (each create also a round trip to the bare grpc-js floor server, same request, same concurrency)`,
+    unit: 'vol/s',
+    value: median(tput.sinter.create),
+    floor: median(tput.floorRpc.create),
+    ratio: median(tput.ratioRpc),
+    ratios: tput.ratioRpc,
   });
   rows.push({
     id: 'provision.cpu.create',
