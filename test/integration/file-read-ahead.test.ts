@@ -105,6 +105,9 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     // Unreadable ones spread over the sorted names, so over several chunks.
     const sorted = [...ids].sort();
     for (const k of [0, 1023, 1024, 2047, 2599]) writeFileSync(join(vd, `${sorted[k]}.json`), '{"id": "cut sh');
+    // Images grown past their records in every chunk: interrupted expands, found only through the lstats the worker posts last.
+    const grownIds = [2, 1030, 2100, 2590].map((k) => sorted[k]);
+    for (const id of grownIds) writeFileSync(join(vd, `${id}.img`), Buffer.alloc(2 * MiB));
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
     const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
     const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
@@ -115,6 +118,8 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     const unreadable = without.findings.filter((f) => f.kind === 'unreadable-record').map((f) => f.subject);
     for (const k of [0, 1023, 1024, 2047, 2599]) expect(unreadable).toContain(join(vd, `${sorted[k]}.json`));
     expect(without.serve.volumes.filter((v) => v.name.startsWith('many-'))).toHaveLength(2600 - 5);
+    const expands = without.plan.flatMap((r) => (r.do === 'record-size' ? [r.id] : []));
+    for (const id of grownIds) expect(expands).toContain(id);
   });
 
   it('starts a backend from the read-ahead with the same recovery and volumes as without it', async () => {
