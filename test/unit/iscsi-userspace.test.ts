@@ -1,7 +1,7 @@
 import { Code } from '../../src/errors/domain-error.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { classifyLoginFailure } from '../../src/node/connectors/iscsi/userspace.js';
 import { parsePortal } from '../../src/node/connectors/iscsi/types.js';
 
@@ -61,7 +61,7 @@ describe('initiator choice (auto)', () => {
 });
 
 describe('find() at scale', () => {
-  it("inspects only the attachments of the target's IQN and LUN (one mountpoint process, not one per attachment on the node)", async () => {
+  it("reads and inspects only the target's own attachment (one record read, one mountpoint process, not one per attachment on the node)", async () => {
     const { mkdtempSync, mkdirSync, rmSync, writeFileSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
     const { UserspaceIscsiInitiator } = await import('../../src/node/connectors/iscsi/userspace.js');
@@ -86,10 +86,26 @@ describe('find() at scale', () => {
         mkdirSync(join(root, 'sys', 'block', `loop${i}`, 'loop'), { recursive: true });
         writeFileSync(join(root, 'sys', 'block', `loop${i}`, 'loop', 'backing_file'), `${join(dir, 'mnt', 'disk')}\n`);
       }
-      const device = await us.find({ portals: [portal.text], iqn: 'iqn.2024-01.io.sinter:default-7', lun: 1 });
-      expect(device).toBe('/dev/loop7');
-      expect(ran).toEqual([`mountpoint -q ${join(us.dirFor(portal, 'iqn.2024-01.io.sinter:default-7', 1), 'mnt')}`]);
-      expect(await us.find({ portals: [portal.text], iqn: 'iqn.2024-01.io.sinter:default-7', lun: 2 })).toBeUndefined();
+      // Every record file read, counted: find() runs on every stage and unstage, so it reads its own target's only.
+      const { promises: fsp } = await import('node:fs');
+      const reads: string[] = [];
+      const readFile = fsp.readFile.bind(fsp);
+      const spy = vi.spyOn(fsp, 'readFile').mockImplementation(((path: string, ...rest: unknown[]) => {
+        if (String(path).endsWith('attachment.json')) reads.push(String(path));
+        return (readFile as (...a: unknown[]) => Promise<unknown>)(path, ...rest);
+      }) as typeof fsp.readFile);
+      try {
+        const device = await us.find({ portals: [portal.text], iqn: 'iqn.2024-01.io.sinter:default-7', lun: 1 });
+        expect(device).toBe('/dev/loop7');
+        expect(ran).toEqual([`mountpoint -q ${join(us.dirFor(portal, 'iqn.2024-01.io.sinter:default-7', 1), 'mnt')}`]);
+        expect(reads).toEqual([join(us.dirFor(portal, 'iqn.2024-01.io.sinter:default-7', 1), 'attachment.json')]);
+        expect(await us.find({ portals: [portal.text], iqn: 'iqn.2024-01.io.sinter:default-7', lun: 2 })).toBeUndefined();
+        expect(reads).toHaveLength(2);
+        // The whole list (orphan reporting) still sees all 20.
+        expect((await us.attached()).map((a) => a.device).sort()).toHaveLength(20);
+      } finally {
+        spy.mockRestore();
+      }
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
