@@ -164,7 +164,6 @@ async function teardown(base: string): Promise<void> {
     for (const x of await lio.listTargets().catch(() => [])) if (x.volumeId) await lio.removeTarget(x.volumeId).catch(() => undefined);
   }
   await e.tgtd?.stop();
-  e.tgtd?.cleanupLogs();
   // A matrix combination's VG is the matrix's (endMatrix removes it); only a VG made for this sinter goes here.
   if (e.vg && e.loop && e.pvDir) await removeVg({ vg: e.vg, loop: e.loop, pvDir: e.pvDir });
   if (exporters.size === 0 && !matrix) {

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,6 +84,7 @@ export interface TestTgtdOptions {
  */
 export class TestTgtd {
   proc?: ResultPromise;
+  /** Its logs: made at each start, removed by stop() (every test stops its tgtd; keeping them left a directory per run in /tmp). */
   readonly logDir = mkdtempSync(join(tmpdir(), 'sinter-tgtd-'));
   private starts = 0;
 
@@ -126,6 +127,7 @@ export class TestTgtd {
   async startAgain(opts: { portalClosed?: boolean } = {}): Promise<void> {
     if (this.running) throw new Error('tgtd is still running');
     this.removeSockets();
+    mkdirSync(this.logDir, { recursive: true });
     const log = join(this.logDir, `tgtd.${++this.starts}.log`);
     const portal = opts.portalClosed ? `${this.address}:${await freePort()}` : this.portal;
     const argv = ['tgtd', '-f', '-C', String(this.controlPort), '--iscsi', `portal=${portal}`];
@@ -170,7 +172,11 @@ export class TestTgtd {
     this.removeSockets();
   }
 
-  /** Graceful stop (`tgtadm --op delete --mode system`; tgtd does not exit on SIGTERM), SIGKILL as the fallback. */
+  /**
+   * Graceful stop (`tgtadm --op delete --mode system`; tgtd does not exit on
+   * SIGTERM), SIGKILL as the fallback; then removes its logs (read them with
+   * lastLog() before). startAgain() may follow.
+   */
   async stop(): Promise<void> {
     const p = this.proc;
     if (p && this.running) {
@@ -182,19 +188,16 @@ export class TestTgtd {
       }
     }
     this.removeSockets();
+    rmSync(this.logDir, { recursive: true, force: true });
   }
 
-  /** What the latest tgtd start wrote (for a failure message). */
+  /** What the latest tgtd start wrote (for a failure message), while it runs or until stop(). */
   lastLog(): string {
     try {
       return readFileSync(join(this.logDir, `tgtd.${this.starts}.log`), 'utf8');
     } catch {
       return '';
     }
-  }
-
-  cleanupLogs(): void {
-    rmSync(this.logDir, { recursive: true, force: true });
   }
 
   private removeSockets(): void {

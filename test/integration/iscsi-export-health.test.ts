@@ -49,7 +49,6 @@ describe('the volume condition of an iSCSI-exported volume reflects the real tgt
   afterAll(async () => {
     try {
       await tgtd?.stop();
-      tgtd?.cleanupLogs();
     } finally {
       t.cleanup();
     }

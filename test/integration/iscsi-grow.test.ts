@@ -80,7 +80,6 @@ describe('growing a published iSCSI volume: retry and reconcile finish an interr
     } finally {
       await forceCleanupUserspace(stateDir);
       await tgtd?.stop();
-      tgtd?.cleanupLogs();
       t.cleanup();
     }
   });

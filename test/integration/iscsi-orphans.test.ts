@@ -65,7 +65,6 @@ describe('orphan iSCSI sessions at node start-up (user-space initiator, real tgt
 
   afterAll(async () => {
     await tgtd?.stop();
-    tgtd?.cleanupLogs();
     t.cleanup();
   });
 

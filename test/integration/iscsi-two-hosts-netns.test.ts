@@ -56,7 +56,6 @@ describe('two hosts in network namespaces joined by a veth: sinter controller + 
     ctl = undefined;
     await step('stop tgtd', async () => {
       await tgtd?.stop();
-      tgtd?.cleanupLogs();
     });
     tgtd = undefined;
     if (net) problems.push(...(await net.destroy()));

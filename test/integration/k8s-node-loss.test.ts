@@ -362,7 +362,6 @@ describe('non-graceful node shutdown (modelled attach-detach controller of kuber
     for (const n of ['a', 'b'] as const) await step(`user-space leftovers of node-${n}`, () => forceCleanupUserspace(join(stateOf(n), 'iscsi-userspace')));
     await step('stop tgtd', async () => {
       await tgtd?.stop();
-      tgtd?.cleanupLogs();
     });
     await step('fixture', () => fx.cleanup());
     await step('namespace of node-b', async () => hostB?.destroy());

@@ -30,7 +30,6 @@ describe('reconciliation metrics', () => {
     const tgtd = await TestTgtd.start();
     cleanups.push(async () => {
       await tgtd.stop();
-      tgtd.cleanupLogs();
     });
     const prefix = 'iqn.2025-01.io.sinter.metrics:';
     const file = join(t.dir, 'c.yaml');

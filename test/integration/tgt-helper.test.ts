@@ -44,7 +44,6 @@ describe('tgt target helper against a real tgtd (127.0.0.1, private ports)', () 
   });
   afterAll(async () => {
     await tgtd?.stop();
-    tgtd?.cleanupLogs();
     tmp?.cleanup();
   });
 
@@ -364,7 +363,6 @@ describe('tgt listen portals (iscsi.openPortals) against a real tgtd started on 
   });
   afterEach(async () => {
     await tgtd?.stop();
-    tgtd?.cleanupLogs();
   });
   const helperFor = () => new TgtTargetHelper({ controlPort: tgtd.controlPort, iqnPrefix: 'iqn.2025-01.io.sinter:', listenPortals: [tgtd.portal] }, host);
 

@@ -61,7 +61,6 @@ describe("tgt helper's reads over tgtd's control socket (real tgtd 1.0.85, priva
   });
   afterAll(async () => {
     await tgtd?.stop();
-    tgtd?.cleanupLogs();
     tmp?.cleanup();
   });
 

@@ -79,7 +79,6 @@ describe('publish/unpublish records written beside the tgt export: every crash p
   afterAll(async () => {
     try {
       await tgtd?.stop();
-      tgtd?.cleanupLogs();
     } finally {
       t.cleanup();
     }

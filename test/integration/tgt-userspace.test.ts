@@ -68,7 +68,6 @@ describe('user-space iSCSI initiator against a real tgtd (127.0.0.1, private por
     } finally {
       if (stateDir) await forceCleanupUserspace(stateDir);
       await tgtd?.stop();
-      tgtd?.cleanupLogs();
       tmp?.cleanup();
     }
   });

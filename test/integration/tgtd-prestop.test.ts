@@ -50,7 +50,6 @@ describe('overlays/iscsi: the tgtd container’s preStop hook stops a real tgtd 
     initiator?.kill('SIGKILL');
     await initiator;
     await tgtd?.stop();
-    tgtd?.cleanupLogs();
     t.cleanup();
   });
 

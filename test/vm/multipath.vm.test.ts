@@ -65,7 +65,6 @@ describe('multipath on a real kernel: one LUN, two portals, one dm-multipath map
     multipathd?.kill('SIGTERM');
     await multipathd;
     await tgtd?.stop();
-    tgtd?.cleanupLogs();
     await iscsid?.stop();
     await execa('rm', ['-f', lunFile]);
     t.cleanup();
