@@ -13,7 +13,7 @@ import { HostExecutor } from '../dist/exec/run.js';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
-export const MAIN = process.env.BENCH_MAIN ?? fileURLToPath(new URL('../dist/main.js', import.meta.url));
+export const MAIN = process.env.BENCH_MAIN ?? fileURLToPath(new URL('../dist/bundle/main.mjs', import.meta.url));
 export const FLOOR_SERVER = fileURLToPath(new URL('./floor-server.mjs', import.meta.url));
 
 /** The same door sinter uses to start host commands (its command runner, same options), for the raw sequences. */

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { csiClient } from '../dist/csi/client.js';
 
 const MiB = 1024 * 1024;
-const main = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+const main = fileURLToPath(new URL('../dist/bundle/main.mjs', import.meta.url));
 const base = mkdtempSync(join(tmpdir(), 'sinter-demo-'));
 const socket = join(base, 'csi.sock');
 const kubelet = join(base, 'kubelet');

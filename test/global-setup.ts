@@ -6,10 +6,11 @@ import { execa } from 'execa';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /**
- * Integration and conformance tests run the built CLI (dist/main.js), as a user would.
+ * Integration and conformance tests run the built CLI as a user would: the bundle of dist/
+ * (dist/bundle/main.mjs, scripts/bundle.mjs), which is what the image runs.
  *
  * The build must not disturb tests already running from this checkout: the
- * crash test starts `node dist/main.js` hundreds of times over half an hour,
+ * crash test starts sinter hundreds of times over half an hour,
  * and every vitest run passes through here. tsc rewrites every output file in
  * place (truncate, then write), so a sinter starting meanwhile loaded a mix of
  * old and new or half-written modules (seen: "Cannot read properties of
@@ -27,6 +28,9 @@ export default async function setup(): Promise<void> {
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
+  // Moves in only what changed, the entry last, as above.
+  const { bundleSinter } = (await import(new URL('../scripts/bundle.mjs', import.meta.url).href)) as { bundleSinter: () => Promise<string> };
+  await bundleSinter();
 }
 
 function syncInto(from: string, to: string): void {

@@ -167,7 +167,7 @@ describe('container images built with podman (--isolation chroot) from a local d
     for (const role of ['controller', 'node'] as const) {
       configs[role] = await imageConfig(images[role]);
       roots[role] = (await podman(['image', 'mount', images[role]])).out.trim();
-      expect(statSync(join(roots[role], 'app/dist/main.js')).isFile()).toBe(true);
+      expect(statSync(join(roots[role], 'app/dist/bundle/main.mjs')).isFile()).toBe(true);
     }
   }, 30 * 60_000);
 
@@ -189,7 +189,7 @@ describe('container images built with podman (--isolation chroot) from a local d
     expect(configs.controller.User).toBe('65532:65532');
     expect(configs.node.User ?? '').toMatch(/^(|0|root)(:0)?$/);
     for (const c of [configs.controller, configs.node]) {
-      expect(c.Entrypoint).toEqual(['/usr/bin/tini', '--', 'node', '/app/dist/main.js']);
+      expect(c.Entrypoint).toEqual(['/usr/bin/tini', '--', 'node', '/app/dist/bundle/main.mjs']);
       expect(c.Healthcheck?.Test).toEqual(['CMD', 'node', '/app/healthcheck.mjs']);
       expect(c.Labels?.['org.opencontainers.image.base.name']).toBe(images.base);
     }
@@ -233,7 +233,7 @@ describe('container images built with podman (--isolation chroot) from a local d
         expect(/^Gid:\s+(.*)$/m.exec(status)?.[1]?.split(/\s+/)).toEqual(['65532', '65532', '65532', '65532']);
         expect(/^CapEff:\s+(\S+)$/m.exec(status)?.[1]).toBe('0000000000000000');
       }
-      expect(readFileSync(`/proc/${pids[1]}/cmdline`, 'utf8').split('\0').slice(0, 3)).toEqual(['node', '/app/dist/main.js', 'controller']);
+      expect(readFileSync(`/proc/${pids[1]}/cmdline`, 'utf8').split('\0').slice(0, 3)).toEqual(['node', '/app/dist/bundle/main.mjs', 'controller']);
       expect(statSync(join(hostTmp, 'csi.sock')).uid).toBe(65532);
       // The image's own HEALTHCHECK command, in the image, as its user.
       const [hcmd, hargs] = inImageArgv(roots.controller, configs.controller, configs.controller.Healthcheck!.Test!.slice(1), { hostTmp, env: [`CSI_ENDPOINT=${endpoint}`] });

@@ -420,7 +420,7 @@ describe("sinter's containers use flags and configuration that sinter accepts", 
       expect(role).toBe(id === CONTROLLER ? 'controller' : 'node');
       for (const a of rest) expect(a, `${id}: "${a}" (use --flag=value)`).toMatch(/^--[a-z-]+=.+$/);
       for (const f of flagsOf(rest)) expect(known.has(f.flag), `${id}: --${f.flag} is not a sinter flag`).toBe(true);
-      expect(c.command, `${id}: the image's entrypoint (tini -- node dist/main.js) runs sinter`).toBeUndefined();
+      expect(c.command, `${id}: the image's entrypoint (tini -- node dist/bundle/main.mjs) runs sinter`).toBeUndefined();
     }
   });
   it('overlays/iscsi: tgtd starts on a loopback parking portal only, and sinter opens the portal it hands to nodes (openPortals) once the exports are back', () => {

@@ -8,12 +8,8 @@ import { execa, type ResultPromise } from 'execa';
 import { csiClient, type CsiClient } from '../../src/csi/client.js';
 import type { AccessMode, VolumeCapability } from '../../src/csi/messages.js';
 
-/**
- * sinter's entry: dist/main.js, or in the VM stage the bundle of the same dist/ that
- * test/vm/run.mjs makes (SINTER_VM_MAIN; test/vm/bundle.mjs: Node's module loading is most of a
- * sinter start under TCG).
- */
-export const MAIN = process.env.SINTER_VM_MAIN || fileURLToPath(new URL('../../dist/main.js', import.meta.url));
+/** sinter's entry, as the image runs it: the bundle of dist/ (scripts/bundle.mjs; test/global-setup.ts and `npm run build` make it). */
+export const MAIN = fileURLToPath(new URL('../../dist/bundle/main.mjs', import.meta.url));
 
 /**
  * How long a process may take to start or stop. Node in the VM guest (qemu TCG)

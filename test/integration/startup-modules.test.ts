@@ -2,10 +2,13 @@
 // answers ready: start-up time is mostly module loading (and, in the VM
 // tests' TCG guests, seconds of it), so what start-up does not use must stay
 // lazy. The module list comes from a module-loader hook in the real process.
+// sinter runs from its bundle (scripts/bundle.mjs), whose chunks the hook sees:
+// each is read as the modules it holds (dist/bundle/modules.json).
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { startSinter } from '../helpers/sinter-process.js';
+import { MAIN, startSinter } from '../helpers/sinter-process.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 
 const t = tempDir('sinter-startmods-');
@@ -21,7 +24,18 @@ async function modulesAtReady(role: 'all' | 'controller'): Promise<string[]> {
   writeFileSync(register, `import { register } from 'node:module';\nregister(${JSON.stringify(`file://${hooks}`)});\n`);
   const s = await startSinter({ role, nodeArgs: ['--import', register] });
   try {
-    return readFileSync(out, 'utf8').split('\n').filter(Boolean);
+    const bundleDir = dirname(MAIN);
+    const packageRoot = dirname(dirname(bundleDir));
+    const chunks = JSON.parse(readFileSync(join(bundleDir, 'modules.json'), 'utf8')) as Record<string, string[]>;
+    const urls = readFileSync(out, 'utf8').split('\n').filter(Boolean);
+    const fromBundle = urls.filter((u) => u.startsWith('file:') && dirname(fileURLToPath(u)) === bundleDir);
+    expect(fromBundle.length, 'sinter started from its bundle').toBeGreaterThan(0);
+    return urls.flatMap((u) => {
+      if (!fromBundle.includes(u)) return [u];
+      const held = chunks[basename(fileURLToPath(u))];
+      if (!held) throw new Error(`${u}: a chunk modules.json does not list`);
+      return held.map((m) => `file://${join(packageRoot, m)}`);
+    });
   } finally {
     await s.cleanup();
   }

@@ -18,7 +18,6 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { CHECKOUT, VM_DIR, ensureGuest, GuestError, runInGuest } from './harness.mjs';
 import { mergeReports, readTimings, splitFiles } from './shards.mjs';
-import { bundleSinter } from './bundle.mjs';
 
 const argv = process.argv.slice(2);
 let timeoutSec;
@@ -58,14 +57,12 @@ try {
   }
   if (!vitest) {
     if (rest.length === 0) throw new Error('nothing to run: give a command after --, or --vitest');
-    // A vitest run started by hand in the guest starts sinter from the bundle too (no build here: the dist/ there is).
-    const sinterMain = existsSync(join(CHECKOUT, 'dist', 'main.js')) ? await bundleSinter() : undefined;
     const r = await runInGuest({
       command: rest.join(' '),
       timeoutMs: (timeoutSec ?? 600) * 1000,
       scratchDisks: Array.from({ length: disks ?? 0 }, () => 2048),
       cpus: cpus ?? 2,
-      env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), ...(sinterMain ? { SINTER_VM_MAIN: sinterMain } : {}) },
+      env: process.stdout.isTTY ? {} : { NO_COLOR: '1' },
       onOutput: (s) => process.stdout.write(s),
       log,
     });
@@ -77,10 +74,8 @@ try {
     const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: CHECKOUT, stdio: 'inherit' });
     if (b.status !== 0) throw new Error('npm run build failed');
   }
-  // The guests start sinter from a bundle of dist/ (test/vm/bundle.mjs: 2x faster starts under TCG).
-  const tb = Date.now();
-  const sinterMain = await bundleSinter();
-  log(`sinter bundled for the guests in ${((Date.now() - tb) / 1000).toFixed(1)} s`);
+  // The guests start sinter from the build's bundle (dist/bundle, scripts/bundle.mjs: 2x faster starts under TCG).
+  if (!existsSync(join(CHECKOUT, 'dist', 'bundle', 'main.mjs'))) throw new Error('no dist/bundle/main.mjs: run npm run build (or drop --no-build)');
   const files = listVmFiles(rest);
   if (files.length === 0) throw new Error(`no VM test file matches ${rest.length ? rest.join(' ') : 'the vm project'}`);
   const shards = splitFiles(files, Math.min(guests, files.length), readTimings(join(VM_DIR, 'timings.json')));
@@ -109,7 +104,7 @@ try {
           // The whole stage: 941 s with two vCPUs each, 715 s with one (same machine, 2026-12-07, quiet).
           cpus: cpus ?? 1,
           // The guest's output port is a tty: colours only when ours is one too.
-          env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), SINTER_VM_MAIN: sinterMain, ...passedEnv() },
+          env: { ...(process.stdout.isTTY ? {} : { NO_COLOR: '1' }), ...passedEnv() },
           onOutput: write,
           log: (m) => log(prefix + m),
         });
