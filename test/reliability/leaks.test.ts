@@ -93,13 +93,20 @@ describe('resource leaks', () => {
   });
   afterAll(async () => s?.cleanup());
 
-  /** Memory after a full collection, as the process reports it. */
+  /**
+   * Memory after a full collection, as the process reports it. `rss` is the
+   * resident size less V8's young generation (gc-probe.mjs): V8 grows that
+   * in a step some hundred cycles in (16 MiB here, at cycle ~250 or ~450
+   * depending on the build) and keeps it, which no leak explains; with
+   * --max-semi-space-size=1 the RSS floor stayed within 70.1 → 71.0 MiB.
+   */
   const probe = async (): Promise<{ rss: number; heapUsed: number }> => {
     const before = s.logs().length;
     process.kill(s.proc.pid!, 'SIGUSR2');
     // Complete lines only: the last piece after the split may be a line still arriving.
     const line = await waitFor('the gc probe', () => s.logs().slice(before).split('\n').slice(0, -1).find((l) => l.includes('"gcProbe"')), 5000);
-    return (JSON.parse(line) as { gcProbe: { rss: number; heapUsed: number } }).gcProbe;
+    const m = (JSON.parse(line) as { gcProbe: { rss: number; heapUsed: number; newSpace: number } }).gcProbe;
+    return { rss: m.rss - m.newSpace, heapUsed: m.heapUsed };
   };
   const probes = async (n: number) => {
     const out = [];
@@ -166,14 +173,14 @@ describe('resource leaks', () => {
     const endFloor = Math.min(...endRss);
     console.log(
       `leaks: ${CYCLES} cycles, ${perCycleMs.toFixed(0)} ms each; fds ${warm!.fds}→${end.fds}, sockets ${warm!.sockets}→${end.sockets}; ` +
-        `after GC: RSS floor ${MiBs(warmFloor)}→${MiBs(endFloor)} (readings ${warmRss.map(MiBs).join(', ')} → ${endRss.map(MiBs).join(', ')}), live heap ${MiBs(warmMem!.heapUsed)}→${MiBs(endMem.heapUsed)} (RSS every 100 cycles: ${trace.join(', ')})`,
+        `after GC: RSS less the young generation, floor ${MiBs(warmFloor)}→${MiBs(endFloor)} (readings ${warmRss.map(MiBs).join(', ')} → ${endRss.map(MiBs).join(', ')}), live heap ${MiBs(warmMem!.heapUsed)}→${MiBs(endMem.heapUsed)} (RSS every 100 cycles: ${trace.join(', ')})`,
     );
     expect(warmRss.length).toBe(FLOOR_READINGS);
     expect(endRss.length).toBe(FLOOR_READINGS);
-    // 15%: the C allocator's cache grows in steps after warm-up with the live heap flat (three fresh-clone CIs
-    // on 2026-12-07: +8.2%, +6.6% and +10.4%, one step of 8.6 MiB within 100 cycles, live heap 14.1 → 14.4 MiB
-    // every time). The live heap below is what a JavaScript leak moves; this bound catches a native one.
-    expect(Math.abs(endFloor - warmFloor) / warmFloor, `RSS floor ${MiBs(warmFloor)} after warm-up, ${MiBs(endFloor)} at the end (every 100 cycles: ${trace.join(', ')})`).toBeLessThanOrEqual(0.15);
+    // The live heap below is what a JavaScript leak moves; this bound catches a native one. The steps of
+    // 8.6-16 MiB with the live heap flat that earlier CIs saw (+6.6% to +18.8%) were the young generation
+    // growing, which probe() now leaves out.
+    expect(Math.abs(endFloor - warmFloor) / warmFloor, `RSS floor less the young generation ${MiBs(warmFloor)} after warm-up, ${MiBs(endFloor)} at the end (every 100 cycles: ${trace.join(', ')})`).toBeLessThanOrEqual(0.15);
     expect(endMem.heapUsed - warmMem!.heapUsed, `live heap ${MiBs(warmMem!.heapUsed)} after warm-up, ${MiBs(endMem.heapUsed)} at the end`).toBeLessThan(2 * MiB);
   });
 });
