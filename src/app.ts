@@ -176,11 +176,13 @@ export async function createApp(cfg: Config, log: Logger, opts: { readAhead?: Re
       // No revocation once shutdown begins; the caches serve in-flight RPCs to the end.
       await reconciler?.stop();
       await exportLoop?.stop();
+      let drained = false;
       try {
-        await server.shutdown(cfg.shutdownGraceSeconds * 1000);
+        drained = await server.shutdown(cfg.shutdownGraceSeconds * 1000);
       } finally {
         await kube?.stop();
         await metrics?.close();
+        if (drained) for (const b of backends.values()) await b.afterDrain?.();
         for (const b of backends.values()) b.close?.();
       }
     },

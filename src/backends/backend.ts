@@ -162,6 +162,12 @@ export interface Backend {
   /** Ends what the backend keeps running (the rbd agent); absent when it keeps nothing. */
   close?(): void;
   /**
+   * At shutdown, once every RPC has finished and the background loops have
+   * stopped (not after a forced shutdown): nothing calls the backend again.
+   * The file backend leaves the next start a digest of its records here.
+   */
+  afterDrain?(): Promise<void>;
+  /**
    * Read-only consistency check for `sinter fsck`: what start() would repair
    * (remedy `restart`) and what it would leave (`retry`, `operator`). Works on
    * a backend that was constructed but not started.

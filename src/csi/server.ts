@@ -205,17 +205,17 @@ export class CsiServer {
     return ep.kind === 'unix' ? `unix://${ep.path}` : `${ep.host}:${port}`;
   }
 
-  /** Stops accepting, lets in-flight calls finish for up to graceMs, then cuts the rest. */
-  async shutdown(graceMs = 10_000): Promise<void> {
-    await new Promise<void>((resolve) => {
+  /** Stops accepting, lets in-flight calls finish for up to graceMs, then cuts the rest; true when every call finished. */
+  async shutdown(graceMs = 10_000): Promise<boolean> {
+    const drained = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => {
         this.log.warn({ graceMs }, 'in-flight RPCs did not finish in time; forcing shutdown');
         this.server.forceShutdown();
-        resolve();
+        resolve(false);
       }, graceMs);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
-        resolve();
+        resolve(true);
       });
     });
     const ep = this.endpoint;
@@ -226,5 +226,6 @@ export class CsiServer {
         /* already gone */
       }
     }
+    return drained;
   }
 }

@@ -1,5 +1,7 @@
 import { lstatSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import { KIND, valuesOf } from './dir-digest.js';
+import { isAtomicTemp } from './temp-name.js';
 
 /**
  * What a record directory held when it was read ahead of start-up: every
@@ -26,6 +28,14 @@ export interface DirSnapshot {
   /** Per name that is neither a record nor a temp file: 0 lstat failed (read it again live), 1 regular file, 2 anything else, 3 gone (ENOENT). */
   kinds: Uint8Array;
   sizes: Float64Array;
+  /** The records came from the digest of the last clean shutdown (dir-digest.ts), not from their files. */
+  fromDigest: boolean;
+}
+
+/** Directories read on the worker, and the digest (dir-digest.ts) that may stand in for their record files. */
+export interface SnapshotGroup {
+  dirs: string[];
+  digest?: string;
 }
 
 /** A record file that could not be read or parsed: the scan reports it as corrupt. */
@@ -34,14 +44,25 @@ export const UNREADABLE: unique symbol = Symbol('unreadable record');
 /** Record texts per message from the worker: small enough that parsing one chunk here overlaps with reading the next. */
 export const SNAPSHOT_CHUNK = 1024;
 
+/**
+ * The names as one string, '/' between them (no file name holds one): an
+ * array of 20,000 strings cost the main thread ~15 ms to receive, one string
+ * and a split ~1 ms.
+ */
+export const joinNames = (names: readonly string[]) => names.join('/');
+const splitNames = (joined: string) => (joined === '' ? [] : joined.split('/'));
+
 /** What the worker posts, per directory, in this order: names (or failed), texts chunks, stats. */
 export type SnapshotMessage =
   | { dir: string; t: 'failed' }
-  | { dir: string; t: 'names'; names: string[] }
+  /** `dir` is the digest's path; `index` pairs each directory it holds good for with its place in `body`. */
+  | { dir: string; t: 'digest'; body: string; index: [string, number][] }
+  /** `digest`: the names are the digest's (the worker compared them with a listing), and so are the stats that follow; the records' values are in the digest's body. */
+  | { dir: string; t: 'names'; names: string; digest?: boolean }
   | { dir: string; t: 'texts'; from: number; texts: (string | null)[] }
   | { dir: string; t: 'stats'; kinds: Uint8Array; sizes: Float64Array };
 
-export const KIND = { retry: 0, file: 1, other: 2, gone: 3 } as const;
+export { KIND };
 
 /** The lstat of `name` as the snapshot saw it (undefined: it did not exist), or a live lstat where the snapshot has none. */
 export function snapshotStat(snap: DirSnapshot | undefined, dir: string, name: string): { isFile(): boolean; size: number } | undefined {
@@ -59,8 +80,24 @@ export function snapshotStat(snap: DirSnapshot | undefined, dir: string, name: s
   return lstatSync(`${dir}/${name}`, { throwIfNoEntry: false });
 }
 
-/** Binary search in the sorted names (the default sort: UTF-16 code units, as < compares). */
+/** Where the last lookup found its name, per snapshot: inspect asks in sorted order, each image a name or two after the last. */
+const lastFound = new WeakMap<DirSnapshot, number>();
+
+/** The name's place among the sorted names (the default sort: UTF-16 code units, as < compares); -1 when absent. */
 function indexOfName(snap: DirSnapshot, name: string): number {
+  const near = lastFound.get(snap) ?? 0;
+  for (let j = near; j < near + 4 && j < snap.names.length; j++) {
+    if (snap.names[j] === name) {
+      lastFound.set(snap, j);
+      return j;
+    }
+  }
+  const i = binarySearch(snap, name);
+  if (i >= 0) lastFound.set(snap, i);
+  return i;
+}
+
+function binarySearch(snap: DirSnapshot, name: string): number {
   let lo = 0;
   let hi = snap.names.length - 1;
   while (lo <= hi) {
@@ -74,30 +111,49 @@ function indexOfName(snap: DirSnapshot, name: string): number {
 }
 
 /**
- * Starts reading `dirs` on one worker thread; each promise settles with the
- * directory's snapshot, or undefined when the directory could not be listed
- * or the worker failed (the caller then scans it itself, as before, so a
+ * Starts reading each group's directories on one worker thread; each promise
+ * settles with the directory's snapshot, or undefined when the directory
+ * could not be listed, a digest the worker accepted turned out unusable, or
+ * the worker failed (the caller then scans it itself, as before, so a
  * missing directory is reported exactly as without read-ahead). Never rejects.
+ * `version` is this sinter's: a digest another version wrote is not used.
  */
-export function startDirSnapshots(dirs: string[], suffix: string): Map<string, Promise<DirSnapshot | undefined>> {
+export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, version = ''): Map<string, Promise<DirSnapshot | undefined>> {
   const out = new Map<string, Promise<DirSnapshot | undefined>>();
   const settle = new Map<string, (s: DirSnapshot | undefined) => void>();
-  for (const d of dirs) out.set(d, new Promise((resolve) => settle.set(d, resolve)));
+  for (const d of groups.flatMap((g) => g.dirs)) out.set(d, new Promise((resolve) => settle.set(d, resolve)));
   const giveUp = () => {
     for (const r of settle.values()) r(undefined);
     settle.clear();
   };
   let worker: Worker;
   try {
-    worker = new Worker(new URL('./dir-snapshot-worker.js', import.meta.url), { workerData: { dirs, suffix } });
+    worker = new Worker(new URL('./dir-snapshot-worker.js', import.meta.url), { workerData: { groups, suffix, version } });
   } catch {
     giveUp();
     return out;
   }
   const building = new Map<string, DirSnapshot>();
+  // Per directory the worker takes from a digest: its place in the digest's parsed body (undefined: the body did not parse).
+  const fromDigest = new Map<string, { body: unknown; i: number }>();
+  const broken = new Set<string>();
   worker.on('message', (m: SnapshotMessage) => {
+    if (m.t === 'digest') {
+      let body: unknown;
+      try {
+        body = JSON.parse(m.body);
+      } catch {
+        /* every directory it stood for falls back to a scan */
+      }
+      for (const [dir, i] of m.index) fromDigest.set(dir, { body, i });
+      return;
+    }
     if (m.t === 'names') {
-      building.set(m.dir, { dir: m.dir, names: m.names, values: new Array<unknown>(m.names.length).fill(UNREADABLE), kinds: new Uint8Array(0), sizes: new Float64Array(0) });
+      const names = splitNames(m.names);
+      const snap: DirSnapshot = { dir: m.dir, names, values: new Array<unknown>(names.length).fill(UNREADABLE), kinds: new Uint8Array(0), sizes: new Float64Array(0), fromDigest: false };
+      const d = m.digest ? fromDigest.get(m.dir) : undefined;
+      if (m.digest && !(d && fillFromDigest(snap, d.body, d.i, suffix))) broken.add(m.dir);
+      building.set(m.dir, snap);
       return;
     }
     const snap = building.get(m.dir);
@@ -118,7 +174,7 @@ export function startDirSnapshots(dirs: string[], suffix: string): Map<string, P
       snap.sizes = m.sizes;
     }
     building.delete(m.dir);
-    settle.get(m.dir)?.(m.t === 'stats' ? snap : undefined);
+    settle.get(m.dir)?.(m.t === 'stats' && !broken.has(m.dir) ? snap : undefined);
     settle.delete(m.dir);
   });
   worker.on('error', giveUp);
@@ -127,4 +183,21 @@ export function startDirSnapshots(dirs: string[], suffix: string): Map<string, P
   // The worker ends by itself once it has posted every directory.
   worker.on('exit', giveUp);
   return out;
+}
+
+/**
+ * Puts the digest's values in the places of the record names (the worker
+ * checked they are the digest's names, in the same order). False when the
+ * body does not hold them: the directory is then scanned instead.
+ */
+function fillFromDigest(snap: DirSnapshot, body: unknown, i: number, suffix: string): boolean {
+  const records: number[] = [];
+  snap.names.forEach((n, k) => {
+    if (n.endsWith(suffix) && !isAtomicTemp(n)) records.push(k);
+  });
+  const values = valuesOf(body, i, records.length);
+  if (!values) return false;
+  for (let k = 0; k < records.length; k++) snap.values[records[k]!] = values[k] ?? UNREADABLE;
+  snap.fromDigest = true;
+  return true;
 }

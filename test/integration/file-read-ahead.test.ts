@@ -9,22 +9,22 @@ import { pino } from 'pino';
 import type { SnapshotRecord, VolumeRecord } from '../../src/backends/backend.js';
 import { FileBackend } from '../../src/backends/file/backend.js';
 import { inspectFileBackend } from '../../src/backends/file/inspect.js';
-import { newSnapshotId, newVolumeId } from '../../src/backends/ids.js';
+import { newVolumeId } from '../../src/backends/ids.js';
 import { RecordStore } from '../../src/store/record-store.js';
 import type { DirSnapshot } from '../../src/store/dir-snapshot.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { fileBackendConfig } from '../helpers/backend-config.js';
+import { messyDataDir } from '../helpers/messy-data-dir.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 
 const MiB = 1024 * 1024;
 const log = pino({ level: 'silent' });
 const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 60_000 });
-const mount = { accessType: 'mount' as const, accessMode: 'SINGLE_NODE_WRITER', fsType: 'ext4' };
 
 // The built module: its worker is dist/store/dir-snapshot-worker.js (vitest runs src/ as TypeScript, which a worker cannot load).
-type Start = (dirs: string[], suffix: string) => Map<string, Promise<DirSnapshot | undefined>>;
+type Start = (groups: { dirs: string[]; digest?: string }[], suffix: string, version?: string) => Map<string, Promise<DirSnapshot | undefined>>;
 let startDirSnapshots: Start;
-type ReadAheadAll = (b: unknown[], minDirBytes?: number) => Map<string, Promise<DirSnapshot | undefined>> | undefined;
+type ReadAheadAll = (b: unknown[], minDirBytes?: number, version?: string) => Map<string, Promise<DirSnapshot | undefined>> | undefined;
 let readAheadFileBackends: ReadAheadAll;
 
 beforeAll(async () => {
@@ -33,36 +33,6 @@ beforeAll(async () => {
   ({ startDirSnapshots } = (await import(join(root, 'dist/store/dir-snapshot.js'))) as { startDirSnapshots: Start });
   ({ readAheadFileBackends } = (await import(join(root, 'dist/backends/file/read-ahead.js'))) as { readAheadFileBackends: ReadAheadAll });
 });
-
-/** A data directory with one of every case start-up distinguishes. */
-async function messyDataDir(dataDir: string) {
-  const b = new FileBackend(fileBackendConfig('b1', dataDir), exec, log);
-  await b.start();
-  const vols = [];
-  for (const name of ['ok', 'grown', 'lost-image', 'gone', 'small', 'not-a-file']) vols.push(await b.createVolume({ id: newVolumeId('b1'), name, sizeBytes: MiB, parameters: {}, capabilities: [mount] }));
-  const [ok, grown, lostImage, gone, small, notAFile] = vols as [VolumeRecord, VolumeRecord, VolumeRecord, VolumeRecord, VolumeRecord, VolumeRecord];
-  const snap = await b.createSnapshot({ id: newSnapshotId('b1'), name: 's1', sourceVolumeId: ok.id });
-  const vd = join(dataDir, 'volumes');
-  await fs.truncate(b.imagePath(grown.id), 4 * MiB); // an expand interrupted before its record
-  await fs.rm(b.imagePath(lostImage.id));
-  await fs.truncate(b.imagePath(small.id), MiB / 2);
-  await fs.rm(b.imagePath(notAFile.id));
-  mkdirSync(b.imagePath(notAFile.id));
-  writeFileSync(join(vd, `${gone.id}.json`), JSON.stringify({ ...gone, state: 'deleting' }));
-  const half = newVolumeId('b1');
-  writeFileSync(join(vd, `${half}.json`), JSON.stringify({ ...gone, id: half, name: 'half', state: 'creating' }));
-  writeFileSync(join(vd, `${half}.img`), '');
-  writeFileSync(join(vd, `.${grown.id}.json.1234.tmp`), '{"trunc');
-  writeFileSync(join(vd, `${newVolumeId('b1')}.json`), '{not json');
-  const misnamed = newVolumeId('b1');
-  writeFileSync(join(vd, `${misnamed}.json`), JSON.stringify({ ...ok, name: 'misnamed' })); // names another id
-  writeFileSync(join(vd, `${newVolumeId('b1')}.img`), ''); // an orphan image
-  writeFileSync(join(vd, 'notes.txt'), 'hello');
-  const foreign = newVolumeId('b1');
-  writeFileSync(join(vd, `${foreign}.json`), JSON.stringify({ ...ok, id: foreign, backend: 'other' }));
-  mkdirSync(join(vd, `${newVolumeId('b1')}.json`)); // a record name that is a directory: unreadable
-  return { snap };
-}
 
 const stores = (dataDir: string) => ({
   volumes: new RecordStore<VolumeRecord>(join(dataDir, 'volumes')),
@@ -77,7 +47,7 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     const dataDir = join(t.dir, 'same');
     await messyDataDir(dataDir);
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
-    const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
+    const ahead = startDirSnapshots([{ dirs: [layout.volumes.dir, layout.snapshots.dir] }], '.json');
     const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
     // The worker really read both (undefined would mean the fallback ran, and the comparison proves nothing).
     expect(pre.volumes?.names.length).toBeGreaterThan(15);
@@ -109,7 +79,7 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     const grownIds = [2, 1030, 2100, 2590].map((k) => sorted[k]);
     for (const id of grownIds) writeFileSync(join(vd, `${id}.img`), Buffer.alloc(2 * MiB));
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
-    const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
+    const ahead = startDirSnapshots([{ dirs: [layout.volumes.dir, layout.snapshots.dir] }], '.json');
     const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
     expect(pre.volumes?.names.length).toBeGreaterThan(3 * 1024);
     const withAhead = await inspectFileBackend({ ...layout, pre });
@@ -148,7 +118,7 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     const dataDir = join(t.dir, 'missing');
     mkdirSync(join(dataDir, 'volumes'), { recursive: true });
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
-    const ahead = startDirSnapshots([layout.volumes.dir, layout.snapshots.dir], '.json');
+    const ahead = startDirSnapshots([{ dirs: [layout.volumes.dir, layout.snapshots.dir] }], '.json');
     const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
     expect(pre.snapshots).toBeUndefined();
     expect(await inspectFileBackend({ ...layout, pre })).toEqual(await inspectFileBackend(layout));

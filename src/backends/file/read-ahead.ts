@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import type { BackendConfig } from '../../config/types.js';
-import { startDirSnapshots, type DirSnapshot } from '../../store/dir-snapshot.js';
+import { startDirSnapshots, type DirSnapshot, type SnapshotGroup } from '../../store/dir-snapshot.js';
+import { VERSION } from '../../version.js';
 import { fileBackendDirs } from './layout.js';
 
 /** Record directories read ahead on a worker, by path; FileBackend.start() takes its two. */
@@ -17,10 +18,12 @@ export const READ_AHEAD_MIN_DIR_BYTES = 64 * 1024;
 /**
  * Starts reading the records of every file backend with many volumes on a
  * worker thread, to overlap with loading the rest of the driver: called by
- * main before it imports the app. Undefined when no backend is worth it.
+ * main before it imports the app. Where the last clean shutdown left a digest
+ * that still holds (store/dir-digest.ts), the worker reads that one file
+ * instead of every record. Undefined when no backend is worth it.
  */
-export function readAheadFileBackends(backends: readonly BackendConfig[], minDirBytes = READ_AHEAD_MIN_DIR_BYTES): ReadAhead | undefined {
-  const dirs = backends.flatMap((b) => {
+export function readAheadFileBackends(backends: readonly BackendConfig[], minDirBytes = READ_AHEAD_MIN_DIR_BYTES, version = VERSION): ReadAhead | undefined {
+  const groups = backends.flatMap((b): SnapshotGroup[] => {
     if (b.driver !== 'file') return [];
     const d = fileBackendDirs(b.dataDir);
     let size = 0;
@@ -29,7 +32,7 @@ export function readAheadFileBackends(backends: readonly BackendConfig[], minDir
     } catch {
       /* start() reports what is wrong with the directory */
     }
-    return size >= minDirBytes ? [d.volumes, d.snapshots] : [];
+    return size >= minDirBytes ? [{ dirs: [d.volumes, d.snapshots], digest: d.digest }] : [];
   });
-  return dirs.length ? startDirSnapshots(dirs, '.json') : undefined;
+  return groups.length ? startDirSnapshots(groups, '.json', version) : undefined;
 }
