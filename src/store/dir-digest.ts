@@ -28,7 +28,7 @@ import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
 
-export const DIGEST_FORMAT = 'sinter-dir-digest/1';
+export const DIGEST_FORMAT = 'sinter-dir-digest/2';
 
 /** A directory's stamp: changes with every create, rename and unlink in it. Undefined when it cannot be read. */
 export function dirStamp(dir: string): string | undefined {
@@ -56,28 +56,40 @@ export interface DigestPart {
   values: unknown[];
 }
 
-type HeaderPart = Omit<DigestPart, 'values'>;
-
 interface DigestHeader {
   format: string;
   version: string;
-  dirs: HeaderPart[];
+  dirs: { dir: string; stamp: string; records: number }[];
+}
+
+/** A directory's listing as the second line holds it. */
+export interface DigestListing {
+  names: string[];
+  kinds: number[];
+  sizes: number[];
 }
 
 /**
- * The digest's text: a header line (format, writer's version, each
- * directory's stamp, names, kinds and sizes), which the start-up worker
- * checks and uses without parsing the rest, then a line with each
- * directory's record values, in the header's order, for the main thread to
- * parse. All ASCII (JSON escapes for the rest), so both lines are one-byte
- * strings, which pass between threads as a plain copy.
+ * The digest's text, in the order the start-up worker needs it:
+ * 1. a short header: format, writer's version, each directory's stamp and
+ *    number of records, which the worker checks first;
+ * 2. each directory's listing (names, kinds, sizes), which the worker
+ *    compares with the directory's own;
+ * 3. the record values, one JSON text per line, directory after directory,
+ *    which the worker passes on in chunks for the main thread to parse while
+ *    it does the rest.
+ * All ASCII (JSON escapes for the rest), so every piece is a one-byte string,
+ * which passes between threads as a plain copy.
  */
 export function digestText(version: string, parts: DigestPart[]): string {
-  const header: DigestHeader = { format: DIGEST_FORMAT, version, dirs: parts.map(({ values: _, ...h }) => h) };
-  return `${asciiJson(header)}\n${asciiJson(parts.map((p) => p.values))}\n`;
+  const header: DigestHeader = { format: DIGEST_FORMAT, version, dirs: parts.map((p) => ({ dir: p.dir, stamp: p.stamp, records: p.values.length })) };
+  const listings: DigestListing[] = parts.map((p) => ({ names: p.names, kinds: p.kinds, sizes: p.sizes }));
+  // JSON.stringify escapes every newline inside a value, so each value is one line.
+  const values = parts.flatMap((p) => p.values.map((v) => JSON.stringify(v)));
+  return ascii(`${JSON.stringify(header)}\n${JSON.stringify(listings)}\n${values.map((v) => `${v}\n`).join('')}`);
 }
 
-const asciiJson = (v: unknown) => JSON.stringify(v).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+const ascii = (json: string) => json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
 /** What a name other than a record's is, per lstat: 0 lstat failed or not taken (read it again live), 1 regular file, 2 anything else, 3 gone (ENOENT). */
 export const KIND = { retry: 0, file: 1, other: 2, gone: 3 } as const;
@@ -139,43 +151,78 @@ async function settled(dir: string, sleep: (ms: number) => Promise<void>): Promi
   return false;
 }
 
-/**
- * For the start-up worker: the parts of the digest at `path` whose
- * directory's stamp is unchanged (written by this same version), each with
- * its place in the body, and the body's text for the main thread to parse
- * (its objects must live there). Undefined when there is no digest or no
- * part holds. The worker still compares each part's names with a listing.
- */
-export function checkDigest(path: string, version: string, dirs: readonly string[]): { body: string; parts: Map<string, HeaderPart & { i: number }> } | undefined {
+/** A digest file read by the start-up worker: its text, its header, where its second line and its values begin. */
+export interface OpenedDigest {
+  text: string;
+  dirs: DigestHeader['dirs'];
+  listingsAt: number;
+  valuesAt: number;
+}
+
+/** For the start-up worker: the digest at `path` if it exists, is whole enough to read, and this version wrote it. */
+export function openDigest(path: string, version: string): OpenedDigest | undefined {
   let text: string;
   try {
     text = readFileSync(path, 'latin1');
   } catch {
     return undefined;
   }
-  const nl = text.indexOf('\n');
-  if (nl < 0) return undefined;
+  const nl1 = text.indexOf('\n');
+  const nl2 = nl1 < 0 ? -1 : text.indexOf('\n', nl1 + 1);
+  if (nl2 < 0) return undefined;
   let header: DigestHeader;
   try {
-    header = JSON.parse(text.slice(0, nl)) as DigestHeader;
+    header = JSON.parse(text.slice(0, nl1)) as DigestHeader;
   } catch {
     return undefined;
   }
   if (header?.format !== DIGEST_FORMAT || header.version !== version || !Array.isArray(header.dirs)) return undefined;
-  const parts = new Map<string, HeaderPart & { i: number }>();
-  header.dirs.forEach((d, i) => {
-    if (!dirs.includes(d?.dir) || typeof d.stamp !== 'string' || dirStamp(d.dir) !== d.stamp) return;
-    const n = Array.isArray(d.names) ? d.names.length : -1;
-    if (n >= 0 && Array.isArray(d.kinds) && d.kinds.length === n && Array.isArray(d.sizes) && d.sizes.length === n) parts.set(d.dir, { ...d, i });
+  if (!header.dirs.every((d) => typeof d?.dir === 'string' && typeof d.stamp === 'string' && Number.isSafeInteger(d.records) && d.records >= 0)) return undefined;
+  return { text, dirs: header.dirs, listingsAt: nl1 + 1, valuesAt: nl2 + 1 };
+}
+
+/** The places (in the header) of the directories among `dirs` whose stamp is still the digest's. */
+export function heldDirs(d: OpenedDigest, dirs: readonly string[]): Set<number> {
+  const held = new Set<number>();
+  d.dirs.forEach((x, i) => {
+    if (dirs.includes(x.dir) && dirStamp(x.dir) === x.stamp) held.add(i);
   });
-  return parts.size ? { body: text.slice(nl + 1), parts } : undefined;
+  return held;
 }
 
-/** Whether a directory's sorted listing is exactly the names a digest part lists. */
+/** The directories' listings, in the header's order; undefined when the line is damaged. */
+export function digestListings(d: OpenedDigest): DigestListing[] | undefined {
+  try {
+    const l = JSON.parse(d.text.slice(d.listingsAt, d.valuesAt - 1)) as DigestListing[];
+    const sound = (x: DigestListing) => Array.isArray(x?.names) && Array.isArray(x.kinds) && Array.isArray(x.sizes) && x.kinds.length === x.names.length && x.sizes.length === x.names.length;
+    return Array.isArray(l) && l.length === d.dirs.length && l.every(sound) ? l : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The record values of the held directories as JSON array texts of up to
+ * `size` values each, with the directory's place and the first value's
+ * index; found by line, not parsed. Stops at a truncated line: the main
+ * thread then misses values and reads the directory itself.
+ */
+export function* digestValueChunks(d: OpenedDigest, held: ReadonlySet<number>, size: number): Generator<{ i: number; from: number; text: string }> {
+  let pos = d.valuesAt;
+  for (let i = 0; i < d.dirs.length; i++) {
+    const n = d.dirs[i]!.records;
+    for (let from = 0; from < n; from += size) {
+      const start = pos;
+      const k = Math.min(size, n - from);
+      for (let j = 0; j < k; j++) {
+        const end = d.text.indexOf('\n', pos);
+        if (end < 0) return;
+        pos = end + 1;
+      }
+      if (held.has(i)) yield { i, from, text: `[${d.text.slice(start, pos - 1).replaceAll('\n', ',')}]` };
+    }
+  }
+}
+
+/** Whether a directory's sorted listing is exactly the names a digest lists. */
 export const sameNames = (listing: readonly string[], names: readonly string[]) => listing.length === names.length && listing.every((n, j) => n === names[j]);
-
-/** The parsed body's values for the directory at place `i`, if there are `count` of them. */
-export function valuesOf(body: unknown, i: number, count: number): unknown[] | undefined {
-  const v = Array.isArray(body) ? (body[i] as unknown) : undefined;
-  return Array.isArray(v) && v.length === count ? v : undefined;
-}

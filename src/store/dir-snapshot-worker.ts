@@ -3,13 +3,14 @@
 // first, then the record texts in chunks as it reads them (the main thread
 // parses each chunk while the worker reads the next), then the lstats. Where
 // the digest of the last clean shutdown still holds for a directory
-// (dir-digest.ts), it posts the digest's body first, for the main thread to
-// parse, and then the digest's names and lstats, once a listing of the
-// directory has shown the same names; it reads no record and lstats no image.
+// (dir-digest.ts), it posts the digest's record values first, in chunks for
+// the main thread to parse, and then the digest's names and lstats, once a
+// listing of the directory has shown the same names; it reads no record and
+// lstats no image.
 // Kept to node:fs and a few tiny modules so that it starts quickly.
 import { lstatSync, readdirSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { checkDigest, sameNames } from './dir-digest.js';
+import { digestListings, digestValueChunks, heldDirs, openDigest, sameNames } from './dir-digest.js';
 import { joinNames, KIND, SNAPSHOT_CHUNK, type SnapshotGroup, type SnapshotMessage } from './dir-snapshot.js';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
@@ -59,9 +60,14 @@ function snapshot(dir: string, names: string[]): void {
 }
 
 for (const g of groups) {
-  const digest = g.digest ? checkDigest(g.digest, version, g.dirs) : undefined;
-  // First, so that the main thread parses the body while this thread lists the directories.
-  if (digest) post({ dir: g.digest!, t: 'digest', body: digest.body, index: [...digest.parts].map(([dir, p]) => [dir, p.i]) });
+  const digest = g.digest ? openDigest(g.digest, version) : undefined;
+  const held = digest ? heldDirs(digest, g.dirs) : new Set<number>();
+  if (digest && held.size) {
+    // The values first, so that the main thread parses them while this thread lists the directories.
+    post({ dir: g.digest!, t: 'digest', held: [...held].map((i) => [digest.dirs[i]!.dir, digest.dirs[i]!.records]) });
+    for (const c of digestValueChunks(digest, held, SNAPSHOT_CHUNK)) post({ dir: digest.dirs[c.i]!.dir, t: 'values', from: c.from, text: c.text });
+  }
+  const listings = digest && held.size ? digestListings(digest) : undefined;
   for (const dir of g.dirs) {
     let names: string[];
     try {
@@ -70,10 +76,11 @@ for (const g of groups) {
       post({ dir, t: 'failed' });
       continue;
     }
-    const part = digest?.parts.get(dir);
-    if (part && sameNames(names, part.names)) {
+    const i = digest?.dirs.findIndex((d) => d.dir === dir) ?? -1;
+    const listing = held.has(i) ? listings?.[i] : undefined;
+    if (listing && sameNames(names, listing.names)) {
       post({ dir, t: 'names', names: joinNames(names), digest: true });
-      post({ dir, t: 'stats', kinds: Uint8Array.from(part.kinds), sizes: Float64Array.from(part.sizes) });
+      post({ dir, t: 'stats', kinds: Uint8Array.from(listing.kinds), sizes: Float64Array.from(listing.sizes) });
       continue;
     }
     snapshot(dir, names);

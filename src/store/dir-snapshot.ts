@@ -1,6 +1,6 @@
 import { lstatSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { KIND, valuesOf } from './dir-digest.js';
+import { KIND } from './dir-digest.js';
 import { isAtomicTemp } from './temp-name.js';
 
 /**
@@ -55,8 +55,10 @@ const splitNames = (joined: string) => (joined === '' ? [] : joined.split('/'));
 /** What the worker posts, per directory, in this order: names (or failed), texts chunks, stats. */
 export type SnapshotMessage =
   | { dir: string; t: 'failed' }
-  /** `dir` is the digest's path; `index` pairs each directory it holds good for with its place in `body`. */
-  | { dir: string; t: 'digest'; body: string; index: [string, number][] }
+  /** `dir` is the digest's path; `held` pairs each directory whose stamp it still has with its number of records. */
+  | { dir: string; t: 'digest'; held: [string, number][] }
+  /** Record values from the digest, from the `from`th record on: a JSON array's text. */
+  | { dir: string; t: 'values'; from: number; text: string }
   /** `digest`: the names are the digest's (the worker compared them with a listing), and so are the stats that follow; the records' values are in the digest's body. */
   | { dir: string; t: 'names'; names: string; digest?: boolean }
   | { dir: string; t: 'texts'; from: number; texts: (string | null)[] }
@@ -134,25 +136,33 @@ export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, versi
     return out;
   }
   const building = new Map<string, DirSnapshot>();
-  // Per directory the worker takes from a digest: its place in the digest's parsed body (undefined: the body did not parse).
-  const fromDigest = new Map<string, { body: unknown; i: number }>();
+  // Per directory whose digest still holds: its record values, filled in as the chunks arrive.
+  const fromDigest = new Map<string, { values: unknown[]; got: number; bad: boolean }>();
   const broken = new Set<string>();
   worker.on('message', (m: SnapshotMessage) => {
     if (m.t === 'digest') {
-      let body: unknown;
+      for (const [dir, n] of m.held) fromDigest.set(dir, { values: new Array<unknown>(n), got: 0, bad: false });
+      return;
+    }
+    if (m.t === 'values') {
+      const d = fromDigest.get(m.dir);
+      if (!d) return;
       try {
-        body = JSON.parse(m.body);
+        const chunk = JSON.parse(m.text) as unknown;
+        if (!Array.isArray(chunk) || m.from + chunk.length > d.values.length) throw new Error('does not fit');
+        for (let j = 0; j < chunk.length; j++) d.values[m.from + j] = chunk[j];
+        d.got += chunk.length;
       } catch {
-        /* every directory it stood for falls back to a scan */
+        d.bad = true;
       }
-      for (const [dir, i] of m.index) fromDigest.set(dir, { body, i });
       return;
     }
     if (m.t === 'names') {
       const names = splitNames(m.names);
       const snap: DirSnapshot = { dir: m.dir, names, values: new Array<unknown>(names.length).fill(UNREADABLE), kinds: new Uint8Array(0), sizes: new Float64Array(0), fromDigest: false };
       const d = m.digest ? fromDigest.get(m.dir) : undefined;
-      if (m.digest && !(d && fillFromDigest(snap, d.body, d.i, suffix))) broken.add(m.dir);
+      if (m.digest && !(d && !d.bad && d.got === d.values.length && fillFromDigest(snap, d.values, suffix))) broken.add(m.dir);
+      fromDigest.delete(m.dir);
       building.set(m.dir, snap);
       return;
     }
@@ -187,17 +197,17 @@ export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, versi
 
 /**
  * Puts the digest's values in the places of the record names (the worker
- * checked they are the digest's names, in the same order). False when the
- * body does not hold them: the directory is then scanned instead.
+ * checked the names are the digest's, in the same order). False when their
+ * number differs: the directory is then scanned instead.
  */
-function fillFromDigest(snap: DirSnapshot, body: unknown, i: number, suffix: string): boolean {
-  const records: number[] = [];
-  snap.names.forEach((n, k) => {
-    if (n.endsWith(suffix) && !isAtomicTemp(n)) records.push(k);
-  });
-  const values = valuesOf(body, i, records.length);
-  if (!values) return false;
-  for (let k = 0; k < records.length; k++) snap.values[records[k]!] = values[k] ?? UNREADABLE;
+function fillFromDigest(snap: DirSnapshot, values: unknown[], suffix: string): boolean {
+  const at: number[] = [];
+  for (let j = 0; j < snap.names.length; j++) {
+    const n = snap.names[j]!;
+    if (n.endsWith(suffix) && !isAtomicTemp(n)) at.push(j);
+  }
+  if (at.length !== values.length) return false;
+  for (let k = 0; k < at.length; k++) snap.values[at[k]!] = values[k] ?? UNREADABLE;
   snap.fromDigest = true;
   return true;
 }

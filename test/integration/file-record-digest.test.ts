@@ -152,28 +152,29 @@ describe('the record digest of a clean shutdown', () => {
     const variants: [string, (digest: string) => void, string?][] = [
       ['another version', () => undefined, 'some-other-version'],
       [
-        'a damaged body',
+        'a damaged value',
         (digest) => {
-          const [header] = readFileSync(digest, 'latin1').split('\n');
-          writeFileSync(digest, `${header}\n[[{"id": "cut sh\n`);
+          const [header, listings, ...values] = readFileSync(digest, 'latin1').split('\n');
+          values[values.length >> 1] = '{"id": "cut sh';
+          writeFileSync(digest, [header, listings, ...values].join('\n'));
         },
       ],
       [
-        'a body with too few values',
+        'values cut short',
         (digest) => {
-          const [header] = readFileSync(digest, 'latin1').split('\n');
-          writeFileSync(digest, `${header}\n[[],[]]\n`);
+          const [header, listings, ...values] = readFileSync(digest, 'latin1').split('\n');
+          writeFileSync(digest, [header, listings, ...values.slice(0, 3)].join('\n'));
         },
       ],
       [
         'a name the directory does not hold (the stamps still match)',
         (digest) => {
-          const [header, body] = readFileSync(digest, 'latin1').split('\n');
-          const h = JSON.parse(header) as { dirs: { names: string[]; kinds: number[]; sizes: number[] }[] };
-          h.dirs[0].names.push('zzz-not-there.img');
-          h.dirs[0].kinds.push(1);
-          h.dirs[0].sizes.push(0);
-          writeFileSync(digest, `${JSON.stringify(h)}\n${body}\n`);
+          const [header, listings, ...values] = readFileSync(digest, 'latin1').split('\n');
+          const l = JSON.parse(listings) as { names: string[]; kinds: number[]; sizes: number[] }[];
+          l[0].names.push('zzz-not-there.img');
+          l[0].kinds.push(1);
+          l[0].sizes.push(0);
+          writeFileSync(digest, [header, JSON.stringify(l), ...values].join('\n'));
         },
       ],
       ['not a digest at all', (digest) => writeFileSync(digest, 'hello\n')],
