@@ -1,6 +1,7 @@
-// A record directory's digest: its listing, each record file's parsed
-// content and each image's lstat, read at a clean shutdown, so that the next
-// start reads one file instead of 10,000 records and 10,000 images.
+// A digest of record directories: their listings (with each image's lstat),
+// the records parsed, and what their owner made of them (the file backend:
+// its inspection), read at a clean shutdown, so that the next start reads one
+// file instead of 10,000 records and 10,000 images and inspects nothing.
 //
 // Why it can be trusted, and when it is not:
 // - It exists only between a clean shutdown and the next start: written after
@@ -8,7 +9,9 @@
 //   removed (durably) by the start before its first change. Every change
 //   sinter makes, and every crash, happens while there is none.
 // - It is read from the files themselves, not from memory, and written only
-//   if the directory did not change while it was read.
+//   if the directory did not change while it was read. The file backend
+//   writes one only when its inspection plans no repair, so a start from a
+//   digest never removes anything on the digest's word.
 // - Record files change only by rename (atomic-file.ts); a rename, create or
 //   unlink in a directory changes its mtime and ctime. The digest carries the
 //   directory's stamp (device, inode, mtime and ctime in nanoseconds, size),
@@ -28,7 +31,7 @@ import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
 
-export const DIGEST_FORMAT = 'sinter-dir-digest/2';
+export const DIGEST_FORMAT = 'sinter-dir-digest/3';
 
 /** A directory's stamp: changes with every create, rename and unlink in it. Undefined when it cannot be read. */
 export function dirStamp(dir: string): string | undefined {
@@ -59,10 +62,11 @@ export interface DigestPart {
 interface DigestHeader {
   format: string;
   version: string;
-  dirs: { dir: string; stamp: string; records: number }[];
+  dirs: { dir: string; stamp: string }[];
+  values: number;
 }
 
-/** A directory's listing as the second line holds it. */
+/** A directory's listing as the digest holds it. */
 export interface DigestListing {
   names: string[];
   kinds: number[];
@@ -71,22 +75,22 @@ export interface DigestListing {
 
 /**
  * The digest's text, in the order the start-up worker needs it:
- * 1. a short header: format, writer's version, each directory's stamp and
- *    number of records, which the worker checks first;
+ * 1. a short header: format, writer's version, each directory's stamp, the
+ *    number of values; the worker checks it first;
  * 2. each directory's listing (names, kinds, sizes), which the worker
  *    compares with the directory's own;
- * 3. the record values, one JSON text per line, directory after directory,
- *    which the worker passes on in chunks for the main thread to parse while
- *    it does the rest.
+ * 3. `extra`: what the owner (the file backend) made of the records, for the
+ *    main thread;
+ * 4. `values`, one JSON text per line, which the worker passes on in chunks
+ *    for the main thread to parse while it lists the directories.
  * All ASCII (JSON escapes for the rest), so every piece is a one-byte string,
  * which passes between threads as a plain copy.
  */
-export function digestText(version: string, parts: DigestPart[]): string {
-  const header: DigestHeader = { format: DIGEST_FORMAT, version, dirs: parts.map((p) => ({ dir: p.dir, stamp: p.stamp, records: p.values.length })) };
-  const listings: DigestListing[] = parts.map((p) => ({ names: p.names, kinds: p.kinds, sizes: p.sizes }));
+export function digestText(version: string, listings: readonly (DigestListing & { dir: string; stamp: string })[], extra: unknown, values: readonly unknown[]): string {
+  const header: DigestHeader = { format: DIGEST_FORMAT, version, dirs: listings.map((p) => ({ dir: p.dir, stamp: p.stamp })), values: values.length };
+  const lines = listings.map((p) => ({ names: p.names, kinds: p.kinds, sizes: p.sizes }));
   // JSON.stringify escapes every newline inside a value, so each value is one line.
-  const values = parts.flatMap((p) => p.values.map((v) => JSON.stringify(v)));
-  return ascii(`${JSON.stringify(header)}\n${JSON.stringify(listings)}\n${values.map((v) => `${v}\n`).join('')}`);
+  return ascii(`${JSON.stringify(header)}\n${JSON.stringify(lines)}\n${JSON.stringify(extra)}\n${values.map((v) => `${JSON.stringify(v)}\n`).join('')}`);
 }
 
 const ascii = (json: string) => json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
@@ -151,11 +155,13 @@ async function settled(dir: string, sleep: (ms: number) => Promise<void>): Promi
   return false;
 }
 
-/** A digest file read by the start-up worker: its text, its header, where its second line and its values begin. */
+/** A digest file read by the start-up worker: its text, its header, where its lines begin. */
 export interface OpenedDigest {
   text: string;
   dirs: DigestHeader['dirs'];
+  values: number;
   listingsAt: number;
+  extraAt: number;
   valuesAt: number;
 }
 
@@ -169,31 +175,26 @@ export function openDigest(path: string, version: string): OpenedDigest | undefi
   }
   const nl1 = text.indexOf('\n');
   const nl2 = nl1 < 0 ? -1 : text.indexOf('\n', nl1 + 1);
-  if (nl2 < 0) return undefined;
+  const nl3 = nl2 < 0 ? -1 : text.indexOf('\n', nl2 + 1);
+  if (nl3 < 0) return undefined;
   let header: DigestHeader;
   try {
     header = JSON.parse(text.slice(0, nl1)) as DigestHeader;
   } catch {
     return undefined;
   }
-  if (header?.format !== DIGEST_FORMAT || header.version !== version || !Array.isArray(header.dirs)) return undefined;
-  if (!header.dirs.every((d) => typeof d?.dir === 'string' && typeof d.stamp === 'string' && Number.isSafeInteger(d.records) && d.records >= 0)) return undefined;
-  return { text, dirs: header.dirs, listingsAt: nl1 + 1, valuesAt: nl2 + 1 };
+  if (header?.format !== DIGEST_FORMAT || header.version !== version || !Array.isArray(header.dirs) || !Number.isSafeInteger(header.values) || header.values < 0) return undefined;
+  if (!header.dirs.every((d) => typeof d?.dir === 'string' && typeof d.stamp === 'string')) return undefined;
+  return { text, dirs: header.dirs, values: header.values, listingsAt: nl1 + 1, extraAt: nl2 + 1, valuesAt: nl3 + 1 };
 }
 
-/** The places (in the header) of the directories among `dirs` whose stamp is still the digest's. */
-export function heldDirs(d: OpenedDigest, dirs: readonly string[]): Set<number> {
-  const held = new Set<number>();
-  d.dirs.forEach((x, i) => {
-    if (dirs.includes(x.dir) && dirStamp(x.dir) === x.stamp) held.add(i);
-  });
-  return held;
-}
+/** Whether the digest is of exactly these directories, in this order, each with its stamp unchanged. */
+export const holdsFor = (d: OpenedDigest, dirs: readonly string[]) => d.dirs.length === dirs.length && d.dirs.every((x, i) => x.dir === dirs[i] && dirStamp(x.dir) === x.stamp);
 
 /** The directories' listings, in the header's order; undefined when the line is damaged. */
 export function digestListings(d: OpenedDigest): DigestListing[] | undefined {
   try {
-    const l = JSON.parse(d.text.slice(d.listingsAt, d.valuesAt - 1)) as DigestListing[];
+    const l = JSON.parse(d.text.slice(d.listingsAt, d.extraAt - 1)) as DigestListing[];
     const sound = (x: DigestListing) => Array.isArray(x?.names) && Array.isArray(x.kinds) && Array.isArray(x.sizes) && x.kinds.length === x.names.length && x.sizes.length === x.names.length;
     return Array.isArray(l) && l.length === d.dirs.length && l.every(sound) ? l : undefined;
   } catch {
@@ -201,26 +202,25 @@ export function digestListings(d: OpenedDigest): DigestListing[] | undefined {
   }
 }
 
+/** The owner's line, as text (the main thread parses it). */
+export const digestExtra = (d: OpenedDigest) => d.text.slice(d.extraAt, d.valuesAt - 1);
+
 /**
- * The record values of the held directories as JSON array texts of up to
- * `size` values each, with the directory's place and the first value's
- * index; found by line, not parsed. Stops at a truncated line: the main
- * thread then misses values and reads the directory itself.
+ * The values as JSON array texts of up to `size` values each, with the first
+ * one's index; found by line, not parsed. Stops at a truncated line: the
+ * main thread then misses values and does without the digest.
  */
-export function* digestValueChunks(d: OpenedDigest, held: ReadonlySet<number>, size: number): Generator<{ i: number; from: number; text: string }> {
+export function* digestValueChunks(d: OpenedDigest, size: number): Generator<{ from: number; text: string }> {
   let pos = d.valuesAt;
-  for (let i = 0; i < d.dirs.length; i++) {
-    const n = d.dirs[i]!.records;
-    for (let from = 0; from < n; from += size) {
-      const start = pos;
-      const k = Math.min(size, n - from);
-      for (let j = 0; j < k; j++) {
-        const end = d.text.indexOf('\n', pos);
-        if (end < 0) return;
-        pos = end + 1;
-      }
-      if (held.has(i)) yield { i, from, text: `[${d.text.slice(start, pos - 1).replaceAll('\n', ',')}]` };
+  for (let from = 0; from < d.values; from += size) {
+    const start = pos;
+    const k = Math.min(size, d.values - from);
+    for (let j = 0; j < k; j++) {
+      const end = d.text.indexOf('\n', pos);
+      if (end < 0) return;
+      pos = end + 1;
     }
+    yield { from, text: `[${d.text.slice(start, pos - 1).replaceAll('\n', ',')}]` };
   }
 }
 

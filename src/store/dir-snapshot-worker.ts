@@ -2,15 +2,15 @@
 // record file and lstats every other file. Per directory it posts the names
 // first, then the record texts in chunks as it reads them (the main thread
 // parses each chunk while the worker reads the next), then the lstats. Where
-// the digest of the last clean shutdown still holds for a directory
-// (dir-digest.ts), it posts the digest's record values first, in chunks for
-// the main thread to parse, and then the digest's names and lstats, once a
-// listing of the directory has shown the same names; it reads no record and
-// lstats no image.
-// Kept to node:fs and a few tiny modules so that it starts quickly.
+// a group's digest from the last clean shutdown still holds (dir-digest.ts),
+// it posts the digest's owner line and values instead, the values in chunks
+// for the main thread to parse while it lists the directories, and then
+// whether the listings matched; only when they did not does it read the
+// directories as above. Kept to node:fs and a few tiny modules so that it
+// starts quickly.
 import { lstatSync, readdirSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { digestListings, digestValueChunks, heldDirs, openDigest, sameNames } from './dir-digest.js';
+import { digestExtra, digestListings, digestValueChunks, holdsFor, openDigest, sameNames } from './dir-digest.js';
 import { joinNames, KIND, SNAPSHOT_CHUNK, type SnapshotGroup, type SnapshotMessage } from './dir-snapshot.js';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
@@ -59,28 +59,35 @@ function snapshot(dir: string, names: string[]): void {
   post({ dir, t: 'stats', kinds, sizes });
 }
 
+/** Whether each directory lists exactly the names the digest lists for it. */
+function listingsMatch(dirs: readonly string[], listings: { names: string[] }[] | undefined): boolean {
+  if (!listings) return false;
+  return dirs.every((dir, i) => {
+    try {
+      return sameNames(readdirSync(dir).sort(), listings[i]!.names);
+    } catch {
+      return false;
+    }
+  });
+}
+
 for (const g of groups) {
   const digest = g.digest ? openDigest(g.digest, version) : undefined;
-  const held = digest ? heldDirs(digest, g.dirs) : new Set<number>();
-  if (digest && held.size) {
+  let held = false;
+  if (digest && holdsFor(digest, g.dirs)) {
     // The values first, so that the main thread parses them while this thread lists the directories.
-    post({ dir: g.digest!, t: 'digest', held: [...held].map((i) => [digest.dirs[i]!.dir, digest.dirs[i]!.records]) });
-    for (const c of digestValueChunks(digest, held, SNAPSHOT_CHUNK)) post({ dir: digest.dirs[c.i]!.dir, t: 'values', from: c.from, text: c.text });
+    post({ dir: g.digest!, t: 'digest', values: digest.values, extra: digestExtra(digest) });
+    for (const c of digestValueChunks(digest, SNAPSHOT_CHUNK)) post({ dir: g.digest!, t: 'values', from: c.from, text: c.text });
+    held = listingsMatch(g.dirs, digestListings(digest));
   }
-  const listings = digest && held.size ? digestListings(digest) : undefined;
+  if (g.digest) post({ dir: g.digest, t: 'checked', held });
+  if (held) continue;
   for (const dir of g.dirs) {
     let names: string[];
     try {
       names = readdirSync(dir).sort();
     } catch {
       post({ dir, t: 'failed' });
-      continue;
-    }
-    const i = digest?.dirs.findIndex((d) => d.dir === dir) ?? -1;
-    const listing = held.has(i) ? listings?.[i] : undefined;
-    if (listing && sameNames(names, listing.names)) {
-      post({ dir, t: 'names', names: joinNames(names), digest: true });
-      post({ dir, t: 'stats', kinds: Uint8Array.from(listing.kinds), sizes: Float64Array.from(listing.sizes) });
       continue;
     }
     snapshot(dir, names);

@@ -28,11 +28,21 @@ export interface DirSnapshot {
   /** Per name that is neither a record nor a temp file: 0 lstat failed (read it again live), 1 regular file, 2 anything else, 3 gone (ENOENT). */
   kinds: Uint8Array;
   sizes: Float64Array;
-  /** The records came from the digest of the last clean shutdown (dir-digest.ts), not from their files. */
-  fromDigest: boolean;
 }
 
-/** Directories read on the worker, and the digest (dir-digest.ts) that may stand in for their record files. */
+/** What a digest of the last clean shutdown held (dir-digest.ts), once the worker found it still holds: its owner's line and its values, parsed. */
+export interface DigestRead {
+  extra: unknown;
+  values: unknown[];
+}
+
+/** The read-ahead of some groups of directories: each directory's snapshot, each group digest's content. */
+export interface ReadAhead {
+  dirs: Map<string, Promise<DirSnapshot | undefined>>;
+  digests: Map<string, Promise<DigestRead | undefined>>;
+}
+
+/** Directories read on the worker, and the digest (dir-digest.ts) that may stand in for reading them. */
 export interface SnapshotGroup {
   dirs: string[];
   digest?: string;
@@ -52,15 +62,20 @@ export const SNAPSHOT_CHUNK = 1024;
 export const joinNames = (names: readonly string[]) => names.join('/');
 const splitNames = (joined: string) => (joined === '' ? [] : joined.split('/'));
 
-/** What the worker posts, per directory, in this order: names (or failed), texts chunks, stats. */
+/**
+ * What the worker posts. Per group with a digest, first: digest (when its
+ * stamps hold), values chunks, then checked. Then, unless checked said it
+ * holds, per directory: names (or failed), texts chunks, stats.
+ */
 export type SnapshotMessage =
   | { dir: string; t: 'failed' }
-  /** `dir` is the digest's path; `held` pairs each directory whose stamp it still has with its number of records. */
-  | { dir: string; t: 'digest'; held: [string, number][] }
-  /** Record values from the digest, from the `from`th record on: a JSON array's text. */
+  /** `dir` is the digest's path; `extra` its owner's line, as text. */
+  | { dir: string; t: 'digest'; values: number; extra: string }
+  /** Values from the digest, from the `from`th on: a JSON array's text. */
   | { dir: string; t: 'values'; from: number; text: string }
-  /** `digest`: the names are the digest's (the worker compared them with a listing), and so are the stats that follow; the records' values are in the digest's body. */
-  | { dir: string; t: 'names'; names: string; digest?: boolean }
+  /** Whether the directories list exactly the digest's names: if so, the worker reads none of them. */
+  | { dir: string; t: 'checked'; held: boolean }
+  | { dir: string; t: 'names'; names: string }
   | { dir: string; t: 'texts'; from: number; texts: (string | null)[] }
   | { dir: string; t: 'stats'; kinds: Uint8Array; sizes: Float64Array };
 
@@ -113,18 +128,30 @@ function binarySearch(snap: DirSnapshot, name: string): number {
 }
 
 /**
- * Starts reading each group's directories on one worker thread; each promise
- * settles with the directory's snapshot, or undefined when the directory
- * could not be listed, a digest the worker accepted turned out unusable, or
- * the worker failed (the caller then scans it itself, as before, so a
- * missing directory is reported exactly as without read-ahead). Never rejects.
+ * Starts reading each group's directories on one worker thread. Each
+ * directory's promise settles with its snapshot, or undefined when the
+ * directory could not be listed, the group's digest stood in for it, or the
+ * worker failed (the caller then scans it itself, as before, so a missing
+ * directory is reported exactly as without read-ahead). Each digest's promise
+ * settles with its content when it still holds for its group, else
+ * undefined; it settles before its group's directories do. Never rejects.
  * `version` is this sinter's: a digest another version wrote is not used.
  */
-export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, version = ''): Map<string, Promise<DirSnapshot | undefined>> {
-  const out = new Map<string, Promise<DirSnapshot | undefined>>();
+export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, version = ''): ReadAhead {
+  const out: ReadAhead = { dirs: new Map(), digests: new Map() };
   const settle = new Map<string, (s: DirSnapshot | undefined) => void>();
-  for (const d of groups.flatMap((g) => g.dirs)) out.set(d, new Promise((resolve) => settle.set(d, resolve)));
+  const settleDigest = new Map<string, (d: DigestRead | undefined) => void>();
+  const groupOf = new Map<string, string[]>();
+  for (const g of groups) {
+    for (const d of g.dirs) out.dirs.set(d, new Promise((resolve) => settle.set(d, resolve)));
+    if (g.digest) {
+      out.digests.set(g.digest, new Promise((resolve) => settleDigest.set(g.digest!, resolve)));
+      groupOf.set(g.digest, g.dirs);
+    }
+  }
   const giveUp = () => {
+    for (const r of settleDigest.values()) r(undefined);
+    settleDigest.clear();
     for (const r of settle.values()) r(undefined);
     settle.clear();
   };
@@ -136,34 +163,49 @@ export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, versi
     return out;
   }
   const building = new Map<string, DirSnapshot>();
-  // Per directory whose digest still holds: its record values, filled in as the chunks arrive.
-  const fromDigest = new Map<string, { values: unknown[]; got: number; bad: boolean }>();
-  const broken = new Set<string>();
+  // Per digest that still holds: its content, the values filled in as the chunks arrive.
+  const digests = new Map<string, { read: DigestRead; got: number; bad: boolean }>();
   worker.on('message', (m: SnapshotMessage) => {
     if (m.t === 'digest') {
-      for (const [dir, n] of m.held) fromDigest.set(dir, { values: new Array<unknown>(n), got: 0, bad: false });
+      const d = { read: { extra: undefined as unknown, values: new Array<unknown>(m.values) }, got: 0, bad: false };
+      try {
+        d.read.extra = JSON.parse(m.extra);
+      } catch {
+        d.bad = true;
+      }
+      digests.set(m.dir, d);
       return;
     }
     if (m.t === 'values') {
-      const d = fromDigest.get(m.dir);
-      if (!d) return;
+      const d = digests.get(m.dir);
+      if (!d || d.bad) return;
       try {
         const chunk = JSON.parse(m.text) as unknown;
-        if (!Array.isArray(chunk) || m.from + chunk.length > d.values.length) throw new Error('does not fit');
-        for (let j = 0; j < chunk.length; j++) d.values[m.from + j] = chunk[j];
+        if (!Array.isArray(chunk) || m.from + chunk.length > d.read.values.length) throw new Error('does not fit');
+        for (let j = 0; j < chunk.length; j++) d.read.values[m.from + j] = chunk[j];
         d.got += chunk.length;
       } catch {
         d.bad = true;
       }
       return;
     }
+    if (m.t === 'checked') {
+      const d = digests.get(m.dir);
+      digests.delete(m.dir);
+      const whole = m.held && d && !d.bad && d.got === d.read.values.length;
+      settleDigest.get(m.dir)?.(whole ? d.read : undefined);
+      settleDigest.delete(m.dir);
+      // The worker reads the directories only when the digest did not hold; with a digest found whole, nothing more comes for them.
+      if (m.held)
+        for (const dir of groupOf.get(m.dir) ?? []) {
+          settle.get(dir)?.(undefined);
+          settle.delete(dir);
+        }
+      return;
+    }
     if (m.t === 'names') {
       const names = splitNames(m.names);
-      const snap: DirSnapshot = { dir: m.dir, names, values: new Array<unknown>(names.length).fill(UNREADABLE), kinds: new Uint8Array(0), sizes: new Float64Array(0), fromDigest: false };
-      const d = m.digest ? fromDigest.get(m.dir) : undefined;
-      if (m.digest && !(d && !d.bad && d.got === d.values.length && fillFromDigest(snap, d.values, suffix))) broken.add(m.dir);
-      fromDigest.delete(m.dir);
-      building.set(m.dir, snap);
+      building.set(m.dir, { dir: m.dir, names, values: new Array<unknown>(names.length).fill(UNREADABLE), kinds: new Uint8Array(0), sizes: new Float64Array(0) });
       return;
     }
     const snap = building.get(m.dir);
@@ -184,7 +226,7 @@ export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, versi
       snap.sizes = m.sizes;
     }
     building.delete(m.dir);
-    settle.get(m.dir)?.(m.t === 'stats' && !broken.has(m.dir) ? snap : undefined);
+    settle.get(m.dir)?.(m.t === 'stats' ? snap : undefined);
     settle.delete(m.dir);
   });
   worker.on('error', giveUp);
@@ -195,19 +237,13 @@ export function startDirSnapshots(groups: SnapshotGroup[], suffix: string, versi
   return out;
 }
 
-/**
- * Puts the digest's values in the places of the record names (the worker
- * checked the names are the digest's, in the same order). False when their
- * number differs: the directory is then scanned instead.
- */
-function fillFromDigest(snap: DirSnapshot, values: unknown[], suffix: string): boolean {
-  const at: number[] = [];
-  for (let j = 0; j < snap.names.length; j++) {
-    const n = snap.names[j]!;
-    if (n.endsWith(suffix) && !isAtomicTemp(n)) at.push(j);
+/** A snapshot of what a clean shutdown read (dir-digest.ts readDigestPart), for the inspection it writes into the digest. */
+export function snapshotOfPart(part: { dir: string; names: string[]; kinds: number[]; sizes: number[]; values: unknown[] }, suffix: string): DirSnapshot {
+  const values = new Array<unknown>(part.names.length).fill(UNREADABLE);
+  let k = 0;
+  for (let j = 0; j < part.names.length; j++) {
+    const n = part.names[j]!;
+    if (n.endsWith(suffix) && !isAtomicTemp(n)) values[j] = part.values[k++] ?? UNREADABLE;
   }
-  if (at.length !== values.length) return false;
-  for (let k = 0; k < at.length; k++) snap.values[at[k]!] = values[k] ?? UNREADABLE;
-  snap.fromDigest = true;
-  return true;
+  return { dir: part.dir, names: part.names, values, kinds: Uint8Array.from(part.kinds), sizes: Float64Array.from(part.sizes) };
 }

@@ -11,7 +11,7 @@ import { FileBackend } from '../../src/backends/file/backend.js';
 import { inspectFileBackend } from '../../src/backends/file/inspect.js';
 import { newVolumeId } from '../../src/backends/ids.js';
 import { RecordStore } from '../../src/store/record-store.js';
-import type { DirSnapshot } from '../../src/store/dir-snapshot.js';
+import type { ReadAhead } from '../../src/store/dir-snapshot.js';
 import { HostExecutor } from '../../src/exec/run.js';
 import { fileBackendConfig } from '../helpers/backend-config.js';
 import { messyDataDir } from '../helpers/messy-data-dir.js';
@@ -22,9 +22,9 @@ const log = pino({ level: 'silent' });
 const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 60_000 });
 
 // The built module: its worker is dist/store/dir-snapshot-worker.js (vitest runs src/ as TypeScript, which a worker cannot load).
-type Start = (groups: { dirs: string[]; digest?: string }[], suffix: string, version?: string) => Map<string, Promise<DirSnapshot | undefined>>;
+type Start = (groups: { dirs: string[]; digest?: string }[], suffix: string, version?: string) => ReadAhead;
 let startDirSnapshots: Start;
-type ReadAheadAll = (b: unknown[], minDirBytes?: number, version?: string) => Map<string, Promise<DirSnapshot | undefined>> | undefined;
+type ReadAheadAll = (b: unknown[], minDirBytes?: number, version?: string) => ReadAhead | undefined;
 let readAheadFileBackends: ReadAheadAll;
 
 beforeAll(async () => {
@@ -48,7 +48,7 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     await messyDataDir(dataDir);
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
     const ahead = startDirSnapshots([{ dirs: [layout.volumes.dir, layout.snapshots.dir] }], '.json');
-    const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
+    const pre = { volumes: await ahead.dirs.get(layout.volumes.dir), snapshots: await ahead.dirs.get(layout.snapshots.dir) };
     // The worker really read both (undefined would mean the fallback ran, and the comparison proves nothing).
     expect(pre.volumes?.names.length).toBeGreaterThan(15);
     expect(pre.snapshots?.names.length).toBe(2);
@@ -80,7 +80,7 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     for (const id of grownIds) writeFileSync(join(vd, `${id}.img`), Buffer.alloc(2 * MiB));
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
     const ahead = startDirSnapshots([{ dirs: [layout.volumes.dir, layout.snapshots.dir] }], '.json');
-    const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
+    const pre = { volumes: await ahead.dirs.get(layout.volumes.dir), snapshots: await ahead.dirs.get(layout.snapshots.dir) };
     expect(pre.volumes?.names.length).toBeGreaterThan(3 * 1024);
     const withAhead = await inspectFileBackend({ ...layout, pre });
     const without = await inspectFileBackend(layout);
@@ -119,7 +119,7 @@ describe('start-up read-ahead of the file backend records (worker thread)', () =
     mkdirSync(join(dataDir, 'volumes'), { recursive: true });
     const layout = { name: 'b1', dataDir, ...stores(dataDir) };
     const ahead = startDirSnapshots([{ dirs: [layout.volumes.dir, layout.snapshots.dir] }], '.json');
-    const pre = { volumes: await ahead.get(layout.volumes.dir), snapshots: await ahead.get(layout.snapshots.dir) };
+    const pre = { volumes: await ahead.dirs.get(layout.volumes.dir), snapshots: await ahead.dirs.get(layout.snapshots.dir) };
     expect(pre.snapshots).toBeUndefined();
     expect(await inspectFileBackend({ ...layout, pre })).toEqual(await inspectFileBackend(layout));
     expect((await inspectFileBackend(layout)).findings.map((f) => f.kind)).toContain('missing-directory');

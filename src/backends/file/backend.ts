@@ -24,7 +24,7 @@ import type {
 import { copyImage } from './copy.js';
 import { backendOfVolume } from '../ids.js';
 import { createVolumeExport, type VolumeExport } from '../targets/volume-export.js';
-import { clearRecordDigest, writeRecordDigest } from './digest.js';
+import { clearRecordDigest, inspectionFromDigest, writeRecordDigest } from './digest.js';
 import { inspectFileBackend, type FileInspection, type Repair } from './inspect.js';
 import { fileBackendDirs } from './layout.js';
 import type { ReadAhead } from './read-ahead.js';
@@ -113,16 +113,22 @@ export class FileBackend implements Backend {
 
     const ahead = this.readAhead;
     this.readAhead = undefined;
-    const pre = ahead && { volumes: await ahead.get(this.volDir), snapshots: await ahead.get(this.snapDir) };
+    // A digest of the last clean shutdown that still holds stands in for reading and inspecting every record (digest.ts).
+    const read = await ahead?.digests.get(fileBackendDirs(this.cfg.dataDir).digest);
+    const digested = read && inspectionFromDigest(read, this.name);
     // The digest stops describing the directories at the first change (the repairs below, any RPC), so it goes
-    // first. Not before the read-ahead settled: its worker reads the digest. The unlink and directory fsync run
-    // while inspect runs.
+    // first. Not before the read-ahead settled it: its worker reads the digest. The unlink and directory fsync
+    // run while inspect runs.
     const cleared = clearRecordDigest(this.cfg.dataDir);
     cleared.catch(() => undefined);
-    const ins = pre ? await inspectFileBackend({ ...this.layout(), pre }) : await this.inspect();
+    let ins: FileInspection;
+    if (digested) ins = digested;
+    else {
+      const pre = ahead && { volumes: await ahead.dirs.get(this.volDir), snapshots: await ahead.dirs.get(this.snapDir) };
+      ins = pre ? await inspectFileBackend({ ...this.layout(), pre }) : await this.inspect();
+    }
     await cleared;
-    const fromDigest = pre?.volumes?.fromDigest === true && pre.snapshots?.fromDigest === true;
-    this.log.info({ volumes: ins.serve.volumes.length, snapshots: ins.serve.snapshots.length, from: fromDigest ? 'digest' : 'files' }, 'records loaded');
+    this.log.info({ volumes: ins.serve.volumes.length, snapshots: ins.serve.snapshots.length, from: digested ? 'digest' : 'files' }, 'records loaded');
     // Only an interrupted expand's repair looks a record up; most starts have none.
     const serve = ins.plan.some((s) => s.do === 'record-size') ? new Map(ins.serve.volumes.map((r) => [r.id, r])) : new Map<string, VolumeRecord>();
     const report: RecoveryReport = { recovered: [], orphans: [], corrupt: [] };
@@ -174,7 +180,7 @@ export class FileBackend implements Backend {
 
   /** Every RPC has finished and nothing runs against this backend any more: leaves the next start a digest of the records. */
   afterDrain(): Promise<void> {
-    return writeRecordDigest(this.cfg.dataDir, this.log);
+    return writeRecordDigest(this.layout(), this.log);
   }
 
   /** What start() would repair and what it would leave for a person, touching nothing (`sinter fsck`). */

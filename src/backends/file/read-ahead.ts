@@ -1,11 +1,11 @@
 import { statSync } from 'node:fs';
 import type { BackendConfig } from '../../config/types.js';
-import { startDirSnapshots, type DirSnapshot, type SnapshotGroup } from '../../store/dir-snapshot.js';
+import { startDirSnapshots, type ReadAhead, type SnapshotGroup } from '../../store/dir-snapshot.js';
 import { VERSION } from '../../version.js';
 import { fileBackendDirs } from './layout.js';
 
-/** Record directories read ahead on a worker, by path; FileBackend.start() takes its two. */
-export type ReadAhead = Map<string, Promise<DirSnapshot | undefined>>;
+/** Record directories read ahead on a worker, by path, and each backend's digest; FileBackend.start() takes its own. */
+export type { ReadAhead };
 
 /**
  * A volumes directory at least this large (bytes, as stat reports a
