@@ -4,7 +4,8 @@
 // anything changed the directories, and must remove it before its first
 // change so that a crash never leaves one behind. The read-ahead worker is the
 // built one (dist/), as `sinter controller` runs it.
-import { existsSync, promises as fs, readFileSync, renameSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, promises as fs, readFileSync, renameSync, rmSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
@@ -20,7 +21,7 @@ import { HostExecutor } from '../../src/exec/run.js';
 import { fileBackendConfig } from '../helpers/backend-config.js';
 import { messyDataDir } from '../helpers/messy-data-dir.js';
 import { tempDir } from '../helpers/scratch-fs.js';
-import { MiB, mountCap, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
+import { MiB, mountCap, sinterArgs, startSinter, waitFor, type SinterProcess } from '../helpers/sinter-process.js';
 
 const log = pino({ level: 'silent' });
 const exec = new HostExecutor({ mode: 'direct', hostRoot: '/', defaultTimeoutMs: 60_000 });
@@ -316,6 +317,21 @@ describe('sinter controller: clean stop, start, crash', () => {
 
     s = await startSinter({ role: 'controller', base });
     expect(loaded(s)).toMatchObject({ volumes: N, from: 'files' });
+    expect(await listed(s)).toEqual(changed);
+    await s.stop();
+    expect(existsSync(digest)).toBe(true);
+
+    // Starts killed part-way, before or after they removed the digest: nothing has changed yet, so the
+    // next start may use the digest if it is still there, and must serve the same either way.
+    for (const ms of [40, 150, 300, 600]) {
+      const p = execa('node', sinterArgs(base, { role: 'controller', logLevel: 'warn' }), { reject: false, stdout: 'ignore', stderr: 'ignore' });
+      await sleep(ms);
+      p.kill('SIGKILL');
+      await p;
+      rmSync(join(base, 'csi.sock'), { force: true });
+    }
+    s = await startSinter({ role: 'controller', base });
+    expect(loaded(s)?.volumes).toBe(N);
     expect(await listed(s)).toEqual(changed);
     await s.stop();
     s = await startSinter({ role: 'controller', base });
