@@ -27,7 +27,8 @@
 // never uses a digest.
 //
 // Kept to node:fs: the start-up worker loads this module.
-import { lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, openSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
 
@@ -186,6 +187,25 @@ export function openDigest(path: string, version: string): OpenedDigest | undefi
   if (header?.format !== DIGEST_FORMAT || header.version !== version || !Array.isArray(header.dirs) || !Number.isSafeInteger(header.values) || header.values < 0) return undefined;
   if (!header.dirs.every((d) => typeof d?.dir === 'string' && typeof d.stamp === 'string')) return undefined;
   return { text, dirs: header.dirs, values: header.values, listingsAt: nl1 + 1, extraAt: nl2 + 1, valuesAt: nl3 + 1 };
+}
+
+/**
+ * For the start-up worker, once it has read the digest: removes it and makes
+ * that durable, off the main thread, so the start's own removal (before its
+ * first change) finds it gone. A digest is good for one start only.
+ */
+export function dropDigest(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    return;
+  }
+  const fd = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Whether the digest is of exactly these directories, in this order, each with its stamp unchanged. */

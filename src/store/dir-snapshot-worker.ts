@@ -10,7 +10,7 @@
 // starts quickly.
 import { lstatSync, readdirSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { digestExtra, digestListings, digestValueChunks, holdsFor, openDigest, sameNames } from './dir-digest.js';
+import { digestExtra, digestListings, digestValueChunks, dropDigest, holdsFor, openDigest, sameNames } from './dir-digest.js';
 import { joinNames, KIND, SNAPSHOT_CHUNK, type SnapshotGroup, type SnapshotMessage } from './dir-snapshot.js';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
@@ -80,7 +80,15 @@ for (const g of groups) {
     for (const c of digestValueChunks(digest, SNAPSHOT_CHUNK)) post({ dir: g.digest!, t: 'values', from: c.from, text: c.text });
     held = listingsMatch(g.dirs, digestListings(digest));
   }
-  if (g.digest) post({ dir: g.digest, t: 'checked', held });
+  // Read or not, it has served: the start removes it before its first change, and this spares the main thread that wait.
+  if (g.digest) {
+    try {
+      dropDigest(g.digest);
+    } catch {
+      /* the start's own removal reports it */
+    }
+    post({ dir: g.digest, t: 'checked', held });
+  }
   if (held) continue;
   for (const dir of g.dirs) {
     let names: string[];

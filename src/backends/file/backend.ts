@@ -117,8 +117,8 @@ export class FileBackend implements Backend {
     const read = await ahead?.digests.get(fileBackendDirs(this.cfg.dataDir).digest);
     const digested = read && inspectionFromDigest(read, this.name);
     // The digest stops describing the directories at the first change (the repairs below, any RPC), so it goes
-    // first. Not before the read-ahead settled it: its worker reads the digest. The unlink and directory fsync
-    // run while inspect runs.
+    // first: start() returns only once it is gone. Not before the read-ahead settled it: its worker reads the
+    // digest (and removes it when done). The unlink and directory fsync run while inspect runs.
     const cleared = clearRecordDigest(this.cfg.dataDir);
     cleared.catch(() => undefined);
     let ins: FileInspection;
