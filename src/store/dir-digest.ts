@@ -35,7 +35,7 @@ import { isAtomicTemp } from './temp-name.js';
 export const DIGEST_FORMAT = 'sinter-dir-digest/3';
 
 /** A directory's stamp: changes with every create, rename and unlink in it. Undefined when it cannot be read. */
-export function dirStamp(dir: string): string | undefined {
+function dirStamp(dir: string): string | undefined {
   try {
     const st = lstatSync(dir, { bigint: true, throwIfNoEntry: false });
     if (!st?.isDirectory()) return undefined;
@@ -99,6 +99,17 @@ const ascii = (json: string) => json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.
 /** What a name other than a record's is, per lstat: 0 lstat failed or not taken (read it again live), 1 regular file, 2 anything else, 3 gone (ENOENT). */
 export const KIND = { retry: 0, file: 1, other: 2, gone: 3 } as const;
 
+/** A name's KIND and size per lstat; a failed lstat (other than ENOENT) is KIND.retry, for the start to look again live. */
+export function kindOf(path: string): { kind: number; size: number } {
+  try {
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (!st) return { kind: KIND.gone, size: 0 };
+    return { kind: st.isFile() ? KIND.file : KIND.other, size: st.size };
+  } catch {
+    return { kind: KIND.retry, size: 0 };
+  }
+}
+
 /**
  * Reads every name of `dir`, each record file's content and each other
  * file's lstat (synchronously: nothing else runs at a clean shutdown), and
@@ -127,9 +138,7 @@ export async function readDigestPart(dir: string, suffix: string, sleep: (ms: nu
       }
       values.push(v);
     } else {
-      const st = lstatSync(`${dir}/${name}`, { throwIfNoEntry: false });
-      kind = !st ? KIND.gone : st.isFile() ? KIND.file : KIND.other;
-      size = st?.size ?? 0;
+      ({ kind, size } = kindOf(`${dir}/${name}`));
     }
     kinds.push(kind);
     sizes.push(size);

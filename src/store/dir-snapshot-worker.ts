@@ -8,10 +8,10 @@
 // whether the listings matched; only when they did not does it read the
 // directories as above. Kept to node:fs and a few tiny modules so that it
 // starts quickly.
-import { lstatSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import { digestExtra, digestListings, digestValueChunks, dropDigest, holdsFor, openDigest, sameNames } from './dir-digest.js';
-import { joinNames, KIND, SNAPSHOT_CHUNK, type SnapshotGroup, type SnapshotMessage } from './dir-snapshot.js';
+import { digestExtra, digestListings, digestValueChunks, dropDigest, holdsFor, kindOf, openDigest, sameNames } from './dir-digest.js';
+import { joinNames, SNAPSHOT_CHUNK, type SnapshotGroup, type SnapshotMessage } from './dir-snapshot.js';
 import { readSmallFileSync } from './read-small.js';
 import { isAtomicTemp } from './temp-name.js';
 
@@ -44,16 +44,7 @@ function snapshot(dir: string, names: string[]): void {
       texts[texts.length - 1] = text;
       continue;
     }
-    try {
-      const st = lstatSync(path, { throwIfNoEntry: false });
-      if (!st) kinds[i] = KIND.gone;
-      else {
-        kinds[i] = st.isFile() ? KIND.file : KIND.other;
-        sizes[i] = st.size;
-      }
-    } catch {
-      kinds[i] = KIND.retry;
-    }
+    ({ kind: kinds[i], size: sizes[i] } = kindOf(path));
   }
   if (texts.length) post({ dir, t: 'texts', from, texts });
   post({ dir, t: 'stats', kinds, sizes });
