@@ -433,6 +433,38 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       }
     });
 
+    it('reads each session\'s targetname once while the session lasts (a sid is never reused before a reboot): with 40 other targets\' sessions, the second look reads none, a new session is read and found, a gone one is forgotten, "(null)" is read again', async () => {
+      for (let sid = 1; sid <= 40; sid++) sysfs.addSession(sid, sid, at(`${OTHER}-${sid}`, P1));
+      sysfs.addSession(41, 41, at(T1, P1));
+      const reads: string[] = [];
+      const read = sysfs.tree.read.bind(sysfs.tree);
+      vi.spyOn(sysfs.tree, 'read').mockImplementation(async (rel: string) => {
+        if (rel.endsWith('/targetname')) reads.push(rel);
+        return read(rel);
+      });
+      const ini = make(host({}));
+      const sids = async () => (await ini.targetSessions(T1)).map((s) => s.sid);
+      expect(await sids()).toEqual([41]);
+      expect(reads).toHaveLength(41);
+      reads.length = 0;
+      expect(await sids()).toEqual([41]);
+      expect(reads).toEqual([]);
+      sysfs.addSession(42, 42, at(T1, P2));
+      expect(await sids()).toEqual([41, 42]);
+      expect(reads).toEqual(['class/iscsi_session/session42/targetname']);
+      reads.length = 0;
+      sysfs.removeSession(41);
+      expect(await sids()).toEqual([42]);
+      expect(reads).toEqual([]);
+      // Between the kernel making the session and iscsid setting its parameters, targetname reads "(null)".
+      sysfs.addSession(43, 43, at('(null)', P1));
+      expect(await sids()).toEqual([42]);
+      writeFileSync(join(sysfs.sys, 'class/iscsi_session/session43/targetname'), `${T1}\n`);
+      reads.length = 0;
+      expect(await sids()).toEqual([42, 43]);
+      expect(reads).toEqual(['class/iscsi_session/session43/targetname']);
+    });
+
     it('ignores a session to another target at the same portal and one to the same target at another portal; a miss is confirmed with iscsiadm, then a login', async () => {
       sysfs.addSession(0, 1, at(OTHER, P1));
       sysfs.addDisk(0, 1, 1, 'sda');

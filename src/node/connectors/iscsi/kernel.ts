@@ -14,6 +14,8 @@ import { validateTarget, type IscsiAttached, type IscsiAttachment, type IscsiCon
 /** attached()'s `source` of a kernel LUN, and its inverse. */
 const kernelSource = (iqn: string, lun: number) => `${iqn} lun ${lun}`;
 const KERNEL_SOURCE_RE = /^(\S+) lun (\d+)$/;
+/** An iSCSI name (RFC 3720 iqn., RFC 3980 eui. and naa.): what a session's targetname holds once iscsid has set it. */
+const TARGET_NAME_RE = /^(iqn|eui|naa)\./i;
 
 export interface KernelInitiatorConfig {
   /** Where sysfs is (`/sys`; a fake tree in tests). */
@@ -90,6 +92,15 @@ const LOGIN_IDBM_ATTEMPTS = 3;
 export class KernelIscsiInitiator implements IscsiInitiator {
   readonly kind = 'kernel' as const;
   private readonly locks = new KeyedLock();
+  /**
+   * Session name (sessionN) → its target's name, as read from sysfs. A
+   * session's target never changes, and the kernel never gives a sid out
+   * again before it reboots (iscsi_alloc_session counts up), so a name seen
+   * once need not be read again while its directory is there; a node with a
+   * session per volume would otherwise read every session's targetname on
+   * every stage and unstage.
+   */
+  private readonly sessionTargets = new Map<string, string>();
   private readonly sysfs: SysfsTree;
   private readonly disks: ScsiDisks;
   private readonly multipath: Multipath;
@@ -228,17 +239,24 @@ export class KernelIscsiInitiator implements IscsiInitiator {
    * The sessions to one target, from the kernel's records in sysfs: what
    * iscsiadm's listing prints, read without it (class/iscsi_session/sessionN:
    * targetname, tpgt, state; class/iscsi_connection/connectionN:0: the
-   * portals; the session device's parent: its SCSI host). Every session's
-   * targetname is still read (O(sessions)), but that is one small file each
-   * and no process. `withDevices` also reads each session's LUNs and disks.
+   * portals; the session device's parent: its SCSI host). Each call lists
+   * the sessions (one readdir) and reads the targetname of only those it has
+   * not seen (sessionTargets), then the rest of the wanted target's own.
+   * `withDevices` also reads each session's LUNs and disks.
    * iscsiadm's connection state comes from iscsid and is not in sysfs.
    */
   async targetSessions(iqn: string, opts: { withDevices?: boolean } = {}): Promise<IscsiSessionInfo[]> {
     const names = (await this.sysfs.list('class/iscsi_session')).filter((n) => /^session\d+$/.test(n));
-    const targets = await Promise.all(names.map((n) => this.sysfs.read(`class/iscsi_session/${n}/targetname`)));
+    const live = new Set(names);
+    for (const n of this.sessionTargets.keys()) if (!live.has(n)) this.sessionTargets.delete(n);
+    const unread = names.filter((n) => !this.sessionTargets.has(n));
+    const read = await Promise.all(unread.map((n) => this.sysfs.read(`class/iscsi_session/${n}/targetname`)));
+    // Only a name is kept: a session just created reads "(null)" until iscsid sets its target, so that is read again.
+    const fresh = new Map(unread.map((n, i) => [n, read[i]]));
+    for (const [n, t] of fresh) if (t && TARGET_NAME_RE.test(t)) this.sessionTargets.set(n, t);
     const out: IscsiSessionInfo[] = [];
-    for (const [i, name] of names.entries()) {
-      const target = targets[i];
+    for (const name of names) {
+      const target = this.sessionTargets.get(name) ?? fresh.get(name);
       if (!target || !sameIqn(target, iqn)) continue;
       const sid = Number(name.slice('session'.length));
       const dir = `class/iscsi_session/${name}`;
