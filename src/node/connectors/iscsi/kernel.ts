@@ -334,28 +334,30 @@ export class KernelIscsiInitiator implements IscsiInitiator {
           throw this.dbError(e, iqn, p);
         });
       }
-      const set = async (name: string, value: string, secret = false) => {
-        await this.iscsiadm([...this.nodeArgs(iqn, p), '--op', 'update', '-n', name, '-v', value], [], secret ? [value] : []).catch((e) => {
-          throw this.dbError(e, iqn, p, secret ? undefined : name);
-        });
-      };
-      await set('node.startup', 'manual');
-      await set('node.session.scan', 'manual');
-      // iscsid retries a first login 8 times by default (about 2 minutes against a target that never
-      // answers, as tgt does for an initiator outside its ACL): past the CO's call deadline, with a
-      // session left in recovery. Two retries fail the stage in about 45 s; kubelet retries it.
-      await set('node.session.initial_login_retry_max', String(INITIAL_LOGIN_RETRY_MAX));
+      // One update with every setting (iscsiadm applies each -n/-v pair in turn, and refuses the call if one is
+      // not valid): each iscsiadm costs a process and a read of the node database, and a stage made seven.
+      const settings: [string, string][] = [
+        ['node.startup', 'manual'],
+        ['node.session.scan', 'manual'],
+        // iscsid retries a first login 8 times by default (about 2 minutes against a target that never
+        // answers, as tgt does for an initiator outside its ACL): past the CO's call deadline, with a
+        // session left in recovery. Two retries fail the stage in about 45 s; kubelet retries it.
+        ['node.session.initial_login_retry_max', String(INITIAL_LOGIN_RETRY_MAX)],
+      ];
+      const secrets: string[] = [];
       if (chap) {
-        await set('node.session.auth.authmethod', 'CHAP');
-        await set('node.session.auth.username', chap.user);
-        await set('node.session.auth.password', chap.password, true);
+        settings.push(['node.session.auth.authmethod', 'CHAP'], ['node.session.auth.username', chap.user], ['node.session.auth.password', chap.password]);
+        secrets.push(chap.password);
         if (chap.mutualUser !== undefined && chap.mutualPassword !== undefined) {
-          await set('node.session.auth.username_in', chap.mutualUser);
-          await set('node.session.auth.password_in', chap.mutualPassword, true);
+          settings.push(['node.session.auth.username_in', chap.mutualUser], ['node.session.auth.password_in', chap.mutualPassword]);
+          secrets.push(chap.mutualPassword);
         }
       } else {
-        await set('node.session.auth.authmethod', 'None');
+        settings.push(['node.session.auth.authmethod', 'None']);
       }
+      await this.iscsiadm([...this.nodeArgs(iqn, p), '--op', 'update', ...settings.flatMap(([n, v]) => ['-n', n, '-v', v])], [], secrets).catch((e) => {
+        throw this.dbError(e, iqn, p, settings.map(([n]) => n).join(', '));
+      });
     });
   }
 
