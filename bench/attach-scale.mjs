@@ -46,6 +46,20 @@ export function points(n, win = WINDOW) {
 const windowOf = (win) => (values, n) => median(values.slice(Math.max(0, n - win), n));
 
 /**
+ * A logged command line shortened to what tells its kind: the program and its first option (mount -t, umount);
+ * for iscsiadm, what it does (--login, --logout, --op new|update|delete, or a show), which differ in what they walk.
+ */
+function commandKey(line) {
+  const [cmd, ...args] = line.split(' ');
+  if (cmd === 'iscsiadm') {
+    const op = args.indexOf('--op');
+    const act = args.find((a) => a === '--login' || a === '--logout' || a === '--rescan');
+    return `iscsiadm ${args[1] ?? ''} ${act ?? (op >= 0 ? `--op ${args[op + 1]}` : 'show')}`;
+  }
+  return cmd + (args[0]?.startsWith('-') ? ` ${args[0]}` : '');
+}
+
+/**
  * Host commands per RPC from a debug log: sinter serves one RPC at a time
  * here, so every `exec` line belongs to the next `rpc` line.
  */
@@ -60,7 +74,7 @@ export function commandsPerRpc(logText) {
     } catch {
       continue;
     }
-    if (j.msg === 'exec') pending.push({ cmd: j.cmd.split(' ')[0] + (j.cmd.split(' ')[1]?.startsWith('-') ? ` ${j.cmd.split(' ')[1]}` : ''), ms: j.ms });
+    if (j.msg === 'exec') pending.push({ cmd: commandKey(j.cmd), ms: j.ms });
     else if (j.msg === 'rpc') {
       out.push({ rpc: j.rpc?.split('.').pop(), volumeId: j.volume_id, ms: j.ms, cmds: pending });
       pending = [];

@@ -11,6 +11,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { MAIN, startSinter } from '../helpers/sinter-process.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 
+// The bundler names the file (a plain .mjs script: imported for its constant, as csi-proto-cache.test.ts does).
+const { MODULES_FILE } = (await import(new URL('../../scripts/bundle.mjs', import.meta.url).href)) as { MODULES_FILE: string };
+
 const t = tempDir('sinter-startmods-');
 afterAll(() => t.cleanup());
 
@@ -26,14 +29,14 @@ async function modulesAtReady(role: 'all' | 'controller'): Promise<string[]> {
   try {
     const bundleDir = dirname(MAIN);
     const packageRoot = dirname(dirname(bundleDir));
-    const chunks = JSON.parse(readFileSync(join(bundleDir, 'modules.json'), 'utf8')) as Record<string, string[]>;
+    const chunks = JSON.parse(readFileSync(join(bundleDir, MODULES_FILE), 'utf8')) as Record<string, string[]>;
     const urls = readFileSync(out, 'utf8').split('\n').filter(Boolean);
     const fromBundle = urls.filter((u) => u.startsWith('file:') && dirname(fileURLToPath(u)) === bundleDir);
     expect(fromBundle.length, 'sinter started from its bundle').toBeGreaterThan(0);
     return urls.flatMap((u) => {
       if (!fromBundle.includes(u)) return [u];
       const held = chunks[basename(fileURLToPath(u))];
-      if (!held) throw new Error(`${u}: a chunk modules.json does not list`);
+      if (!held) throw new Error(`${u}: a chunk ${MODULES_FILE} does not list`);
       return held.map((m) => `file://${join(packageRoot, m)}`);
     });
   } finally {

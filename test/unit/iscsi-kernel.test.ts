@@ -514,6 +514,33 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       expect(exec.lines.slice(-2)).toEqual([`${N(P1)} --login`, 'iscsiadm -m session -P 3']);
     });
 
+    it('a target with no session in sysfs is confirmed with iscsiadm\'s listing (every session on the node) only until a login of ours has shown up in sysfs; after a login that did not, it still is', async () => {
+      const listings = (e: FakeExecutor) => e.lines.filter((l) => l === 'iscsiadm -m session -P 3').length;
+      // Trusted: the login's session is in sysfs. The volume is then unstaged, so sysfs shows no session to T1.
+      let exec = host({ sessionsAfter: 'session-p3-unscanned', sessionsAfterLogout: 'session-none', onLogin: () => sysfs.addSession(0, 1) });
+      sysfs.onScan.set('0:1', { sid: 1, disk: 'sda' });
+      const ini = make(exec);
+      expect(await ini.find({ portals: [P1], iqn: T1, lun: 1 })).toBeUndefined();
+      expect(listings(exec)).toBe(1);
+      await ini.connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+      await ini.disconnect({ portals: [P1], iqn: T1, lun: 1 });
+      const before = listings(exec);
+      expect(await ini.find({ portals: [P1], iqn: T1, lun: 1 })).toBeUndefined();
+      expect((await ini.health({ portals: [P1], iqn: T1, lun: 1 })).sessions).toBe(0);
+      expect(listings(exec)).toBe(before);
+
+      // Not trusted: the login's session is not in this sysfs (iscsid elsewhere), so a miss is still asked of iscsiadm.
+      sysfs.cleanup();
+      sysfs = new FakeSysfs();
+      exec = host({ login: 'login-session-exists', sessionsAfter: 'session-p3-unscanned', onLogin: () => sysfs.addSession(0, 1, undefined, { inClass: false }) });
+      sysfs.onScan.set('0:1', { sid: 1, disk: 'sda' });
+      const other = make(exec);
+      await other.connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE });
+      const n = listings(exec);
+      await other.find({ portals: [P2], iqn: T1, lun: 1 });
+      expect(listings(exec)).toBe(n + 1);
+    });
+
     it('a login neither sysfs nor iscsiadm then shows is an error, not a guess', async () => {
       const exec = host({ login: 'login-session-exists', sessionsAfter: 'session-none' });
       await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({ code: Code.INTERNAL, message: stringContaining('neither sysfs nor iscsiadm shows') });
