@@ -541,6 +541,33 @@ describe('kernel iSCSI initiator with recorded iscsiadm outputs and a fake sysfs
       expect(listings(exec)).toBe(n + 1);
     });
 
+    it('after a restart that only reuses sessions, a session iscsiadm lists and sysfs shows (same number, same target) ends the confirming of misses; one sysfs does not show does not', async () => {
+      const listings = (e: FakeExecutor) => e.lines.filter((l) => l === 'iscsiadm -m session -P 3').length;
+      // The node plugin restarted: session 1 to T1 at P1 (recorded listing) is there, made by the process before.
+      sysfs.addSession(0, 1);
+      sysfs.addDisk(0, 1, 1, 'sda');
+      let exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+      const ini = make(exec);
+      expect(await ini.find({ portals: [P1], iqn: T1, lun: 1 })).toBe(`${sysfs.dev}/sda`);
+      expect(listings(exec)).toBe(0);
+      expect(await ini.find({ portals: [P2], iqn: T1, lun: 1 })).toBeUndefined();
+      expect(listings(exec)).toBe(1);
+      expect(await ini.find({ portals: [P2], iqn: T1, lun: 1 })).toBeUndefined();
+      expect((await ini.health({ portals: [P2], iqn: T1, lun: 1 })).sessions).toBe(0);
+      expect(listings(exec)).toBe(1);
+
+      // iscsid's sessions are not in this sysfs (iscsid elsewhere): every miss is still asked of iscsiadm.
+      sysfs.cleanup();
+      sysfs = new FakeSysfs();
+      sysfs.addSession(0, 1, undefined, { inClass: false });
+      sysfs.addDisk(0, 1, 1, 'sda');
+      exec = host({ sessionsBefore: 'session-p3-one', nodeExists: true });
+      const other = make(exec);
+      await other.find({ portals: [P2], iqn: T1, lun: 1 });
+      await other.find({ portals: [P2], iqn: T1, lun: 1 });
+      expect(listings(exec)).toBe(2);
+    });
+
     it('a login neither sysfs nor iscsiadm then shows is an error, not a guess', async () => {
       const exec = host({ login: 'login-session-exists', sessionsAfter: 'session-none' });
       await expect(make(exec).connect({ portals: [P1], iqn: T1, lun: 1 }, { initiatorName: NODE })).rejects.toMatchObject({ code: Code.INTERNAL, message: stringContaining('neither sysfs nor iscsiadm shows') });

@@ -126,8 +126,16 @@ export class NvmeSysfs {
    * The subsystem whose NQN is `nqn`, or null when the node has none:
    * the remembered one when it still is nqn's (two reads), else the ones that
    * appeared since the last look, else every other one.
+   *
+   * `scope: 'new'` stops before the last step, so its cost does not grow with
+   * the subsystems the index already knows. Its null is not proof of absence:
+   * a subsystem that took the number of one the index knows under another NQN
+   * (the other went and this one came between two looks, outside this
+   * process) is not found. Only a caller that learns the rest another way may
+   * use it: attach, which connects next and hears "already connected" from
+   * nvme-cli when a controller to that portal exists.
    */
-  async subsystem(nqn: string): Promise<NvmeSubsystem | null> {
+  async subsystem(nqn: string, scope: 'all' | 'new' = 'all'): Promise<NvmeSubsystem | null> {
     const cached = this.byNqn.get(nqn);
     if (cached !== undefined) {
       const s = await this.open(cached, nqn);
@@ -137,7 +145,9 @@ export class NvmeSysfs {
     const present = new Set(names);
     for (const n of [...this.byName.keys()]) if (!present.has(n)) this.remember(n, undefined);
     const others = names.filter((n) => n !== cached);
-    for (const pass of [others.filter((n) => !this.byName.has(n)), others.filter((n) => this.byName.has(n))]) {
+    const passes = [others.filter((n) => !this.byName.has(n))];
+    if (scope === 'all') passes.push(others.filter((n) => this.byName.has(n)));
+    for (const pass of passes) {
       const hit = await this.scan(pass, nqn);
       if (hit === undefined) continue;
       const s = await this.open(hit, nqn);

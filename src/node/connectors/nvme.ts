@@ -126,9 +126,13 @@ export class NvmeConnector implements Connector {
     if (asked.length > 0) throw invalidArgument(`secrets: ${asked.join(', ')} asks for NVMe in-band authentication (DH-HMAC-CHAP), which sinter does not support yet`);
     const portals = this.portals(c);
     return this.locks.run(c.nqn, async () => {
-      // Proving a new volume's subsystem absent reads every subsystem's NQN once; the portal checks and the wait below then reuse what it found.
-      let sub: NvmeSubsystem | null | undefined = await this.nvme.subsystem(c.nqn);
-      const before = await this.nvme.namespaceDevice(c.nqn, c.nsid, sub);
+      // Not a proof of absence, so that a new volume's stage does not read every other subsystem's NQN: a subsystem
+      // hidden from it (under a number the index knows as another NQN's) has a controller to the portal, which the
+      // connect below then hears of as "already connected" and looks for in full. The portal checks and the wait
+      // below reuse what this finds.
+      let sub: NvmeSubsystem | null | undefined = await this.nvme.subsystem(c.nqn, 'new');
+      // Whether the subsystem was attached before this call: only then may a failed stage not undo it.
+      let existed = (await this.nvme.namespaceDevice(c.nqn, c.nsid, sub)) !== undefined;
       await this.ensureModules();
       const failures: DomainError[] = [];
       let up = 0;
@@ -144,7 +148,7 @@ export class NvmeConnector implements Connector {
           continue;
         }
         try {
-          await this.connectPortal(c.nqn, p);
+          if ((await this.connectPortal(c.nqn, p)) === 'already') existed = true;
           sub = undefined;
           ctrls = undefined;
           up++;
@@ -165,21 +169,26 @@ export class NvmeConnector implements Connector {
       const device = this.sysfs.dev(kernel);
       const seen = await poll(async () => ((await this.sysfs.devExists(kernel)) ? true : undefined), { initialMs: 50, maxMs: 500, timeoutMs: 10_000, clock: this.clock });
       if (!seen) throw unavailable(`${device} (namespace ${c.nsid} of ${c.nqn}) has no device node yet; retry`);
-      return { device, attached: before === undefined };
+      return { device, attached: !existed };
     });
   }
 
-  private async connectPortal(nqn: string, p: Portal): Promise<void> {
+  /** 'already': nvme-cli found a controller for (nqn, portal) and made none (a racing connect, or one made outside sinter). */
+  private async connectPortal(nqn: string, p: Portal): Promise<'connected' | 'already'> {
     const args = ['connect', '-t', 'tcp', '-a', p.host, '-s', String(p.port), '-n', nqn, '--hostnqn', this.cfg.hostNqn!];
     try {
       await this.nvmeCli(args);
       this.log?.info({ nqn, portal: p.text }, 'NVMe/TCP connected');
+      return 'connected';
     } catch (e) {
       if (!(e instanceof ExecError)) throw e;
       const where = `nvme connect to ${nqn} at ${p.text}`;
       const err = e.stderr;
-      // nvme-cli 2.3: a controller for (nqn, address, host) exists — a racing connect made it.
-      if (/already connected/i.test(err)) return;
+      // nvme-cli 2.3 (recorded in the guest: test/fixtures/nvme/connect-again.err): a controller for (nqn, address) exists, live or reconnecting.
+      if (/already connected/i.test(err)) {
+        this.log?.debug({ nqn, portal: p.text }, 'NVMe/TCP controller already there');
+        return 'already';
+      }
       if (/Connection refused/i.test(err)) throw unavailable(`${where} failed: nothing listens there (connection refused); check the portal and that the storage host's nvmet port is up`);
       // nvmet answers a host outside allowed_hosts and an unknown subsystem alike (Linux 6.1:
       // "Failed to write to /dev/nvme-fabrics: Input/output error"): recorded in the test guest.

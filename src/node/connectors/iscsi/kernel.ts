@@ -103,7 +103,7 @@ export class KernelIscsiInitiator implements IscsiInitiator {
   private readonly sessionTargets = new Map<string, string>();
   /**
    * Set once a session this initiator logged in to showed up in this
-   * process's sysfs: that sysfs is then the view iscsid's sessions are in,
+   * process's sysfs, or one iscsiadm listed did: that sysfs is then the view iscsid's sessions are in,
    * and a target with no session there has none. Until then (and for good
    * when iscsid runs where this sysfs does not see, exec.nsenterTarget), a
    * miss is confirmed with `iscsiadm -m session -P 3`, which lists every
@@ -309,7 +309,12 @@ export class KernelIscsiInitiator implements IscsiInitiator {
     const at = (all: IscsiSessionInfo[]) => all.filter((s) => sameIqn(s.target, iqn) && portals.some((p) => sessionAt(s, p)));
     const seen = at(await this.targetSessions(iqn));
     if (this.sysfsShowsLogins || portals.every((p) => seen.some((s) => sessionAt(s, p)))) return seen;
-    return at(await this.sessions());
+    const all = await this.sessions();
+    // A session iscsiadm lists that this sysfs shows too, same number and target, proves the same as a login of ours
+    // seen there: after a restart that only reuses sessions, misses stop costing this listing once one has been made.
+    // (targetSessions, just above, has read the target of every session in sysfs.)
+    if (all.some((s) => sameIqn(this.sessionTargets.get(`session${s.sid}`) ?? '', s.target))) this.sysfsShowsLogins = true;
+    return at(all);
   }
 
   /**
