@@ -174,6 +174,40 @@ describe('NVMe/TCP end to end in the VM: sinter controller (nvmet) + sinter node
     await ctl.client.controller.DeleteVolume({ volume_id: id });
   });
 
+  it('a volume connected by hand under the subsystem number the node plugin last saw as another volume\'s: stage hears "already connected" from nvme-cli, uses that controller, adds the other portal, and unstage removes both', async () => {
+    const [a, b] = [await provision('n-hidden-a', 16), await provision('n-hidden-b', 16)];
+    const [nqnA, nqnB] = [`${PREFIX}${a}`, `${PREFIX}${b}`];
+    await publish(b);
+    const subsysOf = (nqn: string) => ls('/sys/class/nvme-subsystem').find((s) => cat(`/sys/class/nvme-subsystem/${s}/subsysnqn`) === nqn);
+    const pa = paths(a);
+    await node.client.node.NodeStageVolume({ volume_id: a, publish_context: await publish(a), staging_target_path: pa.staging, volume_capability: mountCap() });
+    const numberOfA = subsysOf(nqnA);
+    expect(numberOfA).toBeDefined();
+    await node.client.node.NodeUnstageVolume({ volume_id: a, staging_target_path: pa.staging });
+    expect(controllersOf(nqnA)).toEqual([]);
+    // Outside sinter, before the node plugin looks again: B by hand at the first portal, on A's old numbers.
+    expect((await handConnect(nqnB)).exitCode).toBe(0);
+    await waitFor('the hand-made controller to be live', () => controllersOf(nqnB).some((c) => c.state === 'live') || undefined, 20_000);
+    expect(subsysOf(nqnB)).toBe(numberOfA);
+
+    const pb = paths(b);
+    const logFrom = node.logs().length;
+    await node.client.node.NodeStageVolume({ volume_id: b, publish_context: await publish(b), staging_target_path: pb.staging, volume_capability: mountCap() });
+    const lines = node.logs().slice(logFrom);
+    expect(lines).toMatch(/already there \(made outside this call\)/);
+    // One controller per portal: the hand-made one, and the one stage made at the second.
+    expect(controllersOf(nqnB).map((c) => c.address.split(',')[0]).sort()).toEqual(['traddr=127.0.0.1', 'traddr=127.0.0.2']);
+    await node.client.node.NodePublishVolume({ volume_id: b, staging_target_path: pb.staging, target_path: pb.target, volume_capability: mountCap() });
+    writeFileSync(join(pb.target, 'hidden.txt'), 'found all the same');
+    await node.client.node.NodeUnpublishVolume({ volume_id: b, target_path: pb.target });
+    await node.client.node.NodeUnstageVolume({ volume_id: b, staging_target_path: pb.staging });
+    expect(controllersOf(nqnB)).toEqual([]);
+    for (const id of [a, b]) {
+      await ctl.client.controller.ControllerUnpublishVolume({ volume_id: id, node_id: nodeId });
+      await ctl.client.controller.DeleteVolume({ volume_id: id });
+    }
+  });
+
   it('the fence: unpublish drops the live controller of the revoked host (other hosts keep the subsystem), and its reconnect is refused', async () => {
     // Two writers are allowed only with block access (the controller refuses a shared mount).
     const shared = blockCap('MULTI_NODE_MULTI_WRITER');

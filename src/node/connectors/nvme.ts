@@ -186,7 +186,7 @@ export class NvmeConnector implements Connector {
       const err = e.stderr;
       // nvme-cli 2.3 (recorded in the guest: test/fixtures/nvme/connect-again.err): a controller for (nqn, address) exists, live or reconnecting.
       if (/already connected/i.test(err)) {
-        this.log?.debug({ nqn, portal: p.text }, 'NVMe/TCP controller already there');
+        this.log?.info({ nqn, portal: p.text }, 'NVMe/TCP controller to this portal already there (made outside this call); using it');
         return 'already';
       }
       if (/Connection refused/i.test(err)) throw unavailable(`${where} failed: nothing listens there (connection refused); check the portal and that the storage host's nvmet port is up`);
