@@ -16,7 +16,8 @@
 //    volumes (default 32, --scale-volumes N; thick LVs of 16 MiB, ext4) one after another through kernel
 //    iSCSI (tgt) and through NVMe/TCP (nvmet), keeps them all, then tears them down last in, first out
 //    (bench/attach-scale.mjs, as sections 7 and 7b on the host): the cost of volume N against volumes 1-8.
-//    --scale-volumes 0 skips it.
+//    --scale-volumes 0 skips it; --scale-transports tgt,nvmet (the default) picks the transports. Each VG is
+//    one scratch disk: past ~100 volumes give the guest bigger ones (test/vm/run.mjs --disk-mb 8192 for 256).
 //
 // Rounds alternate which side goes first; each ratio is the median of per-round ratios. Under TCG
 // the absolute figures are slow; the ratios are what to read. Prints a table and writes
@@ -43,6 +44,7 @@ const SECONDS = arg('seconds', 5);
 const SCALE_VOLUMES = arg('scale-volumes', 32);
 /** --scale-only: part 3 alone (parts 1 and 2 take ~10 min under TCG). */
 const SCALE_ONLY = process.argv.includes('--scale-only');
+const SCALE_TRANSPORTS = (process.argv.includes('--scale-transports') ? process.argv[process.argv.indexOf('--scale-transports') + 1] : 'tgt,nvmet').split(',');
 
 const sh = (cmd, opts) => hostExec.run('sh', ['-c', cmd], opts);
 const log = (m) => process.stderr.write(`bench:vm ${m}\n`);
@@ -349,7 +351,8 @@ try {
       readyTimeoutMs: 600_000,
     });
     onCleanup(() => node.stop());
-    for (const [name, transport] of [['tgt', 'kernel iSCSI (open-iscsi) over tgt'], ['nvmet', 'NVMe/TCP (nvme-tcp) over nvmet']]) {
+    const transports = [['tgt', 'kernel iSCSI (open-iscsi) over tgt'], ['nvmet', 'NVMe/TCP (nvme-tcp) over nvmet']].filter(([name]) => SCALE_TRANSPORTS.includes(name));
+    for (const [name, transport] of transports) {
       log(`attach at scale: ${SCALE_VOLUMES} volumes through ${transport}`);
       const made = [];
       let done = false;

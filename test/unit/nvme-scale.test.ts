@@ -319,4 +319,18 @@ describe('NVMe connector: sysfs looks per RPC do not grow with the subsystems al
     expect(calls.filter((x) => x[0] === 'nvme')).toHaveLength(1);
     expect(looks() - m).toBeLessThan(20);
   });
+
+  it('the same, connected by hand at another portal only: attach adds its own portal, finds the hand-made controller, and still counts the volume as attached before', async () => {
+    host = new FlatNvmeHost();
+    const [other, mine] = [nqnOf(1), nqnOf(2)];
+    for (let i = 10; i < 30; i++) host.connect(nqnOf(i));
+    expect(host.connect(other)).toBe('nvme-subsys20');
+    const calls: string[][] = [];
+    const c = new NvmeConnector({ hostNqn: HOST, sysfs: host.tree().tree, mountInfoPath: '/dev/null', deviceTimeoutMs: 2_000 }, host.exec(calls), pino({ level: 'silent' }));
+    expect(await c.find(ctxOf(other))).toBe(join(host.dev, 'nvme20n1'));
+    host.disconnect(other);
+    expect(host.connect(mine, '127.0.0.2')).toBe('nvme-subsys20');
+    expect(await c.attach(ctxOf(mine, ['127.0.0.1:4420', '127.0.0.2:4420']), {})).toEqual({ device: join(host.dev, 'nvme20n1'), attached: false });
+    expect(calls.map((x) => x[5])).toEqual(['127.0.0.1']);
+  });
 });

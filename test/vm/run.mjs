@@ -6,7 +6,8 @@
 //   node test/vm/run.mjs --build-only               build (or find) the cached guest
 //
 // Options: --timeout SECONDS (default 900 with --vitest, 600 otherwise),
-// --disks N (sparse 2 GiB scratch disks, /dev/vdb …; default 4 with --vitest),
+// --disks N (sparse scratch disks, /dev/vdb …; default 4 with --vitest), --disk-mb MB
+// (each scratch disk's size; default 2048),
 // --report FILE (with --vitest: where vitest's JSON report goes; default
 // .tmp/vitest-vm.json), --no-build (with --vitest: skip `npm run build`),
 // --guests N (with --vitest: split the files over N guests booted side by side,
@@ -22,6 +23,7 @@ import { mergeReports, readTimings, splitFiles } from './shards.mjs';
 const argv = process.argv.slice(2);
 let timeoutSec;
 let disks;
+let diskMb = 2048;
 let report = join(CHECKOUT, '.tmp', 'vitest-vm.json');
 let vitest = false;
 let buildOnly = false;
@@ -36,6 +38,7 @@ for (let i = 0; i < argv.length; i++) {
     break;
   } else if (a === '--timeout') timeoutSec = Number(argv[++i]);
   else if (a === '--disks') disks = Number(argv[++i]);
+  else if (a === '--disk-mb') diskMb = Number(argv[++i]);
   else if (a === '--report') report = resolve(argv[++i]);
   else if (a === '--vitest') vitest = true;
   else if (a === '--build-only') buildOnly = true;
@@ -60,7 +63,7 @@ try {
     const r = await runInGuest({
       command: rest.join(' '),
       timeoutMs: (timeoutSec ?? 600) * 1000,
-      scratchDisks: Array.from({ length: disks ?? 0 }, () => 2048),
+      scratchDisks: Array.from({ length: disks ?? 0 }, () => diskMb),
       cpus: cpus ?? 2,
       env: process.stdout.isTTY ? {} : { NO_COLOR: '1' },
       onOutput: (s) => process.stdout.write(s),
@@ -98,7 +101,7 @@ try {
         const r = await runInGuest({
           command: `exec node node_modules/vitest/vitest.mjs run --project vm --reporter=verbose --reporter=json --outputFile.json="$SINTER_VM_OUT/vitest.json" ${quoted}`,
           timeoutMs: (timeoutSec ?? 900) * 1000,
-          scratchDisks: Array.from({ length: disks ?? 4 }, () => 2048),
+          scratchDisks: Array.from({ length: disks ?? 4 }, () => diskMb),
           // One vCPU each: two guests of two vCPUs put four TCG threads on a 2-core host, and a guest kernel
           // spinning on a lock whose holder's vCPU the host has descheduled burns what the other guest needs.
           // The whole stage: 941 s with two vCPUs each, 715 s with one (same machine, 2026-12-07, quiet).

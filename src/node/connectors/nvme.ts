@@ -133,6 +133,7 @@ export class NvmeConnector implements Connector {
       let sub: NvmeSubsystem | null | undefined = await this.nvme.subsystem(c.nqn, 'new');
       // Whether the subsystem was attached before this call: only then may a failed stage not undo it.
       let existed = (await this.nvme.namespaceDevice(c.nqn, c.nsid, sub)) !== undefined;
+      let made = 0;
       await this.ensureModules();
       const failures: DomainError[] = [];
       let up = 0;
@@ -149,6 +150,7 @@ export class NvmeConnector implements Connector {
         }
         try {
           if ((await this.connectPortal(c.nqn, p)) === 'already') existed = true;
+          else made++;
           sub = undefined;
           ctrls = undefined;
           up++;
@@ -169,6 +171,8 @@ export class NvmeConnector implements Connector {
       const device = this.sysfs.dev(kernel);
       const seen = await poll(async () => ((await this.sysfs.devExists(kernel)) ? true : undefined), { initialMs: 50, maxMs: 500, timeoutMs: 10_000, clock: this.clock });
       if (!seen) throw unavailable(`${device} (namespace ${c.nsid} of ${c.nqn}) has no device node yet; retry`);
+      // A controller this call did not make (the hidden subsystem above, joined at another portal): attached before.
+      if (!existed) existed = this.ofSubsystem(await this.nvme.controllersOf(c.nqn), c.nqn).length > made;
       return { device, attached: !existed };
     });
   }
