@@ -187,6 +187,27 @@ export class MountSnapshot {
   }
 }
 
+/**
+ * Where block device `kernel` is mounted, if anywhere: a filesystem on it
+ * (its major:minor, `majMin`), or its device node bind-mounted from devtmpfs
+ * (a block volume's publish). The table's lines are found by searching its
+ * bytes, so the answer costs no parse of the other mounts: a node with a few
+ * hundred volumes has twice as many, and every removal of a device asks.
+ * Undefined as well when the table cannot be read.
+ */
+export async function deviceMountPoint(mountInfoPath: string, kernel: string, majMin: string | undefined): Promise<string | undefined> {
+  let table: MountSnapshot;
+  try {
+    table = MountSnapshot.fromBytes(await readFile(mountInfoPath));
+  } catch {
+    return undefined;
+  }
+  const node = `/${kernel}`;
+  return table
+    .withAnyField(majMin !== undefined ? [majMin, node] : [node])
+    .find((e) => (majMin !== undefined && e.majMin === majMin) || (e.root === node && (e.fsType === 'devtmpfs' || e.fsType === 'tmpfs')))?.mountPoint;
+}
+
 /** O_PATH (Linux; node's fs.constants lacks it): an fd naming the path without opening what it is, so a device node is never opened. */
 const O_PATH = 0o10000000;
 const MNT_ID_RE = /^mnt_id:\s*(\d+)$/m;

@@ -1,10 +1,13 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Code } from '../../src/errors/domain-error.js';
 import { parseCapability, resolveFsType, checkMountFlags } from '../../src/csi/capability.js';
 import { decideFormat, parseBlkidExport, parseMkfsOptions } from '../../src/node/format.js';
-import { MountSnapshot, parseMountInfo } from '../../src/node/mount.js';
+import { deviceMountPoint, MountSnapshot, parseMountInfo } from '../../src/node/mount.js';
 import { checkVolumeId } from '../../src/node/volume-id.js';
 import { objectContaining, stringContaining } from '../helpers/matchers.js';
+import { tempDir } from '../helpers/scratch-fs.js';
 
 describe('mountinfo', () => {
   const text = [
@@ -21,6 +24,25 @@ describe('mountinfo', () => {
     expect(m[1]).toMatchObject({ majMin: '7:0', root: '/', mountPoint: '/var/lib/kubelet/staging/a b', fsType: 'ext4', source: '/dev/loop0' });
     expect(m[2].options).toContain('ro');
     expect(m[3]).toMatchObject({ root: '/loop1', fsType: 'devtmpfs' });
+  });
+
+  it('where a device is mounted, before its removal: as a filesystem (major:minor) or as its device node bound from devtmpfs (a block volume), not where only a name matches; unknown when there is no table', async () => {
+    const t = tempDir('sinter-mountinfo-');
+    try {
+      const file = join(t.dir, 'mountinfo');
+      // Many other volumes' mounts first, as on a node with hundreds (the answer must not depend on their count).
+      const others = Array.from({ length: 600 }, (_, i) => `${100 + i} 22 259:${i + 10} / /var/lib/kubelet/pods/x${i}/mount rw - ext4 /dev/nvme${i + 10}n1 rw`);
+      // A directory named like a device, bound from ext4, is not that device.
+      writeFileSync(file, [...others, text, '48 22 0:40 / /mnt/7:7 rw - tmpfs tmpfs rw', '49 22 8:1 /loop7 /srv/x rw - ext4 /dev/sda1 rw', ''].join('\n'));
+      expect(await deviceMountPoint(file, 'loop0', '7:0')).toBe('/var/lib/kubelet/staging/a b');
+      expect(await deviceMountPoint(file, 'loop1', '7:1')).toBe('/var/lib/kubelet/blk');
+      expect(await deviceMountPoint(file, 'nvme300n1', '259:310')).toBe('/var/lib/kubelet/pods/x300/mount');
+      expect(await deviceMountPoint(file, 'loop7', '7:7')).toBeUndefined();
+      expect(await deviceMountPoint(file, 'loop7', undefined)).toBeUndefined();
+      expect(await deviceMountPoint(join(t.dir, 'missing'), 'loop0', '7:0')).toBeUndefined();
+    } finally {
+      t.cleanup();
+    }
   });
 
   it('the visible mount at a path is the last one stacked there', () => {

@@ -8,6 +8,7 @@ import type { PublishContext } from '../../src/contracts/publish-context.js';
 import { NvmeConnector } from '../../src/node/connectors/nvme.js';
 import { NvmeSysfs } from '../../src/node/connectors/nvme-sysfs.js';
 import { SysfsTree } from '../../src/node/connectors/sysfs.js';
+import { stringContaining } from '../helpers/matchers.js';
 import { tempDir } from '../helpers/scratch-fs.js';
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), '../fixtures/nvme');
@@ -232,6 +233,17 @@ describe('NVMe lookups by NQN stay right when the kernel reuses subsystem number
     // A disconnect of it now is a no-op success, and leaves the other subsystem alone.
     await c.disconnect(ctxOf(a));
     expect(host.subsystemOf(nqnOf(0))).toBe('nvme-subsys0');
+  });
+
+  it('a namespace whose device node is bound from devtmpfs (a published block volume) keeps its controllers: disconnect refuses, naming where', async () => {
+    host = new FlatNvmeHost();
+    const a = nqnOf(1);
+    host.connect(a);
+    const mountInfo = join(host.t.dir, 'mountinfo');
+    writeFileSync(mountInfo, '22 1 0:21 / / rw - ext4 /dev/root rw\n44 22 0:6 /nvme0n1 /var/lib/kubelet/pods/p/volumeDevices/dev rw - devtmpfs devtmpfs rw,mode=755\n');
+    const c = new NvmeConnector({ hostNqn: HOST, sysfs: host.tree().tree, mountInfoPath: mountInfo }, host.exec(), pino({ level: 'silent' }));
+    await expect(c.disconnect(ctxOf(a))).rejects.toMatchObject({ code: 'failed-precondition', message: stringContaining('nvme0n1 is mounted at /var/lib/kubelet/pods/p/volumeDevices/dev') });
+    expect(host.subsystemOf(a)).toBe('nvme-subsys0');
   });
 
   it('without native multipath (nvme_core.multipath=N; not recorded): the namespace device under its controller, found through the subsystem', async () => {

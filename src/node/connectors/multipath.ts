@@ -1,9 +1,8 @@
-import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { Code, DomainError, failedPrecondition } from '../../errors/domain-error.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import { doing, toHostError } from '../host-errors.js';
-import { parseMountInfo } from '../mount.js';
+import { deviceMountPoint } from '../mount.js';
 import type { ScsiDisks } from './scsi.js';
 import { KERNEL_NAME_RE, sleep, type SysfsTree } from './sysfs.js';
 
@@ -192,17 +191,8 @@ export class Multipath {
       const named = await Promise.all(holders.map(async (h) => ((n) => (n ? `${h} (${n})` : h))(await this.sysfs.read(`block/${h}/dm/name`))));
       return `${kernel} is held by ${named.join(', ')}`;
     }
-    const majMin = await this.sysfs.read(`block/${kernel}/dev`);
-    let table: string;
-    try {
-      table = await readFile(this.mountInfoPath, 'utf8');
-    } catch {
-      return undefined;
-    }
-    const m = parseMountInfo(table).find(
-      (e) => (majMin !== undefined && e.majMin === majMin) || (e.root === `/${kernel}` && (e.fsType === 'devtmpfs' || e.fsType === 'tmpfs')),
-    );
-    return m ? `${kernel} is mounted at ${m.mountPoint}` : undefined;
+    const at = await deviceMountPoint(this.mountInfoPath, kernel, await this.sysfs.read(`block/${kernel}/dev`));
+    return at !== undefined ? `${kernel} is mounted at ${at}` : undefined;
   }
 
   /**

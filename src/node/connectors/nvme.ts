@@ -1,4 +1,4 @@
-import { readFile, realpath } from 'node:fs/promises';
+import { realpath } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { DEFAULT_NQN_PREFIX } from '../../contracts/nodeid.js';
 import { NVME_TCP_PORT, parsePortal, type Portal, type PublishContext } from '../../contracts/publish-context.js';
@@ -6,7 +6,7 @@ import { Code, DomainError, failedPrecondition, internal, invalidArgument, unava
 import { KeyedLock } from '../../csi/locks.js';
 import { ExecError, type Executor } from '../../exec/run.js';
 import { poll, realClock, type Clock } from '../../util/poll.js';
-import { parseMountInfo } from '../mount.js';
+import { deviceMountPoint } from '../mount.js';
 import type { Connector, DeviceCondition } from './connector.js';
 import { controllerAt, NvmeSysfs, type NvmeController, type NvmeSubsystem } from './nvme-sysfs.js';
 import { SysfsTree } from './sysfs.js';
@@ -214,15 +214,8 @@ export class NvmeConnector implements Connector {
   private async inUse(kernel: string): Promise<string | undefined> {
     const holders = await this.sysfs.list(`block/${kernel}/holders`);
     if (holders.length) return `${kernel} is held by ${holders.join(', ')}`;
-    const majMin = await this.sysfs.read(`block/${kernel}/dev`);
-    let table: string;
-    try {
-      table = await readFile(this.cfg.mountInfoPath ?? '/proc/self/mountinfo', 'utf8');
-    } catch {
-      return undefined;
-    }
-    const m = parseMountInfo(table).find((e) => majMin !== undefined && e.majMin === majMin);
-    return m ? `${kernel} is mounted at ${m.mountPoint}` : undefined;
+    const at = await deviceMountPoint(this.cfg.mountInfoPath ?? '/proc/self/mountinfo', kernel, await this.sysfs.read(`block/${kernel}/dev`));
+    return at !== undefined ? `${kernel} is mounted at ${at}` : undefined;
   }
 
   async disconnect(ctx: PublishContext): Promise<void> {
